@@ -1,0 +1,53 @@
+import type { FunctionId } from "../core/types.js";
+
+/** The typed, validated view of one function.toml that flows inward from the registry. */
+export interface WasmSandboxConfig {
+  readonly kind: "wasm";
+  /** Absolute path of the module, inside the function directory. */
+  readonly module: string;
+  /** The most linear memory one instance may have, in MiB. */
+  readonly memoryMiB: number;
+  readonly env: Readonly<Record<string, string>>;
+  /** Guest path -> absolute host directory, granted read-only. */
+  readonly dirs: Readonly<Record<string, string>>;
+}
+
+export interface VmSandboxConfig {
+  readonly kind: "vm";
+  readonly kernel: string;
+  readonly image: string | undefined;
+  readonly memoryMiB: number;
+  readonly cpus: number;
+  readonly cmdline: string;
+  readonly hypervisor: Readonly<Record<string, unknown>> & { readonly type: string };
+}
+
+export interface ContainerSandboxConfig {
+  readonly kind: "container";
+  readonly image: string;
+  readonly memoryMiB: number;
+  readonly runtime: string | undefined;
+}
+
+export type SandboxConfig = WasmSandboxConfig | VmSandboxConfig | ContainerSandboxConfig;
+
+export interface FunctionConfig {
+  readonly id: FunctionId;
+  /** `user/name`. */
+  readonly key: string;
+  /** Absolute path of the function directory. */
+  readonly dir: string;
+  /** Absolute path of function.toml. */
+  readonly file: string;
+  readonly keepaliveMs: number;
+  readonly concurrentRequests: number;
+  readonly singleUse: boolean;
+  readonly timeoutMs: number;
+  readonly minInstances: number;
+  readonly maxInstances: number;
+  readonly maxQueue: number;
+  readonly queueTimeoutMs: number;
+  readonly sandbox: SandboxConfig;
+  /** A fingerprint of the file's content: instances started from older settings are recycled. */
+  readonly revision: string;
+}

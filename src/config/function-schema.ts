@@ -1,0 +1,75 @@
+import { z } from "zod";
+
+/**
+ * The function.toml schema: UniFaaS keys unchanged (`keepalive`, `concurrent-requests`,
+ * `single-use`, `[vm]`, `[container]`), plus Fennec's own keys and its `[wasm]` table.
+ * Every object is strict so an unknown or misspelt key is an error, not silently ignored.
+ */
+const positiveInt = z.int().min(1);
+const nonNegativeInt = z.int().min(0);
+const envTable = z.record(z.string().regex(/^[A-Za-z_][A-Za-z0-9_]*$/, "an environment variable name"), z.string());
+
+export const wasmTable = z.strictObject({
+  module: z.string().min(1),
+  memory: positiveInt.max(4096).default(64),
+  env: envTable.default({}),
+  dirs: z.record(z.string().regex(/^\/[A-Za-z0-9._/-]*$/, "an absolute guest path"), z.string().min(1)).default({}),
+});
+
+const firecracker = z.strictObject({ type: z.literal("firecracker"), "copy-rootfs": z.boolean().default(true) });
+const diskType = z.enum(["9p", "block"]);
+const qemu = z.strictObject({ type: z.literal("qemu"), "disk-type": diskType });
+const microvm = z.strictObject({
+  type: z.literal("microvm"),
+  "disk-type": diskType,
+  pic: z.boolean().default(false),
+  pit: z.boolean().default(false),
+  rtc: z.boolean().default(false),
+  acpi: z.boolean().default(false),
+  "auto-kernel-cmdline": z.boolean().default(true),
+});
+
+export const vmTable = z.strictObject({
+  kernel: z.string().min(1),
+  image: z.string().min(1).optional(),
+  memory: positiveInt.default(128),
+  cpus: positiveInt.default(1),
+  cmdline: z.string(),
+  hypervisor: z.discriminatedUnion("type", [firecracker, qemu, microvm]),
+});
+
+export const containerTable = z.strictObject({
+  image: z.string().min(1),
+  memory: positiveInt.default(128),
+  runtime: z.string().min(1).optional(),
+});
+
+export const functionSchema = z
+  .strictObject({
+    keepalive: nonNegativeInt,
+    "concurrent-requests": positiveInt,
+    "single-use": z.boolean().default(false),
+    timeout: z.number().positive().max(3600).default(30),
+    "min-instances": nonNegativeInt.default(0),
+    "max-instances": positiveInt.default(16),
+    "max-queue": nonNegativeInt.default(1000),
+    "queue-timeout": z.number().positive().max(3600).default(10),
+    wasm: wasmTable.optional(),
+    vm: vmTable.optional(),
+    container: containerTable.optional(),
+  })
+  .superRefine((cfg, ctx) => {
+    const tables = (["wasm", "vm", "container"] as const).filter((t) => cfg[t] !== undefined);
+    if (tables.length !== 1) {
+      ctx.addIssue({
+        code: "custom",
+        path: [],
+        message: `expected exactly one sandbox table ([wasm], [vm] or [container]), found ${tables.length === 0 ? "none" : tables.map((t) => `[${t}]`).join(", ")}`,
+      });
+    }
+    if (cfg["min-instances"] > cfg["max-instances"]) {
+      ctx.addIssue({ code: "custom", path: ["min-instances"], message: "must not exceed max-instances" });
+    }
+  });
+
+export type FunctionToml = z.output<typeof functionSchema>;

@@ -1,0 +1,117 @@
+import { createHash } from "node:crypto";
+import { realpathSync, statSync } from "node:fs";
+import { isAbsolute, relative, resolve } from "node:path";
+import { parse as parseToml, TomlError } from "smol-toml";
+import type { z } from "zod";
+import { FennecError } from "../core/errors.js";
+import { functionKey, type FunctionId } from "../core/types.js";
+import type { FunctionConfig, SandboxConfig } from "./function-config.js";
+import { functionSchema, type FunctionToml } from "./function-schema.js";
+
+export interface ConfigProblem {
+  /** Dotted key path, or "" for the whole file. */
+  readonly key: string;
+  readonly message: string;
+}
+
+/** Builds the CONFIG_INVALID error: it names the file, each bad key and what was expected. */
+export function configError(file: string, problems: ConfigProblem[]): FennecError {
+  const text = problems.map((p) => (p.key ? `key "${p.key}": ${p.message}` : p.message)).join("; ");
+  return new FennecError("CONFIG_INVALID", `${file}: ${text}`, { details: { file, problems } });
+}
+
+function zodProblems(error: z.ZodError): ConfigProblem[] {
+  return error.issues.map((issue) => {
+    const base = issue.path.map(String).join(".");
+    if (issue.code === "unrecognized_keys") {
+      const keys = issue.keys.map((k) => (base ? `${base}.${k}` : k));
+      return { key: keys.join(", "), message: "unknown key" };
+    }
+    return { key: base, message: issue.message };
+  });
+}
+
+/** Parses and validates function.toml text; throws CONFIG_INVALID naming the file and the keys. */
+export function parseFunctionToml(text: string, file: string): FunctionToml {
+  let raw: unknown;
+  try {
+    raw = parseToml(text);
+  } catch (err) {
+    const where = err instanceof TomlError ? ` at line ${err.line}, column ${err.column}` : "";
+    const msg = err instanceof Error ? err.message.split("\n")[0] : String(err);
+    throw configError(file, [{ key: "", message: `malformed TOML${where}: ${msg}` }]);
+  }
+  const result = functionSchema.safeParse(raw);
+  if (!result.success) throw configError(file, zodProblems(result.error));
+  return result.data;
+}
+
+/** Resolves a path from function.toml inside the function directory; escaping it is an error. */
+function resolveInside(dir: string, rel: string, key: string, file: string, kind: "file" | "directory"): string {
+  const problem = (message: string) => configError(file, [{ key, message }]);
+  if (isAbsolute(rel)) throw problem(`expected a path relative to the function directory, got ${JSON.stringify(rel)}`);
+  const full = resolve(dir, rel);
+  let real: string;
+  try {
+    real = realpathSync(full);
+  } catch {
+    throw problem(`${kind} not found: ${JSON.stringify(rel)}`);
+  }
+  const inside = relative(realpathSync(dir), real);
+  if (inside.startsWith("..") || isAbsolute(inside)) {
+    throw problem(`${JSON.stringify(rel)} leads outside the function directory`);
+  }
+  const st = statSync(real);
+  if (kind === "file" ? !st.isFile() : !st.isDirectory()) throw problem(`expected a ${kind}: ${JSON.stringify(rel)}`);
+  return real;
+}
+
+function sandboxOf(cfg: FunctionToml, dir: string, file: string): SandboxConfig {
+  if (cfg.wasm) {
+    const dirs: Record<string, string> = {};
+    for (const [guest, host] of Object.entries(cfg.wasm.dirs)) {
+      dirs[guest] = resolveInside(dir, host, `wasm.dirs."${guest}"`, file, "directory");
+    }
+    return {
+      kind: "wasm",
+      module: resolveInside(dir, cfg.wasm.module, "wasm.module", file, "file"),
+      memoryMiB: cfg.wasm.memory,
+      env: cfg.wasm.env,
+      dirs,
+    };
+  }
+  if (cfg.vm) {
+    return {
+      kind: "vm",
+      kernel: resolveInside(dir, cfg.vm.kernel, "vm.kernel", file, "file"),
+      image: cfg.vm.image === undefined ? undefined : resolveInside(dir, cfg.vm.image, "vm.image", file, "file"),
+      memoryMiB: cfg.vm.memory,
+      cpus: cfg.vm.cpus,
+      cmdline: cfg.vm.cmdline,
+      hypervisor: cfg.vm.hypervisor,
+    };
+  }
+  const c = cfg.container!;
+  return { kind: "container", image: c.image, memoryMiB: c.memory, runtime: c.runtime };
+}
+
+/** Turns function.toml text into the typed config the rest of Fennec uses. */
+export function loadFunctionConfig(id: FunctionId, dir: string, file: string, text: string): FunctionConfig {
+  const cfg = parseFunctionToml(text, file);
+  return {
+    id,
+    key: functionKey(id),
+    dir,
+    file,
+    keepaliveMs: cfg.keepalive * 1000,
+    concurrentRequests: cfg["concurrent-requests"],
+    singleUse: cfg["single-use"],
+    timeoutMs: Math.round(cfg.timeout * 1000),
+    minInstances: cfg["min-instances"],
+    maxInstances: cfg["max-instances"],
+    maxQueue: cfg["max-queue"],
+    queueTimeoutMs: Math.round(cfg["queue-timeout"] * 1000),
+    sandbox: sandboxOf(cfg, dir, file),
+    revision: createHash("sha256").update(text).digest("hex").slice(0, 16),
+  };
+}

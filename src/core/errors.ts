@@ -1,0 +1,63 @@
+/**
+ * Every failure Fennec reports carries a stable `code`. Codes starting with `FN_` are the
+ * function's fault (its code or its config); the rest are the platform's or the caller's.
+ * The HTTP status for each code is chosen in one place: `gateway/error-status.ts`.
+ */
+export const ErrorCodes = [
+  // the caller's request
+  "BAD_REQUEST",
+  "BAD_NAME",
+  "BODY_TOO_LARGE",
+  "UNAUTHORIZED",
+  "NOT_FOUND",
+  "METHOD_NOT_ALLOWED",
+  "FUNCTION_NOT_FOUND",
+  "CONFIG_INVALID",
+  "MODULE_INVALID",
+  // capacity and lifecycle
+  "QUEUE_FULL",
+  "QUEUE_TIMEOUT",
+  "NO_CAPACITY",
+  "SHUTTING_DOWN",
+  "SANDBOX_START_FAILED",
+  "INSTANCE_GONE",
+  "DRIVER_UNAVAILABLE",
+  "INTERNAL",
+  // the function's fault
+  "FN_CONFIG_INVALID",
+  "FN_BAD_MODULE",
+  "FN_INIT_TIMEOUT",
+  "FN_TIMEOUT",
+  "FN_TRAP",
+  "FN_EXIT",
+  "FN_OOM",
+  "FN_CRASHED",
+  "FN_BAD_RESPONSE",
+] as const;
+
+export type ErrorCode = (typeof ErrorCodes)[number];
+
+/** The one error class of Fennec: a stable code, a human message, optional structured details. */
+export class FennecError extends Error {
+  readonly code: ErrorCode;
+  readonly details: Record<string, unknown> | undefined;
+
+  constructor(code: ErrorCode, message: string, options?: { cause?: unknown; details?: Record<string, unknown> }) {
+    super(message, options?.cause === undefined ? undefined : { cause: options.cause });
+    this.name = "FennecError";
+    this.code = code;
+    this.details = options?.details;
+  }
+
+  /** True when the function (its code or config) is to blame rather than the platform. */
+  get isFunctionFault(): boolean {
+    return this.code.startsWith("FN_");
+  }
+}
+
+/** Wraps anything thrown into a FennecError, keeping FennecErrors as they are. */
+export function toFennecError(err: unknown, fallback: ErrorCode = "INTERNAL"): FennecError {
+  if (err instanceof FennecError) return err;
+  const message = err instanceof Error ? err.message : String(err);
+  return new FennecError(fallback, message, { cause: err });
+}

@@ -1,0 +1,40 @@
+import diagnostics from "node:diagnostics_channel";
+import type { InvocationRecord, StartType } from "./types.js";
+
+/**
+ * Everything observable is published on diagnostics channels; metrics subscribe to them and
+ * the core never imports a metrics library. Publishing costs nothing when nobody listens.
+ */
+export interface InstanceReadyEvent {
+  readonly function: string;
+  readonly instanceId: string;
+  readonly driver: string;
+  readonly initMs: number;
+  readonly origin: StartType;
+}
+
+export interface InstanceStoppedEvent {
+  readonly function: string;
+  readonly instanceId: string;
+  readonly reason: string;
+  readonly errorCode: string | undefined;
+}
+
+export const channels = {
+  invocation: diagnostics.channel("fennec:invocation"),
+  instanceReady: diagnostics.channel("fennec:instance:ready"),
+  instanceStopped: diagnostics.channel("fennec:instance:stopped"),
+  functionError: diagnostics.channel("fennec:function:error"),
+} as const;
+
+export function publishInvocation(record: InvocationRecord): void {
+  if (channels.invocation.hasSubscribers) channels.invocation.publish(record);
+}
+
+export function publishInstanceReady(event: InstanceReadyEvent): void {
+  if (channels.instanceReady.hasSubscribers) channels.instanceReady.publish(event);
+}
+
+export function publishInstanceStopped(event: InstanceStoppedEvent): void {
+  if (channels.instanceStopped.hasSubscribers) channels.instanceStopped.publish(event);
+}

@@ -1,0 +1,58 @@
+import type { FunctionConfig } from "../config/function-config.js";
+import type { InvokeRequest, InvokeResponse } from "../core/types.js";
+
+/**
+ * The sandbox driver contract: small on purpose. A driver names itself, says what it can do and
+ * starts instances; an instance can be invoked, closed gracefully and destroyed. Timeouts, states,
+ * idempotence and events live once in `instance.ts`, not in each driver.
+ */
+export interface DriverCapabilities {
+  /** The driver enforces the function's memory limit itself. */
+  readonly memoryLimit: boolean;
+  /** Instances can be started from a snapshot. */
+  readonly snapshot: boolean;
+  /** Instances live in another process (and use the readiness callback). */
+  readonly outOfProcess: boolean;
+}
+
+export interface StartContext {
+  readonly instanceId: string;
+  readonly config: FunctionConfig;
+  /** URL an out-of-process instance calls (GET or POST) once it serves (UniFaaS `%callback`). */
+  readonly callbackUrl: string;
+  /** Resolves when the callback URL has been called; rejects when `signal` aborts. */
+  readonly waitForCallback: () => Promise<void>;
+  /** Aborted when the start phase times out or the platform shuts down. */
+  readonly signal: AbortSignal;
+}
+
+export interface InvokeContext {
+  /** Aborted when the invocation times out; the shared lifecycle then destroys the instance. */
+  readonly signal: AbortSignal;
+}
+
+/** A running sandbox as a driver sees it. */
+export interface SandboxHandle {
+  invoke(request: InvokeRequest, ctx: InvokeContext): Promise<InvokeResponse>;
+  /** Stop after in-flight work (drain). Called at most once by the lifecycle. */
+  close(): Promise<void>;
+  /** Stop now (kill). Called at most once by the lifecycle; must release every resource. */
+  destroy(): Promise<void>;
+  /** Registers a listener for the sandbox dying on its own (crash, OOM kill). */
+  onExit?(listener: (reason: Error) => void): void;
+}
+
+export interface SandboxDriver {
+  readonly name: string;
+  readonly capabilities: DriverCapabilities;
+  /** Checks and prepares a function's artefacts (e.g. compiles and caches a module); may throw FN_BAD_MODULE. */
+  prepare?(config: FunctionConfig): Promise<void>;
+  /** Starts one instance; resolves once it is ready to serve. */
+  start(ctx: StartContext): Promise<SandboxHandle>;
+  /** Memory in MiB that one instance of this function is accounted for in the node budget. */
+  memoryMiB(config: FunctionConfig): number;
+  /** Removes what an earlier crashed run of this driver left behind. */
+  cleanupStale?(): Promise<void>;
+  /** Releases driver-wide resources (worker pools, caches) at shutdown. */
+  close?(): Promise<void>;
+}

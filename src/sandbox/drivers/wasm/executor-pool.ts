@@ -1,0 +1,76 @@
+import { Worker } from "node:worker_threads";
+
+const WORKER_URL = new URL("./worker.js", import.meta.url);
+
+/**
+ * Keeps a few blank worker threads spawned ahead of time. Spawning a worker costs milliseconds;
+ * handing out a spare one and sending it a compiled module costs microseconds, which is what
+ * makes a wasm cold start an instantiation.
+ */
+export class ExecutorPool {
+  readonly #spares: Worker[] = [];
+  readonly #target: number;
+  #closed = false;
+  #refilling = false;
+
+  constructor(spares: number) {
+    this.#target = spares;
+    this.#refill();
+  }
+
+  /** A blank worker: a spare if one is waiting, else a new one. */
+  take(): Worker {
+    const worker = this.#spares.pop() ?? this.#spawn();
+    worker.ref();
+    queueMicrotask(() => this.#refill());
+    return worker;
+  }
+
+  /** Returns a worker whose instance closed cleanly; it is reset and reused. */
+  give(worker: Worker): void {
+    if (this.#closed || this.#spares.length >= this.#target) {
+      void worker.terminate();
+      return;
+    }
+    worker.postMessage({ type: "reset" });
+    worker.removeAllListeners("message");
+    worker.removeAllListeners("error");
+    worker.removeAllListeners("exit");
+    this.#watch(worker);
+    worker.unref();
+    this.#spares.push(worker);
+  }
+
+  #spawn(): Worker {
+    const worker = new Worker(WORKER_URL);
+    this.#watch(worker);
+    return worker;
+  }
+
+  /** A spare that dies on its own is simply dropped. */
+  #watch(worker: Worker): void {
+    worker.on("exit", () => {
+      const i = this.#spares.indexOf(worker);
+      if (i >= 0) this.#spares.splice(i, 1);
+    });
+  }
+
+  #refill(): void {
+    if (this.#refilling || this.#closed) return;
+    this.#refilling = true;
+    // One at a time, so a burst of cold starts is not slowed by a burst of spawns.
+    setImmediate(() => {
+      this.#refilling = false;
+      if (this.#closed || this.#spares.length >= this.#target) return;
+      const w = this.#spawn();
+      w.unref();
+      this.#spares.push(w);
+      this.#refill();
+    });
+  }
+
+  async close(): Promise<void> {
+    this.#closed = true;
+    await Promise.all(this.#spares.splice(0).map((w) => w.terminate()));
+  }
+}

@@ -1,0 +1,142 @@
+/**
+ * Worker-thread side of the wasm sandbox. One worker hosts one Fennec instance: it keeps the
+ * compiled module and a pre-instantiated copy, so an invocation only runs `_start`. WAGI programs
+ * are commands (run once, then exit), so every invocation gets a fresh instance; the next one is
+ * instantiated right after the response is sent, off the request's critical path.
+ */
+import { parentPort } from "node:worker_threads";
+import { ConsoleStdout, Directory, File, OpenFile, PreopenDirectory, WASI, WASIProcExit } from "@bjorn3/browser_wasi_shim";
+import type { Fd, Inode } from "@bjorn3/browser_wasi_shim";
+import type { DirTree, FromWorker, LoadMessage, Outcome, ToWorker } from "./protocol.js";
+
+const port = parentPort!;
+const STDERR_TAIL = 4096;
+
+interface Prepared {
+  readonly wasi: WASI;
+  readonly instance: WebAssembly.Instance;
+  readonly memory: WebAssembly.Memory;
+}
+
+let loaded: LoadMessage | undefined;
+let next: Prepared | undefined;
+
+function toInodes(tree: DirTree): Map<string, Inode> {
+  const map = new Map<string, Inode>();
+  for (const [name, value] of Object.entries(tree)) {
+    map.set(name, value instanceof Uint8Array ? new File(value, { readonly: true }) : new Directory(toInodes(value)));
+  }
+  return map;
+}
+
+function prepare(load: LoadMessage): Prepared {
+  // fds 0-2 are replaced per invocation; preopens follow at 3, the WASI convention.
+  const fds: Fd[] = [new OpenFile(new File(new Uint8Array(0))), new ConsoleStdout(() => {}), new ConsoleStdout(() => {})];
+  for (const [guest, tree] of Object.entries(load.dirs)) fds.push(new PreopenDirectory(guest, toInodes(tree)));
+  const wasi = new WASI([], [], fds);
+  const instance = new WebAssembly.Instance(load.module, { wasi_snapshot_preview1: wasi.wasiImport });
+  const memory = instance.exports["memory"];
+  if (!(memory instanceof WebAssembly.Memory)) throw new Error("the module exports no memory");
+  if (typeof instance.exports["_start"] !== "function") throw new Error("the module exports no _start (is it a WASI command?)");
+  return { wasi, instance, memory };
+}
+
+function post(msg: FromWorker, transfer: ArrayBuffer[] = []): void {
+  port.postMessage(msg, transfer);
+}
+
+function classify(err: unknown, memory: WebAssembly.Memory, maxBytes: number): { outcome: Outcome; message: string } {
+  const message = err instanceof Error ? err.message : String(err);
+  // A module that hits its memory cap usually sees malloc fail and aborts with a trap, so a trap
+  // with memory at (or within one growth step of) the cap is reported as out-of-memory.
+  const nearCap = memory.buffer.byteLength + 2 * 2 ** 20 > maxBytes;
+  if (err instanceof RangeError && /memory/i.test(message)) return { outcome: "oom", message };
+  if (err instanceof WebAssembly.RuntimeError || err instanceof RangeError) {
+    return nearCap ? { outcome: "oom", message: `${message} (linear memory at its limit)` } : { outcome: "trap", message };
+  }
+  return { outcome: "trap", message };
+}
+
+function invoke(id: number, env: string[], body: Uint8Array): void {
+  const load = loaded!;
+  let prepared: Prepared;
+  try {
+    prepared = next ?? prepare(load);
+  } catch (err) {
+    const { outcome, message } = classify(err, new WebAssembly.Memory({ initial: 0 }), load.maxMemoryBytes);
+    post({ type: "result", id, outcome: outcome === "oom" ? "oom" : "instantiate-failed", exitCode: -1, stdout: new Uint8Array(0), stderrTail: "", message });
+    return;
+  }
+  next = undefined;
+  const chunks: Uint8Array[] = [];
+  let size = 0;
+  let overflow = false;
+  let stderr = "";
+  const { wasi, instance, memory } = prepared;
+  wasi.env = env;
+  wasi.fds[0] = new OpenFile(new File(body, { readonly: true }));
+  wasi.fds[1] = new ConsoleStdout((chunk) => {
+    if (overflow) return;
+    size += chunk.byteLength;
+    if (size > load.maxOutputBytes) overflow = true;
+    else chunks.push(chunk);
+  });
+  wasi.fds[2] = new ConsoleStdout((chunk) => {
+    stderr = (stderr + Buffer.from(chunk).toString("utf8")).slice(-STDERR_TAIL);
+  });
+  let outcome: Outcome = "ok";
+  let exitCode = 0;
+  let message = "";
+  try {
+    (instance.exports["_start"] as () => void)();
+  } catch (err) {
+    if (err instanceof WASIProcExit) {
+      exitCode = err.code;
+      if (exitCode !== 0) outcome = "exit";
+    } else {
+      ({ outcome, message } = classify(err, memory, load.maxMemoryBytes));
+      exitCode = -1;
+    }
+  }
+  if (overflow) outcome = "output-too-large";
+  const stdout = Buffer.concat(chunks);
+  // Copy into an exact-size buffer so it can be transferred without cloning.
+  const out = new Uint8Array(stdout.byteLength);
+  out.set(stdout);
+  post({ type: "result", id, outcome, exitCode, stdout: out, stderrTail: stderr, message }, [out.buffer]);
+  setImmediate(preInstantiate);
+}
+
+function preInstantiate(): void {
+  if (!loaded || next) return;
+  try {
+    next = prepare(loaded);
+  } catch {
+    next = undefined; // reported by the next invocation, which retries and fails visibly
+  }
+}
+
+port.on("message", (msg: ToWorker) => {
+  switch (msg.type) {
+    case "load":
+      loaded = msg;
+      next = undefined;
+      try {
+        next = prepare(msg);
+        post({ type: "ready" });
+      } catch (err) {
+        const message = err instanceof Error ? err.message : String(err);
+        const outcome: Outcome = err instanceof RangeError && /memory/i.test(message) ? "oom" : "instantiate-failed";
+        loaded = undefined;
+        post({ type: "load-failed", outcome, message });
+      }
+      break;
+    case "invoke":
+      invoke(msg.id, msg.env, msg.body);
+      break;
+    case "reset":
+      loaded = undefined;
+      next = undefined;
+      break;
+  }
+});

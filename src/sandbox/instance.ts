@@ -1,0 +1,204 @@
+import { FennecError, toFennecError } from "../core/errors.js";
+import { publishInstanceReady, publishInstanceStopped } from "../core/events.js";
+import type { InvokeRequest, InvokeResponse, StartType } from "../core/types.js";
+import type { FunctionConfig } from "../config/function-config.js";
+import type { SandboxDriver, SandboxHandle } from "./contract.js";
+import type { ReadinessHub } from "./readiness.js";
+
+/** starting → ready ⇄ busy → stopping → stopped, or failed from anywhere. */
+export type InstanceState = "starting" | "ready" | "busy" | "stopping" | "stopped" | "failed";
+
+export interface InstanceOptions {
+  readonly id: string;
+  readonly driver: SandboxDriver;
+  readonly config: FunctionConfig;
+  readonly origin: StartType;
+  readonly hub: ReadinessHub;
+  /** Base URL of the readiness route, e.g. `http://127.0.0.1:8123/ready/`. */
+  readonly callbackBase: string;
+  readonly startTimeoutMs: number;
+}
+
+/**
+ * The lifecycle every sandbox shares, written once: start with a deadline, invoke with the
+ * function's timeout, drain (`close`) apart from kill (`destroy`), both idempotent, and events.
+ */
+export class Instance {
+  readonly id: string;
+  readonly config: FunctionConfig;
+  readonly driver: SandboxDriver;
+  readonly origin: StartType;
+  readonly createdAt = performance.now();
+  state: InstanceState = "starting";
+  /** Invocations in flight. */
+  active = 0;
+  /** Invocations served, finished or failed. */
+  uses = 0;
+  lastUsed = performance.now();
+  /** Milliseconds from start to ready. */
+  initMs = 0;
+  /** The error that failed this instance, if any. */
+  failure: FennecError | undefined;
+
+  readonly #opts: InstanceOptions;
+  #handle: SandboxHandle | undefined;
+  #startAbort: AbortController | undefined;
+  #closing = false;
+  #destroying = false;
+  #onDrained: (() => void) | undefined;
+  readonly #stopped: Promise<void>;
+  #markStopped!: () => void;
+  readonly #stopListeners: Array<(instance: Instance) => void> = [];
+
+  constructor(opts: InstanceOptions) {
+    this.#opts = opts;
+    this.id = opts.id;
+    this.config = opts.config;
+    this.driver = opts.driver;
+    this.origin = opts.origin;
+    this.#stopped = new Promise((resolve) => (this.#markStopped = resolve));
+  }
+
+  /** Called once when the instance reaches `stopped` or `failed`. */
+  onStopped(listener: (instance: Instance) => void): void {
+    this.#stopListeners.push(listener);
+  }
+
+  get isLive(): boolean {
+    return this.state === "starting" || this.state === "ready" || this.state === "busy";
+  }
+
+  /** Starts the sandbox; rejects with FN_INIT_TIMEOUT or the driver's error, leaving nothing behind. */
+  async start(): Promise<void> {
+    const { hub, driver, config, startTimeoutMs } = this.#opts;
+    const controller = new AbortController();
+    this.#startAbort = controller;
+    const timer = setTimeout(
+      () =>
+        controller.abort(
+          new FennecError("FN_INIT_TIMEOUT", `${config.key}: instance ${this.id} was not ready within ${startTimeoutMs} ms`),
+        ),
+      startTimeoutMs,
+    );
+    hub.expect(this.id);
+    const started = performance.now();
+    try {
+      const handlePromise = driver.start({
+        instanceId: this.id,
+        config,
+        callbackUrl: this.#opts.callbackBase + this.id,
+        waitForCallback: () => hub.wait(this.id, controller.signal),
+        signal: controller.signal,
+      });
+      // A driver that finishes starting after the deadline still hands back a sandbox: kill it.
+      handlePromise.then((h) => (controller.signal.aborted ? h.destroy() : undefined)).catch(() => undefined);
+      const aborted = new Promise<never>((_, reject) => {
+        const fail = () => reject(controller.signal.reason);
+        if (controller.signal.aborted) fail();
+        controller.signal.addEventListener("abort", fail, { once: true });
+      });
+      this.#handle = await Promise.race([handlePromise, aborted]);
+    } catch (err) {
+      const error = toFennecError(controller.signal.aborted ? controller.signal.reason : err, "SANDBOX_START_FAILED");
+      this.#finish("failed", error);
+      throw error;
+    } finally {
+      clearTimeout(timer);
+      hub.forget(this.id);
+      this.#startAbort = undefined;
+    }
+    this.#handle.onExit?.((reason) => {
+      if (this.state !== "stopped" && this.state !== "failed") void this.destroy(toFennecError(reason, "FN_CRASHED"));
+    });
+    this.initMs = performance.now() - started;
+    this.lastUsed = performance.now();
+    this.state = "ready";
+    publishInstanceReady({ function: config.key, instanceId: this.id, driver: driver.name, initMs: this.initMs, origin: this.origin });
+  }
+
+  /** Runs one invocation under the function's timeout; a timeout destroys the instance. */
+  async invoke(request: InvokeRequest): Promise<InvokeResponse> {
+    const handle = this.#handle;
+    if (!handle || (this.state !== "ready" && this.state !== "busy")) {
+      throw new FennecError("INSTANCE_GONE", `instance ${this.id} is ${this.state}`);
+    }
+    this.active++;
+    this.state = "busy";
+    const controller = new AbortController();
+    const { timeoutMs, key } = this.config;
+    let timer: NodeJS.Timeout | undefined;
+    const timeout = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => {
+        const err = new FennecError("FN_TIMEOUT", `${key}: invocation exceeded the ${timeoutMs} ms timeout`);
+        controller.abort(err);
+        reject(err);
+      }, timeoutMs);
+    });
+    try {
+      return await Promise.race([handle.invoke(request, { signal: controller.signal }), timeout]);
+    } catch (err) {
+      const error = toFennecError(err);
+      // A timed-out sandbox may still be running the function: it cannot be trusted again.
+      if (error.code === "FN_TIMEOUT") void this.destroy(error);
+      throw error;
+    } finally {
+      clearTimeout(timer);
+      this.active--;
+      this.uses++;
+      this.lastUsed = performance.now();
+      if (this.state === "busy" && this.active === 0) this.state = "ready";
+      if (this.active === 0) this.#onDrained?.();
+    }
+  }
+
+  /** Graceful stop: lets in-flight invocations finish, then closes the sandbox. Idempotent. */
+  close(): Promise<void> {
+    if (this.state === "starting") return this.destroy();
+    if (this.#closing || this.#destroying || !this.isLive) return this.#stopped;
+    this.#closing = true;
+    this.state = "stopping";
+    void (async () => {
+      if (this.active > 0) await new Promise<void>((resolve) => (this.#onDrained = resolve));
+      if (this.#destroying) return;
+      try {
+        await this.#handle?.close();
+      } catch {
+        await this.#kill();
+      }
+      this.#finish("stopped", undefined);
+    })();
+    return this.#stopped;
+  }
+
+  /** Immediate stop: kills the sandbox whatever it is doing. Idempotent; escalates a pending close. */
+  destroy(reason?: FennecError): Promise<void> {
+    if (reason && !this.failure) this.failure = reason;
+    if (this.#destroying || this.state === "stopped" || this.state === "failed") return this.#stopped;
+    this.#destroying = true;
+    if (this.state === "starting") {
+      this.#startAbort?.abort(reason ?? new FennecError("INSTANCE_GONE", `instance ${this.id} was stopped while starting`));
+      return this.#stopped;
+    }
+    this.state = "stopping";
+    void this.#kill().then(() => this.#finish(this.failure ? "failed" : "stopped", this.failure));
+    return this.#stopped;
+  }
+
+  async #kill(): Promise<void> {
+    await this.#handle?.destroy().catch(() => undefined);
+  }
+
+  /** Resolves once the instance has stopped, however that happened. */
+  get stopped(): Promise<void> {
+    return this.#stopped;
+  }
+
+  #finish(state: "stopped" | "failed", error: FennecError | undefined): void {
+    if (this.state === "stopped" || this.state === "failed") return;
+    this.state = state;
+    if (error) this.failure = error;
+    publishInstanceStopped({ function: this.config.key, instanceId: this.id, reason: state, errorCode: error?.code });
+    for (const listener of this.#stopListeners.splice(0)) listener(this);
+    this.#markStopped();
+  }
+}

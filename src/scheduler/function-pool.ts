@@ -1,0 +1,245 @@
+import { FennecError, toFennecError } from "../core/errors.js";
+import type { InvokeRequest, InvokeResponse, StartType } from "../core/types.js";
+import type { FunctionConfig } from "../config/function-config.js";
+import type { Instance } from "../sandbox/instance.js";
+
+/** What one finished dispatch reports back to the scheduler for the invocation record. */
+export interface Dispatch {
+  readonly instance: Instance;
+  readonly startType: StartType;
+  readonly queueWaitMs: number;
+  readonly initMs: number;
+  readonly execMs: number;
+  readonly response: InvokeResponse;
+}
+
+export class DispatchError extends Error {
+  constructor(
+    readonly error: FennecError,
+    readonly partial: Omit<Dispatch, "response" | "execMs"> & { execMs: number } | undefined,
+  ) {
+    super(error.message);
+  }
+}
+
+interface Waiter {
+  readonly request: InvokeRequest;
+  readonly enqueuedAt: number;
+  readonly resolve: (d: Dispatch) => void;
+  readonly reject: (e: DispatchError) => void;
+  timer: NodeJS.Timeout | undefined;
+}
+
+/** What a pool needs from the node: starting an instance within the memory budget. */
+export interface PoolHost {
+  /** Creates and starts an instance (accounting for memory); throws NO_CAPACITY when it cannot fit. */
+  spawn(pool: FunctionPool, origin: StartType): Instance;
+}
+
+/**
+ * The instances of one function and the requests waiting for them. Requests go to the first ready
+ * instance with a free slot (packing, as UniFaaS does); otherwise they wait in a bounded FIFO queue
+ * with a deadline while new instances start, up to `max-instances`.
+ */
+export class FunctionPool {
+  config: FunctionConfig;
+  readonly instances: Instance[] = [];
+  readonly #queue: Waiter[] = [];
+  readonly #host: PoolHost;
+  /** Instances whose first invocation has been handed out (the rest are fresh: cold or pre-booted). */
+  readonly #used = new WeakSet<Instance>();
+  /** Instances from an older revision of the config: they finish their work and are closed. */
+  readonly #retired = new WeakSet<Instance>();
+
+  constructor(config: FunctionConfig, host: PoolHost) {
+    this.config = config;
+    this.#host = host;
+  }
+
+  get queueLength(): number {
+    return this.#queue.length;
+  }
+
+  /** True when a request could be served right now without waiting (the warm fast path). */
+  hasFreeSlot(): boolean {
+    return this.#queue.length === 0 && this.#freeInstance() !== undefined;
+  }
+
+  /** Adopts a new revision of the config: instances of the old one take no new work. */
+  updateConfig(config: FunctionConfig): void {
+    if (config.revision === this.config.revision) {
+      this.config = config;
+      return;
+    }
+    this.config = config;
+    for (const inst of this.instances) {
+      this.#retired.add(inst);
+      if (inst.active === 0) void inst.close();
+    }
+  }
+
+  /** Serves one request: now if a slot is free, else after waiting in the queue. */
+  run(request: InvokeRequest): Promise<Dispatch> {
+    return new Promise<Dispatch>((resolve, reject) => {
+      const waiter: Waiter = { request, enqueuedAt: performance.now(), resolve, reject, timer: undefined };
+      if (this.#queue.length === 0) {
+        const inst = this.#freeInstance();
+        if (inst) return this.#dispatch(waiter, inst);
+      }
+      if (this.#queue.length >= this.config.maxQueue) {
+        return reject(
+          new DispatchError(
+            new FennecError("QUEUE_FULL", `${this.config.key}: ${this.#queue.length} requests already waiting (max-queue ${this.config.maxQueue})`),
+            undefined,
+          ),
+        );
+      }
+      waiter.timer = setTimeout(() => {
+        const i = this.#queue.indexOf(waiter);
+        if (i >= 0) this.#queue.splice(i, 1);
+        reject(
+          new DispatchError(
+            new FennecError("QUEUE_TIMEOUT", `${this.config.key}: no instance became free within ${this.config.queueTimeoutMs} ms`),
+            undefined,
+          ),
+        );
+      }, this.config.queueTimeoutMs);
+      this.#queue.push(waiter);
+      this.pump();
+    });
+  }
+
+  /** Starts instances ahead of demand (thesis pre-boot, min-instances); resolves with how many became ready. */
+  async preBoot(count: number): Promise<{ started: number; errors: FennecError[] }> {
+    const starts: Promise<void>[] = [];
+    const errors: FennecError[] = [];
+    for (let i = 0; i < count && this.#liveCount() < this.config.maxInstances; i++) {
+      try {
+        starts.push(this.#startInstance("prebooted"));
+      } catch (err) {
+        errors.push(toFennecError(err));
+        break;
+      }
+    }
+    const results = await Promise.allSettled(starts);
+    for (const r of results) if (r.status === "rejected") errors.push(toFennecError(r.reason));
+    return { started: results.filter((r) => r.status === "fulfilled").length, errors };
+  }
+
+  /** Hands free slots to waiters, then starts instances for the waiters no slot or start covers. */
+  pump(): void {
+    while (this.#queue.length > 0) {
+      const inst = this.#freeInstance();
+      if (!inst) break;
+      this.#dispatch(this.#queue.shift()!, inst);
+    }
+    if (this.#queue.length === 0) return;
+    const perInstance = this.config.singleUse ? 1 : this.config.concurrentRequests;
+    let coming = this.instances.filter((i) => i.state === "starting" && !this.#retired.has(i)).length * perInstance;
+    while (this.#queue.length > coming && this.#liveCount() < this.config.maxInstances) {
+      try {
+        void this.#startInstance("cold").catch(() => undefined);
+      } catch (err) {
+        if (this.#liveCount() === 0) this.#rejectAll(toFennecError(err));
+        return;
+      }
+      coming += perInstance;
+    }
+  }
+
+  #startInstance(origin: StartType): Promise<void> {
+    const inst = this.#host.spawn(this, origin);
+    this.instances.push(inst);
+    inst.onStopped(() => {
+      const i = this.instances.indexOf(inst);
+      if (i >= 0) this.instances.splice(i, 1);
+      this.pump();
+    });
+    return inst.start().then(
+      () => this.pump(),
+      (err: unknown) => {
+        // Waiters held for this start get its error instead of waiting out their deadline.
+        if (!this.instances.some((i) => i.state === "ready" || i.state === "busy" || i.state === "starting")) {
+          this.#rejectAll(toFennecError(err));
+        }
+        throw err;
+      },
+    );
+  }
+
+  #dispatch(waiter: Waiter, inst: Instance): void {
+    clearTimeout(waiter.timer);
+    const fresh = !this.#used.has(inst);
+    this.#used.add(inst);
+    const startType: StartType = fresh ? inst.origin : "warm";
+    const initMs = fresh && inst.origin === "cold" ? inst.initMs : 0;
+    const began = performance.now();
+    const queueWaitMs = began - waiter.enqueuedAt;
+    // invoke() counts the slot synchronously, before any other request can look at this instance.
+    inst.invoke(waiter.request).then(
+      (response) => {
+        this.#release(inst);
+        waiter.resolve({ instance: inst, startType, queueWaitMs, initMs, execMs: performance.now() - began, response });
+      },
+      (err: unknown) => {
+        this.#release(inst);
+        const partial = { instance: inst, startType, queueWaitMs, initMs, execMs: performance.now() - began };
+        waiter.reject(new DispatchError(toFennecError(err), partial));
+      },
+    );
+  }
+
+  #release(inst: Instance): void {
+    if (this.config.singleUse || this.#retired.has(inst)) {
+      if (inst.active === 0) void inst.close();
+    }
+    this.pump();
+  }
+
+  #freeInstance(): Instance | undefined {
+    const limit = this.config.concurrentRequests;
+    for (const inst of this.instances) {
+      if (inst.state !== "ready" && inst.state !== "busy") continue;
+      if (this.#retired.has(inst)) continue;
+      if (this.config.singleUse ? this.#used.has(inst) : inst.active >= limit) continue;
+      return inst;
+    }
+    return undefined;
+  }
+
+  #liveCount(): number {
+    let n = 0;
+    for (const inst of this.instances) if (inst.isLive && !this.#retired.has(inst)) n++;
+    return n;
+  }
+
+  #rejectAll(error: FennecError): void {
+    for (const waiter of this.#queue.splice(0)) {
+      clearTimeout(waiter.timer);
+      waiter.reject(new DispatchError(error, undefined));
+    }
+  }
+
+  /** Instances idle past keepalive, beyond the min-instances floor (scale to zero). */
+  expired(now: number): Instance[] {
+    const idle = this.instances.filter((i) => i.state === "ready" && i.active === 0 && now - i.lastUsed >= this.config.keepaliveMs);
+    const keep = Math.max(0, this.config.minInstances - (this.#liveCount() - idle.length));
+    return idle.slice(keep);
+  }
+
+  /** How many instances are missing below min-instances. */
+  missing(): number {
+    return Math.max(0, this.config.minInstances - this.#liveCount());
+  }
+
+  /** Rejects everything still queued (shutdown). */
+  abandon(error: FennecError): void {
+    this.#rejectAll(error);
+  }
+
+  counts(): Record<"starting" | "ready" | "busy" | "stopping", number> {
+    const c = { starting: 0, ready: 0, busy: 0, stopping: 0 };
+    for (const inst of this.instances) if (inst.state in c) c[inst.state as keyof typeof c]++;
+    return c;
+  }
+}

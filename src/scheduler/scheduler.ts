@@ -1,0 +1,249 @@
+import { randomUUID } from "node:crypto";
+import { FennecError, toFennecError } from "../core/errors.js";
+import { publishInvocation } from "../core/events.js";
+import type { Logger } from "../core/log.js";
+import { functionKey, type FunctionId, type InvocationRecord, type InvokeRequest, type InvokeResponse, type StartType } from "../core/types.js";
+import type { FunctionConfig } from "../config/function-config.js";
+import type { SandboxDriver } from "../sandbox/contract.js";
+import { Instance } from "../sandbox/instance.js";
+import type { ReadinessHub } from "../sandbox/readiness.js";
+import { DispatchError, FunctionPool, type PoolHost } from "./function-pool.js";
+
+/** Where configs come from: the directory registry in production, anything in tests. */
+export interface ConfigSource {
+  resolve(id: FunctionId): Promise<FunctionConfig>;
+}
+
+export interface SchedulerOptions {
+  readonly configs: ConfigSource;
+  /** Sandbox kind (`wasm`, `vm`, ...) -> driver. */
+  readonly drivers: ReadonlyMap<string, SandboxDriver>;
+  readonly hub: ReadinessHub;
+  /** Base of the readiness callback URL, ending in `/ready/`. */
+  callbackBase: string;
+  /** Node-wide memory budget in MiB (SnapFaaS `--mem`). */
+  readonly memoryBudgetMiB: number;
+  readonly startTimeoutMs: number;
+  readonly log: Logger;
+  /** How often keepalive and min-instances are enforced. */
+  readonly reapIntervalMs?: number;
+}
+
+export interface InvokeOutcome {
+  readonly response: InvokeResponse;
+  readonly record: InvocationRecord;
+}
+
+/**
+ * One scheduling model for every sandbox: per-function pools, a node memory budget with
+ * least-recently-used eviction of idle instances of other functions, keepalive (scale to zero),
+ * min-instances, pre-boot, and a record for every invocation.
+ */
+export class Scheduler implements PoolHost {
+  readonly #opts: SchedulerOptions;
+  readonly #pools = new Map<string, FunctionPool>();
+  readonly #reserved = new Map<Instance, number>();
+  #usedMiB = 0;
+  #closing = false;
+  #inFlight = 0;
+  readonly #reaper: NodeJS.Timeout;
+
+  constructor(opts: SchedulerOptions) {
+    this.#opts = opts;
+    this.#reaper = setInterval(() => this.#reap(), opts.reapIntervalMs ?? 250);
+    this.#reaper.unref();
+  }
+
+  get memoryUsedMiB(): number {
+    return this.#usedMiB;
+  }
+
+  get memoryBudgetMiB(): number {
+    return this.#opts.memoryBudgetMiB;
+  }
+
+  /** Invokes a function; never throws: failures come back as an error response plus record. */
+  async invoke(id: FunctionId, request: InvokeRequest): Promise<InvokeOutcome | { error: FennecError; record: InvocationRecord }> {
+    const key = functionKey(id);
+    const fail = (error: FennecError, partial?: DispatchError["partial"]) => {
+      const record: InvocationRecord = {
+        function: key,
+        instanceId: partial?.instance.id,
+        startType: partial?.startType,
+        queueWaitMs: partial?.queueWaitMs ?? 0,
+        initMs: partial?.initMs ?? 0,
+        execMs: partial?.execMs ?? 0,
+        status: 0,
+        errorCode: error.code,
+      };
+      publishInvocation(record);
+      return { error, record };
+    };
+    if (this.#closing) return fail(new FennecError("SHUTTING_DOWN", "Fennec is shutting down"));
+    this.#inFlight++;
+    try {
+      let pool = this.#pools.get(key);
+      // Warm fast path: a free slot on an instance of the current config, no disk access.
+      if (!pool || !pool.hasFreeSlot()) pool = await this.#poolFor(id);
+      const d = await pool.run(request);
+      const record: InvocationRecord = {
+        function: key,
+        instanceId: d.instance.id,
+        startType: d.startType,
+        queueWaitMs: d.queueWaitMs,
+        initMs: d.initMs,
+        execMs: d.execMs,
+        status: d.response.status,
+        errorCode: undefined,
+      };
+      publishInvocation(record);
+      return { response: d.response, record };
+    } catch (err) {
+      if (err instanceof DispatchError) return fail(err.error, err.partial);
+      return fail(toFennecError(err));
+    } finally {
+      this.#inFlight--;
+    }
+  }
+
+  /** Re-reads the config (edits on disk apply to new instances) and returns the function's pool. */
+  async #poolFor(id: FunctionId): Promise<FunctionPool> {
+    let config: FunctionConfig;
+    try {
+      config = await this.#opts.configs.resolve(id);
+    } catch (err) {
+      const e = toFennecError(err);
+      // At invoke time a broken config is the function's fault, not the caller's.
+      if (e.code === "CONFIG_INVALID") throw new FennecError("FN_CONFIG_INVALID", e.message, { details: e.details });
+      throw e;
+    }
+    const key = config.key;
+    let pool = this.#pools.get(key);
+    if (!pool) {
+      pool = new FunctionPool(config, this);
+      this.#pools.set(key, pool);
+    } else {
+      pool.updateConfig(config);
+    }
+    return pool;
+  }
+
+  #driverFor(config: FunctionConfig): SandboxDriver {
+    const driver = this.#opts.drivers.get(config.sandbox.kind);
+    if (!driver) {
+      throw new FennecError(
+        "DRIVER_UNAVAILABLE",
+        `${config.key}: no "${config.sandbox.kind}" sandbox driver is available on this node (available: ${[...this.#opts.drivers.keys()].join(", ")})`,
+      );
+    }
+    return driver;
+  }
+
+  /** PoolHost: creates an instance within the memory budget, evicting idle instances of other functions. */
+  spawn(pool: FunctionPool, origin: StartType): Instance {
+    const config = pool.config;
+    const driver = this.#driverFor(config);
+    const need = driver.memoryMiB(config);
+    this.#makeRoom(need, config.key);
+    const inst = new Instance({
+      id: randomUUID(),
+      driver,
+      config,
+      origin,
+      hub: this.#opts.hub,
+      callbackBase: this.#opts.callbackBase,
+      startTimeoutMs: this.#opts.startTimeoutMs,
+    });
+    this.#reserved.set(inst, need);
+    this.#usedMiB += need;
+    inst.onStopped(() => this.#unreserve(inst));
+    return inst;
+  }
+
+  #unreserve(inst: Instance): void {
+    const mib = this.#reserved.get(inst);
+    if (mib === undefined) return;
+    this.#reserved.delete(inst);
+    this.#usedMiB -= mib;
+  }
+
+  #makeRoom(need: number, forKey: string): void {
+    const budget = this.#opts.memoryBudgetMiB;
+    if (need > budget) {
+      throw new FennecError("NO_CAPACITY", `${forKey}: one instance needs ${need} MiB, more than the node's whole budget of ${budget} MiB`);
+    }
+    while (this.#usedMiB + need > budget) {
+      let victim: Instance | undefined;
+      for (const inst of this.#reserved.keys()) {
+        if (inst.config.key === forKey || inst.state !== "ready" || inst.active > 0) continue;
+        if (!victim || inst.lastUsed < victim.lastUsed) victim = inst;
+      }
+      if (!victim) {
+        throw new FennecError(
+          "NO_CAPACITY",
+          `${forKey}: needs ${need} MiB but ${this.#usedMiB} of ${budget} MiB are in use and no idle instance of another function can be evicted`,
+        );
+      }
+      this.#opts.log.debug("evicting idle instance for memory", { victim: victim.config.key, instance: victim.id, for: forKey });
+      // The memory is counted free as soon as the victim is chosen, so it is never chosen twice.
+      this.#unreserve(victim);
+      void victim.close();
+    }
+  }
+
+  /** Starts `count` warm instances ahead of demand (thesis `/preBoot`). */
+  async preBoot(id: FunctionId, count: number): Promise<{ started: number; errors: FennecError[] }> {
+    if (this.#closing) throw new FennecError("SHUTTING_DOWN", "Fennec is shutting down");
+    const pool = await this.#poolFor(id);
+    return pool.preBoot(count);
+  }
+
+  /** Makes sure functions with `min-instances` have their floor (called at start and by the reaper). */
+  async ensureMinimums(ids: readonly FunctionId[]): Promise<void> {
+    for (const id of ids) {
+      try {
+        const pool = await this.#poolFor(id);
+        if (pool.missing() > 0) await pool.preBoot(pool.missing());
+      } catch (err) {
+        this.#opts.log.warn("could not start min-instances", { function: functionKey(id), error: toFennecError(err).message });
+      }
+    }
+  }
+
+  /** Forgets a deleted function: its instances drain and stop. */
+  async removeFunction(key: string): Promise<void> {
+    const pool = this.#pools.get(key);
+    if (!pool) return;
+    this.#pools.delete(key);
+    pool.abandon(new FennecError("FUNCTION_NOT_FOUND", `function ${key} was deleted`));
+    await Promise.all(pool.instances.map((i) => i.close()));
+  }
+
+  #reap(): void {
+    const now = performance.now();
+    for (const pool of this.#pools.values()) {
+      for (const inst of pool.expired(now)) void inst.close();
+      if (!this.#closing && pool.missing() > 0 && pool.queueLength === 0) {
+        void pool.preBoot(pool.missing()).catch(() => undefined);
+      }
+    }
+  }
+
+  pools(): ReadonlyMap<string, FunctionPool> {
+    return this.#pools;
+  }
+
+  /** Stops taking work, lets in-flight invocations finish (up to `graceMs`), then stops every instance. */
+  async close(graceMs = 10_000): Promise<void> {
+    this.#closing = true;
+    clearInterval(this.#reaper);
+    const deadline = performance.now() + graceMs;
+    while (this.#inFlight > 0 && performance.now() < deadline) await new Promise((r) => setTimeout(r, 10));
+    const all = [...this.#pools.values()].flatMap((p) => {
+      p.abandon(new FennecError("SHUTTING_DOWN", "Fennec is shutting down"));
+      return [...p.instances];
+    });
+    await Promise.all(all.map((i) => (this.#inFlight > 0 ? i.destroy() : i.close())));
+    for (const driver of new Set(this.#opts.drivers.values())) await driver.close?.();
+  }
+}
