@@ -34,6 +34,8 @@ interface Waiter {
 export interface PoolHost {
   /** Creates and starts an instance (accounting for memory); throws NO_CAPACITY when it cannot fit. */
   spawn(pool: FunctionPool, origin: StartType): Instance;
+  /** Told when an instance became ready. */
+  started(pool: FunctionPool, instance: Instance): void;
 }
 
 /**
@@ -153,18 +155,17 @@ export class FunctionPool {
     inst.onStopped(() => {
       const i = this.instances.indexOf(inst);
       if (i >= 0) this.instances.splice(i, 1);
+      // The waiters this start was meant to serve get its error: no retry loop on a broken
+      // function, and no one held to their deadline for an instance that will never come.
+      if (inst.failure && inst.initMs === 0) {
+        this.#reject(this.config.singleUse ? 1 : this.config.concurrentRequests, inst.failure);
+      }
       this.pump();
     });
-    return inst.start().then(
-      () => this.pump(),
-      (err: unknown) => {
-        // Waiters held for this start get its error instead of waiting out their deadline.
-        if (!this.instances.some((i) => i.state === "ready" || i.state === "busy" || i.state === "starting")) {
-          this.#rejectAll(toFennecError(err));
-        }
-        throw err;
-      },
-    );
+    return inst.start().then(() => {
+      this.#host.started(this, inst);
+      this.pump();
+    });
   }
 
   #dispatch(waiter: Waiter, inst: Instance): void {
@@ -214,7 +215,11 @@ export class FunctionPool {
   }
 
   #rejectAll(error: FennecError): void {
-    for (const waiter of this.#queue.splice(0)) {
+    this.#reject(this.#queue.length, error);
+  }
+
+  #reject(count: number, error: FennecError): void {
+    for (const waiter of this.#queue.splice(0, count)) {
       clearTimeout(waiter.timer);
       waiter.reject(new DispatchError(error, undefined));
     }

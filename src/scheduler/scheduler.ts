@@ -19,8 +19,8 @@ export interface SchedulerOptions {
   /** Sandbox kind (`wasm`, `vm`, ...) -> driver. */
   readonly drivers: ReadonlyMap<string, SandboxDriver>;
   readonly hub: ReadinessHub;
-  /** Base of the readiness callback URL, ending in `/ready/`. */
-  callbackBase: string;
+  /** Base of the readiness callback URL, ending in `/ready/` (known once the gateway listens). */
+  readonly callbackBase: () => string;
   /** Node-wide memory budget in MiB (SnapFaaS `--mem`). */
   readonly memoryBudgetMiB: number;
   readonly startTimeoutMs: number;
@@ -43,6 +43,8 @@ export class Scheduler implements PoolHost {
   readonly #opts: SchedulerOptions;
   readonly #pools = new Map<string, FunctionPool>();
   readonly #reserved = new Map<Instance, number>();
+  /** The last function-caused start failure per function, shown by the admin API until a start succeeds. */
+  readonly #errors = new Map<string, FennecError>();
   #usedMiB = 0;
   #closing = false;
   #inFlight = 0;
@@ -151,13 +153,20 @@ export class Scheduler implements PoolHost {
       config,
       origin,
       hub: this.#opts.hub,
-      callbackBase: this.#opts.callbackBase,
+      callbackBase: this.#opts.callbackBase(),
       startTimeoutMs: this.#opts.startTimeoutMs,
     });
     this.#reserved.set(inst, need);
     this.#usedMiB += need;
-    inst.onStopped(() => this.#unreserve(inst));
+    inst.onStopped(() => {
+      this.#unreserve(inst);
+      if (inst.initMs === 0 && inst.failure?.isFunctionFault) this.noteError(config.key, inst.failure);
+    });
     return inst;
+  }
+
+  started(pool: FunctionPool): void {
+    this.#errors.delete(pool.config.key);
   }
 
   #unreserve(inst: Instance): void {
@@ -189,6 +198,16 @@ export class Scheduler implements PoolHost {
       this.#unreserve(victim);
       void victim.close();
     }
+  }
+
+  /** Remembers why a function cannot run (a start failure, a module that does not compile). */
+  noteError(key: string, error: FennecError | undefined): void {
+    if (error) this.#errors.set(key, error);
+    else this.#errors.delete(key);
+  }
+
+  lastError(key: string): FennecError | undefined {
+    return this.#errors.get(key);
   }
 
   /** Starts `count` warm instances ahead of demand (thesis `/preBoot`). */

@@ -1,0 +1,257 @@
+import { readdir, readFile, stat } from "node:fs/promises";
+import { basename, join } from "node:path";
+import { parseArgs } from "node:util";
+import { startFennec } from "../main.js";
+import { call, expectOk, type ClientOptions } from "./client.js";
+
+export interface Command {
+  readonly summary: string;
+  readonly usage: string;
+  run(argv: string[]): Promise<number>;
+}
+
+const clientFlags = {
+  url: { type: "string", default: process.env["FENNEC_URL"] ?? "http://127.0.0.1:8123" },
+  token: { type: "string", default: process.env["FENNEC_TOKEN"] },
+  help: { type: "boolean", short: "h" },
+} as const;
+
+const clientHelp = `  --url URL          Fennec's address (env FENNEC_URL; default http://127.0.0.1:8123)
+  --token TOKEN      admin token (env FENNEC_TOKEN)
+  -h, --help         this help`;
+
+function client(values: { url?: string | undefined; token?: string | undefined }): ClientOptions {
+  return { url: values.url ?? "http://127.0.0.1:8123", token: values.token };
+}
+
+/** `user/fn` or `fn` -> the `/f/<user>/<fn>` path part. */
+function userAndName(spec: string): string {
+  const parts = spec.split("/");
+  return parts.length === 2 ? `${encodeURIComponent(parts[0]!)}/${encodeURIComponent(parts[1]!)}` : `default/${encodeURIComponent(spec)}`;
+}
+
+const serve: Command = {
+  summary: "run the gateway and serve a registry of functions",
+  usage: `fennec serve [-r DIR] [options]
+
+Serves every function under DIR (<fn>/function.toml, or <user>/<fn>/function.toml).
+Edits on disk apply to new instances without a restart; SIGINT/SIGTERM drain and exit.
+
+  -r, --registry DIR     registry directory (default: examples/registry)
+  --host HOST            listen address (default 127.0.0.1)
+  -p, --port N           listen port (default 8123; 0 picks a free one)
+  --token TOKEN          require "Authorization: Bearer TOKEN" for /system/* and uploads
+                         (env FENNEC_TOKEN)
+  --memory MIB           node memory budget for instances (default 4096)
+  --body-limit BYTES     largest invocation body (default 8388608)
+  --upload-limit BYTES   largest module upload or deploy document (default 67108864)
+  --start-timeout MS     how long an instance may take to become ready (default 25000)
+  --cache-dir DIR        compiled-module cache (default DIR/.fennec/cache)
+  --log-level LEVEL      error | warn | info | debug (default info)
+  -h, --help             this help`,
+  async run(argv) {
+    const { values } = parseArgs({
+      args: argv,
+      options: {
+        registry: { type: "string", short: "r", default: "examples/registry" },
+        host: { type: "string", default: "127.0.0.1" },
+        port: { type: "string", short: "p", default: "8123" },
+        token: { type: "string", default: process.env["FENNEC_TOKEN"] },
+        memory: { type: "string", default: "4096" },
+        "body-limit": { type: "string", default: String(8 * 2 ** 20) },
+        "upload-limit": { type: "string", default: String(64 * 2 ** 20) },
+        "start-timeout": { type: "string", default: "25000" },
+        "cache-dir": { type: "string" },
+        "log-level": { type: "string", default: "info" },
+        help: { type: "boolean", short: "h" },
+      },
+    });
+    if (values.help) return help(serve);
+    const num = (name: string, v: string) => {
+      const n = Number(v);
+      if (!Number.isInteger(n) || n < 0) throw new Error(`--${name} expects a whole number, got ${JSON.stringify(v)}`);
+      return n;
+    };
+    const level = values["log-level"];
+    if (!["error", "warn", "info", "debug"].includes(level)) throw new Error(`--log-level expects error, warn, info or debug`);
+    await stat(values.registry).catch(() => {
+      throw new Error(`registry directory ${values.registry} does not exist`);
+    });
+    const fennec = await startFennec({
+      registry: values.registry,
+      host: values.host,
+      port: num("port", values.port),
+      token: values.token || undefined,
+      memoryBudgetMiB: num("memory", values.memory),
+      bodyLimitBytes: num("body-limit", values["body-limit"]),
+      uploadLimitBytes: num("upload-limit", values["upload-limit"]),
+      startTimeoutMs: num("start-timeout", values["start-timeout"]),
+      ...(values["cache-dir"] ? { cacheDir: values["cache-dir"] } : {}),
+      logLevel: level as "info",
+    });
+    await new Promise<void>((resolve) => {
+      const stop = (signal: string) => {
+        fennec.log.info(`${signal}: draining in-flight calls, then exiting`);
+        process.off("SIGINT", stop);
+        process.off("SIGTERM", stop);
+        void fennec.close().then(resolve);
+      };
+      process.on("SIGINT", stop);
+      process.on("SIGTERM", stop);
+    });
+    fennec.log.info("stopped; every instance is gone");
+    return 0;
+  },
+};
+
+const invoke: Command = {
+  summary: "call a function and print its response",
+  usage: `fennec invoke FUNCTION [PATH] [options]
+
+FUNCTION is "name" (user default) or "user/name". The response body goes to stdout;
+a non-2xx status is reported on stderr with exit code 1.
+
+  -d, --data TEXT      request body ("@file" reads a file, "-" reads stdin)
+  -X, --method METHOD  HTTP method (default POST when --data is given, else GET)
+  -H, --header 'N: V'  extra request header (repeatable)
+  -i, --include        print the status line and headers before the body
+${clientHelp}`,
+  async run(argv) {
+    const { values, positionals } = parseArgs({
+      args: argv,
+      allowPositionals: true,
+      options: {
+        ...clientFlags,
+        data: { type: "string", short: "d" },
+        method: { type: "string", short: "X" },
+        header: { type: "string", short: "H", multiple: true },
+        include: { type: "boolean", short: "i" },
+      },
+    });
+    if (values.help || positionals.length === 0) return help(invoke);
+    const [fn, path = ""] = positionals;
+    let body: Uint8Array | undefined;
+    if (values.data !== undefined) {
+      if (values.data === "-") body = await readStdin();
+      else if (values.data.startsWith("@")) body = await readFile(values.data.slice(1));
+      else body = Buffer.from(values.data);
+    }
+    const headers: Record<string, string> = {};
+    for (const h of values.header ?? []) {
+      const i = h.indexOf(":");
+      if (i <= 0) throw new Error(`--header expects "Name: value", got ${JSON.stringify(h)}`);
+      headers[h.slice(0, i).trim()] = h.slice(i + 1).trim();
+    }
+    const method = values.method ?? (body ? "POST" : "GET");
+    const target = fn!.includes("/") ? `/f/${userAndName(fn!)}${path ? "/" + path.replace(/^\//, "") : ""}` : `/invoke/${encodeURIComponent(fn!)}/${path.replace(/^\//, "")}`;
+    const res = await call(client(values), fn!.includes("/") && method !== "POST" ? "POST" : method, target, body, headers);
+    if (values.include) {
+      process.stdout.write(`HTTP ${res.status} ${res.statusText}\n`);
+      res.headers.forEach((v, k) => process.stdout.write(`${k}: ${v}\n`));
+      process.stdout.write("\n");
+    }
+    process.stdout.write(Buffer.from(await res.arrayBuffer()));
+    if (!res.ok) {
+      process.stderr.write(`fennec: HTTP ${res.status} (${res.headers.get("x-fennec-error") ?? "function status"})\n`);
+      return 1;
+    }
+    return 0;
+  },
+};
+
+const deploy: Command = {
+  summary: "upload a .wasm module, or deploy a function directory",
+  usage: `fennec deploy FUNCTION SOURCE [options]
+
+FUNCTION is "name" (user default) or "user/name".
+SOURCE is either a .wasm file (uploaded with PUT /f/<user>/<name>, keeping an existing
+function.toml or creating a default one) or a directory holding function.toml and its
+artefacts (sent to POST /system/functions, validated before anything is written).
+
+${clientHelp}`,
+  async run(argv) {
+    const { values, positionals } = parseArgs({ args: argv, allowPositionals: true, options: clientFlags });
+    if (values.help || positionals.length !== 2) return help(deploy);
+    const [fn, source] = positionals as [string, string];
+    const st = await stat(source).catch(() => {
+      throw new Error(`${source} does not exist`);
+    });
+    let res: Response;
+    if (st.isFile()) {
+      res = await call(client(values), "PUT", `/f/${userAndName(fn)}`, await readFile(source));
+    } else {
+      const files: Record<string, string> = {};
+      for (const name of await readdir(source)) {
+        const full = join(source, name);
+        if (name === "function.toml" || name.startsWith(".") || !(await stat(full)).isFile()) continue;
+        files[basename(name)] = (await readFile(full)).toString("base64");
+      }
+      const parts = fn.split("/");
+      const doc = {
+        name: parts.length === 2 ? parts[1] : fn,
+        ...(parts.length === 2 ? { user: parts[0] } : {}),
+        toml: await readFile(join(source, "function.toml"), "utf8"),
+        files,
+      };
+      res = await call(client(values), "POST", "/system/functions", JSON.stringify(doc), { "content-type": "application/json" });
+    }
+    const result = (await (await expectOk(res)).json()) as { function: string; revision: string };
+    process.stdout.write(`deployed ${result.function} (revision ${result.revision})\n`);
+    return 0;
+  },
+};
+
+const ls: Command = {
+  summary: "list functions with their state and errors",
+  usage: `fennec ls [--json] [options]
+
+  --json             print the raw JSON of GET /system/functions
+${clientHelp}`,
+  async run(argv) {
+    const { values } = parseArgs({ args: argv, options: { ...clientFlags, json: { type: "boolean" } } });
+    if (values.help) return help(ls);
+    const res = await expectOk(await call(client(values), "GET", "/system/functions"));
+    const rows = (await res.json()) as Array<{ key: string; sandbox: string | null; state: string; replicas: number; error: { code: string; message: string } | null }>;
+    if (values.json) {
+      process.stdout.write(JSON.stringify(rows, null, 2) + "\n");
+      return 0;
+    }
+    const width = Math.max(8, ...rows.map((r) => r.key.length));
+    process.stdout.write(`${"FUNCTION".padEnd(width)}  SANDBOX    STATE  INSTANCES\n`);
+    for (const r of rows) {
+      process.stdout.write(`${r.key.padEnd(width)}  ${(r.sandbox ?? "-").padEnd(9)}  ${r.state.padEnd(5)}  ${r.replicas}\n`);
+      if (r.error) process.stdout.write(`${"".padEnd(width)}  ${r.error.code}: ${r.error.message}\n`);
+    }
+    return 0;
+  },
+};
+
+const statsCmd: Command = {
+  summary: "show /stats: start and execution times, per-function figures",
+  usage: `fennec stats [options]
+
+Prints the JSON of GET /stats (the thesis keys in nanoseconds plus per-function figures
+in milliseconds).
+
+${clientHelp}`,
+  async run(argv) {
+    const { values } = parseArgs({ args: argv, options: clientFlags });
+    if (values.help) return help(statsCmd);
+    const res = await expectOk(await call(client(values), "GET", "/stats"));
+    process.stdout.write(JSON.stringify(await res.json(), null, 2) + "\n");
+    return 0;
+  },
+};
+
+export const commands: Record<string, Command> = { serve, invoke, deploy, ls, stats: statsCmd };
+
+function help(cmd: Command): number {
+  process.stdout.write(cmd.usage + "\n");
+  return 0;
+}
+
+async function readStdin(): Promise<Uint8Array> {
+  const chunks: Buffer[] = [];
+  for await (const chunk of process.stdin) chunks.push(chunk as Buffer);
+  return Buffer.concat(chunks);
+}

@@ -1,0 +1,113 @@
+import { relative } from "node:path";
+import { FennecError, toFennecError } from "../core/errors.js";
+import type { FunctionId } from "../core/types.js";
+import type { FunctionConfig } from "../config/function-config.js";
+import { parseFunctionToml } from "../config/load-function.js";
+import type { DirectoryRegistry } from "../registry/registry.js";
+import type { Scheduler } from "../scheduler/scheduler.js";
+import { functionId } from "./routes.js";
+
+/** One row of `GET /system/functions`: the OpenFaaS FunctionStatus fields plus Fennec's own. */
+export interface FunctionStatus {
+  readonly name: string;
+  readonly user: string;
+  readonly namespace: string;
+  readonly key: string;
+  readonly sandbox: string | null;
+  readonly image: string | null;
+  readonly state: "ready" | "error";
+  readonly replicas: number;
+  readonly availableReplicas: number;
+  readonly error: { code: string; message: string; details?: Record<string, unknown> } | null;
+  readonly config: Record<string, unknown> | null;
+}
+
+function summary(c: FunctionConfig): Record<string, unknown> {
+  return {
+    keepalive: c.keepaliveMs / 1000,
+    "concurrent-requests": c.concurrentRequests,
+    "single-use": c.singleUse,
+    timeout: c.timeoutMs / 1000,
+    "min-instances": c.minInstances,
+    "max-instances": c.maxInstances,
+    revision: c.revision,
+  };
+}
+
+/** Lists every function on disk with its state; a broken one shows its error and hides nothing else. */
+export async function describeFunctions(registry: DirectoryRegistry, scheduler: Scheduler): Promise<FunctionStatus[]> {
+  const pools = scheduler.pools();
+  return (await registry.list()).map((entry) => {
+    const counts = pools.get(entry.key)?.counts();
+    const c = entry.config;
+    const error = entry.error ?? scheduler.lastError(entry.key);
+    const artefact = c?.sandbox.kind === "wasm" ? c.sandbox.module : c?.sandbox.kind === "container" ? c.sandbox.image : c?.sandbox.kind === "vm" ? c.sandbox.kernel : undefined;
+    return {
+      name: entry.id.name,
+      user: entry.id.user,
+      namespace: entry.id.user,
+      key: entry.key,
+      sandbox: c?.sandbox.kind ?? null,
+      image: artefact === undefined ? null : c?.sandbox.kind === "container" ? artefact : relative(entry.dir, artefact),
+      state: error ? "error" : "ready",
+      replicas: counts ? counts.starting + counts.ready + counts.busy : 0,
+      availableReplicas: counts ? counts.ready + counts.busy : 0,
+      error: error ? { code: error.code, message: error.message, ...(error.details ? { details: error.details } : {}) } : null,
+      config: c ? summary(c) : null,
+    };
+  });
+}
+
+interface DeployDocument {
+  name?: unknown;
+  user?: unknown;
+  toml?: unknown;
+  module?: unknown;
+  files?: unknown;
+}
+
+function base64(value: unknown, what: string): Uint8Array {
+  if (typeof value !== "string" || !/^[A-Za-z0-9+/=\s]*$/.test(value)) throw new FennecError("BAD_REQUEST", `${what} must be a base64 string`);
+  return Buffer.from(value, "base64");
+}
+
+/**
+ * Deploys from `{"name", "user"?, "toml", "module"?: base64, "files"?: {name: base64}}`. The toml is
+ * validated by the schema and a wasm module by the sandbox's checks before anything is written.
+ */
+export async function deployFromJson(
+  body: Buffer,
+  named: FunctionId | undefined,
+  registry: DirectoryRegistry,
+  validateModule: (bytes: Uint8Array, memoryMiB: number, what: string) => Promise<void>,
+): Promise<FunctionConfig> {
+  let doc: DeployDocument;
+  try {
+    doc = JSON.parse(body.toString("utf8")) as DeployDocument;
+  } catch (err) {
+    throw new FennecError("BAD_REQUEST", `deploy expects a JSON document: ${(err as Error).message}`);
+  }
+  if (typeof doc !== "object" || doc === null) throw new FennecError("BAD_REQUEST", "deploy expects a JSON object");
+  const id = named ?? functionId(typeof doc.user === "string" ? doc.user : undefined, typeof doc.name === "string" ? doc.name : undefined);
+  if (typeof doc.toml !== "string") throw new FennecError("BAD_REQUEST", 'deploy expects "toml": the function.toml text');
+  const what = `deploy of ${id.user}/${id.name}`;
+  const parsed = parseFunctionToml(doc.toml, `${what}: function.toml`);
+  const files = new Map<string, Uint8Array>();
+  if (doc.files !== undefined) {
+    if (typeof doc.files !== "object" || doc.files === null) throw new FennecError("BAD_REQUEST", '"files" must be an object of name -> base64');
+    for (const [name, value] of Object.entries(doc.files)) files.set(name, base64(value, `files.${name}`));
+  }
+  if (doc.module !== undefined) {
+    if (!parsed.wasm) throw new FennecError("BAD_REQUEST", '"module" is only for [wasm] functions');
+    files.set(parsed.wasm.module, base64(doc.module, "module"));
+  }
+  if (parsed.wasm) {
+    const bytes = files.get(parsed.wasm.module);
+    if (bytes) {
+      await validateModule(bytes, parsed.wasm.memory, what).catch((err: unknown) => {
+        throw new FennecError("MODULE_INVALID", toFennecError(err).message);
+      });
+    }
+  }
+  return registry.deploy(id, doc.toml, files);
+}

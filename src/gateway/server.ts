@@ -1,0 +1,246 @@
+import { timingSafeEqual } from "node:crypto";
+import type { IncomingMessage, ServerResponse } from "node:http";
+import { FennecError, toFennecError } from "../core/errors.js";
+import type { Logger } from "../core/log.js";
+import { functionKey, type FunctionId, type InvokeRequest, type InvokeResponse } from "../core/types.js";
+import type { DirectoryRegistry } from "../registry/registry.js";
+import type { ReadinessHub } from "../sandbox/readiness.js";
+import type { Scheduler } from "../scheduler/scheduler.js";
+import type { StatsCollector } from "../metrics/stats.js";
+import type { PrometheusMetrics } from "../metrics/prometheus.js";
+import { AsyncCalls } from "./async-calls.js";
+import { readBody, REQUEST_ID_HEADER, requestIdOf, sendError, sendJson } from "./http-util.js";
+import { functionId, parseTarget, type Target } from "./routes.js";
+import { deployFromJson, describeFunctions } from "./admin.js";
+
+export interface GatewayOptions {
+  readonly scheduler: Scheduler;
+  readonly registry: DirectoryRegistry;
+  readonly hub: ReadinessHub;
+  readonly stats: StatsCollector;
+  readonly metrics: PrometheusMetrics;
+  /** Checks an uploaded module; throws FN_BAD_MODULE with the reason. */
+  readonly validateModule: (bytes: Uint8Array, memoryMiB: number, what: string) => Promise<void>;
+  readonly log: Logger;
+  /** Largest invocation body in bytes. */
+  readonly bodyLimit: number;
+  /** Largest upload (module or deploy document) in bytes. */
+  readonly uploadLimit: number;
+  /** Bearer token guarding the admin API and uploads; undefined leaves them open. */
+  readonly token: string | undefined;
+}
+
+// Headers that describe one hop, not the message: never forwarded either way.
+const HOP_BY_HOP = new Set(["connection", "keep-alive", "transfer-encoding", "upgrade", "te", "trailer", "proxy-connection", "content-length"]);
+
+/** Default function.toml for a module uploaded without one (Faasm's PUT creates functions). */
+export function defaultWasmToml(moduleFile: string): string {
+  return `# created by an upload\nkeepalive = 60\nconcurrent-requests = 1\n\n[wasm]\nmodule = "${moduleFile}"\nmemory = 64\n`;
+}
+
+/** The HTTP gateway: every route of the brief, one error format, a correlation id on every response. */
+export class Gateway {
+  readonly #o: GatewayOptions;
+  readonly #calls = new AsyncCalls();
+
+  constructor(options: GatewayOptions) {
+    this.#o = options;
+  }
+
+  readonly handle = (req: IncomingMessage, res: ServerResponse): void => {
+    const requestId = requestIdOf(req);
+    res.setHeader(REQUEST_ID_HEADER, requestId);
+    this.#route(req, res).catch((err: unknown) => {
+      const error = toFennecError(err);
+      if (error.code === "INTERNAL") this.#o.log.error("request failed", { requestId, url: req.url, error: error.message });
+      // Drain an unread body so the connection stays usable for the next request.
+      if (!req.readableEnded && error.code !== "BODY_TOO_LARGE") req.resume();
+      sendError(res, error, requestId);
+    });
+  };
+
+  async #route(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    const target = parseTarget(req.url ?? "/");
+    const [first, a, b] = target.segments;
+    const method = req.method ?? "GET";
+    switch (first) {
+      case "invoke":
+        return this.#invoke(req, res, functionId(undefined, a), target.rest(2), target.query);
+      case "f":
+        if (method === "PUT") return this.#upload(req, res, functionId(a, b));
+        allow(method, ["POST", "PUT"]);
+        return this.#invoke(req, res, functionId(a, b), target.rest(3), target.query);
+      case "fa":
+        if (a === "calls" && method === "GET") return this.#asyncResult(res, b ?? "");
+        allow(method, ["POST"]);
+        return this.#invokeAsync(req, res, functionId(a, b), target.rest(3), target.query);
+      case "preBoot":
+        allow(method, ["POST"]);
+        return this.#preBoot(req, res, target.segments.length > 2 ? functionId(a, b) : functionId(undefined, a));
+      case "ready":
+        allow(method, ["GET", "POST"]);
+        req.resume();
+        this.#o.hub.signal(a ?? "") || this.#o.log.debug("spurious readiness callback", { instance: a });
+        res.writeHead(200, { "content-type": "text/plain", connection: "close" }).end("ok");
+        return;
+      case "stats":
+        allow(method, ["GET"]);
+        return sendJson(res, 200, this.#statsDocument());
+      case "metrics": {
+        allow(method, ["GET"]);
+        const text = await this.#o.metrics.registry.metrics();
+        res.writeHead(200, { "content-type": this.#o.metrics.registry.contentType }).end(text);
+        return;
+      }
+      case "healthz":
+        allow(method, ["GET", "HEAD"]);
+        res.writeHead(200, { "content-type": "text/plain" }).end("ok\n");
+        return;
+      case "system":
+        if (a === "functions" || a === "function") return this.#admin(req, res, target);
+    }
+    throw new FennecError("NOT_FOUND", `no route for ${method} ${target.segments.length ? "/" + target.segments.join("/") : "/"}`);
+  }
+
+  async #request(req: IncomingMessage, path: string, query: string): Promise<InvokeRequest> {
+    const body = await readBody(req, this.#o.bodyLimit);
+    const headers: Record<string, string> = {};
+    for (const [name, value] of Object.entries(req.headers)) {
+      if (value === undefined || HOP_BY_HOP.has(name)) continue;
+      headers[name] = Array.isArray(value) ? value.join(", ") : value;
+    }
+    return { method: req.method ?? "GET", path, query, headers, body };
+  }
+
+  async #invoke(req: IncomingMessage, res: ServerResponse, id: FunctionId, path: string, query: string): Promise<void> {
+    const request = await this.#request(req, path, query);
+    const outcome = await this.#o.scheduler.invoke(id, request);
+    if ("error" in outcome) throw outcome.error;
+    if (outcome.record.startType) res.setHeader("x-fennec-start", outcome.record.startType);
+    writeResponse(res, outcome.response);
+  }
+
+  async #invokeAsync(req: IncomingMessage, res: ServerResponse, id: FunctionId, path: string, query: string): Promise<void> {
+    const request = await this.#request(req, path, query);
+    const callId = this.#calls.submit(functionKey(id), this.#o.scheduler.invoke(id, request));
+    res.setHeader("location", `/fa/calls/${callId}`);
+    sendJson(res, 202, { callId, status: `/fa/calls/${callId}` });
+  }
+
+  #asyncResult(res: ServerResponse, callId: string): void {
+    const call = this.#calls.get(callId);
+    if (!call) throw new FennecError("NOT_FOUND", `no asynchronous call ${JSON.stringify(callId)} (results are kept for the 10,000 most recent calls)`);
+    if (call.state === "pending") return sendJson(res, 202, { callId, state: "pending", function: call.function });
+    if (call.state === "failed") throw call.error;
+    res.setHeader("x-fennec-call-state", "done");
+    writeResponse(res, call.response);
+  }
+
+  async #upload(req: IncomingMessage, res: ServerResponse, id: FunctionId): Promise<void> {
+    this.#authorize(req);
+    const bytes = await readBody(req, this.#o.uploadLimit);
+    const what = `upload of ${functionKey(id)}`;
+    let memoryMiB = 64;
+    try {
+      const existing = await this.#o.registry.resolve(id);
+      if (existing.sandbox.kind === "wasm") memoryMiB = existing.sandbox.memoryMiB;
+    } catch {
+      // a new function, or one whose config is broken: the default limit applies to the check
+    }
+    await this.#o.validateModule(bytes, memoryMiB, what).catch((err: unknown) => {
+      throw new FennecError("MODULE_INVALID", toFennecError(err).message);
+    });
+    const config = await this.#o.registry.uploadModule(id, bytes, defaultWasmToml);
+    sendJson(res, 200, { function: config.key, revision: config.revision, bytes: bytes.byteLength });
+  }
+
+  async #preBoot(req: IncomingMessage, res: ServerResponse, id: FunctionId): Promise<void> {
+    const text = (await readBody(req, 64)).toString("utf8").trim();
+    const count = Number(text);
+    if (!/^\d+$/.test(text) || count < 1 || count > 10_000) {
+      throw new FennecError("BAD_REQUEST", `preBoot expects a body with a whole number of instances (1-10000), got ${JSON.stringify(text)}`);
+    }
+    const result = await this.#o.scheduler.preBoot(id, count);
+    sendJson(res, result.started > 0 || result.errors.length === 0 ? 200 : 500, {
+      function: functionKey(id),
+      requested: count,
+      started: result.started,
+      errors: result.errors.map((e) => ({ code: e.code, message: e.message })),
+    });
+  }
+
+  #statsDocument(): Record<string, unknown> {
+    const { scheduler, stats } = this.#o;
+    const instances: Record<string, unknown> = {};
+    for (const [key, pool] of scheduler.pools()) instances[key] = { ...pool.counts(), queued: pool.queueLength };
+    return {
+      ...stats.thesis(),
+      memory: { reservedMiB: scheduler.memoryUsedMiB, budgetMiB: scheduler.memoryBudgetMiB },
+      instances,
+      functions: stats.functions(),
+    };
+  }
+
+  async #admin(req: IncomingMessage, res: ServerResponse, target: Target): Promise<void> {
+    this.#authorize(req);
+    const [, , a, b] = target.segments;
+    const method = req.method ?? "GET";
+    const named = a !== undefined && a !== "" ? (b !== undefined ? functionId(a, b) : functionId(undefined, a)) : undefined;
+    if (method === "GET") {
+      const all = await describeFunctions(this.#o.registry, this.#o.scheduler);
+      if (!named) return sendJson(res, 200, all);
+      const one = all.find((f) => f.name === named.name && f.user === named.user);
+      if (!one) throw new FennecError("FUNCTION_NOT_FOUND", `function ${functionKey(named)} does not exist`);
+      return sendJson(res, 200, one);
+    }
+    if (method === "POST" || method === "PUT") {
+      const body = await readBody(req, this.#o.uploadLimit);
+      const config = await deployFromJson(body, named, this.#o.registry, this.#o.validateModule);
+      // Instances of an earlier revision finish their work and are replaced on next use.
+      return sendJson(res, method === "POST" ? 201 : 200, { function: config.key, revision: config.revision });
+    }
+    if (method === "DELETE") {
+      let id = named;
+      if (!id) {
+        const body = JSON.parse((await readBody(req, 4096)).toString("utf8") || "{}") as { functionName?: unknown };
+        if (typeof body.functionName !== "string") throw new FennecError("BAD_REQUEST", 'DELETE /system/functions expects {"functionName": "..."}');
+        const parts = body.functionName.split("/");
+        id = parts.length === 2 ? functionId(parts[0], parts[1]) : functionId(undefined, body.functionName);
+      }
+      await this.#o.registry.remove(id);
+      await this.#o.scheduler.removeFunction(functionKey(id));
+      res.writeHead(202).end();
+      return;
+    }
+    throw new FennecError("METHOD_NOT_ALLOWED", `${method} is not allowed on /system/functions`);
+  }
+
+  #authorize(req: IncomingMessage): void {
+    const token = this.#o.token;
+    if (token === undefined) return;
+    const given = /^Bearer (.+)$/i.exec(req.headers.authorization ?? "")?.[1] ?? "";
+    const a = Buffer.from(given);
+    const b = Buffer.from(token);
+    if (a.length !== b.length || !timingSafeEqual(a, b)) {
+      throw new FennecError("UNAUTHORIZED", "this route needs the admin token: send Authorization: Bearer <token>");
+    }
+  }
+}
+
+function allow(method: string, methods: string[]): void {
+  if (!methods.includes(method)) throw new FennecError("METHOD_NOT_ALLOWED", `${method} is not allowed here; use ${methods.join(" or ")}`);
+}
+
+function writeResponse(res: ServerResponse, response: InvokeResponse): void {
+  for (const [name, value] of response.headers) {
+    if (HOP_BY_HOP.has(name)) continue;
+    try {
+      res.appendHeader(name, value);
+    } catch {
+      throw new FennecError("FN_BAD_RESPONSE", `the function sent an invalid header ${JSON.stringify(name)}`);
+    }
+  }
+  res.statusCode = response.status;
+  res.setHeader("content-length", response.body.byteLength);
+  res.end(response.body);
+}

@@ -1,0 +1,134 @@
+import { createServer, type Server } from "node:http";
+import type { AddressInfo } from "node:net";
+import { join, resolve } from "node:path";
+import { toFennecError } from "./core/errors.js";
+import { createLogger, type Logger, type LogLevel } from "./core/log.js";
+import { Gateway } from "./gateway/server.js";
+import { PrometheusMetrics } from "./metrics/prometheus.js";
+import { StatsCollector } from "./metrics/stats.js";
+import { DirectoryRegistry } from "./registry/registry.js";
+import type { SandboxDriver } from "./sandbox/contract.js";
+import { WasmDriver } from "./sandbox/drivers/wasm/driver.js";
+import { validateModuleBytes } from "./sandbox/drivers/wasm/module-cache.js";
+import { ReadinessHub } from "./sandbox/readiness.js";
+import { Scheduler } from "./scheduler/scheduler.js";
+
+export interface FennecOptions {
+  readonly registry: string;
+  readonly host?: string;
+  /** 0 picks a free port. */
+  readonly port?: number;
+  readonly token?: string | undefined;
+  readonly memoryBudgetMiB?: number;
+  readonly bodyLimitBytes?: number;
+  readonly uploadLimitBytes?: number;
+  /** How long an instance may take to become ready. */
+  readonly startTimeoutMs?: number;
+  /** Directory of caches (compiled modules); default `<registry>/.fennec/cache`. */
+  readonly cacheDir?: string;
+  readonly logLevel?: LogLevel | "silent";
+  /** Extra or replacement drivers by sandbox kind (tests add a fake one). */
+  readonly drivers?: ReadonlyMap<string, SandboxDriver>;
+}
+
+export interface Fennec {
+  readonly url: string;
+  readonly server: Server;
+  readonly scheduler: Scheduler;
+  readonly registry: DirectoryRegistry;
+  readonly log: Logger;
+  /** Stops accepting, drains in-flight calls (up to `graceMs`), stops every instance. Idempotent. */
+  close(graceMs?: number): Promise<void>;
+}
+
+/** The composition root: picks defaults and wires registry, drivers, scheduler, metrics and gateway. */
+export async function startFennec(options: FennecOptions): Promise<Fennec> {
+  const log = createLogger(options.logLevel ?? "info");
+  const root = resolve(options.registry);
+  const registry = new DirectoryRegistry(root);
+  const removed = await registry.cleanupStale();
+  if (removed.length > 0) log.info("removed leftovers of an earlier run", { paths: removed });
+
+  const wasm = new WasmDriver({ cacheDir: options.cacheDir ?? join(root, ".fennec", "cache") });
+  const drivers = new Map<string, SandboxDriver>([["wasm", wasm]]);
+  for (const [kind, driver] of options.drivers ?? []) drivers.set(kind, driver);
+  for (const driver of drivers.values()) await driver.cleanupStale?.();
+
+  const hub = new ReadinessHub();
+  let callbackBase = "";
+  const scheduler = new Scheduler({
+    configs: registry,
+    drivers,
+    hub,
+    callbackBase: () => callbackBase,
+    memoryBudgetMiB: options.memoryBudgetMiB ?? 4096,
+    startTimeoutMs: options.startTimeoutMs ?? 25_000,
+    log,
+  });
+  const stats = new StatsCollector();
+  const metrics = new PrometheusMetrics(
+    () =>
+      [...scheduler.pools()].flatMap(([fn, pool]) =>
+        Object.entries(pool.counts()).map(([state, count]) => ({ function: fn, state, count })),
+      ),
+    () => ({ used: scheduler.memoryUsedMiB, budget: scheduler.memoryBudgetMiB }),
+  );
+  const gateway = new Gateway({
+    scheduler,
+    registry,
+    hub,
+    stats,
+    metrics,
+    validateModule: validateModuleBytes,
+    log,
+    bodyLimit: options.bodyLimitBytes ?? 8 * 2 ** 20,
+    uploadLimit: options.uploadLimitBytes ?? 64 * 2 ** 20,
+    token: options.token,
+  });
+
+  const server = createServer({ keepAliveTimeout: 65_000 }, gateway.handle);
+  await new Promise<void>((resolveListen, reject) => {
+    server.once("error", reject);
+    server.listen(options.port ?? 8123, options.host ?? "127.0.0.1", () => resolveListen());
+  });
+  const address = server.address() as AddressInfo;
+  const host = address.family === "IPv6" ? `[${address.address}]` : address.address;
+  const url = `http://${host}:${address.port}`;
+  callbackBase = `${url}/ready/`;
+
+  // Compile every valid module now, so the first cold start is an instantiation, and start
+  // min-instances; both in the background, neither blocks serving.
+  const entries = await registry.list();
+  for (const entry of entries) {
+    if (entry.error) log.warn("function is not servable", { function: entry.key, code: entry.error.code, error: entry.error.message });
+  }
+  void (async () => {
+    for (const entry of entries) {
+      const driver = entry.config && drivers.get(entry.config.sandbox.kind);
+      if (!driver || !entry.config) continue;
+      const key = entry.key;
+      await driver.prepare?.(entry.config).catch((err: unknown) => {
+        const error = toFennecError(err);
+        scheduler.noteError(key, error);
+        log.warn("function is not servable", { function: key, code: error.code, error: error.message });
+      });
+    }
+    await scheduler.ensureMinimums(entries.filter((e) => e.config && e.config.minInstances > 0).map((e) => e.id));
+  })();
+  log.info(`Fennec serving ${entries.length} function(s) from ${root} on ${url}`);
+
+  let closing: Promise<void> | undefined;
+  const close = (graceMs = 10_000): Promise<void> => {
+    closing ??= (async () => {
+      const serverClosed = new Promise<void>((r) => server.close(() => r()));
+      server.closeIdleConnections();
+      await scheduler.close(graceMs);
+      server.closeAllConnections();
+      await serverClosed;
+      stats.close();
+      metrics.close();
+    })();
+    return closing;
+  };
+  return { url, server, scheduler, registry, log, close };
+}

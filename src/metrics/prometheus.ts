@@ -1,0 +1,89 @@
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from "prom-client";
+import { channels, type InstanceReadyEvent } from "../core/events.js";
+import type { InvocationRecord } from "../core/types.js";
+
+export interface InstanceCounts {
+  readonly function: string;
+  readonly state: string;
+  readonly count: number;
+}
+
+const BUCKETS = [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30];
+
+/** Prometheus metrics fed by diagnostics channels; live instance counts are read at scrape time. */
+export class PrometheusMetrics {
+  readonly registry = new Registry();
+  readonly #invocations: Counter<"function" | "start_type" | "outcome">;
+  readonly #phase: Histogram<"function" | "phase">;
+  readonly #init: Histogram<"function" | "driver">;
+  readonly #onInvocation = (msg: unknown) => this.#record(msg as InvocationRecord);
+  readonly #onReady = (msg: unknown) => {
+    const e = msg as InstanceReadyEvent;
+    this.#init.observe({ function: e.function, driver: e.driver }, e.initMs / 1000);
+  };
+
+  constructor(instanceCounts: () => InstanceCounts[], memory: () => { used: number; budget: number }) {
+    collectDefaultMetrics({ register: this.registry, prefix: "fennec_process_" });
+    this.#invocations = new Counter({
+      name: "fennec_invocations_total",
+      help: "Invocations by function, start type and outcome (ok or an error code).",
+      labelNames: ["function", "start_type", "outcome"],
+      registers: [this.registry],
+    });
+    this.#phase = new Histogram({
+      name: "fennec_invocation_phase_seconds",
+      help: "Time an invocation spent queued, waiting for its instance to start, and executing.",
+      labelNames: ["function", "phase"],
+      buckets: BUCKETS,
+      registers: [this.registry],
+    });
+    this.#init = new Histogram({
+      name: "fennec_instance_init_seconds",
+      help: "Time from starting an instance to it being ready.",
+      labelNames: ["function", "driver"],
+      buckets: BUCKETS,
+      registers: [this.registry],
+    });
+    new Gauge({
+      name: "fennec_instances",
+      help: "Live instances by function and state.",
+      labelNames: ["function", "state"],
+      registers: [this.registry],
+      collect() {
+        this.reset();
+        for (const c of instanceCounts()) this.set({ function: c.function, state: c.state }, c.count);
+      },
+    });
+    new Gauge({
+      name: "fennec_memory_reserved_mib",
+      help: "Memory reserved by live instances against the node budget.",
+      registers: [this.registry],
+      collect() {
+        this.set(memory().used);
+      },
+    });
+    new Gauge({
+      name: "fennec_memory_budget_mib",
+      help: "The node's memory budget for instances.",
+      registers: [this.registry],
+      collect() {
+        this.set(memory().budget);
+      },
+    });
+    channels.invocation.subscribe(this.#onInvocation);
+    channels.instanceReady.subscribe(this.#onReady);
+  }
+
+  #record(r: InvocationRecord): void {
+    this.#invocations.inc({ function: r.function, start_type: r.startType ?? "none", outcome: r.errorCode ?? "ok" });
+    if (r.instanceId === undefined) return;
+    this.#phase.observe({ function: r.function, phase: "queue" }, r.queueWaitMs / 1000);
+    if (r.initMs > 0) this.#phase.observe({ function: r.function, phase: "init" }, r.initMs / 1000);
+    this.#phase.observe({ function: r.function, phase: "exec" }, r.execMs / 1000);
+  }
+
+  close(): void {
+    channels.invocation.unsubscribe(this.#onInvocation);
+    channels.instanceReady.unsubscribe(this.#onReady);
+  }
+}

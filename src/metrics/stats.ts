@@ -1,0 +1,105 @@
+import { channels, type InstanceReadyEvent } from "../core/events.js";
+import type { InvocationRecord, StartType } from "../core/types.js";
+import { Samples } from "./summary.js";
+
+interface FunctionFigures {
+  invocations: number;
+  errors: Record<string, number>;
+  starts: Record<StartType, number>;
+  queueWaitMs: Samples;
+  initMs: Samples;
+  execMs: Samples;
+  instancesStarted: number;
+}
+
+const NS_PER_MS = 1e6;
+
+/**
+ * The `/stats` document: the thesis' global keys with their exact meaning (init = instance start
+ * to ready, exec = time inside the sandbox; nanoseconds; never reset) plus per-function figures.
+ * It listens to diagnostics channels; the scheduler never calls it.
+ */
+export class StatsCollector {
+  readonly #init = new Samples();
+  readonly #exec = new Samples();
+  readonly #functions = new Map<string, FunctionFigures>();
+  readonly #onInvocation = (msg: unknown) => this.#record(msg as InvocationRecord);
+  readonly #onReady = (msg: unknown) => this.#ready(msg as InstanceReadyEvent);
+
+  constructor() {
+    channels.invocation.subscribe(this.#onInvocation);
+    channels.instanceReady.subscribe(this.#onReady);
+  }
+
+  close(): void {
+    channels.invocation.unsubscribe(this.#onInvocation);
+    channels.instanceReady.unsubscribe(this.#onReady);
+  }
+
+  #figures(fn: string): FunctionFigures {
+    let f = this.#functions.get(fn);
+    if (!f) {
+      f = {
+        invocations: 0,
+        errors: {},
+        starts: { cold: 0, warm: 0, prebooted: 0, restored: 0 },
+        queueWaitMs: new Samples(100_000),
+        initMs: new Samples(100_000),
+        execMs: new Samples(100_000),
+        instancesStarted: 0,
+      };
+      this.#functions.set(fn, f);
+    }
+    return f;
+  }
+
+  #ready(e: InstanceReadyEvent): void {
+    this.#init.add(Math.round(e.initMs * NS_PER_MS));
+    this.#figures(e.function).instancesStarted++;
+  }
+
+  #record(r: InvocationRecord): void {
+    const f = this.#figures(r.function);
+    f.invocations++;
+    if (r.errorCode) f.errors[r.errorCode] = (f.errors[r.errorCode] ?? 0) + 1;
+    if (r.startType) f.starts[r.startType]++;
+    if (r.instanceId === undefined) return;
+    f.queueWaitMs.add(r.queueWaitMs);
+    if (r.initMs > 0) f.initMs.add(r.initMs);
+    f.execMs.add(r.execMs);
+    this.#exec.add(Math.round(r.execMs * NS_PER_MS));
+  }
+
+  /** The thesis keys, exactly: counts and nanosecond summaries, -1 when empty. */
+  thesis(): Record<string, number> {
+    const i = this.#init.thesis();
+    const e = this.#exec.thesis();
+    return {
+      NumbInitVms: this.#init.count,
+      VmInitTimeNanoAvg: i.avg,
+      VmInitTimeNanoStd: i.std,
+      VmInitTimeNano95: i.p95,
+      VmInitTimeNanoMax: i.max,
+      FuncExecTimeNanoAvg: e.avg,
+      FuncExecTimeNanoStd: e.std,
+      FuncExecTimeNano95: e.p95,
+      FuncExecTimeNanoMax: e.max,
+    };
+  }
+
+  functions(): Record<string, unknown> {
+    const out: Record<string, unknown> = {};
+    for (const [name, f] of this.#functions) {
+      out[name] = {
+        invocations: f.invocations,
+        errors: f.errors,
+        starts: f.starts,
+        instancesStarted: f.instancesStarted,
+        queueWaitMs: f.queueWaitMs.percentiles() ?? null,
+        initMs: f.initMs.percentiles() ?? null,
+        execMs: f.execMs.percentiles() ?? null,
+      };
+    }
+    return out;
+  }
+}

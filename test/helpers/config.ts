@@ -1,0 +1,23 @@
+import type { FunctionConfig, SandboxConfig } from "../../src/config/function-config.js";
+
+/** A FunctionConfig built in memory, for tests that drive the scheduler or a driver directly. */
+export function testConfig(overrides: Partial<Omit<FunctionConfig, "sandbox">> & { sandbox?: SandboxConfig } = {}): FunctionConfig {
+  const name = overrides.id?.name ?? "fn";
+  return {
+    id: { user: "default", name },
+    key: `default/${name}`,
+    dir: "/nonexistent",
+    file: "/nonexistent/function.toml",
+    keepaliveMs: 60_000,
+    concurrentRequests: 1,
+    singleUse: false,
+    timeoutMs: 5_000,
+    minInstances: 0,
+    maxInstances: 4,
+    maxQueue: 100,
+    queueTimeoutMs: 5_000,
+    sandbox: { kind: "container", image: "fake", memoryMiB: 64, runtime: undefined },
+    revision: "r1",
+    ...overrides,
+  };
+}
