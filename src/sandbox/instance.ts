@@ -43,6 +43,7 @@ export class Instance {
   readonly #opts: InstanceOptions;
   #handle: SandboxHandle | undefined;
   #startAbort: AbortController | undefined;
+  readonly #inflight = new Set<AbortController>();
   #closing = false;
   #destroying = false;
   #onDrained: (() => void) | undefined;
@@ -125,17 +126,20 @@ export class Instance {
     this.active++;
     this.state = "busy";
     const controller = new AbortController();
+    this.#inflight.add(controller);
     const { timeoutMs, key } = this.config;
-    let timer: NodeJS.Timeout | undefined;
-    const timeout = new Promise<never>((_, reject) => {
-      timer = setTimeout(() => {
-        const err = new FennecError("FN_TIMEOUT", `${key}: invocation exceeded the ${timeoutMs} ms timeout`);
-        controller.abort(err);
-        reject(err);
-      }, timeoutMs);
-    });
+    const timer = setTimeout(
+      () => controller.abort(new FennecError("FN_TIMEOUT", `${key}: invocation exceeded the ${timeoutMs} ms timeout`)),
+      timeoutMs,
+    );
+    // Timeout and destroy both abort; the caller is answered at once even if the sandbox never is.
+    const aborted = new Promise<never>((_, reject) =>
+      controller.signal.addEventListener("abort", () => reject(controller.signal.reason), { once: true }),
+    );
+    const running = handle.invoke(request, { signal: controller.signal });
+    running.catch(() => undefined);
     try {
-      return await Promise.race([handle.invoke(request, { signal: controller.signal }), timeout]);
+      return await Promise.race([running, aborted]);
     } catch (err) {
       const error = toFennecError(err);
       // A timed-out sandbox may still be running the function: it cannot be trusted again.
@@ -143,6 +147,7 @@ export class Instance {
       throw error;
     } finally {
       clearTimeout(timer);
+      this.#inflight.delete(controller);
       this.active--;
       this.uses++;
       this.lastUsed = performance.now();
@@ -180,6 +185,8 @@ export class Instance {
       return this.#stopped;
     }
     this.state = "stopping";
+    const gone = reason ?? new FennecError("INSTANCE_GONE", `instance ${this.id} was destroyed`);
+    for (const c of this.#inflight) if (!c.signal.aborted) c.abort(gone);
     void this.#kill().then(() => this.#finish(this.failure ? "failed" : "stopped", this.failure));
     return this.#stopped;
   }
