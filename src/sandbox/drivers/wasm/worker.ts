@@ -38,6 +38,8 @@ function prepare(load: LoadMessage): Prepared {
   const memory = instance.exports["memory"];
   if (!(memory instanceof WebAssembly.Memory)) throw new Error("the module exports no memory");
   if (typeof instance.exports["_start"] !== "function") throw new Error("the module exports no _start (is it a WASI command?)");
+  // The shim reads memory through `inst`, which it normally sets in start(); we call _start ourselves.
+  wasi.inst = instance as unknown as WASI["inst"];
   return { wasi, instance, memory };
 }
 
