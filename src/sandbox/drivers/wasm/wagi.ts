@@ -48,7 +48,7 @@ export function parseWagiOutput(out: Uint8Array): InvokeResponse {
   const split = findBlankLine(out);
   const plain = (): InvokeResponse => ({ status: 200, headers: [["content-type", "text/plain; charset=utf-8"]], body: out });
   if (!split) return plain();
-  const lines = Buffer.from(out.buffer, out.byteOffset, split.headerEnd).toString("latin1").split(/\r?\n/);
+  const lines = Buffer.from(out.buffer, out.byteOffset, split.headerEnd).toString("latin1").replace(/\r$/, "").split(/\r?\n/);
   const headers: Array<[string, string]> = [];
   let status: number | undefined;
   for (const line of lines) {

@@ -1,0 +1,61 @@
+import assert from "node:assert/strict";
+import { describe, it } from "node:test";
+import { limitMemory } from "../../src/sandbox/drivers/wasm/memory-limit.js";
+import { parseWagiOutput, wagiEnvironment } from "../../src/sandbox/drivers/wasm/wagi.js";
+
+// (module (memory 2) ) and (module (memory 1 100)) in binary form.
+const MEM_NO_MAX = Uint8Array.from([0, 97, 115, 109, 1, 0, 0, 0, 5, 3, 1, 0, 2]);
+const MEM_MAX_100 = Uint8Array.from([0, 97, 115, 109, 1, 0, 0, 0, 5, 4, 1, 1, 1, 100]);
+
+describe("memory limit rewriting", () => {
+  it("adds a maximum to a memory that has none", async () => {
+    const { bytes, initialPages } = limitMemory(MEM_NO_MAX, 16, "t");
+    assert.equal(initialPages, 2);
+    const mod = await WebAssembly.compile(bytes as Uint8Array<ArrayBuffer>);
+    assert.ok(WebAssembly.validate(bytes as Uint8Array<ArrayBuffer>));
+    const inst = await WebAssembly.instantiate(mod);
+    void inst;
+    const mem = new WebAssembly.Memory({ initial: 2, maximum: 16 });
+    assert.throws(() => mem.grow(15));
+  });
+
+  it("lowers a larger declared maximum and keeps a smaller one", () => {
+    assert.deepEqual([...limitMemory(MEM_MAX_100, 16, "t").bytes.subarray(8)], [5, 4, 1, 1, 1, 16]);
+    assert.deepEqual([...limitMemory(MEM_MAX_100, 1000, "t").bytes.subarray(8)], [5, 4, 1, 1, 1, 100]);
+  });
+
+  it("refuses a module whose initial memory exceeds the limit", () => {
+    assert.throws(() => limitMemory(MEM_NO_MAX, 1, "t"), { code: "FN_BAD_MODULE" });
+  });
+});
+
+describe("WAGI", () => {
+  it("maps the request to CGI variables", () => {
+    const env = wagiEnvironment(
+      { method: "PUT", path: "/a/b", query: "x=1", headers: { "content-type": "text/plain", "x-trace-id": "t1" }, body: Buffer.from("abc") },
+      "/invoke/f",
+      { EXTRA: "1" },
+    );
+    for (const v of ["REQUEST_METHOD=PUT", "PATH_INFO=/a/b", "QUERY_STRING=x=1", "CONTENT_TYPE=text/plain", "CONTENT_LENGTH=3", "HTTP_X_TRACE_ID=t1", "EXTRA=1"]) {
+      assert.ok(env.includes(v), v);
+    }
+  });
+
+  it("parses CGI headers, Status and the body", () => {
+    const r = parseWagiOutput(Buffer.from("Status: 404 Not Found\r\nContent-Type: text/plain\r\nX-A: 1\r\n\r\nbody"));
+    assert.equal(r.status, 404);
+    assert.deepEqual(r.headers, [["content-type", "text/plain"], ["x-a", "1"]]);
+    assert.equal(Buffer.from(r.body).toString(), "body");
+  });
+
+  it("treats output without a header block as a 200 body", () => {
+    const r = parseWagiOutput(Buffer.from("just text\n\nmore"));
+    assert.equal(r.status, 200);
+    assert.equal(Buffer.from(r.body).toString(), "just text\n\nmore");
+  });
+
+  it("redirects on Location without Status, and refuses a bad Status", () => {
+    assert.equal(parseWagiOutput(Buffer.from("Location: /x\n\n")).status, 302);
+    assert.throws(() => parseWagiOutput(Buffer.from("Status: abc\n\n")), { code: "FN_BAD_RESPONSE" });
+  });
+});
