@@ -29,9 +29,9 @@ function sources() {
   return out.sort((a, b) => a.out.localeCompare(b.out));
 }
 
-function compile(src, out) {
+function compile(src, out, name) {
   // Relative paths and a fixed prefix map keep absolute build paths out of the output.
-  const args = ["--target=wasm32-wasi", "--sysroot=/usr", "-O2", "-s", `-ffile-prefix-map=${ROOT}=.`, ...(EXTRA[basename(out)] ?? []), "-o", out, relative(ROOT, src)];
+  const args = ["--target=wasm32-wasi", "--sysroot=/usr", "-O2", "-s", `-ffile-prefix-map=${ROOT}=.`, ...(EXTRA[name] ?? []), "-o", out, relative(ROOT, src)];
   const r = spawnSync(CLANG, args, { cwd: ROOT, encoding: "utf8" });
   if (r.error?.code === "ENOENT") {
     console.error(`${CLANG} not found: install Debian's clang-14 lld-14 wasi-libc libclang-rt-14-dev-wasm32`);
@@ -50,7 +50,7 @@ try {
   for (const { src, out } of sources()) {
     const t0 = performance.now();
     const tmp = join(scratch, `${basename(dirname(dirname(src)))}-${basename(out)}`);
-    compile(src, tmp);
+    compile(src, tmp, basename(out));
     const built = readFileSync(tmp);
     const rel = relative(ROOT, out);
     const ms = (performance.now() - t0).toFixed(0);

@@ -34,9 +34,11 @@ export async function addWasmFunction(registry: string, name: string, fixture: s
   const dir = join(registry, ...name.split("/"));
   await mkdir(dir, { recursive: true });
   await copyFile(join(WASM_FIXTURES, fixture), join(dir, fixture));
+  // Top-level keys in `extraToml` replace the defaults (TOML forbids repeating a key).
+  const defaults = ["keepalive = 30", "concurrent-requests = 1"].filter((line) => !extraToml.includes(line.split(" ")[0]! + " "));
   await writeFile(
     join(dir, "function.toml"),
-    `keepalive = 30\nconcurrent-requests = 1\n${extraToml}\n[wasm]\nmodule = "${fixture}"\nmemory = ${memory}\n`,
+    `${defaults.join("\n")}\n${extraToml}\n[wasm]\nmodule = "${fixture}"\nmemory = ${memory}\n`,
   );
 }
 
