@@ -22,16 +22,28 @@ function sources() {
   for (const fn of readdirSync(examples)) {
     const src = join(examples, fn, "src");
     if (!existsSync(src)) continue;
-    for (const f of readdirSync(src).filter((n) => n.endsWith(".c"))) out.push({ src: join(src, f), out: join(examples, fn, f.replace(/\.c$/, ".wasm")) });
+    for (const f of readdirSync(src).filter((n) => n.endsWith(".c")))
+      out.push({ src: join(src, f), out: join(examples, fn, f.replace(/\.c$/, ".wasm")) });
   }
   const fixtures = join(ROOT, "test", "fixtures", "wasm", "src");
-  for (const f of readdirSync(fixtures).filter((n) => n.endsWith(".c"))) out.push({ src: join(fixtures, f), out: join(dirname(fixtures), f.replace(/\.c$/, ".wasm")) });
+  for (const f of readdirSync(fixtures).filter((n) => n.endsWith(".c")))
+    out.push({ src: join(fixtures, f), out: join(dirname(fixtures), f.replace(/\.c$/, ".wasm")) });
   return out.sort((a, b) => a.out.localeCompare(b.out));
 }
 
 function compile(src, out, name) {
   // Relative paths and a fixed prefix map keep absolute build paths out of the output.
-  const args = ["--target=wasm32-wasi", "--sysroot=/usr", "-O2", "-s", `-ffile-prefix-map=${ROOT}=.`, ...(EXTRA[name] ?? []), "-o", out, relative(ROOT, src)];
+  const args = [
+    "--target=wasm32-wasi",
+    "--sysroot=/usr",
+    "-O2",
+    "-s",
+    `-ffile-prefix-map=${ROOT}=.`,
+    ...(EXTRA[name] ?? []),
+    "-o",
+    out,
+    relative(ROOT, src),
+  ];
   const r = spawnSync(CLANG, args, { cwd: ROOT, encoding: "utf8" });
   if (r.error?.code === "ENOENT") {
     console.error(`${CLANG} not found: install Debian's clang-14 lld-14 wasi-libc libclang-rt-14-dev-wasm32`);
@@ -68,7 +80,9 @@ try {
 }
 if (check) {
   if (differ > 0) {
-    console.error(`${differ} committed artefact(s) differ from their sources: run npm run examples and commit the result`);
+    console.error(
+      `${differ} committed artefact(s) differ from their sources: run npm run examples and commit the result`,
+    );
     process.exit(1);
   }
   console.log("every committed .wasm is reproducible from its source");

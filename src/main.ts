@@ -100,7 +100,12 @@ export async function startFennec(options: FennecOptions): Promise<Fennec> {
   // min-instances; both in the background, neither blocks serving.
   const entries = await registry.list();
   for (const entry of entries) {
-    if (entry.error) log.warn("function is not servable", { function: entry.key, code: entry.error.code, error: entry.error.message });
+    if (entry.error)
+      log.warn("function is not servable", {
+        function: entry.key,
+        code: entry.error.code,
+        error: entry.error.message,
+      });
   }
   void (async () => {
     for (const entry of entries) {
@@ -113,7 +118,9 @@ export async function startFennec(options: FennecOptions): Promise<Fennec> {
         log.warn("function is not servable", { function: key, code: error.code, error: error.message });
       });
     }
-    await scheduler.ensureMinimums(entries.filter((e) => e.config && e.config.minInstances > 0).map((e) => e.id));
+    await scheduler.ensureMinimums(
+      entries.filter((e) => e.config && e.config.minInstances > 0).map((e) => e.id),
+    );
   })();
   log.info(`Fennec serving ${entries.length} function(s) from ${root} on ${url}`);
 

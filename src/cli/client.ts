@@ -14,10 +14,16 @@ export async function call(
   const h: Record<string, string> = { ...headers };
   if (opts.token) h["authorization"] = `Bearer ${opts.token}`;
   try {
-    return await fetch(new URL(path, opts.url), { method, headers: h, ...(body === undefined ? {} : { body: body as string | Uint8Array<ArrayBuffer> }) });
+    return await fetch(new URL(path, opts.url), {
+      method,
+      headers: h,
+      ...(body === undefined ? {} : { body: body as string | Uint8Array<ArrayBuffer> }),
+    });
   } catch (err) {
     const cause = (err as { cause?: { code?: string } }).cause?.code ?? (err as Error).message;
-    throw new Error(`cannot reach Fennec at ${opts.url} (${cause}); is \`fennec serve\` running? (--url or FENNEC_URL)`);
+    throw new Error(
+      `cannot reach Fennec at ${opts.url} (${cause}); is \`fennec serve\` running? (--url or FENNEC_URL)`,
+    );
   }
 }
 

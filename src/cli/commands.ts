@@ -27,7 +27,9 @@ function client(values: { url?: string | undefined; token?: string | undefined }
 /** `user/fn` or `fn` -> the `/f/<user>/<fn>` path part. */
 function userAndName(spec: string): string {
   const parts = spec.split("/");
-  return parts.length === 2 ? `${encodeURIComponent(parts[0]!)}/${encodeURIComponent(parts[1]!)}` : `default/${encodeURIComponent(spec)}`;
+  return parts.length === 2
+    ? `${encodeURIComponent(parts[0]!)}/${encodeURIComponent(parts[1]!)}`
+    : `default/${encodeURIComponent(spec)}`;
 }
 
 const serve: Command = {
@@ -69,11 +71,13 @@ Edits on disk apply to new instances without a restart; SIGINT/SIGTERM drain and
     if (values.help) return help(serve);
     const num = (name: string, v: string) => {
       const n = Number(v);
-      if (!Number.isInteger(n) || n < 0) throw new Error(`--${name} expects a whole number, got ${JSON.stringify(v)}`);
+      if (!Number.isInteger(n) || n < 0)
+        throw new Error(`--${name} expects a whole number, got ${JSON.stringify(v)}`);
       return n;
     };
     const level = values["log-level"];
-    if (!["error", "warn", "info", "debug"].includes(level)) throw new Error(`--log-level expects error, warn, info or debug`);
+    if (!["error", "warn", "info", "debug"].includes(level))
+      throw new Error(`--log-level expects error, warn, info or debug`);
     await stat(values.registry).catch(() => {
       throw new Error(`registry directory ${values.registry} does not exist`);
     });
@@ -143,8 +147,16 @@ ${clientHelp}`,
       headers[h.slice(0, i).trim()] = h.slice(i + 1).trim();
     }
     const method = values.method ?? (body ? "POST" : "GET");
-    const target = fn!.includes("/") ? `/f/${userAndName(fn!)}${path ? "/" + path.replace(/^\//, "") : ""}` : `/invoke/${encodeURIComponent(fn!)}/${path.replace(/^\//, "")}`;
-    const res = await call(client(values), fn!.includes("/") && method !== "POST" ? "POST" : method, target, body, headers);
+    const target = fn!.includes("/")
+      ? `/f/${userAndName(fn!)}${path ? "/" + path.replace(/^\//, "") : ""}`
+      : `/invoke/${encodeURIComponent(fn!)}/${path.replace(/^\//, "")}`;
+    const res = await call(
+      client(values),
+      fn!.includes("/") && method !== "POST" ? "POST" : method,
+      target,
+      body,
+      headers,
+    );
     if (values.include) {
       process.stdout.write(`HTTP ${res.status} ${res.statusText}\n`);
       res.headers.forEach((v, k) => process.stdout.write(`${k}: ${v}\n`));
@@ -152,7 +164,9 @@ ${clientHelp}`,
     }
     process.stdout.write(Buffer.from(await res.arrayBuffer()));
     if (!res.ok) {
-      process.stderr.write(`fennec: HTTP ${res.status} (${res.headers.get("x-fennec-error") ?? "function status"})\n`);
+      process.stderr.write(
+        `fennec: HTTP ${res.status} (${res.headers.get("x-fennec-error") ?? "function status"})\n`,
+      );
       return 1;
     }
     return 0;
@@ -193,7 +207,9 @@ ${clientHelp}`,
         toml: await readFile(join(source, "function.toml"), "utf8"),
         files,
       };
-      res = await call(client(values), "POST", "/system/functions", JSON.stringify(doc), { "content-type": "application/json" });
+      res = await call(client(values), "POST", "/system/functions", JSON.stringify(doc), {
+        "content-type": "application/json",
+      });
     }
     const result = (await (await expectOk(res)).json()) as { function: string; revision: string };
     process.stdout.write(`deployed ${result.function} (revision ${result.revision})\n`);
@@ -211,7 +227,13 @@ ${clientHelp}`,
     const { values } = parseArgs({ args: argv, options: { ...clientFlags, json: { type: "boolean" } } });
     if (values.help) return help(ls);
     const res = await expectOk(await call(client(values), "GET", "/system/functions"));
-    const rows = (await res.json()) as Array<{ key: string; sandbox: string | null; state: string; replicas: number; error: { code: string; message: string } | null }>;
+    const rows = (await res.json()) as Array<{
+      key: string;
+      sandbox: string | null;
+      state: string;
+      replicas: number;
+      error: { code: string; message: string } | null;
+    }>;
     if (values.json) {
       process.stdout.write(JSON.stringify(rows, null, 2) + "\n");
       return 0;
@@ -219,7 +241,9 @@ ${clientHelp}`,
     const width = Math.max(8, ...rows.map((r) => r.key.length));
     process.stdout.write(`${"FUNCTION".padEnd(width)}  SANDBOX    STATE  INSTANCES\n`);
     for (const r of rows) {
-      process.stdout.write(`${r.key.padEnd(width)}  ${(r.sandbox ?? "-").padEnd(9)}  ${r.state.padEnd(5)}  ${r.replicas}\n`);
+      process.stdout.write(
+        `${r.key.padEnd(width)}  ${(r.sandbox ?? "-").padEnd(9)}  ${r.state.padEnd(5)}  ${r.replicas}\n`,
+      );
       if (r.error) process.stdout.write(`${"".padEnd(width)}  ${r.error.code}: ${r.error.message}\n`);
     }
     return 0;

@@ -7,16 +7,24 @@ import { z } from "zod";
  */
 const positiveInt = z.int().min(1);
 const nonNegativeInt = z.int().min(0);
-const envTable = z.record(z.string().regex(/^[A-Za-z_][A-Za-z0-9_]*$/, "an environment variable name"), z.string());
+const envTable = z.record(
+  z.string().regex(/^[A-Za-z_][A-Za-z0-9_]*$/, "an environment variable name"),
+  z.string(),
+);
 
 export const wasmTable = z.strictObject({
   module: z.string().min(1),
   memory: positiveInt.max(4096).default(64),
   env: envTable.default({}),
-  dirs: z.record(z.string().regex(/^\/[A-Za-z0-9._/-]*$/, "an absolute guest path"), z.string().min(1)).default({}),
+  dirs: z
+    .record(z.string().regex(/^\/[A-Za-z0-9._/-]*$/, "an absolute guest path"), z.string().min(1))
+    .default({}),
 });
 
-const firecracker = z.strictObject({ type: z.literal("firecracker"), "copy-rootfs": z.boolean().default(true) });
+const firecracker = z.strictObject({
+  type: z.literal("firecracker"),
+  "copy-rootfs": z.boolean().default(true),
+});
 const diskType = z.enum(["9p", "block"]);
 const qemu = z.strictObject({ type: z.literal("qemu"), "disk-type": diskType });
 const microvm = z.strictObject({

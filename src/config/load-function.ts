@@ -47,9 +47,16 @@ export function parseFunctionToml(text: string, file: string): FunctionToml {
 }
 
 /** Resolves a path from function.toml inside the function directory; escaping it is an error. */
-function resolveInside(dir: string, rel: string, key: string, file: string, kind: "file" | "directory"): string {
+function resolveInside(
+  dir: string,
+  rel: string,
+  key: string,
+  file: string,
+  kind: "file" | "directory",
+): string {
   const problem = (message: string) => configError(file, [{ key, message }]);
-  if (isAbsolute(rel)) throw problem(`expected a path relative to the function directory, got ${JSON.stringify(rel)}`);
+  if (isAbsolute(rel))
+    throw problem(`expected a path relative to the function directory, got ${JSON.stringify(rel)}`);
   const full = resolve(dir, rel);
   let real: string;
   try {
@@ -62,7 +69,8 @@ function resolveInside(dir: string, rel: string, key: string, file: string, kind
     throw problem(`${JSON.stringify(rel)} leads outside the function directory`);
   }
   const st = statSync(real);
-  if (kind === "file" ? !st.isFile() : !st.isDirectory()) throw problem(`expected a ${kind}: ${JSON.stringify(rel)}`);
+  if (kind === "file" ? !st.isFile() : !st.isDirectory())
+    throw problem(`expected a ${kind}: ${JSON.stringify(rel)}`);
   return real;
 }
 
@@ -84,7 +92,8 @@ function sandboxOf(cfg: FunctionToml, dir: string, file: string): SandboxConfig 
     return {
       kind: "vm",
       kernel: resolveInside(dir, cfg.vm.kernel, "vm.kernel", file, "file"),
-      image: cfg.vm.image === undefined ? undefined : resolveInside(dir, cfg.vm.image, "vm.image", file, "file"),
+      image:
+        cfg.vm.image === undefined ? undefined : resolveInside(dir, cfg.vm.image, "vm.image", file, "file"),
       memoryMiB: cfg.vm.memory,
       cpus: cfg.vm.cpus,
       cmdline: cfg.vm.cmdline,

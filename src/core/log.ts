@@ -9,7 +9,10 @@ export interface Logger {
   debug(msg: string, fields?: Record<string, unknown>): void;
 }
 
-export function createLogger(level: LogLevel | "silent" = "info", write = (line: string) => process.stderr.write(line)): Logger {
+export function createLogger(
+  level: LogLevel | "silent" = "info",
+  write = (line: string) => process.stderr.write(line),
+): Logger {
   const max = level === "silent" ? -1 : ORDER[level];
   const emit = (lvl: LogLevel, msg: string, fields?: Record<string, unknown>) => {
     if (ORDER[lvl] > max) return;

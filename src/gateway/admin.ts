@@ -35,24 +35,41 @@ function summary(c: FunctionConfig): Record<string, unknown> {
 }
 
 /** Lists every function on disk with its state; a broken one shows its error and hides nothing else. */
-export async function describeFunctions(registry: DirectoryRegistry, scheduler: Scheduler): Promise<FunctionStatus[]> {
+export async function describeFunctions(
+  registry: DirectoryRegistry,
+  scheduler: Scheduler,
+): Promise<FunctionStatus[]> {
   const pools = scheduler.pools();
   return (await registry.list()).map((entry) => {
     const counts = pools.get(entry.key)?.counts();
     const c = entry.config;
     const error = entry.error ?? scheduler.lastError(entry.key);
-    const artefact = c?.sandbox.kind === "wasm" ? c.sandbox.module : c?.sandbox.kind === "container" ? c.sandbox.image : c?.sandbox.kind === "vm" ? c.sandbox.kernel : undefined;
+    const artefact =
+      c?.sandbox.kind === "wasm"
+        ? c.sandbox.module
+        : c?.sandbox.kind === "container"
+          ? c.sandbox.image
+          : c?.sandbox.kind === "vm"
+            ? c.sandbox.kernel
+            : undefined;
     return {
       name: entry.id.name,
       user: entry.id.user,
       namespace: entry.id.user,
       key: entry.key,
       sandbox: c?.sandbox.kind ?? null,
-      image: artefact === undefined ? null : c?.sandbox.kind === "container" ? artefact : relative(entry.dir, artefact),
+      image:
+        artefact === undefined
+          ? null
+          : c?.sandbox.kind === "container"
+            ? artefact
+            : relative(entry.dir, artefact),
       state: error ? "error" : "ready",
       replicas: counts ? counts.starting + counts.ready + counts.busy : 0,
       availableReplicas: counts ? counts.ready + counts.busy : 0,
-      error: error ? { code: error.code, message: error.message, ...(error.details ? { details: error.details } : {}) } : null,
+      error: error
+        ? { code: error.code, message: error.message, ...(error.details ? { details: error.details } : {}) }
+        : null,
       config: c ? summary(c) : null,
     };
   });
@@ -67,7 +84,8 @@ interface DeployDocument {
 }
 
 function base64(value: unknown, what: string): Uint8Array {
-  if (typeof value !== "string" || !/^[A-Za-z0-9+/=\s]*$/.test(value)) throw new FennecError("BAD_REQUEST", `${what} must be a base64 string`);
+  if (typeof value !== "string" || !/^[A-Za-z0-9+/=\s]*$/.test(value))
+    throw new FennecError("BAD_REQUEST", `${what} must be a base64 string`);
   return Buffer.from(value, "base64");
 }
 
@@ -87,14 +105,22 @@ export async function deployFromJson(
   } catch (err) {
     throw new FennecError("BAD_REQUEST", `deploy expects a JSON document: ${(err as Error).message}`);
   }
-  if (typeof doc !== "object" || doc === null) throw new FennecError("BAD_REQUEST", "deploy expects a JSON object");
-  const id = named ?? functionId(typeof doc.user === "string" ? doc.user : undefined, typeof doc.name === "string" ? doc.name : undefined);
-  if (typeof doc.toml !== "string") throw new FennecError("BAD_REQUEST", 'deploy expects "toml": the function.toml text');
+  if (typeof doc !== "object" || doc === null)
+    throw new FennecError("BAD_REQUEST", "deploy expects a JSON object");
+  const id =
+    named ??
+    functionId(
+      typeof doc.user === "string" ? doc.user : undefined,
+      typeof doc.name === "string" ? doc.name : undefined,
+    );
+  if (typeof doc.toml !== "string")
+    throw new FennecError("BAD_REQUEST", 'deploy expects "toml": the function.toml text');
   const what = `deploy of ${id.user}/${id.name}`;
   const parsed = parseFunctionToml(doc.toml, `${what}: function.toml`);
   const files = new Map<string, Uint8Array>();
   if (doc.files !== undefined) {
-    if (typeof doc.files !== "object" || doc.files === null) throw new FennecError("BAD_REQUEST", '"files" must be an object of name -> base64');
+    if (typeof doc.files !== "object" || doc.files === null)
+      throw new FennecError("BAD_REQUEST", '"files" must be an object of name -> base64');
     for (const [name, value] of Object.entries(doc.files)) files.set(name, base64(value, `files.${name}`));
   }
   if (doc.module !== undefined) {

@@ -4,8 +4,18 @@ import type { InvokeResponse } from "../core/types.js";
 
 export type AsyncCall =
   | { readonly state: "pending"; readonly function: string; readonly submittedAt: number }
-  | { readonly state: "done"; readonly function: string; readonly submittedAt: number; readonly response: InvokeResponse }
-  | { readonly state: "failed"; readonly function: string; readonly submittedAt: number; readonly error: FennecError };
+  | {
+      readonly state: "done";
+      readonly function: string;
+      readonly submittedAt: number;
+      readonly response: InvokeResponse;
+    }
+  | {
+      readonly state: "failed";
+      readonly function: string;
+      readonly submittedAt: number;
+      readonly error: FennecError;
+    };
 
 /**
  * Results of Faasm-style asynchronous calls (`POST /fa/...`), kept in memory for a while so the
@@ -26,7 +36,12 @@ export class AsyncCalls {
     while (this.#calls.size > this.#max) this.#calls.delete(this.#calls.keys().next().value!);
     void work.then((r) => {
       if (!this.#calls.has(id)) return;
-      this.#calls.set(id, "response" in r ? { state: "done", function: fn, submittedAt, response: r.response } : { state: "failed", function: fn, submittedAt, error: r.error });
+      this.#calls.set(
+        id,
+        "response" in r
+          ? { state: "done", function: fn, submittedAt, response: r.response }
+          : { state: "failed", function: fn, submittedAt, error: r.error },
+      );
     });
     return id;
   }

@@ -43,7 +43,10 @@ function tooLarge(limit: number): FennecError {
 
 export function sendJson(res: ServerResponse, status: number, value: unknown): void {
   const body = JSON.stringify(value, null, 2) + "\n";
-  res.writeHead(status, { "content-type": "application/json; charset=utf-8", "content-length": Buffer.byteLength(body) });
+  res.writeHead(status, {
+    "content-type": "application/json; charset=utf-8",
+    "content-length": Buffer.byteLength(body),
+  });
   res.end(body);
 }
 
@@ -56,5 +59,12 @@ export function sendError(res: ServerResponse, error: FennecError, requestId: st
   res.setHeader("x-fennec-error", error.code);
   // A body we did not read would otherwise be parsed as the next request on this connection.
   if (error.code === "BODY_TOO_LARGE") res.setHeader("connection", "close");
-  sendJson(res, status, { error: { code: error.code, message: error.message, requestId, ...(error.details ? { details: error.details } : {}) } });
+  sendJson(res, status, {
+    error: {
+      code: error.code,
+      message: error.message,
+      requestId,
+      ...(error.details ? { details: error.details } : {}),
+    },
+  });
 }

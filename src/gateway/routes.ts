@@ -35,5 +35,8 @@ export function parseTarget(url: string): Target {
 
 export function functionId(user: string | undefined, name: string | undefined): FunctionId {
   if (name === undefined || name === "") throw new FennecError("BAD_NAME", "missing function name");
-  return { user: user === undefined ? DEFAULT_USER : assertValidName(user, "user"), name: assertValidName(name, "function") };
+  return {
+    user: user === undefined ? DEFAULT_USER : assertValidName(user, "user"),
+    name: assertValidName(name, "function"),
+  };
 }

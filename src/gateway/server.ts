@@ -31,7 +31,16 @@ export interface GatewayOptions {
 }
 
 // Headers that describe one hop, not the message: never forwarded either way.
-const HOP_BY_HOP = new Set(["connection", "keep-alive", "transfer-encoding", "upgrade", "te", "trailer", "proxy-connection", "content-length"]);
+const HOP_BY_HOP = new Set([
+  "connection",
+  "keep-alive",
+  "transfer-encoding",
+  "upgrade",
+  "te",
+  "trailer",
+  "proxy-connection",
+  "content-length",
+]);
 
 /** Default function.toml for a module uploaded without one (Faasm's PUT creates functions). */
 export function defaultWasmToml(moduleFile: string): string {
@@ -52,7 +61,8 @@ export class Gateway {
     res.setHeader(REQUEST_ID_HEADER, requestId);
     this.#route(req, res).catch((err: unknown) => {
       const error = toFennecError(err);
-      if (error.code === "INTERNAL") this.#o.log.error("request failed", { requestId, url: req.url, error: error.message });
+      if (error.code === "INTERNAL")
+        this.#o.log.error("request failed", { requestId, url: req.url, error: error.message });
       // Drain an unread body so the connection stays usable for the next request.
       if (!req.readableEnded && error.code !== "BODY_TOO_LARGE") req.resume();
       sendError(res, error, requestId);
@@ -76,11 +86,16 @@ export class Gateway {
         return this.#invokeAsync(req, res, functionId(a, b), target.rest(3), target.query);
       case "preBoot":
         allow(method, ["POST"]);
-        return this.#preBoot(req, res, target.segments.length > 2 ? functionId(a, b) : functionId(undefined, a));
+        return this.#preBoot(
+          req,
+          res,
+          target.segments.length > 2 ? functionId(a, b) : functionId(undefined, a),
+        );
       case "ready":
         allow(method, ["GET", "POST"]);
         req.resume();
-        this.#o.hub.signal(a ?? "") || this.#o.log.debug("spurious readiness callback", { instance: a });
+        // An unknown id is answered "ok" too (as UniFaaS does), and only logged.
+        if (!this.#o.hub.signal(a ?? "")) this.#o.log.debug("spurious readiness callback", { instance: a });
         res.writeHead(200, { "content-type": "text/plain", connection: "close" }).end("ok");
         return;
       case "stats":
@@ -99,7 +114,10 @@ export class Gateway {
       case "system":
         if (a === "functions" || a === "function") return this.#admin(req, res, target);
     }
-    throw new FennecError("NOT_FOUND", `no route for ${method} ${target.segments.length ? "/" + target.segments.join("/") : "/"}`);
+    throw new FennecError(
+      "NOT_FOUND",
+      `no route for ${method} ${target.segments.length ? "/" + target.segments.join("/") : "/"}`,
+    );
   }
 
   async #request(req: IncomingMessage, path: string, query: string): Promise<InvokeRequest> {
@@ -112,7 +130,13 @@ export class Gateway {
     return { method: req.method ?? "GET", path, query, headers, body };
   }
 
-  async #invoke(req: IncomingMessage, res: ServerResponse, id: FunctionId, path: string, query: string): Promise<void> {
+  async #invoke(
+    req: IncomingMessage,
+    res: ServerResponse,
+    id: FunctionId,
+    path: string,
+    query: string,
+  ): Promise<void> {
     const request = await this.#request(req, path, query);
     const outcome = await this.#o.scheduler.invoke(id, request);
     if ("error" in outcome) throw outcome.error;
@@ -120,7 +144,13 @@ export class Gateway {
     writeResponse(res, outcome.response);
   }
 
-  async #invokeAsync(req: IncomingMessage, res: ServerResponse, id: FunctionId, path: string, query: string): Promise<void> {
+  async #invokeAsync(
+    req: IncomingMessage,
+    res: ServerResponse,
+    id: FunctionId,
+    path: string,
+    query: string,
+  ): Promise<void> {
     const request = await this.#request(req, path, query);
     const callId = this.#calls.submit(functionKey(id), this.#o.scheduler.invoke(id, request));
     res.setHeader("location", `/fa/calls/${callId}`);
@@ -129,8 +159,13 @@ export class Gateway {
 
   #asyncResult(res: ServerResponse, callId: string): void {
     const call = this.#calls.get(callId);
-    if (!call) throw new FennecError("NOT_FOUND", `no asynchronous call ${JSON.stringify(callId)} (results are kept for the 10,000 most recent calls)`);
-    if (call.state === "pending") return sendJson(res, 202, { callId, state: "pending", function: call.function });
+    if (!call)
+      throw new FennecError(
+        "NOT_FOUND",
+        `no asynchronous call ${JSON.stringify(callId)} (results are kept for the 10,000 most recent calls)`,
+      );
+    if (call.state === "pending")
+      return sendJson(res, 202, { callId, state: "pending", function: call.function });
     if (call.state === "failed") throw call.error;
     res.setHeader("x-fennec-call-state", "done");
     writeResponse(res, call.response);
@@ -158,7 +193,10 @@ export class Gateway {
     const text = (await readBody(req, 64)).toString("utf8").trim();
     const count = Number(text);
     if (!/^\d+$/.test(text) || count < 1 || count > 10_000) {
-      throw new FennecError("BAD_REQUEST", `preBoot expects a body with a whole number of instances (1-10000), got ${JSON.stringify(text)}`);
+      throw new FennecError(
+        "BAD_REQUEST",
+        `preBoot expects a body with a whole number of instances (1-10000), got ${JSON.stringify(text)}`,
+      );
     }
     const result = await this.#o.scheduler.preBoot(id, count);
     sendJson(res, result.started > 0 || result.errors.length === 0 ? 200 : 500, {
@@ -172,7 +210,8 @@ export class Gateway {
   #statsDocument(): Record<string, unknown> {
     const { scheduler, stats } = this.#o;
     const instances: Record<string, unknown> = {};
-    for (const [key, pool] of scheduler.pools()) instances[key] = { ...pool.counts(), queued: pool.queueLength };
+    for (const [key, pool] of scheduler.pools())
+      instances[key] = { ...pool.counts(), queued: pool.queueLength };
     return {
       ...stats.thesis(),
       memory: { reservedMiB: scheduler.memoryUsedMiB, budgetMiB: scheduler.memoryBudgetMiB },
@@ -185,7 +224,12 @@ export class Gateway {
     this.#authorize(req);
     const [, , a, b] = target.segments;
     const method = req.method ?? "GET";
-    const named = a !== undefined && a !== "" ? (b !== undefined ? functionId(a, b) : functionId(undefined, a)) : undefined;
+    const named =
+      a !== undefined && a !== ""
+        ? b !== undefined
+          ? functionId(a, b)
+          : functionId(undefined, a)
+        : undefined;
     if (method === "GET") {
       const all = await describeFunctions(this.#o.registry, this.#o.scheduler);
       if (!named) return sendJson(res, 200, all);
@@ -197,13 +241,19 @@ export class Gateway {
       const body = await readBody(req, this.#o.uploadLimit);
       const config = await deployFromJson(body, named, this.#o.registry, this.#o.validateModule);
       // Instances of an earlier revision finish their work and are replaced on next use.
-      return sendJson(res, method === "POST" ? 201 : 200, { function: config.key, revision: config.revision });
+      return sendJson(res, method === "POST" ? 201 : 200, {
+        function: config.key,
+        revision: config.revision,
+      });
     }
     if (method === "DELETE") {
       let id = named;
       if (!id) {
-        const body = JSON.parse((await readBody(req, 4096)).toString("utf8") || "{}") as { functionName?: unknown };
-        if (typeof body.functionName !== "string") throw new FennecError("BAD_REQUEST", 'DELETE /system/functions expects {"functionName": "..."}');
+        const body = JSON.parse((await readBody(req, 4096)).toString("utf8") || "{}") as {
+          functionName?: unknown;
+        };
+        if (typeof body.functionName !== "string")
+          throw new FennecError("BAD_REQUEST", 'DELETE /system/functions expects {"functionName": "..."}');
         const parts = body.functionName.split("/");
         id = parts.length === 2 ? functionId(parts[0], parts[1]) : functionId(undefined, body.functionName);
       }
@@ -222,13 +272,17 @@ export class Gateway {
     const a = Buffer.from(given);
     const b = Buffer.from(token);
     if (a.length !== b.length || !timingSafeEqual(a, b)) {
-      throw new FennecError("UNAUTHORIZED", "this route needs the admin token: send Authorization: Bearer <token>");
+      throw new FennecError(
+        "UNAUTHORIZED",
+        "this route needs the admin token: send Authorization: Bearer <token>",
+      );
     }
   }
 }
 
 function allow(method: string, methods: string[]): void {
-  if (!methods.includes(method)) throw new FennecError("METHOD_NOT_ALLOWED", `${method} is not allowed here; use ${methods.join(" or ")}`);
+  if (!methods.includes(method))
+    throw new FennecError("METHOD_NOT_ALLOWED", `${method} is not allowed here; use ${methods.join(" or ")}`);
 }
 
 function writeResponse(res: ServerResponse, response: InvokeResponse): void {

@@ -8,7 +8,9 @@ export interface InstanceCounts {
   readonly count: number;
 }
 
-const BUCKETS = [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30];
+const BUCKETS = [
+  0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30,
+];
 
 /** Prometheus metrics fed by diagnostics channels; live instance counts are read at scrape time. */
 export class PrometheusMetrics {
@@ -75,7 +77,11 @@ export class PrometheusMetrics {
   }
 
   #record(r: InvocationRecord): void {
-    this.#invocations.inc({ function: r.function, start_type: r.startType ?? "none", outcome: r.errorCode ?? "ok" });
+    this.#invocations.inc({
+      function: r.function,
+      start_type: r.startType ?? "none",
+      outcome: r.errorCode ?? "ok",
+    });
     if (r.instanceId === undefined) return;
     this.#phase.observe({ function: r.function, phase: "queue" }, r.queueWaitMs / 1000);
     if (r.initMs > 0) this.#phase.observe({ function: r.function, phase: "init" }, r.initMs / 1000);

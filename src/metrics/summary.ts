@@ -12,7 +12,8 @@ export class Samples {
   add(value: number): void {
     this.#count++;
     this.#values.push(value);
-    if (this.#values.length > this.#cap) this.#values = this.#values.slice(this.#values.length - Math.floor(this.#cap / 2));
+    if (this.#values.length > this.#cap)
+      this.#values = this.#values.slice(this.#values.length - Math.floor(this.#cap / 2));
   }
 
   get count(): number {
@@ -29,15 +30,22 @@ export class Samples {
     const sorted = [...v].sort((a, b) => a - b);
     const mean = v.reduce((s, x) => s + x, 0) / v.length;
     const variance = v.reduce((s, x) => s + (x - mean) ** 2, 0) / v.length;
-    return { avg: Math.trunc(mean), std: Math.sqrt(variance), p95: sorted[Math.floor(0.95 * sorted.length)]!, max: sorted[sorted.length - 1]! };
+    return {
+      avg: Math.trunc(mean),
+      std: Math.sqrt(variance),
+      p95: sorted[Math.floor(0.95 * sorted.length)]!,
+      max: sorted[sorted.length - 1]!,
+    };
   }
 
   /** Percentiles for Fennec's own per-function figures (nearest-rank). */
-  percentiles(): { count: number; avg: number; p50: number; p95: number; p99: number; max: number } | undefined {
+  percentiles():
+    { count: number; avg: number; p50: number; p95: number; p99: number; max: number } | undefined {
     const v = this.#values;
     if (v.length === 0) return undefined;
     const sorted = [...v].sort((a, b) => a - b);
-    const at = (q: number) => sorted[Math.min(sorted.length - 1, Math.max(0, Math.ceil(q * sorted.length) - 1))]!;
+    const at = (q: number) =>
+      sorted[Math.min(sorted.length - 1, Math.max(0, Math.ceil(q * sorted.length) - 1))]!;
     const round = (x: number) => Math.round(x * 1000) / 1000;
     return {
       count: this.#count,

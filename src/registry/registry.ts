@@ -99,7 +99,10 @@ export class DirectoryRegistry {
   async #entry(id: FunctionId, dir: string): Promise<FunctionEntry> {
     const key = functionKey(id);
     if (!isValidName(id.user) || !isValidName(id.name)) {
-      const error = new FennecError("BAD_NAME", `${dir}: directory name is not a valid function or user name`);
+      const error = new FennecError(
+        "BAD_NAME",
+        `${dir}: directory name is not a valid function or user name`,
+      );
       return { id, key, dir, config: undefined, error };
     }
     try {
@@ -114,12 +117,17 @@ export class DirectoryRegistry {
    * The toml is validated before anything is written; files land atomically, the toml last, so a
    * reader never sees a config pointing at a half-written module.
    */
-  async deploy(id: FunctionId, tomlText: string, files: ReadonlyMap<string, Uint8Array> = new Map()): Promise<FunctionConfig> {
+  async deploy(
+    id: FunctionId,
+    tomlText: string,
+    files: ReadonlyMap<string, Uint8Array> = new Map(),
+  ): Promise<FunctionConfig> {
     const dir = this.dirOf(id);
     const file = join(dir, FUNCTION_FILE);
     parseFunctionToml(tomlText, file);
     for (const name of files.keys()) {
-      if (!isValidFileName(name)) throw new FennecError("BAD_NAME", `invalid artefact file name ${JSON.stringify(name)}`);
+      if (!isValidFileName(name))
+        throw new FennecError("BAD_NAME", `invalid artefact file name ${JSON.stringify(name)}`);
     }
     return this.#mutex.run(functionKey(id), async () => {
       await mkdir(dir, { recursive: true });
@@ -136,7 +144,11 @@ export class DirectoryRegistry {
    * Faasm's upload: replaces a function's module. Keeps an existing function.toml (and its
    * module file name); creates a default one for a new function.
    */
-  async uploadModule(id: FunctionId, bytes: Uint8Array, defaultToml: (moduleFile: string) => string): Promise<FunctionConfig> {
+  async uploadModule(
+    id: FunctionId,
+    bytes: Uint8Array,
+    defaultToml: (moduleFile: string) => string,
+  ): Promise<FunctionConfig> {
     const dir = this.dirOf(id);
     const file = join(dir, FUNCTION_FILE);
     return this.#mutex.run(functionKey(id), async () => {
@@ -149,7 +161,10 @@ export class DirectoryRegistry {
       }
       const moduleFile = toml ? (parseFunctionToml(toml, file).wasm?.module ?? undefined) : "function.wasm";
       if (!moduleFile) {
-        throw new FennecError("CONFIG_INVALID", `${file}: function ${functionKey(id)} is not a [wasm] function; upload a module only to wasm functions`);
+        throw new FennecError(
+          "CONFIG_INVALID",
+          `${file}: function ${functionKey(id)} is not a [wasm] function; upload a module only to wasm functions`,
+        );
       }
       await writeFileAtomic(join(dir, moduleFile), bytes);
       if (!toml) await writeFileAtomic(file, defaultToml(moduleFile));

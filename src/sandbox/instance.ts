@@ -77,7 +77,10 @@ export class Instance {
     const timer = setTimeout(
       () =>
         controller.abort(
-          new FennecError("FN_INIT_TIMEOUT", `${config.key}: instance ${this.id} was not ready within ${startTimeoutMs} ms`),
+          new FennecError(
+            "FN_INIT_TIMEOUT",
+            `${config.key}: instance ${this.id} was not ready within ${startTimeoutMs} ms`,
+          ),
         ),
       startTimeoutMs,
     );
@@ -100,7 +103,10 @@ export class Instance {
       });
       this.#handle = await Promise.race([handlePromise, aborted]);
     } catch (err) {
-      const error = toFennecError(controller.signal.aborted ? controller.signal.reason : err, "SANDBOX_START_FAILED");
+      const error = toFennecError(
+        controller.signal.aborted ? controller.signal.reason : err,
+        "SANDBOX_START_FAILED",
+      );
       this.#finish("failed", error);
       throw error;
     } finally {
@@ -109,12 +115,19 @@ export class Instance {
       this.#startAbort = undefined;
     }
     this.#handle.onExit?.((reason) => {
-      if (this.state !== "stopped" && this.state !== "failed") void this.destroy(toFennecError(reason, "FN_CRASHED"));
+      if (this.state !== "stopped" && this.state !== "failed")
+        void this.destroy(toFennecError(reason, "FN_CRASHED"));
     });
     this.initMs = performance.now() - started;
     this.lastUsed = performance.now();
     this.state = "ready";
-    publishInstanceReady({ function: config.key, instanceId: this.id, driver: driver.name, initMs: this.initMs, origin: this.origin });
+    publishInstanceReady({
+      function: config.key,
+      instanceId: this.id,
+      driver: driver.name,
+      initMs: this.initMs,
+      origin: this.origin,
+    });
   }
 
   /** Runs one invocation under the function's timeout; a timeout destroys the instance. */
@@ -129,7 +142,10 @@ export class Instance {
     this.#inflight.add(controller);
     const { timeoutMs, key } = this.config;
     const timer = setTimeout(
-      () => controller.abort(new FennecError("FN_TIMEOUT", `${key}: invocation exceeded the ${timeoutMs} ms timeout`)),
+      () =>
+        controller.abort(
+          new FennecError("FN_TIMEOUT", `${key}: invocation exceeded the ${timeoutMs} ms timeout`),
+        ),
       timeoutMs,
     );
     // Timeout and destroy both abort; the caller is answered at once even if the sandbox never is.
@@ -181,7 +197,9 @@ export class Instance {
     if (this.#destroying || this.state === "stopped" || this.state === "failed") return this.#stopped;
     this.#destroying = true;
     if (this.state === "starting") {
-      this.#startAbort?.abort(reason ?? new FennecError("INSTANCE_GONE", `instance ${this.id} was stopped while starting`));
+      this.#startAbort?.abort(
+        reason ?? new FennecError("INSTANCE_GONE", `instance ${this.id} was stopped while starting`),
+      );
       return this.#stopped;
     }
     this.state = "stopping";
@@ -204,7 +222,12 @@ export class Instance {
     if (this.state === "stopped" || this.state === "failed") return;
     this.state = state;
     if (error) this.failure = error;
-    publishInstanceStopped({ function: this.config.key, instanceId: this.id, reason: state, errorCode: error?.code });
+    publishInstanceStopped({
+      function: this.config.key,
+      instanceId: this.id,
+      reason: state,
+      errorCode: error?.code,
+    });
     for (const listener of this.#stopListeners.splice(0)) listener(this);
     this.#markStopped();
   }

@@ -38,7 +38,9 @@ export class ReadinessHub {
     this.#early.delete(instanceId);
     const waiter = this.#waiters.get(instanceId);
     this.#waiters.delete(instanceId);
-    waiter?.reject(new FennecError("INSTANCE_GONE", `instance ${instanceId} was stopped before it called back`));
+    waiter?.reject(
+      new FennecError("INSTANCE_GONE", `instance ${instanceId} was stopped before it called back`),
+    );
   }
 
   wait(instanceId: string, signal: AbortSignal): Promise<void> {

@@ -16,7 +16,7 @@ export interface Dispatch {
 export class DispatchError extends Error {
   constructor(
     readonly error: FennecError,
-    readonly partial: Omit<Dispatch, "response" | "execMs"> & { execMs: number } | undefined,
+    readonly partial: (Omit<Dispatch, "response" | "execMs"> & { execMs: number }) | undefined,
   ) {
     super(error.message);
   }
@@ -91,7 +91,10 @@ export class FunctionPool {
       if (this.#queue.length >= this.config.maxQueue) {
         return reject(
           new DispatchError(
-            new FennecError("QUEUE_FULL", `${this.config.key}: ${this.#queue.length} requests already waiting (max-queue ${this.config.maxQueue})`),
+            new FennecError(
+              "QUEUE_FULL",
+              `${this.config.key}: ${this.#queue.length} requests already waiting (max-queue ${this.config.maxQueue})`,
+            ),
             undefined,
           ),
         );
@@ -101,7 +104,10 @@ export class FunctionPool {
         if (i >= 0) this.#queue.splice(i, 1);
         reject(
           new DispatchError(
-            new FennecError("QUEUE_TIMEOUT", `${this.config.key}: no instance became free within ${this.config.queueTimeoutMs} ms`),
+            new FennecError(
+              "QUEUE_TIMEOUT",
+              `${this.config.key}: no instance became free within ${this.config.queueTimeoutMs} ms`,
+            ),
             undefined,
           ),
         );
@@ -137,7 +143,8 @@ export class FunctionPool {
     }
     if (this.#queue.length === 0) return;
     const perInstance = this.config.singleUse ? 1 : this.config.concurrentRequests;
-    let coming = this.instances.filter((i) => i.state === "starting" && !this.#retired.has(i)).length * perInstance;
+    let coming =
+      this.instances.filter((i) => i.state === "starting" && !this.#retired.has(i)).length * perInstance;
     while (this.#queue.length > coming && this.#liveCount() < this.config.maxInstances) {
       try {
         void this.#startInstance("cold").catch(() => undefined);
@@ -180,7 +187,14 @@ export class FunctionPool {
     inst.invoke(waiter.request).then(
       (response) => {
         this.#release(inst);
-        waiter.resolve({ instance: inst, startType, queueWaitMs, initMs, execMs: performance.now() - began, response });
+        waiter.resolve({
+          instance: inst,
+          startType,
+          queueWaitMs,
+          initMs,
+          execMs: performance.now() - began,
+          response,
+        });
       },
       (err: unknown) => {
         this.#release(inst);
@@ -227,7 +241,9 @@ export class FunctionPool {
 
   /** Instances idle past keepalive, beyond the min-instances floor (scale to zero). */
   expired(now: number): Instance[] {
-    const idle = this.instances.filter((i) => i.state === "ready" && i.active === 0 && now - i.lastUsed >= this.config.keepaliveMs);
+    const idle = this.instances.filter(
+      (i) => i.state === "ready" && i.active === 0 && now - i.lastUsed >= this.config.keepaliveMs,
+    );
     const keep = Math.max(0, this.config.minInstances - (this.#liveCount() - idle.length));
     return idle.slice(keep);
   }

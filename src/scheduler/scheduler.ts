@@ -2,7 +2,14 @@ import { randomUUID } from "node:crypto";
 import { FennecError, toFennecError } from "../core/errors.js";
 import { publishInvocation } from "../core/events.js";
 import type { Logger } from "../core/log.js";
-import { functionKey, type FunctionId, type InvocationRecord, type InvokeRequest, type InvokeResponse, type StartType } from "../core/types.js";
+import {
+  functionKey,
+  type FunctionId,
+  type InvocationRecord,
+  type InvokeRequest,
+  type InvokeResponse,
+  type StartType,
+} from "../core/types.js";
 import type { FunctionConfig } from "../config/function-config.js";
 import type { SandboxDriver } from "../sandbox/contract.js";
 import { Instance } from "../sandbox/instance.js";
@@ -65,7 +72,10 @@ export class Scheduler implements PoolHost {
   }
 
   /** Invokes a function; never throws: failures come back as an error response plus record. */
-  async invoke(id: FunctionId, request: InvokeRequest): Promise<InvokeOutcome | { error: FennecError; record: InvocationRecord }> {
+  async invoke(
+    id: FunctionId,
+    request: InvokeRequest,
+  ): Promise<InvokeOutcome | { error: FennecError; record: InvocationRecord }> {
     const key = functionKey(id);
     const fail = (error: FennecError, partial?: DispatchError["partial"]) => {
       const record: InvocationRecord = {
@@ -116,7 +126,8 @@ export class Scheduler implements PoolHost {
     } catch (err) {
       const e = toFennecError(err);
       // At invoke time a broken config is the function's fault, not the caller's.
-      if (e.code === "CONFIG_INVALID") throw new FennecError("FN_CONFIG_INVALID", e.message, { details: e.details });
+      if (e.code === "CONFIG_INVALID")
+        throw new FennecError("FN_CONFIG_INVALID", e.message, { details: e.details });
       throw e;
     }
     const key = config.key;
@@ -179,7 +190,10 @@ export class Scheduler implements PoolHost {
   #makeRoom(need: number, forKey: string): void {
     const budget = this.#opts.memoryBudgetMiB;
     if (need > budget) {
-      throw new FennecError("NO_CAPACITY", `${forKey}: one instance needs ${need} MiB, more than the node's whole budget of ${budget} MiB`);
+      throw new FennecError(
+        "NO_CAPACITY",
+        `${forKey}: one instance needs ${need} MiB, more than the node's whole budget of ${budget} MiB`,
+      );
     }
     while (this.#usedMiB + need > budget) {
       let victim: Instance | undefined;
@@ -193,7 +207,11 @@ export class Scheduler implements PoolHost {
           `${forKey}: needs ${need} MiB but ${this.#usedMiB} of ${budget} MiB are in use and no idle instance of another function can be evicted`,
         );
       }
-      this.#opts.log.debug("evicting idle instance for memory", { victim: victim.config.key, instance: victim.id, for: forKey });
+      this.#opts.log.debug("evicting idle instance for memory", {
+        victim: victim.config.key,
+        instance: victim.id,
+        for: forKey,
+      });
       // The memory is counted free as soon as the victim is chosen, so it is never chosen twice.
       this.#unreserve(victim);
       void victim.close();
@@ -224,7 +242,10 @@ export class Scheduler implements PoolHost {
         const pool = await this.#poolFor(id);
         if (pool.missing() > 0) await pool.preBoot(pool.missing());
       } catch (err) {
-        this.#opts.log.warn("could not start min-instances", { function: functionKey(id), error: toFennecError(err).message });
+        this.#opts.log.warn("could not start min-instances", {
+          function: functionKey(id),
+          error: toFennecError(err).message,
+        });
       }
     }
   }

@@ -29,8 +29,12 @@ runConformance("fake (in-memory, scheduler logic only)", async () => {
     return {
       ...handle,
       invoke: (req, ictx) => {
-        if (name === "hang") return new Promise((_, reject) => ictx.signal.addEventListener("abort", () => reject(ictx.signal.reason)));
-        if (name === "fail") return handle.invoke({ ...req, headers: { ...req.headers, "x-fake-mode": "fail" } }, ictx);
+        if (name === "hang")
+          return new Promise((_, reject) =>
+            ictx.signal.addEventListener("abort", () => reject(ictx.signal.reason)),
+          );
+        if (name === "fail")
+          return handle.invoke({ ...req, headers: { ...req.headers, "x-fake-mode": "fail" } }, ictx);
         return handle.invoke(req, ictx);
       },
     };

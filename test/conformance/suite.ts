@@ -106,7 +106,10 @@ export function runConformance(name: string, setup: () => Promise<ConformanceFix
 
     it("reports the function's failure with an FN_ code", async () => {
       const inst = await started(fx.fail);
-      await assert.rejects(inst.invoke(request()), (err: { code?: string }) => typeof err.code === "string" && err.code.startsWith("FN_"));
+      await assert.rejects(
+        inst.invoke(request()),
+        (err: { code?: string }) => typeof err.code === "string" && err.code.startsWith("FN_"),
+      );
     });
 
     it("stops a hanging invocation at the timeout with FN_TIMEOUT and destroys the instance", async () => {
@@ -153,7 +156,8 @@ export function runConformance(name: string, setup: () => Promise<ConformanceFix
         assert.equal(second.record.startType, "warm");
       } finally {
         // Only this scheduler's instances: the driver stays open for the rest of the suite.
-        for (const pool of scheduler.pools().values()) await Promise.all(pool.instances.map((i) => i.close()));
+        for (const pool of scheduler.pools().values())
+          await Promise.all(pool.instances.map((i) => i.close()));
       }
     });
   });

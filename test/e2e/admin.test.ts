@@ -22,13 +22,19 @@ describe("admin API /system/functions", () => {
     s = await startTestServer({ token: TOKEN });
     // A broken function next to the good ones: listed with its error, never hiding the others.
     await mkdir(join(s.registry, "broken"));
-    await writeFile(join(s.registry, "broken", "function.toml"), "keepalive = 1\nconcurrent-requests = 1\ncolour = 'red'\n[wasm]\nmodule = 'x.wasm'\n");
+    await writeFile(
+      join(s.registry, "broken", "function.toml"),
+      "keepalive = 1\nconcurrent-requests = 1\ncolour = 'red'\n[wasm]\nmodule = 'x.wasm'\n",
+    );
   });
   after(() => s.close());
 
   it("needs the bearer token when one is set", async () => {
     assert.equal((await request(`${s.url}/system/functions`)).status, 401);
-    assert.equal((await request(`${s.url}/system/functions`, { headers: { authorization: "Bearer wrong" } })).status, 401);
+    assert.equal(
+      (await request(`${s.url}/system/functions`, { headers: { authorization: "Bearer wrong" } })).status,
+      401,
+    );
     assert.equal(errorCode(await request(`${s.url}/f/x/y`, { method: "PUT", body: "x" })), "UNAUTHORIZED");
     // Invocation routes stay open.
     assert.equal((await request(`${s.url}/invoke/hello/`)).status, 200);
@@ -56,12 +62,19 @@ describe("admin API /system/functions", () => {
       body: JSON.stringify({ name: "copy", user: "carol", toml, module }),
     });
     assert.equal(r.status, 201, r.text);
-    assert.equal((await request(`${s.url}/f/carol/copy`, { method: "POST", body: "deployed" })).text, "deployed");
+    assert.equal(
+      (await request(`${s.url}/f/carol/copy`, { method: "POST", body: "deployed" })).text,
+      "deployed",
+    );
 
     const bad = await request(`${s.url}/system/functions`, {
       method: "POST",
       headers: auth,
-      body: JSON.stringify({ name: "nope", toml: toml.replace("concurrent-requests = 2", 'concurrent-requests = "two"'), module }),
+      body: JSON.stringify({
+        name: "nope",
+        toml: toml.replace("concurrent-requests = 2", 'concurrent-requests = "two"'),
+        module,
+      }),
     });
     assert.equal(bad.status, 422);
     assert.equal(errorCode(bad), "CONFIG_INVALID");
@@ -74,15 +87,28 @@ describe("admin API /system/functions", () => {
       body: JSON.stringify({ name: "nope", toml, module: Buffer.from("not wasm").toString("base64") }),
     });
     assert.equal(errorCode(badModule), "MODULE_INVALID");
-    assert.equal(errorCode(await request(`${s.url}/system/functions`, { method: "POST", headers: auth, body: "{oops" })), "BAD_REQUEST");
+    assert.equal(
+      errorCode(await request(`${s.url}/system/functions`, { method: "POST", headers: auth, body: "{oops" })),
+      "BAD_REQUEST",
+    );
   });
 
   it("deletes a function: its instances stop and it is gone from disk", async () => {
     assert.equal((await request(`${s.url}/f/carol/copy`, { method: "POST", body: "x" })).status, 200);
-    const del = await request(`${s.url}/system/functions`, { method: "DELETE", headers: auth, body: JSON.stringify({ functionName: "carol/copy" }) });
+    const del = await request(`${s.url}/system/functions`, {
+      method: "DELETE",
+      headers: auth,
+      body: JSON.stringify({ functionName: "carol/copy" }),
+    });
     assert.equal(del.status, 202);
-    assert.equal(errorCode(await request(`${s.url}/f/carol/copy`, { method: "POST", body: "x" })), "FUNCTION_NOT_FOUND");
+    assert.equal(
+      errorCode(await request(`${s.url}/f/carol/copy`, { method: "POST", body: "x" })),
+      "FUNCTION_NOT_FOUND",
+    );
     await assert.rejects(stat(join(s.registry, "carol", "copy")));
-    assert.equal(errorCode(await request(`${s.url}/system/functions/ghost`, { method: "DELETE", headers: auth })), "FUNCTION_NOT_FOUND");
+    assert.equal(
+      errorCode(await request(`${s.url}/system/functions/ghost`, { method: "DELETE", headers: auth })),
+      "FUNCTION_NOT_FOUND",
+    );
   });
 });

@@ -26,15 +26,30 @@ describe("gateway (real server, real sockets, wasm functions)", () => {
     const second = await request(`${s.url}/invoke/hello?name=ann`);
     assert.equal(second.headers.get("x-fennec-start"), "warm");
     assert.match(second.text, /ann/);
-    const echo = await request(`${s.url}/invoke/echo/`, { method: "POST", body: "ping pong", headers: { "content-type": "text/x-test" } });
+    const echo = await request(`${s.url}/invoke/echo/`, {
+      method: "POST",
+      body: "ping pong",
+      headers: { "content-type": "text/x-test" },
+    });
     assert.equal(echo.text, "ping pong");
     assert.equal(echo.headers.get("content-type"), "text/x-test");
   });
 
   it("passes any method, multi-segment paths, query and headers to the function", async () => {
-    const r = await request(`${s.url}/invoke/env/a/b/c?x=1&y=two`, { method: "PUT", body: "the body", headers: { "x-trace": "t-1" } });
+    const r = await request(`${s.url}/invoke/env/a/b/c?x=1&y=two`, {
+      method: "PUT",
+      body: "the body",
+      headers: { "x-trace": "t-1" },
+    });
     assert.equal(r.status, 200);
-    for (const line of ["REQUEST_METHOD=PUT", "PATH_INFO=/a/b/c", "QUERY_STRING=x=1&y=two", "HTTP_X_TRACE=t-1", "CONTENT_LENGTH=8", "BODY=the body"]) {
+    for (const line of [
+      "REQUEST_METHOD=PUT",
+      "PATH_INFO=/a/b/c",
+      "QUERY_STRING=x=1&y=two",
+      "HTTP_X_TRACE=t-1",
+      "CONTENT_LENGTH=8",
+      "BODY=the body",
+    ]) {
       assert.ok(r.text.includes(line), `${line} in\n${r.text}`);
     }
     const del = await request(`${s.url}/invoke/env`, { method: "DELETE" });
@@ -79,7 +94,10 @@ describe("gateway (real server, real sockets, wasm functions)", () => {
     assert.match(made.headers.get("x-request-id") ?? "", /^[0-9a-f-]{36}$/);
     const unsafe = await request(`${s.url}/healthz`, { headers: { "x-request-id": "bad id\twith tab" } });
     assert.notEqual(unsafe.headers.get("x-request-id"), "bad id\twith tab");
-    assert.equal(made.json<{ error: { requestId: string } }>().error.requestId, made.headers.get("x-request-id"));
+    assert.equal(
+      made.json<{ error: { requestId: string } }>().error.requestId,
+      made.headers.get("x-request-id"),
+    );
   });
 
   it("refuses a body over the limit with 413 and keeps serving", async () => {
@@ -87,7 +105,10 @@ describe("gateway (real server, real sockets, wasm functions)", () => {
     const r = await request(`${s.url}/invoke/echo/`, { method: "POST", body: big });
     assert.equal(r.status, 413);
     assert.equal(errorCode(r), "BODY_TOO_LARGE");
-    assert.equal((await request(`${s.url}/invoke/echo/`, { method: "POST", body: "still here" })).text, "still here");
+    assert.equal(
+      (await request(`${s.url}/invoke/echo/`, { method: "POST", body: "still here" })).text,
+      "still here",
+    );
   });
 
   it("answers 404 for unknown functions and routes", async () => {
@@ -98,7 +119,17 @@ describe("gateway (real server, real sockets, wasm functions)", () => {
   });
 
   it("refuses path tricks in function names: .., %2F, NUL, look-alike unicode", async () => {
-    for (const path of ["/invoke/../hello/", "/invoke/..%2Fhello/", "/invoke/a%2Fb/", "/invoke/hello%00/", "/invoke/h%D0%B5llo/", "/f/..%2F..%2Fetc/passwd", "/f/default/%2E%2E", "/invoke/.hidden/", "/invoke/%ZZ/"]) {
+    for (const path of [
+      "/invoke/../hello/",
+      "/invoke/..%2Fhello/",
+      "/invoke/a%2Fb/",
+      "/invoke/hello%00/",
+      "/invoke/h%D0%B5llo/",
+      "/f/..%2F..%2Fetc/passwd",
+      "/f/default/%2E%2E",
+      "/invoke/.hidden/",
+      "/invoke/%ZZ/",
+    ]) {
       const r = await rawRequest(s.url, "POST", path, "x");
       assert.ok(r.status === 400, `${path} -> ${r.status} ${r.text}`);
     }
@@ -109,12 +140,27 @@ describe("gateway (real server, real sockets, wasm functions)", () => {
   it("exposes /stats with the thesis keys and per-function figures", async () => {
     await request(`${s.url}/invoke/hello/`);
     const stats = (await request(`${s.url}/stats`)).json<Record<string, unknown>>();
-    for (const key of ["NumbInitVms", "VmInitTimeNanoAvg", "VmInitTimeNanoStd", "VmInitTimeNano95", "VmInitTimeNanoMax", "FuncExecTimeNanoAvg", "FuncExecTimeNanoStd", "FuncExecTimeNano95", "FuncExecTimeNanoMax"]) {
+    for (const key of [
+      "NumbInitVms",
+      "VmInitTimeNanoAvg",
+      "VmInitTimeNanoStd",
+      "VmInitTimeNano95",
+      "VmInitTimeNanoMax",
+      "FuncExecTimeNanoAvg",
+      "FuncExecTimeNanoStd",
+      "FuncExecTimeNano95",
+      "FuncExecTimeNanoMax",
+    ]) {
       assert.equal(typeof stats[key], "number", key);
     }
     assert.ok((stats["NumbInitVms"] as number) >= 1);
     assert.ok((stats["FuncExecTimeNanoAvg"] as number) > 0);
-    const hello = (stats["functions"] as Record<string, { invocations: number; starts: Record<string, number>; execMs: { p50: number } }>)["default/hello"]!;
+    const hello = (
+      stats["functions"] as Record<
+        string,
+        { invocations: number; starts: Record<string, number>; execMs: { p50: number } }
+      >
+    )["default/hello"]!;
     assert.ok(hello.invocations >= 3);
     assert.ok(hello.starts["cold"]! >= 1 && hello.starts["warm"]! >= 1);
     assert.ok(hello.execMs.p50 > 0);
@@ -123,7 +169,10 @@ describe("gateway (real server, real sockets, wasm functions)", () => {
   it("serves /metrics in Prometheus text format, /healthz and the readiness callback", async () => {
     const m = await request(`${s.url}/metrics`);
     assert.match(m.headers.get("content-type") ?? "", /text\/plain/);
-    assert.match(m.text, /fennec_invocations_total\{function="default\/hello",start_type="cold",outcome="ok"\} \d+/);
+    assert.match(
+      m.text,
+      /fennec_invocations_total\{function="default\/hello",start_type="cold",outcome="ok"\} \d+/,
+    );
     assert.match(m.text, /fennec_instances\{/);
     assert.equal((await request(`${s.url}/healthz`)).text, "ok\n");
     assert.equal((await request(`${s.url}/ready/some-instance`)).text, "ok");
@@ -139,14 +188,23 @@ describe("gateway (real server, real sockets, wasm functions)", () => {
     const call = await request(`${s.url}/invoke/fib/?n=10`);
     assert.equal(call.headers.get("x-fennec-start"), "prebooted");
     assert.match(call.text, /fib\(10\) = 55/);
-    assert.equal(errorCode(await request(`${s.url}/preBoot/fib`, { method: "POST", body: "lots" })), "BAD_REQUEST");
+    assert.equal(
+      errorCode(await request(`${s.url}/preBoot/fib`, { method: "POST", body: "lots" })),
+      "BAD_REQUEST",
+    );
   });
 
   it("applies edits of function.toml on disk to new instances without a restart", async () => {
     const file = join(s.registry, "env", "function.toml");
     const before = await request(`${s.url}/invoke/env/`);
     assert.ok(!before.text.includes("GREETING=hi"));
-    await writeFile(file, (await readFile(file, "utf8")).replace('module = "env.wasm"', 'module = "env.wasm"\nenv = { GREETING = "hi" }'));
+    await writeFile(
+      file,
+      (await readFile(file, "utf8")).replace(
+        'module = "env.wasm"',
+        'module = "env.wasm"\nenv = { GREETING = "hi" }',
+      ),
+    );
     await sleep(400); // keepalive = 0: the old instance is reaped, the next call starts a new one
     const after = await request(`${s.url}/invoke/env/`);
     assert.ok(after.text.includes("GREETING=hi"), after.text);
@@ -162,8 +220,14 @@ describe("gateway (real server, real sockets, wasm functions)", () => {
   });
 
   it("refuses uploads that are not runnable modules, keeping the old one", async () => {
-    for (const [fixture, pattern] of [["not-wasm.wasm", /not a valid WebAssembly module/], ["forbidden-import.wasm", /env\.open_socket/]] as const) {
-      const r = await request(`${s.url}/f/bob/up`, { method: "PUT", body: await readFile(join(WASM_FIXTURES, fixture)) });
+    for (const [fixture, pattern] of [
+      ["not-wasm.wasm", /not a valid WebAssembly module/],
+      ["forbidden-import.wasm", /env\.open_socket/],
+    ] as const) {
+      const r = await request(`${s.url}/f/bob/up`, {
+        method: "PUT",
+        body: await readFile(join(WASM_FIXTURES, fixture)),
+      });
       assert.equal(r.status, 422, fixture);
       assert.equal(errorCode(r), "MODULE_INVALID");
       assert.match(r.text, pattern);
@@ -179,11 +243,16 @@ describe("gateway (real server, real sockets, wasm functions)", () => {
         request(`${s.url}/f/bob/race`, { method: "PUT", body: echo }),
         request(`${s.url}/f/bob/race`, { method: "PUT", body: hello }),
       ]);
-      assert.deepEqual(results.map((r) => r.status), [200, 200]);
+      assert.deepEqual(
+        results.map((r) => r.status),
+        [200, 200],
+      );
       const stored = await readFile(join(s.registry, "bob", "race", "function.wasm"));
       assert.ok(stored.equals(echo) || stored.equals(hello), "stored module is one upload, whole");
     }
-    const leftovers = (await readdir(join(s.registry, "bob", "race"))).filter((n) => n.startsWith(".fennec-tmp-"));
+    const leftovers = (await readdir(join(s.registry, "bob", "race"))).filter((n) =>
+      n.startsWith(".fennec-tmp-"),
+    );
     assert.deepEqual(leftovers, []);
   });
 });

@@ -1,7 +1,9 @@
 import type { FunctionConfig, SandboxConfig } from "../../src/config/function-config.js";
 
 /** A FunctionConfig built in memory, for tests that drive the scheduler or a driver directly. */
-export function testConfig(overrides: Partial<Omit<FunctionConfig, "sandbox">> & { sandbox?: SandboxConfig } = {}): FunctionConfig {
+export function testConfig(
+  overrides: Partial<Omit<FunctionConfig, "sandbox">> & { sandbox?: SandboxConfig } = {},
+): FunctionConfig {
   const name = overrides.id?.name ?? "fn";
   return {
     id: { user: "default", name },

@@ -10,7 +10,9 @@ export const WASM_FIXTURES = join(ROOT, "test", "fixtures", "wasm");
 export const CLI = join(ROOT, "dist", "src", "cli", "main.js");
 
 /** A temporary directory removed by the returned cleanup (call it in `after`). */
-export async function tempDir(prefix = "fennec-test-"): Promise<{ dir: string; cleanup: () => Promise<void> }> {
+export async function tempDir(
+  prefix = "fennec-test-",
+): Promise<{ dir: string; cleanup: () => Promise<void> }> {
   const dir = await mkdtemp(join(tmpdir(), prefix));
   return { dir, cleanup: () => rm(dir, { recursive: true, force: true }) };
 }

@@ -16,7 +16,13 @@ export interface TestServer {
 export async function startTestServer(options: Partial<FennecOptions> = {}): Promise<TestServer> {
   const { dir, cleanup } = await tempDir();
   const registry = await copyExamples(dir);
-  const fennec = await startFennec({ registry, port: 0, logLevel: "silent", cacheDir: join(dir, "cache"), ...options });
+  const fennec = await startFennec({
+    registry,
+    port: 0,
+    logLevel: "silent",
+    cacheDir: join(dir, "cache"),
+    ...options,
+  });
   return {
     fennec,
     url: fennec.url,
@@ -30,12 +36,20 @@ export async function startTestServer(options: Partial<FennecOptions> = {}): Pro
 }
 
 /** Adds a function built from a test fixture module to a registry. */
-export async function addWasmFunction(registry: string, name: string, fixture: string, extraToml = "", memory = 32): Promise<void> {
+export async function addWasmFunction(
+  registry: string,
+  name: string,
+  fixture: string,
+  extraToml = "",
+  memory = 32,
+): Promise<void> {
   const dir = join(registry, ...name.split("/"));
   await mkdir(dir, { recursive: true });
   await copyFile(join(WASM_FIXTURES, fixture), join(dir, fixture));
   // Top-level keys in `extraToml` replace the defaults (TOML forbids repeating a key).
-  const defaults = ["keepalive = 30", "concurrent-requests = 1"].filter((line) => !extraToml.includes(line.split(" ")[0]! + " "));
+  const defaults = ["keepalive = 30", "concurrent-requests = 1"].filter(
+    (line) => !extraToml.includes(line.split(" ")[0]! + " "),
+  );
   await writeFile(
     join(dir, "function.toml"),
     `${defaults.join("\n")}\n${extraToml}\n[wasm]\nmodule = "${fixture}"\nmemory = ${memory}\n`,
@@ -54,7 +68,13 @@ export function rawRequest(
     const req = httpRequest({ host: u.hostname, port: u.port, method, path }, (res) => {
       const chunks: Buffer[] = [];
       res.on("data", (c: Buffer) => chunks.push(c));
-      res.on("end", () => resolve({ status: res.statusCode ?? 0, headers: res.headers, text: Buffer.concat(chunks).toString() }));
+      res.on("end", () =>
+        resolve({
+          status: res.statusCode ?? 0,
+          headers: res.headers,
+          text: Buffer.concat(chunks).toString(),
+        }),
+      );
     });
     req.on("error", reject);
     req.end(body);

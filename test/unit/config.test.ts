@@ -47,7 +47,10 @@ describe("function.toml", () => {
     );
     assert.equal(vm.vm?.hypervisor.type, "microvm");
     assert.equal(vm.vm?.memory, 128);
-    const ct = parseFunctionToml(`keepalive = 1\nconcurrent-requests = 1\n[container]\nimage = "hello"\nruntime = "runsc"\n`, "f.toml");
+    const ct = parseFunctionToml(
+      `keepalive = 1\nconcurrent-requests = 1\n[container]\nimage = "hello"\nruntime = "runsc"\n`,
+      "f.toml",
+    );
     assert.equal(ct.container?.memory, 128);
   });
 
@@ -67,8 +70,13 @@ describe("function.toml", () => {
     const p = problems(() => parseFunctionToml(`keepalive = "ten"\n[wasm]\nmodule = "m.wasm"\n`, "f.toml"));
     const keys = p.map((x) => x.key).sort();
     assert.deepEqual(keys, ["concurrent-requests", "keepalive"]);
-    assert.ok(p.every((x) => /expected/i.test(x.message)), JSON.stringify(p));
-    const z = problems(() => parseFunctionToml(WASM.replace("concurrent-requests = 2", "concurrent-requests = 0"), "f.toml"));
+    assert.ok(
+      p.every((x) => /expected/i.test(x.message)),
+      JSON.stringify(p),
+    );
+    const z = problems(() =>
+      parseFunctionToml(WASM.replace("concurrent-requests = 2", "concurrent-requests = 0"), "f.toml"),
+    );
     assert.equal(z[0]!.key, "concurrent-requests");
   });
 
@@ -78,14 +86,23 @@ describe("function.toml", () => {
   });
 
   it("refuses a missing module and paths that leave the function directory", async () => {
-    const load = (toml: string) => () => loadFunctionConfig({ user: "default", name: "f" }, dir, join(dir, "function.toml"), toml);
+    const load = (toml: string) => () =>
+      loadFunctionConfig({ user: "default", name: "f" }, dir, join(dir, "function.toml"), toml);
     assert.match(problems(load(WASM.replace("m.wasm", "nope.wasm")))[0]!.message, /file not found/);
     assert.match(problems(load(WASM.replace("m.wasm", "../m.wasm")))[0]!.message, /not found|outside/);
     assert.match(problems(load(WASM.replace("m.wasm", "/etc/passwd")))[0]!.message, /relative/);
     await symlink("/etc/hostname", join(dir, "escape.wasm"));
-    assert.match(problems(load(WASM.replace("m.wasm", "escape.wasm")))[0]!.message, /outside the function directory/);
+    assert.match(
+      problems(load(WASM.replace("m.wasm", "escape.wasm")))[0]!.message,
+      /outside the function directory/,
+    );
     assert.match(problems(load(WASM + 'dirs = { "/data" = "../" }\n'))[0]!.message, /outside/);
-    const ok = loadFunctionConfig({ user: "default", name: "f" }, dir, join(dir, "function.toml"), WASM + 'dirs = { "/data" = "static" }\n');
+    const ok = loadFunctionConfig(
+      { user: "default", name: "f" },
+      dir,
+      join(dir, "function.toml"),
+      WASM + 'dirs = { "/data" = "static" }\n',
+    );
     assert.equal(ok.sandbox.kind === "wasm" && ok.sandbox.dirs["/data"], join(dir, "static"));
   });
 });

@@ -10,7 +10,13 @@ import { ReadinessHub } from "../../src/sandbox/readiness.js";
 import { Scheduler } from "../../src/scheduler/scheduler.js";
 import { testConfig } from "../helpers/config.js";
 
-const req = (body = "x"): InvokeRequest => ({ method: "POST", path: "/", query: "", headers: {}, body: Buffer.from(body) });
+const req = (body = "x"): InvokeRequest => ({
+  method: "POST",
+  path: "/",
+  query: "",
+  headers: {},
+  body: Buffer.from(body),
+});
 const fnId = (name: string): FunctionId => ({ user: "default", name });
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
@@ -117,7 +123,9 @@ describe("scheduler", () => {
   });
 
   it("answers QUEUE_FULL when the bounded queue overflows, and QUEUE_TIMEOUT at the deadline", async () => {
-    const { scheduler, driver } = setup([{ id: fnId("a"), maxInstances: 1, maxQueue: 1, queueTimeoutMs: 60 }]);
+    const { scheduler, driver } = setup([
+      { id: fnId("a"), maxInstances: 1, maxQueue: 1, queueTimeoutMs: 60 },
+    ]);
     driver.behaviour.invokeDelayMs = 200;
     const running = scheduler.invoke(fnId("a"), req());
     await sleep(10);

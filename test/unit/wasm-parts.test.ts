@@ -32,19 +32,38 @@ describe("memory limit rewriting", () => {
 describe("WAGI", () => {
   it("maps the request to CGI variables", () => {
     const env = wagiEnvironment(
-      { method: "PUT", path: "/a/b", query: "x=1", headers: { "content-type": "text/plain", "x-trace-id": "t1" }, body: Buffer.from("abc") },
+      {
+        method: "PUT",
+        path: "/a/b",
+        query: "x=1",
+        headers: { "content-type": "text/plain", "x-trace-id": "t1" },
+        body: Buffer.from("abc"),
+      },
       "/invoke/f",
       { EXTRA: "1" },
     );
-    for (const v of ["REQUEST_METHOD=PUT", "PATH_INFO=/a/b", "QUERY_STRING=x=1", "CONTENT_TYPE=text/plain", "CONTENT_LENGTH=3", "HTTP_X_TRACE_ID=t1", "EXTRA=1"]) {
+    for (const v of [
+      "REQUEST_METHOD=PUT",
+      "PATH_INFO=/a/b",
+      "QUERY_STRING=x=1",
+      "CONTENT_TYPE=text/plain",
+      "CONTENT_LENGTH=3",
+      "HTTP_X_TRACE_ID=t1",
+      "EXTRA=1",
+    ]) {
       assert.ok(env.includes(v), v);
     }
   });
 
   it("parses CGI headers, Status and the body", () => {
-    const r = parseWagiOutput(Buffer.from("Status: 404 Not Found\r\nContent-Type: text/plain\r\nX-A: 1\r\n\r\nbody"));
+    const r = parseWagiOutput(
+      Buffer.from("Status: 404 Not Found\r\nContent-Type: text/plain\r\nX-A: 1\r\n\r\nbody"),
+    );
     assert.equal(r.status, 404);
-    assert.deepEqual(r.headers, [["content-type", "text/plain"], ["x-a", "1"]]);
+    assert.deepEqual(r.headers, [
+      ["content-type", "text/plain"],
+      ["x-a", "1"],
+    ]);
     assert.equal(Buffer.from(r.body).toString(), "body");
   });
 

@@ -55,7 +55,8 @@ export class FakeDriver implements SandboxDriver {
   async start(ctx: StartContext): Promise<SandboxHandle> {
     this.starts++;
     const b = this.behaviour;
-    if (b.hangOnStart) await new Promise((_, reject) => ctx.signal.addEventListener("abort", () => reject(ctx.signal.reason)));
+    if (b.hangOnStart)
+      await new Promise((_, reject) => ctx.signal.addEventListener("abort", () => reject(ctx.signal.reason)));
     if (b.startDelayMs > 0) await sleep(b.startDelayMs, ctx.signal);
     if (b.startError) throw b.startError;
     if (b.useCallback) {

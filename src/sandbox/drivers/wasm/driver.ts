@@ -33,7 +33,8 @@ const OUTCOME_CODES: Record<Exclude<Outcome, "ok">, ErrorCode> = {
 };
 
 function wasmOf(config: FunctionConfig): WasmSandboxConfig {
-  if (config.sandbox.kind !== "wasm") throw new FennecError("INTERNAL", `${config.key} is not a wasm function`);
+  if (config.sandbox.kind !== "wasm")
+    throw new FennecError("INTERNAL", `${config.key} is not a wasm function`);
   return config.sandbox;
 }
 
@@ -44,7 +45,11 @@ async function readTree(dir: string, budget: { left: number }): Promise<DirTree>
     if (entry.isDirectory()) tree[entry.name] = await readTree(full, budget);
     else if (entry.isFile()) {
       budget.left -= (await stat(full)).size;
-      if (budget.left < 0) throw new FennecError("FN_CONFIG_INVALID", `granted directory ${dir} holds more than ${MAX_GRANTED_BYTES / 2 ** 20} MiB`);
+      if (budget.left < 0)
+        throw new FennecError(
+          "FN_CONFIG_INVALID",
+          `granted directory ${dir} holds more than ${MAX_GRANTED_BYTES / 2 ** 20} MiB`,
+        );
       tree[entry.name] = await readFile(full);
     }
   }
@@ -136,13 +141,22 @@ class WasmInstance implements SandboxHandle {
   #died(err: Error): void {
     if (this.#gone) return;
     const oom = (err as NodeJS.ErrnoException).code === "ERR_WORKER_OUT_OF_MEMORY";
-    this.#gone = new FennecError(oom ? "FN_OOM" : "FN_CRASHED", `${this.#config.key}: sandbox died: ${err.message}`);
+    this.#gone = new FennecError(
+      oom ? "FN_OOM" : "FN_CRASHED",
+      `${this.#config.key}: sandbox died: ${err.message}`,
+    );
     for (const p of this.#pending.values()) p.reject(this.#gone);
     this.#pending.clear();
     for (const l of this.#exitListeners) l(this.#gone);
   }
 
-  load(module: WebAssembly.Module, maxMemoryBytes: number, dirs: Record<string, DirTree>, maxOutputBytes: number, signal: AbortSignal): Promise<void> {
+  load(
+    module: WebAssembly.Module,
+    maxMemoryBytes: number,
+    dirs: Record<string, DirTree>,
+    maxOutputBytes: number,
+    signal: AbortSignal,
+  ): Promise<void> {
     return new Promise<void>((resolve, reject) => {
       const onAbort = () => reject(signal.reason);
       signal.addEventListener("abort", onAbort, { once: true });
@@ -176,9 +190,13 @@ class WasmInstance implements SandboxHandle {
           ? "wrote a response larger than the limit"
           : result.message;
     const stderr = result.stderrTail.trim();
-    throw new FennecError(code, `${this.#config.key}: ${detail}${stderr ? ` (stderr: ${stderr.slice(-500)})` : ""}`, {
-      details: { exitCode: result.exitCode, stderr: result.stderrTail },
-    });
+    throw new FennecError(
+      code,
+      `${this.#config.key}: ${detail}${stderr ? ` (stderr: ${stderr.slice(-500)})` : ""}`,
+      {
+        details: { exitCode: result.exitCode, stderr: result.stderrTail },
+      },
+    );
   }
 
   onExit(listener: (reason: Error) => void): void {

@@ -41,7 +41,8 @@ export interface MemoryLimitResult {
  * past the cap must never happen, not merely be noticed.
  */
 export function limitMemory(bytes: Uint8Array, maxPages: number, what: string): MemoryLimitResult {
-  if (bytes.length < 8) throw new FennecError("FN_BAD_MODULE", `${what}: too short to be a WebAssembly module`);
+  if (bytes.length < 8)
+    throw new FennecError("FN_BAD_MODULE", `${what}: too short to be a WebAssembly module`);
   const out: number[] = Array.from(bytes.subarray(0, 8));
   let pos = 8;
   let initialPages = 0;

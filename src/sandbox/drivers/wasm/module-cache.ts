@@ -34,13 +34,23 @@ export function checkModule(module: WebAssembly.Module, what: string): void {
     );
   }
   const exports = new Map(WebAssembly.Module.exports(module).map((e) => [e.name, e.kind]));
-  if (exports.get("_start") !== "function") throw new FennecError("FN_BAD_MODULE", `${what}: exports no _start function (build it as a WASI command)`);
-  if (exports.get("memory") !== "memory") throw new FennecError("FN_BAD_MODULE", `${what}: exports no memory`);
+  if (exports.get("_start") !== "function")
+    throw new FennecError(
+      "FN_BAD_MODULE",
+      `${what}: exports no _start function (build it as a WASI command)`,
+    );
+  if (exports.get("memory") !== "memory")
+    throw new FennecError("FN_BAD_MODULE", `${what}: exports no memory`);
 }
 
 /** Validates raw bytes as a module the sandbox can run (upload-time check, no caching). */
-export async function validateModuleBytes(bytes: Uint8Array, maxMemoryMiB: number, what: string): Promise<void> {
-  if (!WebAssembly.validate(source(bytes))) throw new FennecError("FN_BAD_MODULE", `${what}: not a valid WebAssembly module`);
+export async function validateModuleBytes(
+  bytes: Uint8Array,
+  maxMemoryMiB: number,
+  what: string,
+): Promise<void> {
+  if (!WebAssembly.validate(source(bytes)))
+    throw new FennecError("FN_BAD_MODULE", `${what}: not a valid WebAssembly module`);
   const limited = limitMemory(bytes, (maxMemoryMiB * 2 ** 20) / PAGE_BYTES, what);
   checkModule(await WebAssembly.compile(source(limited.bytes)), what);
 }
@@ -64,7 +74,10 @@ export class ModuleCache {
     try {
       raw = await readFile(path);
     } catch (err) {
-      throw new FennecError("FN_BAD_MODULE", `${what}: cannot read module ${path}: ${(err as Error).message}`);
+      throw new FennecError(
+        "FN_BAD_MODULE",
+        `${what}: cannot read module ${path}: ${(err as Error).message}`,
+      );
     }
     const hash = createHash("sha256").update(raw).digest("hex");
     const key = `${hash}-${maxMemoryMiB}`;
@@ -77,13 +90,22 @@ export class ModuleCache {
     return entry;
   }
 
-  async #compile(raw: Uint8Array, hash: string, key: string, maxMemoryMiB: number, what: string): Promise<CompiledModule> {
+  async #compile(
+    raw: Uint8Array,
+    hash: string,
+    key: string,
+    maxMemoryMiB: number,
+    what: string,
+  ): Promise<CompiledModule> {
     const maxMemoryBytes = maxMemoryMiB * 2 ** 20;
-    const cached = this.#dir ? await readFile(join(this.#dir, `${key}.wasm`)).catch(() => undefined) : undefined;
+    const cached = this.#dir
+      ? await readFile(join(this.#dir, `${key}.wasm`)).catch(() => undefined)
+      : undefined;
     if (cached) {
       return { module: await WebAssembly.compile(source(cached)), hash, maxMemoryBytes };
     }
-    if (!WebAssembly.validate(source(raw))) throw new FennecError("FN_BAD_MODULE", `${what}: not a valid WebAssembly module`);
+    if (!WebAssembly.validate(source(raw)))
+      throw new FennecError("FN_BAD_MODULE", `${what}: not a valid WebAssembly module`);
     const limited = limitMemory(raw, maxMemoryBytes / PAGE_BYTES, what);
     const module = await WebAssembly.compile(source(limited.bytes));
     checkModule(module, what);

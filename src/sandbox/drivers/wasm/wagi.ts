@@ -46,9 +46,16 @@ function findBlankLine(out: Uint8Array): { headerEnd: number; bodyStart: number 
 /** Parses a module's stdout into a response; output without a header block is a 200 body. */
 export function parseWagiOutput(out: Uint8Array): InvokeResponse {
   const split = findBlankLine(out);
-  const plain = (): InvokeResponse => ({ status: 200, headers: [["content-type", "text/plain; charset=utf-8"]], body: out });
+  const plain = (): InvokeResponse => ({
+    status: 200,
+    headers: [["content-type", "text/plain; charset=utf-8"]],
+    body: out,
+  });
   if (!split) return plain();
-  const lines = Buffer.from(out.buffer, out.byteOffset, split.headerEnd).toString("latin1").replace(/\r$/, "").split(/\r?\n/);
+  const lines = Buffer.from(out.buffer, out.byteOffset, split.headerEnd)
+    .toString("latin1")
+    .replace(/\r$/, "")
+    .split(/\r?\n/);
   const headers: Array<[string, string]> = [];
   let status: number | undefined;
   for (const line of lines) {
@@ -59,7 +66,10 @@ export function parseWagiOutput(out: Uint8Array): InvokeResponse {
     if (name === "status") {
       const code = Number.parseInt(value, 10);
       if (!(code >= 100 && code <= 999)) {
-        throw new FennecError("FN_BAD_RESPONSE", `the function sent an invalid Status header: ${JSON.stringify(value)}`);
+        throw new FennecError(
+          "FN_BAD_RESPONSE",
+          `the function sent an invalid Status header: ${JSON.stringify(value)}`,
+        );
       }
       status = code;
     } else {

@@ -5,7 +5,15 @@
  * instantiated right after the response is sent, off the request's critical path.
  */
 import { parentPort } from "node:worker_threads";
-import { ConsoleStdout, Directory, File, OpenFile, PreopenDirectory, WASI, WASIProcExit } from "@bjorn3/browser_wasi_shim";
+import {
+  ConsoleStdout,
+  Directory,
+  File,
+  OpenFile,
+  PreopenDirectory,
+  WASI,
+  WASIProcExit,
+} from "@bjorn3/browser_wasi_shim";
 import type { Fd, Inode } from "@bjorn3/browser_wasi_shim";
 import type { DirTree, FromWorker, LoadMessage, Outcome, ToWorker } from "./protocol.js";
 
@@ -24,20 +32,29 @@ let next: Prepared | undefined;
 function toInodes(tree: DirTree): Map<string, Inode> {
   const map = new Map<string, Inode>();
   for (const [name, value] of Object.entries(tree)) {
-    map.set(name, value instanceof Uint8Array ? new File(value, { readonly: true }) : new Directory(toInodes(value)));
+    map.set(
+      name,
+      value instanceof Uint8Array ? new File(value, { readonly: true }) : new Directory(toInodes(value)),
+    );
   }
   return map;
 }
 
 function prepare(load: LoadMessage): Prepared {
   // fds 0-2 are replaced per invocation; preopens follow at 3, the WASI convention.
-  const fds: Fd[] = [new OpenFile(new File(new Uint8Array(0))), new ConsoleStdout(() => {}), new ConsoleStdout(() => {})];
-  for (const [guest, tree] of Object.entries(load.dirs)) fds.push(new PreopenDirectory(guest, toInodes(tree)));
+  const fds: Fd[] = [
+    new OpenFile(new File(new Uint8Array(0))),
+    new ConsoleStdout(() => {}),
+    new ConsoleStdout(() => {}),
+  ];
+  for (const [guest, tree] of Object.entries(load.dirs))
+    fds.push(new PreopenDirectory(guest, toInodes(tree)));
   const wasi = new WASI([], [], fds);
   const instance = new WebAssembly.Instance(load.module, { wasi_snapshot_preview1: wasi.wasiImport });
   const memory = instance.exports["memory"];
   if (!(memory instanceof WebAssembly.Memory)) throw new Error("the module exports no memory");
-  if (typeof instance.exports["_start"] !== "function") throw new Error("the module exports no _start (is it a WASI command?)");
+  if (typeof instance.exports["_start"] !== "function")
+    throw new Error("the module exports no _start (is it a WASI command?)");
   // The shim reads memory through `inst`, which it normally sets in start(); we call _start ourselves.
   wasi.inst = instance as unknown as WASI["inst"];
   return { wasi, instance, memory };
@@ -47,14 +64,20 @@ function post(msg: FromWorker, transfer: ArrayBuffer[] = []): void {
   port.postMessage(msg, transfer);
 }
 
-function classify(err: unknown, memory: WebAssembly.Memory, maxBytes: number): { outcome: Outcome; message: string } {
+function classify(
+  err: unknown,
+  memory: WebAssembly.Memory,
+  maxBytes: number,
+): { outcome: Outcome; message: string } {
   const message = err instanceof Error ? err.message : String(err);
   // A module that hits its memory cap usually sees malloc fail and aborts with a trap, so a trap
   // with memory at (or within one growth step of) the cap is reported as out-of-memory.
   const nearCap = memory.buffer.byteLength + 2 * 2 ** 20 > maxBytes;
   if (err instanceof RangeError && /memory/i.test(message)) return { outcome: "oom", message };
   if (err instanceof WebAssembly.RuntimeError || err instanceof RangeError) {
-    return nearCap ? { outcome: "oom", message: `${message} (linear memory at its limit)` } : { outcome: "trap", message };
+    return nearCap
+      ? { outcome: "oom", message: `${message} (linear memory at its limit)` }
+      : { outcome: "trap", message };
   }
   return { outcome: "trap", message };
 }
@@ -66,7 +89,15 @@ function invoke(id: number, env: string[], body: Uint8Array): void {
     prepared = next ?? prepare(load);
   } catch (err) {
     const { outcome, message } = classify(err, new WebAssembly.Memory({ initial: 0 }), load.maxMemoryBytes);
-    post({ type: "result", id, outcome: outcome === "oom" ? "oom" : "instantiate-failed", exitCode: -1, stdout: new Uint8Array(0), stderrTail: "", message });
+    post({
+      type: "result",
+      id,
+      outcome: outcome === "oom" ? "oom" : "instantiate-failed",
+      exitCode: -1,
+      stdout: new Uint8Array(0),
+      stderrTail: "",
+      message,
+    });
     return;
   }
   next = undefined;
@@ -128,7 +159,8 @@ port.on("message", (msg: ToWorker) => {
         post({ type: "ready" });
       } catch (err) {
         const message = err instanceof Error ? err.message : String(err);
-        const outcome: Outcome = err instanceof RangeError && /memory/i.test(message) ? "oom" : "instantiate-failed";
+        const outcome: Outcome =
+          err instanceof RangeError && /memory/i.test(message) ? "oom" : "instantiate-failed";
         loaded = undefined;
         post({ type: "load-failed", outcome, message });
       }
