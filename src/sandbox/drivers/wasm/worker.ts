@@ -49,7 +49,8 @@ function prepare(load: LoadMessage): Prepared {
   ];
   for (const [guest, tree] of Object.entries(load.dirs))
     fds.push(new PreopenDirectory(guest, toInodes(tree)));
-  const wasi = new WASI([], [], fds);
+  // debug must be off explicitly: the shim logs every call to the console when it is left undefined.
+  const wasi = new WASI([], [], fds, { debug: false });
   const instance = new WebAssembly.Instance(load.module, { wasi_snapshot_preview1: wasi.wasiImport });
   const memory = instance.exports["memory"];
   if (!(memory instanceof WebAssembly.Memory)) throw new Error("the module exports no memory");
