@@ -9,9 +9,14 @@ import { CLI, copyExamples, EXAMPLES, tempDir } from "../helpers/paths.js";
 
 const run = promisify(execFile);
 
-async function fennec(args: string[], env: Record<string, string> = {}): Promise<{ code: number; stdout: string; stderr: string }> {
+async function fennec(
+  args: string[],
+  env: Record<string, string> = {},
+): Promise<{ code: number; stdout: string; stderr: string }> {
   try {
-    const { stdout, stderr } = await run(process.execPath, [CLI, ...args], { env: { ...process.env, ...env } });
+    const { stdout, stderr } = await run(process.execPath, [CLI, ...args], {
+      env: { ...process.env, ...env },
+    });
     return { code: 0, stdout, stderr };
   } catch (err) {
     const e = err as { code: number; stdout: string; stderr: string };
@@ -21,7 +26,9 @@ async function fennec(args: string[], env: Record<string, string> = {}): Promise
 
 /** Starts `fennec serve` on a free port and resolves with its URL once it serves. */
 function serve(registry: string): Promise<{ child: ChildProcess; url: string; log: () => string }> {
-  const child = spawn(process.execPath, [CLI, "serve", "-r", registry, "--port", "0"], { stdio: ["ignore", "pipe", "pipe"] });
+  const child = spawn(process.execPath, [CLI, "serve", "-r", registry, "--port", "0"], {
+    stdio: ["ignore", "pipe", "pipe"],
+  });
   let log = "";
   return new Promise((resolve, reject) => {
     child.stderr!.on("data", (d: Buffer) => {
@@ -33,7 +40,8 @@ function serve(registry: string): Promise<{ child: ChildProcess; url: string; lo
   });
 }
 
-const exited = (child: ChildProcess) => new Promise<number | null>((r) => child.once("exit", (code) => r(code)));
+const exited = (child: ChildProcess) =>
+  new Promise<number | null>((r) => child.once("exit", (code) => r(code)));
 
 describe("the fennec command", () => {
   let dir: string;

@@ -130,7 +130,7 @@ class WasmInstance implements SandboxHandle {
         const p = this.#pending.get(msg.id);
         this.#pending.delete(msg.id);
         p?.resolve(msg);
-      } else {
+      } else if (msg.type !== "booted") {
         this.#onReady?.(msg);
       }
     });

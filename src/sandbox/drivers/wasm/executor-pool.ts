@@ -9,6 +9,8 @@ const WORKER_URL = new URL("./worker.js", import.meta.url);
  */
 export class ExecutorPool {
   readonly #spares: Worker[] = [];
+  /** Spares that have finished booting; a worker still booting costs tens of milliseconds more. */
+  readonly #booted = new WeakSet<Worker>();
   readonly #target: number;
   #closed = false;
   #refilling = false;
@@ -20,7 +22,9 @@ export class ExecutorPool {
 
   /** A blank worker: a spare if one is waiting, else a new one. */
   take(): Worker {
-    const worker = this.#spares.pop() ?? this.#spawn();
+    const i = this.#spares.findIndex((w) => this.#booted.has(w));
+    // Prefer a booted spare; else the oldest one, which is furthest along in booting.
+    const worker = (i >= 0 ? this.#spares.splice(i, 1)[0] : this.#spares.shift()) ?? this.#spawn();
     worker.ref();
     queueMicrotask(() => this.#refill());
     return worker;
@@ -43,6 +47,7 @@ export class ExecutorPool {
 
   #spawn(): Worker {
     const worker = new Worker(WORKER_URL);
+    worker.once("message", () => this.#booted.add(worker));
     this.#watch(worker);
     return worker;
   }

@@ -51,4 +51,9 @@ export interface LoadFailedMessage {
   readonly message: string;
 }
 
-export type FromWorker = ResultMessage | ReadyMessage | LoadFailedMessage;
+/** Sent once when the worker has booted and can take a module. */
+export interface BootedMessage {
+  readonly type: "booted";
+}
+
+export type FromWorker = ResultMessage | ReadyMessage | LoadFailedMessage | BootedMessage;

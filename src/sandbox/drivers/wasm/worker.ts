@@ -175,3 +175,5 @@ port.on("message", (msg: ToWorker) => {
       break;
   }
 });
+
+post({ type: "booted" });
