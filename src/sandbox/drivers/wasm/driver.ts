@@ -80,12 +80,17 @@ export class WasmDriver implements SandboxDriver {
 
   async prepare(config: FunctionConfig): Promise<void> {
     const wasm = wasmOf(config);
-    await this.modules.get(wasm.module, wasm.memoryMiB, config.file);
+    await this.modules.forRevision(wasm.module, config.revision, wasm.memoryMiB, config.file);
   }
 
   async start(ctx: StartContext): Promise<SandboxHandle> {
     const wasm = wasmOf(ctx.config);
-    const compiled = await this.modules.get(wasm.module, wasm.memoryMiB, ctx.config.file);
+    const compiled = await this.modules.forRevision(
+      wasm.module,
+      ctx.config.revision,
+      wasm.memoryMiB,
+      ctx.config.file,
+    );
     const budget = { left: MAX_GRANTED_BYTES };
     const dirs: Record<string, DirTree> = {};
     for (const [guest, host] of Object.entries(wasm.dirs)) dirs[guest] = await readTree(host, budget);
@@ -119,6 +124,7 @@ class WasmInstance implements SandboxHandle {
   readonly #exitListeners: Array<(reason: Error) => void> = [];
   #nextId = 1;
   #gone: Error | undefined;
+  #released = false;
   #onReady: ((msg: FromWorker) => void) | undefined;
 
   constructor(worker: Worker, config: FunctionConfig, executors: ExecutorPool) {
@@ -206,12 +212,15 @@ class WasmInstance implements SandboxHandle {
   async close(): Promise<void> {
     if (this.#gone) return;
     this.#gone = new FennecError("INSTANCE_GONE", "instance closed");
+    this.#released = true;
     // A worker that only ever ran memory-safe wasm and ended cleanly can host the next instance.
     this.#executors.give(this.#worker);
   }
 
   async destroy(): Promise<void> {
     if (!this.#gone) this.#gone = new FennecError("INSTANCE_GONE", "instance destroyed");
+    // A worker already handed back by close() belongs to the pool now: never kill it from here.
+    if (this.#released) return;
     await this.#worker.terminate();
   }
 }

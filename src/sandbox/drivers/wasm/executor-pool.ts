@@ -1,6 +1,7 @@
 import { Worker } from "node:worker_threads";
 
 const WORKER_URL = new URL("./worker.js", import.meta.url);
+const REFILL_DELAY_MS = 50;
 
 /**
  * Keeps a few blank worker threads spawned ahead of time. Spawning a worker costs milliseconds;
@@ -26,7 +27,9 @@ export class ExecutorPool {
     // Prefer a booted spare; else the oldest one, which is furthest along in booting.
     const worker = (i >= 0 ? this.#spares.splice(i, 1)[0] : this.#spares.shift()) ?? this.#spawn();
     worker.ref();
-    queueMicrotask(() => this.#refill());
+    // Refill a little later: an instance that closes soon gives its worker back, which is
+    // cheaper than booting a new one (tens of milliseconds of CPU).
+    setTimeout(() => this.#refill(), REFILL_DELAY_MS).unref();
     return worker;
   }
 

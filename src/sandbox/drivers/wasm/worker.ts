@@ -16,6 +16,7 @@ import {
 } from "@bjorn3/browser_wasi_shim";
 import type { Fd, Inode } from "@bjorn3/browser_wasi_shim";
 import type { DirTree, FromWorker, LoadMessage, Outcome, ToWorker } from "./protocol.js";
+import { WARMUP_WASM_BASE64 } from "./warmup-module.js";
 
 const port = parentPort!;
 const STDERR_TAIL = 4096;
@@ -83,6 +84,65 @@ function classify(
   return { outcome: "trap", message };
 }
 
+interface RunResult {
+  outcome: Outcome;
+  exitCode: number;
+  stdout: Uint8Array;
+  stderrTail: string;
+  message: string;
+}
+
+/** Runs one invocation's `_start` on a prepared instance, capturing stdout and stderr. */
+function run(
+  prepared: Prepared,
+  env: string[],
+  body: Uint8Array,
+  maxOutputBytes: number,
+  maxMemoryBytes: number,
+): RunResult {
+  const chunks: Uint8Array[] = [];
+  let size = 0;
+  let overflow = false;
+  let stderr = "";
+  const { wasi, instance, memory } = prepared;
+  wasi.env = env;
+  wasi.fds[0] = new OpenFile(new File(body, { readonly: true }));
+  wasi.fds[1] = new ConsoleStdout((chunk) => {
+    if (overflow) return;
+    size += chunk.byteLength;
+    if (size > maxOutputBytes) overflow = true;
+    else chunks.push(chunk);
+  });
+  wasi.fds[2] = new ConsoleStdout((chunk) => {
+    stderr = (stderr + Buffer.from(chunk).toString("utf8")).slice(-STDERR_TAIL);
+  });
+  let outcome: Outcome = "ok";
+  let exitCode = 0;
+  let message = "";
+  try {
+    (instance.exports["_start"] as () => void)();
+  } catch (err) {
+    if (err instanceof WASIProcExit) {
+      exitCode = err.code;
+      if (exitCode !== 0) outcome = "exit";
+    } else {
+      ({ outcome, message } = classify(err, memory, maxMemoryBytes));
+      exitCode = -1;
+    }
+  }
+  if (overflow) outcome = "output-too-large";
+  // One exact-size buffer, so it can be transferred to the main thread without a copy.
+  const stdout = new Uint8Array(Math.min(size, maxOutputBytes));
+  let offset = 0;
+  if (!overflow) {
+    for (const c of chunks) {
+      stdout.set(c, offset);
+      offset += c.byteLength;
+    }
+  }
+  return { outcome, exitCode, stdout, stderrTail: stderr, message };
+}
+
 function invoke(id: number, env: string[], body: Uint8Array): void {
   const load = loaded!;
   let prepared: Prepared;
@@ -102,42 +162,8 @@ function invoke(id: number, env: string[], body: Uint8Array): void {
     return;
   }
   next = undefined;
-  const chunks: Uint8Array[] = [];
-  let size = 0;
-  let overflow = false;
-  let stderr = "";
-  const { wasi, instance, memory } = prepared;
-  wasi.env = env;
-  wasi.fds[0] = new OpenFile(new File(body, { readonly: true }));
-  wasi.fds[1] = new ConsoleStdout((chunk) => {
-    if (overflow) return;
-    size += chunk.byteLength;
-    if (size > load.maxOutputBytes) overflow = true;
-    else chunks.push(chunk);
-  });
-  wasi.fds[2] = new ConsoleStdout((chunk) => {
-    stderr = (stderr + Buffer.from(chunk).toString("utf8")).slice(-STDERR_TAIL);
-  });
-  let outcome: Outcome = "ok";
-  let exitCode = 0;
-  let message = "";
-  try {
-    (instance.exports["_start"] as () => void)();
-  } catch (err) {
-    if (err instanceof WASIProcExit) {
-      exitCode = err.code;
-      if (exitCode !== 0) outcome = "exit";
-    } else {
-      ({ outcome, message } = classify(err, memory, load.maxMemoryBytes));
-      exitCode = -1;
-    }
-  }
-  if (overflow) outcome = "output-too-large";
-  const stdout = Buffer.concat(chunks);
-  // Copy into an exact-size buffer so it can be transferred without cloning.
-  const out = new Uint8Array(stdout.byteLength);
-  out.set(stdout);
-  post({ type: "result", id, outcome, exitCode, stdout: out, stderrTail: stderr, message }, [out.buffer]);
+  const r = run(prepared, env, body, load.maxOutputBytes, load.maxMemoryBytes);
+  post({ type: "result", id, ...r }, [r.stdout.buffer as ArrayBuffer]);
   setImmediate(preInstantiate);
 }
 
@@ -176,4 +202,19 @@ port.on("message", (msg: ToWorker) => {
   }
 });
 
+// Warm up before announcing: the first invocation in a fresh thread would otherwise pay for
+// compiling the WASI shim's JavaScript and V8's wrappers for the WASI import signatures.
+try {
+  const warmup: LoadMessage = {
+    type: "load",
+    module: new WebAssembly.Module(Buffer.from(WARMUP_WASM_BASE64, "base64")),
+    maxMemoryBytes: 2 ** 24,
+    dirs: {},
+    maxOutputBytes: 1024,
+  };
+  for (let i = 0; i < 3; i++)
+    run(prepare(warmup), ["REQUEST_METHOD=GET", "PATH_INFO=/"], Buffer.from("warm up"), 1024, 2 ** 24);
+} catch {
+  // A failed warm-up costs only speed.
+}
 post({ type: "booted" });
