@@ -118,6 +118,8 @@ export async function startFennec(options: FennecOptions): Promise<Fennec> {
         log.warn("function is not servable", { function: key, code: error.code, error: error.message });
       });
     }
+    // Cached modules of functions that no longer exist (or changed) are removed.
+    await wasm.modules.prune().catch(() => undefined);
     await scheduler.ensureMinimums(
       entries.filter((e) => e.config && e.config.minInstances > 0).map((e) => e.id),
     );

@@ -137,12 +137,20 @@ export class ModuleCache {
     return { module, hash, maxMemoryBytes };
   }
 
-  /** Drops disk entries no longer referenced by any known module hash (called at start). */
-  async prune(keepHashes: ReadonlySet<string>): Promise<void> {
-    if (!this.#dir) return;
-    for (const name of await readdir(this.#dir).catch(() => [])) {
-      const hash = name.split("-")[0] ?? "";
-      if (!keepHashes.has(hash)) await rm(join(this.#dir, name), { force: true });
+  /** Drops disk entries of modules not loaded in this run (called once every function is prepared). */
+  async prune(): Promise<string[]> {
+    if (!this.#dir) return [];
+    const keep = new Set<string>();
+    for (const entry of this.#memory.values()) {
+      const compiled = await entry.catch(() => undefined);
+      if (compiled) keep.add(compiled.hash);
     }
+    const removed: string[] = [];
+    for (const name of await readdir(this.#dir).catch(() => [])) {
+      if (keep.has(name.split("-")[0] ?? "")) continue;
+      await rm(join(this.#dir, name), { force: true });
+      removed.push(name);
+    }
+    return removed;
   }
 }
