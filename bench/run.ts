@@ -11,7 +11,9 @@ import { mkdirSync, writeFileSync } from "node:fs";
 import { cpus } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
+import { cdfChart } from "./plot.js";
 import { fmt, summarize } from "./stats.js";
+import { threadWakeup } from "./thread-wakeup.js";
 
 const HERE = fileURLToPath(new URL(".", import.meta.url));
 const ROOT = fileURLToPath(new URL("../../", import.meta.url));
@@ -102,6 +104,9 @@ async function main(): Promise<void> {
   });
   const instance = await message<Record<string, unknown>>(inst);
 
+  console.error("thread wake-up floor");
+  const wakeup = await threadWakeup(quick ? 1000 : 5000);
+
   const result = {
     date: new Date().toISOString(),
     machine: { cpus: cpus().length, model: cpus()[0]?.model, node: process.version },
@@ -113,7 +118,17 @@ async function main(): Promise<void> {
       p50Ratio: f1.p50 / b1.p50,
     },
     instance,
+    wakeup,
   };
+  mkdirSync(join(ROOT, "docs", "img"), { recursive: true });
+  const sorted = (k: string) => runs[k]!.flatMap((x) => x.latenciesUs).sort((a, b) => a - b);
+  writeFileSync(
+    join(ROOT, "docs", "img", "warm-latency.svg"),
+    cdfChart("Warm invoke latency, 1 connection (CDF, clipped at p99)", "round-trip latency (µs)", [
+      { label: `bare node:http (p50 ${fmt(b1.p50, 0)} µs)`, colour: "#888", values: sorted("bare1") },
+      { label: `Fennec, wasm echo (p50 ${fmt(f1.p50, 0)} µs)`, colour: "#d9480f", values: sorted("fennec1") },
+    ]),
+  );
   mkdirSync(join(ROOT, "bench", "results"), { recursive: true });
   writeFileSync(join(ROOT, "bench", "results", "latest.json"), JSON.stringify(result, null, 2) + "\n");
 
@@ -136,6 +151,11 @@ async function main(): Promise<void> {
 | cold start, spare worker waiting (ms) | ${fmt(i.coldWithSpareMs.p50, 3)} | ${fmt(i.coldWithSpareMs.p99, 3)} |
 | cold start in a burst of 50 (ms) | ${fmt(i.coldBurstMs.p50, 2)} | ${fmt(i.coldBurstMs.p99, 2)} |
 | first invocation on a new instance (ms) | ${fmt(i.firstInvokeMs.p50, 3)} | ${fmt(i.firstInvokeMs.p99, 3)} |
+
+| worker message round trip (µs) | p50 | main-thread CPU per message |
+|---|---|---|
+| worker sleeps between messages | ${fmt(wakeup.sleeping.rttUs.p50)} | ${fmt(wakeup.sleeping.mainCpuUsPerMessage)} µs |
+| worker polls (never sleeps) | ${fmt(wakeup.polling.rttUs.p50)} | ${fmt(wakeup.polling.mainCpuUsPerMessage)} µs |
 
 instances created per second (burst of 50): ${fmt(i.instancesPerSecond, 0)}
 idle memory per warm instance: ${fmt(i.idleMiBPerInstance, 2)} MiB

@@ -45,6 +45,8 @@ export interface PoolHost {
  */
 export class FunctionPool {
   config: FunctionConfig;
+  /** When the config was last read from its source (performance.now()). */
+  resolvedAt = 0;
   readonly instances: Instance[] = [];
   readonly #queue: Waiter[] = [];
   readonly #host: PoolHost;

@@ -16,6 +16,9 @@ import { Instance } from "../sandbox/instance.js";
 import type { ReadinessHub } from "../sandbox/readiness.js";
 import { DispatchError, FunctionPool, type PoolHost } from "./function-pool.js";
 
+/** Edits on disk are seen by new instances within this long. */
+const RESOLVE_INTERVAL_MS = 250;
+
 /** Where configs come from: the directory registry in production, anything in tests. */
 export interface ConfigSource {
   resolve(id: FunctionId): Promise<FunctionConfig>;
@@ -95,8 +98,11 @@ export class Scheduler implements PoolHost {
     this.#inFlight++;
     try {
       let pool = this.#pools.get(key);
-      // Warm fast path: a free slot on an instance of the current config, no disk access.
-      if (!pool || !pool.hasFreeSlot()) pool = await this.#poolFor(id);
+      // Warm fast path: a free slot on an instance of the current config, no disk access. Under
+      // load (no free slot) the config is re-read at most every RESOLVE_INTERVAL_MS, not per request.
+      if (!pool || (!pool.hasFreeSlot() && performance.now() - pool.resolvedAt >= RESOLVE_INTERVAL_MS)) {
+        pool = await this.#poolFor(id);
+      }
       const d = await pool.run(request);
       const record: InvocationRecord = {
         function: key,
@@ -138,6 +144,7 @@ export class Scheduler implements PoolHost {
     } else {
       pool.updateConfig(config);
     }
+    pool.resolvedAt = performance.now();
     return pool;
   }
 

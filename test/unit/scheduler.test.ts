@@ -231,6 +231,7 @@ describe("scheduler", () => {
     driver.behaviour.invokeDelayMs = 20;
     const first = await ok(scheduler, "a");
     configs.set("default/a", { ...configs.get("default/a")!, revision: "r2" });
+    await sleep(300); // under load the config is re-read at most every 250 ms
     // Busy the old instance so the next call takes the cold (re-reading) path.
     const busy = ok(scheduler, "a");
     const second = await ok(scheduler, "a");

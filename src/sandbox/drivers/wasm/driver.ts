@@ -185,7 +185,10 @@ class WasmInstance implements SandboxHandle {
     const env = wagiEnvironment(request, `/invoke/${this.#config.id.name}`, wasmOf(this.#config).env);
     const result = await new Promise<ResultMessage>((resolve, reject) => {
       this.#pending.set(id, { resolve, reject });
-      this.#worker.postMessage({ type: "invoke", id, env, body: request.body });
+      // A body from the socket is a view into a larger pooled buffer, and structured clone would
+      // copy all of it: copy just the bytes into their own buffer and transfer that.
+      const body = new Uint8Array(request.body);
+      this.#worker.postMessage({ type: "invoke", id, env, body }, [body.buffer]);
     });
     if (result.outcome === "ok") return parseWagiOutput(result.stdout);
     const code = OUTCOME_CODES[result.outcome];
