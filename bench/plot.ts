@@ -55,7 +55,7 @@ export function cdfChart(
     const pts: string[] = [];
     for (let k = 0; k < n; k += step) pts.push(`${x(s.values[k]!).toFixed(1)},${y((k + 1) / n).toFixed(1)}`);
     parts.push(`<polyline fill="none" stroke="${s.colour}" stroke-width="2" points="${pts.join(" ")}"/>`);
-    const ly = M.top + 16 + i * 18;
+    const ly = H - M.bottom - 60 + i * 18; // lower right: CDFs are flat there
     parts.push(
       `<line x1="${W - 250}" x2="${W - 225}" y1="${ly - 4}" y2="${ly - 4}" stroke="${s.colour}" stroke-width="3"/>`,
     );
