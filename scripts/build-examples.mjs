@@ -8,7 +8,6 @@ import {
   mkdtempSync,
   readdirSync,
   readFileSync,
-  renameSync,
   rmSync,
   writeFileSync,
 } from "node:fs";
@@ -18,6 +17,14 @@ import { fileURLToPath } from "node:url";
 
 const ROOT = fileURLToPath(new URL("..", import.meta.url));
 const CLANG = process.env.CLANG ?? "clang-14";
+const PACKAGES = "install Debian's clang-14 lld-14 wasi-libc libclang-rt-14-dev-wasm32";
+// Thrown rather than process.exit(), which would skip the `finally` that removes the scratch dir.
+class Failure extends Error {
+  constructor(code, message) {
+    super(message);
+    this.code = code;
+  }
+}
 // Extra link flags per artefact, where a fixture needs an unusual module shape.
 const EXTRA = {
   "forbidden-import.wasm": ["-Wl,--allow-undefined"],
@@ -59,14 +66,11 @@ function compile(src, out, name) {
     relative(ROOT, src),
   ];
   const r = spawnSync(CLANG, args, { cwd: ROOT, encoding: "utf8" });
-  if (r.error?.code === "ENOENT") {
-    console.error(`${CLANG} not found: install Debian's clang-14 lld-14 wasi-libc libclang-rt-14-dev-wasm32`);
-    process.exit(2);
-  }
-  if (r.status !== 0) {
-    console.error(`${CLANG} ${args.join(" ")}\n${r.stderr}`);
-    process.exit(1);
-  }
+  // A missing toolchain piece (linker, libc, builtins) is a setup problem, not a source error.
+  const missing = /unable to execute|doesn't exist|cannot open|unable to find library|'stdio\.h' file not found/;
+  if (r.error?.code === "ENOENT" || (r.status !== 0 && missing.test(r.stderr)))
+    throw new Failure(2, `${r.stderr ?? ""}${CLANG} toolchain incomplete: ${PACKAGES}`);
+  if (r.status !== 0) throw new Failure(1, `${CLANG} ${args.join(" ")}\n${r.stderr}`);
 }
 
 function embedded(bytes, from) {
@@ -95,14 +99,18 @@ try {
       if (!same) differ++;
       console.log(`${same ? "same   " : "DIFFERS"} ${rel} (${built.length} bytes, ${ms} ms)`);
     } else {
-      renameSync(tmp, out);
+      writeFileSync(out, built); // not rename: the scratch dir may be on another filesystem
       console.log(`built ${rel} (${built.length} bytes, ${ms} ms)`);
     }
   }
+} catch (e) {
+  if (!(e instanceof Failure)) throw e;
+  console.error(e.message);
+  process.exitCode = e.code;
 } finally {
   rmSync(scratch, { recursive: true, force: true });
 }
-if (check) {
+if (check && !process.exitCode) {
   if (differ > 0) {
     console.error(
       `${differ} committed artefact(s) differ from their sources: run npm run examples and commit the result`,

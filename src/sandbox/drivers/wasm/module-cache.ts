@@ -83,11 +83,27 @@ export class ModuleCache {
     const key = `${path}\0${revision}\0${maxMemoryMiB}`;
     let entry = this.#byRevision.get(key);
     if (!entry) {
+      // A new revision replaces the older ones of the same file, so re-uploads do not pile up
+      // compiled modules; a module no revision uses any more is dropped too.
+      for (const old of [...this.#byRevision.keys()].filter((k) => k.startsWith(`${path}\0`))) {
+        this.#byRevision.delete(old);
+      }
       entry = this.get(path, maxMemoryMiB, what);
       this.#byRevision.set(key, entry);
-      entry.catch(() => this.#byRevision.delete(key));
+      entry.then(
+        () => this.#dropUnused(),
+        () => this.#byRevision.delete(key),
+      );
     }
     return entry;
+  }
+
+  async #dropUnused(): Promise<void> {
+    const settled = async (p: Promise<CompiledModule>) => p.catch(() => undefined);
+    const used = new Set(await Promise.all([...this.#byRevision.values()].map(settled)));
+    for (const [key, entry] of this.#memory) {
+      if (!used.has(await settled(entry))) this.#memory.delete(key);
+    }
   }
 
   async get(path: string, maxMemoryMiB: number, what: string): Promise<CompiledModule> {
