@@ -1,7 +1,8 @@
 /**
- * Driver-level wasm measurements, run in their own process (with --expose-gc): instance start
- * to ready with a spare worker waiting and without one, instances created per second, and idle
- * memory per warm instance.
+ * Driver-level wasm measurements, run in their own process (with --expose-gc). Each sample uses a
+ * new config revision, so every start is a real cold start: the module (compiled once, cached) is
+ * loaded and instantiated in an executor thread. Also: a further instance of an already loaded
+ * revision, the first invocation, a burst of simultaneous cold starts, and idle memory.
  */
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -19,11 +20,20 @@ const config = loadFunctionConfig({ user: "default", name: "echo" }, dir, file, 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 const gc = (globalThis as { gc?: () => void }).gc ?? (() => undefined);
 
-function start(driver: WasmDriver): Promise<SandboxHandle> {
+let revisions = 0;
+
+/** A new revision of echo, prepared (compiled, cached) as Fennec prepares functions at load. */
+async function newRevision(driver: WasmDriver): Promise<typeof config> {
+  const c = { ...config, revision: `${config.revision}.${revisions++}` };
+  await driver.prepare(c);
+  return c;
+}
+
+function start(driver: WasmDriver, c: typeof config = config): Promise<SandboxHandle> {
   const ac = new AbortController();
   return driver.start({
     instanceId: randomUUID(),
-    config,
+    config: c,
     callbackUrl: "",
     waitForCallback: () => Promise.resolve(),
     signal: ac.signal,
@@ -38,29 +48,41 @@ async function main(): Promise<void> {
   await driver.prepare(config);
   await sleep(300);
 
-  // Cold start with a spare worker waiting: what a cold request pays when the node is not in a burst.
-  const withSpare: number[] = [];
-  const firstCall: number[] = [];
+  // Another instance of a revision some executor already has loaded.
+  const another: number[] = [];
+  await (await start(driver)).close();
   for (let i = 0; i < samples; i++) {
     const t0 = performance.now();
     const h = await start(driver);
+    another.push(performance.now() - t0);
+    await h.close();
+  }
+
+  // Cold start: a new revision, loaded and instantiated in an idle executor.
+  const withSpare: number[] = [];
+  const firstCall: number[] = [];
+  for (let i = 0; i < samples; i++) {
+    const c = await newRevision(driver);
+    const t0 = performance.now();
+    const h = await start(driver, c);
     const t1 = performance.now();
     await h.invoke(request, { signal: new AbortController().signal });
     firstCall.push(performance.now() - t1);
     withSpare.push(t1 - t0);
     await h.destroy();
-    await sleep(25);
+    await sleep(5);
   }
 
   // Cold start in a burst: spares run out, so workers are spawned on demand.
   const burst: number[] = [];
   const handles: SandboxHandle[] = [];
   const burstSize = 50;
+  const burstConfigs = await Promise.all(Array.from({ length: burstSize }, () => newRevision(driver)));
   const tb = performance.now();
   await Promise.all(
-    Array.from({ length: burstSize }, async () => {
+    burstConfigs.map(async (c) => {
       const t0 = performance.now();
-      handles.push(await start(driver));
+      handles.push(await start(driver, c));
       burst.push(performance.now() - t0);
     }),
   );
@@ -74,7 +96,7 @@ async function main(): Promise<void> {
   gc();
   const before = process.memoryUsage().rss;
   const idle = 100;
-  for (let i = 0; i < idle; i++) handles.push(await start(driver));
+  for (let i = 0; i < idle; i++) handles.push(await start(driver, await newRevision(driver)));
   await Promise.all(handles.map((h) => h.invoke(request, { signal: new AbortController().signal })));
   await sleep(500);
   gc();
@@ -84,6 +106,7 @@ async function main(): Promise<void> {
   await driver.close();
 
   process.send!({
+    anotherInstanceMs: summarize(another),
     coldWithSpareMs: summarize(withSpare),
     firstInvokeMs: summarize(firstCall),
     coldBurstMs: summarize(burst),

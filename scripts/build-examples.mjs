@@ -3,14 +3,7 @@
 // compiler; `--check` rebuilds into a temporary directory and proves the committed files are
 // exactly what their sources produce (CI runs it).
 import { spawnSync } from "node:child_process";
-import {
-  existsSync,
-  mkdtempSync,
-  readdirSync,
-  readFileSync,
-  rmSync,
-  writeFileSync,
-} from "node:fs";
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { basename, dirname, join, relative } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -67,7 +60,8 @@ function compile(src, out, name) {
   ];
   const r = spawnSync(CLANG, args, { cwd: ROOT, encoding: "utf8" });
   // A missing toolchain piece (linker, libc, builtins) is a setup problem, not a source error.
-  const missing = /unable to execute|doesn't exist|cannot open|unable to find library|'stdio\.h' file not found/;
+  const missing =
+    /unable to execute|doesn't exist|cannot open|unable to find library|'std\w+\.h' file not found/;
   if (r.error?.code === "ENOENT" || (r.status !== 0 && missing.test(r.stderr)))
     throw new Failure(2, `${r.stderr ?? ""}${CLANG} toolchain incomplete: ${PACKAGES}`);
   if (r.status !== 0) throw new Failure(1, `${CLANG} ${args.join(" ")}\n${r.stderr}`);

@@ -1,26 +1,27 @@
 import { readdir, readFile, stat } from "node:fs/promises";
 import { join } from "node:path";
-import type { Worker } from "node:worker_threads";
 import { FennecError, type ErrorCode } from "../../../core/errors.js";
 import type { InvokeRequest, InvokeResponse } from "../../../core/types.js";
 import type { FunctionConfig, WasmSandboxConfig } from "../../../config/function-config.js";
-import type { SandboxDriver, SandboxHandle, StartContext } from "../../contract.js";
+import type { InvokeContext, SandboxDriver, SandboxHandle, StartContext } from "../../contract.js";
 import { ExecutorPool } from "./executor-pool.js";
 import { ModuleCache } from "./module-cache.js";
-import type { DirTree, FromWorker, Outcome, ResultMessage } from "./protocol.js";
+import type { DirTree, DoneMessage, LoadPayload, Outcome } from "./protocol.js";
 import { parseWagiOutput, wagiEnvironment } from "./wagi.js";
 
 export interface WasmDriverOptions {
   /** Directory of the on-disk module cache; undefined keeps the cache in memory only. */
   readonly cacheDir?: string | undefined;
-  /** Blank worker threads kept ready for cold starts. */
+  /** Idle executor threads kept booted for cold starts. */
   readonly spareWorkers?: number;
+  /** Most executor threads. */
+  readonly maxExecutors?: number | undefined;
   /** Largest response a module may write to stdout. */
   readonly maxOutputBytes?: number;
 }
 
-/** Memory a worker thread itself costs, beyond the module's linear memory (measured: bench/). */
-const WORKER_OVERHEAD_MIB = 8;
+/** What an instance costs beyond its linear memory: its pre-instantiated copy and bookkeeping. */
+const INSTANCE_OVERHEAD_MIB = 1;
 /** Largest granted directory, so a grant cannot pull a whole disk into memory. */
 const MAX_GRANTED_BYTES = 64 * 2 ** 20;
 
@@ -57,9 +58,11 @@ async function readTree(dir: string, budget: { left: number }): Promise<DirTree>
 }
 
 /**
- * The embedded default sandbox: WASI preview1 modules following WAGI, one worker thread per
- * instance so a runaway function is stopped by terminating its thread, never stalling the gateway.
- * No filesystem unless `[wasm] dirs` grants one (read-only), and no network at all.
+ * The embedded default sandbox: WASI preview1 modules following WAGI, run on a small pool of
+ * executor threads shared by all functions, so a runaway function is stopped by terminating its
+ * thread, never stalling the gateway. An instance is cheap: its module compiled once, loaded and
+ * pre-instantiated in an executor. No filesystem unless `[wasm] dirs` grants one (read-only), and
+ * no network at all.
  */
 export class WasmDriver implements SandboxDriver {
   readonly name = "wasm";
@@ -70,12 +73,12 @@ export class WasmDriver implements SandboxDriver {
 
   constructor(opts: WasmDriverOptions = {}) {
     this.modules = new ModuleCache(opts.cacheDir);
-    this.#executors = new ExecutorPool(opts.spareWorkers ?? 2);
+    this.#executors = new ExecutorPool({ spares: opts.spareWorkers ?? 2, max: opts.maxExecutors });
     this.#maxOutputBytes = opts.maxOutputBytes ?? 32 * 2 ** 20;
   }
 
   memoryMiB(config: FunctionConfig): number {
-    return wasmOf(config).memoryMiB + WORKER_OVERHEAD_MIB;
+    return wasmOf(config).memoryMiB + INSTANCE_OVERHEAD_MIB;
   }
 
   async prepare(config: FunctionConfig): Promise<void> {
@@ -84,24 +87,27 @@ export class WasmDriver implements SandboxDriver {
   }
 
   async start(ctx: StartContext): Promise<SandboxHandle> {
-    const wasm = wasmOf(ctx.config);
+    const config = ctx.config;
+    const wasm = wasmOf(config);
     const compiled = await this.modules.forRevision(
       wasm.module,
-      ctx.config.revision,
+      config.revision,
       wasm.memoryMiB,
-      ctx.config.file,
+      config.file,
     );
+    const key = `${config.key}@${config.revision}`;
     const budget = { left: MAX_GRANTED_BYTES };
     const dirs: Record<string, DirTree> = {};
     for (const [guest, host] of Object.entries(wasm.dirs)) dirs[guest] = await readTree(host, budget);
-    const worker = this.#executors.take();
-    const handle = new WasmInstance(worker, ctx.config, this.#executors);
-    try {
-      await handle.load(compiled.module, compiled.maxMemoryBytes, dirs, this.#maxOutputBytes, ctx.signal);
-    } catch (err) {
-      await handle.destroy();
-      throw err;
-    }
+    const load: LoadPayload = {
+      module: compiled.module,
+      maxMemoryBytes: compiled.maxMemoryBytes,
+      dirs,
+      maxOutputBytes: this.#maxOutputBytes,
+    };
+    const handle = new WasmInstance(this.#executors, config, key, load);
+    // The first instance of a revision proves the module instantiates; later ones find it loaded.
+    if (!this.#executors.hasLoaded(key)) await handle.run("load", [], new Uint8Array(0), ctx.signal);
     return handle;
   }
 
@@ -110,94 +116,49 @@ export class WasmDriver implements SandboxDriver {
   }
 }
 
-interface Pending {
-  resolve: (r: ResultMessage) => void;
-  reject: (e: Error) => void;
-}
-
-/** One wasm instance: a worker thread holding the compiled module. */
+/** One wasm instance: a function revision's module, run on whichever executor is free. */
 class WasmInstance implements SandboxHandle {
-  readonly #worker: Worker;
-  readonly #config: FunctionConfig;
   readonly #executors: ExecutorPool;
-  readonly #pending = new Map<number, Pending>();
-  readonly #exitListeners: Array<(reason: Error) => void> = [];
-  #nextId = 1;
+  readonly #config: FunctionConfig;
+  readonly #key: string;
+  readonly #load: LoadPayload;
   #gone: Error | undefined;
-  #released = false;
-  #onReady: ((msg: FromWorker) => void) | undefined;
 
-  constructor(worker: Worker, config: FunctionConfig, executors: ExecutorPool) {
-    this.#worker = worker;
-    this.#config = config;
+  constructor(executors: ExecutorPool, config: FunctionConfig, key: string, load: LoadPayload) {
     this.#executors = executors;
-    worker.on("message", (msg: FromWorker) => {
-      if (msg.type === "result") {
-        const p = this.#pending.get(msg.id);
-        this.#pending.delete(msg.id);
-        p?.resolve(msg);
-      } else if (msg.type !== "booted") {
-        this.#onReady?.(msg);
-      }
-    });
-    worker.on("error", (err) => this.#died(err));
-    worker.on("exit", (code) => this.#died(new Error(`worker thread exited with code ${code}`)));
+    this.#config = config;
+    this.#key = key;
+    this.#load = load;
   }
 
-  #died(err: Error): void {
-    if (this.#gone) return;
-    const oom = (err as NodeJS.ErrnoException).code === "ERR_WORKER_OUT_OF_MEMORY";
-    this.#gone = new FennecError(
-      oom ? "FN_OOM" : "FN_CRASHED",
-      `${this.#config.key}: sandbox died: ${err.message}`,
-    );
-    for (const p of this.#pending.values()) p.reject(this.#gone);
-    this.#pending.clear();
-    for (const l of this.#exitListeners) l(this.#gone);
-  }
-
-  load(
-    module: WebAssembly.Module,
-    maxMemoryBytes: number,
-    dirs: Record<string, DirTree>,
-    maxOutputBytes: number,
+  async run(
+    kind: "load" | "invoke",
+    env: string[],
+    body: Uint8Array,
     signal: AbortSignal,
-  ): Promise<void> {
-    return new Promise<void>((resolve, reject) => {
-      const onAbort = () => reject(signal.reason);
-      signal.addEventListener("abort", onAbort, { once: true });
-      this.#onReady = (msg) => {
-        signal.removeEventListener("abort", onAbort);
-        this.#onReady = undefined;
-        if (msg.type === "ready") resolve();
-        else if (msg.type === "load-failed") {
-          const code = msg.outcome === "oom" ? "FN_OOM" : "FN_BAD_MODULE";
-          reject(new FennecError(code, `${this.#config.key}: cannot instantiate the module: ${msg.message}`));
-        }
-      };
-      this.#worker.postMessage({ type: "load", module, maxMemoryBytes, dirs, maxOutputBytes });
-    });
-  }
-
-  async invoke(request: InvokeRequest): Promise<InvokeResponse> {
+  ): Promise<DoneMessage> {
     if (this.#gone) throw this.#gone;
-    const id = this.#nextId++;
-    const env = wagiEnvironment(request, `/invoke/${this.#config.id.name}`, wasmOf(this.#config).env);
-    const result = await new Promise<ResultMessage>((resolve, reject) => {
-      this.#pending.set(id, { resolve, reject });
-      // A body from the socket is a view into a larger pooled buffer, and structured clone would
-      // copy all of it: copy just the bytes into their own buffer and transfer that.
-      const body = new Uint8Array(request.body);
-      this.#worker.postMessage({ type: "invoke", id, env, body }, [body.buffer]);
-    });
-    if (result.outcome === "ok") return parseWagiOutput(result.stdout);
+    let result: DoneMessage;
+    try {
+      result = await this.#executors.run({ kind, key: this.#key, load: this.#load, env, body }, signal);
+    } catch (err) {
+      if (err instanceof FennecError) throw err;
+      const oom = (err as NodeJS.ErrnoException).code === "ERR_WORKER_OUT_OF_MEMORY";
+      throw new FennecError(
+        oom ? "FN_OOM" : "FN_CRASHED",
+        `${this.#config.key}: sandbox died: ${(err as Error).message}`,
+      );
+    }
+    if (result.outcome === "ok") return result;
     const code = OUTCOME_CODES[result.outcome];
     const detail =
       result.outcome === "exit"
         ? `exited with code ${result.exitCode}`
         : result.outcome === "output-too-large"
           ? "wrote a response larger than the limit"
-          : result.message;
+          : kind === "load"
+            ? `cannot instantiate the module: ${result.message}`
+            : result.message;
     const stderr = result.stderrTail.trim();
     throw new FennecError(
       code,
@@ -208,22 +169,18 @@ class WasmInstance implements SandboxHandle {
     );
   }
 
-  onExit(listener: (reason: Error) => void): void {
-    this.#exitListeners.push(listener);
+  async invoke(request: InvokeRequest, ctx: InvokeContext): Promise<InvokeResponse> {
+    const env = wagiEnvironment(request, `/invoke/${this.#config.id.name}`, wasmOf(this.#config).env);
+    const result = await this.run("invoke", env, request.body, ctx.signal);
+    return parseWagiOutput(result.stdout);
   }
 
   async close(): Promise<void> {
-    if (this.#gone) return;
-    this.#gone = new FennecError("INSTANCE_GONE", "instance closed");
-    this.#released = true;
-    // A worker that only ever ran memory-safe wasm and ended cleanly can host the next instance.
-    this.#executors.give(this.#worker);
+    this.#gone ??= new FennecError("INSTANCE_GONE", "instance closed");
   }
 
   async destroy(): Promise<void> {
-    if (!this.#gone) this.#gone = new FennecError("INSTANCE_GONE", "instance destroyed");
-    // A worker already handed back by close() belongs to the pool now: never kill it from here.
-    if (this.#released) return;
-    await this.#worker.terminate();
+    // Nothing of this instance runs once its jobs are cancelled (the lifecycle aborts them first).
+    this.#gone ??= new FennecError("INSTANCE_GONE", "instance destroyed");
   }
 }

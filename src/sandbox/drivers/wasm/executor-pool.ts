@@ -1,84 +1,228 @@
+import { availableParallelism } from "node:os";
 import { Worker } from "node:worker_threads";
+import { FennecError } from "../../../core/errors.js";
+import type { DoneMessage, FromWorker, JobMessage, LoadPayload } from "./protocol.js";
 
 const WORKER_URL = new URL("./worker.js", import.meta.url);
-const REFILL_DELAY_MS = 50;
+/** Modules one executor keeps loaded before it forgets the least recently used. */
+const MAX_LOADED = 32;
+/** A job waiting this long for a busy pool gets a new executor (a slow job must not stall others). */
+const SPAWN_AFTER_MS = 5;
+
+export interface Job {
+  readonly kind: "load" | "invoke";
+  readonly key: string;
+  readonly load: LoadPayload;
+  readonly env: string[];
+  readonly body: Uint8Array;
+}
+
+interface Executor {
+  readonly worker: Worker;
+  booted: boolean;
+  /** key -> last use, in insertion order of recency. */
+  readonly loaded: Map<string, number>;
+  running: Pending | undefined;
+}
+
+interface Pending {
+  readonly id: number;
+  readonly job: Job;
+  readonly resolve: (r: DoneMessage) => void;
+  readonly reject: (e: Error) => void;
+  executor: Executor | undefined;
+}
+
+export interface ExecutorPoolOptions {
+  /** Idle executors kept booted and warmed up for cold starts. */
+  readonly spares?: number;
+  /** Most executor threads; a job beyond waits for one to free up. */
+  readonly max?: number;
+}
 
 /**
- * Keeps a few blank worker threads spawned ahead of time. Spawning a worker costs milliseconds;
- * handing out a spare one and sending it a compiled module costs microseconds, which is what
- * makes a wasm cold start an instantiation.
+ * The threads that run wasm: a few executors shared by every function, each running one job at a
+ * time. A job goes to an idle executor that already has its module (warm), else any idle one,
+ * else waits; when jobs wait past a few milliseconds (executors stuck in slow or runaway
+ * functions), another executor is started, up to `max`. Cancelling a running job terminates its
+ * executor, which is the only way to stop guest code; the other executors never notice.
  */
 export class ExecutorPool {
-  readonly #spares: Worker[] = [];
-  /** Spares that have finished booting; a worker still booting costs tens of milliseconds more. */
-  readonly #booted = new WeakSet<Worker>();
-  readonly #target: number;
+  readonly #executors: Executor[] = [];
+  readonly #queue: Pending[] = [];
+  readonly #spares: number;
+  readonly #max: number;
+  #nextId = 1;
   #closed = false;
-  #refilling = false;
+  #spawnTimer: NodeJS.Timeout | undefined;
 
-  constructor(spares: number) {
-    this.#target = spares;
-    this.#refill();
+  constructor(opts: ExecutorPoolOptions = {}) {
+    this.#spares = opts.spares ?? 2;
+    this.#max = Math.max(this.#spares, opts.max ?? Math.max(4, availableParallelism() * 4));
+    for (let i = 0; i < this.#spares; i++) this.#spawn();
   }
 
-  /** A blank worker: a spare if one is waiting, else a new one. */
-  take(): Worker {
-    const i = this.#spares.findIndex((w) => this.#booted.has(w));
-    // Prefer a booted spare; else the oldest one, which is furthest along in booting.
-    const worker = (i >= 0 ? this.#spares.splice(i, 1)[0] : this.#spares.shift()) ?? this.#spawn();
-    worker.ref();
-    // Refill a little later: an instance that closes soon gives its worker back, which is
-    // cheaper than booting a new one (tens of milliseconds of CPU).
-    setTimeout(() => this.#refill(), REFILL_DELAY_MS).unref();
-    return worker;
+  get size(): number {
+    return this.#executors.length;
   }
 
-  /** Returns a worker whose instance closed cleanly; it is reset and reused. */
-  give(worker: Worker): void {
-    if (this.#closed || this.#spares.length >= this.#target) {
-      void worker.terminate();
+  /** True when some executor has `key` loaded (a start needs no load job then). */
+  hasLoaded(key: string): boolean {
+    return this.#executors.some((e) => e.loaded.has(key));
+  }
+
+  /** Runs a job; `signal` aborting cancels it (terminating its executor if it is running). */
+  run(job: Job, signal: AbortSignal): Promise<DoneMessage> {
+    if (this.#closed)
+      return Promise.reject(new FennecError("SHUTTING_DOWN", "the wasm executors are closed"));
+    return new Promise<DoneMessage>((resolve, reject) => {
+      const pending: Pending = { id: this.#nextId++, job, resolve, reject, executor: undefined };
+      const onAbort = () =>
+        this.#cancel(
+          pending,
+          signal.reason instanceof Error ? signal.reason : new Error(String(signal.reason)),
+        );
+      if (signal.aborted) return onAbort();
+      signal.addEventListener("abort", onAbort, { once: true });
+      const settle =
+        <T>(f: (v: T) => void) =>
+        (v: T) => {
+          signal.removeEventListener("abort", onAbort);
+          f(v);
+        };
+      const wrapped: Pending = { ...pending, resolve: settle(resolve), reject: settle(reject) };
+      this.#queue.push(wrapped);
+      this.#pump();
+    });
+  }
+
+  #cancel(pending: Pending, reason: Error): void {
+    const queued = this.#queue.findIndex((p) => p.id === pending.id);
+    if (queued >= 0) {
+      this.#queue.splice(queued, 1)[0]!.reject(reason);
       return;
     }
-    worker.postMessage({ type: "reset" });
-    worker.removeAllListeners("message");
-    worker.removeAllListeners("error");
-    worker.removeAllListeners("exit");
-    this.#watch(worker);
-    worker.unref();
-    this.#spares.push(worker);
+    const executor = this.#executors.find((e) => e.running?.id === pending.id);
+    if (executor) this.#retire(executor, reason);
   }
 
-  #spawn(): Worker {
-    const worker = new Worker(WORKER_URL);
-    worker.once("message", () => this.#booted.add(worker));
-    this.#watch(worker);
-    return worker;
+  #pump(): void {
+    while (this.#queue.length > 0) {
+      const head = this.#queue[0]!;
+      const idle = this.#executors.filter((e) => e.booted && !e.running);
+      const executor = idle.find((e) => e.loaded.has(head.job.key)) ?? idle[0];
+      if (!executor) break;
+      this.#queue.shift();
+      this.#dispatch(executor, head);
+    }
+    if (this.#queue.length > 0 && !this.#spawnTimer && this.#executors.length < this.#max) {
+      this.#spawnTimer = setTimeout(() => {
+        this.#spawnTimer = undefined;
+        const booting = this.#executors.some((e) => !e.booted);
+        if (this.#queue.length > 0 && !booting && this.#executors.length < this.#max) this.#spawn();
+      }, SPAWN_AFTER_MS);
+    }
+    this.#keepSpares();
   }
 
-  /** A spare that dies on its own is simply dropped. */
-  #watch(worker: Worker): void {
-    worker.on("exit", () => {
-      const i = this.#spares.indexOf(worker);
-      if (i >= 0) this.#spares.splice(i, 1);
+  #dispatch(executor: Executor, pending: Pending): void {
+    const { job } = pending;
+    const needsLoad = !executor.loaded.has(job.key);
+    const unload: string[] = [];
+    executor.loaded.delete(job.key);
+    executor.loaded.set(job.key, performance.now());
+    while (executor.loaded.size > MAX_LOADED) {
+      const oldest = executor.loaded.keys().next().value!;
+      executor.loaded.delete(oldest);
+      unload.push(oldest);
+    }
+    executor.running = pending;
+    pending.executor = executor;
+    executor.worker.ref();
+    // A body from the socket is a view into a larger pooled buffer, and structured clone would
+    // copy all of it: copy just the bytes into their own buffer and transfer that.
+    const body = new Uint8Array(job.body);
+    const msg: JobMessage = {
+      type: "job",
+      id: pending.id,
+      kind: job.kind,
+      key: job.key,
+      load: needsLoad ? job.load : undefined,
+      unload,
+      env: job.env,
+      body,
+    };
+    executor.worker.postMessage(msg, [body.buffer]);
+  }
+
+  #spawn(): Executor {
+    const executor: Executor = {
+      worker: new Worker(WORKER_URL),
+      booted: false,
+      loaded: new Map(),
+      running: undefined,
+    };
+    this.#executors.push(executor);
+    executor.worker.unref();
+    executor.worker.on("message", (msg: FromWorker) => {
+      if (msg.type === "booted") {
+        executor.booted = true;
+        this.#pump();
+        return;
+      }
+      const pending = executor.running;
+      if (!pending || pending.id !== msg.id) return;
+      executor.running = undefined;
+      // A module that failed to instantiate is loaded afresh next time (the worker dropped it).
+      if (msg.outcome === "instantiate-failed" || msg.outcome === "oom")
+        executor.loaded.delete(pending.job.key);
+      this.#refWhileBusy();
+      pending.resolve(msg);
+      this.#pump();
     });
+    const died = (err: Error) => this.#retire(executor, err);
+    executor.worker.on("error", died);
+    executor.worker.on("exit", (code) => died(new Error(`executor thread exited with code ${code}`)));
+    return executor;
   }
 
-  #refill(): void {
-    if (this.#refilling || this.#closed) return;
-    this.#refilling = true;
-    // One at a time, so a burst of cold starts is not slowed by a burst of spawns.
-    setImmediate(() => {
-      this.#refilling = false;
-      if (this.#closed || this.#spares.length >= this.#target) return;
-      const w = this.#spawn();
-      w.unref();
-      this.#spares.push(w);
-      this.#refill();
-    });
+  /** Removes an executor (terminating its thread); its running job, if any, fails with `reason`. */
+  #retire(executor: Executor, reason: Error): void {
+    const i = this.#executors.indexOf(executor);
+    if (i < 0) return;
+    this.#executors.splice(i, 1);
+    const running = executor.running;
+    executor.running = undefined;
+    void executor.worker.terminate();
+    running?.reject(reason);
+    this.#refWhileBusy();
+    this.#pump();
+  }
+
+  #keepSpares(): void {
+    if (this.#closed) return;
+    const idle = this.#executors.filter((e) => !e.running).length;
+    for (let n = idle; n < this.#spares && this.#executors.length < this.#max; n++) this.#spawn();
+  }
+
+  /** Executor threads keep the process alive only while they run a job (shutdown must not wait on idle ones). */
+  #refWhileBusy(): void {
+    for (const e of this.#executors) {
+      if (e.running) e.worker.ref();
+      else e.worker.unref();
+    }
   }
 
   async close(): Promise<void> {
     this.#closed = true;
-    await Promise.all(this.#spares.splice(0).map((w) => w.terminate()));
+    clearTimeout(this.#spawnTimer);
+    for (const p of this.#queue.splice(0))
+      p.reject(new FennecError("SHUTTING_DOWN", "the wasm executors are closed"));
+    await Promise.all(
+      this.#executors.splice(0).map((e) => {
+        e.running?.reject(new FennecError("SHUTTING_DOWN", "the wasm executors are closed"));
+        return e.worker.terminate();
+      }),
+    );
   }
 }

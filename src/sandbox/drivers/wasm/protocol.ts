@@ -1,12 +1,12 @@
-/** Messages between the wasm driver (main thread) and its worker threads. */
+/** Messages between the wasm driver (main thread) and its executor worker threads. */
 
 /** A granted directory tree: file name -> bytes, or a sub-directory. */
 export interface DirTree {
   [name: string]: Uint8Array | DirTree;
 }
 
-export interface LoadMessage {
-  readonly type: "load";
+/** What an executor needs to run a function's module; sent once per executor. */
+export interface LoadPayload {
   readonly module: WebAssembly.Module;
   readonly maxMemoryBytes: number;
   /** Guest path -> tree, granted read-only. */
@@ -14,24 +14,28 @@ export interface LoadMessage {
   readonly maxOutputBytes: number;
 }
 
-export interface InvokeMessage {
-  readonly type: "invoke";
+/** One unit of work for an executor: prepare a module (`load`) or run it once (`invoke`). */
+export interface JobMessage {
+  readonly type: "job";
   readonly id: number;
+  readonly kind: "load" | "invoke";
+  /** Which function revision's module. */
+  readonly key: string;
+  /** Present when this executor has not loaded `key` yet. */
+  readonly load: LoadPayload | undefined;
+  /** Modules this executor should forget (it holds too many). */
+  readonly unload: readonly string[];
   readonly env: string[];
   readonly body: Uint8Array;
 }
 
-export interface ResetMessage {
-  readonly type: "reset";
-}
+export type ToWorker = JobMessage;
 
-export type ToWorker = LoadMessage | InvokeMessage | ResetMessage;
-
-/** How a run ended, as the worker classifies it; the driver maps it to error codes. */
+/** How a job ended, as the worker classifies it; the driver maps it to error codes. */
 export type Outcome = "ok" | "exit" | "trap" | "oom" | "output-too-large" | "instantiate-failed";
 
-export interface ResultMessage {
-  readonly type: "result";
+export interface DoneMessage {
+  readonly type: "done";
   readonly id: number;
   readonly outcome: Outcome;
   readonly exitCode: number;
@@ -41,19 +45,9 @@ export interface ResultMessage {
   readonly message: string;
 }
 
-export interface ReadyMessage {
-  readonly type: "ready";
-}
-
-export interface LoadFailedMessage {
-  readonly type: "load-failed";
-  readonly outcome: Outcome;
-  readonly message: string;
-}
-
-/** Sent once when the worker has booted and can take a module. */
+/** Sent once when the worker has booted (and warmed up) and can take jobs. */
 export interface BootedMessage {
   readonly type: "booted";
 }
 
-export type FromWorker = ResultMessage | ReadyMessage | LoadFailedMessage | BootedMessage;
+export type FromWorker = DoneMessage | BootedMessage;

@@ -1,8 +1,9 @@
 /**
- * Worker-thread side of the wasm sandbox. One worker hosts one Fennec instance: it keeps the
- * compiled module and a pre-instantiated copy, so an invocation only runs `_start`. WAGI programs
- * are commands (run once, then exit), so every invocation gets a fresh instance; the next one is
- * instantiated right after the response is sent, off the request's critical path.
+ * Executor side of the wasm sandbox. An executor thread runs jobs for any number of functions, one
+ * at a time: it keeps each function's compiled module and a pre-instantiated copy, so an
+ * invocation only runs `_start`. WAGI programs are commands (run once, then exit), so every
+ * invocation gets a fresh instance; the next one is instantiated right after the response is
+ * posted, off the request's critical path. A runaway job is stopped by terminating the thread.
  */
 import { parentPort } from "node:worker_threads";
 import {
@@ -15,7 +16,7 @@ import {
   WASIProcExit,
 } from "@bjorn3/browser_wasi_shim";
 import type { Fd, Inode } from "@bjorn3/browser_wasi_shim";
-import type { DirTree, FromWorker, LoadMessage, Outcome, ToWorker } from "./protocol.js";
+import type { DirTree, DoneMessage, FromWorker, JobMessage, LoadPayload, Outcome } from "./protocol.js";
 import { WARMUP_WASM_BASE64 } from "./warmup-module.js";
 
 const port = parentPort!;
@@ -27,8 +28,13 @@ interface Prepared {
   readonly memory: WebAssembly.Memory;
 }
 
-let loaded: LoadMessage | undefined;
-let next: Prepared | undefined;
+interface Loaded {
+  readonly load: LoadPayload;
+  next: Prepared | undefined;
+}
+
+/** Function revision -> its module and the next pre-instantiated copy. */
+const modules = new Map<string, Loaded>();
 
 function toInodes(tree: DirTree): Map<string, Inode> {
   const map = new Map<string, Inode>();
@@ -41,7 +47,7 @@ function toInodes(tree: DirTree): Map<string, Inode> {
   return map;
 }
 
-function prepare(load: LoadMessage): Prepared {
+function prepare(load: LoadPayload): Prepared {
   // fds 0-2 are replaced per invocation; preopens follow at 3, the WASI convention.
   const fds: Fd[] = [
     new OpenFile(new File(new Uint8Array(0))),
@@ -143,77 +149,70 @@ function run(
   return { outcome, exitCode, stdout, stderrTail: stderr, message };
 }
 
-function invoke(id: number, env: string[], body: Uint8Array): void {
-  const load = loaded!;
-  let prepared: Prepared;
-  try {
-    prepared = next ?? prepare(load);
-  } catch (err) {
-    const { outcome, message } = classify(err, new WebAssembly.Memory({ initial: 0 }), load.maxMemoryBytes);
-    post({
-      type: "result",
-      id,
-      outcome: outcome === "oom" ? "oom" : "instantiate-failed",
-      exitCode: -1,
-      stdout: new Uint8Array(0),
-      stderrTail: "",
-      message,
-    });
+function done(id: number, r: Omit<DoneMessage, "type" | "id">, transfer: ArrayBuffer[] = []): void {
+  post({ type: "done", id, ...r }, transfer);
+}
+
+function failure(id: number, err: unknown): void {
+  const message = err instanceof Error ? err.message : String(err);
+  const oom = err instanceof RangeError && /memory/i.test(message);
+  done(id, {
+    outcome: oom ? "oom" : "instantiate-failed",
+    exitCode: -1,
+    stdout: new Uint8Array(0),
+    stderrTail: "",
+    message,
+  });
+}
+
+function job(msg: JobMessage): void {
+  for (const key of msg.unload) modules.delete(key);
+  if (msg.load) modules.set(msg.key, { load: msg.load, next: undefined });
+  const entry = modules.get(msg.key);
+  if (!entry) {
+    failure(msg.id, new Error(`module ${msg.key} is not loaded in this executor`));
     return;
   }
-  next = undefined;
-  const r = run(prepared, env, body, load.maxOutputBytes, load.maxMemoryBytes);
-  post({ type: "result", id, ...r }, [r.stdout.buffer as ArrayBuffer]);
-  setImmediate(preInstantiate);
-}
-
-function preInstantiate(): void {
-  if (!loaded || next) return;
+  let prepared: Prepared;
   try {
-    next = prepare(loaded);
-  } catch {
-    next = undefined; // reported by the next invocation, which retries and fails visibly
+    prepared = entry.next ?? prepare(entry.load);
+  } catch (err) {
+    modules.delete(msg.key);
+    failure(msg.id, err);
+    return;
   }
+  if (msg.kind === "load") {
+    entry.next = prepared;
+    done(msg.id, { outcome: "ok", exitCode: 0, stdout: new Uint8Array(0), stderrTail: "", message: "" });
+    return;
+  }
+  entry.next = undefined;
+  const r = run(prepared, msg.env, msg.body, entry.load.maxOutputBytes, entry.load.maxMemoryBytes);
+  done(msg.id, r, [r.stdout.buffer as ArrayBuffer]);
+  setImmediate(() => {
+    if (modules.get(msg.key) !== entry || entry.next) return;
+    try {
+      entry.next = prepare(entry.load);
+    } catch {
+      entry.next = undefined; // reported by the next invocation, which retries and fails visibly
+    }
+  });
 }
 
-port.on("message", (msg: ToWorker) => {
-  switch (msg.type) {
-    case "load":
-      loaded = msg;
-      next = undefined;
-      try {
-        next = prepare(msg);
-        post({ type: "ready" });
-      } catch (err) {
-        const message = err instanceof Error ? err.message : String(err);
-        const outcome: Outcome =
-          err instanceof RangeError && /memory/i.test(message) ? "oom" : "instantiate-failed";
-        loaded = undefined;
-        post({ type: "load-failed", outcome, message });
-      }
-      break;
-    case "invoke":
-      invoke(msg.id, msg.env, msg.body);
-      break;
-    case "reset":
-      loaded = undefined;
-      next = undefined;
-      break;
-  }
-});
+port.on("message", (msg: JobMessage) => job(msg));
 
 // Warm up before announcing: the first invocation in a fresh thread would otherwise pay for
 // compiling the WASI shim's JavaScript and V8's wrappers for the WASI import signatures.
 try {
-  const warmup: LoadMessage = {
-    type: "load",
+  const warmup: LoadPayload = {
     module: new WebAssembly.Module(Buffer.from(WARMUP_WASM_BASE64, "base64")),
     maxMemoryBytes: 2 ** 24,
     dirs: {},
     maxOutputBytes: 1024,
   };
-  for (let i = 0; i < 3; i++)
+  for (let i = 0; i < 3; i++) {
     run(prepare(warmup), ["REQUEST_METHOD=GET", "PATH_INFO=/"], Buffer.from("warm up"), 1024, 2 ** 24);
+  }
 } catch {
   // A failed warm-up costs only speed.
 }
