@@ -15,7 +15,7 @@ describe("bad input: broken and hostile functions never take the platform down",
   let s: TestServer;
   before(async () => {
     s = await startTestServer();
-    await addWasmFunction(s.registry, "loop", "loop.wasm", "timeout = 1");
+    await addWasmFunction(s.registry, "loop", "loop.wasm", "timeout = 1\nmax-instances = 8");
     await addWasmFunction(s.registry, "membomb", "membomb.wasm", "", 32);
     await addWasmFunction(s.registry, "trap", "trap.wasm");
     await addWasmFunction(s.registry, "exit3", "exit3.wasm");
@@ -57,6 +57,17 @@ describe("bad input: broken and hostile functions never take the platform down",
     assert.equal(r.status, 504);
     assert.equal(errorCode(r), "FN_TIMEOUT");
     assert.equal((await call("loop")).status, 504, "a new instance replaces the killed one");
+  });
+
+  it("keeps serving while more runaways run than there are idle executors", async () => {
+    const loops = [1, 2, 3, 4].map(() => call("loop"));
+    await new Promise((r) => setTimeout(r, 100));
+    const t0 = performance.now();
+    const hello = await call("hello");
+    const helloMs = performance.now() - t0;
+    assert.equal(hello.status, 200);
+    assert.ok(helloMs < 900, `hello answered while four loops ran (${helloMs.toFixed(0)} ms)`);
+    for (const r of await Promise.all(loops)) assert.equal(errorCode(r), "FN_TIMEOUT");
   });
 
   it("reports a memory bomb as FN_OOM, capped at the function's memory", async () => {
