@@ -6,7 +6,11 @@ import type { DoneMessage, FromWorker, JobMessage, LoadPayload } from "./protoco
 const WORKER_URL = new URL("./worker.js", import.meta.url);
 /** Modules one executor keeps loaded before it forgets the least recently used. */
 const MAX_LOADED = 32;
-/** A job waiting this long for a busy pool gets a new executor (a slow job must not stall others). */
+/**
+ * When every executor has been running its current job this long, waiting jobs get a new
+ * executor: slow or runaway functions must not stall the others, but a queue of quick jobs on a
+ * busy node is served faster by the executors it has than by more threads than cores.
+ */
 const SPAWN_AFTER_MS = 5;
 
 export interface Job {
@@ -27,6 +31,7 @@ interface Executor {
 
 interface Pending {
   readonly id: number;
+  startedAt: number;
   readonly job: Job;
   readonly resolve: (r: DoneMessage) => void;
   readonly reject: (e: Error) => void;
@@ -76,7 +81,14 @@ export class ExecutorPool {
     if (this.#closed)
       return Promise.reject(new FennecError("SHUTTING_DOWN", "the wasm executors are closed"));
     return new Promise<DoneMessage>((resolve, reject) => {
-      const pending: Pending = { id: this.#nextId++, job, resolve, reject, executor: undefined };
+      const pending: Pending = {
+        id: this.#nextId++,
+        startedAt: 0,
+        job,
+        resolve,
+        reject,
+        executor: undefined,
+      };
       const onAbort = () =>
         this.#cancel(
           pending,
@@ -118,8 +130,12 @@ export class ExecutorPool {
     if (this.#queue.length > 0 && !this.#spawnTimer && this.#executors.length < this.#max) {
       this.#spawnTimer = setTimeout(() => {
         this.#spawnTimer = undefined;
-        const booting = this.#executors.some((e) => !e.booted);
-        if (this.#queue.length > 0 && !booting && this.#executors.length < this.#max) this.#spawn();
+        const now = performance.now();
+        const stuck = this.#executors.every(
+          (e) => e.booted && e.running && now - e.running.startedAt >= SPAWN_AFTER_MS,
+        );
+        if (this.#queue.length > 0 && stuck && this.#executors.length < this.#max) this.#spawn();
+        else if (this.#queue.length > 0) this.#pump();
       }, SPAWN_AFTER_MS);
     }
     this.#keepSpares();
@@ -138,6 +154,7 @@ export class ExecutorPool {
     }
     executor.running = pending;
     pending.executor = executor;
+    pending.startedAt = performance.now();
     executor.worker.ref();
     // A body from the socket is a view into a larger pooled buffer, and structured clone would
     // copy all of it: copy just the bytes into their own buffer and transfer that.
