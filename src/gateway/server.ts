@@ -86,11 +86,7 @@ export class Gateway {
         return this.#invokeAsync(req, res, functionId(a, b), target.rest(3), target.query);
       case "preBoot":
         allow(method, ["POST"]);
-        return this.#preBoot(
-          req,
-          res,
-          target.segments.length > 2 ? functionId(a, b) : functionId(undefined, a),
-        );
+        return this.#preBoot(req, res, b ? functionId(a, b) : functionId(undefined, a));
       case "ready":
         allow(method, ["GET", "POST"]);
         req.resume();

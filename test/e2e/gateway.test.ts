@@ -192,6 +192,8 @@ describe("gateway (real server, real sockets, wasm functions)", () => {
       errorCode(await request(`${s.url}/preBoot/fib`, { method: "POST", body: "lots" })),
       "BAD_REQUEST",
     );
+    const user = await request(`${s.url}/preBoot/alice/echo2/`, { method: "POST", body: "1" });
+    assert.equal(user.json<{ function: string; started: number }>().function, "alice/echo2");
   });
 
   it("applies edits of function.toml on disk to new instances without a restart", async () => {
