@@ -44,7 +44,7 @@ const request = { method: "POST", path: "/", query: "", headers: {}, body: Buffe
 
 async function main(): Promise<void> {
   const samples = Number(process.argv[2] ?? 200);
-  const driver = new WasmDriver({ spareWorkers: 2 });
+  const driver = new WasmDriver({ spareExecutors: 2 });
   await driver.prepare(config);
   await sleep(300);
 

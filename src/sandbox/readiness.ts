@@ -11,6 +11,9 @@ interface Waiter {
  */
 export class ReadinessHub {
   readonly #waiters = new Map<string, Waiter>();
+  /** Instances that will call back (callbacks for any other id are spurious). */
+  readonly #expected = new Set<string>();
+  /** Callbacks that arrived before their instance started waiting. */
   readonly #early = new Set<string>();
 
   /** Marks an instance ready; returns false for an id nobody expects (logged as spurious by callers). */
@@ -24,8 +27,6 @@ export class ReadinessHub {
     waiter.resolve();
     return true;
   }
-
-  readonly #expected = new Set<string>();
 
   /** Declares that `instanceId` will call back; must precede starting the sandbox. */
   expect(instanceId: string): void {

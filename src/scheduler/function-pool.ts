@@ -13,10 +13,11 @@ export interface Dispatch {
   readonly response: InvokeResponse;
 }
 
+/** A failed dispatch: the error, and how far the invocation got (for its record), if it ran at all. */
 export class DispatchError extends Error {
   constructor(
     readonly error: FennecError,
-    readonly partial: (Omit<Dispatch, "response" | "execMs"> & { execMs: number }) | undefined,
+    readonly partial: Omit<Dispatch, "response"> | undefined,
   ) {
     super(error.message);
   }

@@ -12,7 +12,7 @@ const wasmFn = (name: string, file: string) =>
   });
 
 runConformance("wasm", async () => ({
-  driver: new WasmDriver({ cacheDir: undefined, spareWorkers: 1 }),
+  driver: new WasmDriver({ cacheDir: undefined, spareExecutors: 1 }),
   echo: wasmFn("reflect", "reflect.wasm"),
   hang: wasmFn("loop", "loop.wasm"),
   fail: wasmFn("trap", "trap.wasm"),

@@ -13,7 +13,7 @@ export interface WasmDriverOptions {
   /** Directory of the on-disk module cache; undefined keeps the cache in memory only. */
   readonly cacheDir?: string | undefined;
   /** Idle executor threads kept booted for cold starts. */
-  readonly spareWorkers?: number;
+  readonly spareExecutors?: number;
   /** Most executor threads. */
   readonly maxExecutors?: number | undefined;
   /** Largest response a module may write to stdout. */
@@ -73,7 +73,7 @@ export class WasmDriver implements SandboxDriver {
 
   constructor(opts: WasmDriverOptions = {}) {
     this.modules = new ModuleCache(opts.cacheDir);
-    this.#executors = new ExecutorPool({ spares: opts.spareWorkers ?? 2, max: opts.maxExecutors });
+    this.#executors = new ExecutorPool({ spares: opts.spareExecutors ?? 2, max: opts.maxExecutors });
     this.#maxOutputBytes = opts.maxOutputBytes ?? 32 * 2 ** 20;
   }
 
