@@ -23,6 +23,10 @@ describe("start-up after a crash", () => {
           (await request(`${fennec.url}/invoke/echo/`, { method: "POST", body: "up" })).text,
           "up",
         );
+        // The thesis' exec time is the whole call: a cold call includes its wait for the instance.
+        const stats = (await request(`${fennec.url}/stats`)).json<Record<string, number>>();
+        assert.equal(stats["NumbInitVms"], 1);
+        assert.ok(stats["FuncExecTimeNanoMax"]! >= stats["VmInitTimeNanoMax"]!, JSON.stringify(stats));
         assert.deepEqual(
           (await readdir(join(registry, "echo"))).filter((n) => n.startsWith(".fennec")),
           [],
