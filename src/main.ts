@@ -8,6 +8,7 @@ import { PrometheusMetrics } from "./metrics/prometheus.js";
 import { StatsCollector } from "./metrics/stats.js";
 import { DirectoryRegistry } from "./registry/registry.js";
 import type { SandboxDriver } from "./sandbox/contract.js";
+import { ProcessDriver } from "./sandbox/drivers/process/driver.js";
 import { WasmDriver } from "./sandbox/drivers/wasm/driver.js";
 import { validateModuleBytes } from "./sandbox/drivers/wasm/module-cache.js";
 import { ReadinessHub } from "./sandbox/readiness.js";
@@ -27,6 +28,11 @@ export interface FennecOptions {
   /** Directory of caches (compiled modules); default `<registry>/.fennec/cache`. */
   readonly cacheDir?: string;
   readonly logLevel?: LogLevel | "silent";
+  /**
+   * Enables the `[process]` sandbox: functions run as plain host processes with no isolation, so
+   * anyone who can deploy can run commands on this host. Off unless asked for.
+   */
+  readonly processSandbox?: boolean;
   /** Extra or replacement drivers by sandbox kind (tests add a fake one). */
   readonly drivers?: ReadonlyMap<string, SandboxDriver>;
 }
@@ -51,6 +57,7 @@ export async function startFennec(options: FennecOptions): Promise<Fennec> {
 
   const wasm = new WasmDriver({ cacheDir: options.cacheDir ?? join(root, ".fennec", "cache") });
   const drivers = new Map<string, SandboxDriver>([["wasm", wasm]]);
+  if (options.processSandbox) drivers.set("process", new ProcessDriver());
   for (const [kind, driver] of options.drivers ?? []) drivers.set(kind, driver);
   for (const driver of drivers.values()) await driver.cleanupStale?.();
 

@@ -50,6 +50,8 @@ Edits on disk apply to new instances without a restart; SIGINT/SIGTERM drain and
   --start-timeout MS     how long an instance may take to become ready (default 25000)
   --cache-dir DIR        compiled-module cache (default DIR/.fennec/cache)
   --log-level LEVEL      error | warn | info | debug (default info)
+  --process              enable the [process] sandbox: functions run as plain host
+                         processes, without isolation (development and baselines)
   -h, --help             this help`,
   async run(argv) {
     const { values } = parseArgs({
@@ -65,6 +67,7 @@ Edits on disk apply to new instances without a restart; SIGINT/SIGTERM drain and
         "start-timeout": { type: "string", default: "25000" },
         "cache-dir": { type: "string" },
         "log-level": { type: "string", default: "info" },
+        process: { type: "boolean", default: false },
         help: { type: "boolean", short: "h" },
       },
     });
@@ -92,6 +95,7 @@ Edits on disk apply to new instances without a restart; SIGINT/SIGTERM drain and
       startTimeoutMs: num("start-timeout", values["start-timeout"]),
       ...(values["cache-dir"] ? { cacheDir: values["cache-dir"] } : {}),
       logLevel: level as "info",
+      processSandbox: values.process,
     });
     await new Promise<void>((resolve) => {
       const stop = (signal: string) => {

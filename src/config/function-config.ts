@@ -29,7 +29,18 @@ export interface ContainerSandboxConfig {
   readonly runtime: string | undefined;
 }
 
-export type SandboxConfig = WasmSandboxConfig | VmSandboxConfig | ContainerSandboxConfig;
+export interface ProcessSandboxConfig {
+  readonly kind: "process";
+  /** argv; the readiness callback URL is appended as the last argument (UniFaaS contract). */
+  readonly command: readonly string[];
+  readonly env: Readonly<Record<string, string>>;
+  /** `unix`: serve HTTP on the socket in FENNEC_SOCKET; `tcp`: on 127.0.0.1:$PORT. */
+  readonly transport: "unix" | "tcp";
+  readonly memoryMiB: number;
+}
+
+export type SandboxConfig =
+  WasmSandboxConfig | VmSandboxConfig | ContainerSandboxConfig | ProcessSandboxConfig;
 
 export interface FunctionConfig {
   readonly id: FunctionId;

@@ -2,7 +2,7 @@ import { z } from "zod";
 
 /**
  * The function.toml schema: UniFaaS keys unchanged (`keepalive`, `concurrent-requests`,
- * `single-use`, `[vm]`, `[container]`), plus Fennec's own keys and its `[wasm]` table.
+ * `single-use`, `[vm]`, `[container]`), plus Fennec's own keys and its `[wasm]` and `[process]` tables.
  * Every object is strict so an unknown or misspelt key is an error, not silently ignored.
  */
 const positiveInt = z.int().min(1);
@@ -52,6 +52,14 @@ export const containerTable = z.strictObject({
   runtime: z.string().min(1).optional(),
 });
 
+/** Fennec's `[process]` table: a plain child process serving HTTP (development and baselines). */
+const processTable = z.strictObject({
+  command: z.array(z.string().min(1)).min(1),
+  env: envTable.default({}),
+  transport: z.enum(["unix", "tcp"]).default("unix"),
+  memory: positiveInt.default(256),
+});
+
 export const functionSchema = z
   .strictObject({
     keepalive: nonNegativeInt,
@@ -65,14 +73,15 @@ export const functionSchema = z
     wasm: wasmTable.optional(),
     vm: vmTable.optional(),
     container: containerTable.optional(),
+    process: processTable.optional(),
   })
   .superRefine((cfg, ctx) => {
-    const tables = (["wasm", "vm", "container"] as const).filter((t) => cfg[t] !== undefined);
+    const tables = (["wasm", "vm", "container", "process"] as const).filter((t) => cfg[t] !== undefined);
     if (tables.length !== 1) {
       ctx.addIssue({
         code: "custom",
         path: [],
-        message: `expected exactly one sandbox table ([wasm], [vm] or [container]), found ${tables.length === 0 ? "none" : tables.map((t) => `[${t}]`).join(", ")}`,
+        message: `expected exactly one sandbox table ([wasm], [vm], [container] or [process]), found ${tables.length === 0 ? "none" : tables.map((t) => `[${t}]`).join(", ")}`,
       });
     }
     if (cfg["min-instances"] > cfg["max-instances"]) {

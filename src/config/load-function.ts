@@ -100,6 +100,10 @@ function sandboxOf(cfg: FunctionToml, dir: string, file: string): SandboxConfig 
       hypervisor: cfg.vm.hypervisor,
     };
   }
+  if (cfg.process) {
+    const p = cfg.process;
+    return { kind: "process", command: p.command, env: p.env, transport: p.transport, memoryMiB: p.memory };
+  }
   const c = cfg.container!;
   return { kind: "container", image: c.image, memoryMiB: c.memory, runtime: c.runtime };
 }

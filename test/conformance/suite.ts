@@ -1,4 +1,6 @@
 import assert from "node:assert/strict";
+import { createServer } from "node:http";
+import type { AddressInfo } from "node:net";
 import { after, before, describe, it } from "node:test";
 import { createLogger } from "../../src/core/log.js";
 import type { InvokeRequest } from "../../src/core/types.js";
@@ -46,7 +48,7 @@ export function runConformance(name: string, setup: () => Promise<ConformanceFix
         config,
         origin: "cold",
         hub,
-        callbackBase: "http://127.0.0.1:1/ready/",
+        callbackBase,
         startTimeoutMs: 30_000,
       });
       instances.push(inst);
@@ -54,7 +56,16 @@ export function runConformance(name: string, setup: () => Promise<ConformanceFix
       return inst;
     };
 
+    // Out-of-process instances call back over real HTTP, as they would call the gateway.
+    let callbackBase = "";
+    const callbacks = createServer((req, res) => {
+      hub.signal(decodeURIComponent((req.url ?? "").replace(/^\/ready\//, "")));
+      res.writeHead(200, { connection: "close" }).end("ok");
+    });
+
     before(async () => {
+      await new Promise<void>((r) => callbacks.listen(0, "127.0.0.1", () => r()));
+      callbackBase = `http://127.0.0.1:${(callbacks.address() as AddressInfo).port}/ready/`;
       fx = await setup();
       await fx.driver.cleanupStale?.();
     });
@@ -62,6 +73,7 @@ export function runConformance(name: string, setup: () => Promise<ConformanceFix
       await Promise.all(instances.map((i) => i.destroy()));
       await fx.driver.close?.();
       await fx.cleanup?.();
+      await new Promise((r) => callbacks.close(r));
     });
 
     it("has a name and capabilities", () => {
@@ -143,7 +155,7 @@ export function runConformance(name: string, setup: () => Promise<ConformanceFix
         configs: { resolve: async () => fx.echo },
         drivers: new Map([[fx.echo.sandbox.kind, fx.driver]]),
         hub,
-        callbackBase: () => "http://127.0.0.1:1/ready/",
+        callbackBase: () => callbackBase,
         memoryBudgetMiB: 100_000,
         startTimeoutMs: 30_000,
         log: createLogger("silent"),

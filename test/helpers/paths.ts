@@ -4,7 +4,7 @@ import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 
 /** The repository root (tests run compiled, from dist/test/...). */
-const ROOT = fileURLToPath(new URL("../../../", import.meta.url));
+export const ROOT = fileURLToPath(new URL("../../../", import.meta.url));
 export const EXAMPLES = join(ROOT, "examples", "registry");
 export const WASM_FIXTURES = join(ROOT, "test", "fixtures", "wasm");
 export const CLI = join(ROOT, "dist", "src", "cli", "main.js");

@@ -1,0 +1,33 @@
+import { join } from "node:path";
+import { ProcessDriver } from "../../src/sandbox/drivers/process/driver.js";
+import { testConfig } from "../helpers/config.js";
+import { ROOT } from "../helpers/paths.js";
+import { runConformance } from "./suite.js";
+
+const processFn = (name: string, mode: string, transport: "unix" | "tcp" = "unix") =>
+  testConfig({
+    id: { user: "default", name },
+    key: `default/${name}`,
+    dir: join(ROOT, "test", "fixtures", "process"),
+    sandbox: {
+      kind: "process",
+      command: [process.execPath, "server.mjs", mode],
+      env: {},
+      transport,
+      memoryMiB: 64,
+    },
+  });
+
+runConformance("process (unix socket)", async () => ({
+  driver: new ProcessDriver(),
+  echo: processFn("echo", "echo"),
+  hang: processFn("hang", "hang"),
+  fail: processFn("fail", "fail"),
+}));
+
+runConformance("process (loopback tcp)", async () => ({
+  driver: new ProcessDriver(),
+  echo: processFn("echo", "echo", "tcp"),
+  hang: processFn("hang", "hang", "tcp"),
+  fail: processFn("fail", "fail", "tcp"),
+}));

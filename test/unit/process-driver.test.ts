@@ -1,0 +1,130 @@
+import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
+import { mkdir, readdir, readFile, stat, writeFile } from "node:fs/promises";
+import { join } from "node:path";
+import { after, before, describe, it } from "node:test";
+import { createServer, type Server } from "node:http";
+import type { AddressInfo } from "node:net";
+import { ProcessDriver } from "../../src/sandbox/drivers/process/driver.js";
+import { Instance } from "../../src/sandbox/instance.js";
+import { ReadinessHub } from "../../src/sandbox/readiness.js";
+import { runRoot, sweepStale } from "../../src/sandbox/run-dir.js";
+import type { FunctionConfig } from "../../src/config/function-config.js";
+import { testConfig } from "../helpers/config.js";
+import { ROOT } from "../helpers/paths.js";
+
+const fn = (mode: string, command?: string[]): FunctionConfig =>
+  testConfig({
+    id: { user: "default", name: mode },
+    key: `default/${mode}`,
+    dir: join(ROOT, "test", "fixtures", "process"),
+    sandbox: {
+      kind: "process",
+      command: command ?? [process.execPath, "server.mjs", mode],
+      env: {},
+      transport: "unix",
+      memoryMiB: 64,
+    },
+  });
+
+const alive = (pid: number) => {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+};
+
+describe("process driver specialties", () => {
+  const hub = new ReadinessHub();
+  const driver = new ProcessDriver();
+  let server: Server;
+  let base = "";
+  before(async () => {
+    server = createServer((req, res) => {
+      hub.signal((req.url ?? "").replace("/ready/", ""));
+      res.end("ok");
+    });
+    await new Promise<void>((r) => server.listen(0, "127.0.0.1", () => r()));
+    base = `http://127.0.0.1:${(server.address() as AddressInfo).port}/ready/`;
+  });
+  after(() => new Promise((r) => server.close(r)));
+
+  const start = async (config: FunctionConfig, startTimeoutMs = 5000) => {
+    const inst = new Instance({
+      id: `p-${Math.random().toString(36).slice(2)}`,
+      driver,
+      config,
+      origin: "cold",
+      hub,
+      callbackBase: base,
+      startTimeoutMs,
+    });
+    await inst.start();
+    return inst;
+  };
+
+  it("reports a child that exits before it is ready as FN_CRASHED, with its output", async () => {
+    await assert.rejects(start(fn("crash-at-start")), (err: { code: string; message: string }) => {
+      assert.equal(err.code, "FN_CRASHED");
+      assert.match(err.message, /exited with code 7.*missing configuration/s);
+      return true;
+    });
+  });
+
+  it("names a command that cannot be started", async () => {
+    await assert.rejects(start(fn("x", ["/nonexistent/fennec-no-such-binary"])), {
+      code: "SANDBOX_START_FAILED",
+    });
+  });
+
+  it("kills a child that never calls back at the start deadline and removes its run directory", async () => {
+    const before = new Set(await readdir(runRoot("process")).catch(() => []));
+    await assert.rejects(start(fn("no-callback"), 400), { code: "FN_INIT_TIMEOUT" });
+    await new Promise((r) => setTimeout(r, 100));
+    const leftovers = (await readdir(runRoot("process")).catch(() => [])).filter((d) => !before.has(d));
+    assert.deepEqual(leftovers, []);
+  });
+
+  it("stops the whole process group and removes the run directory on close", async () => {
+    const inst = await start(fn("echo"));
+    const res = await inst.invoke({
+      method: "GET",
+      path: "/",
+      query: "",
+      headers: {},
+      body: new Uint8Array(0),
+    });
+    const pid = Number(res.headers.find(([k]) => k === "x-pid")?.[1]);
+    assert.ok(alive(pid));
+    const dir = join(runRoot("process"), inst.id);
+    await stat(dir);
+    await inst.close();
+    assert.ok(!alive(pid), "child gone");
+    await assert.rejects(stat(dir), "run directory removed");
+  });
+
+  it("sweeps what a crashed Fennec left: kills its children, removes their directories", async () => {
+    {
+      // A stand-in for an orphan: a detached child whose Fennec has died.
+      const orphan = spawn("sleep", ["300"], { detached: true, stdio: "ignore" });
+      orphan.unref();
+      await new Promise((r) => setTimeout(r, 50));
+      const cmdline = await readFile(`/proc/${orphan.pid}/cmdline`, "utf8");
+      const stale = join(runRoot("process"), "stale-instance");
+      await mkdir(stale, { recursive: true });
+      // A dead owner: a PID that existed and has exited.
+      const dead = spawn("true");
+      await new Promise((r) => dead.once("exit", r));
+      await writeFile(
+        join(stale, "owner.json"),
+        JSON.stringify({ fennecPid: dead.pid, childPid: orphan.pid, cmdline }),
+      );
+      const removed = await sweepStale("process");
+      assert.ok(removed.includes(stale));
+      await new Promise((r) => setTimeout(r, 50));
+      assert.ok(!alive(orphan.pid!), "orphan killed");
+    }
+  });
+});
