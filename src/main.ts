@@ -1,7 +1,7 @@
 import { createServer, type Server } from "node:http";
 import type { AddressInfo } from "node:net";
 import { join, resolve } from "node:path";
-import { toFennecError } from "./core/errors.js";
+import { FennecError, toFennecError } from "./core/errors.js";
 import { createLogger, type Logger, type LogLevel } from "./core/log.js";
 import { Gateway } from "./gateway/server.js";
 import { PrometheusMetrics } from "./metrics/prometheus.js";
@@ -114,9 +114,17 @@ export async function startFennec(options: FennecOptions): Promise<Fennec> {
         error: entry.error.message,
       });
   }
-  void (async () => {
+  let closing: Promise<void> | undefined;
+  const prepareAll = async (): Promise<void> => {
     for (const entry of entries) {
+      if (closing) return;
       const driver = entry.config && drivers.get(entry.config.sandbox.kind);
+      if (entry.config && !driver) {
+        const kind = entry.config.sandbox.kind;
+        const hint = kind === "process" ? " (start Fennec with --process to enable it)" : "";
+        const message = `${entry.key}: no "${kind}" sandbox driver on this node${hint}`;
+        scheduler.noteError(entry.key, new FennecError("DRIVER_UNAVAILABLE", message));
+      }
       if (!driver || !entry.config) continue;
       const key = entry.key;
       await driver.prepare?.(entry.config).catch((err: unknown) => {
@@ -125,17 +133,19 @@ export async function startFennec(options: FennecOptions): Promise<Fennec> {
         log.warn("function is not servable", { function: key, code: error.code, error: error.message });
       });
     }
+    if (closing) return;
     // Cached modules of functions that no longer exist (or changed) are removed.
     await wasm.modules.prune().catch(() => undefined);
-    await scheduler.ensureMinimums(
-      entries.filter((e) => e.config && e.config.minInstances > 0).map((e) => e.id),
-    );
-  })();
+    const floors = entries.filter((e) => e.config && e.config.minInstances > 0).map((e) => e.id);
+    await scheduler.ensureMinimums(floors);
+  };
+  const preparing = prepareAll();
   log.info(`Fennec serving ${entries.length} function(s) from ${root} on ${url}`);
 
-  let closing: Promise<void> | undefined;
   const close = (graceMs = 10_000): Promise<void> => {
     closing ??= (async () => {
+      // Background preparation writes into the registry (built handlers): let it stop first.
+      await preparing.catch(() => undefined);
       const serverClosed = new Promise<void>((r) => server.close(() => r()));
       server.closeIdleConnections();
       await scheduler.close(graceMs);

@@ -271,7 +271,33 @@ ${clientHelp}`,
   },
 };
 
-export const commands: Record<string, Command> = { serve, invoke, deploy, ls, stats: statsCmd };
+const build: Command = {
+  summary: "build and check every function of a registry (handlers, modules)",
+  usage: `fennec build [-r DIR] [FUNCTION...]
+
+Checks each function's function.toml; compiles and checks each [wasm] module against what the
+sandbox grants; bundles each [process] handler (.ts/.js) with esbuild into
+<function>/.fennec/build/. Fennec also does this on demand, so running it is optional: it
+finds mistakes before a request does. Exit code 1 when any function fails.
+
+  -r, --registry DIR   registry directory (default: examples/registry)
+  -h, --help           this help`,
+  async run(argv) {
+    const { values, positionals } = parseArgs({
+      args: argv,
+      allowPositionals: true,
+      options: {
+        registry: { type: "string", short: "r", default: "examples/registry" },
+        help: { type: "boolean", short: "h" },
+      },
+    });
+    if (values.help) return help(build);
+    const { buildRegistry } = await import("./build.js");
+    return buildRegistry(values.registry, positionals);
+  },
+};
+
+export const commands: Record<string, Command> = { serve, invoke, deploy, ls, stats: statsCmd, build };
 
 function help(cmd: Command): number {
   process.stdout.write(cmd.usage + "\n");

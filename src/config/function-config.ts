@@ -32,7 +32,9 @@ export interface ContainerSandboxConfig {
 export interface ProcessSandboxConfig {
   readonly kind: "process";
   /** argv; the readiness callback URL is appended as the last argument (UniFaaS contract). */
-  readonly command: readonly string[];
+  readonly command: readonly string[] | undefined;
+  /** Absolute path of a fetch-style handler (`.js`/`.ts`), instead of a command. */
+  readonly handler: string | undefined;
   readonly env: Readonly<Record<string, string>>;
   /** `unix`: serve HTTP on the socket in FENNEC_SOCKET; `tcp`: on 127.0.0.1:$PORT. */
   readonly transport: "unix" | "tcp";

@@ -53,12 +53,19 @@ export const containerTable = z.strictObject({
 });
 
 /** Fennec's `[process]` table: a plain child process serving HTTP (development and baselines). */
-const processTable = z.strictObject({
-  command: z.array(z.string().min(1)).min(1),
-  env: envTable.default({}),
-  transport: z.enum(["unix", "tcp"]).default("unix"),
-  memory: positiveInt.default(256),
-});
+const processTable = z
+  .strictObject({
+    /** argv of a program that serves HTTP and calls back (the UniFaaS guest contract). */
+    command: z.array(z.string().min(1)).min(1).optional(),
+    /** A fetch-style JS/TS handler, run by Fennec's handler runtime. */
+    handler: z.string().min(1).optional(),
+    env: envTable.default({}),
+    transport: z.enum(["unix", "tcp"]).default("unix"),
+    memory: positiveInt.default(256),
+  })
+  .refine((p) => (p.command === undefined) !== (p.handler === undefined), {
+    message: "expected exactly one of command or handler",
+  });
 
 export const functionSchema = z
   .strictObject({

@@ -102,7 +102,15 @@ function sandboxOf(cfg: FunctionToml, dir: string, file: string): SandboxConfig 
   }
   if (cfg.process) {
     const p = cfg.process;
-    return { kind: "process", command: p.command, env: p.env, transport: p.transport, memoryMiB: p.memory };
+    return {
+      kind: "process",
+      command: p.command,
+      handler:
+        p.handler === undefined ? undefined : resolveInside(dir, p.handler, "process.handler", file, "file"),
+      env: p.env,
+      transport: p.transport,
+      memoryMiB: p.memory,
+    };
   }
   const c = cfg.container!;
   return { kind: "container", image: c.image, memoryMiB: c.memory, runtime: c.runtime };

@@ -216,9 +216,11 @@ function stampOf(st: Stats): string {
 }
 
 async function artefactStamp(config: FunctionConfig): Promise<string> {
-  if (config.sandbox.kind !== "wasm") return "-";
+  const s = config.sandbox;
+  const artefact = s.kind === "wasm" ? s.module : s.kind === "process" ? s.handler : undefined;
+  if (artefact === undefined) return "-";
   try {
-    return stampOf(await stat(config.sandbox.module));
+    return stampOf(await stat(artefact));
   } catch {
     return "missing";
   }

@@ -151,9 +151,10 @@ export class Scheduler implements PoolHost {
   #driverFor(config: FunctionConfig): SandboxDriver {
     const driver = this.#opts.drivers.get(config.sandbox.kind);
     if (!driver) {
+      const hint = config.sandbox.kind === "process" ? "; start Fennec with --process to enable it" : "";
       throw new FennecError(
         "DRIVER_UNAVAILABLE",
-        `${config.key}: no "${config.sandbox.kind}" sandbox driver is available on this node (available: ${[...this.#opts.drivers.keys()].join(", ")})`,
+        `${config.key}: no "${config.sandbox.kind}" sandbox driver is available on this node (available: ${[...this.#opts.drivers.keys()].join(", ")}${hint})`,
       );
     }
     return driver;

@@ -11,6 +11,7 @@ const processFn = (name: string, mode: string, transport: "unix" | "tcp" = "unix
     dir: join(ROOT, "test", "fixtures", "process"),
     sandbox: {
       kind: "process",
+      handler: undefined,
       command: [process.execPath, "server.mjs", mode],
       env: {},
       transport,

@@ -48,4 +48,60 @@ describe("[process] functions through the gateway", () => {
       await cleanup();
     }
   });
+
+  it("runs fetch-style handlers: the bundled example, a throwing one, and one that does not build", async () => {
+    const { dir, cleanup } = await tempDir();
+    try {
+      const registry = await copyExamples(dir);
+      const add = async (name: string, source: string) => {
+        await mkdir(join(registry, name));
+        await writeFile(join(registry, name, "handler.ts"), source);
+        await writeFile(
+          join(registry, name, "function.toml"),
+          'keepalive = 30\nconcurrent-requests = 2\n[process]\nhandler = "handler.ts"\n',
+        );
+      };
+      await add("throws", 'export default { fetch(): Response { throw new Error("boom"); } };\n');
+      await add("broken", "export default { fetch( {\n");
+      await add(
+        "cookies",
+        `export default {
+  async fetch(request: Request): Promise<Response> {
+    const headers = new Headers({ "x-method": request.method });
+    headers.append("set-cookie", "a=1");
+    headers.append("set-cookie", "b=2");
+    return new Response(await request.text(), { status: 201, headers });
+  },
+};
+`,
+      );
+      const fennec = await startFennec({
+        registry,
+        port: 0,
+        logLevel: "silent",
+        cacheDir: join(dir, "cache"),
+        processSandbox: true,
+      });
+      try {
+        const hello = await request(`${fennec.url}/invoke/hello-process/?name=ann`);
+        assert.equal(hello.status, 200, hello.text);
+        assert.equal(hello.text, "hello from Fennec (a process), ann!\n");
+        const thrown = await request(`${fennec.url}/invoke/throws/`);
+        assert.equal(thrown.status, 500);
+        assert.match(thrown.text, /handler error: boom/);
+        const broken = await request(`${fennec.url}/invoke/broken/`);
+        assert.equal(errorCode(broken), "FN_BAD_MODULE");
+        assert.match(broken.text, /cannot build the handler at .*handler\.ts:\d+:\d+/);
+        const res = await fetch(`${fennec.url}/invoke/cookies/`, { method: "POST", body: "posted" });
+        assert.equal(res.status, 201);
+        assert.equal(await res.text(), "posted");
+        assert.equal(res.headers.get("x-method"), "POST");
+        assert.deepEqual(res.headers.getSetCookie(), ["a=1", "b=2"]);
+      } finally {
+        await fennec.close();
+      }
+    } finally {
+      await cleanup();
+    }
+  });
 });

@@ -20,6 +20,7 @@ const fn = (mode: string, command?: string[]): FunctionConfig =>
     dir: join(ROOT, "test", "fixtures", "process"),
     sandbox: {
       kind: "process",
+      handler: undefined,
       command: command ?? [process.execPath, "server.mjs", mode],
       env: {},
       transport: "unix",

@@ -8,6 +8,7 @@ import type { FunctionConfig, ProcessSandboxConfig } from "../../../config/funct
 import type { InvokeContext, SandboxDriver, SandboxHandle, StartContext } from "../../contract.js";
 import { HttpTransport, type Endpoint } from "../../http-transport.js";
 import { createRunDir, recordOwner, sweepStale } from "../../run-dir.js";
+import { buildHandler, HANDLER_RUNTIME } from "./handler-build.js";
 
 /** How long a closing instance gets after SIGTERM before SIGKILL. */
 const CLOSE_GRACE_MS = 3000;
@@ -33,7 +34,8 @@ function freePort(): Promise<number> {
 
 /**
  * `[process]`: the function as a plain child process serving HTTP — the development backend and
- * the baseline the isolating drivers are measured against. The UniFaaS guest contract: the
+ * the baseline the isolating drivers are measured against. Either a `command` of the user's, or a
+ * fetch-style `handler` bundled with esbuild and served by Fennec's handler runtime. The UniFaaS guest contract: the
  * callback URL is the last argument (and FENNEC_CALLBACK), the instance calls it once it serves
  * on the Unix socket in FENNEC_SOCKET (or 127.0.0.1:$PORT with `transport = "tcp"`).
  * No isolation beyond being another process: that is what `oci` and `vm` are for.
@@ -41,6 +43,26 @@ function freePort(): Promise<number> {
 export class ProcessDriver implements SandboxDriver {
   readonly name = "process";
   readonly capabilities = { memoryLimit: false, snapshot: false, outOfProcess: true } as const;
+  /** Built handler bundles by function revision (the revision covers the handler file's stamp). */
+  readonly #bundles = new Map<string, Promise<string>>();
+
+  /** Builds a handler function's bundle (once per revision); nothing to do for a command. */
+  async prepare(config: FunctionConfig): Promise<void> {
+    await this.#command(config);
+  }
+
+  #command(config: FunctionConfig): Promise<readonly string[]> {
+    const cfg = processOf(config);
+    if (cfg.command) return Promise.resolve(cfg.command);
+    const key = `${config.key}@${config.revision}`;
+    let bundle = this.#bundles.get(key);
+    if (!bundle) {
+      bundle = buildHandler(config, cfg.handler!);
+      this.#bundles.set(key, bundle);
+      bundle.catch(() => this.#bundles.delete(key));
+    }
+    return bundle.then((b) => [process.execPath, HANDLER_RUNTIME, b]);
+  }
 
   memoryMiB(config: FunctionConfig): number {
     return processOf(config).memoryMiB;
@@ -52,6 +74,7 @@ export class ProcessDriver implements SandboxDriver {
 
   async start(ctx: StartContext): Promise<SandboxHandle> {
     const cfg = processOf(ctx.config);
+    const command = await this.#command(ctx.config);
     const what = `${ctx.config.key}: instance ${ctx.instanceId}`;
     const dir = await createRunDir(this.name, ctx.instanceId);
     let endpoint: Endpoint;
@@ -73,7 +96,7 @@ export class ProcessDriver implements SandboxDriver {
     // 1. Start the child in its own process group, so stopping it stops everything it started.
     let child: ChildProcess;
     try {
-      child = spawn(cfg.command[0]!, [...cfg.command.slice(1), ctx.callbackUrl], {
+      child = spawn(command[0]!, [...command.slice(1), ctx.callbackUrl], {
         cwd: ctx.config.dir,
         env,
         detached: true,
@@ -83,7 +106,7 @@ export class ProcessDriver implements SandboxDriver {
       await rm(dir, { recursive: true, force: true });
       throw new FennecError(
         "SANDBOX_START_FAILED",
-        `${what}: cannot start ${cfg.command[0]}: ${(err as Error).message}`,
+        `${what}: cannot start ${command[0]}: ${(err as Error).message}`,
       );
     }
     const instance = new ProcessInstance(child, dir, new HttpTransport(endpoint, what), what);
@@ -92,10 +115,7 @@ export class ProcessDriver implements SandboxDriver {
       await new Promise<void>((resolve, reject) => {
         child.once("error", (err) =>
           reject(
-            new FennecError(
-              "SANDBOX_START_FAILED",
-              `${what}: cannot start ${cfg.command[0]}: ${err.message}`,
-            ),
+            new FennecError("SANDBOX_START_FAILED", `${what}: cannot start ${command[0]}: ${err.message}`),
           ),
         );
         instance.onExit((err) => reject(err));
