@@ -39,6 +39,9 @@ export interface ProcessSandboxConfig {
   /** `unix`: serve HTTP on the socket in FENNEC_SOCKET; `tcp`: on 127.0.0.1:$PORT. */
   readonly transport: "unix" | "tcp";
   readonly memoryMiB: number;
+  /** Inside bubblewrap namespaces with cgroup memory and pids limits. */
+  readonly isolate: boolean;
+  readonly pids: number;
 }
 
 export type SandboxConfig =

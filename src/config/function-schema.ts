@@ -62,9 +62,16 @@ const processTable = z
     env: envTable.default({}),
     transport: z.enum(["unix", "tcp"]).default("unix"),
     memory: positiveInt.default(256),
+    /** Run inside bubblewrap namespaces (no network, read-only filesystem) with cgroup limits. */
+    isolate: z.boolean().default(false),
+    /** Most processes and threads the function may have when isolated (a fork bomb stops here). */
+    pids: positiveInt.default(512),
   })
   .refine((p) => (p.command === undefined) !== (p.handler === undefined), {
     message: "expected exactly one of command or handler",
+  })
+  .refine((p) => !p.isolate || p.transport === "unix", {
+    message: 'an isolated process has no network: use transport = "unix"',
   });
 
 export const functionSchema = z

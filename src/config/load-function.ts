@@ -110,6 +110,8 @@ function sandboxOf(cfg: FunctionToml, dir: string, file: string): SandboxConfig 
       env: p.env,
       transport: p.transport,
       memoryMiB: p.memory,
+      isolate: p.isolate,
+      pids: p.pids,
     };
   }
   const c = cfg.container!;

@@ -73,6 +73,7 @@ const server = createServer((req, res) => {
 });
 
 const announce = () => {
+  if (callback === "ignore") return; // as in UniFaaS: the host learns readiness another way
   fetch(callback).catch((err: unknown) => {
     console.error(`readiness callback to ${callback} failed:`, err);
     process.exit(1);

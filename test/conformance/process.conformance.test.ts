@@ -4,7 +4,7 @@ import { testConfig } from "../helpers/config.js";
 import { ROOT } from "../helpers/paths.js";
 import { runConformance } from "./suite.js";
 
-const processFn = (name: string, mode: string, transport: "unix" | "tcp" = "unix") =>
+const processFn = (name: string, mode: string, transport: "unix" | "tcp" = "unix", isolate = false) =>
   testConfig({
     id: { user: "default", name },
     key: `default/${name}`,
@@ -16,6 +16,8 @@ const processFn = (name: string, mode: string, transport: "unix" | "tcp" = "unix
       env: {},
       transport,
       memoryMiB: 64,
+      isolate,
+      pids: 512,
     },
   });
 
@@ -31,4 +33,11 @@ runConformance("process (loopback tcp)", async () => ({
   echo: processFn("echo", "echo", "tcp"),
   hang: processFn("hang", "hang", "tcp"),
   fail: processFn("fail", "fail", "tcp"),
+}));
+
+runConformance("process (bubblewrap + cgroups)", async () => ({
+  driver: new ProcessDriver(),
+  echo: processFn("echo", "echo", "unix", true),
+  hang: processFn("hang", "hang", "unix", true),
+  fail: processFn("fail", "fail", "unix", true),
 }));

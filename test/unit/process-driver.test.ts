@@ -25,6 +25,8 @@ const fn = (mode: string, command?: string[]): FunctionConfig =>
       env: {},
       transport: "unix",
       memoryMiB: 64,
+      isolate: false,
+      pids: 512,
     },
   });
 

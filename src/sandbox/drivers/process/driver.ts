@@ -1,14 +1,16 @@
 import { spawn, type ChildProcess } from "node:child_process";
-import { createServer } from "node:net";
 import { rm } from "node:fs/promises";
+import { connect, createServer } from "node:net";
 import { join } from "node:path";
 import { FennecError } from "../../../core/errors.js";
 import type { InvokeRequest, InvokeResponse } from "../../../core/types.js";
 import type { FunctionConfig, ProcessSandboxConfig } from "../../../config/function-config.js";
+import { Cgroup, removeParents, sweepCgroups } from "../../cgroups.js";
 import type { InvokeContext, SandboxDriver, SandboxHandle, StartContext } from "../../contract.js";
 import { HttpTransport, type Endpoint } from "../../http-transport.js";
 import { createRunDir, recordOwner, sweepStale } from "../../run-dir.js";
-import { buildHandler, HANDLER_RUNTIME } from "./handler-build.js";
+import { bwrapArgs, findBwrap, INSIDE, JOIN_CGROUPS_THEN_EXEC } from "./bubblewrap.js";
+import { bundlePath, buildHandler, HANDLER_RUNTIME } from "./handler-build.js";
 
 /** How long a closing instance gets after SIGTERM before SIGKILL. */
 const CLOSE_GRACE_MS = 3000;
@@ -32,36 +34,63 @@ function freePort(): Promise<number> {
   });
 }
 
+/** Resolves once something accepts connections on `path` (an isolated instance cannot call back). */
+function waitForSocket(path: string, signal: AbortSignal): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const attempt = () => {
+      if (signal.aborted) return reject(signal.reason);
+      const s = connect(path);
+      s.once("connect", () => {
+        s.destroy();
+        resolve();
+      });
+      s.once("error", () => setTimeout(attempt, 2));
+    };
+    attempt();
+  });
+}
+
 /**
- * `[process]`: the function as a plain child process serving HTTP — the development backend and
- * the baseline the isolating drivers are measured against. Either a `command` of the user's, or a
- * fetch-style `handler` bundled with esbuild and served by Fennec's handler runtime. The UniFaaS guest contract: the
- * callback URL is the last argument (and FENNEC_CALLBACK), the instance calls it once it serves
- * on the Unix socket in FENNEC_SOCKET (or 127.0.0.1:$PORT with `transport = "tcp"`).
- * No isolation beyond being another process: that is what `oci` and `vm` are for.
+ * `[process]`: the function as a child process serving HTTP — the development backend and the
+ * baseline the other drivers are measured against. Either a `command` of the user's, or a
+ * fetch-style `handler` bundled with esbuild and served by Fennec's handler runtime. UniFaaS guest
+ * contract: the callback URL is the last argument (and FENNEC_CALLBACK); the instance calls it once
+ * it serves on the Unix socket in FENNEC_SOCKET (or 127.0.0.1:$PORT with `transport = "tcp"`).
+ * With `isolate = true` it runs inside bubblewrap namespaces with cgroup memory and pids limits;
+ * having no network, it gets the callback `ignore` and is ready once its socket accepts.
  */
 export class ProcessDriver implements SandboxDriver {
   readonly name = "process";
-  readonly capabilities = { memoryLimit: false, snapshot: false, outOfProcess: true } as const;
+  readonly capabilities = { memoryLimit: true, snapshot: false, outOfProcess: true } as const;
   /** Built handler bundles by function revision (the revision covers the handler file's stamp). */
   readonly #bundles = new Map<string, Promise<string>>();
+  /** Cgroups of this driver's live instances (kept by the stale sweep). */
+  readonly #live = new Set<string>();
 
   /** Builds a handler function's bundle (once per revision); nothing to do for a command. */
   async prepare(config: FunctionConfig): Promise<void> {
-    await this.#command(config);
+    const cfg = processOf(config);
+    if (cfg.handler) await this.#bundle(config, cfg.handler);
   }
 
-  #command(config: FunctionConfig): Promise<readonly string[]> {
-    const cfg = processOf(config);
-    if (cfg.command) return Promise.resolve(cfg.command);
+  #bundle(config: FunctionConfig, handler: string): Promise<string> {
     const key = `${config.key}@${config.revision}`;
     let bundle = this.#bundles.get(key);
     if (!bundle) {
-      bundle = buildHandler(config, cfg.handler!);
+      bundle = buildHandler(config, handler);
       this.#bundles.set(key, bundle);
       bundle.catch(() => this.#bundles.delete(key));
     }
-    return bundle.then((b) => [process.execPath, HANDLER_RUNTIME, b]);
+    return bundle;
+  }
+
+  /** The argv to run, with paths as the process will see them. */
+  async #argv(config: FunctionConfig): Promise<string[]> {
+    const cfg = processOf(config);
+    if (cfg.command) return [...cfg.command];
+    await this.#bundle(config, cfg.handler!);
+    if (!cfg.isolate) return [process.execPath, HANDLER_RUNTIME, bundlePath(config)];
+    return [process.execPath, INSIDE.runtime, join(INSIDE.functionDir, ".fennec", "build", "handler.mjs")];
   }
 
   memoryMiB(config: FunctionConfig): number {
@@ -70,56 +99,89 @@ export class ProcessDriver implements SandboxDriver {
 
   async cleanupStale(): Promise<void> {
     await sweepStale(this.name);
+    await sweepCgroups(this.#live).catch(() => undefined);
+  }
+
+  async close(): Promise<void> {
+    if (this.#live.size === 0) await removeParents();
   }
 
   async start(ctx: StartContext): Promise<SandboxHandle> {
     const cfg = processOf(ctx.config);
-    const command = await this.#command(ctx.config);
     const what = `${ctx.config.key}: instance ${ctx.instanceId}`;
+    const argv = await this.#argv(ctx.config);
+    const bwrap = cfg.isolate ? findBwrap() : undefined;
     const dir = await createRunDir(this.name, ctx.instanceId);
-    let endpoint: Endpoint;
+    let cgroup: Cgroup | undefined;
+    try {
+      if (cfg.isolate)
+        cgroup = await Cgroup.create(ctx.instanceId, { memoryMiB: cfg.memoryMiB, pids: cfg.pids });
+    } catch (err) {
+      await rm(dir, { recursive: true, force: true });
+      throw err;
+    }
+    if (cgroup) this.#live.add(ctx.instanceId);
+    const callback = cfg.isolate ? "ignore" : ctx.callbackUrl;
     const env: Record<string, string> = {
       PATH: process.env["PATH"] ?? "/usr/bin:/bin",
-      HOME: dir,
-      TMPDIR: dir,
+      HOME: cfg.isolate ? "/tmp" : dir,
+      TMPDIR: cfg.isolate ? "/tmp" : dir,
       ...cfg.env,
-      FENNEC_CALLBACK: ctx.callbackUrl,
+      FENNEC_CALLBACK: callback,
       FENNEC_INSTANCE_ID: ctx.instanceId,
     };
+    let endpoint: Endpoint;
+    const socketPath = join(dir, "http.sock");
     if (cfg.transport === "unix") {
-      endpoint = { socketPath: join(dir, "http.sock") };
-      env["FENNEC_SOCKET"] = endpoint.socketPath;
+      endpoint = { socketPath };
+      env["FENNEC_SOCKET"] = cfg.isolate ? join(INSIDE.runDir, "http.sock") : socketPath;
     } else {
       endpoint = { host: "127.0.0.1", port: await freePort() };
       env["PORT"] = String(endpoint.port);
     }
-    // 1. Start the child in its own process group, so stopping it stops everything it started.
-    let child: ChildProcess;
-    try {
-      child = spawn(command[0]!, [...command.slice(1), ctx.callbackUrl], {
-        cwd: ctx.config.dir,
-        env,
-        detached: true,
-        stdio: ["ignore", "pipe", "pipe"],
-      });
-    } catch (err) {
-      await rm(dir, { recursive: true, force: true });
-      throw new FennecError(
-        "SANDBOX_START_FAILED",
-        `${what}: cannot start ${command[0]}: ${(err as Error).message}`,
-      );
+    // 1. Start the child in its own process group, so stopping it stops everything it started;
+    //    an isolated one joins its cgroups first, then becomes bwrap, then the function.
+    let file = argv[0]!;
+    let args = [...argv.slice(1), callback];
+    if (bwrap && cgroup) {
+      env["FENNEC_CGROUP_PROCS"] = cgroup.procsFiles.join(" ");
+      const runtime = cfg.handler ? HANDLER_RUNTIME : undefined;
+      args = [
+        "-c",
+        JOIN_CGROUPS_THEN_EXEC,
+        "sh",
+        bwrap,
+        ...bwrapArgs({ functionDir: ctx.config.dir, runDir: dir, runtime }),
+        "--",
+        ...argv,
+        callback,
+      ];
+      file = "/bin/sh";
     }
-    const instance = new ProcessInstance(child, dir, new HttpTransport(endpoint, what), what);
-    // 2. Race readiness (the callback) against the child exiting or failing to spawn, and the deadline.
+    const child = spawn(file, args, {
+      cwd: ctx.config.dir,
+      env,
+      detached: true,
+      stdio: ["ignore", "pipe", "pipe"],
+    });
+    const instance = new ProcessInstance(
+      child,
+      dir,
+      cgroup,
+      new HttpTransport(endpoint, what),
+      what,
+      cfg.memoryMiB,
+      () => this.#live.delete(ctx.instanceId),
+    );
+    // 2. Race readiness against the child exiting or failing to spawn, and the start deadline.
     try {
       await new Promise<void>((resolve, reject) => {
         child.once("error", (err) =>
-          reject(
-            new FennecError("SANDBOX_START_FAILED", `${what}: cannot start ${command[0]}: ${err.message}`),
-          ),
+          reject(new FennecError("SANDBOX_START_FAILED", `${what}: cannot start ${argv[0]}: ${err.message}`)),
         );
         instance.onExit((err) => reject(err));
-        ctx.waitForCallback().then(resolve, reject);
+        const ready = cfg.isolate ? waitForSocket(socketPath, ctx.signal) : ctx.waitForCallback();
+        ready.then(resolve, reject);
       });
       if (child.pid !== undefined) await recordOwner(dir, child.pid);
     } catch (err) {
@@ -130,34 +192,43 @@ export class ProcessDriver implements SandboxDriver {
   }
 }
 
-/** One child process and its run directory. */
+/** One child process, its run directory and (when isolated) its cgroup. */
 class ProcessInstance implements SandboxHandle {
   readonly #child: ChildProcess;
   readonly #dir: string;
+  readonly #cgroup: Cgroup | undefined;
   readonly #transport: HttpTransport;
   readonly #what: string;
+  readonly #memoryMiB: number;
+  readonly #onReleased: () => void;
   readonly #exited: Promise<void>;
   readonly #exitListeners: Array<(reason: Error) => void> = [];
   #output = "";
   #stopping = false;
 
-  constructor(child: ChildProcess, dir: string, transport: HttpTransport, what: string) {
+  constructor(
+    child: ChildProcess,
+    dir: string,
+    cgroup: Cgroup | undefined,
+    transport: HttpTransport,
+    what: string,
+    memoryMiB: number,
+    onReleased: () => void,
+  ) {
     this.#child = child;
     this.#dir = dir;
+    this.#cgroup = cgroup;
     this.#transport = transport;
     this.#what = what;
+    this.#memoryMiB = memoryMiB;
+    this.#onReleased = onReleased;
     const keep = (chunk: Buffer) => (this.#output = (this.#output + chunk.toString()).slice(-OUTPUT_TAIL));
     child.stdout?.on("data", keep);
     child.stderr?.on("data", keep);
     this.#exited = new Promise((resolve) => {
       child.once("exit", (code, signal) => {
         if (!this.#stopping) {
-          const how = signal ? `was killed by ${signal}` : `exited with code ${code}`;
-          const tail = this.#output.trim().slice(-500);
-          const err = new FennecError(
-            "FN_CRASHED",
-            `${this.#what} ${how}${tail ? ` (output: ${tail})` : ""}`,
-          );
+          const err = this.#exitError(code, signal);
           for (const l of this.#exitListeners) l(err);
         }
         resolve();
@@ -166,12 +237,33 @@ class ProcessInstance implements SandboxHandle {
     });
   }
 
+  #exitError(code: number | null, signal: NodeJS.Signals | null): FennecError {
+    if (this.#cgroup?.oomKilled()) {
+      return new FennecError(
+        "FN_OOM",
+        `${this.#what} exceeded its memory limit of ${this.#memoryMiB} MiB and was killed`,
+      );
+    }
+    const how = signal ? `was killed by ${signal}` : `exited with code ${code}`;
+    const tail = this.#output.trim().slice(-500);
+    return new FennecError("FN_CRASHED", `${this.#what} ${how}${tail ? ` (output: ${tail})` : ""}`);
+  }
+
   onExit(listener: (reason: Error) => void): void {
     this.#exitListeners.push(listener);
   }
 
-  invoke(request: InvokeRequest, ctx: InvokeContext): Promise<InvokeResponse> {
-    return this.#transport.invoke(request, ctx.signal);
+  async invoke(request: InvokeRequest, ctx: InvokeContext): Promise<InvokeResponse> {
+    try {
+      return await this.#transport.invoke(request, ctx.signal);
+    } catch (err) {
+      // A connection that broke because the kernel killed the function for memory is FN_OOM.
+      if (err instanceof FennecError && err.code === "FN_CRASHED" && this.#cgroup) {
+        await Promise.race([this.#exited, new Promise((r) => setTimeout(r, 200))]);
+        if (this.#cgroup.oomKilled()) throw this.#exitError(null, "SIGKILL");
+      }
+      throw err;
+    }
   }
 
   #signal(sig: NodeJS.Signals): void {
@@ -202,6 +294,8 @@ class ProcessInstance implements SandboxHandle {
 
   async #release(): Promise<void> {
     this.#transport.close();
+    await this.#cgroup?.remove();
+    this.#onReleased();
     await rm(this.#dir, { recursive: true, force: true });
   }
 }

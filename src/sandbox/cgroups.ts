@@ -1,0 +1,160 @@
+import { existsSync, readFileSync } from "node:fs";
+import { mkdir, readdir, readFile, rmdir, writeFile } from "node:fs/promises";
+import { join } from "node:path";
+import { FennecError } from "../core/errors.js";
+
+/**
+ * Per-instance cgroups for memory and process-count limits, on cgroup v1 (per-controller
+ * hierarchies, as on this kind of machine) or v2 (unified). Fennec nests its groups under the
+ * cgroup it runs in, in a `fennec/` directory, so it touches nothing else.
+ */
+export interface CgroupLimits {
+  readonly memoryMiB: number;
+  readonly pids: number;
+}
+
+const ROOT = "/sys/fs/cgroup";
+const V1_CONTROLLERS = ["memory", "pids"] as const;
+
+export function cgroupVersion(): 1 | 2 {
+  return existsSync(join(ROOT, "cgroup.controllers")) ? 2 : 1;
+}
+
+/** This process's own cgroup path for a v1 controller, or the unified one ("" key) for v2. */
+function ownPath(controller: string): string {
+  for (const line of readFileSync("/proc/self/cgroup", "utf8").split("\n")) {
+    const [, ctrls, path] = line.split(":");
+    if (ctrls === undefined || path === undefined) continue;
+    if (controller === "" ? ctrls === "" : ctrls.split(",").includes(controller)) return path;
+  }
+  return "/";
+}
+
+/** The `fennec/` parent directories Fennec's groups live in, one per hierarchy. */
+function parents(): string[] {
+  if (cgroupVersion() === 2) return [join(ROOT, ownPath(""), "fennec")];
+  return V1_CONTROLLERS.map((c) => join(ROOT, c, ownPath(c), "fennec"));
+}
+
+export class Cgroup {
+  /** One directory per hierarchy (v1: memory and pids; v2: the unified one). */
+  readonly dirs: readonly string[];
+
+  private constructor(dirs: string[]) {
+    this.dirs = dirs;
+  }
+
+  /** The directories a group of this name has, one per hierarchy. */
+  static dirsFor(name: string): string[] {
+    return parents().map((p) => join(p, name));
+  }
+
+  /** Creates the instance's group with its limits; a clear error when cgroups cannot be used. */
+  static async create(name: string, limits: CgroupLimits): Promise<Cgroup> {
+    const dirs = Cgroup.dirsFor(name);
+    const group = new Cgroup(dirs);
+    try {
+      for (const d of dirs) await mkdir(d, { recursive: true });
+      const bytes = String(limits.memoryMiB * 2 ** 20);
+      if (cgroupVersion() === 2) {
+        const parent = parents()[0]!;
+        await writeFile(join(parent, "cgroup.subtree_control"), "+memory +pids").catch(() => undefined);
+        await writeFile(join(dirs[0]!, "memory.max"), bytes);
+        await writeFile(join(dirs[0]!, "memory.swap.max"), "0").catch(() => undefined);
+        await writeFile(join(dirs[0]!, "pids.max"), String(limits.pids));
+      } else {
+        await writeFile(join(dirs[0]!, "memory.limit_in_bytes"), bytes);
+        await writeFile(join(dirs[1]!, "pids.max"), String(limits.pids));
+      }
+    } catch (err) {
+      await group.remove();
+      throw new FennecError(
+        "SANDBOX_START_FAILED",
+        `cannot set up cgroup limits (cgroup v${cgroupVersion()}, needs root): ${(err as Error).message}`,
+      );
+    }
+    return group;
+  }
+
+  /** Files to write a PID into so that process joins the group. */
+  get procsFiles(): string[] {
+    return this.dirs.map((d) => join(d, "cgroup.procs"));
+  }
+
+  /** True when the kernel's OOM killer has killed a process of this group. */
+  oomKilled(): boolean {
+    const file =
+      cgroupVersion() === 2
+        ? join(this.dirs[0]!, "memory.events")
+        : join(this.dirs[0]!, "memory.oom_control");
+    try {
+      const m = /oom_kill (\d+)/.exec(readFileSync(file, "utf8"));
+      return m !== null && Number(m[1]) > 0;
+    } catch {
+      return false;
+    }
+  }
+
+  /** Removes the group's directories (they must be empty of processes; retried briefly). */
+  async remove(): Promise<void> {
+    for (const d of this.dirs) {
+      for (let attempt = 0; attempt < 20; attempt++) {
+        try {
+          await rmdir(d);
+          break;
+        } catch (err) {
+          const code = (err as NodeJS.ErrnoException).code;
+          if (code === "ENOENT") break;
+          await new Promise((r) => setTimeout(r, 10));
+        }
+      }
+    }
+  }
+}
+
+/**
+ * Removes groups an earlier crashed run left, except those in `keep`: their processes were started
+ * by that run, into a group only Fennec creates, so they are killed first.
+ */
+export async function sweepCgroups(keep: ReadonlySet<string>): Promise<string[]> {
+  const removed: string[] = [];
+  for (const parent of parents()) {
+    for (const name of await readdir(parent).catch(() => [] as string[])) {
+      const dir = join(parent, name);
+      if (
+        keep.has(name) ||
+        !(await readFile(join(dir, "cgroup.procs"), "utf8").then(
+          () => true,
+          () => false,
+        ))
+      )
+        continue;
+      const pids = (await readFile(join(dir, "cgroup.procs"), "utf8"))
+        .split("\n")
+        .filter(Boolean)
+        .map(Number);
+      for (const pid of pids) {
+        try {
+          process.kill(pid, "SIGKILL");
+        } catch {
+          // gone already
+        }
+      }
+      for (let attempt = 0; attempt < 50; attempt++) {
+        try {
+          await rmdir(dir);
+          removed.push(dir);
+          break;
+        } catch {
+          await new Promise((r) => setTimeout(r, 10));
+        }
+      }
+    }
+  }
+  return removed;
+}
+
+/** Removes Fennec's empty `fennec/` parent groups (at shutdown); a busy one stays. */
+export async function removeParents(): Promise<void> {
+  for (const parent of parents()) await rmdir(parent).catch(() => undefined);
+}
