@@ -8,6 +8,7 @@ import { PrometheusMetrics } from "./metrics/prometheus.js";
 import { StatsCollector } from "./metrics/stats.js";
 import { DirectoryRegistry } from "./registry/registry.js";
 import type { SandboxDriver } from "./sandbox/contract.js";
+import { OciDriver } from "./sandbox/drivers/oci/driver.js";
 import { ProcessDriver } from "./sandbox/drivers/process/driver.js";
 import { WasmDriver } from "./sandbox/drivers/wasm/driver.js";
 import { validateModuleBytes } from "./sandbox/drivers/wasm/module-cache.js";
@@ -57,6 +58,7 @@ export async function startFennec(options: FennecOptions): Promise<Fennec> {
 
   const wasm = new WasmDriver({ cacheDir: options.cacheDir ?? join(root, ".fennec", "cache") });
   const drivers = new Map<string, SandboxDriver>([["wasm", wasm]]);
+  drivers.set("oci", new OciDriver());
   if (options.processSandbox) drivers.set("process", new ProcessDriver());
   for (const [kind, driver] of options.drivers ?? []) drivers.set(kind, driver);
   for (const driver of drivers.values()) await driver.cleanupStale?.();

@@ -1,7 +1,7 @@
 import { resolve } from "node:path";
 import { toFennecError } from "../core/errors.js";
 import { DirectoryRegistry } from "../registry/registry.js";
-import { buildHandler } from "../sandbox/drivers/process/handler-build.js";
+import { buildHandler } from "../sandbox/handler-build.js";
 import { ModuleCache } from "../sandbox/drivers/wasm/module-cache.js";
 
 /** `fennec build`: checks every function and builds what needs building; prints one line each. */

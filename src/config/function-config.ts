@@ -44,8 +44,19 @@ export interface ProcessSandboxConfig {
   readonly pids: number;
 }
 
+export interface OciSandboxConfig {
+  readonly kind: "oci";
+  readonly command: readonly string[] | undefined;
+  /** Absolute path of a fetch-style handler, instead of a command. */
+  readonly handler: string | undefined;
+  readonly runtime: "runc" | "runsc";
+  readonly env: Readonly<Record<string, string>>;
+  readonly memoryMiB: number;
+  readonly pids: number;
+}
+
 export type SandboxConfig =
-  WasmSandboxConfig | VmSandboxConfig | ContainerSandboxConfig | ProcessSandboxConfig;
+  WasmSandboxConfig | VmSandboxConfig | ContainerSandboxConfig | ProcessSandboxConfig | OciSandboxConfig;
 
 export interface FunctionConfig {
   readonly id: FunctionId;

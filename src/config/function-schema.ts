@@ -74,6 +74,20 @@ const processTable = z
     message: 'an isolated process has no network: use transport = "unix"',
   });
 
+/** Fennec's `[oci]` table: an OCI bundle run directly by runc or gVisor's runsc, no daemon. */
+const ociTable = z
+  .strictObject({
+    command: z.array(z.string().min(1)).min(1).optional(),
+    handler: z.string().min(1).optional(),
+    runtime: z.enum(["runc", "runsc"]).default("runc"),
+    env: envTable.default({}),
+    memory: positiveInt.default(256),
+    pids: positiveInt.default(1024),
+  })
+  .refine((p) => (p.command === undefined) !== (p.handler === undefined), {
+    message: "expected exactly one of command or handler",
+  });
+
 export const functionSchema = z
   .strictObject({
     keepalive: nonNegativeInt,
@@ -88,14 +102,17 @@ export const functionSchema = z
     vm: vmTable.optional(),
     container: containerTable.optional(),
     process: processTable.optional(),
+    oci: ociTable.optional(),
   })
   .superRefine((cfg, ctx) => {
-    const tables = (["wasm", "vm", "container", "process"] as const).filter((t) => cfg[t] !== undefined);
+    const tables = (["wasm", "vm", "container", "process", "oci"] as const).filter(
+      (t) => cfg[t] !== undefined,
+    );
     if (tables.length !== 1) {
       ctx.addIssue({
         code: "custom",
         path: [],
-        message: `expected exactly one sandbox table ([wasm], [vm], [container] or [process]), found ${tables.length === 0 ? "none" : tables.map((t) => `[${t}]`).join(", ")}`,
+        message: `expected exactly one sandbox table ([wasm], [vm], [container], [process] or [oci]), found ${tables.length === 0 ? "none" : tables.map((t) => `[${t}]`).join(", ")}`,
       });
     }
     if (cfg["min-instances"] > cfg["max-instances"]) {

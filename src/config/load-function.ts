@@ -114,6 +114,19 @@ function sandboxOf(cfg: FunctionToml, dir: string, file: string): SandboxConfig 
       pids: p.pids,
     };
   }
+  if (cfg.oci) {
+    const o = cfg.oci;
+    return {
+      kind: "oci",
+      command: o.command,
+      handler:
+        o.handler === undefined ? undefined : resolveInside(dir, o.handler, "oci.handler", file, "file"),
+      runtime: o.runtime,
+      env: o.env,
+      memoryMiB: o.memory,
+      pids: o.pids,
+    };
+  }
   const c = cfg.container!;
   return { kind: "container", image: c.image, memoryMiB: c.memory, runtime: c.runtime };
 }

@@ -158,3 +158,28 @@ export async function sweepCgroups(keep: ReadonlySet<string>): Promise<string[]>
 export async function removeParents(): Promise<void> {
   for (const parent of parents()) await rmdir(parent).catch(() => undefined);
 }
+
+/**
+ * Removes the empty cgroup directories at `path` (and, with `children`, the empty groups inside it)
+ * under this process's own cgroup in every hierarchy: what an OCI runtime can leave of a relative
+ * `cgroupsPath` after its container is deleted.
+ */
+export async function removeNested(path: string, children = false): Promise<void> {
+  const hierarchies = await readdir(ROOT).catch(() => [] as string[]);
+  const own = new Set(
+    readFileSync("/proc/self/cgroup", "utf8")
+      .split("\n")
+      .map((l) => l.split(":")[2])
+      .filter((p): p is string => p !== undefined),
+  );
+  for (const h of hierarchies) {
+    for (const base of own) {
+      const dir = join(ROOT, h, base, path);
+      if (children) {
+        const entries = await readdir(dir, { withFileTypes: true }).catch(() => []);
+        for (const e of entries) if (e.isDirectory()) await rmdir(join(dir, e.name)).catch(() => undefined);
+      }
+      await rmdir(dir).catch(() => undefined);
+    }
+  }
+}

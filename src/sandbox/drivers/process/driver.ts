@@ -1,6 +1,6 @@
 import { spawn, type ChildProcess } from "node:child_process";
 import { rm } from "node:fs/promises";
-import { connect, createServer } from "node:net";
+import { createServer } from "node:net";
 import { join } from "node:path";
 import { FennecError } from "../../../core/errors.js";
 import type { InvokeRequest, InvokeResponse } from "../../../core/types.js";
@@ -9,8 +9,9 @@ import { Cgroup, removeParents, sweepCgroups } from "../../cgroups.js";
 import type { InvokeContext, SandboxDriver, SandboxHandle, StartContext } from "../../contract.js";
 import { HttpTransport, type Endpoint } from "../../http-transport.js";
 import { createRunDir, recordOwner, sweepStale } from "../../run-dir.js";
+import { waitForSocket } from "../../wait-socket.js";
 import { bwrapArgs, findBwrap, INSIDE, JOIN_CGROUPS_THEN_EXEC } from "./bubblewrap.js";
-import { bundlePath, buildHandler, HANDLER_RUNTIME } from "./handler-build.js";
+import { bundlePath, buildHandler, HANDLER_RUNTIME } from "../../handler-build.js";
 
 /** How long a closing instance gets after SIGTERM before SIGKILL. */
 const CLOSE_GRACE_MS = 3000;
@@ -31,22 +32,6 @@ function freePort(): Promise<number> {
       const port = (s.address() as { port: number }).port;
       s.close(() => resolve(port));
     });
-  });
-}
-
-/** Resolves once something accepts connections on `path` (an isolated instance cannot call back). */
-function waitForSocket(path: string, signal: AbortSignal): Promise<void> {
-  return new Promise((resolve, reject) => {
-    const attempt = () => {
-      if (signal.aborted) return reject(signal.reason);
-      const s = connect(path);
-      s.once("connect", () => {
-        s.destroy();
-        resolve();
-      });
-      s.once("error", () => setTimeout(attempt, 2));
-    };
-    attempt();
   });
 }
 

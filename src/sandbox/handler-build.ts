@@ -2,11 +2,11 @@ import { randomBytes } from "node:crypto";
 import { mkdir, rename, rm } from "node:fs/promises";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
-import { FennecError } from "../../../core/errors.js";
-import type { FunctionConfig } from "../../../config/function-config.js";
+import { FennecError } from "../core/errors.js";
+import type { FunctionConfig } from "../config/function-config.js";
 
 /** Fennec's runtime for fetch-style handlers, run as `node RUNTIME BUNDLE CALLBACK`. */
-export const HANDLER_RUNTIME = fileURLToPath(new URL("../../../runtime/handler-server.js", import.meta.url));
+export const HANDLER_RUNTIME = fileURLToPath(new URL("../runtime/handler-server.js", import.meta.url));
 
 /** Where a function's built handler lives (ignored by the registry: a dot directory). */
 export function bundlePath(config: FunctionConfig): string {

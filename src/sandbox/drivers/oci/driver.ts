@@ -1,0 +1,318 @@
+import { execFile, spawn, type ChildProcess } from "node:child_process";
+import { accessSync, constants, existsSync } from "node:fs";
+import { mkdir, rm, writeFile } from "node:fs/promises";
+import { delimiter, join } from "node:path";
+import { promisify } from "node:util";
+import { FennecError } from "../../../core/errors.js";
+import type { InvokeRequest, InvokeResponse } from "../../../core/types.js";
+import type { FunctionConfig, OciSandboxConfig } from "../../../config/function-config.js";
+import { removeNested } from "../../cgroups.js";
+import type { InvokeContext, SandboxDriver, SandboxHandle, StartContext } from "../../contract.js";
+import { buildHandler, HANDLER_RUNTIME } from "../../handler-build.js";
+import { HttpTransport } from "../../http-transport.js";
+import { createRunDir, runRoot, sweepStale } from "../../run-dir.js";
+import { waitForSocket } from "../../wait-socket.js";
+import { ociSpec, type BindMount } from "./spec.js";
+
+const run = promisify(execFile);
+const CLOSE_GRACE_MS = 3000;
+/** Containers' cgroups nest under `<Fennec's own cgroup>/fennec-oci/` in each hierarchy. */
+const CGROUP_PARENT = "fennec-oci";
+const OUTPUT_TAIL = 4096;
+/** Host directories every container sees read-only: programs and their libraries ("taken from the host"). */
+const SYSTEM_DIRS = [
+  "/usr",
+  "/lib",
+  "/lib64",
+  "/lib32",
+  "/bin",
+  "/sbin",
+  "/etc/alternatives",
+  "/etc/ssl",
+  "/etc/ld.so.cache",
+];
+const INSIDE = {
+  functionDir: "/fn",
+  runDir: "/run/fennec",
+  runtime: "/opt/fennec/handler-server.js",
+} as const;
+/** The Debian package that provides each runtime, for the error when one is missing. */
+const PACKAGE: Record<OciSandboxConfig["runtime"], string> = { runc: "runc", runsc: "runsc" };
+
+function ociOf(config: FunctionConfig): OciSandboxConfig {
+  if (config.sandbox.kind !== "oci")
+    throw new FennecError("INTERNAL", `${config.key} is not an oci function`);
+  return config.sandbox;
+}
+
+function findBinary(name: string): string {
+  for (const dir of (process.env["PATH"] ?? "/usr/sbin:/usr/bin:/sbin:/bin")
+    .split(delimiter)
+    .concat(["/usr/sbin", "/sbin"])) {
+    const candidate = join(dir, name);
+    try {
+      accessSync(candidate, constants.X_OK);
+      return candidate;
+    } catch {
+      // keep looking
+    }
+  }
+  throw new FennecError(
+    "SANDBOX_START_FAILED",
+    `the OCI runtime ${name} is not installed: apt-get install ${PACKAGE[name as "runc"] ?? name}`,
+  );
+}
+
+/**
+ * `[oci]`: the function as an OCI bundle run directly by runc or gVisor's runsc, no daemon.
+ * Each instance gets a generated config.json (see spec.ts) over an empty read-only root into which
+ * the host's program directories and the function directory are bind-mounted read-only, so every
+ * instance shares one copy of everything. Transport: a Unix socket in a bind-mounted directory
+ * (`runsc --host-uds=all`); no IP network, so readiness is the socket accepting (callback `ignore`).
+ */
+export class OciDriver implements SandboxDriver {
+  readonly name = "oci";
+  readonly capabilities = { memoryLimit: true, snapshot: false, outOfProcess: true } as const;
+  readonly #bundles = new Map<string, Promise<string>>();
+
+  /** Runtime state directories of Fennec's own: `list` there shows only Fennec's containers. */
+  static stateRoot(runtime: string): string {
+    return join(runRoot("oci"), `.state-${runtime}`);
+  }
+
+  static runtimeArgs(runtime: OciSandboxConfig["runtime"]): string[] {
+    const base = ["--root", OciDriver.stateRoot(runtime)];
+    return runtime === "runsc" ? [...base, "--network=none", "--platform=ptrace", "--host-uds=all"] : base;
+  }
+
+  memoryMiB(config: FunctionConfig): number {
+    return ociOf(config).memoryMiB;
+  }
+
+  async prepare(config: FunctionConfig): Promise<void> {
+    const cfg = ociOf(config);
+    if (cfg.handler) await this.#bundle(config, cfg.handler);
+  }
+
+  #bundle(config: FunctionConfig, handler: string): Promise<string> {
+    const key = `${config.key}@${config.revision}`;
+    let b = this.#bundles.get(key);
+    if (!b) {
+      b = buildHandler(config, handler);
+      this.#bundles.set(key, b);
+      b.catch(() => this.#bundles.delete(key));
+    }
+    return b;
+  }
+
+  /** Removes containers, bundles and run directories an earlier crashed run left. */
+  async cleanupStale(): Promise<void> {
+    for (const runtime of ["runc", "runsc"] as const) {
+      if (!existsSync(OciDriver.stateRoot(runtime))) continue;
+      let binary: string;
+      try {
+        binary = findBinary(runtime);
+      } catch {
+        continue;
+      }
+      const { stdout } = await run(binary, [...OciDriver.runtimeArgs(runtime), "list", "--quiet"]).catch(
+        () => ({ stdout: "" }),
+      );
+      for (const id of stdout.split("\n").filter(Boolean)) {
+        await run(binary, [...OciDriver.runtimeArgs(runtime), "delete", "-f", id]).catch(() => undefined);
+      }
+    }
+    await sweepStale("oci");
+    await removeNested(CGROUP_PARENT, true);
+  }
+
+  async close(): Promise<void> {
+    await removeNested(CGROUP_PARENT);
+  }
+
+  async start(ctx: StartContext): Promise<SandboxHandle> {
+    const cfg = ociOf(ctx.config);
+    const binary = findBinary(cfg.runtime);
+    const what = `${ctx.config.key}: instance ${ctx.instanceId} (${cfg.runtime})`;
+    let argv: string[];
+    if (cfg.command) argv = [...cfg.command];
+    else {
+      await this.#bundle(ctx.config, cfg.handler!);
+      argv = [process.execPath, INSIDE.runtime, join(INSIDE.functionDir, ".fennec", "build", "handler.mjs")];
+    }
+    const dir = await createRunDir("oci", ctx.instanceId);
+    const socketDir = join(dir, "sock");
+    const rootfs = join(dir, "rootfs");
+    await mkdir(socketDir, { mode: 0o777 });
+    await mkdir(rootfs);
+    const binds: BindMount[] = SYSTEM_DIRS.filter((d) => existsSync(d)).map((d) => ({
+      source: d,
+      destination: d,
+      writable: false,
+    }));
+    binds.push({ source: ctx.config.dir, destination: INSIDE.functionDir, writable: false });
+    binds.push({ source: socketDir, destination: INSIDE.runDir, writable: true });
+    if (cfg.handler) binds.push({ source: HANDLER_RUNTIME, destination: INSIDE.runtime, writable: false });
+    const spec = ociSpec({
+      args: [...argv, "ignore"],
+      env: {
+        PATH: "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin",
+        HOME: "/tmp",
+        TMPDIR: "/tmp",
+        ...cfg.env,
+        FENNEC_SOCKET: join(INSIDE.runDir, "http.sock"),
+        FENNEC_CALLBACK: "ignore",
+        FENNEC_INSTANCE_ID: ctx.instanceId,
+      },
+      cwd: INSIDE.functionDir,
+      rootfs,
+      binds,
+      memoryBytes: cfg.memoryMiB * 2 ** 20,
+      pids: cfg.pids,
+      // Relative: runc nests it under its own cgroup in each hierarchy, as Fennec's other groups are.
+      cgroupsPath: join(CGROUP_PARENT, ctx.instanceId),
+    });
+    await writeFile(join(dir, "config.json"), JSON.stringify(spec, null, 2));
+    const runtimeArgs = OciDriver.runtimeArgs(cfg.runtime);
+    await mkdir(OciDriver.stateRoot(cfg.runtime), { recursive: true });
+    // 1. `run` in the foreground: the runtime process lives as long as the container, so its exit
+    //    is the container's exit, and it forwards our signals.
+    const child = spawn(binary, [...runtimeArgs, "run", "--bundle", dir, ctx.instanceId], {
+      cwd: dir,
+      stdio: ["ignore", "pipe", "pipe"],
+    });
+    const instance = new OciInstance({
+      child,
+      binary,
+      runtimeArgs,
+      id: ctx.instanceId,
+      dir,
+      what,
+      memoryMiB: cfg.memoryMiB,
+      transport: new HttpTransport({ socketPath: join(socketDir, "http.sock") }, what),
+    });
+    // 2. Race the socket accepting against the container exiting and the start deadline.
+    try {
+      await new Promise<void>((resolve, reject) => {
+        child.once("error", (err) =>
+          reject(new FennecError("SANDBOX_START_FAILED", `${what}: cannot run ${binary}: ${err.message}`)),
+        );
+        instance.onExit((err) => reject(err));
+        waitForSocket(join(socketDir, "http.sock"), ctx.signal).then(resolve, reject);
+      });
+    } catch (err) {
+      await instance.destroy();
+      throw err;
+    }
+    return instance;
+  }
+}
+
+interface OciInstanceOptions {
+  readonly child: ChildProcess;
+  readonly binary: string;
+  readonly runtimeArgs: string[];
+  readonly id: string;
+  readonly dir: string;
+  readonly what: string;
+  readonly memoryMiB: number;
+  readonly transport: HttpTransport;
+}
+
+/** One container: the foreground runtime process, its bundle and run directory. */
+class OciInstance implements SandboxHandle {
+  readonly #o: OciInstanceOptions;
+  readonly #exited: Promise<void>;
+  readonly #exitListeners: Array<(reason: Error) => void> = [];
+  #exitCode: number | null = null;
+  #output = "";
+  #stopping = false;
+
+  constructor(o: OciInstanceOptions) {
+    this.#o = o;
+    const keep = (chunk: Buffer) => (this.#output = (this.#output + chunk.toString()).slice(-OUTPUT_TAIL));
+    o.child.stdout?.on("data", keep);
+    o.child.stderr?.on("data", keep);
+    this.#exited = new Promise((resolve) => {
+      o.child.once("exit", (code, signal) => {
+        this.#exitCode = code ?? (signal === "SIGKILL" ? 137 : -1);
+        if (!this.#stopping) {
+          const err = this.#exitError();
+          for (const l of this.#exitListeners) l(err);
+        }
+        resolve();
+      });
+      o.child.once("error", () => resolve());
+    });
+  }
+
+  /** A container killed by SIGKILL that Fennec did not kill was killed by the kernel for memory. */
+  #exitError(): FennecError {
+    if (this.#exitCode === 137) {
+      return new FennecError(
+        "FN_OOM",
+        `${this.#o.what} was killed, exceeding its memory limit of ${this.#o.memoryMiB} MiB`,
+      );
+    }
+    const tail = this.#output.trim().slice(-500);
+    return new FennecError(
+      "FN_CRASHED",
+      `${this.#o.what} exited with code ${this.#exitCode}${tail ? ` (output: ${tail})` : ""}`,
+    );
+  }
+
+  onExit(listener: (reason: Error) => void): void {
+    this.#exitListeners.push(listener);
+  }
+
+  async invoke(request: InvokeRequest, ctx: InvokeContext): Promise<InvokeResponse> {
+    try {
+      return await this.#o.transport.invoke(request, ctx.signal);
+    } catch (err) {
+      if (err instanceof FennecError && err.code === "FN_CRASHED") {
+        await Promise.race([this.#exited, new Promise((r) => setTimeout(r, 1000))]);
+        if (this.#exitCode !== null && !this.#stopping) throw this.#exitError();
+      }
+      throw err;
+    }
+  }
+
+  /** Runs a runtime subcommand; true when it succeeded. */
+  async #runtime(...args: string[]): Promise<boolean> {
+    return run(this.#o.binary, [...this.#o.runtimeArgs, ...args]).then(
+      () => true,
+      () => false,
+    );
+  }
+
+  async close(): Promise<void> {
+    this.#stopping = true;
+    await this.#runtime("kill", this.#o.id, "TERM");
+    const timer = setTimeout(() => void this.#runtime("kill", this.#o.id, "KILL"), CLOSE_GRACE_MS);
+    await this.#exited;
+    clearTimeout(timer);
+    await this.#release();
+  }
+
+  async destroy(): Promise<void> {
+    this.#stopping = true;
+    await this.#runtime("kill", this.#o.id, "KILL");
+    const timer = setTimeout(() => this.#o.child.kill("SIGKILL"), CLOSE_GRACE_MS);
+    await this.#exited;
+    clearTimeout(timer);
+    await this.#release();
+  }
+
+  async #release(): Promise<void> {
+    this.#o.transport.close();
+    // runsc may still be finalising a sandbox its `run` process just left: retry until it is gone.
+    for (let attempt = 0; attempt < 10; attempt++) {
+      await this.#runtime("delete", "-f", this.#o.id);
+      if (!(await this.#runtime("state", this.#o.id))) break;
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    // runsc leaves the container's (empty) cgroups behind; remove them with it.
+    await removeNested(join(CGROUP_PARENT, this.#o.id));
+    await rm(this.#o.dir, { recursive: true, force: true });
+  }
+}

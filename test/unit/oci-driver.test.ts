@@ -1,0 +1,127 @@
+import assert from "node:assert/strict";
+import { execFileSync } from "node:child_process";
+import { existsSync } from "node:fs";
+import { createServer, type Server } from "node:net";
+import type { AddressInfo } from "node:net";
+import { join } from "node:path";
+import { after, before, describe, it } from "node:test";
+import type { FunctionConfig } from "../../src/config/function-config.js";
+import { OciDriver } from "../../src/sandbox/drivers/oci/driver.js";
+import { Instance } from "../../src/sandbox/instance.js";
+import { ReadinessHub } from "../../src/sandbox/readiness.js";
+import { runRoot } from "../../src/sandbox/run-dir.js";
+import { testConfig } from "../helpers/config.js";
+import { ROOT } from "../helpers/paths.js";
+
+// Needs root, runc and runsc (.ci/run installs them); under CI=true a missing tool fails.
+const fn = (mode: string, runtime: "runc" | "runsc", memoryMiB = 256, pids = 1024): FunctionConfig =>
+  testConfig({
+    id: { user: "default", name: mode },
+    key: `default/${mode}`,
+    dir: join(ROOT, "test", "fixtures", "process"),
+    timeoutMs: 20_000,
+    sandbox: {
+      kind: "oci",
+      command: [process.execPath, "server.mjs", mode],
+      handler: undefined,
+      runtime,
+      env: {},
+      memoryMiB,
+      pids,
+    },
+  });
+
+const get = (query = "") => ({ method: "GET", path: "/", query, headers: {}, body: new Uint8Array(0) });
+
+for (const runtime of ["runc", "runsc"] as const) {
+  describe(`oci driver specialties (${runtime})`, () => {
+    const driver = new OciDriver();
+    const hub = new ReadinessHub();
+    let listener: Server;
+    let port = 0;
+    before(async () => {
+      listener = createServer((s) => s.destroy());
+      await new Promise<void>((r) => listener.listen(0, "127.0.0.1", () => r()));
+      port = (listener.address() as AddressInfo).port;
+    });
+    after(async () => {
+      await new Promise((r) => listener.close(r));
+      await driver.close();
+    });
+
+    const start = async (config: FunctionConfig) => {
+      const inst = new Instance({
+        id: `oci-${Math.random().toString(36).slice(2)}`,
+        driver,
+        config,
+        origin: "cold",
+        hub,
+        callbackBase: "unused",
+        startTimeoutMs: 20_000,
+      });
+      await inst.start();
+      return inst;
+    };
+
+    it("has a read-only root but for /tmp, and no network", async () => {
+      const inst = await start(fn("probe", runtime));
+      try {
+        const result = JSON.parse(
+          Buffer.from((await inst.invoke(get(`port=${port}`))).body).toString(),
+        ) as Record<string, string>;
+        assert.equal(result["/tmp/written.txt"], "written");
+        assert.equal(result["/fn/written.txt"], "EROFS");
+        assert.equal(result["/usr/written.txt"], "EROFS");
+        assert.notEqual(result["network"], "connected");
+        assert.ok(!existsSync(join(ROOT, "test", "fixtures", "process", "written.txt")));
+      } finally {
+        await inst.destroy();
+      }
+    });
+
+    it("reports exceeding the memory limit as FN_OOM", async () => {
+      // gVisor's own Sentry and gofer count against the limit, so it needs more room to start.
+      const inst = await start(fn("alloc", runtime, runtime === "runsc" ? 160 : 96));
+      await assert.rejects(inst.invoke(get()), { code: "FN_OOM" });
+      await inst.destroy();
+    });
+
+    it("contains a fork bomb at the pids limit", async () => {
+      // runsc's limit covers the Sentry's own threads too, so its floor is higher; when the limit
+      // is hit, gVisor's Sentry itself fails and the whole sandbox ends (FN_CRASHED), which still
+      // contains the bomb. runc's function simply cannot start more processes.
+      const limit = runtime === "runsc" ? 600 : 40;
+      const inst = await start(fn("fork", runtime, 256, limit));
+      try {
+        const outcome = await inst.invoke(get()).then(
+          (r) => Number(Buffer.from(r.body).toString()),
+          (err: { code?: string }) => err.code,
+        );
+        if (runtime === "runc")
+          assert.ok(typeof outcome === "number" && outcome < 40, `started ${outcome} under pids.limit 40`);
+        else
+          assert.ok(
+            outcome === "FN_CRASHED" || (typeof outcome === "number" && outcome < 200),
+            String(outcome),
+          );
+      } finally {
+        await inst.destroy();
+      }
+    });
+
+    it("removes the container and its bundle when stopped; a restart finds leftovers and removes them", async () => {
+      const inst = await start(fn("echo", runtime));
+      const state = OciDriver.stateRoot(runtime);
+      const list = () =>
+        execFileSync(runtime, ["--root", state, "list", "--quiet"], { encoding: "utf8" })
+          .split("\n")
+          .filter(Boolean);
+      assert.ok(list().includes(inst.id));
+      // A new driver (a restarted Fennec) deletes every container in Fennec's state root.
+      await new OciDriver().cleanupStale();
+      assert.ok(!list().includes(inst.id), "leftover container deleted");
+      await inst.destroy();
+      assert.ok(!existsSync(join(runRoot("oci"), inst.id)), "bundle and run directory removed");
+    });
+  });
+}
