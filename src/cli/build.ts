@@ -19,7 +19,7 @@ export async function buildRegistry(dir: string, only: readonly string[]): Promi
       if (c.sandbox.kind === "wasm") {
         await modules.forRevision(c.sandbox.module, c.revision, c.sandbox.memoryMiB, c.file);
         what = "wasm module compiled and checked";
-      } else if (c.sandbox.kind === "process" && c.sandbox.handler) {
+      } else if ((c.sandbox.kind === "process" || c.sandbox.kind === "oci") && c.sandbox.handler) {
         what = `handler bundled into ${await buildHandler(c, c.sandbox.handler)}`;
       }
       process.stdout.write(`ok     ${entry.key}: ${what} (${(performance.now() - t0).toFixed(0)} ms)\n`);

@@ -276,7 +276,7 @@ const build: Command = {
   usage: `fennec build [-r DIR] [FUNCTION...]
 
 Checks each function's function.toml; compiles and checks each [wasm] module against what the
-sandbox grants; bundles each [process] handler (.ts/.js) with esbuild into
+sandbox grants; bundles each [process] and [oci] handler (.ts/.js) with esbuild into
 <function>/.fennec/build/. Fennec also does this on demand, so running it is optional: it
 finds mistakes before a request does. Exit code 1 when any function fails.
 
