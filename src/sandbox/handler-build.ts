@@ -9,7 +9,7 @@ import type { FunctionConfig } from "../config/function-config.js";
 export const HANDLER_RUNTIME = fileURLToPath(new URL("../runtime/handler-server.js", import.meta.url));
 
 /** Where a function's built handler lives (ignored by the registry: a dot directory). */
-export function bundlePath(config: FunctionConfig): string {
+function bundlePath(config: FunctionConfig): string {
   return join(config.dir, ".fennec", "build", "handler.mjs");
 }
 
@@ -50,4 +50,20 @@ export async function buildHandler(config: FunctionConfig, handler: string): Pro
     );
   }
   return out;
+}
+
+/** Built bundles per function revision (which covers the handler file's stamp): each built once. */
+export class HandlerBundles {
+  readonly #bundles = new Map<string, Promise<string>>();
+
+  get(config: FunctionConfig, handler: string): Promise<string> {
+    const key = `${config.key}@${config.revision}`;
+    let bundle = this.#bundles.get(key);
+    if (!bundle) {
+      bundle = buildHandler(config, handler);
+      this.#bundles.set(key, bundle);
+      bundle.catch(() => this.#bundles.delete(key));
+    }
+    return bundle;
+  }
 }

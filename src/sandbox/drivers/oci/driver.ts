@@ -1,14 +1,15 @@
 import { execFile, spawn, type ChildProcess } from "node:child_process";
-import { accessSync, constants, existsSync } from "node:fs";
+import { existsSync } from "node:fs";
 import { mkdir, rm, writeFile } from "node:fs/promises";
-import { delimiter, join } from "node:path";
+import { join } from "node:path";
 import { promisify } from "node:util";
 import { FennecError } from "../../../core/errors.js";
 import type { InvokeRequest, InvokeResponse } from "../../../core/types.js";
 import type { FunctionConfig, OciSandboxConfig } from "../../../config/function-config.js";
 import { removeNested } from "../../cgroups.js";
 import type { InvokeContext, SandboxDriver, SandboxHandle, StartContext } from "../../contract.js";
-import { buildHandler, HANDLER_RUNTIME } from "../../handler-build.js";
+import { HANDLER_RUNTIME, HandlerBundles } from "../../handler-build.js";
+import { findExecutable, INSIDE, systemDirs } from "../../host-view.js";
 import { HttpTransport } from "../../http-transport.js";
 import { createRunDir, runRoot, sweepStale } from "../../run-dir.js";
 import { waitForSocket } from "../../wait-socket.js";
@@ -19,23 +20,6 @@ const CLOSE_GRACE_MS = 3000;
 /** Containers' cgroups nest under `<Fennec's own cgroup>/fennec-oci/` in each hierarchy. */
 const CGROUP_PARENT = "fennec-oci";
 const OUTPUT_TAIL = 4096;
-/** Host directories every container sees read-only: programs and their libraries ("taken from the host"). */
-const SYSTEM_DIRS = [
-  "/usr",
-  "/lib",
-  "/lib64",
-  "/lib32",
-  "/bin",
-  "/sbin",
-  "/etc/alternatives",
-  "/etc/ssl",
-  "/etc/ld.so.cache",
-];
-const INSIDE = {
-  functionDir: "/fn",
-  runDir: "/run/fennec",
-  runtime: "/opt/fennec/handler-server.js",
-} as const;
 /** The Debian package that provides each runtime, for the error when one is missing. */
 const PACKAGE: Record<OciSandboxConfig["runtime"], string> = { runc: "runc", runsc: "runsc" };
 
@@ -43,24 +27,6 @@ function ociOf(config: FunctionConfig): OciSandboxConfig {
   if (config.sandbox.kind !== "oci")
     throw new FennecError("INTERNAL", `${config.key} is not an oci function`);
   return config.sandbox;
-}
-
-function findBinary(name: string): string {
-  for (const dir of (process.env["PATH"] ?? "/usr/sbin:/usr/bin:/sbin:/bin")
-    .split(delimiter)
-    .concat(["/usr/sbin", "/sbin"])) {
-    const candidate = join(dir, name);
-    try {
-      accessSync(candidate, constants.X_OK);
-      return candidate;
-    } catch {
-      // keep looking
-    }
-  }
-  throw new FennecError(
-    "SANDBOX_START_FAILED",
-    `the OCI runtime ${name} is not installed: apt-get install ${PACKAGE[name as "runc"] ?? name}`,
-  );
 }
 
 /**
@@ -73,7 +39,7 @@ function findBinary(name: string): string {
 export class OciDriver implements SandboxDriver {
   readonly name = "oci";
   readonly capabilities = { memoryLimit: true, snapshot: false, outOfProcess: true } as const;
-  readonly #bundles = new Map<string, Promise<string>>();
+  readonly #bundles = new HandlerBundles();
 
   /** Runtime state directories of Fennec's own: `list` there shows only Fennec's containers. */
   static stateRoot(runtime: string): string {
@@ -91,18 +57,7 @@ export class OciDriver implements SandboxDriver {
 
   async prepare(config: FunctionConfig): Promise<void> {
     const cfg = ociOf(config);
-    if (cfg.handler) await this.#bundle(config, cfg.handler);
-  }
-
-  #bundle(config: FunctionConfig, handler: string): Promise<string> {
-    const key = `${config.key}@${config.revision}`;
-    let b = this.#bundles.get(key);
-    if (!b) {
-      b = buildHandler(config, handler);
-      this.#bundles.set(key, b);
-      b.catch(() => this.#bundles.delete(key));
-    }
-    return b;
+    if (cfg.handler) await this.#bundles.get(config, cfg.handler);
   }
 
   /** Removes containers, bundles and run directories an earlier crashed run left. */
@@ -111,7 +66,7 @@ export class OciDriver implements SandboxDriver {
       if (!existsSync(OciDriver.stateRoot(runtime))) continue;
       let binary: string;
       try {
-        binary = findBinary(runtime);
+        binary = findExecutable(runtime, PACKAGE[runtime]);
       } catch {
         continue;
       }
@@ -132,20 +87,20 @@ export class OciDriver implements SandboxDriver {
 
   async start(ctx: StartContext): Promise<SandboxHandle> {
     const cfg = ociOf(ctx.config);
-    const binary = findBinary(cfg.runtime);
+    const binary = findExecutable(cfg.runtime, PACKAGE[cfg.runtime]);
     const what = `${ctx.config.key}: instance ${ctx.instanceId} (${cfg.runtime})`;
     let argv: string[];
     if (cfg.command) argv = [...cfg.command];
     else {
-      await this.#bundle(ctx.config, cfg.handler!);
-      argv = [process.execPath, INSIDE.runtime, join(INSIDE.functionDir, ".fennec", "build", "handler.mjs")];
+      await this.#bundles.get(ctx.config, cfg.handler!);
+      argv = [process.execPath, INSIDE.runtime, INSIDE.bundle];
     }
     const dir = await createRunDir("oci", ctx.instanceId);
     const socketDir = join(dir, "sock");
     const rootfs = join(dir, "rootfs");
     await mkdir(socketDir, { mode: 0o777 });
     await mkdir(rootfs);
-    const binds: BindMount[] = SYSTEM_DIRS.filter((d) => existsSync(d)).map((d) => ({
+    const binds: BindMount[] = systemDirs().map((d) => ({
       source: d,
       destination: d,
       writable: false,

@@ -1,45 +1,8 @@
-import { accessSync, constants, existsSync } from "node:fs";
-import { delimiter, join } from "node:path";
-import { FennecError } from "../../../core/errors.js";
-
-/** Where things appear inside an isolated process. */
-export const INSIDE = {
-  functionDir: "/fn",
-  runDir: "/run/fennec",
-  runtime: "/opt/fennec/handler-server.js",
-} as const;
-
-/** Host directories an isolated process sees, read-only: programs and their libraries, nothing else. */
-const SYSTEM_DIRS = [
-  "/usr",
-  "/lib",
-  "/lib64",
-  "/lib32",
-  "/bin",
-  "/sbin",
-  "/etc/alternatives",
-  "/etc/ssl",
-  "/etc/ld.so.cache",
-];
-
-let bwrapPath: string | undefined;
+import { findExecutable, INSIDE, systemDirs } from "../../host-view.js";
 
 /** The bwrap binary, or a clear error naming the package to install. */
 export function findBwrap(): string {
-  if (bwrapPath) return bwrapPath;
-  for (const dir of (process.env["PATH"] ?? "/usr/bin:/bin").split(delimiter)) {
-    const candidate = join(dir, "bwrap");
-    try {
-      accessSync(candidate, constants.X_OK);
-      return (bwrapPath = candidate);
-    } catch {
-      // keep looking
-    }
-  }
-  throw new FennecError(
-    "SANDBOX_START_FAILED",
-    "isolate = true needs bubblewrap (bwrap), which is not installed: apt-get install bubblewrap",
-  );
+  return findExecutable("bwrap", "bubblewrap");
 }
 
 /**
@@ -53,7 +16,7 @@ export function bwrapArgs(opts: {
   runtime: string | undefined;
 }): string[] {
   const args = ["--unshare-all", "--die-with-parent", "--new-session", "--unsetenv", "FENNEC_CGROUP_PROCS"];
-  for (const dir of SYSTEM_DIRS) if (existsSync(dir)) args.push("--ro-bind", dir, dir);
+  for (const dir of systemDirs()) args.push("--ro-bind", dir, dir);
   args.push("--ro-bind", opts.functionDir, INSIDE.functionDir, "--bind", opts.runDir, INSIDE.runDir);
   if (opts.runtime) args.push("--ro-bind", opts.runtime, INSIDE.runtime);
   args.push("--tmpfs", "/tmp", "--proc", "/proc", "--dev", "/dev", "--chdir", INSIDE.functionDir);

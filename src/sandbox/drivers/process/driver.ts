@@ -10,8 +10,9 @@ import type { InvokeContext, SandboxDriver, SandboxHandle, StartContext } from "
 import { HttpTransport, type Endpoint } from "../../http-transport.js";
 import { createRunDir, recordOwner, sweepStale } from "../../run-dir.js";
 import { waitForSocket } from "../../wait-socket.js";
-import { bwrapArgs, findBwrap, INSIDE, JOIN_CGROUPS_THEN_EXEC } from "./bubblewrap.js";
-import { bundlePath, buildHandler, HANDLER_RUNTIME } from "../../handler-build.js";
+import { HANDLER_RUNTIME, HandlerBundles } from "../../handler-build.js";
+import { INSIDE } from "../../host-view.js";
+import { bwrapArgs, findBwrap, JOIN_CGROUPS_THEN_EXEC } from "./bubblewrap.js";
 
 /** How long a closing instance gets after SIGTERM before SIGKILL. */
 const CLOSE_GRACE_MS = 3000;
@@ -47,35 +48,23 @@ function freePort(): Promise<number> {
 export class ProcessDriver implements SandboxDriver {
   readonly name = "process";
   readonly capabilities = { memoryLimit: true, snapshot: false, outOfProcess: true } as const;
-  /** Built handler bundles by function revision (the revision covers the handler file's stamp). */
-  readonly #bundles = new Map<string, Promise<string>>();
+  readonly #bundles = new HandlerBundles();
   /** Cgroups of this driver's live instances (kept by the stale sweep). */
   readonly #live = new Set<string>();
 
   /** Builds a handler function's bundle (once per revision); nothing to do for a command. */
   async prepare(config: FunctionConfig): Promise<void> {
     const cfg = processOf(config);
-    if (cfg.handler) await this.#bundle(config, cfg.handler);
-  }
-
-  #bundle(config: FunctionConfig, handler: string): Promise<string> {
-    const key = `${config.key}@${config.revision}`;
-    let bundle = this.#bundles.get(key);
-    if (!bundle) {
-      bundle = buildHandler(config, handler);
-      this.#bundles.set(key, bundle);
-      bundle.catch(() => this.#bundles.delete(key));
-    }
-    return bundle;
+    if (cfg.handler) await this.#bundles.get(config, cfg.handler);
   }
 
   /** The argv to run, with paths as the process will see them. */
   async #argv(config: FunctionConfig): Promise<string[]> {
     const cfg = processOf(config);
     if (cfg.command) return [...cfg.command];
-    await this.#bundle(config, cfg.handler!);
-    if (!cfg.isolate) return [process.execPath, HANDLER_RUNTIME, bundlePath(config)];
-    return [process.execPath, INSIDE.runtime, join(INSIDE.functionDir, ".fennec", "build", "handler.mjs")];
+    const bundle = await this.#bundles.get(config, cfg.handler!);
+    if (!cfg.isolate) return [process.execPath, HANDLER_RUNTIME, bundle];
+    return [process.execPath, INSIDE.runtime, INSIDE.bundle];
   }
 
   memoryMiB(config: FunctionConfig): number {
