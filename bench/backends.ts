@@ -2,14 +2,15 @@
  * Out-of-process backends side by side (container issue): cold start to handler-ready and warm
  * invoke latency for the process driver (plain and isolated) and the oci driver (runc, runsc), all
  * running the same fetch handler (examples/registry/hello-process/handler.ts), next to the bare
- * tool doing the same work: Node started directly on the same bundle, no Fennec in between.
+ * tool doing the same work: Node started directly on the same bundle, no Fennec in between; and
+ * idle memory (PSS of each instance's whole process tree, runtime and sandbox included).
  * Needs root, bubblewrap, runc and runsc. Usage: node dist/bench/backends.js [coldSamples]
  */
 import { spawn } from "node:child_process";
 import { createServer } from "node:http";
 import type { AddressInfo } from "node:net";
 import { randomUUID } from "node:crypto";
-import { mkdtempSync, rmSync } from "node:fs";
+import { mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -110,6 +111,47 @@ async function warm(invoke: () => Promise<unknown>): Promise<ReturnType<typeof s
   return summarize(lat);
 }
 
+/** PSS in MiB of every process descending from this one (instances, runtimes, sandboxes). */
+function descendantsPssMiB(): number {
+  const parent = new Map<number, number>();
+  for (const name of readdirSync("/proc")) {
+    if (!/^\d+$/.test(name)) continue;
+    try {
+      const stat = readFileSync(`/proc/${name}/stat`, "utf8");
+      parent.set(Number(name), Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[1]));
+    } catch {
+      // exited meanwhile
+    }
+  }
+  const mine = (pid: number): boolean => {
+    for (let p = parent.get(pid); p !== undefined && p > 1; p = parent.get(p))
+      if (p === process.pid) return true;
+    return false;
+  };
+  let kib = 0;
+  for (const pid of parent.keys()) {
+    if (!mine(pid)) continue;
+    try {
+      const m = /^Pss:\s+(\d+) kB/m.exec(readFileSync(`/proc/${pid}/smaps_rollup`, "utf8"));
+      kib += Number(m?.[1] ?? 0);
+    } catch {
+      // exited meanwhile
+    }
+  }
+  return kib / 1024;
+}
+
+/** Idle memory per instance: PSS of `n` idle instances' whole process trees, divided by n. */
+async function idleMiB(driver: SandboxDriver, c: FunctionConfig, n = 5): Promise<number> {
+  const before = descendantsPssMiB();
+  const handles: SandboxHandle[] = [];
+  for (let i = 0; i < n; i++) handles.push((await startOnce(driver, c)).handle);
+  await new Promise((r) => setTimeout(r, 1000));
+  const after = descendantsPssMiB();
+  await Promise.all(handles.map((h) => h.destroy()));
+  return (after - before) / n;
+}
+
 /** The bare baseline: Node started directly on the same bundle and socket, no Fennec. */
 async function bare(
   bundle: string,
@@ -146,7 +188,7 @@ async function main(): Promise<void> {
   const rows: string[] = [];
   const b = await bare(bundle);
   rows.push(
-    `| bare: node on the same bundle, no Fennec | ${fmt(b.cold.p50, 1)} | ${fmt(b.cold.p99, 1)} | 1.00× | ${fmt(b.warm.p50)} | ${fmt(b.warm.p99)} |`,
+    `| bare: node on the same bundle, no Fennec | ${fmt(b.cold.p50, 1)} | ${fmt(b.cold.p99, 1)} | 1.00× | ${fmt(b.warm.p50)} | ${fmt(b.warm.p99)} | — |`,
   );
   for (const [name, driver, c] of backends) {
     console.error(`${name}: ${cold} cold starts, ${WARM} warm invocations`);
@@ -160,14 +202,15 @@ async function main(): Promise<void> {
       await handle.destroy();
     }
     const s = summarize(colds);
+    const idle = await idleMiB(driver, c);
     rows.push(
-      `| ${name} | ${fmt(s.p50, 1)} | ${fmt(s.p99, 1)} | ${fmt(s.p50 / b.cold.p50, 2)}× | ${fmt(warmStats!.p50)} | ${fmt(warmStats!.p99)} |`,
+      `| ${name} | ${fmt(s.p50, 1)} | ${fmt(s.p99, 1)} | ${fmt(s.p50 / b.cold.p50, 2)}× | ${fmt(warmStats!.p50)} | ${fmt(warmStats!.p99)} | ${fmt(idle, 1)} |`,
     );
     await driver.close?.();
   }
   console.log(`
-| backend (same fetch handler) | cold start to first response p50 (ms) | p99 (ms) | cold vs bare | warm invoke p50 (µs) | warm p99 (µs) |
-|---|---|---|---|---|---|
+| backend (same fetch handler) | cold start to first response p50 (ms) | p99 (ms) | cold vs bare | warm invoke p50 (µs) | warm p99 (µs) | idle PSS per instance (MiB) |
+|---|---|---|---|---|---|---|
 ${rows.join("\n")}
 `);
   callbacks.close();
