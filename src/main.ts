@@ -74,13 +74,14 @@ export async function startFennec(options: FennecOptions): Promise<Fennec> {
     startTimeoutMs: options.startTimeoutMs ?? 25_000,
     log,
   });
-  const stats = new StatsCollector();
+  const stats = new StatsCollector(scheduler.node);
   const metrics = new PrometheusMetrics(
     () =>
       [...scheduler.pools()].flatMap(([fn, pool]) =>
         Object.entries(pool.counts()).map(([state, count]) => ({ function: fn, state, count })),
       ),
     () => ({ used: scheduler.memoryUsedMiB, budget: scheduler.memoryBudgetMiB }),
+    scheduler.node,
   );
   const gateway = new Gateway({
     scheduler,

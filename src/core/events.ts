@@ -6,6 +6,7 @@ import type { InvocationRecord, StartType } from "./types.js";
  * the core never imports a metrics library. Publishing costs nothing when nobody listens.
  */
 export interface InstanceReadyEvent {
+  readonly node: string;
   readonly function: string;
   readonly instanceId: string;
   readonly driver: string;
@@ -14,6 +15,7 @@ export interface InstanceReadyEvent {
 }
 
 export interface InstanceStoppedEvent {
+  readonly node: string;
   readonly function: string;
   readonly instanceId: string;
   readonly reason: string;

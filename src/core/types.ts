@@ -32,6 +32,8 @@ export type StartType = "cold" | "warm" | "prebooted" | "restored";
 
 /** The record kept for every invocation; feeds /stats, /metrics and the benchmarks. */
 export interface InvocationRecord {
+  /** The scheduler (node) that served it: several can share a process, and channels are global. */
+  readonly node: string;
   readonly function: string;
   readonly instanceId: string | undefined;
   readonly startType: StartType | undefined;

@@ -18,13 +18,23 @@ export class PrometheusMetrics {
   readonly #invocations: Counter<"function" | "start_type" | "outcome">;
   readonly #phase: Histogram<"function" | "phase">;
   readonly #init: Histogram<"function" | "driver">;
-  readonly #onInvocation = (msg: unknown) => this.#record(msg as InvocationRecord);
+  readonly #node: string | undefined;
+  readonly #onInvocation = (msg: unknown) => {
+    const r = msg as InvocationRecord;
+    if (this.#node === undefined || r.node === this.#node) this.#record(r);
+  };
   readonly #onReady = (msg: unknown) => {
     const e = msg as InstanceReadyEvent;
+    if (this.#node !== undefined && e.node !== this.#node) return;
     this.#init.observe({ function: e.function, driver: e.driver }, e.initMs / 1000);
   };
 
-  constructor(instanceCounts: () => InstanceCounts[], memory: () => { used: number; budget: number }) {
+  constructor(
+    instanceCounts: () => InstanceCounts[],
+    memory: () => { used: number; budget: number },
+    node?: string,
+  ) {
+    this.#node = node;
     collectDefaultMetrics({ register: this.registry, prefix: "fennec_process_" });
     this.#invocations = new Counter({
       name: "fennec_invocations_total",

@@ -25,10 +25,19 @@ export class StatsCollector {
   readonly #init = new Samples();
   readonly #exec = new Samples();
   readonly #functions = new Map<string, FunctionFigures>();
-  readonly #onInvocation = (msg: unknown) => this.#record(msg as InvocationRecord);
-  readonly #onReady = (msg: unknown) => this.#ready(msg as InstanceReadyEvent);
+  readonly #node: string | undefined;
+  readonly #onInvocation = (msg: unknown) => {
+    const r = msg as InvocationRecord;
+    if (this.#node === undefined || r.node === this.#node) this.#record(r);
+  };
+  readonly #onReady = (msg: unknown) => {
+    const e = msg as InstanceReadyEvent;
+    if (this.#node === undefined || e.node === this.#node) this.#ready(e);
+  };
 
-  constructor() {
+  /** Counts the events of scheduler `node` only (all of them when undefined). */
+  constructor(node?: string) {
+    this.#node = node;
     channels.invocation.subscribe(this.#onInvocation);
     channels.instanceReady.subscribe(this.#onReady);
   }

@@ -17,6 +17,8 @@ export interface InstanceOptions {
   /** Base URL of the readiness route, e.g. `http://127.0.0.1:8123/ready/`. */
   readonly callbackBase: string;
   readonly startTimeoutMs: number;
+  /** The scheduler this instance belongs to, stamped on its events. */
+  readonly node?: string;
 }
 
 /**
@@ -122,6 +124,7 @@ export class Instance {
     this.lastUsed = performance.now();
     this.state = "ready";
     publishInstanceReady({
+      node: this.#opts.node ?? "",
       function: config.key,
       instanceId: this.id,
       driver: driver.name,
@@ -223,6 +226,7 @@ export class Instance {
     this.state = state;
     if (error) this.failure = error;
     publishInstanceStopped({
+      node: this.#opts.node ?? "",
       function: this.config.key,
       instanceId: this.id,
       reason: state,

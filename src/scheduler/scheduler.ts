@@ -50,6 +50,8 @@ export interface InvokeOutcome {
  * min-instances, pre-boot, and a record for every invocation.
  */
 export class Scheduler implements PoolHost {
+  /** Tells this scheduler's events from those of another in the same process. */
+  readonly node = randomUUID();
   readonly #opts: SchedulerOptions;
   readonly #pools = new Map<string, FunctionPool>();
   readonly #reserved = new Map<Instance, number>();
@@ -82,6 +84,7 @@ export class Scheduler implements PoolHost {
     const key = functionKey(id);
     const fail = (error: FennecError, partial?: DispatchError["partial"]) => {
       const record: InvocationRecord = {
+        node: this.node,
         function: key,
         instanceId: partial?.instance.id,
         startType: partial?.startType,
@@ -105,6 +108,7 @@ export class Scheduler implements PoolHost {
       }
       const d = await pool.run(request);
       const record: InvocationRecord = {
+        node: this.node,
         function: key,
         instanceId: d.instance.id,
         startType: d.startType,
@@ -174,6 +178,7 @@ export class Scheduler implements PoolHost {
       hub: this.#opts.hub,
       callbackBase: this.#opts.callbackBase(),
       startTimeoutMs: this.#opts.startTimeoutMs,
+      node: this.node,
     });
     this.#reserved.set(inst, need);
     this.#usedMiB += need;
