@@ -40,3 +40,28 @@ export function publishInstanceReady(event: InstanceReadyEvent): void {
 export function publishInstanceStopped(event: InstanceStoppedEvent): void {
   if (channels.instanceStopped.hasSubscribers) channels.instanceStopped.publish(event);
 }
+
+/**
+ * Listens to the invocation and instance-ready events of one scheduler (`node`), or of all when
+ * `node` is undefined: several Fennecs can share a process, and the channels are process-wide.
+ * Returns the function that stops listening.
+ */
+export function subscribeNode(
+  node: string | undefined,
+  on: { invocation: (r: InvocationRecord) => void; ready: (e: InstanceReadyEvent) => void },
+): () => void {
+  const invocation = (msg: unknown) => {
+    const r = msg as InvocationRecord;
+    if (node === undefined || r.node === node) on.invocation(r);
+  };
+  const ready = (msg: unknown) => {
+    const e = msg as InstanceReadyEvent;
+    if (node === undefined || e.node === node) on.ready(e);
+  };
+  channels.invocation.subscribe(invocation);
+  channels.instanceReady.subscribe(ready);
+  return () => {
+    channels.invocation.unsubscribe(invocation);
+    channels.instanceReady.unsubscribe(ready);
+  };
+}

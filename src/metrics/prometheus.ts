@@ -1,5 +1,5 @@
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from "prom-client";
-import { channels, type InstanceReadyEvent } from "../core/events.js";
+import { subscribeNode } from "../core/events.js";
 import type { InvocationRecord } from "../core/types.js";
 
 export interface InstanceCounts {
@@ -18,23 +18,13 @@ export class PrometheusMetrics {
   readonly #invocations: Counter<"function" | "start_type" | "outcome">;
   readonly #phase: Histogram<"function" | "phase">;
   readonly #init: Histogram<"function" | "driver">;
-  readonly #node: string | undefined;
-  readonly #onInvocation = (msg: unknown) => {
-    const r = msg as InvocationRecord;
-    if (this.#node === undefined || r.node === this.#node) this.#record(r);
-  };
-  readonly #onReady = (msg: unknown) => {
-    const e = msg as InstanceReadyEvent;
-    if (this.#node !== undefined && e.node !== this.#node) return;
-    this.#init.observe({ function: e.function, driver: e.driver }, e.initMs / 1000);
-  };
+  readonly #unsubscribe: () => void;
 
   constructor(
     instanceCounts: () => InstanceCounts[],
     memory: () => { used: number; budget: number },
     node?: string,
   ) {
-    this.#node = node;
     collectDefaultMetrics({ register: this.registry, prefix: "fennec_process_" });
     this.#invocations = new Counter({
       name: "fennec_invocations_total",
@@ -82,8 +72,10 @@ export class PrometheusMetrics {
         this.set(memory().budget);
       },
     });
-    channels.invocation.subscribe(this.#onInvocation);
-    channels.instanceReady.subscribe(this.#onReady);
+    this.#unsubscribe = subscribeNode(node, {
+      invocation: (r) => this.#record(r),
+      ready: (e) => this.#init.observe({ function: e.function, driver: e.driver }, e.initMs / 1000),
+    });
   }
 
   #record(r: InvocationRecord): void {
@@ -99,7 +91,6 @@ export class PrometheusMetrics {
   }
 
   close(): void {
-    channels.invocation.unsubscribe(this.#onInvocation);
-    channels.instanceReady.unsubscribe(this.#onReady);
+    this.#unsubscribe();
   }
 }

@@ -1,4 +1,4 @@
-import { channels, type InstanceReadyEvent } from "../core/events.js";
+import { subscribeNode, type InstanceReadyEvent } from "../core/events.js";
 import type { InvocationRecord, StartType } from "../core/types.js";
 import { Samples } from "./summary.js";
 
@@ -25,26 +25,18 @@ export class StatsCollector {
   readonly #init = new Samples();
   readonly #exec = new Samples();
   readonly #functions = new Map<string, FunctionFigures>();
-  readonly #node: string | undefined;
-  readonly #onInvocation = (msg: unknown) => {
-    const r = msg as InvocationRecord;
-    if (this.#node === undefined || r.node === this.#node) this.#record(r);
-  };
-  readonly #onReady = (msg: unknown) => {
-    const e = msg as InstanceReadyEvent;
-    if (this.#node === undefined || e.node === this.#node) this.#ready(e);
-  };
+  readonly #unsubscribe: () => void;
 
   /** Counts the events of scheduler `node` only (all of them when undefined). */
   constructor(node?: string) {
-    this.#node = node;
-    channels.invocation.subscribe(this.#onInvocation);
-    channels.instanceReady.subscribe(this.#onReady);
+    this.#unsubscribe = subscribeNode(node, {
+      invocation: (r) => this.#record(r),
+      ready: (e) => this.#ready(e),
+    });
   }
 
   close(): void {
-    channels.invocation.unsubscribe(this.#onInvocation);
-    channels.instanceReady.unsubscribe(this.#onReady);
+    this.#unsubscribe();
   }
 
   #figures(fn: string): FunctionFigures {
