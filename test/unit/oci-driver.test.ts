@@ -1,16 +1,13 @@
 import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
 import { existsSync } from "node:fs";
-import { createServer, type Server } from "node:net";
-import type { AddressInfo } from "node:net";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import type { FunctionConfig } from "../../src/config/function-config.js";
 import { OciDriver } from "../../src/sandbox/drivers/oci/driver.js";
-import { Instance } from "../../src/sandbox/instance.js";
-import { ReadinessHub } from "../../src/sandbox/readiness.js";
 import { runRoot } from "../../src/sandbox/run-dir.js";
 import { testConfig } from "../helpers/config.js";
+import { emptyGet, loopbackTarget, startInstance } from "../helpers/instance.js";
 import { ROOT } from "../helpers/paths.js";
 
 // Needs root, runc and runsc (.ci/run installs them); under CI=true a missing tool fails.
@@ -31,43 +28,25 @@ const fn = (mode: string, runtime: "runc" | "runsc", memoryMiB = 256, pids = 102
     },
   });
 
-const get = (query = "") => ({ method: "GET", path: "/", query, headers: {}, body: new Uint8Array(0) });
-
 for (const runtime of ["runc", "runsc"] as const) {
   describe(`oci driver specialties (${runtime})`, () => {
     const driver = new OciDriver();
-    const hub = new ReadinessHub();
-    let listener: Server;
-    let port = 0;
+    let target: Awaited<ReturnType<typeof loopbackTarget>>;
     before(async () => {
-      listener = createServer((s) => s.destroy());
-      await new Promise<void>((r) => listener.listen(0, "127.0.0.1", () => r()));
-      port = (listener.address() as AddressInfo).port;
+      target = await loopbackTarget();
     });
     after(async () => {
-      await new Promise((r) => listener.close(r));
+      await target.close();
       await driver.close();
     });
 
-    const start = async (config: FunctionConfig) => {
-      const inst = new Instance({
-        id: `oci-${Math.random().toString(36).slice(2)}`,
-        driver,
-        config,
-        origin: "cold",
-        hub,
-        callbackBase: "unused",
-        startTimeoutMs: 20_000,
-      });
-      await inst.start();
-      return inst;
-    };
+    const start = (config: FunctionConfig) => startInstance(driver, config, { startTimeoutMs: 20_000 });
 
     it("has a read-only root but for /tmp, and no network", async () => {
       const inst = await start(fn("probe", runtime));
       try {
         const result = JSON.parse(
-          Buffer.from((await inst.invoke(get(`port=${port}`))).body).toString(),
+          Buffer.from((await inst.invoke(emptyGet(`port=${target.port}`))).body).toString(),
         ) as Record<string, string>;
         assert.equal(result["/tmp/written.txt"], "written");
         assert.equal(result["/fn/written.txt"], "EROFS");
@@ -82,7 +61,7 @@ for (const runtime of ["runc", "runsc"] as const) {
     it("reports exceeding the memory limit as FN_OOM", async () => {
       // gVisor's own Sentry and gofer count against the limit, so it needs more room to start.
       const inst = await start(fn("alloc", runtime, runtime === "runsc" ? 160 : 96));
-      await assert.rejects(inst.invoke(get()), { code: "FN_OOM" });
+      await assert.rejects(inst.invoke(emptyGet()), { code: "FN_OOM" });
       await inst.destroy();
     });
 
@@ -93,7 +72,7 @@ for (const runtime of ["runc", "runsc"] as const) {
       const limit = runtime === "runsc" ? 600 : 40;
       const inst = await start(fn("fork", runtime, 256, limit));
       try {
-        const outcome = await inst.invoke(get()).then(
+        const outcome = await inst.invoke(emptyGet()).then(
           (r) => Number(Buffer.from(r.body).toString()),
           (err: { code?: string }) => err.code,
         );

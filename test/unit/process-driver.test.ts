@@ -6,11 +6,11 @@ import { after, before, describe, it } from "node:test";
 import { createServer, type Server } from "node:http";
 import type { AddressInfo } from "node:net";
 import { ProcessDriver } from "../../src/sandbox/drivers/process/driver.js";
-import { Instance } from "../../src/sandbox/instance.js";
 import { ReadinessHub } from "../../src/sandbox/readiness.js";
 import { runRoot, sweepStale } from "../../src/sandbox/run-dir.js";
 import type { FunctionConfig } from "../../src/config/function-config.js";
 import { testConfig } from "../helpers/config.js";
+import { startInstance } from "../helpers/instance.js";
 import { ROOT } from "../helpers/paths.js";
 
 const fn = (mode: string, command?: string[]): FunctionConfig =>
@@ -54,19 +54,8 @@ describe("process driver specialties", () => {
   });
   after(() => new Promise((r) => server.close(r)));
 
-  const start = async (config: FunctionConfig, startTimeoutMs = 5000) => {
-    const inst = new Instance({
-      id: `p-${Math.random().toString(36).slice(2)}`,
-      driver,
-      config,
-      origin: "cold",
-      hub,
-      callbackBase: base,
-      startTimeoutMs,
-    });
-    await inst.start();
-    return inst;
-  };
+  const start = (config: FunctionConfig, startTimeoutMs = 5000) =>
+    startInstance(driver, config, { hub, callbackBase: base, startTimeoutMs });
 
   it("reports a child that exits before it is ready as FN_CRASHED, with its output", async () => {
     await assert.rejects(start(fn("crash-at-start")), (err: { code: string; message: string }) => {

@@ -1,15 +1,12 @@
 import assert from "node:assert/strict";
 import { existsSync } from "node:fs";
-import { createServer, type Server } from "node:net";
-import type { AddressInfo } from "node:net";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import type { FunctionConfig } from "../../src/config/function-config.js";
 import { ProcessDriver } from "../../src/sandbox/drivers/process/driver.js";
-import { Instance } from "../../src/sandbox/instance.js";
-import { ReadinessHub } from "../../src/sandbox/readiness.js";
 import { Cgroup } from "../../src/sandbox/cgroups.js";
 import { testConfig } from "../helpers/config.js";
+import { emptyGet, loopbackTarget, startInstance } from "../helpers/instance.js";
 import { ROOT } from "../helpers/paths.js";
 
 // Needs root and bubblewrap (.ci/run installs it); under CI=true a missing tool fails, never skips.
@@ -31,47 +28,23 @@ const fn = (mode: string, memoryMiB = 256, pids = 512): FunctionConfig =>
     },
   });
 
-const get = (path = "/") => ({
-  method: "GET",
-  path,
-  query: path.split("?")[1] ?? "",
-  headers: {},
-  body: new Uint8Array(0),
-});
-
 describe("process driver, isolated (bubblewrap + cgroups)", () => {
   const driver = new ProcessDriver();
-  const hub = new ReadinessHub();
-  let listener: Server;
-  let port = 0;
+  let target: Awaited<ReturnType<typeof loopbackTarget>>;
   before(async () => {
-    listener = createServer((s) => s.destroy());
-    await new Promise<void>((r) => listener.listen(0, "127.0.0.1", () => r()));
-    port = (listener.address() as AddressInfo).port;
+    target = await loopbackTarget();
   });
   after(async () => {
-    await new Promise((r) => listener.close(r));
+    await target.close();
     await driver.close();
   });
 
-  const start = async (config: FunctionConfig) => {
-    const inst = new Instance({
-      id: `iso-${Math.random().toString(36).slice(2)}`,
-      driver,
-      config,
-      origin: "cold",
-      hub,
-      callbackBase: "unused",
-      startTimeoutMs: 10_000,
-    });
-    await inst.start();
-    return inst;
-  };
+  const start = (config: FunctionConfig) => startInstance(driver, config);
 
   it("has a read-only filesystem but for /tmp, and no network", async () => {
     const inst = await start(fn("probe"));
     try {
-      const res = await inst.invoke({ ...get(), query: `port=${port}` });
+      const res = await inst.invoke(emptyGet(`port=${target.port}`));
       const result = JSON.parse(Buffer.from(res.body).toString()) as Record<string, string>;
       assert.equal(result["/tmp/written.txt"], "written");
       assert.equal(result["/fn/written.txt"], "EROFS");
@@ -85,14 +58,14 @@ describe("process driver, isolated (bubblewrap + cgroups)", () => {
 
   it("reports exceeding the memory limit as FN_OOM", async () => {
     const inst = await start(fn("alloc", 96));
-    await assert.rejects(inst.invoke(get()), { code: "FN_OOM" });
+    await assert.rejects(inst.invoke(emptyGet()), { code: "FN_OOM" });
     await inst.destroy();
   });
 
   it("stops a fork bomb at the pids limit", async () => {
     const inst = await start(fn("fork", 256, 40));
     try {
-      const started = Number(Buffer.from((await inst.invoke(get())).body).toString());
+      const started = Number(Buffer.from((await inst.invoke(emptyGet())).body).toString());
       assert.ok(started > 0 && started < 40, `started ${started} processes under a limit of 40`);
     } finally {
       await inst.destroy();
