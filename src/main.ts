@@ -8,6 +8,7 @@ import { PrometheusMetrics } from "./metrics/prometheus.js";
 import { StatsCollector } from "./metrics/stats.js";
 import { DirectoryRegistry } from "./registry/registry.js";
 import type { SandboxDriver } from "./sandbox/contract.js";
+import { ContainerDriver } from "./sandbox/drivers/container/driver.js";
 import { OciDriver } from "./sandbox/drivers/oci/driver.js";
 import { ProcessDriver } from "./sandbox/drivers/process/driver.js";
 import { WasmDriver } from "./sandbox/drivers/wasm/driver.js";
@@ -34,6 +35,8 @@ export interface FennecOptions {
    * anyone who can deploy can run commands on this host. Off unless asked for.
    */
   readonly processSandbox?: boolean;
+  /** The Docker engine's Engine API socket for `[container]` (default: DOCKER_HOST or Docker's). */
+  readonly dockerSocket?: string;
   /** Extra or replacement drivers by sandbox kind (tests add a fake one). */
   readonly drivers?: ReadonlyMap<string, SandboxDriver>;
 }
@@ -59,6 +62,10 @@ export async function startFennec(options: FennecOptions): Promise<Fennec> {
   const wasm = new WasmDriver({ cacheDir: options.cacheDir ?? join(root, ".fennec", "cache") });
   const drivers = new Map<string, SandboxDriver>([["wasm", wasm]]);
   drivers.set("oci", new OciDriver());
+  drivers.set(
+    "container",
+    new ContainerDriver(options.dockerSocket ? { socketPath: options.dockerSocket } : {}),
+  );
   if (options.processSandbox) drivers.set("process", new ProcessDriver());
   for (const [kind, driver] of options.drivers ?? []) drivers.set(kind, driver);
   for (const driver of drivers.values()) await driver.cleanupStale?.();

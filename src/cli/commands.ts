@@ -52,6 +52,8 @@ Edits on disk apply to new instances without a restart; SIGINT/SIGTERM drain and
   --log-level LEVEL      error | warn | info | debug (default info)
   --process              enable the [process] sandbox: functions run as plain host
                          processes, without isolation (development and baselines)
+  --docker-host SOCKET   the Docker engine of [container] functions (default: DOCKER_HOST
+                         if it is unix://..., else /var/run/docker.sock)
   -h, --help             this help`,
   async run(argv) {
     const { values } = parseArgs({
@@ -68,6 +70,7 @@ Edits on disk apply to new instances without a restart; SIGINT/SIGTERM drain and
         "cache-dir": { type: "string" },
         "log-level": { type: "string", default: "info" },
         process: { type: "boolean", default: false },
+        "docker-host": { type: "string" },
         help: { type: "boolean", short: "h" },
       },
     });
@@ -96,6 +99,7 @@ Edits on disk apply to new instances without a restart; SIGINT/SIGTERM drain and
       ...(values["cache-dir"] ? { cacheDir: values["cache-dir"] } : {}),
       logLevel: level as "info",
       processSandbox: values.process,
+      ...(values["docker-host"] ? { dockerSocket: values["docker-host"].replace(/^unix:\/\//, "") } : {}),
     });
     await new Promise<void>((resolve) => {
       const stop = (signal: string) => {

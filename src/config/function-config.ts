@@ -24,9 +24,17 @@ export interface VmSandboxConfig {
 
 export interface ContainerSandboxConfig {
   readonly kind: "container";
-  readonly image: string;
+  /** A Docker image already on the engine (imported or loaded: no registry is assumed). */
+  readonly image: string | undefined;
+  /** Absolute path of a fetch-style handler, instead of an image: Fennec builds the image. */
+  readonly handler: string | undefined;
+  /** Memory limit, also the memory+swap limit (no swap), as in UniFaaS. */
   readonly memoryMiB: number;
+  /** A runtime the engine knows (`runsc`); the engine's default (runc) when absent. */
   readonly runtime: string | undefined;
+  readonly env: Readonly<Record<string, string>>;
+  readonly pids: number;
+  readonly network: "none" | "host";
 }
 
 export interface ProcessSandboxConfig {

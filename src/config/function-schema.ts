@@ -46,11 +46,31 @@ export const vmTable = z.strictObject({
   hypervisor: z.discriminatedUnion("type", [firecracker, qemu, microvm]),
 });
 
-export const containerTable = z.strictObject({
-  image: z.string().min(1),
-  memory: positiveInt.default(128),
-  runtime: z.string().min(1).optional(),
-});
+/**
+ * The UniFaaS `[container]` table, unchanged (`image`, `memory` as memory and swap limit, `runtime`
+ * as named in /etc/docker/daemon.json), plus Fennec's keys: a fetch-style `handler` instead of an
+ * image (`fennec build` makes the image), `env`, `pids` and `network`.
+ */
+export const containerTable = z
+  .strictObject({
+    image: z
+      .string()
+      .regex(/^[A-Za-z0-9][A-Za-z0-9._/:@-]{0,254}$/, "a Docker image reference such as name:tag")
+      .optional(),
+    handler: z.string().min(1).optional(),
+    memory: positiveInt.default(128),
+    runtime: z
+      .string()
+      .regex(/^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/, "a runtime name from /etc/docker/daemon.json")
+      .optional(),
+    env: envTable.default({}),
+    pids: positiveInt.default(1024),
+    /** `none`: no IP network (the socket transport only); `host`: the callback reaches the gateway. */
+    network: z.enum(["none", "host"]).default("none"),
+  })
+  .refine((c) => (c.image === undefined) !== (c.handler === undefined), {
+    message: "expected exactly one of image or handler",
+  });
 
 /** Fennec's `[process]` table: a plain child process serving HTTP (development and baselines). */
 const processTable = z

@@ -128,7 +128,17 @@ function sandboxOf(cfg: FunctionToml, dir: string, file: string): SandboxConfig 
     };
   }
   const c = cfg.container!;
-  return { kind: "container", image: c.image, memoryMiB: c.memory, runtime: c.runtime };
+  return {
+    kind: "container",
+    image: c.image,
+    handler:
+      c.handler === undefined ? undefined : resolveInside(dir, c.handler, "container.handler", file, "file"),
+    memoryMiB: c.memory,
+    runtime: c.runtime,
+    env: c.env,
+    pids: c.pids,
+    network: c.network,
+  };
 }
 
 /** Turns function.toml text into the typed config the rest of Fennec uses. */

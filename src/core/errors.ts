@@ -22,6 +22,8 @@ export const ErrorCodes = [
   "SANDBOX_START_FAILED",
   "INSTANCE_GONE",
   "DRIVER_UNAVAILABLE",
+  /** A service a sandbox needs (the Docker engine) cannot be reached. */
+  "BACKEND_DOWN",
   "INTERNAL",
   // the function's fault
   "FN_CONFIG_INVALID",

@@ -218,7 +218,11 @@ function stampOf(st: Stats): string {
 async function artefactStamp(config: FunctionConfig): Promise<string> {
   const s = config.sandbox;
   const artefact =
-    s.kind === "wasm" ? s.module : s.kind === "process" || s.kind === "oci" ? s.handler : undefined;
+    s.kind === "wasm"
+      ? s.module
+      : s.kind === "process" || s.kind === "oci" || s.kind === "container"
+        ? s.handler
+        : undefined;
   if (artefact === undefined) return "-";
   try {
     return stampOf(await stat(artefact));

@@ -72,14 +72,16 @@ const server = createServer((req, res) => {
   })();
 });
 
+const socket = process.env["FENNEC_SOCKET"];
 const announce = () => {
   if (callback === "ignore") return; // as in UniFaaS: the host learns readiness another way
   fetch(callback).catch((err: unknown) => {
     console.error(`readiness callback to ${callback} failed:`, err);
-    process.exit(1);
+    // On a socket the host also learns readiness from the socket accepting (a container without a
+    // network cannot reach the callback); on TCP the callback is the only signal, so give up.
+    if (!socket) process.exit(1);
   });
 };
-const socket = process.env["FENNEC_SOCKET"];
 if (socket) server.listen(socket, announce);
 else server.listen(Number(process.env["PORT"] ?? 8080), "127.0.0.1", announce);
 process.on("SIGTERM", () => server.close(() => process.exit(0)));

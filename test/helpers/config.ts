@@ -18,7 +18,16 @@ export function testConfig(
     maxInstances: 4,
     maxQueue: 100,
     queueTimeoutMs: 5_000,
-    sandbox: { kind: "container", image: "fake", memoryMiB: 64, runtime: undefined },
+    sandbox: {
+      kind: "container",
+      image: "fake",
+      handler: undefined,
+      memoryMiB: 64,
+      runtime: undefined,
+      env: {},
+      pids: 1024,
+      network: "none",
+    },
     revision: "r1",
     ...overrides,
   };

@@ -1,0 +1,315 @@
+import { chmod, mkdir, rm } from "node:fs/promises";
+import { join } from "node:path";
+import type Docker from "dockerode";
+import { FennecError } from "../../../core/errors.js";
+import type { InvokeRequest, InvokeResponse } from "../../../core/types.js";
+import type { ContainerSandboxConfig, FunctionConfig } from "../../../config/function-config.js";
+import type { InvokeContext, SandboxDriver, SandboxHandle, StartContext } from "../../contract.js";
+import { HandlerBundles } from "../../handler-build.js";
+import { INSIDE } from "../../host-view.js";
+import { HttpTransport } from "../../http-transport.js";
+import { nodeInside, RootfsBuilds } from "../../rootfs-build.js";
+import { createRunDir, runRoot, sweepStale } from "../../run-dir.js";
+import { waitForSocket } from "../../wait-socket.js";
+import { DockerEngine, defaultDockerSocket, handlerImageRef, LABEL } from "./engine.js";
+
+/** Seconds a closing container gets after SIGTERM before Docker kills it. */
+const CLOSE_GRACE_S = 3;
+const LOG_TAIL = 4096;
+
+function containerOf(config: FunctionConfig): ContainerSandboxConfig {
+  if (config.sandbox.kind !== "container")
+    throw new FennecError("INTERNAL", `${config.key} is not a container function`);
+  return config.sandbox;
+}
+
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === "EPERM";
+  }
+}
+
+export interface ContainerDriverOptions {
+  /** The Engine API's Unix socket; default `DOCKER_HOST` (unix://) or /var/run/docker.sock. */
+  readonly socketPath?: string;
+}
+
+/**
+ * `[container]` (UniFaaS): the function as a Docker container, through the Engine API. The image is
+ * the user's (`image`, already on the engine: nothing is pulled) or, for a `handler`, one Fennec
+ * imports from the handler's built root filesystem. As in UniFaaS the readiness callback URL is the
+ * container's argument; Fennec's own transport is a Unix socket in a bind-mounted directory, and
+ * with no network (the default) the socket accepting is the readiness signal. Every container is
+ * labelled with its owner, so one started by a Fennec that crashed is found and removed at start.
+ */
+export class ContainerDriver implements SandboxDriver {
+  readonly name = "container";
+  readonly capabilities = { memoryLimit: true, snapshot: false, outOfProcess: true } as const;
+  readonly engine: DockerEngine;
+  readonly #bundles = new HandlerBundles();
+  readonly #rootfs = new RootfsBuilds();
+  /** Image builds per function revision, each done once. */
+  readonly #images = new Map<string, Promise<string>>();
+  readonly #owner = runRoot("container");
+
+  constructor(options: ContainerDriverOptions = {}) {
+    this.engine = new DockerEngine(options.socketPath ?? defaultDockerSocket());
+  }
+
+  memoryMiB(config: FunctionConfig): number {
+    return containerOf(config).memoryMiB;
+  }
+
+  async prepare(config: FunctionConfig): Promise<void> {
+    await this.image(config);
+  }
+
+  /**
+   * The image an instance runs: the configured one, checked to be on the engine, or the one built
+   * from the handler (bundle, then root filesystem, then `docker import`), once per revision.
+   */
+  image(config: FunctionConfig): Promise<string> {
+    const key = `${config.key}@${config.revision}`;
+    let image = this.#images.get(key);
+    if (!image) {
+      image = this.#resolveImage(config);
+      this.#images.set(key, image);
+      image.catch(() => this.#images.delete(key));
+    }
+    return image;
+  }
+
+  async #resolveImage(config: FunctionConfig): Promise<string> {
+    const cfg = containerOf(config);
+    if (cfg.image !== undefined) {
+      if (!(await this.engine.hasImage(cfg.image))) {
+        throw new FennecError(
+          "FN_BAD_MODULE",
+          `${config.key}: image ${cfg.image} is not on the Docker engine at unix://${this.engine.socketPath}; ` +
+            "Fennec pulls nothing: `docker import` or `docker load` it first",
+        );
+      }
+      return cfg.image;
+    }
+    const bundle = await this.#bundles.get(config, cfg.handler!);
+    const rootfs = await this.#rootfs.get(config, bundle);
+    const ref = handlerImageRef(config, rootfs.digest);
+    if (!(await this.engine.hasImage(ref))) {
+      const entrypoint = [await nodeInside(), INSIDE.runtime, INSIDE.bundle];
+      await this.engine.importRootfs(rootfs.dir, ref, rootfs.digest, entrypoint);
+    }
+    return ref;
+  }
+
+  /** Removes containers of a Fennec that is gone (same run directory, dead PID) and their run dirs. */
+  async cleanupStale(): Promise<void> {
+    let containers: Docker.ContainerInfo[];
+    try {
+      containers = await this.engine.ownContainers(this.#owner);
+    } catch {
+      containers = []; // no engine, nothing of ours can be running in it
+    }
+    for (const c of containers) {
+      const pid = Number(c.Labels[LABEL.pid]);
+      if (pid !== process.pid && alive(pid)) continue; // another live Fennec's
+      if (pid === process.pid) continue;
+      await this.engine.api
+        .getContainer(c.Id)
+        .remove({ force: true })
+        .catch(() => undefined);
+    }
+    await sweepStale("container");
+  }
+
+  async start(ctx: StartContext): Promise<SandboxHandle> {
+    const cfg = containerOf(ctx.config);
+    const what = `${ctx.config.key}: instance ${ctx.instanceId} (docker${cfg.runtime ? `, ${cfg.runtime}` : ""})`;
+    await this.engine.requireRuntime(cfg.runtime);
+    const image = await this.image(ctx.config);
+    const dir = await createRunDir("container", ctx.instanceId);
+    const socketDir = join(dir, "sock");
+    await mkdir(socketDir);
+    await chmod(socketDir, 0o777); // the container's user may not be root
+    const memory = cfg.memoryMiB * 2 ** 20;
+    let container: Docker.Container;
+    try {
+      container = await this.engine.api.createContainer({
+        name: `fennec-${ctx.instanceId}`,
+        Image: image,
+        // UniFaaS: the callback URL is the container's argument (after the image's entrypoint).
+        Cmd: [ctx.callbackUrl],
+        Env: [
+          ...Object.entries(cfg.env).map(([k, v]) => `${k}=${v}`),
+          `FENNEC_SOCKET=${join(INSIDE.runDir, "http.sock")}`,
+          `FENNEC_CALLBACK=${ctx.callbackUrl}`,
+          `FENNEC_INSTANCE_ID=${ctx.instanceId}`,
+        ],
+        Labels: {
+          [LABEL.owner]: this.#owner,
+          [LABEL.pid]: String(process.pid),
+          [LABEL.instance]: ctx.instanceId,
+          [LABEL.function]: ctx.config.key,
+        },
+        HostConfig: {
+          NetworkMode: cfg.network,
+          Memory: memory,
+          MemorySwap: memory,
+          PidsLimit: cfg.pids,
+          ReadonlyRootfs: true,
+          Tmpfs: { "/tmp": "rw,nosuid,nodev,size=65536k" },
+          CapDrop: ["ALL"],
+          SecurityOpt: ["no-new-privileges"],
+          Binds: [`${socketDir}:${INSIDE.runDir}:rw`],
+          ...(cfg.runtime ? { Runtime: cfg.runtime } : {}),
+        },
+      });
+    } catch (err) {
+      await rm(dir, { recursive: true, force: true });
+      throw (
+        this.engine.unavailable(err) ?? new FennecError("SANDBOX_START_FAILED", `${what}: ${message(err)}`)
+      );
+    }
+    const instance = new ContainerInstance({
+      engine: this.engine,
+      container,
+      dir,
+      what,
+      memoryMiB: cfg.memoryMiB,
+      transport: new HttpTransport({ socketPath: join(socketDir, "http.sock") }, what),
+    });
+    try {
+      await container.start().catch((err: unknown) => {
+        throw new FennecError("SANDBOX_START_FAILED", `${what}: ${message(err)}`);
+      });
+      instance.watchExit();
+      // Ready when the socket accepts or the callback arrives, whichever is first; unless it exits.
+      await new Promise<void>((resolve, reject) => {
+        instance.onExit(reject);
+        waitForSocket(join(socketDir, "http.sock"), ctx.signal).then(resolve, reject);
+        ctx.waitForCallback().then(resolve, reject);
+      });
+    } catch (err) {
+      await instance.destroy();
+      throw err;
+    }
+    return instance;
+  }
+}
+
+/** The text of a non-TTY container's log: frames of an 8-byte header (stream, size) and the bytes. */
+function demuxLogs(buf: Buffer): string {
+  let out = "";
+  for (let at = 0; at + 8 <= buf.length;) {
+    const size = buf.readUInt32BE(at + 4);
+    out += buf.subarray(at + 8, at + 8 + size).toString();
+    at += 8 + size;
+  }
+  return out;
+}
+
+function message(err: unknown): string {
+  const e = err as { json?: { message?: string }; message?: string };
+  return e.json?.message ?? e.message ?? String(err);
+}
+
+interface ContainerInstanceOptions {
+  readonly engine: DockerEngine;
+  readonly container: Docker.Container;
+  readonly dir: string;
+  readonly what: string;
+  readonly memoryMiB: number;
+  readonly transport: HttpTransport;
+}
+
+/** One container: its Docker object, its run directory and socket. */
+class ContainerInstance implements SandboxHandle {
+  readonly #o: ContainerInstanceOptions;
+  readonly #exitListeners: Array<(reason: Error) => void> = [];
+  #exited: Promise<void> = Promise.resolve();
+  #exitError: FennecError | undefined;
+  #stopping = false;
+  #released = false;
+
+  constructor(o: ContainerInstanceOptions) {
+    this.#o = o;
+  }
+
+  /**
+   * Follows the container until it stops (Docker's wait with `not-running` returns at once for one
+   * that already exited) and, unless Fennec stopped it, tells the listeners why it died.
+   */
+  watchExit(): void {
+    this.#exited = this.#o.container.wait({ condition: "not-running" }).then(
+      async (result: { StatusCode?: number }) => {
+        if (this.#stopping) return;
+        const state = await this.#o.container.inspect().then(
+          (info) => info.State,
+          () => undefined,
+        );
+        this.#exitError = await this.#describeExit(result.StatusCode ?? -1, state?.OOMKilled ?? false);
+        for (const l of this.#exitListeners) l(this.#exitError);
+      },
+      () => undefined,
+    );
+  }
+
+  /** A container the kernel killed for memory is the function's fault; so is any other exit. */
+  async #describeExit(code: number, oomKilled: boolean): Promise<FennecError> {
+    // runsc's sandbox is killed as a whole (exit 137) without Docker seeing an OOM kill.
+    if (oomKilled || code === 137) {
+      return new FennecError(
+        "FN_OOM",
+        `${this.#o.what} was killed, exceeding its memory limit of ${this.#o.memoryMiB} MiB`,
+      );
+    }
+    const logs = await this.#o.container.logs({ stdout: true, stderr: true, tail: 20 }).then(
+      (b) =>
+        demuxLogs(b as unknown as Buffer)
+          .slice(-LOG_TAIL)
+          .trim(),
+      () => "",
+    );
+    return new FennecError(
+      "FN_CRASHED",
+      `${this.#o.what} exited with code ${code}${logs ? ` (output: ${logs.slice(-500)})` : ""}`,
+    );
+  }
+
+  onExit(listener: (reason: Error) => void): void {
+    this.#exitListeners.push(listener);
+  }
+
+  async invoke(request: InvokeRequest, ctx: InvokeContext): Promise<InvokeResponse> {
+    try {
+      return await this.#o.transport.invoke(request, ctx.signal);
+    } catch (err) {
+      if (err instanceof FennecError && err.code === "FN_CRASHED") {
+        await Promise.race([this.#exited, new Promise((r) => setTimeout(r, 1000))]);
+        if (this.#exitError && !this.#stopping) throw this.#exitError;
+      }
+      throw err;
+    }
+  }
+
+  async close(): Promise<void> {
+    this.#stopping = true;
+    await this.#o.container.stop({ t: CLOSE_GRACE_S }).catch(() => undefined);
+    await this.#release();
+  }
+
+  async destroy(): Promise<void> {
+    this.#stopping = true;
+    await this.#release();
+  }
+
+  async #release(): Promise<void> {
+    if (this.#released) return;
+    this.#released = true;
+    this.#o.transport.close();
+    await this.#o.container.remove({ force: true }).catch(() => undefined);
+    await rm(this.#o.dir, { recursive: true, force: true });
+  }
+}

@@ -1,0 +1,141 @@
+import { execFile } from "node:child_process";
+import { createHash } from "node:crypto";
+import { cp, link, mkdir, readdir, readFile, realpath, rename, rm, stat, writeFile } from "node:fs/promises";
+import { dirname, join } from "node:path";
+import { promisify } from "node:util";
+import { FennecError } from "../core/errors.js";
+import type { FunctionConfig } from "../config/function-config.js";
+import { HANDLER_RUNTIME } from "./handler-build.js";
+import { INSIDE } from "./host-view.js";
+
+const run = promisify(execFile);
+
+/** A built root filesystem: its directory and a digest of everything that went into it. */
+export interface BuiltRootfs {
+  readonly dir: string;
+  readonly digest: string;
+}
+
+/** Directories every root needs as mount points (the runtimes mount over them). */
+const MOUNT_POINTS = ["proc", "dev", "sys", "tmp", "run/fennec", "etc"];
+
+/** Where a function's built root lives (a dot directory, so the registry ignores it). */
+export function rootfsPath(config: FunctionConfig): string {
+  return join(config.dir, ".fennec", "rootfs");
+}
+
+/** The shared libraries a binary loads, its ELF interpreter included, as `ldd` resolves them. */
+async function sharedLibraries(binary: string): Promise<string[]> {
+  const { stdout } = await run("ldd", [binary]).catch((err: Error) => {
+    throw new FennecError("SANDBOX_START_FAILED", `cannot list the libraries of ${binary}: ${err.message}`);
+  });
+  const libs: string[] = [];
+  for (const line of stdout.split("\n")) {
+    const m = /(\/\S+) \(0x[0-9a-f]+\)/.exec(line);
+    if (m) libs.push(m[1]!);
+  }
+  return libs;
+}
+
+async function stampOf(path: string): Promise<string> {
+  const st = await stat(path);
+  return `${path}:${st.size}:${st.mtimeMs}`;
+}
+
+/** Files of the function directory (its assets) except Fennec's own `.fennec`, sorted. */
+async function functionFiles(dir: string): Promise<string[]> {
+  const entries = await readdir(dir, { recursive: true, withFileTypes: true });
+  return entries
+    .filter((e) => e.isFile())
+    .map((e) => join(e.parentPath, e.name))
+    .filter((p) => !p.slice(dir.length + 1).startsWith(".fennec"))
+    .sort();
+}
+
+/** Hard-links a file into the root (no copy of Node's 100 MB), or copies it across filesystems. */
+async function place(source: string, target: string): Promise<void> {
+  await mkdir(dirname(target), { recursive: true });
+  try {
+    await link(source, target);
+  } catch {
+    await cp(source, target, { dereference: true });
+  }
+}
+
+/** What goes into a root: programs (with the libraries they load) and files, by their path inside. */
+export interface RootfsContents {
+  /** Host executables, placed at their real host path with every shared library they load. */
+  readonly binaries: readonly string[];
+  readonly files: ReadonlyArray<{ readonly source: string; readonly target: string }>;
+}
+
+/**
+ * Assembles a minimal root filesystem in `dir`: the binaries and the libraries they load, taken from
+ * the host, the files, empty mount points, and a one-line passwd; nothing else (no shell). Rebuilt
+ * only when an input changed (the digest covers each input's path, size and mtime), into a
+ * temporary directory renamed into place.
+ */
+export async function assembleRootfs(dir: string, contents: RootfsContents): Promise<BuiltRootfs> {
+  const binaries = await Promise.all(contents.binaries.map((b) => realpath(b)));
+  const libs = [...new Set((await Promise.all(binaries.map(sharedLibraries))).flat())].sort();
+  const hash = createHash("sha256");
+  for (const input of [...binaries, ...libs]) hash.update(`${await stampOf(input)}\n`);
+  for (const f of contents.files) hash.update(`${f.target}=${await stampOf(f.source)}\n`);
+  const digest = hash.digest("hex");
+
+  const stampFile = `${dir}.digest`;
+  if ((await readFile(stampFile, "utf8").catch(() => "")) === digest) return { dir, digest };
+
+  const tmp = `${dir}.${digest.slice(0, 12)}.${process.pid}.tmp`;
+  await rm(tmp, { recursive: true, force: true });
+  try {
+    for (const m of MOUNT_POINTS) await mkdir(join(tmp, m), { recursive: true });
+    for (const b of binaries) await place(b, join(tmp, b));
+    for (const lib of libs) await place(await realpath(lib), join(tmp, lib));
+    for (const f of contents.files) await place(f.source, join(tmp, f.target));
+    await writeFile(join(tmp, "etc/passwd"), "root:x:0:0:root:/tmp:/nonexistent\n");
+    await writeFile(join(tmp, "etc/group"), "root:x:0:\n");
+    await rm(dir, { recursive: true, force: true });
+    await rename(tmp, dir);
+    await writeFile(stampFile, digest);
+  } catch (err) {
+    await rm(tmp, { recursive: true, force: true });
+    throw err;
+  }
+  return { dir, digest };
+}
+
+/** Node's path inside a built root: the host's own path, resolved (e.g. /usr/bin/node). */
+export async function nodeInside(): Promise<string> {
+  return realpath(process.execPath);
+}
+
+/**
+ * The root filesystem a handler function runs in under `oci` and `container`: Node and its
+ * libraries from the host, Fennec's handler runtime, and the function's directory at /fn with its
+ * bundle (see INSIDE).
+ */
+export async function buildRootfs(config: FunctionConfig, bundle: string): Promise<BuiltRootfs> {
+  const files = (await functionFiles(config.dir)).map((source) => ({
+    source,
+    target: join(INSIDE.functionDir, source.slice(config.dir.length)),
+  }));
+  files.push({ source: HANDLER_RUNTIME, target: INSIDE.runtime }, { source: bundle, target: INSIDE.bundle });
+  return assembleRootfs(rootfsPath(config), { binaries: [process.execPath], files });
+}
+
+/** Root filesystems per function revision: each built once, however many instances start at once. */
+export class RootfsBuilds {
+  readonly #builds = new Map<string, Promise<BuiltRootfs>>();
+
+  get(config: FunctionConfig, bundle: string): Promise<BuiltRootfs> {
+    const key = `${config.key}@${config.revision}`;
+    let build = this.#builds.get(key);
+    if (!build) {
+      build = buildRootfs(config, bundle);
+      this.#builds.set(key, build);
+      build.catch(() => this.#builds.delete(key));
+    }
+    return build;
+  }
+}

@@ -1,0 +1,231 @@
+import assert from "node:assert/strict";
+import { readdirSync } from "node:fs";
+import { join } from "node:path";
+import { after, before, describe, it } from "node:test";
+import type { FunctionConfig } from "../../src/config/function-config.js";
+import { FennecError } from "../../src/core/errors.js";
+import { ContainerDriver } from "../../src/sandbox/drivers/container/driver.js";
+import { LABEL } from "../../src/sandbox/drivers/container/engine.js";
+import { runRoot } from "../../src/sandbox/run-dir.js";
+import { testConfig } from "../helpers/config.js";
+import { importFixtureImage, startDockerd, type TestDockerd } from "../helpers/docker.js";
+import { request } from "../helpers/http.js";
+import { emptyGet, loopbackTarget, startInstance } from "../helpers/instance.js";
+import { ROOT } from "../helpers/paths.js";
+import { startTestServer, type TestServer } from "../helpers/server.js";
+
+// A real dockerd of the test's own (root and docker.io, which .ci/run installs; under CI=true a
+// missing tool fails): the container driver's own cases, and the examples through the gateway.
+let dockerd: TestDockerd;
+let image: string;
+const ready = (async () => {
+  dockerd = await startDockerd();
+  image = await importFixtureImage(dockerd);
+})();
+before(() => ready);
+after(async () => {
+  await ready.catch(() => undefined);
+  await dockerd?.stop();
+});
+
+const fn = (
+  mode: string,
+  over: Partial<Extract<FunctionConfig["sandbox"], { kind: "container" }>> = {},
+): FunctionConfig =>
+  testConfig({
+    id: { user: "default", name: mode },
+    key: `default/${mode}`,
+    dir: join(ROOT, "test", "fixtures", "process"),
+    timeoutMs: 20_000,
+    sandbox: {
+      kind: "container",
+      image,
+      handler: undefined,
+      memoryMiB: 256,
+      runtime: undefined,
+      env: { FENNEC_TEST_MODE: mode },
+      pids: 1024,
+      network: "none",
+      ...over,
+    },
+  });
+
+async function rejectsWith(p: Promise<unknown>, code: string, message?: RegExp): Promise<FennecError> {
+  const err = await p.then(
+    () => assert.fail(`expected ${code}`),
+    (e: unknown) => e,
+  );
+  assert.ok(err instanceof FennecError, String(err));
+  assert.equal(err.code, code, err.message);
+  if (message) assert.match(err.message, message);
+  return err;
+}
+
+for (const runtime of ["runc", "runsc"] as const) {
+  describe(`container driver specialties (docker, ${runtime})`, () => {
+    let driver: ContainerDriver;
+    let target: Awaited<ReturnType<typeof loopbackTarget>>;
+    before(async () => {
+      await ready;
+      driver = new ContainerDriver({ socketPath: dockerd.socketPath });
+      target = await loopbackTarget();
+    });
+    after(() => target.close());
+    const start = (config: FunctionConfig) => startInstance(driver, config, { startTimeoutMs: 20_000 });
+
+    it("has a read-only root but for /tmp, and no network", async () => {
+      const inst = await start(fn("probe", { runtime }));
+      try {
+        const result = JSON.parse(
+          Buffer.from((await inst.invoke(emptyGet(`port=${target.port}`))).body).toString(),
+        ) as Record<string, string>;
+        assert.equal(result["/tmp/written.txt"], "written");
+        assert.equal(result["/fn/written.txt"], "EROFS");
+        assert.equal(result["/usr/written.txt"], "EROFS");
+        assert.notEqual(result["network"], "connected");
+      } finally {
+        await inst.destroy();
+      }
+    });
+
+    it("reports going over the memory limit as FN_OOM", async () => {
+      const inst = await start(fn("alloc", { runtime, memoryMiB: 96 }));
+      try {
+        await rejectsWith(inst.invoke(emptyGet()), "FN_OOM", /memory limit of 96 MiB/);
+      } finally {
+        await inst.destroy();
+      }
+    });
+
+    it("stops a fork bomb at the pids limit", async () => {
+      // runsc counts the Sentry's own threads against the limit (feasibility §7): give it room.
+      const inst = await start(fn("fork", { runtime, pids: runtime === "runsc" ? 160 : 40 }));
+      try {
+        const res = await inst.invoke(emptyGet()).then(
+          (r) => Number(Buffer.from(r.body).toString()),
+          (err: unknown) => err,
+        );
+        if (typeof res === "number") assert.ok(res < 200, `started ${res} processes`);
+        else assert.ok(res instanceof FennecError && res.code.startsWith("FN_"), String(res));
+      } finally {
+        await inst.destroy();
+      }
+    });
+
+    it("fails a function that crashes at start with FN_CRASHED and its output", async () => {
+      await rejectsWith(start(fn("crash-at-start", { runtime })), "FN_CRASHED", /missing configuration/);
+    });
+  });
+}
+
+describe("container driver: bad input and cleanup", () => {
+  let driver: ContainerDriver;
+  before(async () => {
+    await ready;
+    driver = new ContainerDriver({ socketPath: dockerd.socketPath });
+  });
+
+  const containers = () => dockerd.engine.api.listContainers({ all: true });
+
+  it("times out a function that never becomes ready and removes its container", async () => {
+    const before = (await containers()).length;
+    const inst = startInstance(driver, fn("never-ready"), { startTimeoutMs: 1500 });
+    await rejectsWith(inst, "FN_INIT_TIMEOUT");
+    // The caller is answered at the deadline; the container is removed right after.
+    for (let i = 0; i < 100 && (await containers()).length !== before; i++)
+      await new Promise((r) => setTimeout(r, 100));
+    assert.equal((await containers()).length, before);
+  });
+
+  it("names a missing image, and pulls nothing", async () => {
+    await rejectsWith(
+      startInstance(driver, fn("echo", { image: "fennec-test/absent:1" })),
+      "FN_BAD_MODULE",
+      /fennec-test\/absent:1 is not on the Docker engine/,
+    );
+  });
+
+  it("names the package of a runtime the engine does not have", async () => {
+    await rejectsWith(
+      startInstance(driver, fn("echo", { runtime: "kata" })),
+      "SANDBOX_START_FAILED",
+      /no runtime "kata".*apt-get install kata.*daemon\.json/,
+    );
+  });
+
+  it("says clearly when the Docker engine is down", async () => {
+    const down = new ContainerDriver({ socketPath: join(dockerd.dir, "nothing-here.sock") });
+    await rejectsWith(startInstance(down, fn("echo")), "BACKEND_DOWN", /cannot be reached.*docker\.io/);
+  });
+
+  it("removes containers of a crashed Fennec at start, keeps a live one's", async () => {
+    const make = (pid: number, name: string) =>
+      dockerd.engine.api.createContainer({
+        name,
+        Image: image,
+        Labels: { [LABEL.owner]: runRoot("container"), [LABEL.pid]: String(pid) },
+        HostConfig: { NetworkMode: "none" },
+      });
+    const dead = await make(2 ** 22 + 1, "fennec-stale-dead"); // above pid_max: never alive
+    const live = await make(process.ppid, "fennec-stale-live");
+    try {
+      await driver.cleanupStale();
+      const names = (await containers()).flatMap((c) => c.Names);
+      assert.ok(!names.includes("/fennec-stale-dead"), names.join());
+      assert.ok(names.includes("/fennec-stale-live"), names.join());
+    } finally {
+      await dead.remove({ force: true }).catch(() => undefined);
+      await live.remove({ force: true });
+    }
+  });
+});
+
+describe("Docker examples through the gateway", () => {
+  let s: TestServer;
+  before(async () => {
+    await ready;
+    s = await startTestServer({ startTimeoutMs: 30_000, dockerSocket: dockerd.socketPath });
+  });
+  after(() => s.close());
+
+  for (const [name, runtime] of [
+    ["hello-docker", "runc"],
+    ["hello-docker-runsc", "gVisor"],
+  ] as const) {
+    it(`serves ${name}: the fetch handler in an imported image`, async () => {
+      const cold = await request(`${s.url}/invoke/${name}/?name=docker`);
+      assert.equal(cold.status, 200, cold.text);
+      assert.equal(cold.text, `hello from Fennec (a Docker container on ${runtime}), docker!\n`);
+      const warm = await request(`${s.url}/invoke/${name}/`);
+      assert.equal(warm.headers.get("x-fennec-start"), "warm");
+      assert.match(warm.text, /hello/);
+    });
+  }
+
+  it("removes every container and run directory when Fennec stops", async () => {
+    const ids = async () =>
+      (await dockerd.engine.ownContainers(runRoot("container"))).map((c) => c.Id).sort();
+    const dirs = () => readdirSync(runRoot("container")).sort();
+    const [containersBefore, dirsBefore] = [await ids(), dirs()];
+    const other = await startTestServer({ dockerSocket: dockerd.socketPath });
+    assert.equal((await request(`${other.url}/invoke/hello-docker/`)).status, 200);
+    assert.equal((await ids()).length, containersBefore.length + 1);
+    await other.close();
+    assert.deepEqual(await ids(), containersBefore);
+    assert.deepEqual(dirs(), dirsBefore);
+  });
+
+  it("keeps serving other backends while the Docker engine is down", async () => {
+    const down = await startTestServer({ dockerSocket: join(dockerd.dir, "nothing-here.sock") });
+    try {
+      const docker = await request(`${down.url}/invoke/hello-docker/`);
+      assert.equal(docker.status, 503, docker.text);
+      assert.equal(docker.headers.get("x-fennec-error"), "BACKEND_DOWN");
+      const wasm = await request(`${down.url}/invoke/echo/`, { method: "POST", body: "alive" });
+      assert.equal(wasm.status, 200, wasm.text);
+      assert.equal(wasm.text, "alive");
+    } finally {
+      await down.close();
+    }
+  });
+});
