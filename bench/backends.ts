@@ -61,11 +61,15 @@ const backends: Array<[string, SandboxDriver, FunctionConfig]> = [
     new ProcessDriver(),
     config({ kind: "process", ...base, transport: "unix", isolate: true, pids: 512 }),
   ],
-  ["oci: runc", new OciDriver(), config({ kind: "oci", ...base, runtime: "runc", pids: 1024 })],
+  [
+    "oci: runc",
+    new OciDriver(),
+    config({ kind: "oci", ...base, runtime: "runc", pids: 1024, rootfs: "shared" }),
+  ],
   [
     "oci: runsc (gVisor, ptrace)",
     new OciDriver(),
-    config({ kind: "oci", ...base, runtime: "runsc", pids: 1024 }),
+    config({ kind: "oci", ...base, runtime: "runsc", pids: 1024, rootfs: "shared" }),
   ],
 ];
 

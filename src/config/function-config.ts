@@ -61,6 +61,8 @@ export interface OciSandboxConfig {
   readonly env: Readonly<Record<string, string>>;
   readonly memoryMiB: number;
   readonly pids: number;
+  /** A handler's built root: shared read-only by every instance, or an overlay per instance. */
+  readonly rootfs: "shared" | "overlay";
 }
 
 export type SandboxConfig =

@@ -103,9 +103,16 @@ const ociTable = z
     env: envTable.default({}),
     memory: positiveInt.default(256),
     pids: positiveInt.default(1024),
+    /** A handler's built root: one read-only copy shared by every instance, or an overlay each. */
+    rootfs: z.enum(["shared", "overlay"]).default("shared"),
   })
   .refine((p) => (p.command === undefined) !== (p.handler === undefined), {
     message: "expected exactly one of command or handler",
+  })
+  .refine((p) => p.rootfs === "shared" || p.handler !== undefined, {
+    message:
+      'rootfs = "overlay" needs a handler (a command runs on the host\'s directories, bound read-only)',
+    path: ["rootfs"],
   });
 
 export const functionSchema = z

@@ -125,6 +125,7 @@ function sandboxOf(cfg: FunctionToml, dir: string, file: string): SandboxConfig 
       env: o.env,
       memoryMiB: o.memory,
       pids: o.pids,
+      rootfs: o.rootfs,
     };
   }
   const c = cfg.container!;

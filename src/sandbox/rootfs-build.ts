@@ -1,5 +1,6 @@
 import { execFile } from "node:child_process";
 import { createHash } from "node:crypto";
+import { existsSync } from "node:fs";
 import { cp, link, mkdir, readdir, readFile, realpath, rename, rm, stat, writeFile } from "node:fs/promises";
 import { dirname, join } from "node:path";
 import { promisify } from "node:util";
@@ -19,8 +20,8 @@ export interface BuiltRootfs {
 /** Directories every root needs as mount points (the runtimes mount over them). */
 const MOUNT_POINTS = ["proc", "dev", "sys", "tmp", "run/fennec", "etc"];
 
-/** Where a function's built root lives (a dot directory, so the registry ignores it). */
-export function rootfsPath(config: FunctionConfig): string {
+/** Where a function's built roots live, one directory per digest (a dot directory, so the registry ignores it). */
+function rootfsParent(config: FunctionConfig): string {
   return join(config.dir, ".fennec", "rootfs");
 }
 
@@ -43,7 +44,7 @@ async function stampOf(path: string): Promise<string> {
 }
 
 /** Files of the function directory (its assets) except Fennec's own `.fennec`, sorted. */
-async function functionFiles(dir: string): Promise<string[]> {
+export async function functionFiles(dir: string): Promise<string[]> {
   const entries = await readdir(dir, { recursive: true, withFileTypes: true });
   return entries
     .filter((e) => e.isFile())
@@ -69,40 +70,87 @@ export interface RootfsContents {
   readonly files: ReadonlyArray<{ readonly source: string; readonly target: string }>;
 }
 
-/**
- * Assembles a minimal root filesystem in `dir`: the binaries and the libraries they load, taken from
- * the host, the files, empty mount points, and a one-line passwd; nothing else (no shell). Rebuilt
- * only when an input changed (the digest covers each input's path, size and mtime), into a
- * temporary directory renamed into place.
- */
-export async function assembleRootfs(dir: string, contents: RootfsContents): Promise<BuiltRootfs> {
+/** Inputs resolved to real host paths, and the digest of everything that goes into the root. */
+interface Resolved {
+  readonly binaries: readonly string[];
+  readonly libs: readonly string[];
+  readonly files: RootfsContents["files"];
+  readonly digest: string;
+}
+
+async function resolveContents(contents: RootfsContents): Promise<Resolved> {
   const binaries = await Promise.all(contents.binaries.map((b) => realpath(b)));
   const libs = [...new Set((await Promise.all(binaries.map(sharedLibraries))).flat())].sort();
   const hash = createHash("sha256");
   for (const input of [...binaries, ...libs]) hash.update(`${await stampOf(input)}\n`);
-  for (const f of contents.files) hash.update(`${f.target}=${await stampOf(f.source)}\n`);
-  const digest = hash.digest("hex");
+  // Files by content (a bundle rebuilt byte for byte the same keeps its root and image).
+  for (const f of contents.files) {
+    const content = createHash("sha256")
+      .update(await readFile(f.source))
+      .digest("hex");
+    hash.update(`${f.target}=${content}\n`);
+  }
+  return { binaries, libs, files: contents.files, digest: hash.digest("hex") };
+}
 
-  const stampFile = `${dir}.digest`;
-  if ((await readFile(stampFile, "utf8").catch(() => "")) === digest) return { dir, digest };
-
-  const tmp = `${dir}.${digest.slice(0, 12)}.${process.pid}.tmp`;
+/** Builds the root in a temporary directory next to `dir` and renames it into place. */
+async function materialise(dir: string, r: Resolved): Promise<void> {
+  const tmp = `${dir}.${r.digest.slice(0, 12)}.${process.pid}.tmp`;
   await rm(tmp, { recursive: true, force: true });
   try {
     for (const m of MOUNT_POINTS) await mkdir(join(tmp, m), { recursive: true });
-    for (const b of binaries) await place(b, join(tmp, b));
-    for (const lib of libs) await place(await realpath(lib), join(tmp, lib));
-    for (const f of contents.files) await place(f.source, join(tmp, f.target));
+    for (const b of r.binaries) await place(b, join(tmp, b));
+    for (const lib of r.libs) await place(await realpath(lib), join(tmp, lib));
+    for (const f of r.files) await place(f.source, join(tmp, f.target));
     await writeFile(join(tmp, "etc/passwd"), "root:x:0:0:root:/tmp:/nonexistent\n");
     await writeFile(join(tmp, "etc/group"), "root:x:0:\n");
     await rm(dir, { recursive: true, force: true });
     await rename(tmp, dir);
-    await writeFile(stampFile, digest);
   } catch (err) {
     await rm(tmp, { recursive: true, force: true });
     throw err;
   }
-  return { dir, digest };
+}
+
+/**
+ * Assembles a minimal root filesystem in `dir`: the binaries and the libraries they load, taken from
+ * the host, the files, empty mount points, and a one-line passwd; nothing else (no shell). Rebuilt
+ * only when an input changed (the digest covers the programs' and libraries' paths, sizes and
+ * mtimes, and the files' contents), into a
+ * temporary directory renamed into place.
+ */
+export async function assembleRootfs(dir: string, contents: RootfsContents): Promise<BuiltRootfs> {
+  const r = await resolveContents(contents);
+  const stampFile = `${dir}.digest`;
+  if ((await readFile(stampFile, "utf8").catch(() => "")) === r.digest) return { dir, digest: r.digest };
+  await materialise(dir, r);
+  await writeFile(stampFile, r.digest);
+  return { dir, digest: r.digest };
+}
+
+/**
+ * Like assembleRootfs, but into `<parent>/<digest>`: a root is never changed or replaced while an
+ * instance may run on it (containers of an older revision keep theirs until they stop, then the
+ * driver removes it with removeRootfs). A directory of that name is complete (renamed into place).
+ */
+async function assembleVersioned(parent: string, contents: RootfsContents): Promise<BuiltRootfs> {
+  const r = await resolveContents(contents);
+  const dir = join(parent, r.digest.slice(0, 16));
+  if (!existsSync(dir)) {
+    // The earlier layout (one root directly in `parent`, stamped by `<parent>.digest`) is replaced.
+    if (existsSync(`${parent}.digest`)) {
+      await rm(parent, { recursive: true, force: true });
+      await rm(`${parent}.digest`, { force: true });
+    }
+    await mkdir(parent, { recursive: true });
+    await materialise(dir, r);
+  }
+  return { dir, digest: r.digest };
+}
+
+/** Removes a root built by buildRootfs once nothing runs on it any more. */
+export async function removeRootfs(root: BuiltRootfs): Promise<void> {
+  await rm(root.dir, { recursive: true, force: true });
 }
 
 /** Node's path inside a built root: the host's own path, resolved (e.g. /usr/bin/node). */
@@ -121,7 +169,7 @@ export async function buildRootfs(config: FunctionConfig, bundle: string): Promi
     target: join(INSIDE.functionDir, source.slice(config.dir.length)),
   }));
   files.push({ source: HANDLER_RUNTIME, target: INSIDE.runtime }, { source: bundle, target: INSIDE.bundle });
-  return assembleRootfs(rootfsPath(config), { binaries: [process.execPath], files });
+  return assembleVersioned(rootfsParent(config), { binaries: [process.execPath], files });
 }
 
 /** Root filesystems per function revision: each built once, however many instances start at once. */

@@ -18,6 +18,7 @@ const ociFn = (name: string, mode: string, runtime: "runc" | "runsc") =>
       env: {},
       memoryMiB: 256,
       pids: 1024,
+      rootfs: "shared",
     },
   });
 

@@ -25,6 +25,7 @@ const fn = (mode: string, runtime: "runc" | "runsc", memoryMiB = 256, pids = 102
       env: {},
       memoryMiB,
       pids,
+      rootfs: "shared",
     },
   });
 

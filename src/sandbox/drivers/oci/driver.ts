@@ -1,18 +1,20 @@
 import { execFile, spawn, type ChildProcess } from "node:child_process";
 import { existsSync } from "node:fs";
-import { mkdir, rm, writeFile } from "node:fs/promises";
-import { join } from "node:path";
+import { mkdir, readFile, rm, writeFile } from "node:fs/promises";
+import { dirname, join } from "node:path";
 import { promisify } from "node:util";
 import { FennecError } from "../../../core/errors.js";
 import type { InvokeRequest, InvokeResponse } from "../../../core/types.js";
 import type { FunctionConfig, OciSandboxConfig } from "../../../config/function-config.js";
 import { removeNested } from "../../cgroups.js";
 import type { InvokeContext, SandboxDriver, SandboxHandle, StartContext } from "../../contract.js";
-import { HANDLER_RUNTIME, HandlerBundles } from "../../handler-build.js";
+import { HandlerBundles } from "../../handler-build.js";
 import { findExecutable, INSIDE, systemDirs } from "../../host-view.js";
 import { HttpTransport } from "../../http-transport.js";
+import { nodeInside, removeRootfs, RootfsBuilds, type BuiltRootfs } from "../../rootfs-build.js";
 import { createRunDir, runRoot, sweepStale } from "../../run-dir.js";
 import { waitForSocket } from "../../wait-socket.js";
+import { mountOverlay, mountPointsUnder, unmountOverlay } from "./overlay.js";
 import { ociSpec, type BindMount } from "./spec.js";
 
 const run = promisify(execFile);
@@ -23,6 +25,20 @@ const OUTPUT_TAIL = 4096;
 /** The Debian package that provides each runtime, for the error when one is missing. */
 const PACKAGE: Record<OciSandboxConfig["runtime"], string> = { runc: "runc", runsc: "runsc" };
 
+/** Whether a run directory belongs to a Fennec process that is still running (not this one's debris). */
+async function ownedByLiveFennec(dir: string): Promise<boolean> {
+  try {
+    const { fennecPid } = JSON.parse(await readFile(join(dir, "owner.json"), "utf8")) as {
+      fennecPid: number;
+    };
+    if (fennecPid === process.pid) return true;
+    process.kill(fennecPid, 0);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === "EPERM";
+  }
+}
+
 function ociOf(config: FunctionConfig): OciSandboxConfig {
   if (config.sandbox.kind !== "oci")
     throw new FennecError("INTERNAL", `${config.key} is not an oci function`);
@@ -31,15 +47,22 @@ function ociOf(config: FunctionConfig): OciSandboxConfig {
 
 /**
  * `[oci]`: the function as an OCI bundle run directly by runc or gVisor's runsc, no daemon.
- * Each instance gets a generated config.json (see spec.ts) over an empty read-only root into which
- * the host's program directories and the function directory are bind-mounted read-only, so every
- * instance shares one copy of everything. Transport: a Unix socket in a bind-mounted directory
- * (`runsc --host-uds=all`); no IP network, so readiness is the socket accepting (callback `ignore`).
+ * Each instance gets a generated config.json (see spec.ts). A handler runs on its built root
+ * (rootfs-build.ts: Node, its libraries, the runtime and the function, nothing else), shared
+ * read-only by every instance (`rootfs = "shared"`) or under a copy-on-write overlay per instance
+ * (`"overlay"`). A `command` comes from the host, so it runs over an empty read-only root into
+ * which the host's program directories and the function directory are bind-mounted read-only.
+ * Transport: a Unix socket in a bind-mounted directory (`runsc --host-uds=all`); no IP network, so
+ * readiness is the socket accepting (callback `ignore`).
  */
 export class OciDriver implements SandboxDriver {
   readonly name = "oci";
   readonly capabilities = { memoryLimit: true, snapshot: false, outOfProcess: true } as const;
   readonly #bundles = new HandlerBundles();
+  readonly #rootfs = new RootfsBuilds();
+  /** Built roots in use: how many instances run on each, and the newest root of each function. */
+  readonly #rootUsers = new Map<string, { root: BuiltRootfs; users: number }>();
+  readonly #currentRoot = new Map<string, string>();
 
   /** Runtime state directories of Fennec's own: `list` there shows only Fennec's containers. */
   static stateRoot(runtime: string): string {
@@ -57,7 +80,39 @@ export class OciDriver implements SandboxDriver {
 
   async prepare(config: FunctionConfig): Promise<void> {
     const cfg = ociOf(config);
-    if (cfg.handler) await this.#bundles.get(config, cfg.handler);
+    if (cfg.handler) await this.rootfs(config);
+  }
+
+  /** A handler function's built root (bundle first), once per revision. */
+  async rootfs(config: FunctionConfig): Promise<BuiltRootfs> {
+    const cfg = ociOf(config);
+    if (!cfg.handler) throw new FennecError("INTERNAL", `${config.key} has no handler to build a root for`);
+    return this.#rootfs.get(config, await this.#bundles.get(config, cfg.handler));
+  }
+
+  /** Counts an instance on a root; the newest root of a function becomes its current one. */
+  #acquireRoot(config: FunctionConfig, root: BuiltRootfs): () => Promise<void> {
+    const previous = this.#currentRoot.get(config.key);
+    this.#currentRoot.set(config.key, root.dir);
+    const entry = this.#rootUsers.get(root.dir) ?? { root, users: 0 };
+    entry.users++;
+    this.#rootUsers.set(root.dir, entry);
+    if (previous && previous !== root.dir) void this.#retireRoot(previous);
+    let released = false;
+    return async () => {
+      if (released) return;
+      released = true;
+      entry.users--;
+      await this.#retireRoot(root.dir);
+    };
+  }
+
+  /** Removes a root nothing runs on once a newer one replaced it (an older revision's). */
+  async #retireRoot(dir: string): Promise<void> {
+    const entry = this.#rootUsers.get(dir);
+    if (!entry || entry.users > 0 || [...this.#currentRoot.values()].includes(dir)) return;
+    this.#rootUsers.delete(dir);
+    await removeRootfs(entry.root).catch(() => undefined);
   }
 
   /** Removes containers, bundles and run directories an earlier crashed run left. */
@@ -77,6 +132,12 @@ export class OciDriver implements SandboxDriver {
         await run(binary, [...OciDriver.runtimeArgs(runtime), "delete", "-f", id]).catch(() => undefined);
       }
     }
+    // Overlay roots of instances whose Fennec is gone, so removing their run directories cannot
+    // reach into a mounted root.
+    for (const target of await mountPointsUnder(runRoot("oci"))) {
+      if (target.endsWith("/rootfs") && !(await ownedByLiveFennec(dirname(target))))
+        await unmountOverlay(target);
+    }
     await sweepStale("oci");
     await removeNested(CGROUP_PARENT, true);
   }
@@ -89,25 +150,40 @@ export class OciDriver implements SandboxDriver {
     const cfg = ociOf(ctx.config);
     const binary = findExecutable(cfg.runtime, PACKAGE[cfg.runtime]);
     const what = `${ctx.config.key}: instance ${ctx.instanceId} (${cfg.runtime})`;
-    let argv: string[];
-    if (cfg.command) argv = [...cfg.command];
-    else {
-      await this.#bundles.get(ctx.config, cfg.handler!);
-      argv = [process.execPath, INSIDE.runtime, INSIDE.bundle];
-    }
     const dir = await createRunDir("oci", ctx.instanceId);
     const socketDir = join(dir, "sock");
-    const rootfs = join(dir, "rootfs");
     await mkdir(socketDir, { mode: 0o777 });
-    await mkdir(rootfs);
-    const binds: BindMount[] = systemDirs().map((d) => ({
-      source: d,
-      destination: d,
-      writable: false,
-    }));
-    binds.push({ source: ctx.config.dir, destination: INSIDE.functionDir, writable: false });
+    const cleanup: Array<() => Promise<void>> = [];
+    const abandon = async () => {
+      for (const step of cleanup.reverse()) await step();
+      await rm(dir, { recursive: true, force: true });
+    };
+    let argv: string[];
+    let rootfs: string;
+    const binds: BindMount[] = [];
+    try {
+      if (cfg.command) {
+        // A host program: an empty root with the host's program directories bound read-only.
+        argv = [...cfg.command];
+        rootfs = join(dir, "rootfs");
+        await mkdir(rootfs);
+        binds.push(...systemDirs().map((d) => ({ source: d, destination: d, writable: false })));
+        binds.push({ source: ctx.config.dir, destination: INSIDE.functionDir, writable: false });
+      } else {
+        // A handler: its built root, shared read-only or under a copy-on-write overlay.
+        const root = await this.rootfs(ctx.config);
+        cleanup.push(this.#acquireRoot(ctx.config, root));
+        argv = [await nodeInside(), INSIDE.runtime, INSIDE.bundle];
+        if (cfg.rootfs === "overlay") {
+          rootfs = await mountOverlay(root.dir, dir);
+          cleanup.push(() => unmountOverlay(rootfs));
+        } else rootfs = root.dir;
+      }
+    } catch (err) {
+      await abandon();
+      throw err;
+    }
     binds.push({ source: socketDir, destination: INSIDE.runDir, writable: true });
-    if (cfg.handler) binds.push({ source: HANDLER_RUNTIME, destination: INSIDE.runtime, writable: false });
     const spec = ociSpec({
       args: [...argv, "ignore"],
       env: {
@@ -121,6 +197,8 @@ export class OciDriver implements SandboxDriver {
       },
       cwd: INSIDE.functionDir,
       rootfs,
+      // The overlay's writes land in the instance's own upper layer: the root may be writable.
+      readonlyRoot: cfg.command !== undefined || cfg.rootfs === "shared",
       binds,
       memoryBytes: cfg.memoryMiB * 2 ** 20,
       pids: cfg.pids,
@@ -145,6 +223,7 @@ export class OciDriver implements SandboxDriver {
       what,
       memoryMiB: cfg.memoryMiB,
       transport: new HttpTransport({ socketPath: join(socketDir, "http.sock") }, what),
+      cleanup,
     });
     // 2. Race the socket accepting against the container exiting and the start deadline.
     try {
@@ -172,6 +251,8 @@ interface OciInstanceOptions {
   readonly what: string;
   readonly memoryMiB: number;
   readonly transport: HttpTransport;
+  /** After the container is gone, before its run directory is removed (overlay, root's users). */
+  readonly cleanup: ReadonlyArray<() => Promise<void>>;
 }
 
 /** One container: the foreground runtime process, its bundle and run directory. */
@@ -268,6 +349,7 @@ class OciInstance implements SandboxHandle {
     }
     // runsc leaves the container's (empty) cgroups behind; remove them with it.
     await removeNested(join(CGROUP_PARENT, this.#o.id));
+    for (const step of [...this.#o.cleanup].reverse()) await step();
     await rm(this.#o.dir, { recursive: true, force: true });
   }
 }

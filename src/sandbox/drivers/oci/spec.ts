@@ -9,8 +9,10 @@ export interface SpecOptions {
   readonly args: readonly string[];
   readonly env: Readonly<Record<string, string>>;
   readonly cwd: string;
-  /** An empty directory: everything the container sees is mounted into it. */
+  /** The root: a built one (shared or an overlay), or an empty directory the binds fill. */
   readonly rootfs: string;
+  /** Default true; false for an instance's own copy-on-write overlay. */
+  readonly readonlyRoot?: boolean;
   readonly binds: readonly BindMount[];
   readonly memoryBytes: number;
   readonly pids: number;
@@ -18,7 +20,8 @@ export interface SpecOptions {
 }
 
 /**
- * The OCI runtime spec (config.json) of one instance: a read-only root, a writable /tmp, no new
+ * The OCI runtime spec (config.json) of one instance: a read-only root (unless it is the instance's
+ * own overlay), a writable /tmp, no new
  * privileges, every capability dropped, memory and pids limits through cgroups, its own network
  * namespace with nothing in it (no IP network), and host directories bind-mounted read-only
  * (programs and libraries) or read-write (the instance's socket directory).
@@ -37,7 +40,7 @@ export function ociSpec(o: SpecOptions): Record<string, unknown> {
       rlimits: [{ type: "RLIMIT_NOFILE", hard: 4096, soft: 4096 }],
       noNewPrivileges: true,
     },
-    root: { path: o.rootfs, readonly: true },
+    root: { path: o.rootfs, readonly: o.readonlyRoot ?? true },
     hostname: "fennec",
     mounts: [
       { destination: "/proc", type: "proc", source: "proc" },

@@ -1,0 +1,50 @@
+import { execFile } from "node:child_process";
+import { mkdir, readFile } from "node:fs/promises";
+import { join } from "node:path";
+import { promisify } from "node:util";
+import { FennecError } from "../../../core/errors.js";
+
+const run = promisify(execFile);
+
+/**
+ * Mounts a copy-on-write root for one instance at `<runDir>/rootfs`: an overlayfs whose lower layer
+ * is the shared built root (never written) and whose upper and work directories live in the
+ * instance's run directory, so what the instance writes is its own and goes when it stops.
+ * `volatile`: the upper layer is thrown away with the instance, so it is never synced to disk.
+ */
+export async function mountOverlay(lower: string, runDir: string): Promise<string> {
+  if (/[,:\\]/.test(lower) || /[,:\\]/.test(runDir)) {
+    throw new FennecError(
+      "SANDBOX_START_FAILED",
+      `an overlay root cannot be mounted from a path with ",", ":" or "\\": ${lower}, ${runDir}`,
+    );
+  }
+  const target = join(runDir, "rootfs");
+  const upper = join(runDir, "upper");
+  const work = join(runDir, "work");
+  await Promise.all([mkdir(target), mkdir(upper), mkdir(work)]);
+  const options = `lowerdir=${lower},upperdir=${upper},workdir=${work},volatile`;
+  await run("mount", ["-t", "overlay", "overlay", "-o", options, target]).catch((err: Error) => {
+    throw new FennecError(
+      "SANDBOX_START_FAILED",
+      `cannot mount the overlay root at ${target}: ${err.message}`,
+    );
+  });
+  return target;
+}
+
+/** Unmounts an overlay root (lazily if something still holds it); nothing when it is not mounted. */
+export async function unmountOverlay(target: string): Promise<void> {
+  if (!(await mountPointsUnder(target, true)).includes(target)) return;
+  await run("umount", [target]).catch(() => run("umount", ["-l", target]).catch(() => undefined));
+}
+
+/** Mount points at or below `dir`, deepest first. */
+export async function mountPointsUnder(dir: string, inclusive = false): Promise<string[]> {
+  const info = await readFile("/proc/self/mountinfo", "utf8");
+  return info
+    .split("\n")
+    .map((line) => line.split(" ")[4])
+    .filter((m): m is string => m !== undefined && (m.startsWith(`${dir}/`) || (inclusive && m === dir)))
+    .sort((a, b) => b.length - a.length);
+}
