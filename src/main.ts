@@ -11,6 +11,8 @@ import type { SandboxDriver } from "./sandbox/contract.js";
 import { ContainerDriver } from "./sandbox/drivers/container/driver.js";
 import { OciDriver } from "./sandbox/drivers/oci/driver.js";
 import { ProcessDriver } from "./sandbox/drivers/process/driver.js";
+import { VmDriver } from "./sandbox/drivers/vm/driver.js";
+import type { AccelPreference } from "./sandbox/drivers/vm/accel.js";
 import { WasmDriver } from "./sandbox/drivers/wasm/driver.js";
 import { validateModuleBytes } from "./sandbox/drivers/wasm/module-cache.js";
 import { ReadinessHub } from "./sandbox/readiness.js";
@@ -37,6 +39,8 @@ export interface FennecOptions {
   readonly processSandbox?: boolean;
   /** The Docker engine's Engine API socket for `[container]` (default: DOCKER_HOST or Docker's). */
   readonly dockerSocket?: string;
+  /** Accelerator of `[vm]` guests: `auto` (default) is KVM where it works, TCG otherwise. */
+  readonly vmAccel?: AccelPreference;
   /** Extra or replacement drivers by sandbox kind (tests add a fake one). */
   readonly drivers?: ReadonlyMap<string, SandboxDriver>;
 }
@@ -66,6 +70,7 @@ export async function startFennec(options: FennecOptions): Promise<Fennec> {
     "container",
     new ContainerDriver(options.dockerSocket ? { socketPath: options.dockerSocket } : {}),
   );
+  drivers.set("vm", new VmDriver({ accel: options.vmAccel ?? "auto", log }));
   if (options.processSandbox) drivers.set("process", new ProcessDriver());
   for (const [kind, driver] of options.drivers ?? []) drivers.set(kind, driver);
   for (const driver of drivers.values()) await driver.cleanupStale?.();

@@ -54,6 +54,8 @@ Edits on disk apply to new instances without a restart; SIGINT/SIGTERM drain and
                          processes, without isolation (development and baselines)
   --docker-host SOCKET   the Docker engine of [container] functions (default: DOCKER_HOST
                          if it is unix://..., else /var/run/docker.sock)
+  --vm-accel auto|kvm|tcg  accelerator of [vm] guests (default auto: KVM where it works,
+                         else TCG; the choice and why are logged and shown in /stats)
   -h, --help             this help`,
   async run(argv) {
     const { values } = parseArgs({
@@ -71,10 +73,14 @@ Edits on disk apply to new instances without a restart; SIGINT/SIGTERM drain and
         "log-level": { type: "string", default: "info" },
         process: { type: "boolean", default: false },
         "docker-host": { type: "string" },
+        "vm-accel": { type: "string", default: "auto" },
         help: { type: "boolean", short: "h" },
       },
     });
     if (values.help) return help(serve);
+    const accel = values["vm-accel"];
+    if (accel !== "auto" && accel !== "kvm" && accel !== "tcg")
+      throw new Error(`--vm-accel expects auto, kvm or tcg`);
     const num = (name: string, v: string) => {
       const n = Number(v);
       if (!Number.isInteger(n) || n < 0)
@@ -99,6 +105,7 @@ Edits on disk apply to new instances without a restart; SIGINT/SIGTERM drain and
       ...(values["cache-dir"] ? { cacheDir: values["cache-dir"] } : {}),
       logLevel: level as "info",
       processSandbox: values.process,
+      vmAccel: accel,
       ...(values["docker-host"] ? { dockerSocket: values["docker-host"].replace(/^unix:\/\//, "") } : {}),
     });
     await new Promise<void>((resolve) => {

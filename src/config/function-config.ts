@@ -14,12 +14,25 @@ export interface WasmSandboxConfig {
 
 export interface VmSandboxConfig {
   readonly kind: "vm";
-  readonly kernel: string;
+  /** Absolute path of the kernel or unikernel image; undefined: Fennec's own guest kernel. */
+  readonly kernel: string | undefined;
+  /** Absolute path of the root disk image (block) or directory (9p), UniFaaS style. */
   readonly image: string | undefined;
   readonly memoryMiB: number;
   readonly cpus: number;
+  /** Kernel command line with UniFaaS placeholders (`%ip %gateway %netmask %callback`). */
   readonly cmdline: string;
-  readonly hypervisor: Readonly<Record<string, unknown>> & { readonly type: string };
+  readonly hypervisor: Readonly<Record<string, unknown>> & {
+    readonly type: "firecracker" | "qemu" | "microvm";
+  };
+  /** Absolute path of a fetch-style handler that Fennec packs into the guest. */
+  readonly handler: string | undefined;
+  /** argv of a host program that Fennec packs into the guest (it serves on FENNEC_SOCKET). */
+  readonly command: readonly string[] | undefined;
+  readonly env: Readonly<Record<string, string>>;
+  readonly transport: "channel" | "user" | "tap";
+  /** Start instances by restoring a snapshot of a booted, ready guest. */
+  readonly snapshot: boolean;
 }
 
 export interface ContainerSandboxConfig {

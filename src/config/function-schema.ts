@@ -25,7 +25,8 @@ const firecracker = z.strictObject({
   type: z.literal("firecracker"),
   "copy-rootfs": z.boolean().default(true),
 });
-const diskType = z.enum(["9p", "block"]);
+/** UniFaaS requires `disk-type`; Fennec defaults it (a unikernel has no disk at all). */
+const diskType = z.enum(["9p", "block"]).default("9p");
 const qemu = z.strictObject({ type: z.literal("qemu"), "disk-type": diskType });
 const microvm = z.strictObject({
   type: z.literal("microvm"),
@@ -37,14 +38,44 @@ const microvm = z.strictObject({
   "auto-kernel-cmdline": z.boolean().default(true),
 });
 
-export const vmTable = z.strictObject({
-  kernel: z.string().min(1),
-  image: z.string().min(1).optional(),
-  memory: positiveInt.default(128),
-  cpus: positiveInt.default(1),
-  cmdline: z.string(),
-  hypervisor: z.discriminatedUnion("type", [firecracker, qemu, microvm]),
-});
+/**
+ * The UniFaaS `[vm]` table unchanged (`kernel`, `image`, `memory`, `cpus`, `cmdline` with
+ * `%ip %gateway %netmask %callback`, `hypervisor`), plus Fennec's keys: a fetch-style `handler` or a
+ * `command` that Fennec packs into a root filesystem and boots with its own guest kernel, `env`,
+ * `transport` and `snapshot`.
+ */
+export const vmTable = z
+  .strictObject({
+    kernel: z.string().min(1).optional(),
+    image: z.string().min(1).optional(),
+    memory: positiveInt.max(65536).default(128),
+    cpus: positiveInt.max(64).default(1),
+    cmdline: z.string().default(""),
+    hypervisor: z.discriminatedUnion("type", [firecracker, qemu, microvm]),
+    handler: z.string().min(1).optional(),
+    command: z.array(z.string().min(1)).min(1).optional(),
+    env: envTable.default({}),
+    /**
+     * `channel`: Fennec's guest channel (docs/guest-channel.md), no IP network; `user`: QEMU
+     * user-mode networking, the guest serves on port 8080 and calls `%callback`; `tap`: UniFaaS taps.
+     */
+    transport: z.enum(["channel", "user", "tap"]).optional(),
+    /** Boot once, snapshot the ready guest, start later instances by restoring it (SnapFaaS). */
+    snapshot: z.boolean().default(false),
+  })
+  .refine((v) => [v.handler, v.command].filter((x) => x !== undefined).length <= 1, {
+    message: "expected at most one of handler or command",
+  })
+  .refine((v) => v.handler !== undefined || v.command !== undefined || v.kernel !== undefined, {
+    message: "expected kernel (an image to boot), or handler or command (Fennec builds the guest)",
+  })
+  .refine((v) => (v.handler === undefined && v.command === undefined) || v.image === undefined, {
+    message: "image goes with kernel: with handler or command, Fennec builds the root filesystem",
+  })
+  // guest.conf, which carries them into the guest, is line-based.
+  .refine((v) => ![...Object.values(v.env), ...(v.command ?? [])].some((x) => /[\n\r\0]/.test(x)), {
+    message: "env values and command arguments must be single lines",
+  });
 
 /**
  * The UniFaaS `[container]` table, unchanged (`image`, `memory` as memory and swap limit, `runtime`

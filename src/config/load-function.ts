@@ -89,15 +89,26 @@ function sandboxOf(cfg: FunctionToml, dir: string, file: string): SandboxConfig 
     };
   }
   if (cfg.vm) {
+    const v = cfg.vm;
+    const diskType = "disk-type" in v.hypervisor ? v.hypervisor["disk-type"] : "block";
+    const placeholders = /%(ip|gateway|netmask|callback)\b/.test(v.cmdline);
     return {
       kind: "vm",
-      kernel: resolveInside(dir, cfg.vm.kernel, "vm.kernel", file, "file"),
+      kernel: v.kernel === undefined ? undefined : resolveInside(dir, v.kernel, "vm.kernel", file, "file"),
       image:
-        cfg.vm.image === undefined ? undefined : resolveInside(dir, cfg.vm.image, "vm.image", file, "file"),
-      memoryMiB: cfg.vm.memory,
-      cpus: cfg.vm.cpus,
-      cmdline: cfg.vm.cmdline,
-      hypervisor: cfg.vm.hypervisor,
+        v.image === undefined
+          ? undefined
+          : resolveInside(dir, v.image, "vm.image", file, diskType === "9p" ? "directory" : "file"),
+      memoryMiB: v.memory,
+      cpus: v.cpus,
+      cmdline: v.cmdline,
+      hypervisor: v.hypervisor,
+      handler: v.handler === undefined ? undefined : resolveInside(dir, v.handler, "vm.handler", file, "file"),
+      command: v.command,
+      env: v.env,
+      // A command line with UniFaaS placeholders asks for an IP network; anything else gets the channel.
+      transport: v.transport ?? (placeholders ? "user" : "channel"),
+      snapshot: v.snapshot,
     };
   }
   if (cfg.process) {

@@ -38,6 +38,8 @@ export interface SandboxHandle {
   close(): Promise<void>;
   /** Stop now (kill). Called at most once by the lifecycle; must release every resource. */
   destroy(): Promise<void>;
+  /** True when the sandbox was restored from a snapshot rather than booted (start type `restored`). */
+  readonly restored?: boolean;
   /** Registers a listener for the sandbox dying on its own (crash, OOM kill). */
   onExit?(listener: (reason: Error) => void): void;
 }

@@ -1,9 +1,16 @@
 import { Agent, request } from "node:http";
+import type { Duplex } from "node:stream";
 import { FennecError } from "../core/errors.js";
 import type { InvokeRequest, InvokeResponse } from "../core/types.js";
 
-/** Where an out-of-process instance serves HTTP: a Unix socket, or a loopback port. */
-export type Endpoint = { readonly socketPath: string } | { readonly host: string; readonly port: number };
+/**
+ * Where an out-of-process instance serves HTTP: a Unix socket, a loopback port, or streams opened
+ * by some other means (a VM guest's channel, `guest-channel.ts`).
+ */
+export type Endpoint =
+  | { readonly socketPath: string }
+  | { readonly host: string; readonly port: number }
+  | { readonly connect: () => Duplex };
 
 const HOP_BY_HOP = new Set(["connection", "keep-alive", "transfer-encoding", "upgrade", "te", "trailer"]);
 
@@ -13,11 +20,16 @@ const HOP_BY_HOP = new Set(["connection", "keep-alive", "transfer-encoding", "up
  */
 export class HttpTransport {
   readonly #agent = new Agent({ keepAlive: true, maxSockets: 64 });
-  readonly #endpoint: Endpoint;
+  readonly #endpoint: { readonly socketPath: string } | { readonly host: string; readonly port: number };
   readonly #what: string;
 
   constructor(endpoint: Endpoint, what: string) {
-    this.#endpoint = endpoint;
+    if ("connect" in endpoint) {
+      // The agent asks for a new connection only when it has no idle one to reuse.
+      const connect = endpoint.connect;
+      (this.#agent as unknown as { createConnection: () => Duplex }).createConnection = connect;
+      this.#endpoint = { host: "guest", port: 80 };
+    } else this.#endpoint = endpoint;
     this.#what = what;
   }
 

@@ -29,7 +29,8 @@ export class Instance {
   readonly id: string;
   readonly config: FunctionConfig;
   readonly driver: SandboxDriver;
-  readonly origin: StartType;
+  /** How it started; a cold start the driver served from a snapshot becomes `restored`. */
+  origin: StartType;
   readonly createdAt = performance.now();
   state: InstanceState = "starting";
   /** Invocations in flight. */
@@ -120,6 +121,7 @@ export class Instance {
       if (this.state !== "stopped" && this.state !== "failed")
         void this.destroy(toFennecError(reason, "FN_CRASHED"));
     });
+    if (this.#handle.restored && this.origin === "cold") this.origin = "restored";
     this.initMs = performance.now() - started;
     this.lastUsed = performance.now();
     this.state = "ready";

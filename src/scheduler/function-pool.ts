@@ -183,7 +183,7 @@ export class FunctionPool {
     const fresh = !this.#used.has(inst);
     this.#used.add(inst);
     const startType: StartType = fresh ? inst.origin : "warm";
-    const initMs = fresh && inst.origin === "cold" ? inst.initMs : 0;
+    const initMs = fresh && (inst.origin === "cold" || inst.origin === "restored") ? inst.initMs : 0;
     const began = performance.now();
     const queueWaitMs = began - waiter.enqueuedAt;
     // invoke() counts the slot synchronously, before any other request can look at this instance.

@@ -1,0 +1,566 @@
+import { execFile, spawn, type ChildProcess } from "node:child_process";
+import { randomBytes } from "node:crypto";
+import { once } from "node:events";
+import { readFile, rm, stat } from "node:fs/promises";
+import { createServer, type Server, type Socket } from "node:net";
+import { join } from "node:path";
+import { promisify } from "node:util";
+import { FennecError, toFennecError } from "../../../core/errors.js";
+import { createLogger, type Logger } from "../../../core/log.js";
+import type { InvokeRequest, InvokeResponse } from "../../../core/types.js";
+import type { FunctionConfig, VmSandboxConfig } from "../../../config/function-config.js";
+import type { InvokeContext, SandboxDriver, SandboxHandle, StartContext } from "../../contract.js";
+import { GuestChannel } from "../../guest-channel.js";
+import { HandlerBundles } from "../../handler-build.js";
+import { findExecutable } from "../../host-view.js";
+import { HttpTransport } from "../../http-transport.js";
+import { createRunDir, recordOwner, sweepStale } from "../../run-dir.js";
+import { chooseAccel, type AccelChoice, type AccelPreference } from "./accel.js";
+import { buildGuestRoot, cacheDir, guestKernel, stampsOf, type GuestRoot } from "./linux-guest.js";
+import { QmpClient } from "./qmp.js";
+import { qemuArgs, substituteCmdline, USER_NET, type GuestKind, type QemuPlan } from "./qemu-args.js";
+import { snapshotKey, SnapshotStore, type Snapshot } from "./snapshots.js";
+
+const run = promisify(execFile);
+const QEMU = "qemu-system-x86_64";
+const QEMU_PACKAGE = "qemu-system-x86";
+/** QEMU's own memory next to the guest's: ≈ 44 MB measured for a TCG guest, plus its code cache. */
+const QEMU_OVERHEAD_MIB = 64;
+const CLOSE_GRACE_MS = 3000;
+const TAIL = 4096;
+/** Kernel parameters of Fennec's Linux guest: console on the serial port, any crash ends QEMU. */
+const LINUX_BASE_CMDLINE = "console=ttyS0 reboot=t panic=-1 quiet";
+
+function vmOf(config: FunctionConfig): VmSandboxConfig {
+  if (config.sandbox.kind !== "vm") throw new FennecError("INTERNAL", `${config.key} is not a vm function`);
+  return config.sandbox;
+}
+
+export interface VmDriverOptions {
+  /** `auto` (default): KVM where it works, TCG otherwise. */
+  readonly accel?: AccelPreference;
+  /** Where snapshots are kept (default `<cache>/vm-snapshots`). */
+  readonly snapshotDir?: string;
+  readonly log?: Logger;
+}
+
+/** What one function boots: decided once per revision. */
+interface Artefacts {
+  readonly guest: GuestKind;
+  readonly kernel: string;
+  readonly initrd: string | undefined;
+  readonly root: QemuPlan["root"];
+  /** The command line before placeholders are substituted. */
+  readonly cmdline: string;
+  /** Everything a snapshot of this guest depends on. */
+  readonly snapshotKey: string;
+}
+
+/**
+ * `[vm]`: functions as QEMU virtual machines (`microvm` or `pc`), under KVM where it works and
+ * TCG otherwise. Three kinds of guest: Fennec's Linux guest running a handler or command from a
+ * root filesystem Fennec packs; a unikernel (a kernel and no image); a UniFaaS kernel and image.
+ * Fennec reaches the guest through its channel (virtio-serial or the UART, docs/guest-channel.md),
+ * or through QEMU's user-mode network (the guest serves on 8080 and calls `%callback`). With
+ * `snapshot = true` instances are restored from a snapshot of a booted, ready guest (SnapFaaS).
+ */
+export class VmDriver implements SandboxDriver {
+  readonly name = "vm";
+  readonly capabilities = { memoryLimit: true, snapshot: true, outOfProcess: true } as const;
+  readonly #options: VmDriverOptions;
+  readonly #log: Logger;
+  readonly #bundles = new HandlerBundles();
+  readonly #artefacts = new Map<string, Promise<Artefacts>>();
+  /** Snapshots being written, by function and key: a start never waits for one. */
+  readonly #snapshotting = new Map<string, Promise<void>>();
+  readonly #store: SnapshotStore;
+  #accel: AccelChoice | undefined;
+
+  constructor(options: VmDriverOptions = {}) {
+    this.#options = options;
+    this.#log = options.log ?? createLogger("silent");
+    this.#store = new SnapshotStore(options.snapshotDir ?? join(cacheDir(), "vm-snapshots"));
+  }
+
+  /** Which accelerator runs the guests, and why (logged once, shown in /stats). */
+  get accel(): AccelChoice {
+    if (!this.#accel) {
+      this.#accel = chooseAccel(this.#options.accel ?? "auto");
+      this.#log.info(`vm: guests run under ${this.#accel.accel.toUpperCase()}`, {
+        reason: this.#accel.reason,
+      });
+    }
+    return this.#accel;
+  }
+
+  memoryMiB(config: FunctionConfig): number {
+    return vmOf(config).memoryMiB + QEMU_OVERHEAD_MIB;
+  }
+
+  async prepare(config: FunctionConfig): Promise<void> {
+    const vm = vmOf(config);
+    if (vm.hypervisor.type === "firecracker") return;
+    findExecutable(QEMU, QEMU_PACKAGE);
+    const art = await this.#artefactsOf(config);
+    if (vm.snapshot && vm.transport === "channel") this.#ensureSnapshot(config, art);
+  }
+
+  async cleanupStale(): Promise<void> {
+    // Kills the process group of a QEMU an earlier, crashed Fennec left (only if that PID still
+    // runs the very command recorded) and removes its run directory.
+    await sweepStale("vm");
+  }
+
+  async close(): Promise<void> {
+    await Promise.allSettled(this.#snapshotting.values());
+  }
+
+  #artefactsOf(config: FunctionConfig): Promise<Artefacts> {
+    const key = `${config.key}@${config.revision}`;
+    let art = this.#artefacts.get(key);
+    if (!art) {
+      art = this.#resolveArtefacts(config);
+      this.#artefacts.set(key, art);
+      art.catch(() => this.#artefacts.delete(key));
+    }
+    return art;
+  }
+
+  async #resolveArtefacts(config: FunctionConfig): Promise<Artefacts> {
+    const vm = vmOf(config);
+    const common = [
+      vm.cmdline,
+      String(vm.memoryMiB),
+      String(vm.cpus),
+      JSON.stringify(vm.hypervisor),
+      this.accel.accel,
+      await qemuVersion(),
+    ];
+    if (vm.handler || vm.command) {
+      const { kernel, initramfs } = guestKernel();
+      const bundle = vm.handler ? await this.#bundles.get(config, vm.handler) : undefined;
+      const root: GuestRoot = await buildGuestRoot(config, vm, bundle);
+      const fennecRoot = root.image ? "fennec.root=blk:/dev/vda" : "fennec.root=9p:fnroot";
+      return {
+        guest: "fennec-linux",
+        kernel,
+        initrd: initramfs,
+        root: root.image ? { image: root.image, writable: false } : { dir: root.rootfs.dir },
+        cmdline: `${LINUX_BASE_CMDLINE} ${fennecRoot} ${vm.cmdline}`.trim(),
+        snapshotKey: snapshotKey([...common, await stampsOf([kernel, initramfs]), root.rootfs.digest]),
+      };
+    }
+    const kernel = vm.kernel!;
+    const guest: GuestKind = vm.image ? "image" : "unikernel";
+    const diskType = vm.hypervisor["disk-type"];
+    return {
+      guest,
+      kernel,
+      initrd: undefined,
+      root: !vm.image
+        ? undefined
+        : diskType === "9p"
+          ? { dir: vm.image }
+          : { image: vm.image, writable: false },
+      cmdline: vm.cmdline,
+      snapshotKey: snapshotKey([...common, await stampsOf([kernel, vm.image])]),
+    };
+  }
+
+  async start(ctx: StartContext): Promise<SandboxHandle> {
+    const vm = vmOf(ctx.config);
+    if (vm.hypervisor.type === "firecracker") {
+      throw new FennecError(
+        "DRIVER_UNAVAILABLE",
+        `${ctx.config.key}: hypervisor type "firecracker" is not wired into the vm driver yet; use "qemu" or "microvm"`,
+      );
+    }
+    const qemu = findExecutable(QEMU, QEMU_PACKAGE);
+    const art = await this.#artefactsOf(ctx.config);
+    if (vm.snapshot && vm.transport === "channel") {
+      const found = await this.#store.find(ctx.config.key, art.snapshotKey);
+      if (found.snapshot) {
+        try {
+          return await this.#launch(ctx, qemu, art, { restoreFrom: found.snapshot });
+        } catch (err) {
+          if (ctx.signal.aborted) throw err;
+          this.#log.warn(`${ctx.config.key}: snapshot could not be restored; booting instead`, {
+            snapshot: found.snapshot.dir,
+            error: toFennecError(err).message,
+          });
+          await this.#store.discard(found.snapshot);
+        }
+      } else if (found.older) {
+        this.#log.info(`${ctx.config.key}: snapshot is of older artefacts; booting and taking a new one`);
+      }
+      this.#ensureSnapshot(ctx.config, art);
+    }
+    return this.#launch(ctx, qemu, art, {});
+  }
+
+  /** Writes this function's snapshot in the background unless it exists or is being written. */
+  #ensureSnapshot(config: FunctionConfig, art: Artefacts): void {
+    const id = `${config.key}@${art.snapshotKey}`;
+    if (this.#snapshotting.has(id)) return;
+    const job = (async () => {
+      if ((await this.#store.find(config.key, art.snapshotKey)).snapshot) return;
+      await this.#takeSnapshot(config, art);
+    })()
+      .catch((err: unknown) =>
+        this.#log.warn(`${config.key}: could not take a snapshot`, { error: toFennecError(err).message }),
+      )
+      .finally(() => this.#snapshotting.delete(id));
+    this.#snapshotting.set(id, job);
+  }
+
+  /**
+   * Boots a template guest with its RAM in a shared file, waits until it is ready, writes its
+   * device state (a migration without RAM: `x-ignore-shared`) and stops it. Clones map the RAM
+   * file privately, so they share its pages until they write them.
+   */
+  async #takeSnapshot(config: FunctionConfig, art: Artefacts): Promise<void> {
+    const snap = await this.#store.begin(config.key, art.snapshotKey);
+    const controller = new AbortController();
+    const timer = setTimeout(
+      () => controller.abort(new FennecError("FN_INIT_TIMEOUT", "snapshot template not ready in 60 s")),
+      60_000,
+    );
+    const began = performance.now();
+    let handle: VmInstance | undefined;
+    try {
+      handle = await this.#launch(
+        {
+          instanceId: `snap-${randomBytes(4).toString("hex")}`,
+          config,
+          callbackUrl: "ignore",
+          waitForCallback: () => Promise.reject(new Error("a snapshot template has no callback")),
+          signal: controller.signal,
+        },
+        findExecutable(QEMU, QEMU_PACKAGE),
+        art,
+        { snapshotInto: snap },
+      );
+      const bootMs = performance.now() - began;
+      const saved = performance.now();
+      await handle.saveSnapshot(snap.state, controller.signal);
+      await this.#store.commit(snap, {
+        key: art.snapshotKey,
+        function: config.key,
+        createdAt: new Date().toISOString(),
+        bootMs: Math.round(bootMs),
+        saveMs: Math.round(performance.now() - saved),
+      });
+      this.#log.info(`${config.key}: snapshot written`, { dir: snap.dir, bootMs: Math.round(bootMs) });
+    } catch (err) {
+      await this.#store.discard(snap);
+      throw err;
+    } finally {
+      clearTimeout(timer);
+      await handle?.destroy();
+    }
+  }
+
+  /** Starts one QEMU: a boot, a restore from a snapshot, or a template to snapshot. */
+  async #launch(
+    ctx: StartContext,
+    qemu: string,
+    art: Artefacts,
+    mode: { restoreFrom?: Snapshot; snapshotInto?: Snapshot },
+  ): Promise<VmInstance> {
+    const vm = vmOf(ctx.config);
+    const dir = await createRunDir("vm", ctx.instanceId);
+    const what = `${ctx.config.key}: instance ${ctx.instanceId} (${vm.hypervisor.type}, ${this.accel.accel})`;
+    const channelSocket = vm.transport === "channel" ? join(dir, "channel.sock") : undefined;
+    let listener: Server | undefined;
+    let connection: Promise<Socket> | undefined;
+    if (channelSocket) {
+      // Listen before QEMU starts: it connects as a client, so nothing the guest writes is lost.
+      listener = createServer();
+      connection = once(listener, "connection").then(([s]) => s as Socket);
+      listener.listen(channelSocket);
+      await once(listener, "listening");
+    }
+    let userNet: QemuPlan["userNet"];
+    let append = art.cmdline;
+    if (vm.transport === "user") {
+      const callback = new URL(ctx.callbackUrl);
+      userNet = { hostPort: await freePort(), callbackPort: Number(callback.port || 80) };
+      append = substituteCmdline(art.cmdline, {
+        ip: USER_NET.ip,
+        gateway: USER_NET.gateway,
+        netmask: USER_NET.netmask,
+        callback: `http://${USER_NET.callbackHost}:${USER_NET.callbackPort}${callback.pathname}`,
+      });
+    } else if (vm.transport === "tap") {
+      listener?.close();
+      await rm(dir, { recursive: true, force: true });
+      throw new FennecError(
+        "DRIVER_UNAVAILABLE",
+        `${ctx.config.key}: transport "tap" is not wired into the vm driver yet; use "channel" or "user"`,
+      );
+    }
+    const snapshot = mode.restoreFrom ?? mode.snapshotInto;
+    const plan: QemuPlan = {
+      vm,
+      guest: art.guest,
+      accel: this.accel.accel,
+      kernel: art.kernel,
+      initrd: art.initrd,
+      append,
+      root: art.root,
+      qmpSocket: join(dir, "qmp.sock"),
+      channelSocket,
+      consoleLog: join(dir, "console.log"),
+      userNet,
+      tap: undefined,
+      ramFile: snapshot ? { path: snapshot.ram, share: mode.snapshotInto !== undefined } : undefined,
+      incoming: mode.restoreFrom !== undefined,
+    };
+    const child = spawn(qemu, qemuArgs(plan), {
+      cwd: dir,
+      detached: true, // its own process group, so a crashed Fennec's QEMU can be found and ended
+      stdio: ["ignore", "pipe", "pipe"],
+    });
+    const instance = new VmInstance({
+      child,
+      dir,
+      what,
+      listener,
+      consoleLog: plan.consoleLog!,
+      qmpSocket: plan.qmpSocket,
+      restored: mode.restoreFrom !== undefined,
+    });
+    try {
+      if (child.pid !== undefined) await recordOwner(dir, child.pid);
+      const exited = new Promise<never>((_, reject) => {
+        child.once("error", (err) =>
+          reject(new FennecError("SANDBOX_START_FAILED", `${what}: cannot run ${qemu}: ${err.message}`)),
+        );
+        instance.onExit((err) => reject(err));
+      });
+      const aborted = new Promise<never>((_, reject) => {
+        if (ctx.signal.aborted) reject(ctx.signal.reason);
+        ctx.signal.addEventListener("abort", () => reject(ctx.signal.reason), { once: true });
+      });
+      const ready = (async () => {
+        if (connection) {
+          const channel = new GuestChannel(await connection, what);
+          instance.attachChannel(channel);
+          if (mode.restoreFrom) {
+            await instance.restore(mode.restoreFrom.state, ctx.signal);
+            await channel.ping(ctx.signal);
+          } else await channel.ready;
+        } else {
+          instance.attachTransport(new HttpTransport({ host: "127.0.0.1", port: userNet!.hostPort }, what));
+          await ctx.waitForCallback();
+        }
+      })();
+      await Promise.race([ready, exited, aborted]);
+      return instance;
+    } catch (err) {
+      await instance.destroy();
+      throw instance.startError(err);
+    }
+  }
+}
+
+async function freePort(): Promise<number> {
+  const server = createServer();
+  server.listen(0, "127.0.0.1");
+  await once(server, "listening");
+  const port = (server.address() as { port: number }).port;
+  await new Promise((r) => server.close(r));
+  return port;
+}
+
+let versionCache: Promise<string> | undefined;
+/** QEMU's version: a snapshot is only restored by the QEMU that wrote it. */
+function qemuVersion(): Promise<string> {
+  versionCache ??= run(findExecutable(QEMU, QEMU_PACKAGE), ["--version"]).then(
+    (r) => r.stdout.split("\n")[0] ?? "",
+    () => "unknown",
+  );
+  return versionCache;
+}
+
+interface VmInstanceOptions {
+  readonly child: ChildProcess;
+  readonly dir: string;
+  readonly what: string;
+  readonly listener: Server | undefined;
+  readonly consoleLog: string;
+  readonly qmpSocket: string;
+  readonly restored: boolean;
+}
+
+/** One VM: its QEMU process, run directory, channel or network transport. */
+class VmInstance implements SandboxHandle {
+  readonly #o: VmInstanceOptions;
+  readonly #exited: Promise<void>;
+  readonly #exitListeners: Array<(reason: Error) => void> = [];
+  #channel: GuestChannel | undefined;
+  #transport: HttpTransport | undefined;
+  #exitCode: number | null = null;
+  #stderr = "";
+  #stopping = false;
+  #released: Promise<void> | undefined;
+  readonly restored: boolean;
+
+  constructor(o: VmInstanceOptions) {
+    this.#o = o;
+    this.restored = o.restored;
+    const keep = (chunk: Buffer) => (this.#stderr = (this.#stderr + chunk.toString()).slice(-TAIL));
+    o.child.stdout?.on("data", keep);
+    o.child.stderr?.on("data", keep);
+    this.#exited = new Promise((resolve) => {
+      o.child.once("exit", (code, signal) => {
+        this.#exitCode = code ?? (signal ? 128 : -1);
+        if (!this.#stopping) {
+          void this.#exitError().then((err) => {
+            for (const l of this.#exitListeners) l(err);
+          });
+        }
+        resolve();
+      });
+      o.child.once("error", () => resolve());
+    });
+  }
+
+  attachChannel(channel: GuestChannel): void {
+    this.#channel = channel;
+    this.#transport = new HttpTransport({ connect: () => channel.openStream() }, this.#o.what);
+  }
+
+  attachTransport(transport: HttpTransport): void {
+    this.#transport = transport;
+  }
+
+  /** What the guest last said: the channel's LOG frames (unikernel) or the console (Linux). */
+  async #guestOutput(): Promise<string> {
+    const console = await readFile(this.#o.consoleLog, "utf8").catch(() => "");
+    return `${this.#channel?.log ?? ""}${console}`.trim().slice(-800);
+  }
+
+  async #exitError(): Promise<FennecError> {
+    const out = await this.#guestOutput();
+    const stderr = this.#stderr.trim().slice(-500);
+    return new FennecError(
+      "FN_CRASHED",
+      `${this.#o.what}: the VM stopped (QEMU exit code ${this.#exitCode})` +
+        `${out ? `; the guest's last output: ${out}` : ""}${stderr ? `; QEMU: ${stderr}` : ""}`,
+    );
+  }
+
+  /** The error to report for a start that failed: a kernel QEMU cannot load is the function's artefact. */
+  startError(err: unknown): FennecError {
+    const e = toFennecError(err, "SANDBOX_START_FAILED");
+    if (
+      /kernel|PVH|multiboot|initrd|image/i.test(this.#stderr) &&
+      this.#exitCode !== null &&
+      !this.restored
+    ) {
+      return new FennecError(
+        "FN_BAD_MODULE",
+        `${this.#o.what}: QEMU could not boot it: ${this.#stderr.trim()}`,
+      );
+    }
+    return e;
+  }
+
+  onExit(listener: (reason: Error) => void): void {
+    this.#exitListeners.push(listener);
+  }
+
+  /** Restores device state into a QEMU started with `-incoming defer` and a private RAM mapping. */
+  async restore(state: string, signal: AbortSignal): Promise<void> {
+    const qmp = await QmpClient.connect(this.#o.qmpSocket, signal);
+    try {
+      await qmp.execute("migrate-set-capabilities", {
+        capabilities: [{ capability: "x-ignore-shared", state: true }],
+      });
+      await qmp.execute("migrate-incoming", { uri: `exec:cat ${shellQuote(state)}` });
+    } finally {
+      qmp.close();
+    }
+  }
+
+  /** Writes the running guest's device state to `path` (its RAM is already in the shared file). */
+  async saveSnapshot(path: string, signal: AbortSignal): Promise<void> {
+    const qmp = await QmpClient.connect(this.#o.qmpSocket, signal);
+    try {
+      await qmp.execute("migrate-set-capabilities", {
+        capabilities: [{ capability: "x-ignore-shared", state: true }],
+      });
+      await qmp.execute("migrate", { uri: `exec:cat > ${shellQuote(path)}` });
+      for (;;) {
+        if (signal.aborted) throw signal.reason;
+        const info = await qmp.execute<{ status?: string; "error-desc"?: string }>("query-migrate");
+        if (info.status === "completed") break;
+        if (info.status === "failed" || info.status === "cancelled")
+          throw new FennecError(
+            "SANDBOX_START_FAILED",
+            `snapshot failed: ${info["error-desc"] ?? info.status}`,
+          );
+        await new Promise((r) => setTimeout(r, 10));
+      }
+      if ((await stat(path)).size === 0) throw new FennecError("SANDBOX_START_FAILED", "snapshot is empty");
+    } finally {
+      qmp.close();
+    }
+  }
+
+  async invoke(request: InvokeRequest, ctx: InvokeContext): Promise<InvokeResponse> {
+    if (!this.#transport) throw new FennecError("INSTANCE_GONE", `${this.#o.what} is not ready`);
+    try {
+      return await this.#transport.invoke(request, ctx.signal);
+    } catch (err) {
+      if (err instanceof FennecError && err.code === "FN_CRASHED") {
+        // The connection broke: if the VM is going down, report why it did.
+        await Promise.race([this.#exited, new Promise((r) => setTimeout(r, 1000))]);
+        if (this.#exitCode !== null && !this.#stopping) throw await this.#exitError();
+      }
+      throw err;
+    }
+  }
+
+  /** Graceful: QEMU quits cleanly on SIGTERM; SIGKILL after a grace period. */
+  async close(): Promise<void> {
+    this.#stopping = true;
+    this.#signal("SIGTERM");
+    const timer = setTimeout(() => this.#signal("SIGKILL"), CLOSE_GRACE_MS);
+    await this.#exited;
+    clearTimeout(timer);
+    await this.#release();
+  }
+
+  async destroy(): Promise<void> {
+    this.#stopping = true;
+    this.#signal("SIGKILL");
+    await this.#exited;
+    await this.#release();
+  }
+
+  #signal(sig: NodeJS.Signals): void {
+    if (this.#exitCode !== null || this.#o.child.pid === undefined) return;
+    try {
+      // The whole group: QEMU runs helpers (the `exec:` migration's shell and cat) in it.
+      process.kill(-this.#o.child.pid, sig);
+    } catch {
+      // already gone
+    }
+  }
+
+  #release(): Promise<void> {
+    this.#released ??= (async () => {
+      this.#channel?.close();
+      this.#transport?.close();
+      this.#o.listener?.close();
+      await rm(this.#o.dir, { recursive: true, force: true });
+    })();
+    return this.#released;
+  }
+}
+
+function shellQuote(s: string): string {
+  return `'${s.replaceAll("'", "'\\''")}'`;
+}

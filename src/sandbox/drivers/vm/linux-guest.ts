@@ -1,0 +1,141 @@
+import { execFile } from "node:child_process";
+import { existsSync } from "node:fs";
+import { mkdir, readFile, rename, rm, stat, writeFile } from "node:fs/promises";
+import { homedir } from "node:os";
+import { join } from "node:path";
+import { promisify } from "node:util";
+import { FennecError } from "../../../core/errors.js";
+import type { FunctionConfig, VmSandboxConfig } from "../../../config/function-config.js";
+import { HANDLER_RUNTIME } from "../../handler-build.js";
+import { INSIDE } from "../../host-view.js";
+import { assembleRootfs, functionFiles, type BuiltRootfs } from "../../rootfs-build.js";
+
+const run = promisify(execFile);
+
+/** Fennec's cache directory (the guest kernel lives there, built by guest/linux/build.sh). */
+export function cacheDir(): string {
+  return (
+    process.env["FENNEC_CACHE_DIR"] ??
+    join(process.env["XDG_CACHE_HOME"] ?? join(homedir(), ".cache"), "fennec")
+  );
+}
+
+export interface GuestKernel {
+  readonly kernel: string;
+  readonly initramfs: string;
+}
+
+/** The guest kernel and agent initramfs `guest/linux/build.sh` built, or a clear error saying how. */
+export function guestKernel(): GuestKernel {
+  const dir = process.env["FENNEC_GUEST_DIR"] ?? join(cacheDir(), "guest-linux", "current");
+  const kernel = join(dir, "vmlinux");
+  const initramfs = join(dir, "initramfs.cpio.gz");
+  if (!existsSync(kernel) || !existsSync(initramfs)) {
+    throw new FennecError(
+      "SANDBOX_START_FAILED",
+      `no Fennec guest kernel in ${dir}: build it once with \`fennec build --guest-kernel\` ` +
+        "(or `bash guest/linux/build.sh`; needs Debian's linux-source-6.1 flex bison bc libelf-dev libssl-dev cpio)",
+    );
+  }
+  return { kernel, initramfs };
+}
+
+/** What the agent reads from `/fennec/guest.conf` (guest/linux/README.md): one `key=value` a line. */
+function guestConf(argv: readonly string[], env: Readonly<Record<string, string>>): string {
+  const lines = [
+    ...argv.map((a) => `argv=${a}`),
+    ...Object.entries(env).map(([k, v]) => `env=${k}=${v}`),
+    `cwd=${INSIDE.functionDir}`,
+    `socket=${INSIDE.runDir}/http.sock`,
+  ];
+  return `${lines.join("\n")}\n`;
+}
+
+/** Writes a file only when its content changes, so its stamp (and the root's digest) holds still. */
+async function writeIfChanged(path: string, text: string): Promise<void> {
+  if ((await readFile(path, "utf8").catch(() => undefined)) === text) return;
+  await mkdir(join(path, ".."), { recursive: true });
+  await writeFile(`${path}.tmp`, text);
+  await rename(`${path}.tmp`, path);
+}
+
+/** The root filesystem of a `[vm]` handler or command function, and its disk image when asked for. */
+export interface GuestRoot {
+  readonly rootfs: BuiltRootfs;
+  /** An ext4 image of the root, for `disk-type = "block"`. */
+  readonly image: string | undefined;
+}
+
+/**
+ * Packs a `[vm]` function for Fennec's Linux guest: the program (Node and the handler runtime, or
+ * the command's binary) with the libraries it loads, the function directory at /fn, its bundle,
+ * and guest.conf telling the agent what to run. Shared read-only by every instance over 9p, or as
+ * an ext4 image made with `mke2fs -d` (no root, no loop device).
+ */
+export async function buildGuestRoot(
+  config: FunctionConfig,
+  vm: VmSandboxConfig,
+  bundle: string | undefined,
+): Promise<GuestRoot> {
+  const work = join(config.dir, ".fennec", "vm");
+  const files = (await functionFiles(config.dir)).map((source) => ({
+    source,
+    target: join(INSIDE.functionDir, source.slice(config.dir.length)),
+  }));
+  let argv: string[];
+  let binaries: string[];
+  if (bundle) {
+    files.push(
+      { source: HANDLER_RUNTIME, target: INSIDE.runtime },
+      { source: bundle, target: INSIDE.bundle },
+    );
+    argv = [process.execPath, INSIDE.runtime, INSIDE.bundle, "ignore"];
+    binaries = [process.execPath];
+  } else {
+    argv = [...vm.command!, "ignore"];
+    binaries = vm.command![0]!.startsWith("/") ? [vm.command![0]!] : [];
+  }
+  const conf = join(work, "guest.conf");
+  await writeIfChanged(conf, guestConf(argv, { PATH: "/usr/bin:/bin", HOME: "/tmp", ...vm.env }));
+  files.push({ source: conf, target: "/fennec/guest.conf" });
+  const rootfs = await assembleRootfs(join(work, "rootfs"), { binaries, files });
+  const diskType = vm.hypervisor["disk-type"];
+  if (diskType !== "block") return { rootfs, image: undefined };
+  return { rootfs, image: await ext4Image(rootfs, join(work, "root.ext4")) };
+}
+
+/** An ext4 image of a root directory, rebuilt only when the root's digest changes. */
+async function ext4Image(root: BuiltRootfs, path: string): Promise<string> {
+  const stamp = `${path}.digest`;
+  if ((await readFile(stamp, "utf8").catch(() => "")) === root.digest && existsSync(path)) return path;
+  const { stdout } = await run("du", ["-sm", "--apparent-size", root.dir]);
+  const sizeMiB = Math.ceil(Number.parseInt(stdout, 10) * 1.25) + 16;
+  const tmp = `${path}.${process.pid}.tmp`;
+  await rm(tmp, { force: true });
+  try {
+    await run("mke2fs", ["-q", "-F", "-t", "ext4", "-L", "fnroot", "-d", root.dir, tmp, `${sizeMiB}M`]);
+  } catch (err) {
+    await rm(tmp, { force: true });
+    const e = err as NodeJS.ErrnoException & { stderr?: string };
+    throw new FennecError(
+      "SANDBOX_START_FAILED",
+      e.code === "ENOENT"
+        ? "mke2fs is not installed: apt-get install e2fsprogs"
+        : `mke2fs failed: ${e.stderr ?? e.message}`,
+    );
+  }
+  await rename(tmp, path);
+  await writeFile(stamp, root.digest);
+  return path;
+}
+
+/** Size and mtime of each input file, for keys that must change when an artefact does. */
+export async function stampsOf(paths: ReadonlyArray<string | undefined>): Promise<string> {
+  const out: string[] = [];
+  for (const p of paths) {
+    if (!p) continue;
+    const st = await stat(p);
+    out.push(`${p}:${st.size}:${st.mtimeMs}`);
+  }
+  return out.join("\n");
+}
