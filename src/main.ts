@@ -63,14 +63,20 @@ export async function startFennec(options: FennecOptions): Promise<Fennec> {
   const removed = await registry.cleanupStale();
   if (removed.length > 0) log.info("removed leftovers of an earlier run", { paths: removed });
 
-  const wasm = new WasmDriver({ cacheDir: options.cacheDir ?? join(root, ".fennec", "cache") });
+  const cacheDir = options.cacheDir ?? join(root, ".fennec", "cache");
+  const wasm = new WasmDriver({ cacheDir });
   const drivers = new Map<string, SandboxDriver>([["wasm", wasm]]);
   drivers.set("oci", new OciDriver());
   drivers.set(
     "container",
     new ContainerDriver(options.dockerSocket ? { socketPath: options.dockerSocket } : {}),
   );
-  drivers.set("vm", new VmDriver({ accel: options.vmAccel ?? "auto", log }));
+  const vm = new VmDriver({
+    accel: options.vmAccel ?? "auto",
+    snapshotDir: join(cacheDir, "vm-snapshots"),
+    log,
+  });
+  drivers.set("vm", vm);
   if (options.processSandbox) drivers.set("process", new ProcessDriver());
   for (const [kind, driver] of options.drivers ?? []) drivers.set(kind, driver);
   for (const driver of drivers.values()) await driver.cleanupStale?.();
@@ -106,6 +112,7 @@ export async function startFennec(options: FennecOptions): Promise<Fennec> {
     bodyLimit: options.bodyLimitBytes ?? 8 * 2 ** 20,
     uploadLimit: options.uploadLimitBytes ?? 64 * 2 ** 20,
     token: options.token,
+    backends: () => ({ vm: { accel: vm.accel.accel, reason: vm.accel.reason } }),
   });
 
   const server = createServer({ keepAliveTimeout: 65_000 }, gateway.handle);

@@ -48,7 +48,7 @@ Edits on disk apply to new instances without a restart; SIGINT/SIGTERM drain and
   --body-limit BYTES     largest invocation body (default 8388608)
   --upload-limit BYTES   largest module upload or deploy document (default 67108864)
   --start-timeout MS     how long an instance may take to become ready (default 25000)
-  --cache-dir DIR        compiled-module cache (default DIR/.fennec/cache)
+  --cache-dir DIR        compiled modules and VM snapshots (default DIR/.fennec/cache)
   --log-level LEVEL      error | warn | info | debug (default info)
   --process              enable the [process] sandbox: functions run as plain host
                          processes, without isolation (development and baselines)

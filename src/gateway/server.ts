@@ -28,6 +28,8 @@ export interface GatewayOptions {
   readonly uploadLimit: number;
   /** Bearer token guarding the admin API and uploads; undefined leaves them open. */
   readonly token: string | undefined;
+  /** What the sandboxes report of themselves in /stats (e.g. which accelerator runs VMs). */
+  readonly backends?: () => Record<string, unknown>;
 }
 
 // Headers that describe one hop, not the message: never forwarded either way.
@@ -213,6 +215,7 @@ export class Gateway {
       memory: { reservedMiB: scheduler.memoryUsedMiB, budgetMiB: scheduler.memoryBudgetMiB },
       instances,
       functions: stats.functions(),
+      ...(this.#o.backends ? { backends: this.#o.backends() } : {}),
     };
   }
 

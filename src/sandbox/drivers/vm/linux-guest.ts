@@ -77,7 +77,8 @@ export async function buildGuestRoot(
   vm: VmSandboxConfig,
   bundle: string | undefined,
 ): Promise<GuestRoot> {
-  const work = join(config.dir, ".fennec", "vm");
+  // Per function, not per directory: functions may share a directory (and differ in argv or env).
+  const work = join(config.dir, ".fennec", "vm", `${config.id.user}+${config.id.name}`);
   const files = (await functionFiles(config.dir)).map((source) => ({
     source,
     target: join(INSIDE.functionDir, source.slice(config.dir.length)),

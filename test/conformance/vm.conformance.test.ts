@@ -1,0 +1,67 @@
+import { join } from "node:path";
+import type { VmSandboxConfig } from "../../src/config/function-config.js";
+import { VmDriver } from "../../src/sandbox/drivers/vm/driver.js";
+import { testConfig } from "../helpers/config.js";
+import { ROOT } from "../helpers/paths.js";
+import { runConformance } from "./suite.js";
+
+// Needs qemu-system-x86 (and, for the Linux guest, the kernel guest/linux/build.sh builds);
+// .ci/run installs and builds both. Guests run under TCG here: KVM on this host is PVM.
+const UNIKERNELS = join(ROOT, "test", "fixtures", "unikernel");
+const PROCESS_FIXTURE = join(ROOT, "test", "fixtures", "process");
+
+function vmConfig(over: Partial<VmSandboxConfig>): VmSandboxConfig {
+  return {
+    kind: "vm",
+    kernel: undefined,
+    image: undefined,
+    memoryMiB: 256,
+    cpus: 1,
+    cmdline: "",
+    hypervisor: { type: "microvm", "disk-type": "9p" },
+    handler: undefined,
+    command: undefined,
+    env: {},
+    transport: "channel",
+    snapshot: false,
+    ...over,
+  };
+}
+
+const unikernel = (name: string) =>
+  testConfig({
+    id: { user: "default", name: `uk-${name}` },
+    key: `default/uk-${name}`,
+    dir: UNIKERNELS,
+    timeoutMs: 20_000,
+    sandbox: vmConfig({ kernel: join(UNIKERNELS, `${name}.elf`), memoryMiB: 16 }),
+  });
+
+runConformance("vm (unikernel, microvm)", async () => ({
+  driver: new VmDriver({ accel: "auto" }),
+  echo: unikernel("echo"),
+  hang: unikernel("hang"),
+  fail: unikernel("fail"),
+}));
+
+/** The process driver's fixture, packed with Node into Fennec's Linux guest. */
+const linux = (name: string, mode: string, hypervisor: VmSandboxConfig["hypervisor"]) =>
+  testConfig({
+    id: { user: "default", name: `${hypervisor.type}-${name}` },
+    key: `default/${hypervisor.type}-${name}`,
+    dir: PROCESS_FIXTURE,
+    timeoutMs: 20_000,
+    sandbox: vmConfig({ command: [process.execPath, "server.mjs", mode], hypervisor }),
+  });
+
+for (const hypervisor of [
+  { type: "microvm", "disk-type": "9p" },
+  { type: "qemu", "disk-type": "block" },
+] as const) {
+  runConformance(`vm (Linux guest, ${hypervisor.type}, ${hypervisor["disk-type"]})`, async () => ({
+    driver: new VmDriver({ accel: "auto" }),
+    echo: linux("echo", "echo", hypervisor),
+    hang: linux("hang", "hang", hypervisor),
+    fail: linux("fail", "fail", hypervisor),
+  }));
+}

@@ -1,0 +1,284 @@
+import assert from "node:assert/strict";
+import { execFileSync, spawn } from "node:child_process";
+import { existsSync } from "node:fs";
+import { mkdir, readdir, readFile, rm, truncate, writeFile } from "node:fs/promises";
+import { join } from "node:path";
+import { after, before, describe, it } from "node:test";
+import { chooseAccel } from "../../src/sandbox/drivers/vm/accel.js";
+import { VmDriver } from "../../src/sandbox/drivers/vm/driver.js";
+import { runRoot } from "../../src/sandbox/run-dir.js";
+import { request } from "../helpers/http.js";
+import { ROOT, tempDir } from "../helpers/paths.js";
+import { startTestServer, type TestServer } from "../helpers/server.js";
+
+// Needs qemu-system-x86 and the guest kernel of guest/linux/build.sh (.ci/run installs and builds
+// both). Guests run under TCG on this host kind.
+const UNIKERNELS = join(ROOT, "test", "fixtures", "unikernel");
+
+/** Adds a `[vm]` function to a registry. */
+async function addVm(registry: string, name: string, toml: string, files: Record<string, string> = {}) {
+  const dir = join(registry, name);
+  await mkdir(dir, { recursive: true });
+  for (const [file, from] of Object.entries(files)) await writeFile(join(dir, file), await readFile(from));
+  await writeFile(join(dir, "function.toml"), `keepalive = 30\nconcurrent-requests = 1\n${toml}`);
+  return dir;
+}
+
+/** QEMU processes whose command line mentions `needle` (to prove none is left behind). */
+function qemusWith(needle: string): number[] {
+  const out = execFileSync("ps", ["-eo", "pid=,args="], { encoding: "utf8" });
+  return out
+    .split("\n")
+    .filter((l) => l.includes("qemu-system") && l.includes(needle))
+    .map((l) => Number.parseInt(l.trim(), 10));
+}
+
+const statsOf = async (url: string) =>
+  (await request(`${url}/stats`)).json<{
+    backends: { vm: { accel: string; reason: string } };
+    functions: Record<string, { starts: Record<string, number> }>;
+  }>();
+
+describe("VM examples through the gateway", () => {
+  let s: TestServer;
+  before(async () => {
+    s = await startTestServer({ startTimeoutMs: 60_000 });
+  });
+  after(() => s.close());
+
+  for (const [name, text] of [
+    ["hello-unikernel", /hello/i],
+    ["hello-microvm", /hello from Fennec \(a QEMU microVM\), vm!/],
+    ["hello-qemu", /hello from Fennec \(a QEMU pc virtual machine\), vm!/],
+  ] as const) {
+    it(`serves ${name} cold, then warm`, async () => {
+      const cold = await request(`${s.url}/invoke/${name}/?name=vm`);
+      assert.equal(cold.status, 200, cold.text);
+      assert.match(cold.text, text);
+      assert.equal(cold.headers.get("x-fennec-start"), "cold");
+      const warm = await request(`${s.url}/invoke/${name}/?name=vm`);
+      assert.equal(warm.headers.get("x-fennec-start"), "warm");
+      assert.match(warm.text, text);
+    });
+  }
+
+  it("computes fib in the unikernel", async () => {
+    const res = await request(`${s.url}/invoke/hello-unikernel/fib?n=25`);
+    assert.equal(res.status, 200, res.text);
+    assert.match(res.text, /fib\(25\) = 75025/);
+  });
+
+  it("says in /stats which accelerator runs the guests, and why", async () => {
+    const stats = await statsOf(s.url);
+    assert.ok(["kvm", "tcg"].includes(stats.backends.vm.accel));
+    assert.ok(stats.backends.vm.reason.length > 0);
+  });
+});
+
+describe("VM snapshots (SnapFaaS)", () => {
+  let s: TestServer;
+  before(async () => {
+    s = await startTestServer({ startTimeoutMs: 60_000 });
+    await addVm(
+      s.registry,
+      "snap-uk",
+      `single-use = true\n[vm]\nkernel = "echo.elf"\nmemory = 16\nsnapshot = true\nhypervisor = { type = "microvm" }\n`,
+      { "echo.elf": join(UNIKERNELS, "echo.elf") },
+    );
+  });
+  after(() => s.close());
+
+  const snapshotDir = () => join(s.root, "cache", "vm-snapshots", "default+snap-uk");
+  async function waitForSnapshot(): Promise<string> {
+    for (let i = 0; i < 600; i++) {
+      const keys = await readdir(snapshotDir()).catch(() => [] as string[]);
+      const done = keys.find((k) => existsSync(join(snapshotDir(), k, "meta.json")));
+      if (done) return join(snapshotDir(), done);
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    throw new Error("no snapshot was written");
+  }
+
+  it("boots the first instance, writes a snapshot, restores later ones from it", async () => {
+    const first = await request(`${s.url}/invoke/snap-uk/`, { method: "POST", body: "one" });
+    assert.equal(first.status, 200, first.text);
+    assert.equal(first.headers.get("x-fennec-start"), "cold");
+    await waitForSnapshot();
+    // single-use: every call gets a new instance, now restored instead of booted.
+    const second = await request(`${s.url}/invoke/snap-uk/`, { method: "POST", body: "two" });
+    assert.equal(second.status, 200, second.text);
+    assert.equal(second.text, "two");
+    assert.equal(second.headers.get("x-fennec-start"), "restored");
+    const stats = await statsOf(s.url);
+    assert.ok((stats.functions["default/snap-uk"]?.starts["restored"] ?? 0) >= 1);
+  });
+
+  it("falls back to booting when the snapshot is corrupt, and writes a new one", async () => {
+    const snap = await waitForSnapshot();
+    await truncate(join(snap, "state"), 100);
+    const res = await request(`${s.url}/invoke/snap-uk/`, { method: "POST", body: "three" });
+    assert.equal(res.status, 200, res.text);
+    assert.equal(res.text, "three");
+    assert.equal(res.headers.get("x-fennec-start"), "cold");
+    await waitForSnapshot();
+    const again = await request(`${s.url}/invoke/snap-uk/`, { method: "POST", body: "four" });
+    assert.equal(again.headers.get("x-fennec-start"), "restored");
+  });
+
+  it("never restores a snapshot of older artefacts", async () => {
+    const old = await waitForSnapshot();
+    // A new kernel image (same bytes, new stamp) is a new snapshot key.
+    const elf = join(s.registry, "snap-uk", "echo.elf");
+    await writeFile(elf, await readFile(elf));
+    const res = await request(`${s.url}/invoke/snap-uk/`, { method: "POST", body: "five" });
+    assert.equal(res.headers.get("x-fennec-start"), "cold");
+    let fresh = old;
+    for (let i = 0; i < 600 && fresh === old; i++) {
+      await new Promise((r) => setTimeout(r, 100));
+      fresh = await waitForSnapshot();
+    }
+    assert.notEqual(fresh, old);
+    assert.equal(existsSync(old), false, "the snapshot of the older artefacts is removed");
+  });
+});
+
+describe("VM bad input", () => {
+  let s: TestServer;
+  before(async () => {
+    s = await startTestServer({ startTimeoutMs: 8_000 });
+    const fx = (n: string) => ({ [`${n}.elf`]: join(UNIKERNELS, `${n}.elf`) });
+    const uk = (kernel: string) =>
+      `[vm]\nkernel = "${kernel}"\nmemory = 16\nhypervisor = { type = "microvm" }\n`;
+    await addVm(s.registry, "uk-panic", uk("fail.elf"), fx("fail"));
+    await addVm(s.registry, "uk-noready", uk("noready.elf"), fx("noready"));
+    await addVm(s.registry, "uk-hang", `timeout = 1\n${uk("hang.elf")}`, fx("hang"));
+    await addVm(s.registry, "not-bootable", uk("kernel.txt"), { "kernel.txt": join(ROOT, "README.md") });
+    await addVm(s.registry, "no-kernel", uk("missing.elf"));
+    await addVm(
+      s.registry,
+      "linux-dies",
+      `[vm]\ncommand = ["${process.execPath}", "server.mjs", "fail"]\nmemory = 256\nhypervisor = { type = "microvm" }\n`,
+      { "server.mjs": join(ROOT, "test", "fixtures", "process", "server.mjs") },
+    );
+  });
+  after(() => s.close());
+
+  it("a guest panic is the function's crash, with what the guest said", async () => {
+    const res = await request(`${s.url}/invoke/uk-panic/`);
+    assert.equal(res.status, 502, res.text);
+    assert.equal(res.headers.get("x-fennec-error"), "FN_CRASHED");
+    assert.match(res.text, /panic/);
+  });
+
+  it("a guest that never becomes ready times out and its QEMU is killed", async () => {
+    const res = await request(`${s.url}/invoke/uk-noready/`);
+    assert.equal(res.headers.get("x-fennec-error"), "FN_INIT_TIMEOUT", res.text);
+    await new Promise((r) => setTimeout(r, 300));
+    assert.deepEqual(qemusWith(join(s.registry, "uk-noready")), []);
+  });
+
+  it("a runaway guest is stopped at the function's timeout", async () => {
+    const res = await request(`${s.url}/invoke/uk-hang/`);
+    assert.equal(res.headers.get("x-fennec-error"), "FN_TIMEOUT", res.text);
+    await new Promise((r) => setTimeout(r, 300));
+    assert.deepEqual(qemusWith(join(s.registry, "uk-hang")), []);
+  });
+
+  it("a kernel QEMU cannot boot is a bad artefact", async () => {
+    const res = await request(`${s.url}/invoke/not-bootable/`);
+    assert.equal(res.headers.get("x-fennec-error"), "FN_BAD_MODULE", res.text);
+  });
+
+  it("a missing kernel is a config error naming the key", async () => {
+    const res = await request(`${s.url}/invoke/no-kernel/`);
+    assert.equal(res.status, 500, res.text);
+    assert.match(res.text, /vm\.kernel/);
+  });
+
+  it("a Linux guest whose function dies mid-request is the function's crash", async () => {
+    const res = await request(`${s.url}/invoke/linux-dies/`, { method: "POST", body: "x" });
+    assert.equal(res.headers.get("x-fennec-error"), "FN_CRASHED", res.text);
+  });
+
+  it("keeps serving other functions meanwhile", async () => {
+    const res = await request(`${s.url}/invoke/hello/`);
+    assert.equal(res.status, 200);
+  });
+});
+
+describe("VM driver housekeeping", () => {
+  it("names the package when QEMU is not installed", async () => {
+    const saved = process.env["PATH"];
+    process.env["PATH"] = "/nonexistent";
+    try {
+      const driver = new VmDriver();
+      const { testConfig } = await import("../helpers/config.js");
+      await assert.rejects(
+        driver.prepare(
+          testConfig({
+            sandbox: {
+              kind: "vm",
+              kernel: join(UNIKERNELS, "echo.elf"),
+              image: undefined,
+              memoryMiB: 16,
+              cpus: 1,
+              cmdline: "",
+              hypervisor: { type: "microvm" },
+              handler: undefined,
+              command: undefined,
+              env: {},
+              transport: "channel",
+              snapshot: false,
+            },
+          }),
+        ),
+        /qemu-system-x86_64 is not installed: apt-get install qemu-system-x86/,
+      );
+    } finally {
+      process.env["PATH"] = saved;
+    }
+  });
+
+  it("at start, ends the QEMU a crashed Fennec left and removes its run directory", async () => {
+    // A Fennec that is gone: a PID that has exited.
+    const gone = spawn(process.execPath, ["-e", ""]);
+    await new Promise((r) => gone.once("exit", r));
+    const dir = join(runRoot("vm"), `stale-${process.pid}`);
+    await mkdir(dir, { recursive: true });
+    const qemu = spawn(
+      "qemu-system-x86_64",
+      ["-M", "microvm", "-accel", "tcg", "-nodefaults", "-display", "none", "-S", "-m", "16"],
+      { detached: true, stdio: "ignore" },
+    );
+    await new Promise((r) => setTimeout(r, 200));
+    const cmdline = await readFile(`/proc/${qemu.pid}/cmdline`, "utf8");
+    await writeFile(
+      join(dir, "owner.json"),
+      JSON.stringify({ fennecPid: gone.pid, childPid: qemu.pid, cmdline }),
+    );
+    const exited = new Promise((r) => qemu.once("exit", r));
+    await new VmDriver().cleanupStale();
+    await exited;
+    assert.equal(existsSync(dir), false);
+  });
+
+  it("chooses TCG on a PVM host and KVM with a hardware module", async () => {
+    const { dir, cleanup } = await tempDir();
+    try {
+      await mkdir(join(dir, "pvm", "kvm_pvm"), { recursive: true });
+      await mkdir(join(dir, "hw", "kvm_intel"), { recursive: true });
+      assert.equal(chooseAccel("auto", join(dir, "pvm")).accel, "tcg");
+      assert.equal(chooseAccel("tcg", join(dir, "hw")).accel, "tcg");
+      let kvmUsable = true;
+      try {
+        execFileSync("test", ["-r", "/dev/kvm", "-a", "-w", "/dev/kvm"]);
+      } catch {
+        kvmUsable = false;
+      }
+      assert.equal(chooseAccel("auto", join(dir, "hw")).accel, kvmUsable ? "kvm" : "tcg");
+    } finally {
+      await cleanup();
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+});
