@@ -1,28 +1,73 @@
 import { resolve } from "node:path";
-import { toFennecError } from "../core/errors.js";
+import { toFennecError, type FennecError } from "../core/errors.js";
+import type { FunctionConfig } from "../config/function-config.js";
 import { DirectoryRegistry } from "../registry/registry.js";
+import { ContainerDriver } from "../sandbox/drivers/container/driver.js";
+import { defaultDockerSocket } from "../sandbox/drivers/container/engine.js";
+import { OciDriver } from "../sandbox/drivers/oci/driver.js";
 import { buildHandler } from "../sandbox/handler-build.js";
 import { ModuleCache } from "../sandbox/drivers/wasm/module-cache.js";
 
-/** `fennec build`: checks every function and builds what needs building; prints one line each. */
-export async function buildRegistry(dir: string, only: readonly string[]): Promise<number> {
+export interface BuildOptions {
+  /** The Docker engine that [container] handler images are imported into (default: DOCKER_HOST or /var/run/docker.sock). */
+  readonly dockerSocket?: string;
+}
+
+const ms = (t0: number) => `${(performance.now() - t0).toFixed(0)} ms`;
+
+/**
+ * `fennec build`: checks every function and builds, ahead of time, what its sandbox needs: a
+ * [wasm] module compiled and checked; a [process] handler bundled; an [oci] handler's root
+ * filesystem; a [container] handler's Docker image (when the engine can be reached; otherwise its
+ * root filesystem, and the image is imported at first start). One progress line per step, then
+ * `ok` or `FAILED` per function; exit code 1 when any function failed.
+ */
+export async function buildRegistry(
+  dir: string,
+  only: readonly string[],
+  options: BuildOptions = {},
+): Promise<number> {
   const registry = new DirectoryRegistry(resolve(dir));
   const modules = new ModuleCache(undefined);
+  const oci = new OciDriver();
+  let docker: ContainerDriver | undefined;
+  /** Whether the engine answered (asked once, at the first [container] function). */
+  let engineUp: Promise<FennecError | undefined> | undefined;
   let failed = 0;
   for (const entry of await registry.list()) {
     if (only.length > 0 && !only.includes(entry.key) && !only.includes(entry.id.name)) continue;
     const t0 = performance.now();
+    const progress = (line: string) => process.stdout.write(`  ...  ${entry.key}: ${line}\n`);
     try {
       if (entry.error) throw entry.error;
-      const c = entry.config!;
+      const c: FunctionConfig = entry.config!;
       let what = `${c.sandbox.kind}: nothing to build`;
       if (c.sandbox.kind === "wasm") {
         await modules.forRevision(c.sandbox.module, c.revision, c.sandbox.memoryMiB, c.file);
         what = "wasm module compiled and checked";
-      } else if ((c.sandbox.kind === "process" || c.sandbox.kind === "oci") && c.sandbox.handler) {
+      } else if (c.sandbox.kind === "process" && c.sandbox.handler) {
         what = `handler bundled into ${await buildHandler(c, c.sandbox.handler)}`;
+      } else if (c.sandbox.kind === "oci" && c.sandbox.handler) {
+        progress(`bundling ${c.sandbox.handler} and building its root filesystem`);
+        const root = await oci.rootfs(c);
+        what = `oci root filesystem ${root.dir} (${c.sandbox.rootfs}, ${c.sandbox.runtime})`;
+      } else if (c.sandbox.kind === "container") {
+        docker ??= new ContainerDriver({ socketPath: options.dockerSocket ?? defaultDockerSocket() });
+        const engine = docker.engine;
+        engineUp ??= engine.ping().then(
+          () => undefined,
+          (err: unknown) => toFennecError(err),
+        );
+        const down = await engineUp;
+        if (!down) what = `docker image ${await docker.buildImage(c, progress)}`;
+        else if (c.sandbox.handler) {
+          const root = await docker.handlerRootfs(c, progress);
+          what =
+            `root filesystem ${root.dir}; the image will be imported at first start, ` +
+            `since ${down.message}`;
+        } else what = `image ${c.sandbox.image} not checked: ${down.message}`;
       }
-      process.stdout.write(`ok     ${entry.key}: ${what} (${(performance.now() - t0).toFixed(0)} ms)\n`);
+      process.stdout.write(`ok     ${entry.key}: ${what} (${ms(t0)})\n`);
     } catch (err) {
       failed++;
       const e = toFennecError(err);

@@ -148,6 +148,15 @@ async function assembleVersioned(parent: string, contents: RootfsContents): Prom
   return { dir, digest: r.digest };
 }
 
+/** Removes a function's built roots other than `keep` (for a driver none of whose instances run on them). */
+export async function removeOtherRootfs(config: FunctionConfig, keep: BuiltRootfs): Promise<void> {
+  const parent = rootfsParent(config);
+  for (const name of await readdir(parent).catch(() => [] as string[])) {
+    const dir = join(parent, name);
+    if (dir !== keep.dir && !name.endsWith(".tmp")) await rm(dir, { recursive: true, force: true });
+  }
+}
+
 /** Removes a root built by buildRootfs once nothing runs on it any more. */
 export async function removeRootfs(root: BuiltRootfs): Promise<void> {
   await rm(root.dir, { recursive: true, force: true });

@@ -1,6 +1,9 @@
 import assert from "node:assert/strict";
-import { readdirSync } from "node:fs";
+import { execFile } from "node:child_process";
+import { existsSync, readdirSync } from "node:fs";
+import { appendFile, mkdir, writeFile } from "node:fs/promises";
 import { join } from "node:path";
+import { promisify } from "node:util";
 import { after, before, describe, it } from "node:test";
 import type { FunctionConfig } from "../../src/config/function-config.js";
 import { FennecError } from "../../src/core/errors.js";
@@ -11,7 +14,7 @@ import { testConfig } from "../helpers/config.js";
 import { importFixtureImage, startDockerd, type TestDockerd } from "../helpers/docker.js";
 import { request } from "../helpers/http.js";
 import { emptyGet, loopbackTarget, startInstance } from "../helpers/instance.js";
-import { ROOT } from "../helpers/paths.js";
+import { CLI, copyExamples, ROOT, tempDir } from "../helpers/paths.js";
 import { startTestServer, type TestServer } from "../helpers/server.js";
 
 // A real dockerd of the test's own (root and docker.io, which .ci/run installs; under CI=true a
@@ -227,5 +230,121 @@ describe("Docker examples through the gateway", () => {
     } finally {
       await down.close();
     }
+  });
+});
+
+describe("handler images: one per function, older builds removed", () => {
+  let driver: ContainerDriver;
+  let dir: string;
+  let cleanup: () => Promise<void>;
+  const handlerFn = (revision: string): FunctionConfig =>
+    testConfig({
+      id: { user: "default", name: "rebuilt" },
+      key: "default/rebuilt",
+      dir,
+      file: join(dir, "function.toml"),
+      revision,
+      timeoutMs: 20_000,
+      sandbox: {
+        kind: "container",
+        image: undefined,
+        handler: join(dir, "handler.js"),
+        memoryMiB: 128,
+        runtime: undefined,
+        env: {},
+        pids: 256,
+        network: "none",
+      },
+    });
+  const tags = async () =>
+    (await dockerd.engine.api.listImages({ filters: { reference: ["fennec-fn/default/rebuilt"] } }))
+      .flatMap((i) => i.RepoTags ?? [])
+      .sort();
+  before(async () => {
+    await ready;
+    driver = new ContainerDriver({ socketPath: dockerd.socketPath });
+    ({ dir, cleanup } = await tempDir("fennec-rebuilt-"));
+    await mkdir(dir, { recursive: true });
+    await writeFile(join(dir, "handler.js"), 'export default { fetch: () => new Response("v1") };\n');
+  });
+  after(() => cleanup());
+
+  it("removes the old image when a function's image is rebuilt for a new digest; one in use when its container goes", async () => {
+    const v1 = await driver.image(handlerFn("v1"));
+    const inst = await startInstance(driver, handlerFn("v1"), { startTimeoutMs: 20_000 });
+    await writeFile(join(dir, "handler.js"), 'export default { fetch: () => new Response("v2") };\n');
+    const v2 = await driver.image(handlerFn("v2"));
+    assert.notEqual(v2, v1);
+    assert.deepEqual(await tags(), [v1, v2].sort(), "the old image stays while a container runs on it");
+    assert.equal(Buffer.from((await inst.invoke(emptyGet())).body).toString(), "v1");
+    await inst.destroy();
+    assert.deepEqual(await tags(), [v2], "removed with its last container");
+
+    await writeFile(join(dir, "handler.js"), 'export default { fetch: () => new Response("v3") };\n');
+    const v3 = await driver.image(handlerFn("v3"));
+    assert.deepEqual(await tags(), [v3], "an unused old image goes at once");
+    assert.equal(readdirSync(join(dir, ".fennec", "rootfs")).length, 1, "and its root filesystem");
+  });
+});
+
+describe("fennec build: roots and images ahead of time", () => {
+  const run = promisify(execFile);
+  let dir: string;
+  let cleanup: () => Promise<void>;
+  let registry: string;
+  const build = async (dockerHost: string, ...fns: string[]) => {
+    const r = await run(process.execPath, [CLI, "build", "-r", registry, ...fns], {
+      env: { ...process.env, DOCKER_HOST: `unix://${dockerHost}` },
+    }).catch((e: { stdout: string; stderr: string; code: number }) => e);
+    return r.stdout;
+  };
+  before(async () => {
+    await ready;
+    ({ dir, cleanup } = await tempDir("fennec-build-"));
+    registry = await copyExamples(dir);
+  });
+  after(() => cleanup());
+
+  it("builds each [oci] handler's root and each [container] handler's image, with progress lines", async () => {
+    const out = await build(
+      dockerd.socketPath,
+      "hello-runc",
+      "hello-runsc",
+      "hello-docker",
+      "hello-docker-runsc",
+    );
+    for (const name of ["hello-runc", "hello-runsc"]) {
+      const root = new RegExp(`ok     default/${name}: oci root filesystem (\\S+) \\(shared`).exec(out);
+      assert.ok(root, out);
+      assert.ok(existsSync(join(root[1]!, "opt", "fennec", "handler-server.js")), out);
+      assert.match(out, new RegExp(`  \\.\\.\\.  default/${name}: bundling `));
+    }
+    for (const name of ["hello-docker", "hello-docker-runsc"]) {
+      assert.match(out, new RegExp(`  \\.\\.\\.  default/${name}: handler bundled into `));
+      assert.match(out, new RegExp(`  \\.\\.\\.  default/${name}: root filesystem `));
+      assert.match(
+        out,
+        new RegExp(`  \\.\\.\\.  default/${name}: image fennec-fn/default/${name}:\\w+ imported`),
+      );
+      const ref = new RegExp(`ok     default/${name}: docker image (\\S+)`).exec(out)?.[1];
+      assert.ok(ref && (await dockerd.engine.hasImage(ref)), out);
+    }
+    // Nothing changed: the same digests, nothing imported again.
+    const again = await build(dockerd.socketPath, "hello-docker", "hello-runc");
+    assert.match(again, /default\/hello-docker: image \S+ is on the engine already/);
+    assert.doesNotMatch(again, /imported/);
+    // A changed handler: a new image, and the old one removed.
+    await appendFile(join(registry, "hello-docker", "handler.ts"), "\n// changed\n");
+    const changed = await build(dockerd.socketPath, "hello-docker");
+    assert.match(changed, /image \S+ imported/);
+    assert.match(changed, /removed the older image fennec-fn\/default\/hello-docker:/);
+  });
+
+  it("without a reachable engine builds the root and says the image is imported at first start", async () => {
+    const out = await build(join(dir, "no-engine.sock"), "hello-docker");
+    assert.match(
+      out,
+      /ok {5}default\/hello-docker: root filesystem \S+; the image will be imported at first start, since the Docker engine at \S+ cannot be reached/,
+    );
   });
 });

@@ -8,7 +8,7 @@ import type { InvokeContext, SandboxDriver, SandboxHandle, StartContext } from "
 import { HandlerBundles } from "../../handler-build.js";
 import { INSIDE } from "../../host-view.js";
 import { HttpTransport } from "../../http-transport.js";
-import { nodeInside, RootfsBuilds } from "../../rootfs-build.js";
+import { nodeInside, removeOtherRootfs, RootfsBuilds, type BuiltRootfs } from "../../rootfs-build.js";
 import { createRunDir, runRoot, sweepStale } from "../../run-dir.js";
 import { waitForSocket } from "../../wait-socket.js";
 import { DockerEngine, defaultDockerSocket, handlerImageRef, LABEL } from "./engine.js";
@@ -54,6 +54,8 @@ export class ContainerDriver implements SandboxDriver {
   /** Image builds per function revision, each done once. */
   readonly #images = new Map<string, Promise<string>>();
   readonly #owner = runRoot("container");
+  /** The newest handler image of each function. */
+  readonly #currentImage = new Map<string, string>();
 
   constructor(options: ContainerDriverOptions = {}) {
     this.engine = new DockerEngine(options.socketPath ?? defaultDockerSocket());
@@ -82,7 +84,15 @@ export class ContainerDriver implements SandboxDriver {
     return image;
   }
 
-  async #resolveImage(config: FunctionConfig): Promise<string> {
+  /**
+   * Builds (or checks) a function's image now, reporting each step: what `fennec build` runs ahead
+   * of time. Unlike image(), not cached: a build always looks at the engine.
+   */
+  buildImage(config: FunctionConfig, progress: (line: string) => void): Promise<string> {
+    return this.#resolveImage(config, progress);
+  }
+
+  async #resolveImage(config: FunctionConfig, progress?: (line: string) => void): Promise<string> {
     const cfg = containerOf(config);
     if (cfg.image !== undefined) {
       if (!(await this.engine.hasImage(cfg.image))) {
@@ -92,16 +102,45 @@ export class ContainerDriver implements SandboxDriver {
             "Fennec pulls nothing: `docker import` or `docker load` it first",
         );
       }
+      progress?.(`image ${cfg.image} is on the engine`);
       return cfg.image;
     }
-    const bundle = await this.#bundles.get(config, cfg.handler!);
-    const rootfs = await this.#rootfs.get(config, bundle);
+    const rootfs = await this.handlerRootfs(config, progress);
     const ref = handlerImageRef(config, rootfs.digest);
-    if (!(await this.engine.hasImage(ref))) {
+    if (await this.engine.hasImage(ref)) progress?.(`image ${ref} is on the engine already`);
+    else {
+      const t0 = performance.now();
       const entrypoint = [await nodeInside(), INSIDE.runtime, INSIDE.bundle];
       await this.engine.importRootfs(rootfs.dir, ref, rootfs.digest, entrypoint);
+      progress?.(`image ${ref} imported (${(performance.now() - t0).toFixed(0)} ms)`);
     }
+    this.#currentImage.set(config.key, ref);
+    // Older builds of this function's image (a rebuild for a new digest) and their roots go; an
+    // image a container still runs on goes when that container does (see ContainerInstance).
+    for (const old of await this.engine.removeOtherTags(ref).catch(() => [] as string[]))
+      progress?.(`removed the older image ${old}`);
+    await removeOtherRootfs(config, rootfs);
     return ref;
+  }
+
+  /** A handler function's bundle and root filesystem, reporting each step. */
+  async handlerRootfs(config: FunctionConfig, progress?: (line: string) => void): Promise<BuiltRootfs> {
+    const cfg = containerOf(config);
+    if (!cfg.handler) throw new FennecError("INTERNAL", `${config.key} has an image, not a handler`);
+    let t0 = performance.now();
+    const bundle = await this.#bundles.get(config, cfg.handler);
+    progress?.(`handler bundled into ${bundle} (${(performance.now() - t0).toFixed(0)} ms)`);
+    t0 = performance.now();
+    const rootfs = await this.#rootfs.get(config, bundle);
+    progress?.(`root filesystem ${rootfs.dir} (${(performance.now() - t0).toFixed(0)} ms)`);
+    return rootfs;
+  }
+
+  /** An instance's image is gone: remove it too when a newer build replaced it. */
+  async #released(config: FunctionConfig, image: string): Promise<void> {
+    const current = this.#currentImage.get(config.key);
+    if (current !== undefined && current !== image && image.startsWith("fennec-fn/"))
+      await this.engine.removeImage(image);
   }
 
   /** Removes containers of a Fennec that is gone (same run directory, dead PID) and their run dirs. */
@@ -179,6 +218,7 @@ export class ContainerDriver implements SandboxDriver {
       what,
       memoryMiB: cfg.memoryMiB,
       transport: new HttpTransport({ socketPath: join(socketDir, "http.sock") }, what),
+      released: () => this.#released(ctx.config, image),
     });
     try {
       await container.start().catch((err: unknown) => {
@@ -222,6 +262,8 @@ interface ContainerInstanceOptions {
   readonly what: string;
   readonly memoryMiB: number;
   readonly transport: HttpTransport;
+  /** After the container is removed. */
+  readonly released: () => Promise<void>;
 }
 
 /** One container: its Docker object, its run directory and socket. */
@@ -311,5 +353,6 @@ class ContainerInstance implements SandboxHandle {
     this.#o.transport.close();
     await this.#o.container.remove({ force: true }).catch(() => undefined);
     await rm(this.#o.dir, { recursive: true, force: true });
+    await this.#o.released().catch(() => undefined);
   }
 }

@@ -115,6 +115,31 @@ export class DockerEngine {
     if (failed) throw new FennecError("FN_BAD_MODULE", `docker import of ${dir} as ${ref}: ${failed.error}`);
   }
 
+  /**
+   * Removes tags of `ref`'s repository other than `ref` itself (older builds of a handler image),
+   * with the image when that was its last tag. One still used by a container is left for later.
+   */
+  async removeOtherTags(ref: string): Promise<string[]> {
+    const [repo] = splitRef(ref);
+    const images = await this.#call(() => this.api.listImages({ filters: { reference: [repo] } }));
+    const removed: string[] = [];
+    for (const tag of images.flatMap((i) => i.RepoTags ?? [])) {
+      if (tag === ref || splitRef(tag)[0] !== repo) continue;
+      if (await this.removeImage(tag)) removed.push(tag);
+    }
+    return removed;
+  }
+
+  /** Removes one image tag; false when it is gone already or still in use by a container. */
+  async removeImage(ref: string): Promise<boolean> {
+    try {
+      await this.#call(() => this.api.getImage(ref).remove());
+      return true;
+    } catch {
+      return false;
+    }
+  }
+
   /** Containers this Fennec (identified by its run directory) made, live or not. */
   async ownContainers(owner: string): Promise<Docker.ContainerInfo[]> {
     return this.#call(() =>
