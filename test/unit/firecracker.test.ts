@@ -1,0 +1,352 @@
+import assert from "node:assert/strict";
+import { execFile } from "node:child_process";
+import { existsSync } from "node:fs";
+import { mkdir, readFile, writeFile } from "node:fs/promises";
+import { join } from "node:path";
+import { after, before, describe, it } from "node:test";
+import { promisify } from "node:util";
+import { FirecrackerVm, type FirecrackerStartOptions } from "../../src/sandbox/drivers/vm/firecracker.js";
+import { TapPool } from "../../src/sandbox/drivers/vm/taps.js";
+import { ROOT, tempDir } from "../helpers/paths.js";
+
+// The API client against a fake Firecracker (test/fixtures/firecracker/fake-firecracker.mjs) that
+// checks each request against Firecracker's documented bodies and ordering rules. The tap test
+// needs root and iproute2 (it makes its own network namespace). test/e2e/firecracker.test.ts runs a
+// real Firecracker where one exists.
+const FAKE = join(ROOT, "test", "fixtures", "firecracker", "fake-firecracker.mjs");
+const run = promisify(execFile);
+
+interface Call {
+  method: string;
+  path: string;
+  body: Record<string, unknown> | undefined;
+  status: number;
+  fault_message?: string;
+}
+
+async function calls(runDir: string): Promise<Call[]> {
+  const text = await readFile(join(runDir, "calls.jsonl"), "utf8").catch(() => "");
+  return text
+    .split("\n")
+    .filter(Boolean)
+    .map((l) => JSON.parse(l) as Call);
+}
+
+function alive(pid: number | undefined): boolean {
+  try {
+    process.kill(pid!, 0);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+describe("FirecrackerVm (its API, against a fake Firecracker)", () => {
+  let tmp: Awaited<ReturnType<typeof tempDir>>;
+  let kernel: string;
+  let image: string;
+  let n = 0;
+  const savedExe = process.env["FIRECRACKER_EXE"];
+  const vms: FirecrackerVm[] = [];
+
+  before(async () => {
+    tmp = await tempDir("fennec-fc-");
+    kernel = join(tmp.dir, "vmlinux");
+    image = join(tmp.dir, "image.ext4");
+    await writeFile(kernel, "not really a kernel");
+    await writeFile(image, "the function's root filesystem");
+    process.env["FIRECRACKER_EXE"] = FAKE;
+  });
+  after(async () => {
+    for (const vm of vms) await vm.kill();
+    if (savedExe === undefined) delete process.env["FIRECRACKER_EXE"];
+    else process.env["FIRECRACKER_EXE"] = savedExe;
+    await tmp.cleanup();
+  });
+
+  const newRunDir = async (control?: object) => {
+    const dir = join(tmp.dir, `run-${n++}`);
+    await mkdir(dir);
+    if (control) await writeFile(join(dir, "fake-firecracker.json"), JSON.stringify(control));
+    return dir;
+  };
+  const start = async (opts: Partial<FirecrackerStartOptions> & { runDir: string }) => {
+    const vm = await FirecrackerVm.start({
+      id: "0b6c61d2-7a4e-4a43-9d5c-1f0f3e1d2a10",
+      vcpus: 1,
+      memoryMiB: 128,
+      kernel,
+      ...opts,
+    });
+    vms.push(vm);
+    return vm;
+  };
+
+  it("boots: machine config, boot source, a copied root drive, vsock, then InstanceStart", async () => {
+    const runDir = await newRunDir();
+    const vm = await start({
+      runDir,
+      vcpus: 2,
+      memoryMiB: 256,
+      bootArgs: "console=ttyS0 reboot=k panic=1",
+      rootfs: { path: image },
+      vsock: { guestCid: 3 },
+    });
+    assert.equal(vm.state, "running");
+    assert.deepEqual(await vm.info(), {
+      app_name: "Firecracker",
+      id: "0b6c61d2-7a4e-4a43-9d5c-1f0f3e1d2a10",
+      state: "Running",
+      vmm_version: "1.7.0-fake",
+    });
+    const log = (await calls(runDir)).filter((c) => c.method !== "GET");
+    assert.deepEqual(
+      log.map((c) => `${c.method} ${c.path} ${c.status}`),
+      [
+        "PUT /machine-config 204",
+        "PUT /boot-source 204",
+        "PUT /drives/rootfs 204",
+        "PUT /vsock 204",
+        "PUT /actions 204",
+      ],
+    );
+    assert.deepEqual(log[0]!.body, { vcpu_count: 2, mem_size_mib: 256 });
+    assert.deepEqual(log[1]!.body, {
+      kernel_image_path: kernel,
+      boot_args: "console=ttyS0 reboot=k panic=1",
+    });
+    assert.deepEqual(log[2]!.body, {
+      drive_id: "rootfs",
+      path_on_host: "rootfs.ext4", // relative to the run directory, Firecracker's cwd
+      is_root_device: true,
+      is_read_only: false,
+    });
+    assert.deepEqual(log[3]!.body, { guest_cid: 3, uds_path: "v.sock" });
+    assert.deepEqual(log[4]!.body, { action_type: "InstanceStart" });
+    // copy-rootfs: a private copy in the run directory, the image itself untouched.
+    assert.equal(await readFile(join(runDir, "rootfs.ext4"), "utf8"), "the function's root filesystem");
+    await waitFor(() => vm.output.includes("cmdline"));
+    assert.match(vm.output, /fake guest: kernel .*vmlinux cmdline "console=ttyS0 reboot=k panic=1"/);
+    await vm.kill();
+  });
+
+  it("uses an image in place, read-only, without copy-rootfs; passes an initrd", async () => {
+    const runDir = await newRunDir();
+    const initrd = join(tmp.dir, "initrd.cpio");
+    await writeFile(initrd, "");
+    const vm = await start({ runDir, rootfs: { path: image, copy: false }, initrd });
+    const log = await calls(runDir);
+    assert.deepEqual(log[1]!.body, { kernel_image_path: kernel, initrd_path: initrd });
+    assert.deepEqual(log[2]!.body, {
+      drive_id: "rootfs",
+      path_on_host: image,
+      is_root_device: true,
+      is_read_only: true,
+    });
+    assert.ok(!existsSync(join(runDir, "rootfs.ext4")));
+    await vm.kill();
+  });
+
+  it("attaches a leased tap as eth0, running inside the tap's network namespace", async () => {
+    const ns = `fennec-test-${process.pid}-fc`;
+    await run("ip", ["netns", "add", ns]);
+    const pool = await TapPool.open({ netns: ns, stateDir: join(tmp.dir, "taps") });
+    try {
+      const lease = await pool.lease();
+      const runDir = await newRunDir();
+      const vm = await start({ runDir, tap: { name: lease.tap, mac: lease.mac }, netns: ns });
+      const body = (await calls(runDir)).find((c) => c.path === "/network-interfaces/eth0")?.body;
+      assert.deepEqual(body, { iface_id: "eth0", host_dev_name: "faas0", guest_mac: "02:fc:0a:64:00:02" });
+      await vm.kill();
+      // The fake, like Firecracker, opens the tap in its own namespace: outside it there is none.
+      const outside = await newRunDir();
+      await assert.rejects(start({ runDir: outside, tap: { name: lease.tap } }), (err: Error) => {
+        assert.match(err.message, /PUT \/network-interfaces\/eth0 failed \(400\): Open tap device failed/);
+        return true;
+      });
+    } finally {
+      await pool.close();
+      await run("ip", ["netns", "del", ns]);
+    }
+  });
+
+  it("connects to a guest vsock port with CONNECT/OK and serves the guest's own connections", async () => {
+    const runDir = await newRunDir({ vsockPorts: [52], guestConnect: 1024 });
+    const { createServer } = await import("node:net");
+    const fromGuest = new Promise<string>((resolve) => {
+      const server = createServer((c) => {
+        let text = "";
+        c.on("data", (d: Buffer) => (text += d.toString()));
+        c.on("end", () => {
+          server.close();
+          resolve(text);
+        });
+      });
+      server.listen(join(runDir, "v.sock_1024"));
+    });
+    const vm = await start({ runDir, vsock: { guestCid: 7 } });
+    assert.equal(vm.vsockListenPath(1024), join(runDir, "v.sock_1024"));
+    assert.equal(await fromGuest, "hello from the guest\n");
+
+    const socket = await vm.connectVsock(52);
+    const echoed = new Promise<string>((resolve) =>
+      socket.once("data", (d: Buffer) => resolve(d.toString())),
+    );
+    socket.resume();
+    socket.write("ping");
+    assert.equal(await echoed, "ping");
+    socket.destroy();
+    await assert.rejects(vm.connectVsock(53), /vsock port 53: closed before the handshake/);
+    await vm.kill();
+  });
+
+  it("pauses, snapshots (Full), and restores the snapshot in another run directory", async () => {
+    const snapDir = join(tmp.dir, "snapshot");
+    await mkdir(snapDir);
+    const first = await newRunDir();
+    const vm = await start({ runDir: first, rootfs: { path: image }, vsock: { guestCid: 3 } });
+    await vm.createSnapshot(join(snapDir, "vm.state"), join(snapDir, "vm.mem"));
+    assert.equal(vm.state, "paused");
+    assert.equal((await vm.info()).state, "Paused");
+    const log = (await calls(first)).filter((c) => c.method !== "GET");
+    assert.deepEqual(
+      log.slice(-2).map((c) => [c.method, c.path, c.body]),
+      [
+        ["PATCH", "/vm", { state: "Paused" }],
+        [
+          "PUT",
+          "/snapshot/create",
+          {
+            snapshot_type: "Full",
+            snapshot_path: join(snapDir, "vm.state"),
+            mem_file_path: join(snapDir, "vm.mem"),
+          },
+        ],
+      ],
+    );
+    await vm.resume();
+    assert.equal(vm.state, "running");
+    await vm.kill();
+
+    const second = await newRunDir();
+    const restored = await start({
+      runDir: second,
+      rootfs: { path: image },
+      restore: { snapshotPath: join(snapDir, "vm.state"), memPath: join(snapDir, "vm.mem") },
+    });
+    assert.equal(restored.state, "running");
+    const restoreLog = await calls(second);
+    assert.deepEqual(
+      restoreLog.map((c) => [c.method, c.path, c.status, c.body]),
+      [
+        [
+          "PUT",
+          "/snapshot/load",
+          204,
+          {
+            snapshot_path: join(snapDir, "vm.state"),
+            mem_backend: { backend_type: "File", backend_path: join(snapDir, "vm.mem") },
+            resume_vm: true,
+          },
+        ],
+      ],
+      "a restore configures nothing else: Firecracker refuses snapshot/load after boot resources",
+    );
+    // Its vsock device came back at the same relative path, now in this run directory.
+    await waitFor(() => existsSync(join(second, "v.sock")));
+    await restored.kill();
+
+    // Without its copy of the root drive, the restore fails (and Firecracker ends, as documented).
+    const third = await newRunDir();
+    await assert.rejects(
+      start({
+        runDir: third,
+        restore: { snapshotPath: join(snapDir, "vm.state"), memPath: join(snapDir, "vm.mem") },
+      }),
+      /PUT \/snapshot\/load failed \(400\): Block device backing file rootfs.ext4 cannot be opened/,
+    );
+  });
+
+  it("surfaces an API fault as a clear error and cleans up", async () => {
+    const runDir = await newRunDir();
+    await assert.rejects(
+      start({ runDir, kernel: join(tmp.dir, "missing-vmlinux"), rootfs: { path: image } }),
+      (err: Error & { code: string; details: Record<string, unknown> }) => {
+        assert.equal(err.code, "SANDBOX_START_FAILED");
+        assert.match(
+          err.message,
+          /Firecracker PUT \/boot-source failed \(400\): The kernel file .*missing-vmlinux/,
+        );
+        assert.equal(err.details["status"], 400);
+        return true;
+      },
+    );
+    assert.ok(!existsSync(join(runDir, "rootfs.ext4")), "the copied drive is removed");
+    assert.ok(!existsSync(join(runDir, "firecracker.sock")));
+
+    const injected = await newRunDir({ faults: { "PUT /vsock": "Cannot create backend for vsock device" } });
+    await assert.rejects(
+      start({ runDir: injected, vsock: { guestCid: 3 } }),
+      /PUT \/vsock failed \(400\): Cannot create backend for vsock device/,
+    );
+  });
+
+  it("reports a Firecracker that exits before serving its API, with its output", async () => {
+    const runDir = await newRunDir({ exitAtStart: 3 });
+    await assert.rejects(start({ runDir }), (err: Error & { code: string }) => {
+      assert.equal(err.code, "SANDBOX_START_FAILED");
+      assert.match(err.message, /exited \(code 3\) before opening its API socket/);
+      assert.match(err.message, /told to exit at start/);
+      return true;
+    });
+  });
+
+  it("says clearly that Firecracker is not installed, and how to provide it", async () => {
+    const runDir = await newRunDir();
+    process.env["FIRECRACKER_EXE"] = join(tmp.dir, "no-such-firecracker");
+    try {
+      await assert.rejects(
+        start({ runDir }),
+        /Firecracker is not installed: FIRECRACKER_EXE=.* is not an executable/,
+      );
+      delete process.env["FIRECRACKER_EXE"];
+      const savedPath = process.env["PATH"];
+      process.env["PATH"] = tmp.dir;
+      try {
+        await assert.rejects(start({ runDir }), (err: Error & { code: string }) => {
+          assert.equal(err.code, "SANDBOX_START_FAILED");
+          assert.match(err.message, /Firecracker is not installed: no `firecracker` on PATH/);
+          assert.match(err.message, /FIRECRACKER_EXE/);
+          return true;
+        });
+      } finally {
+        process.env["PATH"] = savedPath;
+      }
+    } finally {
+      process.env["FIRECRACKER_EXE"] = FAKE;
+    }
+  });
+
+  it("kill() ends the process and removes the copied drive and the sockets", async () => {
+    const runDir = await newRunDir();
+    const vm = await start({ runDir, rootfs: { path: image }, vsock: { guestCid: 3 } });
+    await waitFor(() => existsSync(join(runDir, "v.sock")));
+    const pid = vm.pid;
+    assert.ok(alive(pid));
+    await vm.kill();
+    assert.equal(vm.state, "exited");
+    assert.deepEqual(await vm.exited, { code: null, signal: "SIGKILL" });
+    assert.ok(!alive(pid));
+    for (const f of ["rootfs.ext4", "firecracker.sock", "v.sock"]) assert.ok(!existsSync(join(runDir, f)), f);
+    await vm.kill(); // idempotent
+    await assert.rejects(vm.pause(), /Firecracker PATCH \/vm: Firecracker exited/);
+  });
+});
+
+async function waitFor(condition: () => boolean, ms = 3000): Promise<void> {
+  const until = Date.now() + ms;
+  while (!condition()) {
+    if (Date.now() > until) throw new Error("timed out waiting");
+    await new Promise((r) => setTimeout(r, 5));
+  }
+}
