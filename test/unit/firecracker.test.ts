@@ -1,7 +1,8 @@
 import assert from "node:assert/strict";
-import { execFile } from "node:child_process";
+import { execFile, spawn } from "node:child_process";
 import { existsSync } from "node:fs";
 import { mkdir, readFile, writeFile } from "node:fs/promises";
+import { request as httpRequest } from "node:http";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { promisify } from "node:util";
@@ -340,6 +341,60 @@ describe("FirecrackerVm (its API, against a fake Firecracker)", () => {
     for (const f of ["rootfs.ext4", "firecracker.sock", "v.sock"]) assert.ok(!existsSync(join(runDir, f)), f);
     await vm.kill(); // idempotent
     await assert.rejects(vm.pause(), /Firecracker PATCH \/vm: Firecracker exited/);
+  });
+});
+
+describe("the fake Firecracker itself", () => {
+  it("refuses what Firecracker's documentation says Firecracker refuses", async () => {
+    const tmp = await tempDir("fennec-fc-fake-");
+    const sock = join(tmp.dir, "api.sock");
+    await writeFile(join(tmp.dir, "vmlinux"), "");
+    const child = spawn(FAKE, ["--api-sock", sock, "--id", "rules"], { cwd: tmp.dir, stdio: "ignore" });
+    try {
+      await waitFor(() => existsSync(sock));
+      const api = (method: string, path: string, body: object) =>
+        new Promise<string>((resolve, reject) => {
+          const payload = JSON.stringify(body);
+          const req = httpRequest(
+            { socketPath: sock, method, path, headers: { "Content-Length": Buffer.byteLength(payload) } },
+            (res) => {
+              let text = "";
+              res.on("data", (d: Buffer) => (text += d.toString()));
+              res.on("end", () => resolve(`${res.statusCode} ${text}`));
+            },
+          );
+          req.on("error", reject);
+          req.end(payload);
+        });
+      const start = { action_type: "InstanceStart" };
+      assert.match(await api("PUT", "/actions", start), /^400 .*without kernel configuration/);
+      assert.match(
+        await api("PUT", "/machine-config", { vcpu_count: 1 }),
+        /^400 .*missing field `mem_size_mib`/,
+      );
+      assert.match(
+        await api("PUT", "/vsock", { guest_cid: 3, uds_path: "v", x: 1 }),
+        /^400 .*unknown field `x`/,
+      );
+      assert.match(await api("PATCH", "/vm", { state: "Paused" }), /^400 .*not supported before starting/);
+      assert.match(await api("PUT", "/boot-source", { kernel_image_path: "vmlinux" }), /^204/);
+      const load = { snapshot_path: "s", mem_backend: { backend_type: "File", backend_path: "m" } };
+      assert.match(
+        await api("PUT", "/snapshot/load", load),
+        /^400 .*after configuring boot-specific resources/,
+      );
+      assert.match(await api("PUT", "/actions", start), /^204/);
+      const snap = { snapshot_path: "s", mem_file_path: "m" };
+      assert.match(await api("PUT", "/snapshot/create", snap), /^400 .*must be paused/);
+      assert.match(
+        await api("PUT", "/boot-source", { kernel_image_path: "vmlinux" }),
+        /^400 .*after starting/,
+      );
+      assert.match(await api("PUT", "/actions", start), /^400 .*after starting/);
+    } finally {
+      child.kill("SIGKILL");
+      await tmp.cleanup();
+    }
   });
 });
 
