@@ -135,8 +135,9 @@ describe("FirecrackerVm (its API, against a fake Firecracker)", () => {
     const runDir = await newRunDir();
     const initrd = join(tmp.dir, "initrd.cpio");
     await writeFile(initrd, "");
-    const vm = await start({ runDir, rootfs: { path: image, copy: false }, initrd });
-    const log = await calls(runDir);
+    const vm = await start({ runDir, rootfs: { path: image, copy: false }, initrd, logLevel: "Warning" });
+    const log = (await calls(runDir)).slice(1);
+    assert.deepEqual((await calls(runDir))[0]!.body, { log_path: "firecracker.log", level: "Warning" });
     assert.deepEqual(log[1]!.body, { kernel_image_path: kernel, initrd_path: initrd });
     assert.deepEqual(log[2]!.body, {
       drive_id: "rootfs",

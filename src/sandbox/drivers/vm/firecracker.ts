@@ -1,6 +1,6 @@
 import { spawn, type ChildProcess } from "node:child_process";
 import { accessSync, constants as fsConstants } from "node:fs";
-import { copyFile, rm } from "node:fs/promises";
+import { copyFile, rm, writeFile } from "node:fs/promises";
 import { request } from "node:http";
 import { connect, type Socket } from "node:net";
 import { delimiter, isAbsolute, join } from "node:path";
@@ -195,9 +195,13 @@ export class FirecrackerVm {
         // FICLONE: a reflink (instant, shared blocks) where the filesystem can, else a plain copy.
         await copyFile(opts.rootfs.path, rootfsCopy, fsConstants.COPYFILE_FICLONE);
       } catch (err) {
-        throw new FennecError("SANDBOX_START_FAILED", `cannot copy the root drive ${opts.rootfs.path}`, {
-          cause: err,
-        });
+        throw new FennecError(
+          "SANDBOX_START_FAILED",
+          `cannot copy the root drive: ${(err as Error).message}`,
+          {
+            cause: err,
+          },
+        );
       }
     }
     const args = ["--api-sock", apiSocket, "--id", sanitizeId(opts.id)];
@@ -212,6 +216,8 @@ export class FirecrackerVm {
     try {
       await vm.#waitForApi(opts.signal);
       if (opts.logLevel) {
+        // Firecracker opens the log file (or FIFO) without creating it (docs/logger.md).
+        await writeFile(join(opts.runDir, "firecracker.log"), "", { flag: "a" });
         await vm.#call("PUT", "/logger", { log_path: "firecracker.log", level: opts.logLevel }, "start");
       }
       if (opts.restore) await vm.#restore(opts);
