@@ -19,12 +19,9 @@ if (files.length === 0) {
   console.error("no test files found under dist/test (did the build run?)");
   process.exit(1);
 }
-const result = spawnSync(
-  process.execPath, // --test-force-exit: the Docker tests leave two Unix-socket handles open after their dockerd
-  // is gone (source not yet found); without it their file never exits.
-  ["--test", "--test-force-exit", "--test-reporter=spec", ...files],
-  {
-    stdio: "inherit",
-  },
-);
+// No --test-force-exit: a test file that leaves a handle open (a timer, a socket, a child) hangs
+// here, so a leak shows instead of being hidden.
+const result = spawnSync(process.execPath, ["--test", "--test-reporter=spec", ...files], {
+  stdio: "inherit",
+});
 process.exit(result.status ?? 1);

@@ -226,11 +226,16 @@ export class ContainerDriver implements SandboxDriver {
       });
       instance.watchExit();
       // Ready when the socket accepts or the callback arrives, whichever is first; unless it exits.
+      // The socket is polled only until the start is settled, whichever way.
+      const settled = new AbortController();
       await new Promise<void>((resolve, reject) => {
         instance.onExit(reject);
-        waitForSocket(join(socketDir, "http.sock"), ctx.signal).then(resolve, reject);
+        waitForSocket(join(socketDir, "http.sock"), AbortSignal.any([ctx.signal, settled.signal])).then(
+          resolve,
+          reject,
+        );
         ctx.waitForCallback().then(resolve, reject);
-      });
+      }).finally(() => settled.abort());
     } catch (err) {
       await instance.destroy();
       throw err;

@@ -225,15 +225,20 @@ export class OciDriver implements SandboxDriver {
       transport: new HttpTransport({ socketPath: join(socketDir, "http.sock") }, what),
       cleanup,
     });
-    // 2. Race the socket accepting against the container exiting and the start deadline.
+    // 2. Race the socket accepting against the container exiting and the start deadline; the socket
+    //    is polled only until the start is settled, whichever way.
+    const settled = new AbortController();
     try {
       await new Promise<void>((resolve, reject) => {
         child.once("error", (err) =>
           reject(new FennecError("SANDBOX_START_FAILED", `${what}: cannot run ${binary}: ${err.message}`)),
         );
         instance.onExit((err) => reject(err));
-        waitForSocket(join(socketDir, "http.sock"), ctx.signal).then(resolve, reject);
-      });
+        waitForSocket(join(socketDir, "http.sock"), AbortSignal.any([ctx.signal, settled.signal])).then(
+          resolve,
+          reject,
+        );
+      }).finally(() => settled.abort());
     } catch (err) {
       await instance.destroy();
       throw err;
