@@ -30,6 +30,8 @@ function sources() {
   for (const fn of readdirSync(examples)) {
     const src = join(examples, fn, "src");
     if (!existsSync(src)) continue;
+    // A [vm] function's C sources are a unikernel's: scripts/build-unikernels.mjs builds those.
+    if (/^\s*\[vm\]/m.test(readFileSync(join(examples, fn, "function.toml"), "utf8"))) continue;
     for (const f of readdirSync(src).filter((n) => n.endsWith(".c")))
       out.push({ src: join(src, f), out: join(examples, fn, f.replace(/\.c$/, ".wasm")) });
   }

@@ -217,18 +217,23 @@ function stampOf(st: Stats): string {
 
 async function artefactStamp(config: FunctionConfig): Promise<string> {
   const s = config.sandbox;
-  const artefact =
+  const artefacts =
     s.kind === "wasm"
-      ? s.module
+      ? [s.module]
       : s.kind === "process" || s.kind === "oci" || s.kind === "container"
-        ? s.handler
-        : undefined;
-  if (artefact === undefined) return "-";
-  try {
-    return stampOf(await stat(artefact));
-  } catch {
-    return "missing";
+        ? [s.handler]
+        : // A VM's kernel and image are its code: a new one is a new revision (and snapshot).
+          [s.kernel, s.image, s.handler];
+  const stamps: string[] = [];
+  for (const artefact of artefacts) {
+    if (artefact === undefined) continue;
+    try {
+      stamps.push(stampOf(await stat(artefact)));
+    } catch {
+      stamps.push("missing");
+    }
   }
+  return stamps.length === 0 ? "-" : stamps.join("+");
 }
 
 async function exists(path: string): Promise<boolean> {

@@ -182,10 +182,12 @@ export class GuestChannel extends EventEmitter {
         const s = this.#streams.get(stream);
         if (!s) break;
         s.release(false);
+        // Whatever DATA came before the CLOSE is still read (a `Connection: close` response);
+        // then the stream ends. A guest that refused or dropped the stream before answering: the
+        // HTTP client sees the socket end, which it reports as a broken connection.
         s.push(null);
-        // A guest that refused or dropped the stream before answering: the HTTP client sees the
-        // socket end, which it reports as a broken connection.
-        s.destroy();
+        if (s.readableEnded) s.destroy();
+        else s.once("end", () => s.destroy());
         break;
       }
       case FrameType.LOG:

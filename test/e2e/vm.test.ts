@@ -130,6 +130,7 @@ describe("VM snapshots (SnapFaaS)", () => {
     // A new kernel image (same bytes, new stamp) is a new snapshot key.
     const elf = join(s.registry, "snap-uk", "echo.elf");
     await writeFile(elf, await readFile(elf));
+    await new Promise((r) => setTimeout(r, 300)); // the scheduler re-reads a config at most every 250 ms
     const res = await request(`${s.url}/invoke/snap-uk/`, { method: "POST", body: "five" });
     assert.equal(res.headers.get("x-fennec-start"), "cold");
     let fresh = old;

@@ -358,8 +358,9 @@ export class VmDriver implements SandboxDriver {
       await Promise.race([ready, exited, aborted]);
       return instance;
     } catch (err) {
+      const error = await instance.startError(err);
       await instance.destroy();
-      throw instance.startError(err);
+      throw error;
     }
   }
 }
@@ -451,20 +452,21 @@ class VmInstance implements SandboxHandle {
     );
   }
 
-  /** The error to report for a start that failed: a kernel QEMU cannot load is the function's artefact. */
-  startError(err: unknown): FennecError {
+  /**
+   * The error to report for a start that failed: a kernel QEMU cannot load is the function's
+   * artefact; a VM that stopped says what the guest and QEMU last wrote.
+   */
+  async startError(err: unknown): Promise<FennecError> {
     const e = toFennecError(err, "SANDBOX_START_FAILED");
-    if (
-      /kernel|PVH|multiboot|initrd|image/i.test(this.#stderr) &&
-      this.#exitCode !== null &&
-      !this.restored
-    ) {
+    await Promise.race([this.#exited, new Promise((r) => setTimeout(r, 200))]);
+    if (this.#exitCode === null || this.#stopping) return e;
+    if (/kernel|PVH|multiboot|initrd/i.test(this.#stderr) && !this.restored) {
       return new FennecError(
         "FN_BAD_MODULE",
         `${this.#o.what}: QEMU could not boot it: ${this.#stderr.trim()}`,
       );
     }
-    return e;
+    return e.code === "FN_INIT_TIMEOUT" ? e : this.#exitError();
   }
 
   onExit(listener: (reason: Error) => void): void {
@@ -479,6 +481,16 @@ class VmInstance implements SandboxHandle {
         capabilities: [{ capability: "x-ignore-shared", state: true }],
       });
       await qmp.execute("migrate-incoming", { uri: `exec:cat ${shellQuote(state)}` });
+      // Nothing may reach the guest's devices before their state is loaded: a byte the UART took
+      // during the migration would be overwritten by it, and the guest's framing would break.
+      for (;;) {
+        if (signal.aborted) throw signal.reason;
+        const status = await qmp.execute<{ status: string }>("query-status");
+        if (status.status === "running") break;
+        if (status.status !== "inmigrate" && status.status !== "prelaunch")
+          throw new FennecError("SANDBOX_START_FAILED", `restore ended in state ${status.status}`);
+        await new Promise((r) => setTimeout(r, 2));
+      }
     } finally {
       qmp.close();
     }
