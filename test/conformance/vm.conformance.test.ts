@@ -34,6 +34,7 @@ const unikernel = (name: string) =>
     key: `default/uk-${name}`,
     dir: UNIKERNELS,
     timeoutMs: 20_000,
+    queueTimeoutMs: 60_000, // a Linux guest boots in seconds under TCG
     sandbox: vmConfig({ kernel: join(UNIKERNELS, `${name}.elf`), memoryMiB: 16 }),
   });
 
@@ -51,6 +52,7 @@ const linux = (name: string, mode: string, hypervisor: VmSandboxConfig["hypervis
     key: `default/${hypervisor.type}-${name}`,
     dir: PROCESS_FIXTURE,
     timeoutMs: 20_000,
+    queueTimeoutMs: 60_000, // a Linux guest boots in seconds under TCG
     sandbox: vmConfig({ command: [process.execPath, "server.mjs", mode], hypervisor }),
   });
 
