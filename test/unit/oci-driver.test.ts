@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
-import { execFileSync } from "node:child_process";
+import { execFileSync, spawnSync } from "node:child_process";
 import { existsSync } from "node:fs";
+import { writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import type { FunctionConfig } from "../../src/config/function-config.js";
@@ -97,7 +98,12 @@ for (const runtime of ["runc", "runsc"] as const) {
           .split("\n")
           .filter(Boolean);
       assert.ok(list().includes(inst.id));
-      // A new driver (a restarted Fennec) deletes every container in Fennec's state root.
+      // A live Fennec's container is kept (several may share the state root)...
+      await new OciDriver().cleanupStale();
+      assert.ok(list().includes(inst.id), "a live Fennec's container is kept");
+      // ...one whose Fennec is gone (its run directory names a dead PID) is deleted at the next start.
+      const dead = spawnSync(process.execPath, ["-e", ""]).pid!;
+      await writeFile(join(runRoot("oci"), inst.id, "owner.json"), JSON.stringify({ fennecPid: dead }));
       await new OciDriver().cleanupStale();
       assert.ok(!list().includes(inst.id), "leftover container deleted");
       await inst.destroy();

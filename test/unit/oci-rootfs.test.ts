@@ -117,17 +117,23 @@ for (const runtime of ["runc", "runsc"] as const) {
       await writeFile(join(dir, "asset.txt"), "first");
       const old = await driver.rootfs(fn("shared", "old"));
       const inst = (await probe(fn("shared", "old"))).inst;
-      // A new revision with different content gets a root of its own; the old one stays in use.
-      await writeFile(join(dir, "asset.txt"), `changed ${Date.now()}`);
-      const next = await driver.rootfs(fn("shared", "new"));
-      const second = (await probe(fn("shared", "new"))).inst;
-      assert.notEqual(next.dir, old.dir);
-      assert.ok(existsSync(old.dir), "kept while an instance runs on it");
-      await inst.destroy();
-      assert.ok(!existsSync(old.dir), "removed after its last instance");
-      await second.destroy();
-      assert.ok(existsSync(next.dir), "the current root stays");
-      assert.ok(readdirSync(join(dir, ".fennec", "rootfs")).includes(next.dir.split("/").pop()!));
+      let second: Awaited<ReturnType<typeof probe>>["inst"] | undefined;
+      try {
+        // A new revision with different content gets a root of its own; the old one stays in use.
+        await writeFile(join(dir, "asset.txt"), `changed ${Date.now()}`);
+        const next = await driver.rootfs(fn("shared", "new"));
+        second = (await probe(fn("shared", "new"))).inst;
+        assert.notEqual(next.dir, old.dir);
+        assert.ok(existsSync(old.dir), "kept while an instance runs on it");
+        await inst.destroy();
+        assert.ok(!existsSync(old.dir), "removed after its last instance");
+        await second.destroy();
+        assert.ok(existsSync(next.dir), "the current root stays");
+        assert.ok(readdirSync(join(dir, ".fennec", "rootfs")).includes(next.dir.split("/").pop()!));
+      } finally {
+        await inst.destroy();
+        await second?.destroy();
+      }
     });
   });
 }

@@ -64,9 +64,12 @@ export class OciDriver implements SandboxDriver {
   readonly #rootUsers = new Map<string, { root: BuiltRootfs; users: number }>();
   readonly #currentRoot = new Map<string, string>();
 
-  /** Runtime state directories of Fennec's own: `list` there shows only Fennec's containers. */
+  /**
+   * Runtime state directories of Fennec's own: `list` there shows only Fennec's containers. Not
+   * inside the run directories' root, whose sweep would take them for debris.
+   */
   static stateRoot(runtime: string): string {
-    return join(runRoot("oci"), `.state-${runtime}`);
+    return join(runRoot("oci-state"), runtime);
   }
 
   static runtimeArgs(runtime: OciSandboxConfig["runtime"]): string[] {
@@ -115,7 +118,10 @@ export class OciDriver implements SandboxDriver {
     await removeRootfs(entry.root).catch(() => undefined);
   }
 
-  /** Removes containers, bundles and run directories an earlier crashed run left. */
+  /**
+   * Removes containers, overlay mounts, bundles and run directories an earlier crashed run left:
+   * those whose run directory names a Fennec process that is gone (or has no run directory).
+   */
   async cleanupStale(): Promise<void> {
     for (const runtime of ["runc", "runsc"] as const) {
       if (!existsSync(OciDriver.stateRoot(runtime))) continue;
@@ -129,6 +135,10 @@ export class OciDriver implements SandboxDriver {
         () => ({ stdout: "" }),
       );
       for (const id of stdout.split("\n").filter(Boolean)) {
+        // Another live Fennec's (several may share the state root, as parallel test files do).
+        if (await ownedByLiveFennec(join(runRoot("oci"), id))) continue;
+        // kill first: this runsc's `delete -f` can drop the state and leave the sandbox running.
+        await run(binary, [...OciDriver.runtimeArgs(runtime), "kill", id, "KILL"]).catch(() => undefined);
         await run(binary, [...OciDriver.runtimeArgs(runtime), "delete", "-f", id]).catch(() => undefined);
       }
     }
