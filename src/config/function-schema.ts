@@ -72,6 +72,18 @@ export const vmTable = z
   .refine((v) => (v.handler === undefined && v.command === undefined) || v.image === undefined, {
     message: "image goes with kernel: with handler or command, Fennec builds the root filesystem",
   })
+  // QEMU refuses to migrate a guest with a 9p share mounted, and a snapshot is a migration.
+  .refine(
+    (v) =>
+      !v.snapshot ||
+      !("disk-type" in v.hypervisor) ||
+      v.hypervisor["disk-type"] !== "9p" ||
+      (!v.image && !v.handler && !v.command),
+    {
+      message:
+        'QEMU cannot snapshot a guest whose root is shared over 9p: use disk-type = "block" with snapshot = true',
+    },
+  )
   // guest.conf, which carries them into the guest, is line-based.
   .refine((v) => ![...Object.values(v.env), ...(v.command ?? [])].some((x) => /[\n\r\0]/.test(x)), {
     message: "env values and command arguments must be single lines",

@@ -155,12 +155,6 @@ describe("VM bad input", () => {
     await addVm(s.registry, "uk-hang", `timeout = 1\n${uk("hang.elf")}`, fx("hang"));
     await addVm(s.registry, "not-bootable", uk("kernel.txt"), { "kernel.txt": join(ROOT, "README.md") });
     await addVm(s.registry, "no-kernel", uk("missing.elf"));
-    await addVm(
-      s.registry,
-      "linux-dies",
-      `[vm]\ncommand = ["${process.execPath}", "server.mjs", "fail"]\nmemory = 256\nhypervisor = { type = "microvm" }\n`,
-      { "server.mjs": join(ROOT, "test", "fixtures", "process", "server.mjs") },
-    );
   });
   after(() => s.close());
 
@@ -196,14 +190,29 @@ describe("VM bad input", () => {
     assert.match(res.text, /vm\.kernel/);
   });
 
-  it("a Linux guest whose function dies mid-request is the function's crash", async () => {
-    const res = await request(`${s.url}/invoke/linux-dies/`, { method: "POST", body: "x" });
-    assert.equal(res.headers.get("x-fennec-error"), "FN_CRASHED", res.text);
-  });
-
   it("keeps serving other functions meanwhile", async () => {
     const res = await request(`${s.url}/invoke/hello/`);
     assert.equal(res.status, 200);
+  });
+});
+
+describe("VM bad input: a Linux guest", () => {
+  let s: TestServer;
+  before(async () => {
+    s = await startTestServer({ startTimeoutMs: 60_000 });
+    await addVm(
+      s.registry,
+      "linux-dies",
+      `queue-timeout = 60\n[vm]\ncommand = ["${process.execPath}", "server.mjs", "fail"]\nmemory = 256\nhypervisor = { type = "microvm" }\n`,
+      { "server.mjs": join(ROOT, "test", "fixtures", "process", "server.mjs") },
+    );
+  });
+  after(() => s.close());
+
+  it("whose function dies mid-request is the function's crash, with the guest's console", async () => {
+    const res = await request(`${s.url}/invoke/linux-dies/`, { method: "POST", body: "x" });
+    assert.equal(res.headers.get("x-fennec-error"), "FN_CRASHED", res.text);
+    assert.match(res.text, /exit/);
   });
 });
 

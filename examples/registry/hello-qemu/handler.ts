@@ -1,5 +1,5 @@
 // The same handler as hello-process, in a QEMU pc virtual machine: Fennec packs Node, its handler runtime and
-// this bundle into a root filesystem on a virtio disk (ext4), and boots its own small Linux guest around it.
+// this bundle into a root filesystem shared over 9p, and boots its own small Linux guest around it.
 // `?name=you` personalises the greeting.
 export default {
   fetch(request: Request): Response {

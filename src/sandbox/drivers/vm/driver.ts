@@ -73,6 +73,7 @@ export class VmDriver implements SandboxDriver {
   readonly #artefacts = new Map<string, Promise<Artefacts>>();
   /** Snapshots being written, by function and key: a start never waits for one. */
   readonly #snapshotting = new Map<string, Promise<void>>();
+  readonly #unsnapshottable = new Set<string>();
   readonly #store: SnapshotStore;
   #accel: AccelChoice | undefined;
 
@@ -141,12 +142,13 @@ export class VmDriver implements SandboxDriver {
       const bundle = vm.handler ? await this.#bundles.get(config, vm.handler) : undefined;
       const root: GuestRoot = await buildGuestRoot(config, vm, bundle);
       const fennecRoot = root.image ? "fennec.root=blk:/dev/vda" : "fennec.root=9p:fnroot";
+      const clock = this.accel.accel === "tcg" ? await tcgClockParams() : "";
       return {
         guest: "fennec-linux",
         kernel,
         initrd: initramfs,
         root: root.image ? { image: root.image, writable: false } : { dir: root.rootfs.dir },
-        cmdline: `${LINUX_BASE_CMDLINE} ${fennecRoot} ${vm.cmdline}`.trim(),
+        cmdline: `${LINUX_BASE_CMDLINE} ${clock} ${fennecRoot} ${vm.cmdline}`.replace(/ +/g, " ").trim(),
         snapshotKey: snapshotKey([...common, await stampsOf([kernel, initramfs]), root.rootfs.digest]),
       };
     }
@@ -201,14 +203,18 @@ export class VmDriver implements SandboxDriver {
   /** Writes this function's snapshot in the background unless it exists or is being written. */
   #ensureSnapshot(config: FunctionConfig, art: Artefacts): void {
     const id = `${config.key}@${art.snapshotKey}`;
-    if (this.#snapshotting.has(id)) return;
+    // One attempt per key: a guest that cannot be snapshotted is not booted again and again.
+    if (this.#snapshotting.has(id) || this.#unsnapshottable.has(id)) return;
     const job = (async () => {
       if ((await this.#store.find(config.key, art.snapshotKey)).snapshot) return;
       await this.#takeSnapshot(config, art);
     })()
-      .catch((err: unknown) =>
-        this.#log.warn(`${config.key}: could not take a snapshot`, { error: toFennecError(err).message }),
-      )
+      .catch((err: unknown) => {
+        this.#unsnapshottable.add(id);
+        this.#log.warn(`${config.key}: could not take a snapshot; instances will boot`, {
+          error: toFennecError(err).message,
+        });
+      })
       .finally(() => this.#snapshotting.delete(id));
     this.#snapshotting.set(id, job);
   }
@@ -363,6 +369,18 @@ export class VmDriver implements SandboxDriver {
       throw error;
     }
   }
+}
+
+/**
+ * Under TCG the guest's TSC is the host's, but the kernel's calibration of it against the emulated
+ * PIT is a timing measurement that fails on a loaded host; the guest then marks its TSC unstable
+ * and hangs early in boot, waiting for a tick (seen in about one boot in three with two guests
+ * booting at once on two cores). Telling it the frequency skips the calibration.
+ */
+async function tcgClockParams(): Promise<string> {
+  const cpuinfo = await readFile("/proc/cpuinfo", "utf8").catch(() => "");
+  const mhz = Number(/^cpu MHz\s*:\s*([\d.]+)/m.exec(cpuinfo)?.[1]);
+  return Number.isFinite(mhz) && mhz > 0 ? `tsc_early_khz=${Math.round(mhz * 1000)} tsc=reliable` : "";
 }
 
 async function freePort(): Promise<number> {

@@ -1,4 +1,5 @@
 import { execFile } from "node:child_process";
+import { randomBytes } from "node:crypto";
 import { existsSync } from "node:fs";
 import { mkdir, readFile, rename, rm, stat, writeFile } from "node:fs/promises";
 import { homedir } from "node:os";
@@ -72,13 +73,29 @@ export interface GuestRoot {
  * and guest.conf telling the agent what to run. Shared read-only by every instance over 9p, or as
  * an ext4 image made with `mke2fs -d` (no root, no loop device).
  */
-export async function buildGuestRoot(
+export function buildGuestRoot(
   config: FunctionConfig,
   vm: VmSandboxConfig,
   bundle: string | undefined,
 ): Promise<GuestRoot> {
   // Per function, not per directory: functions may share a directory (and differ in argv or env).
   const work = join(config.dir, ".fennec", "vm", `${config.id.user}+${config.id.name}`);
+  // One build at a time per function: two revisions built at once would share temporary names.
+  const previous = building.get(work) ?? Promise.resolve();
+  const next = previous.catch(() => undefined).then(() => buildInto(work, config, vm, bundle));
+  building.set(work, next);
+  void next.finally(() => building.get(work) === next && building.delete(work)).catch(() => undefined);
+  return next;
+}
+
+const building = new Map<string, Promise<GuestRoot>>();
+
+async function buildInto(
+  work: string,
+  config: FunctionConfig,
+  vm: VmSandboxConfig,
+  bundle: string | undefined,
+): Promise<GuestRoot> {
   const files = (await functionFiles(config.dir)).map((source) => ({
     source,
     target: join(INSIDE.functionDir, source.slice(config.dir.length)),
@@ -111,7 +128,7 @@ async function ext4Image(root: BuiltRootfs, path: string): Promise<string> {
   if ((await readFile(stamp, "utf8").catch(() => "")) === root.digest && existsSync(path)) return path;
   const { stdout } = await run("du", ["-sm", "--apparent-size", root.dir]);
   const sizeMiB = Math.ceil(Number.parseInt(stdout, 10) * 1.25) + 16;
-  const tmp = `${path}.${process.pid}.tmp`;
+  const tmp = `${path}.${process.pid}.${randomBytes(4).toString("hex")}.tmp`;
   await rm(tmp, { force: true });
   try {
     await run("mke2fs", ["-q", "-F", "-t", "ext4", "-L", "fnroot", "-d", root.dir, tmp, `${sizeMiB}M`]);
