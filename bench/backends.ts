@@ -1,122 +1,114 @@
 /**
- * Out-of-process backends side by side (container issue): cold start to handler-ready and warm
- * invoke latency for the process driver (plain and isolated) and the oci driver (runc, runsc), all
- * running the same fetch handler (examples/registry/hello-process/handler.ts), next to the bare
- * tool doing the same work: Node started directly on the same bundle, no Fennec in between; and
- * idle memory (PSS of each instance's whole process tree, runtime and sandbox included).
- * Needs root, bubblewrap, runc and runsc. Usage: node dist/bench/backends.js [coldSamples]
+ * Out-of-process backends side by side (container issue), one run: the same fetch handler
+ * (examples/registry/hello-process/handler.ts, bundled once) on every backend, each next to the bare
+ * tool doing the same work, so Fennec's own overhead shows as a ratio:
+ *
+ * - bare Node on the bundle ↔ process, process + bubblewrap;
+ * - `runc run` / `runsc run` of the same bundle (built root, same config.json) ↔ oci runc / runsc,
+ *   with the root shared read-only or an overlay per instance, and with the host's directories
+ *   bound instead (a `command`, the layout before the built root);
+ * - `docker run` of the same image (same options) ↔ container on runc / runsc;
+ * - the sandbox alone: `/usr/bin/true` in the same kind of root, runtime start to exit;
+ * - warm invoke through the whole gateway (`fennec serve`, a separate load client) against bare
+ *   node:http serving the same handler on TCP.
+ *
+ * Per row: cold start to the first response (p50/p99), warm invoke latency on one instance
+ * (p50/p99, 1 in flight), throughput (8 in flight), idle PSS per instance (its whole process tree:
+ * runtime, sandbox, shim). Needs root, bubblewrap, runc, runsc and docker.io (a private dockerd is
+ * started). Writes bench/results/backends.json and docs/img/backends-warm-latency.svg.
+ * Usage: npm run bench:backends [-- COLD_SAMPLES]
  */
-import { spawn } from "node:child_process";
+import { execFile, fork, spawn, type ChildProcess } from "node:child_process";
+import { randomUUID } from "node:crypto";
+import { existsSync, lstatSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
+import { cp, mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
 import { createServer } from "node:http";
 import type { AddressInfo } from "node:net";
-import { randomUUID } from "node:crypto";
-import { mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { cpus, tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
+import { promisify } from "node:util";
 import type { FunctionConfig, SandboxConfig } from "../src/config/function-config.js";
+import { removeNested } from "../src/sandbox/cgroups.js";
 import type { SandboxDriver, SandboxHandle } from "../src/sandbox/contract.js";
+import { ContainerDriver } from "../src/sandbox/drivers/container/driver.js";
 import { OciDriver } from "../src/sandbox/drivers/oci/driver.js";
+import { ociSpec } from "../src/sandbox/drivers/oci/spec.js";
 import { ProcessDriver } from "../src/sandbox/drivers/process/driver.js";
 import { buildHandler, HANDLER_RUNTIME } from "../src/sandbox/handler-build.js";
+import { findExecutable, INSIDE } from "../src/sandbox/host-view.js";
 import { HttpTransport } from "../src/sandbox/http-transport.js";
 import { ReadinessHub } from "../src/sandbox/readiness.js";
+import { assembleRootfs, nodeInside } from "../src/sandbox/rootfs-build.js";
+import { runRoot } from "../src/sandbox/run-dir.js";
 import { waitForSocket } from "../src/sandbox/wait-socket.js";
+import { startDockerd, type TestDockerd } from "../test/helpers/docker.js";
+import { cdfChart } from "./plot.js";
 import { fmt, summarize } from "./stats.js";
 
+const run = promisify(execFile);
+const HERE = fileURLToPath(new URL(".", import.meta.url));
 const ROOT = fileURLToPath(new URL("../../", import.meta.url));
-const dir = join(ROOT, "examples", "registry", "hello-process");
-const handler = join(dir, "handler.ts");
-const cold = Number(process.argv[2] ?? 10);
-const WARM = 500;
+const COLD = Number(process.argv[2] ?? 10);
+const WARM = 1000;
+const TPUT = 2000;
+const IN_FLIGHT = 8;
+const IDLE_N = 4;
 
-function config(sandbox: SandboxConfig): FunctionConfig {
-  return {
-    id: { user: "default", name: "bench" },
-    key: "default/bench",
-    dir,
-    file: join(dir, "function.toml"),
-    keepaliveMs: 60_000,
-    concurrentRequests: 1,
-    singleUse: false,
-    timeoutMs: 30_000,
-    minInstances: 0,
-    maxInstances: 1,
-    maxQueue: 10,
-    queueTimeoutMs: 30_000,
-    sandbox,
-    revision: "bench",
-  };
+type Stats = ReturnType<typeof summarize>;
+interface Started {
+  readonly invoke: () => Promise<unknown>;
+  readonly stop: () => Promise<void>;
+  /** A driver's instance id. */
+  readonly id?: string;
 }
-
-const base = { command: undefined, handler, env: {}, memoryMiB: 256 };
-const backends: Array<[string, SandboxDriver, FunctionConfig]> = [
-  [
-    "process",
-    new ProcessDriver(),
-    config({ kind: "process", ...base, transport: "unix", isolate: false, pids: 512 }),
-  ],
-  [
-    "process + bwrap + cgroups",
-    new ProcessDriver(),
-    config({ kind: "process", ...base, transport: "unix", isolate: true, pids: 512 }),
-  ],
-  [
-    "oci: runc",
-    new OciDriver(),
-    config({ kind: "oci", ...base, runtime: "runc", pids: 1024, rootfs: "shared" }),
-  ],
-  [
-    "oci: runsc (gVisor, ptrace)",
-    new OciDriver(),
-    config({ kind: "oci", ...base, runtime: "runsc", pids: 1024, rootfs: "shared" }),
-  ],
-];
+interface Row {
+  readonly name: string;
+  /** The bare row this one is compared with (its name). */
+  readonly vs?: string;
+  readonly start: () => Promise<Started>;
+  /** Skip idle memory (bare rows whose processes the bench cannot attribute). */
+  readonly noIdle?: boolean;
+}
+interface Result {
+  name: string;
+  vs?: string;
+  cold: Stats;
+  warm: Stats;
+  warmSamples: number[];
+  rps: number;
+  idleMiB: number | undefined;
+}
 
 const request = { method: "GET", path: "/", query: "", headers: {}, body: new Uint8Array(0) };
+const signal = () => AbortSignal.timeout(60_000);
 
-// Readiness callbacks for the plain process driver, as the gateway's /ready route serves them.
-const hub = new ReadinessHub();
-const callbacks = createServer((req, res) => {
-  hub.signal((req.url ?? "").replace("/ready/", ""));
-  res.end("ok");
-});
+// ---------------------------------------------------------------- measurement
 
-async function startOnce(
-  driver: SandboxDriver,
-  c: FunctionConfig,
-): Promise<{ ms: number; handle: SandboxHandle }> {
-  const id = `bench-${randomUUID().slice(0, 8)}`;
-  const signal = AbortSignal.timeout(60_000);
-  const port = (callbacks.address() as AddressInfo).port;
-  hub.expect(id);
-  const t0 = performance.now();
-  const handle = await driver.start({
-    instanceId: id,
-    config: c,
-    callbackUrl: `http://127.0.0.1:${port}/ready/${id}`,
-    waitForCallback: () => hub.wait(id, signal),
-    signal,
-  });
-  hub.forget(id);
-  // Ready means answering: the first request completes the cold start.
-  await handle.invoke(request, { signal: AbortSignal.timeout(60_000) });
-  return { ms: performance.now() - t0, handle };
-}
-
-async function warm(invoke: () => Promise<unknown>): Promise<ReturnType<typeof summarize>> {
-  for (let i = 0; i < 50; i++) await invoke();
+async function warmLatency(invoke: () => Promise<unknown>): Promise<number[]> {
+  for (let i = 0; i < 100; i++) await invoke();
   const lat: number[] = [];
   for (let i = 0; i < WARM; i++) {
     const t0 = performance.now();
     await invoke();
     lat.push((performance.now() - t0) * 1000);
   }
-  return summarize(lat);
+  return lat;
 }
 
-/** PSS in MiB of every process descending from this one (instances, runtimes, sandboxes). */
-function descendantsPssMiB(): number {
+async function throughput(invoke: () => Promise<unknown>): Promise<number> {
+  let left = TPUT;
+  const t0 = performance.now();
+  await Promise.all(
+    Array.from({ length: IN_FLIGHT }, async () => {
+      while (left-- > 0) await invoke();
+    }),
+  );
+  return TPUT / ((performance.now() - t0) / 1000);
+}
+
+/** PSS (MiB) of this process's descendants and of every process whose cgroup or command line names one of `ids`. */
+function pssMiB(ids: readonly string[]): number {
   const parent = new Map<number, number>();
   for (const name of readdirSync("/proc")) {
     if (!/^\d+$/.test(name)) continue;
@@ -132,9 +124,18 @@ function descendantsPssMiB(): number {
       if (p === process.pid) return true;
     return false;
   };
+  const named = (pid: number): boolean => {
+    if (ids.length === 0) return false;
+    try {
+      const text = readFileSync(`/proc/${pid}/cgroup`, "utf8") + readFileSync(`/proc/${pid}/cmdline`, "utf8");
+      return ids.some((id) => text.includes(id));
+    } catch {
+      return false;
+    }
+  };
   let kib = 0;
   for (const pid of parent.keys()) {
-    if (!mine(pid)) continue;
+    if (pid === process.pid || !(mine(pid) || named(pid))) continue;
     try {
       const m = /^Pss:\s+(\d+) kB/m.exec(readFileSync(`/proc/${pid}/smaps_rollup`, "utf8"));
       kib += Number(m?.[1] ?? 0);
@@ -145,79 +146,615 @@ function descendantsPssMiB(): number {
   return kib / 1024;
 }
 
-/** Idle memory per instance: PSS of `n` idle instances' whole process trees, divided by n. */
-async function idleMiB(driver: SandboxDriver, c: FunctionConfig, n = 5): Promise<number> {
-  const before = descendantsPssMiB();
-  const handles: SandboxHandle[] = [];
-  for (let i = 0; i < n; i++) handles.push((await startOnce(driver, c)).handle);
-  await new Promise((r) => setTimeout(r, 1000));
-  const after = descendantsPssMiB();
-  await Promise.all(handles.map((h) => h.destroy()));
-  return (after - before) / n;
+/** Docker container ids, for attributing the processes of containers (their shims are not our descendants). */
+let dockerIds: () => Promise<string[]> = () => Promise.resolve([]);
+
+async function measure(row: Row): Promise<Result> {
+  console.error(
+    `${row.name}: ${COLD} cold starts, ${WARM} warm invocations, ${TPUT} at ${IN_FLIGHT} in flight`,
+  );
+  const colds: number[] = [];
+  let warmSamples: number[] = [];
+  let rps = NaN;
+  for (let i = 0; i < COLD; i++) {
+    const t0 = performance.now();
+    const s = await row.start();
+    await s.invoke();
+    colds.push(performance.now() - t0);
+    if (i === 0) {
+      warmSamples = await warmLatency(s.invoke);
+      rps = await throughput(s.invoke);
+    }
+    await s.stop();
+  }
+  let idleMiB: number | undefined;
+  if (!row.noIdle) {
+    await new Promise((r) => setTimeout(r, 500));
+    const before = pssMiB(await dockerIds());
+    const live: Started[] = [];
+    for (let i = 0; i < IDLE_N; i++) {
+      const s = await row.start();
+      await s.invoke();
+      live.push(s);
+    }
+    await new Promise((r) => setTimeout(r, 1500));
+    idleMiB = (pssMiB(await dockerIds()) - before) / IDLE_N;
+    for (const s of live) await s.stop();
+  }
+  return {
+    name: row.name,
+    ...(row.vs ? { vs: row.vs } : {}),
+    cold: summarize(colds),
+    warm: summarize(warmSamples),
+    warmSamples,
+    rps,
+    idleMiB,
+  };
 }
 
-/** The bare baseline: Node started directly on the same bundle and socket, no Fennec. */
-async function bare(
-  bundle: string,
-): Promise<{ cold: ReturnType<typeof summarize>; warm: ReturnType<typeof summarize> }> {
-  const colds: number[] = [];
-  let warmStats: ReturnType<typeof summarize> | undefined;
-  for (let i = 0; i < cold; i++) {
-    const d = mkdtempSync(join(tmpdir(), "fennec-bare-"));
-    const socketPath = join(d, "http.sock");
-    const t0 = performance.now();
+// ---------------------------------------------------------------- what is measured
+
+const hub = new ReadinessHub();
+const callbacks = createServer((req, res) => {
+  hub.signal((req.url ?? "").replace("/ready/", ""));
+  res.end("ok");
+});
+
+function config(dir: string, sandbox: SandboxConfig): FunctionConfig {
+  return {
+    id: { user: "default", name: "bench" },
+    key: "default/bench",
+    dir,
+    file: join(dir, "function.toml"),
+    keepaliveMs: 60_000,
+    concurrentRequests: IN_FLIGHT,
+    singleUse: false,
+    timeoutMs: 30_000,
+    minInstances: 0,
+    maxInstances: 1,
+    maxQueue: 10,
+    queueTimeoutMs: 30_000,
+    sandbox,
+    revision: "bench",
+  };
+}
+
+/** A driver's instance, started as the scheduler's lifecycle would (without its bookkeeping). */
+function viaDriver(driver: SandboxDriver, c: FunctionConfig): () => Promise<Started> {
+  return async () => {
+    const id = `bench-${randomUUID().slice(0, 8)}`;
+    const port = (callbacks.address() as AddressInfo).port;
+    hub.expect(id);
+    const s = signal();
+    const handle: SandboxHandle = await driver.start({
+      instanceId: id,
+      config: c,
+      callbackUrl: `http://127.0.0.1:${port}/ready/${id}`,
+      waitForCallback: () => hub.wait(id, s),
+      signal: s,
+    });
+    hub.forget(id);
+    return {
+      id,
+      invoke: () => handle.invoke(request, { signal: signal() }),
+      stop: () => handle.destroy(),
+    };
+  };
+}
+
+/** Something that serves on `<dir>/http.sock`: wait for it, then talk to it as Fennec's transport does. */
+async function onSocket(dir: string, stop: () => Promise<void>): Promise<Started> {
+  const socketPath = join(dir, "http.sock");
+  await waitForSocket(socketPath, signal());
+  const transport = new HttpTransport({ socketPath }, "bare");
+  return {
+    invoke: () => transport.invoke(request, signal()),
+    stop: async () => {
+      transport.close();
+      await stop();
+    },
+  };
+}
+
+function exited(child: ChildProcess): Promise<void> {
+  return new Promise((r) => (child.exitCode !== null ? r() : child.once("exit", () => r())));
+}
+
+/** Bare Node on the bundle and a socket: no Fennec. */
+function bareNode(bundle: string): () => Promise<Started> {
+  return async () => {
+    const d = await mkdtemp(join(tmpdir(), "fennec-bench-"));
     const child = spawn(process.execPath, [HANDLER_RUNTIME, bundle, "ignore"], {
-      env: { ...process.env, FENNEC_SOCKET: socketPath },
+      env: { ...process.env, FENNEC_SOCKET: join(d, "http.sock") },
       stdio: "ignore",
     });
-    await waitForSocket(socketPath, AbortSignal.timeout(30_000));
-    const transport = new HttpTransport({ socketPath }, "bare");
-    await transport.invoke(request, AbortSignal.timeout(30_000));
-    colds.push(performance.now() - t0);
-    if (i === 0) warmStats = await warm(() => transport.invoke(request, AbortSignal.timeout(30_000)));
-    transport.close();
-    child.kill("SIGKILL");
-    await new Promise((r) => child.once("exit", r));
-    rmSync(d, { recursive: true, force: true });
-  }
-  return { cold: summarize(colds), warm: warmStats! };
+    return onSocket(d, async () => {
+      child.kill("SIGKILL");
+      await exited(child);
+      await rm(d, { recursive: true, force: true });
+    });
+  };
 }
+
+const BENCH_CGROUP = "fennec-bench";
+
+/** A bundle as the oci driver writes it (same config.json) over `rootfs`, in a fresh directory. */
+async function bundle(rootfs: string, args: string[]): Promise<{ dir: string; id: string }> {
+  const id = `bench-${randomUUID().slice(0, 8)}`;
+  const dir = await mkdtemp(join(tmpdir(), "fennec-bench-bundle-"));
+  await mkdir(join(dir, "sock"), { mode: 0o777 });
+  const spec = ociSpec({
+    args,
+    env: {
+      PATH: "/usr/bin:/bin",
+      HOME: "/tmp",
+      TMPDIR: "/tmp",
+      FENNEC_SOCKET: join(INSIDE.runDir, "http.sock"),
+      FENNEC_CALLBACK: "ignore",
+    },
+    cwd: "/",
+    rootfs,
+    binds: [{ source: join(dir, "sock"), destination: INSIDE.runDir, writable: true }],
+    memoryBytes: 256 * 2 ** 20,
+    pids: 1024,
+    cgroupsPath: join(BENCH_CGROUP, id),
+  });
+  await writeFile(join(dir, "config.json"), JSON.stringify(spec));
+  return { dir, id };
+}
+
+function runtimeArgs(runtime: "runc" | "runsc", state: string): string[] {
+  return runtime === "runsc"
+    ? ["--root", state, "--network=none", "--platform=ptrace", "--host-uds=all"]
+    : ["--root", state];
+}
+
+/** `runc run` / `runsc run` of the same bundle, in the foreground, by hand. */
+function bareRuntime(runtime: "runc" | "runsc", rootfs: string, state: string): () => Promise<Started> {
+  return async () => {
+    const node = await nodeInside();
+    const b = await bundle(rootfs, [node, INSIDE.runtime, INSIDE.bundle, "ignore"]);
+    const args = runtimeArgs(runtime, state);
+    const child = spawn(findExecutable(runtime, runtime), [...args, "run", "--bundle", b.dir, b.id], {
+      stdio: "ignore",
+    });
+    return onSocket(join(b.dir, "sock"), async () => {
+      await run(runtime, [...args, "kill", b.id, "KILL"]).catch(() => undefined);
+      await exited(child);
+      await run(runtime, [...args, "delete", "-f", b.id]).catch(() => undefined);
+      await removeNested(join(BENCH_CGROUP, b.id));
+      await rm(b.dir, { recursive: true, force: true });
+    });
+  };
+}
+
+/** The sandbox alone: `true` in a root, from `<runtime> run` to its exit (and delete). */
+async function sandboxFloor(
+  runtime: "runc" | "runsc" | "none",
+  rootfs: string,
+  state: string,
+): Promise<Stats> {
+  const times: number[] = [];
+  for (let i = 0; i < Math.max(COLD, 10); i++) {
+    const b = await bundle(rootfs, ["/usr/bin/true"]);
+    const args = runtime === "none" ? [] : runtimeArgs(runtime, state);
+    const t0 = performance.now();
+    if (runtime === "none") await run("/usr/bin/true");
+    else await run(runtime, [...args, "run", "--bundle", b.dir, b.id]);
+    times.push(performance.now() - t0);
+    if (runtime !== "none") await run(runtime, [...args, "delete", "-f", b.id]).catch(() => undefined);
+    await removeNested(join(BENCH_CGROUP, b.id));
+    await rm(b.dir, { recursive: true, force: true });
+  }
+  return summarize(times);
+}
+
+/** `docker run -d` of the same image with the driver's options, by hand (the docker CLI). */
+function bareDocker(d: TestDockerd, image: string, runtime: string | undefined): () => Promise<Started> {
+  return async () => {
+    const dir = await mkdtemp(join(tmpdir(), "fennec-bench-docker-"));
+    await run("chmod", ["777", dir]);
+    const name = `bench-${randomUUID().slice(0, 8)}`;
+    const docker = ["-H", `unix://${d.socketPath}`];
+    await run("docker", [
+      ...docker,
+      "run",
+      "-d",
+      "--name",
+      name,
+      "--network",
+      "none",
+      "--read-only",
+      "--tmpfs",
+      "/tmp:rw,nosuid,nodev,size=65536k",
+      "--cap-drop",
+      "ALL",
+      "--security-opt",
+      "no-new-privileges",
+      "--memory",
+      "128m",
+      "--memory-swap",
+      "128m",
+      "--pids-limit",
+      "1024",
+      "-v",
+      `${dir}:${INSIDE.runDir}`,
+      "-e",
+      `FENNEC_SOCKET=${INSIDE.runDir}/http.sock`,
+      ...(runtime ? ["--runtime", runtime] : []),
+      image,
+      "ignore",
+    ]);
+    return onSocket(dir, async () => {
+      await run("docker", [...docker, "rm", "-f", name]).catch(() => undefined);
+      await rm(dir, { recursive: true, force: true });
+    });
+  };
+}
+
+async function dockerFloor(d: TestDockerd, image: string, runtime: string | undefined): Promise<Stats> {
+  const times: number[] = [];
+  for (let i = 0; i < Math.max(COLD, 10); i++) {
+    const t0 = performance.now();
+    await run("docker", [
+      ...["-H", `unix://${d.socketPath}`, "run", "--rm", "--network", "none"],
+      ...(runtime ? ["--runtime", runtime] : []),
+      ...["--entrypoint", "/usr/bin/true", image],
+    ]);
+    times.push(performance.now() - t0);
+  }
+  return summarize(times);
+}
+
+// ---------------------------------------------------------------- the gateway, end to end
+
+interface LoadResult {
+  latenciesUs: number[];
+  seconds: number;
+}
+
+function message<T>(child: ChildProcess): Promise<T> {
+  return new Promise((resolve, reject) => {
+    child.once("message", (m) =>
+      (m as { error?: string }).error ? reject(new Error((m as { error: string }).error)) : resolve(m as T),
+    );
+    child.once("exit", (code) => reject(new Error(`child exited with ${code}`)));
+  });
+}
+
+async function load(url: string, connections: number, requests: number): Promise<LoadResult> {
+  const client = fork(join(HERE, "load-client.js"));
+  const done = message<LoadResult>(client);
+  client.send({ url, method: "GET", body: "", connections, requests, warmup: Math.ceil(requests / 10) });
+  return done;
+}
+
+async function gateway(
+  registry: string,
+  bundle: string,
+  dockerSocket: string,
+): Promise<Array<{ name: string; p50: number; p99: number; rps: number; samples: number[] }>> {
+  const cli = join(ROOT, "dist/src/cli/main.js");
+  const fennec = spawn(
+    process.execPath,
+    [cli, "serve", "-r", registry, "--port", "0", "--process", "--docker-host", dockerSocket],
+    { stdio: ["ignore", "ignore", "pipe"] },
+  );
+  const url = await new Promise<string>((resolve, reject) => {
+    let log = "";
+    fennec.stderr!.on("data", (d: Buffer) => {
+      log += d.toString();
+      const m = /on (http:\/\/127\.0\.0\.1:\d+)/.exec(log);
+      if (m) resolve(m[1]!);
+    });
+    fennec.once("exit", (c) => reject(new Error(`fennec exited ${c}: ${log}`)));
+  });
+  const bare = spawn(process.execPath, [HANDLER_RUNTIME, bundle, "ignore"], {
+    env: { ...process.env, PORT: "18199" },
+    stdio: "ignore",
+  });
+  const targets: Array<[string, string]> = [
+    ["bare node:http (the handler runtime on TCP)", "http://127.0.0.1:18199/"],
+    ["Fennec gateway → process", `${url}/invoke/gw-process/`],
+    ["Fennec gateway → oci runc", `${url}/invoke/gw-runc/`],
+    ["Fennec gateway → container runc", `${url}/invoke/gw-docker/`],
+  ];
+  for (const [, u] of targets) {
+    for (let i = 0; ; i++) {
+      const ok = await fetch(u).then(
+        (r) => r.ok,
+        () => false,
+      );
+      if (ok) break;
+      if (i > 200) throw new Error(`${u} never answered`);
+      await new Promise((r) => setTimeout(r, 100));
+    }
+  }
+  const out: Record<string, { lat: number[]; rps: number[] }> = {};
+  for (let round = 0; round < 3; round++) {
+    for (const [name, u] of targets) {
+      console.error(`gateway round ${round + 1}/3: ${name}`);
+      const one = await load(u, 1, 2000);
+      const many = await load(u, 16, 500);
+      const o = (out[name] ??= { lat: [], rps: [] });
+      o.lat.push(...one.latenciesUs);
+      o.rps.push(many.latenciesUs.length / many.seconds);
+    }
+  }
+  bare.kill("SIGTERM");
+  fennec.kill("SIGTERM");
+  await Promise.all([exited(bare), exited(fennec)]);
+  return targets.map(([name]) => {
+    const s = summarize(out[name]!.lat);
+    return {
+      name,
+      p50: s.p50,
+      p99: s.p99,
+      rps: summarize(out[name]!.rps).p50,
+      samples: [...out[name]!.lat].sort((a, b) => a - b),
+    };
+  });
+}
+
+// ---------------------------------------------------------------- disk
+
+/** Apparent bytes under `dir`, and the bytes of files that are not hard links of something else. */
+function diskOf(dir: string): { apparent: number; own: number } {
+  let apparent = 0;
+  let own = 0;
+  const walk = (d: string) => {
+    for (const e of readdirSync(d, { withFileTypes: true })) {
+      const p = join(d, e.name);
+      const st = lstatSync(p);
+      if (e.isDirectory()) walk(p);
+      else {
+        apparent += st.size;
+        if (st.nlink === 1) own += st.size;
+      }
+    }
+  };
+  if (existsSync(dir)) walk(dir);
+  return { apparent, own };
+}
+
+// ---------------------------------------------------------------- main
 
 async function main(): Promise<void> {
   await new Promise<void>((r) => callbacks.listen(0, "127.0.0.1", () => r()));
-  const bundle = await buildHandler(
-    config({ kind: "process", ...base, transport: "unix", isolate: false, pids: 512 }),
-    handler,
-  );
-  const rows: string[] = [];
-  const b = await bare(bundle);
-  rows.push(
-    `| bare: node on the same bundle, no Fennec | ${fmt(b.cold.p50, 1)} | ${fmt(b.cold.p99, 1)} | 1.00× | ${fmt(b.warm.p50)} | ${fmt(b.warm.p99)} | — |`,
-  );
-  for (const [name, driver, c] of backends) {
-    console.error(`${name}: ${cold} cold starts, ${WARM} warm invocations`);
-    const colds: number[] = [];
-    let warmStats: ReturnType<typeof summarize> | undefined;
-    for (let i = 0; i < cold; i++) {
-      const { ms, handle } = await startOnce(driver, c);
-      colds.push(ms);
-      if (i === 0)
-        warmStats = await warm(() => handle.invoke(request, { signal: AbortSignal.timeout(30_000) }));
-      await handle.destroy();
+  const work = await mkdtemp(join(tmpdir(), "fennec-bench-work-"));
+  const state = join(work, "state");
+  const dockerd = await startDockerd();
+  try {
+    dockerIds = async () =>
+      (await dockerd.engine.api.listContainers({ all: true })).map((c) => c.Id.slice(0, 64));
+    // The function: hello-process's handler, in a directory of its own.
+    const fnDir = join(work, "fn");
+    await mkdir(fnDir);
+    await cp(join(ROOT, "examples/registry/hello-process/handler.ts"), join(fnDir, "handler.ts"));
+    await writeFile(join(fnDir, "function.toml"), "# bench\n");
+    const handler = join(fnDir, "handler.ts");
+    const base = { handler, env: {}, memoryMiB: 256 };
+    const processCfg = config(fnDir, {
+      kind: "process",
+      ...base,
+      command: undefined,
+      transport: "unix",
+      isolate: false,
+      pids: 512,
+    });
+    const bundlePath = await buildHandler(processCfg, handler);
+    const oci = (runtime: "runc" | "runsc", rootfs: "shared" | "overlay") =>
+      config(fnDir, { kind: "oci", ...base, command: undefined, runtime, pids: 1024, rootfs });
+    // The layout before the built root: the host's directories bound, the runtime and bundle in /fn.
+    const hostDir = join(work, "fn-host");
+    await mkdir(hostDir);
+    await cp(HANDLER_RUNTIME, join(hostDir, "handler-server.js"));
+    await cp(bundlePath, join(hostDir, "handler.mjs"));
+    const ociHost = (runtime: "runc" | "runsc") =>
+      config(hostDir, {
+        kind: "oci",
+        command: [process.execPath, "/fn/handler-server.js", "/fn/handler.mjs"],
+        handler: undefined,
+        env: {},
+        memoryMiB: 256,
+        runtime,
+        pids: 1024,
+        rootfs: "shared",
+      });
+    const container = (runtime: string | undefined) =>
+      config(fnDir, {
+        kind: "container",
+        image: undefined,
+        handler,
+        memoryMiB: 256,
+        runtime,
+        env: {},
+        pids: 1024,
+        network: "none",
+      });
+    const ociDriver = new OciDriver();
+    const root = await ociDriver.rootfs(oci("runc", "shared"));
+    const docker = new ContainerDriver({ socketPath: dockerd.socketPath });
+    const image = await docker.image(container(undefined));
+
+    const rows: Row[] = [
+      { name: "bare: node on the bundle", start: bareNode(bundlePath) },
+      { name: "process", vs: "bare: node on the bundle", start: viaDriver(new ProcessDriver(), processCfg) },
+      {
+        name: "process + bwrap + cgroups",
+        vs: "bare: node on the bundle",
+        start: viaDriver(
+          new ProcessDriver(),
+          config(fnDir, { ...processCfg.sandbox, isolate: true } as SandboxConfig),
+        ),
+      },
+      { name: "bare: runc run (same bundle)", start: bareRuntime("runc", root.dir, state) },
+      {
+        name: "oci runc, shared root",
+        vs: "bare: runc run (same bundle)",
+        start: viaDriver(ociDriver, oci("runc", "shared")),
+      },
+      {
+        name: "oci runc, overlay root",
+        vs: "bare: runc run (same bundle)",
+        start: viaDriver(ociDriver, oci("runc", "overlay")),
+      },
+      {
+        name: "oci runc, host dirs bound",
+        vs: "bare: runc run (same bundle)",
+        start: viaDriver(ociDriver, ociHost("runc")),
+      },
+      { name: "bare: runsc run (same bundle)", start: bareRuntime("runsc", root.dir, state) },
+      {
+        name: "oci runsc, shared root",
+        vs: "bare: runsc run (same bundle)",
+        start: viaDriver(ociDriver, oci("runsc", "shared")),
+      },
+      {
+        name: "oci runsc, overlay root",
+        vs: "bare: runsc run (same bundle)",
+        start: viaDriver(ociDriver, oci("runsc", "overlay")),
+      },
+      {
+        name: "oci runsc, host dirs bound",
+        vs: "bare: runsc run (same bundle)",
+        start: viaDriver(ociDriver, ociHost("runsc")),
+      },
+      { name: "bare: docker run (same image)", start: bareDocker(dockerd, image, undefined) },
+      {
+        name: "container runc",
+        vs: "bare: docker run (same image)",
+        start: viaDriver(docker, container(undefined)),
+      },
+      { name: "bare: docker run --runtime runsc", start: bareDocker(dockerd, image, "runsc") },
+      {
+        name: "container runsc",
+        vs: "bare: docker run --runtime runsc",
+        start: viaDriver(docker, container("runsc")),
+      },
+    ];
+    const results: Result[] = [];
+    for (const row of rows) results.push(await measure(row));
+
+    // The sandbox alone: `true` in a root of its own (true and its libraries only).
+    console.error("sandbox floor: /usr/bin/true");
+    const trueRoot = await assembleRootfs(join(work, "true-root"), {
+      binaries: ["/usr/bin/true"],
+      files: [],
+    });
+    const floors = {
+      "spawn true (no sandbox)": await sandboxFloor("none", trueRoot.dir, state),
+      "runc run true": await sandboxFloor("runc", trueRoot.dir, state),
+      "runsc run true": await sandboxFloor("runsc", trueRoot.dir, state),
+    } as Record<string, Stats>;
+    await dockerd.engine.importRootfs(trueRoot.dir, "fennec-bench/true:1", trueRoot.digest, [
+      "/usr/bin/true",
+    ]);
+    floors["docker run true"] = await dockerFloor(dockerd, "fennec-bench/true:1", undefined);
+    floors["docker run --runtime runsc true"] = await dockerFloor(dockerd, "fennec-bench/true:1", "runsc");
+
+    // Disk: the built root, and what an overlay instance adds.
+    const rootDisk = diskOf(root.dir);
+    const ov = await viaDriver(ociDriver, oci("runc", "overlay"))();
+    await ov.invoke();
+    const upperDisk = [diskOf(join(runRoot("oci"), ov.id!, "upper")).apparent];
+    await ov.stop();
+
+    // The gateway, end to end.
+    const registry = join(work, "registry");
+    for (const [name, table] of [
+      ["gw-process", `[process]\nhandler = "handler.ts"`],
+      ["gw-runc", `[oci]\nhandler = "handler.ts"\nruntime = "runc"`],
+      ["gw-docker", `[container]\nhandler = "handler.ts"`],
+    ] as const) {
+      await mkdir(join(registry, name), { recursive: true });
+      await cp(handler, join(registry, name, "handler.ts"));
+      await writeFile(
+        join(registry, name, "function.toml"),
+        `keepalive = 600\nconcurrent-requests = 16\nmax-instances = 1\n${table}\n`,
+      );
     }
-    const s = summarize(colds);
-    const idle = await idleMiB(driver, c);
-    rows.push(
-      `| ${name} | ${fmt(s.p50, 1)} | ${fmt(s.p99, 1)} | ${fmt(s.p50 / b.cold.p50, 2)}× | ${fmt(warmStats!.p50)} | ${fmt(warmStats!.p99)} | ${fmt(idle, 1)} |`,
-    );
-    await driver.close?.();
+    const gw = await gateway(registry, bundlePath, dockerd.socketPath);
+    await ociDriver.close();
+    await removeNested(BENCH_CGROUP, true);
+
+    report(results, floors, rootDisk, upperDisk, gw);
+  } finally {
+    await dockerd.stop();
+    await rm(work, { recursive: true, force: true });
+    callbacks.close();
   }
-  console.log(`
-| backend (same fetch handler) | cold start to first response p50 (ms) | p99 (ms) | cold vs bare | warm invoke p50 (µs) | warm p99 (µs) | idle PSS per instance (MiB) |
-|---|---|---|---|---|---|---|
-${rows.join("\n")}
-`);
-  callbacks.close();
 }
 
-void main();
+function report(
+  results: Result[],
+  floors: Record<string, Stats>,
+  rootDisk: { apparent: number; own: number },
+  upperDisk: number[],
+  gw: Awaited<ReturnType<typeof gateway>>,
+): void {
+  const by = new Map(results.map((r) => [r.name, r]));
+  const lines = results.map((r) => {
+    const b = r.vs ? by.get(r.vs) : undefined;
+    const ratio = b ? `${fmt(r.cold.p50 / b.cold.p50, 2)}×` : "1.00×";
+    const warmOver = b ? `${r.warm.p50 - b.warm.p50 >= 0 ? "+" : ""}${fmt(r.warm.p50 - b.warm.p50, 0)}` : "—";
+    const rpsRatio = b ? `${fmt((r.rps / b.rps) * 100, 0)} %` : "100 %";
+    return `| ${r.name} | ${fmt(r.cold.p50, 1)} | ${fmt(r.cold.p99, 1)} | ${ratio} | ${fmt(r.warm.p50, 0)} | ${fmt(r.warm.p99, 0)} | ${warmOver} | ${fmt(r.rps, 0)} | ${rpsRatio} | ${r.idleMiB === undefined ? "—" : fmt(r.idleMiB, 1)} |`;
+  });
+  const floorLines = Object.entries(floors).map(([k, s]) => `| ${k} | ${fmt(s.p50, 1)} | ${fmt(s.p99, 1)} |`);
+  const bareGw = gw[0]!;
+  const gwLines = gw.map(
+    (g) =>
+      `| ${g.name} | ${fmt(g.p50, 0)} | ${fmt(g.p99, 0)} | ${g === bareGw ? "—" : `+${fmt(g.p50 - bareGw.p50, 0)}`} | ${fmt(g.rps, 0)} | ${fmt((g.rps / bareGw.rps) * 100, 0)} % |`,
+  );
+  const mib = (b: number) => fmt(b / 2 ** 20, 2);
+  const text = `
+| backend (same fetch handler) | cold start to first response p50 (ms) | p99 (ms) | cold vs bare | warm p50 (µs) | warm p99 (µs) | warm p50 vs bare (µs) | throughput, ${IN_FLIGHT} in flight (req/s) | vs bare | idle PSS per instance (MiB) |
+|---|---|---|---|---|---|---|---|---|---|
+${lines.join("\n")}
+
+| the sandbox alone: /usr/bin/true in a minimal root, start to exit | p50 (ms) | p99 (ms) |
+|---|---|---|
+${floorLines.join("\n")}
+
+| through the gateway (separate load client), same handler | latency p50, 1 connection (µs) | p99 (µs) | p50 over bare | throughput, 16 connections (req/s) | vs bare |
+|---|---|---|---|---|---|
+${gwLines.join("\n")}
+
+built root: ${mib(rootDisk.apparent)} MiB apparent, ${mib(rootDisk.own)} MiB of it not hard-linked from the host; overlay upper layer per instance after its first response: ${upperDisk.map((b) => `${fmt(b / 1024, 1)} KiB`).join(", ")}
+`;
+  console.log(text);
+  mkdirSync(join(ROOT, "bench", "results"), { recursive: true });
+  writeFileSync(
+    join(ROOT, "bench", "results", "backends.json"),
+    JSON.stringify(
+      {
+        date: new Date().toISOString(),
+        machine: { cpus: cpus().length, model: cpus()[0]?.model, node: process.version },
+        cold: COLD,
+        results: results.map(({ warmSamples: _, ...r }) => r),
+        floors,
+        rootDisk,
+        upperDisk,
+        gateway: gw.map(({ samples: _, ...g }) => g),
+      },
+      null,
+      2,
+    ) + "\n",
+  );
+  mkdirSync(join(ROOT, "docs", "img"), { recursive: true });
+  writeFileSync(
+    join(ROOT, "docs", "img", "backends-warm-latency.svg"),
+    cdfChart("Warm invoke latency through the gateway, 1 connection (CDF, clipped at p99)", "latency (µs)", [
+      { label: `bare node:http (p50 ${fmt(gw[0]!.p50, 0)} µs)`, colour: "#888", values: gw[0]!.samples },
+      { label: `→ process (p50 ${fmt(gw[1]!.p50, 0)} µs)`, colour: "#1c7ed6", values: gw[1]!.samples },
+      { label: `→ oci runc (p50 ${fmt(gw[2]!.p50, 0)} µs)`, colour: "#d9480f", values: gw[2]!.samples },
+      { label: `→ container runc (p50 ${fmt(gw[3]!.p50, 0)} µs)`, colour: "#2b8a3e", values: gw[3]!.samples },
+    ]),
+  );
+}
+
+void main().catch((err: unknown) => {
+  console.error(err);
+  process.exitCode = 1;
+});
