@@ -116,10 +116,10 @@ async function main(): Promise<void> {
   for (const v of [...variants, ...restoring]) {
     await vm.prepare(v.config);
     if (v.config.sandbox.kind === "vm" && v.config.sandbox.snapshot) {
-      // prepare() writes the snapshot in the background; the first start waits for nothing.
-      await vm.close();
+      // The first start boots and has the snapshot written in the background; wait for it.
       const first = await start(vm, v.config);
       await first.handle.destroy();
+      await vm.close();
     }
     const times: number[] = [];
     for (let i = 0; i < v.samples; i++) {

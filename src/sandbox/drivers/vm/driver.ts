@@ -102,8 +102,9 @@ export class VmDriver implements SandboxDriver {
     const vm = vmOf(config);
     if (vm.hypervisor.type === "firecracker") return;
     findExecutable(QEMU, QEMU_PACKAGE);
-    const art = await this.#artefactsOf(config);
-    if (vm.snapshot && vm.transport === "channel") this.#ensureSnapshot(config, art);
+    // Builds the guest's root (and disk image) ahead of time. The snapshot waits for the first
+    // start, as SnapFaaS takes it: a function that is never called never boots a template.
+    await this.#artefactsOf(config);
   }
 
   async cleanupStale(): Promise<void> {
