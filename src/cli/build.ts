@@ -1,10 +1,14 @@
+import { spawn } from "node:child_process";
+import { once } from "node:events";
 import { resolve } from "node:path";
+import { fileURLToPath } from "node:url";
 import { toFennecError, type FennecError } from "../core/errors.js";
 import type { FunctionConfig } from "../config/function-config.js";
 import { DirectoryRegistry } from "../registry/registry.js";
 import { ContainerDriver } from "../sandbox/drivers/container/driver.js";
 import { defaultDockerSocket } from "../sandbox/drivers/container/engine.js";
 import { OciDriver } from "../sandbox/drivers/oci/driver.js";
+import { VmDriver } from "../sandbox/drivers/vm/driver.js";
 import { buildHandler } from "../sandbox/handler-build.js";
 import { ModuleCache } from "../sandbox/drivers/wasm/module-cache.js";
 
@@ -30,6 +34,7 @@ export async function buildRegistry(
   const registry = new DirectoryRegistry(resolve(dir));
   const modules = new ModuleCache(undefined);
   const oci = new OciDriver();
+  const vm = new VmDriver();
   let docker: ContainerDriver | undefined;
   /** Whether the engine answered (asked once, at the first [container] function). */
   let engineUp: Promise<FennecError | undefined> | undefined;
@@ -51,6 +56,13 @@ export async function buildRegistry(
         progress(`bundling ${c.sandbox.handler} and building its root filesystem`);
         const root = await oci.rootfs(c);
         what = `oci root filesystem ${root.dir} (${c.sandbox.rootfs}, ${c.sandbox.runtime})`;
+      } else if (c.sandbox.kind === "vm" && (c.sandbox.handler || c.sandbox.command)) {
+        progress("building the guest's root filesystem");
+        await vm.prepare(c);
+        what = `vm root filesystem in ${c.dir}/.fennec/vm (${c.sandbox.hypervisor.type}, ${c.sandbox.hypervisor["disk-type"] === "block" ? "ext4 image" : "9p"})`;
+      } else if (c.sandbox.kind === "vm") {
+        await vm.prepare(c);
+        what = `vm: kernel ${c.sandbox.kernel}${c.sandbox.image ? ` and image ${c.sandbox.image}` : " (a unikernel)"} found`;
       } else if (c.sandbox.kind === "container") {
         docker ??= new ContainerDriver({ socketPath: options.dockerSocket ?? defaultDockerSocket() });
         const engine = docker.engine;
@@ -75,4 +87,14 @@ export async function buildRegistry(
     }
   }
   return failed > 0 ? 1 : 0;
+}
+
+/** The guest kernel's build script, in the repository next to dist/. */
+const GUEST_BUILD = fileURLToPath(new URL("../../../guest/linux/build.sh", import.meta.url));
+
+/** `fennec build --guest-kernel`: runs guest/linux/build.sh, its progress on this terminal. */
+export async function buildGuestKernel(): Promise<number> {
+  const child = spawn("bash", [GUEST_BUILD], { stdio: "inherit" });
+  const [code] = (await once(child, "exit")) as [number | null];
+  return code ?? 1;
 }
