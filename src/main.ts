@@ -41,6 +41,9 @@ export interface FennecOptions {
   readonly dockerSocket?: string;
   /** Accelerator of `[vm]` guests: `auto` (default) is KVM where it works, TCG otherwise. */
   readonly vmAccel?: AccelPreference;
+  /** `[vm]` tap mode: the range of the guests' /30s and the network namespace of taps and QEMU. */
+  readonly vmTapRange?: string;
+  readonly vmNetns?: string;
   /** Extra or replacement drivers by sandbox kind (tests add a fake one). */
   readonly drivers?: ReadonlyMap<string, SandboxDriver>;
 }
@@ -74,6 +77,8 @@ export async function startFennec(options: FennecOptions): Promise<Fennec> {
   const vm = new VmDriver({
     accel: options.vmAccel ?? "auto",
     snapshotDir: join(cacheDir, "vm-snapshots"),
+    ...(options.vmTapRange ? { tapRange: options.vmTapRange } : {}),
+    ...(options.vmNetns ? { netns: options.vmNetns } : {}),
     log,
   });
   drivers.set("vm", vm);

@@ -56,6 +56,10 @@ Edits on disk apply to new instances without a restart; SIGINT/SIGTERM drain and
                          if it is unix://..., else /var/run/docker.sock)
   --vm-accel auto|kvm|tcg  accelerator of [vm] guests (default auto: KVM where it works,
                          else TCG; the choice and why are logged and shown in /stats)
+  --vm-tap-range CIDR    [vm] transport "tap": where the guests' /30s come from
+                         (default 10.100.0.0/16, as UniFaaS)
+  --vm-netns NAME        [vm] transport "tap": create the taps and run QEMU in this network
+                         namespace (Fennec reaches it through Unix sockets)
   -h, --help             this help`,
   async run(argv) {
     const { values } = parseArgs({
@@ -74,6 +78,8 @@ Edits on disk apply to new instances without a restart; SIGINT/SIGTERM drain and
         process: { type: "boolean", default: false },
         "docker-host": { type: "string" },
         "vm-accel": { type: "string", default: "auto" },
+        "vm-tap-range": { type: "string" },
+        "vm-netns": { type: "string" },
         help: { type: "boolean", short: "h" },
       },
     });
@@ -106,6 +112,8 @@ Edits on disk apply to new instances without a restart; SIGINT/SIGTERM drain and
       logLevel: level as "info",
       processSandbox: values.process,
       vmAccel: accel,
+      ...(values["vm-tap-range"] ? { vmTapRange: values["vm-tap-range"] } : {}),
+      ...(values["vm-netns"] ? { vmNetns: values["vm-netns"] } : {}),
       ...(values["docker-host"] ? { dockerSocket: values["docker-host"].replace(/^unix:\/\//, "") } : {}),
     });
     await new Promise<void>((resolve) => {

@@ -2,8 +2,10 @@ import { execFile, spawn, type ChildProcess } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { once } from "node:events";
 import { readFile, rm, stat } from "node:fs/promises";
+import { createServer as createHttpServer } from "node:http";
 import { createServer, type Server, type Socket } from "node:net";
 import { join } from "node:path";
+import { fileURLToPath } from "node:url";
 import { promisify } from "node:util";
 import { FennecError, toFennecError } from "../../../core/errors.js";
 import { createLogger, type Logger } from "../../../core/log.js";
@@ -13,17 +15,22 @@ import type { InvokeContext, SandboxDriver, SandboxHandle, StartContext } from "
 import { GuestChannel } from "../../guest-channel.js";
 import { HandlerBundles } from "../../handler-build.js";
 import { findExecutable } from "../../host-view.js";
-import { HttpTransport } from "../../http-transport.js";
+import { HttpTransport, type Endpoint } from "../../http-transport.js";
 import { createRunDir, recordOwner, sweepStale } from "../../run-dir.js";
 import { chooseAccel, type AccelChoice, type AccelPreference } from "./accel.js";
 import { buildGuestRoot, cacheDir, guestKernel, stampsOf, type GuestRoot } from "./linux-guest.js";
 import { QmpClient } from "./qmp.js";
 import { qemuArgs, substituteCmdline, USER_NET, type GuestKind, type QemuPlan } from "./qemu-args.js";
 import { snapshotKey, SnapshotStore, type Snapshot } from "./snapshots.js";
+import { TapPool, type TapLease } from "./taps.js";
 
 const run = promisify(execFile);
 const QEMU = "qemu-system-x86_64";
 const QEMU_PACKAGE = "qemu-system-x86";
+/** Where a UniFaaS guest serves, and where its callback arrives on the tap's host side (as UniFaaS). */
+const GUEST_PORT = 8080;
+const TAP_CALLBACK_PORT = 3000;
+const NETNS_BRIDGE = fileURLToPath(new URL("./netns-bridge.js", import.meta.url));
 /** QEMU's own memory next to the guest's: ≈ 44 MB measured for a TCG guest, plus its code cache. */
 const QEMU_OVERHEAD_MIB = 64;
 const CLOSE_GRACE_MS = 3000;
@@ -41,7 +48,20 @@ export interface VmDriverOptions {
   readonly accel?: AccelPreference;
   /** Where snapshots are kept (default `<cache>/vm-snapshots`). */
   readonly snapshotDir?: string;
+  /** Tap mode: the range the /30s come from (default 10.100.0.0/16, as UniFaaS). */
+  readonly tapRange?: string;
+  /** Tap mode: the network namespace the taps and QEMU live in (default: Fennec's own). */
+  readonly netns?: string;
   readonly log?: Logger;
+}
+
+/** A guest's tap network: its lease, where Fennec reaches it, its callback, its release. */
+interface TapNetwork {
+  readonly lease: TapLease;
+  readonly endpoint: Endpoint;
+  readonly called: Promise<void>;
+  readonly release: () => Promise<void>;
+  readonly placeholders: { ip: string; gateway: string; netmask: string; callback: string };
 }
 
 /** What one function boots: decided once per revision. */
@@ -76,6 +96,7 @@ export class VmDriver implements SandboxDriver {
   readonly #unsnapshottable = new Set<string>();
   readonly #store: SnapshotStore;
   #accel: AccelChoice | undefined;
+  #taps: Promise<TapPool> | undefined;
 
   constructor(options: VmDriverOptions = {}) {
     this.#options = options;
@@ -115,6 +136,9 @@ export class VmDriver implements SandboxDriver {
 
   async close(): Promise<void> {
     await Promise.allSettled(this.#snapshotting.values());
+    const taps = this.#taps;
+    this.#taps = undefined;
+    await taps?.then((p) => p.close()).catch(() => undefined);
   }
 
   #artefactsOf(config: FunctionConfig): Promise<Artefacts> {
@@ -267,6 +291,92 @@ export class VmDriver implements SandboxDriver {
     }
   }
 
+  #tapPool(): Promise<TapPool> {
+    this.#taps ??= TapPool.open({
+      ...(this.#options.tapRange ? { range: this.#options.tapRange } : {}),
+      ...(this.#options.netns ? { netns: this.#options.netns } : {}),
+    });
+    this.#taps.catch(() => (this.#taps = undefined));
+    return this.#taps;
+  }
+
+  /**
+   * The UniFaaS tap mode: a tap and its /30 for the guest, the guest's callback answered on the
+   * tap's host address (where the guest can reach it) and invocations sent to the guest's 8080.
+   * In a network namespace a bridge process inside it relays both through Unix sockets.
+   */
+  async #tapNetwork(ctx: StartContext, dir: string, what: string): Promise<TapNetwork> {
+    const pool = await this.#tapPool();
+    const lease = await pool.lease();
+    const toRelease: Array<() => unknown> = [() => pool.release(lease)];
+    const release = async () => {
+      for (const r of toRelease.splice(0).reverse()) await Promise.resolve(r()).catch(() => undefined);
+    };
+    try {
+      let called!: () => void;
+      const calledBack = new Promise<void>((resolve) => (called = resolve));
+      // The listener is this tap's alone, so whatever calls it is this instance's guest calling back.
+      const callbacks = createHttpServer((_req, res) => {
+        res.writeHead(200, { connection: "close" }).end("ok");
+        called();
+      });
+      toRelease.push(() => callbacks.close());
+      const guestSock = join(dir, "guest.sock");
+      const callbackSock = join(dir, "callback.sock");
+      let endpoint: Endpoint;
+      if (lease.netns) {
+        callbacks.listen(callbackSock);
+        await once(callbacks, "listening");
+        const bridge = spawn(
+          findExecutable("ip", "iproute2"),
+          [
+            "netns",
+            "exec",
+            lease.netns,
+            process.execPath,
+            NETNS_BRIDGE,
+            `tcp:${lease.hostAddress}:${TAP_CALLBACK_PORT}=unix:${callbackSock}`,
+            `unix:${guestSock}=tcp:${lease.guestAddress}:${GUEST_PORT}`,
+          ],
+          { stdio: ["pipe", "pipe", "pipe"] },
+        );
+        toRelease.push(() => bridge.kill("SIGKILL"));
+        const [line] = (await Promise.race([
+          once(bridge.stdout!, "data"),
+          once(bridge, "exit").then(() => {
+            throw new FennecError("SANDBOX_START_FAILED", `${what}: the namespace bridge did not start`);
+          }),
+        ])) as [Buffer];
+        if (!line.toString().includes("ready"))
+          throw new FennecError(
+            "SANDBOX_START_FAILED",
+            `${what}: the namespace bridge said ${line.toString()}`,
+          );
+        endpoint = { socketPath: guestSock };
+      } else {
+        callbacks.listen(TAP_CALLBACK_PORT, lease.hostAddress);
+        await once(callbacks, "listening");
+        endpoint = { host: lease.guestAddress, port: GUEST_PORT };
+      }
+      const path = new URL(ctx.callbackUrl, "http://x").pathname;
+      return {
+        lease,
+        endpoint,
+        called: calledBack,
+        release,
+        placeholders: {
+          ip: lease.guestAddress,
+          gateway: lease.hostAddress,
+          netmask: lease.netmask,
+          callback: `http://${lease.hostAddress}:${TAP_CALLBACK_PORT}${path}`,
+        },
+      };
+    } catch (err) {
+      await release();
+      throw err;
+    }
+  }
+
   /** Starts one QEMU: a boot, a restore from a snapshot, or a template to snapshot. */
   async #launch(
     ctx: StartContext,
@@ -288,6 +398,9 @@ export class VmDriver implements SandboxDriver {
       await once(listener, "listening");
     }
     let userNet: QemuPlan["userNet"];
+    let net: TapNetwork | undefined;
+    /** What the instance releases when it stops, beyond QEMU and its run directory. */
+    const cleanup: Array<() => unknown> = [];
     let append = art.cmdline;
     if (vm.transport === "user") {
       const callback = new URL(ctx.callbackUrl);
@@ -299,12 +412,9 @@ export class VmDriver implements SandboxDriver {
         callback: `http://${USER_NET.callbackHost}:${USER_NET.callbackPort}${callback.pathname}`,
       });
     } else if (vm.transport === "tap") {
-      listener?.close();
-      await rm(dir, { recursive: true, force: true });
-      throw new FennecError(
-        "DRIVER_UNAVAILABLE",
-        `${ctx.config.key}: transport "tap" is not wired into the vm driver yet; use "channel" or "user"`,
-      );
+      net = await this.#tapNetwork(ctx, dir, what);
+      cleanup.push(() => net!.release());
+      append = substituteCmdline(art.cmdline, net.placeholders);
     }
     const snapshot = mode.restoreFrom ?? mode.snapshotInto;
     const plan: QemuPlan = {
@@ -319,11 +429,15 @@ export class VmDriver implements SandboxDriver {
       channelSocket,
       consoleLog: join(dir, "console.log"),
       userNet,
-      tap: undefined,
+      tap: net ? { name: net.lease.tap, mac: net.lease.mac } : undefined,
       ramFile: snapshot ? { path: snapshot.ram, share: mode.snapshotInto !== undefined } : undefined,
       incoming: mode.restoreFrom !== undefined,
     };
-    const child = spawn(qemu, qemuArgs(plan), {
+    // A tap in a network namespace is opened from inside it: QEMU runs there (`ip` execs it).
+    const argv = net?.lease.netns
+      ? [findExecutable("ip", "iproute2"), "netns", "exec", net.lease.netns, qemu, ...qemuArgs(plan)]
+      : [qemu, ...qemuArgs(plan)];
+    const child = spawn(argv[0]!, argv.slice(1), {
       cwd: dir,
       detached: true, // its own process group, so a crashed Fennec's QEMU can be found and ended
       stdio: ["ignore", "pipe", "pipe"],
@@ -336,6 +450,7 @@ export class VmDriver implements SandboxDriver {
       consoleLog: plan.consoleLog!,
       qmpSocket: plan.qmpSocket,
       restored: mode.restoreFrom !== undefined,
+      cleanup,
     });
     try {
       if (child.pid !== undefined) await recordOwner(dir, child.pid);
@@ -357,6 +472,9 @@ export class VmDriver implements SandboxDriver {
             await instance.restore(mode.restoreFrom.state, ctx.signal);
             await channel.ping(ctx.signal);
           } else await channel.ready;
+        } else if (net) {
+          instance.attachTransport(new HttpTransport(net.endpoint, what));
+          await net.called;
         } else {
           instance.attachTransport(new HttpTransport({ host: "127.0.0.1", port: userNet!.hostPort }, what));
           await ctx.waitForCallback();
@@ -411,6 +529,7 @@ interface VmInstanceOptions {
   readonly consoleLog: string;
   readonly qmpSocket: string;
   readonly restored: boolean;
+  readonly cleanup: ReadonlyArray<() => unknown>;
 }
 
 /** One VM: its QEMU process, run directory, channel or network transport. */
@@ -586,6 +705,7 @@ class VmInstance implements SandboxHandle {
       this.#channel?.close();
       this.#transport?.close();
       this.#o.listener?.close();
+      for (const release of this.#o.cleanup) await Promise.resolve(release()).catch(() => undefined);
       await rm(this.#o.dir, { recursive: true, force: true });
     })();
     return this.#released;
