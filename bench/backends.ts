@@ -67,8 +67,6 @@ interface Row {
   /** The bare row this one is compared with (its name). */
   readonly vs?: string;
   readonly start: () => Promise<Started>;
-  /** Skip idle memory (bare rows whose processes the bench cannot attribute). */
-  readonly noIdle?: boolean;
 }
 interface Result {
   name: string;
@@ -77,7 +75,7 @@ interface Result {
   warm: Stats;
   warmSamples: number[];
   rps: number;
-  idleMiB: number | undefined;
+  idleMiB: number;
 }
 
 const request = { method: "GET", path: "/", query: "", headers: {}, body: new Uint8Array(0) };
@@ -149,47 +147,53 @@ function pssMiB(ids: readonly string[]): number {
 /** Docker container ids, for attributing the processes of containers (their shims are not our descendants). */
 let dockerIds: () => Promise<string[]> = () => Promise.resolve([]);
 
-async function measure(row: Row): Promise<Result> {
-  console.error(
-    `${row.name}: ${COLD} cold starts, ${WARM} warm invocations, ${TPUT} at ${IN_FLIGHT} in flight`,
-  );
-  const colds: number[] = [];
-  let warmSamples: number[] = [];
-  let rps = NaN;
+/**
+ * One group (a bare tool and the Fennec rows compared with it): cold starts interleaved row by row,
+ * so drift on this noisy machine hits every row alike; then warm latency, throughput and idle
+ * memory row by row.
+ */
+async function measureGroup(group: readonly Row[]): Promise<Result[]> {
+  console.error(`${group.map((r) => r.name).join(" | ")}: ${COLD} cold starts each, interleaved`);
+  const colds = group.map(() => [] as number[]);
   for (let i = 0; i < COLD; i++) {
-    const t0 = performance.now();
+    for (const [k, row] of group.entries()) {
+      const t0 = performance.now();
+      const s = await row.start();
+      await s.invoke();
+      colds[k]!.push(performance.now() - t0);
+      await s.stop();
+    }
+  }
+  const results: Result[] = [];
+  for (const [k, row] of group.entries()) {
+    console.error(`${row.name}: ${WARM} warm invocations, ${TPUT} at ${IN_FLIGHT} in flight, idle memory`);
     const s = await row.start();
     await s.invoke();
-    colds.push(performance.now() - t0);
-    if (i === 0) {
-      warmSamples = await warmLatency(s.invoke);
-      rps = await throughput(s.invoke);
-    }
+    const warmSamples = await warmLatency(s.invoke);
+    const rps = await throughput(s.invoke);
     await s.stop();
-  }
-  let idleMiB: number | undefined;
-  if (!row.noIdle) {
     await new Promise((r) => setTimeout(r, 500));
     const before = pssMiB(await dockerIds());
     const live: Started[] = [];
     for (let i = 0; i < IDLE_N; i++) {
-      const s = await row.start();
-      await s.invoke();
-      live.push(s);
+      const one = await row.start();
+      await one.invoke();
+      live.push(one);
     }
     await new Promise((r) => setTimeout(r, 1500));
-    idleMiB = (pssMiB(await dockerIds()) - before) / IDLE_N;
-    for (const s of live) await s.stop();
+    const idleMiB = (pssMiB(await dockerIds()) - before) / IDLE_N;
+    for (const one of live) await one.stop();
+    results.push({
+      name: row.name,
+      ...(row.vs ? { vs: row.vs } : {}),
+      cold: summarize(colds[k]!),
+      warm: summarize(warmSamples),
+      warmSamples,
+      rps,
+      idleMiB,
+    });
   }
-  return {
-    name: row.name,
-    ...(row.vs ? { vs: row.vs } : {}),
-    cold: summarize(colds),
-    warm: summarize(warmSamples),
-    warmSamples,
-    rps,
-    idleMiB,
-  };
+  return results;
 }
 
 // ---------------------------------------------------------------- what is measured
@@ -633,8 +637,11 @@ async function main(): Promise<void> {
         start: viaDriver(docker, container("runsc")),
       },
     ];
+    // Groups: each bare tool with the rows compared with it.
     const results: Result[] = [];
-    for (const row of rows) results.push(await measure(row));
+    const groups = new Map<string, Row[]>();
+    for (const row of rows) groups.set(row.vs ?? row.name, [...(groups.get(row.vs ?? row.name) ?? []), row]);
+    for (const group of groups.values()) results.push(...(await measureGroup(group)));
 
     // The sandbox alone: `true` in a root of its own (true and its libraries only).
     console.error("sandbox floor: /usr/bin/true");
@@ -699,7 +706,7 @@ function report(
     const ratio = b ? `${fmt(r.cold.p50 / b.cold.p50, 2)}×` : "1.00×";
     const warmOver = b ? `${r.warm.p50 - b.warm.p50 >= 0 ? "+" : ""}${fmt(r.warm.p50 - b.warm.p50, 0)}` : "—";
     const rpsRatio = b ? `${fmt((r.rps / b.rps) * 100, 0)} %` : "100 %";
-    return `| ${r.name} | ${fmt(r.cold.p50, 1)} | ${fmt(r.cold.p99, 1)} | ${ratio} | ${fmt(r.warm.p50, 0)} | ${fmt(r.warm.p99, 0)} | ${warmOver} | ${fmt(r.rps, 0)} | ${rpsRatio} | ${r.idleMiB === undefined ? "—" : fmt(r.idleMiB, 1)} |`;
+    return `| ${r.name} | ${fmt(r.cold.p50, 1)} | ${fmt(r.cold.p99, 1)} | ${ratio} | ${fmt(r.warm.p50, 0)} | ${fmt(r.warm.p99, 0)} | ${warmOver} | ${fmt(r.rps, 0)} | ${rpsRatio} | ${fmt(r.idleMiB, 1)} |`;
   });
   const floorLines = Object.entries(floors).map(([k, s]) => `| ${k} | ${fmt(s.p50, 1)} | ${fmt(s.p99, 1)} |`);
   const bareGw = gw[0]!;
