@@ -19,6 +19,9 @@
 # FENNEC_BUILD_JOBS (default: nproc), TMPDIR.
 set -euo pipefail
 
+# Everything is in main() (not indented, for the heredocs), so bash has read the whole script
+# before it runs any of it: editing this file during a build cannot derail the build.
+main() {
 KERNEL_RECIPE=1
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 cache=${FENNEC_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/fennec}/guest-linux
@@ -188,3 +191,7 @@ fi
 point_current
 log "built $out (vmlinux $(($(stat -c %s "$out/vmlinux") / 1024)) KiB, initramfs $(($(stat -c %s "$out/initramfs.cpio.gz") / 1024)) KiB)"
 echo "$out"
+}
+
+main "$@"
+exit
