@@ -103,7 +103,8 @@ function sandboxOf(cfg: FunctionToml, dir: string, file: string): SandboxConfig 
       cpus: v.cpus,
       cmdline: v.cmdline,
       hypervisor: v.hypervisor,
-      handler: v.handler === undefined ? undefined : resolveInside(dir, v.handler, "vm.handler", file, "file"),
+      handler:
+        v.handler === undefined ? undefined : resolveInside(dir, v.handler, "vm.handler", file, "file"),
       command: v.command,
       env: v.env,
       // A command line with UniFaaS placeholders asks for an IP network; anything else gets the channel.

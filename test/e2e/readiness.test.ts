@@ -41,16 +41,15 @@ describe("readiness callback through the gateway", () => {
       assert.equal(scale.json<{ errors: Array<{ code: string }> }>().errors[0]?.code, "FN_INIT_TIMEOUT");
       // The instance that did call back keeps serving.
       assert.equal((await request(`${fennec.url}/invoke/guest/`, { method: "POST", body: "x" })).text, "x");
-      // A function whose sandbox kind has no driver on this node says so.
-      await mkdir(join(registry, "vmfn"));
-      await writeFile(join(registry, "vmfn", "k"), "kernel");
+      // A function whose sandbox kind has no driver on this node says so ([process] is opt-in).
+      await mkdir(join(registry, "procfn"));
       await writeFile(
-        join(registry, "vmfn", "function.toml"),
-        'keepalive = 1\nconcurrent-requests = 1\n[vm]\nkernel = "k"\ncmdline = "x"\nhypervisor = { type = "qemu", disk-type = "block" }\n',
+        join(registry, "procfn", "function.toml"),
+        'keepalive = 1\nconcurrent-requests = 1\n[process]\ncommand = ["true"]\n',
       );
-      const vm = await request(`${fennec.url}/invoke/vmfn/`);
-      assert.equal(vm.status, 501);
-      assert.equal(errorCode(vm), "DRIVER_UNAVAILABLE");
+      const off = await request(`${fennec.url}/invoke/procfn/`);
+      assert.equal(off.status, 501);
+      assert.equal(errorCode(off), "DRIVER_UNAVAILABLE");
     } finally {
       await fennec.close();
       await cleanup();

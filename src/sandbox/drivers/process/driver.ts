@@ -148,15 +148,19 @@ export class ProcessDriver implements SandboxDriver {
       () => this.#live.delete(ctx.instanceId),
     );
     // 2. Race readiness against the child exiting or failing to spawn, and the start deadline.
+    // Polling the socket stops when the start settles, whichever way it does.
+    const settled = new AbortController();
     try {
       await new Promise<void>((resolve, reject) => {
         child.once("error", (err) =>
           reject(new FennecError("SANDBOX_START_FAILED", `${what}: cannot start ${argv[0]}: ${err.message}`)),
         );
         instance.onExit((err) => reject(err));
-        const ready = cfg.isolate ? waitForSocket(socketPath, ctx.signal) : ctx.waitForCallback();
+        const ready = cfg.isolate
+          ? waitForSocket(socketPath, AbortSignal.any([ctx.signal, settled.signal]))
+          : ctx.waitForCallback();
         ready.then(resolve, reject);
-      });
+      }).finally(() => settled.abort());
       if (child.pid !== undefined) await recordOwner(dir, child.pid);
     } catch (err) {
       await instance.destroy();
