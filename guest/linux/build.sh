@@ -96,6 +96,7 @@ log "compiling the agent (gcc -static)"
 gcc -static -O2 -Wall -Wextra -o "$tmp/init" "$here/agent.c" ||
   die "compiling agent.c failed (a static build needs libc6-dev)"
 strip "$tmp/init"
+touch -d @0 "$tmp/init" # gen_init_cpio -t does not cover regular files
 
 # --- the kernel (cached by kernel key) ---
 if [ -f "$kdir/vmlinux" ] && [ -x "$kdir/gen_init_cpio" ] && [ -f "$kdir/release" ]; then
