@@ -236,6 +236,10 @@ static char *fn_cwd = "/";
 static char *fn_socket; /* path inside the root */
 static int fn_port;
 
+/* fennec.port=none: no guest channel; the function is reached over the guest's IP network (a
+   UniFaaS guest: QEMU user-mode networking or a tap), so the agent only mounts, starts and reaps. */
+static int no_channel;
+
 static void read_conf(const char *path) {
   FILE *f = fopen(path, "re");
   if (!f) fatal("cannot read %s: %s", path, strerror(errno));
@@ -279,6 +283,11 @@ static void read_conf(const char *path) {
   free(line);
   fclose(f);
   if (fn_argc == 0) fatal("%s: no argv= line", path);
+  /* Without a channel (fennec.port=none) the function serves on the guest's network itself. */
+  if (no_channel) {
+    if (fn_socket || fn_port) fatal("%s: socket= and port= go with the channel, not fennec.port=none", path);
+    return;
+  }
   if (!fn_socket == !fn_port) fatal("%s: exactly one of socket= and port= is needed", path);
   char *extra = NULL;
   if (fn_socket ? asprintf(&extra, "FENNEC_SOCKET=%s", fn_socket) < 0
@@ -711,7 +720,13 @@ int main(void) {
   loopback_up();
   char confpath[300];
   snprintf(confpath, sizeof confpath, ROOT "%s", conf);
+  no_channel = !strcmp(portname, "none");
   read_conf(confpath);
+  if (no_channel) {
+    say("starting %s (no channel: it serves on the guest's network)", fn_argv[0]);
+    start_function();
+    for (;;) wait_signals(sfd, -1); /* reap() reboots when the function exits */
+  }
   port_fd = open_port(portname);
   port_up = 1;
 

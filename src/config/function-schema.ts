@@ -72,6 +72,23 @@ export const vmTable = z
   .refine((v) => (v.handler === undefined && v.command === undefined) || v.image === undefined, {
     message: "image goes with kernel: with handler or command, Fennec builds the root filesystem",
   })
+  .refine((v) => v.hypervisor.type !== "firecracker" || v.transport === undefined || v.transport === "tap", {
+    message: 'Fennec reaches Firecracker guests over taps only: transport = "tap" (the default for it)',
+  })
+  .refine((v) => v.hypervisor.type !== "firecracker" || !v.snapshot, {
+    message: "snapshot = true is supported on QEMU (microvm, qemu) only",
+  })
+  .refine(
+    (v) =>
+      v.hypervisor.type !== "firecracker" ||
+      v.image !== undefined ||
+      v.handler !== undefined ||
+      v.command !== undefined,
+    {
+      message:
+        "a Firecracker guest needs a root image (Fennec's unikernel speaks over a UART Firecracker does not offer)",
+    },
+  )
   // QEMU refuses to migrate a guest with a 9p share mounted, and a snapshot is a migration.
   .refine(
     (v) =>

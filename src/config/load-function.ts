@@ -108,7 +108,9 @@ function sandboxOf(cfg: FunctionToml, dir: string, file: string): SandboxConfig 
       command: v.command,
       env: v.env,
       // A command line with UniFaaS placeholders asks for an IP network; anything else gets the channel.
-      transport: v.transport ?? (placeholders ? "user" : "channel"),
+      // Firecracker has neither a serial channel Fennec can use nor user-mode networking: taps.
+      transport:
+        v.transport ?? (v.hypervisor.type === "firecracker" ? "tap" : placeholders ? "user" : "channel"),
       snapshot: v.snapshot,
     };
   }

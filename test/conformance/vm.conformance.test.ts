@@ -1,3 +1,4 @@
+import { execFileSync } from "node:child_process";
 import { join } from "node:path";
 import type { VmSandboxConfig } from "../../src/config/function-config.js";
 import { VmDriver } from "../../src/sandbox/drivers/vm/driver.js";
@@ -67,3 +68,43 @@ for (const hypervisor of [
     fail: linux("fail", "fail", hypervisor),
   }));
 }
+
+// A UniFaaS guest on an IP network: the fixture serves on 0.0.0.0:8080 and calls the `%callback`
+// it finds on the kernel command line; the kernel configures eth0 from `ip=`.
+const UNIFAAS_CMDLINE = "ip=%ip::%gateway:%netmask::eth0:off callback=%callback";
+const onNetwork = (name: string, mode: string, transport: "user" | "tap") =>
+  testConfig({
+    id: { user: "default", name: `${transport}-${name}` },
+    key: `default/${transport}-${name}`,
+    dir: PROCESS_FIXTURE,
+    timeoutMs: 20_000,
+    queueTimeoutMs: 60_000,
+    sandbox: vmConfig({
+      command: [process.execPath, "server.mjs", mode],
+      cmdline: UNIFAAS_CMDLINE,
+      transport,
+      hypervisor: { type: "microvm", "disk-type": "block" },
+    }),
+  });
+
+runConformance("vm (Linux guest, microvm, QEMU user-mode network)", async () => ({
+  driver: new VmDriver({ accel: "auto" }),
+  echo: onNetwork("echo", "echo", "user"),
+  hang: onNetwork("hang", "hang", "user"),
+  fail: onNetwork("fail", "fail", "user"),
+}));
+
+// Taps only inside a network namespace this test creates (and removes): no address outside it.
+runConformance("vm (Linux guest, microvm, UniFaaS taps in a test namespace)", async () => {
+  const netns = `fennec-vmtest-${process.pid}`;
+  execFileSync("ip", ["netns", "add", netns]);
+  return {
+    driver: new VmDriver({ accel: "auto", netns }),
+    echo: onNetwork("echo", "echo", "tap"),
+    hang: onNetwork("hang", "hang", "tap"),
+    fail: onNetwork("fail", "fail", "tap"),
+    cleanup: async () => {
+      execFileSync("ip", ["netns", "del", netns]);
+    },
+  };
+});

@@ -41,13 +41,17 @@ export function guestKernel(): GuestKernel {
   return { kernel, initramfs };
 }
 
-/** What the agent reads from `/fennec/guest.conf` (guest/linux/README.md): one `key=value` a line. */
-function guestConf(argv: readonly string[], env: Readonly<Record<string, string>>): string {
+/**
+ * What the agent reads from `/fennec/guest.conf` (guest/linux/README.md): one `key=value` a line.
+ * On the channel the function serves on a Unix socket the agent bridges to; on an IP network
+ * (transport `user` or `tap`) it serves on the guest's network itself, as a UniFaaS guest does.
+ */
+function guestConf(argv: readonly string[], env: Readonly<Record<string, string>>, channel: boolean): string {
   const lines = [
     ...argv.map((a) => `argv=${a}`),
     ...Object.entries(env).map(([k, v]) => `env=${k}=${v}`),
     `cwd=${INSIDE.functionDir}`,
-    `socket=${INSIDE.runDir}/http.sock`,
+    ...(channel ? [`socket=${INSIDE.runDir}/http.sock`] : []),
   ];
   return `${lines.join("\n")}\n`;
 }
@@ -114,10 +118,14 @@ async function buildInto(
     binaries = vm.command![0]!.startsWith("/") ? [vm.command![0]!] : [];
   }
   const conf = join(work, "guest.conf");
-  await writeIfChanged(conf, guestConf(argv, { PATH: "/usr/bin:/bin", HOME: "/tmp", ...vm.env }));
+  await writeIfChanged(
+    conf,
+    guestConf(argv, { PATH: "/usr/bin:/bin", HOME: "/tmp", ...vm.env }, vm.transport === "channel"),
+  );
   files.push({ source: conf, target: "/fennec/guest.conf" });
   const rootfs = await assembleRootfs(join(work, "rootfs"), { binaries, files });
-  const diskType = vm.hypervisor["disk-type"];
+  // Firecracker has block devices only.
+  const diskType = vm.hypervisor.type === "firecracker" ? "block" : vm.hypervisor["disk-type"];
   if (diskType !== "block") return { rootfs, image: undefined };
   return { rootfs, image: await ext4Image(rootfs, join(work, "root.ext4")) };
 }
