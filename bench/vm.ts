@@ -90,9 +90,7 @@ async function main(): Promise<void> {
   const vm = new VmDriver({ snapshotDir: join(scratch, "snapshots") });
   const noSnapshot = (t: string) => t.replace(/snapshot = true\n/, "");
   const withSnapshot = (t: string) =>
-    t
-      .replace(/\[vm\]\n/, "[vm]\nsnapshot = true\n")
-      .replace(/snapshot = true\nsnapshot = true\n/, "snapshot = true\n");
+    t.includes("snapshot = true") ? t : t.replace(/\[vm\]\n/, "[vm]\nsnapshot = true\n");
   const variants: Variant[] = [
     { label: "unikernel (microvm)", config: example("hello-unikernel"), samples: samples * 4 },
     { label: "Linux microvm, 9p root", config: example("hello-microvm", noSnapshot), samples },

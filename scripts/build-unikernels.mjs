@@ -10,10 +10,10 @@
 // The flags are fixed and no path, time or build id reaches the output, so builds are
 // byte-for-byte reproducible.
 import { spawnSync } from "node:child_process";
-import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { existsSync, readdirSync, readFileSync } from "node:fs";
 import { basename, dirname, join, relative } from "node:path";
 import { fileURLToPath } from "node:url";
+import { buildArtefacts, Failure } from "./committed-artefacts.mjs";
 
 const ROOT = fileURLToPath(new URL("..", import.meta.url));
 const CLANG = process.env.CLANG ?? "clang-14";
@@ -22,13 +22,6 @@ const PACKAGES = "install Debian's clang-14 lld-14";
 const KERNEL = join("guest", "unikernel");
 // The kernel's own sources, linked in this order into every image (boot.S first: the entry).
 const KERNEL_SOURCES = ["boot.S", "kernel.c", "chan.c", "http.c", "mem.c", "lib.c"];
-// Thrown rather than process.exit(), which would skip the `finally` that removes the scratch dir.
-class Failure extends Error {
-  constructor(code, message) {
-    super(message);
-    this.code = code;
-  }
-}
 
 const COMMON = [
   "--target=x86_64-unknown-none-elf",
@@ -104,47 +97,29 @@ function link(objs, out) {
   ]);
 }
 
-const check = process.argv.includes("--check");
-const scratch = mkdtempSync(join(tmpdir(), "fennec-uk-build-"));
-let differ = 0;
-try {
-  const kernelObjs = KERNEL_SOURCES.map((f) => {
-    const obj = join(scratch, `kernel-${f}.o`);
-    compile(join(ROOT, KERNEL, f), obj, KERNEL_FLAGS);
-    return obj;
-  });
-  for (const { src, out } of sources()) {
-    const t0 = performance.now();
-    const name = `${basename(dirname(dirname(src)))}-${basename(out)}`;
-    const obj = join(scratch, `${name}.o`);
-    const tmp = join(scratch, name);
-    compile(src, obj, []);
-    link([...kernelObjs, obj], tmp);
-    const built = readFileSync(tmp);
-    const rel = relative(ROOT, out);
-    const ms = (performance.now() - t0).toFixed(0);
-    if (check) {
-      const same = existsSync(out) && readFileSync(out).equals(built);
-      if (!same) differ++;
-      console.log(`${same ? "same   " : "DIFFERS"} ${rel} (${built.length} bytes, ${ms} ms)`);
-    } else {
-      writeFileSync(out, built); // not rename: the scratch dir may be on another filesystem
-      console.log(`built ${rel} (${built.length} bytes, ${ms} ms)`);
+buildArtefacts(
+  {
+    root: ROOT,
+    check: process.argv.includes("--check"),
+    prefix: "fennec-uk-build-",
+    what: "unikernel .elf",
+    hint: "run node scripts/build-unikernels.mjs and commit the result",
+  },
+  (scratch, place) => {
+    const kernelObjs = KERNEL_SOURCES.map((f) => {
+      const obj = join(scratch, `kernel-${f}.o`);
+      compile(join(ROOT, KERNEL, f), obj, KERNEL_FLAGS);
+      return obj;
+    });
+    for (const { src, out } of sources()) {
+      const t0 = performance.now();
+      const name = `${basename(dirname(dirname(src)))}-${basename(out)}`;
+      const obj = join(scratch, `${name}.o`);
+      const tmp = join(scratch, name);
+      compile(src, obj, []);
+      link([...kernelObjs, obj], tmp);
+      const built = readFileSync(tmp);
+      place(built, out, t0);
     }
-  }
-} catch (e) {
-  if (!(e instanceof Failure)) throw e;
-  console.error(e.message);
-  process.exitCode = e.code;
-} finally {
-  rmSync(scratch, { recursive: true, force: true });
-}
-if (check && !process.exitCode) {
-  if (differ > 0) {
-    console.error(
-      `${differ} committed unikernel image(s) differ from their sources: run node scripts/build-unikernels.mjs and commit the result`,
-    );
-    process.exit(1);
-  }
-  console.log("every committed unikernel .elf is reproducible from its source");
-}
+  },
+);

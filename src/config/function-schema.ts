@@ -78,17 +78,14 @@ export const vmTable = z
   .refine((v) => v.hypervisor.type !== "firecracker" || !v.snapshot, {
     message: "snapshot = true is supported on QEMU (microvm, qemu) only",
   })
-  .refine(
-    (v) =>
-      v.hypervisor.type !== "firecracker" ||
-      v.image !== undefined ||
-      v.handler !== undefined ||
-      v.command !== undefined,
-    {
-      message:
-        "a Firecracker guest needs a root image (Fennec's unikernel speaks over a UART Firecracker does not offer)",
-    },
-  )
+  .refine((v) => v.hypervisor.type !== "firecracker" || v.image !== undefined || v.command !== undefined, {
+    message:
+      "a Firecracker guest is reached over a tap: it needs a root image or a command that serves on the guest's network (a handler and Fennec's unikernel speak over channels Firecracker does not offer)",
+  })
+  .refine((v) => v.handler === undefined || v.transport === undefined || v.transport === "channel", {
+    message:
+      'a handler is reached through the guest channel; transport "user" and "tap" are for programs that serve on the guest\'s network (a command, or a UniFaaS image)',
+  })
   // QEMU refuses to migrate a guest with a 9p share mounted, and a snapshot is a migration.
   .refine(
     (v) =>

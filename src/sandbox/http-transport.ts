@@ -33,7 +33,23 @@ export class HttpTransport {
     this.#what = what;
   }
 
-  invoke(req: InvokeRequest, signal: AbortSignal): Promise<InvokeResponse> {
+  /**
+   * A kept-alive connection the instance closed while idle (Node's servers do after 5 s) can meet
+   * a request already on its way: that request is lost before the function saw it, so it is sent
+   * once more on a new connection, as Node's documentation advises for `reusedSocket`.
+   */
+  async invoke(req: InvokeRequest, signal: AbortSignal): Promise<InvokeResponse> {
+    try {
+      return await this.#send(req, signal);
+    } catch (err) {
+      if (!(err instanceof StaleConnection)) throw err;
+      return this.#send(req, signal).catch((e: unknown) => {
+        throw e instanceof StaleConnection ? e.error : e;
+      });
+    }
+  }
+
+  #send(req: InvokeRequest, signal: AbortSignal): Promise<InvokeResponse> {
     return new Promise((resolve, reject) => {
       const headers: Record<string, string> = {};
       for (const [k, v] of Object.entries(req.headers))
@@ -63,7 +79,15 @@ export class HttpTransport {
           });
         },
       );
-      r.on("error", (err) => reject(signal.aborted ? signal.reason : this.#broken(err)));
+      let answered = false;
+      r.on("response", () => (answered = true));
+      r.on("error", (err) => {
+        if (signal.aborted) return reject(signal.reason);
+        const code = (err as NodeJS.ErrnoException).code;
+        if (r.reusedSocket && !answered && (code === "ECONNRESET" || code === "EPIPE"))
+          return reject(new StaleConnection(this.#broken(err)));
+        reject(this.#broken(err));
+      });
       r.end(req.body);
     });
   }
@@ -77,5 +101,12 @@ export class HttpTransport {
 
   close(): void {
     this.#agent.destroy();
+  }
+}
+
+/** A request that died with the kept-alive connection it was sent on, before any answer. */
+class StaleConnection extends Error {
+  constructor(readonly error: FennecError) {
+    super(error.message);
   }
 }

@@ -7,6 +7,7 @@ import type { InvokeRequest, InvokeResponse } from "../../../core/types.js";
 import type { FunctionConfig, ProcessSandboxConfig } from "../../../config/function-config.js";
 import { Cgroup, removeParents, sweepCgroups } from "../../cgroups.js";
 import type { InvokeContext, SandboxDriver, SandboxHandle, StartContext } from "../../contract.js";
+import { terminate } from "../../terminate.js";
 import { HttpTransport, type Endpoint } from "../../http-transport.js";
 import { createRunDir, recordOwner, sweepStale } from "../../run-dir.js";
 import { waitForSocket } from "../../wait-socket.js";
@@ -256,10 +257,7 @@ class ProcessInstance implements SandboxHandle {
 
   async close(): Promise<void> {
     this.#stopping = true;
-    this.#signal("SIGTERM");
-    const timer = setTimeout(() => this.#signal("SIGKILL"), CLOSE_GRACE_MS);
-    await this.#exited;
-    clearTimeout(timer);
+    await terminate((sig) => this.#signal(sig), this.#exited, CLOSE_GRACE_MS);
     await this.#release();
   }
 

@@ -15,6 +15,7 @@ import type { InvokeContext, SandboxDriver, SandboxHandle, StartContext } from "
 import { GuestChannel } from "../../guest-channel.js";
 import { HandlerBundles } from "../../handler-build.js";
 import { findExecutable } from "../../host-view.js";
+import { terminate } from "../../terminate.js";
 import { HttpTransport, type Endpoint } from "../../http-transport.js";
 import { createRunDir, recordOwner, sweepStale } from "../../run-dir.js";
 import { chooseAccel, type AccelChoice, type AccelPreference } from "./accel.js";
@@ -738,10 +739,7 @@ class VmInstance implements SandboxHandle {
   /** Graceful: QEMU quits cleanly on SIGTERM; SIGKILL after a grace period. */
   async close(): Promise<void> {
     this.#stopping = true;
-    this.#signal("SIGTERM");
-    const timer = setTimeout(() => this.#signal("SIGKILL"), CLOSE_GRACE_MS);
-    await this.#exited;
-    clearTimeout(timer);
+    await terminate((sig) => this.#signal(sig), this.#exited, CLOSE_GRACE_MS);
     await this.#release();
   }
 

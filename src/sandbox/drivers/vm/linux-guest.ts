@@ -1,6 +1,6 @@
 import { execFile } from "node:child_process";
 import { randomBytes } from "node:crypto";
-import { existsSync } from "node:fs";
+import { existsSync, realpathSync } from "node:fs";
 import { mkdir, readFile, rename, rm, stat, writeFile } from "node:fs/promises";
 import { homedir } from "node:os";
 import { join } from "node:path";
@@ -38,7 +38,8 @@ export function guestKernel(): GuestKernel {
         "(or `bash guest/linux/build.sh`; needs Debian's linux-source-6.1 flex bison bc libelf-dev libssl-dev cpio)",
     );
   }
-  return { kernel, initramfs };
+  // Resolved now: `current` is a symlink a rebuild moves, and a revision keeps the files it began with.
+  return { kernel: realpathSync(kernel), initramfs: realpathSync(initramfs) };
 }
 
 /**

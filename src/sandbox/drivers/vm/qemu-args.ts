@@ -72,7 +72,9 @@ export function qemuArgs(plan: QemuPlan): string[] {
     machine(plan),
     "-accel",
     plan.accel,
-    ...(plan.accel === "kvm" ? ["-cpu", "host"] : []),
+    // Under TCG, `+arat` (an always-running APIC timer) lets an idle Linux guest stop its tick:
+    // 0.4-0.8 % of a core idle instead of 2.7-3.6 % (measured, guest/linux/README.md).
+    ...(plan.accel === "kvm" ? ["-cpu", "host"] : ["-cpu", "qemu64,+arat"]),
     "-nodefaults",
     "-no-user-config",
     "-display",
