@@ -1,13 +1,14 @@
 /**
  * VM sandboxes side by side, in one run: boot to ready for Fennec's unikernel, the Linux microVM
- * (9p root) and the Linux pc VM (ext4 disk); restore to ready from a snapshot (SnapFaaS) and the
+ * (ext4 root) and the Linux pc VM (9p root); restore to ready from a snapshot (SnapFaaS) and the
  * boot/restore ratio; idle memory per VM (QEMU's RSS and PSS: restored clones share the snapshot's
  * pages); warm invoke latency next to the same handler as a plain process, so the VM's own cost
  * (channel, virtio or UART, guest kernel) shows as a difference.
  *
- *   npm run bench:vm [-- SAMPLES]      (needs qemu-system-x86 and `fennec build --guest-kernel`)
+ *   npm run bench:vm [-- SAMPLES]      (needs qemu-system-x86 and `fennec build --guest-kernel`;
+ *                                        FENNEC_VM_ACCEL=kvm|tcg forces the accelerator)
  *
- * Results: bench/results/vm.json and a boot/restore chart, bench/results/vm-start.svg.
+ * Results: bench/results/vm.json and a boot/restore chart, docs/img/vm-start.svg.
  */
 import { randomUUID } from "node:crypto";
 import { once } from "node:events";
@@ -87,14 +88,18 @@ async function main(): Promise<void> {
   callbacks.listen(0, "127.0.0.1");
   await once(callbacks, "listening");
   const scratch = await mkdtemp(join(tmpdir(), "fennec-bench-vm-"));
-  const vm = new VmDriver({ snapshotDir: join(scratch, "snapshots") });
+  // FENNEC_VM_ACCEL=kvm|tcg forces an accelerator (to compare both where KVM works); default auto.
+  const accel = process.env["FENNEC_VM_ACCEL"] ?? "auto";
+  if (accel !== "auto" && accel !== "kvm" && accel !== "tcg")
+    throw new Error("FENNEC_VM_ACCEL: auto, kvm or tcg");
+  const vm = new VmDriver({ snapshotDir: join(scratch, "snapshots"), accel });
   const noSnapshot = (t: string) => t.replace(/snapshot = true\n/, "");
   const withSnapshot = (t: string) =>
     t.includes("snapshot = true") ? t : t.replace(/\[vm\]\n/, "[vm]\nsnapshot = true\n");
   const variants: Variant[] = [
     { label: "unikernel (microvm)", config: example("hello-unikernel"), samples: samples * 4 },
-    { label: "Linux microvm, 9p root", config: example("hello-microvm", noSnapshot), samples },
-    { label: "Linux pc, ext4 disk", config: example("hello-qemu"), samples },
+    { label: "Linux microvm, ext4 root", config: example("hello-microvm", noSnapshot), samples },
+    { label: "Linux pc, 9p root", config: example("hello-qemu"), samples },
   ];
   const restoring: Variant[] = [
     {
@@ -105,6 +110,7 @@ async function main(): Promise<void> {
     { label: "Linux microvm, restored", config: example("hello-microvm", withSnapshot), samples },
   ];
   process.stderr.write(`accelerator: ${vm.accel.accel} (${vm.accel.reason})\n`);
+  await vm.cleanupStale(); // QEMUs an interrupted earlier run left
 
   const results: Record<string, unknown> = { accel: vm.accel, samples };
   const starts: Record<string, number[]> = {};
@@ -180,7 +186,7 @@ async function main(): Promise<void> {
     summarize(starts[boot]!).p50 / summarize(starts[restored]!).p50;
   const ratios = {
     unikernel: ratio("unikernel (microvm)", "unikernel (microvm), restored"),
-    linuxMicrovm: ratio("Linux microvm, 9p root", "Linux microvm, restored"),
+    linuxMicrovm: ratio("Linux microvm, ext4 root", "Linux microvm, restored"),
   };
   const lines = [
     `accelerator: ${vm.accel.accel} (${vm.accel.reason})`,
@@ -189,7 +195,7 @@ async function main(): Promise<void> {
     "",
     `boot/restore ratio (p50): unikernel ${fmt(ratios.unikernel)}×, Linux microvm ${fmt(ratios.linuxMicrovm)}× (goal ≥ 5×)`,
     `three restored Linux clones at once: PSS ${cloneMemory.map((m) => fmt(m.pss)).join(", ")} MiB (RSS ${cloneMemory.map((m) => fmt(m.rss)).join(", ")})`,
-    `warm overhead over the same handler as a process (p50): Linux microvm +${fmt((summarize(warm["Linux microvm, 9p root"]!).p50 - pw.p50) * 1000, 0)} µs, pc +${fmt((summarize(warm["Linux pc, ext4 disk"]!).p50 - pw.p50) * 1000, 0)} µs`,
+    `warm overhead over the same handler as a process (p50): Linux microvm +${fmt((summarize(warm["Linux microvm, ext4 root"]!).p50 - pw.p50) * 1000, 0)} µs, pc +${fmt((summarize(warm["Linux pc, 9p root"]!).p50 - pw.p50) * 1000, 0)} µs`,
   ];
   process.stdout.write(`${lines.join("\n")}\n`);
   Object.assign(results, {
@@ -203,7 +209,7 @@ async function main(): Promise<void> {
   await writeFile(join(out, "vm.json"), JSON.stringify(results, null, 2));
   const palette = ["#1b6ca8", "#e07b00", "#2a9d3f", "#9b59b6", "#c0392b"];
   await writeFile(
-    join(out, "vm-start.svg"),
+    join(ROOT, "docs", "img", "vm-start.svg"),
     cdfChart(
       `VM start to ready (${vm.accel.accel.toUpperCase()})`,
       "milliseconds",
