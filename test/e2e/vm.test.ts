@@ -1,15 +1,18 @@
 import assert from "node:assert/strict";
-import { execFileSync, spawn } from "node:child_process";
+import { execFile, execFileSync, spawn } from "node:child_process";
 import { existsSync } from "node:fs";
 import { mkdir, readdir, readFile, rm, truncate, writeFile } from "node:fs/promises";
 import { join } from "node:path";
+import { promisify } from "node:util";
 import { after, before, describe, it } from "node:test";
 import { chooseAccel } from "../../src/sandbox/drivers/vm/accel.js";
 import { VmDriver } from "../../src/sandbox/drivers/vm/driver.js";
 import { runRoot } from "../../src/sandbox/run-dir.js";
 import { request } from "../helpers/http.js";
-import { ROOT, tempDir } from "../helpers/paths.js";
+import { CLI, copyExamples, ROOT, tempDir } from "../helpers/paths.js";
 import { startTestServer, type TestServer } from "../helpers/server.js";
+
+const run = promisify(execFile);
 
 // Needs qemu-system-x86 and the guest kernel of guest/linux/build.sh (.ci/run installs and builds
 // both). Guests run under TCG on this host kind.
@@ -213,6 +216,34 @@ describe("VM bad input: a Linux guest", () => {
     const res = await request(`${s.url}/invoke/linux-dies/`, { method: "POST", body: "x" });
     assert.equal(res.headers.get("x-fennec-error"), "FN_CRASHED", res.text);
     assert.match(res.text, /exit/);
+  });
+});
+
+describe("fennec build for VMs", () => {
+  it("packs each [vm] handler's root (and disk image) ahead of time, and checks a unikernel's image", async () => {
+    const { dir, cleanup } = await tempDir("fennec-vmbuild-");
+    try {
+      const registry = await copyExamples(dir);
+      const { stdout } = await run(process.execPath, [
+        CLI,
+        "build",
+        "-r",
+        registry,
+        "hello-microvm",
+        "hello-qemu",
+        "hello-unikernel",
+      ]);
+      assert.match(stdout, /ok {5}default\/hello-microvm: vm root filesystem .* \(microvm, ext4 image\)/);
+      assert.match(stdout, /ok {5}default\/hello-qemu: vm root filesystem .* \(qemu, 9p\)/);
+      assert.match(stdout, /ok {5}default\/hello-unikernel: vm: kernel .*hello\.elf \(a unikernel\) found/);
+      const work = join(registry, "hello-microvm", ".fennec", "vm", "default+hello-microvm");
+      assert.ok(existsSync(join(work, "root.ext4")), stdout);
+      const conf = await readFile(join(work, "guest.conf"), "utf8");
+      assert.match(conf, /^argv=.*node$/m);
+      assert.match(conf, /^socket=\/run\/fennec\/http\.sock$/m);
+    } finally {
+      await cleanup();
+    }
   });
 });
 
