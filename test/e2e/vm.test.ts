@@ -88,8 +88,27 @@ describe("VM snapshots (SnapFaaS)", () => {
       `single-use = true\n[vm]\nkernel = "echo.elf"\nmemory = 16\nsnapshot = true\nhypervisor = { type = "microvm" }\n`,
       { "echo.elf": join(UNIKERNELS, "echo.elf") },
     );
+    await addVm(
+      s.registry,
+      "snap-uk-pc",
+      `single-use = true\n[vm]\nkernel = "echo.elf"\nmemory = 16\nsnapshot = true\nhypervisor = { type = "qemu", disk-type = "block" }\n`,
+      { "echo.elf": join(UNIKERNELS, "echo.elf") },
+    );
   });
   after(() => s.close());
+
+  it("restores on a pc machine too", async () => {
+    const first = await request(`${s.url}/invoke/snap-uk-pc/`, { method: "POST", body: "pc" });
+    assert.equal(first.status, 200, first.text);
+    let restored: string | null = null;
+    for (let i = 0; i < 100 && restored !== "restored"; i++) {
+      await new Promise((r) => setTimeout(r, 100));
+      const res = await request(`${s.url}/invoke/snap-uk-pc/`, { method: "POST", body: `pc${i}` });
+      assert.equal(res.text, `pc${i}`);
+      restored = res.headers.get("x-fennec-start");
+    }
+    assert.equal(restored, "restored");
+  });
 
   const snapshotDir = () => join(s.root, "cache", "vm-snapshots", "default+snap-uk");
   async function waitForSnapshot(): Promise<string> {
