@@ -56,13 +56,16 @@ export async function buildRegistry(
         progress(`bundling ${c.sandbox.handler} and building its root filesystem`);
         const root = await oci.rootfs(c);
         what = `oci root filesystem ${root.dir} (${c.sandbox.rootfs}, ${c.sandbox.runtime})`;
-      } else if (c.sandbox.kind === "vm" && (c.sandbox.handler || c.sandbox.command)) {
-        progress("building the guest's root filesystem");
-        await vm.prepare(c);
-        what = `vm root filesystem in ${c.dir}/.fennec/vm (${c.sandbox.hypervisor.type}, ${c.sandbox.hypervisor["disk-type"] === "block" ? "ext4 image" : "9p"})`;
       } else if (c.sandbox.kind === "vm") {
-        await vm.prepare(c);
-        what = `vm: kernel ${c.sandbox.kernel}${c.sandbox.image ? ` and image ${c.sandbox.image}` : " (a unikernel)"} found`;
+        const packs = c.sandbox.handler !== undefined || c.sandbox.command !== undefined;
+        if (packs) progress("building the guest's root filesystem");
+        const { missing } = await vm.packRoot(c);
+        const hv = c.sandbox.hypervisor;
+        what = packs
+          ? `vm root filesystem in ${c.dir}/.fennec/vm (${hv.type}, ${hv.type === "firecracker" || hv["disk-type"] === "block" ? "ext4 image" : "9p"})`
+          : `vm: kernel ${c.sandbox.kernel}${c.sandbox.image ? ` and image ${c.sandbox.image}` : " (a unikernel)"} found`;
+        // Booting needs more than this build makes: say what, without failing the build.
+        if (missing) what += `; to boot it: ${missing}`;
       } else if (c.sandbox.kind === "container") {
         docker ??= new ContainerDriver({ socketPath: options.dockerSocket ?? defaultDockerSocket() });
         const engine = docker.engine;

@@ -130,6 +130,25 @@ export class VmDriver implements SandboxDriver {
     await this.#artefactsOf(config);
   }
 
+  /**
+   * `fennec build`: packs a handler or command function's root (and disk image) without needing
+   * QEMU or the guest kernel, which may be built later; returns what is still missing to boot it.
+   */
+  async packRoot(config: FunctionConfig): Promise<{ missing: string | undefined }> {
+    const vm = vmOf(config);
+    if (vm.handler || vm.command) {
+      const bundle = vm.handler ? await this.#bundles.get(config, vm.handler) : undefined;
+      await buildGuestRoot(config, vm, bundle);
+    }
+    try {
+      if (vm.handler || vm.command) guestKernel();
+      if (vm.hypervisor.type !== "firecracker") findExecutable(QEMU, QEMU_PACKAGE);
+      return { missing: undefined };
+    } catch (err) {
+      return { missing: toFennecError(err).message };
+    }
+  }
+
   async cleanupStale(): Promise<void> {
     // Kills the process group of a QEMU an earlier, crashed Fennec left (only if that PID still
     // runs the very command recorded) and removes its run directory.
