@@ -18,7 +18,7 @@
  * started). Writes bench/results/backends.json and docs/img/backends-warm-latency.svg.
  * Usage: npm run bench:backends [-- COLD_SAMPLES]
  */
-import { execFile, fork, spawn, type ChildProcess } from "node:child_process";
+import { execFile, spawn, type ChildProcess } from "node:child_process";
 import { randomUUID } from "node:crypto";
 import { existsSync, lstatSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
 import { cp, mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
@@ -44,10 +44,10 @@ import { runRoot } from "../src/sandbox/run-dir.js";
 import { waitForSocket } from "../src/sandbox/wait-socket.js";
 import { startDockerd, type TestDockerd } from "../test/helpers/docker.js";
 import { cdfChart } from "./plot.js";
+import { load } from "./load.js";
 import { fmt, summarize } from "./stats.js";
 
 const run = promisify(execFile);
-const HERE = fileURLToPath(new URL(".", import.meta.url));
 const ROOT = fileURLToPath(new URL("../../", import.meta.url));
 const COLD = Number(process.argv[2] ?? 10);
 const WARM = 1000;
@@ -411,27 +411,6 @@ async function dockerFloor(d: TestDockerd, image: string, runtime: string | unde
 }
 
 // ---------------------------------------------------------------- the gateway, end to end
-
-interface LoadResult {
-  latenciesUs: number[];
-  seconds: number;
-}
-
-function message<T>(child: ChildProcess): Promise<T> {
-  return new Promise((resolve, reject) => {
-    child.once("message", (m) =>
-      (m as { error?: string }).error ? reject(new Error((m as { error: string }).error)) : resolve(m as T),
-    );
-    child.once("exit", (code) => reject(new Error(`child exited with ${code}`)));
-  });
-}
-
-async function load(url: string, connections: number, requests: number): Promise<LoadResult> {
-  const client = fork(join(HERE, "load-client.js"));
-  const done = message<LoadResult>(client);
-  client.send({ url, method: "GET", body: "", connections, requests, warmup: Math.ceil(requests / 10) });
-  return done;
-}
 
 async function gateway(
   registry: string,

@@ -6,12 +6,13 @@
  * - wasm cold start, instances per second, idle memory per warm instance (instance-bench.ts).
  * Usage: npm run bench [-- --quick]. Writes bench/results/latest.json and prints a table.
  */
-import { fork, spawn, type ChildProcess } from "node:child_process";
+import { fork, spawn } from "node:child_process";
 import { mkdirSync, writeFileSync } from "node:fs";
 import { cpus } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { cdfChart } from "./plot.js";
+import { load, message, type LoadResult } from "./load.js";
 import { fmt, summarize } from "./stats.js";
 import { threadWakeup } from "./thread-wakeup.js";
 
@@ -19,27 +20,7 @@ const HERE = fileURLToPath(new URL(".", import.meta.url));
 const ROOT = fileURLToPath(new URL("../../", import.meta.url));
 const quick = process.argv.includes("--quick");
 const BODY = "hello fennec bench";
-
-interface LoadResult {
-  latenciesUs: number[];
-  seconds: number;
-}
-
-function message<T>(child: ChildProcess): Promise<T> {
-  return new Promise((resolve, reject) => {
-    child.once("message", (m) =>
-      (m as { error?: string }).error ? reject(new Error((m as { error: string }).error)) : resolve(m as T),
-    );
-    child.once("exit", (code) => reject(new Error(`child exited with ${code}`)));
-  });
-}
-
-async function load(url: string, connections: number, requests: number): Promise<LoadResult> {
-  const client = fork(join(HERE, "load-client.js"));
-  const done = message<LoadResult>(client);
-  client.send({ url, method: "POST", body: BODY, connections, requests, warmup: Math.ceil(requests / 10) });
-  return done;
-}
+const POST = { method: "POST", body: BODY };
 
 async function startBare(): Promise<{ url: string; stop: () => void }> {
   const child = fork(join(HERE, "bare-server.js"));
@@ -80,10 +61,10 @@ async function main(): Promise<void> {
   const runs: Record<string, LoadResult[]> = { bare1: [], fennec1: [], bare16: [], fennec16: [] };
   for (let r = 0; r < rounds; r++) {
     console.error(`round ${r + 1}/${rounds}: latency (1 connection) and throughput (16 connections)`);
-    runs["bare1"]!.push(await load(bare.url, 1, latencyN));
-    runs["fennec1"]!.push(await load(fennec.url, 1, latencyN));
-    runs["bare16"]!.push(await load(bare.url, 16, throughputN));
-    runs["fennec16"]!.push(await load(fennec.url, 16, throughputN));
+    runs["bare1"]!.push(await load(bare.url, 1, latencyN, POST));
+    runs["fennec1"]!.push(await load(fennec.url, 1, latencyN, POST));
+    runs["bare16"]!.push(await load(bare.url, 16, throughputN, POST));
+    runs["fennec16"]!.push(await load(fennec.url, 16, throughputN, POST));
   }
   bare.stop();
   await fennec.stop();
