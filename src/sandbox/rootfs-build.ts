@@ -133,7 +133,7 @@ export async function assembleRootfs(dir: string, contents: RootfsContents): Pro
  * instance may run on it (containers of an older revision keep theirs until they stop, then the
  * driver removes it with removeRootfs). A directory of that name is complete (renamed into place).
  */
-async function assembleVersioned(parent: string, contents: RootfsContents): Promise<BuiltRootfs> {
+export async function assembleVersioned(parent: string, contents: RootfsContents): Promise<BuiltRootfs> {
   const r = await resolveContents(contents);
   const dir = join(parent, r.digest.slice(0, 16));
   if (!existsSync(dir)) {

@@ -256,7 +256,20 @@ describe("fennec build for VMs", () => {
       assert.match(stdout, /ok {5}default\/hello-qemu: vm root filesystem .* \(qemu, 9p\)/);
       assert.match(stdout, /ok {5}default\/hello-unikernel: vm: kernel .*hello\.elf \(a unikernel\) found/);
       const work = join(registry, "hello-microvm", ".fennec", "vm", "default+hello-microvm");
-      assert.ok(existsSync(join(work, "root.ext4")), stdout);
+      const roots = await readdir(join(work, "roots"));
+      assert.equal(roots.filter((r) => r.endsWith(".ext4")).length, 1, roots.join(" "));
+      // A new revision gets a new root beside the old one (a 9p guest may still run on it); the
+      // one before the previous is removed.
+      for (const n of [1, 2]) {
+        await writeFile(
+          join(registry, "hello-microvm", "handler.ts"),
+          `${await readFile(join(registry, "hello-microvm", "handler.ts"), "utf8")}\n// revision ${n}\n`,
+        );
+        await run(process.execPath, [CLI, "build", "-r", registry, "hello-microvm"]);
+      }
+      const after = await readdir(join(work, "roots"), { withFileTypes: true });
+      assert.equal(after.filter((e) => e.isDirectory()).length, 2, after.map((e) => e.name).join(" "));
+      assert.equal(after.filter((e) => e.name.endsWith(".ext4")).length, 2);
       const conf = await readFile(join(work, "guest.conf"), "utf8");
       assert.match(conf, /^argv=.*node$/m);
       assert.match(conf, /^socket=\/run\/fennec\/http\.sock$/m);

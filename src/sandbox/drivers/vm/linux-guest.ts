@@ -1,7 +1,7 @@
 import { execFile } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { existsSync, realpathSync } from "node:fs";
-import { mkdir, readFile, rename, rm, stat, writeFile } from "node:fs/promises";
+import { mkdir, readdir, readFile, rename, rm, stat, writeFile } from "node:fs/promises";
 import { homedir } from "node:os";
 import { join } from "node:path";
 import { promisify } from "node:util";
@@ -9,7 +9,7 @@ import { FennecError } from "../../../core/errors.js";
 import type { FunctionConfig, VmSandboxConfig } from "../../../config/function-config.js";
 import { HANDLER_RUNTIME } from "../../handler-build.js";
 import { INSIDE } from "../../host-view.js";
-import { assembleRootfs, functionFiles, type BuiltRootfs } from "../../rootfs-build.js";
+import { assembleVersioned, functionFiles, type BuiltRootfs } from "../../rootfs-build.js";
 
 const run = promisify(execFile);
 
@@ -124,11 +124,34 @@ async function buildInto(
     guestConf(argv, { PATH: "/usr/bin:/bin", HOME: "/tmp", ...vm.env }, vm.transport === "channel"),
   );
   files.push({ source: conf, target: "/fennec/guest.conf" });
-  const rootfs = await assembleRootfs(join(work, "rootfs"), { binaries, files });
+  // One directory per digest, never rewritten: a 9p guest of the previous revision may still be
+  // running on its root while this one is built (its instances drain, then close).
+  const roots = join(work, "roots");
+  const rootfs = await assembleVersioned(roots, { binaries, files });
   // Firecracker has block devices only.
   const diskType = vm.hypervisor.type === "firecracker" ? "block" : vm.hypervisor["disk-type"];
-  if (diskType !== "block") return { rootfs, image: undefined };
-  return { rootfs, image: await ext4Image(rootfs, join(work, "root.ext4")) };
+  const image = diskType === "block" ? await ext4Image(rootfs, `${rootfs.dir}.ext4`) : undefined;
+  await pruneRoots(roots, rootfs.dir);
+  return { rootfs, image };
+}
+
+/**
+ * Keeps the current root and the one before it (whose instances may still be draining); removes
+ * older ones, with their disk images.
+ */
+async function pruneRoots(parent: string, current: string): Promise<void> {
+  const entries = await readdir(parent, { withFileTypes: true }).catch(() => []);
+  const dirs = await Promise.all(
+    entries
+      .filter((e) => e.isDirectory() && join(parent, e.name) !== current)
+      .map(async (e) => ({ dir: join(parent, e.name), mtime: (await stat(join(parent, e.name))).mtimeMs })),
+  );
+  dirs.sort((a, b) => b.mtime - a.mtime);
+  for (const old of dirs.slice(1)) {
+    await rm(old.dir, { recursive: true, force: true });
+    await rm(`${old.dir}.ext4`, { force: true });
+    await rm(`${old.dir}.ext4.digest`, { force: true });
+  }
 }
 
 /** An ext4 image of a root directory, rebuilt only when the root's digest changes. */
