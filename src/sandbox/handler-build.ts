@@ -4,6 +4,7 @@ import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { FennecError } from "../core/errors.js";
 import type { FunctionConfig } from "../config/function-config.js";
+import { PerRevision } from "./per-revision.js";
 
 /** Fennec's runtime for fetch-style handlers, run as `node RUNTIME BUNDLE CALLBACK`. */
 export const HANDLER_RUNTIME = fileURLToPath(new URL("../runtime/handler-server.js", import.meta.url));
@@ -54,16 +55,9 @@ export async function buildHandler(config: FunctionConfig, handler: string): Pro
 
 /** Built bundles per function revision (which covers the handler file's stamp): each built once. */
 export class HandlerBundles {
-  readonly #bundles = new Map<string, Promise<string>>();
+  readonly #bundles = new PerRevision<string>();
 
   get(config: FunctionConfig, handler: string): Promise<string> {
-    const key = `${config.key}@${config.revision}`;
-    let bundle = this.#bundles.get(key);
-    if (!bundle) {
-      bundle = buildHandler(config, handler);
-      this.#bundles.set(key, bundle);
-      bundle.catch(() => this.#bundles.delete(key));
-    }
-    return bundle;
+    return this.#bundles.get(config, () => buildHandler(config, handler));
   }
 }

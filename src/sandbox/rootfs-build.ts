@@ -8,6 +8,7 @@ import { FennecError } from "../core/errors.js";
 import type { FunctionConfig } from "../config/function-config.js";
 import { HANDLER_RUNTIME } from "./handler-build.js";
 import { INSIDE } from "./host-view.js";
+import { PerRevision } from "./per-revision.js";
 
 const run = promisify(execFile);
 
@@ -183,16 +184,9 @@ export async function buildRootfs(config: FunctionConfig, bundle: string): Promi
 
 /** Root filesystems per function revision: each built once, however many instances start at once. */
 export class RootfsBuilds {
-  readonly #builds = new Map<string, Promise<BuiltRootfs>>();
+  readonly #builds = new PerRevision<BuiltRootfs>();
 
   get(config: FunctionConfig, bundle: string): Promise<BuiltRootfs> {
-    const key = `${config.key}@${config.revision}`;
-    let build = this.#builds.get(key);
-    if (!build) {
-      build = buildRootfs(config, bundle);
-      this.#builds.set(key, build);
-      build.catch(() => this.#builds.delete(key));
-    }
-    return build;
+    return this.#builds.get(config, () => buildRootfs(config, bundle));
   }
 }

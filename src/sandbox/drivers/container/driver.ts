@@ -6,6 +6,7 @@ import type { InvokeRequest, InvokeResponse } from "../../../core/types.js";
 import type { ContainerSandboxConfig, FunctionConfig } from "../../../config/function-config.js";
 import type { InvokeContext, SandboxDriver, SandboxHandle, StartContext } from "../../contract.js";
 import { HandlerBundles } from "../../handler-build.js";
+import { PerRevision } from "../../per-revision.js";
 import { INSIDE } from "../../host-view.js";
 import { HttpTransport } from "../../http-transport.js";
 import { nodeInside, removeOtherRootfs, RootfsBuilds, type BuiltRootfs } from "../../rootfs-build.js";
@@ -52,7 +53,7 @@ export class ContainerDriver implements SandboxDriver {
   readonly #bundles = new HandlerBundles();
   readonly #rootfs = new RootfsBuilds();
   /** Image builds per function revision, each done once. */
-  readonly #images = new Map<string, Promise<string>>();
+  readonly #images = new PerRevision<string>();
   readonly #owner = runRoot("container");
   /** The newest handler image of each function. */
   readonly #currentImage = new Map<string, string>();
@@ -74,14 +75,7 @@ export class ContainerDriver implements SandboxDriver {
    * from the handler (bundle, then root filesystem, then `docker import`), once per revision.
    */
   image(config: FunctionConfig): Promise<string> {
-    const key = `${config.key}@${config.revision}`;
-    let image = this.#images.get(key);
-    if (!image) {
-      image = this.#resolveImage(config);
-      this.#images.set(key, image);
-      image.catch(() => this.#images.delete(key));
-    }
-    return image;
+    return this.#images.get(config, () => this.#resolveImage(config));
   }
 
   /**

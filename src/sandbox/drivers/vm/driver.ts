@@ -17,6 +17,7 @@ import { HandlerBundles } from "../../handler-build.js";
 import { findExecutable } from "../../host-view.js";
 import { terminate } from "../../terminate.js";
 import { HttpTransport, type Endpoint } from "../../http-transport.js";
+import { PerRevision } from "../../per-revision.js";
 import { createRunDir, recordOwner, sweepStale } from "../../run-dir.js";
 import { chooseAccel, type AccelChoice, type AccelPreference } from "./accel.js";
 import { buildGuestRoot, cacheDir, guestKernel, stampsOf, type GuestRoot } from "./linux-guest.js";
@@ -92,7 +93,7 @@ export class VmDriver implements SandboxDriver {
   readonly #options: VmDriverOptions;
   readonly #log: Logger;
   readonly #bundles = new HandlerBundles();
-  readonly #artefacts = new Map<string, Promise<Artefacts>>();
+  readonly #artefacts = new PerRevision<Artefacts>();
   /** Snapshots being written, by function and key: a start never waits for one. */
   readonly #snapshotting = new Map<string, Promise<void>>();
   readonly #unsnapshottable = new Set<string>();
@@ -136,10 +137,7 @@ export class VmDriver implements SandboxDriver {
    */
   async packRoot(config: FunctionConfig): Promise<{ missing: string | undefined }> {
     const vm = vmOf(config);
-    if (vm.handler || vm.command) {
-      const bundle = vm.handler ? await this.#bundles.get(config, vm.handler) : undefined;
-      await buildGuestRoot(config, vm, bundle);
-    }
+    if (vm.handler || vm.command) await this.#packGuestRoot(config, vm);
     try {
       if (vm.handler || vm.command) guestKernel();
       if (vm.hypervisor.type !== "firecracker") findExecutable(QEMU, QEMU_PACKAGE);
@@ -163,14 +161,13 @@ export class VmDriver implements SandboxDriver {
   }
 
   #artefactsOf(config: FunctionConfig): Promise<Artefacts> {
-    const key = `${config.key}@${config.revision}`;
-    let art = this.#artefacts.get(key);
-    if (!art) {
-      art = this.#resolveArtefacts(config);
-      this.#artefacts.set(key, art);
-      art.catch(() => this.#artefacts.delete(key));
-    }
-    return art;
+    return this.#artefacts.get(config, () => this.#resolveArtefacts(config));
+  }
+
+  /** A handler or command function's root (and disk image), its handler bundled first. */
+  async #packGuestRoot(config: FunctionConfig, vm: VmSandboxConfig): Promise<GuestRoot> {
+    const bundle = vm.handler ? await this.#bundles.get(config, vm.handler) : undefined;
+    return buildGuestRoot(config, vm, bundle);
   }
 
   async #resolveArtefacts(config: FunctionConfig): Promise<Artefacts> {
@@ -185,8 +182,7 @@ export class VmDriver implements SandboxDriver {
     ];
     if (vm.handler || vm.command) {
       const { kernel, initramfs } = guestKernel();
-      const bundle = vm.handler ? await this.#bundles.get(config, vm.handler) : undefined;
-      const root: GuestRoot = await buildGuestRoot(config, vm, bundle);
+      const root = await this.#packGuestRoot(config, vm);
       const fennecRoot = root.image ? "fennec.root=blk:/dev/vda" : "fennec.root=9p:fnroot";
       // Without the channel the agent only runs the function, which serves on the guest's network.
       const port = vm.transport === "channel" ? "" : "fennec.port=none";
@@ -441,10 +437,7 @@ export class VmDriver implements SandboxDriver {
           `${what}: Firecracker exited (${e.code ?? e.signal}) before the guest called back: ${vmm.output.trim().slice(-500)}`,
         );
       });
-      const aborted = new Promise<never>((_, reject) => {
-        if (ctx.signal.aborted) reject(ctx.signal.reason);
-        ctx.signal.addEventListener("abort", () => reject(ctx.signal.reason), { once: true });
-      });
+      const aborted = rejectOnAbort(ctx.signal);
       await Promise.race([net.called, exited, aborted]);
       return new FirecrackerInstance(vmm, new HttpTransport(net.endpoint, what), what, release);
     } catch (err) {
@@ -488,7 +481,10 @@ export class VmDriver implements SandboxDriver {
         callback: `http://${USER_NET.callbackHost}:${USER_NET.callbackPort}${callback.pathname}`,
       });
     } else if (vm.transport === "tap") {
-      net = await this.#tapNetwork(ctx, dir, what);
+      net = await this.#tapNetwork(ctx, dir, what).catch(async (err: unknown) => {
+        await rm(dir, { recursive: true, force: true }); // no instance owns it yet
+        throw err;
+      });
       cleanup.push(() => net!.release());
       append = substituteCmdline(art.cmdline, net.placeholders);
     }
@@ -523,7 +519,7 @@ export class VmDriver implements SandboxDriver {
       dir,
       what,
       listener,
-      consoleLog: plan.consoleLog!,
+      consoleLog: plan.consoleLog,
       qmpSocket: plan.qmpSocket,
       restored: mode.restoreFrom !== undefined,
       cleanup,
@@ -536,10 +532,7 @@ export class VmDriver implements SandboxDriver {
         );
         instance.onExit((err) => reject(err));
       });
-      const aborted = new Promise<never>((_, reject) => {
-        if (ctx.signal.aborted) reject(ctx.signal.reason);
-        ctx.signal.addEventListener("abort", () => reject(ctx.signal.reason), { once: true });
-      });
+      const aborted = rejectOnAbort(ctx.signal);
       const ready = (async () => {
         if (connection) {
           const channel = new GuestChannel(await connection, what);
@@ -576,6 +569,14 @@ async function tcgClockParams(): Promise<string> {
   const cpuinfo = await readFile("/proc/cpuinfo", "utf8").catch(() => "");
   const mhz = Number(/^cpu MHz\s*:\s*([\d.]+)/m.exec(cpuinfo)?.[1]);
   return Number.isFinite(mhz) && mhz > 0 ? `tsc_early_khz=${Math.round(mhz * 1000)} tsc=reliable` : "";
+}
+
+/** Rejects with the signal's reason once it aborts (at once if it already has). */
+function rejectOnAbort(signal: AbortSignal): Promise<never> {
+  return new Promise<never>((_, reject) => {
+    if (signal.aborted) reject(signal.reason);
+    signal.addEventListener("abort", () => reject(signal.reason), { once: true });
+  });
 }
 
 async function freePort(): Promise<number> {
