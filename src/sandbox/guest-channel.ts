@@ -163,10 +163,6 @@ export class GuestChannel extends EventEmitter {
     return this.#log;
   }
 
-  get closed(): boolean {
-    return this.#closed !== undefined;
-  }
-
   #onFrame(type: number, stream: number, payload: Buffer): void {
     switch (type) {
       case FrameType.READY:
@@ -192,7 +188,6 @@ export class GuestChannel extends EventEmitter {
       }
       case FrameType.LOG:
         this.#log = (this.#log + payload.toString()).slice(-LOG_TAIL);
-        this.emit("log", payload.toString());
         break;
       case FrameType.PONG:
         this.emit("pong", payload.toString());

@@ -27,7 +27,7 @@ export interface QemuPlan {
   /** Fennec's guest channel (the host listens; QEMU connects), for transport `channel`. */
   readonly channelSocket: string | undefined;
   /** Where the serial console goes (Linux guests); a unikernel's console is its channel. */
-  readonly consoleLog: string | undefined;
+  readonly consoleLog: string;
   /** User-mode networking: the loopback port forwarded to the guest's 8080 and the callback forward. */
   readonly userNet: { readonly hostPort: number; readonly callbackPort: number } | undefined;
   /** A tap device for transport `tap`. */
@@ -101,10 +101,10 @@ export function qemuArgs(plan: QemuPlan): string[] {
   if (plan.guest === "unikernel") {
     // The unikernel's only device: COM1 is its channel; isa-debug-exit lets it end QEMU on a panic.
     if (plan.channelSocket) args.push("-chardev", `socket,id=fennec0,path=${plan.channelSocket}`);
-    args.push("-serial", plan.channelSocket ? "chardev:fennec0" : `file:${plan.consoleLog ?? "/dev/null"}`);
+    args.push("-serial", plan.channelSocket ? "chardev:fennec0" : `file:${plan.consoleLog}`);
     args.push("-device", "isa-debug-exit,iobase=0xf4,iosize=0x04");
   } else {
-    args.push("-chardev", `file,id=con,path=${plan.consoleLog ?? "/dev/null"}`, "-serial", "chardev:con");
+    args.push("-chardev", `file,id=con,path=${plan.consoleLog}`, "-serial", "chardev:con");
     if (plan.channelSocket) {
       args.push(
         "-chardev",

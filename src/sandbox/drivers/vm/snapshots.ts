@@ -1,6 +1,6 @@
 import { createHash } from "node:crypto";
 import { existsSync } from "node:fs";
-import { mkdir, readdir, readFile, rename, rm, writeFile } from "node:fs/promises";
+import { mkdir, readdir, rename, rm, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 
 /**
@@ -74,12 +74,6 @@ export class SnapshotStore {
     for (const other of await readdir(parent)) {
       if (other !== s.key) await rm(join(parent, other), { recursive: true, force: true });
     }
-  }
-
-  async meta(s: Snapshot): Promise<SnapshotMeta | undefined> {
-    return readFile(join(s.dir, "meta.json"), "utf8")
-      .then((t) => JSON.parse(t) as SnapshotMeta)
-      .catch(() => undefined);
   }
 
   /** Forgets a snapshot that could not be restored, so the next start writes a new one. */
