@@ -571,38 +571,15 @@ async function main(): Promise<void> {
           config(fnDir, { ...processCfg.sandbox, isolate: true } as SandboxConfig),
         ),
       },
-      { name: "bare: runc run (same bundle)", start: bareRuntime("runc", root.dir, state) },
-      {
-        name: "oci runc, shared root",
-        vs: "bare: runc run (same bundle)",
-        start: viaDriver(ociDriver, oci("runc", "shared")),
-      },
-      {
-        name: "oci runc, overlay root",
-        vs: "bare: runc run (same bundle)",
-        start: viaDriver(ociDriver, oci("runc", "overlay")),
-      },
-      {
-        name: "oci runc, host dirs bound",
-        vs: "bare: runc run (same bundle)",
-        start: viaDriver(ociDriver, ociHost("runc")),
-      },
-      { name: "bare: runsc run (same bundle)", start: bareRuntime("runsc", root.dir, state) },
-      {
-        name: "oci runsc, shared root",
-        vs: "bare: runsc run (same bundle)",
-        start: viaDriver(ociDriver, oci("runsc", "shared")),
-      },
-      {
-        name: "oci runsc, overlay root",
-        vs: "bare: runsc run (same bundle)",
-        start: viaDriver(ociDriver, oci("runsc", "overlay")),
-      },
-      {
-        name: "oci runsc, host dirs bound",
-        vs: "bare: runsc run (same bundle)",
-        start: viaDriver(ociDriver, ociHost("runsc")),
-      },
+      ...(["runc", "runsc"] as const).flatMap((rt) => {
+        const bare = `bare: ${rt} run (same bundle)`;
+        return [
+          { name: bare, start: bareRuntime(rt, root.dir, state) },
+          { name: `oci ${rt}, shared root`, vs: bare, start: viaDriver(ociDriver, oci(rt, "shared")) },
+          { name: `oci ${rt}, overlay root`, vs: bare, start: viaDriver(ociDriver, oci(rt, "overlay")) },
+          { name: `oci ${rt}, host dirs bound`, vs: bare, start: viaDriver(ociDriver, ociHost(rt)) },
+        ];
+      }),
       { name: "bare: docker run (same image)", start: bareDocker(dockerd, image, undefined) },
       {
         name: "container runc",
