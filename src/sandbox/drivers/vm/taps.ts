@@ -1,5 +1,5 @@
 import { execFile } from "node:child_process";
-import { mkdir, readdir, readFile, rm, writeFile } from "node:fs/promises";
+import { mkdir, readdir, readFile, rm, rmdir, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { promisify } from "node:util";
 import { FennecError } from "../../../core/errors.js";
@@ -175,6 +175,8 @@ export class TapPool {
   async close(): Promise<void> {
     this.#closed = true;
     for (const { lease } of [...this.#leased.values()]) await this.release(lease).catch(() => undefined);
+    // The records' directory goes too once empty (another Fennec's records keep it).
+    await rmdir(this.#dir).catch(() => undefined);
   }
 
   #take(): number | undefined {
