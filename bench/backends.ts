@@ -218,6 +218,7 @@ function config(dir: string, sandbox: SandboxConfig): FunctionConfig {
     maxInstances: 1,
     maxQueue: 10,
     queueTimeoutMs: 30_000,
+    forwardCredentials: false,
     sandbox,
     revision: "bench",
   };

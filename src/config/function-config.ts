@@ -97,6 +97,12 @@ export interface FunctionConfig {
   readonly maxInstances: number;
   readonly maxQueue: number;
   readonly queueTimeoutMs: number;
+  /**
+   * Whether the caller's `Authorization`, `Proxy-Authorization` and `Cookie` headers reach the
+   * function; off unless its function.toml opts in, so the admin token a client sends, or a
+   * browser's cookies for this host, are never handed to function code by default.
+   */
+  readonly forwardCredentials: boolean;
   readonly sandbox: SandboxConfig;
   /** A fingerprint of the file's content: instances started from older settings are recycled. */
   readonly revision: string;

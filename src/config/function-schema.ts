@@ -182,6 +182,7 @@ export const functionSchema = z
     "max-instances": positiveInt.default(16),
     "max-queue": nonNegativeInt.default(1000),
     "queue-timeout": z.number().positive().max(3600).default(10),
+    "forward-credentials": z.boolean().default(false),
     wasm: wasmTable.optional(),
     vm: vmTable.optional(),
     container: containerTable.optional(),

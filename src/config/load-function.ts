@@ -172,6 +172,7 @@ export function loadFunctionConfig(id: FunctionId, dir: string, file: string, te
     maxInstances: cfg["max-instances"],
     maxQueue: cfg["max-queue"],
     queueTimeoutMs: Math.round(cfg["queue-timeout"] * 1000),
+    forwardCredentials: cfg["forward-credentials"],
     sandbox: sandboxOf(cfg, dir, file),
     revision: createHash("sha256").update(text).digest("hex").slice(0, 16),
   };

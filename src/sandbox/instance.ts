@@ -1,4 +1,5 @@
 import { FennecError, toFennecError } from "../core/errors.js";
+import { withoutCredentials } from "../core/credentials.js";
 import { publishInstanceReady, publishInstanceStopped } from "../core/events.js";
 import type { InvokeRequest, InvokeResponse, StartType } from "../core/types.js";
 import type { FunctionConfig } from "../config/function-config.js";
@@ -157,7 +158,9 @@ export class Instance {
     const aborted = new Promise<never>((_, reject) =>
       controller.signal.addEventListener("abort", () => reject(controller.signal.reason), { once: true }),
     );
-    const running = handle.invoke(request, { signal: controller.signal });
+    // Every sandbox receives requests here, where the function's config is known.
+    const forwarded = this.config.forwardCredentials ? request : withoutCredentials(request);
+    const running = handle.invoke(forwarded, { signal: controller.signal });
     running.catch(() => undefined);
     try {
       return await Promise.race([running, aborted]);

@@ -18,6 +18,7 @@ export function testConfig(
     maxInstances: 4,
     maxQueue: 100,
     queueTimeoutMs: 5_000,
+    forwardCredentials: false,
     sandbox: {
       kind: "container",
       image: "fake",
