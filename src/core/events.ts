@@ -42,6 +42,15 @@ export function publishInstanceStopped(event: InstanceStoppedEvent): void {
 }
 
 /**
+ * Whether an invocation record names a function that exists. A call to an unknown name is still
+ * published (it is a call), but metrics keep series only for functions that exist: anyone can
+ * send random names, and a series per name would grow without bound.
+ */
+export function namesExistingFunction(record: InvocationRecord): boolean {
+  return record.errorCode !== "FUNCTION_NOT_FOUND";
+}
+
+/**
  * Listens to the invocation and instance-ready events of one scheduler (`node`), or of all when
  * `node` is undefined: several Fennecs can share a process, and the channels are process-wide.
  * Returns the function that stops listening.

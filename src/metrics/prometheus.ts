@@ -1,5 +1,5 @@
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from "prom-client";
-import { subscribeNode } from "../core/events.js";
+import { namesExistingFunction, subscribeNode } from "../core/events.js";
 import type { InvocationRecord } from "../core/types.js";
 
 export interface InstanceCounts {
@@ -19,6 +19,8 @@ export class PrometheusMetrics {
   readonly #phase: Histogram<"function" | "phase">;
   readonly #init: Histogram<"function" | "driver">;
   readonly #unsubscribe: () => void;
+  /** Per function, how to remove each of its labelled series. */
+  readonly #series = new Map<string, Map<string, () => void>>();
 
   constructor(
     instanceCounts: () => InstanceCounts[],
@@ -74,20 +76,42 @@ export class PrometheusMetrics {
     });
     this.#unsubscribe = subscribeNode(node, {
       invocation: (r) => this.#record(r),
-      ready: (e) => this.#init.observe({ function: e.function, driver: e.driver }, e.initMs / 1000),
+      ready: (e) =>
+        this.#init.observe(
+          this.#labels(this.#init, { function: e.function, driver: e.driver }),
+          e.initMs / 1000,
+        ),
     });
   }
 
+  /** Drops every series of a deleted function. */
+  forget(fn: string): void {
+    for (const remove of this.#series.get(fn)?.values() ?? []) remove();
+    this.#series.delete(fn);
+  }
+
+  /** Remembers a function's series (prom-client removes a series only by its full label set). */
+  #labels<T extends Record<string, string> & { function: string }>(
+    metric: { remove(labels: Record<string, string>): void },
+    labels: T,
+  ): T {
+    let removers = this.#series.get(labels.function);
+    if (!removers) this.#series.set(labels.function, (removers = new Map()));
+    const series = JSON.stringify(labels);
+    if (!removers.has(series)) removers.set(series, () => metric.remove(labels));
+    return labels;
+  }
+
   #record(r: InvocationRecord): void {
-    this.#invocations.inc({
-      function: r.function,
-      start_type: r.startType ?? "none",
-      outcome: r.errorCode ?? "ok",
-    });
+    if (!namesExistingFunction(r)) return;
+    const labels = { function: r.function, start_type: r.startType ?? "none", outcome: r.errorCode ?? "ok" };
+    this.#invocations.inc(this.#labels(this.#invocations, labels));
     if (r.instanceId === undefined) return;
-    this.#phase.observe({ function: r.function, phase: "queue" }, r.queueWaitMs / 1000);
-    if (r.initMs > 0) this.#phase.observe({ function: r.function, phase: "init" }, r.initMs / 1000);
-    this.#phase.observe({ function: r.function, phase: "exec" }, r.execMs / 1000);
+    const phase = (name: string, ms: number) =>
+      this.#phase.observe(this.#labels(this.#phase, { function: r.function, phase: name }), ms / 1000);
+    phase("queue", r.queueWaitMs);
+    if (r.initMs > 0) phase("init", r.initMs);
+    phase("exec", r.execMs);
   }
 
   close(): void {

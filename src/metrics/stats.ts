@@ -1,4 +1,4 @@
-import { subscribeNode, type InstanceReadyEvent } from "../core/events.js";
+import { namesExistingFunction, subscribeNode, type InstanceReadyEvent } from "../core/events.js";
 import type { InvocationRecord, StartType } from "../core/types.js";
 import { Samples } from "./summary.js";
 
@@ -61,7 +61,13 @@ export class StatsCollector {
     this.#figures(e.function).instancesStarted++;
   }
 
+  /** Drops a deleted function's figures. */
+  forget(fn: string): void {
+    this.#functions.delete(fn);
+  }
+
   #record(r: InvocationRecord): void {
+    if (!namesExistingFunction(r)) return;
     const f = this.#figures(r.function);
     f.invocations++;
     if (r.errorCode) f.errors[r.errorCode] = (f.errors[r.errorCode] ?? 0) + 1;
