@@ -3,6 +3,7 @@ import type { AddressInfo } from "node:net";
 import { join, resolve } from "node:path";
 import { FennecError, toFennecError } from "./core/errors.js";
 import { createLogger, type Logger, type LogLevel } from "./core/log.js";
+import type { AsyncCallLimits } from "./gateway/async-calls.js";
 import { Gateway } from "./gateway/server.js";
 import { PrometheusMetrics } from "./metrics/prometheus.js";
 import { StatsCollector } from "./metrics/stats.js";
@@ -46,6 +47,49 @@ export interface FennecOptions {
   readonly vmNetns?: string;
   /** Extra or replacement drivers by sandbox kind (tests add a fake one). */
   readonly drivers?: ReadonlyMap<string, SandboxDriver>;
+  /** Limits of the HTTP server against slow or greedy clients (defaults in SERVER_LIMITS). */
+  readonly server?: ServerLimits;
+  /** Bounds of uncollected `/fa` results: count, bytes, age (defaults in AsyncCalls). */
+  readonly asyncResults?: AsyncCallLimits;
+}
+
+export interface ServerLimits {
+  /** A client must send its whole request head within this long (slowloris). */
+  readonly headersTimeoutMs?: number;
+  /** ... and its whole request, body included, within this long (a slow upload). */
+  readonly requestTimeoutMs?: number;
+  /** An idle kept-alive connection is closed after this long. */
+  readonly keepAliveTimeoutMs?: number;
+  /** Connections open at once; more are refused (closed on accept) until some end. */
+  readonly maxConnections?: number;
+  /** Header lines read of one request; the rest are ignored. */
+  readonly maxHeadersCount?: number;
+}
+
+const SERVER_LIMITS: Required<ServerLimits> = {
+  headersTimeoutMs: 20_000,
+  requestTimeoutMs: 300_000,
+  keepAliveTimeoutMs: 65_000,
+  maxConnections: 10_000,
+  maxHeadersCount: 200,
+};
+
+/** The gateway's HTTP server, with every limit set rather than left to Node's defaults. */
+function createGatewayServer(limits: ServerLimits, handle: Gateway["handle"]): Server {
+  const l = { ...SERVER_LIMITS, ...limits };
+  const server = createServer(
+    {
+      headersTimeout: l.headersTimeoutMs,
+      requestTimeout: Math.max(l.requestTimeoutMs, l.headersTimeoutMs),
+      keepAliveTimeout: l.keepAliveTimeoutMs,
+      // Node checks the two timeouts above only this often (30 s by default).
+      connectionsCheckingInterval: Math.min(1000, Math.max(50, l.headersTimeoutMs / 4)),
+    },
+    handle,
+  );
+  server.maxConnections = l.maxConnections;
+  server.maxHeadersCount = l.maxHeadersCount;
+  return server;
 }
 
 export interface Fennec {
@@ -118,9 +162,10 @@ export async function startFennec(options: FennecOptions): Promise<Fennec> {
     uploadLimit: options.uploadLimitBytes ?? 64 * 2 ** 20,
     token: options.token,
     backends: () => ({ vm: { accel: vm.accel.accel, reason: vm.accel.reason } }),
+    ...(options.asyncResults ? { asyncResults: options.asyncResults } : {}),
   });
 
-  const server = createServer({ keepAliveTimeout: 65_000 }, gateway.handle);
+  const server = createGatewayServer(options.server ?? {}, gateway.handle);
   await new Promise<void>((resolveListen, reject) => {
     server.once("error", reject);
     server.listen(options.port ?? 8123, options.host ?? "127.0.0.1", () => resolveListen());
@@ -168,6 +213,11 @@ export async function startFennec(options: FennecOptions): Promise<Fennec> {
   };
   const preparing = prepareAll();
   log.info(`Fennec serving ${entries.length} function(s) from ${root} on ${url}`);
+  if (!options.token) {
+    log.warn(
+      `NO ADMIN TOKEN: anyone who can reach ${url} can deploy, replace and delete functions (and so run code on this host). Set --token or FENNEC_TOKEN, and keep the address on loopback unless a token is set.`,
+    );
+  }
 
   const close = (graceMs = 10_000): Promise<void> => {
     closing ??= (async () => {

@@ -9,6 +9,10 @@ export const ErrorCodes = [
   "BAD_NAME",
   "BODY_TOO_LARGE",
   "UNAUTHORIZED",
+  /** An admin or upload request a browser could have sent from another site (CSRF). */
+  "CROSS_SITE_REFUSED",
+  /** A body of a type the route does not take (deploys are JSON, uploads wasm bytes). */
+  "UNSUPPORTED_MEDIA_TYPE",
   "NOT_FOUND",
   "METHOD_NOT_ALLOWED",
   "FUNCTION_NOT_FOUND",

@@ -17,36 +17,111 @@ export type AsyncCall =
       readonly error: FennecError;
     };
 
+/** How much of the uncollected results is kept; whichever bound is reached first drops the oldest. */
+export interface AsyncCallLimits {
+  /** Calls remembered, pending or finished. */
+  readonly maxCalls?: number;
+  /** Bytes of finished results (bodies and headers) held. */
+  readonly maxBytes?: number;
+  /** How long a finished result is kept, from its completion. */
+  readonly maxAgeMs?: number;
+}
+
+const DEFAULTS: Required<AsyncCallLimits> = {
+  maxCalls: 10_000,
+  maxBytes: 256 * 2 ** 20,
+  maxAgeMs: 60 * 60 * 1000,
+};
+
+interface Entry {
+  call: AsyncCall;
+  /** Bytes the finished result holds (0 while pending). */
+  bytes: number;
+  /** When the call finished (`performance.now()`), undefined while pending. */
+  doneAt: number | undefined;
+}
+
+function sizeOf(response: InvokeResponse): number {
+  let bytes = response.body.byteLength;
+  for (const [name, value] of response.headers) bytes += name.length + value.length;
+  return bytes;
+}
+
 /**
- * Results of Faasm-style asynchronous calls (`POST /fa/...`), kept in memory for a while so the
- * caller can fetch them. Bounded: the oldest results are dropped first.
+ * Results of Faasm-style asynchronous calls (`POST /fa/...`), kept in memory so the caller can
+ * fetch them. Bounded by count, by bytes and by age, so callers who never collect their results
+ * cannot grow the process: the oldest calls are dropped first, and a result past its age is gone.
  */
 export class AsyncCalls {
-  readonly #calls = new Map<string, AsyncCall>();
-  readonly #max: number;
+  /** In submission order, so the first entry is always the oldest. */
+  readonly #calls = new Map<string, Entry>();
+  /** Finished calls in completion order, so the first one is always the next to expire. */
+  readonly #finished = new Map<string, Entry>();
+  readonly #limits: Required<AsyncCallLimits>;
+  #bytes = 0;
 
-  constructor(max = 10_000) {
-    this.#max = max;
+  constructor(limits: AsyncCallLimits = {}) {
+    this.#limits = { ...DEFAULTS, ...limits };
+  }
+
+  /** What is kept, for the message of a result that is no longer there. */
+  describeLimits(): string {
+    const { maxCalls, maxBytes, maxAgeMs } = this.#limits;
+    return `results are kept for the ${maxCalls} most recent calls, up to ${maxBytes} bytes in all, for ${Math.round(maxAgeMs / 1000)} s after each finishes`;
   }
 
   submit(fn: string, work: Promise<{ response: InvokeResponse } | { error: FennecError }>): string {
     const id = randomUUID();
     const submittedAt = Date.now();
-    this.#calls.set(id, { state: "pending", function: fn, submittedAt });
-    while (this.#calls.size > this.#max) this.#calls.delete(this.#calls.keys().next().value!);
+    const entry: Entry = {
+      call: { state: "pending", function: fn, submittedAt },
+      bytes: 0,
+      doneAt: undefined,
+    };
+    this.#calls.set(id, entry);
+    this.#evict();
     void work.then((r) => {
-      if (!this.#calls.has(id)) return;
-      this.#calls.set(
-        id,
-        "response" in r
-          ? { state: "done", function: fn, submittedAt, response: r.response }
-          : { state: "failed", function: fn, submittedAt, error: r.error },
-      );
+      if (this.#calls.get(id) !== entry) return;
+      if ("response" in r) {
+        entry.call = { state: "done", function: fn, submittedAt, response: r.response };
+        entry.bytes = sizeOf(r.response);
+      } else {
+        entry.call = { state: "failed", function: fn, submittedAt, error: r.error };
+        entry.bytes = r.error.message.length;
+      }
+      entry.doneAt = performance.now();
+      this.#finished.set(id, entry);
+      this.#bytes += entry.bytes;
+      this.#evict();
     });
     return id;
   }
 
   get(id: string): AsyncCall | undefined {
-    return this.#calls.get(id);
+    this.#evict();
+    return this.#calls.get(id)?.call;
+  }
+
+  /** The number of calls and bytes held now. */
+  get size(): { calls: number; bytes: number } {
+    return { calls: this.#calls.size, bytes: this.#bytes };
+  }
+
+  #drop(id: string, entry: Entry): void {
+    this.#calls.delete(id);
+    if (this.#finished.delete(id)) this.#bytes -= entry.bytes;
+  }
+
+  #evict(): void {
+    const { maxCalls, maxBytes, maxAgeMs } = this.#limits;
+    for (const [id, entry] of this.#calls) {
+      if (this.#calls.size <= maxCalls && this.#bytes <= maxBytes) break;
+      this.#drop(id, entry);
+    }
+    const oldest = performance.now() - maxAgeMs;
+    for (const [id, entry] of this.#finished) {
+      if (entry.doneAt! >= oldest) break;
+      this.#drop(id, entry);
+    }
   }
 }

@@ -24,8 +24,9 @@ export function readBody(req: IncomingMessage, limit: number): Promise<Buffer> {
     const onData = (chunk: Buffer) => {
       size += chunk.length;
       if (size > limit) {
+        // The rest is not read: the error closes the connection (closeAfterResponse).
         req.off("data", onData);
-        req.resume();
+        req.pause();
         reject(tooLarge(limit));
         return;
       }
@@ -35,6 +36,17 @@ export function readBody(req: IncomingMessage, limit: number): Promise<Buffer> {
     req.once("end", () => resolve(chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks, size)));
     req.once("error", reject);
   });
+}
+
+/**
+ * Answers and then closes the connection without reading the rest of the request's body: after
+ * an early refusal (401, 404, 413, ...) reading on would let any client make Fennec swallow an
+ * unbounded body, and not reading it would leave it to be parsed as the next request.
+ */
+export function closeAfterResponse(req: IncomingMessage, res: ServerResponse): void {
+  req.pause();
+  res.setHeader("connection", "close");
+  res.once("finish", () => req.socket.destroy());
 }
 
 function tooLarge(limit: number): FennecError {
@@ -57,8 +69,6 @@ export function sendError(res: ServerResponse, error: FennecError, requestId: st
   }
   const status = STATUS_BY_CODE[error.code];
   res.setHeader("x-fennec-error", error.code);
-  // A body we did not read would otherwise be parsed as the next request on this connection.
-  if (error.code === "BODY_TOO_LARGE") res.setHeader("connection", "close");
   sendJson(res, status, {
     error: {
       code: error.code,

@@ -1,5 +1,5 @@
 import { FennecError } from "../core/errors.js";
-import { assertValidName, DEFAULT_USER } from "../core/names.js";
+import { assertValidName, DEFAULT_USER, quoteForMessage } from "../core/names.js";
 import type { FunctionId } from "../core/types.js";
 
 /** A request target split into decoded path segments and the raw query. */
@@ -23,7 +23,10 @@ export function parseTarget(url: string): Target {
     try {
       return decodeURIComponent(s);
     } catch {
-      throw new FennecError("BAD_REQUEST", `malformed percent-encoding in path segment ${JSON.stringify(s)}`);
+      throw new FennecError(
+        "BAD_REQUEST",
+        `malformed percent-encoding in path segment ${quoteForMessage(s)}`,
+      );
     }
   });
   return {

@@ -2,14 +2,24 @@ import { timingSafeEqual } from "node:crypto";
 import type { IncomingMessage, ServerResponse } from "node:http";
 import { FennecError, toFennecError } from "../core/errors.js";
 import type { Logger } from "../core/log.js";
-import { functionKey, type FunctionId, type InvokeRequest, type InvokeResponse } from "../core/types.js";
+import { quoteForMessage } from "../core/names.js";
+import { functionKey, type FunctionId, type InvokeRequest } from "../core/types.js";
 import type { DirectoryRegistry } from "../registry/registry.js";
 import type { ReadinessHub } from "../sandbox/readiness.js";
 import type { Scheduler } from "../scheduler/scheduler.js";
 import type { StatsCollector } from "../metrics/stats.js";
 import type { PrometheusMetrics } from "../metrics/prometheus.js";
-import { AsyncCalls } from "./async-calls.js";
-import { readBody, REQUEST_ID_HEADER, requestIdOf, sendError, sendJson } from "./http-util.js";
+import { AsyncCalls, type AsyncCallLimits } from "./async-calls.js";
+import {
+  closeAfterResponse,
+  readBody,
+  REQUEST_ID_HEADER,
+  requestIdOf,
+  sendError,
+  sendJson,
+} from "./http-util.js";
+import { JSON_BODY, MODULE_BODY, NUMBER_BODY, refuseCrossSite } from "./cross-site.js";
+import { HOP_BY_HOP, writeResponse } from "./function-response.js";
 import { functionId, parseTarget, type Target } from "./routes.js";
 import { deployFromJson, describeFunctions } from "./admin.js";
 
@@ -30,19 +40,9 @@ export interface GatewayOptions {
   readonly token: string | undefined;
   /** What the sandboxes report of themselves in /stats (e.g. which accelerator runs VMs). */
   readonly backends?: () => Record<string, unknown>;
+  /** Bounds of the uncollected `/fa` results kept in memory (defaults in AsyncCalls). */
+  readonly asyncResults?: AsyncCallLimits;
 }
-
-// Headers that describe one hop, not the message: never forwarded either way.
-const HOP_BY_HOP = new Set([
-  "connection",
-  "keep-alive",
-  "transfer-encoding",
-  "upgrade",
-  "te",
-  "trailer",
-  "proxy-connection",
-  "content-length",
-]);
 
 /** Default function.toml for a module uploaded without one (Faasm's PUT creates functions). */
 export function defaultWasmToml(moduleFile: string): string {
@@ -52,10 +52,11 @@ export function defaultWasmToml(moduleFile: string): string {
 /** The HTTP gateway: every route of the brief, one error format, a correlation id on every response. */
 export class Gateway {
   readonly #o: GatewayOptions;
-  readonly #calls = new AsyncCalls();
+  readonly #calls: AsyncCalls;
 
   constructor(options: GatewayOptions) {
     this.#o = options;
+    this.#calls = new AsyncCalls(options.asyncResults);
   }
 
   readonly handle = (req: IncomingMessage, res: ServerResponse): void => {
@@ -65,8 +66,9 @@ export class Gateway {
       const error = toFennecError(err);
       if (error.code === "INTERNAL")
         this.#o.log.error("request failed", { requestId, url: req.url, error: error.message });
-      // Drain an unread body so the connection stays usable for the next request.
-      if (!req.readableEnded && error.code !== "BODY_TOO_LARGE") req.resume();
+      // A refused request's body is not read (it may be huge, and is not wanted): the connection
+      // is closed once the answer is out instead of draining it for the next request.
+      if (!req.complete) closeAfterResponse(req, res);
       sendError(res, error, requestId);
     });
   };
@@ -114,7 +116,7 @@ export class Gateway {
     }
     throw new FennecError(
       "NOT_FOUND",
-      `no route for ${method} ${target.segments.length ? "/" + target.segments.join("/") : "/"}`,
+      `no route for ${method} ${quoteForMessage("/" + target.segments.join("/"))}`,
     );
   }
 
@@ -160,7 +162,7 @@ export class Gateway {
     if (!call)
       throw new FennecError(
         "NOT_FOUND",
-        `no asynchronous call ${JSON.stringify(callId)} (results are kept for the 10,000 most recent calls)`,
+        `no asynchronous call ${quoteForMessage(callId)} (it never existed, or its result was dropped: ${this.#calls.describeLimits()})`,
       );
     if (call.state === "pending")
       return sendJson(res, 202, { callId, state: "pending", function: call.function });
@@ -170,6 +172,7 @@ export class Gateway {
   }
 
   async #upload(req: IncomingMessage, res: ServerResponse, id: FunctionId): Promise<void> {
+    refuseCrossSite(req, MODULE_BODY);
     this.#authorize(req);
     const bytes = await readBody(req, this.#o.uploadLimit);
     const what = `upload of ${functionKey(id)}`;
@@ -188,6 +191,7 @@ export class Gateway {
   }
 
   async #preBoot(req: IncomingMessage, res: ServerResponse, id: FunctionId): Promise<void> {
+    refuseCrossSite(req, NUMBER_BODY);
     const text = (await readBody(req, 64)).toString("utf8").trim();
     const count = Number(text);
     if (!/^\d+$/.test(text) || count < 1 || count > 10_000) {
@@ -220,6 +224,7 @@ export class Gateway {
   }
 
   async #admin(req: IncomingMessage, res: ServerResponse, target: Target): Promise<void> {
+    refuseCrossSite(req, JSON_BODY);
     this.#authorize(req);
     const [, , a, b] = target.segments;
     const method = req.method ?? "GET";
@@ -258,6 +263,8 @@ export class Gateway {
       }
       await this.#o.registry.remove(id);
       await this.#o.scheduler.removeFunction(functionKey(id));
+      this.#o.stats.forget(functionKey(id));
+      this.#o.metrics.forget(functionKey(id));
       res.writeHead(202).end();
       return;
     }
@@ -282,18 +289,4 @@ export class Gateway {
 function allow(method: string, methods: string[]): void {
   if (!methods.includes(method))
     throw new FennecError("METHOD_NOT_ALLOWED", `${method} is not allowed here; use ${methods.join(" or ")}`);
-}
-
-function writeResponse(res: ServerResponse, response: InvokeResponse): void {
-  for (const [name, value] of response.headers) {
-    if (HOP_BY_HOP.has(name)) continue;
-    try {
-      res.appendHeader(name, value);
-    } catch {
-      throw new FennecError("FN_BAD_RESPONSE", `the function sent an invalid header ${JSON.stringify(name)}`);
-    }
-  }
-  res.statusCode = response.status;
-  res.setHeader("content-length", response.body.byteLength);
-  res.end(response.body);
 }

@@ -8,6 +8,7 @@ import { startTestServer, type TestServer } from "../helpers/server.js";
 
 const TOKEN = "s3cret-token";
 const auth = { authorization: `Bearer ${TOKEN}` };
+const authJson = { ...auth, "content-type": "application/json" };
 
 interface Row {
   key: string;
@@ -35,7 +36,8 @@ describe("admin API /system/functions", () => {
       (await request(`${s.url}/system/functions`, { headers: { authorization: "Bearer wrong" } })).status,
       401,
     );
-    assert.equal(errorCode(await request(`${s.url}/f/x/y`, { method: "PUT", body: "x" })), "UNAUTHORIZED");
+    const upload = { method: "PUT", body: "x", headers: { "content-type": "application/wasm" } };
+    assert.equal(errorCode(await request(`${s.url}/f/x/y`, upload)), "UNAUTHORIZED");
     // Invocation routes stay open.
     assert.equal((await request(`${s.url}/invoke/hello/`)).status, 200);
   });
@@ -58,7 +60,7 @@ describe("admin API /system/functions", () => {
     const toml = 'keepalive = 5\nconcurrent-requests = 2\n[wasm]\nmodule = "main.wasm"\nmemory = 16\n';
     const r = await request(`${s.url}/system/functions`, {
       method: "POST",
-      headers: { ...auth, "content-type": "application/json" },
+      headers: authJson,
       body: JSON.stringify({ name: "copy", user: "carol", toml, module }),
     });
     assert.equal(r.status, 201, r.text);
@@ -69,7 +71,7 @@ describe("admin API /system/functions", () => {
 
     const bad = await request(`${s.url}/system/functions`, {
       method: "POST",
-      headers: auth,
+      headers: authJson,
       body: JSON.stringify({
         name: "nope",
         toml: toml.replace("concurrent-requests = 2", 'concurrent-requests = "two"'),
@@ -83,12 +85,14 @@ describe("admin API /system/functions", () => {
 
     const badModule = await request(`${s.url}/system/functions`, {
       method: "PUT",
-      headers: auth,
+      headers: authJson,
       body: JSON.stringify({ name: "nope", toml, module: Buffer.from("not wasm").toString("base64") }),
     });
     assert.equal(errorCode(badModule), "MODULE_INVALID");
     assert.equal(
-      errorCode(await request(`${s.url}/system/functions`, { method: "POST", headers: auth, body: "{oops" })),
+      errorCode(
+        await request(`${s.url}/system/functions`, { method: "POST", headers: authJson, body: "{oops" }),
+      ),
       "BAD_REQUEST",
     );
   });
@@ -97,7 +101,7 @@ describe("admin API /system/functions", () => {
     assert.equal((await request(`${s.url}/f/carol/copy`, { method: "POST", body: "x" })).status, 200);
     const del = await request(`${s.url}/system/functions`, {
       method: "DELETE",
-      headers: auth,
+      headers: authJson,
       body: JSON.stringify({ functionName: "carol/copy" }),
     });
     assert.equal(del.status, 202);

@@ -37,7 +37,11 @@ describe("readiness callback through the gateway", () => {
 
       driver.behaviour.useCallback = false;
       driver.behaviour.hangOnStart = true;
-      const scale = await request(`${fennec.url}/preBoot/guest`, { method: "POST", body: "1" });
+      const scale = await request(`${fennec.url}/preBoot/guest`, {
+        method: "POST",
+        body: "1",
+        headers: { "content-type": "application/json" },
+      });
       assert.equal(scale.json<{ errors: Array<{ code: string }> }>().errors[0]?.code, "FN_INIT_TIMEOUT");
       // The instance that did call back keeps serving.
       assert.equal((await request(`${fennec.url}/invoke/guest/`, { method: "POST", body: "x" })).text, "x");
