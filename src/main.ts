@@ -3,6 +3,7 @@ import type { AddressInfo } from "node:net";
 import { join, resolve } from "node:path";
 import { FennecError, toFennecError } from "./core/errors.js";
 import { createLogger, type Logger, type LogLevel } from "./core/log.js";
+import { AllowedHosts } from "./gateway/allowed-hosts.js";
 import type { AsyncCallLimits } from "./gateway/async-calls.js";
 import { Gateway } from "./gateway/server.js";
 import { PrometheusMetrics } from "./metrics/prometheus.js";
@@ -25,6 +26,12 @@ export interface FennecOptions {
   /** 0 picks a free port. */
   readonly port?: number;
   readonly token?: string | undefined;
+  /**
+   * Host names the gateway answers to besides localhost, *.localhost, IP literals and `host`
+   * (`.example.com`: the name and its subdomains; `*`: any). Other Host headers get 403
+   * HOST_NOT_ALLOWED, which stops DNS-rebinding pages.
+   */
+  readonly allowedHosts?: readonly string[];
   readonly memoryBudgetMiB?: number;
   readonly bodyLimitBytes?: number;
   readonly uploadLimitBytes?: number;
@@ -105,6 +112,7 @@ export interface Fennec {
 /** The composition root: picks defaults and wires registry, drivers, scheduler, metrics and gateway. */
 export async function startFennec(options: FennecOptions): Promise<Fennec> {
   const log = createLogger(options.logLevel ?? "info");
+  const allowedHosts = new AllowedHosts(options.allowedHosts, options.host);
   const root = resolve(options.registry);
   const registry = new DirectoryRegistry(root);
   const removed = await registry.cleanupStale();
@@ -161,6 +169,7 @@ export async function startFennec(options: FennecOptions): Promise<Fennec> {
     bodyLimit: options.bodyLimitBytes ?? 8 * 2 ** 20,
     uploadLimit: options.uploadLimitBytes ?? 64 * 2 ** 20,
     token: options.token,
+    allowedHosts,
     backends: () => ({ vm: { accel: vm.accel.accel, reason: vm.accel.reason } }),
     ...(options.asyncResults ? { asyncResults: options.asyncResults } : {}),
   });

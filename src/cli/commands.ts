@@ -44,6 +44,9 @@ Edits on disk apply to new instances without a restart; SIGINT/SIGTERM drain and
   -p, --port N           listen port (default 8123; 0 picks a free one)
   --token TOKEN          require "Authorization: Bearer TOKEN" for /system/* and uploads
                          (env FENNEC_TOKEN)
+  --allowed-host NAME    also answer to requests for Host NAME (repeatable; ".NAME" adds its
+                         subdomains, "*" any); by default only localhost, *.localhost, IP
+                         addresses and --host are, which stops DNS-rebinding pages
   --memory MIB           node memory budget for instances (default 4096)
   --body-limit BYTES     largest invocation body (default 8388608)
   --upload-limit BYTES   largest module upload or deploy document (default 67108864)
@@ -69,6 +72,7 @@ Edits on disk apply to new instances without a restart; SIGINT/SIGTERM drain and
         host: { type: "string", default: "127.0.0.1" },
         port: { type: "string", short: "p", default: "8123" },
         token: { type: "string", default: process.env["FENNEC_TOKEN"] },
+        "allowed-host": { type: "string", multiple: true, default: [] },
         memory: { type: "string", default: "4096" },
         "body-limit": { type: "string", default: String(8 * 2 ** 20) },
         "upload-limit": { type: "string", default: String(64 * 2 ** 20) },
@@ -104,6 +108,7 @@ Edits on disk apply to new instances without a restart; SIGINT/SIGTERM drain and
       host: values.host,
       port: num("port", values.port),
       token: values.token || undefined,
+      allowedHosts: values["allowed-host"],
       memoryBudgetMiB: num("memory", values.memory),
       bodyLimitBytes: num("body-limit", values["body-limit"]),
       uploadLimitBytes: num("upload-limit", values["upload-limit"]),

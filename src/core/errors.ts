@@ -11,6 +11,8 @@ export const ErrorCodes = [
   "UNAUTHORIZED",
   /** An admin or upload request a browser could have sent from another site (CSRF). */
   "CROSS_SITE_REFUSED",
+  /** A request for a host name the gateway does not answer to (DNS rebinding). */
+  "HOST_NOT_ALLOWED",
   /** A body of a type the route does not take (deploys are JSON, uploads wasm bytes). */
   "UNSUPPORTED_MEDIA_TYPE",
   "NOT_FOUND",

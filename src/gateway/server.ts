@@ -18,6 +18,7 @@ import {
   sendError,
   sendJson,
 } from "./http-util.js";
+import type { AllowedHosts } from "./allowed-hosts.js";
 import { JSON_BODY, MODULE_BODY, NUMBER_BODY, refuseCrossSite } from "./cross-site.js";
 import { HOP_BY_HOP, writeResponse } from "./function-response.js";
 import { functionId, parseTarget, type Target } from "./routes.js";
@@ -38,6 +39,8 @@ export interface GatewayOptions {
   readonly uploadLimit: number;
   /** Bearer token guarding the admin API and uploads; undefined leaves them open. */
   readonly token: string | undefined;
+  /** The Host names this gateway answers to (DNS rebinding); checked on every route but two. */
+  readonly allowedHosts: AllowedHosts;
   /** What the sandboxes report of themselves in /stats (e.g. which accelerator runs VMs). */
   readonly backends?: () => Record<string, unknown>;
   /** Bounds of the uncollected `/fa` results kept in memory (defaults in AsyncCalls). */
@@ -77,6 +80,11 @@ export class Gateway {
     const target = parseTarget(req.url ?? "/");
     const [first, a, b] = target.segments;
     const method = req.method ?? "GET";
+    // Every route answers only to known host names, token or not: a rebinding page could
+    // otherwise read functions' answers, stats and metrics of a loopback-only Fennec, and deploy
+    // when there is no token. Readiness callbacks (an unguessable id, sent by sandboxes by
+    // whatever address their network gives them) and the health probe (says only "ok") are exempt.
+    if (first !== "ready" && first !== "healthz") this.#o.allowedHosts.check(req);
     switch (first) {
       case "invoke":
         return this.#invoke(req, res, functionId(undefined, a), target.rest(2), target.query);

@@ -7,6 +7,7 @@ import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { errorCode, request } from "../helpers/http.js";
 import { CLI, copyExamples, EXAMPLES, tempDir } from "../helpers/paths.js";
+import { startFennec } from "../../src/main.js";
 import { addWasmFunction, startTestServer, type TestServer } from "../helpers/server.js";
 import { wagiModule } from "../helpers/wagi-module.js";
 
@@ -85,7 +86,7 @@ function statusLineOn(socket: Socket): Promise<string> {
     socket.once("close", onClose);
     socket.once("error", () => undefined);
     try {
-      socket.write("GET /healthz HTTP/1.1\r\nHost: fennec\r\n\r\n");
+      socket.write("GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n");
     } catch (err) {
       reject(err as Error);
     }
@@ -276,6 +277,191 @@ describe("security of the gateway's HTTP surface", () => {
     });
   });
 
+  describe("DNS rebinding: requests for a host name the gateway does not answer to are refused", () => {
+    /** The headers a browser sends from a page on `host` that rebinding has pointed at Fennec. */
+    const rebound = (url: string, host: string): Record<string, string> => ({
+      host: `${host}:${new URL(url).port}`,
+      origin: `http://${host}:${new URL(url).port}`,
+      "sec-fetch-site": "same-origin",
+    });
+
+    it("refuses a same-origin deploy, upload, pre-boot and listing for Host evil.example, without a token", async () => {
+      const headers = rebound(open.url, "evil.example");
+      const json = { ...headers, "content-type": "application/json" };
+      const deploy = await send(open.url, "POST", "/system/functions", json, await deployDoc("rebound"));
+      assert.equal(deploy.status, 403, deploy.text);
+      assert.equal(codeOf(deploy), "HOST_NOT_ALLOWED");
+      assert.match(deploy.text, /--allowed-host evil\.example/, "the message says how to allow the name");
+      const module = await readFile(join(EXAMPLES, "echo", "echo.wasm"));
+      const upload = await send(open.url, "PUT", "/f/rebound/up", headers, module);
+      assert.equal(codeOf(upload), "HOST_NOT_ALLOWED");
+      const boot = await send(open.url, "POST", "/preBoot/hello", json, "1");
+      assert.equal(codeOf(boot), "HOST_NOT_ALLOWED");
+      for (const path of ["/system/functions", "/system/functions/hello"]) {
+        const r = await send(open.url, "GET", path, headers);
+        assert.equal(codeOf(r), "HOST_NOT_ALLOWED", path);
+      }
+      const del = await send(open.url, "DELETE", "/system/functions/hello", headers);
+      assert.equal(codeOf(del), "HOST_NOT_ALLOWED");
+      await stat(join(open.registry, "hello", "function.toml"));
+      await assert.rejects(stat(join(open.registry, "rebound")), "nothing deployed");
+      await assert.rejects(stat(join(open.registry, "default", "rebound")), "nothing deployed");
+      assert.equal(errorCode(await request(`${open.url}/invoke/rebound`)), "FUNCTION_NOT_FOUND");
+    });
+
+    it("refuses invocations, /fa, /stats and /metrics for a foreign Host, and names that only look local", async () => {
+      for (const host of [
+        "evil.example",
+        "localhost.evil.example",
+        "127.0.0.1.nip.io",
+        "evil.example.",
+        "EVIL.example",
+      ]) {
+        const headers = rebound(open.url, host);
+        for (const [method, path] of [
+          ["GET", "/invoke/hello/"],
+          ["POST", "/f/default/echo"],
+          ["POST", "/fa/default/echo"],
+          ["GET", "/fa/calls/0"],
+          ["GET", "/stats"],
+          ["GET", "/metrics"],
+        ] as const) {
+          const r = await send(open.url, method, path, headers, method === "POST" ? "x" : undefined);
+          assert.equal(r.status, 403, `${host} ${method} ${path}: ${r.text}`);
+          assert.equal(codeOf(r), "HOST_NOT_ALLOWED");
+        }
+      }
+      // Instances' readiness callbacks and the health probe reveal nothing and stay open to any Host.
+      const health = await send(open.url, "GET", "/healthz", { host: "evil.example" });
+      assert.equal(health.text, "ok\n");
+      const ready = await send(open.url, "GET", "/ready/no-such-instance", { host: "evil.example" });
+      assert.equal(ready.status, 200);
+    });
+
+    it("keeps the check when a token is set: a valid token does not make a foreign Host acceptable", async () => {
+      const auth = { authorization: `Bearer ${TOKEN}` };
+      const foreign = await send(guarded.url, "GET", "/system/functions", {
+        ...auth,
+        ...rebound(guarded.url, "evil.example"),
+      });
+      assert.equal(foreign.status, 403, foreign.text);
+      assert.equal(codeOf(foreign), "HOST_NOT_ALLOWED");
+      const own = await send(guarded.url, "GET", "/system/functions", {
+        ...auth,
+        host: `localhost:${new URL(guarded.url).port}`,
+      });
+      assert.equal(own.status, 200, own.text);
+    });
+
+    it("answers to loopback names and IP literals, with or without the port", async () => {
+      const port = new URL(open.url).port;
+      for (const host of [
+        `localhost:${port}`,
+        `127.0.0.1:${port}`,
+        `[::1]:${port}`,
+        `app.localhost:${port}`,
+        `LocalHost.:${port}`,
+        "localhost",
+        "127.0.0.1",
+        `10.1.2.3:${port}`,
+      ]) {
+        const r = await send(open.url, "GET", "/invoke/hello/", { host });
+        assert.equal(r.status, 200, `${host}: ${r.text}`);
+      }
+      // A page Fennec itself served (same origin, same name) may still deploy.
+      const own = { ...rebound(open.url, "localhost"), "content-type": "application/json" };
+      const r = await send(open.url, "POST", "/system/functions", own, await deployDoc("bylocalhost"));
+      assert.equal(r.status, 201, r.text);
+      const listed = await send(open.url, "GET", "/system/functions", rebound(open.url, "127.0.0.1"));
+      assert.equal(listed.status, 200, listed.text);
+    });
+
+    it("answers to the names in allowedHosts, a leading dot adding subdomains", async () => {
+      const named = await startTestServer({ allowedHosts: ["Fennec.test", ".apps.test"] });
+      try {
+        for (const host of ["fennec.test", "apps.test", "a.apps.test", "b.a.apps.test"]) {
+          const headers = { ...rebound(named.url, host), "content-type": "application/json" };
+          const r = await send(named.url, "POST", "/system/functions", headers, await deployDoc("named"));
+          assert.ok(r.status === 201 || r.status === 200, `${host}: ${r.text}`);
+        }
+        for (const host of ["evil.example", "fennec.test.evil.example", "xapps.test", "sub.fennec.test"]) {
+          const r = await send(named.url, "GET", "/invoke/hello/", { host });
+          assert.equal(codeOf(r), "HOST_NOT_ALLOWED", host);
+        }
+      } finally {
+        await named.close();
+      }
+      const { dir, cleanup } = await tempDir();
+      try {
+        await assert.rejects(
+          startFennec({ registry: dir, port: 0, logLevel: "silent", allowedHosts: ["evil.example:8123/x"] }),
+          /allowed host "evil\.example:8123\/x" is not a host name/,
+        );
+      } finally {
+        await cleanup();
+      }
+    });
+
+    it("fennec serve --allowed-host NAME (repeatable) answers to those names only", async () => {
+      const { dir, cleanup } = await tempDir();
+      const registry = await copyExamples(dir);
+      const env = { ...process.env };
+      delete env["FENNEC_TOKEN"];
+      const args = ["serve", "-r", registry, "--port", "0", "--log-level", "info"];
+      const child = spawn(
+        process.execPath,
+        [CLI, ...args, "--allowed-host", "fennec.test", "--allowed-host", "other.test"],
+        { env, stdio: ["ignore", "ignore", "pipe"] },
+      );
+      let log = "";
+      child.stderr.on("data", (c: Buffer) => (log += c.toString()));
+      const exited = new Promise<number | null>((r) => child.once("exit", r));
+      try {
+        const url = await new Promise<string>((resolve, reject) => {
+          child.stderr.on("data", () => {
+            const m = /Fennec serving .* on (http:\/\/\S+)/.exec(log);
+            if (m) resolve(m[1]!);
+          });
+          void exited.then((code) => reject(new Error(`fennec serve exited (${code}): ${log}`)));
+        });
+        const port = new URL(url).port;
+        for (const host of ["fennec.test", "other.test", "localhost"]) {
+          const r = await send(url, "GET", "/invoke/hello/", { host: `${host}:${port}` });
+          assert.equal(r.status, 200, `${host}: ${r.text}`);
+        }
+        const r = await send(url, "GET", "/invoke/hello/", { host: `evil.example:${port}` });
+        assert.equal(codeOf(r), "HOST_NOT_ALLOWED");
+      } finally {
+        child.kill("SIGTERM");
+        await exited;
+      }
+      // A malformed name stops the server at start, with the reason.
+      const bad = spawn(process.execPath, [CLI, ...args, "--allowed-host", "http://x.test/"], {
+        env,
+        stdio: ["ignore", "ignore", "pipe"],
+      });
+      let badLog = "";
+      bad.stderr.on("data", (c: Buffer) => (badLog += c.toString()));
+      try {
+        // It exits; were it to serve instead, the test fails rather than waits.
+        const code = await new Promise<number | null | "serving">((r) => {
+          bad.once("exit", r);
+          bad.stderr.on("data", () => /Fennec serving/.test(badLog) && r("serving"));
+        });
+        assert.notEqual(code, "serving", badLog);
+        assert.notEqual(code, 0, badLog);
+        assert.match(badLog, /allowed host "http:\/\/x\.test\/" is not a host name/);
+      } finally {
+        if (bad.exitCode === null && bad.signalCode === null) {
+          const gone = new Promise((r) => bad.once("exit", r));
+          bad.kill("SIGTERM");
+          await gone;
+        }
+        await cleanup();
+      }
+    });
+  });
+
   describe("secrets and names", () => {
     it("does not forward Authorization, Proxy-Authorization or Cookie unless function.toml opts in", async () => {
       const headers = {
@@ -320,7 +506,7 @@ describe("security of the gateway's HTTP surface", () => {
       // The connection stays plain HTTP: a second request on it is answered normally.
       const raw = await rawExchange(
         open.url,
-        "GET /invoke/s101/ HTTP/1.1\r\nHost: f\r\n\r\nGET /healthz HTTP/1.1\r\nHost: f\r\nConnection: close\r\n\r\n",
+        "GET /invoke/s101/ HTTP/1.1\r\nHost: localhost\r\n\r\nGET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
       );
       assert.match(raw, /^HTTP\/1\.1 502 /);
       assert.doesNotMatch(raw, /101 Switching|switching\?/);
@@ -335,7 +521,7 @@ describe("security of the gateway's HTTP surface", () => {
       ] as const) {
         const raw = await rawExchange(
           open.url,
-          `${method} /invoke/${fn}/ HTTP/1.1\r\nHost: f\r\nConnection: close\r\n\r\n`,
+          `${method} /invoke/${fn}/ HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n`,
         );
         const [head, ...rest] = raw.split("\r\n\r\n");
         assert.match(head!, new RegExp(`^HTTP/1\\.1 ${status} `), raw);
@@ -441,7 +627,7 @@ describe("security of the gateway's HTTP surface", () => {
             }
           };
           socket.once("connect", () => {
-            socket.write(`${head}Host: f\r\nContent-Length: ${total}\r\n\r\n`);
+            socket.write(`${head}Host: localhost\r\nContent-Length: ${total}\r\n\r\n`);
             pump();
           });
         });
@@ -454,7 +640,7 @@ describe("security of the gateway's HTTP surface", () => {
     it("disconnects a client that never finishes its request headers (slowloris)", async () => {
       const socket = await openSocket(guarded.url);
       socket.on("error", () => undefined);
-      socket.write("GET /healthz HTTP/1.1\r\nHost: f\r\n");
+      socket.write("GET /healthz HTTP/1.1\r\nHost: localhost\r\n");
       let received = "";
       socket.on("data", (c: Buffer) => (received += c.toString("latin1")));
       const drip = setInterval(() => socket.writable && socket.write("X-Slow: y\r\n"), 200);
