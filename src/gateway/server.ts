@@ -11,7 +11,7 @@ import type { PrometheusMetrics } from "../metrics/prometheus.js";
 import { AsyncCalls } from "./async-calls.js";
 import { readBody, REQUEST_ID_HEADER, requestIdOf, sendError, sendJson } from "./http-util.js";
 import { functionId, parseTarget, type Target } from "./routes.js";
-import { deployFromJson, describeFunctions } from "./admin.js";
+import { deployCheck, deployFromJson, describeFunctions } from "./admin.js";
 
 export interface GatewayOptions {
   readonly scheduler: Scheduler;
@@ -172,18 +172,9 @@ export class Gateway {
   async #upload(req: IncomingMessage, res: ServerResponse, id: FunctionId): Promise<void> {
     this.#authorize(req);
     const bytes = await readBody(req, this.#o.uploadLimit);
-    const what = `upload of ${functionKey(id)}`;
-    let memoryMiB = 64;
-    try {
-      const existing = await this.#o.registry.resolve(id);
-      if (existing.sandbox.kind === "wasm") memoryMiB = existing.sandbox.memoryMiB;
-    } catch {
-      // a new function, or one whose config is broken: the default limit applies to the check
-    }
-    await this.#o.validateModule(bytes, memoryMiB, what).catch((err: unknown) => {
-      throw new FennecError("MODULE_INVALID", toFennecError(err).message);
-    });
-    const config = await this.#o.registry.uploadModule(id, bytes, defaultWasmToml);
+    // Checked in a scratch copy under the function's own memory limit, then swapped in whole.
+    const check = deployCheck(this.#o.scheduler, this.#o.validateModule, `upload of ${functionKey(id)}`);
+    const config = await this.#o.registry.uploadModule(id, bytes, defaultWasmToml, check);
     sendJson(res, 200, { function: config.key, revision: config.revision, bytes: bytes.byteLength });
   }
 
@@ -238,7 +229,13 @@ export class Gateway {
     }
     if (method === "POST" || method === "PUT") {
       const body = await readBody(req, this.#o.uploadLimit);
-      const config = await deployFromJson(body, named, this.#o.registry, this.#o.validateModule);
+      const config = await deployFromJson(
+        body,
+        named,
+        this.#o.registry,
+        this.#o.scheduler,
+        this.#o.validateModule,
+      );
       // Instances of an earlier revision finish their work and are replaced on next use.
       return sendJson(res, method === "POST" ? 201 : 200, {
         function: config.key,
