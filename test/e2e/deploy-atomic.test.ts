@@ -1,0 +1,259 @@
+import assert from "node:assert/strict";
+import { createHash } from "node:crypto";
+import { cp, mkdir, readdir, readFile, readlink, rm, stat, writeFile } from "node:fs/promises";
+import { join } from "node:path";
+import { after, before, describe, it } from "node:test";
+import { startFennec, type Fennec } from "../../src/main.js";
+import { errorCode, request, type Reply } from "../helpers/http.js";
+import { EXAMPLES, tempDir, WASM_FIXTURES } from "../helpers/paths.js";
+
+const JSON_TYPE = { "content-type": "application/json" };
+const WASM_TYPE = { "content-type": "application/wasm" };
+const b64 = (bytes: Uint8Array | string) => Buffer.from(bytes).toString("base64");
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+/** Every path under `dir` with a digest of its content: equal snapshots mean byte-for-byte equal trees. */
+async function snapshot(
+  dir: string,
+  into = new Map<string, string>(),
+  prefix = "",
+): Promise<Map<string, string>> {
+  for (const item of await readdir(dir, { withFileTypes: true })) {
+    // Fennec's build caches may be filled in the background; they are not the function.
+    if (item.name === ".fennec") continue;
+    const full = join(dir, item.name);
+    const shown = `${prefix}${item.name}`;
+    if (item.isDirectory()) {
+      into.set(shown, "dir");
+      await snapshot(full, into, `${shown}/`);
+    } else if (item.isSymbolicLink()) {
+      into.set(shown, `link:${await readlink(full)}`);
+    } else {
+      into.set(
+        shown,
+        createHash("sha256")
+          .update(await readFile(full))
+          .digest("hex"),
+      );
+    }
+  }
+  return into;
+}
+
+/** Polls `probe` until `done` holds, failing only after a generous deadline. */
+async function eventually(
+  probe: () => Promise<Reply>,
+  done: (r: Reply) => boolean,
+  what: string,
+): Promise<Reply> {
+  const end = performance.now() + 30_000;
+  for (;;) {
+    const r = await probe();
+    if (done(r)) return r;
+    if (performance.now() > end) assert.fail(`timed out waiting: ${what} (last: ${r.status} ${r.text})`);
+    await sleep(50);
+  }
+}
+
+describe("deploys: all or nothing, separate namespaces, honest errors", () => {
+  let fennec: Fennec;
+  let root: string;
+  let registry: string;
+  let cleanup: () => Promise<void>;
+  let echo: Buffer<ArrayBuffer>;
+  let hello: Buffer<ArrayBuffer>;
+  const deploy = (method: string, path: string, doc: Record<string, unknown>) =>
+    request(`${fennec.url}${path}`, { method, headers: JSON_TYPE, body: JSON.stringify(doc) });
+  const call = (path: string, body = "ping") => request(`${fennec.url}${path}`, { method: "POST", body });
+  const atomToml = 'keepalive = 600\nconcurrent-requests = 2\n[wasm]\nmodule = "main.wasm"\nmemory = 16\n';
+
+  before(async () => {
+    ({ dir: root, cleanup } = await tempDir());
+    registry = join(root, "registry");
+    await mkdir(registry);
+    await cp(join(EXAMPLES, "hello"), join(registry, "hello"), { recursive: true });
+    fennec = await startFennec({ registry, port: 0, logLevel: "silent", cacheDir: join(root, "cache") });
+    echo = await readFile(join(EXAMPLES, "echo", "echo.wasm"));
+    hello = await readFile(join(EXAMPLES, "hello", "hello.wasm"));
+    const r = await deploy("POST", "/system/functions", {
+      name: "atom",
+      toml: atomToml,
+      module: b64(echo),
+      files: { "data.txt": b64("v1") },
+    });
+    assert.equal(r.status, 201, r.text);
+  });
+  after(async () => {
+    await fennec.close(2000);
+    await cleanup();
+  });
+
+  it("refuses, at deploy time, a function whose sandbox kind this node does not run, writing nothing", async () => {
+    const before = await snapshot(registry);
+    const processToml = 'keepalive = 1\nconcurrent-requests = 1\n[process]\ncommand = ["sh", "-c", "id"]\n';
+    for (const [method, path] of [
+      ["POST", "/system/functions"],
+      ["PUT", "/system/functions/atom"],
+    ] as const) {
+      const r = await deploy(method, path, { name: "proc", toml: processToml });
+      assert.equal(r.status, 409, r.text);
+      assert.equal(errorCode(r), "DRIVER_UNAVAILABLE");
+      assert.match(r.json<{ error: { message: string } }>().error.message, /"process".*--process/);
+    }
+    assert.deepEqual(await snapshot(registry), before);
+    assert.equal((await call("/invoke/atom/", "still here")).text, "still here");
+  });
+
+  it("leaves the live function byte-for-byte unchanged, and nothing behind, when a deploy is refused", async () => {
+    const before = await snapshot(registry);
+    const forbidden = await readFile(join(WASM_FIXTURES, "forbidden-import.wasm"));
+    const refused: Array<[string, Record<string, unknown>, string]> = [
+      ["a module that is not wasm", { toml: atomToml, module: b64("junk") }, "MODULE_INVALID"],
+      [
+        "a module the sandbox refuses",
+        { toml: atomToml, files: { "main.wasm": b64(forbidden) } },
+        "MODULE_INVALID",
+      ],
+      [
+        "a bad function.toml next to a junk module",
+        { toml: atomToml.replace("= 2", '= "two"'), files: { "main.wasm": b64("junk") } },
+        "CONFIG_INVALID",
+      ],
+      [
+        "a module file that is not there (while other files would replace the live ones)",
+        {
+          toml: atomToml.replace("main.wasm", "missing.wasm"),
+          files: { "main.wasm": b64("junk"), "data.txt": b64("v2") },
+        },
+        "CONFIG_INVALID",
+      ],
+      [
+        "a bad file name",
+        { toml: atomToml, files: { "../escape": b64("x"), "data.txt": b64("v2") } },
+        "BAD_NAME",
+      ],
+    ];
+    for (const [what, doc, code] of refused) {
+      const r = await deploy("PUT", "/system/functions/atom", doc);
+      assert.equal(errorCode(r), code, `${what}: ${r.text}`);
+      assert.deepEqual(await snapshot(registry), before, `${what}: the registry changed`);
+      assert.equal((await call("/invoke/atom/", what)).text, what, `${what}: the live function broke`);
+    }
+    // A refused upload (PUT /f/) of a new user's function leaves no directory either.
+    const up = await request(`${fennec.url}/f/zed/fn`, { method: "PUT", headers: WASM_TYPE, body: "junk" });
+    assert.equal(errorCode(up), "MODULE_INVALID");
+    assert.deepEqual(await snapshot(registry), before);
+  });
+
+  it("swaps an accepted deploy or upload in whole, keeping files it does not replace", async () => {
+    const r = await deploy("PUT", "/system/functions/atom", {
+      toml: atomToml.replace("keepalive = 600", "keepalive = 300"),
+      files: { "data.txt": b64("v2") },
+    });
+    assert.equal(r.status, 200, r.text);
+    const dir = join(registry, "atom");
+    assert.equal(await readFile(join(dir, "data.txt"), "utf8"), "v2");
+    assert.deepEqual(await readFile(join(dir, "main.wasm")), echo);
+    assert.equal((await call("/invoke/atom/", "redeployed")).text, "redeployed");
+    // An upload keeps the function.toml and replaces its module, checked under its own limits.
+    const up = await request(`${fennec.url}/f/default/atom`, {
+      method: "PUT",
+      headers: WASM_TYPE,
+      body: hello,
+    });
+    assert.equal(up.status, 200, up.text);
+    assert.deepEqual(await readFile(join(dir, "main.wasm")), hello);
+    assert.match(await readFile(join(dir, "function.toml"), "utf8"), /keepalive = 300/);
+    assert.match((await call("/invoke/atom/")).text, /hello/i);
+    const debris = (await readdir(registry)).filter((n) => n.startsWith(".fennec-"));
+    assert.deepEqual(debris, []);
+  });
+
+  it("keeps users' namespaces apart from default functions' directories", async () => {
+    const helloDir = await snapshot(join(registry, "hello"));
+    const up = await request(`${fennec.url}/f/hello/src`, { method: "PUT", headers: WASM_TYPE, body: echo });
+    assert.equal(up.status, 200, up.text);
+    assert.deepEqual(await snapshot(join(registry, "hello")), helloDir, "function hello's directory changed");
+    await stat(join(registry, "@hello", "src", "function.toml"));
+    assert.equal((await call("/f/hello/src", "user hello")).text, "user hello");
+    assert.match((await call("/invoke/hello/")).text, /hello/i);
+
+    // Deleting function `alice` of the default user leaves user alice's functions alone.
+    const alice = await deploy("POST", "/system/functions", {
+      name: "alice",
+      toml: atomToml,
+      module: b64(echo),
+    });
+    assert.equal(alice.status, 201, alice.text);
+    const x = await request(`${fennec.url}/f/alice/x`, { method: "PUT", headers: WASM_TYPE, body: echo });
+    assert.equal(x.status, 200, x.text);
+    assert.equal((await request(`${fennec.url}/system/functions/alice`, { method: "DELETE" })).status, 202);
+    assert.equal(errorCode(await call("/invoke/alice/")), "FUNCTION_NOT_FOUND");
+    assert.equal((await call("/f/alice/x", "user alice")).text, "user alice");
+    await stat(join(registry, "@alice", "x", "function.toml"));
+  });
+
+  it("sees an edit or a delete on disk though the function's warm instance has free slots", async () => {
+    const dir = join(registry, "warm");
+    await mkdir(dir);
+    await cp(join(WASM_FIXTURES, "env.wasm"), join(dir, "env.wasm"));
+    const toml = 'keepalive = 600\nconcurrent-requests = 4\n[wasm]\nmodule = "env.wasm"\nmemory = 16\n';
+    await writeFile(join(dir, "function.toml"), toml);
+    assert.ok(!(await call("/invoke/warm/")).text.includes("GREETING=hi"));
+    await writeFile(
+      join(dir, "function.toml"),
+      toml.replace("memory = 16", 'memory = 16\nenv = { GREETING = "hi" }'),
+    );
+    await eventually(
+      () => call("/invoke/warm/"),
+      (r) => r.text.includes("GREETING=hi"),
+      "the edit applied",
+    );
+    await rm(dir, { recursive: true });
+    await eventually(
+      () => call("/invoke/warm/"),
+      (r) => errorCode(r) === "FUNCTION_NOT_FOUND",
+      "the deleted function stopped serving",
+    );
+    assert.equal(fennec.scheduler.pools().has("default/warm"), false, "its instances were stopped");
+  });
+
+  it("names paths relative to the registry in errors, and says the same for any path outside", async () => {
+    const up = "../".repeat(root.split("/").length + 2);
+    const outside = async (module: string) => {
+      const r = await deploy("POST", "/system/functions", {
+        name: "peek",
+        toml: atomToml.replace("main.wasm", module),
+      });
+      assert.equal(errorCode(r), "CONFIG_INVALID", r.text);
+      assert.ok(!r.text.includes(root), r.text);
+      return r.json<{ error: { message: string } }>().error.message.replace(JSON.stringify(module), "PATH");
+    };
+    const existing = await outside(`${up}etc/passwd`);
+    assert.match(
+      existing,
+      /^peek\/function\.toml: key "wasm\.module": PATH leads outside the function directory$/,
+    );
+    assert.equal(await outside(`${up}etc/no-such-file-${process.pid}`), existing);
+    assert.equal(await outside(`${up}no-such-dir-${process.pid}/x`), existing);
+    await assert.rejects(stat(join(registry, "peek")), "nothing written for a refused deploy");
+
+    // A function broken on disk: listed and invoked with errors that name no host path.
+    await mkdir(join(registry, "@bob", "broken"), { recursive: true });
+    await writeFile(
+      join(registry, "@bob", "broken", "function.toml"),
+      atomToml.replace("main.wasm", "gone.wasm"),
+    );
+    const rows = (await request(`${fennec.url}/system/functions`)).json<
+      Array<{ key: string; error: { message: string } | null }>
+    >();
+    const broken = rows.find((row) => row.key === "bob/broken");
+    assert.match(
+      broken?.error?.message ?? "",
+      /^@bob\/broken\/function\.toml: key "wasm\.module": file not found/,
+    );
+    const invoked = await call("/f/bob/broken");
+    assert.equal(errorCode(invoked), "FN_CONFIG_INVALID");
+    assert.ok(!invoked.text.includes(root), invoked.text);
+  });
+});
