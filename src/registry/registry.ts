@@ -267,7 +267,7 @@ export class DirectoryRegistry {
             throw err;
           }
         }
-        await renameDurable(scratch, dir).catch(async (err: unknown) => {
+        await rename(scratch, dir).catch(async (err: unknown) => {
           if (live) {
             // Put the live function back as it was.
             await rename(trash, dir);
@@ -282,6 +282,8 @@ export class DirectoryRegistry {
           );
         });
         swapped = true;
+        await fsyncDir(dirname(dir));
+        if (dirname(dir) !== this.root) await fsyncDir(this.root);
       } finally {
         if (!swapped) await rm(scratch, { recursive: true, force: true });
         this.#cache.delete(join(dir, FUNCTION_FILE));
