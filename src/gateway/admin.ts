@@ -154,5 +154,7 @@ export async function deployFromJson(
     if (!parsed.wasm) throw new FennecError("BAD_REQUEST", '"module" is only for [wasm] functions');
     files.set(parsed.wasm.module, base64(doc.module, "module"));
   }
-  return registry.deploy(id, doc.toml, files, deployCheck(scheduler, validateModule, what));
+  const config = await registry.deploy(id, doc.toml, files, deployCheck(scheduler, validateModule, what));
+  scheduler.adopt(config);
+  return config;
 }

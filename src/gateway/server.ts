@@ -175,6 +175,7 @@ export class Gateway {
     // Checked in a scratch copy under the function's own memory limit, then swapped in whole.
     const check = deployCheck(this.#o.scheduler, this.#o.validateModule, `upload of ${functionKey(id)}`);
     const config = await this.#o.registry.uploadModule(id, bytes, defaultWasmToml, check);
+    this.#o.scheduler.adopt(config);
     sendJson(res, 200, { function: config.key, revision: config.revision, bytes: bytes.byteLength });
   }
 

@@ -1,5 +1,5 @@
 import type { Stats } from "node:fs";
-import { link, mkdir, readdir, readFile, readlink, rename, rm, stat, symlink } from "node:fs/promises";
+import { link, lstat, mkdir, readdir, readFile, readlink, rename, rm, stat, symlink } from "node:fs/promises";
 import { randomBytes } from "node:crypto";
 import { dirname, join, relative } from "node:path";
 import { FennecError, toFennecError } from "../core/errors.js";
@@ -10,7 +10,19 @@ import { loadFunctionConfig, parseFunctionToml } from "../config/load-function.j
 import { fsyncDir, KeyedMutex, renameDurable, TEMP_PREFIX, writeFileAtomic } from "./atomic-write.js";
 
 export const FUNCTION_FILE = "function.toml";
+/**
+ * Names Fennec gives directories next to a function's own (`<parent>/<prefix><name>-<12 hex>`):
+ * the prefix says what the directory is, the name whose function it was, the random part that
+ * Fennec chose it (nobody can predict it from a function's name). Start-up acts on these only.
+ *
+ * `OLD`: the live version renamed away by a swap that has not finished. Its function's directory
+ * missing means the new version never arrived: the old one is put back. Both present means the
+ * swap completed: the old one is removed.
+ */
+const OLD_PREFIX = ".fennec-old-";
+/** `TRASH`: a replaced or deleted version, kept while instances of it may still run; never restored. */
 const TRASH_PREFIX = ".fennec-trash-";
+const CHOSEN_SUFFIX = /-[0-9a-f]{12}$/;
 /** A user's namespace is `<root>/@<user>/`: `@` is not valid in names, so it never meets a function. */
 const USER_PREFIX = "@";
 /** Fennec's per-function build cache (bundles, roots), kept across a redeploy. */
@@ -31,6 +43,29 @@ export interface FunctionEntry {
  */
 export type DeployCheck = (config: FunctionConfig) => Promise<void>;
 
+export interface RegistryOptions {
+  /**
+   * The revisions of a function that instances still run from (starting, serving or stopping):
+   * a replaced or deleted directory is kept until none of them was read from it. The composition
+   * root passes the scheduler's answer; without it a replaced directory is removed at once.
+   */
+  readonly revisionsInUse?: (key: string) => Iterable<string>;
+}
+
+/** What start-up found of a crashed run: removed debris, and functions put back from an unfinished swap. */
+export interface StaleCleanup {
+  readonly removed: string[];
+  readonly restored: string[];
+}
+
+/** A directory a deploy or delete replaced, waiting for the last instance read from it to stop. */
+interface Retired {
+  readonly key: string;
+  readonly path: string;
+  /** How the revisions of configs read from that directory end (`revisionTag`). */
+  readonly tag: string;
+}
+
 interface CacheSlot {
   readonly tomlStamp: string;
   readonly artefactStamp: string;
@@ -49,9 +84,13 @@ export class DirectoryRegistry {
   readonly root: string;
   readonly #cache = new Map<string, CacheSlot>();
   readonly #mutex = new KeyedMutex();
+  readonly #opts: RegistryOptions;
+  readonly #retired: Retired[] = [];
+  readonly #removals = new Set<Promise<void>>();
 
-  constructor(root: string) {
+  constructor(root: string, opts: RegistryOptions = {}) {
     this.root = root;
+    this.#opts = opts;
   }
 
   /** The directory of a function; names are validated so nothing can point outside the root. */
@@ -99,7 +138,7 @@ export class DirectoryRegistry {
     const art = await artefactStamp(base);
     // The revision covers the artefact too (re-uploading a module recycles the old instances), and
     // the directory itself: a redeploy swaps in a new one, and instances of the old one retire.
-    const config: FunctionConfig = { ...base, revision: `${base.revision}.${art}.${dirIno.toString(36)}` };
+    const config: FunctionConfig = { ...base, revision: `${base.revision}.${art}${revisionTag(dirIno)}` };
     this.#cache.set(file, { tomlStamp, artefactStamp: art, config });
     return config;
   }
@@ -231,9 +270,13 @@ export class DirectoryRegistry {
   /**
    * The one way a function changes through the API: copy the live directory into a scratch
    * directory in the registry (hard links: same filesystem, nothing copied), let `build` write the
-   * new files and return the toml, load and check the result there, then swap it in: the live
-   * directory is renamed away, the scratch one renamed in, the parent directories fsynced. A
-   * refusal at any step removes the scratch directory and leaves the live function untouched.
+   * new files and return the toml, load and check the result there, then swap it in. A refusal at
+   * any step removes the scratch directory and leaves the live function untouched.
+   *
+   * The swap is crash-safe: the live directory is renamed to an `OLD_PREFIX` name beside it, the
+   * scratch one renamed in, both parents fsynced, and only then the old one renamed to a
+   * `TRASH_PREFIX` name. Whatever step a crash interrupts, start-up (`cleanupStale`) tells from
+   * the names which version is the function: the previous one until the new one is in place.
    */
   async #replace(
     id: FunctionId,
@@ -241,11 +284,12 @@ export class DirectoryRegistry {
     build: (scratch: string, live: boolean) => Promise<string>,
   ): Promise<FunctionConfig> {
     const dir = this.dirOf(id);
+    const parent = dirname(dir);
     const key = functionKey(id);
     return this.#mutex.run(key, async () => {
       const live = await exists(join(dir, FUNCTION_FILE));
       const scratch = join(this.root, `${TEMP_PREFIX}deploy-${randomBytes(6).toString("hex")}`);
-      const trash = join(this.root, `${TRASH_PREFIX}${randomBytes(6).toString("hex")}`);
+      const old = join(parent, chosenName(OLD_PREFIX, id.name));
       await mkdir(scratch);
       let swapped = false;
       try {
@@ -255,13 +299,13 @@ export class DirectoryRegistry {
         const config = loadFunctionConfig(id, scratch, this.#shown(join(dir, FUNCTION_FILE)), toml);
         await check?.(config);
         await fsyncDir(scratch);
-        await mkdir(dirname(dir), { recursive: true });
+        await mkdir(parent, { recursive: true });
         if (live) {
           // The build cache is keyed by content digests (bundles, roots), never trusted by path
           // alone, and running instances may be using its roots: it moves with the function.
           await rename(join(dir, CACHE_DIR), join(scratch, CACHE_DIR)).catch(ignoreMissing);
           try {
-            await renameDurable(dir, trash);
+            await rename(dir, old);
           } catch (err) {
             await rename(join(scratch, CACHE_DIR), join(dir, CACHE_DIR)).catch(ignoreMissing);
             throw err;
@@ -270,7 +314,7 @@ export class DirectoryRegistry {
         await rename(scratch, dir).catch(async (err: unknown) => {
           if (live) {
             // Put the live function back as it was.
-            await rename(trash, dir);
+            await renameDurable(old, dir);
             await rename(join(scratch, CACHE_DIR), join(dir, CACHE_DIR)).catch(ignoreMissing);
           }
           const code = (err as NodeJS.ErrnoException).code;
@@ -282,13 +326,16 @@ export class DirectoryRegistry {
           );
         });
         swapped = true;
-        await fsyncDir(dirname(dir));
-        if (dirname(dir) !== this.root) await fsyncDir(this.root);
+        // Durable before the old version is renamed to trash: a crash must never find the old
+        // version as trash while the new one is not in place.
+        await fsyncDir(parent);
+        if (parent !== this.root) await fsyncDir(this.root);
+        if (live) await this.#retire(key, old, join(parent, chosenName(TRASH_PREFIX, id.name)));
       } finally {
         if (!swapped) await rm(scratch, { recursive: true, force: true });
         this.#cache.delete(join(dir, FUNCTION_FILE));
       }
-      await rm(trash, { recursive: true, force: true });
+      await this.releaseRetired();
       return this.resolve(id);
     });
   }
@@ -296,21 +343,76 @@ export class DirectoryRegistry {
   /** Removes a function: its directory is renamed away first so it disappears atomically. */
   async remove(id: FunctionId): Promise<void> {
     const dir = this.dirOf(id);
-    await this.#mutex.run(functionKey(id), async () => {
+    const key = functionKey(id);
+    await this.#mutex.run(key, async () => {
       if (!(await exists(join(dir, FUNCTION_FILE)))) {
-        throw new FennecError("FUNCTION_NOT_FOUND", `function ${functionKey(id)} does not exist`);
+        throw new FennecError("FUNCTION_NOT_FOUND", `function ${key} does not exist`);
       }
-      const trash = join(this.root, `${TRASH_PREFIX}${randomBytes(6).toString("hex")}`);
-      await renameDurable(dir, trash);
+      // Straight to a trash name: a crash after this rename never brings the function back.
+      await this.#retire(key, dir, join(dirname(dir), chosenName(TRASH_PREFIX, id.name)));
       this.#cache.delete(join(dir, FUNCTION_FILE));
-      await rm(trash, { recursive: true, force: true });
     });
+    await this.releaseRetired();
   }
 
-  /** Removes what a crashed run left: temporary uploads and deploys, half-deleted directories. */
-  async cleanupStale(): Promise<string[]> {
+  /**
+   * Renames a replaced or deleted function directory to `trash` and keeps it there until no
+   * instance read from it is left (`releaseRetired`): a running `[process]` or `[oci]` instance
+   * has it as its working directory or bind mount, and reads its files while it finishes.
+   */
+  async #retire(key: string, from: string, trash: string): Promise<void> {
+    const tag = revisionTag((await stat(from)).ino);
+    await renameDurable(from, trash);
+    this.#retired.push({ key, path: trash, tag });
+  }
+
+  /**
+   * Removes the replaced directories no instance uses any more (call it whenever an instance
+   * stops); resolves once every removal started so far is done. What an instance still holds
+   * at shutdown goes at the next start (`cleanupStale`).
+   */
+  async releaseRetired(): Promise<void> {
+    for (const retired of [...this.#retired]) {
+      const revisions = [...(this.#opts.revisionsInUse?.(retired.key) ?? [])];
+      if (revisions.some((revision) => revision.endsWith(retired.tag))) continue;
+      this.#retired.splice(this.#retired.indexOf(retired), 1);
+      const removal: Promise<void> = rm(retired.path, { recursive: true, force: true })
+        .catch(() => undefined)
+        .finally(() => this.#removals.delete(removal));
+      this.#removals.add(removal);
+    }
+    await Promise.all(this.#removals);
+  }
+
+  /**
+   * Finishes or undoes what a crashed run left: an unfinished swap (`OLD_PREFIX`) is decided as
+   * `#replace` describes, then temporary uploads and deploys and retired directories are removed.
+   * It acts only on names Fennec chose, on real directories (never through a symbolic link), in
+   * the places it writes them: the registry root and users' `@<user>/` directories.
+   */
+  async cleanupStale(): Promise<StaleCleanup> {
     const removed: string[] = [];
+    const restored: string[] = [];
+    const finishSwaps = async (dir: string): Promise<void> => {
+      for (const item of await readdir(dir, { withFileTypes: true }).catch(() => [])) {
+        const name = chosenNameOf(OLD_PREFIX, item.name);
+        if (name === undefined || !item.isDirectory()) continue;
+        const old = join(dir, item.name);
+        const fnDir = join(dir, name);
+        if (!(await lexists(fnDir))) {
+          await renameDurable(old, fnDir);
+          restored.push(fnDir);
+        } else if (await exists(join(fnDir, FUNCTION_FILE))) {
+          await rm(old, { recursive: true, force: true });
+          removed.push(old);
+        }
+        // A directory in the function's place that is not a function was not put there by a
+        // swap: the old version, the only copy, stays for the operator.
+      }
+    };
     const sweep = async (dir: string, depth: number): Promise<void> => {
+      if (depth === 0 || (depth === 1 && dir.slice(this.root.length + 1).startsWith(USER_PREFIX)))
+        await finishSwaps(dir);
       const items = await readdir(dir, { withFileTypes: true }).catch(() => []);
       for (const item of items) {
         const full = join(dir, item.name);
@@ -323,8 +425,29 @@ export class DirectoryRegistry {
       }
     };
     await sweep(this.root, 0);
-    return removed;
+    return { removed, restored };
   }
+}
+
+/** `<prefix><name>-<12 random hex digits>`: a name for a directory beside function `name`'s. */
+function chosenName(prefix: string, name: string): string {
+  return `${prefix}${name}-${randomBytes(6).toString("hex")}`;
+}
+
+/** The function name in a name `chosenName(prefix, name)` made, or undefined for any other name. */
+function chosenNameOf(prefix: string, entry: string): string | undefined {
+  if (!entry.startsWith(prefix) || !CHOSEN_SUFFIX.test(entry)) return undefined;
+  const name = entry.slice(prefix.length, -13);
+  return isValidName(name) ? name : undefined;
+}
+
+/**
+ * The end of the revision of every config read from the directory with inode `ino`: a swap puts
+ * in a new directory, so instances of the old one retire, and a retired directory is known to be
+ * in use while an instance's revision ends with its tag.
+ */
+function revisionTag(ino: number): string {
+  return `.${ino.toString(36)}`;
 }
 
 function isValidFileName(name: string): boolean {
@@ -392,6 +515,16 @@ async function artefactStamp(config: FunctionConfig): Promise<string> {
     }
   }
   return stamps.length === 0 ? "-" : stamps.join("+");
+}
+
+/** Whether anything has the name, a symbolic link included (never followed). */
+async function lexists(path: string): Promise<boolean> {
+  try {
+    await lstat(path);
+    return true;
+  } catch {
+    return false;
+  }
 }
 
 async function exists(path: string): Promise<boolean> {

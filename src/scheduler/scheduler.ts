@@ -37,6 +37,8 @@ export interface SchedulerOptions {
   readonly log: Logger;
   /** How often keepalive and min-instances are enforced. */
   readonly reapIntervalMs?: number;
+  /** Told whenever an instance of function `key` has stopped (the registry frees retired directories). */
+  readonly onInstanceStopped?: (key: string) => void;
 }
 
 export interface InvokeOutcome {
@@ -55,6 +57,8 @@ export class Scheduler implements PoolHost {
   readonly #opts: SchedulerOptions;
   readonly #pools = new Map<string, FunctionPool>();
   readonly #reserved = new Map<Instance, number>();
+  /** Every instance not yet stopped, in a pool or not (a deleted function's instances still drain). */
+  readonly #live = new Set<Instance>();
   /** The last function-caused start failure per function, shown by the admin API until a start succeeds. */
   readonly #errors = new Map<string, FennecError>();
   #usedMiB = 0;
@@ -154,6 +158,17 @@ export class Scheduler implements PoolHost {
     return pool;
   }
 
+  /**
+   * A deploy or upload through the API has swapped in `config`: calls from now on go to the new
+   * version, not to warm instances of the old one with free slots (which retire).
+   */
+  adopt(config: FunctionConfig): void {
+    const pool = this.#pools.get(config.key);
+    if (!pool) return;
+    pool.updateConfig(config);
+    pool.resolvedAt = performance.now();
+  }
+
   /** The driver of a config's sandbox kind; DRIVER_UNAVAILABLE when that kind is not enabled on this node. */
   driverFor(config: FunctionConfig): SandboxDriver {
     const driver = this.#opts.drivers.get(config.sandbox.kind);
@@ -185,11 +200,21 @@ export class Scheduler implements PoolHost {
     });
     this.#reserved.set(inst, need);
     this.#usedMiB += need;
+    this.#live.add(inst);
     inst.onStopped(() => {
       this.#unreserve(inst);
+      this.#live.delete(inst);
       if (inst.initMs === 0 && inst.failure?.isFunctionFault) this.noteError(config.key, inst.failure);
+      this.#opts.onInstanceStopped?.(config.key);
     });
     return inst;
+  }
+
+  /** The config revisions of a function's instances that have not stopped yet, old ones included. */
+  revisionsInUse(key: string): string[] {
+    const revisions: string[] = [];
+    for (const inst of this.#live) if (inst.config.key === key) revisions.push(inst.config.revision);
+    return revisions;
   }
 
   started(pool: FunctionPool): void {

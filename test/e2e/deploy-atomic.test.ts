@@ -1,11 +1,11 @@
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
-import { cp, mkdir, readdir, readFile, readlink, rm, stat, writeFile } from "node:fs/promises";
+import { cp, mkdir, mkdtemp, readdir, readFile, readlink, rm, stat, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { startFennec, type Fennec } from "../../src/main.js";
 import { errorCode, request, type Reply } from "../helpers/http.js";
-import { EXAMPLES, tempDir, WASM_FIXTURES } from "../helpers/paths.js";
+import { EXAMPLES, ROOT, tempDir, WASM_FIXTURES } from "../helpers/paths.js";
 
 const JSON_TYPE = { "content-type": "application/json" };
 const WASM_TYPE = { "content-type": "application/wasm" };
@@ -38,6 +38,26 @@ async function snapshot(
     }
   }
   return into;
+}
+
+/** Polls `holds` until it is true, failing only after a generous deadline. */
+async function until(holds: () => Promise<boolean>, what: string): Promise<void> {
+  const end = performance.now() + 30_000;
+  while (!(await holds())) {
+    if (performance.now() > end) assert.fail(`timed out waiting: ${what}`);
+    await sleep(50);
+  }
+}
+
+const exists = (path: string) =>
+  stat(path).then(
+    () => true,
+    () => false,
+  );
+
+/** Names in `dir` that Fennec gives its scratch, swapped-out and retired directories. */
+async function debris(dir: string): Promise<string[]> {
+  return (await readdir(dir)).filter((n) => n.startsWith(".fennec-"));
 }
 
 /** Polls `probe` until `done` holds, failing only after a generous deadline. */
@@ -165,8 +185,8 @@ describe("deploys: all or nothing, separate namespaces, honest errors", () => {
     assert.deepEqual(await readFile(join(dir, "main.wasm")), hello);
     assert.match(await readFile(join(dir, "function.toml"), "utf8"), /keepalive = 300/);
     assert.match((await call("/invoke/atom/")).text, /hello/i);
-    const debris = (await readdir(registry)).filter((n) => n.startsWith(".fennec-"));
-    assert.deepEqual(debris, []);
+    // The replaced directories go once the instances of their revisions have retired.
+    await until(async () => (await debris(registry)).length === 0, "replaced directories removed");
   });
 
   it("keeps users' namespaces apart from default functions' directories", async () => {
@@ -255,5 +275,78 @@ describe("deploys: all or nothing, separate namespaces, honest errors", () => {
     const invoked = await call("/f/bob/broken");
     assert.equal(errorCode(invoked), "FN_CONFIG_INVALID");
     assert.ok(!invoked.text.includes(root), invoked.text);
+  });
+});
+
+describe("a redeploy or delete while a [process] instance is mid-request", () => {
+  let fennec: Fennec;
+  let root: string;
+  let registry: string;
+  let cleanup: () => Promise<void>;
+
+  before(async () => {
+    ({ dir: root, cleanup } = await tempDir());
+    registry = join(root, "registry");
+    await mkdir(registry);
+    fennec = await startFennec({
+      registry,
+      port: 0,
+      logLevel: "silent",
+      cacheDir: join(root, "cache"),
+      processSandbox: true,
+    });
+  });
+  after(async () => {
+    await fennec.close(2000);
+    await cleanup();
+  });
+
+  it("lets the call finish with the files of the version it started on, then removes them", async () => {
+    const server = await readFile(join(ROOT, "test", "fixtures", "process", "server.mjs"));
+    // The fixture reads data.txt from its working directory, the function directory it started in.
+    const toml = `keepalive = 600\nconcurrent-requests = 1\ntimeout = 300\n[process]\ncommand = [${JSON.stringify(process.execPath)}, "server.mjs", "read-later"]\n`;
+    const deploy = (method: string, path: string, data: string) =>
+      request(`${fennec.url}${path}`, {
+        method,
+        headers: JSON_TYPE,
+        body: JSON.stringify({
+          name: "slow",
+          toml,
+          files: { "server.mjs": b64(server), "data.txt": b64(data) },
+        }),
+      });
+    const first = await deploy("POST", "/system/functions", "v1");
+    assert.equal(first.status, 201, first.text);
+
+    const changes: Array<[string, string, () => Promise<Reply>, () => Promise<boolean>]> = [
+      // A redeploy answers once the new version is in place.
+      ["redeploy", "v1", () => deploy("PUT", "/system/functions/slow", "v2"), async () => true],
+      // A delete answers once the function's instances have stopped, so the call goes on once
+      // the function's directory has left its place.
+      [
+        "delete",
+        "v2",
+        () => request(`${fennec.url}/system/functions/slow`, { method: "DELETE" }),
+        async () => !(await exists(join(registry, "slow"))),
+      ],
+    ];
+    for (const [what, version, change, applied] of changes) {
+      const markers = await mkdtemp(join(root, "markers-"));
+      const inflight = request(`${fennec.url}/invoke/slow/?dir=${encodeURIComponent(markers)}`);
+      await until(() => exists(join(markers, "started")), `${what}: the call reached the instance`);
+      const changed = change();
+      await until(applied, `${what}: applied`);
+      if (what === "redeploy") assert.equal((await changed).status, 200);
+      await writeFile(join(markers, "go"), "");
+      const r = await inflight;
+      assert.equal(r.status, 200, `${what}: ${r.text}`);
+      assert.equal(r.text, version, `${what}: the call read the files of the version it started on`);
+      assert.ok([200, 202].includes((await changed).status));
+      await until(
+        async () => (await debris(registry)).length === 0,
+        `${what}: the replaced directory is removed once its instance stopped`,
+      );
+    }
+    assert.equal(errorCode(await request(`${fennec.url}/invoke/slow/`)), "FUNCTION_NOT_FOUND");
   });
 });
