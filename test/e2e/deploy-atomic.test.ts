@@ -350,3 +350,43 @@ describe("a redeploy or delete while a [process] instance is mid-request", () =>
     assert.equal(errorCode(await request(`${fennec.url}/invoke/slow/`)), "FUNCTION_NOT_FOUND");
   });
 });
+
+describe("start-up over a deploy's swap that a crash interrupted", () => {
+  it("serves the previous version where the new one never arrived, the new one where it did", async () => {
+    const { dir: root, cleanup } = await tempDir();
+    try {
+      const registry = join(root, "registry");
+      // Function echo: the crash came after its live directory was renamed away (its new version,
+      // hello's module, still in the scratch directory). User alice's fn: after the new version
+      // (hello) was renamed in, before the old one (echo) was renamed to trash.
+      await cp(join(EXAMPLES, "echo"), join(registry, ".fennec-old-echo-0123456789ab"), { recursive: true });
+      await cp(join(EXAMPLES, "hello"), join(registry, ".fennec-tmp-deploy-aaaaaaaaaaaa"), {
+        recursive: true,
+      });
+      await cp(join(EXAMPLES, "echo"), join(registry, "@alice", ".fennec-old-fn-ba9876543210"), {
+        recursive: true,
+      });
+      await cp(join(EXAMPLES, "hello"), join(registry, "@alice", "fn"), { recursive: true });
+      const fennec = await startFennec({
+        registry,
+        port: 0,
+        logLevel: "silent",
+        cacheDir: join(root, "cache"),
+      });
+      try {
+        const echoed = await request(`${fennec.url}/invoke/echo/`, { method: "POST", body: "previous" });
+        assert.equal(echoed.text, "previous");
+        assert.match(
+          (await request(`${fennec.url}/f/alice/fn`, { method: "POST", body: "x" })).text,
+          /hello/i,
+        );
+        assert.deepEqual(await debris(registry), []);
+        assert.deepEqual(await readdir(join(registry, "@alice")), ["fn"]);
+      } finally {
+        await fennec.close();
+      }
+    } finally {
+      await cleanup();
+    }
+  });
+});
