@@ -114,9 +114,14 @@ export async function startFennec(options: FennecOptions): Promise<Fennec> {
   const log = createLogger(options.logLevel ?? "info");
   const allowedHosts = new AllowedHosts(options.allowedHosts, options.host);
   const root = resolve(options.registry);
-  const registry = new DirectoryRegistry(root);
-  const removed = await registry.cleanupStale();
+  // A directory a deploy replaced stays until the scheduler has no instance read from it.
+  const registry: DirectoryRegistry = new DirectoryRegistry(root, {
+    revisionsInUse: (key: string): string[] => scheduler.revisionsInUse(key),
+  });
+  const { removed, restored } = await registry.cleanupStale();
   if (removed.length > 0) log.info("removed leftovers of an earlier run", { paths: removed });
+  if (restored.length > 0)
+    log.warn("a deploy was interrupted: the functions keep their previous version", { paths: restored });
 
   const cacheDir = options.cacheDir ?? join(root, ".fennec", "cache");
   const wasm = new WasmDriver({ cacheDir });
@@ -140,7 +145,7 @@ export async function startFennec(options: FennecOptions): Promise<Fennec> {
 
   const hub = new ReadinessHub();
   let callbackBase = "";
-  const scheduler = new Scheduler({
+  const scheduler: Scheduler = new Scheduler({
     configs: registry,
     drivers,
     hub,
@@ -148,6 +153,7 @@ export async function startFennec(options: FennecOptions): Promise<Fennec> {
     memoryBudgetMiB: options.memoryBudgetMiB ?? 4096,
     startTimeoutMs: options.startTimeoutMs ?? 25_000,
     log,
+    onInstanceStopped: () => void registry.releaseRetired(),
   });
   const stats = new StatsCollector(scheduler.node);
   const metrics = new PrometheusMetrics(
@@ -235,6 +241,7 @@ export async function startFennec(options: FennecOptions): Promise<Fennec> {
       const serverClosed = new Promise<void>((r) => server.close(() => r()));
       server.closeIdleConnections();
       await scheduler.close(graceMs);
+      await registry.releaseRetired();
       server.closeAllConnections();
       await serverClosed;
       stats.close();

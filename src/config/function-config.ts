@@ -87,7 +87,10 @@ export interface FunctionConfig {
   readonly key: string;
   /** Absolute path of the function directory. */
   readonly dir: string;
-  /** Absolute path of function.toml. */
+  /**
+   * function.toml as messages name it: relative to the registry (`hello/function.toml`,
+   * `@alice/fn/function.toml`), so no error shown to a caller carries an absolute host path.
+   */
   readonly file: string;
   readonly keepaliveMs: number;
   readonly concurrentRequests: number;

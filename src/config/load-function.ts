@@ -1,6 +1,6 @@
 import { createHash } from "node:crypto";
-import { realpathSync, statSync } from "node:fs";
-import { isAbsolute, relative, resolve } from "node:path";
+import { lstatSync, readlinkSync, realpathSync, statSync, type Stats } from "node:fs";
+import { dirname, isAbsolute, join, relative, resolve, sep } from "node:path";
 import { parse as parseToml, TomlError } from "smol-toml";
 import type { z } from "zod";
 import { FennecError } from "../core/errors.js";
@@ -46,7 +46,15 @@ export function parseFunctionToml(text: string, file: string): FunctionToml {
   return result.data;
 }
 
-/** Resolves a path from function.toml inside the function directory; escaping it is an error. */
+/** How many symbolic links one path from function.toml may pass through (as Linux's ELOOP). */
+const MAX_LINKS = 40;
+
+/**
+ * Resolves a path from function.toml inside the function directory. Containment is decided
+ * before existence, one component at a time, following each symbolic link by reading it: a path
+ * that leads outside gets the same error whether anything exists there or not, so the loader's
+ * errors never tell which host files exist.
+ */
 function resolveInside(
   dir: string,
   rel: string,
@@ -57,21 +65,53 @@ function resolveInside(
   const problem = (message: string) => configError(file, [{ key, message }]);
   if (isAbsolute(rel))
     throw problem(`expected a path relative to the function directory, got ${JSON.stringify(rel)}`);
-  const full = resolve(dir, rel);
-  let real: string;
+  const outside = () => problem(`${JSON.stringify(rel)} leads outside the function directory`);
+  const notFound = () => problem(`${kind} not found: ${JSON.stringify(rel)}`);
+  let root: string;
   try {
-    real = realpathSync(full);
+    root = realpathSync(dir);
   } catch {
-    throw problem(`${kind} not found: ${JSON.stringify(rel)}`);
+    throw notFound();
   }
-  const inside = relative(realpathSync(dir), real);
-  if (inside.startsWith("..") || isAbsolute(inside)) {
-    throw problem(`${JSON.stringify(rel)} leads outside the function directory`);
+  const within = (path: string) => {
+    const r = relative(root, path);
+    return r === "" || (!r.startsWith("..") && !isAbsolute(r));
+  };
+  // Walk the remaining components from the (real) function directory, never stat'ing a path
+  // before knowing it is inside.
+  let current = root;
+  let pending = rel.split(sep);
+  let links = 0;
+  while (pending.length > 0) {
+    const part = pending.shift()!;
+    if (part === "" || part === ".") continue;
+    const next = part === ".." ? dirname(current) : join(current, part);
+    if (!within(next)) throw outside();
+    let st: Stats;
+    try {
+      st = lstatSync(next);
+    } catch {
+      throw notFound();
+    }
+    if (st.isSymbolicLink()) {
+      if (++links > MAX_LINKS) throw notFound();
+      const target = readlinkSync(next);
+      if (isAbsolute(target)) {
+        if (!within(resolve(target))) throw outside();
+        current = root;
+        pending = [...relative(root, resolve(target)).split(sep), ...pending];
+      } else {
+        pending = [...target.split(sep), ...pending];
+      }
+      continue;
+    }
+    if (pending.length > 0 && !st.isDirectory()) throw notFound();
+    current = next;
   }
-  const st = statSync(real);
+  const st = statSync(current);
   if (kind === "file" ? !st.isFile() : !st.isDirectory())
     throw problem(`expected a ${kind}: ${JSON.stringify(rel)}`);
-  return real;
+  return current;
 }
 
 function sandboxOf(cfg: FunctionToml, dir: string, file: string): SandboxConfig {
@@ -156,7 +196,10 @@ function sandboxOf(cfg: FunctionToml, dir: string, file: string): SandboxConfig 
   };
 }
 
-/** Turns function.toml text into the typed config the rest of Fennec uses. */
+/**
+ * Turns function.toml text into the typed config the rest of Fennec uses. `file` is how messages
+ * name function.toml (relative to the registry); `dir` is the real directory paths resolve in.
+ */
 export function loadFunctionConfig(id: FunctionId, dir: string, file: string, text: string): FunctionConfig {
   const cfg = parseFunctionToml(text, file);
   return {

@@ -1,9 +1,10 @@
+import { readFile } from "node:fs/promises";
 import { relative } from "node:path";
 import { FennecError, toFennecError } from "../core/errors.js";
 import type { FunctionId } from "../core/types.js";
 import type { FunctionConfig } from "../config/function-config.js";
 import { parseFunctionToml } from "../config/load-function.js";
-import type { DirectoryRegistry } from "../registry/registry.js";
+import type { DeployCheck, DirectoryRegistry } from "../registry/registry.js";
 import type { Scheduler } from "../scheduler/scheduler.js";
 import { functionId } from "./routes.js";
 
@@ -89,15 +90,41 @@ function base64(value: unknown, what: string): Uint8Array {
   return Buffer.from(value, "base64");
 }
 
+/** Checks an uploaded module; throws with the reason. */
+export type ModuleValidator = (bytes: Uint8Array, memoryMiB: number, what: string) => Promise<void>;
+
+/**
+ * What every deploy and upload must pass before it goes live, checked on the scratch copy: a
+ * driver for its sandbox kind is enabled on this node (DRIVER_UNAVAILABLE otherwise, so a
+ * `[process]` function cannot lie in wait for a restart with `--process`), and a wasm module is
+ * one the sandbox will run, under the function's own memory limit.
+ */
+export function deployCheck(
+  scheduler: Scheduler,
+  validateModule: ModuleValidator,
+  what: string,
+): DeployCheck {
+  return async (config) => {
+    scheduler.driverFor(config);
+    if (config.sandbox.kind !== "wasm") return;
+    const bytes = await readFile(config.sandbox.module);
+    await validateModule(bytes, config.sandbox.memoryMiB, what).catch((err: unknown) => {
+      throw new FennecError("MODULE_INVALID", toFennecError(err).message);
+    });
+  };
+}
+
 /**
  * Deploys from `{"name", "user"?, "toml", "module"?: base64, "files"?: {name: base64}}`. The toml is
- * validated by the schema and a wasm module by the sandbox's checks before anything is written.
+ * validated by the schema, then the whole function is checked in a scratch directory
+ * (`deployCheck`) before it replaces the live one.
  */
 export async function deployFromJson(
   body: Buffer,
   named: FunctionId | undefined,
   registry: DirectoryRegistry,
-  validateModule: (bytes: Uint8Array, memoryMiB: number, what: string) => Promise<void>,
+  scheduler: Scheduler,
+  validateModule: ModuleValidator,
 ): Promise<FunctionConfig> {
   let doc: DeployDocument;
   try {
@@ -127,13 +154,7 @@ export async function deployFromJson(
     if (!parsed.wasm) throw new FennecError("BAD_REQUEST", '"module" is only for [wasm] functions');
     files.set(parsed.wasm.module, base64(doc.module, "module"));
   }
-  if (parsed.wasm) {
-    const bytes = files.get(parsed.wasm.module);
-    if (bytes) {
-      await validateModule(bytes, parsed.wasm.memory, what).catch((err: unknown) => {
-        throw new FennecError("MODULE_INVALID", toFennecError(err).message);
-      });
-    }
-  }
-  return registry.deploy(id, doc.toml, files);
+  const config = await registry.deploy(id, doc.toml, files, deployCheck(scheduler, validateModule, what));
+  scheduler.adopt(config);
+  return config;
 }

@@ -20,7 +20,10 @@ export const STATUS_BY_CODE: Record<ErrorCode, number> = {
   SHUTTING_DOWN: 503,
   SANDBOX_START_FAILED: 500,
   INSTANCE_GONE: 503,
-  DRIVER_UNAVAILABLE: 501,
+  // The request is sound but this node does not run that sandbox kind (e.g. [process] without
+  // --process): a conflict with the node's configuration that the caller (or operator) resolves,
+  // not a server fault to retry; a deploy is refused with it before anything is written.
+  DRIVER_UNAVAILABLE: 409,
   BACKEND_DOWN: 503,
   INTERNAL: 500,
   FN_CONFIG_INVALID: 500,

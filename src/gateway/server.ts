@@ -22,7 +22,7 @@ import type { AllowedHosts } from "./allowed-hosts.js";
 import { JSON_BODY, MODULE_BODY, NUMBER_BODY, refuseCrossSite } from "./cross-site.js";
 import { HOP_BY_HOP, writeResponse } from "./function-response.js";
 import { functionId, parseTarget, type Target } from "./routes.js";
-import { deployFromJson, describeFunctions } from "./admin.js";
+import { deployCheck, deployFromJson, describeFunctions } from "./admin.js";
 
 export interface GatewayOptions {
   readonly scheduler: Scheduler;
@@ -183,18 +183,10 @@ export class Gateway {
     refuseCrossSite(req, MODULE_BODY);
     this.#authorize(req);
     const bytes = await readBody(req, this.#o.uploadLimit);
-    const what = `upload of ${functionKey(id)}`;
-    let memoryMiB = 64;
-    try {
-      const existing = await this.#o.registry.resolve(id);
-      if (existing.sandbox.kind === "wasm") memoryMiB = existing.sandbox.memoryMiB;
-    } catch {
-      // a new function, or one whose config is broken: the default limit applies to the check
-    }
-    await this.#o.validateModule(bytes, memoryMiB, what).catch((err: unknown) => {
-      throw new FennecError("MODULE_INVALID", toFennecError(err).message);
-    });
-    const config = await this.#o.registry.uploadModule(id, bytes, defaultWasmToml);
+    // Checked in a scratch copy under the function's own memory limit, then swapped in whole.
+    const check = deployCheck(this.#o.scheduler, this.#o.validateModule, `upload of ${functionKey(id)}`);
+    const config = await this.#o.registry.uploadModule(id, bytes, defaultWasmToml, check);
+    this.#o.scheduler.adopt(config);
     sendJson(res, 200, { function: config.key, revision: config.revision, bytes: bytes.byteLength });
   }
 
@@ -251,7 +243,13 @@ export class Gateway {
     }
     if (method === "POST" || method === "PUT") {
       const body = await readBody(req, this.#o.uploadLimit);
-      const config = await deployFromJson(body, named, this.#o.registry, this.#o.validateModule);
+      const config = await deployFromJson(
+        body,
+        named,
+        this.#o.registry,
+        this.#o.scheduler,
+        this.#o.validateModule,
+      );
       // Instances of an earlier revision finish their work and are replaced on next use.
       return sendJson(res, method === "POST" ? 201 : 200, {
         function: config.key,

@@ -2,12 +2,13 @@ import { randomBytes } from "node:crypto";
 import { open, rename, rm } from "node:fs/promises";
 import { basename, dirname, join } from "node:path";
 
-/** Prefix of every temporary file Fennec writes; files with it are debris of a crash. */
+/** Prefix of every temporary file or directory Fennec writes; names with it are debris of a crash. */
 export const TEMP_PREFIX = ".fennec-tmp-";
 
 /**
  * Writes a file so readers see either the old or the new content, never a torn mix: write a
- * temporary sibling, fsync it, then rename over the target (atomic within one filesystem).
+ * temporary sibling, fsync it, then rename over the target (atomic within one filesystem) and
+ * fsync the directory, so the rename itself survives a crash.
  */
 export async function writeFileAtomic(target: string, data: Uint8Array | string): Promise<void> {
   const tmp = join(dirname(target), `${TEMP_PREFIX}${basename(target)}-${randomBytes(6).toString("hex")}`);
@@ -22,10 +23,27 @@ export async function writeFileAtomic(target: string, data: Uint8Array | string)
   }
   await handle.close();
   try {
-    await rename(tmp, target);
+    await renameDurable(tmp, target);
   } catch (err) {
     await rm(tmp, { force: true });
     throw err;
+  }
+}
+
+/** Renames, then fsyncs the directories on both sides: a rename is only durable once they are. */
+export async function renameDurable(from: string, to: string): Promise<void> {
+  await rename(from, to);
+  await fsyncDir(dirname(to));
+  if (dirname(from) !== dirname(to)) await fsyncDir(dirname(from));
+}
+
+/** Flushes a directory's entries (created, renamed or removed names) to disk. */
+export async function fsyncDir(dir: string): Promise<void> {
+  const handle = await open(dir, "r");
+  try {
+    await handle.sync();
+  } finally {
+    await handle.close();
   }
 }
 
@@ -43,5 +61,10 @@ export class KeyedMutex {
     } finally {
       if (this.#tails.get(key) === tail) this.#tails.delete(key);
     }
+  }
+
+  /** Resolves once the work queued for `key` so far has finished (at once when there is none). */
+  async idle(key: string): Promise<void> {
+    await this.#tails.get(key);
   }
 }

@@ -1,16 +1,32 @@
 import type { Stats } from "node:fs";
-import { mkdir, readdir, readFile, rename, rm, stat } from "node:fs/promises";
+import { link, lstat, mkdir, readdir, readFile, readlink, rename, rm, stat, symlink } from "node:fs/promises";
 import { randomBytes } from "node:crypto";
-import { join } from "node:path";
+import { dirname, join, relative } from "node:path";
 import { FennecError, toFennecError } from "../core/errors.js";
 import { assertValidName, DEFAULT_USER, isValidName } from "../core/names.js";
 import { functionKey, type FunctionId } from "../core/types.js";
 import type { FunctionConfig } from "../config/function-config.js";
 import { loadFunctionConfig, parseFunctionToml } from "../config/load-function.js";
-import { KeyedMutex, TEMP_PREFIX, writeFileAtomic } from "./atomic-write.js";
+import { fsyncDir, KeyedMutex, renameDurable, TEMP_PREFIX, writeFileAtomic } from "./atomic-write.js";
 
 export const FUNCTION_FILE = "function.toml";
+/**
+ * Names Fennec gives directories next to a function's own (`<parent>/<prefix><name>-<12 hex>`):
+ * the prefix says what the directory is, the name whose function it was, the random part that
+ * Fennec chose it (nobody can predict it from a function's name). Start-up acts on these only.
+ *
+ * `OLD`: the live version renamed away by a swap that has not finished. Its function's directory
+ * missing means the new version never arrived: the old one is put back. Both present means the
+ * swap completed: the old one is removed.
+ */
+const OLD_PREFIX = ".fennec-old-";
+/** `TRASH`: a replaced or deleted version, kept while instances of it may still run; never restored. */
 const TRASH_PREFIX = ".fennec-trash-";
+const CHOSEN_SUFFIX = /-[0-9a-f]{12}$/;
+/** A user's namespace is `<root>/@<user>/`: `@` is not valid in names, so it never meets a function. */
+const USER_PREFIX = "@";
+/** Fennec's per-function build cache (bundles, roots), kept across a redeploy. */
+const CACHE_DIR = ".fennec";
 
 /** One function as the registry sees it: either a valid config or the error that explains why not. */
 export interface FunctionEntry {
@@ -21,6 +37,35 @@ export interface FunctionEntry {
   readonly error: FennecError | undefined;
 }
 
+/**
+ * Checks a deploy completely before it goes live (sandbox available here, module runnable); it
+ * is given the config as loaded from the scratch directory and throws to refuse the deploy.
+ */
+export type DeployCheck = (config: FunctionConfig) => Promise<void>;
+
+export interface RegistryOptions {
+  /**
+   * The revisions of a function that instances still run from (starting, serving or stopping):
+   * a replaced or deleted directory is kept until none of them was read from it. The composition
+   * root passes the scheduler's answer; without it a replaced directory is removed at once.
+   */
+  readonly revisionsInUse?: (key: string) => Iterable<string>;
+}
+
+/** What start-up found of a crashed run: removed debris, and functions put back from an unfinished swap. */
+export interface StaleCleanup {
+  readonly removed: string[];
+  readonly restored: string[];
+}
+
+/** A directory a deploy or delete replaced, waiting for the last instance read from it to stop. */
+interface Retired {
+  readonly key: string;
+  readonly path: string;
+  /** How the revisions of configs read from that directory end (`revisionTag`). */
+  readonly tag: string;
+}
+
 interface CacheSlot {
   readonly tomlStamp: string;
   readonly artefactStamp: string;
@@ -28,68 +73,120 @@ interface CacheSlot {
 }
 
 /**
- * The UniFaaS directory registry: `<root>/<fn>/function.toml` (user `default`) and
- * `<root>/<user>/<fn>/function.toml`. The disk is the source of truth; configs are re-read
- * whenever the files change, so edits take effect for new instances without a restart.
+ * The directory registry: `<root>/<fn>/function.toml` is function `<fn>` of user `default` (the
+ * UniFaaS layout) and `<root>/@<user>/<fn>/function.toml` function `<fn>` of `<user>`, so a user's
+ * namespace and a default function's own directories can never be one another. The disk is the
+ * source of truth; configs are re-read whenever the files change, so edits take effect for new
+ * instances without a restart. Deploys are built and checked in a scratch directory and swapped
+ * in whole: a refused deploy changes nothing.
  */
 export class DirectoryRegistry {
   readonly root: string;
   readonly #cache = new Map<string, CacheSlot>();
   readonly #mutex = new KeyedMutex();
+  readonly #opts: RegistryOptions;
+  readonly #retired: Retired[] = [];
+  readonly #removals = new Set<Promise<void>>();
 
-  constructor(root: string) {
+  constructor(root: string, opts: RegistryOptions = {}) {
     this.root = root;
+    this.#opts = opts;
   }
 
   /** The directory of a function; names are validated so nothing can point outside the root. */
   dirOf(id: FunctionId): string {
     assertValidName(id.user, "user");
     assertValidName(id.name, "function");
-    return id.user === DEFAULT_USER ? join(this.root, id.name) : join(this.root, id.user, id.name);
+    return id.user === DEFAULT_USER
+      ? join(this.root, id.name)
+      : join(this.root, `${USER_PREFIX}${id.user}`, id.name);
+  }
+
+  /** How messages name a path in the registry: relative to its root, never an absolute host path. */
+  #shown(path: string): string {
+    return relative(this.root, path);
   }
 
   /** Reads (or re-reads, when function.toml or its artefact changed on disk) one function's config. */
   async resolve(id: FunctionId): Promise<FunctionConfig> {
     const dir = this.dirOf(id);
     const file = join(dir, FUNCTION_FILE);
-    let tomlStamp: string;
-    try {
-      tomlStamp = stampOf(await stat(file));
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code === "ENOENT") {
-        throw new FennecError("FUNCTION_NOT_FOUND", `function ${functionKey(id)} does not exist`);
-      }
-      throw toFennecError(err);
+    const key = functionKey(id);
+    let st = await this.#statToml(file);
+    if (!st) {
+      // A redeploy swaps the directory with two renames; a reader in between waits for it.
+      await this.#mutex.idle(key);
+      st = await this.#statToml(file);
+      if (!st) throw new FennecError("FUNCTION_NOT_FOUND", `function ${key} does not exist`);
     }
+    const tomlStamp = stampOf(st);
     const cached = this.#cache.get(file);
     if (cached?.tomlStamp === tomlStamp && cached.artefactStamp === (await artefactStamp(cached.config))) {
       return cached.config;
     }
-    const text = await readFile(file, "utf8");
-    const base = loadFunctionConfig(id, dir, file, text);
+    let text: string;
+    let dirIno: number;
+    try {
+      text = await readFile(file, "utf8");
+      dirIno = (await stat(dir)).ino;
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === "ENOENT")
+        throw new FennecError("FUNCTION_NOT_FOUND", `function ${key} does not exist`);
+      throw this.#readError(file, err);
+    }
+    const base = loadFunctionConfig(id, dir, this.#shown(file), text);
     const art = await artefactStamp(base);
-    // The revision covers the artefact too: re-uploading a module recycles the old instances.
-    const config: FunctionConfig = { ...base, revision: `${base.revision}.${art}` };
+    // The revision covers the artefact too (re-uploading a module recycles the old instances), and
+    // the directory itself: a redeploy swaps in a new one, and instances of the old one retire.
+    const config: FunctionConfig = { ...base, revision: `${base.revision}.${art}${revisionTag(dirIno)}` };
     this.#cache.set(file, { tomlStamp, artefactStamp: art, config });
     return config;
+  }
+
+  async #statToml(file: string): Promise<Stats | undefined> {
+    try {
+      return await stat(file);
+    } catch (err) {
+      const code = (err as NodeJS.ErrnoException).code;
+      if (code === "ENOENT" || code === "ENOTDIR") return undefined;
+      throw this.#readError(file, err);
+    }
+  }
+
+  /** An I/O error naming the file relative to the registry (Node's own message has the host path). */
+  #readError(file: string, err: unknown): FennecError {
+    const code = (err as NodeJS.ErrnoException).code ?? "error";
+    return new FennecError("INTERNAL", `${this.#shown(file)}: cannot be read (${code})`, { cause: err });
   }
 
   /** Every function on disk, valid or not; a broken one is listed with its error, never hides others. */
   async list(): Promise<FunctionEntry[]> {
     const entries: FunctionEntry[] = [];
-    const top = await readdir(this.root, { withFileTypes: true }).catch(() => []);
-    for (const d of top.sort((a, b) => a.name.localeCompare(b.name))) {
-      if (!d.isDirectory() || d.name.startsWith(".")) continue;
-      const dir = join(this.root, d.name);
-      if (await exists(join(dir, FUNCTION_FILE))) {
-        entries.push(await this.#entry({ user: DEFAULT_USER, name: d.name }, dir));
+    for (const top of await subdirectories(this.root)) {
+      const dir = join(this.root, top);
+      if (!top.startsWith(USER_PREFIX)) {
+        if (await exists(join(dir, FUNCTION_FILE))) {
+          entries.push(await this.#entry({ user: DEFAULT_USER, name: top }, dir));
+          continue;
+        }
+        // The old layout put user functions at `<root>/<user>/<fn>/`: listed, not served, so the
+        // operator sees what to move instead of functions silently vanishing.
+        for (const name of await subdirectories(dir)) {
+          const fnDir = join(dir, name);
+          if (!(await exists(join(fnDir, FUNCTION_FILE)))) continue;
+          const error = new FennecError(
+            "CONFIG_INVALID",
+            `${this.#shown(fnDir)}: a user's functions live in ${USER_PREFIX}${top}/${name}/; this directory is not served, move it there`,
+          );
+          const id = { user: top, name };
+          entries.push({ id, key: functionKey(id), dir: fnDir, config: undefined, error });
+        }
         continue;
       }
-      const inner = await readdir(dir, { withFileTypes: true }).catch(() => []);
-      for (const e of inner.sort((a, b) => a.name.localeCompare(b.name))) {
-        if (!e.isDirectory() || e.name.startsWith(".")) continue;
-        if (await exists(join(dir, e.name, FUNCTION_FILE))) {
-          entries.push(await this.#entry({ user: d.name, name: e.name }, join(dir, e.name)));
+      const user = top.slice(USER_PREFIX.length);
+      for (const name of await subdirectories(dir)) {
+        if (await exists(join(dir, name, FUNCTION_FILE))) {
+          entries.push(await this.#entry({ user, name }, join(dir, name)));
         }
       }
     }
@@ -101,7 +198,15 @@ export class DirectoryRegistry {
     if (!isValidName(id.user) || !isValidName(id.name)) {
       const error = new FennecError(
         "BAD_NAME",
-        `${dir}: directory name is not a valid function or user name`,
+        `${this.#shown(dir)}: directory name is not a valid function or user name`,
+      );
+      return { id, key, dir, config: undefined, error };
+    }
+    if (this.dirOf(id) !== dir) {
+      // `@default/<fn>` would shadow `<fn>`: the default user's functions live at the top.
+      const error = new FennecError(
+        "BAD_NAME",
+        `${this.#shown(dir)}: user ${id.user}'s functions live in ${this.#shown(this.dirOf(id))}`,
       );
       return { id, key, dir, config: undefined, error };
     }
@@ -113,30 +218,24 @@ export class DirectoryRegistry {
   }
 
   /**
-   * Creates or replaces a function from function.toml text plus artefact files (name -> bytes).
-   * The toml is validated before anything is written; files land atomically, the toml last, so a
-   * reader never sees a config pointing at a half-written module.
+   * Creates or replaces a function from function.toml text plus artefact files (name -> bytes);
+   * files of the live function that the deploy does not replace are kept. Everything is checked
+   * in a scratch copy (schema, file names, paths, `check`) before it replaces the live directory.
    */
   async deploy(
     id: FunctionId,
     tomlText: string,
     files: ReadonlyMap<string, Uint8Array> = new Map(),
+    check?: DeployCheck,
   ): Promise<FunctionConfig> {
-    const dir = this.dirOf(id);
-    const file = join(dir, FUNCTION_FILE);
-    parseFunctionToml(tomlText, file);
+    parseFunctionToml(tomlText, this.#shown(join(this.dirOf(id), FUNCTION_FILE)));
     for (const name of files.keys()) {
       if (!isValidFileName(name))
-        throw new FennecError("BAD_NAME", `invalid artefact file name ${JSON.stringify(name)}`);
+        throw new FennecError("BAD_NAME", `invalid artefact file name ${JSON.stringify(name.slice(0, 130))}`);
     }
-    return this.#mutex.run(functionKey(id), async () => {
-      await mkdir(dir, { recursive: true });
-      for (const [name, bytes] of files) await writeFileAtomic(join(dir, name), bytes);
-      // Check the full config (paths, artefacts) against a scratch copy before it becomes visible.
-      loadFunctionConfig(id, dir, file, tomlText);
-      await writeFileAtomic(file, tomlText);
-      this.#cache.delete(file);
-      return this.resolve(id);
+    return this.#replace(id, check, async (scratch) => {
+      for (const [name, bytes] of files) await writeFileAtomic(join(scratch, name), bytes);
+      return tomlText;
     });
   }
 
@@ -148,27 +247,95 @@ export class DirectoryRegistry {
     id: FunctionId,
     bytes: Uint8Array,
     defaultToml: (moduleFile: string) => string,
+    check?: DeployCheck,
   ): Promise<FunctionConfig> {
-    const dir = this.dirOf(id);
-    const file = join(dir, FUNCTION_FILE);
-    return this.#mutex.run(functionKey(id), async () => {
-      await mkdir(dir, { recursive: true });
-      let toml: string | undefined;
-      try {
-        toml = await readFile(file, "utf8");
-      } catch {
-        toml = undefined;
-      }
-      const moduleFile = toml ? (parseFunctionToml(toml, file).wasm?.module ?? undefined) : "function.wasm";
+    return this.#replace(id, check, async (scratch, live) => {
+      const shown = this.#shown(join(this.dirOf(id), FUNCTION_FILE));
+      const toml = live ? await readFile(join(scratch, FUNCTION_FILE), "utf8") : undefined;
+      const moduleFile = toml === undefined ? "function.wasm" : parseFunctionToml(toml, shown).wasm?.module;
       if (!moduleFile) {
         throw new FennecError(
           "CONFIG_INVALID",
-          `${file}: function ${functionKey(id)} is not a [wasm] function; upload a module only to wasm functions`,
+          `${shown}: function ${functionKey(id)} is not a [wasm] function; upload a module only to wasm functions`,
         );
       }
-      await writeFileAtomic(join(dir, moduleFile), bytes);
-      if (!toml) await writeFileAtomic(file, defaultToml(moduleFile));
-      this.#cache.delete(file);
+      if (!isValidModulePath(moduleFile)) {
+        throw new FennecError("CONFIG_INVALID", `${shown}: key "wasm.module" is not a plain file name`);
+      }
+      await writeFileAtomic(join(scratch, moduleFile), bytes);
+      return toml ?? defaultToml(moduleFile);
+    });
+  }
+
+  /**
+   * The one way a function changes through the API: copy the live directory into a scratch
+   * directory in the registry (hard links: same filesystem, nothing copied), let `build` write the
+   * new files and return the toml, load and check the result there, then swap it in. A refusal at
+   * any step removes the scratch directory and leaves the live function untouched.
+   *
+   * The swap is crash-safe: the live directory is renamed to an `OLD_PREFIX` name beside it, the
+   * scratch one renamed in, both parents fsynced, and only then the old one renamed to a
+   * `TRASH_PREFIX` name. Whatever step a crash interrupts, start-up (`cleanupStale`) tells from
+   * the names which version is the function: the previous one until the new one is in place.
+   */
+  async #replace(
+    id: FunctionId,
+    check: DeployCheck | undefined,
+    build: (scratch: string, live: boolean) => Promise<string>,
+  ): Promise<FunctionConfig> {
+    const dir = this.dirOf(id);
+    const parent = dirname(dir);
+    const key = functionKey(id);
+    return this.#mutex.run(key, async () => {
+      const live = await exists(join(dir, FUNCTION_FILE));
+      const scratch = join(this.root, `${TEMP_PREFIX}deploy-${randomBytes(6).toString("hex")}`);
+      const old = join(parent, chosenName(OLD_PREFIX, id.name));
+      await mkdir(scratch);
+      let swapped = false;
+      try {
+        if (live) await linkTree(dir, scratch, (name) => name === CACHE_DIR || name.startsWith(TEMP_PREFIX));
+        const toml = await build(scratch, live);
+        await writeFileAtomic(join(scratch, FUNCTION_FILE), toml);
+        const config = loadFunctionConfig(id, scratch, this.#shown(join(dir, FUNCTION_FILE)), toml);
+        await check?.(config);
+        await fsyncDir(scratch);
+        await mkdir(parent, { recursive: true });
+        if (live) {
+          // The build cache is keyed by content digests (bundles, roots), never trusted by path
+          // alone, and running instances may be using its roots: it moves with the function.
+          await rename(join(dir, CACHE_DIR), join(scratch, CACHE_DIR)).catch(ignoreMissing);
+          try {
+            await rename(dir, old);
+          } catch (err) {
+            await rename(join(scratch, CACHE_DIR), join(dir, CACHE_DIR)).catch(ignoreMissing);
+            throw err;
+          }
+        }
+        await rename(scratch, dir).catch(async (err: unknown) => {
+          if (live) {
+            // Put the live function back as it was.
+            await renameDurable(old, dir);
+            await rename(join(scratch, CACHE_DIR), join(dir, CACHE_DIR)).catch(ignoreMissing);
+          }
+          const code = (err as NodeJS.ErrnoException).code;
+          if (code !== "ENOTEMPTY" && code !== "EEXIST" && code !== "ENOTDIR") throw err;
+          // Something that is not a function (a directory of the old user layout) has the name.
+          throw new FennecError(
+            "BAD_REQUEST",
+            `${this.#shown(dir)} exists and is not a function directory; Fennec does not replace it`,
+          );
+        });
+        swapped = true;
+        // Durable before the old version is renamed to trash: a crash must never find the old
+        // version as trash while the new one is not in place.
+        await fsyncDir(parent);
+        if (parent !== this.root) await fsyncDir(this.root);
+        if (live) await this.#retire(key, old, join(parent, chosenName(TRASH_PREFIX, id.name)));
+      } finally {
+        if (!swapped) await rm(scratch, { recursive: true, force: true });
+        this.#cache.delete(join(dir, FUNCTION_FILE));
+      }
+      await this.releaseRetired();
       return this.resolve(id);
     });
   }
@@ -176,21 +343,76 @@ export class DirectoryRegistry {
   /** Removes a function: its directory is renamed away first so it disappears atomically. */
   async remove(id: FunctionId): Promise<void> {
     const dir = this.dirOf(id);
-    await this.#mutex.run(functionKey(id), async () => {
+    const key = functionKey(id);
+    await this.#mutex.run(key, async () => {
       if (!(await exists(join(dir, FUNCTION_FILE)))) {
-        throw new FennecError("FUNCTION_NOT_FOUND", `function ${functionKey(id)} does not exist`);
+        throw new FennecError("FUNCTION_NOT_FOUND", `function ${key} does not exist`);
       }
-      const trash = join(this.root, `${TRASH_PREFIX}${randomBytes(6).toString("hex")}`);
-      await rename(dir, trash);
+      // Straight to a trash name: a crash after this rename never brings the function back.
+      await this.#retire(key, dir, join(dirname(dir), chosenName(TRASH_PREFIX, id.name)));
       this.#cache.delete(join(dir, FUNCTION_FILE));
-      await rm(trash, { recursive: true, force: true });
     });
+    await this.releaseRetired();
   }
 
-  /** Removes what a crashed run left: temporary upload files and half-deleted directories. */
-  async cleanupStale(): Promise<string[]> {
+  /**
+   * Renames a replaced or deleted function directory to `trash` and keeps it there until no
+   * instance read from it is left (`releaseRetired`): a running `[process]` or `[oci]` instance
+   * has it as its working directory or bind mount, and reads its files while it finishes.
+   */
+  async #retire(key: string, from: string, trash: string): Promise<void> {
+    const tag = revisionTag((await stat(from)).ino);
+    await renameDurable(from, trash);
+    this.#retired.push({ key, path: trash, tag });
+  }
+
+  /**
+   * Removes the replaced directories no instance uses any more (call it whenever an instance
+   * stops); resolves once every removal started so far is done. What an instance still holds
+   * at shutdown goes at the next start (`cleanupStale`).
+   */
+  async releaseRetired(): Promise<void> {
+    for (const retired of [...this.#retired]) {
+      const revisions = [...(this.#opts.revisionsInUse?.(retired.key) ?? [])];
+      if (revisions.some((revision) => revision.endsWith(retired.tag))) continue;
+      this.#retired.splice(this.#retired.indexOf(retired), 1);
+      const removal: Promise<void> = rm(retired.path, { recursive: true, force: true })
+        .catch(() => undefined)
+        .finally(() => this.#removals.delete(removal));
+      this.#removals.add(removal);
+    }
+    await Promise.all(this.#removals);
+  }
+
+  /**
+   * Finishes or undoes what a crashed run left: an unfinished swap (`OLD_PREFIX`) is decided as
+   * `#replace` describes, then temporary uploads and deploys and retired directories are removed.
+   * It acts only on names Fennec chose, on real directories (never through a symbolic link), in
+   * the places it writes them: the registry root and users' `@<user>/` directories.
+   */
+  async cleanupStale(): Promise<StaleCleanup> {
     const removed: string[] = [];
+    const restored: string[] = [];
+    const finishSwaps = async (dir: string): Promise<void> => {
+      for (const item of await readdir(dir, { withFileTypes: true }).catch(() => [])) {
+        const name = chosenNameOf(OLD_PREFIX, item.name);
+        if (name === undefined || !item.isDirectory()) continue;
+        const old = join(dir, item.name);
+        const fnDir = join(dir, name);
+        if (!(await lexists(fnDir))) {
+          await renameDurable(old, fnDir);
+          restored.push(fnDir);
+        } else if (await exists(join(fnDir, FUNCTION_FILE))) {
+          await rm(old, { recursive: true, force: true });
+          removed.push(old);
+        }
+        // A directory in the function's place that is not a function was not put there by a
+        // swap: the old version, the only copy, stays for the operator.
+      }
+    };
     const sweep = async (dir: string, depth: number): Promise<void> => {
+      if (depth === 0 || (depth === 1 && dir.slice(this.root.length + 1).startsWith(USER_PREFIX)))
+        await finishSwaps(dir);
       const items = await readdir(dir, { withFileTypes: true }).catch(() => []);
       for (const item of items) {
         const full = join(dir, item.name);
@@ -203,12 +425,71 @@ export class DirectoryRegistry {
       }
     };
     await sweep(this.root, 0);
-    return removed;
+    return { removed, restored };
   }
+}
+
+/** `<prefix><name>-<12 random hex digits>`: a name for a directory beside function `name`'s. */
+function chosenName(prefix: string, name: string): string {
+  return `${prefix}${name}-${randomBytes(6).toString("hex")}`;
+}
+
+/** The function name in a name `chosenName(prefix, name)` made, or undefined for any other name. */
+function chosenNameOf(prefix: string, entry: string): string | undefined {
+  if (!entry.startsWith(prefix) || !CHOSEN_SUFFIX.test(entry)) return undefined;
+  const name = entry.slice(prefix.length, -13);
+  return isValidName(name) ? name : undefined;
+}
+
+/**
+ * The end of the revision of every config read from the directory with inode `ino`: a swap puts
+ * in a new directory, so instances of the old one retire, and a retired directory is known to be
+ * in use while an instance's revision ends with its tag.
+ */
+function revisionTag(ino: number): string {
+  return `.${ino.toString(36)}`;
 }
 
 function isValidFileName(name: string): boolean {
   return /^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/.test(name) && !name.includes("..") && name !== FUNCTION_FILE;
+}
+
+/** A module path an upload may write: a file name, or a path of them, inside the function. */
+function isValidModulePath(path: string): boolean {
+  return path.split("/").every(isValidFileName);
+}
+
+/**
+ * Mirrors a directory tree with hard links (files), new directories and copied symbolic links,
+ * skipping top-level names `skip` matches; every directory made is fsynced.
+ */
+async function linkTree(from: string, to: string, skip: (name: string) => boolean): Promise<void> {
+  for (const item of await readdir(from, { withFileTypes: true })) {
+    if (skip(item.name)) continue;
+    const src = join(from, item.name);
+    const dst = join(to, item.name);
+    if (item.isDirectory()) {
+      await mkdir(dst);
+      await linkTree(src, dst, () => false);
+    } else if (item.isSymbolicLink()) {
+      await symlink(await readlink(src), dst);
+    } else if (item.isFile()) {
+      await link(src, dst);
+    }
+  }
+  await fsyncDir(to);
+}
+
+async function subdirectories(dir: string): Promise<string[]> {
+  const items = await readdir(dir, { withFileTypes: true }).catch(() => []);
+  return items
+    .filter((d) => d.isDirectory() && !d.name.startsWith("."))
+    .map((d) => d.name)
+    .sort((a, b) => a.localeCompare(b));
+}
+
+function ignoreMissing(err: unknown): void {
+  if ((err as NodeJS.ErrnoException).code !== "ENOENT") throw err;
 }
 
 function stampOf(st: Stats): string {
@@ -234,6 +515,16 @@ async function artefactStamp(config: FunctionConfig): Promise<string> {
     }
   }
   return stamps.length === 0 ? "-" : stamps.join("+");
+}
+
+/** Whether anything has the name, a symbolic link included (never followed). */
+async function lexists(path: string): Promise<boolean> {
+  try {
+    await lstat(path);
+    return true;
+  } catch {
+    return false;
+  }
 }
 
 async function exists(path: string): Promise<boolean> {

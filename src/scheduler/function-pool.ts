@@ -29,6 +29,8 @@ interface Waiter {
   readonly resolve: (d: Dispatch) => void;
   readonly reject: (e: DispatchError) => void;
   timer: NodeJS.Timeout | undefined;
+  /** Its queue-timeout passed while a start meant for it was under way: it gets that start's outcome. */
+  overdue: boolean;
 }
 
 /** What a pool needs from the node: starting an instance within the memory budget. */
@@ -77,6 +79,11 @@ export class FunctionPool {
       return;
     }
     this.config = config;
+    this.retire();
+  }
+
+  /** Every current instance takes no new work, finishes what it has and closes. */
+  retire(): void {
     for (const inst of this.instances) {
       this.#retired.add(inst);
       if (inst.active === 0) void inst.close();
@@ -86,7 +93,14 @@ export class FunctionPool {
   /** Serves one request: now if a slot is free, else after waiting in the queue. */
   run(request: InvokeRequest): Promise<Dispatch> {
     return new Promise<Dispatch>((resolve, reject) => {
-      const waiter: Waiter = { request, enqueuedAt: performance.now(), resolve, reject, timer: undefined };
+      const waiter: Waiter = {
+        request,
+        enqueuedAt: performance.now(),
+        resolve,
+        reject,
+        timer: undefined,
+        overdue: false,
+      };
       if (this.#queue.length === 0) {
         const inst = this.#freeInstance();
         if (inst) return this.#dispatch(waiter, inst);
@@ -102,22 +116,40 @@ export class FunctionPool {
           ),
         );
       }
-      waiter.timer = setTimeout(() => {
-        const i = this.#queue.indexOf(waiter);
-        if (i >= 0) this.#queue.splice(i, 1);
-        reject(
-          new DispatchError(
-            new FennecError(
-              "QUEUE_TIMEOUT",
-              `${this.config.key}: no instance became free within ${this.config.queueTimeoutMs} ms`,
-            ),
-            undefined,
-          ),
-        );
-      }, this.config.queueTimeoutMs);
+      waiter.timer = setTimeout(() => this.#expire(waiter), this.config.queueTimeoutMs);
       this.#queue.push(waiter);
       this.pump();
     });
+  }
+
+  /**
+   * A waiter's queue-timeout passed. `queue-timeout` bounds the wait for capacity; a waiter that
+   * a start already under way is meant for (the first waiters, as many as the starting instances
+   * have slots) waits for that start instead, which has its own deadline (`FN_INIT_TIMEOUT`): it
+   * gets the instance, or the start's own error, never a QUEUE_TIMEOUT that hides the cause.
+   */
+  #expire(waiter: Waiter): void {
+    const i = this.#queue.indexOf(waiter);
+    if (i < 0) return;
+    if (i < this.#coming()) {
+      waiter.overdue = true;
+      return;
+    }
+    this.#queue.splice(i, 1);
+    waiter.reject(new DispatchError(this.#queueTimeout(), undefined));
+  }
+
+  #queueTimeout(): FennecError {
+    return new FennecError(
+      "QUEUE_TIMEOUT",
+      `${this.config.key}: no instance became free within ${this.config.queueTimeoutMs} ms`,
+    );
+  }
+
+  /** How many queued requests the instances now starting will take (from the front of the queue). */
+  #coming(): number {
+    const perInstance = this.config.singleUse ? 1 : this.config.concurrentRequests;
+    return this.instances.filter((i) => i.state === "starting" && !this.#retired.has(i)).length * perInstance;
   }
 
   /** Starts instances ahead of demand (thesis pre-boot, min-instances); resolves with how many became ready. */
@@ -146,8 +178,7 @@ export class FunctionPool {
     }
     if (this.#queue.length === 0) return;
     const perInstance = this.config.singleUse ? 1 : this.config.concurrentRequests;
-    let coming =
-      this.instances.filter((i) => i.state === "starting" && !this.#retired.has(i)).length * perInstance;
+    let coming = this.#coming();
     while (this.#queue.length > coming && this.#liveCount() < this.config.maxInstances) {
       try {
         void this.#startInstance("cold").catch(() => undefined);
@@ -156,6 +187,13 @@ export class FunctionPool {
         return;
       }
       coming += perInstance;
+    }
+    // Overdue waiters that no start covers any more (theirs was replaced, none can be added) time out now.
+    for (let i = this.#queue.length - 1; i >= coming; i--) {
+      const waiter = this.#queue[i]!;
+      if (!waiter.overdue) continue;
+      this.#queue.splice(i, 1);
+      waiter.reject(new DispatchError(this.#queueTimeout(), undefined));
     }
   }
 

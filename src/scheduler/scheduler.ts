@@ -37,6 +37,8 @@ export interface SchedulerOptions {
   readonly log: Logger;
   /** How often keepalive and min-instances are enforced. */
   readonly reapIntervalMs?: number;
+  /** Told whenever an instance of function `key` has stopped (the registry frees retired directories). */
+  readonly onInstanceStopped?: (key: string) => void;
 }
 
 export interface InvokeOutcome {
@@ -55,11 +57,15 @@ export class Scheduler implements PoolHost {
   readonly #opts: SchedulerOptions;
   readonly #pools = new Map<string, FunctionPool>();
   readonly #reserved = new Map<Instance, number>();
+  /** Every instance not yet stopped, in a pool or not (a deleted function's instances still drain). */
+  readonly #live = new Set<Instance>();
   /** The last function-caused start failure per function, shown by the admin API until a start succeeds. */
   readonly #errors = new Map<string, FennecError>();
   #usedMiB = 0;
   #closing = false;
   #inFlight = 0;
+  /** A re-check of the configs of pools with instances is under way (they never overlap). */
+  #rechecking = false;
   readonly #reaper: NodeJS.Timeout;
 
   constructor(opts: SchedulerOptions) {
@@ -152,7 +158,19 @@ export class Scheduler implements PoolHost {
     return pool;
   }
 
-  #driverFor(config: FunctionConfig): SandboxDriver {
+  /**
+   * A deploy or upload through the API has swapped in `config`: calls from now on go to the new
+   * version, not to warm instances of the old one with free slots (which retire).
+   */
+  adopt(config: FunctionConfig): void {
+    const pool = this.#pools.get(config.key);
+    if (!pool) return;
+    pool.updateConfig(config);
+    pool.resolvedAt = performance.now();
+  }
+
+  /** The driver of a config's sandbox kind; DRIVER_UNAVAILABLE when that kind is not enabled on this node. */
+  driverFor(config: FunctionConfig): SandboxDriver {
     const driver = this.#opts.drivers.get(config.sandbox.kind);
     if (!driver) {
       const hint = config.sandbox.kind === "process" ? "; start Fennec with --process to enable it" : "";
@@ -167,7 +185,7 @@ export class Scheduler implements PoolHost {
   /** PoolHost: creates an instance within the memory budget, evicting idle instances of other functions. */
   spawn(pool: FunctionPool, origin: StartType): Instance {
     const config = pool.config;
-    const driver = this.#driverFor(config);
+    const driver = this.driverFor(config);
     const need = driver.memoryMiB(config);
     this.#makeRoom(need, config.key);
     const inst = new Instance({
@@ -182,11 +200,21 @@ export class Scheduler implements PoolHost {
     });
     this.#reserved.set(inst, need);
     this.#usedMiB += need;
+    this.#live.add(inst);
     inst.onStopped(() => {
       this.#unreserve(inst);
+      this.#live.delete(inst);
       if (inst.initMs === 0 && inst.failure?.isFunctionFault) this.noteError(config.key, inst.failure);
+      this.#opts.onInstanceStopped?.(config.key);
     });
     return inst;
+  }
+
+  /** The config revisions of a function's instances that have not stopped yet, old ones included. */
+  revisionsInUse(key: string): string[] {
+    const revisions: string[] = [];
+    for (const inst of this.#live) if (inst.config.key === key) revisions.push(inst.config.revision);
+    return revisions;
   }
 
   started(pool: FunctionPool): void {
@@ -279,6 +307,39 @@ export class Scheduler implements PoolHost {
       if (!this.#closing && pool.missing() > 0 && pool.queueLength === 0) {
         void pool.preBoot(pool.missing()).catch(() => undefined);
       }
+    }
+    if (!this.#closing && !this.#rechecking) {
+      this.#rechecking = true;
+      void this.#recheck().finally(() => (this.#rechecking = false));
+    }
+  }
+
+  /**
+   * The warm path touches no disk, so the reaper re-reads the configs of pools that have
+   * instances: a function deleted on disk has its instances stopped, a changed one (a new
+   * revision) or a broken one has them retired, even while they have free slots.
+   */
+  async #recheck(): Promise<void> {
+    for (const [key, pool] of [...this.#pools]) {
+      if (pool.instances.length === 0 || this.#closing) continue;
+      let config: FunctionConfig;
+      try {
+        config = await this.#opts.configs.resolve(pool.config.id);
+      } catch (err) {
+        if (this.#pools.get(key) !== pool) continue;
+        const error = toFennecError(err);
+        if (error.code === "FUNCTION_NOT_FOUND") {
+          this.#opts.log.info("function deleted on disk: stopping its instances", { function: key });
+          void this.removeFunction(key);
+        } else if (error.code === "CONFIG_INVALID") {
+          pool.retire();
+          pool.resolvedAt = 0; // the next call re-reads the config and reports it
+        }
+        continue;
+      }
+      if (this.#pools.get(key) !== pool) continue;
+      pool.updateConfig(config);
+      pool.resolvedAt = performance.now();
     }
   }
 

@@ -109,7 +109,7 @@ describe("admin API /system/functions", () => {
       errorCode(await request(`${s.url}/f/carol/copy`, { method: "POST", body: "x" })),
       "FUNCTION_NOT_FOUND",
     );
-    await assert.rejects(stat(join(s.registry, "carol", "copy")));
+    await assert.rejects(stat(join(s.registry, "@carol", "copy")));
     assert.equal(
       errorCode(await request(`${s.url}/system/functions/ghost`, { method: "DELETE", headers: auth })),
       "FUNCTION_NOT_FOUND",

@@ -223,8 +223,8 @@ describe("gateway (real server, real sockets, wasm functions)", () => {
     const bytes = await readFile(join(EXAMPLES, "echo", "echo.wasm"));
     const r = await request(`${s.url}/f/bob/up`, { method: "PUT", body: bytes });
     assert.equal(r.status, 200, r.text);
-    assert.deepEqual(await readFile(join(s.registry, "bob", "up", "function.wasm")), bytes);
-    assert.match(await readFile(join(s.registry, "bob", "up", "function.toml"), "utf8"), /\[wasm\]/);
+    assert.deepEqual(await readFile(join(s.registry, "@bob", "up", "function.wasm")), bytes);
+    assert.match(await readFile(join(s.registry, "@bob", "up", "function.toml"), "utf8"), /\[wasm\]/);
     assert.equal((await request(`${s.url}/f/bob/up`, { method: "POST", body: "uploaded" })).text, "uploaded");
   });
 
@@ -256,10 +256,10 @@ describe("gateway (real server, real sockets, wasm functions)", () => {
         results.map((r) => r.status),
         [200, 200],
       );
-      const stored = await readFile(join(s.registry, "bob", "race", "function.wasm"));
+      const stored = await readFile(join(s.registry, "@bob", "race", "function.wasm"));
       assert.ok(stored.equals(echo) || stored.equals(hello), "stored module is one upload, whole");
     }
-    const leftovers = (await readdir(join(s.registry, "bob", "race"))).filter((n) =>
+    const leftovers = (await readdir(join(s.registry, "@bob", "race"))).filter((n) =>
       n.startsWith(".fennec-tmp-"),
     );
     assert.deepEqual(leftovers, []);

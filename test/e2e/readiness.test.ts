@@ -52,7 +52,7 @@ describe("readiness callback through the gateway", () => {
         'keepalive = 1\nconcurrent-requests = 1\n[process]\ncommand = ["true"]\n',
       );
       const off = await request(`${fennec.url}/invoke/procfn/`);
-      assert.equal(off.status, 501);
+      assert.equal(off.status, 409);
       assert.equal(errorCode(off), "DRIVER_UNAVAILABLE");
     } finally {
       await fennec.close();

@@ -43,7 +43,9 @@ export async function addWasmFunction(
   extraToml = "",
   memory = 32,
 ): Promise<void> {
-  const dir = join(registry, ...name.split("/"));
+  // "user/fn" lives in the user's namespace, `<registry>/@user/fn/`.
+  const parts = name.split("/");
+  const dir = parts.length === 2 ? join(registry, `@${parts[0]}`, parts[1]!) : join(registry, name);
   await mkdir(dir, { recursive: true });
   await copyFile(join(WASM_FIXTURES, fixture), join(dir, fixture));
   // Top-level keys in `extraToml` replace the defaults (TOML forbids repeating a key).

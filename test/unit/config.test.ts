@@ -105,4 +105,58 @@ describe("function.toml", () => {
     );
     assert.equal(ok.sandbox.kind === "wasm" && ok.sandbox.dirs["/data"], join(dir, "static"));
   });
+
+  it("names function.toml as given (relative to the registry) and never the host directory", () => {
+    const err = (toml: string) => {
+      try {
+        loadFunctionConfig({ user: "default", name: "f" }, dir, "f/function.toml", toml);
+      } catch (e) {
+        assert.ok(e instanceof FennecError);
+        return e;
+      }
+      assert.fail("expected CONFIG_INVALID");
+    };
+    for (const toml of [
+      WASM.replace("m.wasm", "nope.wasm"),
+      WASM.replace("m.wasm", "../../nope"),
+      WASM.replace("m.wasm", "static"),
+      "colour = 3\n" + WASM,
+    ]) {
+      const e = err(toml);
+      assert.match(e.message, /^f\/function\.toml: /);
+      assert.ok(!e.message.includes(dir), e.message);
+      assert.ok(!JSON.stringify(e.details).includes(dir), JSON.stringify(e.details));
+    }
+  });
+
+  it("says the same for a path outside the function directory whether or not something exists there", async () => {
+    const outsideMessage = (target: string) => {
+      const p = problems(() =>
+        loadFunctionConfig(
+          { user: "default", name: "f" },
+          dir,
+          "f/function.toml",
+          WASM.replace("m.wasm", target),
+        ),
+      );
+      return p[0]!.message.replace(JSON.stringify(target), "PATH");
+    };
+    // Count the levels up to / so `../` chains reach real host files.
+    const up = "../".repeat(dir.split("/").length);
+    const existing = outsideMessage(`${up}etc/passwd`);
+    assert.equal(existing, "PATH leads outside the function directory");
+    assert.equal(outsideMessage(`${up}etc/no-such-file-${process.pid}`), existing);
+    assert.equal(outsideMessage(`${up}no-such-dir-${process.pid}/x`), existing);
+    assert.equal(outsideMessage("static/../../m.wasm"), existing);
+    // Through symbolic links, absolute or relative, to something or to nothing.
+    await symlink("/etc/passwd", join(dir, "to-passwd"));
+    await symlink(`/no-such-dir-${process.pid}/x`, join(dir, "to-nothing"));
+    await symlink(`${up}no-such-file-${process.pid}`, join(dir, "rel-to-nothing"));
+    await symlink("static", join(dir, "to-static"));
+    for (const link of ["to-passwd", "to-nothing", "rel-to-nothing", "to-nothing/deeper"])
+      assert.equal(outsideMessage(link), existing, link);
+    // A link that stays inside is followed; a missing file inside is "not found".
+    assert.equal(outsideMessage("to-static/gone.wasm"), "file not found: PATH");
+    assert.equal(outsideMessage("gone/m.wasm"), "file not found: PATH");
+  });
 });

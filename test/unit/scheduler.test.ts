@@ -262,4 +262,68 @@ describe("scheduler", () => {
     const late = await scheduler.invoke(fnId("a"), req());
     assert.ok("error" in late && late.error.code === "SHUTTING_DOWN");
   });
+
+  it("gives a caller whose queue wait ran out while its start was under way that start's own error", async () => {
+    const { scheduler, driver } = setup([{ id: fnId("a"), queueTimeoutMs: 20 }]);
+    // The start outlasts queue-timeout, then fails: the caller learns why, not QUEUE_TIMEOUT.
+    driver.behaviour.startDelayMs = 200;
+    driver.behaviour.startError = new FennecError("FN_CRASHED", "the guest died while booting");
+    const crashed = await scheduler.invoke(fnId("a"), req());
+    assert.ok("error" in crashed);
+    assert.equal(crashed.error.code, "FN_CRASHED");
+    assert.match(crashed.error.message, /died while booting/);
+    // A start that never becomes ready ends at its own deadline (the scheduler's 500 ms here).
+    driver.behaviour.startError = undefined;
+    driver.behaviour.hangOnStart = true;
+    const hung = await scheduler.invoke(fnId("a"), req());
+    assert.ok("error" in hung);
+    assert.equal(hung.error.code, "FN_INIT_TIMEOUT");
+  });
+
+  it("serves a caller whose queue wait ran out while its start was under way once that start succeeds", async () => {
+    const { scheduler, driver } = setup([{ id: fnId("a"), queueTimeoutMs: 20 }]);
+    driver.behaviour.startDelayMs = 200;
+    const out = await ok(scheduler, "a", "late but served");
+    assert.equal(out.record.startType, "cold");
+    assert.equal(Buffer.from(out.response.body).toString(), "late but served");
+  });
+
+  it("still times out, at queue-timeout, a caller no start is meant for (max-instances reached)", async () => {
+    const { scheduler, driver } = setup([{ id: fnId("a"), queueTimeoutMs: 20, maxInstances: 1 }]);
+    driver.behaviour.startDelayMs = 200;
+    driver.behaviour.invokeDelayMs = 200;
+    const first = scheduler.invoke(fnId("a"), req());
+    const second = await scheduler.invoke(fnId("a"), req());
+    assert.ok("error" in second);
+    assert.equal(second.error.code, "QUEUE_TIMEOUT");
+    assert.ok(!("error" in (await first)));
+  });
+
+  it("stops a warm instance whose function was deleted, and retires one whose config changed, though it has free slots", async () => {
+    const { scheduler, driver, configs } = setup([
+      { id: fnId("a"), concurrentRequests: 4 },
+      { id: fnId("b"), concurrentRequests: 4 },
+    ]);
+    const a = await ok(scheduler, "a");
+    const b = await ok(scheduler, "b");
+    // The warm path never reads the config; the reaper must notice on its own.
+    configs.delete("default/a");
+    configs.set("default/b", { ...configs.get("default/b")!, revision: "r2" });
+    await waitFor(() => !driver.live.has(a.record.instanceId!), "the deleted function's instance stopped");
+    await waitFor(() => !driver.live.has(b.record.instanceId!), "the old revision's instance closed");
+    assert.equal(scheduler.pools().has("default/a"), false);
+    const gone = await scheduler.invoke(fnId("a"), req());
+    assert.ok("error" in gone && gone.error.code === "FUNCTION_NOT_FOUND");
+    const next = await ok(scheduler, "b");
+    assert.notEqual(next.record.instanceId, b.record.instanceId);
+  });
 });
+
+/** Waits for a condition (polling), failing only after a generous deadline. */
+async function waitFor(cond: () => boolean, what: string, deadlineMs = 20_000): Promise<void> {
+  const end = performance.now() + deadlineMs;
+  while (!cond()) {
+    if (performance.now() > end) assert.fail(`timed out waiting: ${what}`);
+    await sleep(10);
+  }
+}
