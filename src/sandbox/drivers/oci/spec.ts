@@ -1,5 +1,5 @@
 import { SANDBOX_USER } from "../../unprivileged.js";
-import { seccompProfile } from "./seccomp.js";
+import { seccompProfile } from "../../seccomp.js";
 
 /** A bind mount of a host path into the container. */
 export interface BindMount {
