@@ -1,4 +1,6 @@
-import { chmod, chown } from "node:fs/promises";
+import { chmod, chown, lstat, rename, rm } from "node:fs/promises";
+import { basename } from "node:path";
+import { FennecError } from "../core/errors.js";
 
 /**
  * The host identity every container process runs as, on every container runtime (runc, runsc,
@@ -17,4 +19,27 @@ export const SANDBOX_USER = { uid: 65534, gid: 65534 } as const;
 export async function giveToSandboxUser(dir: string): Promise<void> {
   await chown(dir, SANDBOX_USER.uid, SANDBOX_USER.gid);
   await chmod(dir, 0o700);
+}
+
+/**
+ * Moves the socket an instance made in its own, writable directory to `to`, where only root can
+ * reach, and checks that what was moved is a socket. Fennec connects as root: left in place, the
+ * path could be swapped by the container for a symlink to any host socket (the Docker engine's,
+ * say), and Fennec's next connection would follow it, carrying the caller's request. After the move
+ * nothing inside the container can change what `to` names.
+ */
+export async function takeSocket(from: string, to: string, what: string): Promise<void> {
+  try {
+    await rename(from, to);
+  } catch (err) {
+    throw new FennecError("FN_CRASHED", `${what}: its socket disappeared at start`, { cause: err });
+  }
+  const st = await lstat(to);
+  if (!st.isSocket()) {
+    await rm(to, { force: true });
+    throw new FennecError(
+      "FN_CRASHED",
+      `${what}: ${basename(from)} in its socket directory is not a socket (${st.isSymbolicLink() ? "a symlink" : "another file"})`,
+    );
+  }
 }

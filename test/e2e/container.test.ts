@@ -2,6 +2,7 @@ import assert from "node:assert/strict";
 import { execFile } from "node:child_process";
 import { existsSync, readdirSync, readFileSync } from "node:fs";
 import { appendFile, mkdir, writeFile } from "node:fs/promises";
+import { createServer } from "node:net";
 import { join } from "node:path";
 import { promisify } from "node:util";
 import { after, before, describe, it } from "node:test";
@@ -128,6 +129,33 @@ for (const runtime of ["runc", "runsc"] as const) {
         assert.ok(["EROFS", "EACCES"].includes(seen.writes[path]!), `${path}: ${seen.writes[path]}`);
       // The host's view of the container's first process (runsc: its sandbox): not root either.
       assert.doesNotMatch(onHost, /^Uid:\s+0\s/m, onHost);
+    });
+
+    it("cannot redirect Fennec's connections by swapping its socket for a symlink", async () => {
+      const { dir, cleanup } = await tempDir("fennec-decoy-");
+      let connections = 0;
+      const decoy = createServer((sock) => {
+        connections++;
+        sock.end("HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\ndecoy");
+      });
+      const decoyPath = join(dir, "decoy.sock");
+      await new Promise<void>((r) => decoy.listen(decoyPath, () => r()));
+      const inst = await start(fn("swap-socket", { runtime })).catch(async (err: unknown) => {
+        await new Promise((r) => decoy.close(r));
+        await cleanup();
+        throw err;
+      });
+      try {
+        const swapped = await inst.invoke(emptyGet(`target=${encodeURIComponent(decoyPath)}`));
+        assert.equal(Buffer.from(swapped.body).toString(), "swapped");
+        const next = await inst.invoke(emptyGet());
+        assert.equal(Buffer.from(next.body).toString(), "served by the function");
+        assert.equal(connections, 0, "Fennec never connected to the host socket");
+      } finally {
+        await inst.destroy();
+        await new Promise((r) => decoy.close(r));
+        await cleanup();
+      }
     });
 
     it("reports going over the memory limit as FN_OOM", async () => {

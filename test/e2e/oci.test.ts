@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import { execFile } from "node:child_process";
 import { existsSync, readFileSync } from "node:fs";
+import { createServer } from "node:net";
 import { join } from "node:path";
 import { promisify } from "node:util";
 import { after, before, describe, it } from "node:test";
@@ -8,7 +9,7 @@ import { OciDriver } from "../../src/sandbox/drivers/oci/driver.js";
 import { testConfig } from "../helpers/config.js";
 import { request } from "../helpers/http.js";
 import { emptyGet, startInstance } from "../helpers/instance.js";
-import { ROOT } from "../helpers/paths.js";
+import { ROOT, tempDir } from "../helpers/paths.js";
 import { startTestServer, type TestServer } from "../helpers/server.js";
 
 // Needs root, runc and runsc (.ci/run installs them); under CI=true a missing tool fails.
@@ -50,21 +51,45 @@ interface Privileges {
   writes: Record<string, string>;
 }
 
+/** A host Unix socket a function would like Fennec to talk to (as Docker's would be), counting connections. */
+async function decoySocket(): Promise<{
+  path: string;
+  connections: () => number;
+  close: () => Promise<void>;
+}> {
+  const { dir, cleanup } = await tempDir("fennec-decoy-");
+  let connections = 0;
+  const server = createServer((s) => {
+    connections++;
+    s.end("HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\ndecoy");
+  });
+  const path = join(dir, "decoy.sock");
+  await new Promise<void>((r) => server.listen(path, () => r()));
+  return {
+    path,
+    connections: () => connections,
+    close: async () => {
+      await new Promise((r) => server.close(r));
+      await cleanup();
+    },
+  };
+}
+
 /** /proc/<pid>/status on the host of the process the runtime's `state` names for a container. */
 async function hostStatus(runtime: "runc" | "runsc", id: string): Promise<string> {
   const { stdout } = await promisify(execFile)(runtime, [...OciDriver.runtimeArgs(runtime), "state", id]);
   return readFileSync(`/proc/${(JSON.parse(stdout) as { pid: number }).pid}/status`, "utf8");
 }
 
-const privilegesFn = (runtime: "runc" | "runsc") =>
+const probeFn = (runtime: "runc" | "runsc", mode = "privileges") =>
   testConfig({
-    id: { user: "default", name: `privileges-${runtime}` },
-    key: `default/privileges-${runtime}`,
+    id: { user: "default", name: `${mode}-${runtime}` },
+    key: `default/${mode}-${runtime}`,
     dir: join(ROOT, "test", "fixtures", "process"),
     timeoutMs: 20_000,
     sandbox: {
       kind: "oci",
-      command: [process.execPath, "server.mjs", "privileges"],
+      command: [process.execPath, "server.mjs", mode],
       handler: undefined,
       runtime,
       env: {},
@@ -80,7 +105,7 @@ for (const runtime of ["runc", "runsc"] as const) {
     after(() => driver.close());
 
     it("run as an unprivileged user with no capabilities, no new privileges and a seccomp filter", async () => {
-      const inst = await startInstance(driver, privilegesFn(runtime), { startTimeoutMs: 30_000 });
+      const inst = await startInstance(driver, probeFn(runtime), { startTimeoutMs: 30_000 });
       let seen: Privileges;
       let onHost: string;
       try {
@@ -108,6 +133,21 @@ for (const runtime of ["runc", "runsc"] as const) {
       assert.ok(!existsSync(join(ROOT, "test", "fixtures", "process", "written.txt")));
       // The host's view: runc's container process, or runsc's sandbox, is not root there either.
       assert.doesNotMatch(onHost, /^Uid:\s+0\s/m, onHost);
+    });
+
+    it("cannot redirect Fennec's connections by swapping its socket for a symlink", async () => {
+      const decoy = await decoySocket();
+      const inst = await startInstance(driver, probeFn(runtime, "swap-socket"), { startTimeoutMs: 30_000 });
+      try {
+        const swapped = await inst.invoke(emptyGet(`target=${encodeURIComponent(decoy.path)}`));
+        assert.equal(Buffer.from(swapped.body).toString(), "swapped");
+        const next = await inst.invoke(emptyGet());
+        assert.equal(Buffer.from(next.body).toString(), "served by the function");
+        assert.equal(decoy.connections(), 0, "Fennec never connected to the host socket");
+      } finally {
+        await inst.destroy();
+        await decoy.close();
+      }
     });
   });
 }

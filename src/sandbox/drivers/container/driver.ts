@@ -12,7 +12,7 @@ import { HttpTransport } from "../../http-transport.js";
 import { nodeInside, removeOtherRootfs, RootfsBuilds, type BuiltRootfs } from "../../rootfs-build.js";
 import { createRunDir, runRoot, sweepStale } from "../../run-dir.js";
 import { seccompProfile } from "../../seccomp.js";
-import { giveToSandboxUser, SANDBOX_USER } from "../../unprivileged.js";
+import { giveToSandboxUser, SANDBOX_USER, takeSocket } from "../../unprivileged.js";
 import { waitForSocket } from "../../wait-socket.js";
 import { DockerEngine, defaultDockerSocket, handlerImageRef, LABEL } from "./engine.js";
 
@@ -223,7 +223,8 @@ export class ContainerDriver implements SandboxDriver {
       dir,
       what,
       memoryMiB: cfg.memoryMiB,
-      transport: new HttpTransport({ socketPath: join(socketDir, "http.sock") }, what),
+      // The socket, once ready, is moved out of the container's reach (takeSocket).
+      transport: new HttpTransport({ socketPath: join(dir, "http.sock") }, what),
       released: () => this.#released(ctx.config, image),
     });
     try {
@@ -242,6 +243,16 @@ export class ContainerDriver implements SandboxDriver {
         );
         ctx.waitForCallback().then(resolve, reject);
       }).finally(() => settled.abort());
+      // Ready by its callback, it may not be listening yet: the socket is the transport.
+      const listening = new AbortController();
+      await new Promise<void>((resolve, reject) => {
+        instance.onExit(reject);
+        waitForSocket(join(socketDir, "http.sock"), AbortSignal.any([ctx.signal, listening.signal])).then(
+          resolve,
+          reject,
+        );
+      }).finally(() => listening.abort());
+      await takeSocket(join(socketDir, "http.sock"), join(dir, "http.sock"), what);
     } catch (err) {
       await instance.destroy();
       throw err;

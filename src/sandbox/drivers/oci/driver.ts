@@ -13,7 +13,7 @@ import { findExecutable, INSIDE, systemDirs } from "../../host-view.js";
 import { HttpTransport } from "../../http-transport.js";
 import { nodeInside, removeRootfs, RootfsBuilds, type BuiltRootfs } from "../../rootfs-build.js";
 import { createRunDir, runRoot, sweepStale } from "../../run-dir.js";
-import { giveToSandboxUser } from "../../unprivileged.js";
+import { giveToSandboxUser, takeSocket } from "../../unprivileged.js";
 import { waitForSocket } from "../../wait-socket.js";
 import { mountOverlay, mountPointsUnder, unmountOverlay } from "./overlay.js";
 import { ociSpec, type BindMount } from "./spec.js";
@@ -239,7 +239,8 @@ export class OciDriver implements SandboxDriver {
       dir,
       what,
       memoryMiB: cfg.memoryMiB,
-      transport: new HttpTransport({ socketPath: join(socketDir, "http.sock") }, what),
+      // The socket, once ready, is moved out of the container's reach (takeSocket).
+      transport: new HttpTransport({ socketPath: join(dir, "http.sock") }, what),
       cleanup,
     });
     // 2. Race the socket accepting against the container exiting and the start deadline; the socket
@@ -256,6 +257,7 @@ export class OciDriver implements SandboxDriver {
           reject,
         );
       }).finally(() => settled.abort());
+      await takeSocket(join(socketDir, "http.sock"), join(dir, "http.sock"), what);
     } catch (err) {
       await instance.destroy();
       throw err;
