@@ -40,6 +40,7 @@ import { findExecutable, INSIDE } from "../src/sandbox/host-view.js";
 import { HttpTransport } from "../src/sandbox/http-transport.js";
 import { ReadinessHub } from "../src/sandbox/readiness.js";
 import { assembleRootfs, nodeInside } from "../src/sandbox/rootfs-build.js";
+import { giveToSandboxUser } from "../src/sandbox/unprivileged.js";
 import { runRoot } from "../src/sandbox/run-dir.js";
 import { waitForSocket } from "../src/sandbox/wait-socket.js";
 import { startDockerd, type TestDockerd } from "../test/helpers/docker.js";
@@ -287,7 +288,8 @@ const BENCH_CGROUP = "fennec-bench";
 async function bundle(rootfs: string, args: string[]): Promise<{ dir: string; id: string }> {
   const id = `bench-${randomUUID().slice(0, 8)}`;
   const dir = await mkdtemp(join(tmpdir(), "fennec-bench-bundle-"));
-  await mkdir(join(dir, "sock"), { mode: 0o777 });
+  await mkdir(join(dir, "sock"));
+  await giveToSandboxUser(join(dir, "sock"));
   const spec = ociSpec({
     args,
     env: {
@@ -310,7 +312,7 @@ async function bundle(rootfs: string, args: string[]): Promise<{ dir: string; id
 
 function runtimeArgs(runtime: "runc" | "runsc", state: string): string[] {
   return runtime === "runsc"
-    ? ["--root", state, "--network=none", "--platform=ptrace", "--host-uds=all"]
+    ? ["--root", state, "--network=none", "--platform=ptrace", "--host-uds=all", "--oci-seccomp"]
     : ["--root", state];
 }
 

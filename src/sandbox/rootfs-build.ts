@@ -1,7 +1,19 @@
 import { execFile } from "node:child_process";
 import { createHash } from "node:crypto";
 import { existsSync } from "node:fs";
-import { cp, link, mkdir, readdir, readFile, realpath, rename, rm, stat, writeFile } from "node:fs/promises";
+import {
+  chmod,
+  cp,
+  link,
+  mkdir,
+  readdir,
+  readFile,
+  realpath,
+  rename,
+  rm,
+  stat,
+  writeFile,
+} from "node:fs/promises";
 import { dirname, join } from "node:path";
 import { promisify } from "node:util";
 import { FennecError } from "../core/errors.js";
@@ -20,6 +32,11 @@ export interface BuiltRootfs {
 
 /** Directories every root needs as mount points (the runtimes mount over them). */
 const MOUNT_POINTS = ["proc", "dev", "sys", "tmp", "run/fennec", "etc"];
+/**
+ * Changes when what materialise() lays out changes, so roots built before are rebuilt. 2: /tmp is
+ * 1777 (runc gives a tmpfs the mode of the directory it covers, and instances run unprivileged).
+ */
+const LAYOUT = 2;
 
 /** Where a function's built roots live, one directory per digest (a dot directory, so the registry ignores it). */
 function rootfsParent(config: FunctionConfig): string {
@@ -83,6 +100,7 @@ async function resolveContents(contents: RootfsContents): Promise<Resolved> {
   const binaries = await Promise.all(contents.binaries.map((b) => realpath(b)));
   const libs = [...new Set((await Promise.all(binaries.map(sharedLibraries))).flat())].sort();
   const hash = createHash("sha256");
+  hash.update(`layout ${LAYOUT}\n`);
   for (const input of [...binaries, ...libs]) hash.update(`${await stampOf(input)}\n`);
   // Files by content (a bundle rebuilt byte for byte the same keeps its root and image).
   for (const f of contents.files) {
@@ -100,6 +118,7 @@ async function materialise(dir: string, r: Resolved): Promise<void> {
   await rm(tmp, { recursive: true, force: true });
   try {
     for (const m of MOUNT_POINTS) await mkdir(join(tmp, m), { recursive: true });
+    await chmod(join(tmp, "tmp"), 0o1777);
     for (const b of r.binaries) await place(b, join(tmp, b));
     for (const lib of r.libs) await place(await realpath(lib), join(tmp, lib));
     for (const f of r.files) await place(f.source, join(tmp, f.target));

@@ -1,7 +1,8 @@
 import assert from "node:assert/strict";
 import { execFile } from "node:child_process";
-import { existsSync, readdirSync } from "node:fs";
+import { existsSync, readdirSync, readFileSync } from "node:fs";
 import { appendFile, mkdir, writeFile } from "node:fs/promises";
+import { createServer } from "node:net";
 import { join } from "node:path";
 import { promisify } from "node:util";
 import { after, before, describe, it } from "node:test";
@@ -53,6 +54,13 @@ const fn = (
     },
   });
 
+/** What the `privileges` probe (test/fixtures/process/server.mjs) reports from inside. */
+interface Privileges {
+  status: Record<string, string>;
+  unshare: { status: number | null; stderr: string; error?: string };
+  writes: Record<string, string>;
+}
+
 async function rejectsWith(p: Promise<unknown>, code: string, message?: RegExp): Promise<FennecError> {
   const err = await p.then(
     () => assert.fail(`expected ${code}`),
@@ -83,11 +91,70 @@ for (const runtime of ["runc", "runsc"] as const) {
           Buffer.from((await inst.invoke(emptyGet(`port=${target.port}`))).body).toString(),
         ) as Record<string, string>;
         assert.equal(result["/tmp/written.txt"], "written");
-        assert.equal(result["/fn/written.txt"], "EROFS");
-        assert.equal(result["/usr/written.txt"], "EROFS");
+        // Read-only, and not the unprivileged user's to write either (gVisor checks that first).
+        for (const path of ["/fn/written.txt", "/usr/written.txt"])
+          assert.ok(["EROFS", "EACCES"].includes(result[path]!), `${path}: ${result[path]}`);
         assert.notEqual(result["network"], "connected");
       } finally {
         await inst.destroy();
+      }
+    });
+
+    it("runs as nobody with no capabilities, no new privileges and Docker's seccomp profile", async () => {
+      const inst = await start(fn("privileges", { runtime }));
+      let seen: Privileges;
+      let onHost: string;
+      try {
+        seen = JSON.parse(Buffer.from((await inst.invoke(emptyGet())).body).toString()) as Privileges;
+        const info = await dockerd.engine.api.getContainer(`fennec-${inst.id}`).inspect();
+        assert.equal(info.HostConfig.SecurityOpt?.includes("seccomp=unconfined") ?? false, false);
+        onHost = readFileSync(`/proc/${info.State.Pid}/status`, "utf8");
+      } finally {
+        await inst.destroy();
+      }
+      const s = seen.status;
+      assert.equal(s["Uid"], "65534\t65534\t65534\t65534", "inside: nobody, never root");
+      assert.equal(s["Gid"], "65534\t65534\t65534\t65534");
+      // gVisor's /proc/self/status has no CapAmb or NoNewPrivs lines; Linux's (runc) has both.
+      const gvisor = runtime === "runsc";
+      const sets = ["CapInh", "CapPrm", "CapEff", "CapBnd", ...(gvisor ? [] : ["CapAmb"])];
+      for (const set of sets) assert.equal(s[set], "0000000000000000", `${set} is empty`);
+      if (!gvisor) assert.equal(s["NoNewPrivs"], "1");
+      assert.equal(s["Seccomp"], "2", "Docker's seccomp profile is applied");
+      // unshare(2) needs no capability for a user namespace: only the filter refuses it.
+      assert.notEqual(seen.unshare.status, 0, JSON.stringify(seen.unshare));
+      assert.match(seen.unshare.stderr, /Operation not permitted/, JSON.stringify(seen.unshare));
+      assert.equal(seen.writes["/tmp/written.txt"], "written");
+      for (const path of ["/fn/written.txt", "/written.txt", "/run/written.txt"])
+        assert.ok(["EROFS", "EACCES"].includes(seen.writes[path]!), `${path}: ${seen.writes[path]}`);
+      // The host's view of the container's first process (runsc: its sandbox): not root either.
+      assert.doesNotMatch(onHost, /^Uid:\s+0\s/m, onHost);
+    });
+
+    it("cannot redirect Fennec's connections by swapping its socket for a symlink", async () => {
+      const { dir, cleanup } = await tempDir("fennec-decoy-");
+      let connections = 0;
+      const decoy = createServer((sock) => {
+        connections++;
+        sock.end("HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\ndecoy");
+      });
+      const decoyPath = join(dir, "decoy.sock");
+      await new Promise<void>((r) => decoy.listen(decoyPath, () => r()));
+      const inst = await start(fn("swap-socket", { runtime })).catch(async (err: unknown) => {
+        await new Promise((r) => decoy.close(r));
+        await cleanup();
+        throw err;
+      });
+      try {
+        const swapped = await inst.invoke(emptyGet(`target=${encodeURIComponent(decoyPath)}`));
+        assert.equal(Buffer.from(swapped.body).toString(), "swapped");
+        const next = await inst.invoke(emptyGet());
+        assert.equal(Buffer.from(next.body).toString(), "served by the function");
+        assert.equal(connections, 0, "Fennec never connected to the host socket");
+      } finally {
+        await inst.destroy();
+        await new Promise((r) => decoy.close(r));
+        await cleanup();
       }
     });
 
@@ -153,6 +220,14 @@ describe("container driver: bad input and cleanup", () => {
       startInstance(driver, fn("echo", { runtime: "kata" })),
       "SANDBOX_START_FAILED",
       /no runtime "kata".*apt-get install kata.*daemon\.json/,
+    );
+  });
+
+  it("refuses a gVisor runtime that would ignore Docker's seccomp profile (no --oci-seccomp)", async () => {
+    await rejectsWith(
+      startInstance(driver, fn("echo", { runtime: "runsc-no-seccomp" })),
+      "SANDBOX_START_FAILED",
+      /runsc-no-seccomp" is gVisor without --oci-seccomp.*daemon\.json/,
     );
   });
 

@@ -1,6 +1,15 @@
 import assert from "node:assert/strict";
+import { execFile } from "node:child_process";
+import { existsSync, readFileSync } from "node:fs";
+import { createServer } from "node:net";
+import { join } from "node:path";
+import { promisify } from "node:util";
 import { after, before, describe, it } from "node:test";
+import { OciDriver } from "../../src/sandbox/drivers/oci/driver.js";
+import { testConfig } from "../helpers/config.js";
 import { request } from "../helpers/http.js";
+import { emptyGet, startInstance } from "../helpers/instance.js";
+import { ROOT, tempDir } from "../helpers/paths.js";
 import { startTestServer, type TestServer } from "../helpers/server.js";
 
 // Needs root, runc and runsc (.ci/run installs them); under CI=true a missing tool fails.
@@ -34,3 +43,111 @@ describe("OCI examples through the gateway", () => {
     }
   });
 });
+
+/** What the `privileges` probe (test/fixtures/process/server.mjs) reports from inside. */
+interface Privileges {
+  status: Record<string, string>;
+  unshare: { status: number | null; stderr: string; error?: string };
+  writes: Record<string, string>;
+}
+
+/** A host Unix socket a function would like Fennec to talk to (as Docker's would be), counting connections. */
+async function decoySocket(): Promise<{
+  path: string;
+  connections: () => number;
+  close: () => Promise<void>;
+}> {
+  const { dir, cleanup } = await tempDir("fennec-decoy-");
+  let connections = 0;
+  const server = createServer((s) => {
+    connections++;
+    s.end("HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\ndecoy");
+  });
+  const path = join(dir, "decoy.sock");
+  await new Promise<void>((r) => server.listen(path, () => r()));
+  return {
+    path,
+    connections: () => connections,
+    close: async () => {
+      await new Promise((r) => server.close(r));
+      await cleanup();
+    },
+  };
+}
+
+/** /proc/<pid>/status on the host of the process the runtime's `state` names for a container. */
+async function hostStatus(runtime: "runc" | "runsc", id: string): Promise<string> {
+  const { stdout } = await promisify(execFile)(runtime, [...OciDriver.runtimeArgs(runtime), "state", id]);
+  return readFileSync(`/proc/${(JSON.parse(stdout) as { pid: number }).pid}/status`, "utf8");
+}
+
+const probeFn = (runtime: "runc" | "runsc", mode = "privileges") =>
+  testConfig({
+    id: { user: "default", name: `${mode}-${runtime}` },
+    key: `default/${mode}-${runtime}`,
+    dir: join(ROOT, "test", "fixtures", "process"),
+    timeoutMs: 20_000,
+    sandbox: {
+      kind: "oci",
+      command: [process.execPath, "server.mjs", mode],
+      handler: undefined,
+      runtime,
+      env: {},
+      memoryMiB: 256,
+      pids: 1024,
+      rootfs: "shared",
+    },
+  });
+
+for (const runtime of ["runc", "runsc"] as const) {
+  describe(`OCI containers are least-privileged (${runtime})`, () => {
+    const driver = new OciDriver();
+    after(() => driver.close());
+
+    it("run as an unprivileged user with no capabilities, no new privileges and a seccomp filter", async () => {
+      const inst = await startInstance(driver, probeFn(runtime), { startTimeoutMs: 30_000 });
+      let seen: Privileges;
+      let onHost: string;
+      try {
+        seen = JSON.parse(Buffer.from((await inst.invoke(emptyGet())).body).toString()) as Privileges;
+        onHost = await hostStatus(runtime, inst.id);
+      } finally {
+        await inst.destroy();
+      }
+      const s = seen.status;
+      assert.equal(s["Uid"], "65534\t65534\t65534\t65534", "inside: nobody, never root");
+      assert.equal(s["Gid"], "65534\t65534\t65534\t65534");
+      // gVisor's /proc/self/status has no CapAmb or NoNewPrivs lines; Linux's (runc) has both.
+      const gvisor = runtime === "runsc";
+      const sets = ["CapInh", "CapPrm", "CapEff", "CapBnd", ...(gvisor ? [] : ["CapAmb"])];
+      for (const set of sets) assert.equal(s[set], "0000000000000000", `${set} is empty`);
+      if (!gvisor) assert.equal(s["NoNewPrivs"], "1");
+      assert.equal(s["Seccomp"], "2", "a seccomp filter is installed");
+      // unshare(2) needs no capability for a user namespace: only the filter refuses it.
+      assert.notEqual(seen.unshare.status, 0, JSON.stringify(seen.unshare));
+      assert.match(seen.unshare.stderr, /Operation not permitted/, JSON.stringify(seen.unshare));
+      // Writes: only /tmp (its own tmpfs); not the function directory, the root or /run.
+      assert.equal(seen.writes["/tmp/written.txt"], "written");
+      for (const path of ["/fn/written.txt", "/written.txt", "/run/written.txt"])
+        assert.ok(["EROFS", "EACCES"].includes(seen.writes[path]!), `${path}: ${seen.writes[path]}`);
+      assert.ok(!existsSync(join(ROOT, "test", "fixtures", "process", "written.txt")));
+      // The host's view: runc's container process, or runsc's sandbox, is not root there either.
+      assert.doesNotMatch(onHost, /^Uid:\s+0\s/m, onHost);
+    });
+
+    it("cannot redirect Fennec's connections by swapping its socket for a symlink", async () => {
+      const decoy = await decoySocket();
+      const inst = await startInstance(driver, probeFn(runtime, "swap-socket"), { startTimeoutMs: 30_000 });
+      try {
+        const swapped = await inst.invoke(emptyGet(`target=${encodeURIComponent(decoy.path)}`));
+        assert.equal(Buffer.from(swapped.body).toString(), "swapped");
+        const next = await inst.invoke(emptyGet());
+        assert.equal(Buffer.from(next.body).toString(), "served by the function");
+        assert.equal(decoy.connections(), 0, "Fennec never connected to the host socket");
+      } finally {
+        await inst.destroy();
+        await decoy.close();
+      }
+    });
+  });
+}

@@ -69,7 +69,15 @@ export async function startDockerd(): Promise<TestDockerd> {
     join(dir, "daemon.json"),
     JSON.stringify({
       runtimes: {
-        runsc: { path: runsc, runtimeArgs: ["--platform=ptrace", "--network=none", "--host-uds=all"] },
+        runsc: {
+          path: runsc,
+          runtimeArgs: ["--platform=ptrace", "--network=none", "--host-uds=all", "--oci-seccomp"],
+        },
+        // gVisor as it would ignore Docker's seccomp profile: the driver must refuse it.
+        "runsc-no-seccomp": {
+          path: runsc,
+          runtimeArgs: ["--platform=ptrace", "--network=none", "--host-uds=all"],
+        },
       },
     }),
   );
@@ -125,12 +133,18 @@ export async function startDockerd(): Promise<TestDockerd> {
 }
 
 /**
- * Imports the process fixture (test/fixtures/process/server.mjs) as a Docker image: Node, `sleep`
- * (for the fork probe) and the script, entrypoint `node /fn/server.mjs`; FENNEC_TEST_MODE picks the mode.
+ * Imports the process fixture (test/fixtures/process/server.mjs) as a Docker image: Node, `sleep`,
+ * `unshare` and `true` (for the probes) and the script, entrypoint `node /fn/server.mjs`; FENNEC_TEST_MODE picks the mode.
  */
 export async function importFixtureImage(d: TestDockerd, ref = "fennec-test/server:1"): Promise<string> {
   const rootfs = await assembleRootfs(join(d.dir, "fixture-rootfs"), {
-    binaries: [process.execPath, findExecutable("sleep", "coreutils")],
+    // sleep for the fork probe; unshare and true for the privileges probe.
+    binaries: [
+      process.execPath,
+      findExecutable("sleep", "coreutils"),
+      findExecutable("unshare", "util-linux"),
+      findExecutable("true", "coreutils"),
+    ],
     files: [{ source: join(ROOT, "test", "fixtures", "process", "server.mjs"), target: "/fn/server.mjs" }],
   });
   await d.engine.importRootfs(rootfs.dir, ref, rootfs.digest, [await nodeInside(), "/fn/server.mjs"]);

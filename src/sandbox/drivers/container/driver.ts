@@ -1,4 +1,4 @@
-import { chmod, mkdir, rm } from "node:fs/promises";
+import { mkdir, rm } from "node:fs/promises";
 import { join } from "node:path";
 import type Docker from "dockerode";
 import { FennecError } from "../../../core/errors.js";
@@ -11,6 +11,8 @@ import { INSIDE } from "../../host-view.js";
 import { HttpTransport } from "../../http-transport.js";
 import { nodeInside, removeOtherRootfs, RootfsBuilds, type BuiltRootfs } from "../../rootfs-build.js";
 import { createRunDir, runRoot, sweepStale } from "../../run-dir.js";
+import { seccompProfile } from "../../seccomp.js";
+import { giveToSandboxUser, SANDBOX_USER, takeSocket } from "../../unprivileged.js";
 import { waitForSocket } from "../../wait-socket.js";
 import { DockerEngine, defaultDockerSocket, handlerImageRef, LABEL } from "./engine.js";
 
@@ -160,12 +162,13 @@ export class ContainerDriver implements SandboxDriver {
   async start(ctx: StartContext): Promise<SandboxHandle> {
     const cfg = containerOf(ctx.config);
     const what = `${ctx.config.key}: instance ${ctx.instanceId} (docker${cfg.runtime ? `, ${cfg.runtime}` : ""})`;
-    await this.engine.requireRuntime(cfg.runtime);
+    const { gvisor } = await this.engine.requireRuntime(cfg.runtime);
     const image = await this.image(ctx.config);
     const dir = await createRunDir("container", ctx.instanceId);
     const socketDir = join(dir, "sock");
     await mkdir(socketDir);
-    await chmod(socketDir, 0o777); // the container's user may not be root
+    // The one host directory the container writes: its own, the sandbox user's.
+    await giveToSandboxUser(socketDir);
     const memory = cfg.memoryMiB * 2 ** 20;
     let container: Docker.Container;
     try {
@@ -174,6 +177,8 @@ export class ContainerDriver implements SandboxDriver {
         Image: image,
         // UniFaaS: the callback URL is the container's argument (after the image's entrypoint).
         Cmd: [ctx.callbackUrl],
+        // Never the host's root, whatever the image says (docs/security.md).
+        User: `${SANDBOX_USER.uid}:${SANDBOX_USER.gid}`,
         Env: [
           ...Object.entries(cfg.env).map(([k, v]) => `${k}=${v}`),
           `FENNEC_SOCKET=${join(INSIDE.runDir, "http.sock")}`,
@@ -192,9 +197,16 @@ export class ContainerDriver implements SandboxDriver {
           MemorySwap: memory,
           PidsLimit: cfg.pids,
           ReadonlyRootfs: true,
-          Tmpfs: { "/tmp": "rw,nosuid,nodev,size=65536k" },
+          Tmpfs: { "/tmp": "rw,nosuid,nodev,mode=1777,size=65536k" },
           CapDrop: ["ALL"],
-          SecurityOpt: ["no-new-privileges"],
+          // A seccomp filter always: Docker's default profile, never `seccomp=unconfined`. Under
+          // gVisor (which must run with --oci-seccomp: DockerEngine.requireRuntime) Fennec's own
+          // allowlist instead, of the same shape: this runsc ignores errnoRet, so Docker's answer
+          // to clone3 (ENOSYS) becomes EPERM, libc does not fall back to clone, and no thread starts.
+          SecurityOpt: [
+            "no-new-privileges",
+            ...(gvisor ? [`seccomp=${JSON.stringify(seccompProfile())}`] : []),
+          ],
           Binds: [`${socketDir}:${INSIDE.runDir}:rw`],
           ...(cfg.runtime ? { Runtime: cfg.runtime } : {}),
         },
@@ -211,7 +223,8 @@ export class ContainerDriver implements SandboxDriver {
       dir,
       what,
       memoryMiB: cfg.memoryMiB,
-      transport: new HttpTransport({ socketPath: join(socketDir, "http.sock") }, what),
+      // The socket, once ready, is moved out of the container's reach (takeSocket).
+      transport: new HttpTransport({ socketPath: join(dir, "http.sock") }, what),
       released: () => this.#released(ctx.config, image),
     });
     try {
@@ -230,6 +243,16 @@ export class ContainerDriver implements SandboxDriver {
         );
         ctx.waitForCallback().then(resolve, reject);
       }).finally(() => settled.abort());
+      // Ready by its callback, it may not be listening yet: the socket is the transport.
+      const listening = new AbortController();
+      await new Promise<void>((resolve, reject) => {
+        instance.onExit(reject);
+        waitForSocket(join(socketDir, "http.sock"), AbortSignal.any([ctx.signal, listening.signal])).then(
+          resolve,
+          reject,
+        );
+      }).finally(() => listening.abort());
+      await takeSocket(join(socketDir, "http.sock"), join(dir, "http.sock"), what);
     } catch (err) {
       await instance.destroy();
       throw err;

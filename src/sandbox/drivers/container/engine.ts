@@ -1,3 +1,4 @@
+import { basename } from "node:path";
 import { Readable } from "node:stream";
 import Docker from "dockerode";
 import { create as createTar } from "tar";
@@ -22,6 +23,15 @@ export function defaultDockerSocket(): string {
   const host = process.env["DOCKER_HOST"];
   if (host?.startsWith("unix://")) return host.slice("unix://".length);
   return "/var/run/docker.sock";
+}
+
+/** How gVisor is named in daemon.json for Fennec: no network, the socket transport, seccomp applied. */
+const RUNSC_EXAMPLE =
+  '{"runtimes": {"runsc": {"path": "/usr/bin/runsc", "runtimeArgs": ["--network=none", "--host-uds=all", "--oci-seccomp"]}}}';
+
+/** Whether a runtime's binary is gVisor's runsc. */
+function isGvisor(path: string): boolean {
+  return basename(path) === "runsc";
 }
 
 const UNREACHABLE_HINT =
@@ -65,18 +75,34 @@ export class DockerEngine {
     await this.#call(() => this.api.ping());
   }
 
-  /** Fails with the package to install when the engine has no such runtime configured. */
-  async requireRuntime(runtime: string | undefined): Promise<void> {
-    if (runtime === undefined) return;
-    const info = (await this.#call(() => this.api.info())) as { Runtimes?: Record<string, unknown> };
-    if (info.Runtimes && runtime in info.Runtimes) return;
+  /**
+   * Fails with the package to install when the engine has no such runtime configured, and refuses
+   * a gVisor runtime configured without `--oci-seccomp`: without it runsc ignores the seccomp
+   * profile Docker puts in the container's spec, and the function would run with no filter.
+   * Says whether the runtime is gVisor.
+   */
+  async requireRuntime(runtime: string | undefined): Promise<{ gvisor: boolean }> {
+    if (runtime === undefined) return { gvisor: false };
+    const info = (await this.#call(() => this.api.info())) as {
+      Runtimes?: Record<string, { path?: string; runtimeArgs?: string[] }>;
+    };
+    const configured = info.Runtimes?.[runtime];
+    if (configured && !isGvisor(configured.path ?? runtime)) return { gvisor: false };
+    if (configured?.runtimeArgs?.includes("--oci-seccomp")) return { gvisor: true };
+    if (configured) {
+      throw new FennecError(
+        "SANDBOX_START_FAILED",
+        `the Docker engine's runtime "${runtime}" is gVisor without --oci-seccomp, so it would ignore ` +
+          `Docker's seccomp profile inside the sandbox: add "--oci-seccomp" to its "runtimeArgs" in ` +
+          `/etc/docker/daemon.json (${RUNSC_EXAMPLE}), then reload dockerd (SIGHUP)`,
+      );
+    }
     const pkg = runtime === "runsc" ? "runsc" : runtime;
     throw new FennecError(
       "SANDBOX_START_FAILED",
       `the Docker engine has no runtime "${runtime}" (it has: ${Object.keys(info.Runtimes ?? {}).join(", ")}): ` +
         `install it (apt-get install ${pkg}) and name it under "runtimes" in /etc/docker/daemon.json, ` +
-        `e.g. {"runtimes": {"runsc": {"path": "/usr/bin/runsc", "runtimeArgs": ["--network=none", "--host-uds=all"]}}}, ` +
-        `then reload dockerd (SIGHUP)`,
+        `e.g. ${RUNSC_EXAMPLE}, then reload dockerd (SIGHUP)`,
     );
   }
 
@@ -98,7 +124,20 @@ export class DockerEngine {
   async importRootfs(dir: string, ref: string, digest: string, entrypoint: readonly string[]): Promise<void> {
     const [repo, tag] = splitRef(ref);
     // node-tar streams are Minipass streams; the Engine API client pipes a Node Readable.
-    const tarball = Readable.from(createTar({ cwd: dir, portable: true }, ["."]));
+    const tarball = Readable.from(
+      createTar(
+        {
+          cwd: dir,
+          portable: true,
+          // `portable` clears group and world write bits; /tmp (sticky, 1777) must keep them: the
+          // container runs unprivileged and runc gives the /tmp tmpfs the mode of the image's /tmp.
+          onWriteEntry: (entry) => {
+            if (entry.type === "Directory" && (entry.stat?.mode ?? 0) & 0o1000) entry.portable = false;
+          },
+        },
+        ["."],
+      ),
+    );
     const changes = [
       `ENTRYPOINT ${JSON.stringify(entrypoint)}`,
       `WORKDIR ${INSIDE.functionDir}`,

@@ -13,6 +13,7 @@ import { findExecutable, INSIDE, systemDirs } from "../../host-view.js";
 import { HttpTransport } from "../../http-transport.js";
 import { nodeInside, removeRootfs, RootfsBuilds, type BuiltRootfs } from "../../rootfs-build.js";
 import { createRunDir, runRoot, sweepStale } from "../../run-dir.js";
+import { giveToSandboxUser, takeSocket } from "../../unprivileged.js";
 import { waitForSocket } from "../../wait-socket.js";
 import { mountOverlay, mountPointsUnder, unmountOverlay } from "./overlay.js";
 import { ociSpec, type BindMount } from "./spec.js";
@@ -74,7 +75,10 @@ export class OciDriver implements SandboxDriver {
 
   static runtimeArgs(runtime: OciSandboxConfig["runtime"]): string[] {
     const base = ["--root", OciDriver.stateRoot(runtime)];
-    return runtime === "runsc" ? [...base, "--network=none", "--platform=ptrace", "--host-uds=all"] : base;
+    // --oci-seccomp: without it runsc ignores the spec's seccomp filter inside the sandbox.
+    return runtime === "runsc"
+      ? [...base, "--network=none", "--platform=ptrace", "--host-uds=all", "--oci-seccomp"]
+      : base;
   }
 
   memoryMiB(config: FunctionConfig): number {
@@ -162,7 +166,10 @@ export class OciDriver implements SandboxDriver {
     const what = `${ctx.config.key}: instance ${ctx.instanceId} (${cfg.runtime})`;
     const dir = await createRunDir("oci", ctx.instanceId);
     const socketDir = join(dir, "sock");
-    await mkdir(socketDir, { mode: 0o777 });
+    await mkdir(socketDir);
+    // The one host directory the container writes: its own, the sandbox user's (the run directory
+    // around it, with the bundle and owner record, stays root's and is not mounted).
+    await giveToSandboxUser(socketDir);
     const cleanup: Array<() => Promise<void>> = [];
     const abandon = async () => {
       for (const step of cleanup.reverse()) await step();
@@ -232,7 +239,8 @@ export class OciDriver implements SandboxDriver {
       dir,
       what,
       memoryMiB: cfg.memoryMiB,
-      transport: new HttpTransport({ socketPath: join(socketDir, "http.sock") }, what),
+      // The socket, once ready, is moved out of the container's reach (takeSocket).
+      transport: new HttpTransport({ socketPath: join(dir, "http.sock") }, what),
       cleanup,
     });
     // 2. Race the socket accepting against the container exiting and the start deadline; the socket
@@ -249,6 +257,7 @@ export class OciDriver implements SandboxDriver {
           reject,
         );
       }).finally(() => settled.abort());
+      await takeSocket(join(socketDir, "http.sock"), join(dir, "http.sock"), what);
     } catch (err) {
       await instance.destroy();
       throw err;

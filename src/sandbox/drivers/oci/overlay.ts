@@ -1,8 +1,9 @@
 import { execFile } from "node:child_process";
-import { mkdir, readFile } from "node:fs/promises";
+import { chown, mkdir, readdir, readFile } from "node:fs/promises";
 import { join } from "node:path";
 import { promisify } from "node:util";
 import { FennecError } from "../../../core/errors.js";
+import { SANDBOX_USER } from "../../unprivileged.js";
 
 const run = promisify(execFile);
 
@@ -11,6 +12,10 @@ const run = promisify(execFile);
  * is the shared built root (never written) and whose upper and work directories live in the
  * instance's run directory, so what the instance writes is its own and goes when it stops.
  * `volatile`: the upper layer is thrown away with the instance, so it is never synced to disk.
+ * The container runs as the unprivileged sandbox user, and the built root is root's: the upper layer
+ * starts with the lower's directories, owned by the sandbox user, so the merged root is writable by
+ * the instance (its own copy) while the files hard-linked from the host are only copied up, never
+ * written through.
  */
 export async function mountOverlay(lower: string, runDir: string): Promise<string> {
   if (/[,:\\]/.test(lower) || /[,:\\]/.test(runDir)) {
@@ -23,6 +28,7 @@ export async function mountOverlay(lower: string, runDir: string): Promise<strin
   const upper = join(runDir, "upper");
   const work = join(runDir, "work");
   await Promise.all([mkdir(target), mkdir(upper), mkdir(work)]);
+  await ownedDirectoryTree(lower, upper);
   const options = `lowerdir=${lower},upperdir=${upper},workdir=${work},volatile`;
   await run("mount", ["-t", "overlay", "overlay", "-o", options, target]).catch((err: Error) => {
     throw new FennecError(
@@ -31,6 +37,18 @@ export async function mountOverlay(lower: string, runDir: string): Promise<strin
     );
   });
   return target;
+}
+
+/** Creates in `upper` every directory of `lower`, owned by the sandbox user (upper included). */
+async function ownedDirectoryTree(lower: string, upper: string): Promise<void> {
+  const dirs = (await readdir(lower, { recursive: true, withFileTypes: true }))
+    .filter((e) => e.isDirectory())
+    .map((e) => join(upper, e.parentPath.slice(lower.length), e.name))
+    .sort();
+  for (const dir of [upper, ...dirs]) {
+    await mkdir(dir, { recursive: true });
+    await chown(dir, SANDBOX_USER.uid, SANDBOX_USER.gid);
+  }
 }
 
 /** Unmounts an overlay root (lazily if something still holds it); nothing when it is not mounted. */

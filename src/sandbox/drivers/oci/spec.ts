@@ -1,3 +1,6 @@
+import { SANDBOX_USER } from "../../unprivileged.js";
+import { seccompProfile } from "../../seccomp.js";
+
 /** A bind mount of a host path into the container. */
 export interface BindMount {
   readonly source: string;
@@ -20,11 +23,12 @@ export interface SpecOptions {
 }
 
 /**
- * The OCI runtime spec (config.json) of one instance: a read-only root (unless it is the instance's
- * own overlay), a writable /tmp, no new
- * privileges, every capability dropped, memory and pids limits through cgroups, its own network
- * namespace with nothing in it (no IP network), and host directories bind-mounted read-only
- * (programs and libraries) or read-write (the instance's socket directory).
+ * The OCI runtime spec (config.json) of one instance: the unprivileged sandbox user (never the
+ * host's root), Fennec's seccomp allowlist (seccomp.ts), no new privileges, every capability
+ * dropped, a read-only root (unless it is the instance's own overlay), a writable /tmp, memory and
+ * pids limits through cgroups, its own network namespace with nothing in it (no IP network), and
+ * host directories bind-mounted read-only (programs and libraries) or read-write (the instance's
+ * socket directory, owned by the sandbox user).
  */
 export function ociSpec(o: SpecOptions): Record<string, unknown> {
   const none: string[] = [];
@@ -32,7 +36,7 @@ export function ociSpec(o: SpecOptions): Record<string, unknown> {
     ociVersion: "1.0.2",
     process: {
       terminal: false,
-      user: { uid: 0, gid: 0 },
+      user: { uid: SANDBOX_USER.uid, gid: SANDBOX_USER.gid, additionalGids: [] },
       args: o.args,
       env: Object.entries(o.env).map(([k, v]) => `${k}=${v}`),
       cwd: o.cwd,
@@ -83,6 +87,7 @@ export function ociSpec(o: SpecOptions): Record<string, unknown> {
         devices: [{ allow: false, access: "rwm" }],
       },
       cgroupsPath: o.cgroupsPath,
+      seccomp: seccompProfile(),
       namespaces: [{ type: "pid" }, { type: "network" }, { type: "ipc" }, { type: "uts" }, { type: "mount" }],
       maskedPaths: [
         "/proc/acpi",
