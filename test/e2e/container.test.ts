@@ -74,7 +74,7 @@ for (const runtime of ["runc", "runsc"] as const) {
       target = await loopbackTarget();
     });
     after(() => target.close());
-    const start = (config: FunctionConfig) => startInstance(driver, config, { startTimeoutMs: 20_000 });
+    const start = (config: FunctionConfig) => startInstance(driver, config, { startTimeoutMs: 60_000 });
 
     it("has a read-only root but for /tmp, and no network", async () => {
       const inst = await start(fn("probe", { runtime }));
@@ -188,7 +188,7 @@ describe("Docker examples through the gateway", () => {
   let s: TestServer;
   before(async () => {
     await ready;
-    s = await startTestServer({ startTimeoutMs: 30_000, dockerSocket: dockerd.socketPath });
+    s = await startTestServer({ startTimeoutMs: 60_000, dockerSocket: dockerd.socketPath });
   });
   after(() => s.close());
 
@@ -272,7 +272,7 @@ describe("handler images: one per function, older builds removed", () => {
 
   it("removes the old image when a function's image is rebuilt for a new digest; one in use when its container goes", async () => {
     const v1 = await driver.image(handlerFn("v1"));
-    const inst = await startInstance(driver, handlerFn("v1"), { startTimeoutMs: 20_000 });
+    const inst = await startInstance(driver, handlerFn("v1"), { startTimeoutMs: 60_000 });
     await writeFile(join(dir, "handler.js"), 'export default { fetch: () => new Response("v2") };\n');
     const v2 = await driver.image(handlerFn("v2"));
     assert.notEqual(v2, v1);
