@@ -181,9 +181,10 @@ export async function startFennec(options: FennecOptions): Promise<Fennec> {
   });
 
   const server = createGatewayServer(options.server ?? {}, gateway.handle);
-  await new Promise<void>((resolveListen, reject) => {
-    server.once("error", reject);
-    server.listen(options.port ?? 8123, options.host ?? "127.0.0.1", () => resolveListen());
+  await listen(server, options.port ?? 8123, options.host ?? "127.0.0.1").catch(async (err: unknown) => {
+    // Nothing will be served: stop what was started (idle executor threads would keep the process alive).
+    await scheduler.close(0);
+    throw err;
   });
   const address = server.address() as AddressInfo;
   const host = address.family === "IPv6" ? `[${address.address}]` : address.address;
@@ -250,4 +251,31 @@ export async function startFennec(options: FennecOptions): Promise<Fennec> {
     return closing;
   };
   return { url, server, scheduler, registry, log, close };
+}
+
+/** Listens, or rejects with one clear line naming the address and the reason (a busy port, a bad host). */
+function listen(server: Server, port: number, host: string): Promise<void> {
+  return new Promise<void>((resolveListen, reject) => {
+    const fail = (err: NodeJS.ErrnoException) => {
+      const why =
+        err.code === "EADDRINUSE"
+          ? "the address is already in use (another program, or another Fennec, listens there)"
+          : err.code === "EACCES"
+            ? "permission denied (ports below 1024 need privileges)"
+            : err.code === "EADDRNOTAVAIL" || err.code === "ENOTFOUND" || err.code === "EAI_AGAIN"
+              ? "no such local address"
+              : err.message;
+      reject(new Error(`cannot listen on ${host}:${port}: ${why}${err.code ? ` (${err.code})` : ""}`));
+    };
+    server.once("error", fail);
+    try {
+      server.listen(port, host, () => {
+        server.off("error", fail);
+        resolveListen();
+      });
+    } catch (err) {
+      // An out-of-range port is thrown, not emitted.
+      fail(err as NodeJS.ErrnoException);
+    }
+  });
 }

@@ -1,22 +1,40 @@
 /** A tiny HTTP client for the CLI's remote commands (uses Node's built-in fetch). */
+import { readFileSync } from "node:fs";
+
 export interface ClientOptions {
   readonly url: string;
   readonly token: string | undefined;
 }
 
+/** The version in package.json (dist/src/cli/ is three levels below the package root). */
+export const VERSION: string = (
+  JSON.parse(readFileSync(new URL("../../../package.json", import.meta.url), "utf8")) as { version: string }
+).version;
+
+/**
+ * Who a request is for. The admin token goes to Fennec's own routes (the admin API, uploads,
+ * /stats) and never to a function: whatever a function is sent, it can read, log or forward.
+ */
+export type Audience = "platform" | "function";
+
 export async function call(
   opts: ClientOptions,
+  audience: Audience,
   method: string,
   path: string,
   body?: Uint8Array | string,
   headers: Record<string, string> = {},
 ): Promise<Response> {
-  const h: Record<string, string> = { ...headers };
-  if (opts.token) h["authorization"] = `Bearer ${opts.token}`;
+  // No Origin and no browser content types: the gateway refuses what a web page could send.
+  const h: Record<string, string> = { "user-agent": `fennec-cli/${VERSION}`, ...headers };
+  if (audience === "platform" && opts.token) h["authorization"] = `Bearer ${opts.token}`;
   try {
     return await fetch(new URL(path, opts.url), {
       method,
       headers: h,
+      // A function's redirect is its answer, shown as is; Fennec itself never redirects, so a
+      // redirect on an admin route is refused rather than followed somewhere with the token.
+      redirect: audience === "function" ? "manual" : "error",
       ...(body === undefined ? {} : { body: body as string | Uint8Array<ArrayBuffer> }),
     });
   } catch (err) {

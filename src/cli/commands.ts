@@ -1,8 +1,10 @@
 import { readdir, readFile, stat } from "node:fs/promises";
-import { basename, join } from "node:path";
+import { basename, join, resolve } from "node:path";
 import { parseArgs } from "node:util";
-import { startFennec } from "../main.js";
 import { call, expectOk, type ClientOptions } from "./client.js";
+
+/** A mistake in the command line (exit code 2), as opposed to a failure of the work (exit code 1). */
+export class UsageError extends Error {}
 
 export interface Command {
   readonly summary: string;
@@ -20,16 +22,29 @@ const clientHelp = `  --url URL          Fennec's address (env FENNEC_URL; defau
   --token TOKEN      admin token (env FENNEC_TOKEN)
   -h, --help         this help`;
 
+// `invoke` talks to a function, which must never see the admin token: it takes no --token and
+// ignores FENNEC_TOKEN.
+const { token: _adminToken, ...invokeFlags } = clientFlags;
+const invokeHelp = `  --url URL          Fennec's address (env FENNEC_URL; default http://127.0.0.1:8123)
+  -h, --help         this help
+The admin token (--token, FENNEC_TOKEN) is never sent to a function; -H sends what you give it.`;
+
 function client(values: { url?: string | undefined; token?: string | undefined }): ClientOptions {
   return { url: values.url ?? "http://127.0.0.1:8123", token: values.token };
 }
 
-/** `user/fn` or `fn` -> the `/f/<user>/<fn>` path part. */
-function userAndName(spec: string): string {
+/** `fn`, `default/fn` or `user/fn` -> the user (default "default") and the name. */
+function userAndName(spec: string): { user: string; name: string } {
   const parts = spec.split("/");
-  return parts.length === 2
-    ? `${encodeURIComponent(parts[0]!)}/${encodeURIComponent(parts[1]!)}`
-    : `default/${encodeURIComponent(spec)}`;
+  if (parts.length === 1) return { user: "default", name: spec };
+  if (parts.length === 2 && parts[0] && parts[1]) return { user: parts[0], name: parts[1] };
+  throw new UsageError(`FUNCTION is "name" or "user/name", got ${JSON.stringify(spec)}`);
+}
+
+/** The `/f/<user>/<fn>` path of a function (Faasm's upload and call route). */
+function fPath(spec: string): string {
+  const { user, name } = userAndName(spec);
+  return `/f/${encodeURIComponent(user)}/${encodeURIComponent(name)}`;
 }
 
 const serve: Command = {
@@ -90,23 +105,26 @@ Edits on disk apply to new instances without a restart; SIGINT/SIGTERM drain and
     if (values.help) return help(serve);
     const accel = values["vm-accel"];
     if (accel !== "auto" && accel !== "kvm" && accel !== "tcg")
-      throw new Error(`--vm-accel expects auto, kvm or tcg`);
-    const num = (name: string, v: string) => {
-      const n = Number(v);
-      if (!Number.isInteger(n) || n < 0)
-        throw new Error(`--${name} expects a whole number, got ${JSON.stringify(v)}`);
+      throw new UsageError(`--vm-accel expects auto, kvm or tcg`);
+    const num = (name: string, v: string, max = Number.MAX_SAFE_INTEGER) => {
+      const n = /^\d+$/.test(v) ? Number(v) : NaN;
+      if (!Number.isSafeInteger(n) || n > max)
+        throw new UsageError(`--${name} expects a whole number from 0 to ${max}, got ${JSON.stringify(v)}`);
       return n;
     };
+    const port = num("port", values.port, 65535);
     const level = values["log-level"];
     if (!["error", "warn", "info", "debug"].includes(level))
-      throw new Error(`--log-level expects error, warn, info or debug`);
+      throw new UsageError(`--log-level expects error, warn, info or debug`);
     await stat(values.registry).catch(() => {
       throw new Error(`registry directory ${values.registry} does not exist`);
     });
+    // Loaded here, not at the top: the remote commands need none of the platform.
+    const { startFennec } = await import("../main.js");
     const fennec = await startFennec({
       registry: values.registry,
       host: values.host,
-      port: num("port", values.port),
+      port,
       token: values.token || undefined,
       allowedHosts: values["allowed-host"],
       memoryBudgetMiB: num("memory", values.memory),
@@ -144,47 +162,62 @@ FUNCTION is "name" (user default) or "user/name". The response body goes to stdo
 a non-2xx status is reported on stderr with exit code 1.
 
   -d, --data TEXT      request body ("@file" reads a file, "-" reads stdin)
-  -X, --method METHOD  HTTP method (default POST when --data is given, else GET)
+  -X, --method METHOD  HTTP method, sent as given (default POST when --data is given, else GET).
+                       A function of another user than "default" is called with POST
+                       /f/<user>/<name>, the only call route for it: POST is its default and
+                       any other -X is refused
   -H, --header 'N: V'  extra request header (repeatable)
   -i, --include        print the status line and headers before the body
-${clientHelp}`,
+${invokeHelp}`,
   async run(argv) {
     const { values, positionals } = parseArgs({
       args: argv,
       allowPositionals: true,
       options: {
-        ...clientFlags,
+        ...invokeFlags,
         data: { type: "string", short: "d" },
         method: { type: "string", short: "X" },
         header: { type: "string", short: "H", multiple: true },
         include: { type: "boolean", short: "i" },
       },
     });
-    if (values.help || positionals.length === 0) return help(invoke);
-    const [fn, path = ""] = positionals;
+    if (values.help) return help(invoke);
+    if (positionals.length < 1 || positionals.length > 2)
+      throw new UsageError("invoke expects FUNCTION and an optional PATH");
+    const [fn, path = ""] = positionals as [string, string?];
+    const { user, name } = userAndName(fn);
     let body: Uint8Array | undefined;
     if (values.data !== undefined) {
       if (values.data === "-") body = await readStdin();
-      else if (values.data.startsWith("@")) body = await readFile(values.data.slice(1));
+      else if (values.data.startsWith("@"))
+        body = await readFile(values.data.slice(1)).catch((err: NodeJS.ErrnoException) => {
+          throw new Error(`cannot read ${values.data!.slice(1)} (${err.code ?? err.message})`);
+        });
       else body = Buffer.from(values.data);
     }
     const headers: Record<string, string> = {};
     for (const h of values.header ?? []) {
       const i = h.indexOf(":");
-      if (i <= 0) throw new Error(`--header expects "Name: value", got ${JSON.stringify(h)}`);
+      if (i <= 0) throw new UsageError(`--header expects "Name: value", got ${JSON.stringify(h)}`);
       headers[h.slice(0, i).trim()] = h.slice(i + 1).trim();
     }
-    const method = values.method ?? (body ? "POST" : "GET");
-    const target = fn!.includes("/")
-      ? `/f/${userAndName(fn!)}${path ? "/" + path.replace(/^\//, "") : ""}`
-      : `/invoke/${encodeURIComponent(fn!)}/${path.replace(/^\//, "")}`;
-    const res = await call(
-      client(values),
-      fn!.includes("/") && method !== "POST" ? "POST" : method,
-      target,
-      body,
-      headers,
-    );
+    const rest = path.replace(/^\//, "");
+    let method: string;
+    let target: string;
+    if (user === "default") {
+      method = values.method ?? (body ? "POST" : "GET");
+      target = `/invoke/${encodeURIComponent(name)}/${rest}`;
+    } else {
+      // PUT on /f/<user>/<name> would upload the body as the function's module: never from invoke.
+      if (values.method !== undefined && values.method !== "POST")
+        throw new UsageError(
+          `-X ${values.method}: a function of user "${user}" can only be called with POST ` +
+            `(/f/${user}/${name}); omit -X, or use -X POST`,
+        );
+      method = "POST";
+      target = `${fPath(fn)}${rest ? "/" + rest : ""}`;
+    }
+    const res = await call(client(values), "function", method, target, body, headers);
     if (values.include) {
       process.stdout.write(`HTTP ${res.status} ${res.statusText}\n`);
       res.headers.forEach((v, k) => process.stdout.write(`${k}: ${v}\n`));
@@ -204,38 +237,52 @@ ${clientHelp}`,
 const deploy: Command = {
   summary: "upload a .wasm module, or deploy a function directory",
   usage: `fennec deploy FUNCTION SOURCE [options]
+fennec deploy DIR [options]
 
-FUNCTION is "name" (user default) or "user/name".
+FUNCTION is "name" (user default) or "user/name"; with DIR alone it is DIR's own name.
 SOURCE is either a .wasm file (uploaded with PUT /f/<user>/<name>, keeping an existing
 function.toml or creating a default one) or a directory holding function.toml and its
 artefacts (sent to POST /system/functions, validated before anything is written).
 
+A deploy carries only the files directly in the directory: subdirectories (e.g. src/) and
+hidden files are not sent, and each one left out is named on stderr. The .fennec directory
+holds what Fennec builds itself and is left out silently.
+
 ${clientHelp}`,
   async run(argv) {
     const { values, positionals } = parseArgs({ args: argv, allowPositionals: true, options: clientFlags });
-    if (values.help || positionals.length !== 2) return help(deploy);
-    const [fn, source] = positionals as [string, string];
+    if (values.help) return help(deploy);
+    if (positionals.length < 1 || positionals.length > 2)
+      throw new UsageError("deploy expects FUNCTION SOURCE, or a function directory DIR");
+    const [fn, source] =
+      positionals.length === 2
+        ? (positionals as [string, string])
+        : [basename(resolve(positionals[0]!)), positionals[0]!];
+    const { user, name } = userAndName(fn);
     const st = await stat(source).catch(() => {
       throw new Error(`${source} does not exist`);
     });
+    if (positionals.length === 1 && !st.isDirectory())
+      throw new UsageError(
+        `fennec deploy with one argument expects a function directory; for a file: fennec deploy FUNCTION ${source}`,
+      );
     let res: Response;
     if (st.isFile()) {
-      res = await call(client(values), "PUT", `/f/${userAndName(fn)}`, await readFile(source));
+      res = await call(client(values), "platform", "PUT", fPath(fn), await readFile(source), {
+        "content-type": "application/wasm",
+      });
     } else {
-      const files: Record<string, string> = {};
-      for (const name of await readdir(source)) {
-        const full = join(source, name);
-        if (name === "function.toml" || name.startsWith(".") || !(await stat(full)).isFile()) continue;
-        files[basename(name)] = (await readFile(full)).toString("base64");
-      }
-      const parts = fn.split("/");
-      const doc = {
-        name: parts.length === 2 ? parts[1] : fn,
-        ...(parts.length === 2 ? { user: parts[0] } : {}),
-        toml: await readFile(join(source, "function.toml"), "utf8"),
-        files,
-      };
-      res = await call(client(values), "POST", "/system/functions", JSON.stringify(doc), {
+      const toml = await readFile(join(source, "function.toml"), "utf8").catch(() => {
+        throw new Error(`${join(source, "function.toml")} does not exist: not a function directory`);
+      });
+      const { files, skipped } = await topLevelFiles(source);
+      for (const entry of skipped) process.stderr.write(`fennec: not sent: ${join(source, entry)}\n`);
+      if (skipped.length > 0)
+        process.stderr.write(
+          `fennec: a deploy carries only the regular files directly in ${source}: no subdirectories, no hidden files\n`,
+        );
+      const doc = { name, ...(user === "default" ? {} : { user }), toml, files };
+      res = await call(client(values), "platform", "POST", "/system/functions", JSON.stringify(doc), {
         "content-type": "application/json",
       });
     }
@@ -254,7 +301,7 @@ ${clientHelp}`,
   async run(argv) {
     const { values } = parseArgs({ args: argv, options: { ...clientFlags, json: { type: "boolean" } } });
     if (values.help) return help(ls);
-    const res = await expectOk(await call(client(values), "GET", "/system/functions"));
+    const res = await expectOk(await call(client(values), "platform", "GET", "/system/functions"));
     const rows = (await res.json()) as Array<{
       key: string;
       sandbox: string | null;
@@ -289,7 +336,7 @@ ${clientHelp}`,
   async run(argv) {
     const { values } = parseArgs({ args: argv, options: clientFlags });
     if (values.help) return help(statsCmd);
-    const res = await expectOk(await call(client(values), "GET", "/stats"));
+    const res = await expectOk(await call(client(values), "platform", "GET", "/stats"));
     process.stdout.write(JSON.stringify(await res.json(), null, 2) + "\n");
     return 0;
   },
@@ -336,6 +383,21 @@ export const commands: Record<string, Command> = { serve, invoke, deploy, ls, st
 function help(cmd: Command): number {
   process.stdout.write(cmd.usage + "\n");
   return 0;
+}
+
+/** The regular files directly in `dir` (base64, by name) and what is left out, subdirectories marked with "/". */
+async function topLevelFiles(dir: string): Promise<{ files: Record<string, string>; skipped: string[] }> {
+  const files: Record<string, string> = {};
+  const skipped: string[] = [];
+  for (const entry of (await readdir(dir)).sort()) {
+    if (entry === "function.toml" || entry === ".fennec") continue;
+    const st = await stat(join(dir, entry)).catch(() => undefined);
+    if (!st) skipped.push(`${entry} (a broken link)`);
+    else if (st.isDirectory()) skipped.push(`${entry}/`);
+    else if (entry.startsWith(".") || !st.isFile()) skipped.push(entry);
+    else files[entry] = (await readFile(join(dir, entry))).toString("base64");
+  }
+  return { files, skipped };
 }
 
 async function readStdin(): Promise<Uint8Array> {

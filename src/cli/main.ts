@@ -1,9 +1,11 @@
 #!/usr/bin/env node
-import { commands } from "./commands.js";
+import { VERSION } from "./client.js";
+import { commands, UsageError } from "./commands.js";
 
 const USAGE = `fennec: a Function-as-a-Service platform (WebAssembly, containers, microVMs, unikernels)
 
 Usage: fennec <command> [options]      fennec <command> --help for a command's options
+       fennec --version
 
 Commands:
 ${Object.entries(commands)
@@ -16,18 +18,38 @@ Quick start:
   fennec invoke echo -d 'hi there'           # -> hi there
 `;
 
+// Exit codes: 0 success, 1 the work failed (an HTTP error, Fennec unreachable, a port in use),
+// 2 the command line is wrong.
 async function main(argv: string[]): Promise<number> {
   const [name, ...rest] = argv;
-  if (!name || name === "--help" || name === "-h" || name === "help") {
+  if (name === "--version" || name === "-v" || name === "version") {
+    process.stdout.write(`fennec ${VERSION}\n`);
+    return 0;
+  }
+  if (name === "--help" || name === "-h" || name === "help") {
     process.stdout.write(USAGE);
-    return name ? 0 : 1;
+    return 0;
+  }
+  if (!name) {
+    process.stderr.write(USAGE);
+    return 2;
   }
   const command = commands[name];
   if (!command) {
     process.stderr.write(`fennec: unknown command ${JSON.stringify(name)}\n\n${USAGE}`);
     return 2;
   }
-  return command.run(rest);
+  try {
+    return await command.run(rest);
+  } catch (err) {
+    // parseArgs reports an unknown option or a stray argument with an ERR_PARSE_ARGS_* code.
+    const code = (err as { code?: unknown }).code;
+    if (err instanceof UsageError || (typeof code === "string" && code.startsWith("ERR_PARSE_ARGS"))) {
+      process.stderr.write(`fennec ${name}: ${(err as Error).message}\n(fennec ${name} --help)\n`);
+      return 2;
+    }
+    throw err;
+  }
 }
 
 main(process.argv.slice(2)).then(

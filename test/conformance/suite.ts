@@ -49,7 +49,7 @@ export function runConformance(name: string, setup: () => Promise<ConformanceFix
         origin: "cold",
         hub,
         callbackBase,
-        startTimeoutMs: 30_000,
+        startTimeoutMs: 60_000,
       });
       instances.push(inst);
       await inst.start();
@@ -157,7 +157,7 @@ export function runConformance(name: string, setup: () => Promise<ConformanceFix
         hub,
         callbackBase: () => callbackBase,
         memoryBudgetMiB: 100_000,
-        startTimeoutMs: 30_000,
+        startTimeoutMs: 60_000,
         log: createLogger("silent"),
       });
       try {

@@ -66,7 +66,7 @@ describe("Firecracker, for real", () => {
 
   it(
     "boots Fennec's Linux guest kernel, snapshots it, and restores the snapshot",
-    { skip: skipReason([kernel, initramfs]) ?? false, timeout: 120_000 },
+    { skip: skipReason([kernel, initramfs]) ?? false, timeout: 300_000 },
     async () => {
       const vm = await FirecrackerVm.start({
         id: "fennec-e2e-linux",
@@ -79,7 +79,7 @@ describe("Firecracker, for real", () => {
         vsock: { guestCid: 3 },
       });
       vms.push(vm);
-      await seen(vm, "Linux version", 30_000);
+      await seen(vm, "Linux version", 240_000);
       assert.equal((await vm.info()).state, "Running");
 
       const state = join(tmp.dir, "linux.state");
@@ -104,7 +104,7 @@ describe("Firecracker, for real", () => {
 
   it(
     "boots a Fennec unikernel (PVH) whose guest channel on COM1 says READY",
-    { skip: skipReason([unikernel]) ?? false, timeout: 60_000 },
+    { skip: skipReason([unikernel]) ?? false, timeout: 300_000 },
     async () => {
       const vm = await FirecrackerVm.start({
         id: "fennec-e2e-unikernel",
@@ -116,7 +116,7 @@ describe("Firecracker, for real", () => {
       vms.push(vm);
       // Firecracker's serial port is COM1 on its stdout: the READY frame (docs/guest-channel.md)
       // is type 1 on stream 0 with a little-endian length.
-      await seen(vm, "\x01\x00\x00\x00\x00", 20_000);
+      await seen(vm, "\x01\x00\x00\x00\x00", 240_000);
       await vm.kill();
     },
   );

@@ -3,11 +3,11 @@ import { readFile, readdir, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { errorCode, request } from "../helpers/http.js";
+import { waitFor } from "../helpers/wait.js";
 import { EXAMPLES, WASM_FIXTURES } from "../helpers/paths.js";
 import { addWasmFunction, rawRequest, startTestServer, type TestServer } from "../helpers/server.js";
 
 const JSON_TYPE = { "content-type": "application/json" };
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 describe("gateway (real server, real sockets, wasm functions)", () => {
   let s: TestServer;
@@ -80,11 +80,10 @@ describe("gateway (real server, real sockets, wasm functions)", () => {
     const r = await request(`${s.url}/fa/default/echo`, { method: "POST", body: "later" });
     assert.equal(r.status, 202);
     const { callId } = r.json<{ callId: string }>();
-    let result = await request(`${s.url}/fa/calls/${callId}`);
-    for (let i = 0; i < 100 && result.status === 202; i++) {
-      await sleep(20);
-      result = await request(`${s.url}/fa/calls/${callId}`);
-    }
+    const result = await waitFor("the asynchronous call to finish", async () => {
+      const polled = await request(`${s.url}/fa/calls/${callId}`);
+      return polled.status === 202 ? undefined : polled;
+    });
     assert.equal(result.status, 200);
     assert.equal(result.text, "later");
     assert.equal((await request(`${s.url}/fa/calls/nope`)).status, 404);
@@ -214,8 +213,11 @@ describe("gateway (real server, real sockets, wasm functions)", () => {
         'module = "env.wasm"\nenv = { GREETING = "hi" }',
       ),
     );
-    await sleep(400); // keepalive = 0: the old instance is reaped, the next call starts a new one
-    const after = await request(`${s.url}/invoke/env/`);
+    // keepalive = 0: the old instance is reaped, and a call after that starts a new one.
+    const after = await waitFor("a call to see the edited config", async () => {
+      const r = await request(`${s.url}/invoke/env/`);
+      return r.text.includes("GREETING=hi") ? r : undefined;
+    });
     assert.ok(after.text.includes("GREETING=hi"), after.text);
   });
 

@@ -16,7 +16,7 @@ import { startTestServer, type TestServer } from "../helpers/server.js";
 describe("OCI examples through the gateway", () => {
   let s: TestServer;
   before(async () => {
-    s = await startTestServer({ startTimeoutMs: 30_000 });
+    s = await startTestServer({ startTimeoutMs: 60_000 });
   });
   after(() => s.close());
 

@@ -26,7 +26,8 @@ describe("readiness callback through the gateway", () => {
       port: 0,
       logLevel: "silent",
       cacheDir: join(dir, "cache"),
-      startTimeoutMs: 500,
+      // Long enough for a start that calls back on a busy machine; the hanging start below waits it out.
+      startTimeoutMs: 10_000,
       drivers: new Map([["container", driver]]),
     });
     try {

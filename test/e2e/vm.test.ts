@@ -11,6 +11,7 @@ import { runRoot } from "../../src/sandbox/run-dir.js";
 import { request } from "../helpers/http.js";
 import { CLI, copyExamples, ROOT, tempDir } from "../helpers/paths.js";
 import { startTestServer, type TestServer } from "../helpers/server.js";
+import { waitFor } from "../helpers/wait.js";
 
 const run = promisify(execFile);
 
@@ -101,7 +102,7 @@ describe("VM snapshots (SnapFaaS)", () => {
     const first = await request(`${s.url}/invoke/snap-uk-pc/`, { method: "POST", body: "pc" });
     assert.equal(first.status, 200, first.text);
     let restored: string | null = null;
-    for (let i = 0; i < 100 && restored !== "restored"; i++) {
+    for (let i = 0; i < 600 && restored !== "restored"; i++) {
       await new Promise((r) => setTimeout(r, 100));
       const res = await request(`${s.url}/invoke/snap-uk-pc/`, { method: "POST", body: `pc${i}` });
       assert.equal(res.text, `pc${i}`);
@@ -168,7 +169,8 @@ describe("VM snapshots (SnapFaaS)", () => {
 describe("VM bad input", () => {
   let s: TestServer;
   before(async () => {
-    s = await startTestServer({ startTimeoutMs: 8_000 });
+    // Long enough for a guest that boots on a busy machine; uk-noready waits it out.
+    s = await startTestServer({ startTimeoutMs: 20_000 });
     const fx = (n: string) => ({ [`${n}.elf`]: join(UNIKERNELS, `${n}.elf`) });
     const uk = (kernel: string) =>
       `[vm]\nkernel = "${kernel}"\nmemory = 16\nhypervisor = { type = "microvm" }\n`;
@@ -190,14 +192,18 @@ describe("VM bad input", () => {
   it("a guest that never becomes ready times out and its QEMU is killed", async () => {
     const res = await request(`${s.url}/invoke/uk-noready/`);
     assert.equal(res.headers.get("x-fennec-error"), "FN_INIT_TIMEOUT", res.text);
-    await new Promise((r) => setTimeout(r, 300));
+    await waitFor("its QEMU to end", () => qemusWith(join(s.registry, "uk-noready")).length === 0).catch(
+      () => undefined,
+    );
     assert.deepEqual(qemusWith(join(s.registry, "uk-noready")), []);
   });
 
   it("a runaway guest is stopped at the function's timeout", async () => {
     const res = await request(`${s.url}/invoke/uk-hang/`);
     assert.equal(res.headers.get("x-fennec-error"), "FN_TIMEOUT", res.text);
-    await new Promise((r) => setTimeout(r, 300));
+    await waitFor("its QEMU to end", () => qemusWith(join(s.registry, "uk-hang")).length === 0).catch(
+      () => undefined,
+    );
     assert.deepEqual(qemusWith(join(s.registry, "uk-hang")), []);
   });
 
@@ -323,8 +329,10 @@ describe("VM driver housekeeping", () => {
       ["-M", "microvm", "-accel", "tcg", "-nodefaults", "-display", "none", "-S", "-m", "16"],
       { detached: true, stdio: "ignore" },
     );
-    await new Promise((r) => setTimeout(r, 200));
-    const cmdline = await readFile(`/proc/${qemu.pid}/cmdline`, "utf8");
+    const cmdline = await waitFor("QEMU to exec", async () => {
+      const text = await readFile(`/proc/${qemu.pid}/cmdline`, "utf8");
+      return text.startsWith("qemu-system") ? text : undefined;
+    });
     await writeFile(
       join(dir, "owner.json"),
       JSON.stringify({ fennecPid: gone.pid, childPid: qemu.pid, cmdline }),

@@ -13,11 +13,11 @@ export function testConfig(
     keepaliveMs: 60_000,
     concurrentRequests: 1,
     singleUse: false,
-    timeoutMs: 5_000,
+    timeoutMs: 30_000,
     minInstances: 0,
     maxInstances: 4,
     maxQueue: 100,
-    queueTimeoutMs: 5_000,
+    queueTimeoutMs: 30_000,
     forwardCredentials: false,
     sandbox: {
       kind: "container",

@@ -116,7 +116,8 @@ export async function startDockerd(): Promise<TestDockerd> {
     unmountBelow(dir);
     execFileSync("rm", ["-rf", "--one-file-system", dir]);
   };
-  const deadline = Date.now() + 30_000;
+  // Generous: dockerd takes a while to come up on a busy machine.
+  const deadline = Date.now() + 120_000;
   for (;;) {
     try {
       await engine.ping();

@@ -19,7 +19,7 @@ export async function startInstance(
     origin: "cold",
     hub: opts.hub ?? new ReadinessHub(),
     callbackBase: opts.callbackBase ?? "unused",
-    startTimeoutMs: opts.startTimeoutMs ?? 10_000,
+    startTimeoutMs: opts.startTimeoutMs ?? 60_000,
   });
   await inst.start();
   return inst;

@@ -21,6 +21,9 @@ export async function startTestServer(options: Partial<FennecOptions> = {}): Pro
     port: 0,
     logLevel: "silent",
     cacheDir: join(dir, "cache"),
+    // Generous: a start (a handler bundled, a container booted) is slow on a busy machine; tests
+    // about the start deadline pass their own.
+    startTimeoutMs: 60_000,
     ...options,
   });
   return {

@@ -399,7 +399,8 @@ describe("the fake Firecracker itself", () => {
   });
 });
 
-async function waitFor(condition: () => boolean, ms = 3000): Promise<void> {
+// Generous: CI runs on a busy machine; a real failure is the only way to reach it.
+async function waitFor(condition: () => boolean, ms = 60_000): Promise<void> {
   const until = Date.now() + ms;
   while (!condition()) {
     if (Date.now() > until) throw new Error("timed out waiting");

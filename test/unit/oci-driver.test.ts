@@ -42,7 +42,7 @@ for (const runtime of ["runc", "runsc"] as const) {
       await driver.close();
     });
 
-    const start = (config: FunctionConfig) => startInstance(driver, config, { startTimeoutMs: 20_000 });
+    const start = (config: FunctionConfig) => startInstance(driver, config, { startTimeoutMs: 60_000 });
 
     it("has a read-only root but for /tmp, and no network", async () => {
       const inst = await start(fn("probe", runtime));

@@ -60,7 +60,7 @@ for (const runtime of ["runc", "runsc"] as const) {
         },
       });
     const probe = async (config: FunctionConfig) => {
-      const inst = await startInstance(driver, config, { startTimeoutMs: 30_000 });
+      const inst = await startInstance(driver, config, { startTimeoutMs: 60_000 });
       const body = Buffer.from((await inst.invoke(emptyGet())).body).toString();
       return { inst, result: JSON.parse(body) as Record<string, unknown> };
     };

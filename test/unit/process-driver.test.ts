@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
-import { mkdir, readdir, readFile, stat, writeFile } from "node:fs/promises";
+import { mkdir, mkdtemp, readdir, readFile, rm, stat, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { createServer, type Server } from "node:http";
@@ -12,6 +13,7 @@ import type { FunctionConfig } from "../../src/config/function-config.js";
 import { testConfig } from "../helpers/config.js";
 import { startInstance } from "../helpers/instance.js";
 import { ROOT } from "../helpers/paths.js";
+import { GENEROUS_MS, waitFor } from "../helpers/wait.js";
 
 const fn = (mode: string, command?: string[]): FunctionConfig =>
   testConfig({
@@ -44,7 +46,13 @@ describe("process driver specialties", () => {
   const driver = new ProcessDriver();
   let server: Server;
   let base = "";
+  // A run root of this file's own: other Fennecs on the machine (tests running at the same time)
+  // neither appear in what these tests count nor get swept by them.
+  const sharedRunDir = process.env["FENNEC_RUN_DIR"];
+  let runDir = "";
   before(async () => {
+    runDir = await mkdtemp(join(tmpdir(), "fennec-run-"));
+    process.env["FENNEC_RUN_DIR"] = runDir;
     server = createServer((req, res) => {
       hub.signal((req.url ?? "").replace("/ready/", ""));
       res.end("ok");
@@ -52,9 +60,14 @@ describe("process driver specialties", () => {
     await new Promise<void>((r) => server.listen(0, "127.0.0.1", () => r()));
     base = `http://127.0.0.1:${(server.address() as AddressInfo).port}/ready/`;
   });
-  after(() => new Promise((r) => server.close(r)));
+  after(async () => {
+    await new Promise((r) => server.close(r));
+    if (sharedRunDir === undefined) delete process.env["FENNEC_RUN_DIR"];
+    else process.env["FENNEC_RUN_DIR"] = sharedRunDir;
+    await rm(runDir, { recursive: true, force: true });
+  });
 
-  const start = (config: FunctionConfig, startTimeoutMs = 5000) =>
+  const start = (config: FunctionConfig, startTimeoutMs = GENEROUS_MS) =>
     startInstance(driver, config, { hub, callbackBase: base, startTimeoutMs });
 
   it("reports a child that exits before it is ready as FN_CRASHED, with its output", async () => {
@@ -74,9 +87,12 @@ describe("process driver specialties", () => {
   it("kills a child that never calls back at the start deadline and removes its run directory", async () => {
     const before = new Set(await readdir(runRoot("process")).catch(() => []));
     await assert.rejects(start(fn("no-callback"), 400), { code: "FN_INIT_TIMEOUT" });
-    await new Promise((r) => setTimeout(r, 100));
-    const leftovers = (await readdir(runRoot("process")).catch(() => [])).filter((d) => !before.has(d));
-    assert.deepEqual(leftovers, []);
+    const leftovers = async () =>
+      (await readdir(runRoot("process")).catch(() => [])).filter((d) => !before.has(d));
+    await waitFor("the run directory to be removed", async () => (await leftovers()).length === 0).catch(
+      () => undefined,
+    );
+    assert.deepEqual(await leftovers(), []);
   });
 
   it("stops the whole process group and removes the run directory on close", async () => {
@@ -102,8 +118,11 @@ describe("process driver specialties", () => {
       // A stand-in for an orphan: a detached child whose Fennec has died.
       const orphan = spawn("sleep", ["300"], { detached: true, stdio: "ignore" });
       orphan.unref();
-      await new Promise((r) => setTimeout(r, 50));
-      const cmdline = await readFile(`/proc/${orphan.pid}/cmdline`, "utf8");
+      // Its command line is the one recorded once `sleep` has replaced the forked node.
+      const cmdline = await waitFor("the orphan to exec sleep", async () => {
+        const text = await readFile(`/proc/${orphan.pid}/cmdline`, "utf8");
+        return text.startsWith("sleep\0") ? text : undefined;
+      });
       const stale = join(runRoot("process"), "stale-instance");
       await mkdir(stale, { recursive: true });
       // A dead owner: a PID that existed and has exited.
@@ -115,7 +134,7 @@ describe("process driver specialties", () => {
       );
       const removed = await sweepStale("process");
       assert.ok(removed.includes(stale));
-      await new Promise((r) => setTimeout(r, 50));
+      await waitFor("the orphan to die", () => !alive(orphan.pid!)).catch(() => undefined);
       assert.ok(!alive(orphan.pid!), "orphan killed");
     }
   });

@@ -9,6 +9,7 @@ import { FakeDriver } from "../../src/sandbox/drivers/fake/driver.js";
 import { ReadinessHub } from "../../src/sandbox/readiness.js";
 import { Scheduler } from "../../src/scheduler/scheduler.js";
 import { testConfig } from "../helpers/config.js";
+import { waitFor } from "../helpers/wait.js";
 
 const req = (body = "x"): InvokeRequest => ({
   method: "POST",
@@ -32,7 +33,12 @@ afterEach(async () => {
   for (const close of open.splice(0)) await close();
 });
 
-function setup(fns: Array<Partial<FunctionConfig>>, budgetMiB = 10_000): Setup {
+function setup(
+  fns: Array<Partial<FunctionConfig>>,
+  budgetMiB = 10_000,
+  // Generous: a start that should succeed must not fail because the machine is busy.
+  startTimeoutMs = 30_000,
+): Setup {
   const driver = new FakeDriver();
   const configs = new Map<string, FunctionConfig>();
   for (const f of fns) {
@@ -51,7 +57,7 @@ function setup(fns: Array<Partial<FunctionConfig>>, budgetMiB = 10_000): Setup {
     hub: new ReadinessHub(),
     callbackBase: () => "http://127.0.0.1:1/ready/",
     memoryBudgetMiB: budgetMiB,
-    startTimeoutMs: 500,
+    startTimeoutMs,
     log: createLogger("silent"),
     reapIntervalMs: 20,
   });
@@ -108,8 +114,7 @@ describe("scheduler", () => {
     const b = await ok(scheduler, "a");
     assert.notEqual(a.record.instanceId, b.record.instanceId);
     assert.equal(b.record.startType, "cold");
-    await sleep(20);
-    assert.equal(driver.live.size, 0);
+    await waitFor("the used instances to be destroyed", () => driver.live.size === 0);
   });
 
   it("caps instances at max-instances and holds the rest in the queue (cold requests are held, not bounced)", async () => {
@@ -145,7 +150,7 @@ describe("scheduler", () => {
     await ok(scheduler, "a");
     await ok(scheduler, "b");
     assert.equal(driver.live.size, 2);
-    await sleep(150);
+    await waitFor("a to be reaped", () => driver.live.size < 2);
     assert.equal(driver.live.size, 1, "a scaled to zero, b kept its floor");
     assert.equal(scheduler.pools().get("default/b")?.counts().ready, 1);
   });
@@ -168,7 +173,7 @@ describe("scheduler", () => {
     await sleep(5);
     const b = await ok(scheduler, "b");
     await ok(scheduler, "c");
-    await sleep(10);
+    await waitFor("an instance to be evicted", () => driver.live.size < 3);
     assert.ok(!driver.live.has(a.record.instanceId!), "a (least recently used) was evicted");
     assert.ok(driver.live.has(b.record.instanceId!));
     assert.equal(scheduler.memoryUsedMiB, 128);
@@ -177,9 +182,9 @@ describe("scheduler", () => {
   it("answers NO_CAPACITY when nothing idle can be evicted", async () => {
     const { scheduler, driver } = setup([{ id: fnId("a") }, { id: fnId("b") }], 64);
     driver.behaviour.memoryMiB = 64;
-    driver.behaviour.invokeDelayMs = 100;
+    driver.behaviour.invokeDelayMs = 500;
     const busy = scheduler.invoke(fnId("a"), req());
-    await sleep(10);
+    await waitFor("a to be busy", () => scheduler.pools().get("default/a")?.counts().busy === 1);
     const out = await scheduler.invoke(fnId("b"), req());
     assert.ok("error" in out && out.error.code === "NO_CAPACITY", JSON.stringify(out));
     await busy;
@@ -197,7 +202,8 @@ describe("scheduler", () => {
   });
 
   it("fails a start that never becomes ready with FN_INIT_TIMEOUT and leaves nothing behind", async () => {
-    const { scheduler, driver } = setup([{ id: fnId("a") }]);
+    // The start deadline is what this test is about: a small one, and the test waits for its error.
+    const { scheduler, driver } = setup([{ id: fnId("a") }], 10_000, 500);
     driver.behaviour.hangOnStart = true;
     const out = await scheduler.invoke(fnId("a"), req());
     assert.ok("error" in out && out.error.code === "FN_INIT_TIMEOUT");
@@ -210,7 +216,7 @@ describe("scheduler", () => {
     driver.behaviour.invokeDelayMs = 1000;
     const out = await scheduler.invoke(fnId("a"), req());
     assert.ok("error" in out && out.error.code === "FN_TIMEOUT");
-    await sleep(10);
+    await waitFor("the timed-out instance to be destroyed", () => driver.destroys > 0);
     assert.equal(driver.destroys, 1);
     driver.behaviour.invokeDelayMs = 0;
     const next = await ok(scheduler, "a");
@@ -236,7 +242,7 @@ describe("scheduler", () => {
     const busy = ok(scheduler, "a");
     const second = await ok(scheduler, "a");
     await busy;
-    await sleep(10);
+    await waitFor("the old revision's instance to close", () => !driver.live.has(first.record.instanceId!));
     assert.notEqual(first.record.instanceId, second.record.instanceId);
     assert.ok(!driver.live.has(first.record.instanceId!), "the old revision's instance was closed");
   });
@@ -309,8 +315,8 @@ describe("scheduler", () => {
     // The warm path never reads the config; the reaper must notice on its own.
     configs.delete("default/a");
     configs.set("default/b", { ...configs.get("default/b")!, revision: "r2" });
-    await waitFor(() => !driver.live.has(a.record.instanceId!), "the deleted function's instance stopped");
-    await waitFor(() => !driver.live.has(b.record.instanceId!), "the old revision's instance closed");
+    await waitFor("the deleted function's instance stopped", () => !driver.live.has(a.record.instanceId!));
+    await waitFor("the old revision's instance closed", () => !driver.live.has(b.record.instanceId!));
     assert.equal(scheduler.pools().has("default/a"), false);
     const gone = await scheduler.invoke(fnId("a"), req());
     assert.ok("error" in gone && gone.error.code === "FUNCTION_NOT_FOUND");
@@ -318,12 +324,3 @@ describe("scheduler", () => {
     assert.notEqual(next.record.instanceId, b.record.instanceId);
   });
 });
-
-/** Waits for a condition (polling), failing only after a generous deadline. */
-async function waitFor(cond: () => boolean, what: string, deadlineMs = 20_000): Promise<void> {
-  const end = performance.now() + deadlineMs;
-  while (!cond()) {
-    if (performance.now() > end) assert.fail(`timed out waiting: ${what}`);
-    await sleep(10);
-  }
-}

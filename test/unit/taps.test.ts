@@ -44,7 +44,7 @@ async function tapsIn(ns: string): Promise<string[]> {
 /** Runs a Node one-liner inside the namespace. */
 async function nodeIn(ns: string, script: string, ...args: string[]): Promise<string> {
   const { stdout } = await run("ip", ["netns", "exec", ns, process.execPath, "-e", script, ...args], {
-    timeout: 10_000,
+    timeout: 60_000,
   });
   return stdout.trim();
 }

@@ -68,7 +68,8 @@ describe("vm driver on Firecracker (UniFaaS: kernel, copied root, a tap)", () =>
     // The fake answers but runs no guest, so nothing calls back: read what the driver asked for.
     const log = join(runRoot("vm"), id, "calls.jsonl");
     let calls: Array<{ method: string; path: string; body: Record<string, unknown>; status: number }> = [];
-    for (let i = 0; i < 200 && !calls.some((c) => c.path === "/actions"); i++) {
+    // Up to a minute: CI runs on a busy machine.
+    for (let i = 0; i < 2400 && !calls.some((c) => c.path === "/actions"); i++) {
       await new Promise((r) => setTimeout(r, 25));
       const text = await readFile(log, "utf8").catch(() => "");
       calls = text
@@ -117,7 +118,7 @@ describe("vm driver on Firecracker (UniFaaS: kernel, copied root, a tap)", () =>
           config: config(),
           callbackUrl: "http://127.0.0.1:1/ready/x",
           waitForCallback: () => new Promise(() => undefined),
-          signal: AbortSignal.timeout(5000),
+          signal: AbortSignal.timeout(60_000),
         }),
         /Firecracker is not installed/,
       );
