@@ -5,7 +5,7 @@ import type { InvokeRequest, InvokeResponse } from "../../../core/types.js";
 import type { FunctionConfig, WasmSandboxConfig } from "../../../config/function-config.js";
 import type { InvokeContext, SandboxDriver, SandboxHandle, StartContext } from "../../contract.js";
 import { ExecutorPool } from "./executor-pool.js";
-import { ModuleCache } from "./module-cache.js";
+import { ModuleCache, type CompiledModule } from "./module-cache.js";
 import type { DirTree, DoneMessage, LoadPayload, Outcome } from "./protocol.js";
 import { parseWagiOutput, wagiEnvironment } from "./wagi.js";
 
@@ -20,8 +20,11 @@ export interface WasmDriverOptions {
   readonly maxOutputBytes?: number;
 }
 
-/** What an instance costs beyond its linear memory: its pre-instantiated copy and bookkeeping. */
-const INSTANCE_OVERHEAD_MIB = 1;
+/**
+ * What one running copy costs beyond linear memory: its instance, WASI state and captured
+ * output's bookkeeping (measured well under this for the examples).
+ */
+const COPY_OVERHEAD_MIB = 2;
 /** Largest granted directory, so a grant cannot pull a whole disk into memory. */
 const MAX_GRANTED_BYTES = 64 * 2 ** 20;
 
@@ -70,6 +73,8 @@ export class WasmDriver implements SandboxDriver {
   readonly modules: ModuleCache;
   readonly #executors: ExecutorPool;
   readonly #maxOutputBytes: number;
+  /** Function revision -> initial linear memory of its module, in MiB (known once compiled). */
+  readonly #initialMiB = new Map<string, number>();
 
   constructor(opts: WasmDriverOptions = {}) {
     this.modules = new ModuleCache(opts.cacheDir);
@@ -77,17 +82,24 @@ export class WasmDriver implements SandboxDriver {
     this.#maxOutputBytes = opts.maxOutputBytes ?? 32 * 2 ** 20;
   }
 
+  /**
+   * What an instance can really use. It runs up to `concurrent-requests` invocations at once, each
+   * on its own fresh copy of the module whose linear memory may grow to the cap; and each executor
+   * that ran one keeps a pre-instantiated copy waiting (its initial memory) for the next. So:
+   * concurrency × (cap + initial memory + overhead). The initial memory is known once the module
+   * is compiled; until then the cap stands in for it.
+   */
   memoryMiB(config: FunctionConfig): number {
-    return wasmOf(config).memoryMiB + INSTANCE_OVERHEAD_MIB;
+    const wasm = wasmOf(config);
+    const initial = this.#initialMiB.get(`${config.key}@${config.revision}`) ?? wasm.memoryMiB;
+    return config.concurrentRequests * (wasm.memoryMiB + initial + COPY_OVERHEAD_MIB);
   }
 
   async prepare(config: FunctionConfig): Promise<void> {
-    const wasm = wasmOf(config);
-    await this.modules.forRevision(wasm.module, config.revision, wasm.memoryMiB, config.file);
+    await this.#compiled(config);
   }
 
-  async start(ctx: StartContext): Promise<SandboxHandle> {
-    const config = ctx.config;
+  async #compiled(config: FunctionConfig): Promise<CompiledModule> {
     const wasm = wasmOf(config);
     const compiled = await this.modules.forRevision(
       wasm.module,
@@ -95,6 +107,15 @@ export class WasmDriver implements SandboxDriver {
       wasm.memoryMiB,
       config.file,
     );
+    for (const k of this.#initialMiB.keys()) if (k.startsWith(`${config.key}@`)) this.#initialMiB.delete(k);
+    this.#initialMiB.set(`${config.key}@${config.revision}`, Math.ceil(compiled.initialBytes / 2 ** 20));
+    return compiled;
+  }
+
+  async start(ctx: StartContext): Promise<SandboxHandle> {
+    const config = ctx.config;
+    const wasm = wasmOf(config);
+    const compiled = await this.#compiled(config);
     const key = `${config.key}@${config.revision}`;
     const budget = { left: MAX_GRANTED_BYTES };
     const dirs: Record<string, DirTree> = {};
@@ -112,7 +133,7 @@ export class WasmDriver implements SandboxDriver {
   }
 
   async close(): Promise<void> {
-    await this.#executors.close();
+    await Promise.all([this.#executors.close(), this.modules.close()]);
   }
 }
 

@@ -1,0 +1,78 @@
+/**
+ * The module checker's thread: hashing, validation, memory capping and compilation of modules
+ * happen here, never on the gateway's thread, so a module of tens of MiB being uploaded or
+ * prepared does not stall other functions' calls (`WebAssembly.validate` and `new
+ * WebAssembly.Module` are synchronous and take seconds on such modules).
+ */
+import { createHash } from "node:crypto";
+import { readFileSync } from "node:fs";
+import { parentPort } from "node:worker_threads";
+import { setFlagsFromString } from "node:v8";
+import { FennecError } from "../../../core/errors.js";
+import { limitMemory } from "./memory-limit.js";
+import type { CheckDone, CheckJob } from "./module-check-protocol.js";
+import { checkInterface, moduleInterface } from "./module-interface.js";
+
+// Compile eagerly, as the main thread does (module-cache.ts): an instantiation must not compile.
+setFlagsFromString("--no-wasm-lazy-compilation");
+
+const port = parentPort!;
+
+/** Node's buffers are never shared memory here; this tells the DOM-typed WebAssembly API so. */
+function source(bytes: Uint8Array): Uint8Array<ArrayBuffer> {
+  return bytes as Uint8Array<ArrayBuffer>;
+}
+
+function readModule(path: string, what: string): Buffer {
+  try {
+    return readFileSync(path);
+  } catch (err) {
+    throw new FennecError("FN_BAD_MODULE", `${what}: cannot read module ${path}: ${(err as Error).message}`);
+  }
+}
+
+function check(job: CheckJob): Omit<CheckDone, "id" | "error"> {
+  const raw = job.bytes ?? readModule(job.path!, job.what);
+  const hash = createHash("sha256").update(raw).digest("hex");
+  if (job.kind === "hash")
+    return { hash, bytes: new Uint8Array(0), initialPages: 0, fromCache: false, module: undefined };
+  let cached: Buffer | undefined;
+  if (job.cacheFile) {
+    try {
+      cached = readFileSync(job.cacheFile.replace("%h", hash));
+    } catch {
+      cached = undefined; // not cached yet
+    }
+  }
+  if (!cached && !WebAssembly.validate(source(raw)))
+    throw new FennecError("FN_BAD_MODULE", `${job.what}: not a valid WebAssembly module`);
+  // Capping cached bytes again changes nothing but yields the initial memory.
+  const limited = limitMemory(cached ?? raw, job.maxPages, job.what);
+  if (!cached) checkInterface(moduleInterface(limited.bytes, job.what), job.what);
+  const module = job.compile ? new WebAssembly.Module(source(limited.bytes)) : undefined;
+  return { hash, bytes: limited.bytes, initialPages: limited.initialPages, fromCache: !!cached, module };
+}
+
+port.on("message", (job: CheckJob) => {
+  let done: CheckDone;
+  try {
+    done = { id: job.id, ...check(job), error: undefined };
+  } catch (err) {
+    const e = err as Error & { code?: unknown };
+    const code = err instanceof FennecError ? err.code : "FN_BAD_MODULE";
+    const message = err instanceof FennecError ? err.message : `${job.what}: ${e.message}`;
+    port.postMessage({
+      id: job.id,
+      hash: "",
+      bytes: new Uint8Array(0),
+      initialPages: 0,
+      fromCache: false,
+      module: undefined,
+      error: { code, message },
+    } satisfies CheckDone);
+    return;
+  }
+  // Transfer the bytes when they own their buffer (no copy); a small view is cloned.
+  const own = done.bytes.byteOffset === 0 && done.bytes.byteLength === done.bytes.buffer.byteLength;
+  port.postMessage(done, own ? [done.bytes.buffer as ArrayBuffer] : []);
+});
