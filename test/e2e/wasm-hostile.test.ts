@@ -1,7 +1,11 @@
 import assert from "node:assert/strict";
+import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
+import { WasmDriver } from "../../src/sandbox/drivers/wasm/driver.js";
+import { testConfig } from "../helpers/config.js";
 import { errorCode, request } from "../helpers/http.js";
-import { startTestServer, type TestServer } from "../helpers/server.js";
+import { WASM_FIXTURES } from "../helpers/paths.js";
+import { addWasmFunction, startTestServer, type TestServer } from "../helpers/server.js";
 import { wagiModule } from "../helpers/wasm-writer.js";
 
 const MIB = 2 ** 20;
@@ -46,5 +50,87 @@ describe("wasm sandbox: real-size modules", () => {
     const up = await upload(s, "alice/broken", broken);
     assert.equal(up.status, 422, up.text);
     assert.equal(errorCode(up), "MODULE_INVALID");
+  });
+});
+
+describe("wasm sandbox: memory charged to the node budget", () => {
+  const wasmConfig = (concurrentRequests: number, memoryMiB: number) =>
+    testConfig({
+      concurrentRequests,
+      sandbox: { kind: "wasm", module: join(WASM_FIXTURES, "reflect.wasm"), memoryMiB, env: {}, dirs: {} },
+    });
+
+  it("charges every concurrent copy's linear memory cap, its waiting copy and overhead", async () => {
+    const driver = new WasmDriver({ spareExecutors: 0 });
+    try {
+      const wide = wasmConfig(8, 128);
+      // Before the module is compiled its initial memory is unknown: the cap stands in for it.
+      assert.ok(driver.memoryMiB(wide) >= 8 * (128 + 128), `${driver.memoryMiB(wide)}`);
+      await driver.prepare(wide);
+      const charged = driver.memoryMiB(wide);
+      assert.ok(charged >= 8 * 128 + 8, `charged ${charged} MiB for 8 copies of 128 MiB`);
+      assert.ok(charged < 8 * (128 + 128), "the known initial memory replaces the cap");
+      assert.equal(driver.memoryMiB(wasmConfig(1, 128)) * 8, charged);
+    } finally {
+      await driver.close();
+    }
+  });
+
+  it("the scheduler refuses an instance whose concurrent copies do not fit the budget", async () => {
+    const s = await startTestServer({ memoryBudgetMiB: 1024 });
+    try {
+      await addWasmFunction(s.registry, "wide", "reflect.wasm", "concurrent-requests = 8", 128);
+      await addWasmFunction(s.registry, "narrow", "reflect.wasm", "concurrent-requests = 1", 128);
+      const wide = await request(`${s.url}/invoke/wide/`, { method: "POST", body: "x" });
+      assert.equal(wide.status, 503, wide.text);
+      assert.equal(errorCode(wide), "NO_CAPACITY");
+      const narrow = await request(`${s.url}/invoke/narrow/`, { method: "POST", body: "x" });
+      assert.equal(narrow.status, 200, narrow.text);
+    } finally {
+      await s.close();
+    }
+  });
+});
+
+describe("wasm sandbox: one function's runaway calls do not starve the others", () => {
+  let s: TestServer;
+  before(async () => {
+    // A start that waits for an executor longer than this fails: on the old executor pool the
+    // healthy function's start waited for the runaways' 30 s timeout.
+    s = await startTestServer({ startTimeoutMs: 10_000 });
+    await addWasmFunction(s.registry, "runaway", "loop.wasm", "timeout = 30\nmax-instances = 12", 16);
+    await addWasmFunction(s.registry, "healthy", "reflect.wasm", "", 16);
+  });
+  after(() => s.close());
+
+  it("serves another function while runaway calls hold more executors than there are", async () => {
+    // More runaway calls than the pool's most executors (4 per core, at least 4).
+    const runaways = Array.from({ length: 12 }, () =>
+      request(`${s.url}/invoke/runaway/`, { method: "POST" }),
+    );
+    let runawaysDone = false;
+    void Promise.all(runaways).then(() => (runawaysDone = true));
+    // Wait until every runaway call is running in its instance (a generous deadline).
+    for (let tries = 0; ; tries++) {
+      const stats = (await request(`${s.url}/stats`)).json<{
+        instances: Record<string, { busy: number }>;
+      }>();
+      if ((stats.instances["default/runaway"]?.busy ?? 0) >= 12) break;
+      assert.ok(tries < 600, "the runaway calls never all started");
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    for (let i = 0; i < 3; i++) {
+      const res = await request(`${s.url}/invoke/healthy/`, { method: "POST", body: `call ${i}` });
+      assert.equal(res.status, 200, res.text);
+      assert.equal(res.text, `call ${i}`);
+    }
+    assert.equal(runawaysDone, false, "the healthy calls were served while the runaways still ran");
+    const list = (await request(`${s.url}/system/functions`)).json<
+      Array<{ key: string; state: string; error: unknown }>
+    >();
+    const healthy = list.find((f) => f.key === "default/healthy");
+    assert.equal(healthy?.state, "ready", JSON.stringify(healthy?.error));
+    // Each runaway call ends with its own timeout, charged to the function that ran away.
+    for (const res of await Promise.all(runaways)) assert.equal(errorCode(res), "FN_TIMEOUT");
   });
 });

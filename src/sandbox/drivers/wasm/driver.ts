@@ -75,6 +75,8 @@ export class WasmDriver implements SandboxDriver {
   readonly #maxOutputBytes: number;
   /** Function revision -> initial linear memory of its module, in MiB (known once compiled). */
   readonly #initialMiB = new Map<string, number>();
+  /** Function revision -> its live instances. */
+  readonly #instances = new Map<string, number>();
 
   constructor(opts: WasmDriverOptions = {}) {
     this.modules = new ModuleCache(opts.cacheDir);
@@ -126,10 +128,27 @@ export class WasmDriver implements SandboxDriver {
       dirs,
       maxOutputBytes: this.#maxOutputBytes,
     };
-    const handle = new WasmInstance(this.#executors, config, key, load);
-    // The first instance of a revision proves the module instantiates; later ones find it loaded.
-    if (!this.#executors.hasLoaded(key)) await handle.run("load", [], new Uint8Array(0), ctx.signal);
+    const handle = new WasmInstance(this.#executors, config, key, load, () => this.#released(key));
+    this.#instances.set(key, (this.#instances.get(key) ?? 0) + 1);
+    try {
+      // The first instance of a revision proves the module instantiates; later ones find it loaded.
+      if (!this.#executors.hasLoaded(key)) await handle.run("load", [], new Uint8Array(0), ctx.signal);
+    } catch (err) {
+      await handle.destroy();
+      throw err;
+    }
     return handle;
+  }
+
+  /** An instance stopped: with the last of its revision, executors drop that module's copies. */
+  #released(key: string): void {
+    const left = (this.#instances.get(key) ?? 1) - 1;
+    if (left > 0) {
+      this.#instances.set(key, left);
+      return;
+    }
+    this.#instances.delete(key);
+    this.#executors.forget(key);
   }
 
   async close(): Promise<void> {
@@ -143,13 +162,21 @@ class WasmInstance implements SandboxHandle {
   readonly #config: FunctionConfig;
   readonly #key: string;
   readonly #load: LoadPayload;
+  readonly #onGone: () => void;
   #gone: Error | undefined;
 
-  constructor(executors: ExecutorPool, config: FunctionConfig, key: string, load: LoadPayload) {
+  constructor(
+    executors: ExecutorPool,
+    config: FunctionConfig,
+    key: string,
+    load: LoadPayload,
+    onGone: () => void,
+  ) {
     this.#executors = executors;
     this.#config = config;
     this.#key = key;
     this.#load = load;
+    this.#onGone = onGone;
   }
 
   async run(
@@ -161,7 +188,10 @@ class WasmInstance implements SandboxHandle {
     if (this.#gone) throw this.#gone;
     let result: DoneMessage;
     try {
-      result = await this.#executors.run({ kind, key: this.#key, load: this.#load, env, body }, signal);
+      result = await this.#executors.run(
+        { kind, fn: this.#config.key, key: this.#key, load: this.#load, env, body },
+        signal,
+      );
     } catch (err) {
       if (err instanceof FennecError) throw err;
       const oom = (err as NodeJS.ErrnoException).code === "ERR_WORKER_OUT_OF_MEMORY";
@@ -197,11 +227,17 @@ class WasmInstance implements SandboxHandle {
   }
 
   async close(): Promise<void> {
-    this.#gone ??= new FennecError("INSTANCE_GONE", "instance closed");
+    this.#end(new FennecError("INSTANCE_GONE", "instance closed"));
   }
 
   async destroy(): Promise<void> {
     // Nothing of this instance runs once its jobs are cancelled (the lifecycle aborts them first).
-    this.#gone ??= new FennecError("INSTANCE_GONE", "instance destroyed");
+    this.#end(new FennecError("INSTANCE_GONE", "instance destroyed"));
+  }
+
+  #end(reason: Error): void {
+    if (this.#gone) return;
+    this.#gone = reason;
+    this.#onGone();
   }
 }

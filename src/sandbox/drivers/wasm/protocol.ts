@@ -29,7 +29,13 @@ export interface JobMessage {
   readonly body: Uint8Array;
 }
 
-export type ToWorker = JobMessage;
+/** Forget modules (their function revision has no instance any more). */
+export interface UnloadMessage {
+  readonly type: "unload";
+  readonly keys: readonly string[];
+}
+
+export type ToWorker = JobMessage | UnloadMessage;
 
 /** How a job ended, as the worker classifies it; the driver maps it to error codes. */
 export type Outcome = "ok" | "exit" | "trap" | "oom" | "output-too-large" | "instantiate-failed";
