@@ -1,13 +1,14 @@
 /** Messages between the module checker (main thread) and its worker thread. */
 
 export interface CheckJob {
+  readonly type: "check";
   readonly id: number;
   /**
    * `hash` reads and hashes a file; `check` validates, memory-caps and checks the interface of the
    * bytes (given, or read from `path`), and compiles them when `compile` is set.
    */
   readonly kind: "hash" | "check";
-  readonly bytes?: Uint8Array | undefined;
+  /** Read the module from this file; without it, the bytes sent by `begin` and `chunk` are checked. */
   readonly path?: string | undefined;
   readonly maxPages: number;
   readonly what: string;
@@ -15,6 +16,22 @@ export interface CheckJob {
   /** The disk cache: `<cacheFile>` with `%h` replaced by the hash holds the module already checked and capped. */
   readonly cacheFile?: string | undefined;
 }
+
+/** Announces the bytes of job `id`, sent next in chunks (never one large copy on the main thread). */
+export interface BeginBytes {
+  readonly type: "begin";
+  readonly id: number;
+  readonly size: number;
+}
+
+export interface BytesChunk {
+  readonly type: "chunk";
+  readonly id: number;
+  readonly at: number;
+  readonly piece: Uint8Array;
+}
+
+export type ToChecker = CheckJob | BeginBytes | BytesChunk;
 
 export interface CheckDone {
   readonly id: number;

@@ -10,7 +10,7 @@ import { parentPort } from "node:worker_threads";
 import { setFlagsFromString } from "node:v8";
 import { FennecError } from "../../../core/errors.js";
 import { limitMemory } from "./memory-limit.js";
-import type { CheckDone, CheckJob } from "./module-check-protocol.js";
+import type { CheckDone, CheckJob, ToChecker } from "./module-check-protocol.js";
 import { checkInterface, moduleInterface } from "./module-interface.js";
 
 // Compile eagerly, as the main thread does (module-cache.ts): an instantiation must not compile.
@@ -31,8 +31,13 @@ function readModule(path: string, what: string): Buffer {
   }
 }
 
+/** Bytes being received for a job, by job id. */
+const incoming = new Map<number, Buffer>();
+
 function check(job: CheckJob): Omit<CheckDone, "id" | "error"> {
-  const raw = job.bytes ?? readModule(job.path!, job.what);
+  const given = incoming.get(job.id);
+  incoming.delete(job.id);
+  const raw = given ?? readModule(job.path!, job.what);
   const hash = createHash("sha256").update(raw).digest("hex");
   if (job.kind === "hash")
     return { hash, bytes: new Uint8Array(0), initialPages: 0, fromCache: false, module: undefined };
@@ -53,7 +58,13 @@ function check(job: CheckJob): Omit<CheckDone, "id" | "error"> {
   return { hash, bytes: limited.bytes, initialPages: limited.initialPages, fromCache: !!cached, module };
 }
 
-port.on("message", (job: CheckJob) => {
+port.on("message", (msg: ToChecker) => {
+  if (msg.type === "begin") incoming.set(msg.id, Buffer.allocUnsafe(msg.size));
+  else if (msg.type === "chunk") incoming.get(msg.id)?.set(msg.piece, msg.at);
+  else answer(msg);
+});
+
+function answer(job: CheckJob): void {
   let done: CheckDone;
   try {
     done = { id: job.id, ...check(job), error: undefined };
@@ -75,4 +86,4 @@ port.on("message", (job: CheckJob) => {
   // Transfer the bytes when they own their buffer (no copy); a small view is cloned.
   const own = done.bytes.byteOffset === 0 && done.bytes.byteLength === done.bytes.buffer.byteLength;
   port.postMessage(done, own ? [done.bytes.buffer as ArrayBuffer] : []);
-});
+}

@@ -1,12 +1,17 @@
 import { Worker } from "node:worker_threads";
 import { FennecError, type ErrorCode } from "../../../core/errors.js";
-import type { CheckDone, CheckJob } from "./module-check-protocol.js";
+import type { CheckDone, CheckJob, ToChecker } from "./module-check-protocol.js";
 
 const WORKER_URL = new URL("./module-check-worker.js", import.meta.url);
 /** An idle checker thread is ended after this long, giving back what checking large modules used. */
 const IDLE_MS = 10_000;
+/**
+ * Bytes are handed to the thread in pieces this large, one per turn of the event loop: copying a
+ * module of tens of MiB in one go would itself stall the gateway (≈ 0.3 s for 50 MiB here, under load).
+ */
+const CHUNK_BYTES = 2 * 2 ** 20;
 
-export type CheckRequest = Omit<CheckJob, "id">;
+export type CheckRequest = Omit<CheckJob, "id" | "type"> & { readonly bytes?: Uint8Array | undefined };
 export type CheckResult = Omit<CheckDone, "id" | "error">;
 
 /**
@@ -20,15 +25,25 @@ export class ModuleChecker {
   #nextId = 1;
   #idleTimer: NodeJS.Timeout | undefined;
 
-  run(request: CheckRequest): Promise<CheckResult> {
+  async run(request: CheckRequest): Promise<CheckResult> {
     const worker = this.#ensure();
     clearTimeout(this.#idleTimer);
     const id = this.#nextId++;
-    return new Promise<CheckResult>((resolve, reject) => {
-      this.#pending.set(id, { resolve, reject });
-      worker.ref();
-      worker.postMessage({ ...request, id } satisfies CheckJob);
-    });
+    const done = new Promise<CheckResult>((resolve, reject) => this.#pending.set(id, { resolve, reject }));
+    worker.ref();
+    const { bytes, ...rest } = request;
+    if (bytes) {
+      worker.postMessage({ type: "begin", id, size: bytes.byteLength } satisfies ToChecker);
+      for (let at = 0; at < bytes.byteLength; at += CHUNK_BYTES) {
+        if (at > 0) await new Promise((r) => setImmediate(r));
+        // A copy of just this piece, transferred: the caller keeps its bytes intact. (Not
+        // `bytes.slice`: on a Buffer that is a view, and transferring it would detach the caller's.)
+        const piece = new Uint8Array(bytes.subarray(at, at + CHUNK_BYTES));
+        worker.postMessage({ type: "chunk", id, at, piece } satisfies ToChecker, [piece.buffer]);
+      }
+    }
+    worker.postMessage({ type: "check", ...rest, id } satisfies ToChecker);
+    return done;
   }
 
   #ensure(): Worker {
