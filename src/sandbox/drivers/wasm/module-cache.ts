@@ -1,7 +1,6 @@
-import { mkdir, readdir, rm } from "node:fs/promises";
+import { readdir, rm } from "node:fs/promises";
 import { join } from "node:path";
 import { setFlagsFromString } from "node:v8";
-import { writeFileAtomic } from "../../../registry/atomic-write.js";
 import { PAGE_BYTES } from "./memory-limit.js";
 import { ModuleChecker } from "./module-checker.js";
 
@@ -114,10 +113,6 @@ export class ModuleCache {
     if (`${checked.hash}-${maxMemoryMiB}` !== key) {
       // The file changed between hashing and checking: key the module by what was checked.
       this.#memory.delete(key);
-    }
-    if (this.#dir && !checked.fromCache) {
-      await mkdir(this.#dir, { recursive: true });
-      await writeFileAtomic(join(this.#dir, `${checked.hash}-${maxMemoryMiB}.wasm`), checked.bytes);
     }
     return {
       module: checked.module!,

@@ -13,7 +13,10 @@ export interface CheckJob {
   readonly maxPages: number;
   readonly what: string;
   readonly compile: boolean;
-  /** The disk cache: `<cacheFile>` with `%h` replaced by the hash holds the module already checked and capped. */
+  /**
+   * The disk cache: `<cacheFile>` with `%h` replaced by the hash holds the module already checked
+   * and capped; a module checked now is written there.
+   */
   readonly cacheFile?: string | undefined;
 }
 
@@ -36,8 +39,6 @@ export type ToChecker = CheckJob | BeginBytes | BytesChunk;
 export interface CheckDone {
   readonly id: number;
   readonly hash: string;
-  /** The checked, memory-capped bytes (empty for `hash` jobs). */
-  readonly bytes: Uint8Array;
   readonly initialPages: number;
   /** True when the bytes came from the disk cache (already checked in an earlier run). */
   readonly fromCache: boolean;

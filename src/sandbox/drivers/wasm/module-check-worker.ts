@@ -5,10 +5,22 @@
  * WebAssembly.Module` are synchronous and take seconds on such modules).
  */
 import { createHash } from "node:crypto";
-import { readFileSync } from "node:fs";
+import { randomBytes } from "node:crypto";
+import {
+  closeSync,
+  fsyncSync,
+  mkdirSync,
+  openSync,
+  readFileSync,
+  renameSync,
+  rmSync,
+  writeSync,
+} from "node:fs";
+import { basename, dirname, join } from "node:path";
 import { parentPort } from "node:worker_threads";
 import { setFlagsFromString } from "node:v8";
 import { FennecError } from "../../../core/errors.js";
+import { TEMP_PREFIX } from "../../../registry/atomic-write.js";
 import { limitMemory } from "./memory-limit.js";
 import type { CheckDone, CheckJob, ToChecker } from "./module-check-protocol.js";
 import { checkInterface, moduleInterface } from "./module-interface.js";
@@ -31,6 +43,25 @@ function readModule(path: string, what: string): Buffer {
   }
 }
 
+/** writeFileAtomic's protocol (temporary sibling, fsync, rename), synchronous: this is not the gateway's thread. */
+function writeFileAtomicSync(target: string, data: Uint8Array): void {
+  mkdirSync(dirname(target), { recursive: true });
+  const tmp = join(dirname(target), `${TEMP_PREFIX}${basename(target)}-${randomBytes(6).toString("hex")}`);
+  try {
+    const fd = openSync(tmp, "wx", 0o644);
+    try {
+      for (let at = 0; at < data.byteLength;) at += writeSync(fd, data, at);
+      fsyncSync(fd);
+    } finally {
+      closeSync(fd);
+    }
+    renameSync(tmp, target);
+  } catch (err) {
+    rmSync(tmp, { force: true });
+    throw err;
+  }
+}
+
 /** Bytes being received for a job, by job id. */
 const incoming = new Map<number, Buffer>();
 
@@ -39,8 +70,7 @@ function check(job: CheckJob): Omit<CheckDone, "id" | "error"> {
   incoming.delete(job.id);
   const raw = given ?? readModule(job.path!, job.what);
   const hash = createHash("sha256").update(raw).digest("hex");
-  if (job.kind === "hash")
-    return { hash, bytes: new Uint8Array(0), initialPages: 0, fromCache: false, module: undefined };
+  if (job.kind === "hash") return { hash, initialPages: 0, fromCache: false, module: undefined };
   let cached: Buffer | undefined;
   if (job.cacheFile) {
     try {
@@ -55,7 +85,15 @@ function check(job: CheckJob): Omit<CheckDone, "id" | "error"> {
   const limited = limitMemory(cached ?? raw, job.maxPages, job.what);
   if (!cached) checkInterface(moduleInterface(limited.bytes, job.what), job.what);
   const module = job.compile ? new WebAssembly.Module(source(limited.bytes)) : undefined;
-  return { hash, bytes: limited.bytes, initialPages: limited.initialPages, fromCache: !!cached, module };
+  // The checked bytes go to the disk cache from here: the main thread never holds a copy.
+  if (job.cacheFile && !cached) {
+    try {
+      writeFileAtomicSync(job.cacheFile.replace("%h", hash), limited.bytes);
+    } catch {
+      // The disk cache only saves checking at the next start; the module itself is fine.
+    }
+  }
+  return { hash, initialPages: limited.initialPages, fromCache: !!cached, module };
 }
 
 port.on("message", (msg: ToChecker) => {
@@ -75,7 +113,6 @@ function answer(job: CheckJob): void {
     port.postMessage({
       id: job.id,
       hash: "",
-      bytes: new Uint8Array(0),
       initialPages: 0,
       fromCache: false,
       module: undefined,
@@ -83,7 +120,5 @@ function answer(job: CheckJob): void {
     } satisfies CheckDone);
     return;
   }
-  // Transfer the bytes when they own their buffer (no copy); a small view is cloned.
-  const own = done.bytes.byteOffset === 0 && done.bytes.byteLength === done.bytes.buffer.byteLength;
-  port.postMessage(done, own ? [done.bytes.buffer as ArrayBuffer] : []);
+  port.postMessage(done);
 }
