@@ -1,4 +1,5 @@
 import assert from "node:assert/strict";
+import { availableParallelism } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { WasmDriver } from "../../src/sandbox/drivers/wasm/driver.js";
@@ -93,19 +94,26 @@ describe("wasm sandbox: memory charged to the node budget", () => {
 });
 
 describe("wasm sandbox: one function's runaway calls do not starve the others", () => {
+  // More runaway calls than the executor pool's most threads (4 per core, at least 4).
+  const RUNAWAYS = Math.max(4, availableParallelism() * 4) + 4;
   let s: TestServer;
   before(async () => {
     // A start that waits for an executor longer than this fails: on the old executor pool the
     // healthy function's start waited for the runaways' 30 s timeout.
     s = await startTestServer({ startTimeoutMs: 10_000 });
-    await addWasmFunction(s.registry, "runaway", "loop.wasm", "timeout = 30\nmax-instances = 12", 16);
+    await addWasmFunction(
+      s.registry,
+      "runaway",
+      "loop.wasm",
+      `timeout = 30\nmax-instances = ${RUNAWAYS}`,
+      16,
+    );
     await addWasmFunction(s.registry, "healthy", "reflect.wasm", "", 16);
   });
   after(() => s.close());
 
   it("serves another function while runaway calls hold more executors than there are", async () => {
-    // More runaway calls than the pool's most executors (4 per core, at least 4).
-    const runaways = Array.from({ length: 12 }, () =>
+    const runaways = Array.from({ length: RUNAWAYS }, () =>
       request(`${s.url}/invoke/runaway/`, { method: "POST" }),
     );
     let runawaysDone = false;
@@ -115,7 +123,7 @@ describe("wasm sandbox: one function's runaway calls do not starve the others", 
       const stats = (await request(`${s.url}/stats`)).json<{
         instances: Record<string, { busy: number }>;
       }>();
-      if ((stats.instances["default/runaway"]?.busy ?? 0) >= 12) break;
+      if ((stats.instances["default/runaway"]?.busy ?? 0) >= RUNAWAYS) break;
       assert.ok(tries < 600, "the runaway calls never all started");
       await new Promise((r) => setTimeout(r, 50));
     }

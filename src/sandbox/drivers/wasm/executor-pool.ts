@@ -32,6 +32,8 @@ export interface Job {
 interface Executor {
   readonly worker: Worker;
   booted: boolean;
+  /** Instantiating the next copy after an invocation: a job sent now would wait for that. */
+  preparing: boolean;
   /** key -> last use, in insertion order of recency. */
   readonly loaded: Map<string, number>;
   running: Pending | undefined;
@@ -165,7 +167,11 @@ export class ExecutorPool {
       const next = this.#nextJob();
       if (!next) break;
       this.#queue.splice(this.#queue.indexOf(next), 1);
-      this.#dispatch(idle.find((e) => e.loaded.has(next.job.key)) ?? idle[0]!, next);
+      // Prefer an executor not still instantiating its next copy (seconds for a module with tens
+      // of MiB of data), then one that has the module loaded.
+      const free = idle.filter((e) => !e.preparing);
+      const pick = (among: Executor[]) => among.find((e) => e.loaded.has(next.job.key));
+      this.#dispatch(pick(free) ?? free[0] ?? pick(idle) ?? idle[0]!, next);
     }
     if (this.#queue.length > 0) this.#preemptForWaiting();
     if (this.#queue.length > 0 && !this.#spawnTimer && this.#executors.length < this.#max) {
@@ -256,20 +262,23 @@ export class ExecutorPool {
     const executor: Executor = {
       worker: new Worker(WORKER_URL),
       booted: false,
+      preparing: false,
       loaded: new Map(),
       running: undefined,
     };
     this.#executors.push(executor);
     executor.worker.unref();
     executor.worker.on("message", (msg: FromWorker) => {
-      if (msg.type === "booted") {
+      if (msg.type === "booted" || msg.type === "prepared") {
         executor.booted = true;
+        executor.preparing = false;
         this.#pump();
         return;
       }
       const pending = executor.running;
       if (!pending || pending.id !== msg.id) return;
       executor.running = undefined;
+      executor.preparing = pending.job.kind === "invoke";
       // A module that failed to instantiate is loaded afresh next time (the worker dropped it).
       if (msg.outcome === "instantiate-failed" || msg.outcome === "oom")
         executor.loaded.delete(pending.job.key);
@@ -316,7 +325,7 @@ export class ExecutorPool {
 
   #keepSpares(): void {
     if (this.#closed) return;
-    const idle = this.#executors.filter((e) => !e.running).length;
+    const idle = this.#executors.filter((e) => !e.running && !e.preparing).length;
     for (let n = idle; n < this.#spares && this.#executors.length < this.#max; n++) this.#spawn();
   }
 

@@ -56,4 +56,12 @@ export interface BootedMessage {
   readonly type: "booted";
 }
 
-export type FromWorker = DoneMessage | BootedMessage;
+/**
+ * Sent when the copy the worker instantiates after an invocation is ready: until then the
+ * executor is busy for large modules (instantiating copies their data into a fresh memory).
+ */
+export interface PreparedMessage {
+  readonly type: "prepared";
+}
+
+export type FromWorker = DoneMessage | BootedMessage | PreparedMessage;

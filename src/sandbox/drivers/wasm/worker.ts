@@ -198,12 +198,14 @@ function job(msg: JobMessage): void {
   const r = run(prepared, msg.env, msg.body, entry.load.maxOutputBytes, entry.load.maxMemoryBytes);
   done(msg.id, r, [r.stdout.buffer as ArrayBuffer]);
   setImmediate(() => {
-    if (modules.get(msg.key) !== entry || entry.next) return;
-    try {
-      entry.next = prepare(entry.load);
-    } catch {
-      entry.next = undefined; // reported by the next invocation, which retries and fails visibly
+    if (modules.get(msg.key) === entry && !entry.next) {
+      try {
+        entry.next = prepare(entry.load);
+      } catch {
+        entry.next = undefined; // reported by the next invocation, which retries and fails visibly
+      }
     }
+    post({ type: "prepared" });
   });
 }
 
