@@ -33,10 +33,37 @@ export function readBody(req: IncomingMessage, limit: number): Promise<Buffer> {
       chunks.push(chunk);
     };
     req.on("data", onData);
-    req.once("end", () => resolve(chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks, size)));
+    req.once("end", () => resolve(joinChunks(chunks, size)));
     req.once("error", reject);
   });
 }
+
+/**
+ * The body as one buffer, copied at most JOIN_SLICE_BYTES per turn of the event loop: one copy
+ * of an upload of tens of MiB stalled every other call meanwhile.
+ */
+function joinChunks(chunks: Buffer[], size: number): Promise<Buffer> | Buffer {
+  if (chunks.length === 1) return chunks[0]!;
+  if (size <= JOIN_SLICE_BYTES) return Buffer.concat(chunks, size);
+  return (async () => {
+    const out = Buffer.allocUnsafeSlow(size);
+    let at = 0;
+    let sinceYield = 0;
+    for (const c of chunks) {
+      out.set(c, at);
+      at += c.length;
+      sinceYield += c.length;
+      if (sinceYield >= JOIN_SLICE_BYTES) {
+        sinceYield = 0;
+        await new Promise((r) => setImmediate(r));
+      }
+    }
+    return out;
+  })();
+}
+
+/** Most bytes of a body copied in one turn of the event loop (a 50 MiB copy took ≈ 0.5 s here). */
+const JOIN_SLICE_BYTES = 2 * 2 ** 20;
 
 /**
  * Answers and then closes the connection without reading the rest of the request's body: after

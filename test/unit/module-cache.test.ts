@@ -2,8 +2,9 @@ import assert from "node:assert/strict";
 import { copyFile, readdir, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { describe, it } from "node:test";
-import { ModuleCache } from "../../src/sandbox/drivers/wasm/module-cache.js";
+import { ModuleCache, validateModuleBytes } from "../../src/sandbox/drivers/wasm/module-cache.js";
 import { EXAMPLES, tempDir, WASM_FIXTURES } from "../helpers/paths.js";
+import { wagiModule } from "../helpers/wasm-writer.js";
 
 describe("compiled-module cache", () => {
   it("compiles once per content and limit, keeps the checked bytes on disk, and drops replaced revisions", async () => {
@@ -49,5 +50,20 @@ describe("compiled-module cache", () => {
     } finally {
       await cleanup();
     }
+  });
+});
+
+describe("upload-time module check", () => {
+  it("checks a module of several MiB on its own thread and leaves the caller's bytes intact", async () => {
+    const module = Buffer.from(wagiModule({ output: "x", fillerBytes: 5 * 2 ** 20 }));
+    // A view into a larger buffer, as bodies read from a socket are.
+    const view = Buffer.concat([Buffer.from("junk"), module]).subarray(4);
+    await validateModuleBytes(view, 64, "t");
+    assert.equal(view.byteLength, module.byteLength);
+    assert.ok(view.equals(module), "the bytes are unchanged and still readable");
+    await assert.rejects(validateModuleBytes(view.subarray(0, view.byteLength - 10), 64, "t"), {
+      code: "FN_BAD_MODULE",
+    });
+    await assert.rejects(validateModuleBytes(view, 1, "t"), /initial memory/);
   });
 });

@@ -1,7 +1,9 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import { limitMemory } from "../../src/sandbox/drivers/wasm/memory-limit.js";
+import { checkInterface, moduleInterface } from "../../src/sandbox/drivers/wasm/module-interface.js";
 import { parseWagiOutput, wagiEnvironment } from "../../src/sandbox/drivers/wasm/wagi.js";
+import { wagiModule } from "../helpers/wasm-writer.js";
 
 // (module (memory 2) ) and (module (memory 1 100)) in binary form.
 const MEM_NO_MAX = Uint8Array.from([0, 97, 115, 109, 1, 0, 0, 0, 5, 3, 1, 0, 2]);
@@ -24,8 +26,52 @@ describe("memory limit rewriting", () => {
     assert.deepEqual([...limitMemory(MEM_MAX_100, 1000, "t").bytes.subarray(8)], [5, 4, 1, 1, 1, 100]);
   });
 
+  it("caps a module with a section of several MiB, copying every other byte unchanged", async () => {
+    const module = wagiModule({ output: "tail", fillerBytes: 4 * 2 ** 20 });
+    const { bytes, initialPages } = limitMemory(module, 1024, "t");
+    assert.ok(initialPages > 64);
+    assert.ok(WebAssembly.validate(bytes as Uint8Array<ArrayBuffer>));
+    // Only the memory section grew (a maximum was added): the rest is byte for byte the same.
+    assert.equal(bytes.byteLength, module.byteLength + 2);
+    assert.ok(Buffer.from(bytes.subarray(-1000)).equals(Buffer.from(module.subarray(-1000))));
+    const mod = await WebAssembly.compile(bytes as Uint8Array<ArrayBuffer>);
+    assert.deepEqual(WebAssembly.Module.exports(mod), [
+      { name: "memory", kind: "memory" },
+      { name: "_start", kind: "function" },
+    ]);
+  });
+
   it("refuses a module whose initial memory exceeds the limit", () => {
     assert.throws(() => limitMemory(MEM_NO_MAX, 1, "t"), { code: "FN_BAD_MODULE" });
+  });
+});
+
+describe("module interface, read without compiling", () => {
+  it("lists the imports and exports WebAssembly.Module would", async () => {
+    const module = wagiModule({ output: "x", fillerBytes: 1000 });
+    const compiled = await WebAssembly.compile(module as Uint8Array<ArrayBuffer>);
+    const parsed = moduleInterface(module, "t");
+    assert.deepEqual(parsed.imports, WebAssembly.Module.imports(compiled));
+    assert.deepEqual(parsed.exports, WebAssembly.Module.exports(compiled));
+    checkInterface(parsed, "t");
+  });
+
+  it("refuses imports the sandbox does not grant and a missing _start", () => {
+    assert.throws(
+      () =>
+        checkInterface(
+          {
+            imports: [{ module: "env", name: "open_socket", kind: "function" }],
+            exports: [],
+          },
+          "t",
+        ),
+      /env\.open_socket/,
+    );
+    assert.throws(
+      () => checkInterface({ imports: [], exports: [{ name: "memory", kind: "memory" }] }, "t"),
+      /_start/,
+    );
   });
 });
 

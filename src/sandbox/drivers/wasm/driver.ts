@@ -5,7 +5,7 @@ import type { InvokeRequest, InvokeResponse } from "../../../core/types.js";
 import type { FunctionConfig, WasmSandboxConfig } from "../../../config/function-config.js";
 import type { InvokeContext, SandboxDriver, SandboxHandle, StartContext } from "../../contract.js";
 import { ExecutorPool } from "./executor-pool.js";
-import { ModuleCache } from "./module-cache.js";
+import { ModuleCache, type CompiledModule } from "./module-cache.js";
 import type { DirTree, DoneMessage, LoadPayload, Outcome } from "./protocol.js";
 import { parseWagiOutput, wagiEnvironment } from "./wagi.js";
 
@@ -20,8 +20,11 @@ export interface WasmDriverOptions {
   readonly maxOutputBytes?: number;
 }
 
-/** What an instance costs beyond its linear memory: its pre-instantiated copy and bookkeeping. */
-const INSTANCE_OVERHEAD_MIB = 1;
+/**
+ * What one running copy costs beyond linear memory: its instance, WASI state and captured
+ * output's bookkeeping (measured well under this for the examples).
+ */
+const COPY_OVERHEAD_MIB = 2;
 /** Largest granted directory, so a grant cannot pull a whole disk into memory. */
 const MAX_GRANTED_BYTES = 64 * 2 ** 20;
 
@@ -70,6 +73,10 @@ export class WasmDriver implements SandboxDriver {
   readonly modules: ModuleCache;
   readonly #executors: ExecutorPool;
   readonly #maxOutputBytes: number;
+  /** Function revision -> initial linear memory of its module, in MiB (known once compiled). */
+  readonly #initialMiB = new Map<string, number>();
+  /** Function revision -> its live instances. */
+  readonly #instances = new Map<string, number>();
 
   constructor(opts: WasmDriverOptions = {}) {
     this.modules = new ModuleCache(opts.cacheDir);
@@ -77,17 +84,24 @@ export class WasmDriver implements SandboxDriver {
     this.#maxOutputBytes = opts.maxOutputBytes ?? 32 * 2 ** 20;
   }
 
+  /**
+   * What an instance can really use. It runs up to `concurrent-requests` invocations at once, each
+   * on its own fresh copy of the module whose linear memory may grow to the cap; and each executor
+   * that ran one keeps a pre-instantiated copy waiting (its initial memory) for the next. So:
+   * concurrency × (cap + initial memory + overhead). The initial memory is known once the module
+   * is compiled; until then the cap stands in for it.
+   */
   memoryMiB(config: FunctionConfig): number {
-    return wasmOf(config).memoryMiB + INSTANCE_OVERHEAD_MIB;
+    const wasm = wasmOf(config);
+    const initial = this.#initialMiB.get(`${config.key}@${config.revision}`) ?? wasm.memoryMiB;
+    return config.concurrentRequests * (wasm.memoryMiB + initial + COPY_OVERHEAD_MIB);
   }
 
   async prepare(config: FunctionConfig): Promise<void> {
-    const wasm = wasmOf(config);
-    await this.modules.forRevision(wasm.module, config.revision, wasm.memoryMiB, config.file);
+    await this.#compiled(config);
   }
 
-  async start(ctx: StartContext): Promise<SandboxHandle> {
-    const config = ctx.config;
+  async #compiled(config: FunctionConfig): Promise<CompiledModule> {
     const wasm = wasmOf(config);
     const compiled = await this.modules.forRevision(
       wasm.module,
@@ -95,6 +109,15 @@ export class WasmDriver implements SandboxDriver {
       wasm.memoryMiB,
       config.file,
     );
+    for (const k of this.#initialMiB.keys()) if (k.startsWith(`${config.key}@`)) this.#initialMiB.delete(k);
+    this.#initialMiB.set(`${config.key}@${config.revision}`, Math.ceil(compiled.initialBytes / 2 ** 20));
+    return compiled;
+  }
+
+  async start(ctx: StartContext): Promise<SandboxHandle> {
+    const config = ctx.config;
+    const wasm = wasmOf(config);
+    const compiled = await this.#compiled(config);
     const key = `${config.key}@${config.revision}`;
     const budget = { left: MAX_GRANTED_BYTES };
     const dirs: Record<string, DirTree> = {};
@@ -105,14 +128,31 @@ export class WasmDriver implements SandboxDriver {
       dirs,
       maxOutputBytes: this.#maxOutputBytes,
     };
-    const handle = new WasmInstance(this.#executors, config, key, load);
-    // The first instance of a revision proves the module instantiates; later ones find it loaded.
-    if (!this.#executors.hasLoaded(key)) await handle.run("load", [], new Uint8Array(0), ctx.signal);
+    const handle = new WasmInstance(this.#executors, config, key, load, () => this.#released(key));
+    this.#instances.set(key, (this.#instances.get(key) ?? 0) + 1);
+    try {
+      // The first instance of a revision proves the module instantiates; later ones find it loaded.
+      if (!this.#executors.hasLoaded(key)) await handle.run("load", [], new Uint8Array(0), ctx.signal);
+    } catch (err) {
+      await handle.destroy();
+      throw err;
+    }
     return handle;
   }
 
+  /** An instance stopped: with the last of its revision, executors drop that module's copies. */
+  #released(key: string): void {
+    const left = (this.#instances.get(key) ?? 1) - 1;
+    if (left > 0) {
+      this.#instances.set(key, left);
+      return;
+    }
+    this.#instances.delete(key);
+    this.#executors.forget(key);
+  }
+
   async close(): Promise<void> {
-    await this.#executors.close();
+    await Promise.all([this.#executors.close(), this.modules.close()]);
   }
 }
 
@@ -122,13 +162,21 @@ class WasmInstance implements SandboxHandle {
   readonly #config: FunctionConfig;
   readonly #key: string;
   readonly #load: LoadPayload;
+  readonly #onGone: () => void;
   #gone: Error | undefined;
 
-  constructor(executors: ExecutorPool, config: FunctionConfig, key: string, load: LoadPayload) {
+  constructor(
+    executors: ExecutorPool,
+    config: FunctionConfig,
+    key: string,
+    load: LoadPayload,
+    onGone: () => void,
+  ) {
     this.#executors = executors;
     this.#config = config;
     this.#key = key;
     this.#load = load;
+    this.#onGone = onGone;
   }
 
   async run(
@@ -140,7 +188,10 @@ class WasmInstance implements SandboxHandle {
     if (this.#gone) throw this.#gone;
     let result: DoneMessage;
     try {
-      result = await this.#executors.run({ kind, key: this.#key, load: this.#load, env, body }, signal);
+      result = await this.#executors.run(
+        { kind, fn: this.#config.key, key: this.#key, load: this.#load, env, body },
+        signal,
+      );
     } catch (err) {
       if (err instanceof FennecError) throw err;
       const oom = (err as NodeJS.ErrnoException).code === "ERR_WORKER_OUT_OF_MEMORY";
@@ -176,11 +227,17 @@ class WasmInstance implements SandboxHandle {
   }
 
   async close(): Promise<void> {
-    this.#gone ??= new FennecError("INSTANCE_GONE", "instance closed");
+    this.#end(new FennecError("INSTANCE_GONE", "instance closed"));
   }
 
   async destroy(): Promise<void> {
     // Nothing of this instance runs once its jobs are cancelled (the lifecycle aborts them first).
-    this.#gone ??= new FennecError("INSTANCE_GONE", "instance destroyed");
+    this.#end(new FennecError("INSTANCE_GONE", "instance destroyed"));
+  }
+
+  #end(reason: Error): void {
+    if (this.#gone) return;
+    this.#gone = reason;
+    this.#onGone();
   }
 }

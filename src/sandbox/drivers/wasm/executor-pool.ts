@@ -1,7 +1,7 @@
 import { availableParallelism } from "node:os";
 import { Worker } from "node:worker_threads";
 import { FennecError } from "../../../core/errors.js";
-import type { DoneMessage, FromWorker, JobMessage, LoadPayload } from "./protocol.js";
+import type { DoneMessage, FromWorker, JobMessage, LoadPayload, UnloadMessage } from "./protocol.js";
 
 const WORKER_URL = new URL("./worker.js", import.meta.url);
 /** Modules one executor keeps loaded before it forgets the least recently used. */
@@ -12,9 +12,17 @@ const MAX_LOADED = 32;
  * busy node is served faster by the executors it has than by more threads than cores.
  */
 const SPAWN_AFTER_MS = 5;
+/**
+ * A job of a function over its fair share that has run this long gives its executor back when
+ * another function's job waits and no executor can be added: quick jobs finish on their own.
+ */
+const PREEMPT_AFTER_MS = 50;
 
 export interface Job {
   readonly kind: "load" | "invoke";
+  /** The function the job belongs to: executors are shared fairly between functions. */
+  readonly fn: string;
+  /** The function revision whose module the job runs. */
   readonly key: string;
   readonly load: LoadPayload;
   readonly env: string[];
@@ -24,6 +32,8 @@ export interface Job {
 interface Executor {
   readonly worker: Worker;
   booted: boolean;
+  /** Instantiating the next copy after an invocation: a job sent now would wait for that. */
+  preparing: boolean;
   /** key -> last use, in insertion order of recency. */
   readonly loaded: Map<string, number>;
   running: Pending | undefined;
@@ -51,6 +61,15 @@ export interface ExecutorPoolOptions {
  * else waits; when jobs wait past a few milliseconds (executors stuck in slow or runaway
  * functions), another executor is started, up to `max`. Cancelling a running job terminates its
  * executor, which is the only way to stop guest code; the other executors never notice.
+ *
+ * Fairness: while several functions have work, each may occupy at most its share of `max`
+ * (`max / functions with work`, at least one). A waiting job of a function under its share goes
+ * first; if every executor is taken and none can be added, a function over its share gives back
+ * the executor of its most recently started job (running for at least PREEMPT_AFTER_MS): that
+ * executor is terminated and the job queued again, to be run from the start. That is safe because
+ * a wasm job has no effect outside its sandbox until its response is returned (no network, no
+ * writable files). So one function's runaway calls never hold every executor: they run into their
+ * own timeouts while other functions' calls are served.
  */
 export class ExecutorPool {
   readonly #executors: Executor[] = [];
@@ -118,15 +137,43 @@ export class ExecutorPool {
     if (executor) this.#retire(executor, reason);
   }
 
-  #pump(): void {
-    while (this.#queue.length > 0) {
-      const head = this.#queue[0]!;
-      const idle = this.#executors.filter((e) => e.booted && !e.running);
-      const executor = idle.find((e) => e.loaded.has(head.job.key)) ?? idle[0];
-      if (!executor) break;
-      this.#queue.shift();
-      this.#dispatch(executor, head);
+  /** Running jobs per function. */
+  #runningByFn(): Map<string, number> {
+    const counts = new Map<string, number>();
+    for (const e of this.#executors) {
+      if (e.running) counts.set(e.running.job.fn, (counts.get(e.running.job.fn) ?? 0) + 1);
     }
+    return counts;
+  }
+
+  /** How many executors one function may occupy while the others have work too. */
+  #share(running: Map<string, number>): number {
+    const withWork = new Set(running.keys());
+    for (const p of this.#queue) withWork.add(p.job.fn);
+    return Math.max(1, Math.floor(this.#max / Math.max(1, withWork.size)));
+  }
+
+  /** The first waiting job of a function under its share, else the oldest waiting job. */
+  #nextJob(): Pending | undefined {
+    const running = this.#runningByFn();
+    const share = this.#share(running);
+    return this.#queue.find((p) => (running.get(p.job.fn) ?? 0) < share) ?? this.#queue[0];
+  }
+
+  #pump(): void {
+    for (;;) {
+      const idle = this.#executors.filter((e) => e.booted && !e.running);
+      if (idle.length === 0) break;
+      const next = this.#nextJob();
+      if (!next) break;
+      this.#queue.splice(this.#queue.indexOf(next), 1);
+      // Prefer an executor not still instantiating its next copy (seconds for a module with tens
+      // of MiB of data), then one that has the module loaded.
+      const free = idle.filter((e) => !e.preparing);
+      const pick = (among: Executor[]) => among.find((e) => e.loaded.has(next.job.key));
+      this.#dispatch(pick(free) ?? free[0] ?? pick(idle) ?? idle[0]!, next);
+    }
+    if (this.#queue.length > 0) this.#preemptForWaiting();
     if (this.#queue.length > 0 && !this.#spawnTimer && this.#executors.length < this.#max) {
       this.#spawnTimer = setTimeout(() => {
         this.#spawnTimer = undefined;
@@ -139,6 +186,45 @@ export class ExecutorPool {
       }, SPAWN_AFTER_MS);
     }
     this.#keepSpares();
+  }
+
+  /**
+   * When every executor is taken and none can be added, takes executors back from functions over
+   * their share for waiting jobs of functions under theirs (see the class comment).
+   */
+  #preemptForWaiting(): void {
+    if (this.#closed || this.#executors.length < this.#max) return;
+    const running = this.#runningByFn();
+    const share = this.#share(running);
+    const room = new Map<string, number>();
+    let starving = 0;
+    for (const p of this.#queue) {
+      const left = room.get(p.job.fn) ?? share - (running.get(p.job.fn) ?? 0);
+      if (left <= 0) continue;
+      room.set(p.job.fn, left - 1);
+      starving++;
+    }
+    // Executors still booting will take waiting jobs soon.
+    starving -= this.#executors.filter((e) => !e.booted).length;
+    const now = performance.now();
+    while (starving-- > 0) {
+      let victim: Executor | undefined;
+      for (const e of this.#executors) {
+        const job = e.running;
+        if (!job || (running.get(job.job.fn) ?? 0) <= share) continue;
+        if (now - job.startedAt < PREEMPT_AFTER_MS) continue;
+        if (!victim || job.startedAt > victim.running!.startedAt) victim = e;
+      }
+      if (!victim) return;
+      const job = victim.running!;
+      running.set(job.job.fn, running.get(job.job.fn)! - 1);
+      victim.running = undefined;
+      job.executor = undefined;
+      job.startedAt = 0;
+      // Back to the head of the queue: it is its function's next job once that is under its share.
+      this.#queue.unshift(job);
+      this.#remove(victim);
+    }
   }
 
   #dispatch(executor: Executor, pending: Pending): void {
@@ -176,20 +262,23 @@ export class ExecutorPool {
     const executor: Executor = {
       worker: new Worker(WORKER_URL),
       booted: false,
+      preparing: false,
       loaded: new Map(),
       running: undefined,
     };
     this.#executors.push(executor);
     executor.worker.unref();
     executor.worker.on("message", (msg: FromWorker) => {
-      if (msg.type === "booted") {
+      if (msg.type === "booted" || msg.type === "prepared") {
         executor.booted = true;
+        executor.preparing = false;
         this.#pump();
         return;
       }
       const pending = executor.running;
       if (!pending || pending.id !== msg.id) return;
       executor.running = undefined;
+      executor.preparing = pending.job.kind === "invoke";
       // A module that failed to instantiate is loaded afresh next time (the worker dropped it).
       if (msg.outcome === "instantiate-failed" || msg.outcome === "oom")
         executor.loaded.delete(pending.job.key);
@@ -205,20 +294,38 @@ export class ExecutorPool {
 
   /** Removes an executor (terminating its thread); its running job, if any, fails with `reason`. */
   #retire(executor: Executor, reason: Error): void {
-    const i = this.#executors.indexOf(executor);
-    if (i < 0) return;
-    this.#executors.splice(i, 1);
+    if (!this.#executors.includes(executor)) return;
     const running = executor.running;
     executor.running = undefined;
-    void executor.worker.terminate();
+    this.#remove(executor);
     running?.reject(reason);
     this.#refWhileBusy();
     this.#pump();
   }
 
+  /** Takes an executor out of the pool and terminates its thread. */
+  #remove(executor: Executor): void {
+    const i = this.#executors.indexOf(executor);
+    if (i < 0) return;
+    this.#executors.splice(i, 1);
+    void executor.worker.terminate();
+  }
+
+  /**
+   * Makes every executor drop a function revision's module and its waiting copy (its last
+   * instance stopped), so memory the node budget no longer counts is not held.
+   */
+  forget(key: string): void {
+    for (const e of this.#executors) {
+      if (!e.loaded.delete(key)) continue;
+      const msg: UnloadMessage = { type: "unload", keys: [key] };
+      e.worker.postMessage(msg);
+    }
+  }
+
   #keepSpares(): void {
     if (this.#closed) return;
-    const idle = this.#executors.filter((e) => !e.running).length;
+    const idle = this.#executors.filter((e) => !e.running && !e.preparing).length;
     for (let n = idle; n < this.#spares && this.#executors.length < this.#max; n++) this.#spawn();
   }
 

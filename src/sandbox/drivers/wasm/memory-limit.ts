@@ -3,7 +3,10 @@ import { FennecError } from "../../../core/errors.js";
 /** One WebAssembly page is 64 KiB. */
 export const PAGE_BYTES = 65536;
 
-function readU32(bytes: Uint8Array, pos: number): [value: number, next: number] {
+/** The memory section's id in the binary format. */
+const MEMORY_SECTION = 5;
+
+export function readU32(bytes: Uint8Array, pos: number): [value: number, next: number] {
   let result = 0;
   let shift = 0;
   for (;;) {
@@ -39,23 +42,26 @@ export interface MemoryLimitResult {
  * V8 then refuses `memory.grow` beyond the cap (malloc returns NULL), so a memory bomb fails inside
  * its own sandbox instead of eating the node. Why rewrite rather than check after the fact: a grow
  * past the cap must never happen, not merely be noticed.
+ *
+ * Only the memory section (a few bytes) is rebuilt; every other section is copied as a whole by
+ * `Buffer.concat` of subarray views, so a module of tens of MiB costs one copy of its bytes, never
+ * a JavaScript array of them (spreading a large section into one overflowed the stack).
  */
 export function limitMemory(bytes: Uint8Array, maxPages: number, what: string): MemoryLimitResult {
   if (bytes.length < 8)
     throw new FennecError("FN_BAD_MODULE", `${what}: too short to be a WebAssembly module`);
-  const out: number[] = Array.from(bytes.subarray(0, 8));
+  const parts: Uint8Array[] = [bytes.subarray(0, 8)];
   let pos = 8;
+  let copyFrom = 0;
   let initialPages = 0;
   while (pos < bytes.length) {
+    const sectionStart = pos;
     const id = bytes[pos++]!;
     const [size, bodyStart] = readU32(bytes, pos);
     const bodyEnd = bodyStart + size;
     if (bodyEnd > bytes.length) throw new FennecError("FN_BAD_MODULE", `${what}: truncated section ${id}`);
-    if (id !== 5) {
-      out.push(...bytes.subarray(pos - 1, bodyEnd));
-      pos = bodyEnd;
-      continue;
-    }
+    pos = bodyEnd;
+    if (id !== MEMORY_SECTION) continue;
     let p = bodyStart;
     const [count, afterCount] = readU32(bytes, p);
     p = afterCount;
@@ -80,8 +86,12 @@ export function limitMemory(bytes: Uint8Array, maxPages: number, what: string): 
       initialPages = Math.max(initialPages, min);
       body.push(flags | 0x01, ...writeU32(min), ...writeU32(max));
     }
-    out.push(5, ...writeU32(body.length), ...body);
-    pos = bodyEnd;
+    // Sections before this one are copied as one view; the rebuilt section replaces this one.
+    parts.push(bytes.subarray(Math.max(copyFrom, 8), sectionStart));
+    parts.push(Uint8Array.from([MEMORY_SECTION, ...writeU32(body.length), ...body]));
+    copyFrom = bodyEnd;
   }
-  return { bytes: Uint8Array.from(out), initialPages };
+  parts.push(bytes.subarray(Math.max(copyFrom, 8)));
+  const out = Buffer.concat(parts);
+  return { bytes: new Uint8Array(out.buffer, out.byteOffset, out.byteLength), initialPages };
 }

@@ -1,65 +1,43 @@
-import { createHash } from "node:crypto";
-import { mkdir, readdir, readFile, rm } from "node:fs/promises";
+import { readdir, rm } from "node:fs/promises";
 import { join } from "node:path";
 import { setFlagsFromString } from "node:v8";
-import { FennecError } from "../../../core/errors.js";
-import { writeFileAtomic } from "../../../registry/atomic-write.js";
-import { limitMemory, PAGE_BYTES } from "./memory-limit.js";
+import { PAGE_BYTES } from "./memory-limit.js";
+import { ModuleChecker } from "./module-checker.js";
 
 // Node 20's V8 compiles wasm functions lazily, at their first call, in whichever thread makes it.
-// Compiling eagerly makes compilation happen once, here, when a module is prepared; a cold start
-// is then only an instantiation (measured: a first call of echo drops from 2.6 ms to 0.6 ms).
-// V8 flags are process-wide, so this also covers the worker threads.
+// Compiling eagerly makes compilation happen once, when a module is prepared (in the checker's
+// thread); a cold start is then only an instantiation (measured: a first call of echo drops from
+// 2.6 ms to 0.6 ms). V8 flags are process-wide, so this also covers the worker threads.
 setFlagsFromString("--no-wasm-lazy-compilation");
-
-/** Node's buffers are never shared memory here; this tells the DOM-typed WebAssembly API so. */
-function source(bytes: Uint8Array): Uint8Array<ArrayBuffer> {
-  return bytes as Uint8Array<ArrayBuffer>;
-}
-
-/** The only import namespace the wasm sandbox grants. */
-export const GRANTED_IMPORT_MODULE = "wasi_snapshot_preview1";
 
 export interface CompiledModule {
   readonly module: WebAssembly.Module;
   readonly hash: string;
   readonly maxMemoryBytes: number;
+  /** The linear memory an instance starts with, before it grows. */
+  readonly initialBytes: number;
 }
+
+/** Checks upload and deploy bytes on this thread's behalf; ended when idle. */
+const uploadChecker = new ModuleChecker();
 
 /**
- * Checks a module against what the sandbox grants. Used at upload, at deploy and at load, so a
- * hostile or broken module is refused with the same words everywhere.
+ * Validates raw bytes as a module the sandbox can run (upload-time check, no caching): valid
+ * WebAssembly, cappable to `maxMemoryMiB`, importing only what the sandbox grants. Runs on the
+ * checker's thread; this thread only copies the bytes there.
  */
-export function checkModule(module: WebAssembly.Module, what: string): void {
-  const forbidden = WebAssembly.Module.imports(module)
-    .filter((i) => i.module !== GRANTED_IMPORT_MODULE || i.kind !== "function")
-    .map((i) => `${i.module}.${i.name} (${i.kind})`);
-  if (forbidden.length > 0) {
-    throw new FennecError(
-      "FN_BAD_MODULE",
-      `${what}: imports ${forbidden.join(", ")}, which the wasm sandbox does not grant (only ${GRANTED_IMPORT_MODULE} functions)`,
-    );
-  }
-  const exports = new Map(WebAssembly.Module.exports(module).map((e) => [e.name, e.kind]));
-  if (exports.get("_start") !== "function")
-    throw new FennecError(
-      "FN_BAD_MODULE",
-      `${what}: exports no _start function (build it as a WASI command)`,
-    );
-  if (exports.get("memory") !== "memory")
-    throw new FennecError("FN_BAD_MODULE", `${what}: exports no memory`);
-}
-
-/** Validates raw bytes as a module the sandbox can run (upload-time check, no caching). */
 export async function validateModuleBytes(
   bytes: Uint8Array,
   maxMemoryMiB: number,
   what: string,
 ): Promise<void> {
-  if (!WebAssembly.validate(source(bytes)))
-    throw new FennecError("FN_BAD_MODULE", `${what}: not a valid WebAssembly module`);
-  const limited = limitMemory(bytes, (maxMemoryMiB * 2 ** 20) / PAGE_BYTES, what);
-  checkModule(await WebAssembly.compile(source(limited.bytes)), what);
+  await uploadChecker.run({
+    kind: "check",
+    bytes,
+    maxPages: (maxMemoryMiB * 2 ** 20) / PAGE_BYTES,
+    what,
+    compile: false,
+  });
 }
 
 /**
@@ -67,12 +45,14 @@ export async function validateModuleBytes(
  * instantiation, not a compile. The disk cache keeps the checked, memory-capped module bytes
  * keyed the same way, so a restart skips validation and rewriting. (Node exposes no API to
  * persist V8's compiled wasm code, so a restart still compiles each module once, at first use.)
+ * Reading, hashing, checking and compiling all happen on the checker's thread.
  */
 export class ModuleCache {
   readonly #memory = new Map<string, Promise<CompiledModule>>();
   /** (path, revision, limit) -> module: a cold start of an unchanged function reads no file. */
   readonly #byRevision = new Map<string, Promise<CompiledModule>>();
   readonly #dir: string | undefined;
+  readonly #checker = new ModuleChecker();
 
   constructor(diskDir: string | undefined) {
     this.#dir = diskDir;
@@ -107,50 +87,39 @@ export class ModuleCache {
   }
 
   async get(path: string, maxMemoryMiB: number, what: string): Promise<CompiledModule> {
-    let raw: Uint8Array;
-    try {
-      raw = await readFile(path);
-    } catch (err) {
-      throw new FennecError(
-        "FN_BAD_MODULE",
-        `${what}: cannot read module ${path}: ${(err as Error).message}`,
-      );
-    }
-    const hash = createHash("sha256").update(raw).digest("hex");
+    const maxPages = (maxMemoryMiB * 2 ** 20) / PAGE_BYTES;
+    const { hash } = await this.#checker.run({ kind: "hash", path, maxPages, what, compile: false });
     const key = `${hash}-${maxMemoryMiB}`;
     let entry = this.#memory.get(key);
     if (!entry) {
-      entry = this.#compile(raw, hash, key, maxMemoryMiB, what);
+      entry = this.#compile(path, key, maxMemoryMiB, what);
       this.#memory.set(key, entry);
       entry.catch(() => this.#memory.delete(key));
     }
     return entry;
   }
 
-  async #compile(
-    raw: Uint8Array,
-    hash: string,
-    key: string,
-    maxMemoryMiB: number,
-    what: string,
-  ): Promise<CompiledModule> {
+  async #compile(path: string, key: string, maxMemoryMiB: number, what: string): Promise<CompiledModule> {
     const maxMemoryBytes = maxMemoryMiB * 2 ** 20;
-    const cached = this.#dir
-      ? await readFile(join(this.#dir, `${key}.wasm`)).catch(() => undefined)
-      : undefined;
-    if (cached) {
-      return { module: await WebAssembly.compile(source(cached)), hash, maxMemoryBytes };
+    const cacheFile = this.#dir ? join(this.#dir, `%h-${maxMemoryMiB}.wasm`) : undefined;
+    const checked = await this.#checker.run({
+      kind: "check",
+      path,
+      maxPages: maxMemoryBytes / PAGE_BYTES,
+      what,
+      compile: true,
+      cacheFile,
+    });
+    if (`${checked.hash}-${maxMemoryMiB}` !== key) {
+      // The file changed between hashing and checking: key the module by what was checked.
+      this.#memory.delete(key);
     }
-    if (!WebAssembly.validate(source(raw)))
-      throw new FennecError("FN_BAD_MODULE", `${what}: not a valid WebAssembly module`);
-    const limited = limitMemory(raw, maxMemoryBytes / PAGE_BYTES, what);
-    const module = await WebAssembly.compile(source(limited.bytes));
-    checkModule(module, what);
-    if (this.#dir) {
-      await mkdir(this.#dir, { recursive: true });
-      await writeFileAtomic(join(this.#dir, `${key}.wasm`), limited.bytes);
-    }
-    return { module, hash, maxMemoryBytes };
+    return {
+      module: checked.module!,
+      hash: checked.hash,
+      maxMemoryBytes,
+      initialBytes: checked.initialPages * PAGE_BYTES,
+    };
   }
 
   /** Drops disk entries of modules not loaded in this run (called once every function is prepared). */
@@ -168,5 +137,10 @@ export class ModuleCache {
       removed.push(name);
     }
     return removed;
+  }
+
+  /** Ends the checker's thread. */
+  async close(): Promise<void> {
+    await this.#checker.close();
   }
 }

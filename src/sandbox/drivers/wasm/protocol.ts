@@ -29,7 +29,13 @@ export interface JobMessage {
   readonly body: Uint8Array;
 }
 
-export type ToWorker = JobMessage;
+/** Forget modules (their function revision has no instance any more). */
+export interface UnloadMessage {
+  readonly type: "unload";
+  readonly keys: readonly string[];
+}
+
+export type ToWorker = JobMessage | UnloadMessage;
 
 /** How a job ended, as the worker classifies it; the driver maps it to error codes. */
 export type Outcome = "ok" | "exit" | "trap" | "oom" | "output-too-large" | "instantiate-failed";
@@ -50,4 +56,12 @@ export interface BootedMessage {
   readonly type: "booted";
 }
 
-export type FromWorker = DoneMessage | BootedMessage;
+/**
+ * Sent when the copy the worker instantiates after an invocation is ready: until then the
+ * executor is busy for large modules (instantiating copies their data into a fresh memory).
+ */
+export interface PreparedMessage {
+  readonly type: "prepared";
+}
+
+export type FromWorker = DoneMessage | BootedMessage | PreparedMessage;

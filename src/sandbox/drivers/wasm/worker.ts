@@ -16,7 +16,15 @@ import {
   WASIProcExit,
 } from "@bjorn3/browser_wasi_shim";
 import type { Fd, Inode } from "@bjorn3/browser_wasi_shim";
-import type { DirTree, DoneMessage, FromWorker, JobMessage, LoadPayload, Outcome } from "./protocol.js";
+import type {
+  DirTree,
+  DoneMessage,
+  FromWorker,
+  JobMessage,
+  LoadPayload,
+  Outcome,
+  ToWorker,
+} from "./protocol.js";
 import { WARMUP_WASM_BASE64 } from "./warmup-module.js";
 
 const port = parentPort!;
@@ -190,16 +198,21 @@ function job(msg: JobMessage): void {
   const r = run(prepared, msg.env, msg.body, entry.load.maxOutputBytes, entry.load.maxMemoryBytes);
   done(msg.id, r, [r.stdout.buffer as ArrayBuffer]);
   setImmediate(() => {
-    if (modules.get(msg.key) !== entry || entry.next) return;
-    try {
-      entry.next = prepare(entry.load);
-    } catch {
-      entry.next = undefined; // reported by the next invocation, which retries and fails visibly
+    if (modules.get(msg.key) === entry && !entry.next) {
+      try {
+        entry.next = prepare(entry.load);
+      } catch {
+        entry.next = undefined; // reported by the next invocation, which retries and fails visibly
+      }
     }
+    post({ type: "prepared" });
   });
 }
 
-port.on("message", (msg: JobMessage) => job(msg));
+port.on("message", (msg: ToWorker) => {
+  if (msg.type === "unload") for (const key of msg.keys) modules.delete(key);
+  else job(msg);
+});
 
 // Warm up before announcing: the first invocation in a fresh thread would otherwise pay for
 // compiling the WASI shim's JavaScript and V8's wrappers for the WASI import signatures.

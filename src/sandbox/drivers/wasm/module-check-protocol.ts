@@ -1,0 +1,47 @@
+/** Messages between the module checker (main thread) and its worker thread. */
+
+export interface CheckJob {
+  readonly type: "check";
+  readonly id: number;
+  /**
+   * `hash` reads and hashes a file; `check` validates, memory-caps and checks the interface of the
+   * bytes (given, or read from `path`), and compiles them when `compile` is set.
+   */
+  readonly kind: "hash" | "check";
+  /** Read the module from this file; without it, the bytes sent by `begin` and `chunk` are checked. */
+  readonly path?: string | undefined;
+  readonly maxPages: number;
+  readonly what: string;
+  readonly compile: boolean;
+  /**
+   * The disk cache: `<cacheFile>` with `%h` replaced by the hash holds the module already checked
+   * and capped; a module checked now is written there.
+   */
+  readonly cacheFile?: string | undefined;
+}
+
+/** Announces the bytes of job `id`, sent next in chunks (never one large copy on the main thread). */
+export interface BeginBytes {
+  readonly type: "begin";
+  readonly id: number;
+  readonly size: number;
+}
+
+export interface BytesChunk {
+  readonly type: "chunk";
+  readonly id: number;
+  readonly at: number;
+  readonly piece: Uint8Array;
+}
+
+export type ToChecker = CheckJob | BeginBytes | BytesChunk;
+
+export interface CheckDone {
+  readonly id: number;
+  readonly hash: string;
+  readonly initialPages: number;
+  /** True when the bytes came from the disk cache (already checked in an earlier run). */
+  readonly fromCache: boolean;
+  readonly module: WebAssembly.Module | undefined;
+  readonly error: { readonly code: string; readonly message: string } | undefined;
+}

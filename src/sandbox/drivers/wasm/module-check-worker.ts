@@ -1,0 +1,124 @@
+/**
+ * The module checker's thread: hashing, validation, memory capping and compilation of modules
+ * happen here, never on the gateway's thread, so a module of tens of MiB being uploaded or
+ * prepared does not stall other functions' calls (`WebAssembly.validate` and `new
+ * WebAssembly.Module` are synchronous and take seconds on such modules).
+ */
+import { createHash } from "node:crypto";
+import { randomBytes } from "node:crypto";
+import {
+  closeSync,
+  fsyncSync,
+  mkdirSync,
+  openSync,
+  readFileSync,
+  renameSync,
+  rmSync,
+  writeSync,
+} from "node:fs";
+import { basename, dirname, join } from "node:path";
+import { parentPort } from "node:worker_threads";
+import { setFlagsFromString } from "node:v8";
+import { FennecError } from "../../../core/errors.js";
+import { TEMP_PREFIX } from "../../../registry/atomic-write.js";
+import { limitMemory } from "./memory-limit.js";
+import type { CheckDone, CheckJob, ToChecker } from "./module-check-protocol.js";
+import { checkInterface, moduleInterface } from "./module-interface.js";
+
+// Compile eagerly, as the main thread does (module-cache.ts): an instantiation must not compile.
+setFlagsFromString("--no-wasm-lazy-compilation");
+
+const port = parentPort!;
+
+/** Node's buffers are never shared memory here; this tells the DOM-typed WebAssembly API so. */
+function source(bytes: Uint8Array): Uint8Array<ArrayBuffer> {
+  return bytes as Uint8Array<ArrayBuffer>;
+}
+
+function readModule(path: string, what: string): Buffer {
+  try {
+    return readFileSync(path);
+  } catch (err) {
+    throw new FennecError("FN_BAD_MODULE", `${what}: cannot read module ${path}: ${(err as Error).message}`);
+  }
+}
+
+/** writeFileAtomic's protocol (temporary sibling, fsync, rename), synchronous: this is not the gateway's thread. */
+function writeFileAtomicSync(target: string, data: Uint8Array): void {
+  mkdirSync(dirname(target), { recursive: true });
+  const tmp = join(dirname(target), `${TEMP_PREFIX}${basename(target)}-${randomBytes(6).toString("hex")}`);
+  try {
+    const fd = openSync(tmp, "wx", 0o644);
+    try {
+      for (let at = 0; at < data.byteLength;) at += writeSync(fd, data, at);
+      fsyncSync(fd);
+    } finally {
+      closeSync(fd);
+    }
+    renameSync(tmp, target);
+  } catch (err) {
+    rmSync(tmp, { force: true });
+    throw err;
+  }
+}
+
+/** Bytes being received for a job, by job id. */
+const incoming = new Map<number, Buffer>();
+
+function check(job: CheckJob): Omit<CheckDone, "id" | "error"> {
+  const given = incoming.get(job.id);
+  incoming.delete(job.id);
+  const raw = given ?? readModule(job.path!, job.what);
+  const hash = createHash("sha256").update(raw).digest("hex");
+  if (job.kind === "hash") return { hash, initialPages: 0, fromCache: false, module: undefined };
+  let cached: Buffer | undefined;
+  if (job.cacheFile) {
+    try {
+      cached = readFileSync(job.cacheFile.replace("%h", hash));
+    } catch {
+      cached = undefined; // not cached yet
+    }
+  }
+  if (!cached && !WebAssembly.validate(source(raw)))
+    throw new FennecError("FN_BAD_MODULE", `${job.what}: not a valid WebAssembly module`);
+  // Capping cached bytes again changes nothing but yields the initial memory.
+  const limited = limitMemory(cached ?? raw, job.maxPages, job.what);
+  if (!cached) checkInterface(moduleInterface(limited.bytes, job.what), job.what);
+  const module = job.compile ? new WebAssembly.Module(source(limited.bytes)) : undefined;
+  // The checked bytes go to the disk cache from here: the main thread never holds a copy.
+  if (job.cacheFile && !cached) {
+    try {
+      writeFileAtomicSync(job.cacheFile.replace("%h", hash), limited.bytes);
+    } catch {
+      // The disk cache only saves checking at the next start; the module itself is fine.
+    }
+  }
+  return { hash, initialPages: limited.initialPages, fromCache: !!cached, module };
+}
+
+port.on("message", (msg: ToChecker) => {
+  if (msg.type === "begin") incoming.set(msg.id, Buffer.allocUnsafe(msg.size));
+  else if (msg.type === "chunk") incoming.get(msg.id)?.set(msg.piece, msg.at);
+  else answer(msg);
+});
+
+function answer(job: CheckJob): void {
+  let done: CheckDone;
+  try {
+    done = { id: job.id, ...check(job), error: undefined };
+  } catch (err) {
+    const e = err as Error & { code?: unknown };
+    const code = err instanceof FennecError ? err.code : "FN_BAD_MODULE";
+    const message = err instanceof FennecError ? err.message : `${job.what}: ${e.message}`;
+    port.postMessage({
+      id: job.id,
+      hash: "",
+      initialPages: 0,
+      fromCache: false,
+      module: undefined,
+      error: { code, message },
+    } satisfies CheckDone);
+    return;
+  }
+  port.postMessage(done);
+}
