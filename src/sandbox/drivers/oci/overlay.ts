@@ -1,8 +1,9 @@
 import { execFile } from "node:child_process";
-import { mkdir, readFile } from "node:fs/promises";
+import { mkdir } from "node:fs/promises";
 import { join } from "node:path";
 import { promisify } from "node:util";
 import { FennecError } from "../../../core/errors.js";
+import { mountPointsUnder } from "../../mounts.js";
 
 const run = promisify(execFile);
 
@@ -37,14 +38,4 @@ export async function mountOverlay(lower: string, runDir: string): Promise<strin
 export async function unmountOverlay(target: string): Promise<void> {
   if (!(await mountPointsUnder(target, true)).includes(target)) return;
   await run("umount", [target]).catch(() => run("umount", ["-l", target]).catch(() => undefined));
-}
-
-/** Mount points at or below `dir`, deepest first. */
-export async function mountPointsUnder(dir: string, inclusive = false): Promise<string[]> {
-  const info = await readFile("/proc/self/mountinfo", "utf8");
-  return info
-    .split("\n")
-    .map((line) => line.split(" ")[4])
-    .filter((m): m is string => m !== undefined && (m.startsWith(`${dir}/`) || (inclusive && m === dir)))
-    .sort((a, b) => b.length - a.length);
 }
