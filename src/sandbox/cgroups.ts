@@ -133,8 +133,7 @@ async function procsOf(dir: string): Promise<number[]> {
  * Removes the groups (named by instance id) that a crashed Fennec left under the `fennec/` parent,
  * which every Fennec running in the same cgroup shares. `owner` says whose each group is: a live
  * Fennec's is not touched; a gone Fennec's has its processes killed (only Fennec puts processes in
- * its groups) and is removed; one with no owner record is removed only if it is empty (the kernel
- * refuses to remove a group with processes) and reported otherwise.
+ * its groups) and is removed; one with no owner record is left alone and reported.
  */
 export async function sweepCgroups(owner: OwnerLookup): Promise<CleanupReport> {
   const report: CleanupReport = { removed: [], leftAlone: [] };
@@ -144,10 +143,8 @@ export async function sweepCgroups(owner: OwnerLookup): Promise<CleanupReport> {
       const whose = await owner(name);
       if (whose === "live") continue;
       if (whose === "unknown") {
-        await rmdir(dir).then(
-          () => report.removed.push(dir),
-          () => report.leftAlone.push({ path: dir, reason: "no owner record, and processes run in it" }),
-        );
+        // Perhaps a Fennec's with another run root in the same cgroup: not provably a gone one's.
+        report.leftAlone.push({ path: dir, reason: "no owner record in this run root" });
         continue;
       }
       const deadline = Date.now() + EMPTY_DEADLINE_MS;
@@ -185,9 +182,10 @@ export async function removeParents(): Promise<void> {
 
 /**
  * Removes the empty cgroup directories at `path` (and, with `children`, the empty groups inside it
- * whose instance is not a live Fennec's) under this process's own cgroup in every hierarchy: what an
- * OCI runtime can leave of a relative `cgroupsPath` after its container is deleted. A live Fennec's
- * group may be empty for a moment (its runtime made it and is about to move the container in).
+ * whose owner record names a Fennec that is gone) under this process's own cgroup in every
+ * hierarchy: what an OCI runtime can leave of a relative `cgroupsPath` after its container is
+ * deleted. A live Fennec's group may be empty for a moment (its runtime made it and is about to
+ * move the container in), so only a gone one's are removed.
  */
 export async function removeNested(path: string, children?: OwnerLookup): Promise<void> {
   const hierarchies = await readdir(ROOT).catch(() => [] as string[]);
@@ -203,7 +201,7 @@ export async function removeNested(path: string, children?: OwnerLookup): Promis
       if (children) {
         const entries = await readdir(dir, { withFileTypes: true }).catch(() => []);
         for (const e of entries) {
-          if (!e.isDirectory() || (await children(e.name)) === "live") continue;
+          if (!e.isDirectory() || (await children(e.name)) !== "gone") continue;
           await rmdir(join(dir, e.name)).catch(() => undefined);
         }
       }

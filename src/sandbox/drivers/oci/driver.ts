@@ -145,6 +145,8 @@ export class OciDriver implements SandboxDriver {
         report.removed.push(`${runtime}:${id}`);
       }
     }
+    // Their (empty) cgroups, while their owner records still say whose they were.
+    await removeNested(CGROUP_PARENT, (id) => ownerOf("oci", id));
     // A gone instance's overlay root is unmounted before its run directory goes, so removing the
     // directory cannot reach into a mounted root.
     const dirs = await sweepStale("oci", {
@@ -153,7 +155,6 @@ export class OciDriver implements SandboxDriver {
           if (target.endsWith("/rootfs")) await unmountOverlay(target);
       },
     });
-    await removeNested(CGROUP_PARENT, (id) => ownerOf("oci", id));
     return mergeReports(report, dirs);
   }
 
