@@ -1,5 +1,5 @@
 import { createHash } from "node:crypto";
-import { mkdir, readdir, readFile, rm } from "node:fs/promises";
+import { lstat, mkdir, readdir, readFile, rm } from "node:fs/promises";
 import { join } from "node:path";
 import { setFlagsFromString } from "node:v8";
 import { FennecError } from "../../../core/errors.js";
@@ -16,6 +16,9 @@ setFlagsFromString("--no-wasm-lazy-compilation");
 function source(bytes: Uint8Array): Uint8Array<ArrayBuffer> {
   return bytes as Uint8Array<ArrayBuffer>;
 }
+
+/** A disk cache entry's name: `<sha-256 of the module>-<memory limit in MiB>.wasm`. */
+const CACHE_ENTRY = /^([0-9a-f]{64})-\d+\.wasm$/;
 
 /** The only import namespace the wasm sandbox grants. */
 export const GRANTED_IMPORT_MODULE = "wasi_snapshot_preview1";
@@ -153,7 +156,11 @@ export class ModuleCache {
     return { module, hash, maxMemoryBytes };
   }
 
-  /** Drops disk entries of modules not loaded in this run (called once every function is prepared). */
+  /**
+   * Drops disk entries of modules not loaded in this run (called once every function is prepared).
+   * Only files named as this cache names its entries: the directory may hold other things (a
+   * configured cache directory, the VM snapshots beside the modules), which are not the cache's.
+   */
   async prune(): Promise<string[]> {
     if (!this.#dir) return [];
     const keep = new Set<string>();
@@ -163,8 +170,11 @@ export class ModuleCache {
     }
     const removed: string[] = [];
     for (const name of await readdir(this.#dir).catch(() => [])) {
-      if (keep.has(name.split("-")[0] ?? "")) continue;
-      await rm(join(this.#dir, name), { force: true });
+      const hash = CACHE_ENTRY.exec(name)?.[1];
+      if (hash === undefined || keep.has(hash)) continue;
+      const path = join(this.#dir, name);
+      if (!(await lstat(path).catch(() => undefined))?.isFile()) continue;
+      await rm(path, { force: true });
       removed.push(name);
     }
     return removed;
