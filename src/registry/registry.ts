@@ -1,8 +1,9 @@
 import type { Stats } from "node:fs";
-import { mkdir, readdir, readFile, rename, rm, stat } from "node:fs/promises";
+import { mkdir, readdir, readFile, rename, rm, stat, writeFile } from "node:fs/promises";
 import { randomBytes } from "node:crypto";
 import { join } from "node:path";
 import { FennecError, toFennecError } from "../core/errors.js";
+import { selfIdentity, stillRunning } from "../core/process-identity.js";
 import { assertValidName, DEFAULT_USER, isValidName } from "../core/names.js";
 import { functionKey, type FunctionId } from "../core/types.js";
 import type { FunctionConfig } from "../config/function-config.js";
@@ -187,8 +188,27 @@ export class DirectoryRegistry {
     });
   }
 
-  /** Removes what a crashed run left: temporary upload files and half-deleted directories. */
+  /**
+   * Removes what a crashed run left: temporary upload files and half-deleted directories. Another
+   * live Fennec serving the same directory writes the same kinds of names, so each Fennec first
+   * records itself as a user of the registry (`.fennec/users/<pid>-<start time>`) and the sweep
+   * runs only when no other user still runs; records of users that are gone are removed.
+   */
   async cleanupStale(): Promise<string[]> {
+    const users = join(this.root, ".fennec", "users");
+    try {
+      const me = await selfIdentity();
+      await mkdir(users, { recursive: true, mode: 0o700 });
+      await writeFile(join(users, `${me.pid}-${me.start}`), "");
+      for (const name of await readdir(users)) {
+        const user = /^(\d+)-(\d+)$/.exec(name);
+        if (!user || Number(user[1]) === me.pid) continue;
+        if (await stillRunning({ pid: Number(user[1]), start: user[2]! })) return [];
+        await rm(join(users, name), { force: true });
+      }
+    } catch {
+      return []; // a registry Fennec cannot write to has nothing of Fennec's to remove
+    }
     const removed: string[] = [];
     const sweep = async (dir: string, depth: number): Promise<void> => {
       const items = await readdir(dir, { withFileTypes: true }).catch(() => []);

@@ -16,7 +16,7 @@ import { basename, dirname, join } from "node:path";
 import { FennecError } from "../core/errors.js";
 import type { CleanupReport } from "./contract.js";
 import { mountPointsUnder } from "./mounts.js";
-import { selfIdentity, startTime, stillRunning, type ProcessIdentity } from "./process-identity.js";
+import { selfIdentity, startTime, stillRunning, type ProcessIdentity } from "../core/process-identity.js";
 
 /**
  * Per-instance run directories of out-of-process sandboxes (sockets, logs, bundles), under

@@ -8,7 +8,7 @@ import { startFennec, type Fennec } from "../../src/main.js";
 import { Cgroup } from "../../src/sandbox/cgroups.js";
 import { OciDriver } from "../../src/sandbox/drivers/oci/driver.js";
 import { ProcessDriver } from "../../src/sandbox/drivers/process/driver.js";
-import { startTime } from "../../src/sandbox/process-identity.js";
+import { startTime } from "../../src/core/process-identity.js";
 import { request } from "../helpers/http.js";
 import { CLI, ROOT, tempDir } from "../helpers/paths.js";
 
@@ -112,6 +112,7 @@ describe("start-up cleanup with two Fennecs on one run root", () => {
   let runBase: string;
   let a: Served | undefined;
   let b: Served | undefined;
+  let other: Served | undefined;
   let c: Fennec | undefined;
   const savedRunDir = process.env["FENNEC_RUN_DIR"];
   /** Processes of the killed Fennec, ended in teardown if the test failed before cleanup did. */
@@ -124,7 +125,7 @@ describe("start-up cleanup with two Fennecs on one run root", () => {
 
   after(async () => {
     await c?.close();
-    for (const s of [a, b]) {
+    for (const s of [a, b, other]) {
       if (s && s.child.exitCode === null && s.child.signalCode === null) {
         s.child.kill("SIGTERM");
         await s.exited;
@@ -249,5 +250,28 @@ describe("start-up cleanup with two Fennecs on one run root", () => {
       JSON.stringify(oci),
     );
     assert.deepEqual(oci.removed, []);
+  });
+
+  it("sweeps a registry's debris only when no other live Fennec serves the same directory", async () => {
+    const reg = join(work.dir, "reg-shared");
+    await mkdir(join(reg, "plain"), { recursive: true });
+    await cp(SERVER, join(reg, "plain", "server.mjs"));
+    await writeFile(join(reg, "plain", "function.toml"), FUNCTIONS.plain);
+    other = await serve(reg, runBase);
+    // What a live Fennec's upload and delete look like half-way, and what a crashed one leaves.
+    const temp = join(reg, "plain", ".fennec-tmp-server.mjs-0a1b2c");
+    const trash = join(reg, ".fennec-trash-0a1b2c");
+    await writeFile(temp, "half");
+    await mkdir(join(trash, "old"), { recursive: true });
+    process.env["FENNEC_RUN_DIR"] = runBase;
+    const options = { registry: reg, port: 0, logLevel: "silent", processSandbox: true } as const;
+    const second = await startFennec(options);
+    await second.close();
+    assert.ok(existsSync(temp) && existsSync(trash), "another live Fennec's files are kept");
+    other.child.kill("SIGKILL");
+    await other.exited;
+    const third = await startFennec(options);
+    await third.close();
+    assert.ok(!existsSync(temp) && !existsSync(trash), "removed once no other Fennec serves the registry");
   });
 });

@@ -1,7 +1,7 @@
 import { spawn } from "node:child_process";
 import { readFile, writeFile } from "node:fs/promises";
 import { basename } from "node:path";
-import { startTime } from "../../src/sandbox/process-identity.js";
+import { startTime } from "../../src/core/process-identity.js";
 
 /** The identity (PID and start time) of a real process that has exited: a Fennec that is gone. */
 export async function goneProcess(): Promise<{ pid: number; start: string }> {

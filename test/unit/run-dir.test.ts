@@ -4,7 +4,7 @@ import { existsSync } from "node:fs";
 import { chmod, chown, mkdir, readFile, stat, symlink, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { after, afterEach, before, beforeEach, describe, it } from "node:test";
-import { startTime } from "../../src/sandbox/process-identity.js";
+import { startTime } from "../../src/core/process-identity.js";
 import { createRunDir, ensureRunRoot, ownerOf, removeRunDir, sweepStale } from "../../src/sandbox/run-dir.js";
 import { goneProcess, recordGoneOwner } from "../helpers/owner-record.js";
 import { tempDir } from "../helpers/paths.js";

@@ -16,7 +16,7 @@ import { PerRevision } from "../../per-revision.js";
 import { INSIDE } from "../../host-view.js";
 import { HttpTransport } from "../../http-transport.js";
 import { nodeInside, removeOtherRootfs, RootfsBuilds, type BuiltRootfs } from "../../rootfs-build.js";
-import { selfIdentity, startTime, stillRunning } from "../../process-identity.js";
+import { selfIdentity, startTime, stillRunning } from "../../../core/process-identity.js";
 import { createRunDir, mergeReports, removeRunDir, runRoot, sweepStale } from "../../run-dir.js";
 import { waitForSocket } from "../../wait-socket.js";
 import { DockerEngine, defaultDockerSocket, handlerImageRef, LABEL } from "./engine.js";

@@ -4,7 +4,7 @@ import { join } from "node:path";
 import { promisify } from "node:util";
 import { FennecError } from "../../../core/errors.js";
 import { findExecutable } from "../../host-view.js";
-import { startTime } from "../../process-identity.js";
+import { startTime } from "../../../core/process-identity.js";
 import { ensureRunRoot } from "../../run-dir.js";
 
 const execFileP = promisify(execFile);
