@@ -85,7 +85,10 @@ export async function startFennec(options: FennecOptions): Promise<Fennec> {
   if (options.processSandbox) drivers.set("process", new ProcessDriver());
   for (const [kind, driver] of options.drivers ?? []) drivers.set(kind, driver);
   for (const driver of drivers.values()) {
-    const report = await driver.cleanupStale?.();
+    const report = await driver.cleanupStale?.().catch((err: unknown) => {
+      log.warn(`${driver.name}: start-up cleanup failed`, { error: toFennecError(err).message });
+      return undefined;
+    });
     if (report?.removed.length)
       log.info(`${driver.name}: removed leftovers of a Fennec that is gone`, { paths: report.removed });
     for (const { path, reason } of report?.leftAlone ?? [])

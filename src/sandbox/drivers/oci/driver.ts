@@ -131,7 +131,16 @@ export class OciDriver implements SandboxDriver {
       const { stdout } = await run(binary, [...runtimeArgs, "list", "--format", "json"]).catch(() => ({
         stdout: "",
       }));
-      const containers = (JSON.parse(stdout.trim() || "[]") ?? []) as Array<{ id: string; status: string }>;
+      let containers: Array<{ id: string; status: string }>;
+      try {
+        containers = (JSON.parse(stdout.trim() || "[]") ?? []) as typeof containers;
+      } catch {
+        report.leftAlone.push({
+          path: OciDriver.stateRoot(runtime),
+          reason: `${runtime} list: ${stdout.slice(0, 200)}`,
+        });
+        continue;
+      }
       for (const { id, status } of containers) {
         const whose = await ownerOf("oci", id);
         if (whose === "live") continue;
