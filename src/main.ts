@@ -141,7 +141,16 @@ export async function startFennec(options: FennecOptions): Promise<Fennec> {
   drivers.set("vm", vm);
   if (options.processSandbox) drivers.set("process", new ProcessDriver());
   for (const [kind, driver] of options.drivers ?? []) drivers.set(kind, driver);
-  for (const driver of drivers.values()) await driver.cleanupStale?.();
+  for (const driver of drivers.values()) {
+    const report = await driver.cleanupStale?.().catch((err: unknown) => {
+      log.warn(`${driver.name}: start-up cleanup failed`, { error: toFennecError(err).message });
+      return undefined;
+    });
+    if (report?.removed.length)
+      log.info(`${driver.name}: removed leftovers of a Fennec that is gone`, { paths: report.removed });
+    for (const { path, reason } of report?.leftAlone ?? [])
+      log.warn(`${driver.name}: left alone at start-up cleanup, not provably Fennec's own`, { path, reason });
+  }
 
   const hub = new ReadinessHub();
   let callbackBase = "";

@@ -1,8 +1,21 @@
 import type { Stats } from "node:fs";
-import { link, lstat, mkdir, readdir, readFile, readlink, rename, rm, stat, symlink } from "node:fs/promises";
+import {
+  link,
+  lstat,
+  mkdir,
+  readdir,
+  readFile,
+  readlink,
+  rename,
+  rm,
+  stat,
+  symlink,
+  writeFile,
+} from "node:fs/promises";
 import { randomBytes } from "node:crypto";
 import { dirname, join, relative } from "node:path";
 import { FennecError, toFennecError } from "../core/errors.js";
+import { selfIdentity, stillRunning } from "../core/process-identity.js";
 import { assertValidName, DEFAULT_USER, isValidName } from "../core/names.js";
 import { functionKey, type FunctionId } from "../core/types.js";
 import type { FunctionConfig } from "../config/function-config.js";
@@ -389,8 +402,27 @@ export class DirectoryRegistry {
    * `#replace` describes, then temporary uploads and deploys and retired directories are removed.
    * It acts only on names Fennec chose, on real directories (never through a symbolic link), in
    * the places it writes them: the registry root and users' `@<user>/` directories.
+   *
+   * Another live Fennec serving the same directory writes the same kinds of names, so each Fennec
+   * first records itself as a user of the registry (`.fennec/users/<pid>-<start time>`) and the
+   * sweep runs only when no other user still runs; records of users that are gone are removed.
    */
   async cleanupStale(): Promise<StaleCleanup> {
+    const users = join(this.root, ".fennec", "users");
+    try {
+      const me = await selfIdentity();
+      await mkdir(users, { recursive: true, mode: 0o700 });
+      await writeFile(join(users, `${me.pid}-${me.start}`), "");
+      for (const name of await readdir(users)) {
+        const user = /^(\d+)-(\d+)$/.exec(name);
+        if (!user || Number(user[1]) === me.pid) continue;
+        if (await stillRunning({ pid: Number(user[1]), start: user[2]! }))
+          return { removed: [], restored: [] };
+        await rm(join(users, name), { force: true });
+      }
+    } catch {
+      return { removed: [], restored: [] }; // a registry Fennec cannot write to has nothing of Fennec's to remove
+    }
     const removed: string[] = [];
     const restored: string[] = [];
     const finishSwaps = async (dir: string): Promise<void> => {

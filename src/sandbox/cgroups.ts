@@ -2,6 +2,7 @@ import { existsSync, readFileSync } from "node:fs";
 import { mkdir, readdir, readFile, rmdir, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { FennecError } from "../core/errors.js";
+import type { CleanupReport } from "./contract.js";
 
 /**
  * Per-instance cgroups for memory and process-count limits, on cgroup v1 (per-controller
@@ -112,46 +113,66 @@ export class Cgroup {
   }
 }
 
+/** Whose an instance is, from its owner record (see run-dir.ts). */
+export type OwnerLookup = (instanceId: string) => Promise<"live" | "gone" | "unknown">;
+
+/** How long a gone Fennec's group may take to empty once its processes are killed. */
+const EMPTY_DEADLINE_MS = 30_000;
+
+async function groupsIn(parent: string): Promise<string[]> {
+  const entries = await readdir(parent, { withFileTypes: true }).catch(() => []);
+  return entries.filter((e) => e.isDirectory()).map((e) => e.name);
+}
+
+async function procsOf(dir: string): Promise<number[]> {
+  const text = await readFile(join(dir, "cgroup.procs"), "utf8").catch(() => "");
+  return text.split("\n").filter(Boolean).map(Number);
+}
+
 /**
- * Removes groups an earlier crashed run left, except those in `keep`: their processes were started
- * by that run, into a group only Fennec creates, so they are killed first.
+ * Removes the groups (named by instance id) that a crashed Fennec left under the `fennec/` parent,
+ * which every Fennec running in the same cgroup shares. `owner` says whose each group is: a live
+ * Fennec's is not touched; a gone Fennec's has its processes killed (only Fennec puts processes in
+ * its groups) and is removed; one with no owner record is left alone and reported.
  */
-export async function sweepCgroups(keep: ReadonlySet<string>): Promise<string[]> {
-  const removed: string[] = [];
+export async function sweepCgroups(owner: OwnerLookup): Promise<CleanupReport> {
+  const report: CleanupReport = { removed: [], leftAlone: [] };
   for (const parent of parents()) {
-    for (const name of await readdir(parent).catch(() => [] as string[])) {
+    for (const name of await groupsIn(parent)) {
       const dir = join(parent, name);
-      if (
-        keep.has(name) ||
-        !(await readFile(join(dir, "cgroup.procs"), "utf8").then(
-          () => true,
-          () => false,
-        ))
-      )
+      const whose = await owner(name);
+      if (whose === "live") continue;
+      if (whose === "unknown") {
+        // Perhaps a Fennec's with another run root in the same cgroup: not provably a gone one's.
+        report.leftAlone.push({ path: dir, reason: "no owner record in this run root" });
         continue;
-      const pids = (await readFile(join(dir, "cgroup.procs"), "utf8"))
-        .split("\n")
-        .filter(Boolean)
-        .map(Number);
-      for (const pid of pids) {
-        try {
-          process.kill(pid, "SIGKILL");
-        } catch {
-          // gone already
-        }
       }
-      for (let attempt = 0; attempt < 50; attempt++) {
-        try {
-          await rmdir(dir);
-          removed.push(dir);
-          break;
-        } catch {
-          await new Promise((r) => setTimeout(r, 10));
+      const deadline = Date.now() + EMPTY_DEADLINE_MS;
+      for (;;) {
+        for (const pid of await procsOf(dir)) {
+          try {
+            process.kill(pid, "SIGKILL");
+          } catch {
+            // gone already
+          }
         }
+        const done = await rmdir(dir).then(
+          () => true,
+          (err: NodeJS.ErrnoException) => err.code === "ENOENT",
+        );
+        if (done) {
+          report.removed.push(dir);
+          break;
+        }
+        if (Date.now() > deadline) {
+          report.leftAlone.push({ path: dir, reason: "its processes did not exit after SIGKILL" });
+          break;
+        }
+        await new Promise((r) => setTimeout(r, 20));
       }
     }
   }
-  return removed;
+  return report;
 }
 
 /** Removes Fennec's empty `fennec/` parent groups (at shutdown); a busy one stays. */
@@ -160,11 +181,13 @@ export async function removeParents(): Promise<void> {
 }
 
 /**
- * Removes the empty cgroup directories at `path` (and, with `children`, the empty groups inside it)
- * under this process's own cgroup in every hierarchy: what an OCI runtime can leave of a relative
- * `cgroupsPath` after its container is deleted.
+ * Removes the empty cgroup directories at `path` (and, with `children`, the empty groups inside it
+ * whose owner record names a Fennec that is gone) under this process's own cgroup in every
+ * hierarchy: what an OCI runtime can leave of a relative `cgroupsPath` after its container is
+ * deleted. A live Fennec's group may be empty for a moment (its runtime made it and is about to
+ * move the container in), so only a gone one's are removed.
  */
-export async function removeNested(path: string, children = false): Promise<void> {
+export async function removeNested(path: string, children?: OwnerLookup): Promise<void> {
   const hierarchies = await readdir(ROOT).catch(() => [] as string[]);
   const own = new Set(
     readFileSync("/proc/self/cgroup", "utf8")
@@ -177,7 +200,10 @@ export async function removeNested(path: string, children = false): Promise<void
       const dir = join(ROOT, h, base, path);
       if (children) {
         const entries = await readdir(dir, { withFileTypes: true }).catch(() => []);
-        for (const e of entries) if (e.isDirectory()) await rmdir(join(dir, e.name)).catch(() => undefined);
+        for (const e of entries) {
+          if (!e.isDirectory() || (await children(e.name)) !== "gone") continue;
+          await rmdir(join(dir, e.name)).catch(() => undefined);
+        }
       }
       await rmdir(dir).catch(() => undefined);
     }

@@ -44,6 +44,12 @@ export interface SandboxHandle {
   onExit?(listener: (reason: Error) => void): void;
 }
 
+/** What a start-up sweep removed, and what it found but left alone because it is not provably its own. */
+export interface CleanupReport {
+  readonly removed: string[];
+  readonly leftAlone: Array<{ readonly path: string; readonly reason: string }>;
+}
+
 export interface SandboxDriver {
   readonly name: string;
   readonly capabilities: DriverCapabilities;
@@ -53,8 +59,11 @@ export interface SandboxDriver {
   start(ctx: StartContext): Promise<SandboxHandle>;
   /** Memory in MiB that one instance of this function is accounted for in the node budget. */
   memoryMiB(config: FunctionConfig): number;
-  /** Removes what an earlier crashed run of this driver left behind. */
-  cleanupStale?(): Promise<void>;
+  /**
+   * Removes what an earlier crashed run of this driver left behind: only what it can prove a Fennec
+   * that is gone created; what it cannot prove is its own is left alone and reported.
+   */
+  cleanupStale?(): Promise<CleanupReport>;
   /** Releases driver-wide resources (worker pools, caches) at shutdown. */
   close?(): Promise<void>;
 }

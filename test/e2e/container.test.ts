@@ -10,6 +10,7 @@ import type { FunctionConfig } from "../../src/config/function-config.js";
 import { FennecError } from "../../src/core/errors.js";
 import { ContainerDriver } from "../../src/sandbox/drivers/container/driver.js";
 import { LABEL } from "../../src/sandbox/drivers/container/engine.js";
+import { startTime } from "../../src/core/process-identity.js";
 import { runRoot } from "../../src/sandbox/run-dir.js";
 import { testConfig } from "../helpers/config.js";
 import { importFixtureImage, startDockerd, type TestDockerd } from "../helpers/docker.js";
@@ -238,22 +239,33 @@ describe("container driver: bad input and cleanup", () => {
   });
 
   it("removes containers of a crashed Fennec at start, keeps a live one's", async () => {
-    const make = (pid: number, name: string) =>
+    const make = (labels: Record<string, string>, name: string) =>
       dockerd.engine.api.createContainer({
         name,
         Image: image,
-        Labels: { [LABEL.owner]: runRoot("container"), [LABEL.pid]: String(pid) },
+        Labels: { [LABEL.owner]: runRoot("container"), ...labels },
         HostConfig: { NetworkMode: "none" },
       });
-    const dead = await make(2 ** 22 + 1, "fennec-stale-dead"); // above pid_max: never alive
-    const live = await make(process.ppid, "fennec-stale-live");
+    const parentStart = (await startTime(process.ppid))!;
+    const dead = await make({ [LABEL.pid]: String(2 ** 22 + 1) }, "fennec-stale-dead"); // above pid_max
+    // A live PID that is not the process that made the container (a recycled PID).
+    const recycled = await make(
+      { [LABEL.pid]: String(process.ppid), [LABEL.pidStart]: String(Number(parentStart) - 1) },
+      "fennec-stale-recycled",
+    );
+    const live = await make(
+      { [LABEL.pid]: String(process.ppid), [LABEL.pidStart]: parentStart },
+      "fennec-stale-live",
+    );
     try {
       await driver.cleanupStale();
       const names = (await containers()).flatMap((c) => c.Names);
       assert.ok(!names.includes("/fennec-stale-dead"), names.join());
+      assert.ok(!names.includes("/fennec-stale-recycled"), names.join());
       assert.ok(names.includes("/fennec-stale-live"), names.join());
     } finally {
       await dead.remove({ force: true }).catch(() => undefined);
+      await recycled.remove({ force: true }).catch(() => undefined);
       await live.remove({ force: true });
     }
   });

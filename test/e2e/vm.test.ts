@@ -7,7 +7,8 @@ import { promisify } from "node:util";
 import { after, before, describe, it } from "node:test";
 import { chooseAccel } from "../../src/sandbox/drivers/vm/accel.js";
 import { VmDriver } from "../../src/sandbox/drivers/vm/driver.js";
-import { runRoot } from "../../src/sandbox/run-dir.js";
+import { ensureRunRoot } from "../../src/sandbox/run-dir.js";
+import { recordGoneOwner } from "../helpers/owner-record.js";
 import { request } from "../helpers/http.js";
 import { CLI, copyExamples, ROOT, tempDir } from "../helpers/paths.js";
 import { startTestServer, type TestServer } from "../helpers/server.js";
@@ -319,24 +320,15 @@ describe("VM driver housekeeping", () => {
   });
 
   it("at start, ends the QEMU a crashed Fennec left and removes its run directory", async () => {
-    // A Fennec that is gone: a PID that has exited.
-    const gone = spawn(process.execPath, ["-e", ""]);
-    await new Promise((r) => gone.once("exit", r));
-    const dir = join(runRoot("vm"), `stale-${process.pid}`);
-    await mkdir(dir, { recursive: true });
+    const dir = join(await ensureRunRoot("vm"), `stale-${process.pid}`);
+    await mkdir(dir);
     const qemu = spawn(
       "qemu-system-x86_64",
       ["-M", "microvm", "-accel", "tcg", "-nodefaults", "-display", "none", "-S", "-m", "16"],
       { detached: true, stdio: "ignore" },
     );
-    const cmdline = await waitFor("QEMU to exec", async () => {
-      const text = await readFile(`/proc/${qemu.pid}/cmdline`, "utf8");
-      return text.startsWith("qemu-system") ? text : undefined;
-    });
-    await writeFile(
-      join(dir, "owner.json"),
-      JSON.stringify({ fennecPid: gone.pid, childPid: qemu.pid, cmdline }),
-    );
+    // A Fennec that is gone (a process that has exited) left this QEMU running.
+    await recordGoneOwner(dir, qemu.pid);
     const exited = new Promise((r) => qemu.once("exit", r));
     await new VmDriver().cleanupStale();
     await exited;

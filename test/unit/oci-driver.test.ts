@@ -1,12 +1,12 @@
 import assert from "node:assert/strict";
-import { execFileSync, spawnSync } from "node:child_process";
+import { execFileSync } from "node:child_process";
 import { existsSync } from "node:fs";
-import { writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import type { FunctionConfig } from "../../src/config/function-config.js";
 import { OciDriver } from "../../src/sandbox/drivers/oci/driver.js";
 import { runRoot } from "../../src/sandbox/run-dir.js";
+import { recordGoneOwner } from "../helpers/owner-record.js";
 import { testConfig } from "../helpers/config.js";
 import { emptyGet, loopbackTarget, startInstance } from "../helpers/instance.js";
 import { ROOT } from "../helpers/paths.js";
@@ -102,9 +102,8 @@ for (const runtime of ["runc", "runsc"] as const) {
       // A live Fennec's container is kept (several may share the state root)...
       await new OciDriver().cleanupStale();
       assert.ok(list().includes(inst.id), "a live Fennec's container is kept");
-      // ...one whose Fennec is gone (its run directory names a dead PID) is deleted at the next start.
-      const dead = spawnSync(process.execPath, ["-e", ""]).pid!;
-      await writeFile(join(runRoot("oci"), inst.id, "owner.json"), JSON.stringify({ fennecPid: dead }));
+      // ...one whose Fennec is gone (its owner record names a process that has exited) is deleted.
+      await recordGoneOwner(join(runRoot("oci"), inst.id));
       await new OciDriver().cleanupStale();
       assert.ok(!list().includes(inst.id), "leftover container deleted");
       await inst.destroy();

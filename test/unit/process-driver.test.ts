@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
-import { mkdir, mkdtemp, readdir, readFile, rm, stat, writeFile } from "node:fs/promises";
+import { existsSync } from "node:fs";
+import { mkdir, mkdtemp, readdir, rm, stat } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
@@ -8,7 +9,8 @@ import { createServer, type Server } from "node:http";
 import type { AddressInfo } from "node:net";
 import { ProcessDriver } from "../../src/sandbox/drivers/process/driver.js";
 import { ReadinessHub } from "../../src/sandbox/readiness.js";
-import { runRoot, sweepStale } from "../../src/sandbox/run-dir.js";
+import { ensureRunRoot, runRoot, sweepStale } from "../../src/sandbox/run-dir.js";
+import { recordGoneOwner } from "../helpers/owner-record.js";
 import type { FunctionConfig } from "../../src/config/function-config.js";
 import { testConfig } from "../helpers/config.js";
 import { startInstance } from "../helpers/instance.js";
@@ -114,28 +116,16 @@ describe("process driver specialties", () => {
   });
 
   it("sweeps what a crashed Fennec left: kills its children, removes their directories", async () => {
-    {
-      // A stand-in for an orphan: a detached child whose Fennec has died.
-      const orphan = spawn("sleep", ["300"], { detached: true, stdio: "ignore" });
-      orphan.unref();
-      // Its command line is the one recorded once `sleep` has replaced the forked node.
-      const cmdline = await waitFor("the orphan to exec sleep", async () => {
-        const text = await readFile(`/proc/${orphan.pid}/cmdline`, "utf8");
-        return text.startsWith("sleep\0") ? text : undefined;
-      });
-      const stale = join(runRoot("process"), "stale-instance");
-      await mkdir(stale, { recursive: true });
-      // A dead owner: a PID that existed and has exited.
-      const dead = spawn("true");
-      await new Promise((r) => dead.once("exit", r));
-      await writeFile(
-        join(stale, "owner.json"),
-        JSON.stringify({ fennecPid: dead.pid, childPid: orphan.pid, cmdline }),
-      );
-      const removed = await sweepStale("process");
-      assert.ok(removed.includes(stale));
-      await waitFor("the orphan to die", () => !alive(orphan.pid!)).catch(() => undefined);
-      assert.ok(!alive(orphan.pid!), "orphan killed");
-    }
+    // A stand-in for an orphan: a detached child whose Fennec has died.
+    const orphan = spawn("sleep", ["300"], { detached: true, stdio: "ignore" });
+    const exited = new Promise((r) => orphan.once("exit", r));
+    const stale = join(await ensureRunRoot("process"), "stale-instance");
+    await mkdir(stale);
+    await recordGoneOwner(stale, orphan.pid);
+    const report = await sweepStale("process");
+    assert.ok(report.removed.includes(stale), JSON.stringify(report));
+    await exited;
+    assert.ok(!alive(orphan.pid!), "orphan killed");
+    assert.ok(!existsSync(stale) && !existsSync(`${stale}.owner.json`), "directory and record removed");
   });
 });

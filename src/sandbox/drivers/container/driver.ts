@@ -1,16 +1,23 @@
-import { mkdir, rm } from "node:fs/promises";
+import { mkdir } from "node:fs/promises";
 import { join } from "node:path";
 import type Docker from "dockerode";
 import { FennecError } from "../../../core/errors.js";
 import type { InvokeRequest, InvokeResponse } from "../../../core/types.js";
 import type { ContainerSandboxConfig, FunctionConfig } from "../../../config/function-config.js";
-import type { InvokeContext, SandboxDriver, SandboxHandle, StartContext } from "../../contract.js";
+import type {
+  CleanupReport,
+  InvokeContext,
+  SandboxDriver,
+  SandboxHandle,
+  StartContext,
+} from "../../contract.js";
 import { HandlerBundles } from "../../handler-build.js";
 import { PerRevision } from "../../per-revision.js";
 import { INSIDE } from "../../host-view.js";
 import { HttpTransport } from "../../http-transport.js";
 import { nodeInside, removeOtherRootfs, RootfsBuilds, type BuiltRootfs } from "../../rootfs-build.js";
-import { createRunDir, runRoot, sweepStale } from "../../run-dir.js";
+import { selfIdentity, startTime, stillRunning } from "../../../core/process-identity.js";
+import { createRunDir, mergeReports, removeRunDir, runRoot, sweepStale } from "../../run-dir.js";
 import { seccompProfile } from "../../seccomp.js";
 import { giveToSandboxUser, SANDBOX_USER, takeSocket } from "../../unprivileged.js";
 import { waitForSocket } from "../../wait-socket.js";
@@ -24,15 +31,6 @@ function containerOf(config: FunctionConfig): ContainerSandboxConfig {
   if (config.sandbox.kind !== "container")
     throw new FennecError("INTERNAL", `${config.key} is not a container function`);
   return config.sandbox;
-}
-
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === "EPERM";
-  }
 }
 
 export interface ContainerDriverOptions {
@@ -139,24 +137,33 @@ export class ContainerDriver implements SandboxDriver {
       await this.engine.removeImage(image);
   }
 
-  /** Removes containers of a Fennec that is gone (same run directory, dead PID) and their run dirs. */
-  async cleanupStale(): Promise<void> {
+  /**
+   * Removes the containers (labelled with this run root) of a Fennec that is gone: its PID no
+   * longer runs the process that started them. Another live Fennec's are not touched; then the run
+   * directories, by their owner records.
+   */
+  async cleanupStale(): Promise<CleanupReport> {
     let containers: Docker.ContainerInfo[];
     try {
       containers = await this.engine.ownContainers(this.#owner);
     } catch {
       containers = []; // no engine, nothing of ours can be running in it
     }
+    const removed: string[] = [];
     for (const c of containers) {
       const pid = Number(c.Labels[LABEL.pid]);
-      if (pid !== process.pid && alive(pid)) continue; // another live Fennec's
-      if (pid === process.pid) continue;
+      const start = c.Labels[LABEL.pidStart];
+      // Without a start time (an older Fennec's label) a running PID is taken for its owner.
+      const live =
+        start === undefined ? (await startTime(pid)) !== undefined : await stillRunning({ pid, start });
+      if (live) continue;
       await this.engine.api
         .getContainer(c.Id)
         .remove({ force: true })
+        .then(() => removed.push(`docker:${c.Id.slice(0, 12)}`))
         .catch(() => undefined);
     }
-    await sweepStale("container");
+    return mergeReports({ removed, leftAlone: [] }, await sweepStale("container"));
   }
 
   async start(ctx: StartContext): Promise<SandboxHandle> {
@@ -188,6 +195,7 @@ export class ContainerDriver implements SandboxDriver {
         Labels: {
           [LABEL.owner]: this.#owner,
           [LABEL.pid]: String(process.pid),
+          [LABEL.pidStart]: (await selfIdentity()).start,
           [LABEL.instance]: ctx.instanceId,
           [LABEL.function]: ctx.config.key,
         },
@@ -212,7 +220,7 @@ export class ContainerDriver implements SandboxDriver {
         },
       });
     } catch (err) {
-      await rm(dir, { recursive: true, force: true });
+      await removeRunDir(dir);
       throw (
         this.engine.unavailable(err) ?? new FennecError("SANDBOX_START_FAILED", `${what}: ${message(err)}`)
       );
@@ -374,7 +382,7 @@ class ContainerInstance implements SandboxHandle {
     this.#released = true;
     this.#o.transport.close();
     await this.#o.container.remove({ force: true }).catch(() => undefined);
-    await rm(this.#o.dir, { recursive: true, force: true });
+    await removeRunDir(this.#o.dir);
     await this.#o.released().catch(() => undefined);
   }
 }

@@ -12,6 +12,8 @@ export const LABEL = {
   owner: "dev.fennec.owner",
   /** PID of the Fennec process that made it: a container whose Fennec is gone is debris. */
   pid: "dev.fennec.pid",
+  /** Its process start time (/proc/<pid>/stat): a recycled PID does not pass for that Fennec. */
+  pidStart: "dev.fennec.pid-start",
   instance: "dev.fennec.instance",
   function: "dev.fennec.function",
   /** On images built from a handler: the digest of the root filesystem they were made from. */

@@ -1,21 +1,28 @@
 import { execFile, spawn, type ChildProcess } from "node:child_process";
 import { existsSync } from "node:fs";
-import { mkdir, readFile, rm, writeFile } from "node:fs/promises";
-import { dirname, join } from "node:path";
+import { mkdir, writeFile } from "node:fs/promises";
+import { join } from "node:path";
 import { promisify } from "node:util";
 import { FennecError } from "../../../core/errors.js";
 import type { InvokeRequest, InvokeResponse } from "../../../core/types.js";
 import type { FunctionConfig, OciSandboxConfig } from "../../../config/function-config.js";
 import { removeNested } from "../../cgroups.js";
-import type { InvokeContext, SandboxDriver, SandboxHandle, StartContext } from "../../contract.js";
+import type {
+  CleanupReport,
+  InvokeContext,
+  SandboxDriver,
+  SandboxHandle,
+  StartContext,
+} from "../../contract.js";
 import { HandlerBundles } from "../../handler-build.js";
 import { findExecutable, INSIDE, systemDirs } from "../../host-view.js";
 import { HttpTransport } from "../../http-transport.js";
 import { nodeInside, removeRootfs, RootfsBuilds, type BuiltRootfs } from "../../rootfs-build.js";
-import { createRunDir, runRoot, sweepStale } from "../../run-dir.js";
+import { createRunDir, mergeReports, ownerOf, removeRunDir, runRoot, sweepStale } from "../../run-dir.js";
 import { giveToSandboxUser, takeSocket } from "../../unprivileged.js";
 import { waitForSocket } from "../../wait-socket.js";
-import { mountOverlay, mountPointsUnder, unmountOverlay } from "./overlay.js";
+import { mountPointsUnder } from "../../mounts.js";
+import { mountOverlay, unmountOverlay } from "./overlay.js";
 import { ociSpec, type BindMount } from "./spec.js";
 
 const run = promisify(execFile);
@@ -25,20 +32,6 @@ const CGROUP_PARENT = "fennec-oci";
 const OUTPUT_TAIL = 4096;
 /** The Debian package that provides each runtime, for the error when one is missing. */
 const PACKAGE: Record<OciSandboxConfig["runtime"], string> = { runc: "runc", runsc: "runsc" };
-
-/** Whether a run directory belongs to a Fennec process that is still running (not this one's debris). */
-async function ownedByLiveFennec(dir: string): Promise<boolean> {
-  try {
-    const { fennecPid } = JSON.parse(await readFile(join(dir, "owner.json"), "utf8")) as {
-      fennecPid: number;
-    };
-    if (fennecPid === process.pid) return true;
-    process.kill(fennecPid, 0);
-    return true;
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === "EPERM";
-  }
-}
 
 function ociOf(config: FunctionConfig): OciSandboxConfig {
   if (config.sandbox.kind !== "oci")
@@ -124,9 +117,12 @@ export class OciDriver implements SandboxDriver {
 
   /**
    * Removes containers, overlay mounts, bundles and run directories an earlier crashed run left:
-   * those whose run directory names a Fennec process that is gone (or has no run directory).
+   * those whose owner record (run-dir.ts) names a Fennec that is gone. Several Fennecs may share
+   * the state root (parallel test files do): a live one's containers are never touched, and a
+   * container with no record is removed only once it has stopped.
    */
-  async cleanupStale(): Promise<void> {
+  async cleanupStale(): Promise<CleanupReport> {
+    const report: CleanupReport = { removed: [], leftAlone: [] };
     for (const runtime of ["runc", "runsc"] as const) {
       if (!existsSync(OciDriver.stateRoot(runtime))) continue;
       let binary: string;
@@ -135,25 +131,44 @@ export class OciDriver implements SandboxDriver {
       } catch {
         continue;
       }
-      const { stdout } = await run(binary, [...OciDriver.runtimeArgs(runtime), "list", "--quiet"]).catch(
-        () => ({ stdout: "" }),
-      );
-      for (const id of stdout.split("\n").filter(Boolean)) {
-        // Another live Fennec's (several may share the state root, as parallel test files do).
-        if (await ownedByLiveFennec(join(runRoot("oci"), id))) continue;
+      const runtimeArgs = OciDriver.runtimeArgs(runtime);
+      const { stdout } = await run(binary, [...runtimeArgs, "list", "--format", "json"]).catch(() => ({
+        stdout: "",
+      }));
+      let containers: Array<{ id: string; status: string }>;
+      try {
+        containers = (JSON.parse(stdout.trim() || "[]") ?? []) as typeof containers;
+      } catch {
+        report.leftAlone.push({
+          path: OciDriver.stateRoot(runtime),
+          reason: `${runtime} list: ${stdout.slice(0, 200)}`,
+        });
+        continue;
+      }
+      for (const { id, status } of containers) {
+        const whose = await ownerOf("oci", id);
+        if (whose === "live") continue;
+        if (whose === "unknown" && status !== "stopped") {
+          report.leftAlone.push({ path: `${runtime}:${id}`, reason: `no owner record, and it is ${status}` });
+          continue;
+        }
         // kill first: this runsc's `delete -f` can drop the state and leave the sandbox running.
-        await run(binary, [...OciDriver.runtimeArgs(runtime), "kill", id, "KILL"]).catch(() => undefined);
-        await run(binary, [...OciDriver.runtimeArgs(runtime), "delete", "-f", id]).catch(() => undefined);
+        await run(binary, [...runtimeArgs, "kill", id, "KILL"]).catch(() => undefined);
+        await run(binary, [...runtimeArgs, "delete", "-f", id]).catch(() => undefined);
+        report.removed.push(`${runtime}:${id}`);
       }
     }
-    // Overlay roots of instances whose Fennec is gone, so removing their run directories cannot
-    // reach into a mounted root.
-    for (const target of await mountPointsUnder(runRoot("oci"))) {
-      if (target.endsWith("/rootfs") && !(await ownedByLiveFennec(dirname(target))))
-        await unmountOverlay(target);
-    }
-    await sweepStale("oci");
-    await removeNested(CGROUP_PARENT, true);
+    // Their (empty) cgroups, while their owner records still say whose they were.
+    await removeNested(CGROUP_PARENT, (id) => ownerOf("oci", id));
+    // A gone instance's overlay root is unmounted before its run directory goes, so removing the
+    // directory cannot reach into a mounted root.
+    const dirs = await sweepStale("oci", {
+      beforeRemove: async (_id, dir) => {
+        for (const target of await mountPointsUnder(dir))
+          if (target.endsWith("/rootfs")) await unmountOverlay(target);
+      },
+    });
+    return mergeReports(report, dirs);
   }
 
   async close(): Promise<void> {
@@ -173,7 +188,7 @@ export class OciDriver implements SandboxDriver {
     const cleanup: Array<() => Promise<void>> = [];
     const abandon = async () => {
       for (const step of cleanup.reverse()) await step();
-      await rm(dir, { recursive: true, force: true });
+      await removeRunDir(dir);
     };
     let argv: string[];
     let rootfs: string;
@@ -374,6 +389,6 @@ class OciInstance implements SandboxHandle {
     // runsc leaves the container's (empty) cgroups behind; remove them with it.
     await removeNested(join(CGROUP_PARENT, this.#o.id));
     for (const step of [...this.#o.cleanup].reverse()) await step();
-    await rm(this.#o.dir, { recursive: true, force: true });
+    await removeRunDir(this.#o.dir);
   }
 }

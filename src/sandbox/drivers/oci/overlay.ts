@@ -1,8 +1,9 @@
 import { execFile } from "node:child_process";
-import { chown, mkdir, readdir, readFile } from "node:fs/promises";
+import { chown, mkdir, readdir } from "node:fs/promises";
 import { join } from "node:path";
 import { promisify } from "node:util";
 import { FennecError } from "../../../core/errors.js";
+import { mountPointsUnder } from "../../mounts.js";
 import { SANDBOX_USER } from "../../unprivileged.js";
 
 const run = promisify(execFile);
@@ -55,14 +56,4 @@ async function ownedDirectoryTree(lower: string, upper: string): Promise<void> {
 export async function unmountOverlay(target: string): Promise<void> {
   if (!(await mountPointsUnder(target, true)).includes(target)) return;
   await run("umount", [target]).catch(() => run("umount", ["-l", target]).catch(() => undefined));
-}
-
-/** Mount points at or below `dir`, deepest first. */
-export async function mountPointsUnder(dir: string, inclusive = false): Promise<string[]> {
-  const info = await readFile("/proc/self/mountinfo", "utf8");
-  return info
-    .split("\n")
-    .map((line) => line.split(" ")[4])
-    .filter((m): m is string => m !== undefined && (m.startsWith(`${dir}/`) || (inclusive && m === dir)))
-    .sort((a, b) => b.length - a.length);
 }

@@ -1,15 +1,20 @@
 import { spawn, type ChildProcess } from "node:child_process";
-import { rm } from "node:fs/promises";
 import { createServer } from "node:net";
 import { join } from "node:path";
 import { FennecError } from "../../../core/errors.js";
 import type { InvokeRequest, InvokeResponse } from "../../../core/types.js";
 import type { FunctionConfig, ProcessSandboxConfig } from "../../../config/function-config.js";
 import { Cgroup, removeParents, sweepCgroups } from "../../cgroups.js";
-import type { InvokeContext, SandboxDriver, SandboxHandle, StartContext } from "../../contract.js";
+import type {
+  CleanupReport,
+  InvokeContext,
+  SandboxDriver,
+  SandboxHandle,
+  StartContext,
+} from "../../contract.js";
 import { terminate } from "../../terminate.js";
 import { HttpTransport, type Endpoint } from "../../http-transport.js";
-import { createRunDir, recordOwner, sweepStale } from "../../run-dir.js";
+import { createRunDir, mergeReports, ownerOf, recordOwner, removeRunDir, sweepStale } from "../../run-dir.js";
 import { waitForSocket } from "../../wait-socket.js";
 import { HANDLER_RUNTIME, HandlerBundles } from "../../handler-build.js";
 import { INSIDE } from "../../host-view.js";
@@ -50,7 +55,7 @@ export class ProcessDriver implements SandboxDriver {
   readonly name = "process";
   readonly capabilities = { memoryLimit: true, snapshot: false, outOfProcess: true } as const;
   readonly #bundles = new HandlerBundles();
-  /** Cgroups of this driver's live instances (kept by the stale sweep). */
+  /** This driver's live instances with a cgroup (the `fennec/` parent is removed when none is left). */
   readonly #live = new Set<string>();
 
   /** Builds a handler function's bundle (once per revision); nothing to do for a command. */
@@ -72,9 +77,16 @@ export class ProcessDriver implements SandboxDriver {
     return processOf(config).memoryMiB;
   }
 
-  async cleanupStale(): Promise<void> {
-    await sweepStale(this.name);
-    await sweepCgroups(this.#live).catch(() => undefined);
+  /**
+   * Groups first: a gone Fennec's group holds every process its instance started, even one that
+   * left the process group; then the run directories (and any child still running outside a group).
+   */
+  async cleanupStale(): Promise<CleanupReport> {
+    const groups = await sweepCgroups((id) => ownerOf(this.name, id)).catch((err: Error): CleanupReport => ({
+      removed: [],
+      leftAlone: [{ path: "cgroups", reason: err.message }],
+    }));
+    return mergeReports(groups, await sweepStale(this.name));
   }
 
   async close(): Promise<void> {
@@ -92,7 +104,7 @@ export class ProcessDriver implements SandboxDriver {
       if (cfg.isolate)
         cgroup = await Cgroup.create(ctx.instanceId, { memoryMiB: cfg.memoryMiB, pids: cfg.pids });
     } catch (err) {
-      await rm(dir, { recursive: true, force: true });
+      await removeRunDir(dir);
       throw err;
     }
     if (cgroup) this.#live.add(ctx.instanceId);
@@ -148,6 +160,9 @@ export class ProcessDriver implements SandboxDriver {
       cfg.memoryMiB,
       () => this.#live.delete(ctx.instanceId),
     );
+    // Recorded at once (alongside the start), so a Fennec that dies while the instance starts
+    // leaves a child that the next start's sweep can find and end.
+    const recorded = child.pid === undefined ? undefined : recordOwner(dir, child.pid).catch(() => undefined);
     // 2. Race readiness against the child exiting or failing to spawn, and the start deadline.
     // Polling the socket stops when the start settles, whichever way it does.
     const settled = new AbortController();
@@ -162,8 +177,9 @@ export class ProcessDriver implements SandboxDriver {
           : ctx.waitForCallback();
         ready.then(resolve, reject);
       }).finally(() => settled.abort());
-      if (child.pid !== undefined) await recordOwner(dir, child.pid);
+      await recorded;
     } catch (err) {
+      await recorded;
       await instance.destroy();
       throw err;
     }
@@ -272,6 +288,6 @@ class ProcessInstance implements SandboxHandle {
     this.#transport.close();
     await this.#cgroup?.remove();
     this.#onReleased();
-    await rm(this.#dir, { recursive: true, force: true });
+    await removeRunDir(this.#dir);
   }
 }

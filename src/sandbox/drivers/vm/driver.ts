@@ -1,7 +1,7 @@
 import { execFile, spawn, type ChildProcess } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { once } from "node:events";
-import { readFile, rm, stat } from "node:fs/promises";
+import { readFile, stat } from "node:fs/promises";
 import { createServer as createHttpServer } from "node:http";
 import { createServer, type Server, type Socket } from "node:net";
 import { join } from "node:path";
@@ -11,14 +11,20 @@ import { FennecError, toFennecError } from "../../../core/errors.js";
 import { createLogger, type Logger } from "../../../core/log.js";
 import type { InvokeRequest, InvokeResponse } from "../../../core/types.js";
 import type { FunctionConfig, VmSandboxConfig } from "../../../config/function-config.js";
-import type { InvokeContext, SandboxDriver, SandboxHandle, StartContext } from "../../contract.js";
+import type {
+  CleanupReport,
+  InvokeContext,
+  SandboxDriver,
+  SandboxHandle,
+  StartContext,
+} from "../../contract.js";
 import { GuestChannel } from "../../guest-channel.js";
 import { HandlerBundles } from "../../handler-build.js";
 import { findExecutable } from "../../host-view.js";
 import { terminate } from "../../terminate.js";
 import { HttpTransport, type Endpoint } from "../../http-transport.js";
 import { PerRevision } from "../../per-revision.js";
-import { createRunDir, recordOwner, sweepStale } from "../../run-dir.js";
+import { createRunDir, recordOwner, removeRunDir, sweepStale } from "../../run-dir.js";
 import { chooseAccel, type AccelChoice, type AccelPreference } from "./accel.js";
 import { buildGuestRoot, cacheDir, guestKernel, stampsOf, type GuestRoot } from "./linux-guest.js";
 import { QmpClient } from "./qmp.js";
@@ -147,10 +153,13 @@ export class VmDriver implements SandboxDriver {
     }
   }
 
-  async cleanupStale(): Promise<void> {
-    // Kills the process group of a QEMU an earlier, crashed Fennec left (only if that PID still
-    // runs the very command recorded) and removes its run directory.
-    await sweepStale("vm");
+  /**
+   * Kills the process group of a QEMU or Firecracker an earlier, crashed Fennec left (only that very
+   * process: the PID and start time its owner record names) and removes its run directory. Taps are
+   * swept by their own records when the tap pool opens (taps.ts).
+   */
+  cleanupStale(): Promise<CleanupReport> {
+    return sweepStale("vm");
   }
 
   async close(): Promise<void> {
@@ -412,7 +421,7 @@ export class VmDriver implements SandboxDriver {
     const release = async () => {
       await fc?.kill().catch(() => undefined);
       await net?.release();
-      await rm(dir, { recursive: true, force: true });
+      await removeRunDir(dir);
     };
     try {
       net = await this.#tapNetwork(ctx, dir, what);
@@ -482,7 +491,7 @@ export class VmDriver implements SandboxDriver {
       });
     } else if (vm.transport === "tap") {
       net = await this.#tapNetwork(ctx, dir, what).catch(async (err: unknown) => {
-        await rm(dir, { recursive: true, force: true }); // no instance owns it yet
+        await removeRunDir(dir); // no instance owns it yet
         throw err;
       });
       cleanup.push(() => net!.release());
@@ -786,7 +795,7 @@ class VmInstance implements SandboxHandle {
       this.#transport?.close();
       this.#o.listener?.close();
       for (const release of this.#o.cleanup) await Promise.resolve(release()).catch(() => undefined);
-      await rm(this.#o.dir, { recursive: true, force: true });
+      await removeRunDir(this.#o.dir);
     })();
     return this.#released;
   }

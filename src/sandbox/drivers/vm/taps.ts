@@ -4,7 +4,8 @@ import { join } from "node:path";
 import { promisify } from "node:util";
 import { FennecError } from "../../../core/errors.js";
 import { findExecutable } from "../../host-view.js";
-import { runRoot } from "../../run-dir.js";
+import { startTime } from "../../../core/process-identity.js";
+import { ensureRunRoot } from "../../run-dir.js";
 
 const execFileP = promisify(execFile);
 
@@ -40,7 +41,7 @@ export interface TapPoolOptions {
   /** IPv4 CIDR the /30s are cut from; default 10.100.0.0/16. */
   readonly range?: string;
   readonly netns?: string;
-  /** Where leases are recorded; default `<run root>/vm/taps`. */
+  /** Where leases are recorded; default `<run base>/vm-taps` (run-dir.ts). */
   readonly stateDir?: string;
   /** The `ip` binary; default `ip` from iproute2 found on PATH or in the sbin directories. */
   readonly ip?: string;
@@ -86,7 +87,8 @@ export class TapPool {
     const range = opts.range ?? DEFAULT_RANGE;
     parseRange(range); // a bad range fails before anything is touched
     const ip = opts.ip ?? findExecutable("ip", "iproute2");
-    const dir = join(opts.stateDir ?? join(runRoot("vm"), "taps"), namespaceKey(opts.netns));
+    // Beside the VMs' run directories, not among them: their sweep leaves alone what has no record.
+    const dir = join(opts.stateDir ?? (await ensureRunRoot("vm-taps")), namespaceKey(opts.netns));
     await mkdir(dir, { recursive: true, mode: 0o700 });
     const pool = new TapPool(ip, opts.netns, dir, range);
     // A new namespace has its loopback down, and without it even the namespace's own addresses
@@ -302,12 +304,6 @@ function bytes(addr: number): number[] {
 
 function formatAddress(addr: number): string {
   return bytes(addr).join(".");
-}
-
-async function startTime(pid: number): Promise<string | undefined> {
-  const stat = await readFile(`/proc/${pid}/stat`, "utf8").catch(() => undefined);
-  // Field 22, counted after the command name, which is in parentheses and may contain spaces.
-  return stat?.slice(stat.lastIndexOf(")") + 2).split(" ")[19];
 }
 
 async function ownerAlive(record: TapRecord): Promise<boolean> {

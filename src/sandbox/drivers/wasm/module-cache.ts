@@ -1,4 +1,4 @@
-import { readdir, rm } from "node:fs/promises";
+import { lstat, readdir, rm } from "node:fs/promises";
 import { join } from "node:path";
 import { setFlagsFromString } from "node:v8";
 import { PAGE_BYTES } from "./memory-limit.js";
@@ -9,6 +9,9 @@ import { ModuleChecker } from "./module-checker.js";
 // thread); a cold start is then only an instantiation (measured: a first call of echo drops from
 // 2.6 ms to 0.6 ms). V8 flags are process-wide, so this also covers the worker threads.
 setFlagsFromString("--no-wasm-lazy-compilation");
+
+/** A disk cache entry's name: `<sha-256 of the module>-<memory limit in MiB>.wasm`. */
+const CACHE_ENTRY = /^([0-9a-f]{64})-\d+\.wasm$/;
 
 export interface CompiledModule {
   readonly module: WebAssembly.Module;
@@ -122,7 +125,11 @@ export class ModuleCache {
     };
   }
 
-  /** Drops disk entries of modules not loaded in this run (called once every function is prepared). */
+  /**
+   * Drops disk entries of modules not loaded in this run (called once every function is prepared).
+   * Only files named as this cache names its entries: the directory may hold other things (a
+   * configured cache directory, the VM snapshots beside the modules), which are not the cache's.
+   */
   async prune(): Promise<string[]> {
     if (!this.#dir) return [];
     const keep = new Set<string>();
@@ -132,8 +139,11 @@ export class ModuleCache {
     }
     const removed: string[] = [];
     for (const name of await readdir(this.#dir).catch(() => [])) {
-      if (keep.has(name.split("-")[0] ?? "")) continue;
-      await rm(join(this.#dir, name), { force: true });
+      const hash = CACHE_ENTRY.exec(name)?.[1];
+      if (hash === undefined || keep.has(hash)) continue;
+      const path = join(this.#dir, name);
+      if (!(await lstat(path).catch(() => undefined))?.isFile()) continue;
+      await rm(path, { force: true });
       removed.push(name);
     }
     return removed;
