@@ -39,7 +39,9 @@ function readModule(path: string, what: string): Buffer {
   try {
     return readFileSync(path);
   } catch (err) {
-    throw new FennecError("FN_BAD_MODULE", `${what}: cannot read module ${path}: ${(err as Error).message}`);
+    // The code only: the path and Node's message would show callers where the registry lives.
+    const code = (err as NodeJS.ErrnoException).code ?? "EIO";
+    throw new FennecError("FN_BAD_MODULE", `${what}: cannot read its module (${code})`);
   }
 }
 
