@@ -68,8 +68,10 @@ async function unsafeBecause(dir: string): Promise<string | undefined> {
   if (!st.isDirectory()) return "not a directory";
   if (st.uid !== uid()) return `owned by uid ${st.uid}, not by this user (uid ${uid()})`;
   if ((st.mode & 0o022) !== 0) return `writable by others (mode ${(st.mode & 0o777).toString(8)})`;
-  // Ours and writable by no one else, so nothing in it can be another user's: close it to reading.
-  if ((st.mode & 0o077) !== 0) await chmod(dir, 0o700);
+  // Ours and writable by no one else, so nothing in it can be another user's: close it to reading
+  // and listing. Search (x) stays where it is: the process driver lets its isolated instances,
+  // which run as an unprivileged uid, walk (never list) down to their own socket directory.
+  if ((st.mode & 0o044) !== 0) await chmod(dir, st.mode & 0o7711);
   return undefined;
 }
 
@@ -77,7 +79,7 @@ function unsafeRoot(dir: string, problem: string): FennecError {
   return new FennecError(
     "SANDBOX_START_FAILED",
     `the run directory ${dir} is ${problem}: Fennec keeps its instances' sockets and owner records there ` +
-      `and uses it only as a directory of its own user with no access for others (mode 0700). ` +
+      `and uses it only as a directory of its own user that nobody else may write or list (mode 0700 or 0711). ` +
       `Remove it, or point FENNEC_RUN_DIR at another directory`,
   );
 }

@@ -64,6 +64,13 @@ describe("VM examples through the gateway", () => {
       const warm = await request(`${s.url}/invoke/${name}/?name=vm`);
       assert.equal(warm.headers.get("x-fennec-start"), "warm");
       assert.match(warm.text, text);
+      // The warm instance's QEMU runs under its seccomp sandbox (mode 2: a filter).
+      const pids = qemusWith(join(s.registry, name));
+      assert.ok(pids.length > 0, `a QEMU runs ${name}`);
+      for (const pid of pids) {
+        const status = await readFile(`/proc/${pid}/status`, "utf8");
+        assert.match(status, /^Seccomp:\s*2$/m, `QEMU ${pid} has a seccomp filter`);
+      }
     });
   }
 

@@ -1,5 +1,8 @@
 import assert from "node:assert/strict";
 import { existsSync } from "node:fs";
+import { mkdtemp, readFile, rm } from "node:fs/promises";
+import { createServer } from "node:http";
+import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import type { FunctionConfig } from "../../src/config/function-config.js";
@@ -10,7 +13,7 @@ import { emptyGet, loopbackTarget, startInstance } from "../helpers/instance.js"
 import { ROOT } from "../helpers/paths.js";
 
 // Needs root and bubblewrap (.ci/run installs it); under CI=true a missing tool fails, never skips.
-const fn = (mode: string, memoryMiB = 256, pids = 512): FunctionConfig =>
+const fn = (mode: string, memoryMiB = 256, pids = 512, env: Record<string, string> = {}): FunctionConfig =>
   testConfig({
     id: { user: "default", name: mode },
     key: `default/${mode}`,
@@ -20,7 +23,7 @@ const fn = (mode: string, memoryMiB = 256, pids = 512): FunctionConfig =>
       kind: "process",
       handler: undefined,
       command: [process.execPath, "server.mjs", mode],
-      env: {},
+      env,
       transport: "unix",
       memoryMiB,
       isolate: true,
@@ -81,5 +84,74 @@ describe("process driver, isolated (bubblewrap + cgroups)", () => {
     );
     await inst.close();
     for (const d of dirs) assert.ok(!existsSync(d), `${d} removed`);
+  });
+
+  it("runs the function as nobody, with no capabilities, no new privileges and a seccomp filter", async () => {
+    const inst = await start(fn("privileges"));
+    try {
+      const res = await inst.invoke(emptyGet());
+      const result = JSON.parse(Buffer.from(res.body).toString()) as {
+        status: Record<string, string>;
+        unshare: { status: number | null; stderr: string };
+      };
+      const field = (name: string) => result.status[name];
+      assert.match(field("Uid") ?? "", /^65534\s+65534\s+65534\s+65534$/);
+      assert.match(field("Gid") ?? "", /^65534\s+65534\s+65534\s+65534$/);
+      for (const caps of ["CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"])
+        assert.equal(field(caps), "0000000000000000", caps);
+      assert.equal(field("NoNewPrivs"), "1");
+      assert.equal(field("Seccomp"), "2", "a seccomp filter is in force");
+      assert.notEqual(result.unshare.status, 0, "unshare --user must fail");
+      assert.match(result.unshare.stderr, /Operation not permitted/, "the filter answers EPERM");
+      // On the host too, every process of the instance is nobody's, not root's: bwrap run by root
+      // would map the sandbox's 65534 to host uid 0.
+      const pids = new Set<string>();
+      for (const dir of Cgroup.dirsFor(inst.id))
+        for (const pid of (await readFile(join(dir, "cgroup.procs"), "utf8")).split("\n").filter(Boolean))
+          pids.add(pid);
+      assert.ok(pids.size > 0, "the instance's processes are in its cgroups");
+      for (const pid of pids) {
+        const status = await readFile(`/proc/${pid}/status`, "utf8").catch(() => undefined);
+        if (status === undefined) continue; // exited meanwhile
+        assert.match(
+          /^Uid:\s*(.*)$/m.exec(status)?.[1] ?? "",
+          /^65534\s+65534\s+65534\s+65534$/,
+          `host pid ${pid}`,
+        );
+      }
+    } finally {
+      await inst.destroy();
+    }
+  });
+
+  it("does not let a function redirect Fennec by swapping its socket for a symlink", async () => {
+    // A decoy host socket, as /var/run/docker.sock would be: Fennec must never send to it.
+    const decoyDir = await mkdtemp(join(tmpdir(), "fennec-decoy-"));
+    const decoyPath = join(decoyDir, "decoy.sock");
+    let decoyHits = 0;
+    const decoy = createServer((_req, res) => {
+      decoyHits++;
+      res.end("decoy");
+    });
+    await new Promise<void>((r) => decoy.listen(decoyPath, () => r()));
+    const inst = await start(fn("swap-socket"));
+    try {
+      // The function swaps its socket for a symlink to the decoy, then closes the connection.
+      const swapped = await inst.invoke(emptyGet(`target=${encodeURIComponent(decoyPath)}`));
+      assert.equal(Buffer.from(swapped.body).toString(), "swapped");
+      for (let i = 0; i < 2; i++) {
+        const res = await inst.invoke(emptyGet());
+        assert.equal(
+          Buffer.from(res.body).toString(),
+          "served by the function",
+          `request ${i} reached the function`,
+        );
+      }
+      assert.equal(decoyHits, 0);
+    } finally {
+      await inst.destroy();
+      await new Promise<void>((r) => decoy.close(() => r()));
+      await rm(decoyDir, { recursive: true, force: true });
+    }
   });
 });

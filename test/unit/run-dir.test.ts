@@ -35,6 +35,10 @@ describe("run directories: what Fennec may use and remove", () => {
     assert.equal((await stat(root)).mode & 0o777, 0o700);
     await chmod(base, 0o755);
     await ensureRunRoot("process");
+    // Closed to reading and listing; search stays (isolated instances walk to their socket directory).
+    assert.equal((await stat(base)).mode & 0o777, 0o711);
+    await chmod(base, 0o700);
+    await ensureRunRoot("process");
     assert.equal((await stat(base)).mode & 0o777, 0o700);
   });
 

@@ -1,6 +1,8 @@
 import { spawn, type ChildProcess } from "node:child_process";
+import { closeSync, openSync } from "node:fs";
+import { chmod, chown, lstat, mkdir, rename, stat, writeFile } from "node:fs/promises";
 import { createServer } from "node:net";
-import { join } from "node:path";
+import { dirname, join } from "node:path";
 import { FennecError } from "../../../core/errors.js";
 import type { InvokeRequest, InvokeResponse } from "../../../core/types.js";
 import type { FunctionConfig, ProcessSandboxConfig } from "../../../config/function-config.js";
@@ -14,11 +16,27 @@ import type {
 } from "../../contract.js";
 import { terminate } from "../../terminate.js";
 import { HttpTransport, type Endpoint } from "../../http-transport.js";
-import { createRunDir, mergeReports, ownerOf, recordOwner, removeRunDir, sweepStale } from "../../run-dir.js";
+import {
+  createRunDir,
+  mergeReports,
+  ownerOf,
+  recordOwner,
+  removeRunDir,
+  runRoot,
+  sweepStale,
+} from "../../run-dir.js";
 import { waitForSocket } from "../../wait-socket.js";
 import { HANDLER_RUNTIME, HandlerBundles } from "../../handler-build.js";
 import { INSIDE } from "../../host-view.js";
-import { bwrapArgs, findBwrap, JOIN_CGROUPS_THEN_EXEC } from "./bubblewrap.js";
+import {
+  bwrapArgs,
+  dropRootArgs,
+  findBwrap,
+  findSetpriv,
+  JOIN_CGROUPS_THEN_EXEC,
+  SANDBOX_ID,
+} from "./bubblewrap.js";
+import { denyListFilter } from "./seccomp.js";
 
 /** How long a closing instance gets after SIGTERM before SIGKILL. */
 const CLOSE_GRACE_MS = 3000;
@@ -118,7 +136,11 @@ export class ProcessDriver implements SandboxDriver {
       FENNEC_INSTANCE_ID: ctx.instanceId,
     };
     let endpoint: Endpoint;
+    // An isolated instance makes its socket in a directory of its own (the only host directory it
+    // may write); once it is ready Fennec moves the socket into the run directory, out of reach.
     const socketPath = join(dir, "http.sock");
+    const socketDir = join(dir, "sock");
+    const boundSocket = cfg.isolate ? join(socketDir, "http.sock") : socketPath;
     if (cfg.transport === "unix") {
       endpoint = { socketPath };
       env["FENNEC_SOCKET"] = cfg.isolate ? join(INSIDE.runDir, "http.sock") : socketPath;
@@ -127,30 +149,53 @@ export class ProcessDriver implements SandboxDriver {
       env["PORT"] = String(endpoint.port);
     }
     // 1. Start the child in its own process group, so stopping it stops everything it started;
-    //    an isolated one joins its cgroups first, then becomes bwrap, then the function.
+    //    an isolated one joins its cgroups first, drops root (setpriv), then becomes bwrap, then
+    //    the function. What bwrap binds it gets as descriptors 3-6, opened here as root.
     let file = argv[0]!;
     let args = [...argv.slice(1), callback];
-    if (bwrap && cgroup) {
-      env["FENNEC_CGROUP_PROCS"] = cgroup.procsFiles.join(" ");
-      const runtime = cfg.handler ? HANDLER_RUNTIME : undefined;
-      args = [
-        "-c",
-        JOIN_CGROUPS_THEN_EXEC,
-        "sh",
-        bwrap,
-        ...bwrapArgs({ functionDir: ctx.config.dir, runDir: dir, runtime }),
-        "--",
-        ...argv,
-        callback,
-      ];
-      file = "/bin/sh";
+    const fds: number[] = [];
+    try {
+      if (bwrap && cgroup) {
+        await allowTraversal(dir, this.name);
+        await mkdir(socketDir, { mode: 0o700 });
+        await chown(socketDir, SANDBOX_ID, SANDBOX_ID);
+        await writeFile(join(dir, "seccomp.bpf"), denyListFilter());
+        env["FENNEC_CGROUP_PROCS"] = cgroup.procsFiles.join(" ");
+        const runtime = cfg.handler ? HANDLER_RUNTIME : undefined;
+        for (const path of [ctx.config.dir, socketDir, join(dir, "seccomp.bpf"), runtime])
+          if (path) fds.push(openSync(path, "r"));
+        args = [
+          "-c",
+          JOIN_CGROUPS_THEN_EXEC,
+          "sh",
+          findSetpriv(),
+          ...dropRootArgs(),
+          bwrap,
+          ...bwrapArgs({ functionDir: 3, socketDir: 4, seccomp: 5, runtime: runtime ? 6 : undefined }),
+          "--",
+          ...argv,
+          callback,
+        ];
+        file = "/bin/sh";
+      }
+    } catch (err) {
+      for (const fd of fds) closeSync(fd);
+      await cgroup?.remove();
+      this.#live.delete(ctx.instanceId);
+      await removeRunDir(dir);
+      throw err;
     }
-    const child = spawn(file, args, {
-      cwd: ctx.config.dir,
-      env,
-      detached: true,
-      stdio: ["ignore", "pipe", "pipe"],
-    });
+    let child: ChildProcess;
+    try {
+      child = spawn(file, args, {
+        cwd: ctx.config.dir,
+        env,
+        detached: true,
+        stdio: ["ignore", "pipe", "pipe", ...fds],
+      });
+    } finally {
+      for (const fd of fds) closeSync(fd);
+    }
     const instance = new ProcessInstance(
       child,
       dir,
@@ -173,11 +218,12 @@ export class ProcessDriver implements SandboxDriver {
         );
         instance.onExit((err) => reject(err));
         const ready = cfg.isolate
-          ? waitForSocket(socketPath, AbortSignal.any([ctx.signal, settled.signal]))
+          ? waitForSocket(boundSocket, AbortSignal.any([ctx.signal, settled.signal]))
           : ctx.waitForCallback();
         ready.then(resolve, reject);
       }).finally(() => settled.abort());
       await recorded;
+      if (cfg.isolate && cfg.transport === "unix") await moveOutOfReach(boundSocket, socketPath, what);
     } catch (err) {
       await recorded;
       await instance.destroy();
@@ -185,6 +231,31 @@ export class ProcessDriver implements SandboxDriver {
     }
     return instance;
   }
+}
+
+/**
+ * Lets others (the sandbox's uid) walk, not list, the run directories down to `dir`: bwrap runs
+ * unprivileged and resolves the directory it binds by path. Nothing in them is readable by name
+ * but the instance's own socket directory (0700, the sandbox's) and owner records.
+ */
+async function allowTraversal(dir: string, driver: string): Promise<void> {
+  for (const d of [dirname(runRoot(driver)), runRoot(driver), dir]) {
+    const mode = (await stat(d)).mode & 0o7777;
+    if ((mode & 0o001) === 0) await chmod(d, mode | 0o001);
+  }
+}
+
+/**
+ * Moves an isolated instance's socket from the directory it can write to `to` (in the run
+ * directory, which only Fennec can write), so it cannot later swap the file Fennec connects to for
+ * a symlink to a host socket; the instance keeps serving on its bound listener. What arrives must
+ * be a socket itself (lstat: a symlink planted before readiness is refused, never followed).
+ */
+async function moveOutOfReach(from: string, to: string, what: string): Promise<void> {
+  await rename(from, to);
+  const st = await lstat(to);
+  if (!st.isSocket())
+    throw new FennecError("SANDBOX_START_FAILED", `${what}: its http.sock is not a socket; refused`);
 }
 
 /** One child process, its run directory and (when isolated) its cgroup. */

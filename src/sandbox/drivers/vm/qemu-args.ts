@@ -61,6 +61,18 @@ function machine(plan: QemuPlan): string {
 }
 
 /**
+ * QEMU's own seccomp filter (`-sandbox`): no obsolete syscalls, no setuid/setgid or other privilege
+ * changes, no scheduler or CPU-affinity control, and no exec/fork — except for a VM that is
+ * snapshotted or restored, whose QEMU 7.2 migrates through an `exec:cat` helper (migration to a
+ * `file:` URI arrives only in QEMU 8.2). Nothing else QEMU does here spawns a helper: taps are
+ * made by Fennec (`script=no`), guestfwd is a plain TCP forward, and `ip netns exec` runs before.
+ */
+export function sandboxArg(plan: QemuPlan): string {
+  const spawn = plan.ramFile ? "allow" : "deny";
+  return `on,obsolete=deny,elevateprivileges=deny,spawn=${spawn},resourcecontrol=deny`;
+}
+
+/**
  * The QEMU command line of one instance. Devices are virtio-mmio on `microvm` and virtio-pci on
  * `pc` (`qemu`), as UniFaaS chooses them; nothing QEMU would add by default is kept
  * (`-nodefaults`), and a guest reboot ends QEMU (`-no-reboot`), so a guest that dies is seen.
@@ -77,6 +89,8 @@ export function qemuArgs(plan: QemuPlan): string[] {
     ...(plan.accel === "kvm" ? ["-cpu", "host"] : ["-cpu", "qemu64,+arat"]),
     "-nodefaults",
     "-no-user-config",
+    "-sandbox",
+    sandboxArg(plan),
     "-display",
     "none",
     "-no-reboot",
