@@ -18,6 +18,7 @@ import { request } from "../helpers/http.js";
 import { emptyGet, loopbackTarget, startInstance } from "../helpers/instance.js";
 import { CLI, copyExamples, ROOT, tempDir } from "../helpers/paths.js";
 import { startTestServer, type TestServer } from "../helpers/server.js";
+import { assertLeastPrivileged, type Privileges } from "../helpers/privileges.js";
 
 // A real dockerd of the test's own (root and docker.io, which .ci/run installs; under CI=true a
 // missing tool fails): the container driver's own cases, and the examples through the gateway.
@@ -56,12 +57,6 @@ const fn = (
   });
 
 /** What the `privileges` probe (test/fixtures/process/server.mjs) reports from inside. */
-interface Privileges {
-  status: Record<string, string>;
-  unshare: { status: number | null; stderr: string; error?: string };
-  writes: Record<string, string>;
-}
-
 async function rejectsWith(p: Promise<unknown>, code: string, message?: RegExp): Promise<FennecError> {
   const err = await p.then(
     () => assert.fail(`expected ${code}`),
@@ -113,23 +108,7 @@ for (const runtime of ["runc", "runsc"] as const) {
       } finally {
         await inst.destroy();
       }
-      const s = seen.status;
-      assert.equal(s["Uid"], "65534\t65534\t65534\t65534", "inside: nobody, never root");
-      assert.equal(s["Gid"], "65534\t65534\t65534\t65534");
-      // gVisor's /proc/self/status has no CapAmb or NoNewPrivs lines; Linux's (runc) has both.
-      const gvisor = runtime === "runsc";
-      const sets = ["CapInh", "CapPrm", "CapEff", "CapBnd", ...(gvisor ? [] : ["CapAmb"])];
-      for (const set of sets) assert.equal(s[set], "0000000000000000", `${set} is empty`);
-      if (!gvisor) assert.equal(s["NoNewPrivs"], "1");
-      assert.equal(s["Seccomp"], "2", "Docker's seccomp profile is applied");
-      // unshare(2) needs no capability for a user namespace: only the filter refuses it.
-      assert.notEqual(seen.unshare.status, 0, JSON.stringify(seen.unshare));
-      assert.match(seen.unshare.stderr, /Operation not permitted/, JSON.stringify(seen.unshare));
-      assert.equal(seen.writes["/tmp/written.txt"], "written");
-      for (const path of ["/fn/written.txt", "/written.txt", "/run/written.txt"])
-        assert.ok(["EROFS", "EACCES"].includes(seen.writes[path]!), `${path}: ${seen.writes[path]}`);
-      // The host's view of the container's first process (runsc: its sandbox): not root either.
-      assert.doesNotMatch(onHost, /^Uid:\s+0\s/m, onHost);
+      assertLeastPrivileged(seen, runtime, onHost);
     });
 
     it("cannot redirect Fennec's connections by swapping its socket for a symlink", async () => {

@@ -1,23 +1,22 @@
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
 import { mkdir, readFile, stat, writeFile } from "node:fs/promises";
-import { request as httpRequest } from "node:http";
 import { connect, type Socket } from "node:net";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { errorCode, request } from "../helpers/http.js";
 import { CLI, copyExamples, EXAMPLES, tempDir } from "../helpers/paths.js";
 import { startFennec } from "../../src/main.js";
-import { addWasmFunction, startTestServer, type TestServer } from "../helpers/server.js";
+import {
+  addWasmFunction,
+  rawRequest,
+  startTestServer,
+  type RawAnswer,
+  type TestServer,
+} from "../helpers/server.js";
 import { wagiModule } from "../helpers/wagi-module.js";
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-
-interface Answer {
-  status: number;
-  headers: Record<string, string | string[] | undefined>;
-  text: string;
-}
 
 /** One request with exactly the headers given (fetch adds and forbids some). */
 function send(
@@ -26,26 +25,11 @@ function send(
   path: string,
   headers: Record<string, string> = {},
   body?: string | Uint8Array,
-): Promise<Answer> {
-  const u = new URL(url);
-  return new Promise((resolve, reject) => {
-    const req = httpRequest({ host: u.hostname, port: u.port, method, path, headers }, (res) => {
-      const chunks: Buffer[] = [];
-      res.on("data", (c: Buffer) => chunks.push(c));
-      res.on("end", () =>
-        resolve({
-          status: res.statusCode ?? 0,
-          headers: res.headers,
-          text: Buffer.concat(chunks).toString(),
-        }),
-      );
-    });
-    req.on("error", reject);
-    req.end(body);
-  });
+): Promise<RawAnswer> {
+  return rawRequest(url, method, path, body, headers);
 }
 
-const codeOf = (a: Answer): string | undefined =>
+const codeOf = (a: RawAnswer): string | undefined =>
   (JSON.parse(a.text) as { error?: { code?: string } }).error?.code;
 
 /** Everything a raw connection receives until the server closes it. */
@@ -556,7 +540,7 @@ describe("security of the gateway's HTTP surface", () => {
   });
 
   describe("bounded memory under hostile load", () => {
-    const collect = async (server: TestServer, callId: string): Promise<Answer> => {
+    const collect = async (server: TestServer, callId: string): Promise<RawAnswer> => {
       let result = await send(server.url, "GET", `/fa/calls/${callId}`);
       while (result.status === 202) {
         await sleep(20);

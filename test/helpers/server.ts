@@ -61,16 +61,27 @@ export async function addWasmFunction(
   );
 }
 
-/** Sends a request with the path exactly as given (fetch would normalise `..` and `%2F` away). */
+/** What `rawRequest` answers. */
+export interface RawAnswer {
+  status: number;
+  headers: Record<string, string | string[] | undefined>;
+  text: string;
+}
+
+/**
+ * Sends a request with the path exactly as given (fetch would normalise `..` and `%2F` away) and
+ * exactly the headers given (fetch adds some and forbids others, such as `Host` and `Origin`).
+ */
 export function rawRequest(
   url: string,
   method: string,
   path: string,
-  body?: string | Buffer,
-): Promise<{ status: number; headers: Record<string, string | string[] | undefined>; text: string }> {
+  body?: string | Uint8Array,
+  headers: Record<string, string> = {},
+): Promise<RawAnswer> {
   const u = new URL(url);
   return new Promise((resolve, reject) => {
-    const req = httpRequest({ host: u.hostname, port: u.port, method, path }, (res) => {
+    const req = httpRequest({ host: u.hostname, port: u.port, method, path, headers }, (res) => {
       const chunks: Buffer[] = [];
       res.on("data", (c: Buffer) => chunks.push(c));
       res.on("end", () =>

@@ -3,16 +3,9 @@
  * toolchain, so a test can make the module it needs (a data section of tens of MiB, a loop).
  */
 
-function u32(value: number): number[] {
-  const out: number[] = [];
-  do {
-    let byte = value & 0x7f;
-    value = Math.floor(value / 128);
-    if (value !== 0) byte |= 0x80;
-    out.push(byte);
-  } while (value !== 0);
-  return out;
-}
+import { writeU32 } from "../../src/sandbox/drivers/wasm/memory-limit.js";
+
+const u32 = writeU32;
 
 function i32(value: number): number[] {
   const out: number[] = [];

@@ -19,7 +19,8 @@ export function readU32(bytes: Uint8Array, pos: number): [value: number, next: n
   }
 }
 
-function writeU32(value: number): number[] {
+/** Unsigned LEB128, as the binary format writes every count and size. */
+export function writeU32(value: number): number[] {
   const out: number[] = [];
   do {
     let byte = value & 0x7f;
