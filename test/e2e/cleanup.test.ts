@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { execFileSync, spawn, type ChildProcess } from "node:child_process";
 import { existsSync, readFileSync } from "node:fs";
-import { cp, mkdir, readdir, readFile, symlink, writeFile } from "node:fs/promises";
+import { chmod, cp, mkdir, readdir, readFile, symlink, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { startFennec, type Fennec } from "../../src/main.js";
@@ -120,6 +120,8 @@ describe("start-up cleanup with two Fennecs on one run root", () => {
 
   before(async () => {
     work = await tempDir("fennec-cleanup-");
+    // Isolated instances run as nobody, which must be able to search down to its function directory.
+    await chmod(work.dir, 0o755);
     runBase = join(work.dir, "run");
   });
 

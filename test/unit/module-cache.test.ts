@@ -46,7 +46,10 @@ describe("compiled-module cache", () => {
       await assert.rejects(cache.forRevision(join(dir, "empty.wasm"), "r", 16, "t"), {
         code: "FN_BAD_MODULE",
       });
-      await assert.rejects(cache.forRevision(join(dir, "absent.wasm"), "r", 16, "t"), /cannot read module/);
+      await assert.rejects(
+        cache.forRevision(join(dir, "absent.wasm"), "r", 16, "t"),
+        /cannot read its module \(ENOENT\)/,
+      );
     } finally {
       await cleanup();
     }

@@ -124,6 +124,21 @@ describe("process driver, isolated (bubblewrap + cgroups)", () => {
     }
   });
 
+  it("says how to fix a function directory its unprivileged user cannot reach", async () => {
+    // mkdtemp makes a 0700 directory: nobody (the sandbox's uid) cannot search it.
+    const closed = await mkdtemp(join(tmpdir(), "fennec-closed-"));
+    try {
+      const config = { ...fn("echo"), dir: closed };
+      await assert.rejects(start(config), (err: Error & { code?: string }) => {
+        assert.equal(err.code, "SANDBOX_START_FAILED");
+        assert.match(err.message, new RegExp(`chmod o\\+x ${closed}`));
+        return true;
+      });
+    } finally {
+      await rm(closed, { recursive: true, force: true });
+    }
+  });
+
   it("does not let a function redirect Fennec by swapping its socket for a symlink", async () => {
     // A decoy host socket, as /var/run/docker.sock would be: Fennec must never send to it.
     const decoyDir = await mkdtemp(join(tmpdir(), "fennec-decoy-"));

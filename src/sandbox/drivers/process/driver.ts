@@ -156,6 +156,7 @@ export class ProcessDriver implements SandboxDriver {
     const fds: number[] = [];
     try {
       if (bwrap && cgroup) {
+        await assertReachableBySandboxUser(ctx.config.dir, what);
         await allowTraversal(dir, this.name);
         await mkdir(socketDir, { mode: 0o700 });
         await chown(socketDir, SANDBOX_ID, SANDBOX_ID);
@@ -242,6 +243,25 @@ async function allowTraversal(dir: string, driver: string): Promise<void> {
   for (const d of [dirname(runRoot(driver)), runRoot(driver), dir]) {
     const mode = (await stat(d)).mode & 0o7777;
     if ((mode & 0o001) === 0) await chmod(d, mode | 0o001);
+  }
+}
+
+/**
+ * bwrap runs as the sandbox's uid and binds the function directory by path (even when handed a
+ * descriptor), so that uid must be able to search every directory down to it. Refused here with
+ * the fix, rather than as bwrap's bare "Permission denied" on /proc/self/fd/3.
+ */
+async function assertReachableBySandboxUser(functionDir: string, what: string): Promise<void> {
+  for (let d = functionDir; ; d = dirname(d)) {
+    const mode = (await stat(d)).mode;
+    if ((mode & 0o001) === 0)
+      throw new FennecError(
+        "SANDBOX_START_FAILED",
+        `${what}: an isolated function runs as uid ${SANDBOX_ID}, which cannot reach its directory: ` +
+          `${d === functionDir ? "the function directory" : "a directory above it"} is not searchable by ` +
+          `others (chmod o+x ${d})`,
+      );
+    if (d === dirname(d)) return;
   }
 }
 
