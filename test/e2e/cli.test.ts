@@ -171,30 +171,35 @@ describe("the fennec command", () => {
   for (const signal of ["SIGTERM", "SIGINT"] as const) {
     it(`drains calls in flight on ${signal}, then exits cleanly leaving nothing behind`, async () => {
       const { child, url, log } = await serve(registry);
-      // fib(42) runs ≈ 1 s on a quiet machine (fib(32) ended before a first /stats poll could see it).
-      const slow = request(`${url}/invoke/fib/?n=42`);
-      // The signal must come while the call runs: wait until Fennec reports it busy.
-      await Promise.race([
-        waitFor("the call to fib to be running", async () => {
-          const stats = (await request(`${url}/stats`)).json<{
-            instances: Record<string, { busy: number }>;
-          }>();
-          return (stats.instances["default/fib"]?.busy ?? 0) > 0;
-        }),
-        slow.then(() => {
-          throw new Error("the call ended before it was seen running: it is too short to test draining");
-        }),
-      ]);
-      const code = exited(child);
-      child.kill(signal);
-      const r = await slow;
-      assert.equal(r.status, 200, r.text);
-      assert.match(r.text, /fib\(42\) = 267914296/);
-      assert.equal(await code, 0, log());
-      assert.match(log(), /draining/);
-      await assert.rejects(fetch(`${url}/healthz`), "no longer listening");
-      const tmp = (await readdir(join(registry, "fib"))).filter((n) => n.startsWith(".fennec-tmp-"));
-      assert.deepEqual(tmp, []);
+      try {
+        // fib(42) runs ≈ 1 s on a quiet machine (fib(32) ended before a first /stats poll could see it).
+        const slow = request(`${url}/invoke/fib/?n=42`);
+        // The signal must come while the call runs: wait until Fennec reports it busy.
+        await Promise.race([
+          waitFor("the call to fib to be running", async () => {
+            const stats = (await request(`${url}/stats`)).json<{
+              instances: Record<string, { busy: number }>;
+            }>();
+            return (stats.instances["default/fib"]?.busy ?? 0) > 0;
+          }),
+          slow.then(() => {
+            throw new Error("the call ended before it was seen running: it is too short to test draining");
+          }),
+        ]);
+        const code = exited(child);
+        child.kill(signal);
+        const r = await slow;
+        assert.equal(r.status, 200, r.text);
+        assert.match(r.text, /fib\(42\) = 267914296/);
+        assert.equal(await code, 0, log());
+        assert.match(log(), /draining/);
+        await assert.rejects(fetch(`${url}/healthz`), "no longer listening");
+        const tmp = (await readdir(join(registry, "fib"))).filter((n) => n.startsWith(".fennec-tmp-"));
+        assert.deepEqual(tmp, []);
+      } finally {
+        // A failed assertion must not leave the server running: the test file would never end.
+        if (child.exitCode === null && child.signalCode === null) child.kill("SIGKILL");
+      }
     });
   }
 
