@@ -15,6 +15,7 @@ import { cdfChart } from "./plot.js";
 import { load, message, type LoadResult } from "./load.js";
 import { fmt, summarize } from "./stats.js";
 import { threadWakeup } from "./thread-wakeup.js";
+import { fennecUrl } from "./fennec-url.js";
 
 const HERE = fileURLToPath(new URL(".", import.meta.url));
 const ROOT = fileURLToPath(new URL("../../", import.meta.url));
@@ -37,15 +38,7 @@ async function startFennec(): Promise<{ url: string; stop: () => Promise<void> }
       stdio: ["ignore", "ignore", "pipe"],
     },
   );
-  const url = await new Promise<string>((resolve, reject) => {
-    let log = "";
-    child.stderr!.on("data", (d: Buffer) => {
-      log += d.toString();
-      const m = /on (http:\/\/127\.0\.0\.1:\d+)/.exec(log);
-      if (m) resolve(m[1]!);
-    });
-    child.once("exit", (c) => reject(new Error(`fennec exited ${c}: ${log}`)));
-  });
+  const url = await fennecUrl(child);
   return {
     url: `${url}/invoke/echo/`,
     stop: () => new Promise((r) => (child.once("exit", () => r()), child.kill("SIGTERM"))),

@@ -14,6 +14,7 @@ import { fileURLToPath } from "node:url";
 import { wagiModule } from "../test/helpers/wasm-writer.js";
 import { load, type LoadResult } from "./load.js";
 import { fmt, summarize } from "./stats.js";
+import { fennecUrl } from "./fennec-url.js";
 
 const ROOT = fileURLToPath(new URL("../../", import.meta.url));
 const quick = process.argv.includes("--quick");
@@ -31,15 +32,7 @@ async function startFennec(registry: string) {
     [join(ROOT, "dist/src/cli/main.js"), "serve", "-r", registry, "--port", "0"],
     { stdio: ["ignore", "ignore", "pipe"] },
   );
-  const url = await new Promise<string>((resolve, reject) => {
-    let log = "";
-    child.stderr!.on("data", (d: Buffer) => {
-      log += d.toString();
-      const m = /on (http:\/\/127\.0\.0\.1:\d+)/.exec(log);
-      if (m) resolve(m[1]!);
-    });
-    child.once("exit", (c) => reject(new Error(`fennec exited ${c}: ${log}`)));
-  });
+  const url = await fennecUrl(child);
   return {
     url,
     pid: child.pid!,
