@@ -24,11 +24,16 @@ export async function startTime(pid: number): Promise<string | undefined> {
   return fields[0] === "Z" ? undefined : fields[19];
 }
 
-/** This process's identity. */
-export async function selfIdentity(): Promise<ProcessIdentity> {
-  const start = await startTime(process.pid);
-  if (start === undefined) throw new Error(`cannot read /proc/${process.pid}/stat`);
-  return { pid: process.pid, start };
+let self: Promise<ProcessIdentity> | undefined;
+
+/** This process's identity (read once: it never changes while the process runs). */
+export function selfIdentity(): Promise<ProcessIdentity> {
+  self ??= (async () => {
+    const start = await startTime(process.pid);
+    if (start === undefined) throw new Error(`cannot read /proc/${process.pid}/stat`);
+    return { pid: process.pid, start };
+  })();
+  return self;
 }
 
 /** True while the very process `id` names still exists (same PID, same start time). */

@@ -6,7 +6,7 @@ import { join } from "node:path";
 import { promisify } from "node:util";
 import { after, before, describe, it } from "node:test";
 import { OciDriver } from "../../src/sandbox/drivers/oci/driver.js";
-import { testConfig } from "../helpers/config.js";
+import { ociFixtureConfig } from "../helpers/config.js";
 import { request } from "../helpers/http.js";
 import { emptyGet, startInstance } from "../helpers/instance.js";
 import { ROOT, tempDir } from "../helpers/paths.js";
@@ -77,22 +77,7 @@ async function hostStatus(runtime: "runc" | "runsc", id: string): Promise<string
 }
 
 const probeFn = (runtime: "runc" | "runsc", mode = "privileges") =>
-  testConfig({
-    id: { user: "default", name: `${mode}-${runtime}` },
-    key: `default/${mode}-${runtime}`,
-    dir: join(ROOT, "test", "fixtures", "process"),
-    timeoutMs: 20_000,
-    sandbox: {
-      kind: "oci",
-      command: [process.execPath, "server.mjs", mode],
-      handler: undefined,
-      runtime,
-      env: {},
-      memoryMiB: 256,
-      pids: 1024,
-      rootfs: "shared",
-    },
-  });
+  ociFixtureConfig(mode, runtime, { name: `${mode}-${runtime}`, timeoutMs: 20_000 });
 
 for (const runtime of ["runc", "runsc"] as const) {
   describe(`OCI containers are least-privileged (${runtime})`, () => {

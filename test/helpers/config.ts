@@ -1,4 +1,6 @@
+import { join } from "node:path";
 import type { FunctionConfig, SandboxConfig } from "../../src/config/function-config.js";
+import { ROOT } from "./paths.js";
 
 /** A FunctionConfig built in memory, for tests that drive the scheduler or a driver directly. */
 export function testConfig(
@@ -32,4 +34,29 @@ export function testConfig(
     revision: "r1",
     ...overrides,
   };
+}
+
+/** An `[oci]` function running the process fixture (`test/fixtures/process/server.mjs`) in `mode`. */
+export function ociFixtureConfig(
+  mode: string,
+  runtime: "runc" | "runsc",
+  opts: { name?: string; memoryMiB?: number; pids?: number; timeoutMs?: number } = {},
+): FunctionConfig {
+  const name = opts.name ?? mode;
+  return testConfig({
+    id: { user: "default", name },
+    key: `default/${name}`,
+    dir: join(ROOT, "test", "fixtures", "process"),
+    ...(opts.timeoutMs === undefined ? {} : { timeoutMs: opts.timeoutMs }),
+    sandbox: {
+      kind: "oci",
+      command: [process.execPath, "server.mjs", mode],
+      handler: undefined,
+      runtime,
+      env: {},
+      memoryMiB: opts.memoryMiB ?? 256,
+      pids: opts.pids ?? 1024,
+      rootfs: "shared",
+    },
+  });
 }

@@ -7,28 +7,13 @@ import type { FunctionConfig } from "../../src/config/function-config.js";
 import { OciDriver } from "../../src/sandbox/drivers/oci/driver.js";
 import { runRoot } from "../../src/sandbox/run-dir.js";
 import { recordGoneOwner } from "../helpers/owner-record.js";
-import { testConfig } from "../helpers/config.js";
+import { ociFixtureConfig } from "../helpers/config.js";
 import { emptyGet, loopbackTarget, startInstance } from "../helpers/instance.js";
 import { ROOT } from "../helpers/paths.js";
 
 // Needs root, runc and runsc (.ci/run installs them); under CI=true a missing tool fails.
 const fn = (mode: string, runtime: "runc" | "runsc", memoryMiB = 256, pids = 1024): FunctionConfig =>
-  testConfig({
-    id: { user: "default", name: mode },
-    key: `default/${mode}`,
-    dir: join(ROOT, "test", "fixtures", "process"),
-    timeoutMs: 20_000,
-    sandbox: {
-      kind: "oci",
-      command: [process.execPath, "server.mjs", mode],
-      handler: undefined,
-      runtime,
-      env: {},
-      memoryMiB,
-      pids,
-      rootfs: "shared",
-    },
-  });
+  ociFixtureConfig(mode, runtime, { memoryMiB, pids, timeoutMs: 20_000 });
 
 for (const runtime of ["runc", "runsc"] as const) {
   describe(`oci driver specialties (${runtime})`, () => {

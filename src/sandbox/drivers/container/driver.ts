@@ -240,18 +240,9 @@ export class ContainerDriver implements SandboxDriver {
         throw new FennecError("SANDBOX_START_FAILED", `${what}: ${message(err)}`);
       });
       instance.watchExit();
-      // Ready when the socket accepts or the callback arrives, whichever is first; unless it exits.
-      // The socket is polled only until the start is settled, whichever way.
-      const settled = new AbortController();
-      await new Promise<void>((resolve, reject) => {
-        instance.onExit(reject);
-        waitForSocket(join(socketDir, "http.sock"), AbortSignal.any([ctx.signal, settled.signal])).then(
-          resolve,
-          reject,
-        );
-        ctx.waitForCallback().then(resolve, reject);
-      }).finally(() => settled.abort());
-      // Ready by its callback, it may not be listening yet: the socket is the transport.
+      // Ready when its socket accepts, unless it exits first (a UniFaaS image also calls back, but
+      // its socket is the transport: a callback alone does not make it reachable). The socket is
+      // polled only until the start is settled, whichever way.
       const listening = new AbortController();
       await new Promise<void>((resolve, reject) => {
         instance.onExit(reject);

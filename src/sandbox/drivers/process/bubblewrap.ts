@@ -1,4 +1,5 @@
 import { findExecutable, INSIDE, systemDirs } from "../../host-view.js";
+import { SANDBOX_USER } from "../../unprivileged.js";
 
 /** The bwrap binary, or a clear error naming the package to install. */
 export function findBwrap(): string {
@@ -9,13 +10,6 @@ export function findBwrap(): string {
 export function findSetpriv(): string {
   return findExecutable("setpriv", "util-linux");
 }
-
-/**
- * The host uid and gid an isolated instance runs as: `nobody`, which owns nothing of the host's.
- * bwrap started by root would map the sandbox's uid to host root (owner of every root file it
- * can see), so Fennec drops to this uid first and bwrap maps it to itself.
- */
-export const SANDBOX_ID = 65534;
 
 /**
  * The descriptors (as the child numbers them) of what the instance gets, opened by Fennec while
@@ -32,21 +26,22 @@ export interface BwrapFds {
 
 /**
  * bwrap arguments for an isolated instance: every namespace unshared (so no network at all), run
- * as SANDBOX_ID with no capabilities, no way to make a user namespace of its own, a seccomp
+ * as SANDBOX_USER with no capabilities, no way to make a user namespace of its own, a seccomp
  * filter, its own session (no TIOCSTI into Fennec's terminal) and death with its parent; the
  * system directories and the function directory read-only, its socket directory writable, a
  * private /tmp.
  */
 export function bwrapArgs(fds: BwrapFds): string[] {
-  const id = String(SANDBOX_ID);
+  const uid = String(SANDBOX_USER.uid);
+  const gid = String(SANDBOX_USER.gid);
   const args = [
     "--unshare-all",
     "--unshare-user",
     "--disable-userns",
     "--uid",
-    id,
+    uid,
     "--gid",
-    id,
+    gid,
     "--cap-drop",
     "ALL",
     "--seccomp",
@@ -72,8 +67,12 @@ export function bwrapArgs(fds: BwrapFds): string[] {
 export const JOIN_CGROUPS_THEN_EXEC =
   'for f in $FENNEC_CGROUP_PROCS; do echo $$ > "$f" || exit 97; done; exec "$@"';
 
-/** setpriv arguments that make the rest of the command run as SANDBOX_ID, with no groups or capabilities. */
+/**
+ * setpriv arguments that make the rest of the command run as SANDBOX_USER, with no groups or
+ * capabilities: bwrap started by root would map the sandbox's uid to host root (owner of every root
+ * file it can see), so Fennec drops to it first and bwrap maps it to itself.
+ */
 export function dropRootArgs(): string[] {
-  const id = String(SANDBOX_ID);
-  return [`--reuid=${id}`, `--regid=${id}`, "--clear-groups", "--inh-caps=-all", "--"];
+  const { uid, gid } = SANDBOX_USER;
+  return [`--reuid=${uid}`, `--regid=${gid}`, "--clear-groups", "--inh-caps=-all", "--"];
 }

@@ -1,6 +1,6 @@
 import { spawn, type ChildProcess } from "node:child_process";
 import { closeSync, openSync } from "node:fs";
-import { chmod, chown, lstat, mkdir, rename, stat, writeFile } from "node:fs/promises";
+import { chmod, mkdir, stat, writeFile } from "node:fs/promises";
 import { createServer } from "node:net";
 import { dirname, join } from "node:path";
 import { FennecError } from "../../../core/errors.js";
@@ -28,14 +28,8 @@ import {
 import { waitForSocket } from "../../wait-socket.js";
 import { HANDLER_RUNTIME, HandlerBundles } from "../../handler-build.js";
 import { INSIDE } from "../../host-view.js";
-import {
-  bwrapArgs,
-  dropRootArgs,
-  findBwrap,
-  findSetpriv,
-  JOIN_CGROUPS_THEN_EXEC,
-  SANDBOX_ID,
-} from "./bubblewrap.js";
+import { giveToSandboxUser, SANDBOX_USER, takeSocket } from "../../unprivileged.js";
+import { bwrapArgs, dropRootArgs, findBwrap, findSetpriv, JOIN_CGROUPS_THEN_EXEC } from "./bubblewrap.js";
 import { denyListFilter } from "./seccomp.js";
 
 /** How long a closing instance gets after SIGTERM before SIGKILL. */
@@ -158,8 +152,8 @@ export class ProcessDriver implements SandboxDriver {
       if (bwrap && cgroup) {
         await assertReachableBySandboxUser(ctx.config.dir, what);
         await allowTraversal(dir, this.name);
-        await mkdir(socketDir, { mode: 0o700 });
-        await chown(socketDir, SANDBOX_ID, SANDBOX_ID);
+        await mkdir(socketDir);
+        await giveToSandboxUser(socketDir);
         await writeFile(join(dir, "seccomp.bpf"), denyListFilter());
         env["FENNEC_CGROUP_PROCS"] = cgroup.procsFiles.join(" ");
         const runtime = cfg.handler ? HANDLER_RUNTIME : undefined;
@@ -224,7 +218,7 @@ export class ProcessDriver implements SandboxDriver {
         ready.then(resolve, reject);
       }).finally(() => settled.abort());
       await recorded;
-      if (cfg.isolate && cfg.transport === "unix") await moveOutOfReach(boundSocket, socketPath, what);
+      if (cfg.isolate && cfg.transport === "unix") await takeSocket(boundSocket, socketPath, what);
     } catch (err) {
       await recorded;
       await instance.destroy();
@@ -257,25 +251,12 @@ async function assertReachableBySandboxUser(functionDir: string, what: string): 
     if ((mode & 0o001) === 0)
       throw new FennecError(
         "SANDBOX_START_FAILED",
-        `${what}: an isolated function runs as uid ${SANDBOX_ID}, which cannot reach its directory: ` +
+        `${what}: an isolated function runs as uid ${SANDBOX_USER.uid}, which cannot reach its directory: ` +
           `${d === functionDir ? "the function directory" : "a directory above it"} is not searchable by ` +
           `others (chmod o+x ${d})`,
       );
     if (d === dirname(d)) return;
   }
-}
-
-/**
- * Moves an isolated instance's socket from the directory it can write to `to` (in the run
- * directory, which only Fennec can write), so it cannot later swap the file Fennec connects to for
- * a symlink to a host socket; the instance keeps serving on its bound listener. What arrives must
- * be a socket itself (lstat: a symlink planted before readiness is refused, never followed).
- */
-async function moveOutOfReach(from: string, to: string, what: string): Promise<void> {
-  await rename(from, to);
-  const st = await lstat(to);
-  if (!st.isSocket())
-    throw new FennecError("SANDBOX_START_FAILED", `${what}: its http.sock is not a socket; refused`);
 }
 
 /** One child process, its run directory and (when isolated) its cgroup. */

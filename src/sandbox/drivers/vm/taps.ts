@@ -4,7 +4,7 @@ import { join } from "node:path";
 import { promisify } from "node:util";
 import { FennecError } from "../../../core/errors.js";
 import { findExecutable } from "../../host-view.js";
-import { startTime } from "../../../core/process-identity.js";
+import { selfIdentity, startTime } from "../../../core/process-identity.js";
 import { ensureRunRoot } from "../../run-dir.js";
 
 const execFileP = promisify(execFile);
@@ -208,7 +208,7 @@ export class TapPool {
   async #claim(lease: TapLease): Promise<boolean> {
     const record: TapRecord = {
       fennecPid: process.pid,
-      fennecStart: await startTime(process.pid),
+      fennecStart: (await selfIdentity()).start,
       tap: lease.tap,
       hostAddress: lease.hostAddress,
     };
