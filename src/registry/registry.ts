@@ -299,7 +299,7 @@ export class DirectoryRegistry {
     const dir = this.dirOf(id);
     const parent = dirname(dir);
     const key = functionKey(id);
-    return this.#mutex.run(key, async () => {
+    await this.#mutex.run(key, async () => {
       const live = await exists(join(dir, FUNCTION_FILE));
       const scratch = join(this.root, `${TEMP_PREFIX}deploy-${randomBytes(6).toString("hex")}`);
       const old = join(parent, chosenName(OLD_PREFIX, id.name));
@@ -349,8 +349,10 @@ export class DirectoryRegistry {
         this.#cache.delete(join(dir, FUNCTION_FILE));
       }
       await this.releaseRetired();
-      return this.resolve(id);
     });
+    // Outside the lock: a reader that finds function.toml missing waits for the lock to be idle,
+    // which it never would be while this deploy holds it.
+    return this.resolve(id);
   }
 
   /** Removes a function: its directory is renamed away first so it disappears atomically. */

@@ -147,8 +147,13 @@ export class FunctionPool {
   }
 
   /** How many queued requests the instances now starting will take (from the front of the queue). */
+  /** How many waiting calls one instance can take: its concurrent slots, or one when single-use. */
+  #slotsPerInstance(): number {
+    return this.config.singleUse ? 1 : this.config.concurrentRequests;
+  }
+
   #coming(): number {
-    const perInstance = this.config.singleUse ? 1 : this.config.concurrentRequests;
+    const perInstance = this.#slotsPerInstance();
     return this.instances.filter((i) => i.state === "starting" && !this.#retired.has(i)).length * perInstance;
   }
 
@@ -177,7 +182,7 @@ export class FunctionPool {
       this.#dispatch(this.#queue.shift()!, inst);
     }
     if (this.#queue.length === 0) return;
-    const perInstance = this.config.singleUse ? 1 : this.config.concurrentRequests;
+    const perInstance = this.#slotsPerInstance();
     let coming = this.#coming();
     while (this.#queue.length > coming && this.#liveCount() < this.config.maxInstances) {
       try {
@@ -206,7 +211,7 @@ export class FunctionPool {
       // The waiters this start was meant to serve get its error: no retry loop on a broken
       // function, and no one held to their deadline for an instance that will never come.
       if (inst.failure && inst.initMs === 0) {
-        this.#reject(this.config.singleUse ? 1 : this.config.concurrentRequests, inst.failure);
+        this.#reject(this.#slotsPerInstance(), inst.failure);
       }
       this.pump();
     });

@@ -38,7 +38,7 @@ export interface SchedulerOptions {
   /** How often keepalive and min-instances are enforced. */
   readonly reapIntervalMs?: number;
   /** Told whenever an instance of function `key` has stopped (the registry frees retired directories). */
-  readonly onInstanceStopped?: (key: string) => void;
+  readonly onInstanceStopped?: () => void;
 }
 
 export interface InvokeOutcome {
@@ -151,10 +151,10 @@ export class Scheduler implements PoolHost {
     if (!pool) {
       pool = new FunctionPool(config, this);
       this.#pools.set(key, pool);
-    } else {
-      pool.updateConfig(config);
+      pool.resolvedAt = performance.now();
+      return pool;
     }
-    pool.resolvedAt = performance.now();
+    this.adopt(config);
     return pool;
   }
 
@@ -205,7 +205,7 @@ export class Scheduler implements PoolHost {
       this.#unreserve(inst);
       this.#live.delete(inst);
       if (inst.initMs === 0 && inst.failure?.isFunctionFault) this.noteError(config.key, inst.failure);
-      this.#opts.onInstanceStopped?.(config.key);
+      this.#opts.onInstanceStopped?.();
     });
     return inst;
   }
@@ -337,9 +337,7 @@ export class Scheduler implements PoolHost {
         }
         continue;
       }
-      if (this.#pools.get(key) !== pool) continue;
-      pool.updateConfig(config);
-      pool.resolvedAt = performance.now();
+      if (this.#pools.get(key) === pool) this.adopt(config);
     }
   }
 
