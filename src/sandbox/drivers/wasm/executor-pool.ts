@@ -161,7 +161,8 @@ export class ExecutorPool {
   }
 
   #pump(): void {
-    for (;;) {
+    // Cheap when nothing waits: it runs after every job (done, prepared).
+    while (this.#queue.length > 0) {
       const idle = this.#executors.filter((e) => e.booted && !e.running);
       if (idle.length === 0) break;
       const next = this.#nextJob();

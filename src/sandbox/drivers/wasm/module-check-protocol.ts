@@ -40,8 +40,6 @@ export interface CheckDone {
   readonly id: number;
   readonly hash: string;
   readonly initialPages: number;
-  /** True when the bytes came from the disk cache (already checked in an earlier run). */
-  readonly fromCache: boolean;
   readonly module: WebAssembly.Module | undefined;
   readonly error: { readonly code: string; readonly message: string } | undefined;
 }

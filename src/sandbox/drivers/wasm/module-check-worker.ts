@@ -5,28 +5,17 @@
  * WebAssembly.Module` are synchronous and take seconds on such modules).
  */
 import { createHash } from "node:crypto";
-import { randomBytes } from "node:crypto";
-import {
-  closeSync,
-  fsyncSync,
-  mkdirSync,
-  openSync,
-  readFileSync,
-  renameSync,
-  rmSync,
-  writeSync,
-} from "node:fs";
-import { basename, dirname, join } from "node:path";
+import { mkdirSync, readFileSync } from "node:fs";
+import { dirname } from "node:path";
 import { parentPort } from "node:worker_threads";
-import { setFlagsFromString } from "node:v8";
 import { FennecError } from "../../../core/errors.js";
-import { TEMP_PREFIX } from "../../../registry/atomic-write.js";
+import { writeFileAtomic } from "../../../registry/atomic-write.js";
 import { limitMemory } from "./memory-limit.js";
 import type { CheckDone, CheckJob, ToChecker } from "./module-check-protocol.js";
 import { checkInterface, moduleInterface } from "./module-interface.js";
 
-// Compile eagerly, as the main thread does (module-cache.ts): an instantiation must not compile.
-setFlagsFromString("--no-wasm-lazy-compilation");
+// Compilation is eager here too: module-cache.ts sets --no-wasm-lazy-compilation before this
+// thread starts, and V8's flags are process-wide.
 
 const port = parentPort!;
 
@@ -45,34 +34,15 @@ function readModule(path: string, what: string): Buffer {
   }
 }
 
-/** writeFileAtomic's protocol (temporary sibling, fsync, rename), synchronous: this is not the gateway's thread. */
-function writeFileAtomicSync(target: string, data: Uint8Array): void {
-  mkdirSync(dirname(target), { recursive: true });
-  const tmp = join(dirname(target), `${TEMP_PREFIX}${basename(target)}-${randomBytes(6).toString("hex")}`);
-  try {
-    const fd = openSync(tmp, "wx", 0o644);
-    try {
-      for (let at = 0; at < data.byteLength;) at += writeSync(fd, data, at);
-      fsyncSync(fd);
-    } finally {
-      closeSync(fd);
-    }
-    renameSync(tmp, target);
-  } catch (err) {
-    rmSync(tmp, { force: true });
-    throw err;
-  }
-}
-
 /** Bytes being received for a job, by job id. */
 const incoming = new Map<number, Buffer>();
 
-function check(job: CheckJob): Omit<CheckDone, "id" | "error"> {
+async function check(job: CheckJob): Promise<Omit<CheckDone, "id" | "error">> {
   const given = incoming.get(job.id);
   incoming.delete(job.id);
   const raw = given ?? readModule(job.path!, job.what);
   const hash = createHash("sha256").update(raw).digest("hex");
-  if (job.kind === "hash") return { hash, initialPages: 0, fromCache: false, module: undefined };
+  if (job.kind === "hash") return { hash, initialPages: 0, module: undefined };
   let cached: Buffer | undefined;
   if (job.cacheFile) {
     try {
@@ -90,24 +60,26 @@ function check(job: CheckJob): Omit<CheckDone, "id" | "error"> {
   // The checked bytes go to the disk cache from here: the main thread never holds a copy.
   if (job.cacheFile && !cached) {
     try {
-      writeFileAtomicSync(job.cacheFile.replace("%h", hash), limited.bytes);
+      const file = job.cacheFile.replace("%h", hash);
+      mkdirSync(dirname(file), { recursive: true });
+      await writeFileAtomic(file, limited.bytes);
     } catch {
       // The disk cache only saves checking at the next start; the module itself is fine.
     }
   }
-  return { hash, initialPages: limited.initialPages, fromCache: !!cached, module };
+  return { hash, initialPages: limited.initialPages, module };
 }
 
 port.on("message", (msg: ToChecker) => {
   if (msg.type === "begin") incoming.set(msg.id, Buffer.allocUnsafe(msg.size));
   else if (msg.type === "chunk") incoming.get(msg.id)?.set(msg.piece, msg.at);
-  else answer(msg);
+  else void answer(msg);
 });
 
-function answer(job: CheckJob): void {
+async function answer(job: CheckJob): Promise<void> {
   let done: CheckDone;
   try {
-    done = { id: job.id, ...check(job), error: undefined };
+    done = { id: job.id, ...(await check(job)), error: undefined };
   } catch (err) {
     const e = err as Error & { code?: unknown };
     const code = err instanceof FennecError ? err.code : "FN_BAD_MODULE";
@@ -116,7 +88,6 @@ function answer(job: CheckJob): void {
       id: job.id,
       hash: "",
       initialPages: 0,
-      fromCache: false,
       module: undefined,
       error: { code, message },
     } satisfies CheckDone);
