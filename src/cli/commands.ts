@@ -42,8 +42,7 @@ function userAndName(spec: string): { user: string; name: string } {
 }
 
 /** The `/f/<user>/<fn>` path of a function (Faasm's upload and call route). */
-function fPath(spec: string): string {
-  const { user, name } = userAndName(spec);
+function fPath(user: string, name: string): string {
   return `/f/${encodeURIComponent(user)}/${encodeURIComponent(name)}`;
 }
 
@@ -215,7 +214,7 @@ ${invokeHelp}`,
             `(/f/${user}/${name}); omit -X, or use -X POST`,
         );
       method = "POST";
-      target = `${fPath(fn)}${rest ? "/" + rest : ""}`;
+      target = `${fPath(user, name)}${rest ? "/" + rest : ""}`;
     }
     const res = await call(client(values), "function", method, target, body, headers);
     if (values.include) {
@@ -268,7 +267,7 @@ ${clientHelp}`,
       );
     let res: Response;
     if (st.isFile()) {
-      res = await call(client(values), "platform", "PUT", fPath(fn), await readFile(source), {
+      res = await call(client(values), "platform", "PUT", fPath(user, name), await readFile(source), {
         "content-type": "application/wasm",
       });
     } else {

@@ -42,18 +42,11 @@ export function publishInstanceStopped(event: InstanceStoppedEvent): void {
 }
 
 /**
- * Whether an invocation record names a function that exists. A call to an unknown name is still
- * published (it is a call), but metrics keep series only for functions that exist: anyone can
- * send random names, and a series per name would grow without bound.
- */
-export function namesExistingFunction(record: InvocationRecord): boolean {
-  return record.errorCode !== "FUNCTION_NOT_FOUND";
-}
-
-/**
  * Listens to the invocation and instance-ready events of one scheduler (`node`), or of all when
  * `node` is undefined: several Fennecs can share a process, and the channels are process-wide.
- * Returns the function that stops listening.
+ * Calls to a function that does not exist are left out: they are still published (a call is a
+ * call), but these listeners keep series per function, and anyone can send random names, so a
+ * series per name would grow without bound. Returns the function that stops listening.
  */
 export function subscribeNode(
   node: string | undefined,
@@ -61,7 +54,7 @@ export function subscribeNode(
 ): () => void {
   const invocation = (msg: unknown) => {
     const r = msg as InvocationRecord;
-    if (node === undefined || r.node === node) on.invocation(r);
+    if ((node === undefined || r.node === node) && r.errorCode !== "FUNCTION_NOT_FOUND") on.invocation(r);
   };
   const ready = (msg: unknown) => {
     const e = msg as InstanceReadyEvent;

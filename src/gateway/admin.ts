@@ -154,7 +154,5 @@ export async function deployFromJson(
     if (!parsed.wasm) throw new FennecError("BAD_REQUEST", '"module" is only for [wasm] functions');
     files.set(parsed.wasm.module, base64(doc.module, "module"));
   }
-  const config = await registry.deploy(id, doc.toml, files, deployCheck(scheduler, validateModule, what));
-  scheduler.adopt(config);
-  return config;
+  return registry.deploy(id, doc.toml, files, deployCheck(scheduler, validateModule, what));
 }

@@ -102,11 +102,6 @@ export class AsyncCalls {
     return this.#calls.get(id)?.call;
   }
 
-  /** The number of calls and bytes held now. */
-  get size(): { calls: number; bytes: number } {
-    return { calls: this.#calls.size, bytes: this.#bytes };
-  }
-
   #drop(id: string, entry: Entry): void {
     this.#calls.delete(id);
     if (this.#finished.delete(id)) this.#bytes -= entry.bytes;

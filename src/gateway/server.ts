@@ -250,7 +250,8 @@ export class Gateway {
         this.#o.scheduler,
         this.#o.validateModule,
       );
-      // Instances of an earlier revision finish their work and are replaced on next use.
+      // Calls from now on go to the new version; instances of the earlier one finish and retire.
+      this.#o.scheduler.adopt(config);
       return sendJson(res, method === "POST" ? 201 : 200, {
         function: config.key,
         revision: config.revision,
@@ -270,7 +271,7 @@ export class Gateway {
       await this.#o.registry.remove(id);
       await this.#o.scheduler.removeFunction(functionKey(id));
       this.#o.stats.forget(functionKey(id));
-      this.#o.metrics.forget(functionKey(id));
+      await this.#o.metrics.forget(functionKey(id));
       res.writeHead(202).end();
       return;
     }

@@ -1,5 +1,5 @@
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from "prom-client";
-import { namesExistingFunction, subscribeNode } from "../core/events.js";
+import { subscribeNode } from "../core/events.js";
 import type { InvocationRecord } from "../core/types.js";
 
 export interface InstanceCounts {
@@ -19,8 +19,6 @@ export class PrometheusMetrics {
   readonly #phase: Histogram<"function" | "phase">;
   readonly #init: Histogram<"function" | "driver">;
   readonly #unsubscribe: () => void;
-  /** Per function, how to remove each of its labelled series. */
-  readonly #series = new Map<string, Map<string, () => void>>();
 
   constructor(
     instanceCounts: () => InstanceCounts[],
@@ -76,39 +74,30 @@ export class PrometheusMetrics {
     });
     this.#unsubscribe = subscribeNode(node, {
       invocation: (r) => this.#record(r),
-      ready: (e) =>
-        this.#init.observe(
-          this.#labels(this.#init, { function: e.function, driver: e.driver }),
-          e.initMs / 1000,
-        ),
+      ready: (e) => this.#init.observe({ function: e.function, driver: e.driver }, e.initMs / 1000),
     });
   }
 
-  /** Drops every series of a deleted function. */
-  forget(fn: string): void {
-    for (const remove of this.#series.get(fn)?.values() ?? []) remove();
-    this.#series.delete(fn);
-  }
-
-  /** Remembers a function's series (prom-client removes a series only by its full label set). */
-  #labels<T extends Record<string, string> & { function: string }>(
-    metric: { remove(labels: Record<string, string>): void },
-    labels: T,
-  ): T {
-    let removers = this.#series.get(labels.function);
-    if (!removers) this.#series.set(labels.function, (removers = new Map()));
-    const series = JSON.stringify(labels);
-    if (!removers.has(series)) removers.set(series, () => metric.remove(labels));
-    return labels;
+  /**
+   * Drops every series of a deleted function. Its label sets are read back from the metrics
+   * (prom-client removes a series only by its full label set), so recording keeps no list of them.
+   */
+  async forget(fn: string): Promise<void> {
+    for (const metric of [this.#invocations, this.#phase, this.#init] as const) {
+      for (const { labels } of (await metric.get()).values) {
+        if (labels["function"] !== fn) continue;
+        const { le: _bucket, ...series } = labels as Record<string, string | number>; // buckets add "le"
+        (metric as { remove(labels: Record<string, string | number>): void }).remove(series);
+      }
+    }
   }
 
   #record(r: InvocationRecord): void {
-    if (!namesExistingFunction(r)) return;
     const labels = { function: r.function, start_type: r.startType ?? "none", outcome: r.errorCode ?? "ok" };
-    this.#invocations.inc(this.#labels(this.#invocations, labels));
+    this.#invocations.inc(labels);
     if (r.instanceId === undefined) return;
     const phase = (name: string, ms: number) =>
-      this.#phase.observe(this.#labels(this.#phase, { function: r.function, phase: name }), ms / 1000);
+      this.#phase.observe({ function: r.function, phase: name }, ms / 1000);
     phase("queue", r.queueWaitMs);
     if (r.initMs > 0) phase("init", r.initMs);
     phase("exec", r.execMs);

@@ -1,4 +1,4 @@
-import { namesExistingFunction, subscribeNode, type InstanceReadyEvent } from "../core/events.js";
+import { subscribeNode, type InstanceReadyEvent } from "../core/events.js";
 import type { InvocationRecord, StartType } from "../core/types.js";
 import { Samples } from "./summary.js";
 
@@ -67,7 +67,6 @@ export class StatsCollector {
   }
 
   #record(r: InvocationRecord): void {
-    if (!namesExistingFunction(r)) return;
     const f = this.#figures(r.function);
     f.invocations++;
     if (r.errorCode) f.errors[r.errorCode] = (f.errors[r.errorCode] ?? 0) + 1;
