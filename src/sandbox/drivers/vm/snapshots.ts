@@ -1,7 +1,9 @@
 import { createHash } from "node:crypto";
 import { existsSync } from "node:fs";
-import { mkdir, readdir, rename, rm, writeFile } from "node:fs/promises";
+import { mkdir, readdir, rename, rm, stat, writeFile } from "node:fs/promises";
 import { join } from "node:path";
+import { FennecError } from "../../../core/errors.js";
+import { QmpClient } from "./qmp.js";
 
 /**
  * Where the snapshots of booted, ready guests live (SnapFaaS): one directory per function and
@@ -12,8 +14,9 @@ import { join } from "node:path";
  *
  * A snapshot is two files: `ram`, the guest's memory (restored copy-on-write: every clone maps it
  * privately, so clones share its pages), and `state`, QEMU's device state (a migration stream
- * without RAM, `x-ignore-shared`). `meta.json` is written last: a directory without it is not a
- * snapshot (a crash while writing one leaves debris that the next write removes).
+ * without RAM, `x-ignore-shared`, written and loaded through QMP below). `meta.json` is written
+ * last: a directory without it is not a snapshot (a crash while writing one leaves debris that
+ * the next write removes).
  */
 export interface Snapshot {
   readonly dir: string;
@@ -80,4 +83,56 @@ export class SnapshotStore {
   async discard(s: Snapshot): Promise<void> {
     await rm(s.dir, { recursive: true, force: true });
   }
+}
+
+/** Writes a running guest's device state to `path` (its RAM is already in the shared file). */
+export async function saveDeviceState(qmpSocket: string, path: string, signal: AbortSignal): Promise<void> {
+  const qmp = await QmpClient.connect(qmpSocket, signal);
+  try {
+    await qmp.execute("migrate-set-capabilities", {
+      capabilities: [{ capability: "x-ignore-shared", state: true }],
+    });
+    await qmp.execute("migrate", { uri: `exec:cat > ${shellQuote(path)}` });
+    for (;;) {
+      if (signal.aborted) throw signal.reason;
+      const info = await qmp.execute<{ status?: string; "error-desc"?: string }>("query-migrate");
+      if (info.status === "completed") break;
+      if (info.status === "failed" || info.status === "cancelled")
+        throw new FennecError(
+          "SANDBOX_START_FAILED",
+          `snapshot failed: ${info["error-desc"] ?? info.status}`,
+        );
+      await new Promise((r) => setTimeout(r, 10));
+    }
+    if ((await stat(path)).size === 0) throw new FennecError("SANDBOX_START_FAILED", "snapshot is empty");
+  } finally {
+    qmp.close();
+  }
+}
+
+/** Loads device state into a QEMU started with `-incoming defer` and a private RAM mapping. */
+export async function loadDeviceState(qmpSocket: string, state: string, signal: AbortSignal): Promise<void> {
+  const qmp = await QmpClient.connect(qmpSocket, signal);
+  try {
+    await qmp.execute("migrate-set-capabilities", {
+      capabilities: [{ capability: "x-ignore-shared", state: true }],
+    });
+    await qmp.execute("migrate-incoming", { uri: `exec:cat ${shellQuote(state)}` });
+    // Nothing may reach the guest's devices before their state is loaded: a byte the UART took
+    // during the migration would be overwritten by it, and the guest's framing would break.
+    for (;;) {
+      if (signal.aborted) throw signal.reason;
+      const status = await qmp.execute<{ status: string }>("query-status");
+      if (status.status === "running") break;
+      if (status.status !== "inmigrate" && status.status !== "prelaunch")
+        throw new FennecError("SANDBOX_START_FAILED", `restore ended in state ${status.status}`);
+      await new Promise((r) => setTimeout(r, 2));
+    }
+  } finally {
+    qmp.close();
+  }
+}
+
+function shellQuote(s: string): string {
+  return `'${s.replaceAll("'", "'\\''")}'`;
 }
