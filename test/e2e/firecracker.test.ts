@@ -1,123 +1,90 @@
 import assert from "node:assert/strict";
+import { execFileSync } from "node:child_process";
 import { existsSync } from "node:fs";
-import { mkdir } from "node:fs/promises";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
-import { cacheDir } from "../../src/sandbox/drivers/vm/linux-guest.js";
-import { firecrackerUnavailable, FirecrackerVm } from "../../src/sandbox/drivers/vm/firecracker.js";
-import { ROOT, tempDir } from "../helpers/paths.js";
+import { VmDriver } from "../../src/sandbox/drivers/vm/driver.js";
+import { firecrackerUnavailable } from "../../src/sandbox/drivers/vm/firecracker.js";
+import { guestKernel } from "../../src/sandbox/drivers/vm/linux-guest.js";
+import { runRoot } from "../../src/sandbox/run-dir.js";
+import { testConfig } from "../helpers/config.js";
+import { ROOT } from "../helpers/paths.js";
 
-// A REAL Firecracker booting real guests. This is the one test allowed to skip under CI=true: no
-// Firecracker binary can exist on the CI machine kind (it is in neither Debian nor npm and cannot
-// be built there, see ../shared/reference/feasibility.md §5), and that machine's KVM is a nested
-// PVM kind Firecracker cannot use. Wherever `firecracker` is on PATH (or FIRECRACKER_EXE names it)
-// and /dev/kvm is usable, it runs. The API client itself is tested without a binary in
-// test/unit/firecracker.test.ts.
-const unavailable = firecrackerUnavailable();
-const guestDir = process.env["FENNEC_GUEST_DIR"] ?? join(cacheDir(), "guest-linux", "current");
-const kernel = join(guestDir, "vmlinux");
-const initramfs = join(guestDir, "initramfs.cpio.gz");
-const unikernel = join(ROOT, "test", "fixtures", "unikernel", "echo.elf");
-
-function skipReason(needs: string[]): string | undefined {
+// A REAL Firecracker booting a real guest through the vm driver. This is the one test allowed to
+// skip under CI=true: no Firecracker binary can exist on the CI machine kind (it is in neither
+// Debian nor npm and cannot be built there, see ../shared/reference/feasibility.md §5), and that
+// machine's KVM is a nested PVM kind Firecracker cannot use. Wherever `firecracker` is on PATH (or
+// FIRECRACKER_EXE names it), /dev/kvm is usable and the guest kernel is built, it runs. The
+// driver's Firecracker path is tested without a binary in test/unit/vm-firecracker.test.ts.
+function skipReason(): string | undefined {
+  const unavailable = firecrackerUnavailable();
   if (unavailable) return unavailable;
-  const missing = needs.filter((f) => !existsSync(f));
-  return missing.length
-    ? `missing ${missing.join(", ")} (build the guest with guest/linux/build.sh)`
-    : undefined;
+  try {
+    guestKernel();
+    return undefined;
+  } catch (err) {
+    return (err as Error).message;
+  }
 }
 
-/** Resolves once the VM's output (its serial console) has contained `pattern`. */
-function seen(vm: FirecrackerVm, pattern: string | RegExp, ms: number): Promise<void> {
-  return new Promise((resolve, reject) => {
-    let text = vm.output;
-    const test = () => (typeof pattern === "string" ? text.includes(pattern) : pattern.test(text));
-    if (test()) return resolve();
-    const timer = setTimeout(() => {
-      stop();
-      reject(new Error(`not seen within ${ms} ms: ${pattern}; output ends with:\n${vm.output.slice(-2000)}`));
-    }, ms);
-    const stop = vm.onOutput((chunk) => {
-      text = (text + chunk).slice(-65536);
-      if (!test()) return;
-      clearTimeout(timer);
-      stop();
-      resolve();
-    });
+describe("Firecracker, for real (the vm driver, Fennec's Linux guest on a tap)", () => {
+  const skip = skipReason();
+  const netns = `fennec-fce2e-${process.pid}`;
+  before(() => {
+    if (!skip) execFileSync("ip", ["netns", "add", netns]);
   });
-}
-
-describe("Firecracker, for real", () => {
-  let tmp: Awaited<ReturnType<typeof tempDir>>;
-  let n = 0;
-  const vms: FirecrackerVm[] = [];
-  before(async () => {
-    tmp = await tempDir("fennec-fc-e2e-");
+  after(() => {
+    if (!skip) execFileSync("ip", ["netns", "del", netns]);
   });
-  after(async () => {
-    for (const vm of vms) await vm.kill();
-    await tmp.cleanup();
-  });
-  const runDir = async () => {
-    const dir = join(tmp.dir, `run-${n++}`);
-    await mkdir(dir);
-    return dir;
-  };
 
   it(
-    "boots Fennec's Linux guest kernel, snapshots it, and restores the snapshot",
-    { skip: skipReason([kernel, initramfs]) ?? false, timeout: 300_000 },
+    "boots a command that serves on the guest's 8080, calls it, and leaves nothing behind",
+    { skip: skip ?? false, timeout: 300_000 },
     async () => {
-      const vm = await FirecrackerVm.start({
-        id: "fennec-e2e-linux",
-        runDir: await runDir(),
-        vcpus: 1,
-        memoryMiB: 128,
-        kernel,
-        initrd: initramfs,
-        bootArgs: "console=ttyS0 reboot=k panic=1 pci=off",
-        vsock: { guestCid: 3 },
+      const driver = new VmDriver({ netns });
+      const id = `fc-e2e-${process.pid}`;
+      const config = testConfig({
+        id: { user: "default", name: "fc-echo" },
+        key: "default/fc-echo",
+        dir: join(ROOT, "test", "fixtures", "process"),
+        sandbox: {
+          kind: "vm",
+          kernel: undefined,
+          image: undefined,
+          memoryMiB: 256,
+          cpus: 1,
+          // As UniFaaS's Linux images: the kernel configures eth0; the guest finds %callback here.
+          cmdline: "ip=%ip::%gateway:%netmask::eth0:off callback=%callback",
+          hypervisor: { type: "firecracker", "copy-rootfs": true },
+          handler: undefined,
+          command: [process.execPath, "server.mjs", "echo"],
+          env: {},
+          transport: "tap",
+          snapshot: false,
+        },
       });
-      vms.push(vm);
-      await seen(vm, "Linux version", 240_000);
-      assert.equal((await vm.info()).state, "Running");
-
-      const state = join(tmp.dir, "linux.state");
-      const mem = join(tmp.dir, "linux.mem");
-      await vm.createSnapshot(state, mem);
-      assert.equal((await vm.info()).state, "Paused");
-      assert.ok(existsSync(state) && existsSync(mem));
-      await vm.kill();
-
-      const restored = await FirecrackerVm.start({
-        id: "fennec-e2e-restored",
-        runDir: await runDir(),
-        vcpus: 1,
-        memoryMiB: 128,
-        restore: { snapshotPath: state, memPath: mem },
-      });
-      vms.push(restored);
-      assert.equal((await restored.info()).state, "Running");
-      await restored.kill();
-    },
-  );
-
-  it(
-    "boots a Fennec unikernel (PVH) whose guest channel on COM1 says READY",
-    { skip: skipReason([unikernel]) ?? false, timeout: 300_000 },
-    async () => {
-      const vm = await FirecrackerVm.start({
-        id: "fennec-e2e-unikernel",
-        runDir: await runDir(),
-        vcpus: 1,
-        memoryMiB: 64,
-        kernel: unikernel,
-      });
-      vms.push(vm);
-      // Firecracker's serial port is COM1 on its stdout: the READY frame (docs/guest-channel.md)
-      // is type 1 on stream 0 with a little-endian length.
-      await seen(vm, "\x01\x00\x00\x00\x00", 240_000);
-      await vm.kill();
+      try {
+        await driver.prepare(config);
+        const handle = await driver.start({
+          instanceId: id,
+          config,
+          callbackUrl: `http://127.0.0.1:1/ready/${id}`,
+          waitForCallback: () => new Promise(() => undefined),
+          signal: AbortSignal.timeout(240_000),
+        });
+        const res = await handle.invoke(
+          { method: "POST", path: "/x", query: "", headers: {}, body: Buffer.from("over a tap") },
+          { signal: AbortSignal.timeout(60_000) },
+        );
+        assert.equal(res.status, 200);
+        assert.equal(Buffer.from(res.body).toString(), "over a tap");
+        await handle.destroy();
+        assert.equal(existsSync(join(runRoot("vm"), id)), false, "the run directory is removed");
+        const links = execFileSync("ip", ["-n", netns, "-o", "link", "show"], { encoding: "utf8" });
+        assert.doesNotMatch(links, /faas\d+:/, "the tap is released");
+      } finally {
+        await driver.close();
+      }
     },
   );
 });

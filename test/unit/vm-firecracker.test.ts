@@ -109,7 +109,7 @@ describe("vm driver on Firecracker (UniFaaS: kernel, copied root, a tap)", () =>
     await driver.close();
   });
 
-  it("says Firecracker is not installed, and how to get it, when there is no binary", async () => {
+  it("says Firecracker is not installed, and how to get it, when there is no binary: at start, deploy and build", async () => {
     process.env["FIRECRACKER_EXE"] = join(tmp.dir, "no-firecracker");
     try {
       await assert.rejects(
@@ -122,6 +122,10 @@ describe("vm driver on Firecracker (UniFaaS: kernel, copied root, a tap)", () =>
         }),
         /Firecracker is not installed/,
       );
+      // Deploying and `fennec build` check the hypervisor the function names, not QEMU.
+      await assert.rejects(new VmDriver({ netns }).prepare(config()), /Firecracker is not installed/);
+      const { missing } = await new VmDriver({ netns }).packRoot(config());
+      assert.match(missing ?? "", /Firecracker is not installed/);
     } finally {
       process.env["FIRECRACKER_EXE"] = FAKE;
     }
