@@ -57,24 +57,26 @@ export interface Child {
   readonly output?: ReadonlyArray<Readable | null | undefined>;
 }
 
+/** How to signal a ChildProcess and read its exit. */
+export interface ChildProcessOptions {
+  /** Signal its whole process group (it was spawned `detached`), so what it started stops with it. */
+  readonly group?: boolean;
+  /** Signal it another way (a runtime's `kill`); `direct` signals the process itself. */
+  readonly kill?: (sig: "SIGTERM" | "SIGKILL", direct: (sig: NodeJS.Signals) => void) => unknown;
+  /** It is a runtime (`runc run`) whose exit status is its container's: 128 + n names signal n. */
+  readonly statusNamesSignal?: boolean;
+}
+
 /**
- * A spawned ChildProcess as a Child. `group` signals its whole process group (it was spawned
- * `detached`), so what it started stops with it; `kill` replaces the signalling (a runtime's own
- * command) and gets the direct one as a fallback. Neither signals a child that has exited: its PID
- * may be another process's by then.
+ * A spawned ChildProcess as a Child. It is never signalled once it has exited: its PID may be
+ * another process's by then.
  */
-export function fromChildProcess(
-  child: ChildProcess,
-  opts: {
-    group?: boolean;
-    kill?: (sig: "SIGTERM" | "SIGKILL", direct: (sig: NodeJS.Signals) => void) => unknown;
-  } = {},
-): Child {
+export function fromChildProcess(child: ChildProcess, opts: ChildProcessOptions = {}): Child {
   let gone = false;
   const exited = new Promise<ChildExit>((resolve) => {
     child.once("exit", (code, signal) => {
       gone = true;
-      resolve(exitOf(code, signal));
+      resolve(opts.statusNamesSignal && code !== null ? exitFromStatus(code) : exitOf(code, signal));
     });
     child.on("error", (err) => {
       // Only a spawn failure leaves no PID; a failed kill leaves the child running.
