@@ -45,6 +45,18 @@ export const ErrorCodes = [
 
 export type ErrorCode = (typeof ErrorCodes)[number];
 
+/**
+ * The details of an error about a sandbox that ended on its own (FN_CRASHED, FN_OOM): its exit
+ * status, 128 + n when signal n ended it, and that signal's name. The gateway sends details with
+ * the error, so a caller sees the exit code too.
+ */
+export type ExitDetails = {
+  readonly exitCode: number;
+  readonly signal: string | null;
+  /** For FN_OOM: the limit it exceeded. */
+  readonly memoryMiB?: number;
+};
+
 /** The one error class of Fennec: a stable code, a human message, optional structured details. */
 export class FennecError extends Error {
   readonly code: ErrorCode;

@@ -2,15 +2,10 @@ import { mkdir } from "node:fs/promises";
 import { join } from "node:path";
 import type Docker from "dockerode";
 import { FennecError } from "../../../core/errors.js";
-import type { InvokeRequest, InvokeResponse } from "../../../core/types.js";
 import type { ContainerSandboxConfig, FunctionConfig } from "../../../config/function-config.js";
-import type {
-  CleanupReport,
-  InvokeContext,
-  SandboxDriver,
-  SandboxHandle,
-  StartContext,
-} from "../../contract.js";
+import { awaitReady } from "../../await-ready.js";
+import { CleanupStack } from "../../cleanup-stack.js";
+import type { CleanupReport, SandboxDriver, SandboxHandle, StartContext } from "../../contract.js";
 import { HandlerBundles } from "../../handler-build.js";
 import { PerRevision } from "../../per-revision.js";
 import { INSIDE } from "../../host-view.js";
@@ -20,12 +15,12 @@ import { selfIdentity, startTime, stillRunning } from "../../../core/process-ide
 import { createRunDir, mergeReports, removeRunDir, runRoot, sweepStale } from "../../run-dir.js";
 import { seccompProfile } from "../../seccomp.js";
 import { giveToSandboxUser, SANDBOX_USER, takeSocket } from "../../unprivileged.js";
-import { waitForSocket } from "../../wait-socket.js";
+import { exitFromStatus, SupervisedChild, type Child, type ChildExit } from "../../supervised-child.js";
+import { SupervisedHandle } from "../../supervised-handle.js";
 import { DockerEngine, defaultDockerSocket, handlerImageRef, LABEL } from "./engine.js";
 
-/** Seconds a closing container gets after SIGTERM before Docker kills it. */
-const CLOSE_GRACE_S = 3;
-const LOG_TAIL = 4096;
+/** The lines of a container's log an error message quotes from. */
+const LOG_LINES = 20;
 
 function containerOf(config: FunctionConfig): ContainerSandboxConfig {
   if (config.sandbox.kind !== "container")
@@ -48,7 +43,7 @@ export interface ContainerDriverOptions {
  */
 export class ContainerDriver implements SandboxDriver {
   readonly name = "container";
-  readonly capabilities = { memoryLimit: true, snapshot: false, outOfProcess: true } as const;
+  readonly capabilities = { snapshot: false, oomDetection: true } as const;
   readonly engine: DockerEngine;
   readonly #bundles = new HandlerBundles();
   readonly #rootfs = new RootfsBuilds();
@@ -171,14 +166,19 @@ export class ContainerDriver implements SandboxDriver {
     const what = `${ctx.config.key}: instance ${ctx.instanceId} (docker${cfg.runtime ? `, ${cfg.runtime}` : ""})`;
     const { gvisor } = await this.engine.requireRuntime(cfg.runtime);
     const image = await this.image(ctx.config);
+    // What the instance holds, released newest first when it stops or fails to start: last, an
+    // image a newer build replaced goes with its last container.
+    const cleanup = new CleanupStack();
+    cleanup.defer(() => this.#released(ctx.config, image).catch(() => undefined));
     const dir = await createRunDir("container", ctx.instanceId);
+    cleanup.defer(() => removeRunDir(dir));
     const socketDir = join(dir, "sock");
-    await mkdir(socketDir);
-    // The one host directory the container writes: its own, the sandbox user's.
-    await giveToSandboxUser(socketDir);
     const memory = cfg.memoryMiB * 2 ** 20;
     let container: Docker.Container;
     try {
+      await mkdir(socketDir);
+      // The one host directory the container writes: its own, the sandbox user's.
+      await giveToSandboxUser(socketDir);
       container = await this.engine.api.createContainer({
         name: `fennec-${ctx.instanceId}`,
         Image: image,
@@ -220,44 +220,60 @@ export class ContainerDriver implements SandboxDriver {
         },
       });
     } catch (err) {
-      await removeRunDir(dir);
+      await cleanup.run();
       throw (
         this.engine.unavailable(err) ?? new FennecError("SANDBOX_START_FAILED", `${what}: ${message(err)}`)
       );
     }
-    const instance = new ContainerInstance({
-      engine: this.engine,
-      container,
-      dir,
+    cleanup.defer(() => container.remove({ force: true }).catch(() => undefined));
+    const child = new SupervisedChild({
+      child: startContainer(container),
       what,
       memoryMiB: cfg.memoryMiB,
-      // The socket, once ready, is moved out of the container's reach (takeSocket).
-      transport: new HttpTransport({ socketPath: join(dir, "http.sock") }, what),
-      released: () => this.#released(ctx.config, image),
+      // runsc's sandbox is killed as a whole (137) without Docker seeing an OOM kill; nothing else
+      // SIGKILLs a container Fennec is not stopping.
+      oomKilled: async (exit) =>
+        exit.signal === "SIGKILL" ||
+        ((await container.inspect().catch(() => undefined))?.State.OOMKilled ?? false),
+      moreOutput: () =>
+        container
+          .logs({ stdout: true, stderr: true, tail: LOG_LINES })
+          .then((b) => demuxLogs(b as unknown as Buffer)),
+      cleanup,
     });
-    try {
-      await container.start().catch((err: unknown) => {
-        throw new FennecError("SANDBOX_START_FAILED", `${what}: ${message(err)}`);
-      });
-      instance.watchExit();
-      // Ready when its socket accepts, unless it exits first (a UniFaaS image also calls back, but
-      // its socket is the transport: a callback alone does not make it reachable). The socket is
-      // polled only until the start is settled, whichever way.
-      const listening = new AbortController();
-      await new Promise<void>((resolve, reject) => {
-        instance.onExit(reject);
-        waitForSocket(join(socketDir, "http.sock"), AbortSignal.any([ctx.signal, listening.signal])).then(
-          resolve,
-          reject,
-        );
-      }).finally(() => listening.abort());
-      await takeSocket(join(socketDir, "http.sock"), join(dir, "http.sock"), what);
-    } catch (err) {
-      await instance.destroy();
-      throw err;
-    }
-    return instance;
+    // The socket, once ready, is moved out of the container's reach (takeSocket).
+    const handle = new SupervisedHandle(
+      child,
+      new HttpTransport({ socketPath: join(dir, "http.sock") }, what),
+    );
+    // Ready when its socket accepts, unless it exits first (a UniFaaS image also calls back, but
+    // its socket is the transport: a callback alone does not make it reachable).
+    await awaitReady(child, { kind: "socket", path: join(socketDir, "http.sock") }, ctx);
+    await takeSocket(join(socketDir, "http.sock"), join(dir, "http.sock"), what).catch(
+      async (err: unknown) => {
+        await handle.destroy();
+        throw err;
+      },
+    );
+    return handle;
   }
+}
+
+/**
+ * Starts a created container, as a Child: a start that fails is a failed spawn; then Docker's wait
+ * (`not-running`) is its exit, and signals go through the engine.
+ */
+function startContainer(container: Docker.Container): Child {
+  const unknown: ChildExit = { exitCode: -1, signal: null };
+  const exited = container.start().then(
+    () =>
+      container.wait({ condition: "not-running" }).then(
+        (result: { StatusCode?: number }) => exitFromStatus(result.StatusCode ?? -1),
+        () => unknown, // the engine went away: nothing more will be learnt
+      ),
+    (err: unknown) => ({ ...unknown, spawnError: new Error(message(err)) }),
+  );
+  return { exited, kill: (signal) => container.kill({ signal }).catch(() => undefined) };
 }
 
 /** The text of a non-TTY container's log: frames of an 8-byte header (stream, size) and the bytes. */
@@ -274,106 +290,4 @@ function demuxLogs(buf: Buffer): string {
 function message(err: unknown): string {
   const e = err as { json?: { message?: string }; message?: string };
   return e.json?.message ?? e.message ?? String(err);
-}
-
-interface ContainerInstanceOptions {
-  readonly engine: DockerEngine;
-  readonly container: Docker.Container;
-  readonly dir: string;
-  readonly what: string;
-  readonly memoryMiB: number;
-  readonly transport: HttpTransport;
-  /** After the container is removed. */
-  readonly released: () => Promise<void>;
-}
-
-/** One container: its Docker object, its run directory and socket. */
-class ContainerInstance implements SandboxHandle {
-  readonly #o: ContainerInstanceOptions;
-  readonly #exitListeners: Array<(reason: Error) => void> = [];
-  #exited: Promise<void> = Promise.resolve();
-  #exitError: FennecError | undefined;
-  #stopping = false;
-  #released = false;
-
-  constructor(o: ContainerInstanceOptions) {
-    this.#o = o;
-  }
-
-  /**
-   * Follows the container until it stops (Docker's wait with `not-running` returns at once for one
-   * that already exited) and, unless Fennec stopped it, tells the listeners why it died.
-   */
-  watchExit(): void {
-    this.#exited = this.#o.container.wait({ condition: "not-running" }).then(
-      async (result: { StatusCode?: number }) => {
-        if (this.#stopping) return;
-        const state = await this.#o.container.inspect().then(
-          (info) => info.State,
-          () => undefined,
-        );
-        this.#exitError = await this.#describeExit(result.StatusCode ?? -1, state?.OOMKilled ?? false);
-        for (const l of this.#exitListeners) l(this.#exitError);
-      },
-      () => undefined,
-    );
-  }
-
-  /** A container the kernel killed for memory is the function's fault; so is any other exit. */
-  async #describeExit(code: number, oomKilled: boolean): Promise<FennecError> {
-    // runsc's sandbox is killed as a whole (exit 137) without Docker seeing an OOM kill.
-    if (oomKilled || code === 137) {
-      return new FennecError(
-        "FN_OOM",
-        `${this.#o.what} was killed, exceeding its memory limit of ${this.#o.memoryMiB} MiB`,
-      );
-    }
-    const logs = await this.#o.container.logs({ stdout: true, stderr: true, tail: 20 }).then(
-      (b) =>
-        demuxLogs(b as unknown as Buffer)
-          .slice(-LOG_TAIL)
-          .trim(),
-      () => "",
-    );
-    return new FennecError(
-      "FN_CRASHED",
-      `${this.#o.what} exited with code ${code}${logs ? ` (output: ${logs.slice(-500)})` : ""}`,
-    );
-  }
-
-  onExit(listener: (reason: Error) => void): void {
-    this.#exitListeners.push(listener);
-  }
-
-  async invoke(request: InvokeRequest, ctx: InvokeContext): Promise<InvokeResponse> {
-    try {
-      return await this.#o.transport.invoke(request, ctx.signal);
-    } catch (err) {
-      if (err instanceof FennecError && err.code === "FN_CRASHED") {
-        await Promise.race([this.#exited, new Promise((r) => setTimeout(r, 1000))]);
-        if (this.#exitError && !this.#stopping) throw this.#exitError;
-      }
-      throw err;
-    }
-  }
-
-  async close(): Promise<void> {
-    this.#stopping = true;
-    await this.#o.container.stop({ t: CLOSE_GRACE_S }).catch(() => undefined);
-    await this.#release();
-  }
-
-  async destroy(): Promise<void> {
-    this.#stopping = true;
-    await this.#release();
-  }
-
-  async #release(): Promise<void> {
-    if (this.#released) return;
-    this.#released = true;
-    this.#o.transport.close();
-    await this.#o.container.remove({ force: true }).catch(() => undefined);
-    await removeRunDir(this.#o.dir);
-    await this.#o.released().catch(() => undefined);
-  }
 }

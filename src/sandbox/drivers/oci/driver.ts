@@ -1,35 +1,29 @@
-import { execFile, spawn, type ChildProcess } from "node:child_process";
+import { execFile, spawn } from "node:child_process";
 import { existsSync } from "node:fs";
 import { mkdir, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { promisify } from "node:util";
 import { FennecError } from "../../../core/errors.js";
-import type { InvokeRequest, InvokeResponse } from "../../../core/types.js";
 import type { FunctionConfig, OciSandboxConfig } from "../../../config/function-config.js";
 import { removeNested } from "../../cgroups.js";
-import type {
-  CleanupReport,
-  InvokeContext,
-  SandboxDriver,
-  SandboxHandle,
-  StartContext,
-} from "../../contract.js";
+import { awaitReady } from "../../await-ready.js";
+import { CleanupStack } from "../../cleanup-stack.js";
+import type { CleanupReport, SandboxDriver, SandboxHandle, StartContext } from "../../contract.js";
 import { HandlerBundles } from "../../handler-build.js";
 import { findExecutable, INSIDE, systemDirs } from "../../host-view.js";
 import { HttpTransport } from "../../http-transport.js";
 import { nodeInside, removeRootfs, RootfsBuilds, type BuiltRootfs } from "../../rootfs-build.js";
 import { createRunDir, mergeReports, ownerOf, removeRunDir, runRoot, sweepStale } from "../../run-dir.js";
 import { giveToSandboxUser, takeSocket } from "../../unprivileged.js";
-import { waitForSocket } from "../../wait-socket.js";
+import { fromChildProcess, SupervisedChild } from "../../supervised-child.js";
+import { SupervisedHandle } from "../../supervised-handle.js";
 import { mountPointsUnder } from "../../mounts.js";
 import { mountOverlay, unmountOverlay } from "./overlay.js";
 import { ociSpec, type BindMount } from "./spec.js";
 
 const run = promisify(execFile);
-const CLOSE_GRACE_MS = 3000;
 /** Containers' cgroups nest under `<Fennec's own cgroup>/fennec-oci/` in each hierarchy. */
 const CGROUP_PARENT = "fennec-oci";
-const OUTPUT_TAIL = 4096;
 /** The Debian package that provides each runtime, for the error when one is missing. */
 const PACKAGE: Record<OciSandboxConfig["runtime"], string> = { runc: "runc", runsc: "runsc" };
 
@@ -51,7 +45,7 @@ function ociOf(config: FunctionConfig): OciSandboxConfig {
  */
 export class OciDriver implements SandboxDriver {
   readonly name = "oci";
-  readonly capabilities = { memoryLimit: true, snapshot: false, outOfProcess: true } as const;
+  readonly capabilities = { snapshot: false, oomDetection: true } as const;
   readonly #bundles = new HandlerBundles();
   readonly #rootfs = new RootfsBuilds();
   /** Built roots in use: how many instances run on each, and the newest root of each function. */
@@ -179,21 +173,19 @@ export class OciDriver implements SandboxDriver {
     const cfg = ociOf(ctx.config);
     const binary = findExecutable(cfg.runtime, PACKAGE[cfg.runtime]);
     const what = `${ctx.config.key}: instance ${ctx.instanceId} (${cfg.runtime})`;
+    // What the instance holds, released newest first when it stops or fails to start.
+    const cleanup = new CleanupStack();
     const dir = await createRunDir("oci", ctx.instanceId);
+    cleanup.defer(() => removeRunDir(dir));
     const socketDir = join(dir, "sock");
-    await mkdir(socketDir);
-    // The one host directory the container writes: its own, the sandbox user's (the run directory
-    // around it, with the bundle and owner record, stays root's and is not mounted).
-    await giveToSandboxUser(socketDir);
-    const cleanup: Array<() => Promise<void>> = [];
-    const abandon = async () => {
-      for (const step of cleanup.reverse()) await step();
-      await removeRunDir(dir);
-    };
     let argv: string[];
     let rootfs: string;
     const binds: BindMount[] = [];
     try {
+      await mkdir(socketDir);
+      // The one host directory the container writes: its own, the sandbox user's (the run
+      // directory around it, with the bundle and owner record, stays root's and is not mounted).
+      await giveToSandboxUser(socketDir);
       if (cfg.command) {
         // A host program: an empty root with the host's program directories bound read-only.
         argv = [...cfg.command];
@@ -204,15 +196,16 @@ export class OciDriver implements SandboxDriver {
       } else {
         // A handler: its built root, shared read-only or under a copy-on-write overlay.
         const root = await this.rootfs(ctx.config);
-        cleanup.push(this.#acquireRoot(ctx.config, root));
+        cleanup.defer(this.#acquireRoot(ctx.config, root));
         argv = [await nodeInside(), INSIDE.runtime, INSIDE.bundle];
         if (cfg.rootfs === "overlay") {
-          rootfs = await mountOverlay(root.dir, dir);
-          cleanup.push(() => unmountOverlay(rootfs));
+          const overlay = await mountOverlay(root.dir, dir);
+          cleanup.defer(() => unmountOverlay(overlay));
+          rootfs = overlay;
         } else rootfs = root.dir;
       }
     } catch (err) {
-      await abandon();
+      await cleanup.run();
       throw err;
     }
     binds.push({ source: socketDir, destination: INSIDE.runDir, writable: true });
@@ -237,158 +230,64 @@ export class OciDriver implements SandboxDriver {
       // Relative: runc nests it under its own cgroup in each hierarchy, as Fennec's other groups are.
       cgroupsPath: join(CGROUP_PARENT, ctx.instanceId),
     });
-    await writeFile(join(dir, "config.json"), JSON.stringify(spec, null, 2));
     const runtimeArgs = OciDriver.runtimeArgs(cfg.runtime);
-    await mkdir(OciDriver.stateRoot(cfg.runtime), { recursive: true });
+    const runtime = (...args: string[]) =>
+      run(binary, [...runtimeArgs, ...args]).then(
+        () => true,
+        () => false,
+      );
+    try {
+      await writeFile(join(dir, "config.json"), JSON.stringify(spec, null, 2));
+      await mkdir(OciDriver.stateRoot(cfg.runtime), { recursive: true });
+    } catch (err) {
+      await cleanup.run();
+      throw err;
+    }
+    cleanup.defer(async () => {
+      // runsc may still be finalising a sandbox its `run` process just left: retry until it is gone.
+      for (let attempt = 0; attempt < 10; attempt++) {
+        await runtime("delete", "-f", ctx.instanceId);
+        if (!(await runtime("state", ctx.instanceId))) break;
+        await new Promise((r) => setTimeout(r, 50));
+      }
+      // runsc leaves the container's (empty) cgroups behind; remove them with it.
+      await removeNested(join(CGROUP_PARENT, ctx.instanceId));
+    });
     // 1. `run` in the foreground: the runtime process lives as long as the container, so its exit
-    //    is the container's exit, and it forwards our signals.
-    const child = spawn(binary, [...runtimeArgs, "run", "--bundle", dir, ctx.instanceId], {
+    //    is the container's exit (its status, 128 + n for signal n, the container's).
+    const runtimeProcess = spawn(binary, [...runtimeArgs, "run", "--bundle", dir, ctx.instanceId], {
       cwd: dir,
       stdio: ["ignore", "pipe", "pipe"],
     });
-    const instance = new OciInstance({
-      child,
-      binary,
-      runtimeArgs,
-      id: ctx.instanceId,
-      dir,
+    const child = new SupervisedChild({
+      child: fromChildProcess(runtimeProcess, {
+        statusNamesSignal: true,
+        // Signals go to the container through the runtime; one it cannot reach yet (still being
+        // created) is stopped by killing its runtime process, and deleted with the rest.
+        kill: async (sig, direct) => {
+          if (!(await runtime("kill", ctx.instanceId, sig.slice(3))) && sig === "SIGKILL") direct(sig);
+        },
+      }),
       what,
       memoryMiB: cfg.memoryMiB,
-      // The socket, once ready, is moved out of the container's reach (takeSocket).
-      transport: new HttpTransport({ socketPath: join(dir, "http.sock") }, what),
+      // `run` deletes the container's cgroup, with its OOM count, before it exits; nothing but the
+      // kernel's OOM killer SIGKILLs a container Fennec is not stopping (runsc's sandbox included).
+      oomKilled: (exit) => exit.signal === "SIGKILL",
       cleanup,
     });
-    // 2. Race the socket accepting against the container exiting and the start deadline; the socket
-    //    is polled only until the start is settled, whichever way.
-    const settled = new AbortController();
-    try {
-      await new Promise<void>((resolve, reject) => {
-        child.once("error", (err) =>
-          reject(new FennecError("SANDBOX_START_FAILED", `${what}: cannot run ${binary}: ${err.message}`)),
-        );
-        instance.onExit((err) => reject(err));
-        waitForSocket(join(socketDir, "http.sock"), AbortSignal.any([ctx.signal, settled.signal])).then(
-          resolve,
-          reject,
-        );
-      }).finally(() => settled.abort());
-      await takeSocket(join(socketDir, "http.sock"), join(dir, "http.sock"), what);
-    } catch (err) {
-      await instance.destroy();
-      throw err;
-    }
-    return instance;
-  }
-}
-
-interface OciInstanceOptions {
-  readonly child: ChildProcess;
-  readonly binary: string;
-  readonly runtimeArgs: string[];
-  readonly id: string;
-  readonly dir: string;
-  readonly what: string;
-  readonly memoryMiB: number;
-  readonly transport: HttpTransport;
-  /** After the container is gone, before its run directory is removed (overlay, root's users). */
-  readonly cleanup: ReadonlyArray<() => Promise<void>>;
-}
-
-/** One container: the foreground runtime process, its bundle and run directory. */
-class OciInstance implements SandboxHandle {
-  readonly #o: OciInstanceOptions;
-  readonly #exited: Promise<void>;
-  readonly #exitListeners: Array<(reason: Error) => void> = [];
-  #exitCode: number | null = null;
-  #output = "";
-  #stopping = false;
-
-  constructor(o: OciInstanceOptions) {
-    this.#o = o;
-    const keep = (chunk: Buffer) => (this.#output = (this.#output + chunk.toString()).slice(-OUTPUT_TAIL));
-    o.child.stdout?.on("data", keep);
-    o.child.stderr?.on("data", keep);
-    this.#exited = new Promise((resolve) => {
-      o.child.once("exit", (code, signal) => {
-        this.#exitCode = code ?? (signal === "SIGKILL" ? 137 : -1);
-        if (!this.#stopping) {
-          const err = this.#exitError();
-          for (const l of this.#exitListeners) l(err);
-        }
-        resolve();
-      });
-      o.child.once("error", () => resolve());
-    });
-  }
-
-  /** A container killed by SIGKILL that Fennec did not kill was killed by the kernel for memory. */
-  #exitError(): FennecError {
-    if (this.#exitCode === 137) {
-      return new FennecError(
-        "FN_OOM",
-        `${this.#o.what} was killed, exceeding its memory limit of ${this.#o.memoryMiB} MiB`,
-      );
-    }
-    const tail = this.#output.trim().slice(-500);
-    return new FennecError(
-      "FN_CRASHED",
-      `${this.#o.what} exited with code ${this.#exitCode}${tail ? ` (output: ${tail})` : ""}`,
+    // The socket, once ready, is moved out of the container's reach (takeSocket).
+    const handle = new SupervisedHandle(
+      child,
+      new HttpTransport({ socketPath: join(dir, "http.sock") }, what),
     );
-  }
-
-  onExit(listener: (reason: Error) => void): void {
-    this.#exitListeners.push(listener);
-  }
-
-  async invoke(request: InvokeRequest, ctx: InvokeContext): Promise<InvokeResponse> {
-    try {
-      return await this.#o.transport.invoke(request, ctx.signal);
-    } catch (err) {
-      if (err instanceof FennecError && err.code === "FN_CRASHED") {
-        await Promise.race([this.#exited, new Promise((r) => setTimeout(r, 1000))]);
-        if (this.#exitCode !== null && !this.#stopping) throw this.#exitError();
-      }
-      throw err;
-    }
-  }
-
-  /** Runs a runtime subcommand; true when it succeeded. */
-  async #runtime(...args: string[]): Promise<boolean> {
-    return run(this.#o.binary, [...this.#o.runtimeArgs, ...args]).then(
-      () => true,
-      () => false,
+    // 2. Race the socket accepting against the container exiting and the start deadline.
+    await awaitReady(child, { kind: "socket", path: join(socketDir, "http.sock") }, ctx);
+    await takeSocket(join(socketDir, "http.sock"), join(dir, "http.sock"), what).catch(
+      async (err: unknown) => {
+        await handle.destroy();
+        throw err;
+      },
     );
-  }
-
-  async close(): Promise<void> {
-    this.#stopping = true;
-    await this.#runtime("kill", this.#o.id, "TERM");
-    const timer = setTimeout(() => void this.#runtime("kill", this.#o.id, "KILL"), CLOSE_GRACE_MS);
-    await this.#exited;
-    clearTimeout(timer);
-    await this.#release();
-  }
-
-  async destroy(): Promise<void> {
-    this.#stopping = true;
-    await this.#runtime("kill", this.#o.id, "KILL");
-    const timer = setTimeout(() => this.#o.child.kill("SIGKILL"), CLOSE_GRACE_MS);
-    await this.#exited;
-    clearTimeout(timer);
-    await this.#release();
-  }
-
-  async #release(): Promise<void> {
-    this.#o.transport.close();
-    // runsc may still be finalising a sandbox its `run` process just left: retry until it is gone.
-    for (let attempt = 0; attempt < 10; attempt++) {
-      await this.#runtime("delete", "-f", this.#o.id);
-      if (!(await this.#runtime("state", this.#o.id))) break;
-      await new Promise((r) => setTimeout(r, 50));
-    }
-    // runsc leaves the container's (empty) cgroups behind; remove them with it.
-    await removeNested(join(CGROUP_PARENT, this.#o.id));
-    for (const step of [...this.#o.cleanup].reverse()) await step();
-    await removeRunDir(this.#o.dir);
+    return handle;
   }
 }

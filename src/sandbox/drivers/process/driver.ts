@@ -4,17 +4,11 @@ import { chmod, mkdir, stat, writeFile } from "node:fs/promises";
 import { createServer } from "node:net";
 import { dirname, join } from "node:path";
 import { FennecError } from "../../../core/errors.js";
-import type { InvokeRequest, InvokeResponse } from "../../../core/types.js";
 import type { FunctionConfig, ProcessSandboxConfig } from "../../../config/function-config.js";
 import { Cgroup, removeParents, sweepCgroups } from "../../cgroups.js";
-import type {
-  CleanupReport,
-  InvokeContext,
-  SandboxDriver,
-  SandboxHandle,
-  StartContext,
-} from "../../contract.js";
-import { terminate } from "../../terminate.js";
+import { awaitReady } from "../../await-ready.js";
+import { CleanupStack } from "../../cleanup-stack.js";
+import type { CleanupReport, SandboxDriver, SandboxHandle, StartContext } from "../../contract.js";
 import { HttpTransport, type Endpoint } from "../../http-transport.js";
 import {
   createRunDir,
@@ -25,16 +19,13 @@ import {
   runRoot,
   sweepStale,
 } from "../../run-dir.js";
-import { waitForSocket } from "../../wait-socket.js";
+import { fromChildProcess, SupervisedChild } from "../../supervised-child.js";
+import { SupervisedHandle } from "../../supervised-handle.js";
 import { HANDLER_RUNTIME, HandlerBundles } from "../../handler-build.js";
 import { INSIDE } from "../../host-view.js";
 import { giveToSandboxUser, SANDBOX_USER, takeSocket } from "../../unprivileged.js";
 import { bwrapArgs, dropRootArgs, findBwrap, findSetpriv, JOIN_CGROUPS_THEN_EXEC } from "./bubblewrap.js";
 import { denyListFilter } from "./seccomp.js";
-
-/** How long a closing instance gets after SIGTERM before SIGKILL. */
-const CLOSE_GRACE_MS = 3000;
-const OUTPUT_TAIL = 4096;
 
 function processOf(config: FunctionConfig): ProcessSandboxConfig {
   if (config.sandbox.kind !== "process")
@@ -110,16 +101,11 @@ export class ProcessDriver implements SandboxDriver {
     const what = `${ctx.config.key}: instance ${ctx.instanceId}`;
     const argv = await this.#argv(ctx.config);
     const bwrap = cfg.isolate ? findBwrap() : undefined;
+    // What the instance holds, released newest first when it stops or fails to start.
+    const cleanup = new CleanupStack();
     const dir = await createRunDir(this.name, ctx.instanceId);
+    cleanup.defer(() => removeRunDir(dir));
     let cgroup: Cgroup | undefined;
-    try {
-      if (cfg.isolate)
-        cgroup = await Cgroup.create(ctx.instanceId, { memoryMiB: cfg.memoryMiB, pids: cfg.pids });
-    } catch (err) {
-      await removeRunDir(dir);
-      throw err;
-    }
-    if (cgroup) this.#live.add(ctx.instanceId);
     const callback = cfg.isolate ? "ignore" : ctx.callbackUrl;
     const env: Record<string, string> = {
       PATH: process.env["PATH"] ?? "/usr/bin:/bin",
@@ -135,13 +121,6 @@ export class ProcessDriver implements SandboxDriver {
     const socketPath = join(dir, "http.sock");
     const socketDir = join(dir, "sock");
     const boundSocket = cfg.isolate ? join(socketDir, "http.sock") : socketPath;
-    if (cfg.transport === "unix") {
-      endpoint = { socketPath };
-      env["FENNEC_SOCKET"] = cfg.isolate ? join(INSIDE.runDir, "http.sock") : socketPath;
-    } else {
-      endpoint = { host: "127.0.0.1", port: await freePort() };
-      env["PORT"] = String(endpoint.port);
-    }
     // 1. Start the child in its own process group, so stopping it stops everything it started;
     //    an isolated one joins its cgroups first, drops root (setpriv), then becomes bwrap, then
     //    the function. What bwrap binds it gets as descriptors 3-6, opened here as root.
@@ -149,6 +128,22 @@ export class ProcessDriver implements SandboxDriver {
     let args = [...argv.slice(1), callback];
     const fds: number[] = [];
     try {
+      if (cfg.isolate) {
+        const group = await Cgroup.create(ctx.instanceId, { memoryMiB: cfg.memoryMiB, pids: cfg.pids });
+        cgroup = group;
+        this.#live.add(ctx.instanceId);
+        cleanup.defer(async () => {
+          await group.remove();
+          this.#live.delete(ctx.instanceId);
+        });
+      }
+      if (cfg.transport === "unix") {
+        endpoint = { socketPath };
+        env["FENNEC_SOCKET"] = cfg.isolate ? join(INSIDE.runDir, "http.sock") : socketPath;
+      } else {
+        endpoint = { host: "127.0.0.1", port: await freePort() };
+        env["PORT"] = String(endpoint.port);
+      }
       if (bwrap && cgroup) {
         await assertReachableBySandboxUser(ctx.config.dir, what);
         await allowTraversal(dir, this.name);
@@ -175,14 +170,12 @@ export class ProcessDriver implements SandboxDriver {
       }
     } catch (err) {
       for (const fd of fds) closeSync(fd);
-      await cgroup?.remove();
-      this.#live.delete(ctx.instanceId);
-      await removeRunDir(dir);
+      await cleanup.run();
       throw err;
     }
-    let child: ChildProcess;
+    let spawned: ChildProcess;
     try {
-      child = spawn(file, args, {
+      spawned = spawn(file, args, {
         cwd: ctx.config.dir,
         env,
         detached: true,
@@ -191,40 +184,27 @@ export class ProcessDriver implements SandboxDriver {
     } finally {
       for (const fd of fds) closeSync(fd);
     }
-    const instance = new ProcessInstance(
-      child,
-      dir,
-      cgroup,
-      new HttpTransport(endpoint, what),
+    const group = cgroup;
+    const child = new SupervisedChild({
+      child: fromChildProcess(spawned, { group: true }),
       what,
-      cfg.memoryMiB,
-      () => this.#live.delete(ctx.instanceId),
-    );
-    // Recorded at once (alongside the start), so a Fennec that dies while the instance starts
-    // leaves a child that the next start's sweep can find and end.
-    const recorded = child.pid === undefined ? undefined : recordOwner(dir, child.pid).catch(() => undefined);
+      memoryMiB: cfg.memoryMiB,
+      // Only an isolated instance has a limit, and its cgroup counts the kernel's OOM kills.
+      ...(group ? { oomKilled: () => group.oomKilled() } : {}),
+      cleanup,
+    });
+    const handle = new SupervisedHandle(child, new HttpTransport(endpoint, what));
+    // Recorded before anything can remove the run directory, so a Fennec that dies while the
+    // instance starts leaves a child that the next start's sweep can find and end.
+    if (spawned.pid !== undefined) await recordOwner(dir, spawned.pid).catch(() => undefined);
     // 2. Race readiness against the child exiting or failing to spawn, and the start deadline.
-    // Polling the socket stops when the start settles, whichever way it does.
-    const settled = new AbortController();
-    try {
-      await new Promise<void>((resolve, reject) => {
-        child.once("error", (err) =>
-          reject(new FennecError("SANDBOX_START_FAILED", `${what}: cannot start ${argv[0]}: ${err.message}`)),
-        );
-        instance.onExit((err) => reject(err));
-        const ready = cfg.isolate
-          ? waitForSocket(boundSocket, AbortSignal.any([ctx.signal, settled.signal]))
-          : ctx.waitForCallback();
-        ready.then(resolve, reject);
-      }).finally(() => settled.abort());
-      await recorded;
-      if (cfg.isolate && cfg.transport === "unix") await takeSocket(boundSocket, socketPath, what);
-    } catch (err) {
-      await recorded;
-      await instance.destroy();
-      throw err;
-    }
-    return instance;
+    await awaitReady(child, cfg.isolate ? { kind: "socket", path: boundSocket } : { kind: "callback" }, ctx);
+    if (cfg.isolate && cfg.transport === "unix")
+      await takeSocket(boundSocket, socketPath, what).catch(async (err: unknown) => {
+        await handle.destroy();
+        throw err;
+      });
+    return handle;
   }
 }
 
@@ -256,110 +236,5 @@ async function assertReachableBySandboxUser(functionDir: string, what: string): 
           `others (chmod o+x ${d})`,
       );
     if (d === dirname(d)) return;
-  }
-}
-
-/** One child process, its run directory and (when isolated) its cgroup. */
-class ProcessInstance implements SandboxHandle {
-  readonly #child: ChildProcess;
-  readonly #dir: string;
-  readonly #cgroup: Cgroup | undefined;
-  readonly #transport: HttpTransport;
-  readonly #what: string;
-  readonly #memoryMiB: number;
-  readonly #onReleased: () => void;
-  readonly #exited: Promise<void>;
-  readonly #exitListeners: Array<(reason: Error) => void> = [];
-  #output = "";
-  #stopping = false;
-
-  constructor(
-    child: ChildProcess,
-    dir: string,
-    cgroup: Cgroup | undefined,
-    transport: HttpTransport,
-    what: string,
-    memoryMiB: number,
-    onReleased: () => void,
-  ) {
-    this.#child = child;
-    this.#dir = dir;
-    this.#cgroup = cgroup;
-    this.#transport = transport;
-    this.#what = what;
-    this.#memoryMiB = memoryMiB;
-    this.#onReleased = onReleased;
-    const keep = (chunk: Buffer) => (this.#output = (this.#output + chunk.toString()).slice(-OUTPUT_TAIL));
-    child.stdout?.on("data", keep);
-    child.stderr?.on("data", keep);
-    this.#exited = new Promise((resolve) => {
-      child.once("exit", (code, signal) => {
-        if (!this.#stopping) {
-          const err = this.#exitError(code, signal);
-          for (const l of this.#exitListeners) l(err);
-        }
-        resolve();
-      });
-      child.once("error", () => resolve());
-    });
-  }
-
-  #exitError(code: number | null, signal: NodeJS.Signals | null): FennecError {
-    if (this.#cgroup?.oomKilled()) {
-      return new FennecError(
-        "FN_OOM",
-        `${this.#what} exceeded its memory limit of ${this.#memoryMiB} MiB and was killed`,
-      );
-    }
-    const how = signal ? `was killed by ${signal}` : `exited with code ${code}`;
-    const tail = this.#output.trim().slice(-500);
-    return new FennecError("FN_CRASHED", `${this.#what} ${how}${tail ? ` (output: ${tail})` : ""}`);
-  }
-
-  onExit(listener: (reason: Error) => void): void {
-    this.#exitListeners.push(listener);
-  }
-
-  async invoke(request: InvokeRequest, ctx: InvokeContext): Promise<InvokeResponse> {
-    try {
-      return await this.#transport.invoke(request, ctx.signal);
-    } catch (err) {
-      // A connection that broke because the kernel killed the function for memory is FN_OOM.
-      if (err instanceof FennecError && err.code === "FN_CRASHED" && this.#cgroup) {
-        await Promise.race([this.#exited, new Promise((r) => setTimeout(r, 200))]);
-        if (this.#cgroup.oomKilled()) throw this.#exitError(null, "SIGKILL");
-      }
-      throw err;
-    }
-  }
-
-  #signal(sig: NodeJS.Signals): void {
-    if (this.#child.pid === undefined || this.#child.exitCode !== null || this.#child.signalCode !== null)
-      return;
-    try {
-      process.kill(-this.#child.pid, sig);
-    } catch {
-      // the group is already gone
-    }
-  }
-
-  async close(): Promise<void> {
-    this.#stopping = true;
-    await terminate((sig) => this.#signal(sig), this.#exited, CLOSE_GRACE_MS);
-    await this.#release();
-  }
-
-  async destroy(): Promise<void> {
-    this.#stopping = true;
-    this.#signal("SIGKILL");
-    await this.#exited;
-    await this.#release();
-  }
-
-  async #release(): Promise<void> {
-    this.#transport.close();
-    await this.#cgroup?.remove();
-    this.#onReleased();
-    await removeRunDir(this.#dir);
   }
 }
