@@ -1,19 +1,23 @@
 import { spawn } from "node:child_process";
 import { once } from "node:events";
-import { createServer, type Server, type Socket } from "node:net";
+import { readFile } from "node:fs/promises";
+import { createServer, type Socket } from "node:net";
 import { join } from "node:path";
 import { FennecError } from "../../../core/errors.js";
+import { awaitReady, type Readiness } from "../../await-ready.js";
+import { CleanupStack } from "../../cleanup-stack.js";
 import type { StartContext } from "../../contract.js";
 import { GuestChannel } from "../../guest-channel.js";
 import { findExecutable } from "../../host-view.js";
 import { HttpTransport } from "../../http-transport.js";
 import { createRunDir, recordOwner, removeRunDir } from "../../run-dir.js";
+import { fromChildProcess, SupervisedChild } from "../../supervised-child.js";
+import { SupervisedHandle } from "../../supervised-handle.js";
 import type { Artefacts } from "./artefacts.js";
 import { vmOf } from "./hypervisor.js";
 import { qemuArgs, substituteCmdline, USER_NET, type Accel, type QemuPlan } from "./qemu-args.js";
-import { QemuInstance } from "./qemu-instance.js";
 import { loadDeviceState, type Snapshot } from "./snapshots.js";
-import type { TapNetwork, TapNetworks } from "./tap-network.js";
+import type { TapNetworks } from "./tap-network.js";
 
 /** How this QEMU starts: a boot, a restore from a snapshot, or a template to snapshot. */
 export interface LaunchMode {
@@ -28,52 +32,80 @@ export interface QemuEnv {
   readonly taps: TapNetworks;
 }
 
+/** One QEMU VM: a supervised child (QEMU, in its own process group) serving HTTP. */
+export class QemuHandle extends SupervisedHandle {
+  constructor(
+    child: SupervisedChild,
+    transport: HttpTransport,
+    readonly restored: boolean,
+    /** Where QEMU's monitor listens (a snapshot template's state is saved through it). */
+    readonly qmpSocket: string,
+  ) {
+    super(child, transport);
+  }
+}
+
 /**
- * Starts one QEMU and resolves once its guest serves: its run directory, the guest channel's
- * socket (listened on before QEMU starts) or its network (user-mode or a tap), its command line,
- * then readiness raced against QEMU exiting and the start being aborted.
+ * Starts one QEMU and resolves once its guest serves. Everything it acquires is deferred onto one
+ * cleanup stack, which the supervised child runs once QEMU has exited, however it stopped.
  */
 export async function launchQemu(
   ctx: StartContext,
   art: Artefacts,
   mode: LaunchMode,
   env: QemuEnv,
-): Promise<QemuInstance> {
+): Promise<QemuHandle> {
   const vm = vmOf(ctx.config);
-  const dir = await createRunDir("vm", ctx.instanceId);
   const what = `${ctx.config.key}: instance ${ctx.instanceId} (${vm.hypervisor.type}, ${env.accel})`;
-  const channelSocket = vm.transport === "channel" ? join(dir, "channel.sock") : undefined;
-  let listener: Server | undefined;
+  const cleanup = new CleanupStack();
+  const dir = await createRunDir("vm", ctx.instanceId);
+  cleanup.defer(() => removeRunDir(dir));
+  const qmpSocket = join(dir, "qmp.sock");
+  const consoleLog = join(dir, "console.log");
+  // 1. How Fennec will reach the guest: its channel (listened on before QEMU starts: QEMU
+  //    connects as a client, so nothing the guest writes is lost), QEMU's user network or a tap.
+  let channel: GuestChannel | undefined;
   let connection: Promise<Socket> | undefined;
-  if (channelSocket) {
-    // Listen before QEMU starts: it connects as a client, so nothing the guest writes is lost.
-    listener = createServer();
-    connection = once(listener, "connection").then(([s]) => s as Socket);
-    listener.listen(channelSocket);
-    await once(listener, "listening");
-  }
   let userNet: QemuPlan["userNet"];
-  let net: TapNetwork | undefined;
-  /** What the instance releases when it stops, beyond QEMU and its run directory. */
-  const cleanup: Array<() => unknown> = [];
+  let tap: QemuPlan["tap"];
+  let netns: string | undefined;
+  let transport: HttpTransport;
+  /** A tap guest's call to its own callback listener. */
+  let calledBack: Promise<void> | undefined;
   let append = art.cmdline;
-  if (vm.transport === "user") {
-    const callback = new URL(ctx.callbackUrl);
-    userNet = { hostPort: await freePort(), callbackPort: Number(callback.port || 80) };
-    append = substituteCmdline(art.cmdline, {
-      ip: USER_NET.ip,
-      gateway: USER_NET.gateway,
-      netmask: USER_NET.netmask,
-      callback: `http://${USER_NET.callbackHost}:${USER_NET.callbackPort}${callback.pathname}`,
-    });
-  } else if (vm.transport === "tap") {
-    net = await env.taps.open(ctx, dir, what).catch(async (err: unknown) => {
-      await removeRunDir(dir); // no instance owns it yet
-      throw err;
-    });
-    cleanup.push(() => net!.release());
-    append = substituteCmdline(art.cmdline, net.placeholders);
+  try {
+    if (vm.transport === "channel") {
+      const listener = createServer();
+      cleanup.defer(() => listener.close());
+      connection = once(listener, "connection").then(([s]) => s as Socket);
+      listener.listen(join(dir, "channel.sock"));
+      await once(listener, "listening");
+      transport = new HttpTransport({ connect: () => channel!.openStream() }, what);
+    } else if (vm.transport === "user") {
+      const callback = new URL(ctx.callbackUrl);
+      userNet = { hostPort: await freePort(), callbackPort: Number(callback.port || 80) };
+      append = substituteCmdline(art.cmdline, {
+        ip: USER_NET.ip,
+        gateway: USER_NET.gateway,
+        netmask: USER_NET.netmask,
+        callback: `http://${USER_NET.callbackHost}:${USER_NET.callbackPort}${callback.pathname}`,
+      });
+      transport = new HttpTransport({ host: "127.0.0.1", port: userNet.hostPort }, what);
+    } else {
+      const net = await env.taps.open(ctx, dir, what);
+      cleanup.defer(() => net.release());
+      tap = { name: net.lease.tap, mac: net.lease.mac };
+      netns = net.lease.netns;
+      append = substituteCmdline(art.cmdline, net.placeholders);
+      transport = new HttpTransport(net.endpoint, what);
+      calledBack = net.called;
+    }
+  } catch (err) {
+    await cleanup.run();
+    throw err;
   }
+  // 2. Start QEMU in its own process group, so a crashed Fennec's QEMU can be found and ended and
+  //    a stop reaches the helpers it runs (the `exec:` migration's shell and cat).
   const snapshot = mode.restoreFrom ?? mode.snapshotInto;
   const plan: QemuPlan = {
     vm,
@@ -83,72 +115,68 @@ export async function launchQemu(
     initrd: art.initrd,
     append,
     root: art.root,
-    qmpSocket: join(dir, "qmp.sock"),
-    channelSocket,
-    consoleLog: join(dir, "console.log"),
+    qmpSocket,
+    channelSocket: connection ? join(dir, "channel.sock") : undefined,
+    consoleLog,
     userNet,
-    tap: net ? { name: net.lease.tap, mac: net.lease.mac } : undefined,
+    tap,
     ramFile: snapshot ? { path: snapshot.ram, share: mode.snapshotInto !== undefined } : undefined,
     incoming: mode.restoreFrom !== undefined,
   };
   // A tap in a network namespace is opened from inside it: QEMU runs there (`ip` execs it).
-  const argv = net?.lease.netns
-    ? [findExecutable("ip", "iproute2"), "netns", "exec", net.lease.netns, env.qemu, ...qemuArgs(plan)]
+  const argv = netns
+    ? [findExecutable("ip", "iproute2"), "netns", "exec", netns, env.qemu, ...qemuArgs(plan)]
     : [env.qemu, ...qemuArgs(plan)];
-  const child = spawn(argv[0]!, argv.slice(1), {
+  const spawned = spawn(argv[0]!, argv.slice(1), {
     cwd: dir,
-    detached: true, // its own process group, so a crashed Fennec's QEMU can be found and ended
+    detached: true,
     stdio: ["ignore", "pipe", "pipe"],
   });
-  const instance = new QemuInstance({
-    child,
-    dir,
+  const child = new SupervisedChild({
+    child: fromChildProcess(spawned, { group: true }),
     what,
-    listener,
-    consoleLog: plan.consoleLog,
-    qmpSocket: plan.qmpSocket,
-    restored: mode.restoreFrom !== undefined,
+    // What the guest last said: the channel's LOG frames (unikernel) or the console (Linux).
+    moreOutput: async () => `${channel?.log ?? ""}${await readFile(consoleLog, "utf8").catch(() => "")}`,
     cleanup,
   });
-  try {
-    if (child.pid !== undefined) await recordOwner(dir, child.pid);
-    const exited = new Promise<never>((_, reject) => {
-      child.once("error", (err) =>
-        reject(new FennecError("SANDBOX_START_FAILED", `${what}: cannot run ${env.qemu}: ${err.message}`)),
-      );
-      instance.onExit((err) => reject(err));
-    });
-    const aborted = rejectOnAbort(ctx.signal);
-    const ready = (async () => {
-      if (connection) {
-        const channel = new GuestChannel(await connection, what);
-        instance.attachChannel(channel);
-        if (mode.restoreFrom) {
-          await loadDeviceState(plan.qmpSocket, mode.restoreFrom.state, ctx.signal);
-          await channel.ping(ctx.signal);
-        } else await channel.ready;
-      } else if (net) {
-        instance.attachTransport(new HttpTransport(net.endpoint, what));
-        await net.called;
-      } else {
-        instance.attachTransport(new HttpTransport({ host: "127.0.0.1", port: userNet!.hostPort }, what));
-        await ctx.waitForCallback();
+  if (spawned.pid !== undefined) await recordOwner(dir, spawned.pid).catch(() => undefined);
+  // 3. Race readiness against QEMU exiting and the start's deadline: the guest channel's READY
+  //    (or, restored, its device state loaded and a PING answered), a tap's callback, or Fennec's.
+  const accepted = connection;
+  const readiness: Readiness = accepted
+    ? {
+        kind: "signal",
+        ready: async (signal) => {
+          try {
+            channel = new GuestChannel(await accepted, what);
+            const open = channel;
+            cleanup.defer(() => open.close());
+            if (!mode.restoreFrom) return await open.ready;
+            await loadDeviceState(qmpSocket, mode.restoreFrom.state, signal);
+            await open.ping(signal);
+          } catch (err) {
+            // A channel that closes is usually QEMU exiting: report that exit, with what it said.
+            throw await child.explain(err);
+          }
+        },
       }
-    })();
-    await Promise.race([ready, exited, aborted]);
-    return instance;
+    : calledBack
+      ? { kind: "signal", ready: () => calledBack }
+      : { kind: "callback" };
+  try {
+    await awaitReady(child, readiness, ctx);
   } catch (err) {
-    const error = await instance.startError(err);
-    await instance.destroy();
-    throw error;
+    throw notBootable(err, child, mode) ?? err;
   }
+  return new QemuHandle(child, transport, mode.restoreFrom !== undefined, qmpSocket);
 }
 
-/** Rejects with the signal's reason once it aborts (at once if it already has). */
-function rejectOnAbort(signal: AbortSignal): Promise<never> {
-  return new Promise<never>((_, reject) => {
-    if (signal.aborted) reject(signal.reason);
-    signal.addEventListener("abort", () => reject(signal.reason), { once: true });
+/** A kernel QEMU refused to load is the function's artefact, not a crash. */
+function notBootable(err: unknown, child: SupervisedChild, mode: LaunchMode): FennecError | undefined {
+  if (!(err instanceof FennecError) || err.code !== "FN_CRASHED" || mode.restoreFrom) return undefined;
+  if (!/kernel|PVH|multiboot|initrd/i.test(child.output)) return undefined;
+  return new FennecError("FN_BAD_MODULE", `${child.what}: QEMU could not boot it: ${child.output.trim()}`, {
+    details: err.details,
   });
 }
 

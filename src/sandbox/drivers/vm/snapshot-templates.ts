@@ -5,11 +5,11 @@ import type { FunctionConfig } from "../../../config/function-config.js";
 import type { StartContext } from "../../contract.js";
 import type { Artefacts } from "./artefacts.js";
 import type { LaunchMode } from "./qemu-launch.js";
-import type { QemuInstance } from "./qemu-instance.js";
+import type { QemuHandle } from "./qemu-launch.js";
 import { saveDeviceState, type SnapshotStore } from "./snapshots.js";
 
 /** Starts one QEMU in the given mode (qemu-launch.ts, its environment bound). */
-export type Launch = (ctx: StartContext, art: Artefacts, mode: LaunchMode) => Promise<QemuInstance>;
+export type Launch = (ctx: StartContext, art: Artefacts, mode: LaunchMode) => Promise<QemuHandle>;
 
 /** How long a template guest may take from boot to ready. */
 const TEMPLATE_READY_MS = 60_000;
@@ -32,7 +32,7 @@ export class SnapshotTemplates {
   ) {}
 
   /** Restores the function's snapshot, or boots and has one written. */
-  async start(ctx: StartContext, art: Artefacts): Promise<QemuInstance> {
+  async start(ctx: StartContext, art: Artefacts): Promise<QemuHandle> {
     const found = await this.store.find(ctx.config.key, art.snapshotKey);
     if (found.snapshot) {
       try {
@@ -93,7 +93,7 @@ export class SnapshotTemplates {
     );
     const { signal } = controller;
     const began = performance.now();
-    let template: QemuInstance | undefined;
+    let template: QemuHandle | undefined;
     try {
       template = await this.launch(
         {
