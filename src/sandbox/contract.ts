@@ -7,12 +7,13 @@ import type { InvokeRequest, InvokeResponse } from "../core/types.js";
  * idempotence and events live once in `instance.ts`, not in each driver.
  */
 export interface DriverCapabilities {
-  /** The driver enforces the function's memory limit itself. */
-  readonly memoryLimit: boolean;
-  /** Instances can be started from a snapshot. */
+  /** Instances can be started from a snapshot (a start may then be `restored` rather than `cold`). */
   readonly snapshot: boolean;
-  /** Instances live in another process (and use the readiness callback). */
-  readonly outOfProcess: boolean;
+  /**
+   * Exceeding the function's memory limit ends the invocation with FN_OOM: the driver enforces the
+   * limit and recognises its kill. Absent means no (the conformance suite then skips its OOM case, saying so).
+   */
+  readonly oomDetection?: boolean;
 }
 
 export interface StartContext {

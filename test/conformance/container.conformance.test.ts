@@ -2,6 +2,7 @@ import { join } from "node:path";
 import { after, before } from "node:test";
 import type { FunctionConfig } from "../../src/config/function-config.js";
 import { ContainerDriver } from "../../src/sandbox/drivers/container/driver.js";
+import { LABEL } from "../../src/sandbox/drivers/container/engine.js";
 import { testConfig } from "../helpers/config.js";
 import { importFixtureImage, startDockerd, type TestDockerd } from "../helpers/docker.js";
 import { ROOT } from "../helpers/paths.js";
@@ -21,7 +22,12 @@ after(async () => {
   await dockerd?.stop();
 });
 
-const containerFn = (name: string, mode: string, runtime: string | undefined): FunctionConfig =>
+const containerFn = (
+  name: string,
+  mode: string,
+  runtime: string | undefined,
+  memoryMiB = 256,
+): FunctionConfig =>
   testConfig({
     id: { user: "default", name },
     key: `default/${name}`,
@@ -30,7 +36,7 @@ const containerFn = (name: string, mode: string, runtime: string | undefined): F
       kind: "container",
       image,
       handler: undefined,
-      memoryMiB: 256,
+      memoryMiB,
       runtime,
       env: { FENNEC_TEST_MODE: mode },
       pids: 1024,
@@ -41,11 +47,23 @@ const containerFn = (name: string, mode: string, runtime: string | undefined): F
 for (const runtime of ["runc", "runsc"] as const) {
   runConformance(`container (docker, ${runtime})`, async () => {
     await ready;
+    const driver = new ContainerDriver({ socketPath: dockerd.socketPath });
     return {
-      driver: new ContainerDriver({ socketPath: dockerd.socketPath }),
+      driver,
       echo: containerFn("echo", "echo", runtime),
       hang: containerFn("hang", "hang", runtime),
       fail: containerFn("fail", "fail", runtime),
+      crash: { config: containerFn("fail", "fail", runtime), exitCode: 3 },
+      failedStart: { config: containerFn("crash-at-start", "crash-at-start", runtime), exitCode: 7 },
+      oom: containerFn("alloc", "alloc", runtime, 96),
+      // Its container, live or stopped, in the engine.
+      leftovers: async (id) =>
+        (
+          await driver.engine.api.listContainers({
+            all: true,
+            filters: { label: [`${LABEL.instance}=${id}`] },
+          })
+        ).map((c) => `container ${c.Id.slice(0, 12)} (${c.State})`),
     };
   });
 }

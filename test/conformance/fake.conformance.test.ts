@@ -44,5 +44,7 @@ runConformance("fake (in-memory, scheduler logic only)", async () => {
     echo: testConfig({ id: { user: "default", name: "echo" }, key: "default/echo" }),
     hang: testConfig({ id: { user: "default", name: "hang" }, key: "default/hang" }),
     fail: testConfig({ id: { user: "default", name: "fail" }, key: "default/fail" }),
+    crash: { skip: "the fake runs no process: nothing exits, so there is no exit code to report" },
+    failedStart: { skip: "the fake runs no process: nothing exits, so there is no exit code to report" },
   };
 });

@@ -1,4 +1,5 @@
 import assert from "node:assert/strict";
+import { randomBytes } from "node:crypto";
 import { createServer } from "node:http";
 import type { AddressInfo } from "node:net";
 import { after, before, describe, it } from "node:test";
@@ -9,6 +10,7 @@ import type { SandboxDriver } from "../../src/sandbox/contract.js";
 import { Instance } from "../../src/sandbox/instance.js";
 import { ReadinessHub } from "../../src/sandbox/readiness.js";
 import { Scheduler } from "../../src/scheduler/scheduler.js";
+import { lifecycleCases, type LifecycleFixture } from "./lifecycle.js";
 
 /**
  * The one conformance suite every sandbox driver must pass. A driver's test supplies the driver
@@ -16,9 +18,10 @@ import { Scheduler } from "../../src/scheduler/scheduler.js";
  * - `echo`: answers 200 with the request body; puts the request's method, path, query and the
  *   `x-conformance` header into response headers `x-method`, `x-path`, `x-query`, `x-header`;
  * - `hang`: never answers (for timeouts);
- * - `fail`: fails every invocation in a way that is the function's fault.
+ * - `fail`: fails every invocation in a way that is the function's fault;
+ * and what the lifecycle cases need (lifecycle.ts): how its instances die, where they leave things.
  */
-export interface ConformanceFixture {
+export interface ConformanceFixture extends LifecycleFixture {
   readonly driver: SandboxDriver;
   readonly echo: FunctionConfig;
   readonly hang: FunctionConfig;
@@ -41,9 +44,11 @@ export function runConformance(name: string, setup: () => Promise<ConformanceFix
     let fx: ConformanceFixture;
     const hub = new ReadinessHub();
     const instances: Instance[] = [];
-    const started = async (config: FunctionConfig) => {
+    // Ids name run directories, containers and cgroups: unique across every suite and test file,
+    // so no suite can mistake another's leftovers for its own (or its own for none).
+    const create = (config: FunctionConfig) => {
       const inst = new Instance({
-        id: `conf-${instances.length}-${process.pid}`,
+        id: `conf-${instances.length}-${randomBytes(4).toString("hex")}`,
         driver: fx.driver,
         config,
         origin: "cold",
@@ -52,6 +57,10 @@ export function runConformance(name: string, setup: () => Promise<ConformanceFix
         startTimeoutMs: 60_000,
       });
       instances.push(inst);
+      return inst;
+    };
+    const started = async (config: FunctionConfig) => {
+      const inst = create(config);
       await inst.start();
       return inst;
     };
@@ -78,7 +87,7 @@ export function runConformance(name: string, setup: () => Promise<ConformanceFix
 
     it("has a name and capabilities", () => {
       assert.equal(typeof fx.driver.name, "string");
-      assert.equal(typeof fx.driver.capabilities.memoryLimit, "boolean");
+      assert.equal(typeof fx.driver.capabilities.snapshot, "boolean");
       assert.ok(fx.driver.memoryMiB(fx.echo) > 0);
     });
 
@@ -86,6 +95,8 @@ export function runConformance(name: string, setup: () => Promise<ConformanceFix
       const inst = await started(fx.echo);
       assert.equal(inst.state, "ready");
       assert.ok(inst.initMs > 0);
+      // Only a driver that declares snapshots may serve a cold start from one.
+      if (!fx.driver.capabilities.snapshot) assert.equal(inst.origin, "cold");
     });
 
     it("passes method, path, query, headers and body through, and the response back", async () => {
@@ -172,5 +183,8 @@ export function runConformance(name: string, setup: () => Promise<ConformanceFix
           await Promise.all(pool.instances.map((i) => i.close()));
       }
     });
+
+    // ---- lifecycle: releasing everything, dying, running out of memory (lifecycle.ts) ----
+    lifecycleCases({ fixture: () => fx, create, instances, request: () => request() });
   });
 }

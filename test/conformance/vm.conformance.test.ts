@@ -9,6 +9,12 @@ import { runConformance } from "./suite.js";
 // Needs qemu-system-x86 (and, for the Linux guest, the kernel guest/linux/build.sh builds);
 // .ci/run installs and builds both. Guests run under TCG here: KVM on this host is PVM.
 const UNIKERNELS = join(ROOT, "test", "fixtures", "unikernel");
+// The vm driver still reports a VM that stopped without its exit status in the error's details:
+// these two cases run once its QEMU and Firecracker instances are SupervisedChild's (issue 10).
+const NO_EXIT_DETAILS = {
+  skip: "the vm driver does not yet put the exit status in FN_CRASHED's details (it is not on SupervisedChild yet)",
+};
+const lifecycle = { crash: NO_EXIT_DETAILS, failedStart: NO_EXIT_DETAILS };
 const PROCESS_FIXTURE = join(ROOT, "test", "fixtures", "process");
 
 function vmConfig(over: Partial<VmSandboxConfig>): VmSandboxConfig {
@@ -44,6 +50,7 @@ runConformance("vm (unikernel, microvm)", async () => ({
   echo: unikernel("echo"),
   hang: unikernel("hang"),
   fail: unikernel("fail"),
+  ...lifecycle,
 }));
 
 /** The process driver's fixture, packed with Node into Fennec's Linux guest. */
@@ -66,6 +73,7 @@ for (const hypervisor of [
     echo: linux("echo", "echo", hypervisor),
     hang: linux("hang", "hang", hypervisor),
     fail: linux("fail", "fail", hypervisor),
+    ...lifecycle,
   }));
 }
 
@@ -92,6 +100,7 @@ runConformance("vm (Linux guest, microvm, QEMU user-mode network)", async () => 
   echo: onNetwork("echo", "echo", "user"),
   hang: onNetwork("hang", "hang", "user"),
   fail: onNetwork("fail", "fail", "user"),
+  ...lifecycle,
 }));
 
 // Taps only inside a network namespace this test creates (and removes): no address outside it.
@@ -103,6 +112,12 @@ runConformance("vm (Linux guest, microvm, UniFaaS taps in a test namespace)", as
     echo: onNetwork("echo", "echo", "tap"),
     hang: onNetwork("hang", "hang", "tap"),
     fail: onNetwork("fail", "fail", "tap"),
+    ...lifecycle,
+    // Taps are leased from a pool, not named after instances: once every instance is gone, none is left.
+    driverLeftovers: async () =>
+      execFileSync("ip", ["-n", netns, "-o", "link", "show", "type", "tun"], { encoding: "utf8" })
+        .split("\n")
+        .filter(Boolean),
     cleanup: async () => {
       execFileSync("ip", ["netns", "del", netns]);
     },

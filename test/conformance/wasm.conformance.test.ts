@@ -4,11 +4,11 @@ import { testConfig } from "../helpers/config.js";
 import { WASM_FIXTURES } from "../helpers/paths.js";
 import { runConformance } from "./suite.js";
 
-const wasmFn = (name: string, file: string) =>
+const wasmFn = (name: string, file: string, memoryMiB = 32) =>
   testConfig({
     id: { user: "default", name },
     key: `default/${name}`,
-    sandbox: { kind: "wasm", module: join(WASM_FIXTURES, file), memoryMiB: 32, env: {}, dirs: {} },
+    sandbox: { kind: "wasm", module: join(WASM_FIXTURES, file), memoryMiB, env: {}, dirs: {} },
   });
 
 runConformance("wasm", async () => ({
@@ -16,4 +16,11 @@ runConformance("wasm", async () => ({
   echo: wasmFn("reflect", "reflect.wasm"),
   hang: wasmFn("loop", "loop.wasm"),
   fail: wasmFn("trap", "trap.wasm"),
+  crash: {
+    skip: "a WASI module that exits ends its invocation (FN_EXIT), not its instance: nothing can die on its own",
+  },
+  failedStart: {
+    skip: "a wasm instance is a module in a worker thread: there is no process to exit while starting",
+  },
+  oom: wasmFn("membomb", "membomb.wasm"),
 }));

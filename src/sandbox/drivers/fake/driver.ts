@@ -27,7 +27,7 @@ export interface FakeBehaviour {
  */
 export class FakeDriver implements SandboxDriver {
   readonly name = "fake";
-  readonly capabilities = { memoryLimit: false, snapshot: false, outOfProcess: false } as const;
+  readonly capabilities = { snapshot: false, oomDetection: false } as const;
   readonly behaviour: FakeBehaviour = {
     startDelayMs: 0,
     startError: undefined,

@@ -69,7 +69,7 @@ async function readTree(dir: string, budget: { left: number }): Promise<DirTree>
  */
 export class WasmDriver implements SandboxDriver {
   readonly name = "wasm";
-  readonly capabilities = { memoryLimit: true, snapshot: false, outOfProcess: false } as const;
+  readonly capabilities = { snapshot: false, oomDetection: true } as const;
   readonly modules: ModuleCache;
   readonly #executors: ExecutorPool;
   readonly #maxOutputBytes: number;
