@@ -225,7 +225,7 @@ describe("FirecrackerVm (its API, against a fake Firecracker)", () => {
     const pid = vm.pid;
     assert.ok(alive(pid));
     await vm.kill();
-    assert.deepEqual(await vm.exited, { code: null, signal: "SIGKILL" });
+    assert.deepEqual(await vm.exited, { exitCode: 137, signal: "SIGKILL" });
     assert.ok(!alive(pid));
     for (const f of ["rootfs.ext4", "firecracker.sock"]) assert.ok(!existsSync(join(runDir, f)), f);
     await vm.kill(); // idempotent

@@ -1,8 +1,9 @@
-import { FennecError } from "../../../core/errors.js";
-import type { InvokeRequest, InvokeResponse } from "../../../core/types.js";
-import type { InvokeContext, SandboxHandle, StartContext } from "../../contract.js";
+import { awaitReady } from "../../await-ready.js";
+import { CleanupStack } from "../../cleanup-stack.js";
+import type { SandboxHandle, StartContext } from "../../contract.js";
 import { HttpTransport } from "../../http-transport.js";
 import { createRunDir, recordOwner, removeRunDir } from "../../run-dir.js";
+import { SupervisedHandle } from "../../supervised-handle.js";
 import type { Artefacts } from "./artefacts.js";
 import { findFirecracker, FirecrackerVm } from "./firecracker.js";
 import { vmOf, type Hypervisor } from "./hypervisor.js";
@@ -39,17 +40,17 @@ export class FirecrackerHypervisor implements Hypervisor {
   async start(ctx: StartContext, art: Artefacts): Promise<SandboxHandle> {
     const vm = vmOf(ctx.config);
     const image = art.root && "image" in art.root ? art.root.image : undefined;
-    const dir = await createRunDir("vm", ctx.instanceId);
     const what = `${ctx.config.key}: instance ${ctx.instanceId} (firecracker)`;
-    let net: TapNetwork | undefined;
-    let fc: FirecrackerVm | undefined;
-    const release = async () => {
-      await fc?.kill().catch(() => undefined);
-      await net?.release();
-      await removeRunDir(dir);
-    };
+    // What the instance holds, released newest first once Firecracker has exited.
+    const cleanup = new CleanupStack();
+    const dir = await createRunDir("vm", ctx.instanceId);
+    cleanup.defer(() => removeRunDir(dir));
+    let fc: FirecrackerVm;
+    let net: TapNetwork;
     try {
       net = await this.#taps.open(ctx, dir, what);
+      const lease = net.lease;
+      cleanup.defer(() => net.release());
       fc = await FirecrackerVm.start({
         id: ctx.instanceId,
         runDir: dir,
@@ -59,74 +60,20 @@ export class FirecrackerHypervisor implements Hypervisor {
         bootArgs: substituteCmdline(art.cmdline, net.placeholders),
         ...(art.initrd ? { initrd: art.initrd } : {}),
         ...(image ? { rootfs: { path: image, copy: vm.hypervisor["copy-rootfs"] !== false } } : {}),
-        tap: { name: net.lease.tap, mac: net.lease.mac },
-        ...(net.lease.netns ? { netns: net.lease.netns } : {}),
+        tap: { name: lease.tap, mac: lease.mac },
+        ...(lease.netns ? { netns: lease.netns } : {}),
         signal: ctx.signal,
+        what,
+        cleanup,
       });
-      if (fc.pid !== undefined) await recordOwner(dir, fc.pid);
-      const vmm = fc;
-      const exited = vmm.exited.then((e) => {
-        throw new FennecError(
-          "FN_CRASHED",
-          `${what}: Firecracker exited (${e.code ?? e.signal}) before the guest called back: ${vmm.output.trim().slice(-500)}`,
-        );
-      });
-      const aborted = new Promise<never>((_, reject) => {
-        if (ctx.signal.aborted) reject(ctx.signal.reason);
-        ctx.signal.addEventListener("abort", () => reject(ctx.signal.reason), { once: true });
-      });
-      await Promise.race([net.called, exited, aborted]);
-      return new FirecrackerInstance(vmm, new HttpTransport(net.endpoint, what), what, release);
     } catch (err) {
-      await release();
+      await cleanup.run(); // once: a VMM that started has already run it
       throw err;
     }
+    if (fc.pid !== undefined) await recordOwner(dir, fc.pid).catch(() => undefined);
+    await awaitReady(fc.child, { kind: "signal", ready: () => net.called }, ctx);
+    return new SupervisedHandle(fc.child, new HttpTransport(net.endpoint, what));
   }
 
   async close(): Promise<void> {}
-}
-
-/** One Firecracker microVM on a tap: invoked over its IP network, ended by killing its VMM. */
-class FirecrackerInstance implements SandboxHandle {
-  readonly #exitListeners: Array<(reason: Error) => void> = [];
-  #stopping = false;
-  #released: Promise<void> | undefined;
-
-  constructor(
-    readonly vm: FirecrackerVm,
-    readonly transport: HttpTransport,
-    readonly what: string,
-    readonly release: () => Promise<void>,
-  ) {
-    void vm.exited.then((e) => {
-      if (this.#stopping) return;
-      const err = new FennecError(
-        "FN_CRASHED",
-        `${what}: the VM stopped (${e.code ?? e.signal}); its last output: ${vm.output.trim().slice(-500)}`,
-      );
-      for (const l of this.#exitListeners) l(err);
-    });
-  }
-
-  onExit(listener: (reason: Error) => void): void {
-    this.#exitListeners.push(listener);
-  }
-
-  invoke(request: InvokeRequest, ctx: InvokeContext): Promise<InvokeResponse> {
-    return this.transport.invoke(request, ctx.signal);
-  }
-
-  /** Firecracker has no graceful stop a guest must honour (SendCtrlAltDel is x86 only and advisory). */
-  close(): Promise<void> {
-    return this.destroy();
-  }
-
-  destroy(): Promise<void> {
-    this.#stopping = true;
-    this.#released ??= (async () => {
-      this.transport.close();
-      await this.release();
-    })();
-    return this.#released;
-  }
 }

@@ -4,6 +4,8 @@ import { copyFile, rm } from "node:fs/promises";
 import { request } from "node:http";
 import { delimiter, join } from "node:path";
 import { FennecError, type ErrorCode } from "../../../core/errors.js";
+import type { CleanupStack } from "../../cleanup-stack.js";
+import { fromChildProcess, SupervisedChild, type ChildExit } from "../../supervised-child.js";
 import { waitForSocket } from "../../wait-socket.js";
 
 /**
@@ -22,7 +24,6 @@ const API_SOCKET = "firecracker.sock";
 const ROOTFS_COPY = "rootfs.ext4";
 const ROOT_DRIVE_ID = "rootfs";
 const NET_IFACE_ID = "eth0";
-const OUTPUT_TAIL = 4096;
 const API_SOCKET_TIMEOUT_MS = 5000;
 const INSTALL_HINT =
   "download a release from https://github.com/firecracker-microvm/firecracker/releases and put " +
@@ -41,7 +42,7 @@ export interface FirecrackerStartOptions {
   /**
    * The root drive. `copy` (the default, UniFaaS `copy-rootfs`) gives the instance a private,
    * writable copy in its run directory (a reflink where the filesystem can); otherwise the image
-   * is used in place, read-only unless `readOnly: false`.
+   * is used in place, read-only.
    */
   readonly rootfs?: { readonly path: string; readonly copy?: boolean };
   /** A tap that already exists (see taps.ts); attached as `eth0`. */
@@ -49,11 +50,10 @@ export interface FirecrackerStartOptions {
   /** Run the VMM inside this network namespace (`ip netns exec`), where its tap lives. */
   readonly netns?: string;
   readonly signal?: AbortSignal;
-}
-
-export interface FirecrackerExit {
-  readonly code: number | null;
-  readonly signal: NodeJS.Signals | null;
+  /** Names the instance in messages (default `Firecracker <id>`). */
+  readonly what?: string;
+  /** What the caller holds for this microVM, released with it (see supervised-child.ts). */
+  readonly cleanup?: CleanupStack;
 }
 
 /** Where the Firecracker binary is: `FIRECRACKER_EXE`, else `firecracker` on PATH; a clear error if neither. */
@@ -100,44 +100,42 @@ function executable(path: string): boolean {
   }
 }
 
-/** One microVM: its Firecracker process and the API on its socket. */
+/** One microVM: its Firecracker process, supervised, and the API on its socket. */
 export class FirecrackerVm {
   readonly apiSocket: string;
-  /** Resolves when the process has exited (never rejects). */
-  readonly exited: Promise<FirecrackerExit>;
-  readonly #child: ChildProcess;
-  readonly #rootfsCopy: string | undefined;
-  #tail = "";
-  #exit: FirecrackerExit | undefined;
+  /** The VMM under supervision: its exit, its output (the guest's serial console), its stops. */
+  readonly child: SupervisedChild;
+  readonly #pid: number | undefined;
+  #exit: ChildExit | undefined;
 
-  private constructor(child: ChildProcess, runDir: string, rootfsCopy: string | undefined) {
-    this.#child = child;
-    this.apiSocket = join(runDir, API_SOCKET);
-    this.#rootfsCopy = rootfsCopy;
-    const keep = (chunk: Buffer) => (this.#tail = (this.#tail + chunk.toString("utf8")).slice(-OUTPUT_TAIL));
-    child.stdout?.on("data", keep);
-    child.stderr?.on("data", keep);
-    this.exited = new Promise((resolve) => {
-      child.once("exit", (code, signal) => {
-        this.#exit = { code, signal };
-        resolve(this.#exit);
-      });
-      // A spawn failure (ENOENT, EACCES) emits only "error".
-      child.once("error", (err) => {
-        this.#tail += `\n${err.message}`;
-        this.#exit ??= { code: null, signal: null };
-        resolve(this.#exit);
-      });
+  private constructor(spawned: ChildProcess, opts: FirecrackerStartOptions, rootfsCopy: string | undefined) {
+    this.apiSocket = join(opts.runDir, API_SOCKET);
+    this.#pid = spawned.pid;
+    this.child = new SupervisedChild({
+      child: fromChildProcess(spawned, { group: true }),
+      what: opts.what ?? `Firecracker ${opts.id}`,
+      ...(opts.cleanup ? { cleanup: opts.cleanup } : {}),
     });
+    // Run first of the stack, once the VMM is gone: the run directory itself is the caller's.
+    const apiSocket = this.apiSocket;
+    this.child.cleanup.defer(() =>
+      Promise.all([apiSocket, rootfsCopy].filter((p) => p !== undefined).map((p) => rm(p, { force: true }))),
+    );
+    void this.child.exited.then((exit) => (this.#exit = exit));
   }
 
   get pid(): number | undefined {
-    return this.#child.pid;
+    return this.#pid;
+  }
+
+  /** Resolves when the process has exited (never rejects). */
+  get exited(): Promise<ChildExit> {
+    return this.child.exited;
   }
 
   /** The last few KiB of the process's output: Firecracker's messages and the guest's serial console. */
   get output(): string {
-    return this.#tail;
+    return this.child.output;
   }
 
   /**
@@ -173,7 +171,7 @@ export class FirecrackerVm {
       // Its own process group: kill() reaches anything it forked (`ip netns exec` execs in place).
       detached: true,
     });
-    const vm = new FirecrackerVm(child, opts.runDir, rootfsCopy);
+    const vm = new FirecrackerVm(child, opts, rootfsCopy);
     try {
       await vm.#waitForApi(opts.signal);
       await vm.#boot(opts);
@@ -232,24 +230,11 @@ export class FirecrackerVm {
   }
 
   /**
-   * Kills the process (SIGKILL to its group), waits for it, and removes the copied root drive and
-   * the API socket. Idempotent; the run directory itself is the caller's.
+   * Kills the process (SIGKILL to its group), waits for it, and runs its cleanup: the copied root
+   * drive and the API socket, then whatever the caller deferred. Idempotent.
    */
-  async kill(): Promise<void> {
-    const pid = this.#child.pid;
-    if (!this.#exit && pid !== undefined) {
-      try {
-        process.kill(-pid, "SIGKILL");
-      } catch {
-        this.#child.kill("SIGKILL");
-      }
-    }
-    await this.exited;
-    await Promise.all(
-      [this.apiSocket, this.#rootfsCopy]
-        .filter((p): p is string => p !== undefined)
-        .map((p) => rm(p, { force: true })),
-    );
+  kill(): Promise<void> {
+    return this.child.destroy();
   }
 
   /** One API request of the boot; a fault (4xx/5xx with `fault_message`) fails the start. */
@@ -306,7 +291,7 @@ export class FirecrackerVm {
   }
 
   #withOutput(message: string): string {
-    const tail = this.#tail.trim();
+    const tail = this.output.trim();
     return tail ? `${message}; its output ends with:\n${tail.slice(-1024)}` : message;
   }
 }
@@ -315,6 +300,7 @@ function sanitizeId(id: string): string {
   return id.replace(/[^A-Za-z0-9-]/g, "-").slice(0, 64) || "fennec";
 }
 
-function describeExit(exit: FirecrackerExit): string {
-  return exit.signal ? `signal ${exit.signal}` : `code ${exit.code}`;
+function describeExit(exit: ChildExit): string {
+  if (exit.spawnError) return `it could not be run: ${exit.spawnError.message}`;
+  return exit.signal ? `signal ${exit.signal}` : `code ${exit.exitCode}`;
 }
