@@ -9,7 +9,7 @@ import { CleanupStack } from "../../cleanup-stack.js";
 import type { StartContext } from "../../contract.js";
 import { GuestChannel } from "../../guest-channel.js";
 import { findExecutable } from "../../host-view.js";
-import { HttpTransport } from "../../http-transport.js";
+import { HttpTransport, type Endpoint } from "../../http-transport.js";
 import { createRunDir, recordOwner, removeRunDir } from "../../run-dir.js";
 import { fromChildProcess, SupervisedChild } from "../../supervised-child.js";
 import { SupervisedHandle } from "../../supervised-handle.js";
@@ -69,7 +69,7 @@ export async function launchQemu(
   let userNet: QemuPlan["userNet"];
   let tap: QemuPlan["tap"];
   let netns: string | undefined;
-  let transport: HttpTransport;
+  let endpoint: Endpoint;
   /** A tap guest's call to its own callback listener. */
   let calledBack: Promise<void> | undefined;
   let append = art.cmdline;
@@ -80,7 +80,7 @@ export async function launchQemu(
       connection = once(listener, "connection").then(([s]) => s as Socket);
       listener.listen(join(dir, "channel.sock"));
       await once(listener, "listening");
-      transport = new HttpTransport({ connect: () => channel!.openStream() }, what);
+      endpoint = { connect: () => channel!.openStream() };
     } else if (vm.transport === "user") {
       const callback = new URL(ctx.callbackUrl);
       userNet = { hostPort: await freePort(), callbackPort: Number(callback.port || 80) };
@@ -90,14 +90,14 @@ export async function launchQemu(
         netmask: USER_NET.netmask,
         callback: `http://${USER_NET.callbackHost}:${USER_NET.callbackPort}${callback.pathname}`,
       });
-      transport = new HttpTransport({ host: "127.0.0.1", port: userNet.hostPort }, what);
+      endpoint = { host: "127.0.0.1", port: userNet.hostPort };
     } else {
       const net = await env.taps.open(ctx, dir, what);
       cleanup.defer(() => net.release());
       tap = { name: net.lease.tap, mac: net.lease.mac };
       netns = net.lease.netns;
       append = substituteCmdline(art.cmdline, net.placeholders);
-      transport = new HttpTransport(net.endpoint, what);
+      endpoint = net.endpoint;
       calledBack = net.called;
     }
   } catch (err) {
@@ -168,7 +168,7 @@ export async function launchQemu(
   } catch (err) {
     throw notBootable(err, child, mode) ?? err;
   }
-  return new QemuHandle(child, transport, mode.restoreFrom !== undefined, qmpSocket);
+  return new QemuHandle(child, new HttpTransport(endpoint, what), mode.restoreFrom !== undefined, qmpSocket);
 }
 
 /** A kernel QEMU refused to load is the function's artefact, not a crash. */

@@ -86,12 +86,8 @@ export class SnapshotStore {
 }
 
 /** Writes a running guest's device state to `path` (its RAM is already in the shared file). */
-export async function saveDeviceState(qmpSocket: string, path: string, signal: AbortSignal): Promise<void> {
-  const qmp = await QmpClient.connect(qmpSocket, signal);
-  try {
-    await qmp.execute("migrate-set-capabilities", {
-      capabilities: [{ capability: "x-ignore-shared", state: true }],
-    });
+export function saveDeviceState(qmpSocket: string, path: string, signal: AbortSignal): Promise<void> {
+  return withoutRam(qmpSocket, signal, async (qmp) => {
     await qmp.execute("migrate", { uri: `exec:cat > ${shellQuote(path)}` });
     for (;;) {
       if (signal.aborted) throw signal.reason;
@@ -105,18 +101,12 @@ export async function saveDeviceState(qmpSocket: string, path: string, signal: A
       await new Promise((r) => setTimeout(r, 10));
     }
     if ((await stat(path)).size === 0) throw new FennecError("SANDBOX_START_FAILED", "snapshot is empty");
-  } finally {
-    qmp.close();
-  }
+  });
 }
 
 /** Loads device state into a QEMU started with `-incoming defer` and a private RAM mapping. */
-export async function loadDeviceState(qmpSocket: string, state: string, signal: AbortSignal): Promise<void> {
-  const qmp = await QmpClient.connect(qmpSocket, signal);
-  try {
-    await qmp.execute("migrate-set-capabilities", {
-      capabilities: [{ capability: "x-ignore-shared", state: true }],
-    });
+export function loadDeviceState(qmpSocket: string, state: string, signal: AbortSignal): Promise<void> {
+  return withoutRam(qmpSocket, signal, async (qmp) => {
     await qmp.execute("migrate-incoming", { uri: `exec:cat ${shellQuote(state)}` });
     // Nothing may reach the guest's devices before their state is loaded: a byte the UART took
     // during the migration would be overwritten by it, and the guest's framing would break.
@@ -128,6 +118,21 @@ export async function loadDeviceState(qmpSocket: string, state: string, signal: 
         throw new FennecError("SANDBOX_START_FAILED", `restore ended in state ${status.status}`);
       await new Promise((r) => setTimeout(r, 2));
     }
+  });
+}
+
+/** A QMP session whose migrations leave the RAM out (`x-ignore-shared`): it is the `ram` file. */
+async function withoutRam(
+  qmpSocket: string,
+  signal: AbortSignal,
+  migrate: (qmp: QmpClient) => Promise<void>,
+): Promise<void> {
+  const qmp = await QmpClient.connect(qmpSocket, signal);
+  try {
+    await qmp.execute("migrate-set-capabilities", {
+      capabilities: [{ capability: "x-ignore-shared", state: true }],
+    });
+    await migrate(qmp);
   } finally {
     qmp.close();
   }
