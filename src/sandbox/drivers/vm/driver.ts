@@ -39,7 +39,8 @@ export interface VmDriverOptions {
  */
 export class VmDriver implements SandboxDriver {
   readonly name = "vm";
-  readonly capabilities = { memoryLimit: true, snapshot: true, outOfProcess: true } as const;
+  /** A guest that runs out of memory is the guest kernel's OOM kill inside it: Fennec sees a crash. */
+  readonly capabilities = { snapshot: true, oomDetection: false } as const;
   readonly #options: VmDriverOptions;
   readonly #log: Logger;
   readonly #artefacts = new GuestArtefacts();
