@@ -13,6 +13,7 @@ import type { SandboxDriver } from "./sandbox/contract.js";
 import { sandboxKinds } from "./sandbox/drivers/index.js";
 import { validateModuleBytes } from "./sandbox/drivers/wasm/module-cache.js";
 import type { DriverSettings } from "./sandbox/kind.js";
+import type { SandboxKinds } from "./sandbox/kinds.js";
 import { ReadinessHub } from "./sandbox/readiness.js";
 import { Scheduler } from "./scheduler/scheduler.js";
 
@@ -42,6 +43,8 @@ export interface FennecOptions {
    * as plain host processes), `"docker-host"` is the Docker engine's socket, `"vm-accel"` ...
    */
   readonly driverSettings?: DriverSettings;
+  /** The sandbox kinds (default: the registered ones, `src/sandbox/drivers/index.ts`; tests add one). */
+  readonly kinds?: SandboxKinds;
   /** Extra or replacement drivers by sandbox kind (tests add a fake one). */
   readonly drivers?: ReadonlyMap<string, SandboxDriver>;
   /** Limits of the HTTP server against slow or greedy clients (defaults in SERVER_LIMITS). */
@@ -104,9 +107,10 @@ export async function startFennec(options: FennecOptions): Promise<Fennec> {
   const log = createLogger(options.logLevel ?? "info");
   const allowedHosts = new AllowedHosts(options.allowedHosts, options.host);
   const root = resolve(options.registry);
+  const kinds = options.kinds ?? sandboxKinds;
   // A directory a deploy replaced stays until the scheduler has no instance read from it.
   const registry: DirectoryRegistry = new DirectoryRegistry(root, {
-    loader: sandboxKinds.loader,
+    loader: kinds.loader,
     revisionsInUse: (key: string): string[] => scheduler.revisionsInUse(key),
   });
   const { removed, restored } = await registry.cleanupStale();
@@ -116,7 +120,7 @@ export async function startFennec(options: FennecOptions): Promise<Fennec> {
 
   const cacheDir = options.cacheDir ?? join(root, ".fennec", "cache");
   // Each kind's driver loads its module (and the module's dependencies) only here.
-  const own = await sandboxKinds.createDrivers({ settings: options.driverSettings ?? {}, cacheDir, log });
+  const own = await kinds.createDrivers({ settings: options.driverSettings ?? {}, cacheDir, log });
   const drivers = new Map([...own, ...(options.drivers ?? [])]);
   // The kinds' own hooks (status, prepared) apply to their own drivers, not to a test's stand-in.
   const kindDrivers = new Map([...own].filter(([kind, driver]) => drivers.get(kind) === driver));
@@ -125,7 +129,7 @@ export async function startFennec(options: FennecOptions): Promise<Fennec> {
   for (const [kind, driver] of drivers) {
     // A kind no function uses is swept only when it left traces: its driver's dependencies (the
     // Docker client) are not loaded for nothing.
-    if (!served.has(kind) && kindDrivers.has(kind) && !(await sandboxKinds.hasLeftovers(kind))) continue;
+    if (!served.has(kind) && kindDrivers.has(kind) && !(await kinds.hasLeftovers(kind))) continue;
     const report = await driver.cleanupStale?.().catch((err: unknown) => {
       log.warn(`${driver.name}: start-up cleanup failed`, { error: toFennecError(err).message });
       return undefined;
@@ -141,7 +145,7 @@ export async function startFennec(options: FennecOptions): Promise<Fennec> {
   const scheduler: Scheduler = new Scheduler({
     configs: registry,
     drivers,
-    enableHint: (kind) => sandboxKinds.enableHint(kind),
+    enableHint: (kind) => kinds.enableHint(kind),
     hub,
     callbackBase: () => callbackBase,
     memoryBudgetMiB: options.memoryBudgetMiB ?? 4096,
@@ -170,7 +174,7 @@ export async function startFennec(options: FennecOptions): Promise<Fennec> {
     uploadLimit: options.uploadLimitBytes ?? 64 * 2 ** 20,
     token: options.token,
     allowedHosts,
-    backends: () => sandboxKinds.status(kindDrivers),
+    backends: () => kinds.status(kindDrivers),
     ...(options.asyncResults ? { asyncResults: options.asyncResults } : {}),
   });
 
@@ -215,7 +219,7 @@ export async function startFennec(options: FennecOptions): Promise<Fennec> {
       });
     }
     if (closing) return;
-    await sandboxKinds.prepared(kindDrivers).catch(() => undefined);
+    await kinds.prepared(kindDrivers).catch(() => undefined);
     const floors = entries.filter((e) => e.config && e.config.minInstances > 0).map((e) => e.id);
     await scheduler.ensureMinimums(floors);
   };

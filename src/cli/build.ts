@@ -10,6 +10,15 @@ import { sandboxKinds } from "../sandbox/drivers/index.js";
 import type { DriverSettings, NodeContext } from "../sandbox/kind.js";
 import type { SandboxKinds } from "../sandbox/kinds.js";
 
+export interface BuildOptions {
+  /** The drivers' settings (`fennec build --docker-host`). */
+  readonly settings?: DriverSettings;
+  /** The sandbox kinds (default: the registered ones). */
+  readonly kinds?: SandboxKinds;
+  /** Where the report goes (default: stdout). */
+  readonly write?: (text: string) => void;
+}
+
 const ms = (t0: number) => `${(performance.now() - t0).toFixed(0)} ms`;
 
 /**
@@ -21,9 +30,9 @@ const ms = (t0: number) => `${(performance.now() - t0).toFixed(0)} ms`;
 export async function buildRegistry(
   dir: string,
   only: readonly string[],
-  settings: DriverSettings = {},
-  kinds: SandboxKinds = sandboxKinds,
+  options: BuildOptions = {},
 ): Promise<number> {
+  const { settings = {}, kinds = sandboxKinds, write = (text) => void process.stdout.write(text) } = options;
   const registry = new DirectoryRegistry(resolve(dir), { loader: kinds.loader });
   const node: NodeContext = { settings, cacheDir: undefined, log: createLogger("warn") };
   /**
@@ -37,7 +46,7 @@ export async function buildRegistry(
   for (const entry of await registry.list()) {
     if (only.length > 0 && !only.includes(entry.key) && !only.includes(entry.id.name)) continue;
     const t0 = performance.now();
-    const progress = (line: string) => process.stdout.write(`  ...  ${entry.key}: ${line}\n`);
+    const progress = (line: string) => write(`  ...  ${entry.key}: ${line}\n`);
     try {
       if (entry.error) throw entry.error;
       const c = entry.config!;
@@ -49,21 +58,21 @@ export async function buildRegistry(
       };
       const result = await kinds.build(c, { progress, driver });
       if ("built" in result) {
-        process.stdout.write(`ok     ${entry.key}: ${result.built} (${ms(t0)})\n`);
+        write(`ok     ${entry.key}: ${result.built} (${ms(t0)})\n`);
         continue;
       }
-      process.stdout.write(`ok     ${entry.key}: [${kind}] nothing to build: ${result.nothing}\n`);
+      write(`ok     ${entry.key}: [${kind}] nothing to build: ${result.nothing}\n`);
       const whys = nothing.get(kind) ?? new Map<string, string[]>();
       nothing.set(kind, whys.set(result.nothing, [...(whys.get(result.nothing) ?? []), entry.key]));
     } catch (err) {
       failed++;
       const e = toFennecError(err);
-      process.stdout.write(`FAILED ${entry.key}: ${e.code}: ${e.message}\n`);
+      write(`FAILED ${entry.key}: ${e.code}: ${e.message}\n`);
     }
   }
   for (const [kind, whys] of nothing)
     for (const [why, keys] of whys)
-      process.stdout.write(`nothing to build for [${kind}] ${keys.join(", ")}: ${why}\n`);
+      write(`nothing to build for [${kind}] ${keys.join(", ")}: ${why}\n`);
   return failed > 0 ? 1 : 0;
 }
 

@@ -357,7 +357,9 @@ ${flagHelp(sandboxKinds.flags("build"), 23)}
     if (values.help) return help(build);
     const { buildRegistry, buildGuestKernel } = await import("./build.js");
     if (values["guest-kernel"]) return buildGuestKernel();
-    return buildRegistry(values.registry, positionals, driverSettings(sandboxKinds.flags("build"), values));
+    return buildRegistry(values.registry, positionals, {
+      settings: driverSettings(sandboxKinds.flags("build"), values),
+    });
   },
 };
 
