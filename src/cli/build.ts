@@ -71,8 +71,7 @@ export async function buildRegistry(
     }
   }
   for (const [kind, whys] of nothing)
-    for (const [why, keys] of whys)
-      write(`nothing to build for [${kind}] ${keys.join(", ")}: ${why}\n`);
+    for (const [why, keys] of whys) write(`nothing to build for [${kind}] ${keys.join(", ")}: ${why}\n`);
   return failed > 0 ? 1 : 0;
 }
 
