@@ -7,16 +7,21 @@
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { randomUUID } from "node:crypto";
-import { loadFunctionConfig } from "../src/config/load-function.js";
 import { readFileSync } from "node:fs";
 import type { SandboxHandle } from "../src/sandbox/contract.js";
+import { sandboxKinds } from "../src/sandbox/drivers/index.js";
 import { WasmDriver } from "../src/sandbox/drivers/wasm/driver.js";
 import { summarize } from "./stats.js";
 
 const ROOT = fileURLToPath(new URL("../../", import.meta.url));
 const dir = join(ROOT, "examples", "registry", "echo");
 const file = join(dir, "function.toml");
-const config = loadFunctionConfig({ user: "default", name: "echo" }, dir, file, readFileSync(file, "utf8"));
+const config = sandboxKinds.loader.load(
+  { user: "default", name: "echo" },
+  dir,
+  file,
+  readFileSync(file, "utf8"),
+);
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 const gc = (globalThis as { gc?: () => void }).gc ?? (() => undefined);
 

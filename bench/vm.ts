@@ -20,8 +20,8 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import type { FunctionConfig } from "../src/config/function-config.js";
-import { loadFunctionConfig } from "../src/config/load-function.js";
 import type { SandboxDriver, SandboxHandle } from "../src/sandbox/contract.js";
+import { sandboxKinds } from "../src/sandbox/drivers/index.js";
 import { ProcessDriver } from "../src/sandbox/drivers/process/driver.js";
 import { VmDriver } from "../src/sandbox/drivers/vm/driver.js";
 import { runRoot } from "../src/sandbox/run-dir.js";
@@ -36,7 +36,7 @@ const request = { method: "GET", path: "/", query: "", headers: {}, body: Buffer
 function example(name: string, edit: (toml: string) => string = (t) => t): FunctionConfig {
   const dir = join(EXAMPLES, name);
   const file = join(dir, "function.toml");
-  return loadFunctionConfig({ user: "default", name }, dir, file, edit(readFileSync(file, "utf8")));
+  return sandboxKinds.loader.load({ user: "default", name }, dir, file, edit(readFileSync(file, "utf8")));
 }
 
 /** Readiness callbacks of out-of-process instances (the process baseline calls back over HTTP). */

@@ -1,7 +1,7 @@
 import { createServer, type Server } from "node:http";
 import type { AddressInfo } from "node:net";
 import { join, resolve } from "node:path";
-import { FennecError, toFennecError } from "./core/errors.js";
+import { toFennecError } from "./core/errors.js";
 import { createLogger, type Logger, type LogLevel } from "./core/log.js";
 import { AllowedHosts } from "./gateway/allowed-hosts.js";
 import type { AsyncCallLimits } from "./gateway/async-calls.js";
@@ -10,13 +10,10 @@ import { PrometheusMetrics } from "./metrics/prometheus.js";
 import { StatsCollector } from "./metrics/stats.js";
 import { DirectoryRegistry } from "./registry/registry.js";
 import type { SandboxDriver } from "./sandbox/contract.js";
-import { ContainerDriver } from "./sandbox/drivers/container/driver.js";
-import { OciDriver } from "./sandbox/drivers/oci/driver.js";
-import { ProcessDriver } from "./sandbox/drivers/process/driver.js";
-import { VmDriver } from "./sandbox/drivers/vm/driver.js";
-import type { AccelPreference } from "./sandbox/drivers/vm/accel.js";
-import { WasmDriver } from "./sandbox/drivers/wasm/driver.js";
+import { sandboxKinds } from "./sandbox/drivers/index.js";
 import { validateModuleBytes } from "./sandbox/drivers/wasm/module-cache.js";
+import type { DriverSettings } from "./sandbox/kind.js";
+import type { SandboxKinds } from "./sandbox/kinds.js";
 import { ReadinessHub } from "./sandbox/readiness.js";
 import { Scheduler } from "./scheduler/scheduler.js";
 
@@ -41,17 +38,13 @@ export interface FennecOptions {
   readonly cacheDir?: string;
   readonly logLevel?: LogLevel | "silent";
   /**
-   * Enables the `[process]` sandbox: functions run as plain host processes with no isolation, so
-   * anyone who can deploy can run commands on this host. Off unless asked for.
+   * Each driver's settings by their command-line name, as its kind declares them (`fennec serve
+   * --help`): `process: true` enables the `[process]` sandbox (off unless asked for: functions run
+   * as plain host processes), `"docker-host"` is the Docker engine's socket, `"vm-accel"` ...
    */
-  readonly processSandbox?: boolean;
-  /** The Docker engine's Engine API socket for `[container]` (default: DOCKER_HOST or Docker's). */
-  readonly dockerSocket?: string;
-  /** Accelerator of `[vm]` guests: `auto` (default) is KVM where it works, TCG otherwise. */
-  readonly vmAccel?: AccelPreference;
-  /** `[vm]` tap mode: the range of the guests' /30s and the network namespace of taps and QEMU. */
-  readonly vmTapRange?: string;
-  readonly vmNetns?: string;
+  readonly driverSettings?: DriverSettings;
+  /** The sandbox kinds (default: the registered ones, `src/sandbox/drivers/index.ts`; tests add one). */
+  readonly kinds?: SandboxKinds;
   /** Extra or replacement drivers by sandbox kind (tests add a fake one). */
   readonly drivers?: ReadonlyMap<string, SandboxDriver>;
   /** Limits of the HTTP server against slow or greedy clients (defaults in SERVER_LIMITS). */
@@ -114,8 +107,10 @@ export async function startFennec(options: FennecOptions): Promise<Fennec> {
   const log = createLogger(options.logLevel ?? "info");
   const allowedHosts = new AllowedHosts(options.allowedHosts, options.host);
   const root = resolve(options.registry);
+  const kinds = options.kinds ?? sandboxKinds;
   // A directory a deploy replaced stays until the scheduler has no instance read from it.
   const registry: DirectoryRegistry = new DirectoryRegistry(root, {
+    loader: kinds.loader,
     revisionsInUse: (key: string): string[] => scheduler.revisionsInUse(key),
   });
   const { removed, restored } = await registry.cleanupStale();
@@ -124,24 +119,17 @@ export async function startFennec(options: FennecOptions): Promise<Fennec> {
     log.warn("a deploy was interrupted: the functions keep their previous version", { paths: restored });
 
   const cacheDir = options.cacheDir ?? join(root, ".fennec", "cache");
-  const wasm = new WasmDriver({ cacheDir });
-  const drivers = new Map<string, SandboxDriver>([["wasm", wasm]]);
-  drivers.set("oci", new OciDriver());
-  drivers.set(
-    "container",
-    new ContainerDriver(options.dockerSocket ? { socketPath: options.dockerSocket } : {}),
-  );
-  const vm = new VmDriver({
-    accel: options.vmAccel ?? "auto",
-    snapshotDir: join(cacheDir, "vm-snapshots"),
-    ...(options.vmTapRange ? { tapRange: options.vmTapRange } : {}),
-    ...(options.vmNetns ? { netns: options.vmNetns } : {}),
-    log,
-  });
-  drivers.set("vm", vm);
-  if (options.processSandbox) drivers.set("process", new ProcessDriver());
-  for (const [kind, driver] of options.drivers ?? []) drivers.set(kind, driver);
-  for (const driver of drivers.values()) {
+  // Each kind's driver loads its module (and the module's dependencies) only here.
+  const own = await kinds.createDrivers({ settings: options.driverSettings ?? {}, cacheDir, log });
+  const drivers = new Map([...own, ...(options.drivers ?? [])]);
+  // The kinds' own hooks (status, prepared) apply to their own drivers, not to a test's stand-in.
+  const kindDrivers = new Map([...own].filter(([kind, driver]) => drivers.get(kind) === driver));
+  const entries = await registry.list();
+  const served = new Set<string>(entries.flatMap((e) => (e.config ? [e.config.sandbox.kind] : [])));
+  for (const [kind, driver] of drivers) {
+    // A kind no function uses is swept only when it left traces: its driver's dependencies (the
+    // Docker client) are not loaded for nothing.
+    if (!served.has(kind) && kindDrivers.has(kind) && !(await kinds.hasLeftovers(kind))) continue;
     const report = await driver.cleanupStale?.().catch((err: unknown) => {
       log.warn(`${driver.name}: start-up cleanup failed`, { error: toFennecError(err).message });
       return undefined;
@@ -157,6 +145,7 @@ export async function startFennec(options: FennecOptions): Promise<Fennec> {
   const scheduler: Scheduler = new Scheduler({
     configs: registry,
     drivers,
+    enableHint: (kind) => kinds.enableHint(kind),
     hub,
     callbackBase: () => callbackBase,
     memoryBudgetMiB: options.memoryBudgetMiB ?? 4096,
@@ -185,7 +174,7 @@ export async function startFennec(options: FennecOptions): Promise<Fennec> {
     uploadLimit: options.uploadLimitBytes ?? 64 * 2 ** 20,
     token: options.token,
     allowedHosts,
-    backends: () => ({ vm: { accel: vm.accel.accel, reason: vm.accel.reason } }),
+    backends: () => kinds.status(kindDrivers),
     ...(options.asyncResults ? { asyncResults: options.asyncResults } : {}),
   });
 
@@ -200,9 +189,8 @@ export async function startFennec(options: FennecOptions): Promise<Fennec> {
   const url = `http://${host}:${address.port}`;
   callbackBase = `${url}/ready/`;
 
-  // Compile every valid module now, so the first cold start is an instantiation, and start
-  // min-instances; both in the background, neither blocks serving.
-  const entries = await registry.list();
+  // Prepare every function now (compile modules, build roots and images), so the first cold start
+  // is an instantiation, and start min-instances; both in the background, neither blocks serving.
   for (const entry of entries) {
     if (entry.error)
       log.warn("function is not servable", {
@@ -215,15 +203,15 @@ export async function startFennec(options: FennecOptions): Promise<Fennec> {
   const prepareAll = async (): Promise<void> => {
     for (const entry of entries) {
       if (closing) return;
-      const driver = entry.config && drivers.get(entry.config.sandbox.kind);
-      if (entry.config && !driver) {
-        const kind = entry.config.sandbox.kind;
-        const hint = kind === "process" ? " (start Fennec with --process to enable it)" : "";
-        const message = `${entry.key}: no "${kind}" sandbox driver on this node${hint}`;
-        scheduler.noteError(entry.key, new FennecError("DRIVER_UNAVAILABLE", message));
-      }
-      if (!driver || !entry.config) continue;
+      if (!entry.config) continue;
       const key = entry.key;
+      let driver: SandboxDriver;
+      try {
+        driver = scheduler.driverFor(entry.config);
+      } catch (err) {
+        scheduler.noteError(key, toFennecError(err));
+        continue;
+      }
       await driver.prepare?.(entry.config).catch((err: unknown) => {
         const error = toFennecError(err);
         scheduler.noteError(key, error);
@@ -231,8 +219,7 @@ export async function startFennec(options: FennecOptions): Promise<Fennec> {
       });
     }
     if (closing) return;
-    // Cached modules of functions that no longer exist (or changed) are removed.
-    await wasm.modules.prune().catch(() => undefined);
+    await kinds.prepared(kindDrivers).catch(() => undefined);
     const floors = entries.filter((e) => e.config && e.config.minInstances > 0).map((e) => e.id);
     await scheduler.ensureMinimums(floors);
   };

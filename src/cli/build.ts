@@ -2,93 +2,76 @@ import { spawn } from "node:child_process";
 import { once } from "node:events";
 import { resolve } from "node:path";
 import { fileURLToPath } from "node:url";
-import { toFennecError, type FennecError } from "../core/errors.js";
-import type { FunctionConfig } from "../config/function-config.js";
+import { toFennecError } from "../core/errors.js";
+import { createLogger } from "../core/log.js";
 import { DirectoryRegistry } from "../registry/registry.js";
-import { ContainerDriver } from "../sandbox/drivers/container/driver.js";
-import { defaultDockerSocket } from "../sandbox/drivers/container/engine.js";
-import { OciDriver } from "../sandbox/drivers/oci/driver.js";
-import { VmDriver } from "../sandbox/drivers/vm/driver.js";
-import { buildHandler } from "../sandbox/handler-build.js";
-import { ModuleCache } from "../sandbox/drivers/wasm/module-cache.js";
+import type { SandboxDriver } from "../sandbox/contract.js";
+import { sandboxKinds } from "../sandbox/drivers/index.js";
+import type { DriverSettings, NodeContext } from "../sandbox/kind.js";
+import type { SandboxKinds } from "../sandbox/kinds.js";
 
 export interface BuildOptions {
-  /** The Docker engine that [container] handler images are imported into (default: DOCKER_HOST or /var/run/docker.sock). */
-  readonly dockerSocket?: string;
+  /** The drivers' settings (`fennec build --docker-host`). */
+  readonly settings?: DriverSettings;
+  /** The sandbox kinds (default: the registered ones). */
+  readonly kinds?: SandboxKinds;
+  /** Where the report goes (default: stdout). */
+  readonly write?: (text: string) => void;
 }
 
 const ms = (t0: number) => `${(performance.now() - t0).toFixed(0)} ms`;
 
 /**
- * `fennec build`: checks every function and builds, ahead of time, what its sandbox needs: a
- * [wasm] module compiled and checked; a [process] handler bundled; an [oci] handler's root
- * filesystem; a [container] handler's Docker image (when the engine can be reached; otherwise its
- * root filesystem, and the image is imported at first start). One progress line per step, then
- * `ok` or `FAILED` per function; exit code 1 when any function failed.
+ * `fennec build`: checks every function and runs its sandbox kind's build step ahead of time (a
+ * [wasm] module compiled and checked; a handler bundled; an [oci] or [vm] root filesystem; a
+ * [container] image). One progress line per step, then `ok` or `FAILED` per function, then the
+ * kinds whose functions had nothing to build, and why; exit code 1 when any function failed.
  */
 export async function buildRegistry(
   dir: string,
   only: readonly string[],
   options: BuildOptions = {},
 ): Promise<number> {
-  const registry = new DirectoryRegistry(resolve(dir));
-  const modules = new ModuleCache(undefined);
-  const oci = new OciDriver();
-  const vm = new VmDriver();
-  let docker: ContainerDriver | undefined;
-  /** Whether the engine answered (asked once, at the first [container] function). */
-  let engineUp: Promise<FennecError | undefined> | undefined;
+  const { settings = {}, kinds = sandboxKinds, write = (text) => void process.stdout.write(text) } = options;
+  const registry = new DirectoryRegistry(resolve(dir), { loader: kinds.loader });
+  const node: NodeContext = { settings, cacheDir: undefined, log: createLogger("warn") };
+  /**
+   * Each kind's driver, created at its first function and shared by the others; never closed: a
+   * driver's close() tears down what a serving Fennec on this host may share (cgroup parents).
+   */
+  const drivers = new Map<string, Promise<SandboxDriver>>();
+  /** Kind -> why its functions had nothing to build -> those functions. */
+  const nothing = new Map<string, Map<string, string[]>>();
   let failed = 0;
   for (const entry of await registry.list()) {
     if (only.length > 0 && !only.includes(entry.key) && !only.includes(entry.id.name)) continue;
     const t0 = performance.now();
-    const progress = (line: string) => process.stdout.write(`  ...  ${entry.key}: ${line}\n`);
+    const progress = (line: string) => write(`  ...  ${entry.key}: ${line}\n`);
     try {
       if (entry.error) throw entry.error;
-      const c: FunctionConfig = entry.config!;
-      let what = `${c.sandbox.kind}: nothing to build`;
-      if (c.sandbox.kind === "wasm") {
-        await modules.forRevision(c.sandbox.module, c.revision, c.sandbox.memoryMiB, c.file);
-        what = "wasm module compiled and checked";
-      } else if (c.sandbox.kind === "process" && c.sandbox.handler) {
-        what = `handler bundled into ${await buildHandler(c, c.sandbox.handler)}`;
-      } else if (c.sandbox.kind === "oci" && c.sandbox.handler) {
-        progress(`bundling ${c.sandbox.handler} and building its root filesystem`);
-        const root = await oci.rootfs(c);
-        what = `oci root filesystem ${root.dir} (${c.sandbox.rootfs}, ${c.sandbox.runtime})`;
-      } else if (c.sandbox.kind === "vm") {
-        const packs = c.sandbox.handler !== undefined || c.sandbox.command !== undefined;
-        if (packs) progress("building the guest's root filesystem");
-        const { missing } = await vm.packRoot(c);
-        const hv = c.sandbox.hypervisor;
-        what = packs
-          ? `vm root filesystem in ${c.dir}/.fennec/vm (${hv.type}, ${hv.type === "firecracker" || hv["disk-type"] === "block" ? "ext4 image" : "9p"})`
-          : `vm: kernel ${c.sandbox.kernel}${c.sandbox.image ? ` and image ${c.sandbox.image}` : " (a unikernel)"} found`;
-        // Booting needs more than this build makes: say what, without failing the build.
-        if (missing) what += `; to boot it: ${missing}`;
-      } else if (c.sandbox.kind === "container") {
-        docker ??= new ContainerDriver({ socketPath: options.dockerSocket ?? defaultDockerSocket() });
-        const engine = docker.engine;
-        engineUp ??= engine.ping().then(
-          () => undefined,
-          (err: unknown) => toFennecError(err),
-        );
-        const down = await engineUp;
-        if (!down) what = `docker image ${await docker.buildImage(c, progress)}`;
-        else if (c.sandbox.handler) {
-          const root = await docker.handlerRootfs(c, progress);
-          what =
-            `root filesystem ${root.dir}; the image will be imported at first start, ` +
-            `since ${down.message}`;
-        } else what = `image ${c.sandbox.image} not checked: ${down.message}`;
+      const c = entry.config!;
+      const kind = c.sandbox.kind;
+      const driver = () => {
+        let d = drivers.get(kind);
+        if (!d) drivers.set(kind, (d = kinds.createDriver(kind, node)));
+        return d;
+      };
+      const result = await kinds.build(c, { progress, driver });
+      if ("built" in result) {
+        write(`ok     ${entry.key}: ${result.built} (${ms(t0)})\n`);
+        continue;
       }
-      process.stdout.write(`ok     ${entry.key}: ${what} (${ms(t0)})\n`);
+      write(`ok     ${entry.key}: [${kind}] nothing to build: ${result.nothing}\n`);
+      const whys = nothing.get(kind) ?? new Map<string, string[]>();
+      nothing.set(kind, whys.set(result.nothing, [...(whys.get(result.nothing) ?? []), entry.key]));
     } catch (err) {
       failed++;
       const e = toFennecError(err);
-      process.stdout.write(`FAILED ${entry.key}: ${e.code}: ${e.message}\n`);
+      write(`FAILED ${entry.key}: ${e.code}: ${e.message}\n`);
     }
   }
+  for (const [kind, whys] of nothing)
+    for (const [why, keys] of whys) write(`nothing to build for [${kind}] ${keys.join(", ")}: ${why}\n`);
   return failed > 0 ? 1 : 0;
 }
 

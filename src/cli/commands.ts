@@ -1,6 +1,8 @@
 import { readdir, readFile, stat } from "node:fs/promises";
 import { basename, join, resolve } from "node:path";
 import { parseArgs } from "node:util";
+import { sandboxKinds } from "../sandbox/drivers/index.js";
+import type { DriverFlag, DriverSettings } from "../sandbox/kind.js";
 import { call, expectOk, type ClientOptions } from "./client.js";
 
 /** A mistake in the command line (exit code 2), as opposed to a failure of the work (exit code 1). */
@@ -67,16 +69,7 @@ Edits on disk apply to new instances without a restart; SIGINT/SIGTERM drain and
   --start-timeout MS     how long an instance may take to become ready (default 25000)
   --cache-dir DIR        compiled modules and VM snapshots (default DIR/.fennec/cache)
   --log-level LEVEL      error | warn | info | debug (default info)
-  --process              enable the [process] sandbox: functions run as plain host
-                         processes, without isolation (development and baselines)
-  --docker-host SOCKET   the Docker engine of [container] functions (default: DOCKER_HOST
-                         if it is unix://..., else /var/run/docker.sock)
-  --vm-accel auto|kvm|tcg  accelerator of [vm] guests (default auto: KVM where it works,
-                         else TCG; the choice and why are logged and shown in /stats)
-  --vm-tap-range CIDR    [vm] transport "tap": where the guests' /30s come from
-                         (default 10.100.0.0/16, as UniFaaS)
-  --vm-netns NAME        [vm] transport "tap": create the taps and run QEMU in this network
-                         namespace (Fennec reaches it through Unix sockets)
+${flagHelp(sandboxKinds.flags("serve"))}
   -h, --help             this help`,
   async run(argv) {
     const { values } = parseArgs({
@@ -93,18 +86,11 @@ Edits on disk apply to new instances without a restart; SIGINT/SIGTERM drain and
         "start-timeout": { type: "string", default: "25000" },
         "cache-dir": { type: "string" },
         "log-level": { type: "string", default: "info" },
-        process: { type: "boolean", default: false },
-        "docker-host": { type: "string" },
-        "vm-accel": { type: "string", default: "auto" },
-        "vm-tap-range": { type: "string" },
-        "vm-netns": { type: "string" },
+        ...parseArgsOptions(sandboxKinds.flags("serve")),
         help: { type: "boolean", short: "h" },
       },
     });
     if (values.help) return help(serve);
-    const accel = values["vm-accel"];
-    if (accel !== "auto" && accel !== "kvm" && accel !== "tcg")
-      throw new UsageError(`--vm-accel expects auto, kvm or tcg`);
     const num = (name: string, v: string, max = Number.MAX_SAFE_INTEGER) => {
       const n = /^\d+$/.test(v) ? Number(v) : NaN;
       if (!Number.isSafeInteger(n) || n > max)
@@ -132,11 +118,7 @@ Edits on disk apply to new instances without a restart; SIGINT/SIGTERM drain and
       startTimeoutMs: num("start-timeout", values["start-timeout"]),
       ...(values["cache-dir"] ? { cacheDir: values["cache-dir"] } : {}),
       logLevel: level as "info",
-      processSandbox: values.process,
-      vmAccel: accel,
-      ...(values["vm-tap-range"] ? { vmTapRange: values["vm-tap-range"] } : {}),
-      ...(values["vm-netns"] ? { vmNetns: values["vm-netns"] } : {}),
-      ...(values["docker-host"] ? { dockerSocket: values["docker-host"].replace(/^unix:\/\//, "") } : {}),
+      driverSettings: driverSettings(sandboxKinds.flags("serve"), values),
     });
     await new Promise<void>((resolve) => {
       const stop = (signal: string) => {
@@ -359,6 +341,7 @@ cached by the hash of its inputs in $FENNEC_CACHE_DIR or ~/.cache/fennec).
 
   -r, --registry DIR   registry directory (default: examples/registry)
   --guest-kernel       build the [vm] guest kernel and agent
+${flagHelp(sandboxKinds.flags("build"), 23)}
   -h, --help           this help`,
   async run(argv) {
     const { values, positionals } = parseArgs({
@@ -367,17 +350,52 @@ cached by the hash of its inputs in $FENNEC_CACHE_DIR or ~/.cache/fennec).
       options: {
         registry: { type: "string", short: "r", default: "examples/registry" },
         "guest-kernel": { type: "boolean", default: false },
+        ...parseArgsOptions(sandboxKinds.flags("build")),
         help: { type: "boolean", short: "h" },
       },
     });
     if (values.help) return help(build);
     const { buildRegistry, buildGuestKernel } = await import("./build.js");
     if (values["guest-kernel"]) return buildGuestKernel();
-    return buildRegistry(values.registry, positionals);
+    return buildRegistry(values.registry, positionals, {
+      settings: driverSettings(sandboxKinds.flags("build"), values),
+    });
   },
 };
 
 export const commands: Record<string, Command> = { serve, invoke, deploy, ls, stats: statsCmd, build };
+
+/** The help lines of the drivers' flags, descriptions aligned at `column`. */
+function flagHelp(flags: readonly DriverFlag[], column = 25): string {
+  return flags
+    .map((f) => {
+      const head = `  --${f.name}${f.value ? ` ${f.value}` : ""}`;
+      const [first = "", ...rest] = f.help.split("\n");
+      const pad = head.length < column - 1 ? head.padEnd(column) : `${head}  `;
+      return [pad + first, ...rest.map((line) => " ".repeat(column) + line)].join("\n");
+    })
+    .join("\n");
+}
+
+function parseArgsOptions(flags: readonly DriverFlag[]): Record<string, { type: "string" | "boolean" }> {
+  return Object.fromEntries(flags.map((f) => [f.name, { type: f.type }]));
+}
+
+/** The drivers' flags as given, each string checked against its choices. */
+function driverSettings(
+  flags: readonly DriverFlag[],
+  values: Readonly<Record<string, unknown>>,
+): DriverSettings {
+  const settings: Record<string, string | boolean> = {};
+  for (const f of flags) {
+    const v = values[f.name];
+    if (typeof v !== "string" && typeof v !== "boolean") continue;
+    if (f.choices && !f.choices.includes(String(v)))
+      throw new UsageError(`--${f.name} expects ${f.choices.join(", ")}`);
+    settings[f.name] = v;
+  }
+  return settings;
+}
 
 function help(cmd: Command): number {
   process.stdout.write(cmd.usage + "\n");

@@ -6,7 +6,8 @@ import type { z } from "zod";
 import { FennecError } from "../core/errors.js";
 import { functionKey, type FunctionId } from "../core/types.js";
 import type { FunctionConfig, SandboxConfig } from "./function-config.js";
-import { functionSchema, type FunctionToml } from "./function-schema.js";
+import { functionSchemaFor, type FunctionToml } from "./function-schema.js";
+import type { FunctionFiles, KindConfig, SandboxTable } from "./sandbox-table.js";
 
 export interface ConfigProblem {
   /** Dotted key path, or "" for the whole file. */
@@ -29,21 +30,6 @@ function zodProblems(error: z.ZodError): ConfigProblem[] {
     }
     return { key: base, message: issue.message };
   });
-}
-
-/** Parses and validates function.toml text; throws CONFIG_INVALID naming the file and the keys. */
-export function parseFunctionToml(text: string, file: string): FunctionToml {
-  let raw: unknown;
-  try {
-    raw = parseToml(text);
-  } catch (err) {
-    const where = err instanceof TomlError ? ` at line ${err.line}, column ${err.column}` : "";
-    const msg = err instanceof Error ? err.message.split("\n")[0] : String(err);
-    throw configError(file, [{ key: "", message: `malformed TOML${where}: ${msg}` }]);
-  }
-  const result = functionSchema.safeParse(raw);
-  if (!result.success) throw configError(file, zodProblems(result.error));
-  return result.data;
 }
 
 /** How many symbolic links one path from function.toml may pass through (as Linux's ELOOP). */
@@ -114,109 +100,85 @@ function resolveInside(
   return current;
 }
 
-function sandboxOf(cfg: FunctionToml, dir: string, file: string): SandboxConfig {
-  if (cfg.wasm) {
-    const dirs: Record<string, string> = {};
-    for (const [guest, host] of Object.entries(cfg.wasm.dirs)) {
-      dirs[guest] = resolveInside(dir, host, `wasm.dirs."${guest}"`, file, "directory");
-    }
-    return {
-      kind: "wasm",
-      module: resolveInside(dir, cfg.wasm.module, "wasm.module", file, "file"),
-      memoryMiB: cfg.wasm.memory,
-      env: cfg.wasm.env,
-      dirs,
-    };
-  }
-  if (cfg.vm) {
-    const v = cfg.vm;
-    const diskType = "disk-type" in v.hypervisor ? v.hypervisor["disk-type"] : "block";
-    const placeholders = /%(ip|gateway|netmask|callback)\b/.test(v.cmdline);
-    return {
-      kind: "vm",
-      kernel: v.kernel === undefined ? undefined : resolveInside(dir, v.kernel, "vm.kernel", file, "file"),
-      image:
-        v.image === undefined
-          ? undefined
-          : resolveInside(dir, v.image, "vm.image", file, diskType === "9p" ? "directory" : "file"),
-      memoryMiB: v.memory,
-      cpus: v.cpus,
-      cmdline: v.cmdline,
-      hypervisor: v.hypervisor,
-      handler:
-        v.handler === undefined ? undefined : resolveInside(dir, v.handler, "vm.handler", file, "file"),
-      command: v.command,
-      env: v.env,
-      // A command line with UniFaaS placeholders asks for an IP network; anything else gets the channel.
-      // Firecracker has neither a serial channel Fennec can use nor user-mode networking: taps.
-      transport:
-        v.transport ?? (v.hypervisor.type === "firecracker" ? "tap" : placeholders ? "user" : "channel"),
-      snapshot: v.snapshot,
-    };
-  }
-  if (cfg.process) {
-    const p = cfg.process;
-    return {
-      kind: "process",
-      command: p.command,
-      handler:
-        p.handler === undefined ? undefined : resolveInside(dir, p.handler, "process.handler", file, "file"),
-      env: p.env,
-      transport: p.transport,
-      memoryMiB: p.memory,
-      isolate: p.isolate,
-      pids: p.pids,
-    };
-  }
-  if (cfg.oci) {
-    const o = cfg.oci;
-    return {
-      kind: "oci",
-      command: o.command,
-      handler:
-        o.handler === undefined ? undefined : resolveInside(dir, o.handler, "oci.handler", file, "file"),
-      runtime: o.runtime,
-      env: o.env,
-      memoryMiB: o.memory,
-      pids: o.pids,
-      rootfs: o.rootfs,
-    };
-  }
-  const c = cfg.container!;
-  return {
-    kind: "container",
-    image: c.image,
-    handler:
-      c.handler === undefined ? undefined : resolveInside(dir, c.handler, "container.handler", file, "file"),
-    memoryMiB: c.memory,
-    runtime: c.runtime,
-    env: c.env,
-    pids: c.pids,
-    network: c.network,
-  };
-}
-
 /**
- * Turns function.toml text into the typed config the rest of Fennec uses. `file` is how messages
- * name function.toml (relative to the registry); `dir` is the real directory paths resolve in.
+ * Reads function.toml for a set of sandbox kinds: the schema is the top-level keys plus each
+ * kind's table (exactly one of them), and a table becomes its kind's typed config.
  */
-export function loadFunctionConfig(id: FunctionId, dir: string, file: string, text: string): FunctionConfig {
-  const cfg = parseFunctionToml(text, file);
-  return {
-    id,
-    key: functionKey(id),
-    dir,
-    file,
-    keepaliveMs: cfg.keepalive * 1000,
-    concurrentRequests: cfg["concurrent-requests"],
-    singleUse: cfg["single-use"],
-    timeoutMs: Math.round(cfg.timeout * 1000),
-    minInstances: cfg["min-instances"],
-    maxInstances: cfg["max-instances"],
-    maxQueue: cfg["max-queue"],
-    queueTimeoutMs: Math.round(cfg["queue-timeout"] * 1000),
-    forwardCredentials: cfg["forward-credentials"],
-    sandbox: sandboxOf(cfg, dir, file),
-    revision: createHash("sha256").update(text).digest("hex").slice(0, 16),
-  };
+export class FunctionLoader {
+  readonly #tables: ReadonlyMap<string, SandboxTable>;
+  readonly #schema: z.ZodType<FunctionToml>;
+
+  constructor(tables: readonly SandboxTable[]) {
+    this.#tables = new Map(tables.map((t) => [t.kind, t]));
+    if (this.#tables.size !== tables.length) throw new Error("two sandbox kinds share a name");
+    this.#schema = functionSchemaFor(new Map(tables.map((t) => [t.kind, t.schema])));
+  }
+
+  /** The sandbox kinds (table names) this loader accepts, in registration order. */
+  get kinds(): string[] {
+    return [...this.#tables.keys()];
+  }
+
+  /** Parses and validates function.toml text; throws CONFIG_INVALID naming the file and the keys. */
+  parse(text: string, file: string): FunctionToml {
+    let raw: unknown;
+    try {
+      raw = parseToml(text);
+    } catch (err) {
+      const where = err instanceof TomlError ? ` at line ${err.line}, column ${err.column}` : "";
+      const msg = err instanceof Error ? err.message.split("\n")[0] : String(err);
+      throw configError(file, [{ key: "", message: `malformed TOML${where}: ${msg}` }]);
+    }
+    const result = this.#schema.safeParse(raw);
+    if (!result.success) throw configError(file, zodProblems(result.error));
+    return result.data;
+  }
+
+  /**
+   * Turns function.toml text into the typed config the rest of Fennec uses. `file` is how messages
+   * name function.toml (relative to the registry); `dir` is the real directory paths resolve in.
+   */
+  load(id: FunctionId, dir: string, file: string, text: string): FunctionConfig {
+    const cfg = this.parse(text, file);
+    return {
+      id,
+      key: functionKey(id),
+      dir,
+      file,
+      keepaliveMs: cfg.keepalive * 1000,
+      concurrentRequests: cfg["concurrent-requests"],
+      singleUse: cfg["single-use"],
+      timeoutMs: Math.round(cfg.timeout * 1000),
+      minInstances: cfg["min-instances"],
+      maxInstances: cfg["max-instances"],
+      maxQueue: cfg["max-queue"],
+      queueTimeoutMs: Math.round(cfg["queue-timeout"] * 1000),
+      forwardCredentials: cfg["forward-credentials"],
+      sandbox: this.#sandbox(cfg, dir, file),
+      revision: createHash("sha256").update(text).digest("hex").slice(0, 16),
+    };
+  }
+
+  /** The files a config's code lives in (its kind's `code`): their stamps are part of the revision. */
+  code(config: FunctionConfig): string[] {
+    const table = this.#tables.get(config.sandbox.kind);
+    return (table?.code(config.sandbox) ?? []).filter((path) => path !== undefined);
+  }
+
+  /** The admin API's `image` of a function (module, image reference, kernel), or null. */
+  image(config: FunctionConfig): string | null {
+    return (
+      this.#tables.get(config.sandbox.kind)?.image(config as KindConfig<typeof config.sandbox.kind>) ?? null
+    );
+  }
+
+  #sandbox(cfg: FunctionToml, dir: string, file: string): SandboxConfig {
+    // The schema let exactly one table through.
+    const table = [...this.#tables.values()].find((t) => cfg[t.kind] !== undefined)!;
+    const files: FunctionFiles = {
+      file: (rel, key) => resolveInside(dir, rel, `${table.kind}.${key}`, file, "file"),
+      directory: (rel, key) => resolveInside(dir, rel, `${table.kind}.${key}`, file, "directory"),
+    };
+    return table.toConfig(cfg[table.kind], files);
+  }
 }

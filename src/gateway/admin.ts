@@ -1,10 +1,8 @@
 import { readFile } from "node:fs/promises";
-import { relative } from "node:path";
 import { FennecError, toFennecError } from "../core/errors.js";
 import type { FunctionId } from "../core/types.js";
 import type { FunctionConfig } from "../config/function-config.js";
-import { parseFunctionToml } from "../config/load-function.js";
-import type { DeployCheck, DirectoryRegistry } from "../registry/registry.js";
+import { wasmModuleOf, type DeployCheck, type DirectoryRegistry } from "../registry/registry.js";
 import type { Scheduler } from "../scheduler/scheduler.js";
 import { functionId } from "./routes.js";
 
@@ -35,7 +33,10 @@ function summary(c: FunctionConfig): Record<string, unknown> {
   };
 }
 
-/** Lists every function on disk with its state; a broken one shows its error and hides nothing else. */
+/**
+ * Lists every function on disk with its state; a broken one shows its error and hides nothing else.
+ * A function's `image` is what its sandbox kind shows (module, image reference, kernel).
+ */
 export async function describeFunctions(
   registry: DirectoryRegistry,
   scheduler: Scheduler,
@@ -45,26 +46,13 @@ export async function describeFunctions(
     const counts = pools.get(entry.key)?.counts();
     const c = entry.config;
     const error = entry.error ?? scheduler.lastError(entry.key);
-    const artefact =
-      c?.sandbox.kind === "wasm"
-        ? c.sandbox.module
-        : c?.sandbox.kind === "container"
-          ? c.sandbox.image
-          : c?.sandbox.kind === "vm"
-            ? c.sandbox.kernel
-            : undefined;
     return {
       name: entry.id.name,
       user: entry.id.user,
       namespace: entry.id.user,
       key: entry.key,
       sandbox: c?.sandbox.kind ?? null,
-      image:
-        artefact === undefined
-          ? null
-          : c?.sandbox.kind === "container"
-            ? artefact
-            : relative(entry.dir, artefact),
+      image: c ? registry.loader.image(c) : null,
       state: error ? "error" : "ready",
       replicas: counts ? counts.starting + counts.ready + counts.busy : 0,
       availableReplicas: counts ? counts.ready + counts.busy : 0,
@@ -143,7 +131,7 @@ export async function deployFromJson(
   if (typeof doc.toml !== "string")
     throw new FennecError("BAD_REQUEST", 'deploy expects "toml": the function.toml text');
   const what = `deploy of ${id.user}/${id.name}`;
-  const parsed = parseFunctionToml(doc.toml, `${what}: function.toml`);
+  const parsed = registry.loader.parse(doc.toml, `${what}: function.toml`);
   const files = new Map<string, Uint8Array>();
   if (doc.files !== undefined) {
     if (typeof doc.files !== "object" || doc.files === null)
@@ -151,8 +139,9 @@ export async function deployFromJson(
     for (const [name, value] of Object.entries(doc.files)) files.set(name, base64(value, `files.${name}`));
   }
   if (doc.module !== undefined) {
-    if (!parsed.wasm) throw new FennecError("BAD_REQUEST", '"module" is only for [wasm] functions');
-    files.set(parsed.wasm.module, base64(doc.module, "module"));
+    const moduleFile = wasmModuleOf(parsed);
+    if (!moduleFile) throw new FennecError("BAD_REQUEST", '"module" is only for [wasm] functions');
+    files.set(moduleFile, base64(doc.module, "module"));
   }
   return registry.deploy(id, doc.toml, files, deployCheck(scheduler, validateModule, what));
 }

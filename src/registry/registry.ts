@@ -19,7 +19,8 @@ import { selfIdentity, stillRunning } from "../core/process-identity.js";
 import { assertValidName, DEFAULT_USER, isValidName } from "../core/names.js";
 import { functionKey, type FunctionId } from "../core/types.js";
 import type { FunctionConfig } from "../config/function-config.js";
-import { loadFunctionConfig, parseFunctionToml } from "../config/load-function.js";
+import type { FunctionToml } from "../config/function-schema.js";
+import type { FunctionLoader } from "../config/load-function.js";
 import { fsyncDir, KeyedMutex, renameDurable, TEMP_PREFIX, writeFileAtomic } from "./atomic-write.js";
 
 export const FUNCTION_FILE = "function.toml";
@@ -57,6 +58,8 @@ export interface FunctionEntry {
 export type DeployCheck = (config: FunctionConfig) => Promise<void>;
 
 export interface RegistryOptions {
+  /** Reads function.toml: the sandbox kinds this Fennec has (`sandboxKinds.loader`). */
+  readonly loader: FunctionLoader;
   /**
    * The revisions of a function that instances still run from (starting, serving or stopping):
    * a replaced or deleted directory is kept until none of them was read from it. The composition
@@ -98,12 +101,14 @@ export class DirectoryRegistry {
   readonly #cache = new Map<string, CacheSlot>();
   readonly #mutex = new KeyedMutex();
   readonly #opts: RegistryOptions;
+  readonly loader: FunctionLoader;
   readonly #retired: Retired[] = [];
   readonly #removals = new Set<Promise<void>>();
 
-  constructor(root: string, opts: RegistryOptions = {}) {
+  constructor(root: string, opts: RegistryOptions) {
     this.root = root;
     this.#opts = opts;
+    this.loader = opts.loader;
   }
 
   /** The directory of a function; names are validated so nothing can point outside the root. */
@@ -134,7 +139,7 @@ export class DirectoryRegistry {
     }
     const tomlStamp = stampOf(st);
     const cached = this.#cache.get(file);
-    if (cached?.tomlStamp === tomlStamp && cached.artefactStamp === (await artefactStamp(cached.config))) {
+    if (cached?.tomlStamp === tomlStamp && cached.artefactStamp === (await this.#codeStamp(cached.config))) {
       return cached.config;
     }
     let text: string;
@@ -147,13 +152,26 @@ export class DirectoryRegistry {
         throw new FennecError("FUNCTION_NOT_FOUND", `function ${key} does not exist`);
       throw this.#readError(file, err);
     }
-    const base = loadFunctionConfig(id, dir, this.#shown(file), text);
-    const art = await artefactStamp(base);
+    const base = this.loader.load(id, dir, this.#shown(file), text);
+    const art = await this.#codeStamp(base);
     // The revision covers the artefact too (re-uploading a module recycles the old instances), and
     // the directory itself: a redeploy swaps in a new one, and instances of the old one retire.
     const config: FunctionConfig = { ...base, revision: `${base.revision}.${art}${revisionTag(dirIno)}` };
     this.#cache.set(file, { tomlStamp, artefactStamp: art, config });
     return config;
+  }
+
+  /** Stamps of the files a config's code lives in (its kind says which): a change is a new revision. */
+  async #codeStamp(config: FunctionConfig): Promise<string> {
+    const stamps: string[] = [];
+    for (const path of this.loader.code(config)) {
+      try {
+        stamps.push(stampOf(await stat(path)));
+      } catch {
+        stamps.push("missing");
+      }
+    }
+    return stamps.length === 0 ? "-" : stamps.join("+");
   }
 
   async #statToml(file: string): Promise<Stats | undefined> {
@@ -241,7 +259,7 @@ export class DirectoryRegistry {
     files: ReadonlyMap<string, Uint8Array> = new Map(),
     check?: DeployCheck,
   ): Promise<FunctionConfig> {
-    parseFunctionToml(tomlText, this.#shown(join(this.dirOf(id), FUNCTION_FILE)));
+    this.loader.parse(tomlText, this.#shown(join(this.dirOf(id), FUNCTION_FILE)));
     for (const name of files.keys()) {
       if (!isValidFileName(name))
         throw new FennecError("BAD_NAME", `invalid artefact file name ${JSON.stringify(name.slice(0, 130))}`);
@@ -265,7 +283,7 @@ export class DirectoryRegistry {
     return this.#replace(id, check, async (scratch, live) => {
       const shown = this.#shown(join(this.dirOf(id), FUNCTION_FILE));
       const toml = live ? await readFile(join(scratch, FUNCTION_FILE), "utf8") : undefined;
-      const moduleFile = toml === undefined ? "function.wasm" : parseFunctionToml(toml, shown).wasm?.module;
+      const moduleFile = toml === undefined ? "function.wasm" : wasmModuleOf(this.loader.parse(toml, shown));
       if (!moduleFile) {
         throw new FennecError(
           "CONFIG_INVALID",
@@ -309,7 +327,7 @@ export class DirectoryRegistry {
         if (live) await linkTree(dir, scratch, (name) => name === CACHE_DIR || name.startsWith(TEMP_PREFIX));
         const toml = await build(scratch, live);
         await writeFileAtomic(join(scratch, FUNCTION_FILE), toml);
-        const config = loadFunctionConfig(id, scratch, this.#shown(join(dir, FUNCTION_FILE)), toml);
+        const config = this.loader.load(id, scratch, this.#shown(join(dir, FUNCTION_FILE)), toml);
         await check?.(config);
         await fsyncDir(scratch);
         await mkdir(parent, { recursive: true });
@@ -530,25 +548,10 @@ function stampOf(st: Stats): string {
   return `${st.mtimeMs.toString(36)}.${st.size.toString(36)}.${st.ino.toString(36)}`;
 }
 
-async function artefactStamp(config: FunctionConfig): Promise<string> {
-  const s = config.sandbox;
-  const artefacts =
-    s.kind === "wasm"
-      ? [s.module]
-      : s.kind === "process" || s.kind === "oci" || s.kind === "container"
-        ? [s.handler]
-        : // A VM's kernel and image are its code: a new one is a new revision (and snapshot).
-          [s.kernel, s.image, s.handler];
-  const stamps: string[] = [];
-  for (const artefact of artefacts) {
-    if (artefact === undefined) continue;
-    try {
-      stamps.push(stampOf(await stat(artefact)));
-    } catch {
-      stamps.push("missing");
-    }
-  }
-  return stamps.length === 0 ? "-" : stamps.join("+");
+/** `[wasm] module` of a parsed function.toml: what a Faasm upload replaces; undefined for other kinds. */
+export function wasmModuleOf(toml: FunctionToml): string | undefined {
+  const wasm = toml["wasm"] as { module?: unknown } | undefined;
+  return typeof wasm?.module === "string" ? wasm.module : undefined;
 }
 
 /** Whether anything has the name, a symbolic link included (never followed). */

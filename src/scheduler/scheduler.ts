@@ -28,6 +28,8 @@ export interface SchedulerOptions {
   readonly configs: ConfigSource;
   /** Sandbox kind (`wasm`, `vm`, ...) -> driver. */
   readonly drivers: ReadonlyMap<string, SandboxDriver>;
+  /** How to turn on a kind that has no driver here (`start Fennec with --process to enable it`). */
+  readonly enableHint?: (kind: string) => string | undefined;
   readonly hub: ReadinessHub;
   /** Base of the readiness callback URL, ending in `/ready/` (known once the gateway listens). */
   readonly callbackBase: () => string;
@@ -173,10 +175,10 @@ export class Scheduler implements PoolHost {
   driverFor(config: FunctionConfig): SandboxDriver {
     const driver = this.#opts.drivers.get(config.sandbox.kind);
     if (!driver) {
-      const hint = config.sandbox.kind === "process" ? "; start Fennec with --process to enable it" : "";
+      const hint = this.#opts.enableHint?.(config.sandbox.kind);
       throw new FennecError(
         "DRIVER_UNAVAILABLE",
-        `${config.key}: no "${config.sandbox.kind}" sandbox driver is available on this node (available: ${[...this.#opts.drivers.keys()].join(", ")}${hint})`,
+        `${config.key}: no "${config.sandbox.kind}" sandbox driver is available on this node (available: ${[...this.#opts.drivers.keys()].join(", ")}${hint ? `; ${hint}` : ""})`,
       );
     }
     return driver;

@@ -206,7 +206,7 @@ describe("start-up cleanup with two Fennecs on one run root", () => {
       registry: await registry(join(work.dir, "reg-c")),
       port: 0,
       logLevel: "silent",
-      processSandbox: true,
+      driverSettings: { process: true },
     });
 
     // A's children, its cgroup's processes and its container are ended; its debris is gone.
@@ -266,7 +266,12 @@ describe("start-up cleanup with two Fennecs on one run root", () => {
     await writeFile(temp, "half");
     await mkdir(join(trash, "old"), { recursive: true });
     process.env["FENNEC_RUN_DIR"] = runBase;
-    const options = { registry: reg, port: 0, logLevel: "silent", processSandbox: true } as const;
+    const options = {
+      registry: reg,
+      port: 0,
+      logLevel: "silent",
+      driverSettings: { process: true },
+    } as const;
     const second = await startFennec(options);
     await second.close();
     assert.ok(existsSync(temp) && existsSync(trash), "another live Fennec's files are kept");

@@ -254,7 +254,10 @@ describe("Docker examples through the gateway", () => {
   let s: TestServer;
   before(async () => {
     await ready;
-    s = await startTestServer({ startTimeoutMs: 60_000, dockerSocket: dockerd.socketPath });
+    s = await startTestServer({
+      startTimeoutMs: 60_000,
+      driverSettings: { "docker-host": dockerd.socketPath },
+    });
   });
   after(() => s.close());
 
@@ -277,7 +280,7 @@ describe("Docker examples through the gateway", () => {
       (await dockerd.engine.ownContainers(runRoot("container"))).map((c) => c.Id).sort();
     const dirs = () => readdirSync(runRoot("container")).sort();
     const [containersBefore, dirsBefore] = [await ids(), dirs()];
-    const other = await startTestServer({ dockerSocket: dockerd.socketPath });
+    const other = await startTestServer({ driverSettings: { "docker-host": dockerd.socketPath } });
     assert.equal((await request(`${other.url}/invoke/hello-docker/`)).status, 200);
     assert.equal((await ids()).length, containersBefore.length + 1);
     await other.close();
@@ -286,7 +289,9 @@ describe("Docker examples through the gateway", () => {
   });
 
   it("keeps serving other backends while the Docker engine is down", async () => {
-    const down = await startTestServer({ dockerSocket: join(dockerd.dir, "nothing-here.sock") });
+    const down = await startTestServer({
+      driverSettings: { "docker-host": join(dockerd.dir, "nothing-here.sock") },
+    });
     try {
       const docker = await request(`${down.url}/invoke/hello-docker/`);
       assert.equal(docker.status, 503, docker.text);

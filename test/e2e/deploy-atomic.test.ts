@@ -293,7 +293,7 @@ describe("a redeploy or delete while a [process] instance is mid-request", () =>
       port: 0,
       logLevel: "silent",
       cacheDir: join(root, "cache"),
-      processSandbox: true,
+      driverSettings: { process: true },
     });
   });
   after(async () => {

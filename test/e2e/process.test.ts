@@ -24,7 +24,7 @@ describe("[process] functions through the gateway", () => {
           port: 0,
           logLevel: "silent",
           cacheDir: join(dir, "cache"),
-          processSandbox: enabled,
+          driverSettings: { process: enabled },
         });
         try {
           const r = await request(`${fennec.url}/invoke/proc/some/path?q=1`, {
@@ -80,7 +80,7 @@ describe("[process] functions through the gateway", () => {
         port: 0,
         logLevel: "silent",
         cacheDir: join(dir, "cache"),
-        processSandbox: true,
+        driverSettings: { process: true },
       });
       try {
         const hello = await request(`${fennec.url}/invoke/hello-process/?name=ann`);

@@ -3,8 +3,12 @@ import { mkdir, symlink, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { FennecError } from "../../src/core/errors.js";
-import { loadFunctionConfig, parseFunctionToml } from "../../src/config/load-function.js";
+import { sandboxKinds } from "../../src/sandbox/drivers/index.js";
 import { tempDir } from "../helpers/paths.js";
+
+const { loader } = sandboxKinds;
+const loadFunctionConfig = loader.load.bind(loader);
+const parseFunctionToml = loader.parse.bind(loader);
 
 const WASM = `keepalive = 10\nconcurrent-requests = 2\n\n[wasm]\nmodule = "m.wasm"\n`;
 
@@ -45,13 +49,14 @@ describe("function.toml", () => {
       `keepalive = 1\nconcurrent-requests = 1\nsingle-use = true\n[vm]\nkernel = "k"\nimage = "i"\ncmdline = "callback=%callback ip=%ip"\nhypervisor = { type = "microvm", disk-type = "block", rtc = true }\n`,
       "f.toml",
     );
-    assert.equal(vm.vm?.hypervisor.type, "microvm");
-    assert.equal(vm.vm?.memory, 128);
+    const table = vm["vm"] as { hypervisor: { type: string }; memory: number };
+    assert.equal(table.hypervisor.type, "microvm");
+    assert.equal(table.memory, 128);
     const ct = parseFunctionToml(
       `keepalive = 1\nconcurrent-requests = 1\n[container]\nimage = "hello"\nruntime = "runsc"\n`,
       "f.toml",
     );
-    assert.equal(ct.container?.memory, 128);
+    assert.equal((ct["container"] as { memory: number }).memory, 128);
   });
 
   it("names the file and position of malformed TOML", () => {

@@ -3,7 +3,10 @@ import { lstat, mkdir, readdir, readFile, readlink, symlink, writeFile } from "n
 import { join } from "node:path";
 import { afterEach, beforeEach, describe, it } from "node:test";
 import { DirectoryRegistry } from "../../src/registry/registry.js";
+import { sandboxKinds } from "../../src/sandbox/drivers/index.js";
 import { tempDir } from "../helpers/paths.js";
+
+const { loader } = sandboxKinds;
 
 // The names a deploy gives the directories beside a function's own, as a crash leaves them:
 // `.fennec-old-<name>-<12 hex>` (the live version renamed away, the swap not finished),
@@ -61,7 +64,7 @@ describe("start-up after a crash in the middle of a deploy's swap", () => {
         if (state.old) await version(join(parent, OLD), state.old);
         if (state.trash) await version(join(parent, TRASH), state.trash);
         if (state.scratch) await version(join(root, SCRATCH), state.scratch);
-        const registry = new DirectoryRegistry(root);
+        const registry = new DirectoryRegistry(root, { loader });
         const result = await registry.cleanupStale();
         if (state.serves) {
           assert.equal(await readFile(join(fnDir, "data.txt"), "utf8"), state.serves);
@@ -80,7 +83,10 @@ describe("start-up after a crash in the middle of a deploy's swap", () => {
         if (user !== "default")
           assert.deepEqual((await readdir(parent)).sort(), state.serves ? ["hello"] : []);
         // The registry is whole: a second start finds nothing to do.
-        assert.deepEqual(await new DirectoryRegistry(root).cleanupStale(), { removed: [], restored: [] });
+        assert.deepEqual(await new DirectoryRegistry(root, { loader }).cleanupStale(), {
+          removed: [],
+          restored: [],
+        });
       });
     }
   }
@@ -103,7 +109,7 @@ describe("start-up after a crash in the middle of a deploy's swap", () => {
       // only copy, stays.
       await mkdir(join(root, "ghost"));
       await version(join(root, ".fennec-old-ghost-0123456789ab"), "ghost v1");
-      const result = await new DirectoryRegistry(root).cleanupStale();
+      const result = await new DirectoryRegistry(root, { loader }).cleanupStale();
       assert.deepEqual(result, { removed: [], restored: [] });
       assert.deepEqual((await readdir(root)).filter((n) => n !== ".fennec").sort(), [
         ".fennec-old-.x-0123456789ab",
@@ -131,7 +137,7 @@ describe("a replaced or deleted function directory", () => {
 
   it("is kept under a trash name until no instance runs a revision read from it", async () => {
     const inUse = new Set<string>();
-    const registry = new DirectoryRegistry(root, { revisionsInUse: () => inUse });
+    const registry = new DirectoryRegistry(root, { loader, revisionsInUse: () => inUse });
     const id = { user: "bob", name: "hello" };
     const files = (data: string) =>
       new Map([

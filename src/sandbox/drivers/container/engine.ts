@@ -1,6 +1,7 @@
+import { createRequire } from "node:module";
 import { basename } from "node:path";
 import { Readable } from "node:stream";
-import Docker from "dockerode";
+import type Docker from "dockerode";
 import { create as createTar } from "tar";
 import { FennecError } from "../../../core/errors.js";
 import type { FunctionConfig } from "../../../config/function-config.js";
@@ -46,11 +47,24 @@ const UNREACHABLE_HINT =
  */
 export class DockerEngine {
   readonly socketPath: string;
-  readonly api: Docker;
+  #api: Docker | undefined;
 
   constructor(socketPath: string) {
     this.socketPath = socketPath;
-    this.api = new Docker({ socketPath, timeout: 0 });
+  }
+
+  /**
+   * The Engine API client, loaded at its first use: dockerode and its dependencies (ssh2, the HTTP
+   * modem, ...) take a noticeable share of start-up and memory, and a node that runs no container
+   * never needs them. Loaded with `require` (it is a CommonJS package) so that this stays a plain
+   * synchronous getter for the driver.
+   */
+  get api(): Docker {
+    if (!this.#api) {
+      const Client = createRequire(import.meta.url)("dockerode") as typeof Docker;
+      this.#api = new Client({ socketPath: this.socketPath, timeout: 0 });
+    }
+    return this.#api;
   }
 
   /** Turns a failure to reach the daemon into BACKEND_DOWN; others pass through. */

@@ -1,0 +1,39 @@
+import type { z } from "zod";
+import type { FunctionConfig, SandboxConfigs } from "./function-config.js";
+
+/** A function whose sandbox is of kind `K`, its config narrowed to that kind's. */
+export type KindConfig<K extends keyof SandboxConfigs> = FunctionConfig & {
+  readonly sandbox: SandboxConfigs[K];
+};
+
+/**
+ * Paths from a sandbox table, resolved inside the function directory (never outside it, and with
+ * the same error whether or not something exists there). `key` is the key within the table; the
+ * error names it with the table (`vm.kernel`).
+ */
+export interface FunctionFiles {
+  file(rel: string, key: string): string;
+  directory(rel: string, key: string): string;
+}
+
+/**
+ * A sandbox kind's part of function.toml: the `[kind]` table's schema, and how a validated table
+ * becomes the typed config its driver reads. Each kind declares its own (`drivers/<kind>/kind.ts`).
+ */
+export interface SandboxTable<
+  K extends keyof SandboxConfigs = keyof SandboxConfigs,
+  T extends z.ZodType = z.ZodType,
+> {
+  /** The table's name in function.toml, the config's `kind`, the driver's key. */
+  readonly kind: K;
+  readonly schema: T;
+  /** The typed config of a table the schema accepted; paths resolved through `files`. */
+  toConfig(table: z.output<T>, files: FunctionFiles): SandboxConfigs[K];
+  /** Files the function's code lives in: a change to one is a new revision (instances recycle). */
+  code(config: SandboxConfigs[K]): ReadonlyArray<string | undefined>;
+  /**
+   * What the admin API shows as the function's `image`: its module, image reference or kernel (a
+   * path relative to the function directory), or undefined when it has none of its own.
+   */
+  image(config: KindConfig<K>): string | undefined;
+}

@@ -1,0 +1,74 @@
+import { z } from "zod";
+import { envTable, positiveInt } from "../../../config/function-schema.js";
+import { built, nothingToBuild, type SandboxKind } from "../../kind.js";
+import type { OciDriver } from "./driver.js";
+
+/** Fennec's `[oci]` table: an OCI bundle run directly by runc or gVisor's runsc, no daemon. */
+const ociTable = z
+  .strictObject({
+    command: z.array(z.string().min(1)).min(1).optional(),
+    handler: z.string().min(1).optional(),
+    runtime: z.enum(["runc", "runsc"]).default("runc"),
+    env: envTable.default({}),
+    memory: positiveInt.default(256),
+    pids: positiveInt.default(1024),
+    /** A handler's built root: one read-only copy shared by every instance, or an overlay each. */
+    rootfs: z.enum(["shared", "overlay"]).default("shared"),
+  })
+  .refine((p) => (p.command === undefined) !== (p.handler === undefined), {
+    message: "expected exactly one of command or handler",
+  })
+  .refine((p) => p.rootfs === "shared" || p.handler !== undefined, {
+    message:
+      'rootfs = "overlay" needs a handler (a command runs on the host\'s directories, bound read-only)',
+    path: ["rootfs"],
+  });
+
+export interface OciSandboxConfig {
+  readonly kind: "oci";
+  readonly command: readonly string[] | undefined;
+  /** Absolute path of a fetch-style handler, instead of a command. */
+  readonly handler: string | undefined;
+  readonly runtime: "runc" | "runsc";
+  readonly env: Readonly<Record<string, string>>;
+  readonly memoryMiB: number;
+  readonly pids: number;
+  /** A handler's built root: shared read-only by every instance, or an overlay per instance. */
+  readonly rootfs: "shared" | "overlay";
+}
+
+// Inside the block below, `OciSandboxConfig` would name the config layer's alias of this very entry.
+type ThisKindConfig = OciSandboxConfig;
+declare module "../../../config/function-config.js" {
+  interface SandboxConfigs {
+    oci: ThisKindConfig;
+  }
+}
+
+export const ociKind: SandboxKind<"oci", typeof ociTable, OciDriver> = {
+  kind: "oci",
+  schema: ociTable,
+  toConfig: (o, files) => ({
+    kind: "oci",
+    command: o.command,
+    handler: o.handler === undefined ? undefined : files.file(o.handler, "handler"),
+    runtime: o.runtime,
+    env: o.env,
+    memoryMiB: o.memory,
+    pids: o.pids,
+    rootfs: o.rootfs,
+  }),
+  code: (s) => [s.handler],
+  image: () => undefined,
+  async build(c, ctx) {
+    if (!c.sandbox.handler)
+      return nothingToBuild("a command runs on the host's directories, bound read-only");
+    ctx.progress(`bundling ${c.sandbox.handler} and building its root filesystem`);
+    const root = await (await ctx.driver()).rootfs(c);
+    return built(`oci root filesystem ${root.dir} (${c.sandbox.rootfs}, ${c.sandbox.runtime})`);
+  },
+  async create() {
+    const { OciDriver } = await import("./driver.js");
+    return new OciDriver();
+  },
+};
