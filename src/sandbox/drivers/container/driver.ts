@@ -329,10 +329,7 @@ class ContainerInstance implements SandboxHandle {
       );
     }
     const logs = await this.#o.container.logs({ stdout: true, stderr: true, tail: 20 }).then(
-      (b) =>
-        demuxLogs(b as unknown as Buffer)
-          .slice(-LOG_TAIL)
-          .trim(),
+      (b) => demuxLogs(b).slice(-LOG_TAIL).trim(),
       () => "",
     );
     return new FennecError(

@@ -442,7 +442,7 @@ export class FirecrackerVm {
             if (status >= 200 && status < 300) return resolve(parsed);
             const fault =
               parsed && typeof parsed === "object" && "fault_message" in parsed
-                ? String((parsed as { fault_message: unknown }).fault_message)
+                ? String(parsed.fault_message)
                 : text || "(no message)";
             reject(
               new FennecError(code, `Firecracker ${method} ${path} failed (${status}): ${fault}`, {
