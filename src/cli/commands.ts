@@ -138,12 +138,14 @@ Edits on disk apply to new instances without a restart; SIGINT/SIGTERM drain and
       ...(values["vm-netns"] ? { vmNetns: values["vm-netns"] } : {}),
       ...(values["docker-host"] ? { dockerSocket: values["docker-host"].replace(/^unix:\/\//, "") } : {}),
     });
-    await new Promise<void>((resolve) => {
+    await new Promise<void>((resolve, reject) => {
       const stop = (signal: string) => {
         fennec.log.info(`${signal}: draining in-flight calls, then exiting`);
         process.off("SIGINT", stop);
         process.off("SIGTERM", stop);
-        void fennec.close().then(resolve);
+        // A shutdown that fails (a driver that cannot close) is the command's error, not an
+        // unhandled rejection.
+        fennec.close().then(resolve, reject);
       };
       process.on("SIGINT", stop);
       process.on("SIGTERM", stop);
