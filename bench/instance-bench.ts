@@ -115,4 +115,4 @@ async function main(): Promise<void> {
   });
 }
 
-void main();
+await main();
