@@ -170,7 +170,7 @@ export async function startFennec(options: FennecOptions): Promise<Fennec> {
       [...scheduler.pools()].flatMap(([fn, pool]) =>
         Object.entries(pool.counts()).map(([state, count]) => ({ function: fn, state, count })),
       ),
-    () => ({ used: scheduler.memoryUsedMiB, budget: scheduler.memoryBudgetMiB }),
+    () => ({ reservedMiB: scheduler.memoryUsedMiB, budgetMiB: scheduler.memoryBudgetMiB }),
     scheduler.node,
   );
   const gateway = new Gateway({
