@@ -428,7 +428,7 @@ async function gateway(
   );
   const url = await new Promise<string>((resolve, reject) => {
     let log = "";
-    fennec.stderr!.on("data", (d: Buffer) => {
+    fennec.stderr.on("data", (d: Buffer) => {
       log += d.toString();
       const m = /on (http:\/\/127\.0\.0\.1:\d+)/.exec(log);
       if (m) resolve(m[1]!);

@@ -120,4 +120,4 @@ async function main(): Promise<void> {
   });
 }
 
-void main();
+await main();

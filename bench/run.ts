@@ -138,4 +138,4 @@ idle memory per warm instance: ${fmt(i.idleMiBPerInstance, 2)} MiB
 `);
 }
 
-void main();
+await main();

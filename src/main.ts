@@ -159,7 +159,7 @@ export async function startFennec(options: FennecOptions): Promise<Fennec> {
       [...scheduler.pools()].flatMap(([fn, pool]) =>
         Object.entries(pool.counts()).map(([state, count]) => ({ function: fn, state, count })),
       ),
-    () => ({ used: scheduler.memoryUsedMiB, budget: scheduler.memoryBudgetMiB }),
+    () => ({ reservedMiB: scheduler.memoryUsedMiB, budgetMiB: scheduler.memoryBudgetMiB }),
     scheduler.node,
   );
   const gateway = new Gateway({
@@ -170,8 +170,8 @@ export async function startFennec(options: FennecOptions): Promise<Fennec> {
     metrics,
     validateModule: validateModuleBytes,
     log,
-    bodyLimit: options.bodyLimitBytes ?? 8 * 2 ** 20,
-    uploadLimit: options.uploadLimitBytes ?? 64 * 2 ** 20,
+    bodyLimitBytes: options.bodyLimitBytes ?? 8 * 2 ** 20,
+    uploadLimitBytes: options.uploadLimitBytes ?? 64 * 2 ** 20,
     token: options.token,
     allowedHosts,
     backends: () => kinds.status(kindDrivers),

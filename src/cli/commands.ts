@@ -120,12 +120,14 @@ ${flagHelp(sandboxKinds.flags("serve"))}
       logLevel: level as "info",
       driverSettings: driverSettings(sandboxKinds.flags("serve"), values),
     });
-    await new Promise<void>((resolve) => {
+    await new Promise<void>((resolve, reject) => {
       const stop = (signal: string) => {
         fennec.log.info(`${signal}: draining in-flight calls, then exiting`);
         process.off("SIGINT", stop);
         process.off("SIGTERM", stop);
-        void fennec.close().then(resolve);
+        // A shutdown that fails (a driver that cannot close) is the command's error, not an
+        // unhandled rejection.
+        fennec.close().then(resolve, reject);
       };
       process.on("SIGINT", stop);
       process.on("SIGTERM", stop);

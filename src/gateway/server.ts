@@ -33,10 +33,10 @@ export interface GatewayOptions {
   /** Checks an uploaded module; throws FN_BAD_MODULE with the reason. */
   readonly validateModule: (bytes: Uint8Array, memoryMiB: number, what: string) => Promise<void>;
   readonly log: Logger;
-  /** Largest invocation body in bytes. */
-  readonly bodyLimit: number;
-  /** Largest upload (module or deploy document) in bytes. */
-  readonly uploadLimit: number;
+  /** Largest invocation body. */
+  readonly bodyLimitBytes: number;
+  /** Largest upload (module or deploy document). */
+  readonly uploadLimitBytes: number;
   /** Bearer token guarding the admin API and uploads; undefined leaves them open. */
   readonly token: string | undefined;
   /** The Host names this gateway answers to (DNS rebinding); checked on every route but two. */
@@ -129,7 +129,7 @@ export class Gateway {
   }
 
   async #request(req: IncomingMessage, path: string, query: string): Promise<InvokeRequest> {
-    const body = await readBody(req, this.#o.bodyLimit);
+    const body = await readBody(req, this.#o.bodyLimitBytes);
     const headers: Record<string, string> = {};
     for (const [name, value] of Object.entries(req.headers)) {
       if (value === undefined || HOP_BY_HOP.has(name)) continue;
@@ -182,7 +182,7 @@ export class Gateway {
   async #upload(req: IncomingMessage, res: ServerResponse, id: FunctionId): Promise<void> {
     refuseCrossSite(req, MODULE_BODY);
     this.#authorize(req);
-    const bytes = await readBody(req, this.#o.uploadLimit);
+    const bytes = await readBody(req, this.#o.uploadLimitBytes);
     // Checked in a scratch copy under the function's own memory limit, then swapped in whole.
     const check = deployCheck(this.#o.scheduler, this.#o.validateModule, `upload of ${functionKey(id)}`);
     const config = await this.#o.registry.uploadModule(id, bytes, defaultWasmToml, check);
@@ -242,7 +242,7 @@ export class Gateway {
       return sendJson(res, 200, one);
     }
     if (method === "POST" || method === "PUT") {
-      const body = await readBody(req, this.#o.uploadLimit);
+      const body = await readBody(req, this.#o.uploadLimitBytes);
       const config = await deployFromJson(
         body,
         named,

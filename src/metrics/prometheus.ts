@@ -22,7 +22,7 @@ export class PrometheusMetrics {
 
   constructor(
     instanceCounts: () => InstanceCounts[],
-    memory: () => { used: number; budget: number },
+    memory: () => { reservedMiB: number; budgetMiB: number },
     node?: string,
   ) {
     collectDefaultMetrics({ register: this.registry, prefix: "fennec_process_" });
@@ -61,7 +61,7 @@ export class PrometheusMetrics {
       help: "Memory reserved by live instances against the node budget.",
       registers: [this.registry],
       collect() {
-        this.set(memory().used);
+        this.set(memory().reservedMiB);
       },
     });
     new Gauge({
@@ -69,7 +69,7 @@ export class PrometheusMetrics {
       help: "The node's memory budget for instances.",
       registers: [this.registry],
       collect() {
-        this.set(memory().budget);
+        this.set(memory().budgetMiB);
       },
     });
     this.#unsubscribe = subscribeNode(node, {

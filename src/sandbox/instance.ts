@@ -30,19 +30,16 @@ export class Instance {
   readonly id: string;
   readonly config: FunctionConfig;
   readonly driver: SandboxDriver;
-  /** How it started; a cold start the driver served from a snapshot becomes `restored`. */
-  origin: StartType;
   readonly createdAt = performance.now();
-  state: InstanceState = "starting";
-  /** Invocations in flight. */
-  active = 0;
-  /** Invocations served, finished or failed. */
-  uses = 0;
-  lastUsed = performance.now();
-  /** Milliseconds from start to ready. */
-  initMs = 0;
-  /** The error that failed this instance, if any. */
-  failure: FennecError | undefined;
+
+  // Written only by this class; everyone else (the scheduler, stats) reads the getters below.
+  #origin: StartType;
+  #state: InstanceState = "starting";
+  #active = 0;
+  #uses = 0;
+  #lastUsed = performance.now();
+  #initMs = 0;
+  #failure: FennecError | undefined;
 
   readonly #opts: InstanceOptions;
   #handle: SandboxHandle | undefined;
@@ -60,8 +57,42 @@ export class Instance {
     this.id = opts.id;
     this.config = opts.config;
     this.driver = opts.driver;
-    this.origin = opts.origin;
+    this.#origin = opts.origin;
     this.#stopped = new Promise((resolve) => (this.#markStopped = resolve));
+  }
+
+  /** How it started; a cold start the driver served from a snapshot becomes `restored`. */
+  get origin(): StartType {
+    return this.#origin;
+  }
+
+  get state(): InstanceState {
+    return this.#state;
+  }
+
+  /** Invocations in flight. */
+  get active(): number {
+    return this.#active;
+  }
+
+  /** Invocations served, finished or failed. */
+  get uses(): number {
+    return this.#uses;
+  }
+
+  /** When it became ready or last finished an invocation (`performance.now()`). */
+  get lastUsed(): number {
+    return this.#lastUsed;
+  }
+
+  /** Milliseconds from start to ready. */
+  get initMs(): number {
+    return this.#initMs;
+  }
+
+  /** The error that failed this instance, if any. */
+  get failure(): FennecError | undefined {
+    return this.#failure;
   }
 
   /** Called once when the instance reaches `stopped` or `failed`. */
@@ -122,10 +153,10 @@ export class Instance {
       if (this.state !== "stopped" && this.state !== "failed")
         void this.destroy(toFennecError(reason, "FN_CRASHED"));
     });
-    if (this.#handle.restored && this.origin === "cold") this.origin = "restored";
-    this.initMs = performance.now() - started;
-    this.lastUsed = performance.now();
-    this.state = "ready";
+    if (this.#handle.restored && this.origin === "cold") this.#origin = "restored";
+    this.#initMs = performance.now() - started;
+    this.#lastUsed = performance.now();
+    this.#state = "ready";
     publishInstanceReady({
       node: this.#opts.node ?? "",
       function: config.key,
@@ -142,8 +173,8 @@ export class Instance {
     if (!handle || (this.state !== "ready" && this.state !== "busy")) {
       throw new FennecError("INSTANCE_GONE", `instance ${this.id} is ${this.state}`);
     }
-    this.active++;
-    this.state = "busy";
+    this.#active++;
+    this.#state = "busy";
     const controller = new AbortController();
     this.#inflight.add(controller);
     const { timeoutMs, key } = this.config;
@@ -172,10 +203,10 @@ export class Instance {
     } finally {
       clearTimeout(timer);
       this.#inflight.delete(controller);
-      this.active--;
-      this.uses++;
-      this.lastUsed = performance.now();
-      if (this.state === "busy" && this.active === 0) this.state = "ready";
+      this.#active--;
+      this.#uses++;
+      this.#lastUsed = performance.now();
+      if (this.state === "busy" && this.active === 0) this.#state = "ready";
       if (this.active === 0) this.#onDrained?.();
     }
   }
@@ -185,7 +216,7 @@ export class Instance {
     if (this.state === "starting") return this.destroy();
     if (this.#closing || this.#destroying || !this.isLive) return this.#stopped;
     this.#closing = true;
-    this.state = "stopping";
+    this.#state = "stopping";
     void (async () => {
       if (this.active > 0) await new Promise<void>((resolve) => (this.#onDrained = resolve));
       if (this.#destroying) return;
@@ -201,7 +232,7 @@ export class Instance {
 
   /** Immediate stop: kills the sandbox whatever it is doing. Idempotent; escalates a pending close. */
   destroy(reason?: FennecError): Promise<void> {
-    if (reason && !this.failure) this.failure = reason;
+    if (reason && !this.failure) this.#failure = reason;
     if (this.#destroying || this.state === "stopped" || this.state === "failed") return this.#stopped;
     this.#destroying = true;
     if (this.state === "starting") {
@@ -210,7 +241,7 @@ export class Instance {
       );
       return this.#stopped;
     }
-    this.state = "stopping";
+    this.#state = "stopping";
     const gone = reason ?? new FennecError("INSTANCE_GONE", `instance ${this.id} was destroyed`);
     for (const c of this.#inflight) if (!c.signal.aborted) c.abort(gone);
     void this.#kill().then(() => this.#finish(this.failure ? "failed" : "stopped", this.failure));
@@ -228,8 +259,8 @@ export class Instance {
 
   #finish(state: "stopped" | "failed", error: FennecError | undefined): void {
     if (this.state === "stopped" || this.state === "failed") return;
-    this.state = state;
-    if (error) this.failure = error;
+    this.#state = state;
+    if (error) this.#failure = error;
     publishInstanceStopped({
       node: this.#opts.node ?? "",
       function: this.config.key,

@@ -312,7 +312,12 @@ export class Scheduler implements PoolHost {
     }
     if (!this.#closing && !this.#rechecking) {
       this.#rechecking = true;
-      void this.#recheck().finally(() => (this.#rechecking = false));
+      // The reaper runs on a timer: a failed recheck is logged, never left to end the process.
+      void this.#recheck()
+        .catch((err: unknown) =>
+          this.#opts.log.warn("could not re-read function configs", { error: toFennecError(err).message }),
+        )
+        .finally(() => (this.#rechecking = false));
     }
   }
 

@@ -50,14 +50,14 @@ async function serve(reg: string, runBase: string): Promise<Served> {
   const exited = new Promise((r) => child.once("exit", r));
   let log = "";
   const url = await new Promise<string>((resolve, reject) => {
-    child.stderr!.on("data", (chunk: Buffer) => {
+    child.stderr.on("data", (chunk: Buffer) => {
       log += chunk.toString();
       const m = / on (http:\/\/127\.0\.0\.1:\d+)/.exec(log);
       if (m) resolve(m[1]!);
     });
     child.once("exit", (code) => reject(new Error(`fennec serve exited (${code}) before serving:\n${log}`)));
   });
-  child.stderr!.resume();
+  child.stderr.resume();
   return { child, url, exited };
 }
 
@@ -146,7 +146,9 @@ describe("start-up cleanup with two Fennecs on one run root", () => {
   it("removes only the killed Fennec's debris; the live one keeps serving, foreign files survive", async () => {
     const names = Object.keys(FUNCTIONS) as Name[];
     a = await serve(await registry(join(work.dir, "reg-a")), runBase);
-    const aFirst = Object.fromEntries(await Promise.all(names.map(async (n) => [n, await call(a!.url, n)])));
+    const aFirst = Object.fromEntries(
+      await Promise.all(names.map(async (n) => [n, await call(a!.url, n)] as const)),
+    );
 
     // What Fennec did not make, inside its run root: a foreign directory with a file, a symbolic
     // link to a directory outside with a file, and a directory named like an instance, no record.
@@ -168,7 +170,9 @@ describe("start-up cleanup with two Fennecs on one run root", () => {
 
     // A second Fennec starts (and sweeps) while the first serves; both then have live instances.
     b = await serve(await registry(join(work.dir, "reg-b")), runBase);
-    const bFirst = Object.fromEntries(await Promise.all(names.map(async (n) => [n, await call(b!.url, n)])));
+    const bFirst = Object.fromEntries(
+      await Promise.all(names.map(async (n) => [n, await call(b!.url, n)] as const)),
+    );
     for (const n of names) {
       const again = await call(a.url, n);
       assert.deepEqual(

@@ -37,7 +37,7 @@ function serve(registry: string): Promise<{ child: ChildProcess; url: string; lo
   });
   let log = "";
   return new Promise((resolve, reject) => {
-    child.stderr!.on("data", (d: Buffer) => {
+    child.stderr.on("data", (d: Buffer) => {
       log += d.toString();
       const m = /on (http:\/\/127\.0\.0\.1:\d+)/.exec(log);
       if (m) resolve({ child, url: m[1]!, log: () => log });
@@ -56,7 +56,7 @@ const exited = (child: ChildProcess) =>
 async function serveFailing(args: string[]): Promise<{ code: number | null; stderr: string }> {
   const child = spawn(process.execPath, [CLI, "serve", ...args], { stdio: ["ignore", "pipe", "pipe"] });
   let stderr = "";
-  child.stderr!.on("data", (d: Buffer) => (stderr += d.toString()));
+  child.stderr.on("data", (d: Buffer) => (stderr += d.toString()));
   try {
     // Today's failure mode is hanging forever; the test's own timeout turns that into a failure.
     const code = await exited(child);

@@ -103,7 +103,9 @@ for (const runtime of ["runc", "runsc"] as const) {
       try {
         seen = JSON.parse(Buffer.from((await inst.invoke(emptyGet())).body).toString()) as Privileges;
         const info = await dockerd.engine.api.getContainer(`fennec-${inst.id}`).inspect();
-        assert.equal(info.HostConfig.SecurityOpt?.includes("seccomp=unconfined") ?? false, false);
+        // @types/dockerode types SecurityOpt as any; the Engine API sends a list of strings.
+        const securityOpt = info.HostConfig.SecurityOpt as string[] | undefined;
+        assert.equal(securityOpt?.includes("seccomp=unconfined") ?? false, false);
         onHost = readFileSync(`/proc/${info.State.Pid}/status`, "utf8");
       } finally {
         await inst.destroy();

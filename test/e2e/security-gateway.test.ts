@@ -72,7 +72,7 @@ function statusLineOn(socket: Socket): Promise<string> {
     try {
       socket.write("GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n");
     } catch (err) {
-      reject(err as Error);
+      reject(err);
     }
   });
 }

@@ -270,7 +270,7 @@ export class FirecrackerVm {
             }
             const fault =
               parsed && typeof parsed === "object" && "fault_message" in parsed
-                ? String((parsed as { fault_message: unknown }).fault_message)
+                ? String(parsed.fault_message)
                 : text || "(no message)";
             reject(
               new FennecError(code, `Firecracker ${method} ${path} failed (${status}): ${fault}`, {
