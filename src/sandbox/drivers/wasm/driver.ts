@@ -1,6 +1,7 @@
 import { readdir, readFile, stat } from "node:fs/promises";
 import { join } from "node:path";
 import { FennecError, type ErrorCode } from "../../../core/errors.js";
+import { bodyOf, readBody } from "../../../core/body.js";
 import type { InvokeRequest, InvokeResponse } from "../../../core/types.js";
 import type { FunctionConfig, WasmSandboxConfig } from "../../../config/function-config.js";
 import type { InvokeContext, SandboxDriver, SandboxHandle, StartContext } from "../../contract.js";
@@ -27,6 +28,11 @@ export interface WasmDriverOptions {
 const COPY_OVERHEAD_MIB = 2;
 /** Largest granted directory, so a grant cannot pull a whole disk into memory. */
 const MAX_GRANTED_BYTES = 64 * 2 ** 20;
+/**
+ * Largest request body a module gets: stdin is a file in memory, so the body is read whole first
+ * (the gateway's body limit bounds it before that; this bounds any other caller).
+ */
+const MAX_INPUT_BYTES = 64 * 2 ** 20;
 
 const OUTCOME_CODES: Record<Exclude<Outcome, "ok">, ErrorCode> = {
   exit: "FN_EXIT",
@@ -221,9 +227,24 @@ class WasmInstance implements SandboxHandle {
   }
 
   async invoke(request: InvokeRequest, ctx: InvokeContext): Promise<InvokeResponse> {
-    const env = wagiEnvironment(request, `/invoke/${this.#config.id.name}`, wasmOf(this.#config).env);
-    const result = await this.run("invoke", env, request.body, ctx.signal);
-    return parseWagiOutput(result.stdout);
+    const body = await readBody(
+      request.body,
+      MAX_INPUT_BYTES,
+      () =>
+        new FennecError(
+          "BODY_TOO_LARGE",
+          `a WebAssembly function takes at most ${MAX_INPUT_BYTES} bytes of input`,
+        ),
+    );
+    const env = wagiEnvironment(
+      { ...request, body },
+      `/invoke/${this.#config.id.name}`,
+      wasmOf(this.#config).env,
+    );
+    const result = await this.run("invoke", env, body, ctx.signal);
+    // The module's output is complete when it exits; it is handed on as a stream, like any body.
+    const out = parseWagiOutput(result.stdout);
+    return { ...out, body: bodyOf(out.body) };
   }
 
   async close(): Promise<void> {

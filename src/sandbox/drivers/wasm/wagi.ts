@@ -1,12 +1,15 @@
 import { FennecError } from "../../../core/errors.js";
-import type { InvokeRequest, InvokeResponse } from "../../../core/types.js";
+import type { BufferedResponse, InvokeRequest } from "../../../core/types.js";
+
+/** A request whose body has been read whole (stdin is a file). */
+type BufferedRequest = Omit<InvokeRequest, "body"> & { readonly body: Uint8Array };
 
 /**
  * WAGI, the CGI convention for WASI: the request becomes environment variables and stdin; the
  * response is stdout, optionally led by CGI headers and a blank line.
  */
 export function wagiEnvironment(
-  request: InvokeRequest,
+  request: BufferedRequest,
   scriptName: string,
   extra: Readonly<Record<string, string>>,
 ): string[] {
@@ -44,9 +47,9 @@ function findBlankLine(out: Uint8Array): { headerEnd: number; bodyStart: number 
 }
 
 /** Parses a module's stdout into a response; output without a header block is a 200 body. */
-export function parseWagiOutput(out: Uint8Array): InvokeResponse {
+export function parseWagiOutput(out: Uint8Array): BufferedResponse {
   const split = findBlankLine(out);
-  const plain = (): InvokeResponse => ({
+  const plain = (): BufferedResponse => ({
     status: 200,
     headers: [["content-type", "text/plain; charset=utf-8"]],
     body: out,
