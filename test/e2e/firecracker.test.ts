@@ -9,6 +9,7 @@ import { guestKernel } from "../../src/sandbox/drivers/vm/linux-guest.js";
 import { runRoot } from "../../src/sandbox/run-dir.js";
 import { testConfig } from "../helpers/config.js";
 import { ROOT } from "../helpers/paths.js";
+import { bodyOf, bytesOf } from "../helpers/body.js";
 
 // A REAL Firecracker booting a real guest through the vm driver. This is the one test allowed to
 // skip under CI=true: no Firecracker binary can exist on the CI machine kind (it is in neither
@@ -73,11 +74,11 @@ describe("Firecracker, for real (the vm driver, Fennec's Linux guest on a tap)",
           signal: AbortSignal.timeout(240_000),
         });
         const res = await handle.invoke(
-          { method: "POST", path: "/x", query: "", headers: {}, body: Buffer.from("over a tap") },
+          { method: "POST", path: "/x", query: "", headers: {}, body: bodyOf("over a tap") },
           { signal: AbortSignal.timeout(60_000) },
         );
         assert.equal(res.status, 200);
-        assert.equal(Buffer.from(res.body).toString(), "over a tap");
+        assert.equal((await bytesOf(res.body)).toString(), "over a tap");
         await handle.destroy();
         assert.equal(existsSync(join(runRoot("vm"), id)), false, "the run directory is removed");
         const links = execFileSync("ip", ["-n", netns, "-o", "link", "show"], { encoding: "utf8" });

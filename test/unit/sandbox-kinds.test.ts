@@ -12,6 +12,7 @@ import { built, type SandboxKind } from "../../src/sandbox/kind.js";
 import { SandboxKinds } from "../../src/sandbox/kinds.js";
 import { request } from "../helpers/http.js";
 import { tempDir } from "../helpers/paths.js";
+import { bodyOf } from "../helpers/body.js";
 
 // A sandbox kind that exists only in this file, added the way a new driver is: its config type
 // merged into SandboxConfigs, its kind module, and an entry in the registration list. Nothing
@@ -45,7 +46,7 @@ const toyKind: SandboxKind<"toy", typeof toyTable, FakeDriver> = {
   async create(node) {
     const driver = new FakeDriver();
     const voice = String(node.settings["toy-voice"] ?? "");
-    driver.behaviour.respond = () => ({ status: 200, headers: [], body: Buffer.from(voice) });
+    driver.behaviour.respond = () => ({ status: 200, headers: [], body: bodyOf(voice) });
     return driver;
   },
   status: (driver) => ({ starts: driver.starts }),
