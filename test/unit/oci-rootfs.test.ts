@@ -16,7 +16,6 @@ import { bytesOf } from "../helpers/body.js";
 /** A handler that reports what its root looks like and where it may write. */
 const PROBE = `
 import { existsSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
-import { bytesOf } from "../helpers/body.js";
 export default {
   fetch() {
     const out = {};
