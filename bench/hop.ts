@@ -170,17 +170,28 @@ async function main(): Promise<void> {
 
 /** Fennec alone under the same load with V8's sampling profiler on (`--cpu-prof`), for reading hot paths. */
 async function profile(work: string, script: string, dir: string): Promise<void> {
+  const t0 = performance.now();
   const fennec = await startFennec(join(work, "registry"), [], ["--cpu-prof", "--cpu-prof-dir", dir]);
+  let skip = 0;
+  let requests = 0;
   try {
     const url = `${fennec.url}/invoke/hop-process/`;
     await waitForUrl(url);
     await wrk(url, script, { ...LOAD, seconds: 2 });
+    skip = (performance.now() - t0) / 1000;
+    const cpu0 = cpuSeconds([fennec.pid]);
     const r = await wrk(url, script, LOAD);
-    console.log(`Fennec → [process] under --cpu-prof: ${fmt(r.rps, 0)} req/s, p50 ${r.latencyUs["50"]} µs`);
+    requests = r.requests;
+    console.log(
+      `Fennec → [process] under --cpu-prof: ${fmt(r.rps, 0)} req/s, p50 ${r.latencyUs["50"]} µs, ` +
+        `Fennec's CPU ${fmt(((cpuSeconds([fennec.pid]) - cpu0) / r.requests) * 1e6, 0)} µs per request`,
+    );
   } finally {
     await fennec.stop(); // the profile is written when the process exits
   }
-  console.log(`profile written to ${dir}`);
+  console.log(
+    `profile written to ${dir}; read the warm path with:\n  node dist/bench/cpu-profile.js ${dir}/<the largest file> --skip ${Math.ceil(skip)} --requests ${requests}`,
+  );
 }
 
 interface Summary {

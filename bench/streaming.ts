@@ -241,7 +241,9 @@ async function main(): Promise<void> {
 
     console.error(`download of ${fmt(BYTES / MiB, 0)} MiB at ${fmt(RATE / MiB, 0)} MiB/s through Fennec`);
     await waitForUrl(`${fennec.url}/invoke/download/?bytes=1024`);
-    const down = await measured(fennec, "download", () => slowDownload(`${fennec.url}/invoke/download/?bytes=${BYTES}`));
+    const down = await measured(fennec, "download", () =>
+      slowDownload(`${fennec.url}/invoke/download/?bytes=${BYTES}`),
+    );
 
     console.error(`upload of ${fmt(BYTES / MiB, 0)} MiB to a hashing handler through Fennec`);
     await waitForUrl(`${fennec.url}/invoke/hash/`);
