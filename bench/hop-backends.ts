@@ -143,13 +143,17 @@ http {
   return { url, pid: child.pid!, stop: () => stopChild(child) };
 }
 
-/** `fennec serve` on `registry` with the [process] sandbox enabled; `url` is its base address. */
+/**
+ * `fennec serve` on `registry` with the [process] sandbox enabled; `url` is its base address.
+ * `checkout` is the Fennec whose build runs (default: this one; another worktree compares builds).
+ */
 export async function startFennec(
   registry: string,
   extraArgs: readonly string[] = [],
   nodeArgs: readonly string[] = [],
+  checkout = ROOT,
 ): Promise<Server> {
-  const cli = join(ROOT, "dist/src/cli/main.js");
+  const cli = join(checkout, "dist/src/cli/main.js");
   const child = spawn(
     process.execPath,
     [

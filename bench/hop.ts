@@ -14,14 +14,16 @@
  * (nginx's processes, Fennec's own process) spent per request, which is the hop's cost whatever
  * else runs on the machine.
  *
- * Usage: npm run bench:hop [-- --rounds 3 --seconds 10 --no-oci]
+ * Usage: npm run bench:hop [-- --rounds 3 --seconds 10 --no-oci --compare DIR]
+ *        (--compare: one more Fennec row from the build in DIR, another checkout with `npm run build`
+ *        done, e.g. a branch's worktree: before and after side by side in one run)
  *        node dist/bench/hop.js --profile DIR   (Fennec alone under `node --cpu-prof`, profile in DIR)
  * Writes bench/results/hop.json and docs/img/hop-latency.svg. Needs root for `[oci]`, nginx and wrk.
  */
 import { mkdirSync, writeFileSync } from "node:fs";
-import { mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
+import { cp, mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
 import { cpus, loadavg, tmpdir } from "node:os";
-import { join } from "node:path";
+import { basename, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
 import { ECHO } from "./hop-handlers.js";
@@ -44,6 +46,7 @@ const { values: opts } = parseArgs({
     seconds: { type: "string", default: "10" },
     "no-oci": { type: "boolean", default: false },
     profile: { type: "string" },
+    compare: { type: "string" },
   },
 });
 const ROUNDS = Number(opts.rounds);
@@ -86,6 +89,13 @@ async function registry(dir: string, withOci: boolean): Promise<void> {
   }
 }
 
+async function copyRegistry(work: string): Promise<string> {
+  const dir = join(work, "registry-compare");
+  await mkdir(join(dir, "hop-process"), { recursive: true });
+  await cp(join(work, "registry", "hop-process"), join(dir, "hop-process"), { recursive: true });
+  return dir;
+}
+
 async function main(): Promise<void> {
   const work = await mkdtemp(join(tmpdir(), "fennec-bench-hop-"));
   const started: Server[] = [];
@@ -107,6 +117,10 @@ async function main(): Promise<void> {
     const nginx1 = await start(startNginx(join(work, "nginx-1"), runtime.port, 1));
     const nginxAuto = await start(startNginx(join(work, "nginx-auto"), runtime.port, "auto"));
     const fennec = await start(startFennec(join(work, "registry")));
+    // Its own copy of the registry: each Fennec builds into the function's directory.
+    const other = opts.compare
+      ? await start(startFennec(await copyRegistry(work), [], [], resolve(opts.compare)))
+      : undefined;
     const workerd = await start(startWorkerd(handler));
     const fennecChildren = () => processTree(fennec.pid).filter((p) => p !== fennec.pid);
     const rows: Row[] = [
@@ -129,6 +143,16 @@ async function main(): Promise<void> {
         proxy: () => [fennec.pid],
         handler: fennecChildren,
       },
+      ...(other
+        ? [
+            {
+              name: `Fennec (${basename(resolve(opts.compare!))}) → [process]`,
+              url: `${other.url}/invoke/hop-process/`,
+              proxy: () => [other.pid],
+              handler: () => processTree(other.pid).filter((p) => p !== other.pid),
+            },
+          ]
+        : []),
       ...(withOci
         ? [
             {
@@ -282,7 +306,7 @@ ${ratios.join("\n")}
       2,
     ) + "\n",
   );
-  const colours = ["#888", "#2b8a3e", "#69db7c", "#1c7ed6", "#d9480f", "#ae3ec9"];
+  const colours = ["#888", "#2b8a3e", "#69db7c", "#1c7ed6", "#74c0fc", "#d9480f", "#ae3ec9"];
   mkdirSync(join(ROOT, "docs", "img"), { recursive: true });
   writeFileSync(
     join(ROOT, "docs", "img", "hop-latency.svg"),
