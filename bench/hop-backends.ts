@@ -66,31 +66,23 @@ export async function waitForUrl(url: string, child?: ChildProcess, log = () => 
   }
 }
 
-/** Fennec's handler runtime serving `handler` (an ES module) on a loopback port, no Fennec. */
-export async function startRuntime(handler: string, probe = true): Promise<Server & { port: number }> {
+/**
+ * Fennec's handler runtime (this checkout's, or `runtime`) serving `handler` (an ES module) on a
+ * loopback port, no Fennec.
+ */
+export async function startRuntime(
+  handler: string,
+  runtime = HANDLER_RUNTIME,
+): Promise<Server & { port: number }> {
   const port = await freePort();
-  const child = spawn(process.execPath, [HANDLER_RUNTIME, handler, "ignore"], {
+  const child = spawn(process.execPath, [runtime, handler, "ignore"], {
     env: { ...process.env, PORT: String(port) },
     stdio: ["ignore", "ignore", "pipe"],
   });
   const log = tail(child);
   const url = `http://127.0.0.1:${port}/`;
-  if (probe) await waitForUrl(url, child, log);
-  else await waitForPort(port, child, log);
+  await waitForUrl(url, child, log);
   return { url, port, pid: child.pid!, stop: () => stopChild(child) };
-}
-
-async function waitForPort(port: number, child: ChildProcess, log: () => string): Promise<void> {
-  for (let i = 0; ; i++) {
-    if (child.exitCode !== null) throw new Error(`port ${port}: the server exited: ${log()}`);
-    const ok = await fetch(`http://127.0.0.1:${port}/`, { method: "HEAD" }).then(
-      () => true,
-      () => false,
-    );
-    if (ok) return;
-    if (i > 1800) throw new Error(`port ${port} never opened: ${log()}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
 }
 
 /**

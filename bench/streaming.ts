@@ -11,7 +11,8 @@
  * - **1 GiB upload to a hashing handler**: the client streams 1 GiB (chunked) to a handler that
  *   hashes its body as it arrives; the digest is checked, Fennec's memory growth measured alike.
  *
- * Usage: npm run bench:streaming [-- --bytes 1073741824 --rate-mib 128 --no-oci]
+ * Usage: npm run bench:streaming [-- --bytes 1073741824 --rate-mib 128 --no-oci --checkout DIR]
+ *        (--checkout: run the Fennec built in DIR, another checkout, e.g. a branch's worktree)
  * Writes bench/results/streaming.json. Needs root (clear_refs, `[oci]`), nginx.
  */
 import { createHash, randomBytes } from "node:crypto";
@@ -19,7 +20,7 @@ import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
 import { request } from "node:http";
 import { cpus, loadavg, tmpdir } from "node:os";
-import { join } from "node:path";
+import { join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
 import { DOWNLOAD, HASH, SSE, SSE_EVENTS, SSE_INTERVAL_MS } from "./hop-handlers.js";
@@ -41,11 +42,14 @@ const { values: opts } = parseArgs({
     "rate-mib": { type: "string", default: "128" },
     "sse-calls": { type: "string", default: "3" },
     "no-oci": { type: "boolean", default: false },
+    checkout: { type: "string" },
   },
 });
 const BYTES = Number(opts.bytes);
 const RATE = Number(opts["rate-mib"]) * 2 ** 20;
 const MiB = 2 ** 20;
+/** The Fennec whose build runs (its handler runtime too, as its `[process]` instances use it). */
+const CHECKOUT = opts.checkout ? resolve(opts.checkout) : fileURLToPath(new URL("../../", import.meta.url));
 
 // ---------------------------------------------------------------- memory of a process
 
@@ -187,7 +191,7 @@ async function fn(registry: string, name: string, source: string, table: string)
  */
 async function measured<T>(registry: string, name: string, work: (url: string) => Promise<T>) {
   // Today's main has one body limit for the whole gateway; it must let the upload in.
-  const fennec = await startFennec(registry, ["--body-limit", String(BYTES + MiB)]);
+  const fennec = await startFennec(registry, ["--body-limit", String(BYTES + MiB)], [], CHECKOUT);
   try {
     await waitForUrl(`${fennec.url}/invoke/${name}/?bytes=1024`);
     return await measuredOn(fennec, name, () => work(`${fennec.url}/invoke/${name}/`));
@@ -231,9 +235,9 @@ async function main(): Promise<void> {
     await fn(registry, "hash", HASH, `[process]\nhandler = "handler.mjs"`);
 
     console.error("starting: the runtime alone, nginx, fennec serve, workerd");
-    const runtime = await start(startRuntime(sse));
+    const runtime = await start(startRuntime(sse, join(CHECKOUT, "dist/src/runtime/handler-server.js")));
     const nginx = await start(startNginx(join(work, "nginx"), runtime.port, 1));
-    const fennec = await start(startFennec(registry));
+    const fennec = await start(startFennec(registry, [], [], CHECKOUT));
     const workerd = await start(startWorkerd(sse));
 
     const sseTargets: Array<[string, string]> = [
