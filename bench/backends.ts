@@ -28,7 +28,8 @@ import { cpus, tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { promisify } from "node:util";
-import type { FunctionConfig, SandboxConfig } from "../src/config/function-config.js";
+import type { FunctionConfig } from "../src/config/function-config.js";
+import { loadFunctionConfig } from "../src/config/load-function.js";
 import { removeNested } from "../src/sandbox/cgroups.js";
 import type { SandboxDriver, SandboxHandle } from "../src/sandbox/contract.js";
 import { ContainerDriver } from "../src/sandbox/drivers/container/driver.js";
@@ -215,24 +216,21 @@ const callbacks = createServer((req, res) => {
   res.end("ok");
 });
 
-function config(dir: string, sandbox: SandboxConfig): FunctionConfig {
-  return {
-    id: { user: "default", name: "bench" },
-    key: "default/bench",
-    dir,
-    file: join(dir, "function.toml"),
-    keepaliveMs: 60_000,
-    concurrentRequests: IN_FLIGHT,
-    singleUse: false,
-    timeoutMs: 30_000,
-    minInstances: 0,
-    maxInstances: 1,
-    maxQueue: 10,
-    queueTimeoutMs: 30_000,
-    forwardCredentials: false,
-    sandbox,
-    revision: "bench",
-  };
+/**
+ * A function's config as Fennec loads it from function.toml: every limit the TOML leaves out
+ * (memory, pids, ...) is the driver's own default, so the bench never restates one.
+ */
+function config(dir: string, table: string): FunctionConfig {
+  const toml = `keepalive = 60\nconcurrent-requests = ${IN_FLIGHT}\nmax-instances = 1\nmax-queue = 10\n\n${table}\n`;
+  return loadFunctionConfig({ user: "default", name: "bench" }, dir, "function.toml", toml);
+}
+
+/** Memory and pids limits of a sandbox config (what the bare rows must apply too). */
+function limitsOf(c: FunctionConfig): { memoryMiB: number; pids: number } {
+  const s = c.sandbox;
+  if (s.kind !== "oci" && s.kind !== "container" && s.kind !== "process")
+    throw new Error(`no limits in ${s.kind}`);
+  return { memoryMiB: s.memoryMiB, pids: s.pids };
 }
 
 /** A driver's instance, started as the scheduler's lifecycle would (without its bookkeeping). */
@@ -295,7 +293,11 @@ function bareNode(bundle: string): () => Promise<Started> {
 const BENCH_CGROUP = "fennec-bench";
 
 /** A bundle as the oci driver writes it (same config.json) over `rootfs`, in a fresh directory. */
-async function bundle(rootfs: string, args: string[]): Promise<{ dir: string; id: string }> {
+async function bundle(
+  rootfs: string,
+  args: string[],
+  limits: { memoryMiB: number; pids: number },
+): Promise<{ dir: string; id: string }> {
   const id = `bench-${randomUUID().slice(0, 8)}`;
   const dir = await mkdtemp(join(tmpdir(), "fennec-bench-bundle-"));
   await mkdir(join(dir, "sock"));
@@ -312,8 +314,8 @@ async function bundle(rootfs: string, args: string[]): Promise<{ dir: string; id
     cwd: "/",
     rootfs,
     binds: [{ source: join(dir, "sock"), destination: INSIDE.runDir, writable: true }],
-    memoryBytes: 256 * 2 ** 20,
-    pids: 1024,
+    memoryBytes: limits.memoryMiB * 2 ** 20,
+    pids: limits.pids,
     cgroupsPath: join(BENCH_CGROUP, id),
   });
   await writeFile(join(dir, "config.json"), JSON.stringify(spec));
@@ -327,10 +329,15 @@ function runtimeArgs(runtime: "runc" | "runsc", state: string): string[] {
 }
 
 /** `runc run` / `runsc run` of the same bundle, in the foreground, by hand. */
-function bareRuntime(runtime: "runc" | "runsc", rootfs: string, state: string): () => Promise<Started> {
+function bareRuntime(
+  runtime: "runc" | "runsc",
+  rootfs: string,
+  state: string,
+  limits: { memoryMiB: number; pids: number },
+): () => Promise<Started> {
   return async () => {
     const node = await nodeInside();
-    const b = await bundle(rootfs, [node, INSIDE.runtime, INSIDE.bundle, "ignore"]);
+    const b = await bundle(rootfs, [node, INSIDE.runtime, INSIDE.bundle, "ignore"], limits);
     const args = runtimeArgs(runtime, state);
     const child = spawn(findExecutable(runtime, runtime), [...args, "run", "--bundle", b.dir, b.id], {
       stdio: "ignore",
@@ -350,10 +357,11 @@ async function sandboxFloor(
   runtime: "runc" | "runsc" | "none",
   rootfs: string,
   state: string,
+  limits: { memoryMiB: number; pids: number },
 ): Promise<Stats> {
   const times: number[] = [];
   for (let i = 0; i < Math.max(COLD, 10); i++) {
-    const b = await bundle(rootfs, ["/usr/bin/true"]);
+    const b = await bundle(rootfs, ["/usr/bin/true"], limits);
     const args = runtime === "none" ? [] : runtimeArgs(runtime, state);
     const t0 = performance.now();
     if (runtime === "none") await run("/usr/bin/true");
@@ -366,8 +374,16 @@ async function sandboxFloor(
   return summarize(times);
 }
 
-/** `docker run -d` of the same image with the driver's options, by hand (the docker CLI). */
-function bareDocker(d: TestDockerd, image: string, runtime: string | undefined): () => Promise<Started> {
+/**
+ * `docker run -d` of the same image with the driver's options, by hand (the docker CLI); memory and
+ * pids from the same config the container rows run with.
+ */
+function bareDocker(
+  d: TestDockerd,
+  image: string,
+  runtime: string | undefined,
+  limits: { memoryMiB: number; pids: number },
+): () => Promise<Started> {
   return async () => {
     const dir = await mkdtemp(join(tmpdir(), "fennec-bench-docker-"));
     await run("chmod", ["777", dir]);
@@ -389,11 +405,11 @@ function bareDocker(d: TestDockerd, image: string, runtime: string | undefined):
       "--security-opt",
       "no-new-privileges",
       "--memory",
-      "128m",
+      `${limits.memoryMiB}m`,
       "--memory-swap",
-      "128m",
+      `${limits.memoryMiB}m`,
       "--pids-limit",
-      "1024",
+      String(limits.pids),
       "-v",
       `${dir}:${INSIDE.runDir}`,
       "-e",
@@ -529,45 +545,22 @@ async function main(): Promise<void> {
     await cp(join(ROOT, "examples/registry/hello-process/handler.ts"), join(fnDir, "handler.ts"));
     await writeFile(join(fnDir, "function.toml"), "# bench\n");
     const handler = join(fnDir, "handler.ts");
-    const base = { handler, env: {}, memoryMiB: 256 };
-    const processCfg = config(fnDir, {
-      kind: "process",
-      ...base,
-      command: undefined,
-      transport: "unix",
-      isolate: false,
-      pids: 512,
-    });
+    const processCfg = config(fnDir, `[process]\nhandler = "handler.ts"`);
     const bundlePath = await buildHandler(processCfg, handler);
     const oci = (runtime: "runc" | "runsc", rootfs: "shared" | "overlay") =>
-      config(fnDir, { kind: "oci", ...base, command: undefined, runtime, pids: 1024, rootfs });
+      config(fnDir, `[oci]\nhandler = "handler.ts"\nruntime = "${runtime}"\nrootfs = "${rootfs}"`);
     // The layout before the built root: the host's directories bound, the runtime and bundle in /fn.
     const hostDir = join(work, "fn-host");
     await mkdir(hostDir);
     await cp(HANDLER_RUNTIME, join(hostDir, "handler-server.js"));
     await cp(bundlePath, join(hostDir, "handler.mjs"));
     const ociHost = (runtime: "runc" | "runsc") =>
-      config(hostDir, {
-        kind: "oci",
-        command: [process.execPath, "/fn/handler-server.js", "/fn/handler.mjs"],
-        handler: undefined,
-        env: {},
-        memoryMiB: 256,
-        runtime,
-        pids: 1024,
-        rootfs: "shared",
-      });
+      config(
+        hostDir,
+        `[oci]\ncommand = ${JSON.stringify([process.execPath, "/fn/handler-server.js", "/fn/handler.mjs"])}\nruntime = "${runtime}"`,
+      );
     const container = (runtime: string | undefined) =>
-      config(fnDir, {
-        kind: "container",
-        image: undefined,
-        handler,
-        memoryMiB: 256,
-        runtime,
-        env: {},
-        pids: 1024,
-        network: "none",
-      });
+      config(fnDir, `[container]\nhandler = "handler.ts"${runtime ? `\nruntime = "${runtime}"` : ""}`);
     const ociDriver = new OciDriver();
     const root = await ociDriver.rootfs(oci("runc", "shared"));
     const docker = new ContainerDriver({ socketPath: dockerd.socketPath });
@@ -581,25 +574,31 @@ async function main(): Promise<void> {
         vs: "bare: node on the bundle",
         start: viaDriver(
           new ProcessDriver(),
-          config(fnDir, { ...processCfg.sandbox, isolate: true } as SandboxConfig),
+          config(fnDir, `[process]\nhandler = "handler.ts"\nisolate = true`),
         ),
       },
       ...(["runc", "runsc"] as const).flatMap((rt) => {
         const bare = `bare: ${rt} run (same bundle)`;
         return [
-          { name: bare, start: bareRuntime(rt, root.dir, state) },
+          { name: bare, start: bareRuntime(rt, root.dir, state, limitsOf(oci(rt, "shared"))) },
           { name: `oci ${rt}, shared root`, vs: bare, start: viaDriver(ociDriver, oci(rt, "shared")) },
           { name: `oci ${rt}, overlay root`, vs: bare, start: viaDriver(ociDriver, oci(rt, "overlay")) },
           { name: `oci ${rt}, host dirs bound`, vs: bare, start: viaDriver(ociDriver, ociHost(rt)) },
         ];
       }),
-      { name: "bare: docker run (same image)", start: bareDocker(dockerd, image, undefined) },
+      {
+        name: "bare: docker run (same image)",
+        start: bareDocker(dockerd, image, undefined, limitsOf(container(undefined))),
+      },
       {
         name: "container runc",
         vs: "bare: docker run (same image)",
         start: viaDriver(docker, container(undefined)),
       },
-      { name: "bare: docker run --runtime runsc", start: bareDocker(dockerd, image, "runsc") },
+      {
+        name: "bare: docker run --runtime runsc",
+        start: bareDocker(dockerd, image, "runsc", limitsOf(container("runsc"))),
+      },
       {
         name: "container runsc",
         vs: "bare: docker run --runtime runsc",
@@ -619,9 +618,14 @@ async function main(): Promise<void> {
       files: [],
     });
     const floors = {
-      "spawn true (no sandbox)": await sandboxFloor("none", trueRoot.dir, state),
-      "runc run true": await sandboxFloor("runc", trueRoot.dir, state),
-      "runsc run true": await sandboxFloor("runsc", trueRoot.dir, state),
+      "spawn true (no sandbox)": await sandboxFloor(
+        "none",
+        trueRoot.dir,
+        state,
+        limitsOf(oci("runc", "shared")),
+      ),
+      "runc run true": await sandboxFloor("runc", trueRoot.dir, state, limitsOf(oci("runc", "shared"))),
+      "runsc run true": await sandboxFloor("runsc", trueRoot.dir, state, limitsOf(oci("runsc", "shared"))),
     } as Record<string, Stats>;
     await dockerd.engine.importRootfs(trueRoot.dir, "fennec-bench/true:1", trueRoot.digest, [
       "/usr/bin/true",

@@ -49,17 +49,19 @@ export function cdfChart(
   parts.push(
     `<text transform="translate(16 ${(M.top + H - M.bottom) / 2}) rotate(-90)" text-anchor="middle">share of requests at or below</text>`,
   );
+  // The legend sits in the lower right (CDFs are flat there), as wide as its longest label.
+  const legendX = W - M.right - 40 - Math.max(...series.map((s) => s.label.length)) * 6.6;
   series.forEach((s, i) => {
     const n = s.values.length;
     const step = Math.max(1, Math.floor(n / 400));
     const pts: string[] = [];
     for (let k = 0; k < n; k += step) pts.push(`${x(s.values[k]!).toFixed(1)},${y((k + 1) / n).toFixed(1)}`);
     parts.push(`<polyline fill="none" stroke="${s.colour}" stroke-width="2" points="${pts.join(" ")}"/>`);
-    const ly = H - M.bottom - 60 + i * 18; // lower right: CDFs are flat there
+    const ly = H - M.bottom - 10 - (series.length - i) * 18;
     parts.push(
-      `<line x1="${W - 250}" x2="${W - 225}" y1="${ly - 4}" y2="${ly - 4}" stroke="${s.colour}" stroke-width="3"/>`,
+      `<line x1="${legendX}" x2="${legendX + 25}" y1="${ly - 4}" y2="${ly - 4}" stroke="${s.colour}" stroke-width="3"/>`,
     );
-    parts.push(`<text x="${W - 218}" y="${ly}">${s.label}</text>`);
+    parts.push(`<text x="${legendX + 32}" y="${ly}">${s.label}</text>`);
   });
   parts.push(`</svg>`);
   return parts.join("\n") + "\n";
