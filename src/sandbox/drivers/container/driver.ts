@@ -14,7 +14,7 @@ import { nodeInside, removeOtherRootfs, RootfsBuilds, type BuiltRootfs } from ".
 import { selfIdentity, startTime, stillRunning } from "../../../core/process-identity.js";
 import { createRunDir, mergeReports, removeRunDir, runRoot, sweepStale } from "../../run-dir.js";
 import { seccompProfile } from "../../seccomp.js";
-import { giveToSandboxUser, SANDBOX_USER, takeSocket } from "../../unprivileged.js";
+import { giveToSandboxUser, SANDBOX_USER } from "../../unprivileged.js";
 import { exitFromStatus, SupervisedChild, type Child, type ChildExit } from "../../supervised-child.js";
 import { SupervisedHandle } from "../../supervised-handle.js";
 import { DockerEngine, defaultDockerSocket, handlerImageRef, LABEL } from "./engine.js";
@@ -248,13 +248,8 @@ export class ContainerDriver implements SandboxDriver {
     );
     // Ready when its socket accepts, unless it exits first (a UniFaaS image also calls back, but
     // its socket is the transport: a callback alone does not make it reachable).
-    await awaitReady(child, { kind: "socket", path: join(socketDir, "http.sock") }, ctx);
-    await takeSocket(join(socketDir, "http.sock"), join(dir, "http.sock"), what).catch(
-      async (err: unknown) => {
-        await handle.destroy();
-        throw err;
-      },
-    );
+    const path = join(socketDir, "http.sock");
+    await awaitReady(child, { kind: "socket", path, takeTo: join(dir, "http.sock") }, ctx);
     return handle;
   }
 }

@@ -14,7 +14,7 @@ import { findExecutable, INSIDE, systemDirs } from "../../host-view.js";
 import { HttpTransport } from "../../http-transport.js";
 import { nodeInside, removeRootfs, RootfsBuilds, type BuiltRootfs } from "../../rootfs-build.js";
 import { createRunDir, mergeReports, ownerOf, removeRunDir, runRoot, sweepStale } from "../../run-dir.js";
-import { giveToSandboxUser, takeSocket } from "../../unprivileged.js";
+import { giveToSandboxUser } from "../../unprivileged.js";
 import { fromChildProcess, SupervisedChild } from "../../supervised-child.js";
 import { SupervisedHandle } from "../../supervised-handle.js";
 import { mountPointsUnder } from "../../mounts.js";
@@ -281,13 +281,8 @@ export class OciDriver implements SandboxDriver {
       new HttpTransport({ socketPath: join(dir, "http.sock") }, what),
     );
     // 2. Race the socket accepting against the container exiting and the start deadline.
-    await awaitReady(child, { kind: "socket", path: join(socketDir, "http.sock") }, ctx);
-    await takeSocket(join(socketDir, "http.sock"), join(dir, "http.sock"), what).catch(
-      async (err: unknown) => {
-        await handle.destroy();
-        throw err;
-      },
-    );
+    const path = join(socketDir, "http.sock");
+    await awaitReady(child, { kind: "socket", path, takeTo: join(dir, "http.sock") }, ctx);
     return handle;
   }
 }

@@ -23,7 +23,7 @@ import { fromChildProcess, SupervisedChild } from "../../supervised-child.js";
 import { SupervisedHandle } from "../../supervised-handle.js";
 import { HANDLER_RUNTIME, HandlerBundles } from "../../handler-build.js";
 import { INSIDE } from "../../host-view.js";
-import { giveToSandboxUser, SANDBOX_USER, takeSocket } from "../../unprivileged.js";
+import { giveToSandboxUser, SANDBOX_USER } from "../../unprivileged.js";
 import { bwrapArgs, dropRootArgs, findBwrap, findSetpriv, JOIN_CGROUPS_THEN_EXEC } from "./bubblewrap.js";
 import { denyListFilter } from "./seccomp.js";
 
@@ -198,12 +198,12 @@ export class ProcessDriver implements SandboxDriver {
     // instance starts leaves a child that the next start's sweep can find and end.
     if (spawned.pid !== undefined) await recordOwner(dir, spawned.pid).catch(() => undefined);
     // 2. Race readiness against the child exiting or failing to spawn, and the start deadline.
-    await awaitReady(child, cfg.isolate ? { kind: "socket", path: boundSocket } : { kind: "callback" }, ctx);
-    if (cfg.isolate && cfg.transport === "unix")
-      await takeSocket(boundSocket, socketPath, what).catch(async (err: unknown) => {
-        await handle.destroy();
-        throw err;
-      });
+    // An isolated one is ready once its socket accepts; then its socket is taken out of its reach.
+    const takeTo = cfg.transport === "unix" ? socketPath : undefined;
+    const readiness = cfg.isolate
+      ? { kind: "socket" as const, path: boundSocket, takeTo }
+      : { kind: "callback" as const };
+    await awaitReady(child, readiness, ctx);
     return handle;
   }
 }
