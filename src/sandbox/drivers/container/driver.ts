@@ -3,13 +3,11 @@ import { join } from "node:path";
 import type Docker from "dockerode";
 import { FennecError } from "../../../core/errors.js";
 import type { ContainerSandboxConfig, FunctionConfig } from "../../../config/function-config.js";
-import { awaitReady } from "../../await-ready.js";
 import { CleanupStack } from "../../cleanup-stack.js";
 import type { CleanupReport, SandboxDriver, SandboxHandle, StartContext } from "../../contract.js";
 import { HandlerBundles } from "../../handler-build.js";
 import { PerRevision } from "../../per-revision.js";
 import { INSIDE } from "../../host-view.js";
-import { HttpTransport } from "../../http-transport.js";
 import { nodeInside, removeOtherRootfs, RootfsBuilds, type BuiltRootfs } from "../../rootfs-build.js";
 import { selfIdentity, startTime, stillRunning } from "../../../core/process-identity.js";
 import { createRunDir, mergeReports, removeRunDir, runRoot, sweepStale } from "../../run-dir.js";
@@ -241,16 +239,12 @@ export class ContainerDriver implements SandboxDriver {
           .then((b) => demuxLogs(b as unknown as Buffer)),
       cleanup,
     });
-    // The socket, once ready, is moved out of the container's reach (takeSocket).
-    const handle = new SupervisedHandle(
-      child,
-      new HttpTransport({ socketPath: join(dir, "http.sock") }, what),
-    );
     // Ready when its socket accepts, unless it exits first (a UniFaaS image also calls back, but
-    // its socket is the transport: a callback alone does not make it reachable).
-    const path = join(socketDir, "http.sock");
-    await awaitReady(child, { kind: "socket", path, takeTo: join(dir, "http.sock") }, ctx);
-    return handle;
+    // its socket is the transport: a callback alone does not make it reachable); once ready, the
+    // socket is moved out of the container's reach.
+    const socketPath = join(dir, "http.sock");
+    const readiness = { kind: "socket", path: join(socketDir, "http.sock"), takeTo: socketPath } as const;
+    return SupervisedHandle.ready(child, { socketPath }, readiness, ctx);
   }
 }
 

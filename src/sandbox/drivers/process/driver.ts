@@ -6,10 +6,9 @@ import { dirname, join } from "node:path";
 import { FennecError } from "../../../core/errors.js";
 import type { FunctionConfig, ProcessSandboxConfig } from "../../../config/function-config.js";
 import { Cgroup, removeParents, sweepCgroups } from "../../cgroups.js";
-import { awaitReady } from "../../await-ready.js";
 import { CleanupStack } from "../../cleanup-stack.js";
 import type { CleanupReport, SandboxDriver, SandboxHandle, StartContext } from "../../contract.js";
-import { HttpTransport, type Endpoint } from "../../http-transport.js";
+import type { Endpoint } from "../../http-transport.js";
 import {
   createRunDir,
   mergeReports,
@@ -193,7 +192,6 @@ export class ProcessDriver implements SandboxDriver {
       ...(group ? { oomKilled: () => group.oomKilled() } : {}),
       cleanup,
     });
-    const handle = new SupervisedHandle(child, new HttpTransport(endpoint, what));
     // Recorded before anything can remove the run directory, so a Fennec that dies while the
     // instance starts leaves a child that the next start's sweep can find and end.
     if (spawned.pid !== undefined) await recordOwner(dir, spawned.pid).catch(() => undefined);
@@ -203,8 +201,7 @@ export class ProcessDriver implements SandboxDriver {
     const readiness = cfg.isolate
       ? { kind: "socket" as const, path: boundSocket, takeTo }
       : { kind: "callback" as const };
-    await awaitReady(child, readiness, ctx);
-    return handle;
+    return SupervisedHandle.ready(child, endpoint, readiness, ctx);
   }
 }
 
