@@ -1,21 +1,25 @@
 import type { StartContext } from "./contract.js";
 import type { SupervisedChild } from "./supervised-child.js";
+import { takeSocket } from "./unprivileged.js";
 import { waitForSocket } from "./wait-socket.js";
 
 /** How an instance says that it serves. */
 export type Readiness =
   /** It calls the readiness callback URL (UniFaaS `%callback`). */
   | { readonly kind: "callback" }
-  /** Something accepts on this Unix socket: an instance with no network to call back over. */
-  | { readonly kind: "socket"; readonly path: string }
+  /**
+   * Something accepts on this Unix socket: an instance with no network to call back over. With
+   * `takeTo`, the socket is then moved there, out of the sandbox's reach (`takeSocket`).
+   */
+  | { readonly kind: "socket"; readonly path: string; readonly takeTo?: string }
   /** The driver's own signal (a guest channel's hello, a restored VM answering a ping). */
   | { readonly kind: "signal"; readonly ready: (signal: AbortSignal) => Promise<void> };
 
 /**
  * The one readiness race of every out-of-process sandbox: ready, against the child exiting first
  * (its exit, told apart as crash, OOM or a failed spawn) and the start's deadline or abort. The
- * losers stop (a socket is no longer polled), and a start that fails destroys the child, releasing
- * all it holds, before it rejects.
+ * losers stop (a socket is no longer polled), and a start that fails (up to taking its socket)
+ * destroys the child, releasing all it holds, before it rejects.
  */
 export async function awaitReady(
   child: SupervisedChild,
@@ -34,6 +38,8 @@ export async function awaitReady(
         signal.addEventListener("abort", fail, { once: true });
       }),
     ]);
+    if (readiness.kind === "socket" && readiness.takeTo)
+      await takeSocket(readiness.path, readiness.takeTo, child.what);
   } catch (err) {
     settled.abort();
     await child.destroy().catch(() => undefined);

@@ -1,6 +1,7 @@
 import type { InvokeRequest, InvokeResponse } from "../core/types.js";
-import type { InvokeContext, SandboxHandle } from "./contract.js";
-import type { HttpTransport } from "./http-transport.js";
+import { awaitReady, type Readiness } from "./await-ready.js";
+import type { InvokeContext, SandboxHandle, StartContext } from "./contract.js";
+import { HttpTransport, type Endpoint } from "./http-transport.js";
 import type { SupervisedChild } from "./supervised-child.js";
 
 /**
@@ -12,10 +13,23 @@ export class SupervisedHandle implements SandboxHandle {
   readonly child: SupervisedChild;
   readonly #transport: HttpTransport;
 
-  constructor(child: SupervisedChild, transport: HttpTransport) {
+  constructor(child: SupervisedChild, endpoint: Endpoint) {
     this.child = child;
+    const transport = new HttpTransport(endpoint, child.what);
     this.#transport = transport;
     child.cleanup.defer(() => transport.close());
+  }
+
+  /** The handle of `child`, reached at `endpoint`, once it is ready (`awaitReady`). */
+  static async ready(
+    child: SupervisedChild,
+    endpoint: Endpoint,
+    readiness: Readiness,
+    ctx: Pick<StartContext, "signal" | "waitForCallback">,
+  ): Promise<SupervisedHandle> {
+    const handle = new SupervisedHandle(child, endpoint);
+    await awaitReady(child, readiness, ctx);
+    return handle;
   }
 
   async invoke(request: InvokeRequest, ctx: InvokeContext): Promise<InvokeResponse> {

@@ -49,6 +49,38 @@ describe("[process] functions through the gateway", () => {
     }
   });
 
+  it("answers for an instance that dies mid-request with FN_CRASHED and its exit code in the details", async () => {
+    const { dir, cleanup } = await tempDir();
+    try {
+      const registry = await copyExamples(dir);
+      const fn = join(registry, "dies");
+      await mkdir(fn);
+      await copyFile(join(ROOT, "test", "fixtures", "process", "server.mjs"), join(fn, "server.mjs"));
+      // The fixture's `fail` mode calls process.exit(3) when a request arrives.
+      await writeFile(
+        join(fn, "function.toml"),
+        `[process]\ncommand = [${JSON.stringify(process.execPath)}, "server.mjs", "fail"]\n`,
+      );
+      const fennec = await startFennec({
+        registry,
+        port: 0,
+        logLevel: "silent",
+        cacheDir: join(dir, "cache"),
+        processSandbox: true,
+      });
+      try {
+        const r = await request(`${fennec.url}/invoke/dies/`);
+        assert.equal(errorCode(r), "FN_CRASHED", r.text);
+        const body = JSON.parse(r.text) as { error: { details?: Record<string, unknown> } };
+        assert.deepEqual(body.error.details, { exitCode: 3, signal: null });
+      } finally {
+        await fennec.close();
+      }
+    } finally {
+      await cleanup();
+    }
+  });
+
   it("runs fetch-style handlers: the bundled example, a throwing one, and one that does not build", async () => {
     const { dir, cleanup } = await tempDir();
     try {

@@ -3,18 +3,16 @@ import { join } from "node:path";
 import type Docker from "dockerode";
 import { FennecError } from "../../../core/errors.js";
 import type { ContainerSandboxConfig, FunctionConfig } from "../../../config/function-config.js";
-import { awaitReady } from "../../await-ready.js";
 import { CleanupStack } from "../../cleanup-stack.js";
 import type { CleanupReport, SandboxDriver, SandboxHandle, StartContext } from "../../contract.js";
 import { HandlerBundles } from "../../handler-build.js";
 import { PerRevision } from "../../per-revision.js";
 import { INSIDE } from "../../host-view.js";
-import { HttpTransport } from "../../http-transport.js";
 import { nodeInside, removeOtherRootfs, RootfsBuilds, type BuiltRootfs } from "../../rootfs-build.js";
 import { selfIdentity, startTime, stillRunning } from "../../../core/process-identity.js";
 import { createRunDir, mergeReports, removeRunDir, runRoot, sweepStale } from "../../run-dir.js";
 import { seccompProfile } from "../../seccomp.js";
-import { giveToSandboxUser, SANDBOX_USER, takeSocket } from "../../unprivileged.js";
+import { giveToSandboxUser, SANDBOX_USER } from "../../unprivileged.js";
 import { exitFromStatus, SupervisedChild, type Child, type ChildExit } from "../../supervised-child.js";
 import { SupervisedHandle } from "../../supervised-handle.js";
 import { DockerEngine, defaultDockerSocket, handlerImageRef, LABEL } from "./engine.js";
@@ -241,21 +239,12 @@ export class ContainerDriver implements SandboxDriver {
           .then((b) => demuxLogs(b as unknown as Buffer)),
       cleanup,
     });
-    // The socket, once ready, is moved out of the container's reach (takeSocket).
-    const handle = new SupervisedHandle(
-      child,
-      new HttpTransport({ socketPath: join(dir, "http.sock") }, what),
-    );
     // Ready when its socket accepts, unless it exits first (a UniFaaS image also calls back, but
-    // its socket is the transport: a callback alone does not make it reachable).
-    await awaitReady(child, { kind: "socket", path: join(socketDir, "http.sock") }, ctx);
-    await takeSocket(join(socketDir, "http.sock"), join(dir, "http.sock"), what).catch(
-      async (err: unknown) => {
-        await handle.destroy();
-        throw err;
-      },
-    );
-    return handle;
+    // its socket is the transport: a callback alone does not make it reachable); once ready, the
+    // socket is moved out of the container's reach.
+    const socketPath = join(dir, "http.sock");
+    const readiness = { kind: "socket", path: join(socketDir, "http.sock"), takeTo: socketPath } as const;
+    return SupervisedHandle.ready(child, { socketPath }, readiness, ctx);
   }
 }
 

@@ -6,15 +6,13 @@ import { promisify } from "node:util";
 import { FennecError } from "../../../core/errors.js";
 import type { FunctionConfig, OciSandboxConfig } from "../../../config/function-config.js";
 import { removeNested } from "../../cgroups.js";
-import { awaitReady } from "../../await-ready.js";
 import { CleanupStack } from "../../cleanup-stack.js";
 import type { CleanupReport, SandboxDriver, SandboxHandle, StartContext } from "../../contract.js";
 import { HandlerBundles } from "../../handler-build.js";
 import { findExecutable, INSIDE, systemDirs } from "../../host-view.js";
-import { HttpTransport } from "../../http-transport.js";
 import { nodeInside, removeRootfs, RootfsBuilds, type BuiltRootfs } from "../../rootfs-build.js";
 import { createRunDir, mergeReports, ownerOf, removeRunDir, runRoot, sweepStale } from "../../run-dir.js";
-import { giveToSandboxUser, takeSocket } from "../../unprivileged.js";
+import { giveToSandboxUser } from "../../unprivileged.js";
 import { fromChildProcess, SupervisedChild } from "../../supervised-child.js";
 import { SupervisedHandle } from "../../supervised-handle.js";
 import { mountPointsUnder } from "../../mounts.js";
@@ -275,19 +273,10 @@ export class OciDriver implements SandboxDriver {
       oomKilled: (exit) => exit.signal === "SIGKILL",
       cleanup,
     });
-    // The socket, once ready, is moved out of the container's reach (takeSocket).
-    const handle = new SupervisedHandle(
-      child,
-      new HttpTransport({ socketPath: join(dir, "http.sock") }, what),
-    );
-    // 2. Race the socket accepting against the container exiting and the start deadline.
-    await awaitReady(child, { kind: "socket", path: join(socketDir, "http.sock") }, ctx);
-    await takeSocket(join(socketDir, "http.sock"), join(dir, "http.sock"), what).catch(
-      async (err: unknown) => {
-        await handle.destroy();
-        throw err;
-      },
-    );
-    return handle;
+    // 2. Race the socket accepting against the container exiting and the start deadline; once
+    //    ready, the socket is moved out of the container's reach.
+    const socketPath = join(dir, "http.sock");
+    const readiness = { kind: "socket", path: join(socketDir, "http.sock"), takeTo: socketPath } as const;
+    return SupervisedHandle.ready(child, { socketPath }, readiness, ctx);
   }
 }

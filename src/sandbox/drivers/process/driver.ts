@@ -6,10 +6,9 @@ import { dirname, join } from "node:path";
 import { FennecError } from "../../../core/errors.js";
 import type { FunctionConfig, ProcessSandboxConfig } from "../../../config/function-config.js";
 import { Cgroup, removeParents, sweepCgroups } from "../../cgroups.js";
-import { awaitReady } from "../../await-ready.js";
 import { CleanupStack } from "../../cleanup-stack.js";
 import type { CleanupReport, SandboxDriver, SandboxHandle, StartContext } from "../../contract.js";
-import { HttpTransport, type Endpoint } from "../../http-transport.js";
+import type { Endpoint } from "../../http-transport.js";
 import {
   createRunDir,
   mergeReports,
@@ -23,7 +22,7 @@ import { fromChildProcess, SupervisedChild } from "../../supervised-child.js";
 import { SupervisedHandle } from "../../supervised-handle.js";
 import { HANDLER_RUNTIME, HandlerBundles } from "../../handler-build.js";
 import { INSIDE } from "../../host-view.js";
-import { giveToSandboxUser, SANDBOX_USER, takeSocket } from "../../unprivileged.js";
+import { giveToSandboxUser, SANDBOX_USER } from "../../unprivileged.js";
 import { bwrapArgs, dropRootArgs, findBwrap, findSetpriv, JOIN_CGROUPS_THEN_EXEC } from "./bubblewrap.js";
 import { denyListFilter } from "./seccomp.js";
 
@@ -193,18 +192,16 @@ export class ProcessDriver implements SandboxDriver {
       ...(group ? { oomKilled: () => group.oomKilled() } : {}),
       cleanup,
     });
-    const handle = new SupervisedHandle(child, new HttpTransport(endpoint, what));
     // Recorded before anything can remove the run directory, so a Fennec that dies while the
     // instance starts leaves a child that the next start's sweep can find and end.
     if (spawned.pid !== undefined) await recordOwner(dir, spawned.pid).catch(() => undefined);
     // 2. Race readiness against the child exiting or failing to spawn, and the start deadline.
-    await awaitReady(child, cfg.isolate ? { kind: "socket", path: boundSocket } : { kind: "callback" }, ctx);
-    if (cfg.isolate && cfg.transport === "unix")
-      await takeSocket(boundSocket, socketPath, what).catch(async (err: unknown) => {
-        await handle.destroy();
-        throw err;
-      });
-    return handle;
+    // An isolated one is ready once its socket accepts; then its socket is taken out of its reach.
+    const takeTo = cfg.transport === "unix" ? socketPath : undefined;
+    const readiness = cfg.isolate
+      ? { kind: "socket" as const, path: boundSocket, takeTo }
+      : { kind: "callback" as const };
+    return SupervisedHandle.ready(child, endpoint, readiness, ctx);
   }
 }
 
