@@ -26,7 +26,14 @@ import { HttpTransport, type Endpoint } from "../../http-transport.js";
 import { PerRevision } from "../../per-revision.js";
 import { createRunDir, recordOwner, removeRunDir, sweepStale } from "../../run-dir.js";
 import { chooseAccel, type AccelChoice, type AccelPreference } from "./accel.js";
-import { buildGuestRoot, cacheDir, guestKernel, stampsOf, type GuestRoot } from "./linux-guest.js";
+import {
+  buildGuestRoot,
+  cacheDir,
+  guestKernel,
+  ipNetworkParams,
+  stampsOf,
+  type GuestRoot,
+} from "./linux-guest.js";
 import { QmpClient } from "./qmp.js";
 import { qemuArgs, substituteCmdline, USER_NET, type GuestKind, type QemuPlan } from "./qemu-args.js";
 import { snapshotKey, SnapshotStore, type Snapshot } from "./snapshots.js";
@@ -195,6 +202,8 @@ export class VmDriver implements SandboxDriver {
       const fennecRoot = root.image ? "fennec.root=blk:/dev/vda" : "fennec.root=9p:fnroot";
       // Without the channel the agent only runs the function, which serves on the guest's network.
       const port = vm.transport === "channel" ? "" : "fennec.port=none";
+      // issue10-unifaas: on an IP network, the callback the agent hands the program, and eth0's address.
+      const network = ipNetworkParams(vm);
       const clock =
         this.accel.accel === "tcg" && vm.hypervisor.type !== "firecracker" ? await tcgClockParams() : "";
       return {
@@ -202,7 +211,7 @@ export class VmDriver implements SandboxDriver {
         kernel,
         initrd: initramfs,
         root: root.image ? { image: root.image, writable: false } : { dir: root.rootfs.dir },
-        cmdline: `${LINUX_BASE_CMDLINE} ${clock} ${fennecRoot} ${port} ${vm.cmdline}`
+        cmdline: `${LINUX_BASE_CMDLINE} ${clock} ${fennecRoot} ${port} ${network} ${vm.cmdline}`
           .replace(/ +/g, " ")
           .trim(),
         snapshotKey: snapshotKey([...common, await stampsOf([kernel, initramfs]), root.rootfs.digest]),
