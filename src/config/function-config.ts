@@ -48,6 +48,8 @@ export interface ContainerSandboxConfig {
   readonly env: Readonly<Record<string, string>>;
   readonly pids: number;
   readonly network: "none" | "host";
+  /** The image serves HTTP on this port in its own network namespace, reached through a relay. */
+  readonly port?: number | undefined;
 }
 
 export interface ProcessSandboxConfig {
@@ -76,6 +78,8 @@ export interface OciSandboxConfig {
   readonly pids: number;
   /** A handler's built root: shared read-only by every instance, or an overlay per instance. */
   readonly rootfs: "shared" | "overlay";
+  /** The command serves HTTP on this port in its own network namespace, reached through a relay. */
+  readonly port?: number | undefined;
 }
 
 export type SandboxConfig =

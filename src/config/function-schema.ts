@@ -104,6 +104,14 @@ export const vmTable = z
   });
 
 /**
+ * `[oci]` and `[container]`: the program serves HTTP on this TCP port in its own network namespace
+ * (a UniFaaS program: 0.0.0.0:8080), not on FENNEC_SOCKET. It gets no network for it: Fennec
+ * reaches the port through a relay inside that namespace (port-forwarder.ts), and the port
+ * answering is its readiness (it is told `ignore` for a callback it could not reach).
+ */
+const servedPort = z.number().int().min(1).max(65535).optional();
+
+/**
  * The UniFaaS `[container]` table, unchanged (`image`, `memory` as memory and swap limit, `runtime`
  * as named in /etc/docker/daemon.json), plus Fennec's keys: a fetch-style `handler` instead of an
  * image (`fennec build` makes the image), `env`, `pids` and `network`.
@@ -124,9 +132,15 @@ export const containerTable = z
     pids: positiveInt.default(1024),
     /** `none`: no IP network (the socket transport only); `host`: the callback reaches the gateway. */
     network: z.enum(["none", "host"]).default("none"),
+    port: servedPort,
   })
   .refine((c) => (c.image === undefined) !== (c.handler === undefined), {
     message: "expected exactly one of image or handler",
+  })
+  .refine((c) => c.port === undefined || (c.image !== undefined && c.network === "none"), {
+    message:
+      'port goes with image and network = "none": Fennec relays to it inside the container\'s own namespace',
+    path: ["port"],
   });
 
 /** Fennec's `[process]` table: a plain child process serving HTTP (development and baselines). */
@@ -162,9 +176,14 @@ const ociTable = z
     pids: positiveInt.default(1024),
     /** A handler's built root: one read-only copy shared by every instance, or an overlay each. */
     rootfs: z.enum(["shared", "overlay"]).default("shared"),
+    port: servedPort,
   })
   .refine((p) => (p.command === undefined) !== (p.handler === undefined), {
     message: "expected exactly one of command or handler",
+  })
+  .refine((p) => p.port === undefined || p.command !== undefined, {
+    message: "port goes with command: a handler serves on Fennec's socket",
+    path: ["port"],
   })
   .refine((p) => p.rootfs === "shared" || p.handler !== undefined, {
     message:

@@ -180,6 +180,7 @@ function sandboxOf(cfg: FunctionToml, dir: string, file: string): SandboxConfig 
       memoryMiB: o.memory,
       pids: o.pids,
       rootfs: o.rootfs,
+      port: o.port,
     };
   }
   const c = cfg.container!;
@@ -193,6 +194,7 @@ function sandboxOf(cfg: FunctionToml, dir: string, file: string): SandboxConfig 
     env: c.env,
     pids: c.pids,
     network: c.network,
+    port: c.port,
   };
 }
 

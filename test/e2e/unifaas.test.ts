@@ -1,7 +1,10 @@
 import assert from "node:assert/strict";
-import { copyFile, mkdir, writeFile } from "node:fs/promises";
+import { execFileSync } from "node:child_process";
+import { copyFile, mkdir, rm, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
+import { assembleRootfs, nodeInside } from "../../src/sandbox/rootfs-build.js";
+import { startDockerd, type TestDockerd } from "../helpers/docker.js";
 import { request } from "../helpers/http.js";
 import { ROOT } from "../helpers/paths.js";
 import { startTestServer, type TestServer } from "../helpers/server.js";
@@ -46,6 +49,119 @@ describe("UniFaaS's app as a [vm] command on QEMU's user-mode network", () => {
       const warm = await request(`${s.url}/invoke/${name}/anything`);
       assert.equal(warm.text, HELLO);
       assert.equal(warm.headers.get("x-fennec-start"), "warm");
+    });
+  }
+});
+
+const PROBE = join(ROOT, "test", "fixtures", "port", "probe.mjs");
+
+/** Relay processes (port-relay.ts) still running: none may outlive its instance. */
+function relays(): string[] {
+  return execFileSync("ps", ["-eo", "pid=,args="], { encoding: "utf8" })
+    .split("\n")
+    .filter((l) => l.includes("FENNEC_RELAY_SOCKET"));
+}
+
+/** Asserts what the probe saw: its loopback and nothing else, and no way to the gateway. */
+function assertNoNetwork(text: string): void {
+  const seen = JSON.parse(text) as { interfaces: string[]; connect: string };
+  assert.deepEqual(seen.interfaces, ["lo"], text);
+  assert.notEqual(seen.connect, "connected", text);
+  assert.notEqual(seen.connect, null, text);
+}
+
+// Needs root, runc and runsc (.ci/run installs them).
+describe("UniFaaS's app as an [oci] command serving port 8080 in its own network namespace", () => {
+  let s: TestServer;
+  before(async () => {
+    s = await startTestServer();
+    for (const runtime of ["runc", "runsc"]) {
+      const oci = `[oci]\nruntime = "${runtime}"\nport = 8080\n`;
+      await addApp(s.registry, `oci-${runtime}`, `${oci}command = ["${process.execPath}", "main.js"]\n`);
+      const probe = join(s.registry, `probe-oci-${runtime}`);
+      await mkdir(probe);
+      await copyFile(PROBE, join(probe, "probe.mjs"));
+      await writeFile(
+        join(probe, "function.toml"),
+        `keepalive = 30\nconcurrent-requests = 1\n${oci}command = ["${process.execPath}", "probe.mjs"]\n`,
+      );
+    }
+  });
+  after(async () => {
+    await s.close();
+    assert.deepEqual(relays(), [], "no relay outlives its instance");
+  });
+
+  for (const runtime of ["runc", "runsc"]) {
+    it(`oci-${runtime}: answers through the relay, cold then warm`, async () => {
+      const cold = await request(`${s.url}/invoke/oci-${runtime}/`);
+      assert.equal(cold.status, 200, cold.text);
+      assert.equal(cold.text, HELLO);
+      assert.equal(cold.headers.get("x-fennec-start"), "cold");
+      const warm = await request(`${s.url}/invoke/oci-${runtime}/again`);
+      assert.equal(warm.text, HELLO);
+      assert.equal(warm.headers.get("x-fennec-start"), "warm");
+    });
+
+    it(`probe-oci-${runtime}: has its loopback and no other network, not even to the gateway`, async () => {
+      const res = await request(`${s.url}/invoke/probe-oci-${runtime}/?port=${new URL(s.url).port}`);
+      assert.equal(res.status, 200, res.text);
+      assertNoNetwork(res.text);
+    });
+  }
+});
+
+// A dockerd of the test's own (test/helpers/docker.ts), and images shaped as UniFaaS's
+// benchmarks/docker-node/Dockerfile makes them: Node, the app, ENTRYPOINT ["node", "/root/main.js"].
+describe("UniFaaS's app as a [container] image serving port 8080 with no network", () => {
+  let dockerd: TestDockerd;
+  let s: TestServer;
+  before(async () => {
+    dockerd = await startDockerd();
+    const image = async (ref: string, file: string, target: string) => {
+      const rootfs = await assembleRootfs(join(dockerd.dir, `rootfs-${file}`), {
+        binaries: [process.execPath],
+        files: [{ source: file, target }],
+      });
+      await dockerd.engine.importRootfs(rootfs.dir, ref, rootfs.digest, [await nodeInside(), target]);
+      await rm(rootfs.dir, { recursive: true, force: true });
+    };
+    await image("fennec-test/unifaas-node:1", APP, "/root/main.js");
+    await image("fennec-test/port-probe:1", PROBE, "/root/probe.mjs");
+    s = await startTestServer({ dockerSocket: dockerd.socketPath });
+    for (const runtime of ["runc", "runsc"]) {
+      const table = (image: string) =>
+        `keepalive = 30\nconcurrent-requests = 1\n[container]\nimage = "${image}"\nmemory = 256\nruntime = "${runtime}"\nport = 8080\n`;
+      for (const [name, ref] of [
+        [`docker-${runtime}`, "fennec-test/unifaas-node:1"],
+        [`probe-docker-${runtime}`, "fennec-test/port-probe:1"],
+      ] as const) {
+        await mkdir(join(s.registry, name));
+        await writeFile(join(s.registry, name, "function.toml"), table(ref));
+      }
+    }
+  });
+  after(async () => {
+    await s?.close();
+    await dockerd?.stop();
+    assert.deepEqual(relays(), [], "no relay outlives its instance");
+  });
+
+  for (const runtime of ["runc", "runsc"]) {
+    it(`docker-${runtime}: answers through the relay, cold then warm`, async () => {
+      const cold = await request(`${s.url}/invoke/docker-${runtime}/`);
+      assert.equal(cold.status, 200, cold.text);
+      assert.equal(cold.text, HELLO);
+      assert.equal(cold.headers.get("x-fennec-start"), "cold");
+      const warm = await request(`${s.url}/invoke/docker-${runtime}/again`);
+      assert.equal(warm.text, HELLO);
+      assert.equal(warm.headers.get("x-fennec-start"), "warm");
+    });
+
+    it(`probe-docker-${runtime}: has its loopback and no other network, not even to the gateway`, async () => {
+      const res = await request(`${s.url}/invoke/probe-docker-${runtime}/?port=${new URL(s.url).port}`);
+      assert.equal(res.status, 200, res.text);
+      assertNoNetwork(res.text);
     });
   }
 });

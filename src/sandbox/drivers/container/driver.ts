@@ -22,6 +22,8 @@ import { seccompProfile } from "../../seccomp.js";
 import { giveToSandboxUser, SANDBOX_USER, takeSocket } from "../../unprivileged.js";
 import { waitForSocket } from "../../wait-socket.js";
 import { DockerEngine, defaultDockerSocket, handlerImageRef, LABEL } from "./engine.js";
+import type { PortForwarder } from "../../port-forwarder.js";
+import { forwardContainerPort } from "./port-forward.js";
 
 /** Seconds a closing container gets after SIGTERM before Docker kills it. */
 const CLOSE_GRACE_S = 3;
@@ -183,7 +185,8 @@ export class ContainerDriver implements SandboxDriver {
         name: `fennec-${ctx.instanceId}`,
         Image: image,
         // UniFaaS: the callback URL is the container's argument (after the image's entrypoint).
-        Cmd: [ctx.callbackUrl],
+        // issue10-unifaas (1/3): a port's readiness is the port answering; the callback is unreachable.
+        Cmd: [cfg.port === undefined ? ctx.callbackUrl : "ignore"],
         // Never the host's root, whatever the image says (docs/security.md).
         User: `${SANDBOX_USER.uid}:${SANDBOX_USER.gid}`,
         Env: [
@@ -225,6 +228,7 @@ export class ContainerDriver implements SandboxDriver {
         this.engine.unavailable(err) ?? new FennecError("SANDBOX_START_FAILED", `${what}: ${message(err)}`)
       );
     }
+    let relay: PortForwarder | undefined;
     const instance = new ContainerInstance({
       engine: this.engine,
       container,
@@ -233,19 +237,26 @@ export class ContainerDriver implements SandboxDriver {
       memoryMiB: cfg.memoryMiB,
       // The socket, once ready, is moved out of the container's reach (takeSocket).
       transport: new HttpTransport({ socketPath: join(dir, "http.sock") }, what),
-      released: () => this.#released(ctx.config, image),
+      released: async () => {
+        await relay?.stop(); // issue10-unifaas: after the container, its relay
+        await this.#released(ctx.config, image);
+      },
     });
     try {
       await container.start().catch((err: unknown) => {
         throw new FennecError("SANDBOX_START_FAILED", `${what}: ${message(err)}`);
       });
       instance.watchExit();
+      // issue10-unifaas (2/3): an image serving a port is reached through a relay in its namespace.
+      if (cfg.port !== undefined)
+        relay = forwardContainerPort({ container, gvisor, socketDir, port: cfg.port, what });
       // Ready when its socket accepts, unless it exits first (a UniFaaS image also calls back, but
       // its socket is the transport: a callback alone does not make it reachable). The socket is
       // polled only until the start is settled, whichever way.
       const listening = new AbortController();
       await new Promise<void>((resolve, reject) => {
         instance.onExit(reject);
+        relay?.failed.catch(reject); // issue10-unifaas (3/3)
         waitForSocket(join(socketDir, "http.sock"), AbortSignal.any([ctx.signal, listening.signal])).then(
           resolve,
           reject,

@@ -24,6 +24,7 @@ import { waitForSocket } from "../../wait-socket.js";
 import { mountPointsUnder } from "../../mounts.js";
 import { mountOverlay, unmountOverlay } from "./overlay.js";
 import { ociSpec, type BindMount } from "./spec.js";
+import { forwardOciPort } from "./port-forward.js";
 
 const run = promisify(execFile);
 const CLOSE_GRACE_MS = 3000;
@@ -246,6 +247,21 @@ export class OciDriver implements SandboxDriver {
       cwd: dir,
       stdio: ["ignore", "pipe", "pipe"],
     });
+    // issue10-unifaas (1/2): a command serving a port is reached through a relay in its namespace.
+    const relay =
+      cfg.port === undefined
+        ? undefined
+        : forwardOciPort({
+            runtime: cfg.runtime,
+            binary,
+            runtimeArgs,
+            id: ctx.instanceId,
+            socketDir,
+            port: cfg.port,
+            what,
+            signal: ctx.signal,
+          });
+    if (relay) cleanup.push(() => relay.stop());
     const instance = new OciInstance({
       child,
       binary,
@@ -267,6 +283,7 @@ export class OciDriver implements SandboxDriver {
           reject(new FennecError("SANDBOX_START_FAILED", `${what}: cannot run ${binary}: ${err.message}`)),
         );
         instance.onExit((err) => reject(err));
+        relay?.failed.catch(reject); // issue10-unifaas (2/2)
         waitForSocket(join(socketDir, "http.sock"), AbortSignal.any([ctx.signal, settled.signal])).then(
           resolve,
           reject,
