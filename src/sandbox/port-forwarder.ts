@@ -1,4 +1,4 @@
-import { spawn, type ChildProcess } from "node:child_process";
+import { spawn, type ChildProcess, type SpawnOptions } from "node:child_process";
 import { readFileSync } from "node:fs";
 import { basename, dirname } from "node:path";
 import type { Duplex } from "node:stream";
@@ -46,6 +46,44 @@ export type RelayPlace =
       readonly socketPath: string;
     };
 
+function relayEnv(socketPath: string, port: number): Record<string, string> {
+  return { FENNEC_RELAY_SOCKET: socketPath, FENNEC_RELAY_PORT: String(port) };
+}
+
+/** The command line (and working directory) of a relay a host process starts or carries. */
+function relayCommand(
+  place: Exclude<RelayPlace, { kind: "docker" }>,
+  port: number,
+): { argv: string[]; options: SpawnOptions } {
+  if (place.kind === "exec") {
+    return {
+      // `exec` carries the relay's environment by flags.
+      argv: [
+        ...place.argv,
+        ...Object.entries(relayEnv(place.socketPath, port)).flatMap(([k, v]) => ["--env", `${k}=${v}`]),
+        place.id,
+        place.node,
+        ...relayArgs(),
+      ],
+      options: { env: { PATH: process.env["PATH"] ?? "/usr/bin:/bin" } },
+    };
+  }
+  return {
+    argv: [
+      findExecutable("nsenter", "util-linux"),
+      `--net=/proc/${place.pid}/ns/net`,
+      `--setuid=${SANDBOX_USER.uid}`,
+      `--setgid=${SANDBOX_USER.gid}`,
+      "--",
+      process.execPath,
+      ...relayArgs(),
+    ],
+    // The sandbox user may not pass through the run directory (root's, 0700) to the socket
+    // directory: the relay starts in that directory and binds a relative name.
+    options: { env: relayEnv(basename(place.socketPath), port), cwd: dirname(place.socketPath) },
+  };
+}
+
 /**
  * A relay from a Unix socket to a TCP port in a sandbox's own network namespace (port-relay.ts):
  * how Fennec reaches a function that serves on a port (UniFaaS's 8080) without giving it any
@@ -78,44 +116,16 @@ export class PortForwarder {
    * signal it gets is aborted by stop(), so a place still being looked for is given up.
    */
   start(place: (signal: AbortSignal) => Promise<RelayPlace>): void {
-    place(this.#stopping.signal).then(
-      (p) => (this.#stopped ? undefined : this.#launch(p)),
-      (err: unknown) => this.#fail(err instanceof Error ? err : new Error(String(err))),
-    );
+    // A launch that throws (no nsenter, say) fails the relay like a place that cannot be found.
+    place(this.#stopping.signal)
+      .then((p) => (this.#stopped ? undefined : this.#launch(p)))
+      .catch((err: unknown) => this.#fail(err instanceof Error ? err : new Error(String(err))));
   }
 
   #launch(place: RelayPlace): void {
-    // On the host the relay is the sandbox user, who may not pass through the run directory (root's,
-    // 0700) to the socket directory: it starts in that directory and binds a relative name.
-    const env = {
-      FENNEC_RELAY_SOCKET: place.kind === "netns" ? basename(place.socketPath) : place.socketPath,
-      FENNEC_RELAY_PORT: String(this.#port),
-    };
-    if (place.kind === "docker") return void this.#dockerExec(place, env).catch((e: Error) => this.#fail(e));
-    const argv =
-      place.kind === "netns"
-        ? [
-            findExecutable("nsenter", "util-linux"),
-            `--net=/proc/${place.pid}/ns/net`,
-            `--setuid=${SANDBOX_USER.uid}`,
-            `--setgid=${SANDBOX_USER.gid}`,
-            "--",
-            process.execPath,
-            ...relayArgs(),
-          ]
-        : [
-            ...place.argv,
-            ...Object.entries(env).flatMap(([k, v]) => ["--env", `${k}=${v}`]),
-            place.id,
-            place.node,
-            ...relayArgs(),
-          ];
-    // `exec` carries the environment by flags; nsenter's child inherits ours (only the relay's).
-    const child = spawn(argv[0]!, argv.slice(1), {
-      env: place.kind === "netns" ? env : { PATH: process.env["PATH"] ?? "/usr/bin:/bin" },
-      ...(place.kind === "netns" ? { cwd: dirname(place.socketPath) } : {}),
-      stdio: ["pipe", "pipe", "pipe"],
-    });
+    if (place.kind === "docker") return void this.#dockerExec(place).catch((e: Error) => this.#fail(e));
+    const { argv, options } = relayCommand(place, this.#port);
+    const child = spawn(argv[0]!, argv.slice(1), { ...options, stdio: ["pipe", "pipe", "pipe"] });
     this.#child = child;
     const keep = (b: Buffer) => (this.#output = (this.#output + b.toString()).slice(-TAIL));
     child.stdout!.on("data", keep);
@@ -138,10 +148,8 @@ export class PortForwarder {
     });
   }
 
-  async #dockerExec(
-    place: Extract<RelayPlace, { kind: "docker" }>,
-    env: Record<string, string>,
-  ): Promise<void> {
+  async #dockerExec(place: Extract<RelayPlace, { kind: "docker" }>): Promise<void> {
+    const env = relayEnv(place.socketPath, this.#port);
     const exec = await place.container.exec({
       Cmd: [place.node, ...relayArgs()],
       // The image's PATH may be unset (an imported root): Docker's own default then.

@@ -3,7 +3,12 @@ import { execFileSync } from "node:child_process";
 import { copyFile, mkdir, rm, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
+import { FennecError } from "../../src/core/errors.js";
+import { OciDriver } from "../../src/sandbox/drivers/oci/driver.js";
+import { findExecutable } from "../../src/sandbox/host-view.js";
 import { assembleRootfs, nodeInside } from "../../src/sandbox/rootfs-build.js";
+import { testConfig } from "../helpers/config.js";
+import { startInstance } from "../helpers/instance.js";
 import { startDockerd, type TestDockerd } from "../helpers/docker.js";
 import { request } from "../helpers/http.js";
 import { ROOT } from "../helpers/paths.js";
@@ -113,6 +118,39 @@ describe("UniFaaS's app as an [oci] command serving port 8080 in its own network
     });
   }
 });
+
+for (const runtime of ["runc", "runsc"] as const) {
+  describe(`a port that never answers (oci, ${runtime})`, () => {
+    const driver = new OciDriver();
+    after(() => driver.close());
+
+    it("times the start out and leaves no relay behind", async () => {
+      const config = testConfig({
+        id: { user: "default", name: `silent-${runtime}` },
+        key: `default/silent-${runtime}`,
+        dir: join(ROOT, "test", "fixtures", "port"),
+        sandbox: {
+          kind: "oci",
+          command: [findExecutable("sleep", "coreutils"), "600"],
+          handler: undefined,
+          runtime,
+          env: {},
+          memoryMiB: 256,
+          pids: 1024,
+          rootfs: "shared",
+          port: 8080,
+        },
+      });
+      // Long enough for the relay to be running (a runsc sandbox takes seconds to come up).
+      await assert.rejects(startInstance(driver, config, { startTimeoutMs: 15_000 }), (err: unknown) => {
+        assert.ok(err instanceof FennecError);
+        assert.equal(err.code, "FN_INIT_TIMEOUT", err.message);
+        return true;
+      });
+      assert.deepEqual(relays(), []);
+    });
+  });
+}
 
 // A dockerd of the test's own (test/helpers/docker.ts), and images shaped as UniFaaS's
 // benchmarks/docker-node/Dockerfile makes them: Node, the app, ENTRYPOINT ["node", "/root/main.js"].
