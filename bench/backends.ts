@@ -29,8 +29,8 @@ import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { promisify } from "node:util";
 import type { FunctionConfig } from "../src/config/function-config.js";
-import { loadFunctionConfig } from "../src/config/load-function.js";
 import { removeNested } from "../src/sandbox/cgroups.js";
+import { sandboxKinds } from "../src/sandbox/drivers/index.js";
 import type { SandboxDriver, SandboxHandle } from "../src/sandbox/contract.js";
 import { ContainerDriver } from "../src/sandbox/drivers/container/driver.js";
 import { OciDriver } from "../src/sandbox/drivers/oci/driver.js";
@@ -222,7 +222,7 @@ const callbacks = createServer((req, res) => {
  */
 function config(dir: string, table: string): FunctionConfig {
   const toml = `keepalive = 60\nconcurrent-requests = ${IN_FLIGHT}\nmax-instances = 1\nmax-queue = 10\n\n${table}\n`;
-  return loadFunctionConfig({ user: "default", name: "bench" }, dir, "function.toml", toml);
+  return sandboxKinds.loader.load({ user: "default", name: "bench" }, dir, "function.toml", toml);
 }
 
 /** Memory and pids limits of a sandbox config (what the bare rows must apply too). */

@@ -6,6 +6,7 @@
  * less than it moves latency. Compare runs of this file, not its numbers with other benchmarks.
  * Usage: npm run build && node dist/bench/dispatch-cost.js [CALLS]
  */
+import { bodyOf, readBody } from "../src/core/body.js";
 import { FennecError } from "../src/core/errors.js";
 import { createLogger } from "../src/core/log.js";
 import type { FunctionConfig } from "../src/config/function-config.js";
@@ -56,8 +57,8 @@ const request = {
     "user-agent": "wrk",
     "content-length": "18",
   },
-  body: Buffer.from("hello fennec bench"),
 };
+const PAYLOAD = Buffer.from("hello fennec bench");
 
 async function measure(collectors: boolean): Promise<number> {
   const scheduler = new Scheduler({
@@ -78,7 +79,7 @@ async function measure(collectors: boolean): Promise<number> {
   const metrics = collectors
     ? new PrometheusMetrics(
         () => [],
-        () => ({ used: 0, budget: 0 }),
+        () => ({ reservedMiB: 0, budgetMiB: 0 }),
         scheduler.node,
       )
     : undefined;
@@ -88,8 +89,10 @@ async function measure(collectors: boolean): Promise<number> {
     await Promise.all(
       Array.from({ length: IN_FLIGHT }, async () => {
         while (left-- > 0) {
-          const outcome = await scheduler.invoke(id, request);
+          // A body is a stream, read once: every call sends its own and drains its answer.
+          const outcome = await scheduler.invoke(id, { ...request, body: bodyOf(PAYLOAD) });
           if ("error" in outcome) throw outcome.error;
+          await readBody(outcome.response.body, Number.POSITIVE_INFINITY, () => new Error("unreachable"));
         }
       }),
     );

@@ -4,7 +4,7 @@
  * 1. mounts devtmpfs, proc and sysfs; reads /proc/cmdline (fennec.* parameters);
  * 2. mounts the function's root read-only at /newroot (fennec.root=9p:<tag> or blk:<device>),
  *    with tmpfs on /tmp and /run/fennec, proc, sysfs and /dev inside it;
- * 3. reads <root>/fennec/guest.conf (argv=, env=, cwd=, socket= or port=);
+ * 3. reads <root>/fennec/guest.conf (argv=, env=, cwd=, socket= or port=, callback=);
  * 4. starts the function chrooted into the root, stdout/stderr on the console;
  * 5. once the function accepts on its socket or port, sends READY on the virtio-serial port
  *    named fennec.0;
@@ -235,6 +235,9 @@ static int fn_argc, fn_envc;
 static char *fn_cwd = "/";
 static char *fn_socket; /* path inside the root */
 static int fn_port;
+/* callback=arg: the readiness callback URL (fennec.callback= on the kernel command line) is the
+   function's last argument, as UniFaaS's Linux images hand it to their program. */
+static int fn_callback_arg;
 
 /* fennec.port=none: no guest channel; the function is reached over the guest's IP network (a
    UniFaaS guest: QEMU user-mode networking or a tap), so the agent only mounts, starts and reaps. */
@@ -273,6 +276,9 @@ static void read_conf(const char *path) {
         fatal("%s:%d: socket=%s must be an absolute path shorter than %zu bytes", path, lineno, val,
               sizeof(((struct sockaddr_un *)0)->sun_path) - strlen(ROOT));
       fn_socket = val;
+    } else if (!strcmp(key, "callback")) {
+      if (strcmp(val, "arg")) fatal("%s:%d: callback=%s: the only value is arg", path, lineno, val);
+      fn_callback_arg = 1;
     } else if (!strcmp(key, "port")) {
       fn_port = atoi(val);
       if (fn_port <= 0 || fn_port > 65535) fatal("%s:%d: bad port=%s", path, lineno, val);
@@ -283,6 +289,12 @@ static void read_conf(const char *path) {
   free(line);
   fclose(f);
   if (fn_argc == 0) fatal("%s: no argv= line", path);
+  if (fn_callback_arg) {
+    /* The host always passes one on an IP network; without it the program is told to skip it. */
+    static char url[512];
+    if (fn_argc == MAX_ARGS) fatal("%s: more than %d argv lines", path, MAX_ARGS);
+    fn_argv[fn_argc++] = param("fennec.callback", url, sizeof url) ? url : "ignore";
+  }
   /* Without a channel (fennec.port=none) the function serves on the guest's network itself. */
   if (no_channel) {
     if (fn_socket || fn_port) fatal("%s: socket= and port= go with the channel, not fennec.port=none", path);

@@ -10,6 +10,14 @@ import { z } from "zod";
 export const positiveInt = z.int().min(1);
 const nonNegativeInt = z.int().min(0);
 
+/**
+ * `[oci]` and `[container]`: the program serves HTTP on this TCP port in its own network namespace
+ * (a UniFaaS program: 0.0.0.0:8080), not on FENNEC_SOCKET. It gets no network for it: Fennec
+ * reaches the port through a relay inside that namespace (port-forwarder.ts), and the port
+ * answering is its readiness (it is told `ignore` for a callback it could not reach).
+ */
+export const servedPort = z.number().int().min(1).max(65535).optional();
+
 /** An `env` table: environment variable names to values. */
 export const envTable = z.record(
   z.string().regex(/^[A-Za-z_][A-Za-z0-9_]*$/, "an environment variable name"),

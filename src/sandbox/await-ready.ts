@@ -11,7 +11,13 @@ export type Readiness =
    * Something accepts on this Unix socket: an instance with no network to call back over. With
    * `takeTo`, the socket is then moved there, out of the sandbox's reach (`takeSocket`).
    */
-  | { readonly kind: "socket"; readonly path: string; readonly takeTo?: string }
+  | {
+      readonly kind: "socket";
+      readonly path: string;
+      readonly takeTo?: string;
+      /** Rejects if what makes the socket (a port relay beside the sandbox) dies first. */
+      readonly failsIf?: Promise<never> | undefined;
+    }
   /** The driver's own signal (a guest channel's hello, a restored VM answering a ping). */
   | { readonly kind: "signal"; readonly ready: (signal: AbortSignal) => Promise<void> };
 
@@ -32,6 +38,7 @@ export async function awaitReady(
     await Promise.race([
       ready(readiness, ctx, signal),
       child.exitError().then((err) => Promise.reject(err)),
+      ...(readiness.kind === "socket" && readiness.failsIf ? [readiness.failsIf] : []),
       new Promise<never>((_, reject) => {
         const fail = () => reject(ctx.signal.reason);
         if (ctx.signal.aborted) fail();

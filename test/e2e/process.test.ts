@@ -66,7 +66,7 @@ describe("[process] functions through the gateway", () => {
         port: 0,
         logLevel: "silent",
         cacheDir: join(dir, "cache"),
-        processSandbox: true,
+        driverSettings: { process: true },
       });
       try {
         const r = await request(`${fennec.url}/invoke/dies/`);

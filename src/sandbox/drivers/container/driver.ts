@@ -16,6 +16,7 @@ import { giveToSandboxUser, SANDBOX_USER } from "../../unprivileged.js";
 import { exitFromStatus, SupervisedChild, type Child, type ChildExit } from "../../supervised-child.js";
 import { SupervisedHandle } from "../../supervised-handle.js";
 import { DockerEngine, defaultDockerSocket, handlerImageRef, LABEL } from "./engine.js";
+import { forwardContainerPort } from "./port-forward.js";
 
 /** The lines of a container's log an error message quotes from. */
 const LOG_LINES = 20;
@@ -181,7 +182,8 @@ export class ContainerDriver implements SandboxDriver {
         name: `fennec-${ctx.instanceId}`,
         Image: image,
         // UniFaaS: the callback URL is the container's argument (after the image's entrypoint).
-        Cmd: [ctx.callbackUrl],
+        // issue10-unifaas (1/3): a port's readiness is the port answering; the callback is unreachable.
+        Cmd: [cfg.port === undefined ? ctx.callbackUrl : "ignore"],
         // Never the host's root, whatever the image says (docs/security.md).
         User: `${SANDBOX_USER.uid}:${SANDBOX_USER.gid}`,
         Env: [
@@ -224,8 +226,18 @@ export class ContainerDriver implements SandboxDriver {
       );
     }
     cleanup.defer(() => container.remove({ force: true }).catch(() => undefined));
+    const started = startContainer(container);
+    // issue10-unifaas (2/3): an image serving a port is reached through a relay in its namespace,
+    // started once the container runs, stopped before the container is removed.
+    const relay =
+      cfg.port === undefined
+        ? undefined
+        : started.running.then((running) =>
+            running ? forwardContainerPort({ container, gvisor, socketDir, port: cfg.port!, what }) : undefined,
+          );
+    if (relay) cleanup.defer(() => relay.then((r) => r?.stop()));
     const child = new SupervisedChild({
-      child: startContainer(container),
+      child: started.child,
       what,
       memoryMiB: cfg.memoryMiB,
       // runsc's sandbox is killed as a whole (137) without Docker seeing an OOM kill; nothing else
@@ -243,7 +255,13 @@ export class ContainerDriver implements SandboxDriver {
     // its socket is the transport: a callback alone does not make it reachable); once ready, the
     // socket is moved out of the container's reach.
     const socketPath = join(dir, "http.sock");
-    const readiness = { kind: "socket", path: join(socketDir, "http.sock"), takeTo: socketPath } as const;
+    const readiness = {
+      kind: "socket",
+      path: join(socketDir, "http.sock"),
+      takeTo: socketPath,
+      // issue10-unifaas (3/3): a relay that dies fails the start.
+      failsIf: relay?.then((r) => r?.failed ?? new Promise<never>(() => undefined)),
+    } as const;
     return SupervisedHandle.ready(child, { socketPath }, readiness, ctx);
   }
 }
@@ -252,17 +270,24 @@ export class ContainerDriver implements SandboxDriver {
  * Starts a created container, as a Child: a start that fails is a failed spawn; then Docker's wait
  * (`not-running`) is its exit, and signals go through the engine.
  */
-function startContainer(container: Docker.Container): Child {
+function startContainer(container: Docker.Container): { child: Child; running: Promise<boolean> } {
   const unknown: ChildExit = { exitCode: -1, signal: null };
-  const exited = container.start().then(
-    () =>
-      container.wait({ condition: "not-running" }).then(
-        (result: { StatusCode?: number }) => exitFromStatus(result.StatusCode ?? -1),
-        () => unknown, // the engine went away: nothing more will be learnt
-      ),
-    (err: unknown) => ({ ...unknown, spawnError: new Error(message(err)) }),
+  const start = container.start().then(
+    () => undefined,
+    (err: unknown) => new Error(message(err)),
   );
-  return { exited, kill: (signal) => container.kill({ signal }).catch(() => undefined) };
+  const exited = start.then((spawnError) =>
+    spawnError
+      ? { ...unknown, spawnError }
+      : container.wait({ condition: "not-running" }).then(
+          (result: { StatusCode?: number }) => exitFromStatus(result.StatusCode ?? -1),
+          () => unknown, // the engine went away: nothing more will be learnt
+        ),
+  );
+  return {
+    child: { exited, kill: (signal) => container.kill({ signal }).catch(() => undefined) },
+    running: start.then((spawnError) => spawnError === undefined),
+  };
 }
 
 /** The text of a non-TTY container's log: frames of an 8-byte header (stream, size) and the bytes. */

@@ -1,6 +1,6 @@
 import { readdir } from "node:fs/promises";
 import { z } from "zod";
-import { envTable, positiveInt } from "../../../config/function-schema.js";
+import { envTable, positiveInt, servedPort } from "../../../config/function-schema.js";
 import { toFennecError, type FennecError } from "../../../core/errors.js";
 import { runRoot } from "../../run-dir.js";
 import { built, type SandboxKind } from "../../kind.js";
@@ -27,9 +27,15 @@ const containerTable = z
     pids: positiveInt.default(1024),
     /** `none`: no IP network (the socket transport only); `host`: the callback reaches the gateway. */
     network: z.enum(["none", "host"]).default("none"),
+    port: servedPort,
   })
   .refine((c) => (c.image === undefined) !== (c.handler === undefined), {
     message: "expected exactly one of image or handler",
+  })
+  .refine((c) => c.port === undefined || (c.image !== undefined && c.network === "none"), {
+    message:
+      'port goes with image and network = "none": Fennec relays to it inside the container\'s own namespace',
+    path: ["port"],
   });
 
 export interface ContainerSandboxConfig {
@@ -45,6 +51,8 @@ export interface ContainerSandboxConfig {
   readonly env: Readonly<Record<string, string>>;
   readonly pids: number;
   readonly network: "none" | "host";
+  /** The image serves HTTP on this port in its own network namespace, reached through a relay. */
+  readonly port?: number | undefined;
 }
 
 // Inside the block below, `ContainerSandboxConfig` would name the config layer's alias of this very entry.
@@ -70,6 +78,7 @@ export const containerKind: SandboxKind<"container", typeof containerTable, Cont
     env: c.env,
     pids: c.pids,
     network: c.network,
+    port: c.port,
   }),
   code: (s) => [s.handler],
   // An image reference, not a path: it names an image on the engine.

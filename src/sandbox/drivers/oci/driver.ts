@@ -18,6 +18,7 @@ import { SupervisedHandle } from "../../supervised-handle.js";
 import { mountPointsUnder } from "../../mounts.js";
 import { mountOverlay, unmountOverlay } from "./overlay.js";
 import { ociSpec, type BindMount } from "./spec.js";
+import { forwardOciPort } from "./port-forward.js";
 
 const run = promisify(execFile);
 /** Containers' cgroups nest under `<Fennec's own cgroup>/fennec-oci/` in each hierarchy. */
@@ -257,6 +258,21 @@ export class OciDriver implements SandboxDriver {
       cwd: dir,
       stdio: ["ignore", "pipe", "pipe"],
     });
+    // issue10-unifaas (1/2): a command serving a port is reached through a relay in its namespace.
+    const relay =
+      cfg.port === undefined
+        ? undefined
+        : forwardOciPort({
+            runtime: cfg.runtime,
+            binary,
+            runtimeArgs,
+            id: ctx.instanceId,
+            socketDir,
+            port: cfg.port,
+            what,
+            signal: ctx.signal,
+          });
+    if (relay) cleanup.defer(() => relay.stop());
     const child = new SupervisedChild({
       child: fromChildProcess(runtimeProcess, {
         statusNamesSignal: true,
@@ -276,7 +292,12 @@ export class OciDriver implements SandboxDriver {
     // 2. Race the socket accepting against the container exiting and the start deadline; once
     //    ready, the socket is moved out of the container's reach.
     const socketPath = join(dir, "http.sock");
-    const readiness = { kind: "socket", path: join(socketDir, "http.sock"), takeTo: socketPath } as const;
+    const readiness = {
+      kind: "socket",
+      path: join(socketDir, "http.sock"),
+      takeTo: socketPath,
+      failsIf: relay?.failed, // issue10-unifaas (2/2)
+    } as const;
     return SupervisedHandle.ready(child, { socketPath }, readiness, ctx);
   }
 }

@@ -1,5 +1,5 @@
 import { z } from "zod";
-import { envTable, positiveInt } from "../../../config/function-schema.js";
+import { envTable, positiveInt, servedPort } from "../../../config/function-schema.js";
 import { built, nothingToBuild, type SandboxKind } from "../../kind.js";
 import type { OciDriver } from "./driver.js";
 
@@ -14,9 +14,14 @@ const ociTable = z
     pids: positiveInt.default(1024),
     /** A handler's built root: one read-only copy shared by every instance, or an overlay each. */
     rootfs: z.enum(["shared", "overlay"]).default("shared"),
+    port: servedPort,
   })
   .refine((p) => (p.command === undefined) !== (p.handler === undefined), {
     message: "expected exactly one of command or handler",
+  })
+  .refine((p) => p.port === undefined || p.command !== undefined, {
+    message: "port goes with command: a handler serves on Fennec's socket",
+    path: ["port"],
   })
   .refine((p) => p.rootfs === "shared" || p.handler !== undefined, {
     message:
@@ -35,6 +40,8 @@ export interface OciSandboxConfig {
   readonly pids: number;
   /** A handler's built root: shared read-only by every instance, or an overlay per instance. */
   readonly rootfs: "shared" | "overlay";
+  /** The command serves HTTP on this port in its own network namespace, reached through a relay. */
+  readonly port?: number | undefined;
 }
 
 // Inside the block below, `OciSandboxConfig` would name the config layer's alias of this very entry.
@@ -57,6 +64,7 @@ export const ociKind: SandboxKind<"oci", typeof ociTable, OciDriver> = {
     memoryMiB: o.memory,
     pids: o.pids,
     rootfs: o.rootfs,
+    port: o.port,
   }),
   code: (s) => [s.handler],
   image: () => undefined,

@@ -3,7 +3,7 @@ import { HandlerBundles } from "../../handler-build.js";
 import { PerRevision } from "../../per-revision.js";
 import type { Hypervisor } from "./hypervisor.js";
 import { vmOf } from "./hypervisor.js";
-import { buildGuestRoot, guestKernel, stampsOf, type GuestRoot } from "./linux-guest.js";
+import { buildGuestRoot, guestKernel, ipNetworkParams, stampsOf, type GuestRoot } from "./linux-guest.js";
 import type { Accel, GuestKind, QemuPlan } from "./qemu-args.js";
 import { snapshotKey } from "./snapshots.js";
 
@@ -56,13 +56,15 @@ export class GuestArtefacts {
       const fennecRoot = root.image ? "fennec.root=blk:/dev/vda" : "fennec.root=9p:fnroot";
       // Without the channel the agent only runs the function, which serves on the guest's network.
       const port = vm.transport === "channel" ? "" : "fennec.port=none";
+      // On an IP network, the callback the agent hands the program, and eth0's address.
+      const network = ipNetworkParams(vm);
       const params = await hypervisor.guestParams();
       return {
         guest: "fennec-linux",
         kernel,
         initrd: initramfs,
         root: root.image ? { image: root.image, writable: false } : { dir: root.rootfs.dir },
-        cmdline: `${LINUX_BASE_CMDLINE} ${params} ${fennecRoot} ${port} ${vm.cmdline}`
+        cmdline: `${LINUX_BASE_CMDLINE} ${params} ${fennecRoot} ${port} ${network} ${vm.cmdline}`
           .replace(/ +/g, " ")
           .trim(),
         snapshotKey: snapshotKey([...common, await stampsOf([kernel, initramfs]), root.rootfs.digest]),

@@ -1,7 +1,6 @@
 import { awaitReady } from "../../await-ready.js";
 import { CleanupStack } from "../../cleanup-stack.js";
 import type { SandboxHandle, StartContext } from "../../contract.js";
-import { HttpTransport } from "../../http-transport.js";
 import { createRunDir, recordOwner, removeRunDir } from "../../run-dir.js";
 import { SupervisedHandle } from "../../supervised-handle.js";
 import type { Artefacts } from "./artefacts.js";
@@ -72,7 +71,7 @@ export class FirecrackerHypervisor implements Hypervisor {
     }
     if (fc.pid !== undefined) await recordOwner(dir, fc.pid).catch(() => undefined);
     await awaitReady(fc.child, { kind: "signal", ready: () => net.called }, ctx);
-    return new SupervisedHandle(fc.child, new HttpTransport(net.endpoint, what));
+    return new SupervisedHandle(fc.child, net.endpoint);
   }
 
   async close(): Promise<void> {}

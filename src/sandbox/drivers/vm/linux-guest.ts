@@ -44,17 +44,34 @@ export function guestKernel(): GuestKernel {
 
 /**
  * What the agent reads from `/fennec/guest.conf` (guest/linux/README.md): one `key=value` a line.
- * On the channel the function serves on a Unix socket the agent bridges to; on an IP network
- * (transport `user` or `tap`) it serves on the guest's network itself, as a UniFaaS guest does.
+ * On the channel the function serves on a Unix socket the agent bridges to, and is told `ignore`
+ * (the agent's READY is the readiness signal). On an IP network (transport `user` or `tap`) it
+ * serves on the guest's network itself, as a UniFaaS guest does, and its last argument is the
+ * instance's callback URL (`callback=arg`: the agent takes it from `fennec.callback=`, see
+ * ipNetworkParams), as UniFaaS's Linux images hand it to their program: Fennec waits for that call.
  */
 function guestConf(argv: readonly string[], env: Readonly<Record<string, string>>, channel: boolean): string {
   const lines = [
     ...argv.map((a) => `argv=${a}`),
+    ...(channel ? ["argv=ignore"] : []),
     ...Object.entries(env).map(([k, v]) => `env=${k}=${v}`),
     `cwd=${INSIDE.functionDir}`,
-    ...(channel ? [`socket=${INSIDE.runDir}/http.sock`] : []),
+    ...(channel ? [`socket=${INSIDE.runDir}/http.sock`] : ["callback=arg"]),
   ];
   return `${lines.join("\n")}\n`;
+}
+
+/**
+ * Kernel parameters Fennec's Linux guest needs on an IP network (transport `user` or `tap`), with
+ * UniFaaS placeholders the driver substitutes per instance: the callback URL the agent hands the
+ * program (`fennec.callback=`), and, unless the function's own `cmdline` configures the network
+ * (`ip=`), eth0's address, gateway and netmask for the kernel to set before the program starts.
+ * Nothing on the channel: there the program is told `ignore` and the agent says when it is ready.
+ */
+export function ipNetworkParams(vm: VmSandboxConfig): string {
+  if (vm.transport === "channel") return "";
+  const ip = /(?:^|\s)ip=/.test(vm.cmdline) ? "" : "ip=%ip::%gateway:%netmask::eth0:off ";
+  return `${ip}fennec.callback=%callback`;
 }
 
 /** Writes a file only when its content changes, so its stamp (and the root's digest) holds still. */
@@ -112,10 +129,10 @@ async function buildInto(
       { source: HANDLER_RUNTIME, target: INSIDE.runtime },
       { source: bundle, target: INSIDE.bundle },
     );
-    argv = [process.execPath, INSIDE.runtime, INSIDE.bundle, "ignore"];
+    argv = [process.execPath, INSIDE.runtime, INSIDE.bundle];
     binaries = [process.execPath];
   } else {
-    argv = [...vm.command!, "ignore"];
+    argv = [...vm.command!];
     binaries = vm.command![0]!.startsWith("/") ? [vm.command![0]!] : [];
   }
   const conf = join(work, "guest.conf");

@@ -9,7 +9,7 @@ import { CleanupStack } from "../../cleanup-stack.js";
 import type { StartContext } from "../../contract.js";
 import { GuestChannel } from "../../guest-channel.js";
 import { findExecutable } from "../../host-view.js";
-import { HttpTransport, type Endpoint } from "../../http-transport.js";
+import type { Endpoint } from "../../http-transport.js";
 import { createRunDir, recordOwner, removeRunDir } from "../../run-dir.js";
 import { fromChildProcess, SupervisedChild } from "../../supervised-child.js";
 import { SupervisedHandle } from "../../supervised-handle.js";
@@ -36,12 +36,12 @@ export interface QemuEnv {
 export class QemuHandle extends SupervisedHandle {
   constructor(
     child: SupervisedChild,
-    transport: HttpTransport,
+    endpoint: Endpoint,
     readonly restored: boolean,
     /** Where QEMU's monitor listens (a snapshot template's state is saved through it). */
     readonly qmpSocket: string,
   ) {
-    super(child, transport);
+    super(child, endpoint);
   }
 }
 
@@ -168,7 +168,7 @@ export async function launchQemu(
   } catch (err) {
     throw notBootable(err, child, mode) ?? err;
   }
-  return new QemuHandle(child, new HttpTransport(endpoint, what), mode.restoreFrom !== undefined, qmpSocket);
+  return new QemuHandle(child, endpoint, mode.restoreFrom !== undefined, qmpSocket);
 }
 
 /** A kernel QEMU refused to load is the function's artefact, not a crash. */
