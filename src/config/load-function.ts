@@ -21,14 +21,27 @@ export function configError(file: string, problems: ConfigProblem[]): FennecErro
   return new FennecError("CONFIG_INVALID", `${file}: ${text}`, { details: { file, problems } });
 }
 
-function zodProblems(error: z.ZodError): ConfigProblem[] {
-  return error.issues.map((issue) => {
+/**
+ * One problem per issue. An unknown top-level table is named as such, with the sandbox tables this
+ * Fennec has: `[firecracker]` or a kind this node was built without reads as a sandbox table.
+ */
+function zodProblems(error: z.ZodError, raw: unknown, kinds: readonly string[]): ConfigProblem[] {
+  const isTable = (key: string) => {
+    const value = (raw as Record<string, unknown>)[key];
+    return typeof value === "object" && value !== null && !Array.isArray(value);
+  };
+  return error.issues.flatMap((issue) => {
     const base = issue.path.map(String).join(".");
-    if (issue.code === "unrecognized_keys") {
-      const keys = issue.keys.map((k) => (base ? `${base}.${k}` : k));
-      return { key: keys.join(", "), message: "unknown key" };
-    }
-    return { key: base, message: issue.message };
+    if (issue.code !== "unrecognized_keys") return [{ key: base, message: issue.message }];
+    const tables = base ? [] : issue.keys.filter(isTable);
+    const keys = issue.keys.filter((k) => !tables.includes(k)).map((k) => (base ? `${base}.${k}` : k));
+    return [
+      ...(keys.length > 0 ? [{ key: keys.join(", "), message: "unknown key" }] : []),
+      ...tables.map((t) => ({
+        key: t,
+        message: `unknown table: the sandbox tables are ${kinds.map((k) => `[${k}]`).join(", ")}`,
+      })),
+    ];
   });
 }
 
@@ -130,7 +143,7 @@ export class FunctionLoader {
       throw configError(file, [{ key: "", message: `malformed TOML${where}: ${msg}` }]);
     }
     const result = this.#schema.safeParse(raw);
-    if (!result.success) throw configError(file, zodProblems(result.error));
+    if (!result.success) throw configError(file, zodProblems(result.error, raw, this.kinds));
     return result.data;
   }
 

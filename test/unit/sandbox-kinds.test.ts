@@ -111,7 +111,11 @@ describe("the registration list drives every place that knows the sandbox kinds"
     );
     assert.deepEqual(kinds.names, [...sandboxKinds.names, "toy"]);
     // A Fennec without the kind registered refuses the table as an unknown key, with a stable code.
-    assert.equal(configError(() => sandboxKinds.loader.parse(TOY, "f.toml")).problems[0]?.key, "toy");
+    const unknown = configError(() => sandboxKinds.loader.parse(TOY, "f.toml"));
+    assert.deepEqual(unknown.problems[0], {
+      key: "toy",
+      message: "unknown table: the sandbox tables are [wasm], [vm], [container], [process], [oci]",
+    });
   });
 
   it("the drivers, the admin API's listing and /stats, and the flags", async () => {
