@@ -59,7 +59,7 @@ describe("[process] functions through the gateway", () => {
       // The fixture's `fail` mode calls process.exit(3) when a request arrives.
       await writeFile(
         join(fn, "function.toml"),
-        `[process]\ncommand = [${JSON.stringify(process.execPath)}, "server.mjs", "fail"]\n`,
+        `keepalive = 30\nconcurrent-requests = 1\n[process]\ncommand = [${JSON.stringify(process.execPath)}, "server.mjs", "fail"]\n`,
       );
       const fennec = await startFennec({
         registry,

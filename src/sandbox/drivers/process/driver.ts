@@ -55,7 +55,7 @@ function freePort(): Promise<number> {
  */
 export class ProcessDriver implements SandboxDriver {
   readonly name = "process";
-  readonly capabilities = { memoryLimit: true, snapshot: false, outOfProcess: true } as const;
+  readonly capabilities = { snapshot: false, oomDetection: true } as const;
   readonly #bundles = new HandlerBundles();
   /** This driver's live instances with a cgroup (the `fennec/` parent is removed when none is left). */
   readonly #live = new Set<string>();
