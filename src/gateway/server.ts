@@ -184,7 +184,9 @@ export class Gateway {
     const request = this.#request(req, path, query);
     // The caller is answered before the call runs, so its body cannot stream to the sandbox: it
     // is read here, whole and within the body limit, into the one copy the call keeps.
-    const bytes = await readStream(request.body, this.#o.bodyLimitBytes, () => tooLarge(this.#o.bodyLimitBytes));
+    const bytes = await readStream(request.body, this.#o.bodyLimitBytes, () =>
+      tooLarge(this.#o.bodyLimitBytes),
+    );
     const buffered = { ...request, body: bodyOf(bytes) };
     const callId = this.#calls.submit(functionKey(id), this.#o.scheduler.invoke(id, buffered));
     res.setHeader("location", `/fa/calls/${callId}`);

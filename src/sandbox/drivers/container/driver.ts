@@ -233,7 +233,9 @@ export class ContainerDriver implements SandboxDriver {
       cfg.port === undefined
         ? undefined
         : started.running.then((running) =>
-            running ? forwardContainerPort({ container, gvisor, socketDir, port: cfg.port!, what }) : undefined,
+            running
+              ? forwardContainerPort({ container, gvisor, socketDir, port: cfg.port!, what })
+              : undefined,
           );
     if (relay) cleanup.defer(() => relay.then((r) => r?.stop()));
     const child = new SupervisedChild({
