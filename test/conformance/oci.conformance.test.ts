@@ -1,5 +1,5 @@
 import { execFileSync } from "node:child_process";
-import { existsSync } from "node:fs";
+import { existsSync, readdirSync } from "node:fs";
 import { join } from "node:path";
 import { OciDriver } from "../../src/sandbox/drivers/oci/driver.js";
 import { ociFixtureConfig } from "../helpers/config.js";
@@ -9,11 +9,13 @@ import { runConformance } from "./suite.js";
 const ociFn = (name: string, mode: string, runtime: "runc" | "runsc", memoryMiB?: number) =>
   ociFixtureConfig(mode, runtime, { name, ...(memoryMiB ? { memoryMiB } : {}) });
 
-/** A container the runtime still lists, or its state directory. */
+/** A container the runtime still lists, or its state (runc: a directory, runsc: `<id>_sandbox:<id>.*` files). */
 function runtimeLeftovers(runtime: "runc" | "runsc", id: string): string[] {
   const state = OciDriver.stateRoot(runtime);
-  const found = existsSync(join(state, id)) ? [`${runtime} state ${join(state, id)}`] : [];
-  if (!existsSync(state)) return found;
+  if (!existsSync(state)) return [];
+  const found = readdirSync(state)
+    .filter((name) => name === id || name.startsWith(`${id}_`))
+    .map((name) => `${runtime} state ${join(state, name)}`);
   const listed = execFileSync(runtime, ["--root", state, "list", "--quiet"], { encoding: "utf8" });
   if (listed.split("\n").includes(id)) found.push(`${runtime} container ${id}`);
   return found;
