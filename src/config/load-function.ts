@@ -7,7 +7,7 @@ import { FennecError } from "../core/errors.js";
 import { functionKey, type FunctionId } from "../core/types.js";
 import type { FunctionConfig, SandboxConfig } from "./function-config.js";
 import { functionSchemaFor, type FunctionToml } from "./function-schema.js";
-import type { FunctionFiles, KindConfig, SandboxTable } from "./sandbox-table.js";
+import type { FunctionFiles, SandboxTable } from "./sandbox-table.js";
 
 export interface ConfigProblem {
   /** Dotted key path, or "" for the whole file. */
@@ -180,9 +180,7 @@ export class FunctionLoader {
 
   /** The admin API's `image` of a function (module, image reference, kernel), or null. */
   image(config: FunctionConfig): string | null {
-    return (
-      this.#tables.get(config.sandbox.kind)?.image(config as KindConfig<typeof config.sandbox.kind>) ?? null
-    );
+    return this.#tables.get(config.sandbox.kind)?.image(config) ?? null;
   }
 
   #sandbox(cfg: FunctionToml, dir: string, file: string): SandboxConfig {

@@ -38,7 +38,7 @@ export type BuildResult = { readonly built: string } | { readonly nothing: strin
 
 export interface BuildContext<D extends SandboxDriver> {
   /** A progress line for a long step. */
-  progress(line: string): void;
+  readonly progress: (line: string) => void;
   /** This kind's driver, created once per `fennec build` run (the node's settings apply). */
   driver(): Promise<D>;
 }

@@ -2,7 +2,6 @@ import { FennecError } from "../core/errors.js";
 import type { FunctionConfig } from "../config/function-config.js";
 import { FunctionLoader } from "../config/load-function.js";
 import type { SandboxDriver } from "./contract.js";
-import type { KindConfig } from "../config/sandbox-table.js";
 import type { BuildContext, BuildResult, DriverFlag, NodeContext, SandboxKind } from "./kind.js";
 
 /**
@@ -34,7 +33,7 @@ export class SandboxKinds {
 
   /** Runs the `fennec build` step of a function's kind. */
   build(config: FunctionConfig, ctx: BuildContext<SandboxDriver>): Promise<BuildResult> {
-    return this.#of(config).build(config as KindConfig<typeof config.sandbox.kind>, ctx);
+    return this.#of(config).build(config, ctx);
   }
 
   /** Every kind's flags of `fennec serve` (`build`: of `fennec build`), in registration order. */

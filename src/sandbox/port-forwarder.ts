@@ -128,9 +128,9 @@ export class PortForwarder {
     const child = spawn(argv[0]!, argv.slice(1), { ...options, stdio: ["pipe", "pipe", "pipe"] });
     this.#child = child;
     const keep = (b: Buffer) => (this.#output = (this.#output + b.toString()).slice(-TAIL));
-    child.stdout!.on("data", keep);
-    child.stderr!.on("data", keep);
-    child.stdin!.on("error", () => undefined);
+    child.stdout.on("data", keep);
+    child.stderr.on("data", keep);
+    child.stdin.on("error", () => undefined);
     this.#gone = new Promise((resolve) => {
       child.once("error", (err) => {
         this.#fail(
@@ -163,7 +163,7 @@ export class PortForwarder {
       AttachStderr: true,
     });
     // The attached stream is the relay's stdin: closing it ends the relay.
-    const stream = (await exec.start({ hijack: true, stdin: true })) as Duplex;
+    const stream = await exec.start({ hijack: true, stdin: true });
     this.#stream = stream;
     stream.on("data", (b: Buffer) => (this.#output = (this.#output + b.toString()).slice(-TAIL)));
     this.#gone = new Promise((resolve) => {

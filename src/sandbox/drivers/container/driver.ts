@@ -248,9 +248,7 @@ export class ContainerDriver implements SandboxDriver {
         exit.signal === "SIGKILL" ||
         ((await container.inspect().catch(() => undefined))?.State.OOMKilled ?? false),
       moreOutput: () =>
-        container
-          .logs({ stdout: true, stderr: true, tail: LOG_LINES })
-          .then((b) => demuxLogs(b as unknown as Buffer)),
+        container.logs({ stdout: true, stderr: true, tail: LOG_LINES }).then((b) => demuxLogs(b)),
       cleanup,
     });
     // Ready when its socket accepts, unless it exits first (a UniFaaS image also calls back, but

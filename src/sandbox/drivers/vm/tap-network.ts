@@ -84,7 +84,7 @@ export class TapNetworks {
         );
         toRelease.push(() => bridge.kill("SIGKILL"));
         const [line] = (await Promise.race([
-          once(bridge.stdout!, "data"),
+          once(bridge.stdout, "data"),
           once(bridge, "exit").then(() => {
             throw new FennecError("SANDBOX_START_FAILED", `${what}: the namespace bridge did not start`);
           }),
