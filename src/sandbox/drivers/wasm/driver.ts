@@ -1,13 +1,24 @@
 import { readdir, readFile, stat } from "node:fs/promises";
 import { join } from "node:path";
+import type { Readable } from "node:stream";
 import { FennecError, type ErrorCode } from "../../../core/errors.js";
 import type { InvokeRequest, InvokeResponse } from "../../../core/types.js";
 import type { FunctionConfig, WasmSandboxConfig } from "../../../config/function-config.js";
 import type { InvokeContext, SandboxDriver, SandboxHandle, StartContext } from "../../contract.js";
-import { ExecutorPool } from "./executor-pool.js";
+import { ExecutorPool, type Job } from "./executor-pool.js";
 import { ModuleCache, type CompiledModule } from "./module-cache.js";
 import type { DirTree, DoneMessage, LoadPayload, Outcome } from "./protocol.js";
-import { parseWagiOutput, wagiEnvironment } from "./wagi.js";
+import { parseWagiHead, wagiEnvironment, wagiHeadEnd } from "./wagi.js";
+
+/** A request whose body may still be arriving. */
+export interface WasmRequest extends Omit<InvokeRequest, "body"> {
+  readonly body: Uint8Array | Readable;
+}
+
+/** A response whose body streams as the module writes it. */
+export interface StreamingResponse extends Omit<InvokeResponse, "body"> {
+  readonly body: Readable;
+}
 
 export interface WasmDriverOptions {
   /** Directory of the on-disk module cache; undefined keeps the cache in memory only. */
@@ -16,7 +27,7 @@ export interface WasmDriverOptions {
   readonly spareExecutors?: number;
   /** Most executor threads. */
   readonly maxExecutors?: number | undefined;
-  /** Largest response a module may write to stdout. */
+  /** Largest response a module may write to stdout (counted as it streams). */
   readonly maxOutputBytes?: number;
 }
 
@@ -97,6 +108,14 @@ export class WasmDriver implements SandboxDriver {
     return config.concurrentRequests * (wasm.memoryMiB + initial + COPY_OVERHEAD_MIB);
   }
 
+  /**
+   * Response bytes held in memory for invocations still running: bounded by one stream buffer
+   * and one ring per invocation, however much the modules write and however slow the clients.
+   */
+  get heldOutputBytes(): number {
+    return this.#executors.heldOutputBytes;
+  }
+
   async prepare(config: FunctionConfig): Promise<void> {
     await this.#compiled(config);
   }
@@ -132,7 +151,7 @@ export class WasmDriver implements SandboxDriver {
     this.#instances.set(key, (this.#instances.get(key) ?? 0) + 1);
     try {
       // The first instance of a revision proves the module instantiates; later ones find it loaded.
-      if (!this.#executors.hasLoaded(key)) await handle.run("load", [], new Uint8Array(0), ctx.signal);
+      if (!this.#executors.hasLoaded(key)) await handle.load(ctx.signal);
     } catch (err) {
       await handle.destroy();
       throw err;
@@ -179,19 +198,28 @@ class WasmInstance implements SandboxHandle {
     this.#onGone = onGone;
   }
 
-  async run(
-    kind: "load" | "invoke",
-    env: string[],
-    body: Uint8Array,
-    signal: AbortSignal,
-  ): Promise<DoneMessage> {
-    if (this.#gone) throw this.#gone;
-    let result: DoneMessage;
+  /** Proves the module instantiates (and leaves a copy loaded in an executor). */
+  async load(signal: AbortSignal): Promise<void> {
+    const { output, done } = this.#run("load", [], new Uint8Array(0), signal);
     try {
-      result = await this.#executors.run(
-        { kind, fn: this.#config.key, key: this.#key, load: this.#load, env, body },
-        signal,
-      );
+      this.#check("load", await this.#settled(done));
+    } finally {
+      output.destroy(); // a load writes nothing
+    }
+  }
+
+  #run(kind: Job["kind"], env: string[], stdin: Job["stdin"], signal: AbortSignal) {
+    if (this.#gone) throw this.#gone;
+    return this.#executors.run(
+      { kind, fn: this.#config.key, key: this.#key, load: this.#load, env, stdin },
+      signal,
+    );
+  }
+
+  /** The job's end; a dead executor thread becomes the function's error. */
+  async #settled(done: Promise<DoneMessage>): Promise<DoneMessage> {
+    try {
+      return await done;
     } catch (err) {
       if (err instanceof FennecError) throw err;
       const oom = (err as NodeJS.ErrnoException).code === "ERR_WORKER_OUT_OF_MEMORY";
@@ -200,7 +228,11 @@ class WasmInstance implements SandboxHandle {
         `${this.#config.key}: sandbox died: ${(err as Error).message}`,
       );
     }
-    if (result.outcome === "ok") return result;
+  }
+
+  /** Throws the function's error for a job that did not end well. */
+  #check(kind: Job["kind"], result: DoneMessage): void {
+    if (result.outcome === "ok") return;
     const code = OUTCOME_CODES[result.outcome];
     const detail =
       result.outcome === "exit"
@@ -220,10 +252,68 @@ class WasmInstance implements SandboxHandle {
     );
   }
 
+  /**
+   * Runs the module on the request. Resolves as soon as the module has written its CGI header
+   * block (or shown it has none), with the rest of its stdout streaming as the body. An error
+   * before that rejects; after it, the body fails with it. The body is bounded by the function's
+   * timeout too: the module may still be writing, or blocked on a slow reader.
+   */
+  async invokeStreaming(request: WasmRequest, signal: AbortSignal): Promise<StreamingResponse> {
+    const started = performance.now();
+    const declared = Number.parseInt(request.headers["content-length"] ?? "", 10);
+    const length =
+      request.body instanceof Uint8Array
+        ? request.body.byteLength
+        : Number.isSafeInteger(declared)
+          ? declared
+          : undefined;
+    const env = wagiEnvironment(
+      request,
+      length,
+      `/invoke/${this.#config.id.name}`,
+      wasmOf(this.#config).env,
+    );
+    const { output, done } = this.#run("invoke", env, request.body, signal);
+    // Errors reach the caller through the rejected call or its reading of the body; a body the
+    // caller never reads must not take the process down when it fails.
+    output.on("error", () => {});
+    let timer: NodeJS.Timeout | undefined;
+    let jobEnded = false;
+    const end = (err?: Error) => {
+      jobEnded = true;
+      clearTimeout(timer);
+      output.finish(err);
+    };
+    this.#settled(done)
+      .then((result) => this.#check("invoke", result))
+      .then(() => end(), end);
+    const head = await output.readHead(wagiHeadEnd);
+    let response: Pick<InvokeResponse, "status" | "headers">;
+    try {
+      response = parseWagiHead(head);
+    } catch (err) {
+      output.destroy(err as Error);
+      throw err;
+    }
+    if (!jobEnded) {
+      // Whoever reads the body may not abort the invocation at the timeout once it has answered.
+      const left = this.#config.timeoutMs - (performance.now() - started);
+      const timeout = new FennecError(
+        "FN_TIMEOUT",
+        `${this.#config.key}: invocation exceeded the ${this.#config.timeoutMs} ms timeout`,
+      );
+      timer = setTimeout(() => output.destroy(timeout), Math.max(0, left));
+      timer.unref();
+    }
+    return { ...response, body: output };
+  }
+
+  /** The contract's buffered form, until it takes streams: the body read whole (bounded by the output limit). */
   async invoke(request: InvokeRequest, ctx: InvokeContext): Promise<InvokeResponse> {
-    const env = wagiEnvironment(request, `/invoke/${this.#config.id.name}`, wasmOf(this.#config).env);
-    const result = await this.run("invoke", env, request.body, ctx.signal);
-    return parseWagiOutput(result.stdout);
+    const response = await this.invokeStreaming(request, ctx.signal);
+    const chunks: Buffer[] = [];
+    for await (const chunk of response.body) chunks.push(chunk as Buffer);
+    return { status: response.status, headers: response.headers, body: Buffer.concat(chunks) };
   }
 
   async close(): Promise<void> {
