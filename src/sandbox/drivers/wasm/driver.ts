@@ -133,7 +133,7 @@ export class WasmDriver implements SandboxDriver {
     return compiled;
   }
 
-  async start(ctx: StartContext): Promise<SandboxHandle> {
+  async start(ctx: StartContext): Promise<WasmInstance> {
     const config = ctx.config;
     const wasm = wasmOf(config);
     const compiled = await this.#compiled(config);
@@ -176,7 +176,7 @@ export class WasmDriver implements SandboxDriver {
 }
 
 /** One wasm instance: a function revision's module, run on whichever executor is free. */
-class WasmInstance implements SandboxHandle {
+export class WasmInstance implements SandboxHandle {
   readonly #executors: ExecutorPool;
   readonly #config: FunctionConfig;
   readonly #key: string;
