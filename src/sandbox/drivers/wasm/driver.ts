@@ -267,12 +267,7 @@ export class WasmInstance implements SandboxHandle {
         : Number.isSafeInteger(declared)
           ? declared
           : undefined;
-    const env = wagiEnvironment(
-      request,
-      length,
-      `/invoke/${this.#config.id.name}`,
-      wasmOf(this.#config).env,
-    );
+    const env = wagiEnvironment(request, length, `/invoke/${this.#config.id.name}`, wasmOf(this.#config).env);
     const { output, done } = this.#run("invoke", env, request.body, signal);
     // Errors reach the caller through the rejected call or its reading of the body; a body the
     // caller never reads must not take the process down when it fails.
