@@ -43,7 +43,9 @@ async function readUntil(body: Readable, seen: { text: string }, wanted: string)
       seen.text += chunk.toString();
       continue;
     }
-    if (body.readableEnded) assert.fail(`the body ended before ${JSON.stringify(wanted)}: ${seen.text}`);
+    if (body.readableEnded || body.destroyed) {
+      assert.fail(`the body ended (${String(body.errored)}) before ${JSON.stringify(wanted)}: ${seen.text}`);
+    }
     await new Promise((resolve, reject) => {
       body.once("readable", resolve);
       body.once("error", reject);
@@ -146,6 +148,34 @@ describe("wasm sandbox: streaming bodies", () => {
       assert.equal(seen.text, "part 1\ngot: again\nend\n");
     } finally {
       await one.close();
+    }
+  });
+
+  it("serves another function while streaming calls blocked on their clients hold every executor", async () => {
+    const two = new WasmDriver({ spareExecutors: 0, maxExecutors: 2 });
+    try {
+      const stuck = await startOn(two, "stream-parts.wasm");
+      // Two calls that answered part 1 and wait for request bodies that never come: they cannot
+      // be run again from the start, and they take both executors.
+      const bodies = [new PassThrough(), new PassThrough()];
+      const calls = await Promise.all(
+        bodies.map((b) => stuck.invokeStreaming(request(b), new AbortController().signal)),
+      );
+      for (const c of calls) await readUntil(c.body, { text: "" }, "part 1\n");
+      const other = await startOn(two, "flood.wasm");
+      const res = await other.invokeStreaming(request(new Uint8Array(0), "1"), new AbortController().signal);
+      let total = 0;
+      for await (const chunk of res.body) total += (chunk as Buffer).byteLength;
+      assert.equal(total, MIB);
+      // The blocked calls still run, and finish once their bodies come.
+      for (const [i, b] of bodies.entries()) {
+        b.end("late\n");
+        const seen = { text: "" };
+        await readUntil(calls[i]!.body, seen, "end\n");
+        assert.equal(seen.text, "got: late\nend\n");
+      }
+    } finally {
+      await two.close();
     }
   });
 });

@@ -99,7 +99,9 @@ export interface ExecutorPoolOptions {
  *
  * Streams: each executor has a stdout ring and a stdin ring (ring.ts). A job's stdout is drained
  * from the ring into its `output` stream as that is read, and a streamed request body is fed
- * into the stdin ring as the module reads; either side blocking holds the other back.
+ * into the stdin ring as the module reads; either side blocking holds the other back. An
+ * executor blocked so (on a slow client, on a body still arriving) uses no CPU: its place is lent
+ * to a new executor (up to `max` more), which goes again once nothing waits.
  */
 export class ExecutorPool {
   readonly #executors: Executor[] = [];
@@ -221,18 +223,33 @@ export class ExecutorPool {
       this.#dispatch(pick(free) ?? free[0] ?? pick(idle) ?? idle[0]!, next);
     }
     if (this.#queue.length > 0) this.#preemptForWaiting();
-    if (this.#queue.length > 0 && !this.#spawnTimer && this.#executors.length < this.#max) {
-      this.#spawnTimer = setTimeout(() => {
-        this.#spawnTimer = undefined;
-        const now = performance.now();
-        const stuck = this.#executors.every(
-          (e) => e.booted && e.running && now - e.running.startedAt >= SPAWN_AFTER_MS,
-        );
-        if (this.#queue.length > 0 && stuck && this.#executors.length < this.#max) this.#spawn();
-        else if (this.#queue.length > 0) this.#pump();
-      }, SPAWN_AFTER_MS);
+    // While jobs wait, look again soon: to add an executor, or (when none can be added) to
+    // preempt once a job has run long enough or lend the place of one that has since blocked.
+    if (this.#queue.length > 0 && !this.#spawnTimer) {
+      this.#spawnTimer = setTimeout(
+        () => {
+          this.#spawnTimer = undefined;
+          const now = performance.now();
+          const stuck = this.#executors.every(
+            (e) => e.booted && e.running && now - e.running.startedAt >= SPAWN_AFTER_MS,
+          );
+          if (this.#queue.length > 0 && stuck && this.#hasRoom()) this.#spawn();
+          else if (this.#queue.length > 0) this.#pump();
+        },
+        this.#hasRoom() ? SPAWN_AFTER_MS : PREEMPT_AFTER_MS,
+      );
     }
     this.#keepSpares();
+  }
+
+  /**
+   * Whether another executor may be started: up to `max` of them, plus one for each executor
+   * blocked on a ring (a slow client, a body still arriving) up to `max` more, since those use no
+   * CPU and must not hold other functions' calls back until their timeouts.
+   */
+  #hasRoom(): boolean {
+    const blocked = this.#executors.filter((e) => e.stdout.blocked || e.stdin.blocked).length;
+    return this.#executors.length < this.#max + Math.min(this.#max, blocked);
   }
 
   /**
@@ -240,7 +257,7 @@ export class ExecutorPool {
    * their share for waiting jobs of functions under theirs (see the class comment).
    */
   #preemptForWaiting(): void {
-    if (this.#closed || this.#executors.length < this.#max) return;
+    if (this.#closed || this.#hasRoom()) return;
     const running = this.#runningByFn();
     const share = this.#share(running);
     const room = new Map<string, number>();
@@ -347,6 +364,8 @@ export class ExecutorPool {
         executor.loaded.delete(pending.job.key);
       this.#refWhileBusy();
       pending.resolve(msg);
+      // An executor lent beyond `max` (see #hasRoom) goes once nothing waits for it.
+      if (this.#executors.length > this.#max && this.#queue.length === 0) this.#remove(executor);
       this.#pump();
     });
     const died = (err: Error) => this.#retire(executor, err);

@@ -4,8 +4,8 @@
  * blocking the guest is the back-pressure); the main thread never blocks, it waits for the other
  * side with `Atomics.waitAsync`. Each executor has two: its stdout and its stdin.
  *
- * Layout: four int32 of control (bytes written and read so far, wrapping; a closed flag; a
- * signal counter), then the data. The byte counters only grow (mod 2^32), so "used" is their
+ * Layout: int32s of control (bytes written and read so far, wrapping; a closed flag; a signal
+ * counter; whether the executor is blocked on this ring), then the data. The byte counters only grow (mod 2^32), so "used" is their
  * difference and each side writes only its own. Every change also bumps the signal counter, the
  * one word both sides wait on: a waiter reads it before checking the ring, so no wake-up is lost
  * between the check and the wait.
@@ -19,7 +19,9 @@ const READ = 1;
 /** Set by the writer when it will write no more (stdin's end of file). */
 const CLOSED = 2;
 const SIGNAL = 3;
-const CONTROL_BYTES = 16;
+/** Set while the executor side waits on this ring: the pool lends blocked executors' places. */
+const BLOCKED = 4;
+const CONTROL_BYTES = 32;
 
 // ES2024's Atomics.waitAsync, which Node 20 has but the ES2023 lib does not declare.
 type WaitAsync = (
@@ -51,6 +53,11 @@ export class Ring {
     return (Atomics.load(this.#control, WRITTEN) - Atomics.load(this.#control, READ)) >>> 0;
   }
 
+  /** True while the executor is blocked on this ring (full stdout, or stdin waiting for the body). */
+  get blocked(): boolean {
+    return Atomics.load(this.#control, BLOCKED) !== 0;
+  }
+
   get closed(): boolean {
     return Atomics.load(this.#control, CLOSED) !== 0;
   }
@@ -61,6 +68,7 @@ export class Ring {
     Atomics.store(this.#control, READ, 0);
     Atomics.store(this.#control, CLOSED, 0);
     Atomics.store(this.#control, SIGNAL, 0);
+    Atomics.store(this.#control, BLOCKED, 0);
   }
 
   /** Copies as much of `bytes` as fits; returns how many. Never blocks. */
@@ -118,7 +126,7 @@ export class Ring {
       const seen = this.signals;
       const n = this.write(bytes.subarray(done));
       done += n;
-      if (n === 0) Atomics.wait(this.#control, SIGNAL, seen);
+      if (n === 0) this.#block(seen);
     }
   }
 
@@ -127,8 +135,14 @@ export class Ring {
     for (;;) {
       const seen = this.signals;
       if (this.used > 0 || this.closed) return this.read(max);
-      Atomics.wait(this.#control, SIGNAL, seen);
+      this.#block(seen);
     }
+  }
+
+  #block(seen: number): void {
+    Atomics.store(this.#control, BLOCKED, 1);
+    Atomics.wait(this.#control, SIGNAL, seen);
+    Atomics.store(this.#control, BLOCKED, 0);
   }
 
   // --- the main thread's side: waiting without blocking ---
