@@ -36,6 +36,8 @@ import { OciDriver } from "../src/sandbox/drivers/oci/driver.js";
 import { ociSpec } from "../src/sandbox/drivers/oci/spec.js";
 import { ProcessDriver } from "../src/sandbox/drivers/process/driver.js";
 import { buildHandler, HANDLER_RUNTIME } from "../src/sandbox/handler-build.js";
+import { bodyOf, readBody } from "../src/core/body.js";
+import type { Body } from "../src/core/types.js";
 import { findExecutable, INSIDE } from "../src/sandbox/host-view.js";
 import { HttpTransport } from "../src/sandbox/http-transport.js";
 import { ReadinessHub } from "../src/sandbox/readiness.js";
@@ -79,7 +81,15 @@ interface Result {
   idleMiB: number;
 }
 
-const request = { method: "GET", path: "/", query: "", headers: {}, body: new Uint8Array(0) };
+const request = () => ({
+  method: "GET",
+  path: "/",
+  query: "",
+  headers: { "content-length": "0" },
+  body: bodyOf(),
+});
+/** A fresh request each time (a body is a stream, read once), and its response read to the end. */
+const drain = (r: { body: Body }) => readBody(r.body, Number.POSITIVE_INFINITY, () => new Error("unbounded"));
 const signal = () => AbortSignal.timeout(60_000);
 
 // ---------------------------------------------------------------- measurement
@@ -242,7 +252,7 @@ function viaDriver(driver: SandboxDriver, c: FunctionConfig): () => Promise<Star
     hub.forget(id);
     return {
       id,
-      invoke: () => handle.invoke(request, { signal: signal() }),
+      invoke: () => handle.invoke(request(), { signal: signal() }).then(drain),
       stop: () => handle.destroy(),
     };
   };
@@ -254,7 +264,7 @@ async function onSocket(dir: string, stop: () => Promise<void>): Promise<Started
   await waitForSocket(socketPath, signal());
   const transport = new HttpTransport({ socketPath }, "bare");
   return {
-    invoke: () => transport.invoke(request, signal()),
+    invoke: () => transport.invoke(request(), signal()).then(drain),
     stop: async () => {
       transport.close();
       await stop();

@@ -8,6 +8,8 @@ import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { randomUUID } from "node:crypto";
 import { loadFunctionConfig } from "../src/config/load-function.js";
+import { bodyOf, readBody } from "../src/core/body.js";
+import type { Body } from "../src/core/types.js";
 import { readFileSync } from "node:fs";
 import type { SandboxHandle } from "../src/sandbox/contract.js";
 import { WasmDriver } from "../src/sandbox/drivers/wasm/driver.js";
@@ -40,7 +42,15 @@ function start(driver: WasmDriver, c: typeof config = config): Promise<SandboxHa
   });
 }
 
-const request = { method: "POST", path: "/", query: "", headers: {}, body: Buffer.from("hi") };
+const request = () => ({
+  method: "POST",
+  path: "/",
+  query: "",
+  headers: { "content-length": "2" },
+  body: bodyOf("hi"),
+});
+/** A fresh request each time (a body is a stream, read once), and its response read to the end. */
+const drain = (r: { body: Body }) => readBody(r.body, Number.POSITIVE_INFINITY, () => new Error("unbounded"));
 
 async function main(): Promise<void> {
   const samples = Number(process.argv[2] ?? 200);
@@ -66,7 +76,7 @@ async function main(): Promise<void> {
     const t0 = performance.now();
     const h = await start(driver, c);
     const t1 = performance.now();
-    await h.invoke(request, { signal: new AbortController().signal });
+    await h.invoke(request(), { signal: new AbortController().signal }).then(drain);
     firstCall.push(performance.now() - t1);
     withSpare.push(t1 - t0);
     await h.destroy();
@@ -97,7 +107,9 @@ async function main(): Promise<void> {
   const before = process.memoryUsage().rss;
   const idle = 100;
   for (let i = 0; i < idle; i++) handles.push(await start(driver, await newRevision(driver)));
-  await Promise.all(handles.map((h) => h.invoke(request, { signal: new AbortController().signal })));
+  await Promise.all(
+    handles.map((h) => h.invoke(request(), { signal: new AbortController().signal }).then(drain)),
+  );
   await sleep(500);
   gc();
   await sleep(200);

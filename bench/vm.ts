@@ -27,11 +27,21 @@ import { VmDriver } from "../src/sandbox/drivers/vm/driver.js";
 import { runRoot } from "../src/sandbox/run-dir.js";
 import { cdfChart } from "./plot.js";
 import { fmt, summarize } from "./stats.js";
+import { bodyOf, readBody } from "../src/core/body.js";
+import type { Body } from "../src/core/types.js";
 
 const ROOT = fileURLToPath(new URL("../../", import.meta.url));
 const EXAMPLES = join(ROOT, "examples", "registry");
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-const request = { method: "GET", path: "/", query: "", headers: {}, body: Buffer.alloc(0) };
+const request = () => ({
+  method: "GET",
+  path: "/",
+  query: "",
+  headers: { "content-length": "0" },
+  body: bodyOf(),
+});
+/** A fresh request each time (a body is a stream, read once), and its response read to the end. */
+const drain = (r: { body: Body }) => readBody(r.body, Number.POSITIVE_INFINITY, () => new Error("unbounded"));
 
 function example(name: string, edit: (toml: string) => string = (t) => t): FunctionConfig {
   const dir = join(EXAMPLES, name);
@@ -136,7 +146,7 @@ async function main(): Promise<void> {
         const lat: number[] = [];
         for (let j = 0; j < 200; j++) {
           const t1 = performance.now();
-          await handle.invoke(request, { signal: AbortSignal.timeout(10_000) });
+          await handle.invoke(request(), { signal: AbortSignal.timeout(10_000) }).then(drain);
           lat.push(performance.now() - t1);
         }
         warm[v.label] = lat;
@@ -161,7 +171,7 @@ async function main(): Promise<void> {
   const procLat: number[] = [];
   for (let j = 0; j < 200; j++) {
     const t1 = performance.now();
-    await p.handle.invoke(request, { signal: AbortSignal.timeout(10_000) });
+    await p.handle.invoke(request(), { signal: AbortSignal.timeout(10_000) }).then(drain);
     procLat.push(performance.now() - t1);
   }
   await p.handle.destroy();

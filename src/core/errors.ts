@@ -20,6 +20,8 @@ export const ErrorCodes = [
   "FUNCTION_NOT_FOUND",
   "CONFIG_INVALID",
   "MODULE_INVALID",
+  /** The client went away (closed its connection) before the invocation finished; it is cancelled. */
+  "CLIENT_GONE",
   // capacity and lifecycle
   "QUEUE_FULL",
   "QUEUE_TIMEOUT",
@@ -41,6 +43,8 @@ export const ErrorCodes = [
   "FN_OOM",
   "FN_CRASHED",
   "FN_BAD_RESPONSE",
+  /** A response larger than Fennec may hold in memory where it must keep a copy (asynchronous results). */
+  "FN_RESPONSE_TOO_LARGE",
 ] as const;
 
 export type ErrorCode = (typeof ErrorCodes)[number];

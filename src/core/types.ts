@@ -1,3 +1,5 @@
+import type { Readable } from "node:stream";
+
 /** A function's identity: `user/name`; functions directly under the registry belong to user `default`. */
 export interface FunctionId {
   readonly user: string;
@@ -8,7 +10,20 @@ export function functionKey(id: FunctionId): string {
   return `${id.user}/${id.name}`;
 }
 
-/** What reaches a sandbox: the HTTP request with its body fully read (bounded by the body limit). */
+/**
+ * Bodies are Node `Readable`s, not web `ReadableStream`s: the gateway receives one from node:http
+ * (`IncomingMessage`), undici (the hop to out-of-process instances) takes and returns them, and
+ * `pipeline` carries back-pressure and cancellation between them; a web stream would be converted
+ * back and forth at each end. Whoever receives a body owns it: they read it to its end or destroy
+ * it, and an invocation lasts until its response body has ended, failed or been destroyed.
+ */
+export type Body = Readable;
+
+/**
+ * What reaches a sandbox: the HTTP request, its body streamed as it arrives from the client
+ * (bounded by the body limit as it is received). `content-length` stays in the headers when the
+ * client sent one; without it the body's length is known only at its end.
+ */
 export interface InvokeRequest {
   readonly method: string;
   /** The path inside the function, always starting with `/`. */
@@ -17,15 +32,19 @@ export interface InvokeRequest {
   readonly query: string;
   /** Lower-cased header names; repeated headers joined with ", " as HTTP allows. */
   readonly headers: Readonly<Record<string, string>>;
-  readonly body: Uint8Array;
+  readonly body: Body;
 }
 
 export interface InvokeResponse {
   readonly status: number;
   /** Ordered pairs so repeated headers (set-cookie) survive. */
   readonly headers: ReadonlyArray<readonly [string, string]>;
-  readonly body: Uint8Array;
+  /** Streamed from the sandbox; the status and headers above arrive before it. */
+  readonly body: Body;
 }
+
+/** A response read whole into memory, where a copy must be kept (an asynchronous call's result). */
+export type BufferedResponse = Omit<InvokeResponse, "body"> & { readonly body: Uint8Array };
 
 /** How an invocation found its instance. */
 export type StartType = "cold" | "warm" | "prebooted" | "restored";
@@ -41,8 +60,18 @@ export interface InvocationRecord {
   readonly queueWaitMs: number;
   /** Milliseconds the instance took to become ready; 0 unless this invocation started it. */
   readonly initMs: number;
-  /** Milliseconds inside the sandbox. */
+  /**
+   * Milliseconds from the start of execution to the first byte of the response body (to its end
+   * for an empty body): what a client waits before output starts, e.g. a server-sent event.
+   */
+  readonly ttfbMs: number;
+  /** Milliseconds from the start of execution to the end of the response body. */
   readonly execMs: number;
+  /** The function's status; 0 when it never answered. */
   readonly status: number;
+  /**
+   * Why the invocation failed, if it did; with a status, the failure came after the response
+   * started (the body was cut: the function failed or timed out, or the client went away).
+   */
   readonly errorCode: string | undefined;
 }

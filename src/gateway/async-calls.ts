@@ -1,6 +1,8 @@
 import { randomUUID } from "node:crypto";
-import type { FennecError } from "../core/errors.js";
-import type { InvokeResponse } from "../core/types.js";
+import { readBody } from "../core/body.js";
+import { FennecError, toFennecError } from "../core/errors.js";
+import type { BufferedResponse } from "../core/types.js";
+import type { InvokeOutcome } from "../scheduler/scheduler.js";
 
 export type AsyncCall =
   | { readonly state: "pending"; readonly function: string; readonly submittedAt: number }
@@ -8,7 +10,7 @@ export type AsyncCall =
       readonly state: "done";
       readonly function: string;
       readonly submittedAt: number;
-      readonly response: InvokeResponse;
+      readonly response: BufferedResponse;
     }
   | {
       readonly state: "failed";
@@ -25,9 +27,11 @@ export interface AsyncCallLimits {
   readonly maxBytes?: number;
   /** How long a finished result is kept, from its completion. */
   readonly maxAgeMs?: number;
+  /** Largest response body one result may hold (beyond: the call fails with FN_RESPONSE_TOO_LARGE). */
+  readonly maxResultBytes?: number;
 }
 
-const DEFAULTS: Required<AsyncCallLimits> = {
+const DEFAULTS: Required<Omit<AsyncCallLimits, "maxResultBytes">> = {
   maxCalls: 10_000,
   maxBytes: 256 * 2 ** 20,
   maxAgeMs: 60 * 60 * 1000,
@@ -41,7 +45,7 @@ interface Entry {
   doneAt: number | undefined;
 }
 
-function sizeOf(response: InvokeResponse): number {
+function sizeOf(response: BufferedResponse): number {
   let bytes = response.body.byteLength;
   for (const [name, value] of response.headers) bytes += name.length + value.length;
   return bytes;
@@ -61,7 +65,9 @@ export class AsyncCalls {
   #bytes = 0;
 
   constructor(limits: AsyncCallLimits = {}) {
-    this.#limits = { ...DEFAULTS, ...limits };
+    const merged = { ...DEFAULTS, ...limits };
+    // A result larger than all that is kept would be dropped at once: no point reading it.
+    this.#limits = { ...merged, maxResultBytes: limits.maxResultBytes ?? merged.maxBytes };
   }
 
   /** What is kept, for the message of a result that is no longer there. */
@@ -70,7 +76,30 @@ export class AsyncCalls {
     return `results are kept for the ${maxCalls} most recent calls, up to ${maxBytes} bytes in all, for ${Math.round(maxAgeMs / 1000)} s after each finishes`;
   }
 
-  submit(fn: string, work: Promise<{ response: InvokeResponse } | { error: FennecError }>): string {
+  /**
+   * Starts keeping the result of a call. Its response body is read here, the one buffered copy
+   * of it, bounded by `maxResultBytes`: a result is kept to be fetched later, so it cannot stream.
+   */
+  submit(fn: string, call: Promise<InvokeOutcome | { error: FennecError }>): string {
+    const work = call.then(async (outcome) => {
+      if ("error" in outcome) return outcome;
+      const { status, headers, body } = outcome.response;
+      const limit = this.#limits.maxResultBytes;
+      try {
+        const bytes = await readBody(
+          body,
+          limit,
+          () =>
+            new FennecError(
+              "FN_RESPONSE_TOO_LARGE",
+              `${fn}: the response is larger than the ${limit} bytes an asynchronous result may hold`,
+            ),
+        );
+        return { response: { status, headers, body: bytes } };
+      } catch (err) {
+        return { error: toFennecError(err, "FN_CRASHED") };
+      }
+    });
     const id = randomUUID();
     const submittedAt = Date.now();
     const entry: Entry = {

@@ -14,6 +14,8 @@ export const STATUS_BY_CODE: Record<ErrorCode, number> = {
   FUNCTION_NOT_FOUND: 404,
   CONFIG_INVALID: 422,
   MODULE_INVALID: 422,
+  // Nobody is left to receive it (nginx's "client closed request"); it shows in records and logs.
+  CLIENT_GONE: 499,
   QUEUE_FULL: 429,
   QUEUE_TIMEOUT: 503,
   NO_CAPACITY: 503,
@@ -35,4 +37,5 @@ export const STATUS_BY_CODE: Record<ErrorCode, number> = {
   FN_OOM: 502,
   FN_CRASHED: 502,
   FN_BAD_RESPONSE: 502,
+  FN_RESPONSE_TOO_LARGE: 502,
 };

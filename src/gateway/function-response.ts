@@ -1,4 +1,5 @@
 import { validateHeaderName, validateHeaderValue, type ServerResponse } from "node:http";
+import { pipeline } from "node:stream/promises";
 import { FennecError } from "../core/errors.js";
 import { quoteForMessage } from "../core/names.js";
 import type { InvokeResponse } from "../core/types.js";
@@ -30,13 +31,41 @@ function bodyless(status: number, method: string | undefined): boolean {
 }
 
 /**
- * Writes a function's response, the one place that happens (synchronous and `/fa` results), as
+ * Sends a function's response, the one place that happens (synchronous and `/fa` results), as
  * HTTP a client can rely on: a final status (a 1xx from a function would put the connection in
  * another protocol's hands or leave a client waiting for the real answer), no body or length
  * where none may be, and none of the platform's own headers. Throws FN_BAD_RESPONSE, before
- * anything is written, for what cannot be sent.
+ * anything is written, for what cannot be sent (the body is then destroyed with that error).
+ *
+ * The body is piped with back-pressure: a slow client slows the function's stream down instead
+ * of making Fennec hold it. Once the head is out a failure can only cut the response: the
+ * connection is closed before the body's end (a short `content-length` or no final chunk), which
+ * every client reports as an error; the promise then rejects with the body's error.
  */
-export function writeResponse(res: ServerResponse, response: InvokeResponse): void {
+export async function sendResponse(res: ServerResponse, response: InvokeResponse): Promise<void> {
+  let length: string | undefined;
+  try {
+    length = writeHead(res, response);
+  } catch (err) {
+    response.body.destroy(err as Error);
+    throw err;
+  }
+  if (bodyless(response.status, res.req.method)) {
+    // Nothing may be sent; what the function wrote is read and dropped, so its invocation ends.
+    response.body.resume();
+    res.end();
+    return;
+  }
+  if (length !== undefined) {
+    res.setHeader("content-length", length);
+    // A body that does not match its length cuts the response instead of corrupting the next one.
+    res.strictContentLength = true;
+  }
+  await pipeline(response.body, res);
+}
+
+/** Checks and sets the status and headers; returns the function's content-length when valid. */
+function writeHead(res: ServerResponse, response: InvokeResponse): string | undefined {
   const { status } = response;
   if (!Number.isInteger(status) || status < 200 || status > 599) {
     throw new FennecError(
@@ -45,8 +74,10 @@ export function writeResponse(res: ServerResponse, response: InvokeResponse): vo
     );
   }
   const headers: Array<[string, string]> = [];
+  let length: string | undefined;
   for (const [raw, value] of response.headers) {
     const name = raw.toLowerCase();
+    if (name === "content-length" && /^\d{1,15}$/.test(value)) length = value;
     if (HOP_BY_HOP.has(name) || isPlatformHeader(name)) continue;
     try {
       validateHeaderName(name);
@@ -61,10 +92,5 @@ export function writeResponse(res: ServerResponse, response: InvokeResponse): vo
   }
   for (const [name, value] of headers) res.appendHeader(name, value);
   res.statusCode = status;
-  if (bodyless(status, res.req.method)) {
-    res.end();
-    return;
-  }
-  res.setHeader("content-length", response.body.byteLength);
-  res.end(response.body);
+  return length;
 }

@@ -1,5 +1,6 @@
 import { randomUUID } from "node:crypto";
 import type { IncomingMessage, ServerResponse } from "node:http";
+import { joinChunks } from "../core/body.js";
 import { FennecError } from "../core/errors.js";
 import { STATUS_BY_CODE } from "./error-status.js";
 
@@ -12,7 +13,11 @@ export function requestIdOf(req: IncomingMessage): string {
   return typeof given === "string" && SAFE_ID.test(given) ? given : randomUUID();
 }
 
-/** Reads the whole body, refusing more than `limit` bytes with BODY_TOO_LARGE. */
+/**
+ * Reads the whole body, refusing more than `limit` bytes with BODY_TOO_LARGE. Unlike core's
+ * readBody it leaves the request paused, not destroyed, over the limit: destroying it would
+ * reset the connection before the 413 is out.
+ */
 export function readBody(req: IncomingMessage, limit: number): Promise<Buffer> {
   const declared = Number(req.headers["content-length"]);
   if (Number.isFinite(declared) && declared > limit) {
@@ -39,33 +44,6 @@ export function readBody(req: IncomingMessage, limit: number): Promise<Buffer> {
 }
 
 /**
- * The body as one buffer, copied at most JOIN_SLICE_BYTES per turn of the event loop: one copy
- * of an upload of tens of MiB stalled every other call meanwhile.
- */
-function joinChunks(chunks: Buffer[], size: number): Promise<Buffer> | Buffer {
-  if (chunks.length === 1) return chunks[0]!;
-  if (size <= JOIN_SLICE_BYTES) return Buffer.concat(chunks, size);
-  return (async () => {
-    const out = Buffer.allocUnsafeSlow(size);
-    let at = 0;
-    let sinceYield = 0;
-    for (const c of chunks) {
-      out.set(c, at);
-      at += c.length;
-      sinceYield += c.length;
-      if (sinceYield >= JOIN_SLICE_BYTES) {
-        sinceYield = 0;
-        await new Promise((r) => setImmediate(r));
-      }
-    }
-    return out;
-  })();
-}
-
-/** Most bytes of a body copied in one turn of the event loop (a 50 MiB copy took ≈ 0.5 s here). */
-const JOIN_SLICE_BYTES = 2 * 2 ** 20;
-
-/**
  * Answers and then closes the connection without reading the rest of the request's body: after
  * an early refusal (401, 404, 413, ...) reading on would let any client make Fennec swallow an
  * unbounded body, and not reading it would leave it to be parsed as the next request.
@@ -76,7 +54,7 @@ export function closeAfterResponse(req: IncomingMessage, res: ServerResponse): v
   res.once("finish", () => req.socket.destroy());
 }
 
-function tooLarge(limit: number): FennecError {
+export function tooLarge(limit: number): FennecError {
   return new FennecError("BODY_TOO_LARGE", `request body exceeds the limit of ${limit} bytes`);
 }
 

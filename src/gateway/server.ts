@@ -1,5 +1,6 @@
 import { timingSafeEqual } from "node:crypto";
 import type { IncomingMessage, ServerResponse } from "node:http";
+import { bodyOf, readBody as readStream } from "../core/body.js";
 import { FennecError, toFennecError } from "../core/errors.js";
 import type { Logger } from "../core/log.js";
 import { quoteForMessage } from "../core/names.js";
@@ -17,10 +18,12 @@ import {
   requestIdOf,
   sendError,
   sendJson,
+  tooLarge,
 } from "./http-util.js";
 import type { AllowedHosts } from "./allowed-hosts.js";
 import { JSON_BODY, MODULE_BODY, NUMBER_BODY, refuseCrossSite } from "./cross-site.js";
-import { HOP_BY_HOP, writeResponse } from "./function-response.js";
+import { HOP_BY_HOP, sendResponse } from "./function-response.js";
+import { requestBody } from "./request-body.js";
 import { functionId, parseTarget, type Target } from "./routes.js";
 import { deployCheck, deployFromJson, describeFunctions } from "./admin.js";
 
@@ -128,13 +131,14 @@ export class Gateway {
     );
   }
 
-  async #request(req: IncomingMessage, path: string, query: string): Promise<InvokeRequest> {
-    const body = await readBody(req, this.#o.bodyLimit);
+  #request(req: IncomingMessage, path: string, query: string): InvokeRequest {
+    const { body, length } = requestBody(req, this.#o.bodyLimit);
     const headers: Record<string, string> = {};
     for (const [name, value] of Object.entries(req.headers)) {
       if (value === undefined || HOP_BY_HOP.has(name)) continue;
       headers[name] = Array.isArray(value) ? value.join(", ") : value;
     }
+    if (length !== undefined) headers["content-length"] = length;
     return { method: req.method ?? "GET", path, query, headers, body };
   }
 
@@ -145,11 +149,29 @@ export class Gateway {
     path: string,
     query: string,
   ): Promise<void> {
-    const request = await this.#request(req, path, query);
-    const outcome = await this.#o.scheduler.invoke(id, request);
+    const request = this.#request(req, path, query);
+    // A client that goes away (closes its connection before the whole response is out) cancels
+    // the call, queued or running: the sandbox's side is aborted, the body's stream destroyed.
+    const cancel = new AbortController();
+    res.once("close", () => {
+      if (!res.writableFinished) cancel.abort();
+    });
+    const outcome = await this.#o.scheduler.invoke(id, request, cancel.signal);
     if ("error" in outcome) throw outcome.error;
-    if (outcome.record.startType) res.setHeader("x-fennec-start", outcome.record.startType);
-    writeResponse(res, outcome.response);
+    if (outcome.start.startType) res.setHeader("x-fennec-start", outcome.start.startType);
+    // The function answered before the client's body was all in: the rest is not read for it.
+    if (!req.complete) closeAfterResponse(req, res);
+    try {
+      await sendResponse(res, outcome.response);
+    } catch (err) {
+      // After the first byte a failure can only cut the response (sendResponse did, and the
+      // invocation record says why). Before it, the error is answered with its stable code,
+      // without what the function had set.
+      if (res.headersSent || res.destroyed) return void res.destroy();
+      for (const name of res.getHeaderNames()) if (name !== REQUEST_ID_HEADER) res.removeHeader(name);
+      res.strictContentLength = false;
+      throw err;
+    }
   }
 
   async #invokeAsync(
@@ -159,13 +181,17 @@ export class Gateway {
     path: string,
     query: string,
   ): Promise<void> {
-    const request = await this.#request(req, path, query);
-    const callId = this.#calls.submit(functionKey(id), this.#o.scheduler.invoke(id, request));
+    const request = this.#request(req, path, query);
+    // The caller is answered before the call runs, so its body cannot stream to the sandbox: it
+    // is read here, whole and within the body limit, into the one copy the call keeps.
+    const bytes = await readStream(request.body, this.#o.bodyLimit, () => tooLarge(this.#o.bodyLimit));
+    const buffered = { ...request, body: bodyOf(bytes) };
+    const callId = this.#calls.submit(functionKey(id), this.#o.scheduler.invoke(id, buffered));
     res.setHeader("location", `/fa/calls/${callId}`);
     sendJson(res, 202, { callId, status: `/fa/calls/${callId}` });
   }
 
-  #asyncResult(res: ServerResponse, callId: string): void {
+  async #asyncResult(res: ServerResponse, callId: string): Promise<void> {
     const call = this.#calls.get(callId);
     if (!call)
       throw new FennecError(
@@ -176,7 +202,7 @@ export class Gateway {
       return sendJson(res, 202, { callId, state: "pending", function: call.function });
     if (call.state === "failed") throw call.error;
     res.setHeader("x-fennec-call-state", "done");
-    writeResponse(res, call.response);
+    await sendResponse(res, { ...call.response, body: bodyOf(call.response.body) });
   }
 
   async #upload(req: IncomingMessage, res: ServerResponse, id: FunctionId): Promise<void> {

@@ -34,7 +34,7 @@ export class PrometheusMetrics {
     });
     this.#phase = new Histogram({
       name: "fennec_invocation_phase_seconds",
-      help: "Time an invocation spent queued, waiting for its instance to start, and executing.",
+      help: "Time an invocation spent queued, waiting for its instance to start, executing until the first byte of its response body (ttfb), and executing until its end (exec).",
       labelNames: ["function", "phase"],
       buckets: BUCKETS,
       registers: [this.registry],
@@ -100,6 +100,8 @@ export class PrometheusMetrics {
       this.#phase.observe({ function: r.function, phase: name }, ms / 1000);
     phase("queue", r.queueWaitMs);
     if (r.initMs > 0) phase("init", r.initMs);
+    // An invocation that failed before the function answered has no first byte.
+    if (r.status > 0) phase("ttfb", r.ttfbMs);
     phase("exec", r.execMs);
   }
 

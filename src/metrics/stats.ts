@@ -8,6 +8,7 @@ interface FunctionFigures {
   starts: Record<StartType, number>;
   queueWaitMs: Samples;
   initMs: Samples;
+  ttfbMs: Samples;
   execMs: Samples;
   instancesStarted: number;
 }
@@ -18,7 +19,8 @@ const NS_PER_MS = 1e6;
  * The `/stats` document: the thesis' global keys with their exact meaning (nanoseconds, never
  * reset; init = instance start to ready; exec = the whole handler, from the request reaching the
  * scheduler to its response, so a cold call includes its wait for the instance) plus per-function
- * figures that split each call into queue wait, init and execution in the sandbox.
+ * figures that split each call into queue wait, init and execution in the sandbox (to the first
+ * byte of the response body, ttfb, and to its end, exec: a streamed response ends long after it starts).
  * It listens to diagnostics channels; the scheduler never calls it.
  */
 export class StatsCollector {
@@ -48,6 +50,7 @@ export class StatsCollector {
         starts: { cold: 0, warm: 0, prebooted: 0, restored: 0 },
         queueWaitMs: new Samples(100_000),
         initMs: new Samples(100_000),
+        ttfbMs: new Samples(100_000),
         execMs: new Samples(100_000),
         instancesStarted: 0,
       };
@@ -74,6 +77,7 @@ export class StatsCollector {
     if (r.instanceId === undefined) return;
     f.queueWaitMs.add(r.queueWaitMs);
     if (r.initMs > 0) f.initMs.add(r.initMs);
+    if (r.status > 0) f.ttfbMs.add(r.ttfbMs);
     f.execMs.add(r.execMs);
     // The thesis timed its whole handler, so its exec time includes waiting for a cold start.
     this.#exec.add(Math.round((r.queueWaitMs + r.execMs) * NS_PER_MS));
@@ -106,6 +110,7 @@ export class StatsCollector {
         instancesStarted: f.instancesStarted,
         queueWaitMs: f.queueWaitMs.percentiles() ?? null,
         initMs: f.initMs.percentiles() ?? null,
+        ttfbMs: f.ttfbMs.percentiles() ?? null,
         execMs: f.execMs.percentiles() ?? null,
       };
     }

@@ -9,6 +9,8 @@
  * into whatever each sandbox needs. Usage: node handler-server.js BUNDLE.mjs CALLBACK-URL
  */
 import { createServer, type IncomingMessage, type ServerResponse } from "node:http";
+import { Readable } from "node:stream";
+import { pipeline } from "node:stream/promises";
 import { pathToFileURL } from "node:url";
 
 interface Handler {
@@ -29,44 +31,97 @@ if (!handler || typeof handler.fetch !== "function") {
 }
 const fetchHandler = handler as Handler;
 
-async function toRequest(req: IncomingMessage): Promise<Request> {
-  const chunks: Buffer[] = [];
-  for await (const chunk of req) chunks.push(chunk as Buffer);
+/**
+ * The request as a fetch `Request` whose body streams from the socket as it arrives: a handler
+ * can read a large or slow upload piece by piece.
+ */
+function toRequest(req: IncomingMessage): Request {
   const headers = new Headers();
   for (let i = 0; i + 1 < req.rawHeaders.length; i += 2)
     headers.append(req.rawHeaders[i]!, req.rawHeaders[i + 1]!);
   const method = req.method ?? "GET";
-  const body = method === "GET" || method === "HEAD" ? undefined : Buffer.concat(chunks);
-  return new Request(`http://${req.headers.host ?? "fennec.local"}${req.url ?? "/"}`, {
-    method,
-    headers,
-    body,
-  });
+  const empty =
+    method === "GET" ||
+    method === "HEAD" ||
+    (req.headers["content-length"] === "0" && req.headers["transfer-encoding"] === undefined);
+  const init: RequestInit & { duplex?: "half" } = { method, headers };
+  if (!empty) {
+    init.body = Readable.toWeb(req) as ReadableStream<Uint8Array>;
+    init.duplex = "half"; // fetch's word for a body that streams in
+  } else req.resume();
+  return new Request(`http://${req.headers.host ?? "fennec.local"}${req.url ?? "/"}`, init);
 }
 
+const immediate = () => new Promise<"later">((resolve) => setImmediate(() => resolve("later")));
+
+/**
+ * Writes the response chunk by chunk as the handler's body produces it, with back-pressure (a
+ * slow reader pauses the handler's stream; one that leaves cancels it). A body that is already
+ * whole (`new Response("text")`: its chunks come without waiting) gets a `content-length`; one
+ * still being produced is sent chunked, its first chunk at once.
+ */
 async function send(res: ServerResponse, response: Response): Promise<void> {
-  const body = Buffer.from(await response.arrayBuffer());
   res.statusCode = response.status;
   response.headers.forEach((value, name) => {
     if (name !== "set-cookie" && name !== "content-length") res.setHeader(name, value);
   });
   const cookies = response.headers.getSetCookie();
   if (cookies.length > 0) res.setHeader("set-cookie", cookies);
-  res.setHeader("content-length", body.byteLength);
-  res.end(body);
+  if (!response.body) {
+    res.setHeader("content-length", 0);
+    res.end();
+    return;
+  }
+  const reader = response.body.getReader();
+  const first = await reader.read();
+  if (first.done) {
+    res.setHeader("content-length", 0);
+    res.end();
+    return;
+  }
+  const pending = reader.read();
+  const next = await Promise.race([pending, immediate()]);
+  if (next !== "later" && next.done) {
+    res.setHeader("content-length", first.value.byteLength);
+    res.end(first.value);
+    return;
+  }
+  res.write(first.value);
+  const rest = async function* () {
+    try {
+      const second = next === "later" ? await pending : next;
+      if (second.done) return;
+      yield second.value;
+      for (;;) {
+        const r = await reader.read();
+        if (r.done) return;
+        yield r.value;
+      }
+    } finally {
+      reader.releaseLock();
+    }
+  };
+  const body = Readable.from(rest(), { objectMode: false });
+  // Cancels the handler's stream when the reader goes away mid-body (pipeline destroys `body`).
+  body.once("close", () => {
+    if (!body.readableEnded) void reader.cancel().catch(() => undefined);
+  });
+  await pipeline(body, res);
 }
 
 const server = createServer((req, res) => {
   void (async () => {
     try {
-      const response = await fetchHandler.fetch(await toRequest(req));
+      const response = await fetchHandler.fetch(toRequest(req));
       if (!(response instanceof Response)) throw new TypeError("fetch() must return a Response");
       await send(res, response);
     } catch (err) {
       // The handler's own failure is its response: a 500 that says why, and a line in its log.
+      // After the head is out it can only cut the response.
       console.error(err);
+      if (res.headersSent) return void res.destroy();
       const message = err instanceof Error ? err.message : String(err);
-      if (!res.headersSent) res.writeHead(500, { "content-type": "text/plain; charset=utf-8" });
+      res.writeHead(500, { "content-type": "text/plain; charset=utf-8" });
       res.end(`handler error: ${message}\n`);
     }
   })();

@@ -27,12 +27,20 @@ export interface StartContext {
 }
 
 export interface InvokeContext {
-  /** Aborted when the invocation times out; the shared lifecycle then destroys the instance. */
+  /**
+   * Aborted when the invocation times out (the shared lifecycle then destroys the instance), the
+   * instance is destroyed, or the client goes away; it stays live until the response body ends.
+   */
   readonly signal: AbortSignal;
 }
 
 /** A running sandbox as a driver sees it. */
 export interface SandboxHandle {
+  /**
+   * Sends the request, its body streamed as it arrives, and resolves with the response head as
+   * soon as it is known, its body still streaming. The lifecycle reads or destroys that body;
+   * destroying it must stop the function's work for this request.
+   */
   invoke(request: InvokeRequest, ctx: InvokeContext): Promise<InvokeResponse>;
   /** Stop after in-flight work (drain). Called at most once by the lifecycle. */
   close(): Promise<void>;

@@ -1,5 +1,6 @@
-import { Agent, request } from "node:http";
+import type { Socket } from "node:net";
 import type { Duplex } from "node:stream";
+import { Pool, errors as undiciErrors } from "undici";
 import { FennecError } from "../core/errors.js";
 import type { InvokeRequest, InvokeResponse } from "../core/types.js";
 
@@ -12,101 +13,120 @@ export type Endpoint =
   | { readonly host: string; readonly port: number }
   | { readonly connect: () => Duplex };
 
-const HOP_BY_HOP = new Set(["connection", "keep-alive", "transfer-encoding", "upgrade", "te", "trailer"]);
+/** Headers of one hop, and `expect` (the gateway has answered any `100-continue` itself). */
+const HOP_BY_HOP = new Set([
+  "connection",
+  "keep-alive",
+  "transfer-encoding",
+  "upgrade",
+  "te",
+  "trailer",
+  "proxy-connection",
+  "expect",
+  "host",
+]);
+
+/** Response headers that describe this hop's message, not the function's: the gateway sets its own. */
+const NOT_FORWARDED = new Set([...HOP_BY_HOP, "date"]);
 
 /**
- * Forwards invocations to an instance's HTTP server (the UniFaaS guest contract) over one
- * keep-alive agent per instance. A connection that breaks mid-request is the function's fault.
+ * Forwards invocations to an instance's HTTP server (the UniFaaS guest contract) with undici,
+ * over one keep-alive connection pool per instance, both bodies streamed. A connection that
+ * breaks mid-request is the function's fault (FN_CRASHED).
  */
 export class HttpTransport {
-  readonly #agent = new Agent({ keepAlive: true, maxSockets: 64 });
-  readonly #endpoint: { readonly socketPath: string } | { readonly host: string; readonly port: number };
+  readonly #pool: Pool;
   readonly #what: string;
 
   constructor(endpoint: Endpoint, what: string) {
-    if ("connect" in endpoint) {
-      // The agent asks for a new connection only when it has no idle one to reuse.
-      const connect = endpoint.connect;
-      (this.#agent as unknown as { createConnection: () => Duplex }).createConnection = connect;
-      this.#endpoint = { host: "guest", port: 80 };
-    } else this.#endpoint = endpoint;
     this.#what = what;
+    const options: Pool.Options = {
+      connections: 64,
+      // The function's timeout covers the whole invocation (instance.ts); undici's own 300 s
+      // limits would cut a slow event stream that the function is allowed to keep open.
+      headersTimeout: 0,
+      bodyTimeout: 0,
+    };
+    if ("connect" in endpoint) {
+      // Each connection is a fresh stream of the guest's channel, ready as soon as it is opened.
+      const open = endpoint.connect;
+      this.#pool = new Pool("http://guest", {
+        ...options,
+        connect: (_opts, callback) => {
+          // Handed over on the next tick, as a real connect would: undici does not expect its
+          // callback to run before the connector returns (a synchronous one stalls the pool).
+          let stream: Duplex;
+          try {
+            stream = open();
+          } catch (err) {
+            process.nextTick(() => callback(err as Error, null));
+            return;
+          }
+          process.nextTick(() => callback(null, stream as Socket));
+        },
+      });
+    } else if ("socketPath" in endpoint)
+      this.#pool = new Pool("http://localhost", { ...options, socketPath: endpoint.socketPath });
+    else this.#pool = new Pool(`http://${endpoint.host}:${endpoint.port}`, options);
   }
 
   /**
-   * A kept-alive connection the instance closed while idle (Node's servers do after 5 s) can meet
-   * a request already on its way: that request is lost before the function saw it, so it is sent
-   * once more on a new connection, as Node's documentation advises for `reusedSocket`.
+   * A kept-alive connection the instance closed while idle can meet a request already on its way:
+   * that request is lost before the function saw it. undici closes idle connections before the
+   * server's announced `Keep-Alive: timeout` (Node's servers say 5 s), which avoids most of these;
+   * a request still lost so is sent once more on a new connection — but only when it has no body:
+   * a body is a stream, and what of it was sent is gone, so such a request cannot be resent.
    */
   async invoke(req: InvokeRequest, signal: AbortSignal): Promise<InvokeResponse> {
+    const headers: Record<string, string> = {};
+    for (const [k, v] of Object.entries(req.headers)) if (!HOP_BY_HOP.has(k)) headers[k] = v;
+    const bodyless = headers["content-length"] === "0";
+    if (bodyless) req.body.resume(); // empty: nothing to send, but it must end
+    const path = req.path + (req.query ? `?${req.query}` : "");
+    const send = () =>
+      this.#pool.request({
+        method: req.method,
+        path,
+        headers,
+        body: bodyless ? null : req.body,
+        signal,
+      });
+    let res: Awaited<ReturnType<Pool["request"]>>;
     try {
-      return await this.#send(req, signal);
+      res = await send().catch((err: unknown) => {
+        if (!bodyless || !stale(err) || signal.aborted) throw err;
+        return send();
+      });
     } catch (err) {
-      if (!(err instanceof StaleConnection)) throw err;
-      return this.#send(req, signal).catch((e: unknown) => {
-        throw e instanceof StaleConnection ? e.error : e;
-      });
+      if (signal.aborted) throw signal.reason;
+      // The request body's own failure (over the body limit, the client went away) is not the function's.
+      if (err instanceof FennecError) throw err;
+      throw this.#broken(err as Error);
     }
-  }
-
-  #send(req: InvokeRequest, signal: AbortSignal): Promise<InvokeResponse> {
-    return new Promise((resolve, reject) => {
-      const headers: Record<string, string> = {};
-      for (const [k, v] of Object.entries(req.headers))
-        if (!HOP_BY_HOP.has(k) && k !== "host") headers[k] = v;
-      headers["content-length"] = String(req.body.byteLength);
-      const r = request(
-        {
-          ...this.#endpoint,
-          agent: this.#agent,
-          method: req.method,
-          path: req.path + (req.query ? `?${req.query}` : ""),
-          headers,
-          signal,
-        },
-        (res) => {
-          const chunks: Buffer[] = [];
-          res.on("data", (c: Buffer) => chunks.push(c));
-          res.on("error", (err) => reject(this.#broken(err)));
-          res.on("end", () => {
-            const out: Array<[string, string]> = [];
-            for (let i = 0; i + 1 < res.rawHeaders.length; i += 2) {
-              const name = res.rawHeaders[i]!.toLowerCase();
-              if (!HOP_BY_HOP.has(name) && name !== "content-length" && name !== "date")
-                out.push([name, res.rawHeaders[i + 1]!]);
-            }
-            resolve({ status: res.statusCode ?? 502, headers: out, body: Buffer.concat(chunks) });
-          });
-        },
-      );
-      let answered = false;
-      r.on("response", () => (answered = true));
-      r.on("error", (err) => {
-        if (signal.aborted) return reject(signal.reason);
-        const code = (err as NodeJS.ErrnoException).code;
-        if (r.reusedSocket && !answered && (code === "ECONNRESET" || code === "EPIPE"))
-          return reject(new StaleConnection(this.#broken(err)));
-        reject(this.#broken(err));
-      });
-      r.end(req.body);
-    });
+    const out: Array<[string, string]> = [];
+    for (const [name, value] of Object.entries(res.headers)) {
+      if (value === undefined || NOT_FORWARDED.has(name)) continue;
+      if (Array.isArray(value)) for (const v of value) out.push([name, v]);
+      else out.push([name, value]);
+    }
+    return { status: res.statusCode, headers: out, body: res.body };
   }
 
   #broken(err: Error): FennecError {
     return new FennecError(
       "FN_CRASHED",
       `${this.#what}: the connection to the instance broke: ${err.message}`,
+      { cause: err },
     );
   }
 
   close(): void {
-    this.#agent.destroy();
+    void this.#pool.destroy().catch(() => undefined);
   }
 }
 
-/** A request that died with the kept-alive connection it was sent on, before any answer. */
-class StaleConnection extends Error {
-  constructor(readonly error: FennecError) {
-    super(error.message);
-  }
+/** A connection that died before any answer after serving earlier requests: a stale keep-alive. */
+function stale(err: unknown): boolean {
+  if (!(err instanceof undiciErrors.SocketError)) return false;
+  return (err.socket?.bytesRead ?? 0) > 0;
 }

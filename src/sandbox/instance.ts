@@ -5,6 +5,22 @@ import type { InvokeRequest, InvokeResponse, StartType } from "../core/types.js"
 import type { FunctionConfig } from "../config/function-config.js";
 import type { SandboxDriver, SandboxHandle } from "./contract.js";
 import type { ReadinessHub } from "./readiness.js";
+import { TrackedBody } from "./tracked-body.js";
+
+/** How an invocation ended, for its record. */
+export interface InvocationEnd {
+  /** Milliseconds from the start to the first byte of the response body (its end if it had none). */
+  readonly ttfbMs: number;
+  /** Milliseconds from the start to the end of the response body. */
+  readonly execMs: number;
+  /** What cut it, if anything: after the head this can only cut the body. */
+  readonly error: FennecError | undefined;
+}
+
+/** A response from `Instance.invoke`: its body is tracked, and `ended` settles (never rejects) when the invocation is over. */
+export interface TrackedResponse extends InvokeResponse {
+  readonly ended: Promise<InvocationEnd>;
+}
 
 /** starting → ready ⇄ busy → stopping → stopped, or failed from anywhere. */
 export type InstanceState = "starting" | "ready" | "busy" | "stopping" | "stopped" | "failed";
@@ -136,48 +152,89 @@ export class Instance {
     });
   }
 
-  /** Runs one invocation under the function's timeout; a timeout destroys the instance. */
-  async invoke(request: InvokeRequest): Promise<InvokeResponse> {
+  /**
+   * Runs one invocation under the function's timeout. It resolves with the response head; the
+   * invocation lasts until the response body has ended, failed or been destroyed (`ended` says
+   * when and how), and the timeout covers all of it: a timeout or destroy cuts the body with its
+   * error, and a timeout destroys the instance. Aborting `signal` (the client went away) cancels it.
+   */
+  async invoke(request: InvokeRequest, signal?: AbortSignal): Promise<TrackedResponse> {
     const handle = this.#handle;
     if (!handle || (this.state !== "ready" && this.state !== "busy")) {
       throw new FennecError("INSTANCE_GONE", `instance ${this.id} is ${this.state}`);
     }
     this.active++;
     this.state = "busy";
+    const began = performance.now();
     const controller = new AbortController();
     this.#inflight.add(controller);
     const { timeoutMs, key } = this.config;
-    const timer = setTimeout(
-      () =>
-        controller.abort(
-          new FennecError("FN_TIMEOUT", `${key}: invocation exceeded the ${timeoutMs} ms timeout`),
-        ),
-      timeoutMs,
-    );
-    // Timeout and destroy both abort; the caller is answered at once even if the sandbox never is.
-    const aborted = new Promise<never>((_, reject) =>
-      controller.signal.addEventListener("abort", () => reject(controller.signal.reason), { once: true }),
-    );
-    // Every sandbox receives requests here, where the function's config is known.
-    const forwarded = this.config.forwardCredentials ? request : withoutCredentials(request);
-    const running = handle.invoke(forwarded, { signal: controller.signal });
-    running.catch(() => undefined);
-    try {
-      return await Promise.race([running, aborted]);
-    } catch (err) {
-      const error = toFennecError(err);
+    const timer = setTimeout(() => {
+      const error = new FennecError("FN_TIMEOUT", `${key}: invocation exceeded the ${timeoutMs} ms timeout`);
+      controller.abort(error);
       // A timed-out sandbox may still be running the function: it cannot be trusted again.
-      if (error.code === "FN_TIMEOUT") void this.destroy(error);
-      throw error;
-    } finally {
+      void this.destroy(error);
+    }, timeoutMs);
+    const onCancel = () =>
+      controller.abort(
+        new FennecError("CLIENT_GONE", `${key}: the client went away; the invocation is cancelled`),
+      );
+    if (signal?.aborted) onCancel();
+    signal?.addEventListener("abort", onCancel, { once: true });
+
+    let resolveEnded!: (end: InvocationEnd) => void;
+    const ended = new Promise<InvocationEnd>((resolve) => (resolveEnded = resolve));
+    let over = false;
+    const finish = (error: FennecError | undefined, firstByteAt: number) => {
+      if (over) return;
+      over = true;
       clearTimeout(timer);
+      signal?.removeEventListener("abort", onCancel);
       this.#inflight.delete(controller);
       this.active--;
       this.uses++;
       this.lastUsed = performance.now();
       if (this.state === "busy" && this.active === 0) this.state = "ready";
       if (this.active === 0) this.#onDrained?.();
+      // Whatever of the request body was not sent is not wanted any more.
+      if (error && !request.body.readableEnded) request.body.destroy();
+      resolveEnded({ ttfbMs: firstByteAt - began, execMs: performance.now() - began, error });
+    };
+
+    // Timeout, destroy and cancel all abort; the caller is answered at once even if the sandbox never is.
+    const aborted = new Promise<never>((_, reject) =>
+      controller.signal.addEventListener("abort", () => reject(controller.signal.reason), { once: true }),
+    );
+    // Every sandbox receives requests here, where the function's config is known.
+    const forwarded = this.config.forwardCredentials ? request : withoutCredentials(request);
+    const running = handle.invoke(forwarded, { signal: controller.signal });
+    // A head that comes after the abort has no reader: its body is dropped.
+    running.then(
+      (late) => (controller.signal.aborted ? late.body.destroy() : undefined),
+      () => undefined,
+    );
+    let response: InvokeResponse;
+    try {
+      response = await Promise.race([running, aborted]);
+    } catch (err) {
+      const error = toFennecError(err);
+      finish(error, performance.now());
+      throw error;
     }
+    if (controller.signal.aborted) {
+      // The head and the abort arrived together: the body is not wanted.
+      response.body.destroy();
+      const error = toFennecError(controller.signal.reason);
+      finish(error, performance.now());
+      throw error;
+    }
+    const body = new TrackedBody(response.body, `${key}: instance ${this.id}`, (end) =>
+      finish(end.error, end.firstByteAt),
+    );
+    controller.signal.addEventListener("abort", () => body.cut(toFennecError(controller.signal.reason)), {
+      once: true,
+    });
+    return { status: response.status, headers: response.headers, body, ended };
   }
 
   /** Graceful stop: lets in-flight invocations finish, then closes the sandbox. Idempotent. */

@@ -1,23 +1,23 @@
 import { FennecError, toFennecError } from "../core/errors.js";
-import type { InvokeRequest, InvokeResponse, StartType } from "../core/types.js";
+import type { InvokeRequest, StartType } from "../core/types.js";
 import type { FunctionConfig } from "../config/function-config.js";
-import type { Instance } from "../sandbox/instance.js";
+import type { Instance, TrackedResponse } from "../sandbox/instance.js";
 
-/** What one finished dispatch reports back to the scheduler for the invocation record. */
+/** What a dispatch reports back to the scheduler for the invocation record once the head arrived. */
 export interface Dispatch {
   readonly instance: Instance;
   readonly startType: StartType;
   readonly queueWaitMs: number;
   readonly initMs: number;
-  readonly execMs: number;
-  readonly response: InvokeResponse;
+  /** Its body still streams; `ended` says when the invocation is over, with ttfb and exec times. */
+  readonly response: TrackedResponse;
 }
 
 /** A failed dispatch: the error, and how far the invocation got (for its record), if it ran at all. */
 export class DispatchError extends Error {
   constructor(
     readonly error: FennecError,
-    readonly partial: Omit<Dispatch, "response"> | undefined,
+    readonly partial: (Omit<Dispatch, "response"> & { readonly execMs: number }) | undefined,
   ) {
     super(error.message);
   }
@@ -25,6 +25,8 @@ export class DispatchError extends Error {
 
 interface Waiter {
   readonly request: InvokeRequest;
+  /** Aborted when the client goes away. */
+  readonly signal: AbortSignal | undefined;
   readonly enqueuedAt: number;
   readonly resolve: (d: Dispatch) => void;
   readonly reject: (e: DispatchError) => void;
@@ -90,11 +92,15 @@ export class FunctionPool {
     }
   }
 
-  /** Serves one request: now if a slot is free, else after waiting in the queue. */
-  run(request: InvokeRequest): Promise<Dispatch> {
+  /**
+   * Serves one request: now if a slot is free, else after waiting in the queue. Resolves with the
+   * response head; the slot stays taken until its body has ended.
+   */
+  run(request: InvokeRequest, signal?: AbortSignal): Promise<Dispatch> {
     return new Promise<Dispatch>((resolve, reject) => {
       const waiter: Waiter = {
         request,
+        signal,
         enqueuedAt: performance.now(),
         resolve,
         reject,
@@ -118,6 +124,22 @@ export class FunctionPool {
       }
       waiter.timer = setTimeout(() => this.#expire(waiter), this.config.queueTimeoutMs);
       this.#queue.push(waiter);
+      // A client that leaves while it waits gives up its place.
+      signal?.addEventListener(
+        "abort",
+        () => {
+          const i = this.#queue.indexOf(waiter);
+          if (i < 0) return;
+          this.#queue.splice(i, 1);
+          clearTimeout(waiter.timer);
+          const gone = new FennecError(
+            "CLIENT_GONE",
+            `${this.config.key}: the client went away while queued`,
+          );
+          reject(new DispatchError(gone, undefined));
+        },
+        { once: true },
+      );
       this.pump();
     });
   }
@@ -230,17 +252,11 @@ export class FunctionPool {
     const began = performance.now();
     const queueWaitMs = began - waiter.enqueuedAt;
     // invoke() counts the slot synchronously, before any other request can look at this instance.
-    inst.invoke(waiter.request).then(
+    inst.invoke(waiter.request, waiter.signal).then(
       (response) => {
-        this.#release(inst);
-        waiter.resolve({
-          instance: inst,
-          startType,
-          queueWaitMs,
-          initMs,
-          execMs: performance.now() - began,
-          response,
-        });
+        // The slot is free once the body has ended (or was cut), not when the head arrives.
+        void response.ended.then(() => this.#release(inst));
+        waiter.resolve({ instance: inst, startType, queueWaitMs, initMs, response });
       },
       (err: unknown) => {
         this.#release(inst);

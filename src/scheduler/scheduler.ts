@@ -41,9 +41,18 @@ export interface SchedulerOptions {
   readonly onInstanceStopped?: () => void;
 }
 
+/** What is known of an invocation when its response head arrives. */
+export type InvocationStart = Pick<
+  InvocationRecord,
+  "node" | "function" | "instanceId" | "startType" | "queueWaitMs" | "initMs"
+>;
+
 export interface InvokeOutcome {
+  /** Its body streams: read it to the end or destroy it, or the instance's slot stays taken. */
   readonly response: InvokeResponse;
-  readonly record: InvocationRecord;
+  readonly start: InvocationStart;
+  /** The invocation's record, published when the body has ended or was cut (never rejects). */
+  readonly record: Promise<InvocationRecord>;
 }
 
 /**
@@ -82,10 +91,14 @@ export class Scheduler implements PoolHost {
     return this.#opts.memoryBudgetMiB;
   }
 
-  /** Invokes a function; never throws: failures come back as an error response plus record. */
+  /**
+   * Invokes a function; never throws: failures before the response head come back as an error
+   * plus record. Aborting `signal` (the client went away) cancels the invocation.
+   */
   async invoke(
     id: FunctionId,
     request: InvokeRequest,
+    signal?: AbortSignal,
   ): Promise<InvokeOutcome | { error: FennecError; record: InvocationRecord }> {
     const key = functionKey(id);
     const fail = (error: FennecError, partial?: DispatchError["partial"]) => {
@@ -96,6 +109,7 @@ export class Scheduler implements PoolHost {
         startType: partial?.startType,
         queueWaitMs: partial?.queueWaitMs ?? 0,
         initMs: partial?.initMs ?? 0,
+        ttfbMs: partial?.execMs ?? 0,
         execMs: partial?.execMs ?? 0,
         status: 0,
         errorCode: error.code,
@@ -103,8 +117,13 @@ export class Scheduler implements PoolHost {
       publishInvocation(record);
       return { error, record };
     };
-    if (this.#closing) return fail(new FennecError("SHUTTING_DOWN", "Fennec is shutting down"));
+    if (this.#closing) {
+      request.body.destroy();
+      return fail(new FennecError("SHUTTING_DOWN", "Fennec is shutting down"));
+    }
+    // In flight until the response body ends: close() waits for streams to finish.
     this.#inFlight++;
+    let streaming = false;
     try {
       let pool = this.#pools.get(key);
       // Warm fast path: a free slot on an instance of the current config, no disk access. Under
@@ -112,25 +131,31 @@ export class Scheduler implements PoolHost {
       if (!pool || (!pool.hasFreeSlot() && performance.now() - pool.resolvedAt >= RESOLVE_INTERVAL_MS)) {
         pool = await this.#poolFor(id);
       }
-      const d = await pool.run(request);
-      const record: InvocationRecord = {
+      const d = await pool.run(request, signal);
+      const start: InvocationStart = {
         node: this.node,
         function: key,
         instanceId: d.instance.id,
         startType: d.startType,
         queueWaitMs: d.queueWaitMs,
         initMs: d.initMs,
-        execMs: d.execMs,
-        status: d.response.status,
-        errorCode: undefined,
       };
-      publishInvocation(record);
-      return { response: d.response, record };
+      const { status } = d.response;
+      const record = d.response.ended.then((end) => {
+        this.#inFlight--;
+        const { ttfbMs, execMs, error } = end;
+        const r: InvocationRecord = { ...start, ttfbMs, execMs, status, errorCode: error?.code };
+        publishInvocation(r);
+        return r;
+      });
+      streaming = true;
+      return { response: d.response, start, record };
     } catch (err) {
+      if (!request.body.readableEnded) request.body.destroy();
       if (err instanceof DispatchError) return fail(err.error, err.partial);
       return fail(toFennecError(err));
     } finally {
-      this.#inFlight--;
+      if (!streaming) this.#inFlight--;
     }
   }
 

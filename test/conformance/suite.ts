@@ -9,6 +9,7 @@ import type { SandboxDriver } from "../../src/sandbox/contract.js";
 import { Instance } from "../../src/sandbox/instance.js";
 import { ReadinessHub } from "../../src/sandbox/readiness.js";
 import { Scheduler } from "../../src/scheduler/scheduler.js";
+import { bytesOf, bodyOf } from "../helpers/body.js";
 
 /**
  * The one conformance suite every sandbox driver must pass. A driver's test supplies the driver
@@ -32,7 +33,7 @@ const request = (over: Partial<InvokeRequest> = {}): InvokeRequest => ({
   path: "/a/b",
   query: "x=1&y=2",
   headers: { "x-conformance": "yes", "content-type": "text/plain" },
-  body: Buffer.from("hello conformance"),
+  body: bodyOf("hello conformance"),
   ...over,
 });
 
@@ -92,7 +93,7 @@ export function runConformance(name: string, setup: () => Promise<ConformanceFix
       const inst = await started(fx.echo);
       const res = await inst.invoke(request());
       assert.equal(res.status, 200);
-      assert.equal(Buffer.from(res.body).toString(), "hello conformance");
+      assert.equal((await bytesOf(res.body)).toString(), "hello conformance");
       const h = new Map(res.headers.map(([k, v]) => [k.toLowerCase(), v]));
       assert.equal(h.get("x-method"), "POST");
       assert.equal(h.get("x-path"), "/a/b");
@@ -103,8 +104,8 @@ export function runConformance(name: string, setup: () => Promise<ConformanceFix
     it("serves many invocations in a row on one instance", async () => {
       const inst = await started(fx.echo);
       for (let i = 0; i < 20; i++) {
-        const res = await inst.invoke(request({ body: Buffer.from(`n${i}`) }));
-        assert.equal(Buffer.from(res.body).toString(), `n${i}`);
+        const res = await inst.invoke(request({ body: bodyOf(`n${i}`) }));
+        assert.equal((await bytesOf(res.body)).toString(), `n${i}`);
       }
       assert.equal(inst.uses, 20);
     });
@@ -112,8 +113,11 @@ export function runConformance(name: string, setup: () => Promise<ConformanceFix
     it("passes binary and empty bodies unchanged", async () => {
       const inst = await started(fx.echo);
       const binary = Buffer.from(Array.from({ length: 256 * 64 }, (_, i) => i % 256));
-      assert.deepEqual(Buffer.from((await inst.invoke(request({ body: binary }))).body), binary);
-      assert.equal((await inst.invoke(request({ body: Buffer.alloc(0), method: "GET" }))).body.byteLength, 0);
+      assert.deepEqual(await bytesOf((await inst.invoke(request({ body: bodyOf(binary) }))).body), binary);
+      const empty = await inst.invoke(
+        request({ body: bodyOf(), method: "GET", headers: { "content-length": "0" } }),
+      );
+      assert.equal((await bytesOf(empty.body)).byteLength, 0);
     });
 
     it("reports the function's failure with an FN_ code", async () => {
@@ -135,7 +139,7 @@ export function runConformance(name: string, setup: () => Promise<ConformanceFix
       const inst = await started(fx.echo);
       const pending = inst.invoke(request());
       const closing = inst.close();
-      assert.equal(Buffer.from((await pending).body).toString(), "hello conformance");
+      assert.equal((await bytesOf((await pending).body)).toString(), "hello conformance");
       await Promise.all([closing, inst.close(), inst.destroy()]);
       assert.equal(inst.state, "stopped");
       await assert.rejects(inst.invoke(request()), { code: "INSTANCE_GONE" });
@@ -161,11 +165,18 @@ export function runConformance(name: string, setup: () => Promise<ConformanceFix
         log: createLogger("silent"),
       });
       try {
+        // An invocation lasts until its response body is read: then the instance is free again.
         const first = await scheduler.invoke(fx.echo.id, request());
+        assert.ok(!("error" in first));
+        assert.equal((await bytesOf(first.response.body)).toString(), "hello conformance");
         const second = await scheduler.invoke(fx.echo.id, request());
-        assert.ok(!("error" in first) && !("error" in second));
-        assert.equal(first.record.startType, "cold");
-        assert.equal(second.record.startType, "warm");
+        assert.ok(!("error" in second));
+        await bytesOf(second.response.body);
+        assert.equal(first.start.startType, "cold");
+        assert.equal(second.start.startType, "warm");
+        const record = await second.record;
+        assert.equal(record.status, 200);
+        assert.ok(record.ttfbMs <= record.execMs);
       } finally {
         // Only this scheduler's instances: the driver stays open for the rest of the suite.
         for (const pool of scheduler.pools().values())

@@ -19,6 +19,7 @@ import { emptyGet, loopbackTarget, startInstance } from "../helpers/instance.js"
 import { CLI, copyExamples, ROOT, tempDir } from "../helpers/paths.js";
 import { startTestServer, type TestServer } from "../helpers/server.js";
 import { assertLeastPrivileged, type Privileges } from "../helpers/privileges.js";
+import { bytesOf } from "../helpers/body.js";
 
 // A real dockerd of the test's own (root and docker.io, which .ci/run installs; under CI=true a
 // missing tool fails): the container driver's own cases, and the examples through the gateway.
@@ -84,7 +85,7 @@ for (const runtime of ["runc", "runsc"] as const) {
       const inst = await start(fn("probe", { runtime }));
       try {
         const result = JSON.parse(
-          Buffer.from((await inst.invoke(emptyGet(`port=${target.port}`))).body).toString(),
+          (await bytesOf((await inst.invoke(emptyGet(`port=${target.port}`))).body)).toString(),
         ) as Record<string, string>;
         assert.equal(result["/tmp/written.txt"], "written");
         // Read-only, and not the unprivileged user's to write either (gVisor checks that first).
@@ -101,7 +102,7 @@ for (const runtime of ["runc", "runsc"] as const) {
       let seen: Privileges;
       let onHost: string;
       try {
-        seen = JSON.parse(Buffer.from((await inst.invoke(emptyGet())).body).toString()) as Privileges;
+        seen = JSON.parse((await bytesOf((await inst.invoke(emptyGet())).body)).toString()) as Privileges;
         const info = await dockerd.engine.api.getContainer(`fennec-${inst.id}`).inspect();
         assert.equal(info.HostConfig.SecurityOpt?.includes("seccomp=unconfined") ?? false, false);
         onHost = readFileSync(`/proc/${info.State.Pid}/status`, "utf8");
@@ -127,9 +128,9 @@ for (const runtime of ["runc", "runsc"] as const) {
       });
       try {
         const swapped = await inst.invoke(emptyGet(`target=${encodeURIComponent(decoyPath)}`));
-        assert.equal(Buffer.from(swapped.body).toString(), "swapped");
+        assert.equal((await bytesOf(swapped.body)).toString(), "swapped");
         const next = await inst.invoke(emptyGet());
-        assert.equal(Buffer.from(next.body).toString(), "served by the function");
+        assert.equal((await bytesOf(next.body)).toString(), "served by the function");
         assert.equal(connections, 0, "Fennec never connected to the host socket");
       } finally {
         await inst.destroy();
@@ -152,7 +153,7 @@ for (const runtime of ["runc", "runsc"] as const) {
       const inst = await start(fn("fork", { runtime, pids: runtime === "runsc" ? 160 : 40 }));
       try {
         const res = await inst.invoke(emptyGet()).then(
-          (r) => Number(Buffer.from(r.body).toString()),
+          async (r) => Number((await bytesOf(r.body)).toString()),
           (err: unknown) => err,
         );
         if (typeof res === "number") assert.ok(res < 200, `started ${res} processes`);
@@ -343,7 +344,7 @@ describe("handler images: one per function, older builds removed", () => {
     const v2 = await driver.image(handlerFn("v2"));
     assert.notEqual(v2, v1);
     assert.deepEqual(await tags(), [v1, v2].sort(), "the old image stays while a container runs on it");
-    assert.equal(Buffer.from((await inst.invoke(emptyGet())).body).toString(), "v1");
+    assert.equal((await bytesOf((await inst.invoke(emptyGet())).body)).toString(), "v1");
     await inst.destroy();
     assert.deepEqual(await tags(), [v2], "removed with its last container");
 

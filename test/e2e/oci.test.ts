@@ -12,6 +12,7 @@ import { emptyGet, startInstance } from "../helpers/instance.js";
 import { ROOT, tempDir } from "../helpers/paths.js";
 import { startTestServer, type TestServer } from "../helpers/server.js";
 import { assertLeastPrivileged, type Privileges } from "../helpers/privileges.js";
+import { bytesOf } from "../helpers/body.js";
 
 // Needs root, runc and runsc (.ci/run installs them); under CI=true a missing tool fails.
 describe("OCI examples through the gateway", () => {
@@ -89,7 +90,7 @@ for (const runtime of ["runc", "runsc"] as const) {
       let seen: Privileges;
       let onHost: string;
       try {
-        seen = JSON.parse(Buffer.from((await inst.invoke(emptyGet())).body).toString()) as Privileges;
+        seen = JSON.parse((await bytesOf((await inst.invoke(emptyGet())).body)).toString()) as Privileges;
         onHost = await hostStatus(runtime, inst.id);
       } finally {
         await inst.destroy();
@@ -103,9 +104,9 @@ for (const runtime of ["runc", "runsc"] as const) {
       const inst = await startInstance(driver, probeFn(runtime, "swap-socket"), { startTimeoutMs: 30_000 });
       try {
         const swapped = await inst.invoke(emptyGet(`target=${encodeURIComponent(decoy.path)}`));
-        assert.equal(Buffer.from(swapped.body).toString(), "swapped");
+        assert.equal((await bytesOf(swapped.body)).toString(), "swapped");
         const next = await inst.invoke(emptyGet());
-        assert.equal(Buffer.from(next.body).toString(), "served by the function");
+        assert.equal((await bytesOf(next.body)).toString(), "served by the function");
         assert.equal(decoy.connections(), 0, "Fennec never connected to the host socket");
       } finally {
         await inst.destroy();

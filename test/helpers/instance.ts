@@ -5,6 +5,7 @@ import type { FunctionConfig } from "../../src/config/function-config.js";
 import type { SandboxDriver } from "../../src/sandbox/contract.js";
 import { Instance } from "../../src/sandbox/instance.js";
 import { ReadinessHub } from "../../src/sandbox/readiness.js";
+import { bodyOf } from "./body.js";
 
 /** Starts one instance of `config` on `driver` through the shared lifecycle, as the scheduler would. */
 export async function startInstance(
@@ -27,7 +28,7 @@ export async function startInstance(
 
 /** A GET with no body, for driver tests. */
 export function emptyGet(query = ""): InvokeRequest {
-  return { method: "GET", path: "/", query, headers: {}, body: new Uint8Array(0) };
+  return { method: "GET", path: "/", query, headers: { "content-length": "0" }, body: bodyOf() };
 }
 
 /** A loopback port that accepts and drops connections: a target a sandbox must not reach. */

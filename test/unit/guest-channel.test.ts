@@ -13,6 +13,7 @@ import {
 } from "../../src/sandbox/guest-channel.js";
 import { HttpTransport } from "../../src/sandbox/http-transport.js";
 import { tempDir } from "../helpers/paths.js";
+import { bytesOf, bodyOf } from "../helpers/body.js";
 
 /**
  * A guest written in JavaScript that follows docs/guest-channel.md as the Linux agent does: each
@@ -95,7 +96,7 @@ describe("guest channel", () => {
     path,
     query: "",
     headers: {},
-    body: Buffer.from(body),
+    body: bodyOf(body),
   });
 
   it("frames round-trip through the decoder, split at any byte", () => {
@@ -132,7 +133,7 @@ describe("guest channel", () => {
     for (let i = 0; i < 20; i++) {
       const res = await t.invoke(req(`/n${i}`, `body ${i}`), new AbortController().signal);
       assert.equal(res.status, 200);
-      assert.equal(Buffer.from(res.body).toString(), `body ${i}`);
+      assert.equal((await bytesOf(res.body)).toString(), `body ${i}`);
     }
     assert.match(ch.log, /booted/);
     t.close();
@@ -145,9 +146,11 @@ describe("guest channel", () => {
     const t = new HttpTransport({ connect: () => ch.openStream() }, "test");
     const big = Buffer.from(Array.from({ length: 300_000 }, (_, i) => (i * 7) % 256));
     const results = await Promise.all(
-      [0, 1, 2, 3].map((i) => t.invoke({ ...req(`/c${i}`), body: big }, new AbortController().signal)),
+      [0, 1, 2, 3].map((i) =>
+        t.invoke({ ...req(`/c${i}`), body: bodyOf(big) }, new AbortController().signal),
+      ),
     );
-    for (const r of results) assert.deepEqual(Buffer.from(r.body), big);
+    for (const r of results) assert.deepEqual(await bytesOf(r.body), big);
     t.close();
     ch.close();
   });
@@ -157,11 +160,11 @@ describe("guest channel", () => {
     await ch.ready;
     const t = new HttpTransport({ connect: () => ch.openStream() }, "test");
     assert.equal(
-      Buffer.from((await t.invoke(req("/close"), new AbortController().signal)).body).toString(),
+      (await bytesOf((await t.invoke(req("/close"), new AbortController().signal)).body)).toString(),
       "bye",
     );
     assert.equal(
-      Buffer.from((await t.invoke(req("/after", "ok"), new AbortController().signal)).body).toString(),
+      (await bytesOf((await t.invoke(req("/after", "ok"), new AbortController().signal)).body)).toString(),
       "ok",
     );
     t.close();

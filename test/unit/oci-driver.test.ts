@@ -10,6 +10,7 @@ import { recordGoneOwner } from "../helpers/owner-record.js";
 import { ociFixtureConfig } from "../helpers/config.js";
 import { emptyGet, loopbackTarget, startInstance } from "../helpers/instance.js";
 import { ROOT } from "../helpers/paths.js";
+import { bytesOf } from "../helpers/body.js";
 
 // Needs root, runc and runsc (.ci/run installs them); under CI=true a missing tool fails.
 const fn = (mode: string, runtime: "runc" | "runsc", memoryMiB = 256, pids = 1024): FunctionConfig =>
@@ -33,7 +34,7 @@ for (const runtime of ["runc", "runsc"] as const) {
       const inst = await start(fn("probe", runtime));
       try {
         const result = JSON.parse(
-          Buffer.from((await inst.invoke(emptyGet(`port=${target.port}`))).body).toString(),
+          (await bytesOf((await inst.invoke(emptyGet(`port=${target.port}`))).body)).toString(),
         ) as Record<string, string>;
         assert.equal(result["/tmp/written.txt"], "written");
         // Read-only, and not the unprivileged user's to write either (gVisor checks that first).
@@ -61,7 +62,7 @@ for (const runtime of ["runc", "runsc"] as const) {
       const inst = await start(fn("fork", runtime, 256, limit));
       try {
         const outcome = await inst.invoke(emptyGet()).then(
-          (r) => Number(Buffer.from(r.body).toString()),
+          async (r) => Number((await bytesOf(r.body)).toString()),
           (err: { code?: string }) => err.code,
         );
         if (runtime === "runc")

@@ -9,12 +9,14 @@ import { runRoot } from "../../src/sandbox/run-dir.js";
 import { testConfig } from "../helpers/config.js";
 import { emptyGet, startInstance } from "../helpers/instance.js";
 import { tempDir } from "../helpers/paths.js";
+import { bytesOf } from "../helpers/body.js";
 
 // Needs root, runc and runsc (.ci/run installs them); under CI=true a missing tool fails.
 
 /** A handler that reports what its root looks like and where it may write. */
 const PROBE = `
 import { existsSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
+import { bytesOf } from "../helpers/body.js";
 export default {
   fetch() {
     const out = {};
@@ -61,7 +63,7 @@ for (const runtime of ["runc", "runsc"] as const) {
       });
     const probe = async (config: FunctionConfig) => {
       const inst = await startInstance(driver, config, { startTimeoutMs: 60_000 });
-      const body = Buffer.from((await inst.invoke(emptyGet())).body).toString();
+      const body = (await bytesOf((await inst.invoke(emptyGet())).body)).toString();
       return { inst, result: JSON.parse(body) as Record<string, unknown> };
     };
 

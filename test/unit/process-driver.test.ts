@@ -16,6 +16,7 @@ import { testConfig } from "../helpers/config.js";
 import { startInstance } from "../helpers/instance.js";
 import { ROOT } from "../helpers/paths.js";
 import { GENEROUS_MS, waitFor } from "../helpers/wait.js";
+import { bodyOf } from "../helpers/body.js";
 
 const fn = (mode: string, command?: string[]): FunctionConfig =>
   testConfig({
@@ -104,7 +105,7 @@ describe("process driver specialties", () => {
       path: "/",
       query: "",
       headers: {},
-      body: new Uint8Array(0),
+      body: bodyOf(),
     });
     const pid = Number(res.headers.find(([k]) => k === "x-pid")?.[1]);
     assert.ok(alive(pid));

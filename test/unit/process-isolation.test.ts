@@ -11,6 +11,7 @@ import { Cgroup } from "../../src/sandbox/cgroups.js";
 import { testConfig } from "../helpers/config.js";
 import { emptyGet, loopbackTarget, startInstance } from "../helpers/instance.js";
 import { ROOT } from "../helpers/paths.js";
+import { bytesOf } from "../helpers/body.js";
 
 // Needs root and bubblewrap (.ci/run installs it); under CI=true a missing tool fails, never skips.
 const fn = (mode: string, memoryMiB = 256, pids = 512, env: Record<string, string> = {}): FunctionConfig =>
@@ -48,7 +49,7 @@ describe("process driver, isolated (bubblewrap + cgroups)", () => {
     const inst = await start(fn("probe"));
     try {
       const res = await inst.invoke(emptyGet(`port=${target.port}`));
-      const result = JSON.parse(Buffer.from(res.body).toString()) as Record<string, string>;
+      const result = JSON.parse((await bytesOf(res.body)).toString()) as Record<string, string>;
       assert.equal(result["/tmp/written.txt"], "written");
       assert.equal(result["/fn/written.txt"], "EROFS");
       assert.equal(result["/usr/written.txt"], "EROFS");
@@ -68,7 +69,7 @@ describe("process driver, isolated (bubblewrap + cgroups)", () => {
   it("stops a fork bomb at the pids limit", async () => {
     const inst = await start(fn("fork", 256, 40));
     try {
-      const started = Number(Buffer.from((await inst.invoke(emptyGet())).body).toString());
+      const started = Number((await bytesOf((await inst.invoke(emptyGet())).body)).toString());
       assert.ok(started > 0 && started < 40, `started ${started} processes under a limit of 40`);
     } finally {
       await inst.destroy();
@@ -90,7 +91,7 @@ describe("process driver, isolated (bubblewrap + cgroups)", () => {
     const inst = await start(fn("privileges"));
     try {
       const res = await inst.invoke(emptyGet());
-      const result = JSON.parse(Buffer.from(res.body).toString()) as {
+      const result = JSON.parse((await bytesOf(res.body)).toString()) as {
         status: Record<string, string>;
         unshare: { status: number | null; stderr: string };
       };
@@ -153,11 +154,11 @@ describe("process driver, isolated (bubblewrap + cgroups)", () => {
     try {
       // The function swaps its socket for a symlink to the decoy, then closes the connection.
       const swapped = await inst.invoke(emptyGet(`target=${encodeURIComponent(decoyPath)}`));
-      assert.equal(Buffer.from(swapped.body).toString(), "swapped");
+      assert.equal((await bytesOf(swapped.body)).toString(), "swapped");
       for (let i = 0; i < 2; i++) {
         const res = await inst.invoke(emptyGet());
         assert.equal(
-          Buffer.from(res.body).toString(),
+          (await bytesOf(res.body)).toString(),
           "served by the function",
           `request ${i} reached the function`,
         );

@@ -10,13 +10,14 @@ import { ReadinessHub } from "../../src/sandbox/readiness.js";
 import { Scheduler } from "../../src/scheduler/scheduler.js";
 import { testConfig } from "../helpers/config.js";
 import { waitFor } from "../helpers/wait.js";
+import { bytesOf, bodyOf } from "../helpers/body.js";
 
 const req = (body = "x"): InvokeRequest => ({
   method: "POST",
   path: "/",
   query: "",
   headers: {},
-  body: Buffer.from(body),
+  body: bodyOf(body),
 });
 const fnId = (name: string): FunctionId => ({ user: "default", name });
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
@@ -71,10 +72,11 @@ function setup(
   return { scheduler, driver, configs, records };
 }
 
+/** Invokes and reads the response to its end, as a client would: the invocation is over then. */
 async function ok(s: Scheduler, name: string, body = "x") {
   const out = await s.invoke(fnId(name), req(body));
   if ("error" in out) throw out.error;
-  return out;
+  return { body: await bytesOf(out.response.body), record: await out.record };
 }
 
 describe("scheduler", () => {
@@ -86,7 +88,7 @@ describe("scheduler", () => {
     assert.equal(second.record.startType, "warm");
     assert.equal(first.record.instanceId, second.record.instanceId);
     assert.equal(driver.starts, 1);
-    assert.equal(Buffer.from(second.response.body).toString(), "x");
+    assert.equal(second.body.toString(), "x");
   });
 
   it("honours concurrent-requests: N parallel calls share one instance with N slots", async () => {
@@ -291,7 +293,7 @@ describe("scheduler", () => {
     driver.behaviour.startDelayMs = 200;
     const out = await ok(scheduler, "a", "late but served");
     assert.equal(out.record.startType, "cold");
-    assert.equal(Buffer.from(out.response.body).toString(), "late but served");
+    assert.equal(out.body.toString(), "late but served");
   });
 
   it("still times out, at queue-timeout, a caller no start is meant for (max-instances reached)", async () => {

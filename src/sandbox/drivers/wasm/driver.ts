@@ -303,12 +303,8 @@ export class WasmInstance implements SandboxHandle {
     return { ...response, body: output };
   }
 
-  /** The contract's buffered form, until it takes streams: the body read whole (bounded by the output limit). */
   async invoke(request: InvokeRequest, ctx: InvokeContext): Promise<InvokeResponse> {
-    const response = await this.invokeStreaming(request, ctx.signal);
-    const chunks: Buffer[] = [];
-    for await (const chunk of response.body) chunks.push(chunk as Buffer);
-    return { status: response.status, headers: response.headers, body: Buffer.concat(chunks) };
+    return this.invokeStreaming(request, ctx.signal);
   }
 
   async close(): Promise<void> {

@@ -1,0 +1,79 @@
+import type { IncomingMessage } from "node:http";
+import { Readable } from "node:stream";
+import { bodyOf } from "../core/body.js";
+import { FennecError } from "../core/errors.js";
+import type { Body } from "../core/types.js";
+import { tooLarge } from "./http-util.js";
+
+/**
+ * The client's request body as handed to a sandbox: read from the socket only as fast as the
+ * sandbox takes it, so Fennec never holds more than a few chunks of it. The body limit applies to
+ * the bytes received: past it the stream fails with BODY_TOO_LARGE and nothing more is read (the
+ * gateway answers 413 and closes the connection). A client that goes away mid-body fails it with
+ * CLIENT_GONE, so the sandbox's side is torn down rather than left waiting for the rest.
+ */
+class RequestBody extends Readable {
+  readonly #req: IncomingMessage;
+  readonly #limit: number;
+  #received = 0;
+  #flowing = false;
+
+  constructor(req: IncomingMessage, limit: number) {
+    super({ highWaterMark: 64 * 1024 });
+    this.#req = req;
+    this.#limit = limit;
+    req.once("end", () => this.push(null));
+    req.once("error", () => this.#fail(gone()));
+    req.once("close", () => {
+      if (!req.complete) this.#fail(gone());
+    });
+    // A body failed before the sandbox reads it (the client left while the call was queued) must
+    // not take the process down as an unhandled 'error'; its reader sees the error either way.
+    this.on("error", () => undefined);
+  }
+
+  override _read(): void {
+    if (this.#flowing) {
+      this.#req.resume();
+      return;
+    }
+    this.#flowing = true;
+    this.#req.on("data", this.#onData);
+  }
+
+  readonly #onData = (chunk: Buffer): void => {
+    this.#received += chunk.length;
+    if (this.#received > this.#limit) return this.#fail(tooLarge(this.#limit));
+    if (!this.push(chunk)) this.#req.pause();
+  };
+
+  #fail(error: FennecError): void {
+    if (this.destroyed || this.readableEnded) return;
+    this.destroy(error);
+  }
+
+  override _destroy(err: Error | null, done: (err: Error | null) => void): void {
+    // The rest of the client's body stays unread in the socket: the gateway closes the connection
+    // once it has answered (closeAfterResponse) instead of reading an unbounded remainder.
+    this.#req.off("data", this.#onData);
+    this.#req.pause();
+    done(err);
+  }
+}
+
+const gone = () => new FennecError("CLIENT_GONE", "the client went away while sending the request body");
+
+/**
+ * The body of `req` as a stream bounded by `limit`, plus the request headers it implies. HTTP/1.1
+ * says a request has a body only with a `content-length` or `transfer-encoding`: without either it
+ * is empty, and says so with `content-length: 0` (which the hop then sends without a body at all).
+ */
+export function requestBody(req: IncomingMessage, limit: number): { body: Body; length: string | undefined } {
+  const declared = req.headers["content-length"];
+  if (declared !== undefined && Number(declared) > limit) throw tooLarge(limit);
+  if (declared === undefined && req.headers["transfer-encoding"] === undefined) {
+    return { body: bodyOf(), length: "0" };
+  }
+  if (declared === "0") return { body: bodyOf(), length: "0" };
+  return { body: new RequestBody(req, limit), length: declared };
+}

@@ -1,0 +1,82 @@
+import { Readable } from "node:stream";
+import { FennecError, toFennecError } from "../core/errors.js";
+import type { Body } from "../core/types.js";
+
+/** How a response body ended: after its last byte (`error` undefined) or cut, and why. */
+export interface BodyEnd {
+  readonly error: FennecError | undefined;
+  /** `performance.now()` of its first byte, or of its end when it had none. */
+  readonly firstByteAt: number;
+}
+
+/**
+ * The response body the lifecycle hands out: the driver's body passed through with its
+ * back-pressure, telling the instance once how it ended. Who cut it is known here and nowhere
+ * else: the instance (`cut`: timeout, destroy), the sandbox (its stream failed: FN_CRASHED unless
+ * it said otherwise) or whoever was reading it (destroyed it: the client went away, CLIENT_GONE).
+ */
+export class TrackedBody extends Readable {
+  readonly #source: Body;
+  readonly #onEnd: (end: BodyEnd) => void;
+  readonly #what: string;
+  #flowing = false;
+  #firstByteAt: number | undefined;
+  #reason: FennecError | undefined;
+  #ended = false;
+
+  constructor(source: Body, what: string, onEnd: (end: BodyEnd) => void) {
+    // The driver's stream buffers already; one more chunk of slack here is enough.
+    super({ highWaterMark: 64 * 1024 });
+    this.#source = source;
+    this.#onEnd = onEnd;
+    this.#what = what;
+    source.once("end", () => this.push(null));
+    source.once("error", (err) => this.cut(toFennecError(err, "FN_CRASHED")));
+    source.once("close", () => {
+      if (!source.readableEnded)
+        this.cut(new FennecError("FN_CRASHED", `${what}: the response body ended before its end`));
+    });
+    this.once("end", () => this.#finish(undefined));
+    // The error is reported to onEnd (the record) and to a reader through pipeline or iteration;
+    // a body cut before anyone reads it must not take the process down as an unhandled 'error'.
+    this.on("error", () => undefined);
+  }
+
+  override _read(): void {
+    if (this.#flowing) {
+      this.#source.resume();
+      return;
+    }
+    this.#flowing = true;
+    this.#source.on("data", (chunk: Buffer) => {
+      this.#firstByteAt ??= performance.now();
+      if (!this.push(chunk)) this.#source.pause();
+    });
+  }
+
+  /** Cuts the body with `reason` (the instance's timeout or destroy, or the sandbox's failure). */
+  cut(reason: FennecError): void {
+    if (this.#ended || this.destroyed) return;
+    this.#reason = reason;
+    this.destroy(reason);
+  }
+
+  override _destroy(err: Error | null, done: (err: Error | null) => void): void {
+    if (!this.readableEnded) {
+      const reason =
+        this.#reason ??
+        (err instanceof FennecError
+          ? err
+          : new FennecError("CLIENT_GONE", `${this.#what}: the reader of the response went away`));
+      if (!this.#source.destroyed) this.#source.destroy();
+      this.#finish(reason);
+    }
+    done(err);
+  }
+
+  #finish(error: FennecError | undefined): void {
+    if (this.#ended) return;
+    this.#ended = true;
+    this.#onEnd({ error, firstByteAt: this.#firstByteAt ?? performance.now() });
+  }
+}
