@@ -286,6 +286,8 @@ export class ExecutorPool {
       job.executor = undefined;
       job.startedAt = 0;
       job.output.abandon();
+      job.feeder?.release();
+      job.feeder = undefined;
       // Back to the head of the queue: it is its function's next job once that is under its share.
       this.#queue.unshift(job);
       this.#remove(victim);
@@ -437,7 +439,7 @@ export class ExecutorPool {
 
 /** A job that has handed on nothing may be run again from the start (see the class comment). */
 function restartable(pending: Pending): boolean {
-  return !pending.output.delivered && !(pending.job.stdin instanceof Readable);
+  return !pending.output.delivered && (pending.feeder?.fed ?? 0) === 0;
 }
 
 /** A job left its executor: its output takes the ring's last bytes and its stdin stops. */

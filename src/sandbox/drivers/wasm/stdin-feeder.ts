@@ -16,6 +16,7 @@ export class StdinFeeder {
   #rest: Uint8Array | undefined;
   #ended = false;
   #stopped = false;
+  #fed = 0;
 
   constructor(ring: Ring, body: Readable, onError: (err: Error) => void) {
     this.#ring = ring;
@@ -32,19 +33,35 @@ export class StdinFeeder {
    * The job ended: stop feeding. What the module did not read is left to flow out of the body
    * and be dropped, so the client's connection stays usable.
    */
-  stop(): void {
-    if (this.#stopped) return;
+  /** Bytes of the body handed to the module so far (while 0 the job may run again from the start). */
+  get fed(): number {
+    return this.#fed;
+  }
+
+  /** The job is taken back before it consumed any of the body: leave the body for its next run. */
+  release(): void {
+    this.#detach();
+    this.#body.pause();
+  }
+
+  #detach(): void {
     this.#stopped = true;
     this.#body.off("data", this.#onData);
     this.#body.off("end", this.#onEnd);
     this.#body.off("error", this.#onFail);
-    // Without an error listener a failing body would crash the process.
-    this.#body.on("error", () => {});
-    this.#body.resume();
     this.#ring.wakeAll();
   }
 
+  stop(): void {
+    if (this.#stopped) return;
+    this.#detach();
+    // Without an error listener a failing body would crash the process.
+    this.#body.on("error", () => {});
+    this.#body.resume();
+  }
+
   readonly #onData = (chunk: Uint8Array): void => {
+    this.#fed += chunk.byteLength;
     const n = this.#ring.write(chunk);
     if (n === chunk.byteLength) return;
     this.#rest = chunk.subarray(n);
