@@ -1,6 +1,7 @@
 import { readdir, readFile, stat } from "node:fs/promises";
 import { join } from "node:path";
 import type { Readable } from "node:stream";
+import { readBody } from "../../../core/body.js";
 import { FennecError, type ErrorCode } from "../../../core/errors.js";
 import type { InvokeRequest, InvokeResponse } from "../../../core/types.js";
 import type { FunctionConfig, WasmSandboxConfig } from "../../../config/function-config.js";
@@ -38,6 +39,8 @@ export interface WasmDriverOptions {
 const COPY_OVERHEAD_MIB = 2;
 /** Largest granted directory, so a grant cannot pull a whole disk into memory. */
 const MAX_GRANTED_BYTES = 64 * 2 ** 20;
+/** Request bodies up to this size (by content-length) are read whole before the module starts. */
+const SMALL_BODY_BYTES = 64 * 1024;
 
 const OUTCOME_CODES: Record<Exclude<Outcome, "ok">, ErrorCode> = {
   exit: "FN_EXIT",
@@ -268,7 +271,17 @@ export class WasmInstance implements SandboxHandle {
           ? declared
           : undefined;
     const env = wagiEnvironment(request, length, `/invoke/${this.#config.id.name}`, wasmOf(this.#config).env);
-    const { output, done } = this.#run("invoke", env, request.body, signal);
+    // A small body of known length is read whole first (bounded by that length): the module then
+    // reads it as a file, without waking the main thread for each chunk; others stream.
+    const stdin =
+      request.body instanceof Uint8Array || length === undefined || length > SMALL_BODY_BYTES
+        ? request.body
+        : await readBody(
+            request.body,
+            length,
+            () => new FennecError("BAD_REQUEST", "the request body is longer than its content-length"),
+          );
+    const { output, done } = this.#run("invoke", env, stdin, signal);
     // Errors reach the caller through the rejected call or its reading of the body; a body the
     // caller never reads must not take the process down when it fails.
     output.on("error", () => {});

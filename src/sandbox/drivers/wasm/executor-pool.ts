@@ -248,7 +248,15 @@ export class ExecutorPool {
    * CPU and must not hold other functions' calls back until their timeouts.
    */
   #hasRoom(): boolean {
-    const blocked = this.#executors.filter((e) => e.stdout.blocked || e.stdin.blocked).length;
+    // Only jobs blocked after running a while: a quick job waits a moment for its body's first
+    // chunk, and lending on that churned threads (one booted and ended per call).
+    const now = performance.now();
+    const blocked = this.#executors.filter(
+      (e) =>
+        e.running !== undefined &&
+        now - e.running.startedAt >= PREEMPT_AFTER_MS &&
+        (e.stdout.blocked || e.stdin.blocked),
+    ).length;
     return this.#executors.length < this.#max + Math.min(this.#max, blocked);
   }
 
