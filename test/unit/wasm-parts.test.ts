@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import { limitMemory } from "../../src/sandbox/drivers/wasm/memory-limit.js";
 import { checkInterface, moduleInterface } from "../../src/sandbox/drivers/wasm/module-interface.js";
-import { parseWagiOutput, wagiEnvironment } from "../../src/sandbox/drivers/wasm/wagi.js";
+import { parseWagiHead, wagiEnvironment, wagiHeadEnd } from "../../src/sandbox/drivers/wasm/wagi.js";
 import { wagiModule } from "../helpers/wasm-writer.js";
 
 // (module (memory 2) ) and (module (memory 1 100)) in binary form.
@@ -83,8 +83,8 @@ describe("WAGI", () => {
         path: "/a/b",
         query: "x=1",
         headers: { "content-type": "text/plain", "x-trace-id": "t1" },
-        body: Buffer.from("abc"),
       },
+      3,
       "/invoke/f",
       { EXTRA: "1" },
     );
@@ -101,10 +101,15 @@ describe("WAGI", () => {
     }
   });
 
+  /** The response for complete output, the way the driver splits it. */
+  const parse = (out: string) => {
+    const bytes = Buffer.from(out);
+    const end = wagiHeadEnd(bytes, true)!;
+    return { ...parseWagiHead(bytes.subarray(0, end)), body: bytes.subarray(end) };
+  };
+
   it("parses CGI headers, Status and the body", () => {
-    const r = parseWagiOutput(
-      Buffer.from("Status: 404 Not Found\r\nContent-Type: text/plain\r\nX-A: 1\r\n\r\nbody"),
-    );
+    const r = parse("Status: 404 Not Found\r\nContent-Type: text/plain\r\nX-A: 1\r\n\r\nbody");
     assert.equal(r.status, 404);
     assert.deepEqual(r.headers, [
       ["content-type", "text/plain"],
@@ -114,13 +119,28 @@ describe("WAGI", () => {
   });
 
   it("treats output without a header block as a 200 body", () => {
-    const r = parseWagiOutput(Buffer.from("just text\n\nmore"));
+    const r = parse("just text\n\nmore");
     assert.equal(r.status, 200);
     assert.equal(Buffer.from(r.body).toString(), "just text\n\nmore");
+    assert.equal(parse("unterminated").body.toString(), "unterminated");
+    assert.equal(parse("\n\nbody").body.toString(), "\n\nbody");
   });
 
   it("redirects on Location without Status, and refuses a bad Status", () => {
-    assert.equal(parseWagiOutput(Buffer.from("Location: /x\n\n")).status, 302);
-    assert.throws(() => parseWagiOutput(Buffer.from("Status: abc\n\n")), { code: "FN_BAD_RESPONSE" });
+    assert.equal(parse("Location: /x\n\n").status, 302);
+    assert.throws(() => parse("Status: abc\n\n"), { code: "FN_BAD_RESPONSE" });
+  });
+
+  it("finds the end of the header block as soon as it is written, and no later", () => {
+    const out = Buffer.from("Content-Type: text/event-stream\n\ndata: 1\n");
+    // Part of a header line, then a whole header line: too early to tell.
+    assert.equal(wagiHeadEnd(out.subarray(0, 10), false), undefined);
+    assert.equal(wagiHeadEnd(out.subarray(0, 32), false), undefined);
+    assert.equal(wagiHeadEnd(out.subarray(0, 33), false), 33);
+    assert.equal(wagiHeadEnd(out, false), 33);
+    // A first line that is no header decides at once: the output is all body.
+    assert.equal(wagiHeadEnd(Buffer.from("hello world\nmore"), false), 0);
+    // 64 KiB without a blank line: no header block.
+    assert.equal(wagiHeadEnd(Buffer.alloc(64 * 1024, 0x41), false), 0);
   });
 });

@@ -1,14 +1,25 @@
 import { readdir, readFile, stat } from "node:fs/promises";
 import { join } from "node:path";
+import type { Readable } from "node:stream";
+import { readBody } from "../../../core/body.js";
 import { FennecError, type ErrorCode } from "../../../core/errors.js";
-import { bodyOf, readBody } from "../../../core/body.js";
 import type { InvokeRequest, InvokeResponse } from "../../../core/types.js";
 import type { FunctionConfig, WasmSandboxConfig } from "../../../config/function-config.js";
 import type { InvokeContext, SandboxDriver, SandboxHandle, StartContext } from "../../contract.js";
-import { ExecutorPool } from "./executor-pool.js";
+import { ExecutorPool, type Job } from "./executor-pool.js";
 import { ModuleCache, type CompiledModule } from "./module-cache.js";
 import type { DirTree, DoneMessage, LoadPayload, Outcome } from "./protocol.js";
-import { parseWagiOutput, wagiEnvironment } from "./wagi.js";
+import { parseWagiHead, wagiEnvironment, wagiHeadEnd } from "./wagi.js";
+
+/** A request whose body may still be arriving. */
+export interface WasmRequest extends Omit<InvokeRequest, "body"> {
+  readonly body: Uint8Array | Readable;
+}
+
+/** A response whose body streams as the module writes it. */
+export interface StreamingResponse extends Omit<InvokeResponse, "body"> {
+  readonly body: Readable;
+}
 
 export interface WasmDriverOptions {
   /** Directory of the on-disk module cache; undefined keeps the cache in memory only. */
@@ -17,7 +28,7 @@ export interface WasmDriverOptions {
   readonly spareExecutors?: number;
   /** Most executor threads. */
   readonly maxExecutors?: number | undefined;
-  /** Largest response a module may write to stdout. */
+  /** Largest response a module may write to stdout (counted as it streams). */
   readonly maxOutputBytes?: number;
 }
 
@@ -28,11 +39,8 @@ export interface WasmDriverOptions {
 const COPY_OVERHEAD_MIB = 2;
 /** Largest granted directory, so a grant cannot pull a whole disk into memory. */
 const MAX_GRANTED_BYTES = 64 * 2 ** 20;
-/**
- * Largest request body a module gets: stdin is a file in memory, so the body is read whole first
- * (the gateway's body limit bounds it before that; this bounds any other caller).
- */
-const MAX_INPUT_BYTES = 64 * 2 ** 20;
+/** Request bodies up to this size (by content-length) are read whole before the module starts. */
+const SMALL_BODY_BYTES = 64 * 1024;
 
 const OUTCOME_CODES: Record<Exclude<Outcome, "ok">, ErrorCode> = {
   exit: "FN_EXIT",
@@ -103,6 +111,14 @@ export class WasmDriver implements SandboxDriver {
     return config.concurrentRequests * (wasm.memoryMiB + initial + COPY_OVERHEAD_MIB);
   }
 
+  /**
+   * Response bytes held in memory for invocations still running: bounded by one stream buffer
+   * and one ring per invocation, however much the modules write and however slow the clients.
+   */
+  get heldOutputBytes(): number {
+    return this.#executors.heldOutputBytes;
+  }
+
   async prepare(config: FunctionConfig): Promise<void> {
     await this.#compiled(config);
   }
@@ -120,7 +136,7 @@ export class WasmDriver implements SandboxDriver {
     return compiled;
   }
 
-  async start(ctx: StartContext): Promise<SandboxHandle> {
+  async start(ctx: StartContext): Promise<WasmInstance> {
     const config = ctx.config;
     const wasm = wasmOf(config);
     const compiled = await this.#compiled(config);
@@ -138,7 +154,7 @@ export class WasmDriver implements SandboxDriver {
     this.#instances.set(key, (this.#instances.get(key) ?? 0) + 1);
     try {
       // The first instance of a revision proves the module instantiates; later ones find it loaded.
-      if (!this.#executors.hasLoaded(key)) await handle.run("load", [], new Uint8Array(0), ctx.signal);
+      if (!this.#executors.hasLoaded(key)) await handle.load(ctx.signal);
     } catch (err) {
       await handle.destroy();
       throw err;
@@ -163,7 +179,7 @@ export class WasmDriver implements SandboxDriver {
 }
 
 /** One wasm instance: a function revision's module, run on whichever executor is free. */
-class WasmInstance implements SandboxHandle {
+export class WasmInstance implements SandboxHandle {
   readonly #executors: ExecutorPool;
   readonly #config: FunctionConfig;
   readonly #key: string;
@@ -185,19 +201,28 @@ class WasmInstance implements SandboxHandle {
     this.#onGone = onGone;
   }
 
-  async run(
-    kind: "load" | "invoke",
-    env: string[],
-    body: Uint8Array,
-    signal: AbortSignal,
-  ): Promise<DoneMessage> {
-    if (this.#gone) throw this.#gone;
-    let result: DoneMessage;
+  /** Proves the module instantiates (and leaves a copy loaded in an executor). */
+  async load(signal: AbortSignal): Promise<void> {
+    const { output, done } = this.#run("load", [], new Uint8Array(0), signal);
     try {
-      result = await this.#executors.run(
-        { kind, fn: this.#config.key, key: this.#key, load: this.#load, env, body },
-        signal,
-      );
+      this.#check("load", await this.#settled(done));
+    } finally {
+      output.destroy(); // a load writes nothing
+    }
+  }
+
+  #run(kind: Job["kind"], env: string[], stdin: Job["stdin"], signal: AbortSignal) {
+    if (this.#gone) throw this.#gone;
+    return this.#executors.run(
+      { kind, fn: this.#config.key, key: this.#key, load: this.#load, env, stdin },
+      signal,
+    );
+  }
+
+  /** The job's end; a dead executor thread becomes the function's error. */
+  async #settled(done: Promise<DoneMessage>): Promise<DoneMessage> {
+    try {
+      return await done;
     } catch (err) {
       if (err instanceof FennecError) throw err;
       const oom = (err as NodeJS.ErrnoException).code === "ERR_WORKER_OUT_OF_MEMORY";
@@ -206,7 +231,11 @@ class WasmInstance implements SandboxHandle {
         `${this.#config.key}: sandbox died: ${(err as Error).message}`,
       );
     }
-    if (result.outcome === "ok") return result;
+  }
+
+  /** Throws the function's error for a job that did not end well. */
+  #check(kind: Job["kind"], result: DoneMessage): void {
+    if (result.outcome === "ok") return;
     const code = OUTCOME_CODES[result.outcome];
     const detail =
       result.outcome === "exit"
@@ -226,25 +255,69 @@ class WasmInstance implements SandboxHandle {
     );
   }
 
+  /**
+   * Runs the module on the request. Resolves as soon as the module has written its CGI header
+   * block (or shown it has none), with the rest of its stdout streaming as the body. An error
+   * before that rejects; after it, the body fails with it. The body is bounded by the function's
+   * timeout too: the module may still be writing, or blocked on a slow reader.
+   */
+  async invokeStreaming(request: WasmRequest, signal: AbortSignal): Promise<StreamingResponse> {
+    const started = performance.now();
+    const declared = Number.parseInt(request.headers["content-length"] ?? "", 10);
+    const length =
+      request.body instanceof Uint8Array
+        ? request.body.byteLength
+        : Number.isSafeInteger(declared)
+          ? declared
+          : undefined;
+    const env = wagiEnvironment(request, length, `/invoke/${this.#config.id.name}`, wasmOf(this.#config).env);
+    // A small body of known length is read whole first (bounded by that length): the module then
+    // reads it as a file, without waking the main thread for each chunk; others stream.
+    const stdin =
+      request.body instanceof Uint8Array || length === undefined || length > SMALL_BODY_BYTES
+        ? request.body
+        : await readBody(
+            request.body,
+            length,
+            () => new FennecError("BAD_REQUEST", "the request body is longer than its content-length"),
+          );
+    const { output, done } = this.#run("invoke", env, stdin, signal);
+    // Errors reach the caller through the rejected call or its reading of the body; a body the
+    // caller never reads must not take the process down when it fails.
+    output.on("error", () => {});
+    let timer: NodeJS.Timeout | undefined;
+    let jobEnded = false;
+    const end = (err?: Error) => {
+      jobEnded = true;
+      clearTimeout(timer);
+      output.finish(err);
+    };
+    this.#settled(done)
+      .then((result) => this.#check("invoke", result))
+      .then(() => end(), end);
+    const head = await output.readHead(wagiHeadEnd);
+    let response: Pick<InvokeResponse, "status" | "headers">;
+    try {
+      response = parseWagiHead(head);
+    } catch (err) {
+      output.destroy(err as Error);
+      throw err;
+    }
+    if (!jobEnded) {
+      // Whoever reads the body may not abort the invocation at the timeout once it has answered.
+      const left = this.#config.timeoutMs - (performance.now() - started);
+      const timeout = new FennecError(
+        "FN_TIMEOUT",
+        `${this.#config.key}: invocation exceeded the ${this.#config.timeoutMs} ms timeout`,
+      );
+      timer = setTimeout(() => output.destroy(timeout), Math.max(0, left));
+      timer.unref();
+    }
+    return { ...response, body: output };
+  }
+
   async invoke(request: InvokeRequest, ctx: InvokeContext): Promise<InvokeResponse> {
-    const body = await readBody(
-      request.body,
-      MAX_INPUT_BYTES,
-      () =>
-        new FennecError(
-          "BODY_TOO_LARGE",
-          `a WebAssembly function takes at most ${MAX_INPUT_BYTES} bytes of input`,
-        ),
-    );
-    const env = wagiEnvironment(
-      { ...request, body },
-      `/invoke/${this.#config.id.name}`,
-      wasmOf(this.#config).env,
-    );
-    const result = await this.run("invoke", env, body, ctx.signal);
-    // The module's output is complete when it exits; it is handed on as a stream, like any body.
-    const out = parseWagiOutput(result.stdout);
-    return { ...out, body: bodyOf(out.body) };
+    return this.invokeStreaming(request, ctx.signal);
   }
 
   async close(): Promise<void> {

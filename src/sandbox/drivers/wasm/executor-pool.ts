@@ -1,7 +1,18 @@
 import { availableParallelism } from "node:os";
+import { Readable } from "node:stream";
 import { Worker } from "node:worker_threads";
 import { FennecError } from "../../../core/errors.js";
-import type { DoneMessage, FromWorker, JobMessage, LoadPayload, UnloadMessage } from "./protocol.js";
+import { JobOutput } from "./job-output.js";
+import type {
+  DoneMessage,
+  ExecutorData,
+  FromWorker,
+  JobMessage,
+  LoadPayload,
+  UnloadMessage,
+} from "./protocol.js";
+import { Ring } from "./ring.js";
+import { StdinFeeder } from "./stdin-feeder.js";
 
 const WORKER_URL = new URL("./worker.js", import.meta.url);
 /** Modules one executor keeps loaded before it forgets the least recently used. */
@@ -26,11 +37,22 @@ export interface Job {
   readonly key: string;
   readonly load: LoadPayload;
   readonly env: string[];
-  readonly body: Uint8Array;
+  /** The module's stdin: bytes at hand, or a stream read as the module reads. */
+  readonly stdin: Uint8Array | Readable;
+}
+
+/** A job under way: its stdout as it is written, and how it ended. */
+export interface RunningJob {
+  /** Ends after the last byte when the job ends; failed by the caller when it did not end well. */
+  readonly output: JobOutput;
+  /** Settles when the module has exited (or the job failed or was cancelled). */
+  readonly done: Promise<DoneMessage>;
 }
 
 interface Executor {
   readonly worker: Worker;
+  readonly stdout: Ring;
+  readonly stdin: Ring;
   booted: boolean;
   /** Instantiating the next copy after an invocation: a job sent now would wait for that. */
   preparing: boolean;
@@ -43,6 +65,8 @@ interface Pending {
   readonly id: number;
   startedAt: number;
   readonly job: Job;
+  readonly output: JobOutput;
+  feeder: StdinFeeder | undefined;
   readonly resolve: (r: DoneMessage) => void;
   readonly reject: (e: Error) => void;
   executor: Executor | undefined;
@@ -66,10 +90,18 @@ export interface ExecutorPoolOptions {
  * (`max / functions with work`, at least one). A waiting job of a function under its share goes
  * first; if every executor is taken and none can be added, a function over its share gives back
  * the executor of its most recently started job (running for at least PREEMPT_AFTER_MS): that
- * executor is terminated and the job queued again, to be run from the start. That is safe because
- * a wasm job has no effect outside its sandbox until its response is returned (no network, no
- * writable files). So one function's runaway calls never hold every executor: they run into their
- * own timeouts while other functions' calls are served.
+ * executor is terminated and the job queued again, to be run from the start. That is safe while
+ * a wasm job has had no effect outside its sandbox (no network, no writable files): none of its
+ * output handed on and no streamed request body consumed. Jobs past that point are not taken
+ * back; they run into their function's timeout like any other. So one function's runaway calls
+ * never hold every executor: they run into their own timeouts while other functions' calls are
+ * served.
+ *
+ * Streams: each executor has a stdout ring and a stdin ring (ring.ts). A job's stdout is drained
+ * from the ring into its `output` stream as that is read, and a streamed request body is fed
+ * into the stdin ring as the module reads; either side blocking holds the other back. An
+ * executor blocked so (on a slow client, on a body still arriving) uses no CPU: its place is lent
+ * to a new executor (up to `max` more), which goes again once nothing waits.
  */
 export class ExecutorPool {
   readonly #executors: Executor[] = [];
@@ -78,6 +110,8 @@ export class ExecutorPool {
   readonly #max: number;
   #nextId = 1;
   #closed = false;
+  /** Outputs of jobs not yet ended, for `heldOutputBytes`. */
+  readonly #live = new Set<JobOutput>();
   #spawnTimer: NodeJS.Timeout | undefined;
 
   constructor(opts: ExecutorPoolOptions = {}) {
@@ -95,39 +129,53 @@ export class ExecutorPool {
     return this.#executors.some((e) => e.loaded.has(key));
   }
 
-  /** Runs a job; `signal` aborting cancels it (terminating its executor if it is running). */
-  run(job: Job, signal: AbortSignal): Promise<DoneMessage> {
-    if (this.#closed)
-      return Promise.reject(new FennecError("SHUTTING_DOWN", "the wasm executors are closed"));
-    return new Promise<DoneMessage>((resolve, reject) => {
-      const pending: Pending = {
-        id: this.#nextId++,
-        startedAt: 0,
-        job,
-        resolve,
-        reject,
-        executor: undefined,
-      };
-      const onAbort = () =>
-        this.#cancel(
-          pending,
-          signal.reason instanceof Error ? signal.reason : new Error(String(signal.reason)),
-        );
-      if (signal.aborted) return onAbort();
-      signal.addEventListener("abort", onAbort, { once: true });
+  /**
+   * Runs a job; `signal` aborting cancels it (terminating its executor if it is running), and so
+   * does destroying its output before it ended (the reader went away).
+   */
+  run(job: Job, signal: AbortSignal): RunningJob {
+    let pending!: Pending;
+    const output = new JobOutput((err) =>
+      this.#cancel(pending, err ?? new FennecError("INTERNAL", "the response was abandoned")),
+    );
+    const done = new Promise<DoneMessage>((resolve, reject) => {
+      if (this.#closed) return reject(new FennecError("SHUTTING_DOWN", "the wasm executors are closed"));
+      const onAbort = () => this.#cancel(pending, abortReason(signal));
       const settle =
         <T>(f: (v: T) => void) =>
         (v: T) => {
           signal.removeEventListener("abort", onAbort);
+          this.#live.delete(output);
           f(v);
         };
-      const wrapped: Pending = { ...pending, resolve: settle(resolve), reject: settle(reject) };
-      this.#queue.push(wrapped);
+      pending = {
+        id: this.#nextId++,
+        startedAt: 0,
+        job,
+        output,
+        feeder: undefined,
+        resolve: settle(resolve),
+        reject: settle(reject),
+        executor: undefined,
+      };
+      if (signal.aborted) return pending.reject(abortReason(signal));
+      signal.addEventListener("abort", onAbort, { once: true });
+      this.#live.add(output);
+      this.#queue.push(pending);
       this.#pump();
     });
+    return { output, done };
   }
 
-  #cancel(pending: Pending, reason: Error): void {
+  /** Output bytes held on the main thread by jobs still running (each bounded by its stream and ring). */
+  get heldOutputBytes(): number {
+    let n = 0;
+    for (const o of this.#live) n += o.heldBytes;
+    return n;
+  }
+
+  #cancel(pending: Pending | undefined, reason: Error): void {
+    if (!pending) return;
     const queued = this.#queue.findIndex((p) => p.id === pending.id);
     if (queued >= 0) {
       this.#queue.splice(queued, 1)[0]!.reject(reason);
@@ -175,18 +223,41 @@ export class ExecutorPool {
       this.#dispatch(pick(free) ?? free[0] ?? pick(idle) ?? idle[0]!, next);
     }
     if (this.#queue.length > 0) this.#preemptForWaiting();
-    if (this.#queue.length > 0 && !this.#spawnTimer && this.#executors.length < this.#max) {
-      this.#spawnTimer = setTimeout(() => {
-        this.#spawnTimer = undefined;
-        const now = performance.now();
-        const stuck = this.#executors.every(
-          (e) => e.booted && e.running && now - e.running.startedAt >= SPAWN_AFTER_MS,
-        );
-        if (this.#queue.length > 0 && stuck && this.#executors.length < this.#max) this.#spawn();
-        else if (this.#queue.length > 0) this.#pump();
-      }, SPAWN_AFTER_MS);
+    // While jobs wait, look again soon: to add an executor, or (when none can be added) to
+    // preempt once a job has run long enough or lend the place of one that has since blocked.
+    if (this.#queue.length > 0 && !this.#spawnTimer) {
+      this.#spawnTimer = setTimeout(
+        () => {
+          this.#spawnTimer = undefined;
+          const now = performance.now();
+          const stuck = this.#executors.every(
+            (e) => e.booted && e.running && now - e.running.startedAt >= SPAWN_AFTER_MS,
+          );
+          if (this.#queue.length > 0 && stuck && this.#hasRoom()) this.#spawn();
+          else if (this.#queue.length > 0) this.#pump();
+        },
+        this.#hasRoom() ? SPAWN_AFTER_MS : PREEMPT_AFTER_MS,
+      );
     }
     this.#keepSpares();
+  }
+
+  /**
+   * Whether another executor may be started: up to `max` of them, plus one for each executor
+   * blocked on a ring (a slow client, a body still arriving) up to `max` more, since those use no
+   * CPU and must not hold other functions' calls back until their timeouts.
+   */
+  #hasRoom(): boolean {
+    // Only jobs blocked after running a while: a quick job waits a moment for its body's first
+    // chunk, and lending on that churned threads (one booted and ended per call).
+    const now = performance.now();
+    const blocked = this.#executors.filter(
+      (e) =>
+        e.running !== undefined &&
+        now - e.running.startedAt >= PREEMPT_AFTER_MS &&
+        (e.stdout.blocked || e.stdin.blocked),
+    ).length;
+    return this.#executors.length < this.#max + Math.min(this.#max, blocked);
   }
 
   /**
@@ -194,7 +265,7 @@ export class ExecutorPool {
    * their share for waiting jobs of functions under theirs (see the class comment).
    */
   #preemptForWaiting(): void {
-    if (this.#closed || this.#executors.length < this.#max) return;
+    if (this.#closed || this.#hasRoom()) return;
     const running = this.#runningByFn();
     const share = this.#share(running);
     const room = new Map<string, number>();
@@ -212,7 +283,7 @@ export class ExecutorPool {
       let victim: Executor | undefined;
       for (const e of this.#executors) {
         const job = e.running;
-        if (!job || (running.get(job.job.fn) ?? 0) <= share) continue;
+        if (!job || (running.get(job.job.fn) ?? 0) <= share || !restartable(job)) continue;
         if (now - job.startedAt < PREEMPT_AFTER_MS) continue;
         if (!victim || job.startedAt > victim.running!.startedAt) victim = e;
       }
@@ -222,6 +293,9 @@ export class ExecutorPool {
       victim.running = undefined;
       job.executor = undefined;
       job.startedAt = 0;
+      job.output.abandon();
+      job.feeder?.release();
+      job.feeder = undefined;
       // Back to the head of the queue: it is its function's next job once that is under its share.
       this.#queue.unshift(job);
       this.#remove(victim);
@@ -243,9 +317,13 @@ export class ExecutorPool {
     pending.executor = executor;
     pending.startedAt = performance.now();
     executor.worker.ref();
+    executor.stdout.reset();
+    executor.stdin.reset();
+    pending.output.attach(executor.stdout);
+    const streams = job.stdin instanceof Readable;
     // A body from the socket is a view into a larger pooled buffer, and structured clone would
     // copy all of it: copy just the bytes into their own buffer and transfer that.
-    const body = new Uint8Array(job.body);
+    const stdin = streams ? new Uint8Array(0) : new Uint8Array(job.stdin);
     const msg: JobMessage = {
       type: "job",
       id: pending.id,
@@ -254,14 +332,23 @@ export class ExecutorPool {
       load: needsLoad ? job.load : undefined,
       unload,
       env: job.env,
-      body,
+      stdin,
+      stdinStreams: streams,
     };
-    executor.worker.postMessage(msg, [body.buffer]);
+    executor.worker.postMessage(msg, [stdin.buffer]);
+    if (job.stdin instanceof Readable) {
+      pending.feeder = new StdinFeeder(executor.stdin, job.stdin, (err) => this.#cancel(pending, err));
+    }
   }
 
   #spawn(): Executor {
+    const stdout = new Ring();
+    const stdin = new Ring();
+    const workerData: ExecutorData = { stdout: stdout.memory, stdin: stdin.memory };
     const executor: Executor = {
-      worker: new Worker(WORKER_URL),
+      worker: new Worker(WORKER_URL, { workerData }),
+      stdout,
+      stdin,
       booted: false,
       preparing: false,
       loaded: new Map(),
@@ -279,12 +366,16 @@ export class ExecutorPool {
       const pending = executor.running;
       if (!pending || pending.id !== msg.id) return;
       executor.running = undefined;
+      // The executor is free once its rings are: the last output moves to the main thread.
+      ended(pending);
       executor.preparing = pending.job.kind === "invoke";
       // A module that failed to instantiate is loaded afresh next time (the worker dropped it).
       if (msg.outcome === "instantiate-failed" || msg.outcome === "oom")
         executor.loaded.delete(pending.job.key);
       this.#refWhileBusy();
       pending.resolve(msg);
+      // An executor lent beyond `max` (see #hasRoom) goes once nothing waits for it.
+      if (this.#executors.length > this.#max && this.#queue.length === 0) this.#remove(executor);
       this.#pump();
     });
     const died = (err: Error) => this.#retire(executor, err);
@@ -299,6 +390,7 @@ export class ExecutorPool {
     const running = executor.running;
     executor.running = undefined;
     this.#remove(executor);
+    if (running) ended(running);
     running?.reject(reason);
     this.#refWhileBusy();
     this.#pump();
@@ -345,9 +437,26 @@ export class ExecutorPool {
       p.reject(new FennecError("SHUTTING_DOWN", "the wasm executors are closed"));
     await Promise.all(
       this.#executors.splice(0).map((e) => {
+        if (e.running) ended(e.running);
         e.running?.reject(new FennecError("SHUTTING_DOWN", "the wasm executors are closed"));
         return e.worker.terminate();
       }),
     );
   }
+}
+
+/** A job that has handed on nothing may be run again from the start (see the class comment). */
+function restartable(pending: Pending): boolean {
+  return !pending.output.delivered && (pending.feeder?.fed ?? 0) === 0;
+}
+
+/** A job left its executor: its output takes the ring's last bytes and its stdin stops. */
+function ended(pending: Pending): void {
+  pending.output.detach();
+  pending.feeder?.stop();
+  pending.feeder = undefined;
+}
+
+function abortReason(signal: AbortSignal): Error {
+  return signal.reason instanceof Error ? signal.reason : new Error(String(signal.reason));
 }

@@ -26,7 +26,16 @@ export interface JobMessage {
   /** Modules this executor should forget (it holds too many). */
   readonly unload: readonly string[];
   readonly env: string[];
-  readonly body: Uint8Array;
+  /** The start of stdin (all of it unless `stdinStreams`). */
+  readonly stdin: Uint8Array;
+  /** The rest of stdin arrives through the executor's stdin ring, until the main thread closes it. */
+  readonly stdinStreams: boolean;
+}
+
+/** Given to each executor thread at its start: its two rings (see ring.ts). */
+export interface ExecutorData {
+  readonly stdout: SharedArrayBuffer;
+  readonly stdin: SharedArrayBuffer;
 }
 
 /** Forget modules (their function revision has no instance any more). */
@@ -45,7 +54,6 @@ export interface DoneMessage {
   readonly id: number;
   readonly outcome: Outcome;
   readonly exitCode: number;
-  readonly stdout: Uint8Array;
   /** The last few KiB of stderr, for error messages and logs. */
   readonly stderrTail: string;
   readonly message: string;

@@ -1,15 +1,13 @@
 import { FennecError } from "../../../core/errors.js";
-import type { BufferedResponse, InvokeRequest } from "../../../core/types.js";
-
-/** A request whose body has been read whole (stdin is a file). */
-type BufferedRequest = Omit<InvokeRequest, "body"> & { readonly body: Uint8Array };
+import type { InvokeRequest, InvokeResponse } from "../../../core/types.js";
 
 /**
  * WAGI, the CGI convention for WASI: the request becomes environment variables and stdin; the
  * response is stdout, optionally led by CGI headers and a blank line.
  */
 export function wagiEnvironment(
-  request: BufferedRequest,
+  request: Omit<InvokeRequest, "body">,
+  contentLength: number | undefined,
   scriptName: string,
   extra: Readonly<Record<string, string>>,
 ): string[] {
@@ -22,7 +20,7 @@ export function wagiEnvironment(
     `PATH_INFO=${request.path}`,
     `QUERY_STRING=${request.query}`,
     `REQUEST_URI=${scriptName}${request.path}${request.query ? "?" + request.query : ""}`,
-    `CONTENT_LENGTH=${request.body.byteLength}`,
+    `CONTENT_LENGTH=${contentLength ?? ""}`,
     `CONTENT_TYPE=${request.headers["content-type"] ?? ""}`,
   ];
   for (const [name, value] of Object.entries(request.headers)) {
@@ -34,36 +32,40 @@ export function wagiEnvironment(
 }
 
 const HEADER_LINE = /^([A-Za-z0-9!#$%&'*+.^_`|~-]+):[ \t]*(.*)$/;
+/** Headers are short: output with no blank line within this many bytes has no header block. */
+const MAX_HEAD = 64 * 1024;
+const NEWLINE = 0x0a;
 
-function findBlankLine(out: Uint8Array): { headerEnd: number; bodyStart: number } | undefined {
-  // Headers are short; never scan a large body looking for them.
-  const limit = Math.min(out.length, 64 * 1024);
-  for (let i = 0; i < limit; i++) {
-    if (out[i] !== 0x0a) continue;
-    if (out[i + 1] === 0x0a) return { headerEnd: i, bodyStart: i + 2 };
-    if (out[i + 1] === 0x0d && out[i + 2] === 0x0a) return { headerEnd: i, bodyStart: i + 3 };
+/**
+ * Where the CGI header block of the output so far ends (the body's first byte), 0 when the
+ * output has none (all of it is the body), or undefined while that cannot be told yet. It is
+ * decided as early as it can be: at the blank line, at a first line that is not a header, or
+ * once MAX_HEAD bytes hold no blank line. Output that ends first has no header block.
+ */
+export function wagiHeadEnd(out: Uint8Array, ended: boolean): number | undefined {
+  const limit = Math.min(out.length, MAX_HEAD);
+  let lineStart = 0;
+  for (let i = out.indexOf(NEWLINE); i >= 0 && i < limit; i = out.indexOf(NEWLINE, i + 1)) {
+    const lineEnd = i > lineStart && out[i - 1] === 0x0d ? i - 1 : i;
+    if (lineEnd === lineStart) return lineStart === 0 ? 0 : i + 1;
+    const line = Buffer.from(out.buffer, out.byteOffset + lineStart, lineEnd - lineStart);
+    if (!HEADER_LINE.test(line.toString("latin1"))) return 0;
+    lineStart = i + 1;
   }
-  return undefined;
+  return ended || out.length >= MAX_HEAD ? 0 : undefined;
 }
 
-/** Parses a module's stdout into a response; output without a header block is a 200 body. */
-export function parseWagiOutput(out: Uint8Array): BufferedResponse {
-  const split = findBlankLine(out);
-  const plain = (): BufferedResponse => ({
-    status: 200,
-    headers: [["content-type", "text/plain; charset=utf-8"]],
-    body: out,
-  });
-  if (!split) return plain();
-  const lines = Buffer.from(out.buffer, out.byteOffset, split.headerEnd)
+/** The status and headers of a CGI header block (as `wagiHeadEnd` delimited it). */
+export function parseWagiHead(head: Uint8Array): Pick<InvokeResponse, "status" | "headers"> {
+  if (head.byteLength === 0) return { status: 200, headers: [["content-type", "text/plain; charset=utf-8"]] };
+  const lines = Buffer.from(head.buffer, head.byteOffset, head.byteLength)
     .toString("latin1")
-    .replace(/\r$/, "")
-    .split(/\r?\n/);
+    .split(/\r?\n/)
+    .filter((line) => line !== "");
   const headers: Array<[string, string]> = [];
   let status: number | undefined;
   for (const line of lines) {
-    const m = HEADER_LINE.exec(line);
-    if (!m) return plain();
+    const m = HEADER_LINE.exec(line)!;
     const name = m[1]!.toLowerCase();
     const value = m[2]!.trim();
     if (name === "status") {
@@ -80,5 +82,5 @@ export function parseWagiOutput(out: Uint8Array): BufferedResponse {
     }
   }
   if (status === undefined) status = headers.some(([n]) => n === "location") ? 302 : 200;
-  return { status, headers, body: out.subarray(split.bodyStart) };
+  return { status, headers };
 }

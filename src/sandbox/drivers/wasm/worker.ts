@@ -5,7 +5,7 @@
  * invocation gets a fresh instance; the next one is instantiated right after the response is
  * posted, off the request's critical path. A runaway job is stopped by terminating the thread.
  */
-import { parentPort } from "node:worker_threads";
+import { parentPort, workerData } from "node:worker_threads";
 import {
   ConsoleStdout,
   Directory,
@@ -19,16 +19,25 @@ import type { Fd, Inode } from "@bjorn3/browser_wasi_shim";
 import type {
   DirTree,
   DoneMessage,
+  ExecutorData,
   FromWorker,
   JobMessage,
   LoadPayload,
   Outcome,
   ToWorker,
 } from "./protocol.js";
+import { Ring } from "./ring.js";
+import { StreamingStdin } from "./streaming-stdin.js";
 import { WARMUP_WASM_BASE64 } from "./warmup-module.js";
 
 const port = parentPort!;
 const STDERR_TAIL = 4096;
+const rings = workerData as ExecutorData;
+const stdoutRing = new Ring(rings.stdout);
+const stdinRing = new Ring(rings.stdin);
+
+/** Thrown out of fd_write to stop a module whose output passed the limit. */
+class OutputTooLarge extends Error {}
 
 interface Prepared {
   readonly wasi: WASI;
@@ -101,31 +110,32 @@ function classify(
 interface RunResult {
   outcome: Outcome;
   exitCode: number;
-  stdout: Uint8Array;
   stderrTail: string;
   message: string;
 }
 
-/** Runs one invocation's `_start` on a prepared instance, capturing stdout and stderr. */
+/**
+ * Runs one invocation's `_start` on a prepared instance. Stdout goes to `write` as the module
+ * writes it (which blocks while the main thread's reader is behind); a module that writes more
+ * than `maxOutputBytes` is stopped there.
+ */
 function run(
   prepared: Prepared,
   env: string[],
-  body: Uint8Array,
+  stdin: Fd,
+  write: (chunk: Uint8Array) => void,
   maxOutputBytes: number,
   maxMemoryBytes: number,
 ): RunResult {
-  const chunks: Uint8Array[] = [];
   let size = 0;
-  let overflow = false;
   let stderr = "";
   const { wasi, instance, memory } = prepared;
   wasi.env = env;
-  wasi.fds[0] = new OpenFile(new File(body, { readonly: true }));
+  wasi.fds[0] = stdin;
   wasi.fds[1] = new ConsoleStdout((chunk) => {
-    if (overflow) return;
     size += chunk.byteLength;
-    if (size > maxOutputBytes) overflow = true;
-    else chunks.push(chunk);
+    if (size > maxOutputBytes) throw new OutputTooLarge();
+    write(chunk);
   });
   wasi.fds[2] = new ConsoleStdout((chunk) => {
     stderr = (stderr + Buffer.from(chunk).toString("utf8")).slice(-STDERR_TAIL);
@@ -139,26 +149,19 @@ function run(
     if (err instanceof WASIProcExit) {
       exitCode = err.code;
       if (exitCode !== 0) outcome = "exit";
+    } else if (err instanceof OutputTooLarge) {
+      outcome = "output-too-large";
+      exitCode = -1;
     } else {
       ({ outcome, message } = classify(err, memory, maxMemoryBytes));
       exitCode = -1;
     }
   }
-  if (overflow) outcome = "output-too-large";
-  // One exact-size buffer, so it can be transferred to the main thread without a copy.
-  const stdout = new Uint8Array(Math.min(size, maxOutputBytes));
-  let offset = 0;
-  if (!overflow) {
-    for (const c of chunks) {
-      stdout.set(c, offset);
-      offset += c.byteLength;
-    }
-  }
-  return { outcome, exitCode, stdout, stderrTail: stderr, message };
+  return { outcome, exitCode, stderrTail: stderr, message };
 }
 
-function done(id: number, r: Omit<DoneMessage, "type" | "id">, transfer: ArrayBuffer[] = []): void {
-  post({ type: "done", id, ...r }, transfer);
+function done(id: number, r: Omit<DoneMessage, "type" | "id">): void {
+  post({ type: "done", id, ...r });
 }
 
 function failure(id: number, err: unknown): void {
@@ -167,7 +170,6 @@ function failure(id: number, err: unknown): void {
   done(id, {
     outcome: oom ? "oom" : "instantiate-failed",
     exitCode: -1,
-    stdout: new Uint8Array(0),
     stderrTail: "",
     message,
   });
@@ -191,12 +193,22 @@ function job(msg: JobMessage): void {
   }
   if (msg.kind === "load") {
     entry.next = prepared;
-    done(msg.id, { outcome: "ok", exitCode: 0, stdout: new Uint8Array(0), stderrTail: "", message: "" });
+    done(msg.id, { outcome: "ok", exitCode: 0, stderrTail: "", message: "" });
     return;
   }
   entry.next = undefined;
-  const r = run(prepared, msg.env, msg.body, entry.load.maxOutputBytes, entry.load.maxMemoryBytes);
-  done(msg.id, r, [r.stdout.buffer as ArrayBuffer]);
+  const stdin = msg.stdinStreams
+    ? new StreamingStdin(msg.stdin, stdinRing)
+    : new OpenFile(new File(msg.stdin, { readonly: true }));
+  const r = run(
+    prepared,
+    msg.env,
+    stdin,
+    (chunk) => stdoutRing.writeAll(chunk),
+    entry.load.maxOutputBytes,
+    entry.load.maxMemoryBytes,
+  );
+  done(msg.id, r);
   setImmediate(() => {
     if (modules.get(msg.key) === entry && !entry.next) {
       try {
@@ -224,7 +236,8 @@ try {
     maxOutputBytes: 1024,
   };
   for (let i = 0; i < 3; i++) {
-    run(prepare(warmup), ["REQUEST_METHOD=GET", "PATH_INFO=/"], Buffer.from("warm up"), 1024, 2 ** 24);
+    const stdin = new OpenFile(new File(Buffer.from("warm up"), { readonly: true }));
+    run(prepare(warmup), ["REQUEST_METHOD=GET", "PATH_INFO=/"], stdin, () => {}, 1024, 2 ** 24);
   }
 } catch {
   // A failed warm-up costs only speed.
