@@ -44,6 +44,7 @@ runConformance("vm (unikernel, microvm)", async () => ({
   echo: unikernel("echo"),
   hang: unikernel("hang"),
   fail: unikernel("fail"),
+  streaming: { skip: "the unikernel fixtures are C programs that serve echo, hang and fail only" },
 }));
 
 /** The process driver's fixture, packed with Node into Fennec's Linux guest. */
