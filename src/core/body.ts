@@ -4,13 +4,17 @@ import type { Body } from "./types.js";
 /** A body made of bytes already in memory (a buffered result, a test's request). */
 export function bodyOf(bytes: Uint8Array | string = ""): Body {
   const chunk = typeof bytes === "string" ? Buffer.from(bytes) : bytes;
-  // objectMode off: consumers get Buffers and back-pressure counts bytes, as from a socket.
-  return Readable.from(
-    chunk.byteLength > 0 ? [Buffer.from(chunk.buffer, chunk.byteOffset, chunk.byteLength)] : [],
-    {
-      objectMode: false,
+  // A plain Readable, not Readable.from (an async iterator per body costs on every empty GET);
+  // it yields Buffers, so back-pressure counts bytes as from a socket.
+  let pending: Buffer | null =
+    chunk.byteLength > 0 ? Buffer.from(chunk.buffer, chunk.byteOffset, chunk.byteLength) : null;
+  return new Readable({
+    read() {
+      if (pending) this.push(pending);
+      pending = null;
+      this.push(null);
     },
-  );
+  });
 }
 
 /**

@@ -33,12 +33,13 @@ class RequestBody extends Readable {
   }
 
   override _read(): void {
-    if (this.#flowing) {
-      this.#req.resume();
-      return;
+    if (!this.#flowing) {
+      this.#flowing = true;
+      this.#req.on("data", this.#onData);
     }
-    this.#flowing = true;
-    this.#req.on("data", this.#onData);
+    // Also the first time: node:http may have paused the request (a later one on a kept-alive
+    // connection is), and a 'data' listener alone does not resume a paused stream.
+    this.#req.resume();
   }
 
   readonly #onData = (chunk: Buffer): void => {

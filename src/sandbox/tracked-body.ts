@@ -43,15 +43,15 @@ export class TrackedBody extends Readable {
   }
 
   override _read(): void {
-    if (this.#flowing) {
-      this.#source.resume();
-      return;
+    if (!this.#flowing) {
+      this.#flowing = true;
+      this.#source.on("data", (chunk: Buffer) => {
+        this.#firstByteAt ??= performance.now();
+        if (!this.push(chunk)) this.#source.pause();
+      });
     }
-    this.#flowing = true;
-    this.#source.on("data", (chunk: Buffer) => {
-      this.#firstByteAt ??= performance.now();
-      if (!this.push(chunk)) this.#source.pause();
-    });
+    // A 'data' listener alone does not resume a source someone paused.
+    this.#source.resume();
   }
 
   /** Cuts the body with `reason` (the instance's timeout or destroy, or the sandbox's failure). */

@@ -1,7 +1,9 @@
 import assert from "node:assert/strict";
-import { randomBytes } from "node:crypto";
+import { createHash, randomBytes } from "node:crypto";
 import { createServer } from "node:http";
 import type { AddressInfo } from "node:net";
+
+import { PassThrough, Readable } from "node:stream";
 import { after, before, describe, it } from "node:test";
 import { createLogger } from "../../src/core/log.js";
 import type { InvokeRequest } from "../../src/core/types.js";
@@ -29,6 +31,11 @@ export interface ConformanceFixture extends LifecycleFixture {
   readonly fail: FunctionConfig;
   /** Releases what the fixture created (temp dirs, ...). */
   readonly cleanup?: () => Promise<void>;
+  /**
+   * Whether `echo` serves the streaming routes under `/stream/` (see `streamingCases`); a driver
+   * whose echo cannot says why, and those cases are skipped with that reason.
+   */
+  readonly streaming?: { readonly skip: string };
 }
 
 const request = (over: Partial<InvokeRequest> = {}): InvokeRequest => ({
@@ -197,5 +204,172 @@ export function runConformance(name: string, setup: () => Promise<ConformanceFix
 
     // ---- lifecycle: releasing everything, dying, running out of memory (lifecycle.ts) ----
     lifecycleCases({ fixture: () => fx, create, instances, request: () => request() });
+    streamingCases(() => fx, started);
+  });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Streaming both ways (issue 10). Every case is driven by events, never by timing: the function
+// waits for a "gate" the test opens with a second request, and the test asks the function how
+// much of a request body it has seen while it is still sending it.
+
+/** The fixture's patterned bytes, block `i` of 64 KiB (the same formula as server.mjs's). */
+export function patternBlock(i: number, size: number): Buffer {
+  const b = Buffer.allocUnsafe(size);
+  for (let k = 0; k < size; k++) b[k] = (k * 7 + i * 13) & 255;
+  return b;
+}
+
+export const BLOCK = 65536;
+
+/** Reads from `it` until `test` holds for what was read so far; returns all of it. */
+async function readUntil(it: AsyncIterator<Buffer>, test: (text: string) => boolean): Promise<string> {
+  let text = "";
+  while (!test(text)) {
+    const r = await it.next();
+    if (r.done)
+      throw new Error(`the body ended before the expected part arrived; got ${JSON.stringify(text)}`);
+    text += r.value.toString();
+  }
+  return text;
+}
+
+function streamingCases(
+  fixture: () => ConformanceFixture,
+  started: (c: FunctionConfig) => Promise<Instance>,
+): void {
+  describe("streaming", () => {
+    let gates = 0;
+    const gate = () => `g${process.pid}-${++gates}`;
+    const call = (method: string, path: string, query: string, body: Readable = bodyOf()): InvokeRequest => ({
+      method,
+      path,
+      query,
+      // A GET has no body; a POST's streams without a length (chunked).
+      headers: method === "GET" ? { "content-length": "0" } : {},
+      body,
+    });
+    const text = async (inst: Instance, path: string, query: string) =>
+      (await bytesOf((await inst.invoke(call("GET", path, query))).body)).toString();
+    const skip = () => fixture().streaming?.skip;
+
+    it("delivers a response in parts: the first part is read while the function still waits", async (t) => {
+      if (skip()) return t.skip(skip());
+      const inst = await started(fixture().echo);
+      const g = gate();
+      const res = await inst.invoke(call("GET", "/stream/out", `gate=${g}`));
+      const it = (res.body as AsyncIterable<Buffer>)[Symbol.asyncIterator]();
+      const first = await readUntil(it, (s) => s.includes("event: 1"));
+      assert.ok(!first.includes("event: 2"), "the second part came before the gate opened");
+      assert.equal(inst.active, 1, "the invocation lasts while its body streams");
+      assert.equal(await text(inst, "/stream/open", `gate=${g}`), "opened");
+      const rest = await readUntil(it, (s) => s.includes("event: 2"));
+      assert.ok(rest.includes("event: 2"));
+      assert.equal((await it.next()).done, true);
+      const end = await res.ended;
+      assert.equal(end.error, undefined);
+      assert.ok(end.ttfbMs < end.execMs, "the first byte came before the end");
+      assert.equal(inst.active, 0);
+    });
+
+    it("delivers a request body in parts: the function sees the first part before the client finished", async (t) => {
+      if (skip()) return t.skip(skip());
+      const inst = await started(fixture().echo);
+      const g = gate();
+      const body = new PassThrough();
+      const pending = inst.invoke(call("POST", "/stream/in", `gate=${g}`, body));
+      body.write(Buffer.alloc(1000, 1));
+      // Answered only once the function has received the first 1000 bytes; the body is still open.
+      assert.equal(await text(inst, "/stream/seen", `gate=${g}&bytes=1000`), "1000");
+      assert.equal(body.writableEnded, false);
+      body.end(Buffer.alloc(500, 2));
+      const res = await pending;
+      const got = JSON.parse((await bytesOf(res.body)).toString()) as { bytes: number };
+      assert.equal(got.bytes, 1500);
+    });
+
+    it("cancels the call when its reader goes away mid-stream, and the instance serves on", async (t) => {
+      if (skip()) return t.skip(skip());
+      const inst = await started(fixture().echo);
+      const g = gate();
+      const res = await inst.invoke(call("GET", "/stream/out", `gate=${g}`));
+      const it = (res.body as AsyncIterable<Buffer>)[Symbol.asyncIterator]();
+      await readUntil(it, (s) => s.includes("event: 1"));
+      res.body.destroy();
+      const end = await res.ended;
+      assert.equal(end.error?.code, "CLIENT_GONE");
+      assert.equal(inst.active, 0);
+      // The function itself saw its response closed before the end.
+      assert.equal(await text(inst, "/stream/closed", `gate=${g}`), "closed");
+      assert.equal(inst.state, "ready");
+      const echo = await inst.invoke(request());
+      assert.equal((await bytesOf(echo.body)).toString(), "hello conformance");
+    });
+
+    it("cancels the call when the caller's signal aborts, cutting the body with CLIENT_GONE", async (t) => {
+      if (skip()) return t.skip(skip());
+      const inst = await started(fixture().echo);
+      const g = gate();
+      const cancel = new AbortController();
+      const res = await inst.invoke(call("GET", "/stream/out", `gate=${g}`), cancel.signal);
+      const it = (res.body as AsyncIterable<Buffer>)[Symbol.asyncIterator]();
+      await readUntil(it, (s) => s.includes("event: 1"));
+      cancel.abort();
+      await assert.rejects(
+        readUntil(it, () => false),
+        { code: "CLIENT_GONE" },
+      );
+      assert.equal((await res.ended).error?.code, "CLIENT_GONE");
+      assert.equal(await text(inst, "/stream/closed", `gate=${g}`), "closed");
+    });
+
+    it("moves 64 MiB each way, hashed, without holding either body whole", async (t) => {
+      if (skip()) return t.skip(skip());
+      const inst = await started(fixture().echo);
+      const size = 64 * 2 ** 20;
+      const half = size / 2;
+      const expected = createHash("sha256");
+      for (let i = 0; i < size / BLOCK; i++) expected.update(patternBlock(i, BLOCK));
+      const digest = expected.digest("hex");
+
+      // Up: the second half is sent only once the function has received the first.
+      const up = gate();
+      let sendRest!: () => void;
+      const restMayGo = new Promise<void>((r) => (sendRest = r));
+      const upload = Readable.from(
+        (async function* () {
+          for (let i = 0; i < size / BLOCK; i++) {
+            if (i * BLOCK === half) await restMayGo;
+            yield patternBlock(i, BLOCK);
+          }
+        })(),
+        { objectMode: false },
+      );
+      const pending = inst.invoke(call("POST", "/stream/in", `gate=${up}`, upload));
+      assert.equal(Number(await text(inst, "/stream/seen", `gate=${up}&bytes=${half}`)) >= half, true);
+      sendRest();
+      const got = JSON.parse((await bytesOf((await pending).body)).toString()) as {
+        bytes: number;
+        sha256: string;
+      };
+      assert.deepEqual(got, { bytes: size, sha256: digest });
+
+      // Down: the first half is read before the function may write the second.
+      const down = gate();
+      const res = await inst.invoke(call("GET", "/stream/bytes", `gate=${down}&n=${size}`));
+      const hash = createHash("sha256");
+      let read = 0;
+      let opened = false;
+      for await (const chunk of res.body as AsyncIterable<Buffer>) {
+        hash.update(chunk);
+        read += chunk.length;
+        if (!opened && read >= half) {
+          opened = true;
+          assert.equal(await text(inst, "/stream/open", `gate=${down}`), "opened");
+        }
+      }
+      assert.equal(read, size);
+      assert.equal(hash.digest("hex"), digest);
+    });
   });
 }

@@ -48,6 +48,7 @@ runConformance("vm (unikernel, microvm)", async () => ({
   fail: unikernel("fail"),
   crash: { config: unikernel("fail") }, // it panics, and a panic ends QEMU
   failedStart: { skip: "no unikernel fixture dies before it is ready (noready.elf waits for ever)" },
+  streaming: { skip: "the unikernel fixtures are C programs that serve echo, hang and fail only" },
 }));
 
 /** The process driver's fixture, packed with Node into Fennec's Linux guest. */

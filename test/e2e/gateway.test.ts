@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
-import { readFile, readdir, writeFile } from "node:fs/promises";
+import { mkdir, readFile, readdir, writeFile } from "node:fs/promises";
+import { request as httpRequest } from "node:http";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { errorCode, request } from "../helpers/http.js";
@@ -265,5 +266,130 @@ describe("gateway (real server, real sockets, wasm functions)", () => {
       n.startsWith(".fennec-tmp-"),
     );
     assert.deepEqual(leftovers, []);
+  });
+});
+
+// A fetch handler in a [process] sandbox that streams: `/sse` sends event 1, then waits for the
+// test to open its gate (a second request, `/open`) before event 2; `/count` reads its body as it
+// comes and answers with its length; `/big` answers 5000 bytes; anything else echoes the body.
+const STREAMING_HANDLER = `
+const gates = new Map();
+const gate = (g) => {
+  let e = gates.get(g);
+  if (!e) { let open; e = { promise: new Promise((r) => (open = r)) }; e.open = open; gates.set(g, e); }
+  return e;
+};
+export default {
+  async fetch(request) {
+    const url = new URL(request.url);
+    const g = url.searchParams.get("gate") ?? "";
+    if (url.pathname.endsWith("/open")) { gate(g).open(); return new Response("opened"); }
+    if (url.pathname.endsWith("/sse")) {
+      const enc = new TextEncoder();
+      return new Response(new ReadableStream({
+        async start(c) {
+          c.enqueue(enc.encode("data: 1\\n\\n"));
+          await gate(g).promise;
+          c.enqueue(enc.encode("data: 2\\n\\n"));
+          c.close();
+        },
+      }), { headers: { "content-type": "text/event-stream" } });
+    }
+    if (url.pathname.endsWith("/count")) {
+      let n = 0;
+      for await (const chunk of request.body) n += chunk.byteLength;
+      return new Response(String(n));
+    }
+    if (url.pathname.endsWith("/big")) return new Response("x".repeat(5000));
+    return new Response(request.body);
+  },
+};
+`;
+
+describe("gateway streaming ([process] fetch handler, real sockets)", () => {
+  let s: TestServer;
+  before(async () => {
+    s = await startTestServer({
+      driverSettings: { process: true },
+      bodyLimitBytes: 1024 * 1024,
+      asyncResults: { maxResultBytes: 1000 },
+    });
+    const dir = join(s.registry, "streamer");
+    await mkdir(dir);
+    await writeFile(join(dir, "handler.js"), STREAMING_HANDLER);
+    await writeFile(
+      join(dir, "function.toml"),
+      'keepalive = 60\nconcurrent-requests = 4\ntimeout = 30\n[process]\nhandler = "handler.js"\n',
+    );
+  });
+  after(() => s.close());
+
+  it("delivers server-sent events one by one: event 1 arrives while the handler still waits", async () => {
+    const res = await fetch(`${s.url}/invoke/streamer/sse?gate=e2e`);
+    assert.equal(res.status, 200);
+    assert.equal(res.headers.get("content-type"), "text/event-stream");
+    const reader = res.body!.getReader();
+    let seen = "";
+    while (!seen.includes("data: 1")) {
+      const r = await reader.read();
+      assert.ok(!r.done, "the stream ended before event 1");
+      seen += Buffer.from(r.value).toString();
+    }
+    assert.ok(!seen.includes("data: 2"), "event 2 came before the gate opened");
+    assert.equal((await request(`${s.url}/invoke/streamer/open?gate=e2e`)).text, "opened");
+    for (;;) {
+      const r = await reader.read();
+      if (r.done) break;
+      seen += Buffer.from(r.value).toString();
+    }
+    assert.equal(seen, "data: 1\n\ndata: 2\n\n");
+    const stats = (await request(`${s.url}/stats`)).json<{
+      functions: Record<string, { ttfbMs: { p50: number }; execMs: { p50: number } }>;
+    }>();
+    const f = stats.functions["default/streamer"]!;
+    assert.ok(f.ttfbMs.p50 <= f.execMs.p50, "ttfb is recorded next to exec");
+  });
+
+  it("refuses a streamed (chunked) body over the limit with 413 and keeps serving", async () => {
+    const answer = await new Promise<{ status: number; code: string | undefined }>((resolve, reject) => {
+      const req = httpRequest(`${s.url}/invoke/streamer/count`, { method: "POST" }, (res) => {
+        res.resume();
+        resolve({ status: res.statusCode ?? 0, code: res.headers["x-fennec-error"] as string | undefined });
+      });
+      req.on("error", reject);
+      // No content-length: the limit can only be applied to what arrives. Written with
+      // back-pressure until the gateway answers (it then closes the connection).
+      const chunk = Buffer.alloc(64 * 1024, 1);
+      let sent = 0;
+      const more = () => {
+        while (sent < 8 * 1024 * 1024) {
+          sent += chunk.length;
+          if (!req.write(chunk)) return void req.once("drain", more);
+        }
+        req.end();
+      };
+      more();
+    });
+    assert.deepEqual(answer, { status: 413, code: "BODY_TOO_LARGE" });
+    const ok = await request(`${s.url}/invoke/streamer/count`, { method: "POST", body: "x".repeat(1000) });
+    assert.equal(ok.text, "1000");
+  });
+
+  it("runs asynchronous calls with a bounded copy of the result", async () => {
+    const poll = async (callId: string) =>
+      waitFor("the asynchronous call to finish", async () => {
+        const polled = await request(`${s.url}/fa/calls/${callId}`);
+        return polled.status === 202 ? undefined : polled;
+      });
+    const r = await request(`${s.url}/fa/default/streamer`, { method: "POST", body: "kept for later" });
+    assert.equal(r.status, 202);
+    const done = await poll(r.json<{ callId: string }>().callId);
+    assert.equal(done.status, 200);
+    assert.equal(done.text, "kept for later");
+    // 5000 bytes is more than the 1000 this server keeps per result.
+    const big = await request(`${s.url}/fa/default/streamer/big`, { method: "POST", body: "" });
+    const failed = await poll(big.json<{ callId: string }>().callId);
+    assert.equal(failed.status, 502);
+    assert.equal(errorCode(failed), "FN_RESPONSE_TOO_LARGE");
   });
 });
