@@ -23,6 +23,8 @@ import { forwardOciPort } from "./port-forward.js";
 const run = promisify(execFile);
 /** Containers' cgroups nest under `<Fennec's own cgroup>/fennec-oci/` in each hierarchy. */
 const CGROUP_PARENT = "fennec-oci";
+/** How long a stopped container's deletion is retried before it is left to the start-up sweep. */
+const DELETE_PATIENCE_MS = 15_000;
 /** The Debian package that provides each runtime, for the error when one is missing. */
 const PACKAGE: Record<OciSandboxConfig["runtime"], string> = { runc: "runc", runsc: "runsc" };
 
@@ -243,11 +245,13 @@ export class OciDriver implements SandboxDriver {
       throw err;
     }
     cleanup.defer(async () => {
-      // runsc may still be finalising a sandbox its `run` process just left: retry until it is gone.
-      for (let attempt = 0; attempt < 10; attempt++) {
+      // runsc may still be finalising a sandbox its `run` process just left (after an OOM kill or a
+      // destroy mid-call, for over a second on a busy machine): retry, backing off, until it is gone.
+      const giveUpAt = performance.now() + DELETE_PATIENCE_MS;
+      for (let wait = 50; ; wait = Math.min(wait * 2, 1000)) {
         await runtime("delete", "-f", ctx.instanceId);
-        if (!(await runtime("state", ctx.instanceId))) break;
-        await new Promise((r) => setTimeout(r, 50));
+        if (!(await runtime("state", ctx.instanceId)) || performance.now() > giveUpAt) break;
+        await new Promise((r) => setTimeout(r, wait));
       }
       // runsc leaves the container's (empty) cgroups behind; remove them with it.
       await removeNested(join(CGROUP_PARENT, ctx.instanceId));
