@@ -150,7 +150,12 @@ export class Ring {
   /** Resolves once the ring changed since the signal counter read `seen` (see `signals`). */
   changedSince(seen: number): Promise<unknown> {
     const r = waitAsync(this.#control, SIGNAL, seen);
-    return r.async ? r.value : Promise.resolve(r.value);
+    if (!r.async) return Promise.resolve(r.value);
+    // A pending Atomics.waitAsync does not keep Node's event loop alive, and the executors are
+    // unref'd workers: without a handle, a process whose only work is a module still writing
+    // would exit under it. The timer never fires; it only holds the loop while the wait lasts.
+    const hold = setInterval(() => undefined, 2 ** 30);
+    return r.value.finally(() => clearInterval(hold));
   }
 
   /** Wakes this thread's own pending waits (the ring is being given up). */
