@@ -25,6 +25,8 @@ const run = promisify(execFile);
 const CGROUP_PARENT = "fennec-oci";
 /** How long a stopped container's deletion is retried before it is left to the start-up sweep. */
 const DELETE_PATIENCE_MS = 15_000;
+/** How long a runtime that could not signal its container gets before its `run` process is killed. */
+const RUNTIME_KILL_GRACE_MS = 3000;
 /** The Debian package that provides each runtime, for the error when one is missing. */
 const PACKAGE: Record<OciSandboxConfig["runtime"], string> = { runc: "runc", runsc: "runsc" };
 
@@ -237,6 +239,11 @@ export class OciDriver implements SandboxDriver {
         () => true,
         () => false,
       );
+    const listed = (id: string) =>
+      run(binary, [...runtimeArgs, "list", "--quiet"]).then(
+        ({ stdout }) => stdout.split("\n").includes(id),
+        () => false,
+      );
     try {
       await writeFile(join(dir, "config.json"), JSON.stringify(spec, null, 2));
       await mkdir(OciDriver.stateRoot(cfg.runtime), { recursive: true });
@@ -250,7 +257,9 @@ export class OciDriver implements SandboxDriver {
       const giveUpAt = performance.now() + DELETE_PATIENCE_MS;
       for (let wait = 50; ; wait = Math.min(wait * 2, 1000)) {
         await runtime("delete", "-f", ctx.instanceId);
-        if (!(await runtime("state", ctx.instanceId)) || performance.now() > giveUpAt) break;
+        // `state` can fail for a container the runtime still lists (a lock held, a sandbox half
+        // gone): gone means no longer listed.
+        if (!(await listed(ctx.instanceId)) || performance.now() > giveUpAt) break;
         await new Promise((r) => setTimeout(r, wait));
       }
       // runsc leaves the container's (empty) cgroups behind; remove them with it.
@@ -280,10 +289,13 @@ export class OciDriver implements SandboxDriver {
     const child = new SupervisedChild({
       child: fromChildProcess(runtimeProcess, {
         statusNamesSignal: true,
-        // Signals go to the container through the runtime; one it cannot reach yet (still being
-        // created) is stopped by killing its runtime process, and deleted with the rest.
+        // Signals go to the container through the runtime. One it cannot signal is still being
+        // created or already on its way out (a SIGKILL escalating a close): its `run` process is
+        // given a grace to finish, since killing it in the middle of deleting the container leaves
+        // runsc a container it can no longer delete; only then is the runtime process killed.
         kill: async (sig, direct) => {
-          if (!(await runtime("kill", ctx.instanceId, sig.slice(3))) && sig === "SIGKILL") direct(sig);
+          if (!(await runtime("kill", ctx.instanceId, sig.slice(3))) && sig === "SIGKILL")
+            setTimeout(() => direct(sig), RUNTIME_KILL_GRACE_MS);
         },
       }),
       what,
