@@ -357,6 +357,11 @@ export class ExecutorPool {
     this.#executors.push(executor);
     executor.worker.unref();
     executor.worker.on("message", (msg: FromWorker) => {
+      if (msg.type === "ring") {
+        executor.stdout.changed();
+        executor.stdin.changed();
+        return;
+      }
       if (msg.type === "booted" || msg.type === "prepared") {
         executor.booted = true;
         executor.preparing = false;

@@ -72,4 +72,9 @@ export interface PreparedMessage {
   readonly type: "prepared";
 }
 
-export type FromWorker = DoneMessage | BootedMessage | PreparedMessage;
+/** A ring changed while the main thread waited on it (ring.ts): it looks again. */
+export interface RingMessage {
+  readonly type: "ring";
+}
+
+export type FromWorker = DoneMessage | BootedMessage | PreparedMessage | RingMessage;

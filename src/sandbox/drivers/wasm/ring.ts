@@ -1,14 +1,22 @@
 /**
  * A byte ring in shared memory between the main thread and one executor thread: one side writes,
  * the other reads. The executor side blocks (`Atomics.wait`: WASI calls are synchronous, so
- * blocking the guest is the back-pressure); the main thread never blocks, it waits for the other
- * side with `Atomics.waitAsync`. Each executor has two: its stdout and its stdin.
+ * blocking the guest is the back-pressure); the main thread never blocks.
  *
  * Layout: int32s of control (bytes written and read so far, wrapping; a closed flag; a signal
- * counter; whether the executor is blocked on this ring), then the data. The byte counters only grow (mod 2^32), so "used" is their
- * difference and each side writes only its own. Every change also bumps the signal counter, the
- * one word both sides wait on: a waiter reads it before checking the ring, so no wake-up is lost
- * between the check and the wait.
+ * counter; whether the executor is blocked on this ring; whether the main thread waits on it),
+ * then the data. The byte counters only grow (mod 2^32), so "used" is their difference and each
+ * side writes only its own. Every change also bumps the signal counter: a waiter reads it before
+ * checking the ring, so no wake-up is lost between the check and the wait.
+ *
+ * How the main thread learns of a change: not `Atomics.waitAsync`. In Node 20 its promise is
+ * resolved from a V8 platform task, outside Node's callback scope: it keeps no handle (the
+ * process may exit under it) and what its reactions queue with `process.nextTick` (every stream
+ * event) can be left unrun until some unrelated callback comes — streams that stopped mid-body
+ * for no reason. Instead the main thread raises HOST_WAITING, and the executor, after a change,
+ * takes that flag down and posts a message on its port (`onHostWaiting`): an ordinary event the
+ * event loop knows. Both sides use sequentially consistent atomics: either the executor sees the
+ * flag, or the main thread sees the counter moved before it waits.
  */
 
 /** Bytes of data in a ring: a power of two, so positions are counters masked. */
@@ -21,24 +29,30 @@ const CLOSED = 2;
 const SIGNAL = 3;
 /** Set while the executor side waits on this ring: the pool lends blocked executors' places. */
 const BLOCKED = 4;
+/** Set by the main thread while it waits for a change; the executor clears it and tells it. */
+const HOST_WAITING = 5;
 const CONTROL_BYTES = 32;
-
-// ES2024's Atomics.waitAsync, which Node 20 has but the ES2023 lib does not declare.
-type WaitAsync = (
-  a: Int32Array,
-  index: number,
-  value: number,
-) => { async: false; value: "not-equal" | "timed-out" } | { async: true; value: Promise<string> };
-const waitAsync = (Atomics as unknown as { waitAsync: WaitAsync }).waitAsync;
 
 export class Ring {
   readonly memory: SharedArrayBuffer;
   readonly #control: Int32Array;
   readonly #data: Uint8Array;
   readonly #mask: number;
+  /** The executor's side: tells the main thread that a change it waits for happened. */
+  readonly #onHostWaiting: (() => void) | undefined;
+  /** The main thread's side: who waits for the next change. */
+  #waiters: (() => void)[] = [];
 
-  constructor(memory: SharedArrayBuffer = new SharedArrayBuffer(CONTROL_BYTES + RING_BYTES)) {
+  /**
+   * The main thread makes a ring with fresh memory; the executor opens that memory with
+   * `onHostWaiting`, which must reach the main thread's `changed` (a message on its port).
+   */
+  constructor(
+    memory: SharedArrayBuffer = new SharedArrayBuffer(CONTROL_BYTES + RING_BYTES),
+    onHostWaiting?: () => void,
+  ) {
     this.memory = memory;
+    this.#onHostWaiting = onHostWaiting;
     this.#control = new Int32Array(memory, 0, CONTROL_BYTES / 4);
     this.#data = new Uint8Array(memory, CONTROL_BYTES);
     this.#mask = this.#data.byteLength - 1;
@@ -69,6 +83,7 @@ export class Ring {
     Atomics.store(this.#control, CLOSED, 0);
     Atomics.store(this.#control, SIGNAL, 0);
     Atomics.store(this.#control, BLOCKED, 0);
+    Atomics.store(this.#control, HOST_WAITING, 0);
   }
 
   /** Copies as much of `bytes` as fits; returns how many. Never blocks. */
@@ -110,6 +125,7 @@ export class Ring {
   #signal(): void {
     Atomics.add(this.#control, SIGNAL, 1);
     Atomics.notify(this.#control, SIGNAL);
+    if (this.#onHostWaiting && Atomics.exchange(this.#control, HOST_WAITING, 0) !== 0) this.#onHostWaiting();
   }
 
   /** The signal counter: read it before checking the ring, then wait on that value. */
@@ -147,19 +163,27 @@ export class Ring {
 
   // --- the main thread's side: waiting without blocking ---
 
-  /** Resolves once the ring changed since the signal counter read `seen` (see `signals`). */
-  changedSince(seen: number): Promise<unknown> {
-    const r = waitAsync(this.#control, SIGNAL, seen);
-    if (!r.async) return Promise.resolve(r.value);
-    // A pending Atomics.waitAsync does not keep Node's event loop alive, and the executors are
-    // unref'd workers: without a handle, a process whose only work is a module still writing
-    // would exit under it. The timer never fires; it only holds the loop while the wait lasts.
-    const hold = setInterval(() => undefined, 2 ** 30);
-    return r.value.finally(() => clearInterval(hold));
+  /**
+   * Resolves once the ring changed since the signal counter read `seen` (see `signals`), or it
+   * is given up (`wakeAll`). May resolve early: callers check the ring again.
+   */
+  changedSince(seen: number): Promise<void> {
+    Atomics.store(this.#control, HOST_WAITING, 1);
+    if (this.signals !== seen) return Promise.resolve();
+    return new Promise((resolve) => this.#waiters.push(resolve));
   }
 
-  /** Wakes this thread's own pending waits (the ring is being given up). */
+  /** The executor reported a change (its message arrived): wakes this thread's waits. */
+  changed(): void {
+    const waiters = this.#waiters;
+    if (waiters.length === 0) return;
+    this.#waiters = [];
+    for (const wake of waiters) wake();
+  }
+
+  /** The ring is being given up: wakes both sides' waits. */
   wakeAll(): void {
     this.#signal();
+    this.changed();
   }
 }

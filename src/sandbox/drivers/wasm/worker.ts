@@ -33,8 +33,10 @@ import { WARMUP_WASM_BASE64 } from "./warmup-module.js";
 const port = parentPort!;
 const STDERR_TAIL = 4096;
 const rings = workerData as ExecutorData;
-const stdoutRing = new Ring(rings.stdout);
-const stdinRing = new Ring(rings.stdin);
+// The main thread waits on the rings by messages (see ring.ts); one kind serves both rings.
+const tellHost = () => post({ type: "ring" });
+const stdoutRing = new Ring(rings.stdout, tellHost);
+const stdinRing = new Ring(rings.stdin, tellHost);
 
 /** Thrown out of fd_write to stop a module whose output passed the limit. */
 class OutputTooLarge extends Error {}
