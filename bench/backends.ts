@@ -21,7 +21,7 @@
 import { execFile, spawn, type ChildProcess } from "node:child_process";
 import { randomUUID } from "node:crypto";
 import { existsSync, lstatSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
-import { cp, mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
+import { chmod, cp, mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
 import { createServer } from "node:http";
 import type { AddressInfo } from "node:net";
 import { cpus, tmpdir } from "node:os";
@@ -534,6 +534,8 @@ function diskOf(dir: string): { apparent: number; own: number } {
 async function main(): Promise<void> {
   await new Promise<void>((r) => callbacks.listen(0, "127.0.0.1", () => r()));
   const work = await mkdtemp(join(tmpdir(), "fennec-bench-work-"));
+  // The function's directory lies below: an isolated instance (uid 65534) must be able to reach it.
+  await chmod(work, 0o755);
   const state = join(work, "state");
   const dockerd = await startDockerd();
   try {
