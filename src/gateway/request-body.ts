@@ -27,6 +27,9 @@ class RequestBody extends Readable {
     req.once("close", () => {
       if (!req.complete) this.#fail(gone());
     });
+    // The gateway may look the function's limit up before the body is made: a client that left
+    // meanwhile has closed its request already, and no 'close' will come.
+    if (req.destroyed && !req.complete) queueMicrotask(() => this.#fail(gone()));
     // A body failed before the sandbox reads it (the client left while the call was queued) must
     // not take the process down as an unhandled 'error'; its reader sees the error either way.
     this.on("error", () => undefined);

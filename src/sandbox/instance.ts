@@ -5,7 +5,7 @@ import type { InvokeRequest, InvokeResponse, StartType } from "../core/types.js"
 import type { FunctionConfig } from "../config/function-config.js";
 import type { SandboxDriver, SandboxHandle } from "./contract.js";
 import type { ReadinessHub } from "./readiness.js";
-import { TrackedBody } from "./tracked-body.js";
+import { declaredLength, responseTooLarge, TrackedBody } from "./tracked-body.js";
 
 /** How an invocation ended, for its record. */
 export interface InvocationEnd {
@@ -259,9 +259,16 @@ export class Instance {
       finish(error, performance.now());
       throw error;
     }
-    const body = new TrackedBody(response.body, `${key}: instance ${this.id}`, (end) =>
-      finish(end.error, end.firstByteAt),
-    );
+    const what = `${key}: instance ${this.id}`;
+    const limit = this.config.maxResponseBodyBytes;
+    if (limit !== undefined && declaredLength(response.headers) > limit) {
+      // Refused before its head is out, so the client gets the error, not a cut response.
+      response.body.destroy();
+      const error = responseTooLarge(what, limit);
+      finish(error, performance.now());
+      throw error;
+    }
+    const body = new TrackedBody(response.body, what, (end) => finish(end.error, end.firstByteAt), limit);
     controller.signal.addEventListener("abort", () => body.cut(toFennecError(controller.signal.reason)), {
       once: true,
     });
