@@ -262,9 +262,10 @@ export class Instance {
     const what = `${key}: instance ${this.id}`;
     const limit = this.config.maxResponseBodyBytes;
     if (limit !== undefined && declaredLength(response.headers) > limit) {
-      // Refused before its head is out, so the client gets the error, not a cut response.
-      response.body.destroy();
+      // Refused before its head is out, so the client gets the error, not a cut response. The
+      // body's own 'error' on destroy (undici's "Request aborted") has no reader: it is dropped.
       const error = responseTooLarge(what, limit);
+      response.body.on("error", () => undefined).destroy(error);
       finish(error, performance.now());
       throw error;
     }
