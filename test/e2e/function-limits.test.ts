@@ -151,7 +151,10 @@ describe("per-function body limits (max-request-body, max-response-body; [proces
   });
 
   it("bounds an asynchronous call's buffered body by the smaller of the function's and the gateway's limits", async () => {
-    const small = await request(`${s.url}/fa/default/small/count`, { method: "POST", body: "x".repeat(2 * KiB) });
+    const small = await request(`${s.url}/fa/default/small/count`, {
+      method: "POST",
+      body: "x".repeat(2 * KiB),
+    });
     assert.equal(small.status, 413);
     assert.equal(errorCode(small), "BODY_TOO_LARGE");
     const upload = await request(`${s.url}/fa/default/upload/count`, {
@@ -159,7 +162,10 @@ describe("per-function body limits (max-request-body, max-response-body; [proces
       body: Buffer.alloc(128 * KiB),
     });
     assert.equal(upload.status, 413, "a /fa call keeps its copy in memory: the gateway's limit bounds it");
-    const ok = await request(`${s.url}/fa/default/upload/count`, { method: "POST", body: "x".repeat(2 * KiB) });
+    const ok = await request(`${s.url}/fa/default/upload/count`, {
+      method: "POST",
+      body: "x".repeat(2 * KiB),
+    });
     assert.equal(ok.status, 202);
   });
 
