@@ -5,7 +5,7 @@ import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { errorCode, request } from "../helpers/http.js";
 import { waitFor } from "../helpers/wait.js";
-import { startTestServer, type TestServer } from "../helpers/server.js";
+import { addWasmFunction, startTestServer, type TestServer } from "../helpers/server.js";
 
 // One handler for every function here: `/count` reads its body as it comes and answers its
 // length; `/sized?n=N` answers N bytes whole (so with a content-length); `/stream?n=N` answers N
@@ -33,6 +33,7 @@ export default {
 `;
 
 const KiB = 1024;
+const MiB = 1024 * KiB;
 /** The gateway's own limit in this file: small, so a function's larger one is seen to lift it. */
 const GLOBAL_LIMIT = 64 * KiB;
 
@@ -110,6 +111,9 @@ describe("per-function body limits (max-request-body, max-response-body; [proces
     await add("plain", "");
     await add("upload", 'max-request-body = "1MiB"');
     await add("capped", 'max-response-body = "4KiB"');
+    // flood.wasm writes as many MiB as its query string says.
+    await addWasmFunction(s.registry, "flood-capped", "flood.wasm", 'max-response-body = "1MiB"');
+    await addWasmFunction(s.registry, "flood-lifted", "flood.wasm", 'max-response-body = "40MiB"');
   });
   after(() => s.close());
 
@@ -189,6 +193,23 @@ describe("per-function body limits (max-request-body, max-response-body; [proces
     });
     assert.equal((await request(`${s.url}/invoke/capped/stream?n=4`)).text.length, 4 * KiB);
     assert.equal((await request(`${s.url}/invoke/plain/stream?n=8`)).text.length, 8 * KiB);
+  });
+
+  it("applies max-response-body to a wasm module's output, below and above the driver's own 32 MiB cap", async () => {
+    assert.equal((await request(`${s.url}/invoke/flood-capped/?1`)).text.length, MiB);
+    const cut = await fetch(`${s.url}/invoke/flood-capped/?2`);
+    assert.equal(cut.status, 200);
+    await assert.rejects(cut.arrayBuffer());
+    await waitFor("the cut call's record", async () => {
+      const stats = (await request(`${s.url}/stats`)).json<{
+        functions: Record<string, { errors: Record<string, number> }>;
+      }>();
+      return stats.functions["default/flood-capped"]?.errors["FN_RESPONSE_TOO_LARGE"] === 1
+        ? true
+        : undefined;
+    });
+    const lifted = await fetch(`${s.url}/invoke/flood-lifted/?33`);
+    assert.equal((await lifted.arrayBuffer()).byteLength, 33 * MiB);
   });
 
   it("shows the limits in the admin API", async () => {
