@@ -143,14 +143,15 @@ export class Gateway {
     }
   }
 
-  #request(req: IncomingMessage, path: string, query: string, limit: number): InvokeRequest {
-    const { body, length } = requestBody(req, limit);
+  async #request(req: IncomingMessage, path: string, query: string, limit: number): Promise<InvokeRequest> {
+    const { body: pending, length } = requestBody(req, limit);
     const headers: Record<string, string> = {};
     for (const [name, value] of Object.entries(req.headers)) {
       if (value === undefined || HOP_BY_HOP.has(name)) continue;
       headers[name] = Array.isArray(value) ? value.join(", ") : value;
     }
     if (length !== undefined) headers["content-length"] = length;
+    const body = pending instanceof Promise ? await pending : pending;
     return { method: req.method ?? "GET", path, query, headers, body };
   }
 
@@ -168,7 +169,7 @@ export class Gateway {
     res.once("close", () => {
       if (!res.writableFinished) cancel.abort();
     });
-    const request = this.#request(req, path, query, await this.#bodyLimitOf(id));
+    const request = await this.#request(req, path, query, await this.#bodyLimitOf(id));
     const outcome = await this.#o.scheduler.invoke(id, request, cancel.signal);
     if ("error" in outcome) throw outcome.error;
     if (outcome.start.startType) res.setHeader("x-fennec-start", outcome.start.startType);
@@ -198,7 +199,7 @@ export class Gateway {
     // is read here, whole, into the one copy the call keeps. A function's own limit applies when
     // smaller; a larger one does not lift the gateway's, which bounds what Fennec holds in memory.
     const limit = Math.min(await this.#bodyLimitOf(id), this.#o.bodyLimitBytes);
-    const request = this.#request(req, path, query, limit);
+    const request = await this.#request(req, path, query, limit);
     const bytes = await readStream(request.body, limit, () => tooLarge(limit));
     const buffered = { ...request, body: bodyOf(bytes) };
     const callId = this.#calls.submit(functionKey(id), this.#o.scheduler.invoke(id, buffered));
