@@ -5,6 +5,7 @@ import { FennecError, toFennecError } from "../core/errors.js";
 import type { Logger } from "../core/log.js";
 import { quoteForMessage } from "../core/names.js";
 import { functionKey, type FunctionId, type InvokeRequest } from "../core/types.js";
+import type { FunctionConfig } from "../config/function-config.js";
 import type { DirectoryRegistry } from "../registry/registry.js";
 import type { ReadinessHub } from "../sandbox/readiness.js";
 import type { Scheduler } from "../scheduler/scheduler.js";
@@ -132,15 +133,14 @@ export class Gateway {
   }
 
   /**
-   * The request body limit of function `id`: its `max-request-body`, else the gateway's. A function
-   * whose config cannot be had gets the gateway's: its call then fails with that error as usual.
+   * The request body limit of function `id`: its `max-request-body`, else the gateway's; at once on
+   * the warm path. A function whose config cannot be had gets the gateway's: its call then fails
+   * with that error as usual.
    */
-  async #bodyLimitOf(id: FunctionId): Promise<number> {
-    try {
-      return (await this.#o.scheduler.configOf(id)).maxRequestBodyBytes ?? this.#o.bodyLimitBytes;
-    } catch {
-      return this.#o.bodyLimitBytes;
-    }
+  #bodyLimitOf(id: FunctionId): number | Promise<number> {
+    const limitOf = (config: FunctionConfig) => config.maxRequestBodyBytes ?? this.#o.bodyLimitBytes;
+    const config = this.#o.scheduler.configOf(id);
+    return config instanceof Promise ? config.then(limitOf, () => this.#o.bodyLimitBytes) : limitOf(config);
   }
 
   async #request(req: IncomingMessage, path: string, query: string, limit: number): Promise<InvokeRequest> {
@@ -169,7 +169,8 @@ export class Gateway {
     res.once("close", () => {
       if (!res.writableFinished) cancel.abort();
     });
-    const request = await this.#request(req, path, query, await this.#bodyLimitOf(id));
+    const limit = this.#bodyLimitOf(id);
+    const request = await this.#request(req, path, query, typeof limit === "number" ? limit : await limit);
     const outcome = await this.#o.scheduler.invoke(id, request, cancel.signal);
     if ("error" in outcome) throw outcome.error;
     if (outcome.start.startType) res.setHeader("x-fennec-start", outcome.start.startType);

@@ -157,11 +157,12 @@ export class Scheduler implements PoolHost {
   }
 
   /**
-   * The config the next call of `id` runs under, as `invoke` finds it (no disk access on the warm
-   * path): the gateway takes the function's body limit from it before reading any of the body.
+   * The config the next call of `id` runs under, as `invoke` finds it: the gateway takes the
+   * function's body limit from it before reading any of the body. On the warm path it is the
+   * pool's, at once (no disk access, no promise); otherwise a promise of it, re-read.
    */
-  async configOf(id: FunctionId): Promise<FunctionConfig> {
-    return (this.#warmPool(functionKey(id)) ?? (await this.#poolFor(id))).config;
+  configOf(id: FunctionId): FunctionConfig | Promise<FunctionConfig> {
+    return this.#warmPool(functionKey(id))?.config ?? this.#poolFor(id).then((pool) => pool.config);
   }
 
   /**
