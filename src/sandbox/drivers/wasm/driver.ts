@@ -1,7 +1,7 @@
 import { readdir, readFile, stat } from "node:fs/promises";
 import { join } from "node:path";
 import type { Readable } from "node:stream";
-import { readBody, takeWhole, WHOLE_BODY_BYTES } from "../../../core/body.js";
+import { readBody, takeWhole, WHOLE_BODY_BYTES, WholeBody } from "../../../core/body.js";
 import { FennecError, type ErrorCode } from "../../../core/errors.js";
 import type { InvokeRequest, InvokeResponse } from "../../../core/types.js";
 import type { FunctionConfig, WasmSandboxConfig } from "../../../config/function-config.js";
@@ -308,6 +308,8 @@ export class WasmInstance implements SandboxHandle {
       output.destroy(err as Error);
       throw err;
     }
+    const whole = jobEnded ? output.takeAll() : undefined;
+    if (whole) return { ...response, body: new WholeBody(whole) };
     if (!jobEnded) {
       // Whoever reads the body may not abort the invocation at the timeout once it has answered.
       const left = this.#config.timeoutMs - (performance.now() - started);
