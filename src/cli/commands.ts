@@ -64,7 +64,7 @@ Edits on disk apply to new instances without a restart; SIGINT/SIGTERM drain and
                          subdomains, "*" any); by default only localhost, *.localhost, IP
                          addresses and --host are, which stops DNS-rebinding pages
   --memory MIB           node memory budget for instances (default 4096)
-  --body-limit BYTES     largest invocation body (default 8388608)
+  --body-limit BYTES     largest invocation body (default 8388608; a function.toml max-request-body replaces it for that function)
   --upload-limit BYTES   largest module upload or deploy document (default 67108864)
   --start-timeout MS     how long an instance may take to become ready (default 25000)
   --cache-dir DIR        compiled modules and VM snapshots (default DIR/.fennec/cache)

@@ -51,6 +51,16 @@ export interface FunctionConfig {
    * browser's cookies for this host, are never handed to function code by default.
    */
   readonly forwardCredentials: boolean;
+  /**
+   * Largest request body the function takes, in bytes (`max-request-body`); unset, the gateway's
+   * `--body-limit` applies. It may be larger than that (an upload function) or smaller.
+   */
+  readonly maxRequestBodyBytes?: number;
+  /**
+   * Largest response body the function may send, in bytes (`max-response-body`); past it the
+   * response is cut with FN_RESPONSE_TOO_LARGE. Unset, a streamed response has no limit.
+   */
+  readonly maxResponseBodyBytes?: number;
   readonly sandbox: SandboxConfig;
   /** A fingerprint of the file's content: instances started from older settings are recycled. */
   readonly revision: string;

@@ -1,4 +1,5 @@
 import { z } from "zod";
+import { byteSize } from "./byte-size.js";
 
 /**
  * The function.toml schema: UniFaaS's top-level keys unchanged (`keepalive`, `concurrent-requests`,
@@ -34,6 +35,9 @@ const topLevel = {
   "max-queue": nonNegativeInt.default(1000),
   "queue-timeout": z.number().positive().max(3600).default(10),
   "forward-credentials": z.boolean().default(false),
+  // Per-function limits; unset, the gateway's own apply (`--body-limit`; no response limit).
+  "max-request-body": byteSize.optional(),
+  "max-response-body": byteSize.optional(),
 };
 
 /** The keys every function.toml has, whatever its sandbox. */

@@ -167,6 +167,8 @@ export class FunctionLoader {
       maxQueue: cfg["max-queue"],
       queueTimeoutMs: Math.round(cfg["queue-timeout"] * 1000),
       forwardCredentials: cfg["forward-credentials"],
+      maxRequestBodyBytes: cfg["max-request-body"],
+      maxResponseBodyBytes: cfg["max-response-body"],
       sandbox: this.#sandbox(cfg, dir, file),
       revision: createHash("sha256").update(text).digest("hex").slice(0, 16),
     };

@@ -26,6 +26,11 @@ export class WholeBody extends Readable {
     this.push(null);
   }
 
+  /** How many bytes are still to be read (all of them until reading begins). */
+  get size(): number {
+    return this.#bytes?.byteLength ?? 0;
+  }
+
   /** The bytes, unless reading has begun; the stream is then empty and at its end. */
   takeBytes(): Buffer | undefined {
     const bytes = this.#bytes;

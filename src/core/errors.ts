@@ -43,7 +43,10 @@ export const ErrorCodes = [
   "FN_OOM",
   "FN_CRASHED",
   "FN_BAD_RESPONSE",
-  /** A response larger than Fennec may hold in memory where it must keep a copy (asynchronous results). */
+  /**
+   * A response over the function's `max-response-body` (a wasm module's: over the driver's output
+   * cap when it sets none), or larger than Fennec may hold where it keeps a copy (async results).
+   */
   "FN_RESPONSE_TOO_LARGE",
 ] as const;
 

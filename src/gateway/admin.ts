@@ -1,6 +1,7 @@
 import { readFile } from "node:fs/promises";
 import { FennecError, toFennecError } from "../core/errors.js";
 import type { FunctionId } from "../core/types.js";
+import { formatByteSize } from "../config/byte-size.js";
 import type { FunctionConfig } from "../config/function-config.js";
 import { wasmModuleOf, type DeployCheck, type DirectoryRegistry } from "../registry/registry.js";
 import type { Scheduler } from "../scheduler/scheduler.js";
@@ -29,9 +30,14 @@ function summary(c: FunctionConfig): Record<string, unknown> {
     timeout: c.timeoutMs / 1000,
     "min-instances": c.minInstances,
     "max-instances": c.maxInstances,
+    // null: the gateway's limit applies (`--body-limit`; none for a streamed response).
+    "max-request-body": sizeOrNull(c.maxRequestBodyBytes),
+    "max-response-body": sizeOrNull(c.maxResponseBodyBytes),
     revision: c.revision,
   };
 }
+
+const sizeOrNull = (bytes: number | undefined) => (bytes === undefined ? null : formatByteSize(bytes));
 
 /**
  * Lists every function on disk with its state; a broken one shows its error and hides nothing else.

@@ -75,6 +75,9 @@ export function requestBody(
   req: IncomingMessage,
   limit: number,
 ): { body: Body | Promise<WholeBody>; length: string | undefined } {
+  // The gateway looks the function's limit up before it takes the body: a client that left
+  // meanwhile has closed its request already, and no 'close' would come to a listener added now.
+  if (req.destroyed && !req.complete) throw gone();
   const declared = req.headers["content-length"];
   if (declared !== undefined && Number(declared) > limit) throw tooLarge(limit);
   if (declared === undefined && req.headers["transfer-encoding"] === undefined) {

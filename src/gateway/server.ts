@@ -5,6 +5,7 @@ import { FennecError, toFennecError } from "../core/errors.js";
 import type { Logger } from "../core/log.js";
 import { quoteForMessage } from "../core/names.js";
 import { functionKey, type FunctionId, type InvokeRequest } from "../core/types.js";
+import type { FunctionConfig } from "../config/function-config.js";
 import type { DirectoryRegistry } from "../registry/registry.js";
 import type { ReadinessHub } from "../sandbox/readiness.js";
 import type { Scheduler } from "../scheduler/scheduler.js";
@@ -131,8 +132,19 @@ export class Gateway {
     );
   }
 
-  async #request(req: IncomingMessage, path: string, query: string): Promise<InvokeRequest> {
-    const { body: pending, length } = requestBody(req, this.#o.bodyLimitBytes);
+  /**
+   * The request body limit of function `id`: its `max-request-body`, else the gateway's; at once on
+   * the warm path. A function whose config cannot be had gets the gateway's: its call then fails
+   * with that error as usual.
+   */
+  #bodyLimitOf(id: FunctionId): number | Promise<number> {
+    const limitOf = (config: FunctionConfig) => config.maxRequestBodyBytes ?? this.#o.bodyLimitBytes;
+    const config = this.#o.scheduler.configOf(id);
+    return config instanceof Promise ? config.then(limitOf, () => this.#o.bodyLimitBytes) : limitOf(config);
+  }
+
+  async #request(req: IncomingMessage, path: string, query: string, limit: number): Promise<InvokeRequest> {
+    const { body: pending, length } = requestBody(req, limit);
     const headers: Record<string, string> = {};
     for (const [name, value] of Object.entries(req.headers)) {
       if (value === undefined || HOP_BY_HOP.has(name)) continue;
@@ -150,13 +162,15 @@ export class Gateway {
     path: string,
     query: string,
   ): Promise<void> {
-    const request = await this.#request(req, path, query);
     // A client that goes away (closes its connection before the whole response is out) cancels
     // the call, queued or running: the sandbox's side is aborted, the body's stream destroyed.
+    // Listened to before the limit is looked up, so leaving meanwhile cancels too.
     const cancel = new AbortController();
     res.once("close", () => {
       if (!res.writableFinished) cancel.abort();
     });
+    const limit = this.#bodyLimitOf(id);
+    const request = await this.#request(req, path, query, typeof limit === "number" ? limit : await limit);
     const outcome = await this.#o.scheduler.invoke(id, request, cancel.signal);
     if ("error" in outcome) throw outcome.error;
     if (outcome.start.startType) res.setHeader("x-fennec-start", outcome.start.startType);
@@ -182,12 +196,12 @@ export class Gateway {
     path: string,
     query: string,
   ): Promise<void> {
-    const request = await this.#request(req, path, query);
     // The caller is answered before the call runs, so its body cannot stream to the sandbox: it
-    // is read here, whole and within the body limit, into the one copy the call keeps.
-    const bytes = await readStream(request.body, this.#o.bodyLimitBytes, () =>
-      tooLarge(this.#o.bodyLimitBytes),
-    );
+    // is read here, whole, into the one copy the call keeps. A function's own limit applies when
+    // smaller; a larger one does not lift the gateway's, which bounds what Fennec holds in memory.
+    const limit = Math.min(await this.#bodyLimitOf(id), this.#o.bodyLimitBytes);
+    const request = await this.#request(req, path, query, limit);
+    const bytes = await readStream(request.body, limit, () => tooLarge(limit));
     const buffered = { ...request, body: bodyOf(bytes) };
     const callId = this.#calls.submit(functionKey(id), this.#o.scheduler.invoke(id, buffered));
     res.setHeader("location", `/fa/calls/${callId}`);

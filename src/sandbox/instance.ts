@@ -5,7 +5,7 @@ import type { InvokeRequest, InvokeResponse, StartType } from "../core/types.js"
 import type { FunctionConfig } from "../config/function-config.js";
 import type { SandboxDriver, SandboxHandle } from "./contract.js";
 import type { ReadinessHub } from "./readiness.js";
-import { TrackedBody } from "./tracked-body.js";
+import { declaredLength, responseTooLarge, TrackedBody } from "./tracked-body.js";
 import { WholeBody } from "../core/body.js";
 
 /** How an invocation ended, for its record. */
@@ -268,14 +268,23 @@ export class Instance {
       finish(error, performance.now());
       throw error;
     }
-    if (response.body instanceof WholeBody) {
+    const what = `${key}: instance ${this.id}`;
+    const limit = this.config.maxResponseBodyBytes;
+    const whole = response.body instanceof WholeBody ? response.body : undefined;
+    if (limit !== undefined && (whole?.size ?? declaredLength(response.headers)) > limit) {
+      // Refused before its head is out, so the client gets the error, not a cut response. The
+      // body's own 'error' on destroy (undici's "Request aborted") has no reader: it is dropped.
+      const error = responseTooLarge(what, limit);
+      response.body.on("error", () => undefined).destroy(error);
+      finish(error, performance.now());
+      throw error;
+    }
+    if (whole) {
       // The whole body is at hand: the invocation is over; nothing is left to cut or track.
       finish(undefined, performance.now());
-      return { status: response.status, headers: response.headers, body: response.body, ended };
+      return { status: response.status, headers: response.headers, body: whole, ended };
     }
-    const body = new TrackedBody(response.body, `${key}: instance ${this.id}`, (end) =>
-      finish(end.error, end.firstByteAt),
-    );
+    const body = new TrackedBody(response.body, what, (end) => finish(end.error, end.firstByteAt), limit);
     controller.signal.addEventListener("abort", () => body.cut(toFennecError(controller.signal.reason)), {
       once: true,
     });

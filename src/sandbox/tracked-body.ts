@@ -19,15 +19,19 @@ export class TrackedBody extends Readable {
   readonly #source: Body;
   readonly #onEnd: (end: BodyEnd) => void;
   readonly #what: string;
+  readonly #limit: number;
+  #sent = 0;
   #flowing = false;
   #firstByteAt: number | undefined;
   #reason: FennecError | undefined;
   #ended = false;
 
-  constructor(source: Body, what: string, onEnd: (end: BodyEnd) => void) {
+  /** `limit`: the most bytes the body may have (the function's `max-response-body`); past it, it is cut. */
+  constructor(source: Body, what: string, onEnd: (end: BodyEnd) => void, limit = Infinity) {
     // The driver's stream buffers already; one more chunk of slack here is enough.
     super({ highWaterMark: 64 * 1024 });
     this.#source = source;
+    this.#limit = limit;
     this.#onEnd = onEnd;
     this.#what = what;
     source.once("end", () => this.push(null));
@@ -47,6 +51,8 @@ export class TrackedBody extends Readable {
       this.#flowing = true;
       this.#source.on("data", (chunk: Buffer) => {
         this.#firstByteAt ??= performance.now();
+        this.#sent += chunk.length;
+        if (this.#sent > this.#limit) return this.cut(responseTooLarge(this.#what, this.#limit));
         if (!this.push(chunk)) this.#source.pause();
       });
     }
@@ -79,4 +85,19 @@ export class TrackedBody extends Readable {
     this.#ended = true;
     this.#onEnd({ error, firstByteAt: this.#firstByteAt ?? performance.now() });
   }
+}
+
+/** A response body over the function's `max-response-body`: the function's fault, 502. */
+export function responseTooLarge(what: string, limit: number): FennecError {
+  return new FennecError(
+    "FN_RESPONSE_TOO_LARGE",
+    `${what}: the response body exceeds the function's max-response-body of ${limit} bytes`,
+    { details: { maxResponseBodyBytes: limit } },
+  );
+}
+
+/** The `content-length` a response declares, or -1 when it declares none (or nothing valid). */
+export function declaredLength(headers: ReadonlyArray<readonly [string, string]>): number {
+  const value = headers.find(([name]) => name.toLowerCase() === "content-length")?.[1];
+  return value !== undefined && /^\d{1,15}$/.test(value) ? Number(value) : -1;
 }

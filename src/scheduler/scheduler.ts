@@ -127,12 +127,7 @@ export class Scheduler implements PoolHost {
     this.#inFlight++;
     let streaming = false;
     try {
-      let pool = this.#pools.get(key);
-      // Warm fast path: a free slot on an instance of the current config, no disk access. Under
-      // load (no free slot) the config is re-read at most every RESOLVE_INTERVAL_MS, not per request.
-      if (!pool || (!pool.hasFreeSlot() && performance.now() - pool.resolvedAt >= RESOLVE_INTERVAL_MS)) {
-        pool = await this.#poolFor(id);
-      }
+      const pool = this.#warmPool(key) ?? (await this.#poolFor(id));
       const d = await pool.run(request, signal);
       const start: InvocationStart = {
         node: this.node,
@@ -171,6 +166,26 @@ export class Scheduler implements PoolHost {
     } finally {
       if (!streaming) this.#inFlight--;
     }
+  }
+
+  /**
+   * The config the next call of `id` runs under, as `invoke` finds it: the gateway takes the
+   * function's body limit from it before reading any of the body. On the warm path it is the
+   * pool's, at once (no disk access, no promise); otherwise a promise of it, re-read.
+   */
+  configOf(id: FunctionId): FunctionConfig | Promise<FunctionConfig> {
+    return this.#warmPool(functionKey(id))?.config ?? this.#poolFor(id).then((pool) => pool.config);
+  }
+
+  /**
+   * The warm fast path: a pool with a free slot on an instance of the current config, no disk
+   * access. Under load (no free slot) the config is re-read at most every RESOLVE_INTERVAL_MS,
+   * not per request; undefined when it is due (or there is no pool yet).
+   */
+  #warmPool(key: string): FunctionPool | undefined {
+    const pool = this.#pools.get(key);
+    if (!pool || (!pool.hasFreeSlot() && performance.now() - pool.resolvedAt >= RESOLVE_INTERVAL_MS)) return;
+    return pool;
   }
 
   /** Re-reads the config (edits on disk apply to new instances) and returns the function's pool. */

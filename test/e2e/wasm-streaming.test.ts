@@ -113,7 +113,7 @@ describe("wasm sandbox: streaming bodies", () => {
     assert.equal(driver.heldOutputBytes, 0);
   });
 
-  it("cuts the body with FN_BAD_RESPONSE when the output passes the limit mid-stream", async () => {
+  it("cuts the body with FN_RESPONSE_TOO_LARGE when the output passes the limit mid-stream", async () => {
     const small = new WasmDriver({ spareExecutors: 0, maxOutputBytes: 1 * MIB });
     try {
       const inst = await startOn(small, "flood.wasm");
@@ -122,7 +122,7 @@ describe("wasm sandbox: streaming bodies", () => {
       let total = 0;
       res.body.on("data", (chunk: Buffer) => (total += chunk.byteLength));
       const err = await failure(res.body);
-      assert.equal(err.code, "FN_BAD_RESPONSE");
+      assert.equal(err.code, "FN_RESPONSE_TOO_LARGE");
       assert.ok(total <= 1 * MIB, `${total} bytes passed a 1 MiB limit`);
       // The same instance serves again.
       const again = await inst.invokeStreaming(request(new Uint8Array(0), "0"), new AbortController().signal);

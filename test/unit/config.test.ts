@@ -59,6 +59,31 @@ describe("function.toml", () => {
     assert.equal((ct["container"] as { memory: number }).memory, 128);
   });
 
+  it("reads max-request-body and max-response-body as sizes: a unit string, or whole MiB as memory is", () => {
+    const load = (lines: string) =>
+      loadFunctionConfig(
+        { user: "default", name: "f" },
+        dir,
+        join(dir, "function.toml"),
+        lines + "\n" + WASM,
+      );
+    const none = load("");
+    assert.equal(none.maxRequestBodyBytes, undefined, "unset: the gateway's limit applies");
+    assert.equal(none.maxResponseBodyBytes, undefined);
+    const c = load('max-request-body = "1GiB"\nmax-response-body = "1.5KiB"');
+    assert.equal(c.maxRequestBodyBytes, 2 ** 30);
+    assert.equal(c.maxResponseBodyBytes, 1536);
+    assert.equal(load("max-request-body = 16").maxRequestBodyBytes, 16 * 2 ** 20);
+    assert.equal(load('max-request-body = "512 KiB"').maxRequestBodyBytes, 512 * 1024);
+    assert.equal(load('max-response-body = "100B"').maxResponseBodyBytes, 100);
+    for (const bad of ['"1GB"', '"10"', '"abc"', '"0KiB"', '"-1MiB"', "0", "1.5", "true"]) {
+      const p = problems(() => parseFunctionToml(`max-request-body = ${bad}\n${WASM}`, "f.toml"));
+      assert.equal(p.length, 1, bad);
+      assert.equal(p[0]!.key, "max-request-body", bad);
+      assert.match(p[0]!.message, /expected a size such as "64KiB", "16MiB" or "1GiB"/, bad);
+    }
+  });
+
   it("names the file and position of malformed TOML", () => {
     const p = problems(() => parseFunctionToml("keepalive = = 3", "/reg/f/function.toml"));
     assert.match(p[0]!.message, /malformed TOML at line 1/);

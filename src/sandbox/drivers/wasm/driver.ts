@@ -9,7 +9,7 @@ import type { InvokeContext, SandboxDriver, SandboxHandle, StartContext } from "
 import { ExecutorPool, type Job } from "./executor-pool.js";
 import { ModuleCache, type CompiledModule } from "./module-cache.js";
 import type { DirTree, DoneMessage, LoadPayload, Outcome } from "./protocol.js";
-import { parseWagiHead, wagiEnvironment, wagiHeadEnd } from "./wagi.js";
+import { MAX_HEAD, parseWagiHead, wagiEnvironment, wagiHeadEnd } from "./wagi.js";
 
 /** A request whose body may still be arriving. */
 export interface WasmRequest extends Omit<InvokeRequest, "body"> {
@@ -28,7 +28,10 @@ export interface WasmDriverOptions {
   readonly spareExecutors?: number;
   /** Most executor threads. */
   readonly maxExecutors?: number | undefined;
-  /** Largest response a module may write to stdout (counted as it streams). */
+  /**
+   * Largest response a module may write to stdout (counted as it streams), for functions that
+   * set no `max-response-body` of their own.
+   */
   readonly maxOutputBytes?: number;
 }
 
@@ -44,7 +47,7 @@ const OUTCOME_CODES: Record<Exclude<Outcome, "ok">, ErrorCode> = {
   exit: "FN_EXIT",
   trap: "FN_TRAP",
   oom: "FN_OOM",
-  "output-too-large": "FN_BAD_RESPONSE",
+  "output-too-large": "FN_RESPONSE_TOO_LARGE",
   "instantiate-failed": "FN_BAD_MODULE",
 };
 
@@ -146,7 +149,12 @@ export class WasmDriver implements SandboxDriver {
       module: compiled.module,
       maxMemoryBytes: compiled.maxMemoryBytes,
       dirs,
-      maxOutputBytes: this.#maxOutputBytes,
+      // Stdout streams with back-pressure, so the function's own limit may lift the driver's. It
+      // counts the body only (the instance cuts a body past it); stdout also carries the head.
+      maxOutputBytes:
+        config.maxResponseBodyBytes === undefined
+          ? this.#maxOutputBytes
+          : config.maxResponseBodyBytes + MAX_HEAD,
     };
     const handle = new WasmInstance(this.#executors, config, key, load, () => this.#released(key));
     this.#instances.set(key, (this.#instances.get(key) ?? 0) + 1);
@@ -239,7 +247,7 @@ export class WasmInstance implements SandboxHandle {
       result.outcome === "exit"
         ? `exited with code ${result.exitCode}`
         : result.outcome === "output-too-large"
-          ? "wrote a response larger than the limit"
+          ? `wrote a response larger than its limit of ${this.#load.maxOutputBytes} bytes`
           : kind === "load"
             ? `cannot instantiate the module: ${result.message}`
             : result.message;

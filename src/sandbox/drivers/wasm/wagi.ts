@@ -33,7 +33,7 @@ export function wagiEnvironment(
 
 const HEADER_LINE = /^([A-Za-z0-9!#$%&'*+.^_`|~-]+):[ \t]*(.*)$/;
 /** Headers are short: output with no blank line within this many bytes has no header block. */
-const MAX_HEAD = 64 * 1024;
+export const MAX_HEAD = 64 * 1024;
 const NEWLINE = 0x0a;
 
 /**
