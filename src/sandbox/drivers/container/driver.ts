@@ -3,6 +3,7 @@ import { join } from "node:path";
 import type Docker from "dockerode";
 import { FennecError } from "../../../core/errors.js";
 import type { ContainerSandboxConfig, FunctionConfig } from "../../../config/function-config.js";
+import { sandboxOf } from "../../../config/sandbox-table.js";
 import { CleanupStack } from "../../cleanup-stack.js";
 import type { CleanupReport, SandboxDriver, SandboxHandle, StartContext } from "../../contract.js";
 import { HandlerBundles } from "../../handler-build.js";
@@ -21,11 +22,7 @@ import { forwardContainerPort } from "./port-forward.js";
 /** The lines of a container's log an error message quotes from. */
 const LOG_LINES = 20;
 
-function containerOf(config: FunctionConfig): ContainerSandboxConfig {
-  if (config.sandbox.kind !== "container")
-    throw new FennecError("INTERNAL", `${config.key} is not a container function`);
-  return config.sandbox;
-}
+const containerOf = (config: FunctionConfig): ContainerSandboxConfig => sandboxOf(config, "container");
 
 export interface ContainerDriverOptions {
   /** The Engine API's Unix socket; default `DOCKER_HOST` (unix://) or /var/run/docker.sock. */

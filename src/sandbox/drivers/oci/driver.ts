@@ -5,6 +5,7 @@ import { join } from "node:path";
 import { promisify } from "node:util";
 import { FennecError } from "../../../core/errors.js";
 import type { FunctionConfig, OciSandboxConfig } from "../../../config/function-config.js";
+import { sandboxOf } from "../../../config/sandbox-table.js";
 import { removeNested } from "../../cgroups.js";
 import { CleanupStack } from "../../cleanup-stack.js";
 import type { CleanupReport, SandboxDriver, SandboxHandle, StartContext } from "../../contract.js";
@@ -30,11 +31,7 @@ const RUNTIME_KILL_GRACE_MS = 3000;
 /** The Debian package that provides each runtime, for the error when one is missing. */
 const PACKAGE: Record<OciSandboxConfig["runtime"], string> = { runc: "runc", runsc: "runsc" };
 
-function ociOf(config: FunctionConfig): OciSandboxConfig {
-  if (config.sandbox.kind !== "oci")
-    throw new FennecError("INTERNAL", `${config.key} is not an oci function`);
-  return config.sandbox;
-}
+const ociOf = (config: FunctionConfig): OciSandboxConfig => sandboxOf(config, "oci");
 
 /**
  * `[oci]`: the function as an OCI bundle run directly by runc or gVisor's runsc, no daemon.

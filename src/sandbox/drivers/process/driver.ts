@@ -5,6 +5,7 @@ import { createServer } from "node:net";
 import { dirname, join } from "node:path";
 import { FennecError } from "../../../core/errors.js";
 import type { FunctionConfig, ProcessSandboxConfig } from "../../../config/function-config.js";
+import { sandboxOf } from "../../../config/sandbox-table.js";
 import { Cgroup, removeParents, sweepCgroups } from "../../cgroups.js";
 import { CleanupStack } from "../../cleanup-stack.js";
 import type { CleanupReport, SandboxDriver, SandboxHandle, StartContext } from "../../contract.js";
@@ -26,11 +27,7 @@ import { giveToSandboxUser, SANDBOX_USER } from "../../unprivileged.js";
 import { bwrapArgs, dropRootArgs, findBwrap, findSetpriv, JOIN_CGROUPS_THEN_EXEC } from "./bubblewrap.js";
 import { denyListFilter } from "./seccomp.js";
 
-function processOf(config: FunctionConfig): ProcessSandboxConfig {
-  if (config.sandbox.kind !== "process")
-    throw new FennecError("INTERNAL", `${config.key} is not a process function`);
-  return config.sandbox;
-}
+const processOf = (config: FunctionConfig): ProcessSandboxConfig => sandboxOf(config, "process");
 
 /** A free loopback port for `transport = "tcp"` (the kernel picks; the instance binds it next). */
 function freePort(): Promise<number> {

@@ -5,6 +5,7 @@ import { readBody } from "../../../core/body.js";
 import { FennecError, type ErrorCode } from "../../../core/errors.js";
 import type { InvokeRequest, InvokeResponse } from "../../../core/types.js";
 import type { FunctionConfig, WasmSandboxConfig } from "../../../config/function-config.js";
+import { sandboxOf } from "../../../config/sandbox-table.js";
 import type { InvokeContext, SandboxDriver, SandboxHandle, StartContext } from "../../contract.js";
 import { ExecutorPool, type Job } from "./executor-pool.js";
 import { ModuleCache, type CompiledModule } from "./module-cache.js";
@@ -50,11 +51,7 @@ const OUTCOME_CODES: Record<Exclude<Outcome, "ok">, ErrorCode> = {
   "instantiate-failed": "FN_BAD_MODULE",
 };
 
-function wasmOf(config: FunctionConfig): WasmSandboxConfig {
-  if (config.sandbox.kind !== "wasm")
-    throw new FennecError("INTERNAL", `${config.key} is not a wasm function`);
-  return config.sandbox;
-}
+const wasmOf = (config: FunctionConfig): WasmSandboxConfig => sandboxOf(config, "wasm");
 
 async function readTree(dir: string, budget: { left: number }): Promise<DirTree> {
   const tree: DirTree = {};
