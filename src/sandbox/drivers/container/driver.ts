@@ -1,5 +1,3 @@
-import { mkdir } from "node:fs/promises";
-import { join } from "node:path";
 import type Docker from "dockerode";
 import { FennecError } from "../../../core/errors.js";
 import type { ContainerSandboxConfig, FunctionConfig } from "../../../config/function-config.js";
@@ -13,9 +11,9 @@ import { nodeInside, removeOtherRootfs, RootfsBuilds, type BuiltRootfs } from ".
 import { selfIdentity, startTime, stillRunning } from "../../../core/process-identity.js";
 import { createRunDir, mergeReports, removeRunDir, runRoot, sweepStale } from "../../run-dir.js";
 import { seccompProfile } from "../../seccomp.js";
-import { giveToSandboxUser, SANDBOX_USER } from "../../unprivileged.js";
+import { SANDBOX_USER } from "../../unprivileged.js";
+import { createSocketDir, readyOnSocket, SOCKET_INSIDE } from "../../socket-dir.js";
 import { exitFromStatus, SupervisedChild, type Child, type ChildExit } from "../../supervised-child.js";
-import { SupervisedHandle } from "../../supervised-handle.js";
 import { DockerEngine, defaultDockerSocket, handlerImageRef, LABEL } from "./engine.js";
 import { forwardContainerPort } from "./port-forward.js";
 
@@ -168,13 +166,11 @@ export class ContainerDriver implements SandboxDriver {
     cleanup.defer(() => this.#released(ctx.config, image).catch(() => undefined));
     const dir = await createRunDir("container", ctx.instanceId);
     cleanup.defer(() => removeRunDir(dir));
-    const socketDir = join(dir, "sock");
+    let socketDir: string;
     const memory = cfg.memoryMiB * 2 ** 20;
     let container: Docker.Container;
     try {
-      await mkdir(socketDir);
-      // The one host directory the container writes: its own, the sandbox user's.
-      await giveToSandboxUser(socketDir);
+      socketDir = await createSocketDir(dir);
       container = await this.engine.api.createContainer({
         name: `fennec-${ctx.instanceId}`,
         Image: image,
@@ -185,7 +181,7 @@ export class ContainerDriver implements SandboxDriver {
         User: `${SANDBOX_USER.uid}:${SANDBOX_USER.gid}`,
         Env: [
           ...Object.entries(cfg.env).map(([k, v]) => `${k}=${v}`),
-          `FENNEC_SOCKET=${join(INSIDE.runDir, "http.sock")}`,
+          `FENNEC_SOCKET=${SOCKET_INSIDE}`,
           `FENNEC_CALLBACK=${ctx.callbackUrl}`,
           `FENNEC_INSTANCE_ID=${ctx.instanceId}`,
         ],
@@ -251,15 +247,9 @@ export class ContainerDriver implements SandboxDriver {
     // Ready when its socket accepts, unless it exits first (a UniFaaS image also calls back, but
     // its socket is the transport: a callback alone does not make it reachable); once ready, the
     // socket is moved out of the container's reach.
-    const socketPath = join(dir, "http.sock");
-    const readiness = {
-      kind: "socket",
-      path: join(socketDir, "http.sock"),
-      takeTo: socketPath,
-      // issue10-unifaas (3/3): a relay that dies fails the start.
-      failsIf: relay?.then((r) => r?.failed ?? new Promise<never>(() => undefined)),
-    } as const;
-    return SupervisedHandle.ready(child, { socketPath }, readiness, ctx);
+    // issue10-unifaas (3/3): a relay that dies fails the start.
+    const relayFailed = relay?.then((r) => r?.failed ?? new Promise<never>(() => undefined));
+    return readyOnSocket(child, { dir, socketDir }, ctx, relayFailed);
   }
 }
 

@@ -13,9 +13,8 @@ import { HandlerBundles } from "../../handler-build.js";
 import { findExecutable, INSIDE, systemDirs } from "../../host-view.js";
 import { nodeInside, removeRootfs, RootfsBuilds, type BuiltRootfs } from "../../rootfs-build.js";
 import { createRunDir, mergeReports, ownerOf, removeRunDir, runRoot, sweepStale } from "../../run-dir.js";
-import { giveToSandboxUser } from "../../unprivileged.js";
+import { createSocketDir, readyOnSocket, SOCKET_INSIDE } from "../../socket-dir.js";
 import { fromChildProcess, SupervisedChild } from "../../supervised-child.js";
-import { SupervisedHandle } from "../../supervised-handle.js";
 import { mountPointsUnder } from "../../mounts.js";
 import { mountOverlay, unmountOverlay } from "./overlay.js";
 import { ociSpec, type BindMount } from "./spec.js";
@@ -177,15 +176,12 @@ export class OciDriver implements SandboxDriver {
     const cleanup = new CleanupStack();
     const dir = await createRunDir("oci", ctx.instanceId);
     cleanup.defer(() => removeRunDir(dir));
-    const socketDir = join(dir, "sock");
+    let socketDir: string;
     let argv: string[];
     let rootfs: string;
     const binds: BindMount[] = [];
     try {
-      await mkdir(socketDir);
-      // The one host directory the container writes: its own, the sandbox user's (the run
-      // directory around it, with the bundle and owner record, stays root's and is not mounted).
-      await giveToSandboxUser(socketDir);
+      socketDir = await createSocketDir(dir);
       if (cfg.command) {
         // A host program: an empty root with the host's program directories bound read-only.
         argv = [...cfg.command];
@@ -216,7 +212,7 @@ export class OciDriver implements SandboxDriver {
         HOME: "/tmp",
         TMPDIR: "/tmp",
         ...cfg.env,
-        FENNEC_SOCKET: join(INSIDE.runDir, "http.sock"),
+        FENNEC_SOCKET: SOCKET_INSIDE,
         FENNEC_CALLBACK: "ignore",
         FENNEC_INSTANCE_ID: ctx.instanceId,
       },
@@ -302,15 +298,8 @@ export class OciDriver implements SandboxDriver {
       oomKilled: (exit) => exit.signal === "SIGKILL",
       cleanup,
     });
-    // 2. Race the socket accepting against the container exiting and the start deadline; once
-    //    ready, the socket is moved out of the container's reach.
-    const socketPath = join(dir, "http.sock");
-    const readiness = {
-      kind: "socket",
-      path: join(socketDir, "http.sock"),
-      takeTo: socketPath,
-      failsIf: relay?.failed, // issue10-unifaas (2/2)
-    } as const;
-    return SupervisedHandle.ready(child, { socketPath }, readiness, ctx);
+    // 2. Race the socket accepting against the container exiting and the start deadline (and a
+    //    relay dying: issue10-unifaas 2/2); once ready, the socket is moved out of the container's reach.
+    return readyOnSocket(child, { dir, socketDir }, ctx, relay?.failed);
   }
 }

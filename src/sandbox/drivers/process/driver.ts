@@ -1,6 +1,6 @@
 import { spawn, type ChildProcess } from "node:child_process";
 import { closeSync, openSync } from "node:fs";
-import { chmod, mkdir, stat, writeFile } from "node:fs/promises";
+import { chmod, stat, writeFile } from "node:fs/promises";
 import { createServer } from "node:net";
 import { dirname, join } from "node:path";
 import { FennecError } from "../../../core/errors.js";
@@ -23,7 +23,8 @@ import { fromChildProcess, SupervisedChild } from "../../supervised-child.js";
 import { SupervisedHandle } from "../../supervised-handle.js";
 import { HANDLER_RUNTIME, HandlerBundles } from "../../handler-build.js";
 import { INSIDE } from "../../host-view.js";
-import { giveToSandboxUser, SANDBOX_USER } from "../../unprivileged.js";
+import { SANDBOX_USER } from "../../unprivileged.js";
+import { createSocketDir, readyOnSocket, SOCKET_INSIDE } from "../../socket-dir.js";
 import { bwrapArgs, dropRootArgs, findBwrap, findSetpriv, JOIN_CGROUPS_THEN_EXEC } from "./bubblewrap.js";
 import { denyListFilter } from "./seccomp.js";
 
@@ -112,11 +113,9 @@ export class ProcessDriver implements SandboxDriver {
       FENNEC_INSTANCE_ID: ctx.instanceId,
     };
     let endpoint: Endpoint;
-    // An isolated instance makes its socket in a directory of its own (the only host directory it
-    // may write); once it is ready Fennec moves the socket into the run directory, out of reach.
     const socketPath = join(dir, "http.sock");
-    const socketDir = join(dir, "sock");
-    const boundSocket = cfg.isolate ? join(socketDir, "http.sock") : socketPath;
+    // An isolated instance makes its socket in a directory of its own (socket-dir.ts).
+    let socketDir: string | undefined;
     // 1. Start the child in its own process group, so stopping it stops everything it started;
     //    an isolated one joins its cgroups first, drops root (setpriv), then becomes bwrap, then
     //    the function. What bwrap binds it gets as descriptors 3-6, opened here as root.
@@ -135,7 +134,7 @@ export class ProcessDriver implements SandboxDriver {
       }
       if (cfg.transport === "unix") {
         endpoint = { socketPath };
-        env["FENNEC_SOCKET"] = cfg.isolate ? join(INSIDE.runDir, "http.sock") : socketPath;
+        env["FENNEC_SOCKET"] = cfg.isolate ? SOCKET_INSIDE : socketPath;
       } else {
         endpoint = { host: "127.0.0.1", port: await freePort() };
         env["PORT"] = String(endpoint.port);
@@ -143,8 +142,7 @@ export class ProcessDriver implements SandboxDriver {
       if (bwrap && cgroup) {
         await assertReachableBySandboxUser(ctx.config.dir, what);
         await allowTraversal(dir, this.name);
-        await mkdir(socketDir);
-        await giveToSandboxUser(socketDir);
+        socketDir = await createSocketDir(dir);
         await writeFile(join(dir, "seccomp.bpf"), denyListFilter());
         env["FENNEC_CGROUP_PROCS"] = cgroup.procsFiles.join(" ");
         const runtime = cfg.handler ? HANDLER_RUNTIME : undefined;
@@ -194,11 +192,8 @@ export class ProcessDriver implements SandboxDriver {
     if (spawned.pid !== undefined) await recordOwner(dir, spawned.pid).catch(() => undefined);
     // 2. Race readiness against the child exiting or failing to spawn, and the start deadline.
     // An isolated one is ready once its socket accepts; then its socket is taken out of its reach.
-    const takeTo = cfg.transport === "unix" ? socketPath : undefined;
-    const readiness = cfg.isolate
-      ? { kind: "socket" as const, path: boundSocket, takeTo }
-      : { kind: "callback" as const };
-    return SupervisedHandle.ready(child, endpoint, readiness, ctx);
+    if (socketDir) return readyOnSocket(child, { dir, socketDir }, ctx);
+    return SupervisedHandle.ready(child, endpoint, { kind: "callback" }, ctx);
   }
 }
 
