@@ -7,6 +7,8 @@ import { after, before, describe, it } from "node:test";
 import { WasmDriver, type WasmInstance } from "../../src/sandbox/drivers/wasm/driver.js";
 import { RING_BYTES } from "../../src/sandbox/drivers/wasm/ring.js";
 import { testConfig } from "../helpers/config.js";
+import { bodyOf } from "../helpers/body.js";
+import { startInstance } from "../helpers/instance.js";
 import { WASM_FIXTURES } from "../helpers/paths.js";
 
 const MIB = 2 ** 20;
@@ -132,11 +134,24 @@ describe("wasm sandbox: streaming bodies", () => {
     }
   });
 
-  it("stops a module blocked on a reader that stalls at the function's timeout", async () => {
-    const inst = await startOn(driver, "flood.wasm", 500);
-    const res = await inst.invokeStreaming(request(new Uint8Array(0), "64"), new AbortController().signal);
-    const err = await failure(res.body);
-    assert.equal(err.code, "FN_TIMEOUT");
+  it("stops a module blocked on a reader that stalls at the function's timeout (the lifecycle's)", async () => {
+    // One executor: the next call is served only if the blocked module no longer holds it.
+    const one = new WasmDriver({ spareExecutors: 1, maxExecutors: 1 });
+    try {
+      const inst = await startInstance(one, wasmFn("flood.wasm", 500));
+      const res = await inst.invoke({ ...request(new Uint8Array(0), "64"), body: bodyOf() });
+      const err = await failure(res.body);
+      assert.equal(err.code, "FN_TIMEOUT");
+      await inst.stopped;
+      assert.equal(inst.state, "failed");
+      const next = await startOn(one, "flood.wasm");
+      const again = await next.invokeStreaming(request(new Uint8Array(0), "1"), new AbortController().signal);
+      let total = 0;
+      for await (const chunk of again.body) total += (chunk as Buffer).byteLength;
+      assert.equal(total, MIB);
+    } finally {
+      await one.close();
+    }
   });
 
   it("stops the module when the reader goes away, and serves the next call", async () => {

@@ -255,11 +255,11 @@ export class WasmInstance implements SandboxHandle {
   /**
    * Runs the module on the request. Resolves as soon as the module has written its CGI header
    * block (or shown it has none), with the rest of its stdout streaming as the body. An error
-   * before that rejects; after it, the body fails with it. The body is bounded by the function's
-   * timeout too: the module may still be writing, or blocked on a slow reader.
+   * before that rejects; after it, the body fails with it. The function's timeout is the
+   * lifecycle's (instance.ts): it covers the body too, cutting it and cancelling the job through
+   * `signal`, whether the module is still writing or blocked on a slow reader.
    */
   async invokeStreaming(request: WasmRequest, signal: AbortSignal): Promise<StreamingResponse> {
-    const started = performance.now();
     const declared = Number.parseInt(request.headers["content-length"] ?? "", 10);
     const length =
       request.body instanceof Uint8Array
@@ -282,16 +282,12 @@ export class WasmInstance implements SandboxHandle {
     // Errors reach the caller through the rejected call or its reading of the body; a body the
     // caller never reads must not take the process down when it fails.
     output.on("error", () => {});
-    let timer: NodeJS.Timeout | undefined;
-    let jobEnded = false;
-    const end = (err?: Error) => {
-      jobEnded = true;
-      clearTimeout(timer);
-      output.finish(err);
-    };
     this.#settled(done)
       .then((result) => this.#check("invoke", result))
-      .then(() => end(), end);
+      .then(
+        () => output.finish(),
+        (err: Error) => output.finish(err),
+      );
     const head = await output.readHead(wagiHeadEnd);
     let response: Pick<InvokeResponse, "status" | "headers">;
     try {
@@ -299,16 +295,6 @@ export class WasmInstance implements SandboxHandle {
     } catch (err) {
       output.destroy(err as Error);
       throw err;
-    }
-    if (!jobEnded) {
-      // Whoever reads the body may not abort the invocation at the timeout once it has answered.
-      const left = this.#config.timeoutMs - (performance.now() - started);
-      const timeout = new FennecError(
-        "FN_TIMEOUT",
-        `${this.#config.key}: invocation exceeded the ${this.#config.timeoutMs} ms timeout`,
-      );
-      timer = setTimeout(() => output.destroy(timeout), Math.max(0, left));
-      timer.unref();
     }
     return { ...response, body: output };
   }
