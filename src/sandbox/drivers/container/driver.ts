@@ -9,7 +9,7 @@ import { PerRevision } from "../../per-revision.js";
 import { INSIDE } from "../../host-view.js";
 import { nodeInside, removeOtherRootfs, RootfsBuilds, type BuiltRootfs } from "../../rootfs-build.js";
 import { selfIdentity, startTime, stillRunning } from "../../../core/process-identity.js";
-import { createRunDir, mergeReports, removeRunDir, runRoot, sweepStale } from "../../run-dir.js";
+import { createRunDirOn, mergeReports, runRoot, sweepStale } from "../../run-dir.js";
 import { seccompProfile } from "../../seccomp.js";
 import { SANDBOX_USER } from "../../unprivileged.js";
 import { createSocketDir, readyOnSocket, SOCKET_INSIDE } from "../../socket-dir.js";
@@ -164,8 +164,7 @@ export class ContainerDriver implements SandboxDriver {
     // image a newer build replaced goes with its last container.
     const cleanup = new CleanupStack();
     cleanup.defer(() => this.#released(ctx.config, image).catch(() => undefined));
-    const dir = await createRunDir("container", ctx.instanceId);
-    cleanup.defer(() => removeRunDir(dir));
+    const dir = await createRunDirOn(cleanup, "container", ctx.instanceId);
     let socketDir: string;
     const memory = cfg.memoryMiB * 2 ** 20;
     let container: Docker.Container;

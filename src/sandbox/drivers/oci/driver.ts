@@ -12,7 +12,7 @@ import type { CleanupReport, SandboxDriver, SandboxHandle, StartContext } from "
 import { HandlerBundles } from "../../handler-build.js";
 import { findExecutable, INSIDE, systemDirs } from "../../host-view.js";
 import { nodeInside, removeRootfs, RootfsBuilds, type BuiltRootfs } from "../../rootfs-build.js";
-import { createRunDir, mergeReports, ownerOf, removeRunDir, runRoot, sweepStale } from "../../run-dir.js";
+import { createRunDirOn, mergeReports, ownerOf, runRoot, sweepStale } from "../../run-dir.js";
 import { createSocketDir, readyOnSocket, SOCKET_INSIDE } from "../../socket-dir.js";
 import { fromChildProcess, SupervisedChild } from "../../supervised-child.js";
 import { mountPointsUnder } from "../../mounts.js";
@@ -174,8 +174,7 @@ export class OciDriver implements SandboxDriver {
     const what = `${ctx.config.key}: instance ${ctx.instanceId} (${cfg.runtime})`;
     // What the instance holds, released newest first when it stops or fails to start.
     const cleanup = new CleanupStack();
-    const dir = await createRunDir("oci", ctx.instanceId);
-    cleanup.defer(() => removeRunDir(dir));
+    const dir = await createRunDirOn(cleanup, "oci", ctx.instanceId);
     let socketDir: string;
     let argv: string[];
     let rootfs: string;

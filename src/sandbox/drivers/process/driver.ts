@@ -10,15 +10,7 @@ import { Cgroup, removeParents, sweepCgroups } from "../../cgroups.js";
 import { CleanupStack } from "../../cleanup-stack.js";
 import type { CleanupReport, SandboxDriver, SandboxHandle, StartContext } from "../../contract.js";
 import type { Endpoint } from "../../http-transport.js";
-import {
-  createRunDir,
-  mergeReports,
-  ownerOf,
-  recordOwner,
-  removeRunDir,
-  runRoot,
-  sweepStale,
-} from "../../run-dir.js";
+import { createRunDirOn, mergeReports, ownerOf, recordOwner, runRoot, sweepStale } from "../../run-dir.js";
 import { fromChildProcess, SupervisedChild } from "../../supervised-child.js";
 import { SupervisedHandle } from "../../supervised-handle.js";
 import { HANDLER_RUNTIME, HandlerBundles } from "../../handler-build.js";
@@ -100,8 +92,7 @@ export class ProcessDriver implements SandboxDriver {
     const bwrap = cfg.isolate ? findBwrap() : undefined;
     // What the instance holds, released newest first when it stops or fails to start.
     const cleanup = new CleanupStack();
-    const dir = await createRunDir(this.name, ctx.instanceId);
-    cleanup.defer(() => removeRunDir(dir));
+    const dir = await createRunDirOn(cleanup, this.name, ctx.instanceId);
     let cgroup: Cgroup | undefined;
     const callback = cfg.isolate ? "ignore" : ctx.callbackUrl;
     const env: Record<string, string> = {
