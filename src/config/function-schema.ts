@@ -19,6 +19,12 @@ const nonNegativeInt = z.int().min(0);
  */
 export const servedPort = z.number().int().min(1).max(65535).optional();
 
+/** The config of `servedPort`. */
+export interface ServedPortConfig {
+  /** The program serves HTTP on this port in its own network namespace, reached through a relay. */
+  readonly port?: number | undefined;
+}
+
 /** An `env` table: environment variable names to values. */
 export const envTable = z.record(
   z.string().regex(/^[A-Za-z_][A-Za-z0-9_]*$/, "an environment variable name"),

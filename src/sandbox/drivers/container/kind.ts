@@ -5,6 +5,7 @@ import {
   programKeys,
   servedPort,
   type ProgramConfig,
+  type ServedPortConfig,
 } from "../../../config/function-schema.js";
 import { toFennecError, type FennecError } from "../../../core/errors.js";
 import { runRoot } from "../../run-dir.js";
@@ -42,15 +43,13 @@ const containerTable = z
   });
 
 /** With a `handler`, Fennec builds the image; `memoryMiB` is also the memory+swap limit (no swap). */
-export interface ContainerSandboxConfig extends ProgramConfig {
+export interface ContainerSandboxConfig extends ProgramConfig, ServedPortConfig {
   readonly kind: "container";
   /** A Docker image already on the engine (imported or loaded: no registry is assumed). */
   readonly image: string | undefined;
   /** A runtime the engine knows (`runsc`); the engine's default (runc) when absent. */
   readonly runtime: string | undefined;
   readonly network: "none" | "host";
-  /** The image serves HTTP on this port in its own network namespace, reached through a relay. */
-  readonly port?: number | undefined;
 }
 
 // Inside the block below, `ContainerSandboxConfig` would name the config layer's alias of this very entry.

@@ -4,6 +4,7 @@ import {
   programKeys,
   servedPort,
   type ProgramConfig,
+  type ServedPortConfig,
 } from "../../../config/function-schema.js";
 import { built, nothingToBuild, type SandboxKind } from "../../kind.js";
 import type { OciDriver } from "./driver.js";
@@ -31,14 +32,12 @@ const ociTable = z
     path: ["rootfs"],
   });
 
-export interface OciSandboxConfig extends ProgramConfig {
+export interface OciSandboxConfig extends ProgramConfig, ServedPortConfig {
   readonly kind: "oci";
   readonly command: readonly string[] | undefined;
   readonly runtime: "runc" | "runsc";
   /** A handler's built root: shared read-only by every instance, or an overlay per instance. */
   readonly rootfs: "shared" | "overlay";
-  /** The command serves HTTP on this port in its own network namespace, reached through a relay. */
-  readonly port?: number | undefined;
 }
 
 // Inside the block below, `OciSandboxConfig` would name the config layer's alias of this very entry.
