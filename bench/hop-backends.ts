@@ -1,7 +1,7 @@
 /**
  * The servers the warm-hop and streaming benchmarks put side by side, each started as a child of
  * the benchmark and stopped by its PID: Fennec's handler runtime alone on a loopback port, nginx
- * proxying to it, `fennec serve`, and workerd serving the same handler module.
+ * proxying to it, a bare Node proxy, `fennec serve`, and workerd serving the same handler module.
  */
 import { spawn, type ChildProcess } from "node:child_process";
 import { chmod, mkdir, writeFile } from "node:fs/promises";
@@ -88,6 +88,21 @@ export async function startRuntime(
     stdio: ["ignore", "ignore", "pipe"],
   });
   return { ...(await serving(child, port)), port };
+}
+
+/** The bare Node reverse proxy (node-proxy.ts) in front of `upstreamPort`. */
+export async function startNodeProxy(upstreamPort: number): Promise<Server> {
+  const child = spawn(process.execPath, [join(ROOT, "dist/bench/node-proxy.js"), String(upstreamPort)], {
+    stdio: ["ignore", "pipe", "pipe"],
+  });
+  const log = tail(child);
+  const port = await new Promise<number>((resolve, reject) => {
+    child.stdout.once("data", (d: Buffer) => resolve(Number(d.toString().trim())));
+    child.once("exit", (code) => reject(new Error(`the Node proxy exited (${code}): ${log()}`)));
+  });
+  const url = `http://127.0.0.1:${port}/`;
+  await waitForUrl(url, child, log);
+  return { url, pid: child.pid!, stop: () => stopChild(child) };
 }
 
 /**

@@ -5,6 +5,8 @@
  * - Fennec's handler runtime alone on a loopback port (no proxy);
  * - nginx from Debian proxying to that same runtime process (keep-alive upstream), with one
  *   worker (Fennec's gateway is one event loop) and with Debian's `worker_processes auto`;
+ * - a bare reverse proxy on Node (node-proxy.ts: node:http and undici, nothing else), the floor
+ *   for any gateway on Node's HTTP stack;
  * - `fennec serve` calling it as a `[process]` function (one instance, 8 concurrent requests) and
  *   as an `[oci]` function on runc;
  * - workerd serving the very same module (the runtime's Request/Response against a native one).
@@ -30,6 +32,7 @@ import { ECHO } from "./hop-handlers.js";
 import {
   startFennec,
   startNginx,
+  startNodeProxy,
   startRuntime,
   startWorkerd,
   waitForUrl,
@@ -105,10 +108,11 @@ async function main(): Promise<void> {
     await registry(join(work, "registry"), withOci);
     if (opts.profile) return await profile(work, script, opts.profile);
 
-    console.error("starting: the runtime alone, nginx, fennec serve, workerd");
+    console.error("starting: the runtime alone, nginx, a bare Node proxy, fennec serve, workerd");
     const runtime = await start(startRuntime(handler));
     const nginx1 = await start(startNginx(join(work, "nginx-1"), runtime.port, 1));
     const nginxAuto = await start(startNginx(join(work, "nginx-auto"), runtime.port, "auto"));
+    const nodeProxy = await start(startNodeProxy(runtime.port));
     const fennec = await start(startFennec(join(work, "registry")));
     // Its own copy of the registry: each Fennec builds into the function's directory.
     const other = opts.compare
@@ -128,6 +132,12 @@ async function main(): Promise<void> {
         name: "nginx, workers auto → runtime",
         url: nginxAuto.url,
         proxy: () => processTree(nginxAuto.pid),
+        handler: () => [runtime.pid],
+      },
+      {
+        name: "bare Node proxy (node:http + undici) → runtime",
+        url: nodeProxy.url,
+        proxy: () => [nodeProxy.pid],
         handler: () => [runtime.pid],
       },
       {
@@ -262,6 +272,7 @@ function report(measured: Measured[]): void {
   const nginx1 = by("nginx, 1 worker");
   const nginxAuto = by("nginx, workers auto");
   const workerd = by("workerd");
+  const nodeProxy = by("bare Node proxy");
   const table = rows.map(
     (r) =>
       `| ${r.name} | ${fmt(r.rps, 0)} | ${fmt(r.p50 / 1000, 2)} | ${fmt(r.p99 / 1000, 2)} | ${fmt(r.rps / nginx1.rps, 2)}× | ${fmt(r.p50 / nginx1.p50, 2)}× | ${r.proxyCpuUsPerReq > 0 ? fmt(r.proxyCpuUsPerReq, 0) : "—"} | ${fmt(r.handlerCpuUsPerReq, 0)} | ${r.errors} |`,
@@ -270,7 +281,7 @@ function report(measured: Measured[]): void {
     .filter((r) => r.name.startsWith("Fennec"))
     .map(
       (f) =>
-        `- ${f.name}: ${fmt(f.rps / nginx1.rps, 2)}× nginx (1 worker) throughput, ${fmt(f.rps / nginxAuto.rps, 2)}× nginx (auto); p50 ${fmt(f.p50 / nginx1.p50, 2)}× / ${fmt(f.p50 / nginxAuto.p50, 2)}× (goal ≥ 0.8× and ≤ 1.5×)`,
+        `- ${f.name}: ${fmt(f.rps / nginx1.rps, 2)}× nginx (1 worker) throughput, ${fmt(f.rps / nginxAuto.rps, 2)}× nginx (auto), ${fmt(f.rps / nodeProxy.rps, 2)}× the bare Node proxy; p50 ${fmt(f.p50 / nginx1.p50, 2)}× / ${fmt(f.p50 / nginxAuto.p50, 2)}× / ${fmt(f.p50 / nodeProxy.p50, 2)}× (goal ≥ 0.8× and ≤ 1.5× nginx)`,
     );
   const text = `
 wrk -t${LOAD.threads} -c${LOAD.connections} -d${LOAD.seconds}s, POST of ${BODY.length} bytes, ${ROUNDS} rounds interleaved (medians); load average at the end ${loadavg()
@@ -286,7 +297,7 @@ ${ratios.join("\n")}
 `;
   console.log(text);
   writeResults("hop.json", { machine: machine(true), load: { ...LOAD, body: BODY, rounds: ROUNDS }, rows });
-  const colours = ["#888", "#2b8a3e", "#69db7c", "#1c7ed6", "#74c0fc", "#d9480f", "#ae3ec9"];
+  const colours = ["#888", "#2b8a3e", "#69db7c", "#f08c00", "#1c7ed6", "#74c0fc", "#d9480f", "#ae3ec9"];
   mkdirSync(join(ROOT, "docs", "img"), { recursive: true });
   writeFileSync(
     join(ROOT, "docs", "img", "hop-latency.svg"),

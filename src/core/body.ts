@@ -1,21 +1,51 @@
 import { Readable } from "node:stream";
 import type { Body } from "./types.js";
 
-/** A body made of bytes already in memory (a buffered result, a test's request). */
-export function bodyOf(bytes: Uint8Array | string = ""): Body {
-  const chunk = typeof bytes === "string" ? Buffer.from(bytes) : bytes;
-  // A plain Readable, not Readable.from (an async iterator per body costs on every empty GET);
-  // it yields Buffers, so back-pressure counts bytes as from a socket.
-  let pending: Buffer | null =
-    chunk.byteLength > 0 ? Buffer.from(chunk.buffer, chunk.byteOffset, chunk.byteLength) : null;
-  return new Readable({
-    read() {
-      if (pending) this.push(pending);
-      pending = null;
-      this.push(null);
-    },
-  });
+/**
+ * A body whose bytes are all in memory (a small request read whole, a small response, a buffered
+ * result). It reads like any other body; a consumer that can take bytes at once (the hop's
+ * request, the gateway's response) takes them with `takeWhole` and skips the stream machinery,
+ * which for a small call cost more than the rest of the hop (issue 10's measurements).
+ */
+export class WholeBody extends Readable {
+  #bytes: Buffer | null;
+
+  constructor(bytes: Buffer) {
+    super();
+    this.#bytes = bytes;
+  }
+
+  override _read(): void {
+    const bytes = this.#bytes;
+    this.#bytes = null;
+    // Yields a Buffer, so back-pressure counts bytes as from a socket; an empty body yields none.
+    if (bytes && bytes.byteLength > 0) this.push(bytes);
+    this.push(null);
+  }
+
+  /** The bytes, unless reading has begun; the stream is then empty and at its end. */
+  takeBytes(): Buffer | undefined {
+    const bytes = this.#bytes;
+    if (!bytes) return undefined;
+    this.#bytes = null;
+    this.push(null);
+    return bytes;
+  }
 }
+
+/** A body made of bytes already in memory (a buffered result, a test's request). */
+export function bodyOf(bytes: Uint8Array | string = ""): WholeBody {
+  const chunk = typeof bytes === "string" ? Buffer.from(bytes) : bytes;
+  return new WholeBody(Buffer.from(chunk.buffer, chunk.byteOffset, chunk.byteLength));
+}
+
+/** All of `body` at once when it is a `WholeBody` nobody has begun to read, else undefined. */
+export function takeWhole(body: Body): Buffer | undefined {
+  return body instanceof WholeBody ? body.takeBytes() : undefined;
+}
+
+/** Bodies up to this size are read whole at each end of the hop instead of streamed. */
+export const WHOLE_BODY_BYTES = 64 * 1024;
 
 /**
  * Reads a body into one buffer, the explicit and bounded copy for where one is needed (an

@@ -1,5 +1,6 @@
 import { validateHeaderName, validateHeaderValue, type ServerResponse } from "node:http";
 import { pipeline } from "node:stream/promises";
+import { takeWhole } from "../core/body.js";
 import { FennecError } from "../core/errors.js";
 import { HOP_BY_HOP } from "../core/hop-by-hop.js";
 import { quoteForMessage } from "../core/names.js";
@@ -49,6 +50,13 @@ export async function sendResponse(res: ServerResponse, response: InvokeResponse
     // Nothing may be sent; what the function wrote is read and dropped, so its invocation ends.
     response.body.resume();
     res.end();
+    return;
+  }
+  const whole = takeWhole(response.body);
+  if (whole) {
+    // All at hand: one write, its length known (the bytes decide, whatever the function declared).
+    res.setHeader("content-length", whole.byteLength);
+    res.end(whole);
     return;
   }
   if (length !== undefined) {

@@ -1,6 +1,6 @@
 import type { IncomingMessage } from "node:http";
 import { Readable } from "node:stream";
-import { bodyOf } from "../core/body.js";
+import { bodyOf, WHOLE_BODY_BYTES, WholeBody } from "../core/body.js";
 import { FennecError } from "../core/errors.js";
 import type { Body } from "../core/types.js";
 import { tooLarge } from "./http-util.js";
@@ -68,13 +68,52 @@ const gone = () => new FennecError("CLIENT_GONE", "the client went away while se
  * The body of `req` as a stream bounded by `limit`, plus the request headers it implies. HTTP/1.1
  * says a request has a body only with a `content-length` or `transfer-encoding`: without either it
  * is empty, and says so with `content-length: 0` (which the hop then sends without a body at all).
+ * A small body of declared length is read whole first (a promise of it): most calls are small,
+ * and bytes at hand cross the hop without a stream on either side.
  */
-export function requestBody(req: IncomingMessage, limit: number): { body: Body; length: string | undefined } {
+export function requestBody(
+  req: IncomingMessage,
+  limit: number,
+): { body: Body | Promise<WholeBody>; length: string | undefined } {
   const declared = req.headers["content-length"];
   if (declared !== undefined && Number(declared) > limit) throw tooLarge(limit);
   if (declared === undefined && req.headers["transfer-encoding"] === undefined) {
     return { body: bodyOf(), length: "0" };
   }
   if (declared === "0") return { body: bodyOf(), length: "0" };
+  if (declared !== undefined && Number(declared) <= WHOLE_BODY_BYTES) {
+    return { body: readWhole(req), length: declared };
+  }
   return { body: new RequestBody(req, limit), length: declared };
+}
+
+/** All of a request's body (node:http ends it at its declared length); CLIENT_GONE if the client leaves first. */
+function readWhole(req: IncomingMessage): Promise<WholeBody> {
+  return new Promise((resolve, reject) => {
+    const chunks: Buffer[] = [];
+    let size = 0;
+    const onData = (chunk: Buffer) => {
+      chunks.push(chunk);
+      size += chunk.length;
+    };
+    const onEnd = () => {
+      done();
+      resolve(new WholeBody(chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks, size)));
+    };
+    const onGone = () => {
+      if (req.complete) return;
+      done();
+      reject(gone());
+    };
+    const done = () => {
+      req.off("data", onData);
+      req.off("end", onEnd);
+      req.off("error", onGone);
+      req.off("close", onGone);
+    };
+    req.on("data", onData);
+    req.on("end", onEnd);
+    req.on("error", onGone);
+    req.on("close", onGone);
+  });
 }

@@ -131,14 +131,15 @@ export class Gateway {
     );
   }
 
-  #request(req: IncomingMessage, path: string, query: string): InvokeRequest {
-    const { body, length } = requestBody(req, this.#o.bodyLimitBytes);
+  async #request(req: IncomingMessage, path: string, query: string): Promise<InvokeRequest> {
+    const { body: pending, length } = requestBody(req, this.#o.bodyLimitBytes);
     const headers: Record<string, string> = {};
     for (const [name, value] of Object.entries(req.headers)) {
       if (value === undefined || NOT_FORWARDED.has(name)) continue;
       headers[name] = Array.isArray(value) ? value.join(", ") : value;
     }
     if (length !== undefined) headers["content-length"] = length;
+    const body = pending instanceof Promise ? await pending : pending;
     return { method: req.method ?? "GET", path, query, headers, body };
   }
 
@@ -149,7 +150,7 @@ export class Gateway {
     path: string,
     query: string,
   ): Promise<void> {
-    const request = this.#request(req, path, query);
+    const request = await this.#request(req, path, query);
     // A client that goes away (closes its connection before the whole response is out) cancels
     // the call, queued or running: the sandbox's side is aborted, the body's stream destroyed.
     const cancel = new AbortController();
@@ -181,7 +182,7 @@ export class Gateway {
     path: string,
     query: string,
   ): Promise<void> {
-    const request = this.#request(req, path, query);
+    const request = await this.#request(req, path, query);
     // The caller is answered before the call runs, so its body cannot stream to the sandbox: it
     // is read here, whole and within the body limit, into the one copy the call keeps.
     const bytes = await readStream(request.body, this.#o.bodyLimitBytes, () =>

@@ -1,6 +1,7 @@
 import type { Socket } from "node:net";
 import type { Duplex } from "node:stream";
 import { Pool, errors as undiciErrors } from "undici";
+import { takeWhole, WHOLE_BODY_BYTES, WholeBody } from "../core/body.js";
 import { FennecError } from "../core/errors.js";
 import { HOP_BY_HOP } from "../core/hop-by-hop.js";
 import type { InvokeRequest, InvokeResponse } from "../core/types.js";
@@ -65,27 +66,33 @@ export class HttpTransport {
    * A kept-alive connection the instance closed while idle can meet a request already on its way:
    * that request is lost before the function saw it. undici closes idle connections before the
    * server's announced `Keep-Alive: timeout` (Node's servers say 5 s), which avoids most of these;
-   * a request still lost so is sent once more on a new connection — but only when it has no body:
-   * a body is a stream, and what of it was sent is gone, so such a request cannot be resent.
+   * a request still lost so is sent once more on a new connection — but only when its body is at
+   * hand (none, or a whole one): a streamed body is gone once sent, so such a request cannot be resent.
+   *
+   * Small bodies cross whole: a request body already read goes to undici as bytes, and a response
+   * of declared length up to WHOLE_BODY_BYTES is read whole before it is handed on, so the
+   * gateway answers with one write. Larger or open-ended ones stream both ways.
    */
   async invoke(req: InvokeRequest, signal: AbortSignal): Promise<InvokeResponse> {
     const headers: Record<string, string> = {};
     for (const [k, v] of Object.entries(req.headers)) if (!NOT_SENT.has(k)) headers[k] = v;
+    const whole = takeWhole(req.body);
     const bodyless = headers["content-length"] === "0";
-    if (bodyless) req.body.resume(); // empty: nothing to send, but it must end
+    if (bodyless && !whole) req.body.resume(); // empty: nothing to send, but it must end
+    const resendable = bodyless || whole !== undefined;
     const path = req.path + (req.query ? `?${req.query}` : "");
     const send = () =>
       this.#pool.request({
         method: req.method,
         path,
         headers,
-        body: bodyless ? null : req.body,
+        body: bodyless ? null : (whole ?? req.body),
         signal,
       });
     let res: Awaited<ReturnType<Pool["request"]>>;
     try {
       res = await send().catch((err: unknown) => {
-        if (!bodyless || !stale(err) || signal.aborted) throw err;
+        if (!resendable || !stale(err) || signal.aborted) throw err;
         return send();
       });
     } catch (err) {
@@ -99,6 +106,16 @@ export class HttpTransport {
       if (value === undefined || NOT_FORWARDED.has(name)) continue;
       if (Array.isArray(value)) for (const v of value) out.push([name, v]);
       else out.push([name, value]);
+    }
+    if (Number(res.headers["content-length"]) <= WHOLE_BODY_BYTES) {
+      let bytes: Buffer;
+      try {
+        bytes = Buffer.from(await res.body.arrayBuffer());
+      } catch (err) {
+        if (signal.aborted) throw signal.reason;
+        throw this.#broken(err as Error);
+      }
+      return { status: res.statusCode, headers: out, body: new WholeBody(bytes) };
     }
     return { status: res.statusCode, headers: out, body: res.body };
   }

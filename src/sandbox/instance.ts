@@ -6,6 +6,7 @@ import type { FunctionConfig } from "../config/function-config.js";
 import type { SandboxDriver, SandboxHandle } from "./contract.js";
 import type { ReadinessHub } from "./readiness.js";
 import { TrackedBody } from "./tracked-body.js";
+import { WholeBody } from "../core/body.js";
 
 /** How an invocation ended, for its record. */
 export interface InvocationEnd {
@@ -232,32 +233,45 @@ export class Instance {
       resolveEnded({ ttfbMs: firstByteAt - began, execMs: performance.now() - began, error });
     };
 
-    // Timeout, destroy and cancel all abort; the caller is answered at once even if the sandbox never is.
-    const aborted = new Promise<never>((_, reject) =>
-      controller.signal.addEventListener("abort", () => reject(controller.signal.reason), { once: true }),
-    );
     // Every sandbox receives requests here, where the function's config is known.
     const forwarded = this.config.forwardCredentials ? request : withoutCredentials(request);
-    const running = handle.invoke(forwarded, { signal: controller.signal });
-    // A head that comes after the abort has no reader: its body is dropped.
-    running.then(
-      (late) => (controller.signal.aborted ? late.body.destroy() : undefined),
-      () => undefined,
-    );
+    // The head or the abort, whichever comes first: timeout, destroy and cancel all abort, and the
+    // caller is answered at once even if the sandbox never is. (One promise and one listener: this
+    // is every warm call's path.)
     let response: InvokeResponse;
     try {
-      response = await Promise.race([running, aborted]);
+      response = await new Promise<InvokeResponse>((resolve, reject) => {
+        const onAbort = () => reject(controller.signal.reason);
+        controller.signal.addEventListener("abort", onAbort, { once: true });
+        handle.invoke(forwarded, { signal: controller.signal }).then(
+          (head) => {
+            controller.signal.removeEventListener("abort", onAbort);
+            // A head that comes after the abort has no reader: its body is dropped.
+            if (controller.signal.aborted) head.body.destroy();
+            else resolve(head);
+          },
+          (err: unknown) => {
+            controller.signal.removeEventListener("abort", onAbort);
+            reject(err);
+          },
+        );
+      });
     } catch (err) {
       const error = toFennecError(err);
       finish(error, performance.now());
       throw error;
     }
     if (controller.signal.aborted) {
-      // The head and the abort arrived together: the body is not wanted.
+      // The abort came after the head, before this resumed: the body is not wanted.
       response.body.destroy();
       const error = toFennecError(controller.signal.reason);
       finish(error, performance.now());
       throw error;
+    }
+    if (response.body instanceof WholeBody) {
+      // The whole body is at hand: the invocation is over; nothing is left to cut or track.
+      finish(undefined, performance.now());
+      return { status: response.status, headers: response.headers, body: response.body, ended };
     }
     const body = new TrackedBody(response.body, `${key}: instance ${this.id}`, (end) =>
       finish(end.error, end.firstByteAt),

@@ -1,7 +1,7 @@
 import { readdir, readFile, stat } from "node:fs/promises";
 import { join } from "node:path";
 import type { Readable } from "node:stream";
-import { readBody } from "../../../core/body.js";
+import { readBody, takeWhole, WHOLE_BODY_BYTES } from "../../../core/body.js";
 import { FennecError, type ErrorCode } from "../../../core/errors.js";
 import type { InvokeRequest, InvokeResponse } from "../../../core/types.js";
 import type { FunctionConfig, WasmSandboxConfig } from "../../../config/function-config.js";
@@ -40,8 +40,6 @@ export interface WasmDriverOptions {
 const COPY_OVERHEAD_MIB = 2;
 /** Largest granted directory, so a grant cannot pull a whole disk into memory. */
 const MAX_GRANTED_BYTES = 64 * 2 ** 20;
-/** Request bodies up to this size (by content-length) are read whole before the module starts. */
-const SMALL_BODY_BYTES = 64 * 1024;
 
 const OUTCOME_CODES: Record<Exclude<Outcome, "ok">, ErrorCode> = {
   exit: "FN_EXIT",
@@ -260,21 +258,20 @@ export class WasmInstance implements SandboxHandle {
    * `signal`, whether the module is still writing or blocked on a slow reader.
    */
   async invokeStreaming(request: WasmRequest, signal: AbortSignal): Promise<StreamingResponse> {
+    // Bytes at hand (a small request the gateway read whole) go to the module as they are.
+    const body =
+      request.body instanceof Uint8Array ? request.body : (takeWhole(request.body) ?? request.body);
     const declared = Number.parseInt(request.headers["content-length"] ?? "", 10);
     const length =
-      request.body instanceof Uint8Array
-        ? request.body.byteLength
-        : Number.isSafeInteger(declared)
-          ? declared
-          : undefined;
+      body instanceof Uint8Array ? body.byteLength : Number.isSafeInteger(declared) ? declared : undefined;
     const env = wagiEnvironment(request, length, `/invoke/${this.#config.id.name}`, wasmOf(this.#config).env);
     // A small body of known length is read whole first (bounded by that length): the module then
     // reads it as a file, without waking the main thread for each chunk; others stream.
     const stdin =
-      request.body instanceof Uint8Array || length === undefined || length > SMALL_BODY_BYTES
-        ? request.body
+      body instanceof Uint8Array || length === undefined || length > WHOLE_BODY_BYTES
+        ? body
         : await readBody(
-            request.body,
+            body,
             length,
             () => new FennecError("BAD_REQUEST", "the request body is longer than its content-length"),
           );
