@@ -1,12 +1,7 @@
 import { readdir } from "node:fs/promises";
 import { z } from "zod";
-import {
-  programConfig,
-  programKeys,
-  servedPort,
-  type ProgramConfig,
-  type ServedPortConfig,
-} from "../../../config/function-schema.js";
+import { programConfig, programKeys, servedPort } from "../../../config/function-schema.js";
+import type { ProgramConfig, ServedPortConfig } from "../../../config/function-schema.js";
 import { toFennecError, type FennecError } from "../../../core/errors.js";
 import { runRoot } from "../../run-dir.js";
 import { built, type SandboxKind } from "../../kind.js";

@@ -1,11 +1,6 @@
 import { z } from "zod";
-import {
-  programConfig,
-  programKeys,
-  servedPort,
-  type ProgramConfig,
-  type ServedPortConfig,
-} from "../../../config/function-schema.js";
+import { programConfig, programKeys, servedPort } from "../../../config/function-schema.js";
+import type { ProgramConfig, ServedPortConfig } from "../../../config/function-schema.js";
 import { built, nothingToBuild, type SandboxKind } from "../../kind.js";
 import type { OciDriver } from "./driver.js";
 
