@@ -13,6 +13,9 @@ export class WholeBody extends Readable {
   constructor(bytes: Buffer) {
     super();
     this.#bytes = bytes;
+    // Nothing can fail in memory; an error here is one a consumer destroyed it with to say why
+    // it gave up (an answer it could not send), which must not become an uncaught exception.
+    this.on("error", ignore);
   }
 
   override _read(): void {
@@ -32,6 +35,8 @@ export class WholeBody extends Readable {
     return bytes;
   }
 }
+
+function ignore(): void {}
 
 /** A body made of bytes already in memory (a buffered result, a test's request). */
 export function bodyOf(bytes: Uint8Array | string = ""): WholeBody {

@@ -1,7 +1,7 @@
 import { readdir, readFile, stat } from "node:fs/promises";
 import { join } from "node:path";
 import type { Readable } from "node:stream";
-import { readBody, takeWhole, WHOLE_BODY_BYTES } from "../../../core/body.js";
+import { readBody, takeWhole, WHOLE_BODY_BYTES, WholeBody } from "../../../core/body.js";
 import { FennecError, type ErrorCode } from "../../../core/errors.js";
 import type { InvokeRequest, InvokeResponse } from "../../../core/types.js";
 import type { FunctionConfig, WasmSandboxConfig } from "../../../config/function-config.js";
@@ -279,12 +279,14 @@ export class WasmInstance implements SandboxHandle {
     // Errors reach the caller through the rejected call or its reading of the body; a body the
     // caller never reads must not take the process down when it fails.
     output.on("error", () => {});
+    let jobEnded = false;
+    const end = (err?: Error) => {
+      jobEnded = true;
+      output.finish(err);
+    };
     this.#settled(done)
       .then((result) => this.#check("invoke", result))
-      .then(
-        () => output.finish(),
-        (err: Error) => output.finish(err),
-      );
+      .then(() => end(), end);
     const head = await output.readHead(wagiHeadEnd);
     let response: Pick<InvokeResponse, "status" | "headers">;
     try {
@@ -293,6 +295,9 @@ export class WasmInstance implements SandboxHandle {
       output.destroy(err as Error);
       throw err;
     }
+    // A module that has already ended hands its small answer on whole (no stream to track).
+    const whole = jobEnded ? output.takeAll() : undefined;
+    if (whole) return { ...response, body: new WholeBody(whole) };
     return { ...response, body: output };
   }
 

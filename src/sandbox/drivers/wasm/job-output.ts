@@ -1,4 +1,5 @@
 import { Readable } from "node:stream";
+import { WHOLE_BODY_BYTES } from "../../../core/body.js";
 import { RING_BYTES, type Ring } from "./ring.js";
 
 /**
@@ -63,6 +64,21 @@ export class JobOutput extends Readable {
     });
   }
 
+  /**
+   * All of the output at once, when the job has ended well and what is left is at most
+   * `WHOLE_BODY_BYTES`; the stream is then at its end. Otherwise undefined, and it streams.
+   */
+  takeAll(): Buffer | undefined {
+    if (!this.#finished || this.#ring || this.#head || this.destroyed || this.readableFlowing)
+      return undefined;
+    if (this.readableLength + (this.#tail?.byteLength ?? 0) > WHOLE_BODY_BYTES) return undefined;
+    // Each read takes what is buffered and pulls in the rest (the ring's last bytes), then the end.
+    const parts: Buffer[] = [];
+    for (let chunk = this.read() as Buffer | null; chunk !== null; chunk = this.read() as Buffer | null)
+      parts.push(chunk);
+    return parts.length === 1 ? parts[0]! : Buffer.concat(parts);
+  }
+
   attach(ring: Ring): void {
     this.#ring = ring;
     this.#pull();
@@ -110,10 +126,15 @@ export class JobOutput extends Readable {
         }
         if (this.#waiting) return;
         this.#waiting = true;
-        void ring.changedSince(seen).then(() => {
-          this.#waiting = false;
-          this.#pull();
-        });
+        // Looked at on the next turn, not at once: a module that wrote its answer and exited has
+        // its "done" right behind the wake-up, and taking both first lets a small answer leave
+        // whole (`takeAll`).
+        void ring.changedSince(seen).then(() =>
+          setImmediate(() => {
+            this.#waiting = false;
+            this.#pull();
+          }),
+        );
         return;
       }
       if (this.#tail) {
