@@ -24,7 +24,7 @@ import { existsSync, lstatSync, mkdirSync, readdirSync, readFileSync, writeFileS
 import { chmod, cp, mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
 import { createServer } from "node:http";
 import type { AddressInfo } from "node:net";
-import { cpus, tmpdir } from "node:os";
+import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { promisify } from "node:util";
@@ -37,8 +37,6 @@ import { OciDriver } from "../src/sandbox/drivers/oci/driver.js";
 import { ociSpec } from "../src/sandbox/drivers/oci/spec.js";
 import { ProcessDriver } from "../src/sandbox/drivers/process/driver.js";
 import { buildHandler, HANDLER_RUNTIME } from "../src/sandbox/handler-build.js";
-import { bodyOf, readBody } from "../src/core/body.js";
-import type { Body } from "../src/core/types.js";
 import { findExecutable, INSIDE } from "../src/sandbox/host-view.js";
 import { HttpTransport } from "../src/sandbox/http-transport.js";
 import { ReadinessHub } from "../src/sandbox/readiness.js";
@@ -47,9 +45,13 @@ import { giveToSandboxUser } from "../src/sandbox/unprivileged.js";
 import { runRoot } from "../src/sandbox/run-dir.js";
 import { waitForSocket } from "../src/sandbox/wait-socket.js";
 import { startDockerd, type TestDockerd } from "../test/helpers/docker.js";
+import { drain, request } from "./empty-call.js";
+import { fennecUrl } from "./fennec-url.js";
 import { cdfChart } from "./plot.js";
 import { load } from "./load.js";
+import { machine, writeResults } from "./results.js";
 import { fmt, summarize } from "./stats.js";
+import { processTree } from "./wrk.js";
 
 const run = promisify(execFile);
 const ROOT = fileURLToPath(new URL("../../", import.meta.url));
@@ -82,15 +84,6 @@ interface Result {
   idleMiB: number;
 }
 
-const request = () => ({
-  method: "GET",
-  path: "/",
-  query: "",
-  headers: { "content-length": "0" },
-  body: bodyOf(),
-});
-/** A fresh request each time (a body is a stream, read once), and its response read to the end. */
-const drain = (r: { body: Body }) => readBody(r.body, Number.POSITIVE_INFINITY, () => new Error("unbounded"));
 const signal = () => AbortSignal.timeout(60_000);
 
 // ---------------------------------------------------------------- measurement
@@ -119,21 +112,7 @@ async function throughput(invoke: () => Promise<unknown>): Promise<number> {
 
 /** PSS (MiB) of this process's descendants and of every process whose cgroup or command line names one of `ids`. */
 function pssMiB(ids: readonly string[]): number {
-  const parent = new Map<number, number>();
-  for (const name of readdirSync("/proc")) {
-    if (!/^\d+$/.test(name)) continue;
-    try {
-      const stat = readFileSync(`/proc/${name}/stat`, "utf8");
-      parent.set(Number(name), Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[1]));
-    } catch {
-      // exited meanwhile
-    }
-  }
-  const mine = (pid: number): boolean => {
-    for (let p = parent.get(pid); p !== undefined && p > 1; p = parent.get(p))
-      if (p === process.pid) return true;
-    return false;
-  };
+  const mine = new Set(processTree(process.pid));
   const named = (pid: number): boolean => {
     if (ids.length === 0) return false;
     try {
@@ -144,8 +123,10 @@ function pssMiB(ids: readonly string[]): number {
     }
   };
   let kib = 0;
-  for (const pid of parent.keys()) {
-    if (pid === process.pid || !(mine(pid) || named(pid))) continue;
+  for (const pid of readdirSync("/proc")
+    .filter((n) => /^\d+$/.test(n))
+    .map(Number)) {
+    if (pid === process.pid || !(mine.has(pid) || named(pid))) continue;
     try {
       const m = /^Pss:\s+(\d+) kB/m.exec(readFileSync(`/proc/${pid}/smaps_rollup`, "utf8"));
       kib += Number(m?.[1] ?? 0);
@@ -452,15 +433,7 @@ async function gateway(
     [cli, "serve", "-r", registry, "--port", "0", "--process", "--docker-host", dockerSocket],
     { stdio: ["ignore", "ignore", "pipe"] },
   );
-  const url = await new Promise<string>((resolve, reject) => {
-    let log = "";
-    fennec.stderr.on("data", (d: Buffer) => {
-      log += d.toString();
-      const m = /on (http:\/\/127\.0\.0\.1:\d+)/.exec(log);
-      if (m) resolve(m[1]!);
-    });
-    fennec.once("exit", (c) => reject(new Error(`fennec exited ${c}: ${log}`)));
-  });
+  const url = await fennecUrl(fennec);
   const bare = spawn(process.execPath, [HANDLER_RUNTIME, bundle, "ignore"], {
     env: { ...process.env, PORT: "18199" },
     stdio: "ignore",
@@ -706,24 +679,15 @@ ${gwLines.join("\n")}
 built root: ${mib(rootDisk.apparent)} MiB apparent, ${mib(rootDisk.own)} MiB of it not hard-linked from the host; overlay upper layer per instance after its first response: ${upperDisk.map((b) => `${fmt(b / 1024, 1)} KiB`).join(", ")}
 `;
   console.log(text);
-  mkdirSync(join(ROOT, "bench", "results"), { recursive: true });
-  writeFileSync(
-    join(ROOT, "bench", "results", "backends.json"),
-    JSON.stringify(
-      {
-        date: new Date().toISOString(),
-        machine: { cpus: cpus().length, model: cpus()[0]?.model, node: process.version },
-        cold: COLD,
-        results: results.map(({ warmSamples: _, ...r }) => r),
-        floors,
-        rootDisk,
-        upperDisk,
-        gateway: gw.map(({ samples: _, ...g }) => g),
-      },
-      null,
-      2,
-    ) + "\n",
-  );
+  writeResults("backends.json", {
+    machine: machine(),
+    cold: COLD,
+    results: results.map(({ warmSamples: _, ...r }) => r),
+    floors,
+    rootDisk,
+    upperDisk,
+    gateway: gw.map(({ samples: _, ...g }) => g),
+  });
   mkdirSync(join(ROOT, "docs", "img"), { recursive: true });
   writeFileSync(
     join(ROOT, "docs", "img", "backends-warm-latency.svg"),

@@ -50,6 +50,14 @@ function tail(child: ChildProcess): () => string {
   return () => text;
 }
 
+/** A child just spawned to serve on loopback `port`, once it answers there. */
+async function serving(child: ChildProcess, port: number): Promise<Server> {
+  const log = tail(child);
+  const url = `http://127.0.0.1:${port}/`;
+  await waitForUrl(url, child, log);
+  return { url, pid: child.pid!, stop: () => stopChild(child) };
+}
+
 /** Polls `url` until it answers 2xx (the first call may start an instance or build a root). */
 export async function waitForUrl(url: string, child?: ChildProcess, log = () => ""): Promise<void> {
   const deadline = performance.now() + 180_000;
@@ -79,10 +87,7 @@ export async function startRuntime(
     env: { ...process.env, PORT: String(port) },
     stdio: ["ignore", "ignore", "pipe"],
   });
-  const log = tail(child);
-  const url = `http://127.0.0.1:${port}/`;
-  await waitForUrl(url, child, log);
-  return { url, port, pid: child.pid!, stop: () => stopChild(child) };
+  return { ...(await serving(child, port)), port };
 }
 
 /** The bare Node reverse proxy (node-proxy.ts) in front of `upstreamPort`. */
@@ -144,10 +149,7 @@ http {
   const child = spawn("/usr/sbin/nginx", ["-p", dir, "-c", join(dir, "nginx.conf"), "-e", "stderr"], {
     stdio: ["ignore", "ignore", "pipe"],
   });
-  const log = tail(child);
-  const url = `http://127.0.0.1:${port}/`;
-  await waitForUrl(url, child, log);
-  return { url, pid: child.pid!, stop: () => stopChild(child) };
+  return serving(child, port);
 }
 
 /**
@@ -206,8 +208,39 @@ const handler :Workerd.Worker = (
   const child = spawn(workerd.default, ["serve", join(dir, "workerd.capnp")], {
     stdio: ["ignore", "ignore", "pipe"],
   });
-  const log = tail(child);
-  const url = `http://127.0.0.1:${port}/`;
-  await waitForUrl(url, child, log);
-  return { url, pid: child.pid!, stop: () => stopChild(child) };
+  return serving(child, port);
+}
+
+/** The servers a benchmark started, stopped newest first (all at its end, or a phase's early). */
+export class Servers {
+  readonly #started: Server[] = [];
+
+  /** Waits for a server that is starting and keeps it, to be stopped with the others. */
+  async start<T extends Server>(starting: Promise<T>): Promise<T> {
+    const server = await starting;
+    this.#started.push(server);
+    return server;
+  }
+
+  async stopAll(): Promise<void> {
+    for (const s of this.#started.splice(0).reverse()) await s.stop();
+  }
+}
+
+/**
+ * Writes function `name` into `registry`: `handler.mjs` from `source`, and a function.toml with
+ * one warm instance taking `concurrency` calls at once, `top` (more top-level keys) and `table`.
+ */
+export async function writeFunction(
+  registry: string,
+  name: string,
+  source: string,
+  o: { readonly table: string; readonly concurrency: number; readonly top?: string },
+): Promise<void> {
+  await mkdir(join(registry, name), { recursive: true });
+  await writeFile(join(registry, name, "handler.mjs"), source);
+  await writeFile(
+    join(registry, name, "function.toml"),
+    `keepalive = 3600\nconcurrent-requests = ${o.concurrency}\nmax-instances = 1\n${o.top ?? ""}\n${o.table}\n`,
+  );
 }

@@ -24,7 +24,7 @@
  */
 import { mkdirSync, writeFileSync } from "node:fs";
 import { cp, mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
-import { cpus, loadavg, tmpdir } from "node:os";
+import { loadavg, tmpdir } from "node:os";
 import { basename, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
@@ -36,9 +36,12 @@ import {
   startRuntime,
   startWorkerd,
   waitForUrl,
+  Servers,
+  writeFunction,
   type Server,
 } from "./hop-backends.js";
 import { cdfChart } from "./plot.js";
+import { machine, writeResults } from "./results.js";
 import { fmt } from "./stats.js";
 import { cpuSeconds, processTree, wrk, wrkScript, type WrkResult } from "./wrk.js";
 
@@ -82,14 +85,8 @@ const median = (xs: readonly number[]): number => {
 async function registry(dir: string, withOci: boolean): Promise<void> {
   const tables: Array<[string, string]> = [["hop-process", `[process]\nhandler = "handler.mjs"`]];
   if (withOci) tables.push(["hop-oci", `[oci]\nhandler = "handler.mjs"\nruntime = "runc"`]);
-  for (const [name, table] of tables) {
-    await mkdir(join(dir, name), { recursive: true });
-    await writeFile(join(dir, name, "handler.mjs"), ECHO);
-    await writeFile(
-      join(dir, name, "function.toml"),
-      `keepalive = 3600\nconcurrent-requests = ${LOAD.connections}\nmax-instances = 1\n\n${table}\n`,
-    );
-  }
+  for (const [name, table] of tables)
+    await writeFunction(dir, name, ECHO, { table, concurrency: LOAD.connections });
 }
 
 async function copyRegistry(work: string): Promise<string> {
@@ -101,12 +98,8 @@ async function copyRegistry(work: string): Promise<string> {
 
 async function main(): Promise<void> {
   const work = await mkdtemp(join(tmpdir(), "fennec-bench-hop-"));
-  const started: Server[] = [];
-  const start = async <T extends Server>(s: Promise<T>): Promise<T> => {
-    const server = await s;
-    started.push(server);
-    return server;
-  };
+  const servers = new Servers();
+  const start = <T extends Server>(s: Promise<T>) => servers.start(s);
   try {
     const handler = join(work, "echo.mjs");
     await writeFile(handler, ECHO);
@@ -197,7 +190,7 @@ async function main(): Promise<void> {
     }
     report(measured);
   } finally {
-    for (const s of started.reverse()) await s.stop();
+    await servers.stopAll();
     await rm(work, { recursive: true, force: true });
   }
 }
@@ -303,20 +296,7 @@ ${ratios.join("\n")}
 - the runtime against workerd: ${fmt(runtime.rps / workerd.rps, 2)}× the throughput, p50 ${fmt(runtime.p50 / workerd.p50, 2)}×
 `;
   console.log(text);
-  mkdirSync(join(ROOT, "bench", "results"), { recursive: true });
-  writeFileSync(
-    join(ROOT, "bench", "results", "hop.json"),
-    JSON.stringify(
-      {
-        date: new Date().toISOString(),
-        machine: { cpus: cpus().length, model: cpus()[0]?.model, node: process.version, loadavg: loadavg() },
-        load: { ...LOAD, body: BODY, rounds: ROUNDS },
-        rows,
-      },
-      null,
-      2,
-    ) + "\n",
-  );
+  writeResults("hop.json", { machine: machine(true), load: { ...LOAD, body: BODY, rounds: ROUNDS }, rows });
   const colours = ["#888", "#2b8a3e", "#69db7c", "#f08c00", "#1c7ed6", "#74c0fc", "#d9480f", "#ae3ec9"];
   mkdirSync(join(ROOT, "docs", "img"), { recursive: true });
   writeFileSync(

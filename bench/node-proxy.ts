@@ -10,21 +10,23 @@ import { createServer } from "node:http";
 import type { AddressInfo } from "node:net";
 import { pipeline } from "node:stream/promises";
 import { Pool } from "undici";
+import { HOP_BY_HOP } from "../src/core/hop-by-hop.js";
 
-const HOP_BY_HOP = new Set(["connection", "keep-alive", "transfer-encoding", "host"]);
+/** One hop's headers, and `host` (undici sets the upstream's). */
+const NOT_FORWARDED = new Set([...HOP_BY_HOP, "host"]);
 const upstream = new Pool(`http://127.0.0.1:${process.argv[2]}`, { connections: 64 });
 
 const server = createServer((req, res) => {
   const headers: Record<string, string> = {};
   for (const [name, value] of Object.entries(req.headers))
-    if (typeof value === "string" && !HOP_BY_HOP.has(name)) headers[name] = value;
+    if (typeof value === "string" && !NOT_FORWARDED.has(name)) headers[name] = value;
   const bodyless =
     req.headers["content-length"] === undefined && req.headers["transfer-encoding"] === undefined;
   upstream
     .request({ method: req.method ?? "GET", path: req.url ?? "/", headers, body: bodyless ? null : req })
     .then(async (up) => {
       for (const [name, value] of Object.entries(up.headers))
-        if (value !== undefined && !HOP_BY_HOP.has(name)) res.setHeader(name, value);
+        if (value !== undefined && !NOT_FORWARDED.has(name)) res.setHeader(name, value);
       res.statusCode = up.statusCode;
       await pipeline(up.body, res);
     })

@@ -16,10 +16,10 @@
  * Writes bench/results/streaming.json. Needs root (clear_refs, `[oci]`), nginx.
  */
 import { createHash, randomBytes } from "node:crypto";
-import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
-import { mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
+import { readFileSync, writeFileSync } from "node:fs";
+import { mkdtemp, rm, writeFile } from "node:fs/promises";
 import { request } from "node:http";
-import { cpus, loadavg, tmpdir } from "node:os";
+import { loadavg, tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
@@ -30,12 +30,14 @@ import {
   startRuntime,
   startWorkerd,
   waitForUrl,
+  Servers,
+  writeFunction,
   type Server,
 } from "./hop-backends.js";
+import { machine, writeResults } from "./results.js";
 import { fmt } from "./stats.js";
 import { processTree } from "./wrk.js";
 
-const ROOT = fileURLToPath(new URL("../../", import.meta.url));
 const { values: opts } = parseArgs({
   options: {
     bytes: { type: "string", default: String(2 ** 30) },
@@ -175,14 +177,9 @@ async function upload(url: string): Promise<{ ok: boolean; answer: string; secon
 
 // ---------------------------------------------------------------- main
 
-async function fn(registry: string, name: string, source: string, table: string): Promise<void> {
-  await mkdir(join(registry, name), { recursive: true });
-  await writeFile(join(registry, name, "handler.mjs"), source);
-  await writeFile(
-    join(registry, name, "function.toml"),
-    `keepalive = 3600\nconcurrent-requests = 8\nmax-instances = 1\ntimeout = 600\n\n${table}\n`,
-  );
-}
+/** A function of one warm instance taking 8 calls at once, allowed 10 minutes (a slow 1 GiB read). */
+const fn = (registry: string, name: string, source: string, table: string) =>
+  writeFunction(registry, name, source, { table, concurrency: 8, top: "timeout = 600\n" });
 
 /**
  * A Fennec of its own (its memory untouched by earlier tests) calls function `name` once to start
@@ -216,12 +213,8 @@ async function measuredOn<T>(fennec: Server, name: string, work: () => Promise<T
 
 async function main(): Promise<void> {
   const work = await mkdtemp(join(tmpdir(), "fennec-bench-streaming-"));
-  const started: Server[] = [];
-  const start = async <T extends Server>(s: Promise<T>): Promise<T> => {
-    const server = await s;
-    started.push(server);
-    return server;
-  };
+  const servers = new Servers();
+  const start = <T extends Server>(s: Promise<T>) => servers.start(s);
   const withOci = !opts["no-oci"];
   try {
     const sse = join(work, "sse.mjs");
@@ -262,7 +255,7 @@ async function main(): Promise<void> {
       }
     }
 
-    for (const s of started.splice(0).reverse()) await s.stop();
+    await servers.stopAll();
 
     console.error(`download of ${fmt(BYTES / MiB, 0)} MiB at ${fmt(RATE / MiB, 0)} MiB/s through Fennec`);
     const down = await measured(registry, "download", (url) => slowDownload(`${url}?bytes=${BYTES}`));
@@ -271,7 +264,7 @@ async function main(): Promise<void> {
 
     report(sseResults, down, up);
   } finally {
-    for (const s of started.reverse()) await s.stop();
+    await servers.stopAll();
     await rm(work, { recursive: true, force: true });
   }
 }
@@ -309,23 +302,14 @@ load average at the end: ${loadavg()
     .join(" ")}
 `;
   console.log(text);
-  mkdirSync(join(ROOT, "bench", "results"), { recursive: true });
-  writeFileSync(
-    join(ROOT, "bench", "results", "streaming.json"),
-    JSON.stringify(
-      {
-        date: new Date().toISOString(),
-        machine: { cpus: cpus().length, model: cpus()[0]?.model, node: process.version, loadavg: loadavg() },
-        bytes: BYTES,
-        readRate: RATE,
-        sse,
-        download: down,
-        upload: up,
-      },
-      null,
-      2,
-    ) + "\n",
-  );
+  writeResults("streaming.json", {
+    machine: machine(true),
+    bytes: BYTES,
+    readRate: RATE,
+    sse,
+    download: down,
+    upload: up,
+  });
 }
 
 void main().catch((err: unknown) => {

@@ -25,23 +25,13 @@ import { sandboxKinds } from "../src/sandbox/drivers/index.js";
 import { ProcessDriver } from "../src/sandbox/drivers/process/driver.js";
 import { VmDriver } from "../src/sandbox/drivers/vm/driver.js";
 import { runRoot } from "../src/sandbox/run-dir.js";
+import { drain, request } from "./empty-call.js";
 import { cdfChart } from "./plot.js";
 import { fmt, summarize } from "./stats.js";
-import { bodyOf, readBody } from "../src/core/body.js";
-import type { Body } from "../src/core/types.js";
 
 const ROOT = fileURLToPath(new URL("../../", import.meta.url));
 const EXAMPLES = join(ROOT, "examples", "registry");
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-const request = () => ({
-  method: "GET",
-  path: "/",
-  query: "",
-  headers: { "content-length": "0" },
-  body: bodyOf(),
-});
-/** A fresh request each time (a body is a stream, read once), and its response read to the end. */
-const drain = (r: { body: Body }) => readBody(r.body, Number.POSITIVE_INFINITY, () => new Error("unbounded"));
 
 function example(name: string, edit: (toml: string) => string = (t) => t): FunctionConfig {
   const dir = join(EXAMPLES, name);

@@ -1,5 +1,6 @@
 import { z } from "zod";
 import { byteSize } from "./byte-size.js";
+import type { FunctionFiles } from "./sandbox-table.js";
 
 /**
  * The function.toml schema: UniFaaS's top-level keys unchanged (`keepalive`, `concurrent-requests`,
@@ -19,11 +20,58 @@ const nonNegativeInt = z.int().min(0);
  */
 export const servedPort = z.number().int().min(1).max(65535).optional();
 
+/** The config of `servedPort`. */
+export interface ServedPortConfig {
+  /** The program serves HTTP on this port in its own network namespace, reached through a relay. */
+  readonly port?: number | undefined;
+}
+
 /** An `env` table: environment variable names to values. */
 export const envTable = z.record(
   z.string().regex(/^[A-Za-z_][A-Za-z0-9_]*$/, "an environment variable name"),
   z.string(),
 );
+
+/**
+ * The keys every sandbox that runs a program under limits shares (`[process]`, `[oci]`,
+ * `[container]`): a fetch-style `handler` (instead of the kind's own command or image), `env`, and
+ * the memory (MiB) and process limits, with the kind's defaults.
+ */
+export const programKeys = (defaults: { readonly memory: number; readonly pids: number }) => ({
+  handler: z.string().min(1).optional(),
+  env: envTable.default({}),
+  memory: positiveInt.default(defaults.memory),
+  pids: positiveInt.default(defaults.pids),
+});
+
+/** What `programKeys` become in a sandbox config: the handler's path resolved, the memory in MiB. */
+export function programConfig(
+  table: {
+    readonly handler?: string | undefined;
+    readonly env: Record<string, string>;
+    readonly memory: number;
+    readonly pids: number;
+  },
+  files: FunctionFiles,
+): ProgramConfig {
+  return {
+    handler: table.handler === undefined ? undefined : files.file(table.handler, "handler"),
+    env: table.env,
+    memoryMiB: table.memory,
+    pids: table.pids,
+  };
+}
+
+/** The config of `programKeys`, part of each such kind's sandbox config. */
+export interface ProgramConfig {
+  /** Absolute path of a fetch-style handler, instead of the kind's command or image. */
+  readonly handler: string | undefined;
+  readonly env: Readonly<Record<string, string>>;
+  /** Memory limit in MiB. */
+  readonly memoryMiB: number;
+  /** Most processes and threads the function may have. */
+  readonly pids: number;
+}
 
 const topLevel = {
   keepalive: nonNegativeInt,

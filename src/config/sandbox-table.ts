@@ -1,10 +1,23 @@
 import type { z } from "zod";
+import { FennecError } from "../core/errors.js";
 import type { FunctionConfig, SandboxConfigs } from "./function-config.js";
 
 /** A function whose sandbox is of kind `K`, its config narrowed to that kind's. */
 export type KindConfig<K extends keyof SandboxConfigs> = FunctionConfig & {
   readonly sandbox: SandboxConfigs[K];
 };
+
+/** The `[kind]` table of a function a driver of that kind was handed; INTERNAL for another kind's. */
+export function sandboxOf<K extends keyof SandboxConfigs>(
+  config: FunctionConfig,
+  kind: K,
+): SandboxConfigs[K] {
+  if (config.sandbox.kind !== kind) {
+    const article = /^[aeiou]/.test(kind) ? "an" : "a";
+    throw new FennecError("INTERNAL", `${config.key} is not ${article} ${kind} function`);
+  }
+  return config.sandbox as SandboxConfigs[K];
+}
 
 /**
  * Paths from a sandbox table, resolved inside the function directory (never outside it, and with

@@ -2,21 +2,16 @@ import { validateHeaderName, validateHeaderValue, type ServerResponse } from "no
 import { pipeline } from "node:stream/promises";
 import { takeWhole } from "../core/body.js";
 import { FennecError } from "../core/errors.js";
+import { HOP_BY_HOP } from "../core/hop-by-hop.js";
 import { quoteForMessage } from "../core/names.js";
 import type { InvokeResponse } from "../core/types.js";
 import { REQUEST_ID_HEADER } from "./http-util.js";
 
-/** Headers that describe one hop, not the message: never forwarded either way. */
-export const HOP_BY_HOP = new Set([
-  "connection",
-  "keep-alive",
-  "transfer-encoding",
-  "upgrade",
-  "te",
-  "trailer",
-  "proxy-connection",
-  "content-length",
-]);
+/**
+ * Headers never forwarded either way: one hop's, and `content-length` (the gateway sets a body's
+ * length itself, from what it sends).
+ */
+export const NOT_FORWARDED = new Set([...HOP_BY_HOP, "content-length"]);
 
 /**
  * Headers only the platform sets (the correlation id, `x-fennec-error`, `x-fennec-start`, ...): a
@@ -86,7 +81,7 @@ function writeHead(res: ServerResponse, response: InvokeResponse): string | unde
   for (const [raw, value] of response.headers) {
     const name = raw.toLowerCase();
     if (name === "content-length" && /^\d{1,15}$/.test(value)) length = value;
-    if (HOP_BY_HOP.has(name) || isPlatformHeader(name)) continue;
+    if (NOT_FORWARDED.has(name) || isPlatformHeader(name)) continue;
     try {
       validateHeaderName(name);
       validateHeaderValue(name, value);

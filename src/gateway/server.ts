@@ -23,7 +23,7 @@ import {
 } from "./http-util.js";
 import type { AllowedHosts } from "./allowed-hosts.js";
 import { JSON_BODY, MODULE_BODY, NUMBER_BODY, refuseCrossSite } from "./cross-site.js";
-import { HOP_BY_HOP, sendResponse } from "./function-response.js";
+import { NOT_FORWARDED, sendResponse } from "./function-response.js";
 import { requestBody } from "./request-body.js";
 import { functionId, parseTarget, type Target } from "./routes.js";
 import { deployCheck, deployFromJson, describeFunctions } from "./admin.js";
@@ -147,7 +147,7 @@ export class Gateway {
     const { body: pending, length } = requestBody(req, limit);
     const headers: Record<string, string> = {};
     for (const [name, value] of Object.entries(req.headers)) {
-      if (value === undefined || HOP_BY_HOP.has(name)) continue;
+      if (value === undefined || NOT_FORWARDED.has(name)) continue;
       headers[name] = Array.isArray(value) ? value.join(", ") : value;
     }
     if (length !== undefined) headers["content-length"] = length;

@@ -32,17 +32,22 @@ export function systemDirs(): string[] {
   return SYSTEM_DIRS.filter((d) => existsSync(d));
 }
 
+/** Whether this user may execute `path`. */
+export function isExecutable(path: string): boolean {
+  try {
+    accessSync(path, constants.X_OK);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
 /** An executable on PATH (or in the sbin directories), or a clear error naming the package to install. */
 export function findExecutable(name: string, debianPackage: string): string {
   const dirs = (process.env["PATH"] ?? "/usr/bin:/bin").split(delimiter).concat(["/usr/sbin", "/sbin"]);
   for (const dir of dirs) {
     const candidate = join(dir, name);
-    try {
-      accessSync(candidate, constants.X_OK);
-      return candidate;
-    } catch {
-      // keep looking
-    }
+    if (isExecutable(candidate)) return candidate;
   }
   throw new FennecError("SANDBOX_START_FAILED", `${name} is not installed: apt-get install ${debianPackage}`);
 }

@@ -3,6 +3,7 @@ import type { Duplex } from "node:stream";
 import { Pool, errors as undiciErrors } from "undici";
 import { takeWhole, WHOLE_BODY_BYTES, WholeBody } from "../core/body.js";
 import { FennecError } from "../core/errors.js";
+import { HOP_BY_HOP } from "../core/hop-by-hop.js";
 import type { InvokeRequest, InvokeResponse } from "../core/types.js";
 
 /**
@@ -14,21 +15,11 @@ export type Endpoint =
   | { readonly host: string; readonly port: number }
   | { readonly connect: () => Duplex };
 
-/** Headers of one hop, and `expect` (the gateway has answered any `100-continue` itself). */
-const HOP_BY_HOP = new Set([
-  "connection",
-  "keep-alive",
-  "transfer-encoding",
-  "upgrade",
-  "te",
-  "trailer",
-  "proxy-connection",
-  "expect",
-  "host",
-]);
+/** Request headers of this hop: one hop's, `expect` (the gateway has answered any `100-continue` itself) and `host`. */
+const NOT_SENT = new Set([...HOP_BY_HOP, "expect", "host"]);
 
 /** Response headers that describe this hop's message, not the function's: the gateway sets its own. */
-const NOT_FORWARDED = new Set([...HOP_BY_HOP, "date"]);
+const NOT_FORWARDED = new Set([...NOT_SENT, "date"]);
 
 /**
  * Forwards invocations to an instance's HTTP server (the UniFaaS guest contract) with undici,
@@ -84,7 +75,7 @@ export class HttpTransport {
    */
   async invoke(req: InvokeRequest, signal: AbortSignal): Promise<InvokeResponse> {
     const headers: Record<string, string> = {};
-    for (const [k, v] of Object.entries(req.headers)) if (!HOP_BY_HOP.has(k)) headers[k] = v;
+    for (const [k, v] of Object.entries(req.headers)) if (!NOT_SENT.has(k)) headers[k] = v;
     const whole = takeWhole(req.body);
     const bodyless = headers["content-length"] === "0";
     if (bodyless && !whole) req.body.resume(); // empty: nothing to send, but it must end

@@ -6,9 +6,10 @@ import { fileURLToPath } from "node:url";
 import type Docker from "dockerode";
 import { FennecError } from "../core/errors.js";
 import { findExecutable } from "./host-view.js";
+import type { RelayPlan } from "./socket-relay.js";
 import { SANDBOX_USER } from "./unprivileged.js";
 
-const RELAY = fileURLToPath(new URL("./port-relay.js", import.meta.url));
+const RELAY = fileURLToPath(new URL("./socket-relay.js", import.meta.url));
 const TAIL = 2048;
 
 let relaySource: string | undefined;
@@ -46,8 +47,13 @@ export type RelayPlace =
       readonly socketPath: string;
     };
 
+/** The socket to the port, listening once the port answers (the socket's appearing is the readiness). */
 function relayEnv(socketPath: string, port: number): Record<string, string> {
-  return { FENNEC_RELAY_SOCKET: socketPath, FENNEC_RELAY_PORT: String(port) };
+  const plan: RelayPlan = {
+    routes: [{ listen: { path: socketPath }, to: { host: "127.0.0.1", port } }],
+    awaitTargets: true,
+  };
+  return { FENNEC_RELAY: JSON.stringify(plan) };
 }
 
 /** The command line (and working directory) of a relay a host process starts or carries. */
@@ -85,7 +91,7 @@ function relayCommand(
 }
 
 /**
- * A relay from a Unix socket to a TCP port in a sandbox's own network namespace (port-relay.ts):
+ * A relay from a Unix socket to a TCP port in a sandbox's own network namespace (socket-relay.ts):
  * how Fennec reaches a function that serves on a port (UniFaaS's 8080) without giving it any
  * network but its loopback. The socket appears once the port answers: the driver's wait for the
  * socket is the readiness signal, and the function is told `ignore` for a callback it could not

@@ -14,6 +14,7 @@ import {
 import { tmpdir } from "node:os";
 import { basename, dirname, join } from "node:path";
 import { FennecError } from "../core/errors.js";
+import type { CleanupStack } from "./cleanup-stack.js";
 import type { CleanupReport } from "./contract.js";
 import { mountPointsUnder } from "./mounts.js";
 import { selfIdentity, startTime, stillRunning, type ProcessIdentity } from "../core/process-identity.js";
@@ -190,6 +191,20 @@ export async function createRunDir(driver: string, instanceId: string): Promise<
       `cannot create the run directory ${dir}: ${(err as Error).message}`,
     );
   }
+  return dir;
+}
+
+/**
+ * Creates an instance's run directory (createRunDir) and defers its removal on `cleanup`: deferred
+ * before what the instance then acquires, it is removed after all of that is released.
+ */
+export async function createRunDirOn(
+  cleanup: CleanupStack,
+  driver: string,
+  instanceId: string,
+): Promise<string> {
+  const dir = await createRunDir(driver, instanceId);
+  cleanup.defer(() => removeRunDir(dir));
   return dir;
 }
 

@@ -60,11 +60,11 @@ describe("UniFaaS's app as a [vm] command on QEMU's user-mode network", () => {
 
 const PROBE = join(ROOT, "test", "fixtures", "port", "probe.mjs");
 
-/** Relay processes (port-relay.ts) still running: none may outlive its instance. */
+/** Relay processes (socket-relay.ts) still running: none may outlive its instance. */
 function relays(): string[] {
   return execFileSync("ps", ["-eo", "pid=,args="], { encoding: "utf8" })
     .split("\n")
-    .filter((l) => l.includes("--input-type=module") && l.includes("FENNEC_RELAY_SOCKET"));
+    .filter((l) => l.includes("--input-type=module") && l.includes("FENNEC_RELAY"));
 }
 
 /** Asserts what the probe saw: its loopback and nothing else, and no way to the gateway. */

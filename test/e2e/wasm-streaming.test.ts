@@ -7,6 +7,8 @@ import { after, before, describe, it } from "node:test";
 import { WasmDriver, type WasmInstance } from "../../src/sandbox/drivers/wasm/driver.js";
 import { RING_BYTES } from "../../src/sandbox/drivers/wasm/ring.js";
 import { testConfig } from "../helpers/config.js";
+import { bodyOf } from "../helpers/body.js";
+import { startInstance } from "../helpers/instance.js";
 import { WASM_FIXTURES } from "../helpers/paths.js";
 
 const MIB = 2 ** 20;
@@ -53,6 +55,26 @@ async function readUntil(body: Readable, seen: { text: string }, wanted: string)
       body.once("error", reject);
     });
   }
+}
+
+/** Runs `test` on a driver of its own (its own executors), closed after. */
+async function withDriver(
+  options: ConstructorParameters<typeof WasmDriver>[0],
+  test: (driver: WasmDriver) => Promise<void>,
+): Promise<void> {
+  const driver = new WasmDriver(options);
+  try {
+    await test(driver);
+  } finally {
+    await driver.close();
+  }
+}
+
+/** Reads `body` to its end; resolves with how many bytes it had. */
+async function byteCount(body: Readable): Promise<number> {
+  let total = 0;
+  for await (const chunk of body) total += (chunk as Buffer).byteLength;
+  return total;
 }
 
 /** Resolves when `body` fails, with the error. */
@@ -114,8 +136,7 @@ describe("wasm sandbox: streaming bodies", () => {
   });
 
   it("cuts the body with FN_RESPONSE_TOO_LARGE when the output passes the limit mid-stream", async () => {
-    const small = new WasmDriver({ spareExecutors: 0, maxOutputBytes: 1 * MIB });
-    try {
+    await withDriver({ spareExecutors: 0, maxOutputBytes: 1 * MIB }, async (small) => {
       const inst = await startOn(small, "flood.wasm");
       const res = await inst.invokeStreaming(request(new Uint8Array(0), "4"), new AbortController().signal);
       assert.equal(res.status, 200);
@@ -127,22 +148,27 @@ describe("wasm sandbox: streaming bodies", () => {
       // The same instance serves again.
       const again = await inst.invokeStreaming(request(new Uint8Array(0), "0"), new AbortController().signal);
       assert.equal(again.status, 200);
-    } finally {
-      await small.close();
-    }
+    });
   });
 
-  it("stops a module blocked on a reader that stalls at the function's timeout", async () => {
-    const inst = await startOn(driver, "flood.wasm", 500);
-    const res = await inst.invokeStreaming(request(new Uint8Array(0), "64"), new AbortController().signal);
-    const err = await failure(res.body);
-    assert.equal(err.code, "FN_TIMEOUT");
+  it("stops a module blocked on a reader that stalls at the function's timeout (the lifecycle's)", async () => {
+    // One executor: the next call is served only if the blocked module no longer holds it.
+    await withDriver({ spareExecutors: 1, maxExecutors: 1 }, async (one) => {
+      const inst = await startInstance(one, wasmFn("flood.wasm", 500));
+      const res = await inst.invoke({ ...request(new Uint8Array(0), "64"), body: bodyOf() });
+      const err = await failure(res.body);
+      assert.equal(err.code, "FN_TIMEOUT");
+      await inst.stopped;
+      assert.equal(inst.state, "failed");
+      const next = await startOn(one, "flood.wasm");
+      const again = await next.invokeStreaming(request(new Uint8Array(0), "1"), new AbortController().signal);
+      assert.equal(await byteCount(again.body), MIB);
+    });
   });
 
   it("stops the module when the reader goes away, and serves the next call", async () => {
     // One executor: the next call is served only if the abandoned module no longer holds it.
-    const one = new WasmDriver({ spareExecutors: 1, maxExecutors: 1 });
-    try {
+    await withDriver({ spareExecutors: 1, maxExecutors: 1 }, async (one) => {
       const inst = await startOn(one, "stream-parts.wasm");
       const stdin = new PassThrough();
       const res = await inst.invokeStreaming(request(stdin), new AbortController().signal);
@@ -154,14 +180,11 @@ describe("wasm sandbox: streaming bodies", () => {
       const seen = { text: "" };
       await readUntil(next.body, seen, "end\n");
       assert.equal(seen.text, "part 1\ngot: again\nend\n");
-    } finally {
-      await one.close();
-    }
+    });
   });
 
   it("serves another function while streaming calls blocked on their clients hold every executor", async () => {
-    const two = new WasmDriver({ spareExecutors: 0, maxExecutors: 2 });
-    try {
+    await withDriver({ spareExecutors: 0, maxExecutors: 2 }, async (two) => {
       const stuck = await startOn(two, "stream-parts.wasm");
       // Two calls that answered part 1 and wait for request bodies that never come: they cannot
       // be run again from the start, and they take both executors.
@@ -172,9 +195,7 @@ describe("wasm sandbox: streaming bodies", () => {
       for (const c of calls) await readUntil(c.body, { text: "" }, "part 1\n");
       const other = await startOn(two, "flood.wasm");
       const res = await other.invokeStreaming(request(new Uint8Array(0), "1"), new AbortController().signal);
-      let total = 0;
-      for await (const chunk of res.body) total += (chunk as Buffer).byteLength;
-      assert.equal(total, MIB);
+      assert.equal(await byteCount(res.body), MIB);
       // The blocked calls still run, and finish once their bodies come.
       for (const [i, b] of bodies.entries()) {
         b.end("late\n");
@@ -182,8 +203,6 @@ describe("wasm sandbox: streaming bodies", () => {
         await readUntil(calls[i]!.body, seen, "end\n");
         assert.equal(seen.text, "got: late\nend\n");
       }
-    } finally {
-      await two.close();
-    }
+    });
   });
 });

@@ -1,8 +1,7 @@
-import { mkdir } from "node:fs/promises";
-import { join } from "node:path";
 import type Docker from "dockerode";
 import { FennecError } from "../../../core/errors.js";
 import type { ContainerSandboxConfig, FunctionConfig } from "../../../config/function-config.js";
+import { sandboxOf } from "../../../config/sandbox-table.js";
 import { CleanupStack } from "../../cleanup-stack.js";
 import type { CleanupReport, SandboxDriver, SandboxHandle, StartContext } from "../../contract.js";
 import { HandlerBundles } from "../../handler-build.js";
@@ -10,22 +9,18 @@ import { PerRevision } from "../../per-revision.js";
 import { INSIDE } from "../../host-view.js";
 import { nodeInside, removeOtherRootfs, RootfsBuilds, type BuiltRootfs } from "../../rootfs-build.js";
 import { selfIdentity, startTime, stillRunning } from "../../../core/process-identity.js";
-import { createRunDir, mergeReports, removeRunDir, runRoot, sweepStale } from "../../run-dir.js";
+import { createRunDirOn, mergeReports, runRoot, sweepStale } from "../../run-dir.js";
 import { seccompProfile } from "../../seccomp.js";
-import { giveToSandboxUser, SANDBOX_USER } from "../../unprivileged.js";
+import { SANDBOX_USER } from "../../unprivileged.js";
+import { createSocketDir, readyOnSocket, SOCKET_INSIDE } from "../../socket-dir.js";
 import { exitFromStatus, SupervisedChild, type Child, type ChildExit } from "../../supervised-child.js";
-import { SupervisedHandle } from "../../supervised-handle.js";
 import { DockerEngine, defaultDockerSocket, handlerImageRef, LABEL } from "./engine.js";
 import { forwardContainerPort } from "./port-forward.js";
 
 /** The lines of a container's log an error message quotes from. */
 const LOG_LINES = 20;
 
-function containerOf(config: FunctionConfig): ContainerSandboxConfig {
-  if (config.sandbox.kind !== "container")
-    throw new FennecError("INTERNAL", `${config.key} is not a container function`);
-  return config.sandbox;
-}
+const containerOf = (config: FunctionConfig): ContainerSandboxConfig => sandboxOf(config, "container");
 
 export interface ContainerDriverOptions {
   /** The Engine API's Unix socket; default `DOCKER_HOST` (unix://) or /var/run/docker.sock. */
@@ -169,15 +164,12 @@ export class ContainerDriver implements SandboxDriver {
     // image a newer build replaced goes with its last container.
     const cleanup = new CleanupStack();
     cleanup.defer(() => this.#released(ctx.config, image).catch(() => undefined));
-    const dir = await createRunDir("container", ctx.instanceId);
-    cleanup.defer(() => removeRunDir(dir));
-    const socketDir = join(dir, "sock");
+    const dir = await createRunDirOn(cleanup, "container", ctx.instanceId);
+    let socketDir: string;
     const memory = cfg.memoryMiB * 2 ** 20;
     let container: Docker.Container;
     try {
-      await mkdir(socketDir);
-      // The one host directory the container writes: its own, the sandbox user's.
-      await giveToSandboxUser(socketDir);
+      socketDir = await createSocketDir(dir);
       container = await this.engine.api.createContainer({
         name: `fennec-${ctx.instanceId}`,
         Image: image,
@@ -188,7 +180,7 @@ export class ContainerDriver implements SandboxDriver {
         User: `${SANDBOX_USER.uid}:${SANDBOX_USER.gid}`,
         Env: [
           ...Object.entries(cfg.env).map(([k, v]) => `${k}=${v}`),
-          `FENNEC_SOCKET=${join(INSIDE.runDir, "http.sock")}`,
+          `FENNEC_SOCKET=${SOCKET_INSIDE}`,
           `FENNEC_CALLBACK=${ctx.callbackUrl}`,
           `FENNEC_INSTANCE_ID=${ctx.instanceId}`,
         ],
@@ -254,15 +246,9 @@ export class ContainerDriver implements SandboxDriver {
     // Ready when its socket accepts, unless it exits first (a UniFaaS image also calls back, but
     // its socket is the transport: a callback alone does not make it reachable); once ready, the
     // socket is moved out of the container's reach.
-    const socketPath = join(dir, "http.sock");
-    const readiness = {
-      kind: "socket",
-      path: join(socketDir, "http.sock"),
-      takeTo: socketPath,
-      // issue10-unifaas (3/3): a relay that dies fails the start.
-      failsIf: relay?.then((r) => r?.failed ?? new Promise<never>(() => undefined)),
-    } as const;
-    return SupervisedHandle.ready(child, { socketPath }, readiness, ctx);
+    // issue10-unifaas (3/3): a relay that dies fails the start.
+    const relayFailed = relay?.then((r) => r?.failed ?? new Promise<never>(() => undefined));
+    return readyOnSocket(child, { dir, socketDir }, ctx, relayFailed);
   }
 }
 

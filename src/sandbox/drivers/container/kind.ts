@@ -1,6 +1,7 @@
 import { readdir } from "node:fs/promises";
 import { z } from "zod";
-import { envTable, positiveInt, servedPort } from "../../../config/function-schema.js";
+import { programConfig, programKeys, servedPort } from "../../../config/function-schema.js";
+import type { ProgramConfig, ServedPortConfig } from "../../../config/function-schema.js";
 import { toFennecError, type FennecError } from "../../../core/errors.js";
 import { runRoot } from "../../run-dir.js";
 import { built, type SandboxKind } from "../../kind.js";
@@ -17,14 +18,12 @@ const containerTable = z
       .string()
       .regex(/^[A-Za-z0-9][A-Za-z0-9._/:@-]{0,254}$/, "a Docker image reference such as name:tag")
       .optional(),
-    handler: z.string().min(1).optional(),
-    memory: positiveInt.default(128),
+    /** `memory` is also the memory+swap limit (no swap), as in UniFaaS. */
+    ...programKeys({ memory: 128, pids: 1024 }),
     runtime: z
       .string()
       .regex(/^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/, "a runtime name from /etc/docker/daemon.json")
       .optional(),
-    env: envTable.default({}),
-    pids: positiveInt.default(1024),
     /** `none`: no IP network (the socket transport only); `host`: the callback reaches the gateway. */
     network: z.enum(["none", "host"]).default("none"),
     port: servedPort,
@@ -38,21 +37,14 @@ const containerTable = z
     path: ["port"],
   });
 
-export interface ContainerSandboxConfig {
+/** With a `handler`, Fennec builds the image; `memoryMiB` is also the memory+swap limit (no swap). */
+export interface ContainerSandboxConfig extends ProgramConfig, ServedPortConfig {
   readonly kind: "container";
   /** A Docker image already on the engine (imported or loaded: no registry is assumed). */
   readonly image: string | undefined;
-  /** Absolute path of a fetch-style handler, instead of an image: Fennec builds the image. */
-  readonly handler: string | undefined;
-  /** Memory limit, also the memory+swap limit (no swap), as in UniFaaS. */
-  readonly memoryMiB: number;
   /** A runtime the engine knows (`runsc`); the engine's default (runc) when absent. */
   readonly runtime: string | undefined;
-  readonly env: Readonly<Record<string, string>>;
-  readonly pids: number;
   readonly network: "none" | "host";
-  /** The image serves HTTP on this port in its own network namespace, reached through a relay. */
-  readonly port?: number | undefined;
 }
 
 // Inside the block below, `ContainerSandboxConfig` would name the config layer's alias of this very entry.
@@ -72,11 +64,8 @@ export const containerKind: SandboxKind<"container", typeof containerTable, Cont
   toConfig: (c, files) => ({
     kind: "container",
     image: c.image,
-    handler: c.handler === undefined ? undefined : files.file(c.handler, "handler"),
-    memoryMiB: c.memory,
+    ...programConfig(c, files),
     runtime: c.runtime,
-    env: c.env,
-    pids: c.pids,
     network: c.network,
     port: c.port,
   }),

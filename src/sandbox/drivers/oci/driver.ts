@@ -5,16 +5,16 @@ import { join } from "node:path";
 import { promisify } from "node:util";
 import { FennecError } from "../../../core/errors.js";
 import type { FunctionConfig, OciSandboxConfig } from "../../../config/function-config.js";
+import { sandboxOf } from "../../../config/sandbox-table.js";
 import { removeNested } from "../../cgroups.js";
 import { CleanupStack } from "../../cleanup-stack.js";
 import type { CleanupReport, SandboxDriver, SandboxHandle, StartContext } from "../../contract.js";
 import { HandlerBundles } from "../../handler-build.js";
 import { findExecutable, INSIDE, systemDirs } from "../../host-view.js";
 import { nodeInside, removeRootfs, RootfsBuilds, type BuiltRootfs } from "../../rootfs-build.js";
-import { createRunDir, mergeReports, ownerOf, removeRunDir, runRoot, sweepStale } from "../../run-dir.js";
-import { giveToSandboxUser } from "../../unprivileged.js";
+import { createRunDirOn, mergeReports, ownerOf, runRoot, sweepStale } from "../../run-dir.js";
+import { createSocketDir, readyOnSocket, SOCKET_INSIDE } from "../../socket-dir.js";
 import { fromChildProcess, SupervisedChild } from "../../supervised-child.js";
-import { SupervisedHandle } from "../../supervised-handle.js";
 import { mountPointsUnder } from "../../mounts.js";
 import { mountOverlay, unmountOverlay } from "./overlay.js";
 import { ociSpec, type BindMount } from "./spec.js";
@@ -30,11 +30,7 @@ const RUNTIME_KILL_GRACE_MS = 3000;
 /** The Debian package that provides each runtime, for the error when one is missing. */
 const PACKAGE: Record<OciSandboxConfig["runtime"], string> = { runc: "runc", runsc: "runsc" };
 
-function ociOf(config: FunctionConfig): OciSandboxConfig {
-  if (config.sandbox.kind !== "oci")
-    throw new FennecError("INTERNAL", `${config.key} is not an oci function`);
-  return config.sandbox;
-}
+const ociOf = (config: FunctionConfig): OciSandboxConfig => sandboxOf(config, "oci");
 
 /**
  * `[oci]`: the function as an OCI bundle run directly by runc or gVisor's runsc, no daemon.
@@ -178,17 +174,13 @@ export class OciDriver implements SandboxDriver {
     const what = `${ctx.config.key}: instance ${ctx.instanceId} (${cfg.runtime})`;
     // What the instance holds, released newest first when it stops or fails to start.
     const cleanup = new CleanupStack();
-    const dir = await createRunDir("oci", ctx.instanceId);
-    cleanup.defer(() => removeRunDir(dir));
-    const socketDir = join(dir, "sock");
+    const dir = await createRunDirOn(cleanup, "oci", ctx.instanceId);
+    let socketDir: string;
     let argv: string[];
     let rootfs: string;
     const binds: BindMount[] = [];
     try {
-      await mkdir(socketDir);
-      // The one host directory the container writes: its own, the sandbox user's (the run
-      // directory around it, with the bundle and owner record, stays root's and is not mounted).
-      await giveToSandboxUser(socketDir);
+      socketDir = await createSocketDir(dir);
       if (cfg.command) {
         // A host program: an empty root with the host's program directories bound read-only.
         argv = [...cfg.command];
@@ -219,7 +211,7 @@ export class OciDriver implements SandboxDriver {
         HOME: "/tmp",
         TMPDIR: "/tmp",
         ...cfg.env,
-        FENNEC_SOCKET: join(INSIDE.runDir, "http.sock"),
+        FENNEC_SOCKET: SOCKET_INSIDE,
         FENNEC_CALLBACK: "ignore",
         FENNEC_INSTANCE_ID: ctx.instanceId,
       },
@@ -305,15 +297,8 @@ export class OciDriver implements SandboxDriver {
       oomKilled: (exit) => exit.signal === "SIGKILL",
       cleanup,
     });
-    // 2. Race the socket accepting against the container exiting and the start deadline; once
-    //    ready, the socket is moved out of the container's reach.
-    const socketPath = join(dir, "http.sock");
-    const readiness = {
-      kind: "socket",
-      path: join(socketDir, "http.sock"),
-      takeTo: socketPath,
-      failsIf: relay?.failed, // issue10-unifaas (2/2)
-    } as const;
-    return SupervisedHandle.ready(child, { socketPath }, readiness, ctx);
+    // 2. Race the socket accepting against the container exiting and the start deadline (and a
+    //    relay dying: issue10-unifaas 2/2); once ready, the socket is moved out of the container's reach.
+    return readyOnSocket(child, { dir, socketDir }, ctx, relay?.failed);
   }
 }

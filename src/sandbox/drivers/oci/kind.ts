@@ -1,5 +1,6 @@
 import { z } from "zod";
-import { envTable, positiveInt, servedPort } from "../../../config/function-schema.js";
+import { programConfig, programKeys, servedPort } from "../../../config/function-schema.js";
+import type { ProgramConfig, ServedPortConfig } from "../../../config/function-schema.js";
 import { built, nothingToBuild, type SandboxKind } from "../../kind.js";
 import type { OciDriver } from "./driver.js";
 
@@ -7,11 +8,8 @@ import type { OciDriver } from "./driver.js";
 const ociTable = z
   .strictObject({
     command: z.array(z.string().min(1)).min(1).optional(),
-    handler: z.string().min(1).optional(),
+    ...programKeys({ memory: 256, pids: 1024 }),
     runtime: z.enum(["runc", "runsc"]).default("runc"),
-    env: envTable.default({}),
-    memory: positiveInt.default(256),
-    pids: positiveInt.default(1024),
     /** A handler's built root: one read-only copy shared by every instance, or an overlay each. */
     rootfs: z.enum(["shared", "overlay"]).default("shared"),
     port: servedPort,
@@ -29,19 +27,12 @@ const ociTable = z
     path: ["rootfs"],
   });
 
-export interface OciSandboxConfig {
+export interface OciSandboxConfig extends ProgramConfig, ServedPortConfig {
   readonly kind: "oci";
   readonly command: readonly string[] | undefined;
-  /** Absolute path of a fetch-style handler, instead of a command. */
-  readonly handler: string | undefined;
   readonly runtime: "runc" | "runsc";
-  readonly env: Readonly<Record<string, string>>;
-  readonly memoryMiB: number;
-  readonly pids: number;
   /** A handler's built root: shared read-only by every instance, or an overlay per instance. */
   readonly rootfs: "shared" | "overlay";
-  /** The command serves HTTP on this port in its own network namespace, reached through a relay. */
-  readonly port?: number | undefined;
 }
 
 // Inside the block below, `OciSandboxConfig` would name the config layer's alias of this very entry.
@@ -58,11 +49,8 @@ export const ociKind: SandboxKind<"oci", typeof ociTable, OciDriver> = {
   toConfig: (o, files) => ({
     kind: "oci",
     command: o.command,
-    handler: o.handler === undefined ? undefined : files.file(o.handler, "handler"),
+    ...programConfig(o, files),
     runtime: o.runtime,
-    env: o.env,
-    memoryMiB: o.memory,
-    pids: o.pids,
     rootfs: o.rootfs,
     port: o.port,
   }),

@@ -1,36 +1,26 @@
 import { spawn, type ChildProcess } from "node:child_process";
 import { closeSync, openSync } from "node:fs";
-import { chmod, mkdir, stat, writeFile } from "node:fs/promises";
+import { chmod, stat, writeFile } from "node:fs/promises";
 import { createServer } from "node:net";
 import { dirname, join } from "node:path";
 import { FennecError } from "../../../core/errors.js";
 import type { FunctionConfig, ProcessSandboxConfig } from "../../../config/function-config.js";
+import { sandboxOf } from "../../../config/sandbox-table.js";
 import { Cgroup, removeParents, sweepCgroups } from "../../cgroups.js";
 import { CleanupStack } from "../../cleanup-stack.js";
 import type { CleanupReport, SandboxDriver, SandboxHandle, StartContext } from "../../contract.js";
 import type { Endpoint } from "../../http-transport.js";
-import {
-  createRunDir,
-  mergeReports,
-  ownerOf,
-  recordOwner,
-  removeRunDir,
-  runRoot,
-  sweepStale,
-} from "../../run-dir.js";
+import { createRunDirOn, mergeReports, ownerOf, recordOwner, runRoot, sweepStale } from "../../run-dir.js";
 import { fromChildProcess, SupervisedChild } from "../../supervised-child.js";
 import { SupervisedHandle } from "../../supervised-handle.js";
 import { HANDLER_RUNTIME, HandlerBundles } from "../../handler-build.js";
 import { INSIDE } from "../../host-view.js";
-import { giveToSandboxUser, SANDBOX_USER } from "../../unprivileged.js";
+import { SANDBOX_USER } from "../../unprivileged.js";
+import { createSocketDir, readyOnSocket, SOCKET_INSIDE } from "../../socket-dir.js";
 import { bwrapArgs, dropRootArgs, findBwrap, findSetpriv, JOIN_CGROUPS_THEN_EXEC } from "./bubblewrap.js";
 import { denyListFilter } from "./seccomp.js";
 
-function processOf(config: FunctionConfig): ProcessSandboxConfig {
-  if (config.sandbox.kind !== "process")
-    throw new FennecError("INTERNAL", `${config.key} is not a process function`);
-  return config.sandbox;
-}
+const processOf = (config: FunctionConfig): ProcessSandboxConfig => sandboxOf(config, "process");
 
 /** A free loopback port for `transport = "tcp"` (the kernel picks; the instance binds it next). */
 function freePort(): Promise<number> {
@@ -102,8 +92,7 @@ export class ProcessDriver implements SandboxDriver {
     const bwrap = cfg.isolate ? findBwrap() : undefined;
     // What the instance holds, released newest first when it stops or fails to start.
     const cleanup = new CleanupStack();
-    const dir = await createRunDir(this.name, ctx.instanceId);
-    cleanup.defer(() => removeRunDir(dir));
+    const dir = await createRunDirOn(cleanup, this.name, ctx.instanceId);
     let cgroup: Cgroup | undefined;
     const callback = cfg.isolate ? "ignore" : ctx.callbackUrl;
     const env: Record<string, string> = {
@@ -115,11 +104,9 @@ export class ProcessDriver implements SandboxDriver {
       FENNEC_INSTANCE_ID: ctx.instanceId,
     };
     let endpoint: Endpoint;
-    // An isolated instance makes its socket in a directory of its own (the only host directory it
-    // may write); once it is ready Fennec moves the socket into the run directory, out of reach.
     const socketPath = join(dir, "http.sock");
-    const socketDir = join(dir, "sock");
-    const boundSocket = cfg.isolate ? join(socketDir, "http.sock") : socketPath;
+    // An isolated instance makes its socket in a directory of its own (socket-dir.ts).
+    let socketDir: string | undefined;
     // 1. Start the child in its own process group, so stopping it stops everything it started;
     //    an isolated one joins its cgroups first, drops root (setpriv), then becomes bwrap, then
     //    the function. What bwrap binds it gets as descriptors 3-6, opened here as root.
@@ -138,7 +125,7 @@ export class ProcessDriver implements SandboxDriver {
       }
       if (cfg.transport === "unix") {
         endpoint = { socketPath };
-        env["FENNEC_SOCKET"] = cfg.isolate ? join(INSIDE.runDir, "http.sock") : socketPath;
+        env["FENNEC_SOCKET"] = cfg.isolate ? SOCKET_INSIDE : socketPath;
       } else {
         endpoint = { host: "127.0.0.1", port: await freePort() };
         env["PORT"] = String(endpoint.port);
@@ -146,8 +133,7 @@ export class ProcessDriver implements SandboxDriver {
       if (bwrap && cgroup) {
         await assertReachableBySandboxUser(ctx.config.dir, what);
         await allowTraversal(dir, this.name);
-        await mkdir(socketDir);
-        await giveToSandboxUser(socketDir);
+        socketDir = await createSocketDir(dir);
         await writeFile(join(dir, "seccomp.bpf"), denyListFilter());
         env["FENNEC_CGROUP_PROCS"] = cgroup.procsFiles.join(" ");
         const runtime = cfg.handler ? HANDLER_RUNTIME : undefined;
@@ -197,11 +183,8 @@ export class ProcessDriver implements SandboxDriver {
     if (spawned.pid !== undefined) await recordOwner(dir, spawned.pid).catch(() => undefined);
     // 2. Race readiness against the child exiting or failing to spawn, and the start deadline.
     // An isolated one is ready once its socket accepts; then its socket is taken out of its reach.
-    const takeTo = cfg.transport === "unix" ? socketPath : undefined;
-    const readiness = cfg.isolate
-      ? { kind: "socket" as const, path: boundSocket, takeTo }
-      : { kind: "callback" as const };
-    return SupervisedHandle.ready(child, endpoint, readiness, ctx);
+    if (socketDir) return readyOnSocket(child, { dir, socketDir }, ctx);
+    return SupervisedHandle.ready(child, endpoint, { kind: "callback" }, ctx);
   }
 }
 

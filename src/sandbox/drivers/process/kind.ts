@@ -1,5 +1,5 @@
 import { z } from "zod";
-import { envTable, positiveInt } from "../../../config/function-schema.js";
+import { programConfig, programKeys, type ProgramConfig } from "../../../config/function-schema.js";
 import { built, nothingToBuild, type SandboxKind } from "../../kind.js";
 import type { ProcessDriver } from "./driver.js";
 
@@ -8,15 +8,11 @@ const processTable = z
   .strictObject({
     /** argv of a program that serves HTTP and calls back (the UniFaaS guest contract). */
     command: z.array(z.string().min(1)).min(1).optional(),
-    /** A fetch-style JS/TS handler, run by Fennec's handler runtime. */
-    handler: z.string().min(1).optional(),
-    env: envTable.default({}),
+    /** A `handler` is a fetch-style JS/TS file, run by Fennec's handler runtime; `pids` applies when isolated. */
+    ...programKeys({ memory: 256, pids: 512 }),
     transport: z.enum(["unix", "tcp"]).default("unix"),
-    memory: positiveInt.default(256),
     /** Run inside bubblewrap namespaces (no network, read-only filesystem) with cgroup limits. */
     isolate: z.boolean().default(false),
-    /** Most processes and threads the function may have when isolated (a fork bomb stops here). */
-    pids: positiveInt.default(512),
   })
   .refine((p) => (p.command === undefined) !== (p.handler === undefined), {
     message: "expected exactly one of command or handler",
@@ -25,19 +21,14 @@ const processTable = z
     message: 'an isolated process has no network: use transport = "unix"',
   });
 
-export interface ProcessSandboxConfig {
+export interface ProcessSandboxConfig extends ProgramConfig {
   readonly kind: "process";
   /** argv; the readiness callback URL is appended as the last argument (UniFaaS contract). */
   readonly command: readonly string[] | undefined;
-  /** Absolute path of a fetch-style handler (`.js`/`.ts`), instead of a command. */
-  readonly handler: string | undefined;
-  readonly env: Readonly<Record<string, string>>;
   /** `unix`: serve HTTP on the socket in FENNEC_SOCKET; `tcp`: on 127.0.0.1:$PORT. */
   readonly transport: "unix" | "tcp";
-  readonly memoryMiB: number;
   /** Inside bubblewrap namespaces with cgroup memory and pids limits. */
   readonly isolate: boolean;
-  readonly pids: number;
 }
 
 // Inside the block below, `ProcessSandboxConfig` would name the config layer's alias of this very entry.
@@ -54,12 +45,9 @@ export const processKind: SandboxKind<"process", typeof processTable, ProcessDri
   toConfig: (p, files) => ({
     kind: "process",
     command: p.command,
-    handler: p.handler === undefined ? undefined : files.file(p.handler, "handler"),
-    env: p.env,
+    ...programConfig(p, files),
     transport: p.transport,
-    memoryMiB: p.memory,
     isolate: p.isolate,
-    pids: p.pids,
   }),
   code: (s) => [s.handler],
   image: () => undefined,

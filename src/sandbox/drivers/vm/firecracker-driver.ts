@@ -1,7 +1,7 @@
 import { awaitReady } from "../../await-ready.js";
 import { CleanupStack } from "../../cleanup-stack.js";
 import type { SandboxHandle, StartContext } from "../../contract.js";
-import { createRunDir, recordOwner, removeRunDir } from "../../run-dir.js";
+import { createRunDirOn, recordOwner } from "../../run-dir.js";
 import { SupervisedHandle } from "../../supervised-handle.js";
 import type { Artefacts } from "./artefacts.js";
 import { findFirecracker, FirecrackerVm } from "./firecracker.js";
@@ -42,8 +42,7 @@ export class FirecrackerHypervisor implements Hypervisor {
     const what = `${ctx.config.key}: instance ${ctx.instanceId} (firecracker)`;
     // What the instance holds, released newest first once Firecracker has exited.
     const cleanup = new CleanupStack();
-    const dir = await createRunDir("vm", ctx.instanceId);
-    cleanup.defer(() => removeRunDir(dir));
+    const dir = await createRunDirOn(cleanup, "vm", ctx.instanceId);
     let fc: FirecrackerVm;
     let net: TapNetwork;
     try {

@@ -5,6 +5,7 @@ import { request } from "node:http";
 import { delimiter, join } from "node:path";
 import { FennecError, type ErrorCode } from "../../../core/errors.js";
 import type { CleanupStack } from "../../cleanup-stack.js";
+import { isExecutable } from "../../host-view.js";
 import { fromChildProcess, SupervisedChild, type ChildExit } from "../../supervised-child.js";
 import { waitForSocket } from "../../wait-socket.js";
 
@@ -60,7 +61,7 @@ export interface FirecrackerStartOptions {
 export function findFirecracker(): string {
   const given = process.env["FIRECRACKER_EXE"];
   if (given) {
-    if (executable(given)) return given;
+    if (isExecutable(given)) return given;
     throw new FennecError(
       "SANDBOX_START_FAILED",
       `Firecracker is not installed: FIRECRACKER_EXE=${given} is not an executable file; ${INSTALL_HINT}`,
@@ -68,7 +69,7 @@ export function findFirecracker(): string {
   }
   for (const dir of (process.env["PATH"] ?? "").split(delimiter).filter(Boolean)) {
     const candidate = join(dir, "firecracker");
-    if (executable(candidate)) return candidate;
+    if (isExecutable(candidate)) return candidate;
   }
   throw new FennecError(
     "SANDBOX_START_FAILED",
@@ -89,15 +90,6 @@ export function firecrackerUnavailable(): string | undefined {
     return "Firecracker needs KVM: /dev/kvm is missing or not readable and writable by this user";
   }
   return undefined;
-}
-
-function executable(path: string): boolean {
-  try {
-    accessSync(path, fsConstants.X_OK);
-    return true;
-  } catch {
-    return false;
-  }
 }
 
 /** One microVM: its Firecracker process, supervised, and the API on its socket. */

@@ -1,5 +1,5 @@
-import { FennecError } from "../../../core/errors.js";
 import type { FunctionConfig, VmSandboxConfig } from "../../../config/function-config.js";
+import { sandboxOf } from "../../../config/sandbox-table.js";
 import type { SandboxHandle, StartContext } from "../../contract.js";
 import type { Artefacts } from "./artefacts.js";
 
@@ -22,7 +22,4 @@ export interface Hypervisor {
 }
 
 /** The `[vm]` table of a function the vm driver was handed. */
-export function vmOf(config: FunctionConfig): VmSandboxConfig {
-  if (config.sandbox.kind !== "vm") throw new FennecError("INTERNAL", `${config.key} is not a vm function`);
-  return config.sandbox;
-}
+export const vmOf = (config: FunctionConfig): VmSandboxConfig => sandboxOf(config, "vm");

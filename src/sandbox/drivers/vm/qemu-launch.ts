@@ -10,7 +10,7 @@ import type { StartContext } from "../../contract.js";
 import { GuestChannel } from "../../guest-channel.js";
 import { findExecutable } from "../../host-view.js";
 import type { Endpoint } from "../../http-transport.js";
-import { createRunDir, recordOwner, removeRunDir } from "../../run-dir.js";
+import { createRunDirOn, recordOwner } from "../../run-dir.js";
 import { fromChildProcess, SupervisedChild } from "../../supervised-child.js";
 import { SupervisedHandle } from "../../supervised-handle.js";
 import type { Artefacts } from "./artefacts.js";
@@ -58,8 +58,7 @@ export async function launchQemu(
   const vm = vmOf(ctx.config);
   const what = `${ctx.config.key}: instance ${ctx.instanceId} (${vm.hypervisor.type}, ${env.accel})`;
   const cleanup = new CleanupStack();
-  const dir = await createRunDir("vm", ctx.instanceId);
-  cleanup.defer(() => removeRunDir(dir));
+  const dir = await createRunDirOn(cleanup, "vm", ctx.instanceId);
   const qmpSocket = join(dir, "qmp.sock");
   const consoleLog = join(dir, "console.log");
   // 1. How Fennec will reach the guest: its channel (listened on before QEMU starts: QEMU

@@ -6,13 +6,14 @@ import { fileURLToPath } from "node:url";
 import { FennecError } from "../../../core/errors.js";
 import type { StartContext } from "../../contract.js";
 import { findExecutable } from "../../host-view.js";
+import type { RelayPlan } from "../../socket-relay.js";
 import type { Endpoint } from "../../http-transport.js";
 import { TapPool, type TapLease } from "./taps.js";
 
 /** Where a UniFaaS guest serves, and where its callback arrives on the tap's host side (as UniFaaS). */
 const GUEST_PORT = 8080;
 const TAP_CALLBACK_PORT = 3000;
-const NETNS_BRIDGE = fileURLToPath(new URL("./netns-bridge.js", import.meta.url));
+const RELAY = fileURLToPath(new URL("../../socket-relay.js", import.meta.url));
 
 /** A guest's tap network: its lease, where Fennec reaches it, its callback, its release. */
 export interface TapNetwork {
@@ -69,18 +70,18 @@ export class TapNetworks {
         const callbackSock = join(dir, "callback.sock");
         callbacks.listen(callbackSock);
         await once(callbacks, "listening");
+        // The guest's callback arrives on the tap's host side and goes out to Fennec's listener;
+        // invocations go in to the guest's 8080.
+        const plan: RelayPlan = {
+          routes: [
+            { listen: { host: lease.hostAddress, port: TAP_CALLBACK_PORT }, to: { path: callbackSock } },
+            { listen: { path: guestSock }, to: { host: lease.guestAddress, port: GUEST_PORT } },
+          ],
+        };
         const bridge = spawn(
           findExecutable("ip", "iproute2"),
-          [
-            "netns",
-            "exec",
-            lease.netns,
-            process.execPath,
-            NETNS_BRIDGE,
-            `tcp:${lease.hostAddress}:${TAP_CALLBACK_PORT}=unix:${callbackSock}`,
-            `unix:${guestSock}=tcp:${lease.guestAddress}:${GUEST_PORT}`,
-          ],
-          { stdio: ["pipe", "pipe", "pipe"] },
+          ["netns", "exec", lease.netns, process.execPath, RELAY],
+          { stdio: ["pipe", "pipe", "pipe"], env: { ...process.env, FENNEC_RELAY: JSON.stringify(plan) } },
         );
         toRelease.push(() => bridge.kill("SIGKILL"));
         const [line] = (await Promise.race([

@@ -5,6 +5,7 @@ import { readBody, takeWhole, WHOLE_BODY_BYTES, WholeBody } from "../../../core/
 import { FennecError, type ErrorCode } from "../../../core/errors.js";
 import type { InvokeRequest, InvokeResponse } from "../../../core/types.js";
 import type { FunctionConfig, WasmSandboxConfig } from "../../../config/function-config.js";
+import { sandboxOf } from "../../../config/sandbox-table.js";
 import type { InvokeContext, SandboxDriver, SandboxHandle, StartContext } from "../../contract.js";
 import { ExecutorPool, type Job } from "./executor-pool.js";
 import { ModuleCache, type CompiledModule } from "./module-cache.js";
@@ -51,11 +52,7 @@ const OUTCOME_CODES: Record<Exclude<Outcome, "ok">, ErrorCode> = {
   "instantiate-failed": "FN_BAD_MODULE",
 };
 
-function wasmOf(config: FunctionConfig): WasmSandboxConfig {
-  if (config.sandbox.kind !== "wasm")
-    throw new FennecError("INTERNAL", `${config.key} is not a wasm function`);
-  return config.sandbox;
-}
+const wasmOf = (config: FunctionConfig): WasmSandboxConfig => sandboxOf(config, "wasm");
 
 async function readTree(dir: string, budget: { left: number }): Promise<DirTree> {
   const tree: DirTree = {};
@@ -264,11 +261,11 @@ export class WasmInstance implements SandboxHandle {
   /**
    * Runs the module on the request. Resolves as soon as the module has written its CGI header
    * block (or shown it has none), with the rest of its stdout streaming as the body. An error
-   * before that rejects; after it, the body fails with it. The body is bounded by the function's
-   * timeout too: the module may still be writing, or blocked on a slow reader.
+   * before that rejects; after it, the body fails with it. The function's timeout is the
+   * lifecycle's (instance.ts): it covers the body too, cutting it and cancelling the job through
+   * `signal`, whether the module is still writing or blocked on a slow reader.
    */
   async invokeStreaming(request: WasmRequest, signal: AbortSignal): Promise<StreamingResponse> {
-    const started = performance.now();
     // Bytes at hand (a small request the gateway read whole) go to the module as they are.
     const body =
       request.body instanceof Uint8Array ? request.body : (takeWhole(request.body) ?? request.body);
@@ -290,11 +287,9 @@ export class WasmInstance implements SandboxHandle {
     // Errors reach the caller through the rejected call or its reading of the body; a body the
     // caller never reads must not take the process down when it fails.
     output.on("error", () => {});
-    let timer: NodeJS.Timeout | undefined;
     let jobEnded = false;
     const end = (err?: Error) => {
       jobEnded = true;
-      clearTimeout(timer);
       output.finish(err);
     };
     this.#settled(done)
@@ -308,18 +303,9 @@ export class WasmInstance implements SandboxHandle {
       output.destroy(err as Error);
       throw err;
     }
+    // A module that has already ended hands its small answer on whole (no stream to track).
     const whole = jobEnded ? output.takeAll() : undefined;
     if (whole) return { ...response, body: new WholeBody(whole) };
-    if (!jobEnded) {
-      // Whoever reads the body may not abort the invocation at the timeout once it has answered.
-      const left = this.#config.timeoutMs - (performance.now() - started);
-      const timeout = new FennecError(
-        "FN_TIMEOUT",
-        `${this.#config.key}: invocation exceeded the ${this.#config.timeoutMs} ms timeout`,
-      );
-      timer = setTimeout(() => output.destroy(timeout), Math.max(0, left));
-      timer.unref();
-    }
     return { ...response, body: output };
   }
 
