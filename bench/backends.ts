@@ -84,7 +84,11 @@ interface Result {
   idleMiB: number;
 }
 
-const signal = () => AbortSignal.timeout(60_000);
+/**
+ * Each start and call's deadline. Generous: gVisor under ptrace behind docker took over 60 s to
+ * start on this machine at a load average of 10, and a run that dies loses every row measured.
+ */
+const signal = () => AbortSignal.timeout(300_000);
 
 // ---------------------------------------------------------------- measurement
 
