@@ -588,7 +588,16 @@ async function main(): Promise<void> {
     const results: Result[] = [];
     const groups = new Map<string, Row[]>();
     for (const row of rows) groups.set(row.vs ?? row.name, [...(groups.get(row.vs ?? row.name) ?? []), row]);
-    for (const group of groups.values()) results.push(...(await measureGroup(group)));
+    for (const group of groups.values()) {
+      const measured = await measureGroup(group);
+      results.push(...measured);
+      // Each group's figures as they come: a run that dies later (a backend that never starts)
+      // still leaves what it measured.
+      for (const r of measured)
+        console.error(
+          `  ${r.name}: cold p50 ${fmt(r.cold.p50, 1)} ms, p99 ${fmt(r.cold.p99, 1)} ms; warm p50 ${fmt(r.warm.p50, 0)} µs; ${fmt(r.rps, 0)} req/s; idle ${fmt(r.idleMiB, 1)} MiB`,
+        );
+    }
 
     // The sandbox alone: `true` in a root of its own (true and its libraries only).
     console.error("sandbox floor: /usr/bin/true");
