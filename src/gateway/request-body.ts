@@ -3,7 +3,7 @@ import { Readable } from "node:stream";
 import { bodyOf, WHOLE_BODY_BYTES, WholeBody } from "../core/body.js";
 import { FennecError } from "../core/errors.js";
 import type { Body } from "../core/types.js";
-import { tooLarge } from "./http-util.js";
+import { readBody, tooLarge } from "./http-util.js";
 
 /**
  * The client's request body as handed to a sandbox: read from the socket only as fast as the
@@ -85,38 +85,17 @@ export function requestBody(
   }
   if (declared === "0") return { body: bodyOf(), length: "0" };
   if (declared !== undefined && Number(declared) <= WHOLE_BODY_BYTES) {
-    return { body: readWhole(req), length: declared };
+    return { body: readWhole(req, limit), length: declared };
   }
   return { body: new RequestBody(req, limit), length: declared };
 }
 
 /** All of a request's body (node:http ends it at its declared length); CLIENT_GONE if the client leaves first. */
-function readWhole(req: IncomingMessage): Promise<WholeBody> {
-  return new Promise((resolve, reject) => {
-    const chunks: Buffer[] = [];
-    let size = 0;
-    const onData = (chunk: Buffer) => {
-      chunks.push(chunk);
-      size += chunk.length;
-    };
-    const onEnd = () => {
-      done();
-      resolve(new WholeBody(chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks, size)));
-    };
-    const onGone = () => {
-      if (req.complete) return;
-      done();
-      reject(gone());
-    };
-    const done = () => {
-      req.off("data", onData);
-      req.off("end", onEnd);
-      req.off("error", onGone);
-      req.off("close", onGone);
-    };
-    req.on("data", onData);
-    req.on("end", onEnd);
-    req.on("error", onGone);
-    req.on("close", onGone);
-  });
+async function readWhole(req: IncomingMessage, limit: number): Promise<WholeBody> {
+  try {
+    return new WholeBody(await readBody(req, limit));
+  } catch (err) {
+    // node:http fails a request whose connection closes before its end ("aborted").
+    throw err instanceof FennecError ? err : gone();
+  }
 }
