@@ -9,8 +9,10 @@ import { sandboxOf } from "../../../config/sandbox-table.js";
 import type { InvokeContext, SandboxDriver, SandboxHandle, StartContext } from "../../contract.js";
 import { ExecutorPool, type Job } from "./executor-pool.js";
 import { ModuleCache, type CompiledModule } from "./module-cache.js";
+import { fastPathCounts, InlineRunner, INLINE_MAX_MEMORY, type FastPathCounts } from "./inline-runner.js";
 import type { DirTree, DoneMessage, LoadPayload, Outcome } from "./protocol.js";
 import { MAX_HEAD, parseWagiHead, wagiEnvironment, wagiHeadEnd } from "./wagi.js";
+import type { RunResult } from "./wasi-run.js";
 
 /** A request whose body may still be arriving. */
 export interface WasmRequest extends Omit<InvokeRequest, "body"> {
@@ -34,6 +36,11 @@ export interface WasmDriverOptions {
    * set no `max-response-body` of their own.
    */
   readonly maxOutputBytes?: number;
+  /**
+   * How long a call may run on the main thread before it moves to an executor (CPU time of the
+   * process); other functions' calls wait at most about this long behind it.
+   */
+  readonly inlineSliceMs?: number;
 }
 
 /**
@@ -41,6 +48,8 @@ export interface WasmDriverOptions {
  * output's bookkeeping (measured well under this for the examples).
  */
 const COPY_OVERHEAD_MIB = 2;
+/** The default `inlineSliceMs`. */
+const INLINE_SLICE_MS = 2;
 /** Largest granted directory, so a grant cannot pull a whole disk into memory. */
 const MAX_GRANTED_BYTES = 64 * 2 ** 20;
 
@@ -85,15 +94,21 @@ export class WasmDriver implements SandboxDriver {
   readonly modules: ModuleCache;
   readonly #executors: ExecutorPool;
   readonly #maxOutputBytes: number;
+  readonly #inlineSliceMs: number;
   /** Function revision -> initial linear memory of its module, in MiB (known once compiled). */
   readonly #initialMiB = new Map<string, number>();
   /** Function revision -> its live instances. */
   readonly #instances = new Map<string, number>();
+  /** Function revision -> its main-thread runner, for modules that can run there. */
+  readonly #inline = new Map<string, InlineRunner>();
+  /** Calls run on the main thread and calls that moved from there to executors. */
+  readonly fastPath: FastPathCounts = fastPathCounts();
 
   constructor(opts: WasmDriverOptions = {}) {
     this.modules = new ModuleCache(opts.cacheDir);
     this.#executors = new ExecutorPool({ spares: opts.spareExecutors ?? 2, max: opts.maxExecutors });
     this.#maxOutputBytes = opts.maxOutputBytes ?? 32 * 2 ** 20;
+    this.#inlineSliceMs = opts.inlineSliceMs ?? INLINE_SLICE_MS;
   }
 
   /**
@@ -153,7 +168,14 @@ export class WasmDriver implements SandboxDriver {
           ? this.#maxOutputBytes
           : config.maxResponseBodyBytes + MAX_HEAD,
     };
-    const handle = new WasmInstance(this.#executors, config, key, load, () => this.#released(key));
+    const handle = new WasmInstance(
+      this.#executors,
+      config,
+      key,
+      load,
+      this.#inlineRunner(key, compiled, load),
+      () => this.#released(key),
+    );
     this.#instances.set(key, (this.#instances.get(key) ?? 0) + 1);
     try {
       // The first instance of a revision proves the module instantiates; later ones find it loaded.
@@ -165,6 +187,22 @@ export class WasmDriver implements SandboxDriver {
     return handle;
   }
 
+  /**
+   * The revision's main-thread runner, shared by its instances. Not for modules that could not be
+   * instrumented, whose reset would copy too much, or that are granted directories (a call could
+   * leave files in the shared in-memory tree for the next).
+   */
+  #inlineRunner(key: string, compiled: CompiledModule, load: LoadPayload): InlineRunner | undefined {
+    if (!compiled.inline || Object.keys(load.dirs).length > 0 || compiled.initialBytes > INLINE_MAX_MEMORY)
+      return undefined;
+    let runner = this.#inline.get(key);
+    if (!runner) {
+      runner = new InlineRunner(compiled.inline, load, this.fastPath, this.#inlineSliceMs);
+      this.#inline.set(key, runner);
+    }
+    return runner;
+  }
+
   /** An instance stopped: with the last of its revision, executors drop that module's copies. */
   #released(key: string): void {
     const left = (this.#instances.get(key) ?? 1) - 1;
@@ -173,6 +211,7 @@ export class WasmDriver implements SandboxDriver {
       return;
     }
     this.#instances.delete(key);
+    this.#inline.delete(key);
     this.#executors.forget(key);
   }
 
@@ -187,6 +226,7 @@ export class WasmInstance implements SandboxHandle {
   readonly #config: FunctionConfig;
   readonly #key: string;
   readonly #load: LoadPayload;
+  readonly #inline: InlineRunner | undefined;
   readonly #onGone: () => void;
   #gone: Error | undefined;
 
@@ -195,12 +235,14 @@ export class WasmInstance implements SandboxHandle {
     config: FunctionConfig,
     key: string,
     load: LoadPayload,
+    inline: InlineRunner | undefined,
     onGone: () => void,
   ) {
     this.#executors = executors;
     this.#config = config;
     this.#key = key;
     this.#load = load;
+    this.#inline = inline;
     this.#onGone = onGone;
   }
 
@@ -237,7 +279,7 @@ export class WasmInstance implements SandboxHandle {
   }
 
   /** Throws the function's error for a job that did not end well. */
-  #check(kind: Job["kind"], result: DoneMessage): void {
+  #check(kind: Job["kind"], result: RunResult): void {
     if (result.outcome === "ok") return;
     const code = OUTCOME_CODES[result.outcome];
     const detail =
@@ -283,6 +325,17 @@ export class WasmInstance implements SandboxHandle {
             length,
             () => new FennecError("BAD_REQUEST", "the request body is longer than its content-length"),
           );
+    // A short call runs right here unless its function's calls have been running long.
+    if (stdin instanceof Uint8Array && this.#inline?.available() && !signal.aborted) {
+      if (this.#gone) throw this.#gone;
+      const ran = this.#inline.run(env, stdin, this.#config.timeoutMs);
+      if (!ran.moved) {
+        this.#check("invoke", ran.result);
+        const end = wagiHeadEnd(ran.stdout, true)!;
+        const response = parseWagiHead(ran.stdout.subarray(0, end));
+        return { ...response, body: new WholeBody(ran.stdout.subarray(end)) };
+      }
+    }
     const { output, done } = this.#run("invoke", env, stdin, signal);
     // Errors reach the caller through the rejected call or its reading of the body; a body the
     // caller never reads must not take the process down when it fails.

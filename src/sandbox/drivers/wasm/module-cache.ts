@@ -1,6 +1,7 @@
 import { lstat, readdir, rm } from "node:fs/promises";
 import { join } from "node:path";
 import { setFlagsFromString } from "node:v8";
+import type { InlineModule } from "./inline-runner.js";
 import { PAGE_BYTES } from "./memory-limit.js";
 import { ModuleChecker } from "./module-checker.js";
 
@@ -19,6 +20,8 @@ export interface CompiledModule {
   readonly maxMemoryBytes: number;
   /** The linear memory an instance starts with, before it grows. */
   readonly initialBytes: number;
+  /** The module instrumented to run on the main thread, unless it could not be (inline-runner.ts). */
+  readonly inline: InlineModule | undefined;
 }
 
 /** Checks upload and deploy bytes on this thread's behalf; ended when idle. */
@@ -122,6 +125,7 @@ export class ModuleCache {
       hash: checked.hash,
       maxMemoryBytes,
       initialBytes: checked.initialPages * PAGE_BYTES,
+      inline: checked.inline,
     };
   }
 

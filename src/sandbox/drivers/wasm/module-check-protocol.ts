@@ -1,4 +1,5 @@
 /** Messages between the module checker (main thread) and its worker thread. */
+import type { InlineModule } from "./inline-runner.js";
 
 export interface CheckJob {
   readonly type: "check";
@@ -41,5 +42,7 @@ export interface CheckDone {
   readonly hash: string;
   readonly initialPages: number;
   readonly module: WebAssembly.Module | undefined;
+  /** With `compile`: the module instrumented for the main thread, unless it could not be. */
+  readonly inline: InlineModule | undefined;
   readonly error: { readonly code: string; readonly message: string } | undefined;
 }

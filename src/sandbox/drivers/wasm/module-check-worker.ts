@@ -10,6 +10,8 @@ import { dirname } from "node:path";
 import { parentPort } from "node:worker_threads";
 import { FennecError } from "../../../core/errors.js";
 import { writeFileAtomic } from "../../../registry/atomic-write.js";
+import type { InlineModule } from "./inline-runner.js";
+import { instrument } from "./instrument.js";
 import { limitMemory } from "./memory-limit.js";
 import type { CheckDone, CheckJob, ToChecker } from "./module-check-protocol.js";
 import { checkInterface, moduleInterface } from "./module-interface.js";
@@ -42,7 +44,7 @@ async function check(job: CheckJob): Promise<Omit<CheckDone, "id" | "error">> {
   incoming.delete(job.id);
   const raw = given ?? readModule(job.path!, job.what);
   const hash = createHash("sha256").update(raw).digest("hex");
-  if (job.kind === "hash") return { hash, initialPages: 0, module: undefined };
+  if (job.kind === "hash") return { hash, initialPages: 0, module: undefined, inline: undefined };
   let cached: Buffer | undefined;
   if (job.cacheFile) {
     try {
@@ -57,6 +59,7 @@ async function check(job: CheckJob): Promise<Omit<CheckDone, "id" | "error">> {
   const limited = limitMemory(cached ?? raw, job.maxPages, job.what);
   if (!cached) checkInterface(moduleInterface(limited.bytes, job.what), job.what);
   const module = job.compile ? new WebAssembly.Module(source(limited.bytes)) : undefined;
+  const inline = job.compile ? inlineVariant(limited.bytes) : undefined;
   // The checked bytes go to the disk cache from here: the main thread never holds a copy.
   if (job.cacheFile && !cached) {
     try {
@@ -67,7 +70,25 @@ async function check(job: CheckJob): Promise<Omit<CheckDone, "id" | "error">> {
       // The disk cache only saves checking at the next start; the module itself is fine.
     }
   }
-  return { hash, initialPages: limited.initialPages, module };
+  return { hash, initialPages: limited.initialPages, module, inline };
+}
+
+/**
+ * The module instrumented for the main thread's fast path (fuel checks, exported globals). A
+ * module the instrumenter cannot rewrite (an instruction it does not know) still runs, on
+ * executors only: the fast path is an optimisation, never a condition.
+ */
+function inlineVariant(bytes: Uint8Array): InlineModule | undefined {
+  try {
+    const rewritten = instrument(bytes, { fuel: true });
+    return {
+      module: new WebAssembly.Module(source(rewritten.bytes)),
+      globals: rewritten.globals,
+      reusable: !rewritten.statefulBeyondMemory,
+    };
+  } catch {
+    return undefined;
+  }
 }
 
 port.on("message", (msg: ToChecker) => {
@@ -89,6 +110,7 @@ async function answer(job: CheckJob): Promise<void> {
       hash: "",
       initialPages: 0,
       module: undefined,
+      inline: undefined,
       error: { code, message },
     } satisfies CheckDone);
     return;

@@ -6,46 +6,18 @@
  * posted, off the request's critical path. A runaway job is stopped by terminating the thread.
  */
 import { parentPort, workerData } from "node:worker_threads";
-import {
-  ConsoleStdout,
-  Directory,
-  File,
-  OpenFile,
-  PreopenDirectory,
-  WASI,
-  WASIProcExit,
-} from "@bjorn3/browser_wasi_shim";
-import type { Fd, Inode } from "@bjorn3/browser_wasi_shim";
-import type {
-  DirTree,
-  DoneMessage,
-  ExecutorData,
-  FromWorker,
-  JobMessage,
-  LoadPayload,
-  Outcome,
-  ToWorker,
-} from "./protocol.js";
+import type { DoneMessage, ExecutorData, FromWorker, JobMessage, LoadPayload, ToWorker } from "./protocol.js";
 import { Ring } from "./ring.js";
 import { StreamingStdin } from "./streaming-stdin.js";
+import { blockingPollOneoff, bytesStdin, prepareInstance, runStart, type Prepared } from "./wasi-run.js";
 import { WARMUP_WASM_BASE64 } from "./warmup-module.js";
 
 const port = parentPort!;
-const STDERR_TAIL = 4096;
 const rings = workerData as ExecutorData;
 // The main thread waits on the rings by messages (see ring.ts); one kind serves both rings.
 const tellHost = () => post({ type: "ring" });
 const stdoutRing = new Ring(rings.stdout, tellHost);
 const stdinRing = new Ring(rings.stdin, tellHost);
-
-/** Thrown out of fd_write to stop a module whose output passed the limit. */
-class OutputTooLarge extends Error {}
-
-interface Prepared {
-  readonly wasi: WASI;
-  readonly instance: WebAssembly.Instance;
-  readonly memory: WebAssembly.Memory;
-}
 
 interface Loaded {
   readonly load: LoadPayload;
@@ -55,111 +27,20 @@ interface Loaded {
 /** Function revision -> its module and the next pre-instantiated copy. */
 const modules = new Map<string, Loaded>();
 
-function toInodes(tree: DirTree): Map<string, Inode> {
-  const map = new Map<string, Inode>();
-  for (const [name, value] of Object.entries(tree)) {
-    map.set(
-      name,
-      value instanceof Uint8Array ? new File(value, { readonly: true }) : new Directory(toInodes(value)),
-    );
-  }
-  return map;
-}
-
 function prepare(load: LoadPayload): Prepared {
-  // fds 0-2 are replaced per invocation; preopens follow at 3, the WASI convention.
-  const fds: Fd[] = [
-    new OpenFile(new File(new Uint8Array(0))),
-    new ConsoleStdout(() => {}),
-    new ConsoleStdout(() => {}),
-  ];
-  for (const [guest, tree] of Object.entries(load.dirs))
-    fds.push(new PreopenDirectory(guest, toInodes(tree)));
-  // debug must be off explicitly: the shim logs every call to the console when it is left undefined.
-  const wasi = new WASI([], [], fds, { debug: false });
-  const instance = new WebAssembly.Instance(load.module, { wasi_snapshot_preview1: wasi.wasiImport });
-  const memory = instance.exports["memory"];
-  if (!(memory instanceof WebAssembly.Memory)) throw new Error("the module exports no memory");
-  if (typeof instance.exports["_start"] !== "function")
-    throw new Error("the module exports no _start (is it a WASI command?)");
-  // The shim reads memory through `inst`, which it normally sets in start(); we call _start ourselves.
-  wasi.inst = instance as unknown as WASI["inst"];
-  return { wasi, instance, memory };
+  // The instance, and so its memory, exists only once the imports are made.
+  const made: { prepared?: Prepared } = {};
+  made.prepared = prepareInstance(
+    load.module,
+    load.dirs,
+    {},
+    { poll_oneoff: blockingPollOneoff(() => made.prepared!.memory) },
+  );
+  return made.prepared;
 }
 
 function post(msg: FromWorker, transfer: ArrayBuffer[] = []): void {
   port.postMessage(msg, transfer);
-}
-
-function classify(
-  err: unknown,
-  memory: WebAssembly.Memory,
-  maxBytes: number,
-): { outcome: Outcome; message: string } {
-  const message = err instanceof Error ? err.message : String(err);
-  // A module that hits its memory cap usually sees malloc fail and aborts with a trap, so a trap
-  // with memory at (or within one growth step of) the cap is reported as out-of-memory.
-  const nearCap = memory.buffer.byteLength + 2 * 2 ** 20 > maxBytes;
-  if (err instanceof RangeError && /memory/i.test(message)) return { outcome: "oom", message };
-  if (err instanceof WebAssembly.RuntimeError || err instanceof RangeError) {
-    return nearCap
-      ? { outcome: "oom", message: `${message} (linear memory at its limit)` }
-      : { outcome: "trap", message };
-  }
-  return { outcome: "trap", message };
-}
-
-interface RunResult {
-  outcome: Outcome;
-  exitCode: number;
-  stderrTail: string;
-  message: string;
-}
-
-/**
- * Runs one invocation's `_start` on a prepared instance. Stdout goes to `write` as the module
- * writes it (which blocks while the main thread's reader is behind); a module that writes more
- * than `maxOutputBytes` is stopped there.
- */
-function run(
-  prepared: Prepared,
-  env: string[],
-  stdin: Fd,
-  write: (chunk: Uint8Array) => void,
-  maxOutputBytes: number,
-  maxMemoryBytes: number,
-): RunResult {
-  let size = 0;
-  let stderr = "";
-  const { wasi, instance, memory } = prepared;
-  wasi.env = env;
-  wasi.fds[0] = stdin;
-  wasi.fds[1] = new ConsoleStdout((chunk) => {
-    size += chunk.byteLength;
-    if (size > maxOutputBytes) throw new OutputTooLarge();
-    write(chunk);
-  });
-  wasi.fds[2] = new ConsoleStdout((chunk) => {
-    stderr = (stderr + Buffer.from(chunk).toString("utf8")).slice(-STDERR_TAIL);
-  });
-  let outcome: Outcome = "ok";
-  let exitCode = 0;
-  let message = "";
-  try {
-    (instance.exports["_start"] as () => void)();
-  } catch (err) {
-    if (err instanceof WASIProcExit) {
-      exitCode = err.code;
-      if (exitCode !== 0) outcome = "exit";
-    } else if (err instanceof OutputTooLarge) {
-      outcome = "output-too-large";
-      exitCode = -1;
-    } else {
-      ({ outcome, message } = classify(err, memory, maxMemoryBytes));
-      exitCode = -1;
-    }
-  }
-  return { outcome, exitCode, stderrTail: stderr, message };
 }
 
 function done(id: number, r: Omit<DoneMessage, "type" | "id">): void {
@@ -199,17 +80,14 @@ function job(msg: JobMessage): void {
     return;
   }
   entry.next = undefined;
-  const stdin = msg.stdinStreams
-    ? new StreamingStdin(msg.stdin, stdinRing)
-    : new OpenFile(new File(msg.stdin, { readonly: true }));
-  const r = run(
-    prepared,
-    msg.env,
+  const stdin = msg.stdinStreams ? new StreamingStdin(msg.stdin, stdinRing) : bytesStdin(msg.stdin);
+  const r = runStart(prepared, {
+    env: msg.env,
     stdin,
-    (chunk) => stdoutRing.writeAll(chunk),
-    entry.load.maxOutputBytes,
-    entry.load.maxMemoryBytes,
-  );
+    write: (chunk) => stdoutRing.writeAll(chunk),
+    maxOutputBytes: entry.load.maxOutputBytes,
+    maxMemoryBytes: entry.load.maxMemoryBytes,
+  });
   done(msg.id, r);
   setImmediate(() => {
     if (modules.get(msg.key) === entry && !entry.next) {
@@ -238,8 +116,13 @@ try {
     maxOutputBytes: 1024,
   };
   for (let i = 0; i < 3; i++) {
-    const stdin = new OpenFile(new File(Buffer.from("warm up"), { readonly: true }));
-    run(prepare(warmup), ["REQUEST_METHOD=GET", "PATH_INFO=/"], stdin, () => {}, 1024, 2 ** 24);
+    runStart(prepare(warmup), {
+      env: ["REQUEST_METHOD=GET", "PATH_INFO=/"],
+      stdin: bytesStdin(Buffer.from("warm up")),
+      write: () => {},
+      maxOutputBytes: 1024,
+      maxMemoryBytes: 2 ** 24,
+    });
   }
 } catch {
   // A failed warm-up costs only speed.
