@@ -1,6 +1,7 @@
 import { timingSafeEqual } from "node:crypto";
 import type { IncomingMessage, ServerResponse } from "node:http";
 import { bodyOf, readBody as readStream } from "../core/body.js";
+import { CallAbort } from "../core/call-abort.js";
 import { FennecError, toFennecError } from "../core/errors.js";
 import type { Logger } from "../core/log.js";
 import { quoteForMessage } from "../core/names.js";
@@ -165,13 +166,13 @@ export class Gateway {
     // A client that goes away (closes its connection before the whole response is out) cancels
     // the call, queued or running: the sandbox's side is aborted, the body's stream destroyed.
     // Listened to before the limit is looked up, so leaving meanwhile cancels too.
-    const cancel = new AbortController();
+    const cancel = new CallAbort();
     res.once("close", () => {
       if (!res.writableFinished) cancel.abort();
     });
     const limit = this.#bodyLimitOf(id);
     const request = await this.#request(req, path, query, typeof limit === "number" ? limit : await limit);
-    const outcome = await this.#o.scheduler.invoke(id, request, cancel.signal);
+    const outcome = await this.#o.scheduler.invoke(id, request, cancel);
     if ("error" in outcome) throw outcome.error;
     if (outcome.start.startType) res.setHeader("x-fennec-start", outcome.start.startType);
     // The function answered before the client's body was all in: the rest is not read for it.

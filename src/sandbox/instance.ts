@@ -1,9 +1,10 @@
+import { CallAbort, type AbortLike } from "../core/call-abort.js";
 import { FennecError, toFennecError } from "../core/errors.js";
 import { withoutCredentials } from "../core/credentials.js";
 import { publishInstanceReady, publishInstanceStopped } from "../core/events.js";
 import type { InvokeRequest, InvokeResponse, StartType } from "../core/types.js";
 import type { FunctionConfig } from "../config/function-config.js";
-import type { SandboxDriver, SandboxHandle } from "./contract.js";
+import type { InvokeContext, SandboxDriver, SandboxHandle } from "./contract.js";
 import type { ReadinessHub } from "./readiness.js";
 import { declaredLength, responseTooLarge, TrackedBody } from "./tracked-body.js";
 import { WholeBody } from "../core/body.js";
@@ -39,6 +40,17 @@ export interface InstanceOptions {
   readonly node?: string;
 }
 
+/** What a driver's invoke gets: the call's signal, made only when the driver reads it. */
+class InvokeCtx implements InvokeContext {
+  readonly #abort: CallAbort;
+  constructor(abort: CallAbort) {
+    this.#abort = abort;
+  }
+  get signal(): AbortSignal {
+    return this.#abort.signal;
+  }
+}
+
 /**
  * The lifecycle every sandbox shares, written once: start with a deadline, invoke with the
  * function's timeout, drain (`close`) apart from kill (`destroy`), both idempotent, and events.
@@ -61,7 +73,7 @@ export class Instance {
   readonly #opts: InstanceOptions;
   #handle: SandboxHandle | undefined;
   #startAbort: AbortController | undefined;
-  readonly #inflight = new Set<AbortController>();
+  readonly #inflight = new Set<CallAbort>();
   #closing = false;
   #destroying = false;
   #onDrained: (() => void) | undefined;
@@ -190,7 +202,7 @@ export class Instance {
    * when and how), and the timeout covers all of it: a timeout or destroy cuts the body with its
    * error, and a timeout destroys the instance. Aborting `signal` (the client went away) cancels it.
    */
-  async invoke(request: InvokeRequest, signal?: AbortSignal): Promise<TrackedResponse> {
+  async invoke(request: InvokeRequest, signal?: AbortLike): Promise<TrackedResponse> {
     const handle = this.#handle;
     if (!handle || (this.state !== "ready" && this.state !== "busy")) {
       throw new FennecError("INSTANCE_GONE", `instance ${this.id} is ${this.state}`);
@@ -198,7 +210,7 @@ export class Instance {
     this.#active++;
     this.#state = "busy";
     const began = performance.now();
-    const controller = new AbortController();
+    const controller = new CallAbort();
     this.#inflight.add(controller);
     const { timeoutMs, key } = this.config;
     const timer = setTimeout(() => {
@@ -241,17 +253,19 @@ export class Instance {
     let response: InvokeResponse;
     try {
       response = await new Promise<InvokeResponse>((resolve, reject) => {
-        const onAbort = () => reject(controller.signal.reason);
-        controller.signal.addEventListener("abort", onAbort, { once: true });
-        handle.invoke(forwarded, { signal: controller.signal }).then(
+        const onAbort = () => reject(controller.reason);
+        controller.addEventListener("abort", onAbort);
+        // The signal is made only if the driver takes it (see CallAbort).
+        const ctx = new InvokeCtx(controller);
+        handle.invoke(forwarded, ctx).then(
           (head) => {
-            controller.signal.removeEventListener("abort", onAbort);
+            controller.removeEventListener("abort", onAbort);
             // A head that comes after the abort has no reader: its body is dropped.
-            if (controller.signal.aborted) head.body.destroy();
+            if (controller.aborted) head.body.destroy();
             else resolve(head);
           },
           (err: unknown) => {
-            controller.signal.removeEventListener("abort", onAbort);
+            controller.removeEventListener("abort", onAbort);
             reject(err);
           },
         );
@@ -261,10 +275,10 @@ export class Instance {
       finish(error, performance.now());
       throw error;
     }
-    if (controller.signal.aborted) {
+    if (controller.aborted) {
       // The abort came after the head, before this resumed: the body is not wanted.
       response.body.destroy();
-      const error = toFennecError(controller.signal.reason);
+      const error = toFennecError(controller.reason);
       finish(error, performance.now());
       throw error;
     }
@@ -285,9 +299,7 @@ export class Instance {
       return { status: response.status, headers: response.headers, body: whole, ended };
     }
     const body = new TrackedBody(response.body, what, (end) => finish(end.error, end.firstByteAt), limit);
-    controller.signal.addEventListener("abort", () => body.cut(toFennecError(controller.signal.reason)), {
-      once: true,
-    });
+    controller.addEventListener("abort", () => body.cut(toFennecError(controller.reason)));
     return { status: response.status, headers: response.headers, body, ended };
   }
 
@@ -323,7 +335,7 @@ export class Instance {
     }
     this.#state = "stopping";
     const gone = reason ?? new FennecError("INSTANCE_GONE", `instance ${this.id} was destroyed`);
-    for (const c of this.#inflight) if (!c.signal.aborted) c.abort(gone);
+    for (const c of this.#inflight) c.abort(gone);
     void this.#kill().then(() => this.#finish(this.failure ? "failed" : "stopped", this.failure));
     return this.#stopped;
   }

@@ -1,3 +1,4 @@
+import type { AbortLike } from "../core/call-abort.js";
 import { FennecError, toFennecError } from "../core/errors.js";
 import type { InvokeRequest, StartType } from "../core/types.js";
 import type { FunctionConfig } from "../config/function-config.js";
@@ -26,7 +27,7 @@ export class DispatchError extends Error {
 interface Waiter {
   readonly request: InvokeRequest;
   /** Aborted when the client goes away. */
-  readonly signal: AbortSignal | undefined;
+  readonly signal: AbortLike | undefined;
   readonly enqueuedAt: number;
   readonly resolve: (d: Dispatch) => void;
   readonly reject: (e: DispatchError) => void;
@@ -96,7 +97,7 @@ export class FunctionPool {
    * Serves one request: now if a slot is free, else after waiting in the queue. Resolves with the
    * response head; the slot stays taken until its body has ended.
    */
-  run(request: InvokeRequest, signal?: AbortSignal): Promise<Dispatch> {
+  run(request: InvokeRequest, signal?: AbortLike): Promise<Dispatch> {
     return new Promise<Dispatch>((resolve, reject) => {
       const waiter: Waiter = {
         request,

@@ -1,3 +1,4 @@
+import type { AbortLike } from "../core/call-abort.js";
 import { randomUUID } from "node:crypto";
 import { FennecError, toFennecError } from "../core/errors.js";
 import { publishInvocation } from "../core/events.js";
@@ -100,7 +101,7 @@ export class Scheduler implements PoolHost {
   async invoke(
     id: FunctionId,
     request: InvokeRequest,
-    signal?: AbortSignal,
+    signal?: AbortLike,
   ): Promise<InvokeOutcome | { error: FennecError; record: InvocationRecord }> {
     const key = functionKey(id);
     const fail = (error: FennecError, partial?: DispatchError["partial"]) => {

@@ -326,7 +326,7 @@ export class WasmInstance implements SandboxHandle {
             () => new FennecError("BAD_REQUEST", "the request body is longer than its content-length"),
           );
     // A short call runs right here unless its function's calls have been running long.
-    if (stdin instanceof Uint8Array && this.#inline?.available() && !signal.aborted) {
+    if (stdin instanceof Uint8Array && this.#inline?.available()) {
       if (this.#gone) throw this.#gone;
       const ran = this.#inline.run(env, stdin, this.#config.timeoutMs);
       if (!ran.moved) {

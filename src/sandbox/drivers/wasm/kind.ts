@@ -59,4 +59,9 @@ export const wasmKind: SandboxKind<"wasm", typeof wasmTable, WasmDriver> = {
   },
   // Cached modules of functions that no longer exist (or changed) are removed.
   prepared: (driver) => driver.modules.prune().then(() => undefined),
+  // Where calls ran: on the gateway's thread, or moved from it to executors (and why).
+  status: (driver) => ({
+    inlineCalls: driver.fastPath.inline,
+    movedToExecutors: { ...driver.fastPath.moved },
+  }),
 };
