@@ -29,17 +29,8 @@ import { basename, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
 import { ECHO } from "./hop-handlers.js";
-import {
-  startFennec,
-  startNginx,
-  startNodeProxy,
-  startRuntime,
-  startWorkerd,
-  waitForUrl,
-  Servers,
-  writeFunction,
-  type Server,
-} from "./hop-backends.js";
+import { startNginx, startNodeProxy, startRuntime } from "./hop-backends.js";
+import { startFennec, startWorkerd, waitForUrl, Servers, writeFunction, type Server } from "./servers.js";
 import { cdfChart } from "./plot.js";
 import { machine, writeResults } from "./results.js";
 import { fmt } from "./stats.js";
