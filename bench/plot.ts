@@ -22,22 +22,40 @@ function niceTicks(max: number, count = 6): number[] {
   return ticks;
 }
 
+/** 1, 2 and 5 times each power of ten from `min` to `max`. */
+function logTicks(min: number, max: number): number[] {
+  const ticks: number[] = [];
+  for (let k = Math.floor(Math.log10(min)); k <= Math.ceil(Math.log10(max)); k++)
+    for (const m of [1, 2, 5]) {
+      const t = m * 10 ** k;
+      if (t >= min && t <= max) ticks.push(Number(t.toPrecision(3)));
+    }
+  return ticks;
+}
+
 export function cdfChart(
   title: string,
   xLabel: string,
   series: readonly Series[],
   clipQuantile = 0.99,
+  /** A logarithmic latency axis: a busy machine's tail is 100× the median, and both stay readable. */
+  logX = false,
 ): string {
   const xMax =
     Math.max(...series.map((s) => s.values[Math.floor((s.values.length - 1) * clipQuantile)] ?? 0)) * 1.05;
-  const x = (v: number) => M.left + (Math.min(v, xMax) / xMax) * (W - M.left - M.right);
+  const xMin = logX
+    ? 10 ** Math.floor(Math.log10(Math.max(1e-9, Math.min(...series.map((s) => s.values[0] ?? xMax)))))
+    : 0;
+  const share = (v: number) =>
+    logX ? Math.log(Math.max(v, xMin) / xMin) / Math.log(xMax / xMin) : Math.min(v, xMax) / xMax;
+  const x = (v: number) => M.left + Math.min(1, share(v)) * (W - M.left - M.right);
   const y = (q: number) => H - M.bottom - q * (H - M.top - M.bottom);
   const parts: string[] = [
     `<svg xmlns="http://www.w3.org/2000/svg" width="${W}" height="${H}" font-family="sans-serif" font-size="12">`,
     `<rect width="100%" height="100%" fill="white"/>`,
     `<text x="${W / 2}" y="22" text-anchor="middle" font-size="15">${title}</text>`,
   ];
-  for (const t of niceTicks(xMax)) {
+  for (const t of logX ? logTicks(xMin, xMax) : niceTicks(xMax)) {
     parts.push(`<line x1="${x(t)}" x2="${x(t)}" y1="${M.top}" y2="${H - M.bottom}" stroke="#eee"/>`);
     parts.push(`<text x="${x(t)}" y="${H - M.bottom + 18}" text-anchor="middle">${t}</text>`);
   }

@@ -17,7 +17,7 @@
 import { fork } from "node:child_process";
 import { mkdirSync, writeFileSync } from "node:fs";
 import { loadavg } from "node:os";
-import { join, resolve } from "node:path";
+import { basename, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
 import { message } from "./load.js";
@@ -54,6 +54,14 @@ const COLOURS: Record<string, string> = {
   wasm: "#d9480f",
   process: "#1c7ed6",
   "wasm-compare": "#ae3ec9",
+};
+/** Short row names for the charts' labels. */
+const SHORT: Record<string, string> = {
+  bare: "bare node:http",
+  workerd: "workerd",
+  wasm: "Fennec → [wasm]",
+  process: "Fennec → [process]",
+  "wasm-compare": `Fennec (${args.compare ? basename(resolve(args.compare)) : ""}) → [wasm]`,
 };
 const load = () =>
   loadavg()
@@ -185,7 +193,7 @@ function plots(rows: readonly WarmRow[]): void {
     barChart(
       `Warm echo throughput, wrk -t${OPTS.threads}, median of ${OPTS.rounds} round(s)`,
       "requests per second",
-      rows.map((r) => r.name),
+      rows.map((r) => SHORT[r.key] ?? r.name),
       OPTS.connections.map((c, k) => ({
         label: `${c} connections`,
         colour: shades[k % shades.length]!,
@@ -198,13 +206,15 @@ function plots(rows: readonly WarmRow[]): void {
   writeFileSync(
     join(img, "warm-wasm-latency.svg"),
     cdfChart(
-      "Warm echo latency at 1 connection (wrk percentiles, medians over rounds, clipped at p99)",
-      "latency (µs)",
+      "Warm echo latency at 1 connection (wrk percentiles, medians over rounds, up to p99)",
+      "latency (µs, logarithmic)",
       measured.map((r) => ({
-        label: `${r.name} (p50 ${fmt(at(r, 1)!.latencyUs["50"]!, 0)} µs)`,
+        label: `${SHORT[r.key] ?? r.name} (p50 ${fmt(at(r, 1)!.latencyUs["50"]!, 0)} µs)`,
         colour: COLOURS[r.key] ?? "#000",
         values: fromPercentiles(at(r, 1)!.latencyUs),
       })),
+      0.99,
+      true,
     ),
   );
 }
