@@ -121,13 +121,13 @@ function warmTable(
   after: string,
 ): string {
   const cs = OPTS.connections;
-  const head = `| server (same echo, POST of ${BODY.length} bytes) | ${cs.map((c) => `req/s -c${c}`).join(" | ")} | p50 -c1 (µs) | p99 -c1 (µs) | server CPU per request -c${cs[0]} (µs) | server cores -c${cs[0]} | wrk cores -c${cs[0]} | errors |`;
+  const head = `| server (same echo, POST of ${BODY.length} bytes) | ${cs.map((c) => `req/s -c${c}`).join(" | ")} | p50 -c1 (µs) | p99 -c1 (µs) | server CPU per request -c${cs[0]} (µs) | of which Fennec's main thread (µs) | server cores -c${cs[0]} | wrk cores -c${cs[0]} | errors |`;
   const lines = rows.map((row) => {
     const c1 = at(row, 1);
     const t = at(row, cs[0]!);
     const cell = (x: number | undefined, d = 0) => (x === undefined ? "—" : fmt(x, d));
     const errors = row.loads.reduce((s, l) => s + l.errors, 0);
-    return `| ${row.name}${row.error ? ` (**failed**: ${row.error.replaceAll("|", "/").replaceAll("\n", " ").slice(0, 200)})` : ""} | ${cs.map((c) => cell(at(row, c)?.rps)).join(" | ")} | ${cell(c1?.latencyUs["50"])} | ${cell(c1?.latencyUs["99"])} | ${cell(t?.serverCpuUsPerRequest)} | ${cell(t?.serverCores, 2)} | ${cell(t?.clientCores, 2)} | ${errors} |`;
+    return `| ${row.name}${row.error ? ` (**failed**: ${row.error.replaceAll("|", "/").replaceAll("\n", " ").slice(0, 200)})` : ""} | ${cs.map((c) => cell(at(row, c)?.rps)).join(" | ")} | ${cell(c1?.latencyUs["50"])} | ${cell(c1?.latencyUs["99"])} | ${cell(t?.serverCpuUsPerRequest)} | ${cell(t?.gatewayThreadCpuUsPerRequest)} | ${cell(t?.serverCores, 2)} | ${cell(t?.clientCores, 2)} | ${errors} |`;
   });
   const x = (k: string) => {
     const v = r[k];
@@ -157,7 +157,7 @@ function warmTable(
 wrk -t${OPTS.threads} -d${OPTS.seconds}s at 1 connection (latency) and ${cs.map((c) => `-c${c}`).join(", ")} (throughput), ${OPTS.rounds} round(s) interleaved, medians; load average before ${before}, after ${after}
 
 ${head}
-|${"---|".repeat(7 + cs.length)}
+|${"---|".repeat(8 + cs.length)}
 ${lines.join("\n")}
 
 ${ratioLines.join("\n")}

@@ -18,7 +18,7 @@ import { basename, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { ECHO } from "./hop-handlers.js";
 import { startBare, startFennec, startWorkerd, waitForUrl, writeFunction, type Server } from "./servers.js";
-import { cpuSeconds, processTree, wrk, wrkScript, type WrkResult } from "./wrk.js";
+import { cpuSeconds, mainThreadCpuSeconds, processTree, wrk, wrkScript, type WrkResult } from "./wrk.js";
 
 const ROOT = fileURLToPath(new URL("../../", import.meta.url));
 export const BODY = "hello fennec bench";
@@ -49,6 +49,8 @@ export interface LoadFigures {
   /** Cores the server's processes used meanwhile, and their CPU per request. */
   readonly serverCores: number;
   readonly serverCpuUsPerRequest: number;
+  /** For a Fennec row: the CPU per request of Fennec's main thread (the gateway's event loop) alone. */
+  readonly gatewayThreadCpuUsPerRequest?: number;
   /** Cores wrk used (at most `threads`): the client's own load. */
   readonly clientCores: number;
   readonly rounds: ReadonlyArray<{ rps: number; p50: number; p99: number }>;
@@ -68,8 +70,10 @@ interface Target {
   url?: string;
   /** The processes whose CPU is the server's. */
   pids: () => number[];
+  /** Fennec's process, whose main thread is the gateway's. */
+  gateway?: number;
   error?: string;
-  readonly runs: Map<number, Array<{ result: WrkResult; serverCpuS: number }>>;
+  readonly runs: Map<number, Array<{ result: WrkResult; serverCpuS: number; gatewayCpuS: number }>>;
 }
 
 const median = (xs: readonly number[]): number => {
@@ -159,6 +163,7 @@ export async function measureWarm(
       (s) => {
         wasm.url = `${s.url}/invoke/wasm-echo/`;
         wasm.pids = () => [s.pid];
+        wasm.gateway = proc.gateway = s.pid;
         proc.url = `${s.url}/invoke/process-echo/`;
         proc.pids = () => processTree(s.pid);
       },
@@ -172,6 +177,7 @@ export async function measureWarm(
         (s) => {
           other.url = `${s.url}/invoke/wasm-echo/`;
           other.pids = () => [s.pid];
+          other.gateway = s.pid;
         },
       );
     }
@@ -211,15 +217,18 @@ async function run(
   try {
     const pids = t.pids();
     const cpu0 = cpuSeconds(pids);
+    const gateway0 = t.gateway ? mainThreadCpuSeconds(t.gateway) : 0;
     const result = await wrk(t.url!, script, {
       threads: Math.min(threads, connections),
       connections,
       seconds,
     });
     const serverCpuS = cpuSeconds(pids) - cpu0;
+    const gatewayCpuS = t.gateway ? mainThreadCpuSeconds(t.gateway) - gateway0 : 0;
     if (result.requests === 0) throw new Error(`no request answered in ${seconds} s`);
     if (result.errors > 0) console.error(`  ${result.errors} errors`);
-    if (keep) t.runs.set(connections, [...(t.runs.get(connections) ?? []), { result, serverCpuS }]);
+    if (keep)
+      t.runs.set(connections, [...(t.runs.get(connections) ?? []), { result, serverCpuS, gatewayCpuS }]);
   } catch (err) {
     t.error = `wrk at ${connections} connection(s) failed: ${message(err)}`;
   }
@@ -243,6 +252,9 @@ function summarise(t: Target, loads: readonly number[]): WarmRow {
       errors: runs.reduce((s, r) => s + r.result.errors, 0),
       serverCores: serverCpuS / seconds,
       serverCpuUsPerRequest: (serverCpuS / requests) * 1e6,
+      ...(t.gateway
+        ? { gatewayThreadCpuUsPerRequest: (runs.reduce((s, r) => s + r.gatewayCpuS, 0) / requests) * 1e6 }
+        : {}),
       clientCores: runs.reduce((s, r) => s + r.result.clientCpuS, 0) / seconds,
       rounds: runs.map((r) => ({
         rps: r.result.rps,

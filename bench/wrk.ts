@@ -96,16 +96,22 @@ export async function wrk(
 
 const TICK_S = 0.01; // USER_HZ is 100 on Linux
 
-/** User + system CPU seconds of a process so far, 0 once it is gone. */
-function cpuOf(pid: number): number {
+/** User + system CPU seconds in a `/proc/.../stat` file, 0 once its process or thread is gone. */
+function cpuIn(statFile: string): number {
   try {
-    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+    const stat = readFileSync(statFile, "utf8");
     const f = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
     return (Number(f[11]) + Number(f[12])) * TICK_S; // fields 14 and 15: utime, stime
   } catch {
     return 0;
   }
 }
+
+/** User + system CPU seconds of a process (all its threads) so far. */
+const cpuOf = (pid: number): number => cpuIn(`/proc/${pid}/stat`);
+
+/** CPU seconds of a process's main thread alone: a Node process's event loop, not its workers or GC. */
+export const mainThreadCpuSeconds = (pid: number): number => cpuIn(`/proc/${pid}/task/${pid}/stat`);
 
 /** User + system CPU seconds of this process's children that have exited and been waited for. */
 function reapedChildrenCpu(): number {
