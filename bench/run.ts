@@ -14,7 +14,7 @@
  * Writes bench/results/latest.json, docs/img/warm-wasm-rps.svg and docs/img/warm-wasm-latency.svg,
  * and prints the tables (markdown). Needs wrk (/usr/bin/wrk, Debian's package).
  */
-import { fork } from "node:child_process";
+import { fork, type ChildProcess } from "node:child_process";
 import { mkdirSync, writeFileSync } from "node:fs";
 import { loadavg } from "node:os";
 import { basename, join, resolve } from "node:path";
@@ -48,6 +48,11 @@ const OPTS: WarmOptions = {
   connections: args.connections.split(",").map(Number),
   ...(args.compare ? { compare: resolve(args.compare) } : {}),
 };
+for (const [k, v] of Object.entries({ ...OPTS, connections: undefined }))
+  if (typeof v === "number" && !(Number.isInteger(v) && v > 0))
+    throw new Error(`--${k} must be a positive integer`);
+if (!OPTS.connections.every((c) => Number.isInteger(c) && c > 0))
+  throw new Error("--connections must be positive integers, comma-separated (e.g. 8,32)");
 const COLOURS: Record<string, string> = {
   bare: "#888",
   workerd: "#f08c00",
@@ -77,10 +82,16 @@ interface InstanceFigures {
   idleMiBPerInstance: number;
 }
 
-/** Stops the warm rows' servers on Ctrl-C or SIGTERM too, then exits. */
+/** The instance benchmark's process while it runs, stopped too on a signal. */
+let instanceChild: ChildProcess | undefined;
+
+/** Stops the warm rows' servers (and the instance benchmark) on Ctrl-C or SIGTERM too, then exits. */
 function onSignal(cleanup: () => Promise<void>): void {
   for (const sig of ["SIGINT", "SIGTERM"] as const)
-    process.once(sig, () => void cleanup().finally(() => process.exit(130)));
+    process.once(sig, () => {
+      instanceChild?.kill("SIGKILL");
+      void cleanup().finally(() => process.exit(130));
+    });
 }
 
 async function main(): Promise<void> {
@@ -92,10 +103,11 @@ async function main(): Promise<void> {
   let wakeup: Awaited<ReturnType<typeof threadWakeup>> | undefined;
   if (!args["warm-only"]) {
     console.error("wasm instance measurements (driver level)");
-    const inst = fork(join(HERE, "instance-bench.js"), [String(quick ? 50 : 200)], {
+    instanceChild = fork(join(HERE, "instance-bench.js"), [String(quick ? 50 : 200)], {
       execArgv: ["--expose-gc"],
     });
-    instance = await message<InstanceFigures>(inst);
+    instance = await message<InstanceFigures>(instanceChild);
+    instanceChild = undefined;
     console.error("thread wake-up floor");
     wakeup = await threadWakeup(quick ? 1000 : 5000);
   }

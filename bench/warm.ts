@@ -190,7 +190,7 @@ export async function measureWarm(
     console.error(`warming up every row (1 s at ${opts.connections[0] ?? 8} connections)`);
     for (const t of live()) await run(t, script, opts.threads, opts.connections[0] ?? 8, 1, false);
 
-    const loads = [1, ...opts.connections];
+    const loads = [...new Set([1, ...opts.connections])];
     for (let round = 0; round < opts.rounds; round++) {
       for (const c of loads) {
         for (const t of live()) {
