@@ -1,78 +1,16 @@
 /**
- * The servers the warm-hop and streaming benchmarks put side by side, each started as a child of
- * the benchmark and stopped by its PID: Fennec's handler runtime alone on a loopback port, nginx
- * proxying to it, a bare Node proxy, `fennec serve`, and workerd serving the same handler module.
+ * The servers only the warm-hop and streaming benchmarks use (the shared ones, Fennec and workerd,
+ * are in servers.ts): Fennec's handler runtime alone on a loopback port, nginx proxying to it, and
+ * a bare Node proxy, each a child of the benchmark stopped by its PID.
  */
-import { spawn, type ChildProcess } from "node:child_process";
+import { spawn } from "node:child_process";
 import { chmod, mkdir, writeFile } from "node:fs/promises";
-import { createServer, type AddressInfo } from "node:net";
-import { basename, dirname, join } from "node:path";
+import { join } from "node:path";
 import { fileURLToPath } from "node:url";
-import workerd, { compatibilityDate } from "workerd";
 import { HANDLER_RUNTIME } from "../src/sandbox/handler-build.js";
-import { fennecUrl } from "./fennec-url.js";
+import { freePort, orStop, serving, stopChild, tail, waitForUrl, type Server } from "./servers.js";
 
 const ROOT = fileURLToPath(new URL("../../", import.meta.url));
-
-/** A server under test. `pid` is the process whose own CPU and memory are the hop's cost. */
-export interface Server {
-  readonly url: string;
-  readonly pid: number;
-  stop(): Promise<void>;
-}
-
-/** A loopback port nothing listens on right now. */
-export async function freePort(): Promise<number> {
-  const s = createServer();
-  await new Promise<void>((r) => s.listen(0, "127.0.0.1", () => r()));
-  const { port } = s.address() as AddressInfo;
-  await new Promise((r) => s.close(r));
-  return port;
-}
-
-/** Stops a child: SIGTERM, then SIGKILL if it is still there after `graceMs`. */
-function stopChild(child: ChildProcess, graceMs = 10_000): Promise<void> {
-  if (child.exitCode !== null || child.signalCode !== null) return Promise.resolve();
-  return new Promise((resolve) => {
-    const timer = setTimeout(() => child.kill("SIGKILL"), graceMs);
-    child.once("exit", () => {
-      clearTimeout(timer);
-      resolve();
-    });
-    child.kill("SIGTERM");
-  });
-}
-
-/** Keeps the last bytes a child wrote to stderr, for the error when it does not come up. */
-function tail(child: ChildProcess): () => string {
-  let text = "";
-  child.stderr?.on("data", (d: Buffer) => (text = (text + d.toString()).slice(-4000)));
-  return () => text;
-}
-
-/** A child just spawned to serve on loopback `port`, once it answers there. */
-async function serving(child: ChildProcess, port: number): Promise<Server> {
-  const log = tail(child);
-  const url = `http://127.0.0.1:${port}/`;
-  await waitForUrl(url, child, log);
-  return { url, pid: child.pid!, stop: () => stopChild(child) };
-}
-
-/** Polls `url` until it answers 2xx (the first call may start an instance or build a root). */
-export async function waitForUrl(url: string, child?: ChildProcess, log = () => ""): Promise<void> {
-  const deadline = performance.now() + 180_000;
-  for (;;) {
-    if (child && (child.exitCode !== null || child.signalCode !== null))
-      throw new Error(`${url}: the server exited (${child.exitCode ?? child.signalCode}): ${log()}`);
-    const ok = await fetch(url, { method: "POST", body: "warm-up" }).then(
-      async (r) => (await r.arrayBuffer(), r.ok),
-      () => false,
-    );
-    if (ok) return;
-    if (performance.now() > deadline) throw new Error(`${url} never answered: ${log()}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
-}
 
 /**
  * Fennec's handler runtime (this checkout's, or `runtime`) serving `handler` (an ES module) on a
@@ -96,12 +34,15 @@ export async function startNodeProxy(upstreamPort: number): Promise<Server> {
     stdio: ["ignore", "pipe", "pipe"],
   });
   const log = tail(child);
-  const port = await new Promise<number>((resolve, reject) => {
-    child.stdout.once("data", (d: Buffer) => resolve(Number(d.toString().trim())));
-    child.once("exit", (code) => reject(new Error(`the Node proxy exited (${code}): ${log()}`)));
-  });
+  const port = await orStop(
+    child,
+    new Promise<number>((resolve, reject) => {
+      child.stdout.once("data", (d: Buffer) => resolve(Number(d.toString().trim())));
+      child.once("exit", (code) => reject(new Error(`the Node proxy exited (${code}): ${log()}`)));
+    }),
+  );
   const url = `http://127.0.0.1:${port}/`;
-  await waitForUrl(url, child, log);
+  await orStop(child, waitForUrl(url, child, log));
   return { url, pid: child.pid!, stop: () => stopChild(child) };
 }
 
@@ -150,97 +91,4 @@ http {
     stdio: ["ignore", "ignore", "pipe"],
   });
   return serving(child, port);
-}
-
-/**
- * `fennec serve` on `registry` with the [process] sandbox enabled; `url` is its base address.
- * `checkout` is the Fennec whose build runs (default: this one; another worktree compares builds).
- */
-export async function startFennec(
-  registry: string,
-  extraArgs: readonly string[] = [],
-  nodeArgs: readonly string[] = [],
-  checkout = ROOT,
-): Promise<Server> {
-  const cli = join(checkout, "dist/src/cli/main.js");
-  const child = spawn(
-    process.execPath,
-    [
-      ...nodeArgs,
-      cli,
-      "serve",
-      "-r",
-      registry,
-      "--port",
-      "0",
-      "--process",
-      "--start-timeout",
-      "180000",
-      ...extraArgs,
-    ],
-    { stdio: ["ignore", "ignore", "pipe"] },
-  );
-  const log = tail(child);
-  const url = await fennecUrl(child).catch((err: unknown) => {
-    throw new Error(`fennec serve did not start: ${String(err)} ${log()}`);
-  });
-  return { url, pid: child.pid!, stop: () => stopChild(child, 30_000) };
-}
-
-/** workerd serving `handler` (an ES module) as the only worker of a config written next to it. */
-export async function startWorkerd(handler: string): Promise<Server> {
-  const dir = dirname(handler);
-  const port = await freePort();
-  const name = basename(handler);
-  await writeFile(
-    join(dir, "workerd.capnp"),
-    `using Workerd = import "/workerd/workerd.capnp";
-const config :Workerd.Config = (
-  services = [ (name = "main", worker = .handler) ],
-  sockets = [ (name = "http", address = "127.0.0.1:${port}", http = (), service = "main") ],
-);
-const handler :Workerd.Worker = (
-  modules = [ (name = "${name}", esModule = embed "${name}") ],
-  compatibilityDate = "${compatibilityDate}",
-);
-`,
-  );
-  const child = spawn(workerd.default, ["serve", join(dir, "workerd.capnp")], {
-    stdio: ["ignore", "ignore", "pipe"],
-  });
-  return serving(child, port);
-}
-
-/** The servers a benchmark started, stopped newest first (all at its end, or a phase's early). */
-export class Servers {
-  readonly #started: Server[] = [];
-
-  /** Waits for a server that is starting and keeps it, to be stopped with the others. */
-  async start<T extends Server>(starting: Promise<T>): Promise<T> {
-    const server = await starting;
-    this.#started.push(server);
-    return server;
-  }
-
-  async stopAll(): Promise<void> {
-    for (const s of this.#started.splice(0).reverse()) await s.stop();
-  }
-}
-
-/**
- * Writes function `name` into `registry`: `handler.mjs` from `source`, and a function.toml with
- * one warm instance taking `concurrency` calls at once, `top` (more top-level keys) and `table`.
- */
-export async function writeFunction(
-  registry: string,
-  name: string,
-  source: string,
-  o: { readonly table: string; readonly concurrency: number; readonly top?: string },
-): Promise<void> {
-  await mkdir(join(registry, name), { recursive: true });
-  await writeFile(join(registry, name, "handler.mjs"), source);
-  await writeFile(
-    join(registry, name, "function.toml"),
-    `keepalive = 3600\nconcurrent-requests = ${o.concurrency}\nmax-instances = 1\n${o.top ?? ""}\n${o.table}\n`,
-  );
 }

@@ -29,18 +29,9 @@ import { basename, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
 import { ECHO } from "./hop-handlers.js";
-import {
-  startFennec,
-  startNginx,
-  startNodeProxy,
-  startRuntime,
-  startWorkerd,
-  waitForUrl,
-  Servers,
-  writeFunction,
-  type Server,
-} from "./hop-backends.js";
-import { cdfChart } from "./plot.js";
+import { startNginx, startNodeProxy, startRuntime } from "./hop-backends.js";
+import { startFennec, startWorkerd, waitForUrl, Servers, writeFunction, type Server } from "./servers.js";
+import { cdfChart, fromPercentiles } from "./plot.js";
 import { machine, writeResults } from "./results.js";
 import { fmt } from "./stats.js";
 import { cpuSeconds, processTree, wrk, wrkScript, type WrkResult } from "./wrk.js";
@@ -244,25 +235,6 @@ function summarise(m: Measured): Summary {
     handlerCpuUsPerReq: (m.handlerCpuS / requests) * 1e6,
     rounds: m.runs.map((r) => ({ rps: r.rps, latencyUs: r.latencyUs })),
   };
-}
-
-/** A sorted pseudo-sample from wrk's percentiles (piecewise linear), for the CDF chart. */
-function fromPercentiles(latency: Record<string, number>): number[] {
-  const points = Object.entries(latency)
-    .map(([q, v]) => [Number(q) / 100, v] as const)
-    .sort((a, b) => a[0] - b[0]);
-  const out: number[] = [];
-  for (let k = 1; k <= 1000; k++) {
-    const q = k / 1000;
-    const hi = points.findIndex(([pq]) => pq >= q);
-    if (hi <= 0) out.push(points[hi === 0 ? 0 : points.length - 1]![1]);
-    else {
-      const [q0, v0] = points[hi - 1]!;
-      const [q1, v1] = points[hi]!;
-      out.push(v0 + ((v1 - v0) * (q - q0)) / (q1 - q0));
-    }
-  }
-  return out;
 }
 
 function report(measured: Measured[]): void {

@@ -1,126 +1,183 @@
 /**
- * Fennec's core benchmark (issue: core gateway + wasm). One run, side by side:
- * - warm invoke of `echo` through Fennec against a bare node:http server answering the same
- *   bytes, same client (its own process), 1 connection (latency) and 16 (throughput), rounds
- *   interleaved so drift on this noisy machine hits both alike;
- * - wasm cold start, instances per second, idle memory per warm instance (instance-bench.ts).
- * Usage: npm run bench [-- --quick]. Writes bench/results/latest.json and prints a table.
+ * Fennec's core benchmark (issues: core gateway + wasm, and 11, the wasm fast path). One run:
+ * - the warm rows (warm.ts): bare node:http, workerd, Fennec → [wasm] and Fennec → [process], all
+ *   answering the same echo, measured side by side with wrk, rounds interleaved; ratios reported;
+ * - wasm cold start, instances per second, idle memory per warm instance (instance-bench.ts);
+ * - the thread wake-up floor (thread-wakeup.ts).
+ *
+ * Usage: npm run bench [-- --quick] [-- --warm-only] [-- --rounds 3 --seconds 5 --threads 1
+ *        --connections 8,32 --compare DIR]
+ *   --quick      1 round of 1 s per load, fewer instance samples (well under a minute)
+ *   --warm-only  the warm rows only (no instance or wake-up measurements)
+ *   --compare    one more Fennec [wasm] row from the build in DIR (another checkout, `npm run build`
+ *                done there): before and after side by side
+ * Writes bench/results/latest.json, docs/img/warm-wasm-rps.svg and docs/img/warm-wasm-latency.svg,
+ * and prints the tables (markdown). Needs wrk (/usr/bin/wrk, Debian's package).
  */
-import { fork, spawn } from "node:child_process";
+import { fork, type ChildProcess } from "node:child_process";
 import { mkdirSync, writeFileSync } from "node:fs";
-import { cpus } from "node:os";
-import { join } from "node:path";
+import { loadavg } from "node:os";
+import { basename, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
-import { cdfChart } from "./plot.js";
-import { load, message, type LoadResult } from "./load.js";
-import { fmt, summarize } from "./stats.js";
+import { parseArgs } from "node:util";
+import { message } from "./load.js";
+import { barChart, cdfChart, fromPercentiles } from "./plot.js";
+import { machine, writeResults } from "./results.js";
+import { fmt } from "./stats.js";
 import { threadWakeup } from "./thread-wakeup.js";
-import { fennecUrl } from "./fennec-url.js";
+import { at, BODY, measureWarm, ratios, type WarmOptions, type WarmRow } from "./warm.js";
 
 const HERE = fileURLToPath(new URL(".", import.meta.url));
 const ROOT = fileURLToPath(new URL("../../", import.meta.url));
-const quick = process.argv.includes("--quick");
-const BODY = "hello fennec bench";
-const POST = { method: "POST", body: BODY };
+const { values: args } = parseArgs({
+  options: {
+    quick: { type: "boolean", default: false },
+    "warm-only": { type: "boolean", default: false },
+    rounds: { type: "string" },
+    seconds: { type: "string" },
+    threads: { type: "string", default: "1" },
+    connections: { type: "string", default: "8,32" },
+    compare: { type: "string" },
+  },
+});
+const quick = args.quick;
+const OPTS: WarmOptions = {
+  rounds: Number(args.rounds ?? (quick ? 1 : 3)),
+  seconds: Number(args.seconds ?? (quick ? 1 : 5)),
+  threads: Number(args.threads),
+  connections: args.connections.split(",").map(Number),
+  ...(args.compare ? { compare: resolve(args.compare) } : {}),
+};
+for (const [k, v] of Object.entries({ ...OPTS, connections: undefined }))
+  if (typeof v === "number" && !(Number.isInteger(v) && v > 0))
+    throw new Error(`--${k} must be a positive integer`);
+if (!OPTS.connections.every((c) => Number.isInteger(c) && c > 0))
+  throw new Error("--connections must be positive integers, comma-separated (e.g. 8,32)");
+const COLOURS: Record<string, string> = {
+  bare: "#888",
+  workerd: "#f08c00",
+  wasm: "#d9480f",
+  process: "#1c7ed6",
+  "wasm-compare": "#ae3ec9",
+};
+/** Short row names for the charts' labels. */
+const SHORT: Record<string, string> = {
+  bare: "bare node:http",
+  workerd: "workerd",
+  wasm: "Fennec → [wasm]",
+  process: "Fennec → [process]",
+  "wasm-compare": `Fennec (${args.compare ? basename(resolve(args.compare)) : ""}) → [wasm]`,
+};
+const load = () =>
+  loadavg()
+    .map((x) => x.toFixed(2))
+    .join(" ");
 
-async function startBare(): Promise<{ url: string; stop: () => void }> {
-  const child = fork(join(HERE, "bare-server.js"));
-  const { port } = await message<{ port: number }>(child);
-  return { url: `http://127.0.0.1:${port}/invoke/echo/`, stop: () => child.kill("SIGTERM") };
+interface InstanceFigures {
+  anotherInstanceMs: { p50: number; p99: number };
+  coldWithSpareMs: { p50: number; p99: number };
+  coldBurstMs: { p50: number; p99: number };
+  firstInvokeMs: { p50: number; p99: number };
+  instancesPerSecond: number;
+  idleMiBPerInstance: number;
 }
 
-async function startFennec(): Promise<{ url: string; stop: () => Promise<void> }> {
-  const cli = join(ROOT, "dist/src/cli/main.js");
-  const child = spawn(
-    process.execPath,
-    [cli, "serve", "-r", join(ROOT, "examples/registry"), "--port", "0"],
-    {
-      stdio: ["ignore", "ignore", "pipe"],
-    },
-  );
-  const url = await fennecUrl(child);
-  return {
-    url: `${url}/invoke/echo/`,
-    stop: () => new Promise((r) => (child.once("exit", () => r()), child.kill("SIGTERM"))),
-  };
+/** The instance benchmark's process while it runs, stopped too on a signal. */
+let instanceChild: ChildProcess | undefined;
+
+/** Stops the warm rows' servers (and the instance benchmark) on Ctrl-C or SIGTERM too, then exits. */
+function onSignal(cleanup: () => Promise<void>): void {
+  for (const sig of ["SIGINT", "SIGTERM"] as const)
+    process.once(sig, () => {
+      instanceChild?.kill("SIGKILL");
+      void cleanup().finally(() => process.exit(130));
+    });
 }
 
 async function main(): Promise<void> {
-  const rounds = quick ? 1 : 3;
-  const latencyN = quick ? 1000 : 4000;
-  const throughputN = quick ? 200 : 800;
-  const bare = await startBare();
-  const fennec = await startFennec();
-  const runs: Record<string, LoadResult[]> = { bare1: [], fennec1: [], bare16: [], fennec16: [] };
-  for (let r = 0; r < rounds; r++) {
-    console.error(`round ${r + 1}/${rounds}: latency (1 connection) and throughput (16 connections)`);
-    runs["bare1"]!.push(await load(bare.url, 1, latencyN, POST));
-    runs["fennec1"]!.push(await load(fennec.url, 1, latencyN, POST));
-    runs["bare16"]!.push(await load(bare.url, 16, throughputN, POST));
-    runs["fennec16"]!.push(await load(fennec.url, 16, throughputN, POST));
+  const loadBefore = load();
+  const rows = await measureWarm(OPTS, onSignal);
+  const r = ratios(rows, [1, ...OPTS.connections]);
+
+  let instance: InstanceFigures | undefined;
+  let wakeup: Awaited<ReturnType<typeof threadWakeup>> | undefined;
+  if (!args["warm-only"]) {
+    console.error("wasm instance measurements (driver level)");
+    instanceChild = fork(join(HERE, "instance-bench.js"), [String(quick ? 50 : 200)], {
+      execArgv: ["--expose-gc"],
+    });
+    instance = await message<InstanceFigures>(instanceChild);
+    instanceChild = undefined;
+    console.error("thread wake-up floor");
+    wakeup = await threadWakeup(quick ? 1000 : 5000);
   }
-  bare.stop();
-  await fennec.stop();
-  const merged = (k: string) => {
-    const rs = runs[k]!;
-    const lat = summarize(rs.flatMap((x) => x.latenciesUs));
-    const rps = summarize(rs.map((x) => x.latenciesUs.length / x.seconds));
-    return { ...lat, rps: rps.p50 };
-  };
-  const b1 = merged("bare1");
-  const f1 = merged("fennec1");
-  const b16 = merged("bare16");
-  const f16 = merged("fennec16");
+  const loadAfter = load();
 
-  console.error("wasm instance measurements (driver level)");
-  const inst = fork(join(HERE, "instance-bench.js"), [String(quick ? 50 : 200)], {
-    execArgv: ["--expose-gc"],
+  writeResults("latest.json", {
+    machine: machine(true),
+    loadavg: { before: loadBefore, after: loadAfter },
+    options: { ...OPTS, quick, warmOnly: args["warm-only"], body: BODY, client: "wrk" },
+    warm: { rows, ratios: r },
+    ...(instance ? { instance } : {}),
+    ...(wakeup ? { wakeup } : {}),
   });
-  const instance = await message<Record<string, unknown>>(inst);
+  plots(rows);
+  console.log(warmTable(rows, r, loadBefore, loadAfter));
+  if (instance && wakeup) console.log(instanceTable(instance, wakeup));
+}
 
-  console.error("thread wake-up floor");
-  const wakeup = await threadWakeup(quick ? 1000 : 5000);
-
-  const result = {
-    date: new Date().toISOString(),
-    machine: { cpus: cpus().length, model: cpus()[0]?.model, node: process.version },
-    warm: { bare1: b1, fennec1: f1, bare16: b16, fennec16: f16 },
-    ratios: {
-      throughput16: f16.rps / b16.rps,
-      p50OverheadUs: f1.p50 - b1.p50,
-      p99OverheadUs: f1.p99 - b1.p99,
-      p50Ratio: f1.p50 / b1.p50,
-    },
-    instance,
-    wakeup,
+function warmTable(
+  rows: readonly WarmRow[],
+  r: Record<string, number>,
+  before: string,
+  after: string,
+): string {
+  const cs = OPTS.connections;
+  const head = `| server (same echo, POST of ${BODY.length} bytes) | ${cs.map((c) => `req/s -c${c}`).join(" | ")} | p50 -c1 (µs) | p99 -c1 (µs) | server CPU per request -c${cs[0]} (µs) | of which Fennec's main thread (µs) | server cores -c${cs[0]} | wrk cores -c${cs[0]} | errors |`;
+  const lines = rows.map((row) => {
+    const c1 = at(row, 1);
+    const t = at(row, cs[0]!);
+    const cell = (x: number | undefined, d = 0) => (x === undefined ? "—" : fmt(x, d));
+    const errors = row.loads.reduce((s, l) => s + l.errors, 0);
+    return `| ${row.name}${row.error ? ` (**failed**: ${row.error.replaceAll("|", "/").replaceAll("\n", " ").slice(0, 200)})` : ""} | ${cs.map((c) => cell(at(row, c)?.rps)).join(" | ")} | ${cell(c1?.latencyUs["50"])} | ${cell(c1?.latencyUs["99"])} | ${cell(t?.serverCpuUsPerRequest)} | ${cell(t?.gatewayThreadCpuUsPerRequest)} | ${cell(t?.serverCores, 2)} | ${cell(t?.clientCores, 2)} | ${errors} |`;
+  });
+  const x = (k: string) => {
+    const v = r[k];
+    return v === undefined ? "n/a" : `${fmt(v, 2)}×`;
   };
-  mkdirSync(join(ROOT, "docs", "img"), { recursive: true });
-  const sorted = (k: string) => runs[k]!.flatMap((x) => x.latenciesUs).sort((a, b) => a - b);
-  writeFileSync(
-    join(ROOT, "docs", "img", "warm-latency.svg"),
-    cdfChart("Warm invoke latency, 1 connection (CDF, clipped at p99)", "round-trip latency (µs)", [
-      { label: `bare node:http (p50 ${fmt(b1.p50, 0)} µs)`, colour: "#888", values: sorted("bare1") },
-      { label: `Fennec, wasm echo (p50 ${fmt(f1.p50, 0)} µs)`, colour: "#d9480f", values: sorted("fennec1") },
-    ]),
-  );
-  mkdirSync(join(ROOT, "bench", "results"), { recursive: true });
-  writeFileSync(join(ROOT, "bench", "results", "latest.json"), JSON.stringify(result, null, 2) + "\n");
+  const ratioLines = [
+    ...cs.map(
+      (c) =>
+        `- -c${c}: Fennec [wasm] ÷ workerd ${x(`wasmOverWorkerdRps_c${c}`)} (goal ≥ 1), ÷ bare node:http ${x(`wasmOverBareRps_c${c}`)} (goal ≥ 0.40); [process] ÷ workerd ${x(`processOverWorkerdRps_c${c}`)}; workerd ÷ bare ${x(`workerdOverBareRps_c${c}`)}` +
+        (r[`wasmCompareOverWasmRps_c${c}`] !== undefined
+          ? `; ${args.compare} ÷ this build ${x(`wasmCompareOverWasmRps_c${c}`)}`
+          : ""),
+    ),
+    `- p50 at 1 connection: Fennec [wasm] ÷ workerd ${x("wasmOverWorkerdP50_c1")} (goal ≤ 1), ÷ bare node:http ${x("wasmOverBareP50_c1")}` +
+      (r["wasmCompareOverWasmP50_c1"] !== undefined
+        ? `; ${args.compare} ÷ this build ${x("wasmCompareOverWasmP50_c1")}`
+        : ""),
+    `- the client: wrk drove bare node:http to ${x(`bareOverFastestFennecRps_c${cs[0]}`)} the fastest Fennec row at -c${cs[0]}, using ${fmt(
+      at(
+        rows.find((w) => w.key === "bare"),
+        cs[0]!,
+      )?.clientCores ?? NaN,
+      2,
+    )} of its ${Math.min(OPTS.threads, cs[0]!)} thread(s)' core(s) there`,
+  ];
+  return `
+wrk -t${OPTS.threads} -d${OPTS.seconds}s at 1 connection (latency) and ${cs.map((c) => `-c${c}`).join(", ")} (throughput), ${OPTS.rounds} round(s) interleaved, medians; load average before ${before}, after ${after}
 
-  const i = instance as {
-    anotherInstanceMs: { p50: number; p99: number };
-    coldWithSpareMs: { p50: number; p99: number };
-    coldBurstMs: { p50: number; p99: number };
-    firstInvokeMs: { p50: number; p99: number };
-    instancesPerSecond: number;
-    idleMiBPerInstance: number;
-  };
-  console.log(`
-| measure | bare node:http | Fennec (wasm echo) | ratio / overhead |
-|---|---|---|---|
-| throughput, 16 connections (req/s) | ${fmt(b16.rps, 0)} | ${fmt(f16.rps, 0)} | ${fmt(result.ratios.throughput16 * 100)} % |
-| latency p50, 1 connection (µs) | ${fmt(b1.p50)} | ${fmt(f1.p50)} | +${fmt(result.ratios.p50OverheadUs)} µs |
-| latency p99, 1 connection (µs) | ${fmt(b1.p99)} | ${fmt(f1.p99)} | +${fmt(result.ratios.p99OverheadUs)} µs |
+${head}
+|${"---|".repeat(8 + cs.length)}
+${lines.join("\n")}
 
+${ratioLines.join("\n")}
+`;
+}
+
+function instanceTable(i: InstanceFigures, wakeup: Awaited<ReturnType<typeof threadWakeup>>): string {
+  return `
 | wasm instance | p50 | p99 |
 |---|---|---|
 | cold start: load + instantiate in an idle executor (ms) | ${fmt(i.coldWithSpareMs.p50, 3)} | ${fmt(i.coldWithSpareMs.p99, 3)} |
@@ -135,7 +192,43 @@ async function main(): Promise<void> {
 
 instances created per second (burst of 50): ${fmt(i.instancesPerSecond, 0)}
 idle memory per warm instance: ${fmt(i.idleMiBPerInstance, 2)} MiB
-`);
+`;
+}
+
+/** req/s per row at each load (bars), and the latency distribution at 1 connection (CDFs). */
+function plots(rows: readonly WarmRow[]): void {
+  const img = join(ROOT, "docs", "img");
+  mkdirSync(img, { recursive: true });
+  const shades = ["#495057", "#868e96", "#ced4da"];
+  writeFileSync(
+    join(img, "warm-wasm-rps.svg"),
+    barChart(
+      `Warm echo throughput, wrk -t${OPTS.threads}, median of ${OPTS.rounds} round(s)`,
+      "requests per second",
+      rows.map((r) => SHORT[r.key] ?? r.name),
+      OPTS.connections.map((c, k) => ({
+        label: `${c} connections`,
+        colour: shades[k % shades.length]!,
+        values: rows.map((r) => at(r, c)?.rps),
+      })),
+    ),
+  );
+  const measured = rows.filter((r) => at(r, 1) !== undefined);
+  if (measured.length === 0) return;
+  writeFileSync(
+    join(img, "warm-wasm-latency.svg"),
+    cdfChart(
+      "Warm echo latency at 1 connection (wrk percentiles, medians over rounds, up to p99)",
+      "latency (µs, logarithmic)",
+      measured.map((r) => ({
+        label: `${SHORT[r.key] ?? r.name} (p50 ${fmt(at(r, 1)!.latencyUs["50"]!, 0)} µs)`,
+        colour: COLOURS[r.key] ?? "#000",
+        values: fromPercentiles(at(r, 1)!.latencyUs),
+      })),
+      0.99,
+      true,
+    ),
+  );
 }
 
 await main();

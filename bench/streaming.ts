@@ -24,16 +24,8 @@ import { join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
 import { DOWNLOAD, HASH, SSE, SSE_EVENTS, SSE_INTERVAL_MS } from "./hop-handlers.js";
-import {
-  startFennec,
-  startNginx,
-  startRuntime,
-  startWorkerd,
-  waitForUrl,
-  Servers,
-  writeFunction,
-  type Server,
-} from "./hop-backends.js";
+import { startNginx, startRuntime } from "./hop-backends.js";
+import { startFennec, startWorkerd, waitForUrl, Servers, writeFunction, type Server } from "./servers.js";
 import { machine, writeResults } from "./results.js";
 import { fmt } from "./stats.js";
 import { processTree } from "./wrk.js";

@@ -2,7 +2,7 @@
  * Runs wrk (/usr/bin/wrk, Debian's package) against a URL with a small POST body and reads its
  * summary from a Lua `done` hook as JSON (throughput, latency percentiles, errors), plus the CPU
  * time the server's processes spent meanwhile, so the cost per request shows even when this
- * shared machine is busy.
+ * shared machine is busy, and the CPU wrk itself spent, which shows whether the client saturated.
  */
 import { execFile } from "node:child_process";
 import { readdirSync, readFileSync } from "node:fs";
@@ -23,6 +23,12 @@ export interface WrkResult {
   readonly latencyUs: Record<string, number>;
   /** Socket errors, timeouts and non-2xx/3xx answers. */
   readonly errors: number;
+  /**
+   * CPU seconds wrk itself used (user + system): near `seconds` × threads, wrk was the bottleneck.
+   * Read as this process's reaped-children time, so it is wrk's when no other child of the
+   * benchmark exits during the run (true of the benchmarks here: their servers outlive the runs).
+   */
+  readonly clientCpuS: number;
 }
 
 const LUA = (body: string) => `wrk.method = "POST"
@@ -53,6 +59,7 @@ export async function wrk(
   script: string,
   opts: { threads: number; connections: number; seconds: number },
 ): Promise<WrkResult> {
+  const cpu0 = reapedChildrenCpu();
   const { stdout } = await run(
     "/usr/bin/wrk",
     [
@@ -67,6 +74,7 @@ export async function wrk(
     ],
     { maxBuffer: 1 << 20 },
   );
+  const clientCpuS = reapedChildrenCpu() - cpu0;
   const line = stdout.split("\n").find((l) => l.startsWith("WRK-JSON "));
   if (!line) throw new Error(`wrk printed no summary: ${stdout}`);
   const s = JSON.parse(line.slice("WRK-JSON ".length)) as {
@@ -76,20 +84,40 @@ export async function wrk(
     latency: Record<string, number>;
   };
   const seconds = s.duration / 1e6;
-  return { requests: s.requests, seconds, rps: s.requests / seconds, latencyUs: s.latency, errors: s.errors };
+  return {
+    requests: s.requests,
+    seconds,
+    rps: s.requests / seconds,
+    latencyUs: s.latency,
+    errors: s.errors,
+    clientCpuS,
+  };
 }
 
 const TICK_S = 0.01; // USER_HZ is 100 on Linux
 
-/** User + system CPU seconds of a process so far, 0 once it is gone. */
-function cpuOf(pid: number): number {
+/** User + system CPU seconds in a `/proc/.../stat` file, 0 once its process or thread is gone. */
+function cpuIn(statFile: string): number {
   try {
-    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+    const stat = readFileSync(statFile, "utf8");
     const f = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
     return (Number(f[11]) + Number(f[12])) * TICK_S; // fields 14 and 15: utime, stime
   } catch {
     return 0;
   }
+}
+
+/** User + system CPU seconds of a process (all its threads) so far. */
+const cpuOf = (pid: number): number => cpuIn(`/proc/${pid}/stat`);
+
+/** CPU seconds of a process's main thread alone: a Node process's event loop, not its workers or GC. */
+export const mainThreadCpuSeconds = (pid: number): number => cpuIn(`/proc/${pid}/task/${pid}/stat`);
+
+/** User + system CPU seconds of this process's children that have exited and been waited for. */
+function reapedChildrenCpu(): number {
+  const stat = readFileSync("/proc/self/stat", "utf8");
+  const f = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+  return (Number(f[13]) + Number(f[14])) * TICK_S; // fields 16 and 17: cutime, cstime
 }
 
 /** The process and every descendant of it alive now. */
