@@ -308,6 +308,11 @@ export class WasmInstance implements SandboxHandle {
    * `signal`, whether the module is still writing or blocked on a slow reader.
    */
   async invokeStreaming(request: WasmRequest, signal: AbortSignal): Promise<StreamingResponse> {
+    return this.#invoke(request, () => signal);
+  }
+
+  /** `signalOf` gives the call's signal; a call answered on the main thread never needs it. */
+  async #invoke(request: WasmRequest, signalOf: () => AbortSignal): Promise<StreamingResponse> {
     // Bytes at hand (a small request the gateway read whole) go to the module as they are.
     const body =
       request.body instanceof Uint8Array ? request.body : (takeWhole(request.body) ?? request.body);
@@ -336,7 +341,7 @@ export class WasmInstance implements SandboxHandle {
         return { ...response, body: new WholeBody(ran.stdout.subarray(end)) };
       }
     }
-    const { output, done } = this.#run("invoke", env, stdin, signal);
+    const { output, done } = this.#run("invoke", env, stdin, signalOf());
     // Errors reach the caller through the rejected call or its reading of the body; a body the
     // caller never reads must not take the process down when it fails.
     output.on("error", () => {});
@@ -363,7 +368,7 @@ export class WasmInstance implements SandboxHandle {
   }
 
   async invoke(request: InvokeRequest, ctx: InvokeContext): Promise<InvokeResponse> {
-    return this.invokeStreaming(request, ctx.signal);
+    return this.#invoke(request, () => ctx.signal);
   }
 
   async close(): Promise<void> {
