@@ -33,7 +33,9 @@ function section(id: number, body: Uint8Array | number[]): Uint8Array {
 }
 
 /** A whole module from its sections, each `[id, body]`, in the order given (keep the spec's order). */
-export function wasmModule(...sections: ReadonlyArray<readonly [id: number, body: number[] | Uint8Array]>): Uint8Array {
+export function wasmModule(
+  ...sections: ReadonlyArray<readonly [id: number, body: number[] | Uint8Array]>
+): Uint8Array {
   return Buffer.concat([
     Uint8Array.from([0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00]),
     ...sections.map(([id, body]) => section(id, body)),

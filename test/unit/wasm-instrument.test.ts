@@ -4,7 +4,7 @@ import { join } from "node:path";
 import { describe, it } from "node:test";
 import { FUEL_EXPORT, instrument, TICK_IMPORT } from "../../src/sandbox/drivers/wasm/instrument.js";
 import { limitMemory, writeU32 } from "../../src/sandbox/drivers/wasm/memory-limit.js";
-import { UnsupportedModuleError } from "../../src/sandbox/drivers/wasm/wasm-instructions.js";
+import { UnsupportedModuleError } from "../../src/sandbox/drivers/wasm/wasm-reader.js";
 import { EXAMPLES, WASM_FIXTURES } from "../helpers/paths.js";
 import { WasiInstance } from "../helpers/wasi-run.js";
 import { body, i32, name, vec, wasmModule } from "../helpers/wasm-writer.js";
@@ -55,7 +55,12 @@ function outcome(w: WasiInstance, env: string[], stdin: Uint8Array): string {
 }
 
 // Sample inputs: every module gets the same environment and body, with a query string of its own.
-const QUERY: Record<string, string> = { "fib.wasm": "n=20", "fnptr.wasm": "11", "flood.wasm": "1", "cat.wasm": "/x" };
+const QUERY: Record<string, string> = {
+  "fib.wasm": "n=20",
+  "fnptr.wasm": "11",
+  "flood.wasm": "1",
+  "cat.wasm": "/x",
+};
 const env = (file: string): string[] => [
   `QUERY_STRING=${QUERY[file.split("/").pop()!] ?? "name=ann"}`,
   "REQUEST_METHOD=POST",
@@ -127,7 +132,10 @@ describe("wasm instrument: fuel stops runaways", () => {
     const fuelled = instrument(readFileSync(join(WASM_FIXTURES, "loop.wasm")), { fuel: true });
     const fuel = ticker(10_000, 5);
     const w = new WasiInstance(compile(fuelled.bytes), fuelImports(fuel.tick));
-    assert.throws(() => w.run(), (err) => err === fuel.stop);
+    assert.throws(
+      () => w.run(),
+      (err) => err === fuel.stop,
+    );
     assert.equal(fuel.calls(), 5);
   });
 
@@ -146,14 +154,22 @@ describe("wasm instrument: fuel stops runaways", () => {
       );
       assert.ok(WebAssembly.validate(bytes as Uint8Array<ArrayBuffer>));
       const fuel = ticker(100, 7);
-      const inst = new WebAssembly.Instance(compile(instrument(bytes, { fuel: true }).bytes), fuelImports(fuel.tick));
-      assert.throws(() => (inst.exports["run"] as () => void)(), (err) => err === fuel.stop);
+      const inst = new WebAssembly.Instance(
+        compile(instrument(bytes, { fuel: true }).bytes),
+        fuelImports(fuel.tick),
+      );
+      assert.throws(
+        () => (inst.exports["run"] as () => void)(),
+        (err) => err === fuel.stop,
+      );
       assert.equal(fuel.calls(), 7);
     });
   }
 
   it("the number of ticks grows with the work done", () => {
-    const fuelled = compile(instrument(readFileSync(join(EXAMPLES, "fib", "fib.wasm")), { fuel: true }).bytes);
+    const fuelled = compile(
+      instrument(readFileSync(join(EXAMPLES, "fib", "fib.wasm")), { fuel: true }).bytes,
+    );
     const ticks = (n: number) => {
       const fuel = ticker(100);
       const r = new WasiInstance(fuelled, fuelImports(fuel.tick)).run([`QUERY_STRING=n=${n}`]);
@@ -174,7 +190,10 @@ describe("wasm instrument: fuel stops runaways", () => {
       [10, vec([body([0x41, 1])])],
     );
     const fuel = ticker(50);
-    const inst = new WebAssembly.Instance(compile(instrument(bytes, { fuel: true }).bytes), fuelImports(fuel.tick));
+    const inst = new WebAssembly.Instance(
+      compile(instrument(bytes, { fuel: true }).bytes),
+      fuelImports(fuel.tick),
+    );
     assert.equal((inst.exports["one"] as () => number)(), 1);
     assert.equal(fuel.calls(), 1);
     // One unit of the 50 was used at the entry; the host reads what is left.
@@ -275,7 +294,10 @@ describe("wasm instrument: function indices", () => {
     assert.ok(WebAssembly.validate(original as Uint8Array<ArrayBuffer>));
     const observe = (bytes: Uint8Array, imports: WebAssembly.Imports = {}) => {
       const logged: number[] = [];
-      const inst = new WebAssembly.Instance(compile(bytes), { ...imports, env: { log: (n: number) => logged.push(n) } });
+      const inst = new WebAssembly.Instance(compile(bytes), {
+        ...imports,
+        env: { log: (n: number) => logged.push(n) },
+      });
       const x = inst.exports as Exports;
       const call = (f: string) => ((x[f] as () => (a?: number) => number)() as (a?: number) => number)();
       return {
@@ -317,11 +339,22 @@ describe("wasm instrument: function indices", () => {
     const expected = new WasiInstance(compile(bytes)).run(["QUERY_STRING=5"]).stdout.toString();
     assert.match(expected, /^Content-Type: text\/plain\n\nsub\(5, 3\) = 2\n/);
     const fuelled = compile(instrument(bytes, { fuel: true }).bytes);
-    assert.equal(new WasiInstance(fuelled, fuelImports(() => 100)).run(["QUERY_STRING=5"]).stdout.toString(), expected);
+    assert.equal(
+      new WasiInstance(
+        fuelled,
+        fuelImports(() => 100),
+      )
+        .run(["QUERY_STRING=5"])
+        .stdout.toString(),
+      expected,
+    );
   });
 
   it("the name section is dropped with fuel, kept without, and other custom sections stay", () => {
-    const custom = (label: string, payload: number[]): [number, number[]] => [0, [...name(label), ...payload]];
+    const custom = (label: string, payload: number[]): [number, number[]] => [
+      0,
+      [...name(label), ...payload],
+    ];
     const bytes = wasmModule(
       custom("producers", [1, 2, 3]),
       [1, vec([[0x60, 0, 0]])],
@@ -339,12 +372,19 @@ describe("wasm instrument: function indices", () => {
 });
 
 /** A copy of an instance's memory and mutable globals, to put back later. */
-function snapshot(inst: WebAssembly.Instance, globals: readonly string[]): { memory: Uint8Array; globals: unknown[] } {
+function snapshot(
+  inst: WebAssembly.Instance,
+  globals: readonly string[],
+): { memory: Uint8Array; globals: unknown[] } {
   const memory = new Uint8Array((inst.exports["memory"] as WebAssembly.Memory).buffer).slice();
   return { memory, globals: globals.map((g) => (inst.exports[g] as WebAssembly.Global).value) };
 }
 
-function restore(inst: WebAssembly.Instance, globals: readonly string[], snap: ReturnType<typeof snapshot>): void {
+function restore(
+  inst: WebAssembly.Instance,
+  globals: readonly string[],
+  snap: ReturnType<typeof snapshot>,
+): void {
   const memory = new Uint8Array((inst.exports["memory"] as WebAssembly.Memory).buffer);
   memory.set(snap.memory);
   memory.fill(0, snap.memory.length); // memory may have grown; a fresh instance has zeros there
@@ -375,7 +415,10 @@ describe("wasm instrument: resetting an instance", () => {
       if (fuel) {
         ticks = 0;
         stopAfter = Math.ceil(checks / 2);
-        assert.throws(() => w.run([], stdin), (err) => err === stop);
+        assert.throws(
+          () => w.run([], stdin),
+          (err) => err === stop,
+        );
         stopAfter = Infinity;
         const sp = (w.instance.exports["fennec:global:0"] as WebAssembly.Global).value as number;
         assert.ok(sp < (initial.globals[0] as number), "the stop left the stack pointer moved");
@@ -421,7 +464,11 @@ describe("wasm instrument: state beyond memory and globals", () => {
     ["table.copy", withCode([0x41, 0, 0x41, 0, 0x41, 1, 0xfc, 14, 0, 0], [table]), true],
     ["an exported table", withCode([], [table, [7, vec([[...name("t"), 0x01, 0]])]]), true],
     ["an imported memory", withCode([], [[2, vec([[...name("env"), ...name("m"), 0x02, 0x00, 1]])]]), true],
-    ["an imported mutable global", withCode([], [[2, vec([[...name("env"), ...name("g"), 0x03, 0x7f, 1]])]]), true],
+    [
+      "an imported mutable global",
+      withCode([], [[2, vec([[...name("env"), ...name("g"), 0x03, 0x7f, 1]])]]),
+      true,
+    ],
     ["memory.fill and memory.copy", withCode([0x41, 0, 0x41, 0, 0x41, 1, 0xfc, 11, 0], [memory]), false],
   ];
   for (const [what, bytes, stateful] of cases) {
