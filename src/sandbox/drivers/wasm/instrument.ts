@@ -18,7 +18,7 @@
  */
 import { ByteWriter } from "./byte-writer.js";
 import { writeU32 } from "./memory-limit.js";
-import { instructionEnd, skipLeb, skipValType, u32At, UnsupportedModuleError } from "./wasm-instructions.js";
+import { UnsupportedModuleError, WasmReader } from "./wasm-reader.js";
 
 export interface InstrumentOptions {
   /** Add fuel counting and the `fennec.tick` import (for the gateway's thread; executors need none). */
@@ -26,13 +26,15 @@ export interface InstrumentOptions {
 }
 
 export interface InstrumentedModule {
+  /** A view on a buffer that may be somewhat larger (copy it to keep it long without the slack). */
   readonly bytes: Uint8Array<ArrayBuffer>;
   /** Export names of the module's own (defined) mutable globals, in global-index order ("fennec:global:<index>"). */
   readonly globals: readonly string[];
   /**
    * True when the code can change instance state beyond memory and globals that a reset must
    * restore: table.set/grow/fill/copy/init, elem.drop, memory.init/data.drop, an exported table,
-   * or an imported table, memory or mutable global. A caller then never reuses an instance of it.
+   * an imported table, memory or mutable global, or a mutable v128 global (JavaScript cannot read
+   * one). A caller then never reuses an instance of it.
    */
   readonly statefulBeyondMemory: boolean;
 }
@@ -73,20 +75,14 @@ interface Span {
   readonly end: number;
 }
 
-/** Skips table or memory limits: flags, minimum, and a maximum when flag bit 0 is set. */
-function skipLimits(b: Uint8Array, p: number): number {
-  const flags = b[p++];
-  if (flags === undefined) throw new UnsupportedModuleError("truncated limits");
-  p = skipLeb(b, p);
-  return flags & 0x01 ? skipLeb(b, p) : p;
-}
-
 function sizeMismatch(what: string): UnsupportedModuleError {
   return new UnsupportedModuleError(`the ${what} section's size does not match its contents`);
 }
 
 class Rewriter {
   readonly out: ByteWriter;
+  /** The one read position every section and the code walk advance. */
+  private readonly r: WasmReader;
   private importedFuncs = 0;
   private importedGlobals = 0;
   private definedGlobals = 0;
@@ -103,7 +99,10 @@ class Rewriter {
     private readonly fuel: boolean,
     present: ReadonlySet<number>,
   ) {
-    this.out = new ByteWriter(src.length + (fuel ? src.length >> 3 : 0) + 1024);
+    this.r = new WasmReader(src, 0);
+    // Fuel adds ≈ 8% to clang's output and ≈ 20% to code made only of short functions; room for
+    // 25% more spares a growth copy of the whole output (a page-faulting copy of tens of MiB).
+    this.out = new ByteWriter(src.length + (fuel ? src.length >> 2 : 0) + 1024);
     this.missing = (fuel ? [TYPE, IMPORT, GLOBAL, EXPORT] : [EXPORT]).filter((id) => !present.has(id));
   }
 
@@ -125,9 +124,10 @@ class Rewriter {
   section(id: number, s: Span): void {
     switch (id) {
       case CUSTOM: {
-        const [length, name] = u32At(this.src, s.body);
+        this.r.pos = s.body;
+        const length = this.r.u32();
         // Its function indices would be off by one; nothing needs it to run.
-        if (this.fuel && this.src.toString("utf8", name, name + length) === "name") return;
+        if (this.fuel && this.src.toString("utf8", this.r.pos, this.r.pos + length) === "name") return;
         break;
       }
       case TYPE:
@@ -156,28 +156,27 @@ class Rewriter {
     this.out.copy(this.src, s.start, s.end);
   }
 
-  /** The count at the start of a section's body and where its entries begin (0 entries when absent). */
-  private count(s: Span | undefined): [count: number, entries: number] {
-    return s ? u32At(this.src, s.body) : [0, 0];
+  /** Reads the count at the start of a section's body, leaving the reader at its first entry (0 when absent). */
+  private count(s: Span | undefined): number {
+    if (!s) return 0;
+    this.r.pos = s.body;
+    return this.r.u32();
   }
 
   private typeSection(s: Span | undefined): void {
-    const src = this.src;
-    const [count, entries] = this.count(s);
-    let p = entries;
+    const { r, src, out } = this;
+    const count = this.count(s);
+    const entries = r.pos;
     for (let i = 0; i < count; i++) {
-      if (src[p++] !== 0x60)
+      if (r.byte() !== 0x60)
         throw new UnsupportedModuleError(`type ${i} is not a function type (GC types are not supported)`);
-      const [params, afterParams] = u32At(src, p);
-      p = afterParams;
-      for (let j = 0; j < params; j++) p = skipValType(src, p);
-      const [results, afterResults] = u32At(src, p);
-      p = afterResults;
-      for (let j = 0; j < results; j++) p = skipValType(src, p);
-      if (this.tickType < 0 && params === 0 && results === 1 && src[p - 1] === 0x7f) this.tickType = i;
+      const params = r.u32();
+      for (let j = 0; j < params; j++) r.skipValType();
+      const results = r.u32();
+      for (let j = 0; j < results; j++) r.skipValType();
+      if (this.tickType < 0 && params === 0 && results === 1 && src[r.pos - 1] === 0x7f) this.tickType = i;
     }
-    if (s && p !== s.end) throw sizeMismatch("type");
-    const out = this.out;
+    if (s && r.pos !== s.end) throw sizeMismatch("type");
     const at = out.beginSection(TYPE, this.tickType < 0 ? count + 1 : count);
     if (s) out.copy(src, entries, s.end);
     if (this.tickType < 0) {
@@ -188,30 +187,31 @@ class Rewriter {
   }
 
   private importSection(s: Span | undefined): void {
-    const src = this.src;
-    const [count, entries] = this.count(s);
-    let p = entries;
+    const { r, src, out } = this;
+    const count = this.count(s);
+    const entries = r.pos;
     for (let i = 0; i < count; i++) {
-      for (let n = 0; n < 2; n++) {
-        const [length, name] = u32At(src, p);
-        p = name + length;
+      for (let name = 0; name < 2; name++) {
+        // The module name, then the field name. (Not `r.pos += r.u32()`: that adds to the old position.)
+        const length = r.u32();
+        r.pos += length;
       }
-      const kind = src[p++];
+      const kind = r.byte();
       if (kind === 0) {
         this.importedFuncs++;
-        p = skipLeb(src, p);
+        r.skipLeb();
       } else if (kind === 1 || kind === 2) {
         // The table or memory lives outside the instance: a reset cannot restore it.
         this.stateful = true;
-        p = skipLimits(src, kind === 1 ? skipValType(src, p) : p);
+        if (kind === 1) r.skipValType();
+        r.skipLimits();
       } else if (kind === 3) {
         this.importedGlobals++;
-        p = skipValType(src, p);
-        if (src[p++] !== 0) this.stateful = true;
-      } else throw new UnsupportedModuleError(`import ${i} has unsupported kind ${kind ?? "(truncated)"}`);
+        r.skipValType();
+        if (r.byte() !== 0) this.stateful = true;
+      } else throw new UnsupportedModuleError(`import ${i} has unsupported kind ${kind}`);
     }
-    if (s && p !== s.end) throw sizeMismatch("import");
-    const out = this.out;
+    if (s && r.pos !== s.end) throw sizeMismatch("import");
     if (!this.fuel) return out.copy(src, s!.start, s!.end);
     const at = out.beginSection(IMPORT, count + 1);
     if (s) out.copy(src, entries, s.end);
@@ -226,33 +226,34 @@ class Rewriter {
   }
 
   private checkTables(s: Span): void {
-    const src = this.src;
-    const [count, entries] = this.count(s);
-    let p = entries;
+    const r = this.r;
+    const count = this.count(s);
     for (let i = 0; i < count; i++) {
       // 0x40: a table with an initialiser expression (typed function references).
-      if (src[p] === 0x40)
+      if (this.src[r.pos] === 0x40)
         throw new UnsupportedModuleError("tables with initialiser expressions are not supported");
-      p = skipLimits(src, skipValType(src, p));
+      r.skipValType();
+      r.skipLimits();
     }
-    if (p !== s.end) throw sizeMismatch("table");
+    if (r.pos !== s.end) throw sizeMismatch("table");
   }
 
   private globalSection(s: Span | undefined): void {
-    const { src, out, fuel } = this;
-    const [count, entries] = this.count(s);
+    const { r, src, out, fuel } = this;
+    const count = this.count(s);
     const at = fuel ? out.beginSection(GLOBAL, count + 1) : -1;
-    let p = entries;
     for (let i = 0; i < count; i++) {
-      const entry = p;
-      p = skipValType(src, p);
-      const mutable = src[p++];
+      const entry = r.pos;
+      r.skipValType();
+      const mutable = r.byte();
+      // JavaScript can neither read nor write a v128 global's value, so it cannot be reset.
+      if (mutable === 1 && src[entry] === 0x7b) this.stateful = true;
       if (mutable === 1) this.mutableGlobals.push(this.importedGlobals + i);
       else if (mutable !== 0) throw new UnsupportedModuleError(`global ${i} has a bad mutability flag`);
-      if (fuel) out.copy(src, entry, p);
-      p = this.walk(p, s!.end, false);
+      if (fuel) out.copy(src, entry, r.pos);
+      this.walk(s!.end, false);
     }
-    if (s && p !== s.end) throw sizeMismatch("global");
+    if (s && r.pos !== s.end) throw sizeMismatch("global");
     this.definedGlobals = count;
     if (!fuel) return out.copy(src, s!.start, s!.end);
     out.bytes(Uint8Array.from([0x7f, 0x01, 0x41, 0x00, 0x0b])); // (mut i32) (i32.const 0)
@@ -260,28 +261,27 @@ class Rewriter {
   }
 
   private exportSection(s: Span | undefined): void {
-    const { src, out, fuel } = this;
-    const [count, entries] = this.count(s);
+    const { r, src, out, fuel } = this;
+    const count = this.count(s);
     const added = this.mutableGlobals.map((g): [string, number] => [`${GLOBAL_EXPORT_PREFIX}${g}`, g]);
     if (fuel) added.push([FUEL_EXPORT, this.importedGlobals + this.definedGlobals]);
     const at = added.length > 0 ? out.beginSection(EXPORT, count + added.length) : -1;
-    let p = entries;
-    let run = p;
+    let run = r.pos;
     for (let i = 0; i < count; i++) {
-      const [length, name] = u32At(src, p);
-      this.exportNames.add(src.toString("utf8", name, name + length));
-      p = name + length;
-      const kind = src[p++];
-      const [index, next] = u32At(src, p);
+      const length = r.u32();
+      this.exportNames.add(src.toString("utf8", r.pos, r.pos + length));
+      r.pos += length;
+      const kind = r.byte();
+      const indexAt = r.pos;
+      const index = r.u32();
       if (kind === 1) this.stateful = true; // the host could change an exported table
       if (kind === 0 && fuel && index >= this.importedFuncs) {
-        out.copy(src, run, p);
+        out.copy(src, run, indexAt);
         out.u32(index + 1);
-        run = next;
+        run = r.pos;
       }
-      p = next;
     }
-    if (s && p !== s.end) throw sizeMismatch("export");
+    if (s && r.pos !== s.end) throw sizeMismatch("export");
     if (at < 0) {
       if (s) out.copy(src, s.start, s.end);
       return;
@@ -300,7 +300,8 @@ class Rewriter {
   }
 
   private startSection(s: Span): void {
-    const [func] = u32At(this.src, s.body);
+    this.r.pos = s.body;
+    const func = this.r.u32();
     this.out.byte(START);
     const at = this.out.beginSize();
     this.out.u32(this.shift(func));
@@ -309,119 +310,114 @@ class Rewriter {
 
   /** Element segments in all eight encodings (bit 0: not active, bit 1: table index or declarative, bit 2: expressions). */
   private elementSection(s: Span): void {
-    const { src, out } = this;
-    const [count, entries] = this.count(s);
+    const { r, out } = this;
+    const count = this.count(s);
     const at = out.beginSection(ELEMENT, count);
-    let p = entries;
     for (let i = 0; i < count; i++) {
-      const [flags, afterFlags] = u32At(src, p);
+      const flags = r.u32();
       if (flags > 7) throw new UnsupportedModuleError(`element segment ${i} has unknown flags ${flags}`);
       out.u32(flags);
-      p = afterFlags;
       if ((flags & 0x01) === 0) {
-        if (flags & 0x02) {
-          const [table, afterTable] = u32At(src, p);
-          out.u32(table);
-          p = afterTable;
-        }
-        p = this.walk(p, s.end, false); // the offset
+        if (flags & 0x02) out.u32(r.u32()); // the table
+        this.walk(s.end, false); // the offset
       }
       if (flags & 0x03) {
         // An element kind (0x00: functions) or, with expressions, a reference type.
-        const kind = src[p++]!;
+        const kind = r.byte();
         if (flags & 0x04 ? kind !== 0x70 && kind !== 0x6f : kind !== 0x00)
           throw new UnsupportedModuleError(`element segment ${i} has unsupported type ${kind}`);
         out.byte(kind);
       }
-      const [items, afterItems] = u32At(src, p);
+      const items = r.u32();
       out.u32(items);
-      p = afterItems;
       for (let j = 0; j < items; j++) {
-        if (flags & 0x04) {
-          p = this.walk(p, s.end, false);
-        } else {
-          const [func, next] = u32At(src, p);
-          out.u32(this.shift(func));
-          p = next;
-        }
+        if (flags & 0x04) this.walk(s.end, false);
+        else out.u32(this.shift(r.u32()));
       }
     }
-    if (p !== s.end) throw sizeMismatch("element");
+    if (r.pos !== s.end) throw sizeMismatch("element");
     out.endSize(at);
   }
 
   private codeSection(s: Span): void {
-    const { src, out, fuel } = this;
-    const [count, entries] = this.count(s);
+    const { r, src, out, fuel } = this;
+    const count = this.count(s);
     if (fuel) this.fuelCheck = fuelCheck(this.importedGlobals + this.definedGlobals, this.importedFuncs);
     const at = fuel ? out.beginSection(CODE, count) : -1;
-    let p = entries;
     for (let i = 0; i < count; i++) {
-      const [size, body] = u32At(src, p);
+      const size = r.u32();
+      const body = r.pos;
       const end = body + size;
       if (end > s.end) throw new UnsupportedModuleError(`function body ${i} runs past the code section`);
-      const [groups, afterGroups] = u32At(src, body);
-      p = afterGroups;
-      for (let j = 0; j < groups; j++) p = skipValType(src, skipLeb(src, p));
+      const groups = r.u32();
+      for (let j = 0; j < groups; j++) {
+        r.skipLeb();
+        r.skipValType();
+      }
       let bodyAt = -1;
       if (fuel) {
         bodyAt = out.beginSize();
-        out.copy(src, body, p);
+        out.copy(src, body, r.pos);
         out.bytes(this.fuelCheck); // at entry: recursion without loops runs out of fuel too
       }
-      if (this.walk(p, end, true) !== end)
-        throw new UnsupportedModuleError(`function body ${i} goes on after its final end`);
+      this.walk(end, true);
+      if (r.pos !== end) throw new UnsupportedModuleError(`function body ${i} goes on after its final end`);
       if (fuel) out.endSize(bodyAt);
-      p = end;
     }
-    if (p !== s.end) throw sizeMismatch("code");
+    if (r.pos !== s.end) throw sizeMismatch("code");
     if (fuel) out.endSize(at);
     else out.copy(src, s.start, s.end);
   }
 
   /**
-   * Walks the instructions from `p` up to the `end` that closes the expression (a function body
-   * or a constant expression) and returns the position after it. With fuel, copies them to the
-   * output: function indices renumbered and, in code, the fuel check after every loop's block type.
-   * Either way, notes instructions that change state a reset does not restore.
+   * Walks the instructions from the reader's position to the `end` that closes the expression (a
+   * function body or a constant expression), leaving the reader after it. With fuel, copies them
+   * to the output: function indices renumbered and, in code, the fuel check after every loop's
+   * block type. Either way, notes instructions that change state a reset does not restore.
    */
-  private walk(p: number, limit: number, code: boolean): number {
-    const src = this.src;
+  private walk(limit: number, code: boolean): void {
+    const { r, src } = this;
     const out = this.fuel ? this.out : undefined;
-    const start = p;
-    let run = p;
+    const start = r.pos;
+    let run = r.pos;
     let depth = 0;
-    while (p < limit) {
-      const op = src[p]!;
+    while (r.pos < limit) {
+      const at = r.pos;
+      const op = src[at]!;
       if (op === 0x10 || op === 0x12 || op === 0xd2) {
         // call, return_call, ref.func
-        const [func, next] = u32At(src, p + 1);
+        r.pos++;
+        const func = r.u32();
         if (out && func >= this.importedFuncs) {
-          out.copy(src, run, p + 1);
+          out.copy(src, run, at + 1);
           out.u32(func + 1);
-          run = next;
+          run = r.pos;
         }
-        p = next;
         continue;
       }
-      const next = instructionEnd(src, p);
+      r.skipInstruction();
       if (op === 0x0b) {
         if (depth === 0) {
-          out?.copy(src, run, next);
-          return next;
+          out?.copy(src, run, r.pos);
+          return;
         }
         depth--;
       } else if (op === 0x02 || op === 0x04) depth++;
       else if (op === 0x03) {
         depth++;
         if (out && code) {
-          out.copy(src, run, next);
+          out.copy(src, run, r.pos);
           out.bytes(this.fuelCheck);
-          run = next;
+          run = r.pos;
         }
       } else if (op === TABLE_SET) this.stateful = true;
-      else if (op === 0xfc && STATEFUL_MISC.has(u32At(src, p + 1)[0])) this.stateful = true;
-      p = next;
+      else if (op === 0xfc) {
+        // Read the sub-opcode as a LEB: a non-minimal encoding (0x88 0x00 for 8) is valid.
+        const after = r.pos;
+        r.pos = at + 1;
+        if (STATEFUL_MISC.has(r.u32())) this.stateful = true;
+        r.pos = after;
+      }
     }
     throw new UnsupportedModuleError(`the expression at byte ${start} has no end before byte ${limit}`);
   }
@@ -447,13 +443,15 @@ export function instrument(bytes: Uint8Array, opts: InstrumentOptions): Instrume
   if (src.length < 8 || MAGIC_AND_VERSION.some((byte, i) => src[i] !== byte))
     throw new UnsupportedModuleError("not a WebAssembly module (version 1)");
   const sections: [number, Span][] = [];
-  for (let pos = 8; pos < src.length;) {
-    const id = src[pos]!;
-    const [size, body] = u32At(src, pos + 1);
-    const end = body + size;
-    if (end > src.length) throw new UnsupportedModuleError(`section ${id} at byte ${pos} is truncated`);
-    sections.push([id, { start: pos, body, end }]);
-    pos = end;
+  const r = new WasmReader(src, 8);
+  while (r.pos < src.length) {
+    const start = r.pos;
+    const id = r.byte();
+    const size = r.u32();
+    const end = r.pos + size;
+    if (end > src.length) throw new UnsupportedModuleError(`section ${id} at byte ${start} is truncated`);
+    sections.push([id, { start, body: r.pos, end }]);
+    r.pos = end;
   }
   const rewriter = new Rewriter(src, opts.fuel, new Set(sections.map(([id]) => id)));
   rewriter.out.copy(src, 0, 8);
