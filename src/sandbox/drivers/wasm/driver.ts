@@ -37,8 +37,8 @@ export interface WasmDriverOptions {
    */
   readonly maxOutputBytes?: number;
   /**
-   * How long a call may run on the main thread before it moves to an executor (CPU time of the
-   * process); other functions' calls wait at most about this long behind it.
+   * A call's slice on the main thread (inline-runner.ts): it moves to an executor after at most
+   * two, so other functions' calls wait at most about that long behind it.
    */
   readonly inlineSliceMs?: number;
 }

@@ -14,8 +14,8 @@
  *   WAGI call has had no effect outside its sandbox yet: its request is at hand, its output only
  *   buffered, and it sees no network and no writable file.
  * - A call that sleeps (`poll_oneoff`) or writes more than an inline answer holds leaves the same
- *   way; so does every call of a function that left recently (`InlinePolicy`), so functions whose
- *   calls run long go to executors and stay there for a while.
+ *   way. A function whose calls left twice in a row skips the main thread for a while (`available`),
+ *   so functions whose calls run long go to executors and stay there.
  * - Traps, exits, stack overflows and memory caps are caught and classified as on an executor.
  */
 import type { LoadPayload } from "./protocol.js";
@@ -95,7 +95,7 @@ export class InlineRunner {
   readonly #module: InlineModule;
   readonly #load: LoadPayload;
   readonly #counts: FastPathCounts;
-  /** A call's time on this thread before it moves (CPU time of the process, see `#overrun`). */
+  /** A call's slice on this thread by the clock; it moves after at most two (see `#overrun`). */
   readonly #sliceMs: number;
   #prepared: Prepared | undefined;
   #fuel: WebAssembly.Global | undefined;
