@@ -10,6 +10,7 @@ import type { InvokeContext, SandboxDriver, SandboxHandle, StartContext } from "
 import { ExecutorPool, type Job } from "./executor-pool.js";
 import { ModuleCache, type CompiledModule } from "./module-cache.js";
 import type { DirTree, DoneMessage, LoadPayload, Outcome } from "./protocol.js";
+import type { Snapshot } from "./snapshot.js";
 import { MAX_HEAD, parseWagiHead, wagiEnvironment, wagiHeadEnd } from "./wagi.js";
 
 /** A request whose body may still be arriving. */
@@ -121,7 +122,7 @@ export class WasmDriver implements SandboxDriver {
     await this.#compiled(config);
   }
 
-  async #compiled(config: FunctionConfig): Promise<CompiledModule> {
+  async #compiled(config: FunctionConfig): Promise<CompiledModule & { snapshot: Snapshot | undefined }> {
     const wasm = wasmOf(config);
     const compiled = await this.modules.forRevision(
       wasm.module,
@@ -129,9 +130,16 @@ export class WasmDriver implements SandboxDriver {
       wasm.memoryMiB,
       config.file,
     );
+    // A module exporting `wizer.initialize` is initialised here, once (snapshot.ts): a failure
+    // makes preparing the function fail, and every copy then starts from the snapshot.
+    const snapshot =
+      wasm.preInitialise === false
+        ? undefined
+        : await this.modules.snapshot(compiled, config.file, config.timeoutMs);
+    const initialBytes = snapshot?.memoryBytes ?? compiled.initialBytes;
     for (const k of this.#initialMiB.keys()) if (k.startsWith(`${config.key}@`)) this.#initialMiB.delete(k);
-    this.#initialMiB.set(`${config.key}@${config.revision}`, Math.ceil(compiled.initialBytes / 2 ** 20));
-    return compiled;
+    this.#initialMiB.set(`${config.key}@${config.revision}`, Math.ceil(initialBytes / 2 ** 20));
+    return { ...compiled, snapshot };
   }
 
   async start(ctx: StartContext): Promise<WasmInstance> {
@@ -152,6 +160,7 @@ export class WasmDriver implements SandboxDriver {
         config.maxResponseBodyBytes === undefined
           ? this.#maxOutputBytes
           : config.maxResponseBodyBytes + MAX_HEAD,
+      snapshot: compiled.snapshot,
     };
     const handle = new WasmInstance(this.#executors, config, key, load, () => this.#released(key));
     this.#instances.set(key, (this.#instances.get(key) ?? 0) + 1);

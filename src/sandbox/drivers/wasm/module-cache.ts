@@ -1,8 +1,11 @@
-import { lstat, readdir, rm } from "node:fs/promises";
+import { lstat, mkdir, readdir, readFile, rm } from "node:fs/promises";
 import { join } from "node:path";
 import { setFlagsFromString } from "node:v8";
+import { writeFileAtomic } from "../../../registry/atomic-write.js";
+import { initialise } from "./initialise.js";
 import { PAGE_BYTES } from "./memory-limit.js";
 import { ModuleChecker } from "./module-checker.js";
+import { decodeSnapshot, encodeSnapshot, type Snapshot } from "./snapshot.js";
 
 // Node 20's V8 compiles wasm functions lazily, at their first call, in whichever thread makes it.
 // Compiling eagerly makes compilation happen once, when a module is prepared (in the checker's
@@ -10,8 +13,11 @@ import { ModuleChecker } from "./module-checker.js";
 // 2.6 ms to 0.6 ms). V8 flags are process-wide, so this also covers the worker threads.
 setFlagsFromString("--no-wasm-lazy-compilation");
 
-/** A disk cache entry's name: `<sha-256 of the module>-<memory limit in MiB>.wasm`. */
-const CACHE_ENTRY = /^([0-9a-f]{64})-\d+\.wasm$/;
+/**
+ * A disk cache entry's name: `<sha-256 of the module>-<memory limit in MiB>.wasm` (the checked,
+ * capped module) or `.snapshot` (its pre-initialised state, snapshot.ts).
+ */
+const CACHE_ENTRY = /^([0-9a-f]{64})-\d+\.(?:wasm|snapshot)$/;
 
 export interface CompiledModule {
   readonly module: WebAssembly.Module;
@@ -19,6 +25,8 @@ export interface CompiledModule {
   readonly maxMemoryBytes: number;
   /** The linear memory an instance starts with, before it grows. */
   readonly initialBytes: number;
+  /** It exports `wizer.initialize`: `ModuleCache.snapshot` initialises it. */
+  readonly initializer: boolean;
 }
 
 /** Checks upload and deploy bytes on this thread's behalf; ended when idle. */
@@ -26,21 +34,34 @@ const uploadChecker = new ModuleChecker();
 
 /**
  * Validates raw bytes as a module the sandbox can run (upload-time check, no caching): valid
- * WebAssembly, cappable to `maxMemoryMiB`, importing only what the sandbox grants. Runs on the
+ * WebAssembly, cappable to `maxMemoryMiB`, importing only what the sandbox grants; and, given
+ * `initialiseWithinMs`, a module exporting `wizer.initialize` must initialise within that. Runs on the
  * checker's thread; this thread only copies the bytes there.
  */
 export async function validateModuleBytes(
   bytes: Uint8Array,
   maxMemoryMiB: number,
   what: string,
+  initialiseWithinMs?: number,
 ): Promise<void> {
-  await uploadChecker.run({
+  const checked = await uploadChecker.run({
     kind: "check",
     bytes,
     maxPages: (maxMemoryMiB * 2 ** 20) / PAGE_BYTES,
     what,
     compile: false,
   });
+  if (!checked.initializer || initialiseWithinMs === undefined) return;
+  // A module that initialises itself is only valid if its initialisation succeeds: compile it
+  // (checked already, so this only compiles) and run that once, as preparing it would.
+  const { module } = await uploadChecker.run({
+    kind: "check",
+    bytes,
+    maxPages: (maxMemoryMiB * 2 ** 20) / PAGE_BYTES,
+    what,
+    compile: true,
+  });
+  await initialise({ module: module!, maxMemoryBytes: maxMemoryMiB * 2 ** 20 }, what, initialiseWithinMs);
 }
 
 /**
@@ -54,8 +75,12 @@ export class ModuleCache {
   readonly #memory = new Map<string, Promise<CompiledModule>>();
   /** (path, revision, limit) -> module: a cold start of an unchanged function reads no file. */
   readonly #byRevision = new Map<string, Promise<CompiledModule>>();
+  /** `<hash>-<limit>` -> the module's pre-initialised state (see `snapshot`). */
+  readonly #snapshots = new Map<string, Promise<Snapshot>>();
   readonly #dir: string | undefined;
   readonly #checker = new ModuleChecker();
+  /** Ends initialisations still running when the cache closes. */
+  readonly #closing = new AbortController();
 
   constructor(diskDir: string | undefined) {
     this.#dir = diskDir;
@@ -85,7 +110,9 @@ export class ModuleCache {
     const settled = async (p: Promise<CompiledModule>) => p.catch(() => undefined);
     const used = new Set(await Promise.all([...this.#byRevision.values()].map(settled)));
     for (const [key, entry] of this.#memory) {
-      if (!used.has(await settled(entry))) this.#memory.delete(key);
+      if (used.has(await settled(entry))) continue;
+      this.#memory.delete(key);
+      this.#snapshots.delete(key);
     }
   }
 
@@ -122,7 +149,54 @@ export class ModuleCache {
       hash: checked.hash,
       maxMemoryBytes,
       initialBytes: checked.initialPages * PAGE_BYTES,
+      initializer: checked.initializer,
     };
+  }
+
+  /**
+   * The pre-initialised state of a module that exports `wizer.initialize` (undefined for one that
+   * does not, such as a module Wizer has already initialised): its initialisation is run once per
+   * module and memory limit (initialise.ts), bounded by `timeoutMs`, and kept in memory and on disk
+   * beside the module, so neither a new instance nor a restart runs it again. A failure is
+   * `FN_BAD_MODULE` and is not cached: preparing the function again retries.
+   */
+  snapshot(compiled: CompiledModule, what: string, timeoutMs: number): Promise<Snapshot | undefined> {
+    if (!compiled.initializer) return Promise.resolve(undefined);
+    const key = `${compiled.hash}-${compiled.maxMemoryBytes / 2 ** 20}`;
+    let entry = this.#snapshots.get(key);
+    if (!entry) {
+      entry = this.#initialised(compiled, key, what, timeoutMs);
+      this.#snapshots.set(key, entry);
+      entry.catch(() => this.#snapshots.delete(key));
+    }
+    return entry;
+  }
+
+  async #initialised(
+    compiled: CompiledModule,
+    key: string,
+    what: string,
+    timeoutMs: number,
+  ): Promise<Snapshot> {
+    const file = this.#dir ? join(this.#dir, `${key}.snapshot`) : undefined;
+    const stored = file ? await readFile(file).catch(() => undefined) : undefined;
+    const cached = stored && decodeSnapshot(stored);
+    if (cached && cached.memoryBytes <= compiled.maxMemoryBytes) return cached;
+    const snapshot = await initialise(
+      { module: compiled.module, maxMemoryBytes: compiled.maxMemoryBytes },
+      what,
+      timeoutMs,
+      this.#closing.signal,
+    );
+    if (file && this.#dir) {
+      try {
+        await mkdir(this.#dir, { recursive: true });
+        await writeFileAtomic(file, encodeSnapshot(snapshot));
+      } catch {
+        // The disk copy only saves initialising again at the next start.
+      }
+    }
+    return snapshot;
   }
 
   /**
@@ -149,8 +223,9 @@ export class ModuleCache {
     return removed;
   }
 
-  /** Ends the checker's thread. */
+  /** Ends the checker's thread and any initialisation under way. */
   async close(): Promise<void> {
+    this.#closing.abort();
     await this.#checker.close();
   }
 }

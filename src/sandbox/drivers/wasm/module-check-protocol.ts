@@ -41,5 +41,7 @@ export interface CheckDone {
   readonly hash: string;
   readonly initialPages: number;
   readonly module: WebAssembly.Module | undefined;
+  /** The module exports `wizer.initialize` (a `check` found it; see snapshot.ts). */
+  readonly initializer: boolean;
   readonly error: { readonly code: string; readonly message: string } | undefined;
 }

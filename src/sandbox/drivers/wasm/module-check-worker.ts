@@ -13,6 +13,7 @@ import { writeFileAtomic } from "../../../registry/atomic-write.js";
 import { limitMemory } from "./memory-limit.js";
 import type { CheckDone, CheckJob, ToChecker } from "./module-check-protocol.js";
 import { checkInterface, moduleInterface } from "./module-interface.js";
+import { INITIALIZE_EXPORT } from "./snapshot.js";
 
 // Compilation is eager here too: module-cache.ts sets --no-wasm-lazy-compilation before this
 // thread starts, and V8's flags are process-wide.
@@ -42,7 +43,7 @@ async function check(job: CheckJob): Promise<Omit<CheckDone, "id" | "error">> {
   incoming.delete(job.id);
   const raw = given ?? readModule(job.path!, job.what);
   const hash = createHash("sha256").update(raw).digest("hex");
-  if (job.kind === "hash") return { hash, initialPages: 0, module: undefined };
+  if (job.kind === "hash") return { hash, initialPages: 0, module: undefined, initializer: false };
   let cached: Buffer | undefined;
   if (job.cacheFile) {
     try {
@@ -55,7 +56,10 @@ async function check(job: CheckJob): Promise<Omit<CheckDone, "id" | "error">> {
     throw new FennecError("FN_BAD_MODULE", `${job.what}: not a valid WebAssembly module`);
   // Capping cached bytes again changes nothing but yields the initial memory.
   const limited = limitMemory(cached ?? raw, job.maxPages, job.what);
-  if (!cached) checkInterface(moduleInterface(limited.bytes, job.what), job.what);
+  // Reading the interface is a walk over section headers: cheap enough to repeat for cached bytes.
+  const iface = moduleInterface(limited.bytes, job.what);
+  if (!cached) checkInterface(iface, job.what);
+  const initializer = iface.exports.some((e) => e.name === INITIALIZE_EXPORT && e.kind === "function");
   const module = job.compile ? new WebAssembly.Module(source(limited.bytes)) : undefined;
   // The checked bytes go to the disk cache from here: the main thread never holds a copy.
   if (job.cacheFile && !cached) {
@@ -67,7 +71,7 @@ async function check(job: CheckJob): Promise<Omit<CheckDone, "id" | "error">> {
       // The disk cache only saves checking at the next start; the module itself is fine.
     }
   }
-  return { hash, initialPages: limited.initialPages, module };
+  return { hash, initialPages: limited.initialPages, module, initializer };
 }
 
 port.on("message", (msg: ToChecker) => {
@@ -89,6 +93,7 @@ async function answer(job: CheckJob): Promise<void> {
       hash: "",
       initialPages: 0,
       module: undefined,
+      initializer: false,
       error: { code, message },
     } satisfies CheckDone);
     return;

@@ -27,6 +27,7 @@ import type {
   ToWorker,
 } from "./protocol.js";
 import { Ring } from "./ring.js";
+import { restore } from "./snapshot.js";
 import { StreamingStdin } from "./streaming-stdin.js";
 import { WARMUP_WASM_BASE64 } from "./warmup-module.js";
 
@@ -84,6 +85,8 @@ function prepare(load: LoadPayload): Prepared {
     throw new Error("the module exports no _start (is it a WASI command?)");
   // The shim reads memory through `inst`, which it normally sets in start(); we call _start ourselves.
   wasi.inst = instance as unknown as WASI["inst"];
+  // Here, not per invocation: prepare runs off the request's critical path (see job()).
+  if (load.snapshot) restore(instance, load.snapshot);
   return { wasi, instance, memory };
 }
 
