@@ -1,0 +1,99 @@
+/**
+ * Pre-initialised snapshots (issue 11), side by side in one run: the `primes` example (its
+ * `wizer.initialize` builds a table of 100,000 primes) called as
+ *
+ * - `primes`: every call restored from the snapshot taken when the function was prepared;
+ * - `primes-initialising`: the very same .wasm with `[wasm] pre-initialise = false`, so every call
+ *   builds the table itself (what a call costs without snapshots).
+ *
+ * One `fennec serve` child, one client connection, calls interleaved (the order alternating each
+ * round) so drift on this shared machine hits both rows alike. Each reply's `X-Table` header is
+ * checked, so a row cannot silently measure the other path. Also reported: each function's first
+ * call (a cold start; for `primes` that includes initialising and capturing the snapshot).
+ *
+ * Usage: npm run bench:snapshot [-- --rounds 200]
+ * Writes bench/results/snapshot.json.
+ */
+import { spawn } from "node:child_process";
+import { cp, mkdir, mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { parseArgs } from "node:util";
+import { Agent, request } from "undici";
+import { fennecUrl } from "./fennec-url.js";
+import { machine, writeResults } from "./results.js";
+import { fmt, summarize } from "./stats.js";
+
+const ROOT = fileURLToPath(new URL("../../", import.meta.url));
+const { values: opts } = parseArgs({ options: { rounds: { type: "string", default: "200" } } });
+const ROUNDS = Number(opts.rounds);
+const WARMUP = 5;
+
+const ROWS = [
+  { fn: "primes", table: "snapshot", what: "restored from the snapshot" },
+  { fn: "primes-initialising", table: "built-in-call", what: "initialising in the call" },
+] as const;
+
+const agent = new Agent({ connections: 1 });
+
+/** One call's latency in ms, after checking the answer and which path produced it. */
+async function call(url: string, fn: string, table: string): Promise<number> {
+  const t0 = performance.now();
+  const res = await request(`${url}/invoke/${fn}/`, { method: "POST", body: "100000", dispatcher: agent });
+  const body = await res.body.text();
+  const ms = performance.now() - t0;
+  if (res.statusCode !== 200 || body.trim() !== "1299709")
+    throw new Error(`${fn}: ${res.statusCode} ${body}`);
+  if (res.headers["x-table"] !== table) throw new Error(`${fn}: X-Table ${String(res.headers["x-table"])}`);
+  return ms;
+}
+
+const dir = await mkdtemp(join(tmpdir(), "fennec-bench-snapshot-"));
+const registry = join(dir, "registry");
+const example = join(ROOT, "examples", "registry", "primes");
+await cp(example, join(registry, "primes"), { recursive: true });
+await mkdir(join(registry, "primes-initialising"), { recursive: true });
+await cp(join(example, "primes.wasm"), join(registry, "primes-initialising", "primes.wasm"));
+const toml = await readFile(join(example, "function.toml"), "utf8");
+await writeFile(join(registry, "primes-initialising", "function.toml"), `${toml}pre-initialise = false\n`);
+
+const child = spawn(
+  process.execPath,
+  [join(ROOT, "dist", "src", "cli", "main.js"), "serve", "-r", registry, "-p", "0", "--log-level", "info"],
+  { stdio: ["ignore", "ignore", "pipe"] },
+);
+try {
+  const url = await fennecUrl(child);
+  const first: Record<string, number> = {};
+  for (const row of ROWS) first[row.fn] = await call(url, row.fn, row.table);
+  for (let i = 0; i < WARMUP; i++) for (const row of ROWS) await call(url, row.fn, row.table);
+  const times: Record<string, number[]> = Object.fromEntries(ROWS.map((r) => [r.fn, []]));
+  for (let i = 0; i < ROUNDS; i++) {
+    const order = i % 2 === 0 ? ROWS : [...ROWS].reverse();
+    for (const row of order) times[row.fn]!.push(await call(url, row.fn, row.table));
+  }
+  const stats = Object.fromEntries(ROWS.map((r) => [r.fn, summarize(times[r.fn]!)]));
+  const restored = stats["primes"]!;
+  const initialising = stats["primes-initialising"]!;
+  console.log(`primes (k = 100000), ${ROUNDS} interleaved calls each, one connection\n`);
+  console.log("| call | p50 ms | p99 ms | mean ms | first call (cold) ms |");
+  console.log("|---|---|---|---|---|");
+  for (const row of ROWS) {
+    const s = stats[row.fn]!;
+    console.log(
+      `| \`${row.fn}\`: ${row.what} | ${fmt(s.p50, 2)} | ${fmt(s.p99, 2)} | ${fmt(s.mean, 2)} | ${fmt(first[row.fn]!, 1)} |`,
+    );
+  }
+  const ratio = { p50: initialising.p50 / restored.p50, mean: initialising.mean / restored.mean };
+  console.log(`\nrestored is ${fmt(ratio.p50)}× faster at p50, ${fmt(ratio.mean)}× in the mean (goal ≥ 20×)`);
+  writeResults("snapshot.json", { machine: machine(true), rounds: ROUNDS, first, stats, ratio });
+} finally {
+  if (child.exitCode === null && child.signalCode === null) {
+    const exited = new Promise((r) => child.once("exit", r));
+    child.kill("SIGTERM");
+    await exited;
+  }
+  await agent.close();
+  await rm(dir, { recursive: true, force: true });
+}
