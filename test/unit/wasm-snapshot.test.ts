@@ -59,7 +59,7 @@ function initialisingModule(): WebAssembly.Module {
 
 const memory = (i: WebAssembly.Instance) =>
   new Uint8Array((i.exports["memory"] as WebAssembly.Memory).buffer);
-const global = (i: WebAssembly.Instance, n: number) =>
+const global = (i: WebAssembly.Instance, n: number): unknown =>
   (i.exports[`fennec:global:${n}`] as WebAssembly.Global).value;
 
 describe("wasm pre-initialised snapshots", () => {
