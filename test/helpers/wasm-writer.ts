@@ -7,7 +7,8 @@ import { writeU32 } from "../../src/sandbox/drivers/wasm/memory-limit.js";
 
 const u32 = writeU32;
 
-function i32(value: number): number[] {
+/** Signed LEB128 (i32.const immediates, block type indices). */
+export function i32(value: number): number[] {
   const out: number[] = [];
   for (;;) {
     const byte = value & 0x7f;
@@ -20,7 +21,8 @@ function i32(value: number): number[] {
   }
 }
 
-function name(s: string): number[] {
+/** A UTF-8 name with its length, as imports and exports spell them. */
+export function name(s: string): number[] {
   const b = Buffer.from(s, "utf8");
   return [...u32(b.length), ...b];
 }
@@ -28,6 +30,27 @@ function name(s: string): number[] {
 function section(id: number, body: Uint8Array | number[]): Uint8Array {
   const b = body instanceof Uint8Array ? body : Uint8Array.from(body);
   return Buffer.concat([Uint8Array.from([id, ...u32(b.length)]), b]);
+}
+
+/** A whole module from its sections, each `[id, body]`, in the order given (keep the spec's order). */
+export function wasmModule(
+  ...sections: ReadonlyArray<readonly [id: number, body: number[] | Uint8Array]>
+): Uint8Array {
+  return Buffer.concat([
+    Uint8Array.from([0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00]),
+    ...sections.map(([id, body]) => section(id, body)),
+  ]);
+}
+
+/** A vector: its length, then its items. */
+export function vec(items: ReadonlyArray<readonly number[]>): number[] {
+  return [...u32(items.length), ...items.flat()];
+}
+
+/** A function body: no locals, the instructions, `end`; with its size in front. */
+export function body(code: readonly number[]): number[] {
+  const b = [0x00, ...code, 0x0b];
+  return [...u32(b.length), ...b];
 }
 
 const PAGE = 65536;
