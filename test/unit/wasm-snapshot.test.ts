@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
+import { instrument } from "../../src/sandbox/drivers/wasm/instrument.js";
 import { writeU32 } from "../../src/sandbox/drivers/wasm/memory-limit.js";
 import {
   baseline,
@@ -22,12 +23,13 @@ const sleb = (n: bigint): number[] => {
 };
 
 /**
- * A module shaped like one `instrument.ts` has rewritten: one page of memory with "data" at 100,
+ * A module shaped like one `instrument.ts` has rewritten (or, without `exportGlobals`, one it
+ * has yet to rewrite): one page of memory with "data" at 100,
  * mutable globals exported as `fennec:global:<index>` (an i32 and an i64) and one not exported,
  * and a `wizer.initialize` that grows memory by a page, writes into the new page, zeroes the data
  * segment and sets every global.
  */
-function initialisingModule(): WebAssembly.Module {
+function initialisingModule(exportGlobals = true): Uint8Array<ArrayBuffer> {
   const init = [
     0x00, // no locals
     ...[0x41, 1, 0x40, 0x00, 0x1a], // memory.grow 1; drop
@@ -45,16 +47,15 @@ function initialisingModule(): WebAssembly.Module {
     ...section(5, [1, 0x01, 1, 4]),
     ...section(6, [3, 0x7f, 1, 0x41, 1, 0x0b, 0x7e, 1, 0x42, 2, 0x0b, 0x7f, 1, 0x41, 3, 0x0b]),
     ...section(7, [
-      4,
+      exportGlobals ? 4 : 2,
       ...[...name("memory"), 0x02, 0],
-      ...[...name("fennec:global:0"), 0x03, 0],
-      ...[...name("fennec:global:1"), 0x03, 1],
+      ...(exportGlobals ? [...name("fennec:global:0"), 0x03, 0, ...name("fennec:global:1"), 0x03, 1] : []),
       ...[...name("wizer.initialize"), 0x00, 0],
     ]),
     ...section(10, [1, ...writeU32(init.length), ...init]),
     ...section(11, [1, 0x00, 0x41, ...sleb(100n), 0x0b, 4, ...Buffer.from("data")]),
   ];
-  return new WebAssembly.Module(Uint8Array.from(bytes));
+  return Uint8Array.from(bytes);
 }
 
 const memory = (i: WebAssembly.Instance) =>
@@ -63,7 +64,7 @@ const global = (i: WebAssembly.Instance, n: number): unknown =>
   (i.exports[`fennec:global:${n}`] as WebAssembly.Global).value;
 
 describe("wasm pre-initialised snapshots", () => {
-  const module = initialisingModule();
+  const module = new WebAssembly.Module(initialisingModule());
   const initialised = () => {
     const instance = new WebAssembly.Instance(module);
     const initial = baseline(instance);
@@ -107,6 +108,25 @@ describe("wasm pre-initialised snapshots", () => {
     assert.ok(Buffer.from(back.data).equals(Buffer.from(snapshot.data)));
     assert.equal(decodeSnapshot(file.subarray(0, file.byteLength - 1)), undefined);
     assert.equal(decodeSnapshot(Buffer.from("not a snapshot")), undefined);
+  });
+
+  it("keeps a global the module does not export once instrument.ts has exposed it", () => {
+    const exposed = instrument(initialisingModule(false), { fuel: false });
+    assert.deepEqual(exposed.globals, ["fennec:global:0", "fennec:global:1", "fennec:global:2"]);
+    const rewritten = new WebAssembly.Module(exposed.bytes);
+    const instance = new WebAssembly.Instance(rewritten);
+    const initial = baseline(instance);
+    (instance.exports["wizer.initialize"] as () => void)();
+    const snapshot = capture(instance, initial);
+    assert.deepEqual(snapshot.globals, {
+      "fennec:global:0": 42,
+      "fennec:global:1": 2n ** 40n,
+      "fennec:global:2": 7,
+    });
+    const copy = new WebAssembly.Instance(rewritten);
+    assert.equal(global(copy, 2), 3);
+    restore(copy, snapshot);
+    assert.equal(global(copy, 2), 7);
   });
 
   it("refuses a snapshot whose globals the module does not export", () => {

@@ -1,6 +1,7 @@
 import { lstat, mkdir, readdir, readFile, rm } from "node:fs/promises";
 import { join } from "node:path";
 import { setFlagsFromString } from "node:v8";
+import { FennecError } from "../../../core/errors.js";
 import { writeFileAtomic } from "../../../registry/atomic-write.js";
 import { initialise } from "./initialise.js";
 import { PAGE_BYTES } from "./memory-limit.js";
@@ -27,6 +28,15 @@ export interface CompiledModule {
   readonly initialBytes: number;
   /** It exports `wizer.initialize`: `ModuleCache.snapshot` initialises it. */
   readonly initializer: boolean;
+  /** Why it cannot be pre-initialised, if it cannot (see module-check-worker.ts). */
+  readonly snapshotRefusal: string | undefined;
+}
+
+function unsnapshottable(what: string, why: string): FennecError {
+  return new FennecError(
+    "FN_BAD_MODULE",
+    `${what}: exports wizer.initialize but cannot be pre-initialised: ${why} (set [wasm] pre-initialise = false)`,
+  );
 }
 
 /** Checks upload and deploy bytes on this thread's behalf; ended when idle. */
@@ -54,13 +64,14 @@ export async function validateModuleBytes(
   if (!checked.initializer || initialiseWithinMs === undefined) return;
   // A module that initialises itself is only valid if its initialisation succeeds: compile it
   // (checked already, so this only compiles) and run that once, as preparing it would.
-  const { module } = await uploadChecker.run({
+  const { module, snapshotRefusal } = await uploadChecker.run({
     kind: "check",
     bytes,
     maxPages: (maxMemoryMiB * 2 ** 20) / PAGE_BYTES,
     what,
     compile: true,
   });
+  if (snapshotRefusal) throw unsnapshottable(what, snapshotRefusal);
   await initialise({ module: module!, maxMemoryBytes: maxMemoryMiB * 2 ** 20 }, what, initialiseWithinMs);
 }
 
@@ -150,6 +161,7 @@ export class ModuleCache {
       maxMemoryBytes,
       initialBytes: checked.initialPages * PAGE_BYTES,
       initializer: checked.initializer,
+      snapshotRefusal: checked.snapshotRefusal,
     };
   }
 
@@ -162,6 +174,7 @@ export class ModuleCache {
    */
   snapshot(compiled: CompiledModule, what: string, timeoutMs: number): Promise<Snapshot | undefined> {
     if (!compiled.initializer) return Promise.resolve(undefined);
+    if (compiled.snapshotRefusal) return Promise.reject(unsnapshottable(what, compiled.snapshotRefusal));
     const key = `${compiled.hash}-${compiled.maxMemoryBytes / 2 ** 20}`;
     let entry = this.#snapshots.get(key);
     if (!entry) {

@@ -43,5 +43,7 @@ export interface CheckDone {
   readonly module: WebAssembly.Module | undefined;
   /** The module exports `wizer.initialize` (a `check` found it; see snapshot.ts). */
   readonly initializer: boolean;
+  /** Why an initialising module cannot be snapshotted (then it is refused unless pre-initialise is off). */
+  readonly snapshotRefusal: string | undefined;
   readonly error: { readonly code: string; readonly message: string } | undefined;
 }

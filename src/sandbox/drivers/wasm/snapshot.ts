@@ -4,8 +4,8 @@
  * A snapshot is what differs from a freshly instantiated copy: linear memory's size, the ranges of
  * memory that changed, and the value of every mutable global the module exposes. Globals are found
  * by name: `fennec:global:<index>`, the exports `instrument.ts` adds for every defined mutable
- * global (a module not rewritten so exposes none; a clang program's only one, its stack pointer, is
- * back at its initial value once `wizer.initialize` has returned).
+ * global (the module checker rewrites every module that exports `wizer.initialize` so). A global
+ * not exposed so is not kept: it starts each call at its initial value.
  */
 import { PAGE_BYTES } from "./memory-limit.js";
 
