@@ -12,6 +12,9 @@
  * checked, so a row cannot silently measure the other path. Also reported: each function's first
  * call (a cold start; for `primes` that includes initialising and capturing the snapshot).
  *
+ * Then the guest's work alone, in this process (no thread hop, no HTTP): a fresh instance restored
+ * from the snapshot and run, against a fresh instance run that builds the table itself.
+ *
  * Usage: npm run bench:snapshot [-- --rounds 200]
  * Writes bench/results/snapshot.json.
  */
@@ -21,7 +24,9 @@ import { loadavg, tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
+import { ConsoleStdout, File, OpenFile, WASI } from "@bjorn3/browser_wasi_shim";
 import { Agent, request } from "undici";
+import { baseline, capture, restore, type Snapshot } from "../src/sandbox/drivers/wasm/snapshot.js";
 import { fennecUrl } from "./fennec-url.js";
 import { machine, writeResults } from "./results.js";
 import { fmt, summarize } from "./stats.js";
@@ -39,6 +44,47 @@ const ROWS = [
 ] as const;
 
 const agent = new Agent({ connections: 1 });
+
+/** One run of `primes` in this thread on a fresh instance, restored from `snapshot` if given: ms. */
+function runInProcess(module: WebAssembly.Module, snapshot: Snapshot | undefined): number {
+  const t0 = performance.now();
+  let out = "";
+  const fds = [
+    new OpenFile(new File(Buffer.from("100000"), { readonly: true })),
+    new ConsoleStdout((chunk) => (out += Buffer.from(chunk).toString())),
+    new ConsoleStdout(() => {}),
+  ];
+  const wasi = new WASI([], ["REQUEST_METHOD=POST"], fds, { debug: false });
+  const instance = new WebAssembly.Instance(module, { wasi_snapshot_preview1: wasi.wasiImport });
+  if (snapshot) restore(instance, snapshot);
+  wasi.start(instance as unknown as Parameters<WASI["start"]>[0]);
+  const ms = performance.now() - t0;
+  if (!out.includes("1299709")) throw new Error(`in-process run: ${out}`);
+  return ms;
+}
+
+/** The guest's work alone: restored and initialising runs, interleaved, in this thread. */
+async function inProcess(rounds: number) {
+  const module = new WebAssembly.Module(
+    await readFile(join(ROOT, "examples", "registry", "primes", "primes.wasm")),
+  );
+  const wasi = new WASI([], [], [], { debug: false });
+  const first = new WebAssembly.Instance(module, { wasi_snapshot_preview1: wasi.wasiImport });
+  wasi.inst = first as unknown as WASI["inst"];
+  const initial = baseline(first);
+  (first.exports["wizer.initialize"] as () => void)();
+  const snapshot = capture(first, initial);
+  const restored: number[] = [];
+  const initialising: number[] = [];
+  for (let i = 0; i < rounds + WARMUP; i++) {
+    const r = runInProcess(module, snapshot);
+    const n = runInProcess(module, undefined);
+    if (i < WARMUP) continue;
+    restored.push(r);
+    initialising.push(n);
+  }
+  return { restored: summarize(restored), initialising: summarize(initialising) };
+}
 
 /** One call's latency in ms, after checking the answer and which path produced it. */
 async function call(url: string, { fn, table, answer }: (typeof ROWS)[number]): Promise<number> {
@@ -104,6 +150,17 @@ try {
     `\nrestored is ${fmt(ratio.p50)}× faster at p50, ${fmt(ratio.mean)}× in the mean, ` +
       `${fmt(ratio.exec)}× in Fennec's execution time (goal ≥ 20×)`,
   );
+  const guest = await inProcess(ROUNDS);
+  console.log("\nThe guest's work alone (this thread: a fresh instance, then `_start`):\n");
+  console.log("| run | p50 ms | p99 ms | mean ms |");
+  console.log("|---|---|---|---|");
+  for (const [what, g] of [
+    ["restored from the snapshot (instantiate, restore, run)", guest.restored],
+    ["initialising (instantiate, run building the table)", guest.initialising],
+  ] as const)
+    console.log(`| ${what} | ${fmt(g.p50, 2)} | ${fmt(g.p99, 2)} | ${fmt(g.mean, 2)} |`);
+  const guestRatio = guest.initialising.p50 / guest.restored.p50;
+  console.log(`\nrestored is ${fmt(guestRatio)}× faster at p50`);
   console.log(
     `load average ${loadavg()
       .map((l) => l.toFixed(1))
@@ -116,6 +173,8 @@ try {
     stats,
     ratio,
     exec,
+    guest,
+    guestRatio,
   });
 } finally {
   if (child.exitCode === null && child.signalCode === null) {
