@@ -52,6 +52,8 @@ describe("pre-initialised snapshots in the module cache", () => {
         assert.ok(compiled.initializer);
         const snapshot = await cache.snapshot(compiled, "t", 30_000);
         assert.ok(snapshot && snapshot.data.byteLength > 0);
+        // Compiled with its mutable globals exposed (instrument.ts): clang's stack pointer is kept.
+        assert.deepEqual(Object.keys(snapshot.globals), ["fennec:global:0"]);
         assert.equal(await cache.snapshot(compiled, "t", 30_000), snapshot, "initialised once, then cached");
         await writeFile(join(cacheDir, `${"a".repeat(64)}-16.snapshot`), "stale");
         assert.deepEqual(await cache.prune(), [`${"a".repeat(64)}-16.snapshot`]);
