@@ -128,6 +128,11 @@ export function decodeSnapshot(file: Uint8Array): Snapshot | undefined {
     };
     const data = new Uint8Array(buf.subarray(headEnd));
     if (data.byteLength !== head.ranges.reduce((n, [, length]) => n + length, 0)) return undefined;
+    // Every range inside the memory it restores, so a damaged file is re-initialised, not a trap.
+    if (
+      head.ranges.some(([offset, length]) => offset < 0 || length < 0 || offset + length > head.memoryBytes)
+    )
+      return undefined;
     const globals: Record<string, GlobalValue> = {};
     for (const [name, type, v] of head.globals)
       globals[name] = type === "i64" ? BigInt(v as string) : (v as number | null);
