@@ -108,6 +108,12 @@ describe("wasm pre-initialised snapshots (wizer.initialize)", () => {
     assert.equal((await request(`${s.url}/f/alice/init-trap`, { method: "POST" })).status, 404);
   });
 
+  it("an initialisation that exits non-zero is refused at upload, with what it printed", async () => {
+    const up = await upload(s, "alice/init-exit", await readFile(join(WASM_FIXTURES, "init-exit.wasm")));
+    assert.equal(up.status, 422, up.text);
+    assert.match(up.text, /wizer\.initialize exited with code 3 \(output: no table today\)/);
+  });
+
   it("an initialisation that runs past the function's timeout is FN_BAD_MODULE", async () => {
     await addWasmFunction(s.registry, "init-loop", "init-loop.wasm", "timeout = 0.5");
     const res = await request(`${s.url}/invoke/init-loop/`);
