@@ -2,14 +2,20 @@ import assert from "node:assert/strict";
 import { readdirSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { describe, it } from "node:test";
+import { Worker } from "node:worker_threads";
 import { FUEL_EXPORT, instrument, TICK_IMPORT } from "../../src/sandbox/drivers/wasm/instrument.js";
 import { limitMemory, writeU32 } from "../../src/sandbox/drivers/wasm/memory-limit.js";
 import { UnsupportedModuleError } from "../../src/sandbox/drivers/wasm/wasm-reader.js";
 import { EXAMPLES, WASM_FIXTURES } from "../helpers/paths.js";
+import type { FuelJob, FuelResult } from "../helpers/fuel-worker.js";
 import { WasiInstance } from "../helpers/wasi-run.js";
 import { body, i32, name, vec, wasmModule } from "../helpers/wasm-writer.js";
 
 type Exports = Record<string, unknown>;
+
+const f32 = (x: number) => [...Buffer.from(new Float32Array([x]).buffer)];
+const f64 = (x: number) => [...Buffer.from(new Float64Array([x]).buffer)];
+const v128 = (...lanes: number[]) => [...Buffer.from(new Int32Array(lanes).buffer)];
 
 /** Every committed module: the examples' and the test fixtures'. */
 function committedModules(): { file: string; bytes: Buffer }[] {
@@ -26,13 +32,19 @@ function compile(bytes: Uint8Array): WebAssembly.Module {
   return new WebAssembly.Module(bytes as Uint8Array<ArrayBuffer>);
 }
 
-/** A tick that hands out `fuel` each time and counts its calls; it throws `stopAt`'s error on that call. */
+/**
+ * A tick that hands out `fuel` each time and counts its calls; it throws `stop` on call `stopAt`.
+ * It also stops a module that runs past a generous deadline, as the host would: a rewrite that
+ * broke a module into looping forever fails its test instead of hanging it.
+ */
 function ticker(fuel: number, stopAt = Infinity): { tick: () => number; calls: () => number; stop: Error } {
   let calls = 0;
-  const stop = new Error("fuel: deadline passed");
+  const stop = new Error("fuel: stopped");
+  const deadline = performance.now() + 60_000;
   return {
     tick: () => {
       if (++calls >= stopAt) throw stop;
+      if (performance.now() > deadline) throw new Error("fuel: ran past its deadline");
       return fuel;
     },
     calls: () => calls,
@@ -113,7 +125,7 @@ describe("wasm instrument: committed modules", () => {
     const run = (dir: string, file: string) =>
       outcome(
         new WasiInstance(compile(instrument(readFileSync(join(EXAMPLES, dir, file)), { fuel: true }).bytes), {
-          ...fuelImports(() => 1000),
+          ...fuelImports(ticker(1000).tick),
         }),
         env(file),
         STDIN,
@@ -127,16 +139,33 @@ describe("wasm instrument: committed modules", () => {
   });
 });
 
+const STOPPED = "stopped by tick";
+
+/**
+ * Runs a fuelled module in a worker (helpers/fuel-worker.ts). A module that never ticks would run
+ * forever: after a generous deadline the worker is terminated and the test fails instead of hanging.
+ */
+async function runInWorker(job: Omit<FuelJob, "stopMessage">): Promise<FuelResult> {
+  const workerData: FuelJob = { ...job, stopMessage: STOPPED };
+  const worker = new Worker(new URL("../helpers/fuel-worker.js", import.meta.url), { workerData });
+  const deadline = setTimeout(() => void worker.terminate(), 60_000);
+  try {
+    return await new Promise<FuelResult>((resolve, reject) => {
+      worker.once("message", resolve);
+      worker.once("error", reject);
+      worker.once("exit", () => reject(new Error("the module ran for 60 s without being stopped by a tick")));
+    });
+  } finally {
+    clearTimeout(deadline);
+    await worker.terminate();
+  }
+}
+
 describe("wasm instrument: fuel stops runaways", () => {
-  it("an infinite loop (C) calls tick, and a tick that throws stops it", () => {
+  it("an infinite loop (C) calls tick, and a tick that throws stops it", async () => {
     const fuelled = instrument(readFileSync(join(WASM_FIXTURES, "loop.wasm")), { fuel: true });
-    const fuel = ticker(10_000, 5);
-    const w = new WasiInstance(compile(fuelled.bytes), fuelImports(fuel.tick));
-    assert.throws(
-      () => w.run(),
-      (err) => err === fuel.stop,
-    );
-    assert.equal(fuel.calls(), 5);
+    const r = await runInWorker({ bytes: fuelled.bytes, entry: "_start", fuel: 10_000, stopAt: 5 });
+    assert.deepEqual(r, { ticks: 5, outcome: STOPPED });
   });
 
   // (func $f (call $f)) and (func $f (return_call $f)): no loop anywhere, so only the check at
@@ -145,7 +174,7 @@ describe("wasm instrument: fuel stops runaways", () => {
     ["unbounded recursion", 0x10],
     ["unbounded tail recursion", 0x12],
   ] as const) {
-    it(`${what} without loops is stopped at a function entry`, () => {
+    it(`${what} without loops is stopped at a function entry`, async () => {
       const bytes = wasmModule(
         [1, vec([[0x60, 0, 0]])],
         [3, vec([[0]])],
@@ -153,16 +182,9 @@ describe("wasm instrument: fuel stops runaways", () => {
         [10, vec([body([op, 0])])],
       );
       assert.ok(WebAssembly.validate(bytes as Uint8Array<ArrayBuffer>));
-      const fuel = ticker(100, 7);
-      const inst = new WebAssembly.Instance(
-        compile(instrument(bytes, { fuel: true }).bytes),
-        fuelImports(fuel.tick),
-      );
-      assert.throws(
-        () => (inst.exports["run"] as () => void)(),
-        (err) => err === fuel.stop,
-      );
-      assert.equal(fuel.calls(), 7);
+      const fuelled = instrument(bytes, { fuel: true }).bytes;
+      const r = await runInWorker({ bytes: fuelled, entry: "run", fuel: 100, stopAt: 7 });
+      assert.deepEqual(r, { ticks: 7, outcome: STOPPED });
     });
   }
 
@@ -340,12 +362,7 @@ describe("wasm instrument: function indices", () => {
     assert.match(expected, /^Content-Type: text\/plain\n\nsub\(5, 3\) = 2\n/);
     const fuelled = compile(instrument(bytes, { fuel: true }).bytes);
     assert.equal(
-      new WasiInstance(
-        fuelled,
-        fuelImports(() => 100),
-      )
-        .run(["QUERY_STRING=5"])
-        .stdout.toString(),
+      new WasiInstance(fuelled, fuelImports(ticker(100).tick)).run(["QUERY_STRING=5"]).stdout.toString(),
       expected,
     );
   });
@@ -471,6 +488,12 @@ describe("wasm instrument: state beyond memory and globals", () => {
       withCode([], [[2, vec([[...name("env"), ...name("g"), 0x03, 0x7f, 1]])]]),
       true,
     ],
+    [
+      "a mutable v128 global",
+      withCode([], [[6, vec([[0x7b, 1, 0xfd, 12, ...v128(0, 0, 0, 0), 0x0b]])]]),
+      true,
+    ],
+    ["a mutable i64 global", withCode([], [[6, vec([[0x7e, 1, 0x42, 0, 0x0b]])]]), false],
     ["memory.fill and memory.copy", withCode([0x41, 0, 0x41, 0, 0x41, 1, 0xfc, 11, 0], [memory]), false],
   ];
   for (const [what, bytes, stateful] of cases) {
@@ -484,10 +507,6 @@ describe("wasm instrument: state beyond memory and globals", () => {
     });
   }
 });
-
-const f32 = (x: number) => [...Buffer.from(new Float32Array([x]).buffer)];
-const f64 = (x: number) => [...Buffer.from(new Float64Array([x]).buffer)];
-const v128 = (...lanes: number[]) => [...Buffer.from(new Int32Array(lanes).buffer)];
 
 /**
  * Instructions with every shape of immediate the decoder must know: SIMD memargs, lanes, v128
@@ -588,6 +607,19 @@ describe("wasm instrument: decoding", () => {
     );
     assert.throws(() => instrument(bytes, { fuel: true }), /already exports "fennec:fuel"/);
     assert.ok(WebAssembly.validate(instrument(bytes, { fuel: false }).bytes));
+  });
+
+  it("exports a mutable global of a module that has no export section", () => {
+    const bytes = wasmModule([6, vec([[0x7e, 1, 0x42, ...i32(-5), 0x0b]])]);
+    for (const fuel of [false, true]) {
+      const r = instrument(bytes, { fuel });
+      assert.deepEqual(r.globals, ["fennec:global:0"]);
+      const inst = new WebAssembly.Instance(compile(r.bytes), fuel ? fuelImports(() => 1) : {});
+      const g = inst.exports["fennec:global:0"] as WebAssembly.Global;
+      assert.equal(g.value, -5n);
+      g.value = 7n; // mutable: a reset can set it back
+      assert.equal(g.value, 7n);
+    }
   });
 
   it("adds the sections fuel needs to a module that has none of them", () => {

@@ -33,7 +33,8 @@ export interface InstrumentedModule {
   /**
    * True when the code can change instance state beyond memory and globals that a reset must
    * restore: table.set/grow/fill/copy/init, elem.drop, memory.init/data.drop, an exported table,
-   * or an imported table, memory or mutable global. A caller then never reuses an instance of it.
+   * an imported table, memory or mutable global, or a mutable v128 global (JavaScript cannot read
+   * one). A caller then never reuses an instance of it.
    */
   readonly statefulBeyondMemory: boolean;
 }
@@ -245,6 +246,8 @@ class Rewriter {
       const entry = r.pos;
       r.skipValType();
       const mutable = r.byte();
+      // JavaScript can neither read nor write a v128 global's value, so it cannot be reset.
+      if (mutable === 1 && src[entry] === 0x7b) this.stateful = true;
       if (mutable === 1) this.mutableGlobals.push(this.importedGlobals + i);
       else if (mutable !== 0) throw new UnsupportedModuleError(`global ${i} has a bad mutability flag`);
       if (fuel) out.copy(src, entry, r.pos);
