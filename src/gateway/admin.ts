@@ -85,7 +85,12 @@ function base64(value: unknown, what: string): Uint8Array {
 }
 
 /** Checks an uploaded module; throws with the reason. */
-export type ModuleValidator = (bytes: Uint8Array, memoryMiB: number, what: string) => Promise<void>;
+export type ModuleValidator = (
+  bytes: Uint8Array,
+  memoryMiB: number,
+  what: string,
+  initialiseWithinMs?: number,
+) => Promise<void>;
 
 /**
  * What every deploy and upload must pass before it goes live, checked on the scratch copy: a
@@ -102,7 +107,9 @@ export function deployCheck(
     scheduler.driverFor(config);
     if (config.sandbox.kind !== "wasm") return;
     const bytes = await readFile(config.sandbox.module);
-    await validateModule(bytes, config.sandbox.memoryMiB, what).catch((err: unknown) => {
+    // A module that initialises itself (wizer.initialize) must do so within the function's timeout.
+    const initialise = config.sandbox.preInitialise === false ? undefined : config.timeoutMs;
+    await validateModule(bytes, config.sandbox.memoryMiB, what, initialise).catch((err: unknown) => {
       throw new FennecError("MODULE_INVALID", toFennecError(err).message);
     });
   };

@@ -27,7 +27,7 @@ import { JSON_BODY, MODULE_BODY, NUMBER_BODY, refuseCrossSite } from "./cross-si
 import { NOT_FORWARDED, sendResponse } from "./function-response.js";
 import { requestBody } from "./request-body.js";
 import { functionId, parseTarget, type Target } from "./routes.js";
-import { deployCheck, deployFromJson, describeFunctions } from "./admin.js";
+import { deployCheck, deployFromJson, describeFunctions, type ModuleValidator } from "./admin.js";
 
 export interface GatewayOptions {
   readonly scheduler: Scheduler;
@@ -36,7 +36,7 @@ export interface GatewayOptions {
   readonly stats: StatsCollector;
   readonly metrics: PrometheusMetrics;
   /** Checks an uploaded module; throws FN_BAD_MODULE with the reason. */
-  readonly validateModule: (bytes: Uint8Array, memoryMiB: number, what: string) => Promise<void>;
+  readonly validateModule: ModuleValidator;
   readonly log: Logger;
   /** Largest invocation body. */
   readonly bodyLimitBytes: number;

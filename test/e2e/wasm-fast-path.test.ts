@@ -78,6 +78,27 @@ describe("wasm fast path: calls on the main thread", () => {
     assert.equal(driver.fastPath.inline, before + 6, "every call ran on the main thread");
   });
 
+  it("starts a pre-initialised module's calls from its snapshot, also on the main thread", async () => {
+    const module = join(EXAMPLES, "primes", "primes.wasm");
+    await driver.prepare(wasmFn(module));
+    const primes = await start(module);
+    const inline = driver.fastPath.inline;
+    for (const query of ["k=10", "k=99999&poison=1", "k=5"]) {
+      const res = await primes.invokeStreaming(call("", query), new AbortController().signal);
+      assert.deepEqual(
+        res.headers.filter(([name]) => name === "x-table" || name === "x-initialised"),
+        [
+          ["x-table", "snapshot"],
+          ["x-initialised", "1"],
+        ],
+        `?${query}: the table comes from the snapshot, never from a call before`,
+      );
+      await bytesOf(res.body);
+    }
+    assert.equal(await text(primes, "", "k=10"), "29\n");
+    assert.equal(driver.fastPath.inline, inline + 4);
+  });
+
   it("moves a call that runs past its slice to an executor, which answers it", async () => {
     const fib = await start(join(EXAMPLES, "fib", "fib.wasm"));
     const moved = driver.fastPath.moved.slice;

@@ -44,6 +44,20 @@ describe("function.toml", () => {
     assert.equal(c.sandbox.kind === "wasm" && c.sandbox.memoryMiB, 64);
   });
 
+  it("[wasm] pre-initialise is on unless set to false, and must be a boolean", () => {
+    const load = (toml: string) =>
+      loadFunctionConfig({ user: "default", name: "f" }, dir, join(dir, "function.toml"), toml);
+    const on = load(WASM);
+    assert.equal(on.sandbox.kind === "wasm" && on.sandbox.preInitialise, true);
+    const off = load(WASM.replace("[wasm]", "[wasm]\npre-initialise = false"));
+    assert.equal(off.sandbox.kind === "wasm" && off.sandbox.preInitialise, false);
+    const p = problems(() =>
+      parseFunctionToml(WASM.replace("[wasm]", '[wasm]\npre-initialise = "no"'), "f.toml"),
+    );
+    assert.equal(p[0]!.key, "wasm.pre-initialise");
+    assert.match(p[0]!.message, /boolean/);
+  });
+
   it("accepts UniFaaS [vm] and [container] tables unchanged", () => {
     const vm = parseFunctionToml(
       `keepalive = 1\nconcurrent-requests = 1\nsingle-use = true\n[vm]\nkernel = "k"\nimage = "i"\ncmdline = "callback=%callback ip=%ip"\nhypervisor = { type = "microvm", disk-type = "block", rtc = true }\n`,

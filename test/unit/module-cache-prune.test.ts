@@ -38,3 +38,34 @@ describe("compiled-module cache pruning", () => {
     }
   });
 });
+
+describe("pre-initialised snapshots in the module cache", () => {
+  it("keeps a used module's snapshot beside it and prunes an unused one with its module", async () => {
+    const { dir, cleanup } = await tempDir();
+    try {
+      const cacheDir = join(dir, "cache");
+      const module = join(dir, "primes.wasm");
+      await copyFile(join(EXAMPLES, "primes", "primes.wasm"), module);
+      const cache = new ModuleCache(cacheDir);
+      try {
+        const compiled = await cache.forRevision(module, "r1", 16, "t");
+        assert.ok(compiled.initializer);
+        const snapshot = await cache.snapshot(compiled, "t", 30_000);
+        assert.ok(snapshot && snapshot.data.byteLength > 0);
+        // Compiled with its mutable globals exposed (instrument.ts): clang's stack pointer is kept.
+        assert.deepEqual(Object.keys(snapshot.globals), ["fennec:global:0"]);
+        assert.equal(await cache.snapshot(compiled, "t", 30_000), snapshot, "initialised once, then cached");
+        await writeFile(join(cacheDir, `${"a".repeat(64)}-16.snapshot`), "stale");
+        assert.deepEqual(await cache.prune(), [`${"a".repeat(64)}-16.snapshot`]);
+        assert.deepEqual(
+          (await readdir(cacheDir)).sort(),
+          [`${compiled.hash}-16.snapshot`, `${compiled.hash}-16.wasm`].sort(),
+        );
+      } finally {
+        await cache.close();
+      }
+    } finally {
+      await cleanup();
+    }
+  });
+});

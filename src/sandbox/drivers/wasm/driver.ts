@@ -11,6 +11,7 @@ import { ExecutorPool, type Job } from "./executor-pool.js";
 import { ModuleCache, type CompiledModule } from "./module-cache.js";
 import { fastPathCounts, InlineRunner, INLINE_MAX_MEMORY, type FastPathCounts } from "./inline-runner.js";
 import type { DirTree, DoneMessage, LoadPayload, Outcome } from "./protocol.js";
+import type { Snapshot } from "./snapshot.js";
 import { MAX_HEAD, parseWagiHead, wagiEnvironment, wagiHeadEnd } from "./wagi.js";
 import type { RunResult } from "./wasi-run.js";
 
@@ -136,7 +137,7 @@ export class WasmDriver implements SandboxDriver {
     await this.#compiled(config);
   }
 
-  async #compiled(config: FunctionConfig): Promise<CompiledModule> {
+  async #compiled(config: FunctionConfig): Promise<CompiledModule & { snapshot: Snapshot | undefined }> {
     const wasm = wasmOf(config);
     const compiled = await this.modules.forRevision(
       wasm.module,
@@ -144,9 +145,16 @@ export class WasmDriver implements SandboxDriver {
       wasm.memoryMiB,
       config.file,
     );
+    // A module exporting `wizer.initialize` is initialised here, once (snapshot.ts): a failure
+    // makes preparing the function fail, and every copy then starts from the snapshot.
+    const snapshot =
+      wasm.preInitialise === false
+        ? undefined
+        : await this.modules.snapshot(compiled, config.file, config.timeoutMs);
+    const initialBytes = snapshot?.memoryBytes ?? compiled.initialBytes;
     for (const k of this.#initialMiB.keys()) if (k.startsWith(`${config.key}@`)) this.#initialMiB.delete(k);
-    this.#initialMiB.set(`${config.key}@${config.revision}`, Math.ceil(compiled.initialBytes / 2 ** 20));
-    return compiled;
+    this.#initialMiB.set(`${config.key}@${config.revision}`, Math.ceil(initialBytes / 2 ** 20));
+    return { ...compiled, snapshot };
   }
 
   async start(ctx: StartContext): Promise<WasmInstance> {
@@ -167,6 +175,7 @@ export class WasmDriver implements SandboxDriver {
         config.maxResponseBodyBytes === undefined
           ? this.#maxOutputBytes
           : config.maxResponseBodyBytes + MAX_HEAD,
+      snapshot: compiled.snapshot,
     };
     const handle = new WasmInstance(
       this.#executors,
@@ -193,7 +202,9 @@ export class WasmDriver implements SandboxDriver {
    * leave files in the shared in-memory tree for the next).
    */
   #inlineRunner(key: string, compiled: CompiledModule, load: LoadPayload): InlineRunner | undefined {
-    if (!compiled.inline || Object.keys(load.dirs).length > 0 || compiled.initialBytes > INLINE_MAX_MEMORY)
+    // A pre-initialised module starts from its snapshot's memory, which the reset copies.
+    const startBytes = load.snapshot?.memoryBytes ?? compiled.initialBytes;
+    if (!compiled.inline || Object.keys(load.dirs).length > 0 || startBytes > INLINE_MAX_MEMORY)
       return undefined;
     let runner = this.#inline.get(key);
     if (!runner) {

@@ -19,6 +19,7 @@
  * - Traps, exits, stack overflows and memory caps are caught and classified as on an executor.
  */
 import type { LoadPayload } from "./protocol.js";
+import { restore } from "./snapshot.js";
 import { bytesStdin, prepareInstance, runStart, type Prepared, type RunResult } from "./wasi-run.js";
 
 /** The fuel-instrumented module and what a reset needs to know of it (instrument.ts). */
@@ -189,7 +190,10 @@ export class InlineRunner {
     this.#fuel = fuel;
     this.#globals = globalsOf(prepared.instance, this.#module.globals);
     this.#prepared = prepared;
-    // A new instance is in its initial state: that is the state every call starts from.
+    // A pre-initialised module starts from what `wizer.initialize` left (snapshot.ts); the fuel
+    // variant has the same globals at the same indices, so the snapshot fits it too.
+    if (this.#load.snapshot) restore(prepared.instance, this.#load.snapshot);
+    // A new instance is now in its initial state: that is the state every call starts from.
     this.#initial ??= {
       memory: new Uint8Array(prepared.memory.buffer).slice(),
       globals: this.#globals.map((g): unknown => g.value),

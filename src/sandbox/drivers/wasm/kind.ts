@@ -13,6 +13,7 @@ const wasmTable = z.strictObject({
   dirs: z
     .record(z.string().regex(/^\/[A-Za-z0-9._/-]*$/, "an absolute guest path"), z.string().min(1))
     .default({}),
+  "pre-initialise": z.boolean().default(true),
 });
 
 export interface WasmSandboxConfig {
@@ -24,6 +25,12 @@ export interface WasmSandboxConfig {
   readonly env: Readonly<Record<string, string>>;
   /** Guest path -> absolute host directory, granted read-only. */
   readonly dirs: Readonly<Record<string, string>>;
+  /**
+   * Whether a module exporting `wizer.initialize` is initialised once at prepare time and every
+   * call restored from that snapshot (snapshot.ts). Off (`false`), calls start from the module's
+   * own initial state and `wizer.initialize` is never called. Absent means on.
+   */
+  readonly preInitialise?: boolean;
 }
 
 // Inside the block below, `WasmSandboxConfig` would name the config layer's alias of this very entry.
@@ -44,13 +51,24 @@ export const wasmKind: SandboxKind<"wasm", typeof wasmTable, WasmDriver> = {
     const dirs: Record<string, string> = {};
     for (const [guest, host] of Object.entries(t.dirs))
       dirs[guest] = files.directory(host, `dirs."${guest}"`);
-    return { kind: "wasm", module: files.file(t.module, "module"), memoryMiB: t.memory, env: t.env, dirs };
+    return {
+      kind: "wasm",
+      module: files.file(t.module, "module"),
+      memoryMiB: t.memory,
+      env: t.env,
+      dirs,
+      preInitialise: t["pre-initialise"],
+    };
   },
   code: (s) => [s.module],
   image: (c) => relative(c.dir, c.sandbox.module),
   async build(c) {
     buildCache ??= import("./module-cache.js").then(({ ModuleCache }) => new ModuleCache(undefined));
-    await (await buildCache).forRevision(c.sandbox.module, c.revision, c.sandbox.memoryMiB, c.file);
+    const cache = await buildCache;
+    const compiled = await cache.forRevision(c.sandbox.module, c.revision, c.sandbox.memoryMiB, c.file);
+    // A module that initialises itself is only good if that initialisation succeeds.
+    if (c.sandbox.preInitialise !== false && (await cache.snapshot(compiled, c.file, c.timeoutMs)))
+      return built("wasm module compiled, checked and pre-initialised");
     return built("wasm module compiled and checked");
   },
   async create(node) {

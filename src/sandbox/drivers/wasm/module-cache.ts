@@ -1,9 +1,13 @@
-import { lstat, readdir, rm } from "node:fs/promises";
+import { lstat, mkdir, readdir, readFile, rm } from "node:fs/promises";
 import { join } from "node:path";
 import { setFlagsFromString } from "node:v8";
 import type { InlineModule } from "./inline-runner.js";
+import { FennecError } from "../../../core/errors.js";
+import { writeFileAtomic } from "../../../registry/atomic-write.js";
+import { initialise } from "./initialise.js";
 import { PAGE_BYTES } from "./memory-limit.js";
 import { ModuleChecker } from "./module-checker.js";
+import { decodeSnapshot, encodeSnapshot, type Snapshot } from "./snapshot.js";
 
 // Node 20's V8 compiles wasm functions lazily, at their first call, in whichever thread makes it.
 // Compiling eagerly makes compilation happen once, when a module is prepared (in the checker's
@@ -11,8 +15,11 @@ import { ModuleChecker } from "./module-checker.js";
 // 2.6 ms to 0.6 ms). V8 flags are process-wide, so this also covers the worker threads.
 setFlagsFromString("--no-wasm-lazy-compilation");
 
-/** A disk cache entry's name: `<sha-256 of the module>-<memory limit in MiB>.wasm`. */
-const CACHE_ENTRY = /^([0-9a-f]{64})-\d+\.wasm$/;
+/**
+ * A disk cache entry's name: `<sha-256 of the module>-<memory limit in MiB>.wasm` (the checked,
+ * capped module) or `.snapshot` (its pre-initialised state, snapshot.ts).
+ */
+const CACHE_ENTRY = /^([0-9a-f]{64})-\d+\.(?:wasm|snapshot)$/;
 
 export interface CompiledModule {
   readonly module: WebAssembly.Module;
@@ -22,6 +29,17 @@ export interface CompiledModule {
   readonly initialBytes: number;
   /** The module instrumented to run on the main thread, unless it could not be (inline-runner.ts). */
   readonly inline: InlineModule | undefined;
+  /** It exports `wizer.initialize`: `ModuleCache.snapshot` initialises it. */
+  readonly initializer: boolean;
+  /** Why it cannot be pre-initialised, if it cannot (see module-check-worker.ts). */
+  readonly snapshotRefusal: string | undefined;
+}
+
+function unsnapshottable(what: string, why: string): FennecError {
+  return new FennecError(
+    "FN_BAD_MODULE",
+    `${what}: exports wizer.initialize but cannot be pre-initialised: ${why} (set [wasm] pre-initialise = false)`,
+  );
 }
 
 /** Checks upload and deploy bytes on this thread's behalf; ended when idle. */
@@ -29,21 +47,35 @@ const uploadChecker = new ModuleChecker();
 
 /**
  * Validates raw bytes as a module the sandbox can run (upload-time check, no caching): valid
- * WebAssembly, cappable to `maxMemoryMiB`, importing only what the sandbox grants. Runs on the
+ * WebAssembly, cappable to `maxMemoryMiB`, importing only what the sandbox grants; and, given
+ * `initialiseWithinMs`, a module exporting `wizer.initialize` must initialise within that. Runs on the
  * checker's thread; this thread only copies the bytes there.
  */
 export async function validateModuleBytes(
   bytes: Uint8Array,
   maxMemoryMiB: number,
   what: string,
+  initialiseWithinMs?: number,
 ): Promise<void> {
-  await uploadChecker.run({
+  const checked = await uploadChecker.run({
     kind: "check",
     bytes,
     maxPages: (maxMemoryMiB * 2 ** 20) / PAGE_BYTES,
     what,
     compile: false,
   });
+  if (!checked.initializer || initialiseWithinMs === undefined) return;
+  // A module that initialises itself is only valid if its initialisation succeeds: compile it
+  // (checked already, so this only compiles) and run that once, as preparing it would.
+  const { module, snapshotRefusal } = await uploadChecker.run({
+    kind: "check",
+    bytes,
+    maxPages: (maxMemoryMiB * 2 ** 20) / PAGE_BYTES,
+    what,
+    compile: true,
+  });
+  if (snapshotRefusal) throw unsnapshottable(what, snapshotRefusal);
+  await initialise({ module: module!, maxMemoryBytes: maxMemoryMiB * 2 ** 20 }, what, initialiseWithinMs);
 }
 
 /**
@@ -57,8 +89,12 @@ export class ModuleCache {
   readonly #memory = new Map<string, Promise<CompiledModule>>();
   /** (path, revision, limit) -> module: a cold start of an unchanged function reads no file. */
   readonly #byRevision = new Map<string, Promise<CompiledModule>>();
+  /** `<hash>-<limit>` -> the module's pre-initialised state (see `snapshot`). */
+  readonly #snapshots = new Map<string, Promise<Snapshot>>();
   readonly #dir: string | undefined;
   readonly #checker = new ModuleChecker();
+  /** Ends initialisations still running when the cache closes. */
+  readonly #closing = new AbortController();
 
   constructor(diskDir: string | undefined) {
     this.#dir = diskDir;
@@ -88,7 +124,9 @@ export class ModuleCache {
     const settled = async (p: Promise<CompiledModule>) => p.catch(() => undefined);
     const used = new Set(await Promise.all([...this.#byRevision.values()].map(settled)));
     for (const [key, entry] of this.#memory) {
-      if (!used.has(await settled(entry))) this.#memory.delete(key);
+      if (used.has(await settled(entry))) continue;
+      this.#memory.delete(key);
+      this.#snapshots.delete(key);
     }
   }
 
@@ -126,7 +164,56 @@ export class ModuleCache {
       maxMemoryBytes,
       initialBytes: checked.initialPages * PAGE_BYTES,
       inline: checked.inline,
+      initializer: checked.initializer,
+      snapshotRefusal: checked.snapshotRefusal,
     };
+  }
+
+  /**
+   * The pre-initialised state of a module that exports `wizer.initialize` (undefined for one that
+   * does not, such as a module Wizer has already initialised): its initialisation is run once per
+   * module and memory limit (initialise.ts), bounded by `timeoutMs`, and kept in memory and on disk
+   * beside the module, so neither a new instance nor a restart runs it again. A failure is
+   * `FN_BAD_MODULE` and is not cached: preparing the function again retries.
+   */
+  snapshot(compiled: CompiledModule, what: string, timeoutMs: number): Promise<Snapshot | undefined> {
+    if (!compiled.initializer) return Promise.resolve(undefined);
+    if (compiled.snapshotRefusal) return Promise.reject(unsnapshottable(what, compiled.snapshotRefusal));
+    const key = `${compiled.hash}-${compiled.maxMemoryBytes / 2 ** 20}`;
+    let entry = this.#snapshots.get(key);
+    if (!entry) {
+      entry = this.#initialised(compiled, key, what, timeoutMs);
+      this.#snapshots.set(key, entry);
+      entry.catch(() => this.#snapshots.delete(key));
+    }
+    return entry;
+  }
+
+  async #initialised(
+    compiled: CompiledModule,
+    key: string,
+    what: string,
+    timeoutMs: number,
+  ): Promise<Snapshot> {
+    const file = this.#dir ? join(this.#dir, `${key}.snapshot`) : undefined;
+    const stored = file ? await readFile(file).catch(() => undefined) : undefined;
+    const cached = stored && decodeSnapshot(stored);
+    if (cached && cached.memoryBytes <= compiled.maxMemoryBytes) return cached;
+    const snapshot = await initialise(
+      { module: compiled.module, maxMemoryBytes: compiled.maxMemoryBytes },
+      what,
+      timeoutMs,
+      this.#closing.signal,
+    );
+    if (file && this.#dir) {
+      try {
+        await mkdir(this.#dir, { recursive: true });
+        await writeFileAtomic(file, encodeSnapshot(snapshot));
+      } catch {
+        // The disk copy only saves initialising again at the next start.
+      }
+    }
+    return snapshot;
   }
 
   /**
@@ -153,8 +240,9 @@ export class ModuleCache {
     return removed;
   }
 
-  /** Ends the checker's thread. */
+  /** Ends the checker's thread and any initialisation under way. */
   async close(): Promise<void> {
+    this.#closing.abort();
     await this.#checker.close();
   }
 }

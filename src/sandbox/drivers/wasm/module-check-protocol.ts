@@ -44,5 +44,9 @@ export interface CheckDone {
   readonly module: WebAssembly.Module | undefined;
   /** With `compile`: the module instrumented for the main thread, unless it could not be. */
   readonly inline: InlineModule | undefined;
+  /** The module exports `wizer.initialize` (a `check` found it; see snapshot.ts). */
+  readonly initializer: boolean;
+  /** Why an initialising module cannot be snapshotted (then it is refused unless pre-initialise is off). */
+  readonly snapshotRefusal: string | undefined;
   readonly error: { readonly code: string; readonly message: string } | undefined;
 }

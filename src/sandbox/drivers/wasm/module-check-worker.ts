@@ -15,6 +15,8 @@ import { instrument } from "./instrument.js";
 import { limitMemory } from "./memory-limit.js";
 import type { CheckDone, CheckJob, ToChecker } from "./module-check-protocol.js";
 import { checkInterface, moduleInterface } from "./module-interface.js";
+import { INITIALIZE_EXPORT } from "./snapshot.js";
+import { UnsupportedModuleError } from "./wasm-reader.js";
 
 // Compilation is eager here too: module-cache.ts sets --no-wasm-lazy-compilation before this
 // thread starts, and V8's flags are process-wide.
@@ -44,7 +46,15 @@ async function check(job: CheckJob): Promise<Omit<CheckDone, "id" | "error">> {
   incoming.delete(job.id);
   const raw = given ?? readModule(job.path!, job.what);
   const hash = createHash("sha256").update(raw).digest("hex");
-  if (job.kind === "hash") return { hash, initialPages: 0, module: undefined, inline: undefined };
+  if (job.kind === "hash")
+    return {
+      hash,
+      initialPages: 0,
+      module: undefined,
+      inline: undefined,
+      initializer: false,
+      snapshotRefusal: undefined,
+    };
   let cached: Buffer | undefined;
   if (job.cacheFile) {
     try {
@@ -57,8 +67,14 @@ async function check(job: CheckJob): Promise<Omit<CheckDone, "id" | "error">> {
     throw new FennecError("FN_BAD_MODULE", `${job.what}: not a valid WebAssembly module`);
   // Capping cached bytes again changes nothing but yields the initial memory.
   const limited = limitMemory(cached ?? raw, job.maxPages, job.what);
-  if (!cached) checkInterface(moduleInterface(limited.bytes, job.what), job.what);
-  const module = job.compile ? new WebAssembly.Module(source(limited.bytes)) : undefined;
+  // Reading the interface is a walk over section headers: cheap enough to repeat for cached bytes.
+  const iface = moduleInterface(limited.bytes, job.what);
+  if (!cached) checkInterface(iface, job.what);
+  const initializer = iface.exports.some((e) => e.name === INITIALIZE_EXPORT && e.kind === "function");
+  const { runnable, snapshotRefusal } = initializer
+    ? exposeGlobals(limited.bytes)
+    : { runnable: limited.bytes, snapshotRefusal: undefined };
+  const module = job.compile ? new WebAssembly.Module(source(runnable)) : undefined;
   const inline = job.compile ? inlineVariant(limited.bytes) : undefined;
   // The checked bytes go to the disk cache from here: the main thread never holds a copy.
   if (job.cacheFile && !cached) {
@@ -70,7 +86,29 @@ async function check(job: CheckJob): Promise<Omit<CheckDone, "id" | "error">> {
       // The disk cache only saves checking at the next start; the module itself is fine.
     }
   }
-  return { hash, initialPages: limited.initialPages, module, inline };
+  return { hash, initialPages: limited.initialPages, module, inline, initializer, snapshotRefusal };
+}
+
+/**
+ * A module that initialises itself runs with its mutable globals exported (instrument.ts, no
+ * fuel), so its snapshot can keep them: clang's stack pointer, an AssemblyScript heap's top. The
+ * rewrite only adds exports, so the module runs the same with or without a snapshot. The disk cache
+ * keeps the bytes before this rewrite (it would refuse to add the exports twice).
+ */
+function exposeGlobals(bytes: Uint8Array): { runnable: Uint8Array; snapshotRefusal: string | undefined } {
+  try {
+    const rewritten = instrument(bytes, { fuel: false });
+    if (rewritten.statefulBeyondMemory)
+      return {
+        runnable: bytes,
+        snapshotRefusal:
+          "its code can change tables or data segments (or imports them), which a snapshot does not keep",
+      };
+    return { runnable: rewritten.bytes, snapshotRefusal: undefined };
+  } catch (err) {
+    if (!(err instanceof UnsupportedModuleError)) throw err;
+    return { runnable: bytes, snapshotRefusal: `its globals cannot be exposed: ${err.message}` };
+  }
 }
 
 /**
@@ -111,6 +149,8 @@ async function answer(job: CheckJob): Promise<void> {
       initialPages: 0,
       module: undefined,
       inline: undefined,
+      initializer: false,
+      snapshotRefusal: undefined,
       error: { code, message },
     } satisfies CheckDone);
     return;

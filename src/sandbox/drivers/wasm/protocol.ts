@@ -1,4 +1,5 @@
 /** Messages between the wasm driver (main thread) and its executor worker threads. */
+import type { Snapshot } from "./snapshot.js";
 
 /** A granted directory tree: file name -> bytes, or a sub-directory. */
 export interface DirTree {
@@ -12,6 +13,8 @@ export interface LoadPayload {
   /** Guest path -> tree, granted read-only. */
   readonly dirs: Readonly<Record<string, DirTree>>;
   readonly maxOutputBytes: number;
+  /** The pre-initialised state every copy starts from (snapshot.ts); undefined: the module's own. */
+  readonly snapshot?: Snapshot | undefined;
 }
 
 /** One unit of work for an executor: prepare a module (`load`) or run it once (`invoke`). */

@@ -8,6 +8,7 @@
 import { parentPort, workerData } from "node:worker_threads";
 import type { DoneMessage, ExecutorData, FromWorker, JobMessage, LoadPayload, ToWorker } from "./protocol.js";
 import { Ring } from "./ring.js";
+import { restore } from "./snapshot.js";
 import { StreamingStdin } from "./streaming-stdin.js";
 import { blockingPollOneoff, bytesStdin, prepareInstance, runStart, type Prepared } from "./wasi-run.js";
 import { WARMUP_WASM_BASE64 } from "./warmup-module.js";
@@ -36,6 +37,8 @@ function prepare(load: LoadPayload): Prepared {
     {},
     { poll_oneoff: blockingPollOneoff(() => made.prepared!.memory) },
   );
+  // Here, not per invocation: prepare runs off the request's critical path (see job()).
+  if (load.snapshot) restore(made.prepared.instance, load.snapshot);
   return made.prepared;
 }
 
