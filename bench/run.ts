@@ -97,14 +97,15 @@ const load = () =>
     .map((x) => x.toFixed(2))
     .join(" ");
 
-/** Stops the warm rows' servers (and the instance benchmark) on Ctrl-C or SIGTERM too, then exits. */
-function onSignal(cleanup: () => Promise<void>): void {
-  for (const sig of ["SIGINT", "SIGTERM"] as const)
-    process.once(sig, () => {
-      stopInstanceBench();
-      void cleanup().finally(() => process.exit(130));
-    });
-}
+/** Every phase's cleanup (servers, scratch directories), all run on Ctrl-C or SIGTERM. */
+const cleanups: Array<() => Promise<void>> = [];
+for (const sig of ["SIGINT", "SIGTERM"] as const)
+  process.once(sig, () => {
+    stopInstanceBench();
+    // All of them before exiting: one phase's finished cleanup must not cut short another's.
+    void Promise.allSettled(cleanups.map((c) => c())).finally(() => process.exit(130));
+  });
+const onSignal = (cleanup: () => Promise<void>): void => void cleanups.push(cleanup);
 
 async function main(): Promise<void> {
   const loadBefore = load();
