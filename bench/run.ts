@@ -2,37 +2,52 @@
  * Fennec's core benchmark (issues: core gateway + wasm, and 11, the wasm fast path). One run:
  * - the warm rows (warm.ts): bare node:http, workerd, Fennec → [wasm] and Fennec → [process], all
  *   answering the same echo, measured side by side with wrk, rounds interleaved; ratios reported;
- * - wasm cold start, instances per second, idle memory per warm instance (instance-bench.ts);
+ * - other functions' latency while one runs away or runs long (neighbours.ts);
+ * - wasm cold start, instances per second, idle memory per warm instance (instances.ts);
  * - the thread wake-up floor (thread-wakeup.ts).
  *
- * Usage: npm run bench [-- --quick] [-- --warm-only] [-- --rounds 3 --seconds 5 --threads 1
- *        --connections 8,32 --compare DIR]
- *   --quick      1 round of 1 s per load, fewer instance samples (well under a minute)
- *   --warm-only  the warm rows only (no instance or wake-up measurements)
- *   --compare    one more Fennec [wasm] row from the build in DIR (another checkout, `npm run build`
- *                done there): before and after side by side
- * Writes bench/results/latest.json, docs/img/warm-wasm-rps.svg and docs/img/warm-wasm-latency.svg,
- * and prints the tables (markdown). Needs wrk (/usr/bin/wrk, Debian's package).
+ * Usage: npm run bench [-- --quick] [-- --warm-only | --neighbours-only | --instances-only]
+ *        [-- --rounds 3 --seconds 5 --threads 1 --connections 8,32 --in-flight 4 --compare DIR
+ *        --instance-rounds 3]
+ *   --quick            1 round of 1 s per load, fewer instance samples (about a minute)
+ *   --warm-only        the warm rows only
+ *   --neighbours-only  echo's latency alone, beside runaway calls and beside fib(38) calls only
+ *   --instances-only   the wasm instance figures only
+ *   --in-flight        runaway (or slow) calls kept in flight beside echo (default 4)
+ *   --compare          the build in DIR (another checkout, `npm run build` done there) beside this
+ *                      one: one more Fennec [wasm] warm row, and its instance figures, rounds
+ *                      alternating (--instance-rounds, default 3 with --compare, else 1)
+ * Writes bench/results/latest.json (a full run), neighbours.json and instances.json,
+ * docs/img/warm-wasm-rps.svg and docs/img/warm-wasm-latency.svg, and prints the tables (markdown).
+ * Needs wrk (/usr/bin/wrk, Debian's package).
  */
-import { fork, type ChildProcess } from "node:child_process";
 import { mkdirSync, writeFileSync } from "node:fs";
 import { loadavg } from "node:os";
 import { basename, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
-import { message } from "./load.js";
+import {
+  instancesCompareTable,
+  measureInstances,
+  stopInstanceBench,
+  type InstanceFigures,
+} from "./instances.js";
+import { measureNeighbours, neighboursTable } from "./neighbours.js";
 import { barChart, cdfChart, fromPercentiles } from "./plot.js";
 import { machine, writeResults } from "./results.js";
 import { fmt } from "./stats.js";
 import { threadWakeup } from "./thread-wakeup.js";
 import { at, BODY, measureWarm, ratios, type WarmOptions, type WarmRow } from "./warm.js";
 
-const HERE = fileURLToPath(new URL(".", import.meta.url));
 const ROOT = fileURLToPath(new URL("../../", import.meta.url));
 const { values: args } = parseArgs({
   options: {
     quick: { type: "boolean", default: false },
     "warm-only": { type: "boolean", default: false },
+    "neighbours-only": { type: "boolean", default: false },
+    "instances-only": { type: "boolean", default: false },
+    "in-flight": { type: "string", default: "4" },
+    "instance-rounds": { type: "string" },
     rounds: { type: "string" },
     seconds: { type: "string" },
     threads: { type: "string", default: "1" },
@@ -48,7 +63,16 @@ const OPTS: WarmOptions = {
   connections: args.connections.split(",").map(Number),
   ...(args.compare ? { compare: resolve(args.compare) } : {}),
 };
-for (const [k, v] of Object.entries({ ...OPTS, connections: undefined }))
+const only = (["warm-only", "neighbours-only", "instances-only"] as const).filter((k) => args[k]);
+if (only.length > 1) throw new Error(`--${only.join(" and --")}: choose one`);
+const IN_FLIGHT = Number(args["in-flight"]);
+const INSTANCE_ROUNDS = Number(args["instance-rounds"] ?? (args.compare && !quick ? 3 : 1));
+for (const [k, v] of Object.entries({
+  ...OPTS,
+  connections: undefined,
+  "in-flight": IN_FLIGHT,
+  "instance-rounds": INSTANCE_ROUNDS,
+}))
   if (typeof v === "number" && !(Number.isInteger(v) && v > 0))
     throw new Error(`--${k} must be a positive integer`);
 if (!OPTS.connections.every((c) => Number.isInteger(c) && c > 0))
@@ -73,57 +97,80 @@ const load = () =>
     .map((x) => x.toFixed(2))
     .join(" ");
 
-interface InstanceFigures {
-  anotherInstanceMs: { p50: number; p99: number };
-  coldWithSpareMs: { p50: number; p99: number };
-  coldBurstMs: { p50: number; p99: number };
-  firstInvokeMs: { p50: number; p99: number };
-  instancesPerSecond: number;
-  idleMiBPerInstance: number;
-}
-
-/** The instance benchmark's process while it runs, stopped too on a signal. */
-let instanceChild: ChildProcess | undefined;
-
-/** Stops the warm rows' servers (and the instance benchmark) on Ctrl-C or SIGTERM too, then exits. */
-function onSignal(cleanup: () => Promise<void>): void {
-  for (const sig of ["SIGINT", "SIGTERM"] as const)
-    process.once(sig, () => {
-      instanceChild?.kill("SIGKILL");
-      void cleanup().finally(() => process.exit(130));
-    });
-}
+/** Every phase's cleanup (servers, scratch directories), all run on Ctrl-C or SIGTERM. */
+const cleanups: Array<() => Promise<void>> = [];
+for (const sig of ["SIGINT", "SIGTERM"] as const)
+  process.once(sig, () => {
+    stopInstanceBench();
+    // All of them before exiting: one phase's finished cleanup must not cut short another's.
+    void Promise.allSettled(cleanups.map((c) => c())).finally(() => process.exit(130));
+  });
+const onSignal = (cleanup: () => Promise<void>): void => void cleanups.push(cleanup);
 
 async function main(): Promise<void> {
   const loadBefore = load();
+  if (args["neighbours-only"]) {
+    const n = await measureNeighbours({ ...OPTS, inFlight: IN_FLIGHT }, onSignal);
+    const loadAfter = load();
+    writeResults("neighbours.json", {
+      machine: machine(true),
+      loadavg: { before: loadBefore, after: loadAfter },
+      neighbours: n,
+    });
+    console.log(`load average before ${loadBefore}, after ${loadAfter}\n${neighboursTable(n)}`);
+    return;
+  }
+  if (args["instances-only"]) {
+    const builds = await instances();
+    const loadAfter = load();
+    writeResults("instances.json", {
+      machine: machine(true),
+      loadavg: { before: loadBefore, after: loadAfter },
+      builds,
+    });
+    console.log(`load average before ${loadBefore}, after ${loadAfter}`);
+    console.log(instanceTable(builds[0]!.rounds[0]!) + instancesCompareTable(builds));
+    return;
+  }
   const rows = await measureWarm(OPTS, onSignal);
   const r = ratios(rows, [1, ...OPTS.connections]);
 
-  let instance: InstanceFigures | undefined;
+  let neighbours: Awaited<ReturnType<typeof measureNeighbours>> | undefined;
+  let builds: Awaited<ReturnType<typeof measureInstances>> | undefined;
   let wakeup: Awaited<ReturnType<typeof threadWakeup>> | undefined;
   if (!args["warm-only"]) {
-    console.error("wasm instance measurements (driver level)");
-    instanceChild = fork(join(HERE, "instance-bench.js"), [String(quick ? 50 : 200)], {
-      execArgv: ["--expose-gc"],
-    });
-    instance = await message<InstanceFigures>(instanceChild);
-    instanceChild = undefined;
+    neighbours = await measureNeighbours({ ...OPTS, inFlight: IN_FLIGHT }, onSignal);
+    builds = await instances();
     console.error("thread wake-up floor");
     wakeup = await threadWakeup(quick ? 1000 : 5000);
   }
   const loadAfter = load();
 
+  const instance = builds?.[0]?.rounds[0];
   writeResults("latest.json", {
     machine: machine(true),
     loadavg: { before: loadBefore, after: loadAfter },
-    options: { ...OPTS, quick, warmOnly: args["warm-only"], body: BODY, client: "wrk" },
+    options: { ...OPTS, quick, warmOnly: args["warm-only"], body: BODY, client: "wrk", inFlight: IN_FLIGHT },
     warm: { rows, ratios: r },
+    ...(neighbours ? { neighbours } : {}),
     ...(instance ? { instance } : {}),
+    ...(builds && builds.length > 1 ? { instanceCompare: builds } : {}),
     ...(wakeup ? { wakeup } : {}),
   });
   plots(rows);
   console.log(warmTable(rows, r, loadBefore, loadAfter));
-  if (instance && wakeup) console.log(instanceTable(instance, wakeup));
+  if (neighbours) console.log(neighboursTable(neighbours));
+  if (instance && wakeup) console.log(instanceTable(instance) + wakeupTable(wakeup));
+  if (builds) console.log(instancesCompareTable(builds));
+}
+
+/** The instance figures of this build (and of --compare's, alternating). */
+function instances(): ReturnType<typeof measureInstances> {
+  return measureInstances({
+    rounds: INSTANCE_ROUNDS,
+    samples: quick ? 50 : 200,
+    ...(OPTS.compare ? { compare: OPTS.compare } : {}),
+  });
 }
 
 function warmTable(
@@ -176,7 +223,7 @@ ${ratioLines.join("\n")}
 `;
 }
 
-function instanceTable(i: InstanceFigures, wakeup: Awaited<ReturnType<typeof threadWakeup>>): string {
+function instanceTable(i: InstanceFigures): string {
   return `
 | wasm instance | p50 | p99 |
 |---|---|---|
@@ -185,13 +232,17 @@ function instanceTable(i: InstanceFigures, wakeup: Awaited<ReturnType<typeof thr
 | cold start in a burst of 50 (ms) | ${fmt(i.coldBurstMs.p50, 2)} | ${fmt(i.coldBurstMs.p99, 2)} |
 | first invocation on a new instance (ms) | ${fmt(i.firstInvokeMs.p50, 3)} | ${fmt(i.firstInvokeMs.p99, 3)} |
 
+instances created per second (burst of 50): ${fmt(i.instancesPerSecond, 0)}
+idle memory per warm instance: ${fmt(i.idleMiBPerInstance, 2)} MiB
+`;
+}
+
+function wakeupTable(wakeup: Awaited<ReturnType<typeof threadWakeup>>): string {
+  return `
 | worker message round trip (µs) | p50 | main-thread CPU per message |
 |---|---|---|
 | worker sleeps between messages | ${fmt(wakeup.sleeping.rttUs.p50)} | ${fmt(wakeup.sleeping.mainCpuUsPerMessage)} µs |
 | worker polls (never sleeps) | ${fmt(wakeup.polling.rttUs.p50)} | ${fmt(wakeup.polling.mainCpuUsPerMessage)} µs |
-
-instances created per second (burst of 50): ${fmt(i.instancesPerSecond, 0)}
-idle memory per warm instance: ${fmt(i.idleMiBPerInstance, 2)} MiB
 `;
 }
 
