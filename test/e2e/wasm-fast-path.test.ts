@@ -1,9 +1,11 @@
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
+import { readdirSync, readFileSync } from "node:fs";
 import { WholeBody } from "../../src/core/body.js";
 import type { FennecError } from "../../src/core/errors.js";
 import { WasmDriver, type WasmInstance } from "../../src/sandbox/drivers/wasm/driver.js";
+import { EXECUTOR_NICE } from "../../src/sandbox/drivers/wasm/thread-priority.js";
 import { bytesOf } from "../helpers/body.js";
 import { testConfig } from "../helpers/config.js";
 import { EXAMPLES, WASM_FIXTURES } from "../helpers/paths.js";
@@ -139,6 +141,22 @@ describe("wasm fast path: calls on the main thread", () => {
     const moved = driver.fastPath.moved.sleep;
     assert.equal(await text(sleep, "", "ms=20"), "slept 20 ms\n");
     assert.equal(driver.fastPath.moved.sleep, moved + 1);
+  });
+
+  it("runs executors below the gateway's thread's priority, so spinning guests yield it the CPU", async () => {
+    // A call that moves has run on an executor: at least one has booted by now.
+    const sleep = await start(join(WASM_FIXTURES, "sleep.wasm"));
+    assert.equal(await text(sleep, "", "ms=1"), "slept 1 ms\n");
+    // /proc/<pid>/task/<tid>/stat: the 19th field is the nice value (after the name in parentheses).
+    const niceOf = (tid: string) =>
+      Number(
+        readFileSync(`/proc/self/task/${tid}/stat`, "utf8")
+          .replace(/^.*\) /s, "")
+          .split(" ")[16],
+      );
+    const nices = readdirSync("/proc/self/task").map(niceOf);
+    assert.equal(niceOf(String(process.pid)), 0, "the gateway's thread keeps its priority");
+    assert.ok(nices.includes(EXECUTOR_NICE), `thread nice values: ${nices.join(", ")}`);
   });
 
   it("moves a call whose answer is too large to build here, and streams all of it", async () => {

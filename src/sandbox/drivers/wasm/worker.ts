@@ -10,10 +10,13 @@ import type { DoneMessage, ExecutorData, FromWorker, JobMessage, LoadPayload, To
 import { Ring } from "./ring.js";
 import { restore } from "./snapshot.js";
 import { StreamingStdin } from "./streaming-stdin.js";
+import { EXECUTOR_NICE, lowerThisThread } from "./thread-priority.js";
 import { blockingPollOneoff, bytesStdin, prepareInstance, runStart, type Prepared } from "./wasi-run.js";
 import { WARMUP_WASM_BASE64 } from "./warmup-module.js";
 
 const port = parentPort!;
+// Guest code spinning here must not take CPU from the gateway's thread (thread-priority.ts).
+lowerThisThread(EXECUTOR_NICE);
 const rings = workerData as ExecutorData;
 // The main thread waits on the rings by messages (see ring.ts); one kind serves both rings.
 const tellHost = () => post({ type: "ring" });
