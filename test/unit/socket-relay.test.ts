@@ -53,22 +53,36 @@ describe("socket relay (port forwarder and tap bridge)", () => {
   after(() => rm(dir, { recursive: true, force: true }));
 
   it("listens on its socket only once the port answers, relays a half-close, and exits with its stdin", async () => {
+    // Two routes, taken in order: the first's port answers from the start, so its socket appearing
+    // shows the relay is up and waiting on the second, whose port is closed until the test opens it.
+    // (Checking at the port's first connection raced: the relay may create its socket between its
+    // probe's handshake and this process seeing that connection.)
+    const early = halfCloseEcho();
+    await new Promise<void>((r) => early.listen(0, "127.0.0.1", r));
     const server = halfCloseEcho();
     // A free port, closed again: the relay starts with nothing answering there.
     await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
     const { port } = server.address() as AddressInfo;
     await new Promise((r) => server.close(r));
+    const first = join(dir, "first.sock");
     const sock = join(dir, "port.sock");
     const r = relay({
-      routes: [{ listen: { path: sock }, to: { host: "127.0.0.1", port } }],
+      routes: [
+        { listen: { path: first }, to: { host: "127.0.0.1", port: (early.address() as AddressInfo).port } },
+        { listen: { path: sock }, to: { host: "127.0.0.1", port } },
+      ],
       awaitTargets: true,
     });
     try {
-      const probed = new Promise<boolean>((resolve) =>
-        server.once("connection", () => resolve(existsSync(sock))),
-      );
+      while (!existsSync(first)) {
+        assert.equal(r.child.exitCode, null, "the relay exited before its first route listened");
+        await new Promise((res) => setTimeout(res, 10));
+      }
+      // A round trip through the first route: the relay has run past setting up that route, so
+      // a relay that did not wait would have made the second socket by now.
+      assert.equal(await ask(connect(first), "first"), "got: first");
+      assert.equal(existsSync(sock), false, "the socket appeared before the port answered");
       server.listen(port, "127.0.0.1");
-      assert.equal(await probed, false, "the socket appeared before the port answered");
       await r.ready;
       assert.equal(await ask(connect(sock), "hello"), "got: hello");
       r.child.stdin.end();
@@ -77,6 +91,7 @@ describe("socket relay (port forwarder and tap bridge)", () => {
     } finally {
       r.child.kill("SIGKILL");
       server.close();
+      early.close();
     }
   });
 
