@@ -10,9 +10,10 @@
  * gets what it asked for).
  */
 import { parentPort } from "node:worker_threads";
-import { ConsoleStdout, File, OpenFile, WASI, WASIProcExit } from "@bjorn3/browser_wasi_shim";
+import { ConsoleStdout, File, OpenFile, WASIProcExit } from "@bjorn3/browser_wasi_shim";
 import type { InitialiseDone, InitialiseJob } from "./initialise-protocol.js";
 import { baseline, capture, INITIALIZE_EXPORT } from "./snapshot.js";
+import { prepareInstance } from "./wasi-run.js";
 
 const port = parentPort!;
 const TAIL = 2048;
@@ -22,14 +23,12 @@ function initialise({ module, maxMemoryBytes }: InitialiseJob): InitialiseDone {
   const keep = (chunk: Uint8Array) => {
     output = (output + Buffer.from(chunk).toString("utf8")).slice(-TAIL);
   };
-  const fds = [new OpenFile(new File(new Uint8Array(0))), new ConsoleStdout(keep), new ConsoleStdout(keep)];
-  const wasi = new WASI([], [], fds, { debug: false });
-  const instance = new WebAssembly.Instance(module, { wasi_snapshot_preview1: wasi.wasiImport });
+  // The same WASI instance as a call gets (wasi-run.ts), its output kept instead of a call's.
+  const { wasi, instance } = prepareInstance(module, {});
+  wasi.fds = [new OpenFile(new File(new Uint8Array(0))), new ConsoleStdout(keep), new ConsoleStdout(keep)];
   const init = instance.exports[INITIALIZE_EXPORT];
   if (typeof init !== "function")
     return { ok: false, message: `it exports no ${INITIALIZE_EXPORT} function` };
-  // The shim reads memory through `inst`, which it normally sets in start(); we call the export ourselves.
-  wasi.inst = instance as unknown as WASI["inst"];
   const initial = baseline(instance);
   const failed = (why: string): InitialiseDone => ({
     ok: false,
