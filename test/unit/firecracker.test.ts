@@ -8,6 +8,7 @@ import { after, before, describe, it } from "node:test";
 import { promisify } from "node:util";
 import { FirecrackerVm, type FirecrackerStartOptions } from "../../src/sandbox/drivers/vm/firecracker.js";
 import { TapPool } from "../../src/sandbox/drivers/vm/taps.js";
+import { waitForSocket } from "../../src/sandbox/wait-socket.js";
 import { ROOT, tempDir } from "../helpers/paths.js";
 
 // The API client against a fake Firecracker (test/fixtures/firecracker/fake-firecracker.mjs) that
@@ -239,7 +240,9 @@ describe("the fake Firecracker itself", () => {
     await writeFile(join(tmp.dir, "vmlinux"), "");
     const child = spawn(FAKE, ["--api-sock", sock, "--id", "rules"], { cwd: tmp.dir, stdio: "ignore" });
     try {
-      await waitFor(() => existsSync(sock));
+      // The socket file appears at bind(), before listen(): a connection then is refused. Wait
+      // for one that is accepted (CI failed once on the file alone).
+      await waitForSocket(sock, AbortSignal.timeout(60_000));
       const api = (method: string, path: string, body: object) =>
         new Promise<string>((resolve, reject) => {
           const payload = JSON.stringify(body);
