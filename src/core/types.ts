@@ -1,4 +1,5 @@
 import type { Readable } from "node:stream";
+import type { CallHost } from "./call-host.js";
 
 /** A function's identity: `user/name`; functions directly under the registry belong to user `default`. */
 export interface FunctionId {
@@ -33,6 +34,11 @@ export interface InvokeRequest {
   /** Lower-cased header names; repeated headers joined with ", " as HTTP allows. */
   readonly headers: Readonly<Record<string, string>>;
   readonly body: Body;
+  /**
+   * The call this request is, and what it may ask of Fennec (chain, await, state); set by the
+   * invocation layer for calls it records. A driver that supports chaining exposes it to the guest.
+   */
+  readonly call?: CallHost;
 }
 
 export interface InvokeResponse {
