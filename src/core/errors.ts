@@ -33,6 +33,27 @@ export const ErrorCodes = [
   /** A service a sandbox needs (the Docker engine) cannot be reached. */
   "BACKEND_DOWN",
   "INTERNAL",
+  // durable invocations
+  /** No call with that id (it never existed, or retention removed it). */
+  "CALL_NOT_FOUND",
+  /** A call in a state the operation does not apply to (replaying a call that is not dead). */
+  "CALL_STATE",
+  /** The invocation store's disk is full: nothing was accepted. */
+  "STORE_FULL",
+  /** The invocation store's file is not a database Fennec can use (found at start). */
+  "STORE_CORRUPT",
+  /** The store failed otherwise (I/O error, locked by another process). */
+  "STORE_UNAVAILABLE",
+  /** An X-Callback-Url that is not http(s) or not on the allow-list. */
+  "CALLBACK_NOT_ALLOWED",
+  /** A chain deeper than the limit (a cycle ends here too). */
+  "CHAIN_TOO_DEEP",
+  /** A function chained a function of another user. */
+  "CHAIN_OTHER_USER",
+  /** An awaited child that nothing can run: the node's memory budget is spent. */
+  "CHAIN_NO_CAPACITY",
+  /** A per-user state value or key over its size limit. */
+  "STATE_TOO_LARGE",
   // the function's fault
   "FN_CONFIG_INVALID",
   "FN_BAD_MODULE",

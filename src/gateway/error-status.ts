@@ -28,6 +28,18 @@ export const STATUS_BY_CODE: Record<ErrorCode, number> = {
   DRIVER_UNAVAILABLE: 409,
   BACKEND_DOWN: 503,
   INTERNAL: 500,
+  CALL_NOT_FOUND: 404,
+  CALL_STATE: 409,
+  // WebDAV's Insufficient Storage: the request was sound, the server cannot keep it now.
+  STORE_FULL: 507,
+  STORE_CORRUPT: 500,
+  STORE_UNAVAILABLE: 503,
+  CALLBACK_NOT_ALLOWED: 400,
+  // Loop Detected: a chain past its depth limit is most often a cycle.
+  CHAIN_TOO_DEEP: 508,
+  CHAIN_OTHER_USER: 403,
+  CHAIN_NO_CAPACITY: 503,
+  STATE_TOO_LARGE: 413,
   FN_CONFIG_INVALID: 500,
   FN_BAD_MODULE: 500,
   FN_INIT_TIMEOUT: 504,
