@@ -70,6 +70,7 @@ Edits on disk apply to new instances without a restart; SIGINT/SIGTERM drain and
   --start-timeout MS     how long an instance may take to become ready (default 25000)
   --cache-dir DIR        compiled modules and VM snapshots (default DIR/.fennec/cache)
   --log-level LEVEL      error | warn | info | debug (default info)
+  --no-records           keep no call records and no function logs (calls still get an X-Call-Id)
 ${flagHelp(sandboxKinds.flags("serve"))}
   -h, --help             this help`,
   async run(argv) {
@@ -87,6 +88,7 @@ ${flagHelp(sandboxKinds.flags("serve"))}
         "start-timeout": { type: "string", default: "25000" },
         "cache-dir": { type: "string" },
         "log-level": { type: "string", default: "info" },
+        "no-records": { type: "boolean", default: false },
         ...parseArgsOptions(sandboxKinds.flags("serve")),
         help: { type: "boolean", short: "h" },
       },
@@ -119,6 +121,7 @@ ${flagHelp(sandboxKinds.flags("serve"))}
       startTimeoutMs: num("start-timeout", values["start-timeout"]),
       ...(values["cache-dir"] ? { cacheDir: values["cache-dir"] } : {}),
       logLevel: level as "info",
+      records: !values["no-records"],
       driverSettings: driverSettings(sandboxKinds.flags("serve"), values),
     });
     await new Promise<void>((resolve, reject) => {
