@@ -21,7 +21,7 @@
  *   --compare          the build in DIR (another checkout, `npm run build` done there) beside this
  *                      one: one more Fennec [wasm] warm row, and its instance figures, rounds
  *                      alternating (--instance-rounds, default 3 with --compare, else 1)
- * Writes bench/results/latest.json (a full run), neighbours.json and instances.json,
+ * Writes bench/results/latest.json (a full run; warm-rows.json with --rows), neighbours.json and instances.json,
  * docs/img/warm-wasm-rps.svg and docs/img/warm-wasm-latency.svg, and prints the tables (markdown).
  * Needs wrk (/usr/bin/wrk, Debian's package).
  */
@@ -166,7 +166,8 @@ async function main(): Promise<void> {
   const loadAfter = load();
 
   const instance = builds?.[0]?.rounds[0];
-  writeResults("latest.json", {
+  // Some rows only: their own file, and the full run's results and charts stay as they are.
+  writeResults(OPTS.rows ? "warm-rows.json" : "latest.json", {
     machine: machine(true),
     loadavg: { before: loadBefore, after: loadAfter },
     options: { ...OPTS, quick, warmOnly: args["warm-only"], body: BODY, client: "wrk", inFlight: IN_FLIGHT },
@@ -176,7 +177,7 @@ async function main(): Promise<void> {
     ...(builds && builds.length > 1 ? { instanceCompare: builds } : {}),
     ...(wakeup ? { wakeup } : {}),
   });
-  plots(rows);
+  if (!OPTS.rows) plots(rows);
   console.log(warmTable(rows, r, loadBefore, loadAfter));
   if (neighbours) console.log(neighboursTable(neighbours));
   if (instance && wakeup) console.log(instanceTable(instance) + wakeupTable(wakeup));

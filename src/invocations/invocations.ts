@@ -16,7 +16,7 @@ import type { CallRecord, InvocationStore } from "../store/contract.js";
 export type CallHostFactory = (callId: string, user: string, depth: number) => CallHost;
 
 export interface InvocationsOptions {
-  readonly scheduler: Scheduler;
+  readonly scheduler: Pick<Scheduler, "invoke">;
   /** Where records go. */
   readonly store: InvocationStore;
   /** This node's name in records (the host's name by default). */
@@ -26,6 +26,17 @@ export interface InvocationsOptions {
   /** Undefined: calls get no CallHost (nothing to chain or keep state with). */
   readonly makeCallHost?: CallHostFactory | undefined;
   readonly log: Logger;
+}
+
+/**
+ * A UUID of version 7 (RFC 9562): the time in milliseconds, then random bits. Still a UUID, and
+ * ids made later sort later, so the store adds each record at the end of its index instead of
+ * at a random place in it, which made a record cost three times as much to write (bench/records.ts).
+ */
+export function timeOrderedUuid(now: number): string {
+  const random = randomUUID(); // xxxxxxxx-xxxx-4xxx-Vxxx-xxxxxxxxxxxx
+  const time = now.toString(16).padStart(12, "0");
+  return `${time.slice(0, 8)}-${time.slice(8, 12)}-7${random.slice(15)}`;
 }
 
 export type SyncOutcome = InvokeOutcome | { error: FennecError; record: InvocationRecord };
@@ -49,7 +60,7 @@ export class Invocations {
 
   /** A new call's id. */
   newCallId(): string {
-    return randomUUID();
+    return timeOrderedUuid(Date.now());
   }
 
   /** What the call `callId` of a function of `user` may ask (undefined without a factory). */
@@ -72,10 +83,7 @@ export class Invocations {
     if (!this.#o.records) return outcome;
     if ("error" in outcome) this.#write(callId, submittedAt, outcome.record, outcome.error.message);
     else
-      outcome.record.then(
-        (record) => this.#write(callId, submittedAt, record, undefined),
-        this.#failedWrite,
-      );
+      outcome.record.then((record) => this.#write(callId, submittedAt, record, undefined), this.#failedWrite);
     return outcome;
   }
 
