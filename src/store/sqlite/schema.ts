@@ -32,7 +32,7 @@ const MIGRATIONS: readonly string[] = [
     lease_until INTEGER,
     -- what this call keeps (request, response, its strings), for retention by bytes
     bytes INTEGER NOT NULL
-  ) WITHOUT ROWID;
+  );
   CREATE INDEX calls_submitted ON calls (submitted_at);
   CREATE INDEX calls_function ON calls (function, submitted_at);
   CREATE INDEX calls_parent ON calls (parent_id) WHERE parent_id IS NOT NULL;
