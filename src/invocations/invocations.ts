@@ -34,10 +34,17 @@ export interface InvocationsOptions {
  * at a random place in it, which made a record cost three times as much to write (bench/records.ts).
  */
 export function timeOrderedUuid(now: number): string {
-  const random = randomUUID(); // xxxxxxxx-xxxx-4xxx-Vxxx-xxxxxxxxxxxx
-  const time = now.toString(16).padStart(12, "0");
-  return `${time.slice(0, 8)}-${time.slice(8, 12)}-7${random.slice(15)}`;
+  if (now !== prefixAt) {
+    const time = now.toString(16).padStart(12, "0");
+    prefix = `${time.slice(0, 8)}-${time.slice(8, 12)}-7`;
+    prefixAt = now;
+  }
+  // randomUUID() is xxxxxxxx-xxxx-4xxx-Vxxx-xxxxxxxxxxxx: its random part after the version digit.
+  return prefix + randomUUID().slice(15);
 }
+/** The time part of the ids of the current millisecond: made once per millisecond, not per call. */
+let prefix = "";
+let prefixAt = -1;
 
 export type SyncOutcome = InvokeOutcome | { error: FennecError; record: InvocationRecord };
 
