@@ -28,6 +28,7 @@ import { NOT_FORWARDED, sendResponse } from "./function-response.js";
 import { requestBody } from "./request-body.js";
 import { functionId, parseTarget, type Target } from "./routes.js";
 import { deployCheck, deployFromJson, describeFunctions, type ModuleValidator } from "./admin.js";
+import type { InvocationStore } from "../store/contract.js";
 
 export interface GatewayOptions {
   readonly scheduler: Scheduler;
@@ -50,6 +51,8 @@ export interface GatewayOptions {
   readonly backends?: () => Record<string, unknown>;
   /** Bounds of the uncollected `/fa` results kept in memory (defaults in AsyncCalls). */
   readonly asyncResults?: AsyncCallLimits;
+  /** The invocation store: async calls, call records, logs, state. */
+  readonly store: InvocationStore;
 }
 
 /** Default function.toml for a module uploaded without one (Faasm's PUT creates functions). */
