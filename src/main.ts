@@ -19,8 +19,9 @@ import { ReadinessHub } from "./sandbox/readiness.js";
 import { Scheduler } from "./scheduler/scheduler.js";
 import { Invocations, type CallHostFactory } from "./invocations/invocations.js";
 import { sinkLogs } from "./invocations/log-sink.js";
-import type { InvocationStore } from "./store/contract.js";
-import { SqliteStore } from "./store/sqlite-store.js";
+import type { InvocationStore, RetentionPolicy } from "./store/contract.js";
+import { DEFAULT_RETENTION, requeueOrphans, startRetention } from "./store/housekeeping.js";
+import { openStore } from "./store/open-store.js";
 
 export interface FennecOptions {
   readonly registry: string;
@@ -56,6 +57,10 @@ export interface FennecOptions {
   readonly server?: ServerLimits;
   /** Bounds of uncollected `/fa` results: count, bytes, age (defaults in AsyncCalls). */
   readonly asyncResults?: AsyncCallLimits;
+  /** Where the invocation store keeps its database (`fennec.db`); default `<registry>/.fennec/state`. */
+  readonly stateDir?: string;
+  /** What the store's retention keeps (default 7 days, 1 GiB); runs at start and every minute. */
+  readonly retention?: Partial<RetentionPolicy>;
   /** This node's name in call records (default: the host's name). */
   readonly node?: string;
   /**
@@ -111,6 +116,8 @@ export interface Fennec {
   readonly server: Server;
   readonly scheduler: Scheduler;
   readonly registry: DirectoryRegistry;
+  /** The invocation store: async calls, call records, logs, state. */
+  readonly store: InvocationStore;
   readonly log: Logger;
   /** Stops accepting, drains in-flight calls (up to `graceMs`), stops every instance. Idempotent. */
   close(graceMs?: number): Promise<void>;
@@ -121,6 +128,8 @@ export async function startFennec(options: FennecOptions): Promise<Fennec> {
   const log = createLogger(options.logLevel ?? "info");
   const allowedHosts = new AllowedHosts(options.allowedHosts, options.host);
   const root = resolve(options.registry);
+  // First: a damaged or busy store stops the start before anything else is touched.
+  const store = openStore(options.stateDir ?? join(root, ".fennec", "state"), { log });
   const kinds = options.kinds ?? sandboxKinds;
   // A directory a deploy replaced stays until the scheduler has no instance read from it.
   const registry: DirectoryRegistry = new DirectoryRegistry(root, {
@@ -167,8 +176,12 @@ export async function startFennec(options: FennecOptions): Promise<Fennec> {
     log,
     onInstanceStopped: () => void registry.releaseRetired(),
   });
-  // Replaced by the store opened from --state-dir (src/store/open-store.ts).
-  const store: InvocationStore = new SqliteStore(":memory:", { log });
+  // Alone on the file, every call still marked running belongs to a Fennec that died; shared with
+  // a live one, those may be its calls: their leases give them back if it dies.
+  const orphans = store.soleOwner ? await requeueOrphans(store) : 0;
+  if (orphans > 0)
+    log.info("calls that were running when Fennec stopped are queued again", { calls: orphans });
+  const retention = startRetention(store, { ...DEFAULT_RETENTION, ...options.retention }, log);
   const records = options.records ?? true;
   const invocations = new Invocations({
     scheduler,
@@ -203,8 +216,8 @@ export async function startFennec(options: FennecOptions): Promise<Fennec> {
     token: options.token,
     allowedHosts,
     backends: () => kinds.status(kindDrivers),
-    ...(options.asyncResults ? { asyncResults: options.asyncResults } : {}),
     store,
+    ...(options.asyncResults ? { asyncResults: options.asyncResults } : {}),
     invocations,
   });
 
@@ -213,6 +226,7 @@ export async function startFennec(options: FennecOptions): Promise<Fennec> {
     // Nothing will be served: stop what was started (idle executor threads would keep the process alive).
     await scheduler.close(0);
     stopLogs();
+    await retention.stop();
     await store.close();
     throw err;
   });
@@ -276,11 +290,13 @@ export async function startFennec(options: FennecOptions): Promise<Fennec> {
       stats.close();
       metrics.close();
       stopLogs();
+      // Last: what the drained calls wrote (results, records, logs) is on disk before it closes.
+      await retention.stop();
       await store.close();
     })();
     return closing;
   };
-  return { url, server, scheduler, registry, log, close };
+  return { url, server, scheduler, registry, store, log, close };
 }
 
 /** Listens, or rejects with one clear line naming the address and the reason (a busy port, a bad host). */

@@ -1,6 +1,8 @@
 import { readdir, readFile, stat } from "node:fs/promises";
 import { basename, join, resolve } from "node:path";
 import { parseArgs } from "node:util";
+import { parseByteSize } from "../config/byte-size.js";
+import { parseDuration } from "../config/duration.js";
 import { sandboxKinds } from "../sandbox/drivers/index.js";
 import type { DriverFlag, DriverSettings } from "../sandbox/kind.js";
 import { callTable, eachLine, logLine, type CallRow, type LogMessage } from "./call-output.js";
@@ -69,6 +71,12 @@ Edits on disk apply to new instances without a restart; SIGINT/SIGTERM drain and
   --upload-limit BYTES   largest module upload or deploy document (default 67108864)
   --start-timeout MS     how long an instance may take to become ready (default 25000)
   --cache-dir DIR        compiled modules and VM snapshots (default DIR/.fennec/cache)
+  --state-dir DIR        the invocation store: async calls, call records, logs, state
+                         (default DIR/.fennec/state; file fennec.db)
+  --retention-age AGE    finished calls and log lines older than this are removed
+                         (default 7d; units ms, s, m, h, d)
+  --retention-bytes SIZE then the oldest until the store keeps less than this; queued
+                         calls and dead letters stay (default 1GiB; bytes, or KiB/MiB/GiB)
   --log-level LEVEL      error | warn | info | debug (default info)
   --no-records           keep no call records and no function logs (calls still get an X-Call-Id)
 ${flagHelp(sandboxKinds.flags("serve"))}
@@ -87,6 +95,9 @@ ${flagHelp(sandboxKinds.flags("serve"))}
         "upload-limit": { type: "string", default: String(64 * 2 ** 20) },
         "start-timeout": { type: "string", default: "25000" },
         "cache-dir": { type: "string" },
+        "state-dir": { type: "string" },
+        "retention-age": { type: "string", default: "7d" },
+        "retention-bytes": { type: "string", default: "1GiB" },
         "log-level": { type: "string", default: "info" },
         "no-records": { type: "boolean", default: false },
         ...parseArgsOptions(sandboxKinds.flags("serve")),
@@ -104,6 +115,16 @@ ${flagHelp(sandboxKinds.flags("serve"))}
     const level = values["log-level"];
     if (!["error", "warn", "info", "debug"].includes(level))
       throw new UsageError(`--log-level expects error, warn, info or debug`);
+    const maxAgeMs = parseDuration(values["retention-age"]);
+    if (maxAgeMs === undefined)
+      throw new UsageError(
+        `--retention-age expects a duration such as 24h or 7d, got ${JSON.stringify(values["retention-age"])}`,
+      );
+    const maxBytes = parseByteSize(values["retention-bytes"]);
+    if (maxBytes === undefined)
+      throw new UsageError(
+        `--retention-bytes expects a size such as 512MiB or 1GiB, got ${JSON.stringify(values["retention-bytes"])}`,
+      );
     await stat(values.registry).catch(() => {
       throw new Error(`registry directory ${values.registry} does not exist`);
     });
@@ -120,6 +141,8 @@ ${flagHelp(sandboxKinds.flags("serve"))}
       uploadLimitBytes: num("upload-limit", values["upload-limit"]),
       startTimeoutMs: num("start-timeout", values["start-timeout"]),
       ...(values["cache-dir"] ? { cacheDir: values["cache-dir"] } : {}),
+      ...(values["state-dir"] ? { stateDir: values["state-dir"] } : {}),
+      retention: { maxAgeMs, maxBytes },
       logLevel: level as "info",
       records: !values["no-records"],
       driverSettings: driverSettings(sandboxKinds.flags("serve"), values),

@@ -14,7 +14,6 @@ import type { Scheduler } from "../scheduler/scheduler.js";
 import type { StatsCollector } from "../metrics/stats.js";
 import type { PrometheusMetrics } from "../metrics/prometheus.js";
 import type { Invocations } from "../invocations/invocations.js";
-import type { InvocationStore } from "../store/contract.js";
 import { AsyncCalls, type AsyncCallLimits } from "./async-calls.js";
 import {
   CALL_ID_HEADER,
@@ -33,6 +32,7 @@ import { requestBody } from "./request-body.js";
 import { functionId, parseTarget, type Target } from "./routes.js";
 import { deployCheck, deployFromJson, describeFunctions, type ModuleValidator } from "./admin.js";
 import { serveCallRoutes } from "./call-routes.js";
+import type { InvocationStore } from "../store/contract.js";
 
 export interface GatewayOptions {
   readonly scheduler: Scheduler;
@@ -55,7 +55,7 @@ export interface GatewayOptions {
   readonly backends?: () => Record<string, unknown>;
   /** Bounds of the uncollected `/fa` results kept in memory (defaults in AsyncCalls). */
   readonly asyncResults?: AsyncCallLimits;
-  /** Calls, their records, function logs and per-user state. */
+  /** The invocation store: async calls, call records, logs, state. */
   readonly store: InvocationStore;
   /** The sync-call service: call ids, call hosts, records. */
   readonly invocations: Invocations;

@@ -64,8 +64,14 @@ export class SqliteStore implements InvocationStore {
   readonly #followers = new LogFollowers();
   readonly #log: Logger | undefined;
   readonly #sql: ReturnType<typeof statements>;
-  /** Held while open: a second Fennec on the same file is refused (see ownerLock). */
+  /** Held while open (see ownerLock). */
   readonly #owner: Database.Database | undefined;
+  /**
+   * Whether this process alone has the file open: then every call marked running at open is an
+   * orphan of a process that died (see requeueOrphans). False in memory (nothing survives) and
+   * when another live Fennec shares the file.
+   */
+  readonly soleOwner: boolean;
   #closed = false;
 
   /** Opens (creating) the database at `path`, or `:memory:`. Throws STORE_CORRUPT / STORE_UNAVAILABLE. */
@@ -75,21 +81,25 @@ export class SqliteStore implements InvocationStore {
     const memory = path === ":memory:";
     let db: Database.Database | undefined;
     try {
-      db = new Database(path, { timeout: 0 });
+      // At open only, waiting for a lock is fine (another Fennec sharing the file may be writing).
+      db = new Database(path, { timeout: 5000 });
       // Checks the file's header and schema: garbage fails here, before anything is written.
       db.prepare("SELECT count(*) FROM sqlite_schema").get();
-      if (!memory) this.#owner = ownerLock(path, this.describe);
+      if (!memory) this.#owner = ownerLock(path);
       db.pragma("journal_mode = WAL");
       db.pragma("synchronous = FULL");
       // The writer thread checkpoints (an fsync of the database file): never this thread.
       db.pragma("wal_autocheckpoint = 0");
       db.pragma(`journal_size_limit = ${64 * 2 ** 20}`);
       migrate(db, this.describe);
+      // From now on this connection never waits inside SQLite (see whenFree).
+      db.pragma("busy_timeout = 0");
     } catch (err) {
       db?.close();
       this.#owner?.close();
       throw storeError(err, this.describe, "opening it");
     }
+    this.soleOwner = this.#owner !== undefined;
     this.#db = db;
     this.#sql = statements(db);
     this.#state = new StateOps(db);
@@ -519,26 +529,24 @@ export class SqliteStore implements InvocationStore {
 }
 
 /**
- * A lock that says "this file is open in a Fennec": `<path>.lock`, a tiny SQLite database held in
- * exclusive locking mode. The kernel drops the lock when the process dies however it dies, so a
- * SIGKILL leaves nothing stale, and a second Fennec on the same state directory is refused at
- * start instead of requeueing the first one's running calls.
+ * A lock that says "this file is open in a live Fennec": `<path>.lock`, a tiny SQLite database
+ * held in exclusive locking mode. The kernel drops it when the process dies however it dies, so a
+ * SIGKILL leaves nothing stale. Undefined when another live process holds it: the store is then
+ * shared (two Fennecs serving one registry), which SQLite allows, but calls marked running may be
+ * that process's, so only leases that run out give them back.
  */
-function ownerLock(path: string, describe: string): Database.Database {
+function ownerLock(path: string): Database.Database | undefined {
   const lock = new Database(`${path}.lock`, { timeout: 0 });
   try {
     lock.pragma("locking_mode = EXCLUSIVE");
+    // Its content is nothing: no journal file beside it.
+    lock.pragma("journal_mode = OFF");
     // The first write takes the exclusive lock; exclusive mode keeps it until close.
     lock.pragma("user_version = 1");
     return lock;
   } catch (err) {
     lock.close();
-    if ((err as { code?: string }).code?.startsWith("SQLITE_BUSY"))
-      throw new FennecError(
-        "STORE_UNAVAILABLE",
-        `${describe} is in use by another process (another Fennec on the same --state-dir?)`,
-        { cause: err },
-      );
+    if ((err as { code?: string }).code?.startsWith("SQLITE_BUSY")) return undefined;
     throw err;
   }
 }
