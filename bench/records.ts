@@ -7,7 +7,7 @@
  * `npm run bench -- --warm-only --rows wasm,wasm-no-records` measures the same through wrk; on a
  * busy machine this one's figure is the steadier.
  *
- * Usage: npm run build && node dist/bench/records.js [--calls 200000] [--rounds 5] [--request-us 111]
+ * Usage: npm run bench:records [-- --calls 200000 --rounds 5 --request-us 111]
  */
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";

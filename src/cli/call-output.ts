@@ -55,7 +55,10 @@ export function logLine(m: LogMessage): string {
 }
 
 /** Calls `onLine` with each line of a newline-delimited body as it arrives. */
-export async function eachLine(body: ReadableStream<Uint8Array>, onLine: (line: string) => void): Promise<void> {
+export async function eachLine(
+  body: ReadableStream<Uint8Array>,
+  onLine: (line: string) => void,
+): Promise<void> {
   const decoder = new TextDecoder();
   let rest = "";
   const reader = body.getReader();

@@ -468,7 +468,10 @@ ${Object.entries(callsSubcommands)
     const [sub, ...rest] = argv;
     if (sub === undefined || sub === "--help" || sub === "-h") return help(calls);
     const command = callsSubcommands[sub];
-    if (!command) throw new UsageError(`unknown subcommand ${JSON.stringify(sub)}: ${Object.keys(callsSubcommands).join(", ")}`);
+    if (!command)
+      throw new UsageError(
+        `unknown subcommand ${JSON.stringify(sub)}: ${Object.keys(callsSubcommands).join(", ")}`,
+      );
     return command.run(rest);
   },
 };

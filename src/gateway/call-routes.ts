@@ -7,7 +7,14 @@ import type { ServerResponse } from "node:http";
 import { FennecError } from "../core/errors.js";
 import { quoteForMessage } from "../core/names.js";
 import { functionKey } from "../core/types.js";
-import { TERMINAL_STATES, type CallQuery, type CallState, type InvocationStore, type LogQuery, type StoredLogLine } from "../store/contract.js";
+import {
+  TERMINAL_STATES,
+  type CallQuery,
+  type CallState,
+  type InvocationStore,
+  type LogQuery,
+  type StoredLogLine,
+} from "../store/contract.js";
 import { sendJson } from "./http-util.js";
 import { functionId } from "./routes.js";
 
@@ -29,7 +36,11 @@ export async function serveCallRoutes(
   if (what === "calls" && extra === undefined) {
     if (id === undefined || id === "") return sendJson(res, 200, await store.list(callQuery(params)));
     const record = await store.get(id);
-    if (!record) throw new FennecError("CALL_NOT_FOUND", `no call ${quoteForMessage(id)} (it never existed, or retention removed it)`);
+    if (!record)
+      throw new FennecError(
+        "CALL_NOT_FOUND",
+        `no call ${quoteForMessage(id)} (it never existed, or retention removed it)`,
+      );
     return sendJson(res, 200, record);
   }
   throw new FennecError("NOT_FOUND", `no route for GET ${quoteForMessage("/" + segments.join("/"))}`);
@@ -55,14 +66,18 @@ export function parseSince(text: string, now = Date.now()): number {
 /** `name` or `user/name`, as the store keys functions. */
 function functionParam(value: string): string {
   const parts = value.split("/");
-  if (parts.length > 2) throw new FennecError("BAD_NAME", `function=${quoteForMessage(value)} is not a function name`);
+  if (parts.length > 2)
+    throw new FennecError("BAD_NAME", `function=${quoteForMessage(value)} is not a function name`);
   return functionKey(parts.length === 2 ? functionId(parts[0], parts[1]) : functionId(undefined, value));
 }
 
 function limitParam(value: string, max: number): number {
   const n = Number(value);
   if (!/^\d+$/.test(value) || n < 1 || n > max)
-    throw new FennecError("BAD_REQUEST", `limit=${quoteForMessage(value)} must be a whole number from 1 to ${max}`);
+    throw new FennecError(
+      "BAD_REQUEST",
+      `limit=${quoteForMessage(value)} must be a whole number from 1 to ${max}`,
+    );
   return n;
 }
 
@@ -73,7 +88,10 @@ function callQuery(params: URLSearchParams): CallQuery {
   const state = params.get("state");
   if (state) {
     if (!STATES.has(state))
-      throw new FennecError("BAD_REQUEST", `state=${quoteForMessage(state)} is not one of ${[...STATES].join(", ")}`);
+      throw new FennecError(
+        "BAD_REQUEST",
+        `state=${quoteForMessage(state)} is not one of ${[...STATES].join(", ")}`,
+      );
     q.state = state as CallState;
   }
   const kind = params.get("kind");
@@ -154,7 +172,10 @@ async function serveLogs(
   res.once("close", stop);
   try {
     const history = await store.logs(q);
-    res.writeHead(200, { "content-type": "application/x-ndjson; charset=utf-8", "cache-control": "no-store" });
+    res.writeHead(200, {
+      "content-type": "application/x-ndjson; charset=utf-8",
+      "cache-control": "no-store",
+    });
     // Sent at once: a follower sees the stream open before any line is written.
     res.flushHeaders();
     for (const line of history) send(line);

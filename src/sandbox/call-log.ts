@@ -138,7 +138,14 @@ export class InstanceLog {
       if (used > CALL_LOG_BYTES) {
         if (this.#used.get(callId) !== Number.POSITIVE_INFINITY) {
           this.#used.set(callId, Number.POSITIVE_INFINITY);
-          publishLog({ time, function: this.#fn, callId, instanceId: this.#instanceId, stream, text: TRUNCATED_MARKER });
+          publishLog({
+            time,
+            function: this.#fn,
+            callId,
+            instanceId: this.#instanceId,
+            stream,
+            text: TRUNCATED_MARKER,
+          });
         }
         return;
       }

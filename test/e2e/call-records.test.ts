@@ -133,7 +133,10 @@ describe("call records and function logs", () => {
       [ids[2], ids[1]],
     );
     assert.equal((await get("/system/calls?function=echo&status=500")).json<CallRecord[]>().length, 0);
-    assert.equal((await get("/system/calls?function=echo&status=200&kind=sync")).json<CallRecord[]>().length, 3);
+    assert.equal(
+      (await get("/system/calls?function=echo&status=200&kind=sync")).json<CallRecord[]>().length,
+      3,
+    );
     assert.equal((await get("/system/calls?function=echo&state=failed")).json<CallRecord[]>().length, 0);
     assert.equal((await get("/system/calls?function=echo&since=10m")).json<CallRecord[]>().length, 3);
     assert.equal(
@@ -269,7 +272,9 @@ describe("call records and function logs", () => {
     assert.match(head!, /^ID\s+FUNCTION\s+KIND\s+STATE\s+RESULT/);
     assert.match(row!, new RegExp(`^${id}\\s+default/logger\\s+sync\\s+succeeded\\s+200\\s+warm`));
     assert.deepEqual(more, []);
-    const json = JSON.parse((await cli("calls", "ls", "--status", "FN_EXIT", "--json")).stdout) as CallRecord[];
+    const json = JSON.parse(
+      (await cli("calls", "ls", "--status", "FN_EXIT", "--json")).stdout,
+    ) as CallRecord[];
     assert.ok(json.length >= 1 && json.every((c) => c.errorCode === "FN_EXIT"));
     const shown = JSON.parse((await cli("calls", "get", id)).stdout) as CallRecord;
     assert.equal(shown.id, id);
