@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { execFile } from "node:child_process";
+import { execFile, spawn } from "node:child_process";
 import { copyFile, mkdir, writeFile } from "node:fs/promises";
 import { request as httpRequest, type IncomingMessage } from "node:http";
 import { join } from "node:path";
@@ -285,5 +285,35 @@ describe("call records and function logs", () => {
     const missing = await cli("calls", "get", "nope").catch((err: { code: number; stderr: string }) => err);
     assert.equal((missing as { code: number }).code, 1);
     assert.match((missing as { stderr: string }).stderr, /CALL_NOT_FOUND/);
+    assert.deepEqual(JSON.parse((await cli("calls", "ls", "--dead", "--json")).stdout), []);
+  });
+
+  it("follows a function's log with the CLI until it is interrupted", async () => {
+    const child = spawn(
+      process.execPath,
+      [CLI, "logs", "logger", "--follow", "--since", "1s", "--url", server.url, "--token", TOKEN],
+      { stdio: ["ignore", "pipe", "pipe"] },
+    );
+    const exited = new Promise<number | null>((r) =>
+      child.once("exit", (code, signal) => r(code ?? (signal ? -1 : null))),
+    );
+    let out = "";
+    child.stdout.on("data", (d: Buffer) => (out += d.toString()));
+    try {
+      // Lines written after the follower started reach it; it is told nothing of them in advance.
+      const id = await waitFor(
+        "a followed call",
+        async () => {
+          const r = await invoke("/invoke/logger", "cli-followed");
+          const callId = r.headers.get("x-call-id")!;
+          return out.includes(`${callId} called with cli-followed`) ? callId : undefined;
+        },
+        { intervalMs: 500 },
+      );
+      assert.match(out, new RegExp(`Z ${id} called with cli-followed\n`));
+    } finally {
+      child.kill("SIGINT");
+    }
+    assert.notEqual(await exited, 0, "a follower runs until interrupted");
   });
 });
