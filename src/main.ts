@@ -1,5 +1,6 @@
 import { createServer, type Server } from "node:http";
 import type { AddressInfo } from "node:net";
+import { hostname } from "node:os";
 import { join, resolve } from "node:path";
 import { toFennecError } from "./core/errors.js";
 import { createLogger, type Logger, type LogLevel } from "./core/log.js";
@@ -16,6 +17,11 @@ import type { DriverSettings } from "./sandbox/kind.js";
 import type { SandboxKinds } from "./sandbox/kinds.js";
 import { ReadinessHub } from "./sandbox/readiness.js";
 import { Scheduler } from "./scheduler/scheduler.js";
+import { Invocations, type CallHostFactory } from "./invocations/invocations.js";
+import { sinkLogs } from "./invocations/log-sink.js";
+import type { InvocationStore, RetentionPolicy } from "./store/contract.js";
+import { DEFAULT_RETENTION, requeueOrphans, startRetention } from "./store/housekeeping.js";
+import { openStore } from "./store/open-store.js";
 
 export interface FennecOptions {
   readonly registry: string;
@@ -51,6 +57,19 @@ export interface FennecOptions {
   readonly server?: ServerLimits;
   /** Bounds of uncollected `/fa` results: count, bytes, age (defaults in AsyncCalls). */
   readonly asyncResults?: AsyncCallLimits;
+  /** Where the invocation store keeps its database (`fennec.db`); default `<registry>/.fennec/state`. */
+  readonly stateDir?: string;
+  /** What the store's retention keeps (default 7 days, 1 GiB); runs at start and every minute. */
+  readonly retention?: Partial<RetentionPolicy>;
+  /** This node's name in call records (default: the host's name). */
+  readonly node?: string;
+  /**
+   * False keeps no call records and no function logs (`fennec serve --no-records`); calls still
+   * get their ids. Default true.
+   */
+  readonly records?: boolean;
+  /** What a running call may ask of Fennec (chain, await, state); undefined: calls get none. */
+  readonly makeCallHost?: CallHostFactory;
 }
 
 export interface ServerLimits {
@@ -97,6 +116,8 @@ export interface Fennec {
   readonly server: Server;
   readonly scheduler: Scheduler;
   readonly registry: DirectoryRegistry;
+  /** The invocation store: async calls, call records, logs, state. */
+  readonly store: InvocationStore;
   readonly log: Logger;
   /** Stops accepting, drains in-flight calls (up to `graceMs`), stops every instance. Idempotent. */
   close(graceMs?: number): Promise<void>;
@@ -107,6 +128,8 @@ export async function startFennec(options: FennecOptions): Promise<Fennec> {
   const log = createLogger(options.logLevel ?? "info");
   const allowedHosts = new AllowedHosts(options.allowedHosts, options.host);
   const root = resolve(options.registry);
+  // First: a damaged or busy store stops the start before anything else is touched.
+  const store = openStore(options.stateDir ?? join(root, ".fennec", "state"), { log });
   const kinds = options.kinds ?? sandboxKinds;
   // A directory a deploy replaced stays until the scheduler has no instance read from it.
   const registry: DirectoryRegistry = new DirectoryRegistry(root, {
@@ -153,6 +176,24 @@ export async function startFennec(options: FennecOptions): Promise<Fennec> {
     log,
     onInstanceStopped: () => void registry.releaseRetired(),
   });
+  // Alone on the file, every call still marked running belongs to a Fennec that died; shared with
+  // a live one, those may be its calls: their leases give them back if it dies.
+  const orphans = store.soleOwner ? await requeueOrphans(store) : 0;
+  if (orphans > 0)
+    log.info("calls that were running when Fennec stopped are queued again", { calls: orphans });
+  const retention = startRetention(store, { ...DEFAULT_RETENTION, ...options.retention }, log);
+  const records = options.records ?? true;
+  const invocations = new Invocations({
+    scheduler,
+    store,
+    node: options.node ?? hostname(),
+    records,
+    makeCallHost: options.makeCallHost,
+    log,
+  });
+  const stopLogs = records
+    ? sinkLogs(store, (err) => log.warn("function log lines not kept", { error: toFennecError(err).message }))
+    : () => undefined;
   const stats = new StatsCollector(scheduler.node);
   const metrics = new PrometheusMetrics(
     () =>
@@ -175,13 +216,18 @@ export async function startFennec(options: FennecOptions): Promise<Fennec> {
     token: options.token,
     allowedHosts,
     backends: () => kinds.status(kindDrivers),
+    store,
     ...(options.asyncResults ? { asyncResults: options.asyncResults } : {}),
+    invocations,
   });
 
   const server = createGatewayServer(options.server ?? {}, gateway.handle);
   await listen(server, options.port ?? 8123, options.host ?? "127.0.0.1").catch(async (err: unknown) => {
     // Nothing will be served: stop what was started (idle executor threads would keep the process alive).
     await scheduler.close(0);
+    stopLogs();
+    await retention.stop();
+    await store.close();
     throw err;
   });
   const address = server.address() as AddressInfo;
@@ -243,10 +289,14 @@ export async function startFennec(options: FennecOptions): Promise<Fennec> {
       await serverClosed;
       stats.close();
       metrics.close();
+      stopLogs();
+      // Last: what the drained calls wrote (results, records, logs) is on disk before it closes.
+      await retention.stop();
+      await store.close();
     })();
     return closing;
   };
-  return { url, server, scheduler, registry, log, close };
+  return { url, server, scheduler, registry, store, log, close };
 }
 
 /** Listens, or rejects with one clear line naming the address and the reason (a busy port, a bad host). */

@@ -1,8 +1,11 @@
 import { readdir, readFile, stat } from "node:fs/promises";
 import { basename, join, resolve } from "node:path";
 import { parseArgs } from "node:util";
+import { parseByteSize } from "../config/byte-size.js";
+import { parseDuration } from "../config/duration.js";
 import { sandboxKinds } from "../sandbox/drivers/index.js";
 import type { DriverFlag, DriverSettings } from "../sandbox/kind.js";
+import { callTable, eachLine, logLine, type CallRow, type LogMessage } from "./call-output.js";
 import { call, expectOk, type ClientOptions } from "./client.js";
 
 /** A mistake in the command line (exit code 2), as opposed to a failure of the work (exit code 1). */
@@ -68,7 +71,14 @@ Edits on disk apply to new instances without a restart; SIGINT/SIGTERM drain and
   --upload-limit BYTES   largest module upload or deploy document (default 67108864)
   --start-timeout MS     how long an instance may take to become ready (default 25000)
   --cache-dir DIR        compiled modules and VM snapshots (default DIR/.fennec/cache)
+  --state-dir DIR        the invocation store: async calls, call records, logs, state
+                         (default DIR/.fennec/state; file fennec.db)
+  --retention-age AGE    finished calls and log lines older than this are removed
+                         (default 7d; units ms, s, m, h, d)
+  --retention-bytes SIZE then the oldest until the store keeps less than this; queued
+                         calls and dead letters stay (default 1GiB; bytes, or KiB/MiB/GiB)
   --log-level LEVEL      error | warn | info | debug (default info)
+  --no-records           keep no call records and no function logs (calls still get an X-Call-Id)
 ${flagHelp(sandboxKinds.flags("serve"))}
   -h, --help             this help`,
   async run(argv) {
@@ -85,7 +95,11 @@ ${flagHelp(sandboxKinds.flags("serve"))}
         "upload-limit": { type: "string", default: String(64 * 2 ** 20) },
         "start-timeout": { type: "string", default: "25000" },
         "cache-dir": { type: "string" },
+        "state-dir": { type: "string" },
+        "retention-age": { type: "string", default: "7d" },
+        "retention-bytes": { type: "string", default: "1GiB" },
         "log-level": { type: "string", default: "info" },
+        "no-records": { type: "boolean", default: false },
         ...parseArgsOptions(sandboxKinds.flags("serve")),
         help: { type: "boolean", short: "h" },
       },
@@ -101,6 +115,16 @@ ${flagHelp(sandboxKinds.flags("serve"))}
     const level = values["log-level"];
     if (!["error", "warn", "info", "debug"].includes(level))
       throw new UsageError(`--log-level expects error, warn, info or debug`);
+    const maxAgeMs = parseDuration(values["retention-age"]);
+    if (maxAgeMs === undefined)
+      throw new UsageError(
+        `--retention-age expects a duration such as 24h or 7d, got ${JSON.stringify(values["retention-age"])}`,
+      );
+    const maxBytes = parseByteSize(values["retention-bytes"]);
+    if (maxBytes === undefined)
+      throw new UsageError(
+        `--retention-bytes expects a size such as 512MiB or 1GiB, got ${JSON.stringify(values["retention-bytes"])}`,
+      );
     await stat(values.registry).catch(() => {
       throw new Error(`registry directory ${values.registry} does not exist`);
     });
@@ -117,7 +141,10 @@ ${flagHelp(sandboxKinds.flags("serve"))}
       uploadLimitBytes: num("upload-limit", values["upload-limit"]),
       startTimeoutMs: num("start-timeout", values["start-timeout"]),
       ...(values["cache-dir"] ? { cacheDir: values["cache-dir"] } : {}),
+      ...(values["state-dir"] ? { stateDir: values["state-dir"] } : {}),
+      retention: { maxAgeMs, maxBytes },
       logLevel: level as "info",
+      records: !values["no-records"],
       driverSettings: driverSettings(sandboxKinds.flags("serve"), values),
     });
     await new Promise<void>((resolve, reject) => {
@@ -365,7 +392,142 @@ ${flagHelp(sandboxKinds.flags("build"), 23)}
   },
 };
 
-export const commands: Record<string, Command> = { serve, invoke, deploy, ls, stats: statsCmd, build };
+const callsLs: Command = {
+  summary: "list call records, newest first",
+  usage: `fennec calls ls [--function FN] [--state S] [--dead] [--status X] [--since T] [--limit N] [--json]
+
+  --function FN      only calls of FN ("name" or "user/name")
+  --state S          queued | running | succeeded | failed | dead
+  --dead             the dead letters (--state dead)
+  --status X         the function's status (500) or an error code (FN_TIMEOUT)
+  --since T          an ISO time, milliseconds since the epoch, or a duration (10m, 2h, 1d)
+  --limit N          at most N calls (default 100, at most 1000)
+  --json             print the raw JSON of GET /system/calls
+${clientHelp}`,
+  async run(argv) {
+    const { values } = parseArgs({
+      args: argv,
+      options: {
+        ...clientFlags,
+        function: { type: "string" },
+        state: { type: "string" },
+        dead: { type: "boolean" },
+        status: { type: "string" },
+        since: { type: "string" },
+        limit: { type: "string" },
+        json: { type: "boolean" },
+      },
+    });
+    if (values.help) return help(callsLs);
+    if (values.dead && values.state && values.state !== "dead")
+      throw new UsageError(`--dead and --state ${values.state} contradict each other`);
+    const query = new URLSearchParams();
+    if (values.function) query.set("function", values.function);
+    if (values.dead || values.state) query.set("state", values.dead ? "dead" : values.state!);
+    if (values.status) query.set("status", values.status);
+    if (values.since) query.set("since", values.since);
+    if (values.limit) query.set("limit", values.limit);
+    const res = await expectOk(await call(client(values), "platform", "GET", `/system/calls?${query}`));
+    const rows = (await res.json()) as CallRow[];
+    process.stdout.write(values.json ? JSON.stringify(rows, null, 2) + "\n" : callTable(rows));
+    return 0;
+  },
+};
+
+const callsGet: Command = {
+  summary: "show one call's record",
+  usage: `fennec calls get ID
+
+Prints the JSON of GET /system/calls/ID.
+
+${clientHelp}`,
+  async run(argv) {
+    const { values, positionals } = parseArgs({ args: argv, allowPositionals: true, options: clientFlags });
+    if (values.help) return help(callsGet);
+    if (positionals.length !== 1) throw new UsageError("calls get expects one call ID");
+    const path = `/system/calls/${encodeURIComponent(positionals[0]!)}`;
+    const res = await expectOk(await call(client(values), "platform", "GET", path));
+    process.stdout.write(JSON.stringify(await res.json(), null, 2) + "\n");
+    return 0;
+  },
+};
+
+/** `fennec calls <sub>`: each subcommand is a Command of its own. */
+export const callsSubcommands: Record<string, Command> = { ls: callsLs, get: callsGet };
+
+const calls: Command = {
+  summary: "list and show call records (calls ls, calls get ID)",
+  get usage() {
+    return `fennec calls <subcommand> [options]      fennec calls <subcommand> --help
+
+${Object.entries(callsSubcommands)
+  .map(([name, c]) => `  ${name.padEnd(8)} ${c.summary}`)
+  .join("\n")}`;
+  },
+  async run(argv) {
+    const [sub, ...rest] = argv;
+    if (sub === undefined || sub === "--help" || sub === "-h") return help(calls);
+    const command = callsSubcommands[sub];
+    if (!command)
+      throw new UsageError(
+        `unknown subcommand ${JSON.stringify(sub)}: ${Object.keys(callsSubcommands).join(", ")}`,
+      );
+    return command.run(rest);
+  },
+};
+
+const logs: Command = {
+  summary: "print a function's logs (what it wrote to stderr; stdout too out of process)",
+  usage: `fennec logs FUNCTION [--follow] [--call ID] [--since T] [--limit N]
+
+Prints one line per log line: its time, the call that wrote it ("-" when that cannot be
+told: the instance ran several calls at once) and its text.
+
+  -f, --follow       keep printing new lines until Ctrl-C
+  --call ID          only the lines of call ID
+  --since T          an ISO time, milliseconds since the epoch, or a duration (10m, 2h, 1d)
+  --limit N          at most N earlier lines (default 1000)
+  --json             print the server's newline-delimited JSON as it is
+${clientHelp}`,
+  async run(argv) {
+    const { values, positionals } = parseArgs({
+      args: argv,
+      allowPositionals: true,
+      options: {
+        ...clientFlags,
+        follow: { type: "boolean", short: "f" },
+        call: { type: "string" },
+        since: { type: "string" },
+        limit: { type: "string" },
+        json: { type: "boolean" },
+      },
+    });
+    if (values.help) return help(logs);
+    if (positionals.length !== 1) throw new UsageError("logs expects one FUNCTION");
+    const query = new URLSearchParams({ function: positionals[0]! });
+    if (values.call) query.set("call", values.call);
+    if (values.since) query.set("since", values.since);
+    if (values.limit) query.set("limit", values.limit);
+    if (values.follow) query.set("follow", "true");
+    const res = await expectOk(await call(client(values), "platform", "GET", `/system/logs?${query}`));
+    if (!res.body) return 0;
+    await eachLine(res.body, (line) =>
+      process.stdout.write(values.json ? line + "\n" : logLine(JSON.parse(line) as LogMessage)),
+    );
+    return 0;
+  },
+};
+
+export const commands: Record<string, Command> = {
+  serve,
+  invoke,
+  deploy,
+  ls,
+  calls,
+  logs,
+  stats: statsCmd,
+  build,
+};
 
 /** The help lines of the drivers' flags, descriptions aligned at `column`. */
 function flagHelp(flags: readonly DriverFlag[], column = 25): string {

@@ -59,6 +59,9 @@ export interface DoneMessage {
   readonly exitCode: number;
   /** The last few KiB of stderr, for error messages and logs. */
   readonly stderrTail: string;
+  /** An invocation's stderr from its start, bounded: its function log (wasi-run.ts). */
+  readonly stderrLog?: string;
+  readonly stderrLogTruncated?: boolean;
   readonly message: string;
 }
 

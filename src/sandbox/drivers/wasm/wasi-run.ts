@@ -14,6 +14,7 @@ import {
   WASIProcExit,
 } from "@bjorn3/browser_wasi_shim";
 import type { Fd, Inode } from "@bjorn3/browser_wasi_shim";
+import { CALL_LOG_BYTES } from "../../call-log.js";
 import type { DirTree, Outcome } from "./protocol.js";
 
 const STDERR_TAIL = 4096;
@@ -126,6 +127,10 @@ export interface RunResult {
   outcome: Outcome;
   exitCode: number;
   stderrTail: string;
+  /** The call's stderr from its start, up to CALL_LOG_BYTES: its function log. */
+  stderrLog?: string;
+  /** It wrote more stderr than `stderrLog` holds. */
+  stderrLogTruncated?: boolean;
   message: string;
 }
 
@@ -165,6 +170,9 @@ export interface RunOptions {
 export function runStart(prepared: Prepared, opts: RunOptions): RunResult {
   let size = 0;
   let stderr = "";
+  let log = "";
+  let logBytes = 0;
+  let logTruncated = false;
   const { wasi, instance, memory } = prepared;
   Object.assign(prepared.environ, encodeEnviron(opts.env));
   const fds: Fd[] = [
@@ -175,7 +183,13 @@ export function runStart(prepared: Prepared, opts: RunOptions): RunResult {
       opts.write(chunk);
     }),
     new ConsoleStdout((chunk) => {
-      stderr = (stderr + Buffer.from(chunk).toString("utf8")).slice(-STDERR_TAIL);
+      const text = Buffer.from(chunk).toString("utf8");
+      stderr = (stderr + text).slice(-STDERR_TAIL);
+      // The log keeps the start, the error message the end: a failure's reason is usually last.
+      if (logBytes + chunk.byteLength <= CALL_LOG_BYTES) {
+        log += text;
+        logBytes += chunk.byteLength;
+      } else logTruncated = true;
     }),
     ...prepared.preopens,
   ];
@@ -198,7 +212,7 @@ export function runStart(prepared: Prepared, opts: RunOptions): RunResult {
       exitCode = -1;
     }
   }
-  return { outcome, exitCode, stderrTail: stderr, message };
+  return { outcome, exitCode, stderrTail: stderr, stderrLog: log, stderrLogTruncated: logTruncated, message };
 }
 
 /** Stdin of bytes at hand, read as a file. */

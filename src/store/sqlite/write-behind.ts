@@ -1,0 +1,155 @@
+import type { Database } from "better-sqlite3";
+import { Worker } from "node:worker_threads";
+import type { CallRecord, LogLine, StoredLogLine } from "../contract.js";
+import { BehindWriter, type BehindBatch } from "./behind-writer.js";
+import type { FromBehindWorker, ToBehindWorker } from "./behind-worker.js";
+
+const WORKER_URL = new URL("./behind-worker.js", import.meta.url);
+
+export interface WriteBehindOptions {
+  /** A batch is handed to the writer at most this long after its first item (default 50 ms). */
+  readonly flushMs?: number;
+  /** ... or as soon as it holds this many items (default 2000). */
+  readonly maxItems?: number;
+}
+
+/** Where batches go: a thread with its own connection (a file), or this thread's (`:memory:`). */
+type Sink = (batch: BehindBatch) => Promise<number[]>;
+
+/**
+ * Sync-call records and log lines, written behind. `record()` and `appendLogs()` only push onto
+ * an array; every `flushMs` the batch goes to a worker thread that writes it in one transaction on
+ * its own connection, with `synchronous = NORMAL` (in WAL mode that commit does not fsync: the
+ * next checkpoint does), so neither SQLite's per-row work nor an fsync lands on the gateway's
+ * thread. A crash may lose the last records; the contract allows it. Measured in bench/store.ts.
+ */
+export class WriteBehind {
+  readonly #sink: Sink;
+  readonly #stopSink: () => Promise<void>;
+  readonly #flushMs: number;
+  readonly #maxItems: number;
+  readonly #onWritten: (records: readonly CallRecord[], lines: readonly StoredLogLine[]) => void;
+  readonly #onError: (err: unknown, dropped: number) => void;
+  #records: CallRecord[] = [];
+  #lines: LogLine[] = [];
+  #timer: NodeJS.Timeout | undefined;
+  #immediate: NodeJS.Immediate | undefined;
+  /** The batches handed to the sink and not yet written, in order. */
+  #writing: Promise<void> = Promise.resolve();
+
+  constructor(
+    target: { readonly path: string } | { readonly db: Database },
+    options: WriteBehindOptions,
+    onWritten: (records: readonly CallRecord[], lines: readonly StoredLogLine[]) => void,
+    onError: (err: unknown, dropped: number) => void,
+  ) {
+    if ("db" in target) {
+      const writer = new BehindWriter(target.db);
+      this.#sink = (batch) => Promise.resolve().then(() => writer.write(batch));
+      this.#stopSink = () => Promise.resolve();
+    } else [this.#sink, this.#stopSink] = workerSink(target.path);
+    this.#flushMs = options.flushMs ?? 50;
+    this.#maxItems = options.maxItems ?? 2000;
+    this.#onWritten = onWritten;
+    this.#onError = onError;
+  }
+
+  record(record: CallRecord): void {
+    this.#records.push(record);
+    this.#schedule();
+  }
+
+  logs(lines: readonly LogLine[]): void {
+    for (const line of lines) this.#lines.push(line);
+    this.#schedule();
+  }
+
+  #schedule(): void {
+    if (this.#records.length + this.#lines.length >= this.#maxItems) {
+      // Not on the caller's stack: a full batch goes right after it returns.
+      this.#immediate ??= setImmediate(() => void this.flush());
+      return;
+    }
+    if (this.#timer) return;
+    this.#timer = setTimeout(() => void this.flush(), this.#flushMs);
+    // Pending writes alone must not keep the process up: close() writes them.
+    this.#timer.unref();
+  }
+
+  /** Hands over everything pushed so far; resolves once it (and every earlier batch) is written. */
+  flush(): Promise<void> {
+    clearTimeout(this.#timer);
+    this.#timer = undefined;
+    if (this.#immediate) clearImmediate(this.#immediate);
+    this.#immediate = undefined;
+    const records = this.#records;
+    const lines = this.#lines;
+    if (records.length > 0 || lines.length > 0) {
+      this.#records = [];
+      this.#lines = [];
+      const written = this.#sink({ records, lines }).then(
+        (seqs) =>
+          this.#onWritten(
+            records,
+            lines.map((l, i) => ({ ...l, seq: seqs[i]! })),
+          ),
+        (err: unknown) => this.#onError(err, records.length + lines.length),
+      );
+      this.#writing = Promise.all([this.#writing, written]).then(() => undefined);
+    }
+    return this.#writing;
+  }
+
+  /** Writes what is pending and stops the writer. */
+  async close(): Promise<void> {
+    await this.flush();
+    await this.#stopSink();
+  }
+}
+
+/** A sink on a worker thread with its own connection to `path`. */
+function workerSink(path: string): [Sink, () => Promise<void>] {
+  const worker = new Worker(WORKER_URL, { workerData: { path } });
+  const pending = new Map<number, { resolve: (seqs: number[]) => void; reject: (err: unknown) => void }>();
+  let next = 0;
+  let failure: Error | undefined;
+  // Referenced only while a batch is out, so an idle store does not keep the process up.
+  worker.unref();
+  worker.on("message", (msg: FromBehindWorker) => {
+    const p = pending.get(msg.id);
+    if (!p) return;
+    pending.delete(msg.id);
+    if (pending.size === 0) worker.unref();
+    if ("error" in msg) p.reject(Object.assign(new Error(msg.error.message), { code: msg.error.code }));
+    else p.resolve(msg.seqs);
+  });
+  const died = (err: Error) => {
+    failure = err;
+    for (const p of pending.values()) p.reject(err);
+    pending.clear();
+  };
+  worker.on("error", died);
+  const exited = new Promise<void>((resolve) =>
+    worker.once("exit", (code) => {
+      died(new Error(`the store's writer thread exited with code ${code}`));
+      resolve();
+    }),
+  );
+  const sink: Sink = (batch) =>
+    new Promise<number[]>((resolve, reject) => {
+      if (failure) return reject(failure);
+      const id = next++;
+      pending.set(id, { resolve, reject });
+      worker.ref();
+      // As JSON: one string is copied to the thread, far cheaper than cloning each record object.
+      worker.postMessage({ id, batch: JSON.stringify(batch) } satisfies ToBehindWorker);
+    });
+  const stop = async () => {
+    if (!failure) {
+      worker.ref();
+      worker.postMessage("close");
+    }
+    await exited;
+  };
+  return [sink, stop];
+}
