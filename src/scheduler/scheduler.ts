@@ -283,6 +283,58 @@ export class Scheduler implements PoolHost {
     this.#usedMiB -= mib;
   }
 
+  /**
+   * Lends the slot of the recorded call `callId` while it awaits a chained call (FunctionPool.lend):
+   * it stops counting against its function's `max-instances`, so the pool may start another
+   * instance (within the memory budget) for the child. Returns the function that takes it back;
+   * a no-op for a call not running here.
+   */
+  lend(callId: string): () => void {
+    for (const pool of this.#pools.values()) {
+      const release = pool.lend(callId);
+      if (release) return release;
+    }
+    return () => {};
+  }
+
+  /**
+   * Whether a call of function `key` can be placed now or once running calls end, with lent
+   * slots not counted (FunctionPool.canPlace); a function without a pool yet is placeable (its
+   * first call makes one). False means every instance that could serve it is held by an awaiting
+   * caller and the memory budget has no room for another: a chained call would wait forever.
+   */
+  canPlace(key: string): boolean {
+    const pool = this.#pools.get(key);
+    if (!pool) return true;
+    return pool.canPlace(() => {
+      try {
+        return this.#couldFit(this.driverFor(pool.config).memoryMiB(pool.config), key);
+      } catch {
+        return false;
+      }
+    });
+  }
+
+  /**
+   * Whether function `key` is at its instance limits (no free slot, no instance may be added;
+   * lent slots not counted): the async engine skips it when taking queued calls.
+   */
+  saturated(key: string): boolean {
+    return this.#pools.get(key)?.saturated() ?? false;
+  }
+
+  /** Whether `need` MiB fit the budget, evicting idle instances of other functions as `#makeRoom` would. */
+  #couldFit(need: number, forKey: string): boolean {
+    let free = this.#opts.memoryBudgetMiB - this.#usedMiB;
+    if (free >= need) return true;
+    for (const [inst, mib] of this.#reserved) {
+      if (inst.config.key === forKey || inst.state !== "ready" || inst.active > 0) continue;
+      free += mib;
+      if (free >= need) return true;
+    }
+    return false;
+  }
+
   #makeRoom(need: number, forKey: string): void {
     const budget = this.#opts.memoryBudgetMiB;
     if (need > budget) {
