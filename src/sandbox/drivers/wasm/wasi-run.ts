@@ -14,6 +14,7 @@ import {
   WASIProcExit,
 } from "@bjorn3/browser_wasi_shim";
 import type { Fd, Inode } from "@bjorn3/browser_wasi_shim";
+import { HostCallFailure } from "./host-channel.js";
 import type { DirTree, Outcome } from "./protocol.js";
 
 const STDERR_TAIL = 4096;
@@ -127,6 +128,8 @@ export interface RunResult {
   exitCode: number;
   stderrTail: string;
   message: string;
+  /** With `host-error`: the Fennec code a host call failed with. */
+  errorCode?: string | undefined;
 }
 
 function classify(
@@ -156,6 +159,11 @@ export interface RunOptions {
   readonly maxMemoryBytes: number;
   /** Errors that are not the module's outcome but the caller's own: rethrown as they are. */
   readonly escapes?: (err: unknown) => boolean;
+  /**
+   * Stdout is log, not response (a Faasm function answers with its output): it goes to the stderr
+   * tail with stderr, and `write` is not called.
+   */
+  readonly stdoutIsLog?: boolean;
 }
 
 /**
@@ -167,27 +175,35 @@ export function runStart(prepared: Prepared, opts: RunOptions): RunResult {
   let stderr = "";
   const { wasi, instance, memory } = prepared;
   Object.assign(prepared.environ, encodeEnviron(opts.env));
+  const log = new ConsoleStdout((chunk) => {
+    stderr = (stderr + Buffer.from(chunk).toString("utf8")).slice(-STDERR_TAIL);
+  });
   const fds: Fd[] = [
     opts.stdin,
-    new ConsoleStdout((chunk) => {
-      size += chunk.byteLength;
-      if (size > opts.maxOutputBytes) throw new OutputTooLarge();
-      opts.write(chunk);
-    }),
-    new ConsoleStdout((chunk) => {
-      stderr = (stderr + Buffer.from(chunk).toString("utf8")).slice(-STDERR_TAIL);
-    }),
+    opts.stdoutIsLog
+      ? log
+      : new ConsoleStdout((chunk) => {
+          size += chunk.byteLength;
+          if (size > opts.maxOutputBytes) throw new OutputTooLarge();
+          opts.write(chunk);
+        }),
+    log,
     ...prepared.preopens,
   ];
   wasi.fds = fds;
   let outcome: Outcome = "ok";
   let exitCode = 0;
   let message = "";
+  let errorCode: string | undefined;
   try {
     (instance.exports["_start"] as () => void)();
   } catch (err) {
     if (opts.escapes?.(err)) throw err;
-    if (err instanceof WASIProcExit) {
+    if (err instanceof HostCallFailure) {
+      outcome = "host-error";
+      exitCode = -1;
+      ({ message, code: errorCode } = err);
+    } else if (err instanceof WASIProcExit) {
       exitCode = err.code;
       if (exitCode !== 0) outcome = "exit";
     } else if (err instanceof OutputTooLarge) {
@@ -198,7 +214,7 @@ export function runStart(prepared: Prepared, opts: RunOptions): RunResult {
       exitCode = -1;
     }
   }
-  return { outcome, exitCode, stderrTail: stderr, message };
+  return { outcome, exitCode, stderrTail: stderr, message, errorCode };
 }
 
 /** Stdin of bytes at hand, read as a file. */
