@@ -355,11 +355,6 @@ export class FunctionPool {
     return this.#countedInstances() < this.config.maxInstances && fits();
   }
 
-  /** At its instance limits: no free slot and no instance may be added (lent slots not counted). */
-  saturated(): boolean {
-    return !this.#freeInstance() && this.#countedInstances() >= this.config.maxInstances;
-  }
-
   #rejectAll(error: FennecError): void {
     this.#reject(this.#queue.length, error);
   }

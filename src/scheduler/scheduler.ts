@@ -315,14 +315,6 @@ export class Scheduler implements PoolHost {
     });
   }
 
-  /**
-   * Whether function `key` is at its instance limits (no free slot, no instance may be added;
-   * lent slots not counted): the async engine skips it when taking queued calls.
-   */
-  saturated(key: string): boolean {
-    return this.#pools.get(key)?.saturated() ?? false;
-  }
-
   /** Whether `need` MiB fit the budget, evicting idle instances of other functions as `#makeRoom` would. */
   #couldFit(need: number, forKey: string): boolean {
     let free = this.#opts.memoryBudgetMiB - this.#usedMiB;
