@@ -1,18 +1,22 @@
 /**
  * Fennec's core benchmark (issues: core gateway + wasm, and 11, the wasm fast path). One run:
  * - the warm rows (warm.ts): bare node:http, workerd, Fennec → [wasm] and Fennec → [process], all
- *   answering the same echo, measured side by side with wrk, rounds interleaved; ratios reported;
+ *   answering the same echo, and Fennec → [wasm] with --no-records (the cost of call records),
+ *   measured side by side with wrk, rounds interleaved; ratios reported;
  * - other functions' latency while one runs away or runs long (neighbours.ts);
  * - wasm cold start, instances per second, idle memory per warm instance (instances.ts);
  * - the thread wake-up floor (thread-wakeup.ts).
  *
  * Usage: npm run bench [-- --quick] [-- --warm-only | --neighbours-only | --instances-only]
  *        [-- --rounds 3 --seconds 5 --threads 1 --connections 8,32 --in-flight 4 --compare DIR
- *        --instance-rounds 3]
+ *        --instance-rounds 3 --rows wasm,wasm-no-records]
  *   --quick            1 round of 1 s per load, fewer instance samples (about a minute)
  *   --warm-only        the warm rows only
  *   --neighbours-only  echo's latency alone, beside runaway calls and beside fib(38) calls only
  *   --instances-only   the wasm instance figures only
+ *   --rows             only these warm rows (bare, workerd, wasm, process, wasm-no-records,
+ *                      wasm-compare); e.g. `--warm-only --rows wasm,wasm-no-records` for the
+ *                      records on/off ratio alone
  *   --in-flight        runaway (or slow) calls kept in flight beside echo (default 4)
  *   --compare          the build in DIR (another checkout, `npm run build` done there) beside this
  *                      one: one more Fennec [wasm] warm row, and its instance figures, rounds
@@ -37,7 +41,16 @@ import { barChart, cdfChart, fromPercentiles } from "./plot.js";
 import { machine, writeResults } from "./results.js";
 import { fmt } from "./stats.js";
 import { threadWakeup } from "./thread-wakeup.js";
-import { at, BODY, measureWarm, ratios, type WarmOptions, type WarmRow } from "./warm.js";
+import {
+  at,
+  BODY,
+  measureWarm,
+  ratios,
+  ROW_KEYS,
+  type RowKey,
+  type WarmOptions,
+  type WarmRow,
+} from "./warm.js";
 
 const ROOT = fileURLToPath(new URL("../../", import.meta.url));
 const { values: args } = parseArgs({
@@ -53,6 +66,7 @@ const { values: args } = parseArgs({
     threads: { type: "string", default: "1" },
     connections: { type: "string", default: "8,32" },
     compare: { type: "string" },
+    rows: { type: "string" },
   },
 });
 const quick = args.quick;
@@ -62,7 +76,10 @@ const OPTS: WarmOptions = {
   threads: Number(args.threads),
   connections: args.connections.split(",").map(Number),
   ...(args.compare ? { compare: resolve(args.compare) } : {}),
+  ...(args.rows ? { rows: args.rows.split(",") as RowKey[] } : {}),
 };
+for (const key of OPTS.rows ?? [])
+  if (!ROW_KEYS.includes(key)) throw new Error(`--rows: no row ${key} (rows: ${ROW_KEYS.join(", ")})`);
 const only = (["warm-only", "neighbours-only", "instances-only"] as const).filter((k) => args[k]);
 if (only.length > 1) throw new Error(`--${only.join(" and --")}: choose one`);
 const IN_FLIGHT = Number(args["in-flight"]);
@@ -83,6 +100,7 @@ const COLOURS: Record<string, string> = {
   wasm: "#d9480f",
   process: "#1c7ed6",
   "wasm-compare": "#ae3ec9",
+  "wasm-no-records": "#f59f00",
 };
 /** Short row names for the charts' labels. */
 const SHORT: Record<string, string> = {
@@ -91,6 +109,7 @@ const SHORT: Record<string, string> = {
   wasm: "Fennec → [wasm]",
   process: "Fennec → [process]",
   "wasm-compare": `Fennec (${args.compare ? basename(resolve(args.compare)) : ""}) → [wasm]`,
+  "wasm-no-records": "Fennec --no-records → [wasm]",
 };
 const load = () =>
   loadavg()
@@ -204,6 +223,7 @@ function warmTable(
       (r["wasmCompareOverWasmP50_c1"] !== undefined
         ? `; ${args.compare} ÷ this build ${x("wasmCompareOverWasmP50_c1")}`
         : ""),
+    `- call records (issue 12): Fennec [wasm] with records ÷ with --no-records ${cs.map((c) => `-c${c} ${x(`recordsOnOverOffRps_c${c}`)}`).join(", ")}, -c1 ${x("recordsOnOverOffRps_c1")} (goal ≥ 0.95)`,
     `- the client: wrk drove bare node:http to ${x(`bareOverFastestFennecRps_c${cs[0]}`)} the fastest Fennec row at -c${cs[0]}, using ${fmt(
       at(
         rows.find((w) => w.key === "bare"),

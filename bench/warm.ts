@@ -5,6 +5,8 @@
  * - Cloudflare workerd serving the same echo as a JS worker (hop-handlers.ts `ECHO`);
  * - Fennec → `[wasm]` echo (examples/registry/echo/echo.wasm, `concurrent-requests = 64`);
  * - Fennec → `[process]` echo, the same fetch handler workerd runs, on one instance;
+ * - Fennec → `[wasm]` again from a Fennec started with `--no-records`: the cost of a call record
+ *   (issue 12) is the first row's throughput over this one's;
  * - optionally Fennec → `[wasm]` from another checkout's build (`compare`), before and after.
  *
  * Every row answers a small POST with the same bytes. Each load (1 connection for latency, more
@@ -34,10 +36,21 @@ export interface WarmOptions {
   readonly connections: readonly number[];
   /** Another checkout with `npm run build` done: one more Fennec `[wasm]` row from its build. */
   readonly compare?: string;
+  /** Only these rows (default: all). */
+  readonly rows?: readonly RowKey[];
 }
 
 /** What a row is, for ratios: the four rows of issue 11, and the build compared. */
-export type RowKey = "bare" | "workerd" | "wasm" | "process" | "wasm-compare";
+export type RowKey = "bare" | "workerd" | "wasm" | "process" | "wasm-no-records" | "wasm-compare";
+
+export const ROW_KEYS: readonly RowKey[] = [
+  "bare",
+  "workerd",
+  "wasm",
+  "process",
+  "wasm-no-records",
+  "wasm-compare",
+];
 
 /** One load on one row, medians over rounds. */
 export interface LoadFigures {
@@ -125,13 +138,15 @@ export async function measureWarm(
     const targets: Target[] = [];
     const target = (key: RowKey, name: string): Target => {
       const t: Target = { key, name, pids: () => [], runs: new Map() };
-      targets.push(t);
+      if (!opts.rows || opts.rows.includes(key)) targets.push(t);
       return t;
     };
+    const wanted = (...rows: Target[]) => rows.some((r) => targets.includes(r));
     const bare = target("bare", "bare node:http echo (the limit)");
     const workerd = target("workerd", "Cloudflare workerd, JS worker echo");
     const wasm = target("wasm", `Fennec → [wasm] echo (concurrent-requests = ${CONCURRENCY})`);
     const proc = target("process", "Fennec → [process] fetch handler echo");
+    const noRecords = target("wasm-no-records", "Fennec --no-records → [wasm] echo (no call records)");
     const other = opts.compare
       ? target("wasm-compare", `Fennec (${basename(opts.compare)}) → [wasm] echo`)
       : undefined;
@@ -146,29 +161,44 @@ export async function measureWarm(
         for (const r of rows) r.error = `did not start: ${message(err)}`;
       }
     };
-    console.error("starting: bare node:http, workerd, fennec serve");
-    await start([bare], startBare, (s) => ((bare.url = s.url), (bare.pids = () => [s.pid])));
-    await start(
-      [workerd],
-      () => startWorkerd(handler),
-      (s) => {
-        workerd.url = s.url;
-        workerd.pids = () => processTree(s.pid);
-      },
-    );
+    console.error(`starting: ${targets.map((t) => t.key).join(", ")}`);
+    if (wanted(bare))
+      await start([bare], startBare, (s) => ((bare.url = s.url), (bare.pids = () => [s.pid])));
+    if (wanted(workerd))
+      await start(
+        [workerd],
+        () => startWorkerd(handler),
+        (s) => {
+          workerd.url = s.url;
+          workerd.pids = () => processTree(s.pid);
+        },
+      );
     // [wasm] instances run on threads of Fennec's own process; a [process] instance is a child.
-    await start(
-      [wasm, proc],
-      () => startFennec(join(work, "registry")),
-      (s) => {
-        wasm.url = `${s.url}/invoke/wasm-echo/`;
-        wasm.pids = () => [s.pid];
-        wasm.gateway = proc.gateway = s.pid;
-        proc.url = `${s.url}/invoke/process-echo/`;
-        proc.pids = () => processTree(s.pid);
-      },
-    );
-    if (other) {
+    if (wanted(wasm, proc))
+      await start(
+        [wasm, proc],
+        () => startFennec(join(work, "registry")),
+        (s) => {
+          wasm.url = `${s.url}/invoke/wasm-echo/`;
+          wasm.pids = () => [s.pid];
+          wasm.gateway = proc.gateway = s.pid;
+          proc.url = `${s.url}/invoke/process-echo/`;
+          proc.pids = () => processTree(s.pid);
+        },
+      );
+    if (wanted(noRecords)) {
+      await writeRegistry(join(work, "registry-no-records"));
+      await start(
+        [noRecords],
+        () => startFennec(join(work, "registry-no-records"), ["--no-records"]),
+        (s) => {
+          noRecords.url = `${s.url}/invoke/wasm-echo/`;
+          noRecords.pids = () => [s.pid];
+          noRecords.gateway = s.pid;
+        },
+      );
+    }
+    if (other && wanted(other)) {
       // Its own registry: a Fennec builds [process] handlers into the function's directory.
       await writeRegistry(join(work, "registry-compare"));
       await start(
@@ -290,6 +320,7 @@ export function ratios(rows: readonly WarmRow[], connections: readonly number[])
     const fennec = rows.filter((r) => r.key !== "bare" && r.key !== "workerd").map((r) => at(r, c)?.rps ?? 0);
     put(`bareOverFastestFennecRps_c${c}`, at(row("bare"), c)?.rps, Math.max(0, ...fennec) || undefined);
     put(`wasmCompareOverWasmRps_c${c}`, at(row("wasm-compare"), c)?.rps, at(row("wasm"), c)?.rps);
+    put(`recordsOnOverOffRps_c${c}`, at(row("wasm"), c)?.rps, at(row("wasm-no-records"), c)?.rps);
   }
   const p50 = (k: RowKey) => at(row(k), 1)?.latencyUs["50"];
   put("wasmOverWorkerdP50_c1", p50("wasm"), p50("workerd"));

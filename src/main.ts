@@ -1,5 +1,6 @@
 import { createServer, type Server } from "node:http";
 import type { AddressInfo } from "node:net";
+import { hostname } from "node:os";
 import { join, resolve } from "node:path";
 import { toFennecError } from "./core/errors.js";
 import { createLogger, type Logger, type LogLevel } from "./core/log.js";
@@ -16,6 +17,10 @@ import type { DriverSettings } from "./sandbox/kind.js";
 import type { SandboxKinds } from "./sandbox/kinds.js";
 import { ReadinessHub } from "./sandbox/readiness.js";
 import { Scheduler } from "./scheduler/scheduler.js";
+import { Invocations, type CallHostFactory } from "./invocations/invocations.js";
+import { sinkLogs } from "./invocations/log-sink.js";
+import type { InvocationStore } from "./store/contract.js";
+import { SqliteStore } from "./store/sqlite-store.js";
 
 export interface FennecOptions {
   readonly registry: string;
@@ -51,6 +56,15 @@ export interface FennecOptions {
   readonly server?: ServerLimits;
   /** Bounds of uncollected `/fa` results: count, bytes, age (defaults in AsyncCalls). */
   readonly asyncResults?: AsyncCallLimits;
+  /** This node's name in call records (default: the host's name). */
+  readonly node?: string;
+  /**
+   * False keeps no call records and no function logs (`fennec serve --no-records`); calls still
+   * get their ids. Default true.
+   */
+  readonly records?: boolean;
+  /** What a running call may ask of Fennec (chain, await, state); undefined: calls get none. */
+  readonly makeCallHost?: CallHostFactory;
 }
 
 export interface ServerLimits {
@@ -153,6 +167,20 @@ export async function startFennec(options: FennecOptions): Promise<Fennec> {
     log,
     onInstanceStopped: () => void registry.releaseRetired(),
   });
+  // Replaced by the store opened from --state-dir (src/store/open-store.ts).
+  const store: InvocationStore = new SqliteStore(":memory:", { log });
+  const records = options.records ?? true;
+  const invocations = new Invocations({
+    scheduler,
+    store,
+    node: options.node ?? hostname(),
+    records,
+    makeCallHost: options.makeCallHost,
+    log,
+  });
+  const stopLogs = records
+    ? sinkLogs(store, (err) => log.warn("function log lines not kept", { error: toFennecError(err).message }))
+    : () => undefined;
   const stats = new StatsCollector(scheduler.node);
   const metrics = new PrometheusMetrics(
     () =>
@@ -176,12 +204,16 @@ export async function startFennec(options: FennecOptions): Promise<Fennec> {
     allowedHosts,
     backends: () => kinds.status(kindDrivers),
     ...(options.asyncResults ? { asyncResults: options.asyncResults } : {}),
+    store,
+    invocations,
   });
 
   const server = createGatewayServer(options.server ?? {}, gateway.handle);
   await listen(server, options.port ?? 8123, options.host ?? "127.0.0.1").catch(async (err: unknown) => {
     // Nothing will be served: stop what was started (idle executor threads would keep the process alive).
     await scheduler.close(0);
+    stopLogs();
+    await store.close();
     throw err;
   });
   const address = server.address() as AddressInfo;
@@ -243,6 +275,8 @@ export async function startFennec(options: FennecOptions): Promise<Fennec> {
       await serverClosed;
       stats.close();
       metrics.close();
+      stopLogs();
+      await store.close();
     })();
     return closing;
   };

@@ -3,6 +3,7 @@ import { basename, join, resolve } from "node:path";
 import { parseArgs } from "node:util";
 import { sandboxKinds } from "../sandbox/drivers/index.js";
 import type { DriverFlag, DriverSettings } from "../sandbox/kind.js";
+import { callTable, eachLine, logLine, type CallRow, type LogMessage } from "./call-output.js";
 import { call, expectOk, type ClientOptions } from "./client.js";
 
 /** A mistake in the command line (exit code 2), as opposed to a failure of the work (exit code 1). */
@@ -69,6 +70,7 @@ Edits on disk apply to new instances without a restart; SIGINT/SIGTERM drain and
   --start-timeout MS     how long an instance may take to become ready (default 25000)
   --cache-dir DIR        compiled modules and VM snapshots (default DIR/.fennec/cache)
   --log-level LEVEL      error | warn | info | debug (default info)
+  --no-records           keep no call records and no function logs (calls still get an X-Call-Id)
 ${flagHelp(sandboxKinds.flags("serve"))}
   -h, --help             this help`,
   async run(argv) {
@@ -86,6 +88,7 @@ ${flagHelp(sandboxKinds.flags("serve"))}
         "start-timeout": { type: "string", default: "25000" },
         "cache-dir": { type: "string" },
         "log-level": { type: "string", default: "info" },
+        "no-records": { type: "boolean", default: false },
         ...parseArgsOptions(sandboxKinds.flags("serve")),
         help: { type: "boolean", short: "h" },
       },
@@ -118,6 +121,7 @@ ${flagHelp(sandboxKinds.flags("serve"))}
       startTimeoutMs: num("start-timeout", values["start-timeout"]),
       ...(values["cache-dir"] ? { cacheDir: values["cache-dir"] } : {}),
       logLevel: level as "info",
+      records: !values["no-records"],
       driverSettings: driverSettings(sandboxKinds.flags("serve"), values),
     });
     await new Promise<void>((resolve, reject) => {
@@ -365,7 +369,139 @@ ${flagHelp(sandboxKinds.flags("build"), 23)}
   },
 };
 
-export const commands: Record<string, Command> = { serve, invoke, deploy, ls, stats: statsCmd, build };
+const callsLs: Command = {
+  summary: "list call records, newest first",
+  usage: `fennec calls ls [--function FN] [--state S] [--dead] [--status X] [--since T] [--limit N] [--json]
+
+  --function FN      only calls of FN ("name" or "user/name")
+  --state S          queued | running | succeeded | failed | dead
+  --dead             the dead letters (--state dead)
+  --status X         the function's status (500) or an error code (FN_TIMEOUT)
+  --since T          an ISO time, milliseconds since the epoch, or a duration (10m, 2h, 1d)
+  --limit N          at most N calls (default 100, at most 1000)
+  --json             print the raw JSON of GET /system/calls
+${clientHelp}`,
+  async run(argv) {
+    const { values } = parseArgs({
+      args: argv,
+      options: {
+        ...clientFlags,
+        function: { type: "string" },
+        state: { type: "string" },
+        dead: { type: "boolean" },
+        status: { type: "string" },
+        since: { type: "string" },
+        limit: { type: "string" },
+        json: { type: "boolean" },
+      },
+    });
+    if (values.help) return help(callsLs);
+    if (values.dead && values.state && values.state !== "dead")
+      throw new UsageError(`--dead and --state ${values.state} contradict each other`);
+    const query = new URLSearchParams();
+    if (values.function) query.set("function", values.function);
+    if (values.dead || values.state) query.set("state", values.dead ? "dead" : values.state!);
+    if (values.status) query.set("status", values.status);
+    if (values.since) query.set("since", values.since);
+    if (values.limit) query.set("limit", values.limit);
+    const res = await expectOk(await call(client(values), "platform", "GET", `/system/calls?${query}`));
+    const rows = (await res.json()) as CallRow[];
+    process.stdout.write(values.json ? JSON.stringify(rows, null, 2) + "\n" : callTable(rows));
+    return 0;
+  },
+};
+
+const callsGet: Command = {
+  summary: "show one call's record",
+  usage: `fennec calls get ID
+
+Prints the JSON of GET /system/calls/ID.
+
+${clientHelp}`,
+  async run(argv) {
+    const { values, positionals } = parseArgs({ args: argv, allowPositionals: true, options: clientFlags });
+    if (values.help) return help(callsGet);
+    if (positionals.length !== 1) throw new UsageError("calls get expects one call ID");
+    const path = `/system/calls/${encodeURIComponent(positionals[0]!)}`;
+    const res = await expectOk(await call(client(values), "platform", "GET", path));
+    process.stdout.write(JSON.stringify(await res.json(), null, 2) + "\n");
+    return 0;
+  },
+};
+
+/** `fennec calls <sub>`: each subcommand is a Command of its own. */
+export const callsSubcommands: Record<string, Command> = { ls: callsLs, get: callsGet };
+
+const calls: Command = {
+  summary: "list and show call records (calls ls, calls get ID)",
+  get usage() {
+    return `fennec calls <subcommand> [options]      fennec calls <subcommand> --help
+
+${Object.entries(callsSubcommands)
+  .map(([name, c]) => `  ${name.padEnd(8)} ${c.summary}`)
+  .join("\n")}`;
+  },
+  async run(argv) {
+    const [sub, ...rest] = argv;
+    if (sub === undefined || sub === "--help" || sub === "-h") return help(calls);
+    const command = callsSubcommands[sub];
+    if (!command) throw new UsageError(`unknown subcommand ${JSON.stringify(sub)}: ${Object.keys(callsSubcommands).join(", ")}`);
+    return command.run(rest);
+  },
+};
+
+const logs: Command = {
+  summary: "print a function's logs (what it wrote to stderr; stdout too out of process)",
+  usage: `fennec logs FUNCTION [--follow] [--call ID] [--since T] [--limit N]
+
+Prints one line per log line: its time, the call that wrote it ("-" when that cannot be
+told: the instance ran several calls at once) and its text.
+
+  -f, --follow       keep printing new lines until Ctrl-C
+  --call ID          only the lines of call ID
+  --since T          an ISO time, milliseconds since the epoch, or a duration (10m, 2h, 1d)
+  --limit N          at most N earlier lines (default 1000)
+  --json             print the server's newline-delimited JSON as it is
+${clientHelp}`,
+  async run(argv) {
+    const { values, positionals } = parseArgs({
+      args: argv,
+      allowPositionals: true,
+      options: {
+        ...clientFlags,
+        follow: { type: "boolean", short: "f" },
+        call: { type: "string" },
+        since: { type: "string" },
+        limit: { type: "string" },
+        json: { type: "boolean" },
+      },
+    });
+    if (values.help) return help(logs);
+    if (positionals.length !== 1) throw new UsageError("logs expects one FUNCTION");
+    const query = new URLSearchParams({ function: positionals[0]! });
+    if (values.call) query.set("call", values.call);
+    if (values.since) query.set("since", values.since);
+    if (values.limit) query.set("limit", values.limit);
+    if (values.follow) query.set("follow", "true");
+    const res = await expectOk(await call(client(values), "platform", "GET", `/system/logs?${query}`));
+    if (!res.body) return 0;
+    await eachLine(res.body, (line) =>
+      process.stdout.write(values.json ? line + "\n" : logLine(JSON.parse(line) as LogMessage)),
+    );
+    return 0;
+  },
+};
+
+export const commands: Record<string, Command> = {
+  serve,
+  invoke,
+  deploy,
+  ls,
+  calls,
+  logs,
+  stats: statsCmd,
+  build,
+};
 
 /** The help lines of the drivers' flags, descriptions aligned at `column`. */
 function flagHelp(flags: readonly DriverFlag[], column = 25): string {

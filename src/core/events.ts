@@ -27,7 +27,32 @@ export const channels = {
   instanceReady: diagnostics.channel("fennec:instance:ready"),
   instanceStopped: diagnostics.channel("fennec:instance:stopped"),
   functionError: diagnostics.channel("fennec:function:error"),
+  log: diagnostics.channel("fennec:log"),
 } as const;
+
+/**
+ * A line a function wrote (stderr; stdout too for out-of-process sandboxes). The same shape as
+ * the store's `LogLine` (src/store/contract.ts): drivers publish, a subscriber in the composition
+ * root stores, and drivers never import the store.
+ */
+export interface LogLineEvent {
+  readonly time: number;
+  readonly function: string;
+  /** The call it was written during, when that is known (one call in flight on its instance). */
+  readonly callId: string | undefined;
+  readonly instanceId: string | undefined;
+  readonly stream: "stdout" | "stderr";
+  readonly text: string;
+}
+
+/** True when someone keeps function logs: capturing them is skipped otherwise. */
+export function logsWanted(): boolean {
+  return channels.log.hasSubscribers;
+}
+
+export function publishLog(line: LogLineEvent): void {
+  if (channels.log.hasSubscribers) channels.log.publish(line);
+}
 
 export function publishInvocation(record: InvocationRecord): void {
   if (channels.invocation.hasSubscribers) channels.invocation.publish(record);

@@ -80,4 +80,6 @@ export interface InvocationRecord {
    * started (the body was cut: the function failed or timed out, or the client went away).
    */
   readonly errorCode: string | undefined;
+  /** The failure's message, for the call's record. */
+  readonly errorMessage?: string | undefined;
 }

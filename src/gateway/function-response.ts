@@ -5,7 +5,7 @@ import { FennecError } from "../core/errors.js";
 import { HOP_BY_HOP } from "../core/hop-by-hop.js";
 import { quoteForMessage } from "../core/names.js";
 import type { InvokeResponse } from "../core/types.js";
-import { REQUEST_ID_HEADER } from "./http-util.js";
+import { CALL_ID_HEADER, REQUEST_ID_HEADER } from "./http-util.js";
 
 /**
  * Headers never forwarded either way: one hop's, and `content-length` (the gateway sets a body's
@@ -18,7 +18,7 @@ export const NOT_FORWARDED = new Set([...HOP_BY_HOP, "content-length"]);
  * function that sends them is ignored, so a client can trust them.
  */
 function isPlatformHeader(name: string): boolean {
-  return name === REQUEST_ID_HEADER || name.startsWith("x-fennec-");
+  return name === REQUEST_ID_HEADER || name === CALL_ID_HEADER || name.startsWith("x-fennec-");
 }
 
 /** Statuses after which HTTP allows no body (RFC 9110 §6.4.1). */

@@ -5,6 +5,8 @@ import { FennecError } from "../core/errors.js";
 import { STATUS_BY_CODE } from "./error-status.js";
 
 export const REQUEST_ID_HEADER = "x-request-id";
+/** The header that names a call (OpenFaaS's `X-Call-Id`): its record's id. */
+export const CALL_ID_HEADER = "x-call-id";
 const SAFE_ID = /^[A-Za-z0-9._:-]{1,128}$/;
 
 /** Keeps a caller's correlation id when it is safe to echo, else makes one. */

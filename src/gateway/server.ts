@@ -3,6 +3,7 @@ import type { IncomingMessage, ServerResponse } from "node:http";
 import { bodyOf, readBody as readStream } from "../core/body.js";
 import { CallAbort } from "../core/call-abort.js";
 import { FennecError, toFennecError } from "../core/errors.js";
+import type { CallHost } from "../core/call-host.js";
 import type { Logger } from "../core/log.js";
 import { quoteForMessage } from "../core/names.js";
 import { functionKey, type FunctionId, type InvokeRequest } from "../core/types.js";
@@ -12,8 +13,11 @@ import type { ReadinessHub } from "../sandbox/readiness.js";
 import type { Scheduler } from "../scheduler/scheduler.js";
 import type { StatsCollector } from "../metrics/stats.js";
 import type { PrometheusMetrics } from "../metrics/prometheus.js";
+import type { Invocations } from "../invocations/invocations.js";
+import type { InvocationStore } from "../store/contract.js";
 import { AsyncCalls, type AsyncCallLimits } from "./async-calls.js";
 import {
+  CALL_ID_HEADER,
   closeAfterResponse,
   readBody,
   REQUEST_ID_HEADER,
@@ -28,6 +32,7 @@ import { NOT_FORWARDED, sendResponse } from "./function-response.js";
 import { requestBody } from "./request-body.js";
 import { functionId, parseTarget, type Target } from "./routes.js";
 import { deployCheck, deployFromJson, describeFunctions, type ModuleValidator } from "./admin.js";
+import { serveCallRoutes } from "./call-routes.js";
 
 export interface GatewayOptions {
   readonly scheduler: Scheduler;
@@ -50,6 +55,10 @@ export interface GatewayOptions {
   readonly backends?: () => Record<string, unknown>;
   /** Bounds of the uncollected `/fa` results kept in memory (defaults in AsyncCalls). */
   readonly asyncResults?: AsyncCallLimits;
+  /** Calls, their records, function logs and per-user state. */
+  readonly store: InvocationStore;
+  /** The sync-call service: call ids, call hosts, records. */
+  readonly invocations: Invocations;
 }
 
 /** Default function.toml for a module uploaded without one (Faasm's PUT creates functions). */
@@ -126,6 +135,11 @@ export class Gateway {
         return;
       case "system":
         if (a === "functions" || a === "function") return this.#admin(req, res, target);
+        if ((a === "calls" || a === "logs") && method === "GET") {
+          refuseCrossSite(req, JSON_BODY);
+          this.#authorize(req);
+          return serveCallRoutes(res, target.segments, target.query, this.#o.store);
+        }
     }
     throw new FennecError(
       "NOT_FOUND",
@@ -144,7 +158,13 @@ export class Gateway {
     return config instanceof Promise ? config.then(limitOf, () => this.#o.bodyLimitBytes) : limitOf(config);
   }
 
-  async #request(req: IncomingMessage, path: string, query: string, limit: number): Promise<InvokeRequest> {
+  async #request(
+    req: IncomingMessage,
+    path: string,
+    query: string,
+    limit: number,
+    call?: CallHost,
+  ): Promise<InvokeRequest> {
     const { body: pending, length } = requestBody(req, limit);
     const headers: Record<string, string> = {};
     for (const [name, value] of Object.entries(req.headers)) {
@@ -153,7 +173,7 @@ export class Gateway {
     }
     if (length !== undefined) headers["content-length"] = length;
     const body = pending instanceof Promise ? await pending : pending;
-    return { method: req.method ?? "GET", path, query, headers, body };
+    return { method: req.method ?? "GET", path, query, headers, body, call };
   }
 
   async #invoke(
@@ -170,9 +190,18 @@ export class Gateway {
     res.once("close", () => {
       if (!res.writableFinished) cancel.abort();
     });
+    const invocations = this.#o.invocations;
+    const callId = invocations.newCallId();
+    res.setHeader(CALL_ID_HEADER, callId);
     const limit = this.#bodyLimitOf(id);
-    const request = await this.#request(req, path, query, typeof limit === "number" ? limit : await limit);
-    const outcome = await this.#o.scheduler.invoke(id, request, cancel);
+    const request = await this.#request(
+      req,
+      path,
+      query,
+      typeof limit === "number" ? limit : await limit,
+      invocations.callHost(callId, id.user),
+    );
+    const outcome = await invocations.invoke(callId, id, request, cancel);
     if ("error" in outcome) throw outcome.error;
     if (outcome.start.startType) res.setHeader("x-fennec-start", outcome.start.startType);
     // The function answered before the client's body was all in: the rest is not read for it.
@@ -184,7 +213,8 @@ export class Gateway {
       // invocation record says why). Before it, the error is answered with its stable code,
       // without what the function had set.
       if (res.headersSent || res.destroyed) return void res.destroy();
-      for (const name of res.getHeaderNames()) if (name !== REQUEST_ID_HEADER) res.removeHeader(name);
+      for (const name of res.getHeaderNames())
+        if (name !== REQUEST_ID_HEADER && name !== CALL_ID_HEADER) res.removeHeader(name);
       res.strictContentLength = false;
       throw err;
     }

@@ -1,5 +1,6 @@
 import type { FunctionConfig } from "../config/function-config.js";
 import type { InvokeRequest, InvokeResponse } from "../core/types.js";
+import type { InstanceLog } from "./call-log.js";
 
 /**
  * The sandbox driver contract: small on purpose. A driver names itself, says what it can do and
@@ -25,6 +26,11 @@ export interface StartContext {
   readonly waitForCallback: () => Promise<void>;
   /** Aborted when the start phase times out or the platform shuts down. */
   readonly signal: AbortSignal;
+  /**
+   * Where the instance's output goes as function logs (call-log.ts), made when first read: an
+   * out-of-process driver hands it what the sandbox writes; the lifecycle tells it of calls.
+   */
+  readonly log?: InstanceLog;
 }
 
 export interface InvokeContext {

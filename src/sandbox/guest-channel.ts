@@ -3,6 +3,7 @@ import { EventEmitter } from "node:events";
 import type { Socket } from "node:net";
 import { Duplex } from "node:stream";
 import { FennecError } from "../core/errors.js";
+import type { InstanceLog } from "./call-log.js";
 
 /**
  * The host side of the Fennec guest channel (docs/guest-channel.md): one byte stream to a VM
@@ -127,12 +128,17 @@ export class GuestChannel extends EventEmitter {
   #closed: Error | undefined;
   readonly ready: Promise<void>;
 
+  readonly #logTo: InstanceLog | undefined;
+
+  /** `log` receives the guest's LOG frames as function logs (its console: stdout). */
   constructor(
     socket: Socket,
     readonly what: string,
+    log?: InstanceLog,
   ) {
     super();
     this.#socket = socket;
+    this.#logTo = log;
     this.ready = new Promise((resolve, reject) => {
       this.once("ready", resolve);
       this.once("closed", (reason: Error) => reject(reason));
@@ -188,6 +194,7 @@ export class GuestChannel extends EventEmitter {
       }
       case FrameType.LOG:
         this.#log = (this.#log + payload.toString()).slice(-LOG_TAIL);
+        this.#logTo?.write("stdout", payload);
         break;
       case FrameType.PONG:
         this.emit("pong", payload.toString());

@@ -8,6 +8,7 @@ import type { InvokeContext, SandboxDriver, SandboxHandle } from "./contract.js"
 import type { ReadinessHub } from "./readiness.js";
 import { declaredLength, responseTooLarge, TrackedBody } from "./tracked-body.js";
 import { WholeBody } from "../core/body.js";
+import { InstanceLog } from "./call-log.js";
 
 /** How an invocation ended, for its record. */
 export interface InvocationEnd {
@@ -77,6 +78,8 @@ export class Instance {
   #closing = false;
   #destroying = false;
   #onDrained: (() => void) | undefined;
+  /** Made only for a driver that hands over its sandbox's output (see StartContext.log). */
+  #log: InstanceLog | undefined;
   readonly #stopped: Promise<void>;
   #markStopped!: () => void;
   readonly #stopListeners: Array<(instance: Instance) => void> = [];
@@ -151,12 +154,16 @@ export class Instance {
     hub.expect(this.id);
     const started = performance.now();
     try {
+      const logOf = () => (this.#log ??= new InstanceLog(config.key, this.id));
       const handlePromise = driver.start({
         instanceId: this.id,
         config,
         callbackUrl: this.#opts.callbackBase + this.id,
         waitForCallback: () => hub.wait(this.id, controller.signal),
         signal: controller.signal,
+        get log() {
+          return logOf();
+        },
       });
       // A driver that finishes starting after the deadline still hands back a sandbox: kill it.
       handlePromise.then((h) => (controller.signal.aborted ? h.destroy() : undefined)).catch(() => undefined);
@@ -212,6 +219,8 @@ export class Instance {
     const began = performance.now();
     const controller = new CallAbort();
     this.#inflight.add(controller);
+    const callId = request.call?.callId;
+    this.#log?.begin(callId);
     const { timeoutMs, key } = this.config;
     const timer = setTimeout(() => {
       const error = new FennecError("FN_TIMEOUT", `${key}: invocation exceeded the ${timeoutMs} ms timeout`);
@@ -235,6 +244,7 @@ export class Instance {
       clearTimeout(timer);
       signal?.removeEventListener("abort", onCancel);
       this.#inflight.delete(controller);
+      this.#log?.end(callId);
       this.#active--;
       this.#uses++;
       this.#lastUsed = performance.now();
@@ -360,6 +370,7 @@ export class Instance {
       reason: state,
       errorCode: error?.code,
     });
+    this.#log?.flush();
     for (const listener of this.#stopListeners.splice(0)) listener(this);
     this.#markStopped();
   }

@@ -2,6 +2,7 @@ import type { ChildProcess } from "node:child_process";
 import { constants } from "node:os";
 import type { Readable } from "node:stream";
 import { FennecError, type ExitDetails } from "../core/errors.js";
+import type { InstanceLog } from "./call-log.js";
 import { CleanupStack } from "./cleanup-stack.js";
 import { terminate } from "./terminate.js";
 
@@ -112,6 +113,8 @@ export interface SupervisedChildOptions {
   readonly oomKilled?: (exit: ChildExit) => boolean | Promise<boolean>;
   /** What it said beyond its own streams (a container's log, a guest's console), read after it exits. */
   readonly moreOutput?: () => Promise<string>;
+  /** Where its output goes as function logs: `child.output`'s first stream is stdout, the second stderr. */
+  readonly log?: InstanceLog | undefined;
   /** Its resources' releases, run once after it has exited, however it stopped. */
   readonly cleanup?: CleanupStack;
   readonly graceMs?: number;
@@ -141,7 +144,13 @@ export class SupervisedChild {
     this.#o = o;
     this.what = o.what;
     this.cleanup = o.cleanup ?? new CleanupStack();
-    for (const stream of o.child.output ?? []) stream?.on("data", (chunk: Buffer) => this.#keep(chunk));
+    const log = o.log;
+    (o.child.output ?? []).forEach((stream, i) =>
+      stream?.on("data", (chunk: Buffer) => {
+        this.#keep(chunk);
+        log?.write(i === 0 ? "stdout" : "stderr", chunk);
+      }),
+    );
     this.exited = o.child.exited.then((exit) => {
       if (!this.#stopping) {
         this.#died = this.exitError();

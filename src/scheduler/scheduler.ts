@@ -154,6 +154,7 @@ export class Scheduler implements PoolHost {
           execMs,
           status,
           errorCode: error?.code,
+          errorMessage: error?.message,
         };
         publishInvocation(r);
         return r;

@@ -291,6 +291,7 @@ export class OciDriver implements SandboxDriver {
         },
       }),
       what,
+      log: ctx.log,
       memoryMiB: cfg.memoryMiB,
       // `run` deletes the container's cgroup, with its OOM count, before it exits; nothing but the
       // kernel's OOM killer SIGKILLs a container Fennec is not stopping (runsc's sandbox included).

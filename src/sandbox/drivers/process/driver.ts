@@ -173,6 +173,7 @@ export class ProcessDriver implements SandboxDriver {
     const child = new SupervisedChild({
       child: fromChildProcess(spawned, { group: true }),
       what,
+      log: ctx.log,
       memoryMiB: cfg.memoryMiB,
       // Only an isolated instance has a limit, and its cgroup counts the kernel's OOM kills.
       ...(group ? { oomKilled: () => group.oomKilled() } : {}),

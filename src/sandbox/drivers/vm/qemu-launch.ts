@@ -147,7 +147,7 @@ export async function launchQemu(
         kind: "signal",
         ready: async (signal) => {
           try {
-            channel = new GuestChannel(await accepted, what);
+            channel = new GuestChannel(await accepted, what, ctx.log);
             const open = channel;
             cleanup.defer(() => open.close());
             if (!mode.restoreFrom) return await open.ready;

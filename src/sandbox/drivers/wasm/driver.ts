@@ -7,6 +7,7 @@ import type { CallHost } from "../../../core/call-host.js";
 import type { InvokeRequest, InvokeResponse } from "../../../core/types.js";
 import type { FunctionConfig, WasmSandboxConfig } from "../../../config/function-config.js";
 import { sandboxOf } from "../../../config/sandbox-table.js";
+import { publishCallOutput } from "../../call-log.js";
 import type { InvokeContext, SandboxDriver, SandboxHandle, StartContext } from "../../contract.js";
 import { ExecutorPool, type Job } from "./executor-pool.js";
 import { ModuleCache, type CompiledModule } from "./module-cache.js";
@@ -186,6 +187,7 @@ export class WasmDriver implements SandboxDriver {
     const handle = new WasmInstance(
       this.#executors,
       config,
+      ctx.instanceId,
       key,
       load,
       this.#inlineRunner(key, compiled, load),
@@ -242,6 +244,7 @@ export class WasmDriver implements SandboxDriver {
 export class WasmInstance implements SandboxHandle {
   readonly #executors: ExecutorPool;
   readonly #config: FunctionConfig;
+  readonly #instanceId: string;
   readonly #key: string;
   readonly #load: LoadPayload;
   readonly #inline: InlineRunner | undefined;
@@ -251,6 +254,7 @@ export class WasmInstance implements SandboxHandle {
   constructor(
     executors: ExecutorPool,
     config: FunctionConfig,
+    instanceId: string,
     key: string,
     load: LoadPayload,
     inline: InlineRunner | undefined,
@@ -258,6 +262,7 @@ export class WasmInstance implements SandboxHandle {
   ) {
     this.#executors = executors;
     this.#config = config;
+    this.#instanceId = instanceId;
     this.#key = key;
     this.#load = load;
     this.#inline = inline;
@@ -294,6 +299,19 @@ export class WasmInstance implements SandboxHandle {
         `${this.#config.key}: sandbox died: ${(err as Error).message}`,
       );
     }
+  }
+
+  /** Publishes what the call wrote to stderr as its log: each run has its own stderr, so its call is known. */
+  #logOf(request: WasmRequest, result: RunResult): void {
+    if (result.stderrLog)
+      publishCallOutput(
+        this.#config.key,
+        this.#instanceId,
+        request.call?.callId,
+        "stderr",
+        result.stderrLog,
+        result.stderrLogTruncated,
+      );
   }
 
   /** Throws the function's error for a job that did not end well. */
@@ -357,6 +375,7 @@ export class WasmInstance implements SandboxHandle {
       if (this.#gone) throw this.#gone;
       const ran = this.#inline.run(env, stdin, this.#config.timeoutMs);
       if (!ran.moved) {
+        this.#logOf(request, ran.result);
         this.#check("invoke", ran.result);
         const end = wagiHeadEnd(ran.stdout, true)!;
         const response = parseWagiHead(ran.stdout.subarray(0, end));
@@ -373,7 +392,10 @@ export class WasmInstance implements SandboxHandle {
       output.finish(err);
     };
     this.#settled(done)
-      .then((result) => this.#check("invoke", result))
+      .then((result) => {
+        this.#logOf(request, result);
+        this.#check("invoke", result);
+      })
       .then(() => end(), end);
     const head = await output.readHead(wagiHeadEnd);
     let response: Pick<InvokeResponse, "status" | "headers">;

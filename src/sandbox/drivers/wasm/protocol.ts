@@ -76,6 +76,9 @@ export interface DoneMessage {
   readonly exitCode: number;
   /** The last few KiB of stderr, for error messages and logs. */
   readonly stderrTail: string;
+  /** An invocation's stderr from its start, bounded: its function log (wasi-run.ts). */
+  readonly stderrLog?: string;
+  readonly stderrLogTruncated?: boolean;
   readonly message: string;
   /** With `host-error`: the Fennec error code the host call failed with. */
   readonly errorCode?: string | undefined;

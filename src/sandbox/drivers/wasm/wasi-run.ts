@@ -14,6 +14,7 @@ import {
   WASIProcExit,
 } from "@bjorn3/browser_wasi_shim";
 import type { Fd, Inode } from "@bjorn3/browser_wasi_shim";
+import { CALL_LOG_BYTES } from "../../call-log.js";
 import { HostCallFailure } from "./host-channel.js";
 import type { DirTree, Outcome } from "./protocol.js";
 
@@ -127,6 +128,10 @@ export interface RunResult {
   outcome: Outcome;
   exitCode: number;
   stderrTail: string;
+  /** The call's stderr from its start, up to CALL_LOG_BYTES: its function log. */
+  stderrLog?: string;
+  /** It wrote more stderr than `stderrLog` holds. */
+  stderrLogTruncated?: boolean;
   message: string;
   /** With `host-error`: the Fennec code a host call failed with. */
   errorCode?: string | undefined;
@@ -173,21 +178,31 @@ export interface RunOptions {
 export function runStart(prepared: Prepared, opts: RunOptions): RunResult {
   let size = 0;
   let stderr = "";
+  let log = "";
+  let logBytes = 0;
+  let logTruncated = false;
   const { wasi, instance, memory } = prepared;
   Object.assign(prepared.environ, encodeEnviron(opts.env));
-  const log = new ConsoleStdout((chunk) => {
-    stderr = (stderr + Buffer.from(chunk).toString("utf8")).slice(-STDERR_TAIL);
+  const stderrFd = new ConsoleStdout((chunk) => {
+    const text = Buffer.from(chunk).toString("utf8");
+    stderr = (stderr + text).slice(-STDERR_TAIL);
+    // The log keeps the start, the error message the end: a failure's reason is usually last.
+    if (logBytes + chunk.byteLength <= CALL_LOG_BYTES) {
+      log += text;
+      logBytes += chunk.byteLength;
+    } else logTruncated = true;
   });
   const fds: Fd[] = [
     opts.stdin,
+    // A Faasm function's stdout is log, like its stderr (its response is its output).
     opts.stdoutIsLog
-      ? log
+      ? stderrFd
       : new ConsoleStdout((chunk) => {
           size += chunk.byteLength;
           if (size > opts.maxOutputBytes) throw new OutputTooLarge();
           opts.write(chunk);
         }),
-    log,
+    stderrFd,
     ...prepared.preopens,
   ];
   wasi.fds = fds;
@@ -214,7 +229,15 @@ export function runStart(prepared: Prepared, opts: RunOptions): RunResult {
       exitCode = -1;
     }
   }
-  return { outcome, exitCode, stderrTail: stderr, message, errorCode };
+  return {
+    outcome,
+    exitCode,
+    stderrTail: stderr,
+    stderrLog: log,
+    stderrLogTruncated: logTruncated,
+    message,
+    errorCode,
+  };
 }
 
 /** Stdin of bytes at hand, read as a file. */

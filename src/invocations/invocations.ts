@@ -1,0 +1,115 @@
+/**
+ * Synchronous calls as the gateway makes them: each gets a call id (sent as `X-Call-Id`), the
+ * `CallHost` it may ask things of, and a record in the invocation store once it is over
+ * (OpenWhisk's activation record). The record is written behind: the response never waits for it.
+ */
+import { randomUUID } from "node:crypto";
+import type { AbortLike } from "../core/call-abort.js";
+import type { CallHost } from "../core/call-host.js";
+import { toFennecError, type FennecError } from "../core/errors.js";
+import type { Logger } from "../core/log.js";
+import type { FunctionId, InvocationRecord, InvokeRequest } from "../core/types.js";
+import type { InvokeOutcome, Scheduler } from "../scheduler/scheduler.js";
+import type { CallRecord, InvocationStore } from "../store/contract.js";
+
+/** Makes what a running call may ask of Fennec; `depth` is 0 for a call from a client. */
+export type CallHostFactory = (callId: string, user: string, depth: number) => CallHost;
+
+export interface InvocationsOptions {
+  readonly scheduler: Scheduler;
+  /** Where records go. */
+  readonly store: InvocationStore;
+  /** This node's name in records (the host's name by default). */
+  readonly node: string;
+  /** False keeps no records (`fennec serve --no-records`): calls still get their ids. */
+  readonly records: boolean;
+  /** Undefined: calls get no CallHost (nothing to chain or keep state with). */
+  readonly makeCallHost?: CallHostFactory | undefined;
+  readonly log: Logger;
+}
+
+export type SyncOutcome = InvokeOutcome | { error: FennecError; record: InvocationRecord };
+
+/** The sync-call service the gateway's invoke path goes through instead of the scheduler itself. */
+export class Invocations {
+  readonly #o: InvocationsOptions;
+  /** Bound once, so recording a call makes no closure beyond the one that carries its id. */
+  readonly #failedWrite = (err: unknown): void => {
+    this.#o.log.warn("could not record a call", { error: toFennecError(err).message });
+  };
+
+  constructor(options: InvocationsOptions) {
+    this.#o = options;
+  }
+
+  /** Whether calls leave records. */
+  get recording(): boolean {
+    return this.#o.records;
+  }
+
+  /** A new call's id. */
+  newCallId(): string {
+    return randomUUID();
+  }
+
+  /** What the call `callId` of a function of `user` may ask (undefined without a factory). */
+  callHost(callId: string, user: string): CallHost | undefined {
+    return this.#o.makeCallHost?.(callId, user, 0);
+  }
+
+  /**
+   * Runs the call through the scheduler (never throws, as `Scheduler.invoke`), and records it
+   * when it is over: at once for a failure before the response head, else when the body ends.
+   */
+  async invoke(
+    callId: string,
+    id: FunctionId,
+    request: InvokeRequest,
+    signal: AbortLike | undefined,
+  ): Promise<SyncOutcome> {
+    const submittedAt = Date.now();
+    const outcome = await this.#o.scheduler.invoke(id, request, signal);
+    if (!this.#o.records) return outcome;
+    if ("error" in outcome) this.#write(callId, submittedAt, outcome.record, outcome.error.message);
+    else
+      outcome.record.then(
+        (record) => this.#write(callId, submittedAt, record, undefined),
+        this.#failedWrite,
+      );
+    return outcome;
+  }
+
+  #write(callId: string, submittedAt: number, r: InvocationRecord, message: string | undefined): void {
+    const finishedAt = Date.now();
+    const failed = r.errorCode !== undefined;
+    const record: CallRecord = {
+      id: callId,
+      function: r.function,
+      kind: "sync",
+      state: failed ? "failed" : "succeeded",
+      node: this.#o.node,
+      parentId: undefined,
+      attempt: 1,
+      submittedAt,
+      // The function started running once it had waited for its slot and its instance's start.
+      startedAt: r.startType === undefined ? undefined : Math.round(submittedAt + r.queueWaitMs + r.initMs),
+      finishedAt,
+      startType: r.startType,
+      queueWaitMs: r.queueWaitMs,
+      initMs: r.initMs,
+      ttfbMs: r.status === 0 ? undefined : r.ttfbMs,
+      execMs: r.startType === undefined ? undefined : r.execMs,
+      status: r.status === 0 ? undefined : r.status,
+      errorCode: r.errorCode,
+      errorMessage: failed ? (message ?? r.errorMessage) : undefined,
+      notBefore: undefined,
+      idempotencyKey: undefined,
+      callbackUrl: undefined,
+    };
+    try {
+      this.#o.store.record(record);
+    } catch (err) {
+      this.#failedWrite(err);
+    }
+  }
+}
