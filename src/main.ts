@@ -17,6 +17,7 @@ import type { DriverSettings } from "./sandbox/kind.js";
 import type { SandboxKinds } from "./sandbox/kinds.js";
 import { ReadinessHub } from "./sandbox/readiness.js";
 import { Scheduler } from "./scheduler/scheduler.js";
+import { callHostFactory } from "./invocations/call-host.js";
 import { Invocations, type CallHostFactory } from "./invocations/invocations.js";
 import { sinkLogs } from "./invocations/log-sink.js";
 import type { InvocationStore } from "./store/contract.js";
@@ -175,7 +176,8 @@ export async function startFennec(options: FennecOptions): Promise<Fennec> {
     store,
     node: options.node ?? hostname(),
     records,
-    makeCallHost: options.makeCallHost,
+    // Chaining and state over the store, with the scheduler lending awaiting callers' slots.
+    makeCallHost: options.makeCallHost ?? callHostFactory(store, scheduler),
     log,
   });
   const stopLogs = records

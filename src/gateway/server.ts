@@ -13,6 +13,7 @@ import type { ReadinessHub } from "../sandbox/readiness.js";
 import type { Scheduler } from "../scheduler/scheduler.js";
 import type { StatsCollector } from "../metrics/stats.js";
 import type { PrometheusMetrics } from "../metrics/prometheus.js";
+import { CHAIN_DEPTH_HEADER } from "../invocations/call-host.js";
 import type { Invocations } from "../invocations/invocations.js";
 import type { InvocationStore } from "../store/contract.js";
 import { AsyncCalls, type AsyncCallLimits } from "./async-calls.js";
@@ -33,6 +34,7 @@ import { requestBody } from "./request-body.js";
 import { functionId, parseTarget, type Target } from "./routes.js";
 import { deployCheck, deployFromJson, describeFunctions, type ModuleValidator } from "./admin.js";
 import { serveCallRoutes } from "./call-routes.js";
+import { serveStateRoutes, STATE_BODY } from "./state-routes.js";
 
 export interface GatewayOptions {
   readonly scheduler: Scheduler;
@@ -133,6 +135,11 @@ export class Gateway {
         allow(method, ["GET", "HEAD"]);
         res.writeHead(200, { "content-type": "text/plain" }).end("ok\n");
         return;
+      case "s":
+        // Faasm's per-user state: an admin route.
+        refuseCrossSite(req, STATE_BODY);
+        this.#authorize(req);
+        return serveStateRoutes(req, res, target.segments, this.#o.store);
       case "system":
         if (a === "functions" || a === "function") return this.#admin(req, res, target);
         if ((a === "calls" || a === "logs") && method === "GET") {
@@ -168,7 +175,8 @@ export class Gateway {
     const { body: pending, length } = requestBody(req, limit);
     const headers: Record<string, string> = {};
     for (const [name, value] of Object.entries(req.headers)) {
-      if (value === undefined || NOT_FORWARDED.has(name)) continue;
+      // The chain depth is Fennec's to set (call-host.ts): a client cannot forge one.
+      if (value === undefined || NOT_FORWARDED.has(name) || name === CHAIN_DEPTH_HEADER) continue;
       headers[name] = Array.isArray(value) ? value.join(", ") : value;
     }
     if (length !== undefined) headers["content-length"] = length;

@@ -4,6 +4,7 @@ import { FennecError } from "../core/errors.js";
 import { isValidName, quoteForMessage } from "../core/names.js";
 import { functionKey, type FunctionId } from "../core/types.js";
 import type { InvocationStore } from "../store/contract.js";
+import type { CallHostFactory } from "./invocations.js";
 
 /**
  * The stored request header that carries a chained call's depth. The gateway strips it from
@@ -50,8 +51,6 @@ export const DEFAULT_CALL_HOST_LIMITS: CallHostLimits = {
   capacityCheckMs: 100,
   noCapacityAfterMs: 1000,
 };
-
-export type CallHostFactory = (callId: string, user: string, depth: number) => CallHost;
 
 /** The composition root's factory: one CallHost per recorded call. */
 export function callHostFactory(
