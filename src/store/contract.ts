@@ -216,6 +216,9 @@ export interface InvocationStore {
   /** A sync call's record. Written behind (batched): not durable before the response goes out. */
   record(record: CallRecord): void;
 
+  /** Writes what is written behind (records, log lines) now; reads see it either way. */
+  flush(): Promise<void>;
+
   get(id: string): Promise<CallRecord | undefined>;
   /** The result of a finished call, if it had one and it was kept. */
   response(id: string): Promise<StoredResponse | undefined>;
@@ -228,7 +231,10 @@ export interface InvocationStore {
   appendLogs(lines: readonly LogLine[]): void;
   logs(query: LogQuery): Promise<StoredLogLine[]>;
   /** Told of every line appended from now on that matches; returns the function that stops it. */
-  followLogs(query: Pick<LogQuery, "function" | "callId">, listener: (line: StoredLogLine) => void): () => void;
+  followLogs(
+    query: Pick<LogQuery, "function" | "callId">,
+    listener: (line: StoredLogLine) => void,
+  ): () => void;
 
   // --- per-user state (Faasm's state, SnapFaaS's host store) ---
 

@@ -1,0 +1,600 @@
+import Database from "better-sqlite3";
+import type { Statement } from "better-sqlite3";
+import { FennecError } from "../core/errors.js";
+import type { Logger } from "../core/log.js";
+import { CallWaiters } from "./call-waiters.js";
+import {
+  TERMINAL_STATES,
+  type CallQuery,
+  type CallRecord,
+  type InvocationStore,
+  type LeasedCall,
+  type LogLine,
+  type LogQuery,
+  type NewAsyncCall,
+  type PruneResult,
+  type QueueFigures,
+  type RetentionPolicy,
+  type StoredLogLine,
+  type StoredResponse,
+} from "./contract.js";
+import { LogFollowers } from "./log-followers.js";
+import { storeError } from "./sqlite/errors.js";
+import { GroupCommit, type TxContext } from "./sqlite/group-commit.js";
+import { prune } from "./sqlite/retention.js";
+import {
+  INSERT_CALL,
+  blob,
+  figureColumns,
+  recordBytes,
+  recordOf,
+  requestOf,
+  responseOf,
+  rowOf,
+  type CallRow,
+  type RequestRow,
+  type ResponseRow,
+} from "./sqlite/rows.js";
+import { migrate } from "./sqlite/schema.js";
+import { StateOps } from "./sqlite/state-ops.js";
+import { WriteBehind, type WriteBehindOptions } from "./sqlite/write-behind.js";
+
+export interface SqliteStoreOptions extends WriteBehindOptions {
+  /** Where write-behind failures are told (records and log lines are dropped then). */
+  readonly log?: Logger;
+}
+
+const headersBytes = (h: object): string => JSON.stringify(h);
+
+/**
+ * The embedded invocation store: one SQLite file in WAL mode, written from the calling thread.
+ * Durable writes (enqueue, leases, results, state) are group-committed with `synchronous = FULL`;
+ * sync-call records and log lines are written behind (see WriteBehind). The connection holds the
+ * file exclusively (`locking_mode = EXCLUSIVE`): a second Fennec on the same state directory is
+ * refused at start instead of taking the first one's calls.
+ */
+export class SqliteStore implements InvocationStore {
+  readonly describe: string;
+  readonly #db: Database.Database;
+  readonly #group: GroupCommit;
+  readonly #behind: WriteBehind;
+  readonly #state: StateOps;
+  readonly #waiters = new CallWaiters();
+  readonly #followers = new LogFollowers();
+  readonly #log: Logger | undefined;
+  readonly #sql: ReturnType<typeof statements>;
+  #closed = false;
+
+  /** Opens (creating) the database at `path`, or `:memory:`. Throws STORE_CORRUPT / STORE_UNAVAILABLE. */
+  constructor(path: string, options: SqliteStoreOptions = {}) {
+    this.describe = `sqlite:${path}`;
+    this.#log = options.log;
+    let db: Database.Database | undefined;
+    try {
+      // timeout 0: the file is ours alone; a lock held by someone else is an error, not a wait.
+      db = new Database(path, { timeout: 0 });
+      db.pragma("locking_mode = EXCLUSIVE");
+      db.pragma("journal_mode = WAL");
+      db.pragma("synchronous = FULL");
+      // Checks the file's header and schema: garbage fails here, before anything is written.
+      db.prepare("SELECT count(*) FROM sqlite_schema").get();
+      migrate(db, this.describe);
+    } catch (err) {
+      db?.close();
+      if ((err as { code?: string }).code === "SQLITE_BUSY")
+        throw new FennecError(
+          "STORE_UNAVAILABLE",
+          `${this.describe} is in use by another process (another Fennec on the same --state-dir?)`,
+          { cause: err },
+        );
+      throw storeError(err, this.describe, "opening it");
+    }
+    this.#db = db;
+    this.#sql = statements(db);
+    this.#state = new StateOps(db);
+    this.#group = new GroupCommit(db, (err) => storeError(err, this.describe, "writing"));
+    this.#behind = new WriteBehind(
+      db,
+      options,
+      (records, lines) => {
+        for (const r of records) if (TERMINAL_STATES.has(r.state)) this.#waiters.finished(r);
+        if (this.#followers.any) for (const l of lines) this.#followers.tell(l);
+      },
+      (err, dropped) =>
+        this.#log?.warn("invocation store: records and log lines not written", {
+          store: this.describe,
+          dropped,
+          error: storeError(err, this.describe, "writing records").message,
+        }),
+    );
+  }
+
+  #open(): void {
+    if (this.#closed) throw new FennecError("STORE_UNAVAILABLE", `${this.describe} is closed`);
+  }
+
+  #write<T>(op: (tx: TxContext) => T): Promise<T> {
+    try {
+      this.#open();
+    } catch (err) {
+      return Promise.reject(err);
+    }
+    return this.#group.run(op);
+  }
+
+  #read<T>(doing: string, op: () => T): Promise<T> {
+    try {
+      this.#open();
+      // A read sees every record and line handed over before it.
+      this.#behind.flush();
+      return Promise.resolve(op());
+    } catch (err) {
+      return Promise.reject(storeError(err, this.describe, doing));
+    }
+  }
+
+  // --- async calls ---
+
+  enqueue(call: NewAsyncCall): Promise<{ readonly id: string; readonly created: boolean }> {
+    return this.#write(() => {
+      const s = this.#sql;
+      if (call.idempotencyKey !== undefined) {
+        const first = s.byIdempotency.get(call.function, call.idempotencyKey);
+        if (first !== undefined) return { id: first, created: false };
+      }
+      if (s.exists.get(call.id) !== undefined)
+        throw new FennecError("BAD_REQUEST", `a call with id ${call.id} already exists`);
+      const r = call.request;
+      const headers = headersBytes(r.headers);
+      const record: CallRecord = {
+        id: call.id,
+        function: call.function,
+        kind: "async",
+        state: "queued",
+        node: undefined,
+        parentId: call.parentId,
+        attempt: 0,
+        submittedAt: call.submittedAt,
+        startedAt: undefined,
+        finishedAt: undefined,
+        startType: undefined,
+        queueWaitMs: undefined,
+        initMs: undefined,
+        ttfbMs: undefined,
+        execMs: undefined,
+        status: undefined,
+        errorCode: undefined,
+        errorMessage: undefined,
+        notBefore: undefined,
+        idempotencyKey: call.idempotencyKey,
+        callbackUrl: call.callbackUrl,
+      };
+      const bytes = recordBytes(record) + r.body.byteLength + headers.length + r.path.length + r.query.length;
+      s.insertCall.run(rowOf(record, bytes));
+      s.insertRequest.run(call.id, r.method, r.path, r.query, headers, blob(r.body));
+      return { id: call.id, created: true };
+    });
+  }
+
+  take(opts: {
+    readonly node: string;
+    readonly max: number;
+    readonly leaseMs: number;
+    readonly now: number;
+    readonly skip?: ReadonlySet<string>;
+  }): Promise<LeasedCall[]> {
+    return this.#write(() => {
+      const s = this.#sql;
+      // Leases of a node that died run out here: those calls are due again.
+      s.expireLeases.run(opts.now);
+      if (opts.max <= 0) return [];
+      const due = s.due.all(opts.now, JSON.stringify([...(opts.skip ?? [])]), opts.max);
+      return due.map((row) => {
+        const queueWaitMs = opts.now - Math.max(row.submitted_at, row.not_before ?? 0);
+        s.lease.run(opts.node, opts.now, opts.now + opts.leaseMs, queueWaitMs, row.id);
+        return {
+          record: recordOf({
+            ...row,
+            state: "running",
+            node: opts.node,
+            attempt: row.attempt + 1,
+            started_at: opts.now,
+            queue_wait_ms: queueWaitMs,
+          }),
+          request: requestOf(s.request.get(row.id)!),
+        };
+      });
+    });
+  }
+
+  extendLease(id: string, node: string, leaseMs: number, now: number): Promise<boolean> {
+    return this.#write(() => this.#sql.extend.run(now + leaseMs, id, node).changes > 0);
+  }
+
+  requeueRunning(node: string): Promise<number> {
+    return this.#write(() => this.#sql.requeueNode.run(node).changes);
+  }
+
+  /** The call `node` may end: its own running call, or one whose lease ran out and no node took again. */
+  #ending(id: string, node: string, doing: string): CallRow {
+    const row = this.#sql.call.get(id);
+    if (row === undefined) throw new FennecError("CALL_NOT_FOUND", `no call ${id}`);
+    const mine = row.state === "running" && row.node === node;
+    if (!mine && row.state !== "queued")
+      throw new FennecError(
+        "CALL_STATE",
+        `call ${id} is ${row.state}${row.node ? ` on ${row.node}` : ""}: ${node} cannot ${doing} it`,
+      );
+    return row;
+  }
+
+  #update(id: string, fixed: Record<string, unknown>, figures: Partial<CallRecord>): void {
+    const { sets, values } = figureColumns(figures);
+    const names = Object.keys(fixed);
+    const sql = `UPDATE calls SET ${[...names.map((n) => `${n} = ?`), ...sets].join(", ")} WHERE id = ?`;
+    this.#sql.cached(sql).run(...names.map((n) => fixed[n]), ...values, id);
+  }
+
+  #finished(tx: TxContext, id: string): void {
+    const record = recordOf(this.#sql.call.get(id)!);
+    tx.onCommit(() => this.#waiters.finished(record));
+  }
+
+  finish(
+    id: string,
+    node: string,
+    outcome: {
+      readonly state: "succeeded" | "failed";
+      readonly response: StoredResponse | undefined;
+      readonly figures: Partial<CallRecord>;
+    },
+  ): Promise<void> {
+    return this.#write((tx) => {
+      this.#ending(id, node, "finish");
+      let bytes = 0;
+      const res = outcome.response;
+      if (res) {
+        const headers = headersBytes(res.headers);
+        bytes = res.body.byteLength + headers.length;
+        this.#sql.insertResponse.run(id, res.status, headers, blob(res.body));
+      }
+      this.#update(
+        id,
+        {
+          state: outcome.state,
+          node,
+          finished_at: outcome.figures.finishedAt ?? Date.now(),
+          lease_until: null,
+          not_before: null,
+          bytes: this.#sql.bytes.get(id)! + bytes,
+        },
+        res ? { status: res.status, ...outcome.figures } : outcome.figures,
+      );
+      this.#finished(tx, id);
+    });
+  }
+
+  retry(id: string, node: string, notBefore: number, figures: Partial<CallRecord>): Promise<void> {
+    return this.#write(() => {
+      this.#ending(id, node, "retry");
+      this.#update(id, { state: "queued", node: null, lease_until: null, not_before: notBefore }, figures);
+    });
+  }
+
+  bury(id: string, node: string, figures: Partial<CallRecord>): Promise<void> {
+    return this.#write((tx) => {
+      this.#ending(id, node, "bury");
+      this.#update(
+        id,
+        {
+          state: "dead",
+          node,
+          lease_until: null,
+          not_before: null,
+          finished_at: figures.finishedAt ?? Date.now(),
+        },
+        figures,
+      );
+      this.#finished(tx, id);
+    });
+  }
+
+  replay(id: string, now: number): Promise<boolean> {
+    return this.#write(() => {
+      const row = this.#sql.call.get(id);
+      if (row?.state !== "dead") return false;
+      const bytes = this.#sql.bytes.get(id)! - (this.#sql.responseBytes.get(id) ?? 0);
+      this.#sql.deleteResponse.run(id);
+      // A replay is a new submission: its maximum age counts from now, not from the first one.
+      this.#update(
+        id,
+        {
+          state: "queued",
+          node: null,
+          attempt: 0,
+          submitted_at: now,
+          started_at: null,
+          finished_at: null,
+          not_before: null,
+          lease_until: null,
+          bytes,
+        },
+        {
+          startType: undefined,
+          queueWaitMs: undefined,
+          initMs: undefined,
+          ttfbMs: undefined,
+          execMs: undefined,
+          status: undefined,
+          errorCode: undefined,
+          errorMessage: undefined,
+        },
+      );
+      return true;
+    });
+  }
+
+  delete(id: string): Promise<boolean> {
+    // A record still written behind would come back after the delete: write it first.
+    this.#behind.flush();
+    return this.#write((tx) => {
+      const row = this.#sql.call.get(id);
+      if (row === undefined) return false;
+      if (row.state === "running")
+        throw new FennecError("CALL_STATE", `call ${id} is running on ${row.node}: it cannot be deleted now`);
+      this.#sql.deleteCall.run(id);
+      this.#sql.deleteRequest.run(id);
+      this.#sql.deleteResponse.run(id);
+      tx.onCommit(() => this.#waiters.gone(id));
+      return true;
+    });
+  }
+
+  whenFinished(id: string, signal?: AbortSignal): Promise<CallRecord> {
+    return this.#read("waiting for a call", () => {
+      const row = this.#sql.call.get(id);
+      if (row === undefined) throw new FennecError("CALL_NOT_FOUND", `no call ${id}`);
+      if (TERMINAL_STATES.has(row.state as CallRecord["state"])) return recordOf(row);
+      return undefined;
+    }).then((done) => done ?? this.#waiters.wait(id, signal));
+  }
+
+  // --- records ---
+
+  record(record: CallRecord): void {
+    if (this.#closed) return;
+    this.#behind.record(record);
+  }
+
+  /** Writes what is written behind (records, log lines) now. */
+  flush(): Promise<void> {
+    return this.#read("writing records", () => undefined);
+  }
+
+  get(id: string): Promise<CallRecord | undefined> {
+    return this.#read("reading a call", () => {
+      const row = this.#sql.call.get(id);
+      return row === undefined ? undefined : recordOf(row);
+    });
+  }
+
+  response(id: string): Promise<StoredResponse | undefined> {
+    return this.#read("reading a result", () => {
+      const row = this.#sql.response.get(id);
+      return row === undefined ? undefined : responseOf(row);
+    });
+  }
+
+  list(query: CallQuery): Promise<CallRecord[]> {
+    return this.#read("listing calls", () => {
+      const status = query.status;
+      const { where, values } = filters([
+        ["function = ?", query.function],
+        ["state = ?", query.state],
+        ["kind = ?", query.kind],
+        ["status = ?", typeof status === "number" ? status : undefined],
+        ["error_code = ?", typeof status === "string" ? status : undefined],
+        ["parent_id = ?", query.parentId],
+        ["submitted_at >= ?", query.since],
+      ]);
+      const limit = Math.min(Math.max(Math.trunc(query.limit ?? 100), 1), 1000);
+      const sql = `SELECT * FROM calls${where.length ? ` WHERE ${where.join(" AND ")}` : ""}
+        ORDER BY submitted_at DESC, id DESC LIMIT ?`;
+      return (this.#sql.cached(sql).all(...values, limit) as CallRow[]).map(recordOf);
+    });
+  }
+
+  queueFigures(): Promise<ReadonlyMap<string, QueueFigures>> {
+    return this.#read("counting the queue", () => {
+      const now = Date.now();
+      const out = new Map<string, QueueFigures>();
+      for (const r of this.#sql.figures.all())
+        out.set(r.function, {
+          queued: r.queued,
+          running: r.running,
+          dead: r.dead,
+          oldestQueuedAgeMs: r.oldest === null ? 0 : Math.max(0, now - r.oldest),
+        });
+      return out;
+    });
+  }
+
+  // --- logs ---
+
+  appendLogs(lines: readonly LogLine[]): void {
+    if (this.#closed || lines.length === 0) return;
+    this.#behind.logs(lines);
+  }
+
+  logs(query: LogQuery): Promise<StoredLogLine[]> {
+    return this.#read("reading logs", () => {
+      const { where, values } = filters([
+        ["function = ?", query.function],
+        ["call_id = ?", query.callId],
+        ["time >= ?", query.since],
+        ["seq > ?", query.afterSeq],
+      ]);
+      const limit = Math.min(Math.max(Math.trunc(query.limit ?? 1000), 1), 10_000);
+      const sql = `SELECT * FROM logs${where.length ? ` WHERE ${where.join(" AND ")}` : ""} ORDER BY seq LIMIT ?`;
+      return (this.#sql.cached(sql).all(...values, limit) as LogRow[]).map((r) => ({
+        seq: r.seq,
+        time: r.time,
+        function: r.function,
+        callId: r.call_id ?? undefined,
+        instanceId: r.instance_id ?? undefined,
+        stream: r.stream as LogLine["stream"],
+        text: r.text,
+      }));
+    });
+  }
+
+  followLogs(
+    query: Pick<LogQuery, "function" | "callId">,
+    listener: (line: StoredLogLine) => void,
+  ): () => void {
+    return this.#followers.follow(query, listener);
+  }
+
+  // --- state ---
+
+  stateGet(user: string, key: string): Promise<Uint8Array | undefined> {
+    return this.#read("reading state", () => this.#state.get(user, key));
+  }
+  stateSet(user: string, key: string, value: Uint8Array): Promise<void> {
+    return this.#write(() => this.#state.set(user, key, value));
+  }
+  stateWrite(user: string, key: string, offset: number, value: Uint8Array): Promise<void> {
+    return this.#write(() => this.#state.write(user, key, offset, value));
+  }
+  stateAppend(user: string, key: string, value: Uint8Array): Promise<void> {
+    return this.#write(() => this.#state.append(user, key, value));
+  }
+  stateAppended(user: string, key: string): Promise<Uint8Array[]> {
+    return this.#read("reading state", () => this.#state.appended(user, key));
+  }
+  stateClearAppended(user: string, key: string): Promise<void> {
+    return this.#write(() => this.#state.clearAppended(user, key));
+  }
+  stateDelete(user: string, key: string): Promise<boolean> {
+    return this.#write(() => this.#state.delete(user, key));
+  }
+  stateKeys(user: string): Promise<string[]> {
+    return this.#read("reading state", () => this.#state.keys(user));
+  }
+
+  // --- housekeeping ---
+
+  async prune(policy: RetentionPolicy, now: number): Promise<PruneResult> {
+    this.#open();
+    this.#behind.flush();
+    try {
+      return await prune(this.#db, policy, now, () => this.#closed);
+    } catch (err) {
+      throw storeError(err, this.describe, "pruning");
+    }
+  }
+
+  sizeBytes(): Promise<number> {
+    return this.#read("measuring", () => {
+      const pages = this.#db.pragma("page_count", { simple: true }) as number;
+      const size = this.#db.pragma("page_size", { simple: true }) as number;
+      return pages * size;
+    });
+  }
+
+  close(): Promise<void> {
+    if (this.#closed) return Promise.resolve();
+    this.#group.commit();
+    this.#behind.stop();
+    this.#behind.flush();
+    this.#closed = true;
+    this.#waiters.closeAll(new FennecError("STORE_UNAVAILABLE", `${this.describe} closed`));
+    try {
+      this.#db.close();
+    } catch (err) {
+      return Promise.reject(storeError(err, this.describe, "closing"));
+    }
+    return Promise.resolve();
+  }
+}
+
+/** The WHERE clauses (and their values) of the filters a query sets. */
+function filters(pairs: ReadonlyArray<readonly [string, unknown]>): { where: string[]; values: unknown[] } {
+  const set = pairs.filter(([, v]) => v !== undefined);
+  return { where: set.map(([c]) => c), values: set.map(([, v]) => v) };
+}
+
+interface LogRow {
+  seq: number;
+  time: number;
+  function: string;
+  call_id: string | null;
+  instance_id: string | null;
+  stream: string;
+  text: string;
+}
+
+interface FigureRow {
+  function: string;
+  queued: number;
+  running: number;
+  dead: number;
+  oldest: number | null;
+}
+
+/** The statements the store runs often, prepared once. */
+function statements(db: Database.Database) {
+  const cache = new Map<string, Statement>();
+  return {
+    /** A statement built from a query's filters, prepared once per shape. */
+    cached(sql: string): Statement {
+      let s = cache.get(sql);
+      if (!s) cache.set(sql, (s = db.prepare(sql)));
+      return s;
+    },
+    call: db.prepare<[string], CallRow>("SELECT * FROM calls WHERE id = ?"),
+    exists: db.prepare<[string], number>("SELECT 1 FROM calls WHERE id = ?").pluck(),
+    bytes: db.prepare<[string], number>("SELECT bytes FROM calls WHERE id = ?").pluck(),
+    byIdempotency: db
+      .prepare<[string, string], string>("SELECT id FROM calls WHERE function = ? AND idempotency_key = ?")
+      .pluck(),
+    insertCall: db.prepare(INSERT_CALL),
+    insertRequest: db.prepare(
+      "INSERT INTO requests (call_id, method, path, query, headers, body) VALUES (?, ?, ?, ?, ?, ?)",
+    ),
+    request: db.prepare<[string], RequestRow>("SELECT * FROM requests WHERE call_id = ?"),
+    insertResponse: db.prepare(
+      "INSERT OR REPLACE INTO responses (call_id, status, headers, body) VALUES (?, ?, ?, ?)",
+    ),
+    response: db.prepare<[string], ResponseRow>("SELECT * FROM responses WHERE call_id = ?"),
+    responseBytes: db
+      .prepare<[string], number>("SELECT length(body) + length(headers) FROM responses WHERE call_id = ?")
+      .pluck(),
+    expireLeases: db.prepare(
+      "UPDATE calls SET state = 'queued', node = NULL, lease_until = NULL WHERE state = 'running' AND lease_until < ?",
+    ),
+    due: db.prepare<[number, string, number], CallRow>(
+      `SELECT * FROM calls WHERE state = 'queued' AND (not_before IS NULL OR not_before <= ?)
+        AND function NOT IN (SELECT value FROM json_each(?)) ORDER BY submitted_at, id LIMIT ?`,
+    ),
+    lease: db.prepare(
+      `UPDATE calls SET state = 'running', node = ?, attempt = attempt + 1, started_at = ?, lease_until = ?,
+        queue_wait_ms = ? WHERE id = ?`,
+    ),
+    extend: db.prepare("UPDATE calls SET lease_until = ? WHERE id = ? AND node = ? AND state = 'running'"),
+    requeueNode: db.prepare(
+      "UPDATE calls SET state = 'queued', node = NULL, lease_until = NULL WHERE state = 'running' AND node = ?",
+    ),
+    deleteCall: db.prepare("DELETE FROM calls WHERE id = ?"),
+    deleteRequest: db.prepare("DELETE FROM requests WHERE call_id = ?"),
+    deleteResponse: db.prepare("DELETE FROM responses WHERE call_id = ?"),
+    figures: db.prepare<[], FigureRow>(
+      `SELECT function,
+        count(*) FILTER (WHERE state = 'queued') AS queued,
+        count(*) FILTER (WHERE state = 'running') AS running,
+        count(*) FILTER (WHERE state = 'dead') AS dead,
+        min(submitted_at) FILTER (WHERE state = 'queued') AS oldest
+        FROM calls WHERE state IN ('queued', 'running', 'dead') AND kind = 'async' GROUP BY function`,
+    ),
+  };
+}

@@ -1,0 +1,79 @@
+import type { Database } from "better-sqlite3";
+import { FennecError } from "../../core/errors.js";
+
+/** What an operation may ask of the transaction it runs in. */
+export interface TxContext {
+  /** Runs `fn` once the transaction is on disk (to wake waiters only for what is durable). */
+  onCommit(fn: () => void): void;
+}
+
+interface Pending {
+  readonly op: (tx: TxContext) => unknown;
+  readonly resolve: (value: unknown) => void;
+  readonly reject: (err: unknown) => void;
+}
+
+/**
+ * Group commit: the writes asked for in the same turn of the event loop run in one transaction,
+ * so they share one fsync, then all resolve. An operation that refuses (throws a FennecError,
+ * which operations do before writing anything) fails alone; a database error fails the whole
+ * group, which is rolled back, so no caller is told "done" for what is not on disk.
+ */
+export class GroupCommit {
+  readonly #db: Database;
+  readonly #fail: (err: unknown) => Error;
+  #pending: Pending[] = [];
+  #scheduled = false;
+
+  constructor(db: Database, fail: (err: unknown) => Error) {
+    this.#db = db;
+    this.#fail = fail;
+  }
+
+  run<T>(op: (tx: TxContext) => T): Promise<T> {
+    return new Promise<T>((resolve, reject) => {
+      this.#pending.push({ op, resolve: resolve as (v: unknown) => void, reject });
+      if (this.#scheduled) return;
+      this.#scheduled = true;
+      // setImmediate, not a microtask: requests parsed in the same poll phase join the group.
+      setImmediate(() => this.commit());
+    });
+  }
+
+  /** Writes what is pending now (close() calls it; otherwise it runs on its own). */
+  commit(): void {
+    this.#scheduled = false;
+    const group = this.#pending;
+    if (group.length === 0) return;
+    this.#pending = [];
+    const outcomes: Array<{ ok: boolean; value: unknown }> = [];
+    const committed: Array<() => void> = [];
+    const tx: TxContext = { onCommit: (fn) => committed.push(fn) };
+    try {
+      this.#db
+        .transaction(() => {
+          for (const p of group) {
+            const mark = committed.length;
+            try {
+              outcomes.push({ ok: true, value: p.op(tx) });
+            } catch (err) {
+              if (!(err instanceof FennecError)) throw err;
+              committed.length = mark;
+              outcomes.push({ ok: false, value: err });
+            }
+          }
+        })
+        .immediate();
+    } catch (err) {
+      const failure = this.#fail(err);
+      for (const p of group) p.reject(failure);
+      return;
+    }
+    group.forEach((p, i) => {
+      const o = outcomes[i]!;
+      if (o.ok) p.resolve(o.value);
+      else p.reject(o.value);
+    });
+    for (const fn of committed) fn();
+  }
+}

@@ -1,0 +1,115 @@
+import type { Database } from "better-sqlite3";
+import type { PruneResult, RetentionPolicy } from "../contract.js";
+import { withoutFsync } from "./write-behind.js";
+
+/** Rows removed per transaction: the event loop gets a turn between chunks, so calls keep flowing. */
+const CALL_CHUNK = 500;
+const LOG_CHUNK = 2000;
+
+/** Finished calls retention may remove: never queued or running; dead letters only by age. */
+const BY_AGE = `state IN ('succeeded', 'failed', 'dead') AND coalesce(finished_at, submitted_at) < ?`;
+const BY_BYTES = `state IN ('succeeded', 'failed')`;
+
+/** The bytes retention counts: bodies, headers and strings of calls, log text, state values. */
+export function storedBytes(db: Database): number {
+  return db
+    .prepare<[], number>(
+      `SELECT (SELECT coalesce(sum(bytes), 0) FROM calls)
+        + (SELECT coalesce(sum(length(CAST(text AS BLOB))), 0) FROM logs)
+        + (SELECT coalesce(sum(length(value) + length(key)), 0) FROM state)
+        + (SELECT coalesce(sum(length(value) + length(key)), 0) FROM state_appended)`,
+    )
+    .pluck()
+    .get()!;
+}
+
+const turn = () => new Promise<void>((resolve) => setImmediate(resolve));
+
+/**
+ * Removes finished calls (with their request, response) and log lines older than `maxAgeMs`,
+ * then the oldest finished calls and log lines, whichever is older first, until what the store
+ * keeps is under `maxBytes`. Dead letters wait for their age or an explicit delete, and queued or
+ * running calls and state are never removed: when they alone are over `maxBytes`, so be it.
+ * Freed pages go back to the file system (incremental vacuum).
+ */
+export async function prune(
+  db: Database,
+  policy: RetentionPolicy,
+  now: number,
+  closed: () => boolean,
+): Promise<PruneResult> {
+  const cutoff = now - policy.maxAgeMs;
+  const oldCalls = db
+    .prepare<[number, number], string>(`SELECT id FROM calls WHERE ${BY_AGE} LIMIT ?`)
+    .pluck();
+  const oldestCalls = db.prepare<[number], { id: string; at: number; bytes: number }>(
+    `SELECT id, coalesce(finished_at, submitted_at) AS at, bytes FROM calls WHERE ${BY_BYTES}
+        ORDER BY coalesce(finished_at, submitted_at) LIMIT ?`,
+  );
+  const oldestLog = db.prepare<[], { time: number }>("SELECT time FROM logs ORDER BY seq LIMIT 1");
+  const deleteCall = db.prepare("DELETE FROM calls WHERE id = ?");
+  const deleteRequest = db.prepare("DELETE FROM requests WHERE call_id = ?");
+  const deleteResponse = db.prepare("DELETE FROM responses WHERE call_id = ?");
+  const oldLogs = db.prepare<[number, number]>(
+    "DELETE FROM logs WHERE seq IN (SELECT seq FROM logs WHERE time < ? ORDER BY seq LIMIT ?)",
+  );
+  const firstLogs = db.prepare<[number], { n: number; bytes: number; last: number }>(
+    `SELECT count(*) AS n, coalesce(sum(length(CAST(text AS BLOB))), 0) AS bytes, coalesce(max(seq), 0) AS last
+      FROM (SELECT seq, text FROM logs ORDER BY seq LIMIT ?)`,
+  );
+  const logsUpTo = db.prepare<[number]>("DELETE FROM logs WHERE seq <= ?");
+  const removeCalls = (ids: readonly string[]) =>
+    withoutFsync(db, () => {
+      for (const id of ids) {
+        deleteCall.run(id);
+        deleteRequest.run(id);
+        deleteResponse.run(id);
+      }
+    });
+
+  let calls = 0;
+  let logLines = 0;
+  // 1. By age.
+  for (;;) {
+    const ids = oldCalls.all(cutoff, CALL_CHUNK);
+    if (ids.length === 0) break;
+    removeCalls(ids);
+    calls += ids.length;
+    await turn();
+    if (closed()) return { calls, logLines };
+  }
+  for (;;) {
+    const n = withoutFsync(db, () => oldLogs.run(cutoff, LOG_CHUNK).changes);
+    logLines += n;
+    if (n < LOG_CHUNK) break;
+    await turn();
+    if (closed()) return { calls, logLines };
+  }
+  // 2. By bytes, oldest first.
+  let used = storedBytes(db);
+  while (used > policy.maxBytes) {
+    const chunk = oldestCalls.all(CALL_CHUNK);
+    const log = oldestLog.get();
+    if (chunk.length === 0 && log === undefined) break;
+    if (log === undefined || (chunk.length > 0 && chunk[0]!.at <= log.time)) {
+      // Only as many as it takes to get under the limit.
+      const take: string[] = [];
+      for (const c of chunk) {
+        if (used <= policy.maxBytes) break;
+        take.push(c.id);
+        used -= c.bytes;
+      }
+      removeCalls(take);
+      calls += take.length;
+    } else {
+      const first = firstLogs.get(LOG_CHUNK)!;
+      withoutFsync(db, () => logsUpTo.run(first.last));
+      logLines += first.n;
+      used -= first.bytes;
+    }
+    await turn();
+    if (closed()) return { calls, logLines };
+  }
+  if (calls + logLines > 0) db.pragma("incremental_vacuum");
+  return { calls, logLines };
+}

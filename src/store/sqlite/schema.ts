@@ -1,0 +1,119 @@
+import type { Database } from "better-sqlite3";
+
+/**
+ * The store's tables, one migration per schema version (`PRAGMA user_version`). A migration only
+ * ever appends: a database written by an older Fennec opens in a newer one.
+ */
+const MIGRATIONS: readonly string[] = [
+  // 1: calls (sync records and async calls alike), their kept requests and responses, logs, state.
+  `
+  CREATE TABLE calls (
+    id TEXT PRIMARY KEY,
+    function TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    state TEXT NOT NULL,
+    node TEXT,
+    parent_id TEXT,
+    attempt INTEGER NOT NULL,
+    submitted_at INTEGER NOT NULL,
+    started_at INTEGER,
+    finished_at INTEGER,
+    start_type TEXT,
+    queue_wait_ms REAL,
+    init_ms REAL,
+    ttfb_ms REAL,
+    exec_ms REAL,
+    status INTEGER,
+    error_code TEXT,
+    error_message TEXT,
+    not_before INTEGER,
+    idempotency_key TEXT,
+    callback_url TEXT,
+    lease_until INTEGER,
+    -- what this call keeps (request, response, its strings), for retention by bytes
+    bytes INTEGER NOT NULL
+  ) WITHOUT ROWID;
+  CREATE INDEX calls_submitted ON calls (submitted_at);
+  CREATE INDEX calls_function ON calls (function, submitted_at);
+  CREATE INDEX calls_parent ON calls (parent_id) WHERE parent_id IS NOT NULL;
+  CREATE INDEX calls_queued ON calls (submitted_at) WHERE state = 'queued';
+  CREATE INDEX calls_leases ON calls (lease_until) WHERE state = 'running';
+  CREATE INDEX calls_finished ON calls (finished_at) WHERE finished_at IS NOT NULL;
+  CREATE INDEX calls_active ON calls (function, state) WHERE state IN ('queued', 'running', 'dead');
+  CREATE UNIQUE INDEX calls_idempotency ON calls (function, idempotency_key)
+    WHERE idempotency_key IS NOT NULL;
+
+  CREATE TABLE requests (
+    call_id TEXT PRIMARY KEY,
+    method TEXT NOT NULL,
+    path TEXT NOT NULL,
+    query TEXT NOT NULL,
+    headers TEXT NOT NULL,
+    body BLOB NOT NULL
+  ) WITHOUT ROWID;
+
+  CREATE TABLE responses (
+    call_id TEXT PRIMARY KEY,
+    status INTEGER NOT NULL,
+    headers TEXT NOT NULL,
+    body BLOB NOT NULL
+  ) WITHOUT ROWID;
+
+  -- AUTOINCREMENT: a seq is never reused after retention removed the newest lines, so a
+  -- follower's "after seq" never skips a line.
+  CREATE TABLE logs (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    time INTEGER NOT NULL,
+    function TEXT NOT NULL,
+    call_id TEXT,
+    instance_id TEXT,
+    stream TEXT NOT NULL,
+    text TEXT NOT NULL
+  );
+  CREATE INDEX logs_function ON logs (function, seq);
+  CREATE INDEX logs_call ON logs (call_id, seq) WHERE call_id IS NOT NULL;
+  CREATE INDEX logs_time ON logs (time);
+
+  CREATE TABLE state (
+    user TEXT NOT NULL,
+    key TEXT NOT NULL,
+    value BLOB NOT NULL,
+    PRIMARY KEY (user, key)
+  ) WITHOUT ROWID;
+
+  CREATE TABLE state_appended (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    user TEXT NOT NULL,
+    key TEXT NOT NULL,
+    value BLOB NOT NULL
+  );
+  CREATE INDEX state_appended_key ON state_appended (user, key, seq);
+  `,
+];
+
+/** The schema version this Fennec writes. */
+export const SCHEMA_VERSION = MIGRATIONS.length;
+
+/**
+ * Brings the database to SCHEMA_VERSION. A database from a newer Fennec is refused rather than
+ * guessed at.
+ */
+export function migrate(db: Database, describe: string): void {
+  const version = db.pragma("user_version", { simple: true }) as number;
+  if (version > SCHEMA_VERSION)
+    throw new Error(
+      `${describe} has schema version ${version}, newer than this Fennec's ${SCHEMA_VERSION}: run a newer Fennec or use another --state-dir`,
+    );
+  if (version === 0) {
+    // Only a new, empty database can change auto_vacuum without a full VACUUM: set it before the
+    // first table, so retention's deletes give space back (incremental_vacuum) instead of leaving
+    // free pages inside the file.
+    db.pragma("auto_vacuum = INCREMENTAL");
+  }
+  for (let v = version; v < SCHEMA_VERSION; v++) {
+    db.transaction(() => {
+      db.exec(MIGRATIONS[v]!);
+      db.pragma(`user_version = ${v + 1}`);
+    })();
+  }
+}

@@ -1,0 +1,52 @@
+import assert from "node:assert/strict";
+import { randomUUID } from "node:crypto";
+import { mkdtemp, rm } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { after, describe, it } from "node:test";
+import { SqliteStore } from "../../src/store/sqlite-store.js";
+import type { CallRecord } from "../../src/store/contract.js";
+
+const body = (s: string) => new TextEncoder().encode(s);
+
+describe("SqliteStore: the embedded store's own behaviour", () => {
+  const dirs: string[] = [];
+  after(async () => {
+    for (const d of dirs) await rm(d, { recursive: true, force: true });
+  });
+
+  it("runs an async call from enqueue to finish, records a sync call, and keeps both across a reopen", async () => {
+    const dir = await mkdtemp(join(tmpdir(), "fennec-store-"));
+    dirs.push(dir);
+    const path = join(dir, "fennec.db");
+    let store = new SqliteStore(path);
+    const id = randomUUID();
+    const request = { method: "POST", path: "/", query: "", headers: { a: "b" }, body: body("in") };
+    assert.deepEqual(await store.enqueue({ id, function: "u/f", request, submittedAt: 1 }), {
+      id,
+      created: true,
+    });
+    const done = store.whenFinished(id);
+    const [leased] = await store.take({ node: "n", max: 5, leaseMs: 1000, now: 2 });
+    assert.equal(leased?.record.attempt, 1);
+    assert.deepEqual(leased?.request, { ...request, body: leased.request.body });
+    assert.equal(new TextDecoder().decode(leased.request.body), "in");
+    await store.finish(id, "n", {
+      state: "succeeded",
+      response: { status: 201, headers: [["x", "y"]], body: body("out") },
+      figures: { execMs: 3 },
+    });
+    assert.equal((await done).state, "succeeded");
+    const sync: CallRecord = { ...(await store.get(id))!, id: randomUUID(), kind: "sync" };
+    store.record(sync);
+    await store.close();
+
+    store = new SqliteStore(path);
+    const again = await store.get(id);
+    assert.equal(again?.status, 201);
+    assert.equal(again?.execMs, 3);
+    assert.equal(new TextDecoder().decode((await store.response(id))!.body), "out");
+    assert.equal((await store.get(sync.id))?.kind, "sync");
+    await store.close();
+  });
+});
