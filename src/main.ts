@@ -1,11 +1,15 @@
+import { mkdirSync } from "node:fs";
 import { createServer, type Server } from "node:http";
 import type { AddressInfo } from "node:net";
 import { join, resolve } from "node:path";
 import { toFennecError } from "./core/errors.js";
 import { createLogger, type Logger, type LogLevel } from "./core/log.js";
 import { AllowedHosts } from "./gateway/allowed-hosts.js";
-import type { AsyncCallLimits } from "./gateway/async-calls.js";
+import { STATUS_BY_CODE } from "./gateway/error-status.js";
 import { Gateway } from "./gateway/server.js";
+import { AsyncEngine } from "./invocations/async-engine.js";
+import { CallbackPolicy } from "./invocations/callback-policy.js";
+import { Callbacks, type CallbackOptions } from "./invocations/callbacks.js";
 import { PrometheusMetrics } from "./metrics/prometheus.js";
 import { StatsCollector } from "./metrics/stats.js";
 import { DirectoryRegistry } from "./registry/registry.js";
@@ -16,6 +20,8 @@ import type { DriverSettings } from "./sandbox/kind.js";
 import type { SandboxKinds } from "./sandbox/kinds.js";
 import { ReadinessHub } from "./sandbox/readiness.js";
 import { Scheduler } from "./scheduler/scheduler.js";
+import type { InvocationStore } from "./store/contract.js";
+import { SqliteStore } from "./store/sqlite-store.js";
 
 export interface FennecOptions {
   readonly registry: string;
@@ -49,8 +55,16 @@ export interface FennecOptions {
   readonly drivers?: ReadonlyMap<string, SandboxDriver>;
   /** Limits of the HTTP server against slow or greedy clients (defaults in SERVER_LIMITS). */
   readonly server?: ServerLimits;
-  /** Bounds of uncollected `/fa` results: count, bytes, age (defaults in AsyncCalls). */
-  readonly asyncResults?: AsyncCallLimits;
+  /** Directory of the invocation store (async calls, records, logs, state); default `<registry>/.fennec/state`. */
+  readonly stateDir?: string;
+  /** Largest response body an async call's result keeps (default 8 MiB); beyond, FN_RESPONSE_TOO_LARGE. */
+  readonly asyncResultLimitBytes?: number;
+  /**
+   * Callbacks (`X-Callback-Url`): `allow` lists the hosts they may go to (`name`, `.name`, an IP
+   * address, `*`); without it, any host whose addresses are public. Attempts, backoff and the
+   * deadline of one attempt (defaults in Callbacks).
+   */
+  readonly callbacks?: CallbackOptions & { readonly allow?: readonly string[] };
 }
 
 export interface ServerLimits {
@@ -97,6 +111,7 @@ export interface Fennec {
   readonly server: Server;
   readonly scheduler: Scheduler;
   readonly registry: DirectoryRegistry;
+  readonly store: InvocationStore;
   readonly log: Logger;
   /** Stops accepting, drains in-flight calls (up to `graceMs`), stops every instance. Idempotent. */
   close(graceMs?: number): Promise<void>;
@@ -153,6 +168,23 @@ export async function startFennec(options: FennecOptions): Promise<Fennec> {
     log,
     onInstanceStopped: () => void registry.releaseRetired(),
   });
+  const stateDir = options.stateDir ?? join(root, ".fennec", "state");
+  mkdirSync(stateDir, { recursive: true });
+  const store = new SqliteStore(join(stateDir, "fennec.db"), { log });
+  const callbacks = new Callbacks(
+    new CallbackPolicy(options.callbacks?.allow),
+    log,
+    scheduler.node,
+    options.callbacks,
+  );
+  const engine = new AsyncEngine({
+    store,
+    scheduler,
+    log,
+    resultLimitBytes: options.asyncResultLimitBytes ?? 8 * 2 ** 20,
+    callbacks,
+    statusOf: (code) => STATUS_BY_CODE[code],
+  });
   const stats = new StatsCollector(scheduler.node);
   const metrics = new PrometheusMetrics(
     () =>
@@ -162,6 +194,7 @@ export async function startFennec(options: FennecOptions): Promise<Fennec> {
     () => ({ reservedMiB: scheduler.memoryUsedMiB, budgetMiB: scheduler.memoryBudgetMiB }),
     scheduler.node,
   );
+  metrics.watchQueues(() => store.queueFigures());
   const gateway = new Gateway({
     scheduler,
     registry,
@@ -175,19 +208,24 @@ export async function startFennec(options: FennecOptions): Promise<Fennec> {
     token: options.token,
     allowedHosts,
     backends: () => kinds.status(kindDrivers),
-    ...(options.asyncResults ? { asyncResults: options.asyncResults } : {}),
+    store,
+    engine,
+    callbacks,
   });
 
   const server = createGatewayServer(options.server ?? {}, gateway.handle);
   await listen(server, options.port ?? 8123, options.host ?? "127.0.0.1").catch(async (err: unknown) => {
     // Nothing will be served: stop what was started (idle executor threads would keep the process alive).
     await scheduler.close(0);
+    await store.close();
     throw err;
   });
   const address = server.address() as AddressInfo;
   const host = address.family === "IPv6" ? `[${address.address}]` : address.address;
   const url = `http://${host}:${address.port}`;
   callbackBase = `${url}/ready/`;
+  // Calls this node was running when it died run again; then queued ones are taken.
+  await engine.start();
 
   // Prepare every function now (compile modules, build roots and images), so the first cold start
   // is an instantiation, and start min-instances; both in the background, neither blocks serving.
@@ -237,7 +275,13 @@ export async function startFennec(options: FennecOptions): Promise<Fennec> {
       await preparing.catch(() => undefined);
       const serverClosed = new Promise<void>((r) => server.close(() => r()));
       server.closeIdleConnections();
+      // Async calls: none taken from now on; those running finish within the drain, or go back
+      // to the queue whole when it ends; queued ones stay queued for the next start.
+      engine.stop();
       await scheduler.close(graceMs);
+      await engine.drained();
+      await callbacks.close();
+      await store.close();
       await registry.releaseRetired();
       server.closeAllConnections();
       await serverClosed;
@@ -246,7 +290,7 @@ export async function startFennec(options: FennecOptions): Promise<Fennec> {
     })();
     return closing;
   };
-  return { url, server, scheduler, registry, log, close };
+  return { url, server, scheduler, registry, store, log, close };
 }
 
 /** Listens, or rejects with one clear line naming the address and the reason (a busy port, a bad host). */

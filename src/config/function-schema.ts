@@ -91,7 +91,8 @@ const asyncTable = z
   .superRefine((table, ctx) => {
     if (table.backoff > table["max-backoff"])
       ctx.addIssue({ code: "custom", path: ["backoff"], message: "must not exceed max-backoff" });
-    if (table["max-age"] <= 0) ctx.addIssue({ code: "custom", path: ["max-age"], message: "must be more than 0" });
+    if (table["max-age"] <= 0)
+      ctx.addIssue({ code: "custom", path: ["max-age"], message: "must be more than 0" });
   });
 
 const topLevel = {

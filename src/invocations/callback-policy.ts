@@ -65,7 +65,11 @@ export class CallbackPolicy {
   constructor(allow: readonly string[] = []) {
     this.#listed = allow.length > 0;
     for (const raw of allow) {
-      const entry = raw.trim().toLowerCase().replace(/\.$/, "").replace(/^\[(.*)\]$/, "$1");
+      const entry = raw
+        .trim()
+        .toLowerCase()
+        .replace(/\.$/, "")
+        .replace(/^\[(.*)\]$/, "$1");
       if (isIP(entry) === 0 && !ENTRY.test(entry))
         throw new FennecError(
           "CONFIG_INVALID",
@@ -85,13 +89,20 @@ export class CallbackPolicy {
   }
 
   #onList(host: string): boolean {
-    return this.#any || this.#names.has(host) || this.#suffixes.some((s) => host.endsWith(s) || host === s.slice(1));
+    return (
+      this.#any ||
+      this.#names.has(host) ||
+      this.#suffixes.some((s) => host.endsWith(s) || host === s.slice(1))
+    );
   }
 
   /** The URL, checked at submission; throws CALLBACK_NOT_ALLOWED with the reason. */
   check(text: string): URL {
     const refuse = (why: string) =>
-      new FennecError("CALLBACK_NOT_ALLOWED", `X-Callback-Url ${quoteForMessage(text.slice(0, 200))}: ${why}`);
+      new FennecError(
+        "CALLBACK_NOT_ALLOWED",
+        `X-Callback-Url ${quoteForMessage(text.slice(0, 200))}: ${why}`,
+      );
     if (text.length > MAX_URL) throw refuse(`longer than ${MAX_URL} characters`);
     let url: URL;
     try {
@@ -99,7 +110,8 @@ export class CallbackPolicy {
     } catch {
       throw refuse("not an absolute URL");
     }
-    if (url.protocol !== "http:" && url.protocol !== "https:") throw refuse("only http and https URLs are called back");
+    if (url.protocol !== "http:" && url.protocol !== "https:")
+      throw refuse("only http and https URLs are called back");
     if (url.username || url.password) throw refuse("user information in the URL is not taken");
     const host = hostOf(url);
     if (this.#listed) {

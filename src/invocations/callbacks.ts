@@ -137,7 +137,12 @@ export class Callbacks {
         });
         await res.body.dump({ limit: 64 * 1024 });
         if (res.statusCode >= 200 && res.statusCode < 300) {
-          this.#log.info("callback delivered", { callId: d.callId, url: d.url, attempt, status: res.statusCode });
+          this.#log.info("callback delivered", {
+            callId: d.callId,
+            url: d.url,
+            attempt,
+            status: res.statusCode,
+          });
           this.#publish(d, "delivered");
           return;
         }

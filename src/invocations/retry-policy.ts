@@ -40,7 +40,12 @@ export function backoffMs(config: AsyncConfig, attempt: number, random = Math.ra
 }
 
 /** The error a call too old to run is dead-lettered with. */
-export function expired(config: AsyncConfig, key: string, submittedAt: number, now: number): FennecError | undefined {
+export function expired(
+  config: AsyncConfig,
+  key: string,
+  submittedAt: number,
+  now: number,
+): FennecError | undefined {
   if (now - submittedAt <= config.maxAgeMs) return undefined;
   return new FennecError(
     "CALL_EXPIRED",
