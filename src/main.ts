@@ -1,3 +1,4 @@
+import { mkdirSync } from "node:fs";
 import { createServer, type Server } from "node:http";
 import type { AddressInfo } from "node:net";
 import { hostname } from "node:os";
@@ -5,8 +6,11 @@ import { join, resolve } from "node:path";
 import { toFennecError } from "./core/errors.js";
 import { createLogger, type Logger, type LogLevel } from "./core/log.js";
 import { AllowedHosts } from "./gateway/allowed-hosts.js";
-import type { AsyncCallLimits } from "./gateway/async-calls.js";
+import { STATUS_BY_CODE } from "./gateway/error-status.js";
 import { Gateway } from "./gateway/server.js";
+import { AsyncEngine } from "./invocations/async-engine.js";
+import { CallbackPolicy } from "./invocations/callback-policy.js";
+import { Callbacks, type CallbackOptions } from "./invocations/callbacks.js";
 import { PrometheusMetrics } from "./metrics/prometheus.js";
 import { StatsCollector } from "./metrics/stats.js";
 import { DirectoryRegistry } from "./registry/registry.js";
@@ -17,7 +21,7 @@ import type { DriverSettings } from "./sandbox/kind.js";
 import type { SandboxKinds } from "./sandbox/kinds.js";
 import { ReadinessHub } from "./sandbox/readiness.js";
 import { Scheduler } from "./scheduler/scheduler.js";
-import { callHostFactory } from "./invocations/call-host.js";
+import { callHostFactory, chainDepthOf } from "./invocations/call-host.js";
 import { Invocations, type CallHostFactory } from "./invocations/invocations.js";
 import { sinkLogs } from "./invocations/log-sink.js";
 import type { InvocationStore } from "./store/contract.js";
@@ -55,8 +59,6 @@ export interface FennecOptions {
   readonly drivers?: ReadonlyMap<string, SandboxDriver>;
   /** Limits of the HTTP server against slow or greedy clients (defaults in SERVER_LIMITS). */
   readonly server?: ServerLimits;
-  /** Bounds of uncollected `/fa` results: count, bytes, age (defaults in AsyncCalls). */
-  readonly asyncResults?: AsyncCallLimits;
   /** This node's name in call records (default: the host's name). */
   readonly node?: string;
   /**
@@ -66,6 +68,16 @@ export interface FennecOptions {
   readonly records?: boolean;
   /** What a running call may ask of Fennec (chain, await, state); undefined: calls get none. */
   readonly makeCallHost?: CallHostFactory;
+  /** Directory of the invocation store (async calls, records, logs, state); default `<registry>/.fennec/state`. */
+  readonly stateDir?: string;
+  /** Largest response body an async call's result keeps (default 8 MiB); beyond, FN_RESPONSE_TOO_LARGE. */
+  readonly asyncResultLimitBytes?: number;
+  /**
+   * Callbacks (`X-Callback-Url`): `allow` lists the hosts they may go to (`name`, `.name`, an IP
+   * address, `*`); without it, any host whose addresses are public. Attempts, backoff and the
+   * deadline of one attempt (defaults in Callbacks).
+   */
+  readonly callbacks?: CallbackOptions & { readonly allow?: readonly string[] };
 }
 
 export interface ServerLimits {
@@ -112,6 +124,7 @@ export interface Fennec {
   readonly server: Server;
   readonly scheduler: Scheduler;
   readonly registry: DirectoryRegistry;
+  readonly store: InvocationStore;
   readonly log: Logger;
   /** Stops accepting, drains in-flight calls (up to `graceMs`), stops every instance. Idempotent. */
   close(graceMs?: number): Promise<void>;
@@ -168,16 +181,37 @@ export async function startFennec(options: FennecOptions): Promise<Fennec> {
     log,
     onInstanceStopped: () => void registry.releaseRetired(),
   });
-  // Replaced by the store opened from --state-dir (src/store/open-store.ts).
-  const store: InvocationStore = new SqliteStore(":memory:", { log });
+  const stateDir = options.stateDir ?? join(root, ".fennec", "state");
+  mkdirSync(stateDir, { recursive: true });
+  const store = new SqliteStore(join(stateDir, "fennec.db"), { log });
+  const callbacks = new Callbacks(
+    new CallbackPolicy(options.callbacks?.allow),
+    log,
+    scheduler.node,
+    options.callbacks,
+  );
+  const engine = new AsyncEngine({
+    store,
+    scheduler,
+    log,
+    resultLimitBytes: options.asyncResultLimitBytes ?? 8 * 2 ** 20,
+    callbacks,
+    statusOf: (code) => STATUS_BY_CODE[code],
+    // A chained call runs with its own host, one level deeper than its parent (call-host.ts).
+    callHost: (record, request) =>
+      makeCallHost(record.id, record.function.slice(0, record.function.indexOf("/")), chainDepthOf(request.headers)),
+  });
   const records = options.records ?? true;
+  // Chaining and state over the store, with the scheduler lending awaiting callers' slots; a
+  // chained call wakes the engine that runs it.
+  const makeCallHost =
+    options.makeCallHost ?? callHostFactory(store, scheduler, {}, () => engine.wake());
   const invocations = new Invocations({
     scheduler,
     store,
     node: options.node ?? hostname(),
     records,
-    // Chaining and state over the store, with the scheduler lending awaiting callers' slots.
-    makeCallHost: options.makeCallHost ?? callHostFactory(store, scheduler),
+    makeCallHost,
     log,
   });
   const stopLogs = records
@@ -192,6 +226,7 @@ export async function startFennec(options: FennecOptions): Promise<Fennec> {
     () => ({ reservedMiB: scheduler.memoryUsedMiB, budgetMiB: scheduler.memoryBudgetMiB }),
     scheduler.node,
   );
+  metrics.watchQueues(() => store.queueFigures());
   const gateway = new Gateway({
     scheduler,
     registry,
@@ -205,9 +240,10 @@ export async function startFennec(options: FennecOptions): Promise<Fennec> {
     token: options.token,
     allowedHosts,
     backends: () => kinds.status(kindDrivers),
-    ...(options.asyncResults ? { asyncResults: options.asyncResults } : {}),
     store,
     invocations,
+    engine,
+    callbacks,
   });
 
   const server = createGatewayServer(options.server ?? {}, gateway.handle);
@@ -222,6 +258,8 @@ export async function startFennec(options: FennecOptions): Promise<Fennec> {
   const host = address.family === "IPv6" ? `[${address.address}]` : address.address;
   const url = `http://${host}:${address.port}`;
   callbackBase = `${url}/ready/`;
+  // Calls this node was running when it died run again; then queued ones are taken.
+  await engine.start();
 
   // Prepare every function now (compile modules, build roots and images), so the first cold start
   // is an instantiation, and start min-instances; both in the background, neither blocks serving.
@@ -271,7 +309,13 @@ export async function startFennec(options: FennecOptions): Promise<Fennec> {
       await preparing.catch(() => undefined);
       const serverClosed = new Promise<void>((r) => server.close(() => r()));
       server.closeIdleConnections();
+      // Async calls: none taken from now on; those running finish within the drain, or go back
+      // to the queue whole when it ends; queued ones stay queued for the next start.
+      engine.stop();
       await scheduler.close(graceMs);
+      await engine.drained();
+      await callbacks.close();
+      await store.close();
       await registry.releaseRetired();
       server.closeAllConnections();
       await serverClosed;
@@ -282,7 +326,7 @@ export async function startFennec(options: FennecOptions): Promise<Fennec> {
     })();
     return closing;
   };
-  return { url, server, scheduler, registry, log, close };
+  return { url, server, scheduler, registry, store, log, close };
 }
 
 /** Listens, or rejects with one clear line naming the address and the reason (a busy port, a bad host). */

@@ -57,9 +57,10 @@ export function callHostFactory(
   store: InvocationStore,
   scheduler: ChainScheduler,
   limits: Partial<CallHostLimits> = {},
+  onEnqueued: () => void = () => {},
 ): CallHostFactory {
   const l = { ...DEFAULT_CALL_HOST_LIMITS, ...limits };
-  return (callId, user, depth) => new StoreCallHost(store, scheduler, l, callId, user, depth);
+  return (callId, user, depth) => new StoreCallHost(store, scheduler, l, callId, user, depth, onEnqueued);
 }
 
 /** Checks a state key: non-empty, bounded, no NUL (it is a SQL text value and a URL segment). */
@@ -93,6 +94,8 @@ export class StoreCallHost implements CallHost {
   readonly #store: InvocationStore;
   readonly #scheduler: ChainScheduler;
   readonly #limits: CallHostLimits;
+  /** Told when a chained call was queued: the async engine that runs it looks at once. */
+  readonly #onEnqueued: () => void;
   /** Child call id -> its function key: a call may await only what it chained. */
   readonly #children = new Map<string, string>();
 
@@ -103,7 +106,9 @@ export class StoreCallHost implements CallHost {
     readonly callId: string,
     readonly user: string,
     readonly depth: number,
+    onEnqueued: () => void = () => {},
   ) {
+    this.#onEnqueued = onEnqueued;
     this.#store = store;
     this.#scheduler = scheduler;
     this.#limits = limits;
@@ -139,6 +144,7 @@ export class StoreCallHost implements CallHost {
       submittedAt: Date.now(),
     });
     this.#children.set(callId, key);
+    this.#onEnqueued();
     return callId;
   }
 

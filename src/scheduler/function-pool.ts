@@ -79,6 +79,16 @@ export class FunctionPool {
     return this.#queue.length === 0 && this.#freeInstance() !== undefined;
   }
 
+  /**
+   * True when a request would not wait behind others for capacity: a slot is free, or no one
+   * waits and another instance may start (`max-instances`). The async engine asks before it
+   * dispatches, so its calls wait in the durable queue rather than in this one.
+   */
+  hasRoom(): boolean {
+    if (this.#queue.length > 0) return false;
+    return this.#freeInstance() !== undefined || this.#countedInstances() < this.config.maxInstances;
+  }
+
   /** Adopts a new revision of the config: instances of the old one take no new work. */
   updateConfig(config: FunctionConfig): void {
     if (config.revision === this.config.revision) {

@@ -180,6 +180,31 @@ export class Scheduler implements PoolHost {
   }
 
   /**
+   * Whether a call of function `key` could run now without waiting in its pool's queue: a free
+   * slot, or room for another instance within `max-instances` and the memory budget (counting idle
+   * instances of other functions, which a start evicts). True for a function without a pool yet:
+   * its first call finds out. The async engine asks before it takes a call of that function.
+   */
+  hasRoomFor(key: string): boolean {
+    if (this.#closing) return false;
+    const pool = this.#pools.get(key);
+    if (!pool) return true;
+    if (!pool.hasRoom()) return false;
+    if (pool.hasFreeSlot()) return true;
+    let need: number;
+    try {
+      need = this.driverFor(pool.config).memoryMiB(pool.config);
+    } catch {
+      return true; // the call fails with the driver's error, as a sync one would
+    }
+    if (this.#usedMiB + need <= this.#opts.memoryBudgetMiB) return true;
+    let evictable = 0;
+    for (const [inst, mib] of this.#reserved)
+      if (inst.config.key !== key && inst.state === "ready" && inst.active === 0) evictable += mib;
+    return this.#usedMiB - evictable + need <= this.#opts.memoryBudgetMiB;
+  }
+
+  /**
    * The warm fast path: a pool with a free slot on an instance of the current config, no disk
    * access. Under load (no free slot) the config is re-read at most every RESOLVE_INTERVAL_MS,
    * not per request; undefined when it is due (or there is no pool yet).
@@ -314,6 +339,11 @@ export class Scheduler implements PoolHost {
         return false;
       }
     });
+  }
+
+  /** Calls of function `key` awaiting chained calls (their slots lent): the async engine does not count them. */
+  awaiting(key: string): number {
+    return this.#pools.get(key)?.awaiting ?? 0;
   }
 
   /** Whether `need` MiB fit the budget, evicting idle instances of other functions as `#makeRoom` would. */
