@@ -272,6 +272,10 @@ export class AsyncEngine {
       outcome,
       Date.now(),
     );
+    // A chained call is not retried (Faasm's semantics): its caller awaits it and decides. A
+    // retry would run the subtree it chains again, so the retries of a chain would multiply.
+    if (record.parentId !== undefined && (verdict.kind === "retry" || verdict.kind === "bury"))
+      verdict = { kind: "finish", state: "failed" };
     // Stopping: a call cut short (its instance destroyed at the end of the drain) goes back whole.
     if (this.#stopped && "error" in outcome && verdict.kind !== "finish")
       verdict = { kind: "requeue", notBefore: Date.now(), error: outcome.error };

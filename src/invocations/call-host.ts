@@ -57,10 +57,10 @@ export function callHostFactory(
   store: InvocationStore,
   scheduler: ChainScheduler,
   limits: Partial<CallHostLimits> = {},
-  onEnqueued: () => void = () => {},
+  wakeEngine: () => void = () => {},
 ): CallHostFactory {
   const l = { ...DEFAULT_CALL_HOST_LIMITS, ...limits };
-  return (callId, user, depth) => new StoreCallHost(store, scheduler, l, callId, user, depth, onEnqueued);
+  return (callId, user, depth) => new StoreCallHost(store, scheduler, l, callId, user, depth, wakeEngine);
 }
 
 /** Checks a state key: non-empty, bounded, no NUL (it is a SQL text value and a URL segment). */
@@ -94,8 +94,11 @@ export class StoreCallHost implements CallHost {
   readonly #store: InvocationStore;
   readonly #scheduler: ChainScheduler;
   readonly #limits: CallHostLimits;
-  /** Told when a chained call was queued: the async engine that runs it looks at once. */
-  readonly #onEnqueued: () => void;
+  /**
+   * Wakes the async engine that runs chained calls: when one is queued, and when a caller lends
+   * its slot (the engine may have skipped the child's function as full a moment before).
+   */
+  readonly #wake: () => void;
   /** Child call id -> its function key: a call may await only what it chained. */
   readonly #children = new Map<string, string>();
 
@@ -106,9 +109,9 @@ export class StoreCallHost implements CallHost {
     readonly callId: string,
     readonly user: string,
     readonly depth: number,
-    onEnqueued: () => void = () => {},
+    wake: () => void = () => {},
   ) {
-    this.#onEnqueued = onEnqueued;
+    this.#wake = wake;
     this.#store = store;
     this.#scheduler = scheduler;
     this.#limits = limits;
@@ -144,7 +147,7 @@ export class StoreCallHost implements CallHost {
       submittedAt: Date.now(),
     });
     this.#children.set(callId, key);
-    this.#onEnqueued();
+    this.#wake();
     return callId;
   }
 
@@ -171,18 +174,21 @@ export class StoreCallHost implements CallHost {
       );
     const stop = new AbortController();
     const release = this.#scheduler.lend(this.callId);
+    this.#wake();
     try {
       const record = await Promise.race([
         this.#store.whenFinished(childId, stop.signal),
         this.#watchCapacity(childId, key, stop.signal),
       ]);
       const response = await this.#store.response(childId);
-      const noCapacity = record.errorCode === "NO_CAPACITY" || record.errorCode === "QUEUE_TIMEOUT";
+      // A store may give a missing code as null: the result says undefined.
+      const code = record.errorCode ?? undefined;
+      const noCapacity = code === "NO_CAPACITY" || code === "QUEUE_TIMEOUT";
       return {
         callId: childId,
         status: response?.status ?? record.status ?? 0,
         output: response?.body ?? new Uint8Array(0),
-        errorCode: noCapacity ? "CHAIN_NO_CAPACITY" : record.errorCode,
+        errorCode: noCapacity ? "CHAIN_NO_CAPACITY" : code,
       };
     } finally {
       stop.abort();

@@ -47,7 +47,7 @@ const NO_CALL_HOST = () =>
 
 /** What an awaited child's outcome is to the guest: 0 when it answered 2xx, else its status (or 1). */
 export function returnCode(status: number, errorCode: string | undefined): number {
-  if (errorCode === undefined && status >= 200 && status < 300) return 0;
+  if (!errorCode && status >= 200 && status < 300) return 0;
   return status > 0 ? status : 1;
 }
 
