@@ -199,13 +199,16 @@ export async function startFennec(options: FennecOptions): Promise<Fennec> {
     statusOf: (code) => STATUS_BY_CODE[code],
     // A chained call runs with its own host, one level deeper than its parent (call-host.ts).
     callHost: (record, request) =>
-      makeCallHost(record.id, record.function.slice(0, record.function.indexOf("/")), chainDepthOf(request.headers)),
+      makeCallHost(
+        record.id,
+        record.function.slice(0, record.function.indexOf("/")),
+        chainDepthOf(request.headers),
+      ),
   });
   const records = options.records ?? true;
   // Chaining and state over the store, with the scheduler lending awaiting callers' slots; a
   // chained call wakes the engine that runs it.
-  const makeCallHost =
-    options.makeCallHost ?? callHostFactory(store, scheduler, {}, () => engine.wake());
+  const makeCallHost = options.makeCallHost ?? callHostFactory(store, scheduler, {}, () => engine.wake());
   const invocations = new Invocations({
     scheduler,
     store,

@@ -37,10 +37,14 @@ export async function serveStateRoutes(
   const [, rawUser, key, extra] = segments;
   const method = req.method ?? "GET";
   if (rawUser === undefined || rawUser === "" || extra !== undefined)
-    throw new FennecError("NOT_FOUND", `no route for ${method} ${quoteForMessage("/" + segments.join("/"))}: use /s/<user>/<key>`);
+    throw new FennecError(
+      "NOT_FOUND",
+      `no route for ${method} ${quoteForMessage("/" + segments.join("/"))}: use /s/<user>/<key>`,
+    );
   const user = assertValidName(rawUser, "user");
   if (key === undefined || key === "") {
-    if (method !== "GET") throw new FennecError("METHOD_NOT_ALLOWED", `${method} is not allowed on /s/<user>; use GET`);
+    if (method !== "GET")
+      throw new FennecError("METHOD_NOT_ALLOWED", `${method} is not allowed on /s/<user>; use GET`);
     return sendJson(res, 200, { user, keys: await store.stateKeys(user) });
   }
   checkStateKey(key, limits.maxKeyBytes);
@@ -56,10 +60,7 @@ export async function serveStateRoutes(
     case "PUT": {
       const declared = Number(req.headers["content-length"]);
       const tooLarge = () =>
-        new FennecError(
-          "STATE_TOO_LARGE",
-          `a state value may be at most ${limits.maxValueBytes} bytes`,
-        );
+        new FennecError("STATE_TOO_LARGE", `a state value may be at most ${limits.maxValueBytes} bytes`);
       // Refused before a byte is read when the client says how much it sends.
       if (Number.isFinite(declared) && declared > limits.maxValueBytes) throw tooLarge();
       const value = await readBody(req, limits.maxValueBytes, tooLarge);
@@ -72,5 +73,8 @@ export async function serveStateRoutes(
       res.writeHead(204).end();
       return;
   }
-  throw new FennecError("METHOD_NOT_ALLOWED", `${method} is not allowed on /s/<user>/<key>; use GET, PUT or DELETE`);
+  throw new FennecError(
+    "METHOD_NOT_ALLOWED",
+    `${method} is not allowed on /s/<user>/<key>; use GET, PUT or DELETE`,
+  );
 }

@@ -124,7 +124,10 @@ describe("Faasm chaining and state end to end", () => {
     });
     assert.equal(crossSite.status, 403);
     assert.match(crossSite.text, /CROSS_SITE_REFUSED/);
-    const form = await rawRequest(t.url, "PUT", "/s/default/x", "v", { ...auth, "content-type": "text/plain" });
+    const form = await rawRequest(t.url, "PUT", "/s/default/x", "v", {
+      ...auth,
+      "content-type": "text/plain",
+    });
     assert.equal(form.status, 415);
     const longKey = await rawRequest(t.url, "PUT", `/s/default/${"k".repeat(300)}`, "v", auth);
     assert.equal(longKey.status, 413);

@@ -42,7 +42,7 @@ describe("Faasm host interface (env.__faasm_*) on the wasm driver", () => {
   const invoke = async (body: string | Uint8Array, call?: CallHost) => {
     const res = await instance.invoke(
       { method: "POST", path: "/", query: "", headers: {}, body: toBody(body), call },
-      { signal: new AbortController().signal } as never,
+      { signal: new AbortController().signal },
     );
     return { status: res.status, body: await bytesOf(res.body) };
   };
@@ -145,7 +145,7 @@ describe("Faasm host interface (env.__faasm_*) on the wasm driver", () => {
     // Every level chained once: depths 1..16 ran, the one at 16 was refused the 17th.
     const all = await store.list({ limit: 1000 });
     const chain: string[] = [];
-    for (let id: string | undefined = "c-cycle"; id; ) {
+    for (let id: string | undefined = "c-cycle"; id;) {
       const child = all.find((c) => c.parentId === id);
       if (child) chain.push(child.id);
       id = child?.id;

@@ -213,7 +213,12 @@ export class WasmDriver implements SandboxDriver {
     // A pre-initialised module starts from its snapshot's memory, which the reset copies.
     const startBytes = load.snapshot?.memoryBytes ?? compiled.initialBytes;
     // A Faasm function's host calls have effects: a call moved from there must not run again.
-    if (compiled.faasm || !compiled.inline || Object.keys(load.dirs).length > 0 || startBytes > INLINE_MAX_MEMORY)
+    if (
+      compiled.faasm ||
+      !compiled.inline ||
+      Object.keys(load.dirs).length > 0 ||
+      startBytes > INLINE_MAX_MEMORY
+    )
       return undefined;
     let runner = this.#inline.get(key);
     if (!runner) {

@@ -71,7 +71,8 @@ export function faasmImports(
     const pages = Math.max(1, Math.ceil(len / 65536));
     return memoryOf().grow(pages) * 65536;
   };
-  const stateGet = (key: string): Uint8Array => host.call({ op: "state-get", key }).bytes ?? new Uint8Array(0);
+  const stateGet = (key: string): Uint8Array =>
+    host.call({ op: "state-get", key }).bytes ?? new Uint8Array(0);
   /** Maps a key's value into memory (at least `totalLen` bytes, zero-filled past the value). */
   const mapState = (key: string, totalLen: number): { ptr: number; len: number } => {
     const existing = run.mapped.get(key);
@@ -202,16 +203,36 @@ export function faasmImports(
       mem.set(value.subarray(0, m.len), m.ptr);
     },
     __faasm_lock_state_read(keyPtr) {
-      host.call({ op: "lock", key: cstring(keyPtr, "__faasm_lock_state_read"), mode: "read", release: false });
+      host.call({
+        op: "lock",
+        key: cstring(keyPtr, "__faasm_lock_state_read"),
+        mode: "read",
+        release: false,
+      });
     },
     __faasm_unlock_state_read(keyPtr) {
-      host.call({ op: "lock", key: cstring(keyPtr, "__faasm_unlock_state_read"), mode: "read", release: true });
+      host.call({
+        op: "lock",
+        key: cstring(keyPtr, "__faasm_unlock_state_read"),
+        mode: "read",
+        release: true,
+      });
     },
     __faasm_lock_state_write(keyPtr) {
-      host.call({ op: "lock", key: cstring(keyPtr, "__faasm_lock_state_write"), mode: "write", release: false });
+      host.call({
+        op: "lock",
+        key: cstring(keyPtr, "__faasm_lock_state_write"),
+        mode: "write",
+        release: false,
+      });
     },
     __faasm_unlock_state_write(keyPtr) {
-      host.call({ op: "lock", key: cstring(keyPtr, "__faasm_unlock_state_write"), mode: "write", release: true });
+      host.call({
+        op: "lock",
+        key: cstring(keyPtr, "__faasm_unlock_state_write"),
+        mode: "write",
+        release: true,
+      });
     },
     // No configuration flags are set on Fennec.
     __faasm_conf_flag() {

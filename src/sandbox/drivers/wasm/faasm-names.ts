@@ -71,5 +71,7 @@ export const UNSUPPORTED_FAASM_CALLS: ReadonlyMap<string, string> = new Map([
 
 /** Whether an import is one of Faasm's host calls (supported or not). */
 export function isFaasmImport(module: string, name: string): boolean {
-  return module === FAASM_IMPORT_MODULE && (SUPPORTED_FAASM_CALLS.has(name) || UNSUPPORTED_FAASM_CALLS.has(name));
+  return (
+    module === FAASM_IMPORT_MODULE && (SUPPORTED_FAASM_CALLS.has(name) || UNSUPPORTED_FAASM_CALLS.has(name))
+  );
 }

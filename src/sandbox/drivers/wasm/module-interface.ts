@@ -101,7 +101,8 @@ export function isFaasmModule({ imports }: ModuleInterface): boolean {
 export function checkInterface({ imports, exports }: ModuleInterface, what: string): void {
   const forbidden = imports
     .filter(
-      (i) => i.kind !== "function" || (i.module !== GRANTED_IMPORT_MODULE && !isFaasmImport(i.module, i.name)),
+      (i) =>
+        i.kind !== "function" || (i.module !== GRANTED_IMPORT_MODULE && !isFaasmImport(i.module, i.name)),
     )
     .map((i) => `${i.module}.${i.name} (${i.kind})`);
   if (forbidden.length > 0) {
