@@ -2,7 +2,7 @@
 // out. Called with N (1-16, default 4) it chains N calls of itself with "square:i", awaits each
 // one's output and answers with their sum; a child answers with i*i. It also counts its runs in
 // the user's state under a write lock.
-//   curl -d 5 localhost:8080/f/default/faasm-fanout   ->  sum of squares 1..5 = 55 (...)
+//   curl -d 5 127.0.0.1:8123/f/default/faasm-fanout   ->  sum of squares 1..5 = 55 (...)
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
