@@ -55,6 +55,12 @@ describe("Faasm chaining and state end to end", () => {
     assert.equal(Buffer.from(runs.text, "latin1").length, 4);
   });
 
+  it("faasm-chain chains itself: a chain of 3 calls answers with each one's number", async () => {
+    const r = await post("faasm-chain", "3");
+    assert.equal(r.status, 200, r.text);
+    assert.equal(r.text, "3 2 1\n");
+  });
+
   it("a call awaiting a child of its own function at max-instances = 1, concurrent-requests = 1 completes (no deadlock)", async () => {
     const r = await post("ops", "chain:ops:echo:own child");
     assert.equal(r.status, 200, r.text);

@@ -7,6 +7,11 @@ import { FennecError } from "../../src/core/errors.js";
 import { callHostFactory, chainDepthOf } from "../../src/invocations/call-host.js";
 import type { CallHostFactory } from "../../src/invocations/invocations.js";
 import { WasmDriver, type WasmInstance } from "../../src/sandbox/drivers/wasm/driver.js";
+import {
+  checkInterface,
+  isFaasmModule,
+  type ModuleInterface,
+} from "../../src/sandbox/drivers/wasm/module-interface.js";
 import { SqliteStore } from "../../src/store/sqlite-store.js";
 import { bytesOf } from "../helpers/body.js";
 import { testConfig } from "../helpers/config.js";
@@ -184,5 +189,27 @@ describe("Faasm host interface (env.__faasm_*) on the wasm driver", () => {
       assert.equal(err.code, "STORE_UNAVAILABLE");
       return true;
     });
+  });
+
+  it("the module check accepts Faasm's host calls (marking the module) and refuses other env imports", () => {
+    const shape = (name: string): ModuleInterface => ({
+      imports: [
+        { module: "wasi_snapshot_preview1", name: "fd_write", kind: "function" },
+        { module: "env", name, kind: "function" },
+      ],
+      exports: [
+        { name: "_start", kind: "function" },
+        { name: "memory", kind: "memory" },
+      ],
+    });
+    for (const name of ["__faasm_read_input", "__faasm_chain_ptr"]) {
+      checkInterface(shape(name), "fn");
+      assert.equal(isFaasmModule(shape(name)), true);
+    }
+    assert.throws(
+      () => checkInterface(shape("__faasm_not_a_call"), "fn"),
+      (err: FennecError) => err.code === "FN_BAD_MODULE" && /env\.__faasm_not_a_call/.test(err.message),
+    );
+    assert.equal(isFaasmModule({ imports: [], exports: [] }), false);
   });
 });
