@@ -165,7 +165,7 @@ export class StoreCallHost implements CallHost {
     return { user, name: fn };
   }
 
-  async await(childId: string): Promise<ChainedResult> {
+  async await(childId: string, signal?: AbortSignal): Promise<ChainedResult> {
     const key = this.#children.get(childId);
     if (key === undefined)
       throw new FennecError(
@@ -173,6 +173,9 @@ export class StoreCallHost implements CallHost {
         `call ${quoteForMessage(childId)} was not chained by this call (${this.callId})`,
       );
     const stop = new AbortController();
+    const gaveUp = () => stop.abort(signal?.reason);
+    if (signal?.aborted) gaveUp();
+    signal?.addEventListener("abort", gaveUp, { once: true });
     const release = this.#scheduler.lend(this.callId);
     this.#wake();
     try {
@@ -191,6 +194,7 @@ export class StoreCallHost implements CallHost {
         errorCode: noCapacity ? "CHAIN_NO_CAPACITY" : code,
       };
     } finally {
+      signal?.removeEventListener("abort", gaveUp);
       stop.abort();
       release();
     }

@@ -108,6 +108,18 @@ describe("call host: chain, await and state over the store", () => {
     assert.ok(returned.includes("p-full"));
   });
 
+  it("gives up an await when its caller ends (the signal), taking its slot back", async () => {
+    const host = hosts("p-gone", "default", 0);
+    const id = await host.chain("fn", new Uint8Array(0));
+    const ending = new AbortController();
+    const waiting = host.await(id, ending.signal);
+    await new Promise((r) => setImmediate(r));
+    assert.ok(lent.includes("p-gone") && !returned.includes("p-gone"));
+    ending.abort(new FennecError("CALL_STATE", "the caller ended"));
+    await assert.rejects(waiting);
+    assert.ok(returned.includes("p-gone"));
+  });
+
   it("bounds state keys and values (STATE_TOO_LARGE)", async () => {
     const host = hosts("p-state", "default", 0);
     await host.state.set("k", Buffer.alloc(1024));

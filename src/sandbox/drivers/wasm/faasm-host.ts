@@ -57,6 +57,8 @@ export class FaasmSession {
   /** Faasm's call id (1, 2, ...) -> the chained call's Fennec id. */
   readonly #chained = new Map<number, string>();
   readonly #held: Array<{ key: string; mode: "read" | "write" }> = [];
+  /** Aborted when the job ends: an await still waiting then gives up (and its slot's loan). */
+  readonly #ending = new AbortController();
   #ended = false;
 
   constructor(call: CallHost | undefined, locks: StateLocks) {
@@ -88,7 +90,7 @@ export class FaasmSession {
         const id = this.#chained.get(r.id);
         if (id === undefined)
           throw new FennecError("CALL_NOT_FOUND", `awaited call ${r.id}, which this call did not chain`);
-        const result = await call.await(id);
+        const result = await call.await(id, this.#ending.signal);
         // A child that could not be placed at all fails its caller, rather than look like its answer.
         if (result.errorCode === "CHAIN_NO_CAPACITY")
           throw new FennecError("CHAIN_NO_CAPACITY", `chained call ${id} could not be placed: no capacity`);
@@ -140,6 +142,7 @@ export class FaasmSession {
   /** The job ended: every lock it still holds is released. */
   end(): void {
     this.#ended = true;
+    this.#ending.abort(new FennecError("CALL_STATE", "the call ended while it awaited a chained call"));
     for (const h of this.#held.splice(0)) this.#locks.release(h.key, h.mode);
   }
 }
