@@ -123,8 +123,9 @@ export function faasmImports(
     __faasm_await_call_output(id, outPtrPtr, outLenPtr) {
       const reply = host.call({ op: "await", id, output: true });
       const output = reply.bytes ?? new Uint8Array(0);
-      const ptr = allocate(output.byteLength);
-      write(ptr, output, "__faasm_await_call_output");
+      // An empty output takes no memory: a NULL pointer and a length of 0.
+      const ptr = output.byteLength > 0 ? allocate(output.byteLength) : 0;
+      if (ptr !== 0) write(ptr, output, "__faasm_await_call_output");
       const view = new DataView(memoryOf().buffer);
       check(outPtrPtr, 4, "__faasm_await_call_output");
       check(outLenPtr, 4, "__faasm_await_call_output");
