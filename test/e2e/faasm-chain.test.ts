@@ -97,6 +97,22 @@ describe("Faasm chaining and state end to end", () => {
     assert.equal(r.text, "child said: in:deep? rc=0");
   });
 
+  it("an async call (/fa) chains too, and its stored request carries no client-forged depth", async () => {
+    const accepted = await rawRequest(t.url, "POST", "/fa/default/ops", "chain:ops:echo:async", {
+      "x-fennec-chain-depth": "16",
+    });
+    assert.equal(accepted.status, 202, accepted.text);
+    const id = accepted.headers["x-call-id"] as string;
+    let r = await rawRequest(t.url, "GET", `/fa/calls/${id}`);
+    while (r.status === 202) {
+      await new Promise((resolve) => setTimeout(resolve, 20));
+      r = await rawRequest(t.url, "GET", `/fa/calls/${id}`);
+    }
+    assert.equal(r.status, 200, r.text);
+    assert.equal(r.text, "child said: in:async rc=0");
+    assert.equal((await children(id)).length, 1);
+  });
+
   it("refuses to chain another user's function (CHAIN_OTHER_USER, 403)", async () => {
     const r = await post("ops", "chain:alice/ops:echo:x");
     assert.equal(r.status, 403, r.text);
