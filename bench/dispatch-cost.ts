@@ -9,7 +9,7 @@
 import { bodyOf, readBody } from "../src/core/body.js";
 import { FennecError } from "../src/core/errors.js";
 import { createLogger } from "../src/core/log.js";
-import type { FunctionConfig } from "../src/config/function-config.js";
+import { DEFAULT_ASYNC, type FunctionConfig } from "../src/config/function-config.js";
 import { PrometheusMetrics } from "../src/metrics/prometheus.js";
 import { StatsCollector } from "../src/metrics/stats.js";
 import { FakeDriver } from "../src/sandbox/drivers/fake/driver.js";
@@ -34,6 +34,7 @@ const config: FunctionConfig = {
   maxQueue: 100,
   queueTimeoutMs: 30_000,
   forwardCredentials: false,
+  async: DEFAULT_ASYNC,
   sandbox: {
     kind: "container",
     image: "fake",

@@ -45,6 +45,8 @@ function compile(src, out, name) {
   const args = [
     "--target=wasm32-wasi",
     "--sysroot=/usr",
+    // Faasm functions include the host interface header written for Fennec.
+    "-Iexamples/include",
     "-O2",
     "-s",
     `-ffile-prefix-map=${ROOT}=.`,

@@ -5,8 +5,11 @@ import { join, resolve } from "node:path";
 import { toFennecError } from "./core/errors.js";
 import { createLogger, type Logger, type LogLevel } from "./core/log.js";
 import { AllowedHosts } from "./gateway/allowed-hosts.js";
-import type { AsyncCallLimits } from "./gateway/async-calls.js";
+import { STATUS_BY_CODE } from "./gateway/error-status.js";
 import { Gateway } from "./gateway/server.js";
+import { AsyncEngine } from "./invocations/async-engine.js";
+import { CallbackPolicy } from "./invocations/callback-policy.js";
+import { Callbacks, type CallbackOptions } from "./invocations/callbacks.js";
 import { PrometheusMetrics } from "./metrics/prometheus.js";
 import { StatsCollector } from "./metrics/stats.js";
 import { DirectoryRegistry } from "./registry/registry.js";
@@ -17,6 +20,7 @@ import type { DriverSettings } from "./sandbox/kind.js";
 import type { SandboxKinds } from "./sandbox/kinds.js";
 import { ReadinessHub } from "./sandbox/readiness.js";
 import { Scheduler } from "./scheduler/scheduler.js";
+import { callHostFactory, chainDepthOf } from "./invocations/call-host.js";
 import { Invocations, type CallHostFactory } from "./invocations/invocations.js";
 import { sinkLogs } from "./invocations/log-sink.js";
 import type { InvocationStore, RetentionPolicy } from "./store/contract.js";
@@ -55,8 +59,6 @@ export interface FennecOptions {
   readonly drivers?: ReadonlyMap<string, SandboxDriver>;
   /** Limits of the HTTP server against slow or greedy clients (defaults in SERVER_LIMITS). */
   readonly server?: ServerLimits;
-  /** Bounds of uncollected `/fa` results: count, bytes, age (defaults in AsyncCalls). */
-  readonly asyncResults?: AsyncCallLimits;
   /** Where the invocation store keeps its database (`fennec.db`); default `<registry>/.fennec/state`. */
   readonly stateDir?: string;
   /** What the store's retention keeps (default 7 days, 1 GiB); runs at start and every minute. */
@@ -70,6 +72,14 @@ export interface FennecOptions {
   readonly records?: boolean;
   /** What a running call may ask of Fennec (chain, await, state); undefined: calls get none. */
   readonly makeCallHost?: CallHostFactory;
+  /** Largest response body an async call's result keeps (default 8 MiB); beyond, FN_RESPONSE_TOO_LARGE. */
+  readonly asyncResultLimitBytes?: number;
+  /**
+   * Callbacks (`X-Callback-Url`): `allow` lists the hosts they may go to (`name`, `.name`, an IP
+   * address, `*`); without it, any host whose addresses are public. Attempts, backoff and the
+   * deadline of one attempt (defaults in Callbacks).
+   */
+  readonly callbacks?: CallbackOptions & { readonly allow?: readonly string[] };
 }
 
 export interface ServerLimits {
@@ -182,13 +192,37 @@ export async function startFennec(options: FennecOptions): Promise<Fennec> {
   if (orphans > 0)
     log.info("calls that were running when Fennec stopped are queued again", { calls: orphans });
   const retention = startRetention(store, { ...DEFAULT_RETENTION, ...options.retention }, log);
+  const callbacks = new Callbacks(
+    new CallbackPolicy(options.callbacks?.allow),
+    log,
+    scheduler.node,
+    options.callbacks,
+  );
+  const engine = new AsyncEngine({
+    store,
+    scheduler,
+    log,
+    resultLimitBytes: options.asyncResultLimitBytes ?? 8 * 2 ** 20,
+    callbacks,
+    statusOf: (code) => STATUS_BY_CODE[code],
+    // A chained call runs with its own host, one level deeper than its parent (call-host.ts).
+    callHost: (record, request) =>
+      makeCallHost(
+        record.id,
+        record.function.slice(0, record.function.indexOf("/")),
+        chainDepthOf(request.headers),
+      ),
+  });
   const records = options.records ?? true;
+  // Chaining and state over the store, with the scheduler lending awaiting callers' slots; a
+  // chained call wakes the engine that runs it.
+  const makeCallHost = options.makeCallHost ?? callHostFactory(store, scheduler, {}, () => engine.wake());
   const invocations = new Invocations({
     scheduler,
     store,
     node: options.node ?? hostname(),
     records,
-    makeCallHost: options.makeCallHost,
+    makeCallHost,
     log,
   });
   const stopLogs = records
@@ -203,6 +237,7 @@ export async function startFennec(options: FennecOptions): Promise<Fennec> {
     () => ({ reservedMiB: scheduler.memoryUsedMiB, budgetMiB: scheduler.memoryBudgetMiB }),
     scheduler.node,
   );
+  metrics.watchQueues(() => store.queueFigures());
   const gateway = new Gateway({
     scheduler,
     registry,
@@ -217,8 +252,9 @@ export async function startFennec(options: FennecOptions): Promise<Fennec> {
     allowedHosts,
     backends: () => kinds.status(kindDrivers),
     store,
-    ...(options.asyncResults ? { asyncResults: options.asyncResults } : {}),
     invocations,
+    engine,
+    callbacks,
   });
 
   const server = createGatewayServer(options.server ?? {}, gateway.handle);
@@ -234,6 +270,8 @@ export async function startFennec(options: FennecOptions): Promise<Fennec> {
   const host = address.family === "IPv6" ? `[${address.address}]` : address.address;
   const url = `http://${host}:${address.port}`;
   callbackBase = `${url}/ready/`;
+  // Calls this node was running when it died run again; then queued ones are taken.
+  await engine.start();
 
   // Prepare every function now (compile modules, build roots and images), so the first cold start
   // is an instantiation, and start min-instances; both in the background, neither blocks serving.
@@ -283,7 +321,13 @@ export async function startFennec(options: FennecOptions): Promise<Fennec> {
       await preparing.catch(() => undefined);
       const serverClosed = new Promise<void>((r) => server.close(() => r()));
       server.closeIdleConnections();
+      // Async calls: none taken from now on; those running finish within the drain, or go back
+      // to the queue whole when it ends; queued ones stay queued for the next start.
+      engine.stop();
       await scheduler.close(graceMs);
+      await engine.drained();
+      await callbacks.close();
+      await store.close();
       await registry.releaseRetired();
       server.closeAllConnections();
       await serverClosed;

@@ -25,6 +25,31 @@ export type ContainerSandboxConfig = SandboxConfigs["container"];
 export type ProcessSandboxConfig = SandboxConfigs["process"];
 export type OciSandboxConfig = SandboxConfigs["oci"];
 
+/** `[async]`: how the function's asynchronous calls are retried (times in ms). */
+export interface AsyncConfig {
+  /** Runs of one call at most, the first included; then it is dead-lettered. */
+  readonly attempts: number;
+  /** The first retry's backoff ceiling; it doubles per attempt up to `maxBackoffMs` (full jitter). */
+  readonly backoffMs: number;
+  readonly maxBackoffMs: number;
+  /** A call older than this (from its submission) is dead-lettered instead of run. */
+  readonly maxAgeMs: number;
+  /** Statuses the function declares retryable; any other status it answers is final. */
+  readonly retryStatuses: readonly number[];
+  /** Async calls of this function run at once at most (beside its instance limits); unset: those limits only. */
+  readonly concurrency: number | undefined;
+}
+
+/** What a function.toml without `[async]` gets. */
+export const DEFAULT_ASYNC: AsyncConfig = {
+  attempts: 3,
+  backoffMs: 1000,
+  maxBackoffMs: 300_000,
+  maxAgeMs: 6 * 3_600_000,
+  retryStatuses: [],
+  concurrency: undefined,
+};
+
 /** The typed, validated view of one function.toml that flows inward from the registry. */
 export interface FunctionConfig {
   readonly id: FunctionId;
@@ -61,6 +86,7 @@ export interface FunctionConfig {
    * response is cut with FN_RESPONSE_TOO_LARGE. Unset, a streamed response has no limit.
    */
   readonly maxResponseBodyBytes?: number;
+  readonly async: AsyncConfig;
   readonly sandbox: SandboxConfig;
   /** A fingerprint of the file's content: instances started from older settings are recycled. */
   readonly revision: string;

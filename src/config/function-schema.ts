@@ -1,5 +1,6 @@
 import { z } from "zod";
 import { byteSize } from "./byte-size.js";
+import { duration } from "./duration.js";
 import type { FunctionFiles } from "./sandbox-table.js";
 
 /**
@@ -73,6 +74,27 @@ export interface ProgramConfig {
   readonly pids: number;
 }
 
+/**
+ * `[async]`: how asynchronous calls of the function are retried. Defaults: 3 attempts, backoff
+ * from 1 s doubling up to 5 min (full jitter), calls older than 6 h dead-lettered, no status retried
+ * (a status is the function's answer unless it declares it retryable).
+ */
+const asyncTable = z
+  .strictObject({
+    attempts: positiveInt.max(100).default(3),
+    backoff: duration.default(1000),
+    "max-backoff": duration.default(300_000),
+    "max-age": duration.default(6 * 3_600_000),
+    "retry-statuses": z.array(z.int().min(200).max(599)).default([]),
+    concurrency: positiveInt.optional(),
+  })
+  .superRefine((table, ctx) => {
+    if (table.backoff > table["max-backoff"])
+      ctx.addIssue({ code: "custom", path: ["backoff"], message: "must not exceed max-backoff" });
+    if (table["max-age"] <= 0)
+      ctx.addIssue({ code: "custom", path: ["max-age"], message: "must be more than 0" });
+  });
+
 const topLevel = {
   keepalive: nonNegativeInt,
   "concurrent-requests": positiveInt,
@@ -86,6 +108,13 @@ const topLevel = {
   // Per-function limits; unset, the gateway's own apply (`--body-limit`; no response limit).
   "max-request-body": byteSize.optional(),
   "max-response-body": byteSize.optional(),
+  async: asyncTable.default({
+    attempts: 3,
+    backoff: 1000,
+    "max-backoff": 300_000,
+    "max-age": 6 * 3_600_000,
+    "retry-statuses": [],
+  }),
 };
 
 /** The keys every function.toml has, whatever its sandbox. */

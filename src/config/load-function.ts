@@ -169,6 +169,14 @@ export class FunctionLoader {
       forwardCredentials: cfg["forward-credentials"],
       maxRequestBodyBytes: cfg["max-request-body"],
       maxResponseBodyBytes: cfg["max-response-body"],
+      async: {
+        attempts: cfg.async.attempts,
+        backoffMs: cfg.async.backoff,
+        maxBackoffMs: cfg.async["max-backoff"],
+        maxAgeMs: cfg.async["max-age"],
+        retryStatuses: cfg.async["retry-statuses"],
+        concurrency: cfg.async.concurrency,
+      },
       sandbox: this.#sandbox(cfg, dir, file),
       revision: createHash("sha256").update(text).digest("hex").slice(0, 16),
     };

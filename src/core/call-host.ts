@@ -34,8 +34,9 @@ export interface CallHost {
    * Waits for a call this call chained. While it waits, the caller's slot does not count against
    * its function's instance limits, so a child of the same function can still run; when nothing
    * can run it (the memory budget is spent), the await fails with a code instead of hanging.
+   * `signal` gives up waiting (the caller ended): the await rejects and lends nothing more.
    */
-  await(callId: string): Promise<ChainedResult>;
+  await(callId: string, signal?: AbortSignal): Promise<ChainedResult>;
   readonly state: {
     get(key: string): Promise<Uint8Array | undefined>;
     set(key: string, value: Uint8Array): Promise<void>;

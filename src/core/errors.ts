@@ -44,6 +44,8 @@ export const ErrorCodes = [
   "STORE_CORRUPT",
   /** The store failed otherwise (I/O error, locked by another process). */
   "STORE_UNAVAILABLE",
+  /** An async call older than its function's `[async] max-age` before it could run (dead-lettered). */
+  "CALL_EXPIRED",
   /** An X-Callback-Url that is not http(s) or not on the allow-list. */
   "CALLBACK_NOT_ALLOWED",
   /** A chain deeper than the limit (a cycle ends here too). */
@@ -69,6 +71,8 @@ export const ErrorCodes = [
    * cap when it sets none), or larger than Fennec may hold where it keeps a copy (async results).
    */
   "FN_RESPONSE_TOO_LARGE",
+  /** An async call's last attempt answered a status its function's `[async] retry-statuses` lists. */
+  "FN_RETRYABLE_STATUS",
 ] as const;
 
 export type ErrorCode = (typeof ErrorCodes)[number];

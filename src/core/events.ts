@@ -22,12 +22,26 @@ export interface InstanceStoppedEvent {
   readonly errorCode: string | undefined;
 }
 
+/** Something the async engine did with a call: metrics count retries, dead letters and callbacks. */
+export interface AsyncCallEvent {
+  readonly node: string;
+  readonly function: string;
+  readonly callId: string;
+  /**
+   * `retry`: an attempt failed and runs again later; `requeue`: put back without an attempt
+   * counted (the platform's fault); `dead`: dead-lettered; `callback`: a callback ended (`outcome`).
+   */
+  readonly kind: "retry" | "requeue" | "dead" | "callback";
+  readonly outcome?: "delivered" | "failed";
+}
+
 export const channels = {
   invocation: diagnostics.channel("fennec:invocation"),
   instanceReady: diagnostics.channel("fennec:instance:ready"),
   instanceStopped: diagnostics.channel("fennec:instance:stopped"),
   functionError: diagnostics.channel("fennec:function:error"),
   log: diagnostics.channel("fennec:log"),
+  asyncCall: diagnostics.channel("fennec:async"),
 } as const;
 
 /**
@@ -52,6 +66,20 @@ export function logsWanted(): boolean {
 
 export function publishLog(line: LogLineEvent): void {
   if (channels.log.hasSubscribers) channels.log.publish(line);
+}
+
+export function publishAsyncCall(event: AsyncCallEvent): void {
+  if (channels.asyncCall.hasSubscribers) channels.asyncCall.publish(event);
+}
+
+/** Listens to the async events of one node (all when undefined); returns the function that stops it. */
+export function subscribeAsync(node: string | undefined, on: (e: AsyncCallEvent) => void): () => void {
+  const listener = (msg: unknown) => {
+    const e = msg as AsyncCallEvent;
+    if (node === undefined || e.node === node) on(e);
+  };
+  channels.asyncCall.subscribe(listener);
+  return () => channels.asyncCall.unsubscribe(listener);
 }
 
 export function publishInvocation(record: InvocationRecord): void {

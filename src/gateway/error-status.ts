@@ -34,6 +34,8 @@ export const STATUS_BY_CODE: Record<ErrorCode, number> = {
   STORE_FULL: 507,
   STORE_CORRUPT: 500,
   STORE_UNAVAILABLE: 503,
+  // The platform could not run it in time: a gateway timeout, as FN_INIT_TIMEOUT is.
+  CALL_EXPIRED: 504,
   CALLBACK_NOT_ALLOWED: 400,
   // Loop Detected: a chain past its depth limit is most often a cycle.
   CHAIN_TOO_DEEP: 508,
@@ -50,4 +52,5 @@ export const STATUS_BY_CODE: Record<ErrorCode, number> = {
   FN_CRASHED: 502,
   FN_BAD_RESPONSE: 502,
   FN_RESPONSE_TOO_LARGE: 502,
+  FN_RETRYABLE_STATUS: 502,
 };

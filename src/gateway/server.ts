@@ -1,6 +1,5 @@
 import { timingSafeEqual } from "node:crypto";
 import type { IncomingMessage, ServerResponse } from "node:http";
-import { bodyOf, readBody as readStream } from "../core/body.js";
 import { CallAbort } from "../core/call-abort.js";
 import { FennecError, toFennecError } from "../core/errors.js";
 import type { CallHost } from "../core/call-host.js";
@@ -13,8 +12,12 @@ import type { ReadinessHub } from "../sandbox/readiness.js";
 import type { Scheduler } from "../scheduler/scheduler.js";
 import type { StatsCollector } from "../metrics/stats.js";
 import type { PrometheusMetrics } from "../metrics/prometheus.js";
+import type { AsyncEngine } from "../invocations/async-engine.js";
+import { CHAIN_DEPTH_HEADER } from "../invocations/call-host.js";
+import type { Callbacks } from "../invocations/callbacks.js";
 import type { Invocations } from "../invocations/invocations.js";
-import { AsyncCalls, type AsyncCallLimits } from "./async-calls.js";
+import type { InvocationStore } from "../store/contract.js";
+import { AsyncRoutes } from "./async-routes.js";
 import {
   CALL_ID_HEADER,
   closeAfterResponse,
@@ -23,7 +26,6 @@ import {
   requestIdOf,
   sendError,
   sendJson,
-  tooLarge,
 } from "./http-util.js";
 import type { AllowedHosts } from "./allowed-hosts.js";
 import { JSON_BODY, MODULE_BODY, NUMBER_BODY, refuseCrossSite } from "./cross-site.js";
@@ -32,7 +34,7 @@ import { requestBody } from "./request-body.js";
 import { functionId, parseTarget, type Target } from "./routes.js";
 import { deployCheck, deployFromJson, describeFunctions, type ModuleValidator } from "./admin.js";
 import { serveCallRoutes } from "./call-routes.js";
-import type { InvocationStore } from "../store/contract.js";
+import { serveStateRoutes, STATE_BODY } from "./state-routes.js";
 
 export interface GatewayOptions {
   readonly scheduler: Scheduler;
@@ -53,12 +55,14 @@ export interface GatewayOptions {
   readonly allowedHosts: AllowedHosts;
   /** What the sandboxes report of themselves in /stats (e.g. which accelerator runs VMs). */
   readonly backends?: () => Record<string, unknown>;
-  /** Bounds of the uncollected `/fa` results kept in memory (defaults in AsyncCalls). */
-  readonly asyncResults?: AsyncCallLimits;
-  /** The invocation store: async calls, call records, logs, state. */
+  /** Calls, their records, function logs, async calls' results and per-user state. */
   readonly store: InvocationStore;
   /** The sync-call service: call ids, call hosts, records. */
   readonly invocations: Invocations;
+  /** Runs the async calls the store holds; woken when one is submitted or replayed. */
+  readonly engine: AsyncEngine;
+  /** Checks and delivers `X-Callback-Url`s. */
+  readonly callbacks: Callbacks;
 }
 
 /** Default function.toml for a module uploaded without one (Faasm's PUT creates functions). */
@@ -69,11 +73,21 @@ export function defaultWasmToml(moduleFile: string): string {
 /** The HTTP gateway: every route of the brief, one error format, a correlation id on every response. */
 export class Gateway {
   readonly #o: GatewayOptions;
-  readonly #calls: AsyncCalls;
+  readonly #async: AsyncRoutes;
 
   constructor(options: GatewayOptions) {
     this.#o = options;
-    this.#calls = new AsyncCalls(options.asyncResults);
+    this.#async = new AsyncRoutes({
+      store: options.store,
+      engine: options.engine,
+      callbacks: options.callbacks,
+      configOf: (id) => options.scheduler.configOf(id),
+      bodyLimitBytes: options.bodyLimitBytes,
+      guardAdmin: (req) => {
+        refuseCrossSite(req, NUMBER_BODY);
+        this.#authorize(req);
+      },
+    });
   }
 
   readonly handle = (req: IncomingMessage, res: ServerResponse): void => {
@@ -107,9 +121,13 @@ export class Gateway {
         allow(method, ["POST", "PUT"]);
         return this.#invoke(req, res, functionId(a, b), target.rest(3), target.query);
       case "fa":
-        if (a === "calls" && method === "GET") return this.#asyncResult(res, b ?? "");
+        if (a === "calls" && method === "GET") return this.#async.result(res, b ?? "");
         allow(method, ["POST"]);
-        return this.#invokeAsync(req, res, functionId(a, b), target.rest(3), target.query);
+        return this.#async.submit(req, res, functionId(a, b), target.rest(3), target.query);
+      case "async-function":
+        // OpenFaaS's async route: a default-user function, then its path (as /invoke/<fn>/...).
+        allow(method, ["POST"]);
+        return this.#async.submit(req, res, functionId(undefined, a), target.rest(2), target.query);
       case "preBoot":
         allow(method, ["POST"]);
         return this.#preBoot(req, res, b ? functionId(a, b) : functionId(undefined, a));
@@ -122,7 +140,7 @@ export class Gateway {
         return;
       case "stats":
         allow(method, ["GET"]);
-        return sendJson(res, 200, this.#statsDocument());
+        return sendJson(res, 200, await this.#statsDocument());
       case "metrics": {
         allow(method, ["GET"]);
         const text = await this.#o.metrics.registry.metrics();
@@ -133,8 +151,25 @@ export class Gateway {
         allow(method, ["GET", "HEAD"]);
         res.writeHead(200, { "content-type": "text/plain" }).end("ok\n");
         return;
+      case "s":
+        // Faasm's per-user state: an admin route.
+        refuseCrossSite(req, STATE_BODY);
+        this.#authorize(req);
+        return serveStateRoutes(req, res, target.segments, this.#o.store);
       case "system":
         if (a === "functions" || a === "function") return this.#admin(req, res, target);
+        // GET /system/calls[/<id>] lists records (call-routes.ts); these two act on the queue.
+        if (
+          a === "calls" &&
+          b !== undefined &&
+          target.segments.length === 4 &&
+          target.segments[3] === "replay"
+        ) {
+          allow(method, ["POST"]);
+          return this.#async.replay(req, res, b);
+        }
+        if (a === "calls" && b !== undefined && target.segments.length === 3 && method === "DELETE")
+          return this.#async.remove(req, res, b);
         if ((a === "calls" || a === "logs") && method === "GET") {
           refuseCrossSite(req, JSON_BODY);
           this.#authorize(req);
@@ -168,7 +203,8 @@ export class Gateway {
     const { body: pending, length } = requestBody(req, limit);
     const headers: Record<string, string> = {};
     for (const [name, value] of Object.entries(req.headers)) {
-      if (value === undefined || NOT_FORWARDED.has(name)) continue;
+      // The chain depth is Fennec's to set (call-host.ts): a client cannot forge one.
+      if (value === undefined || NOT_FORWARDED.has(name) || name === CHAIN_DEPTH_HEADER) continue;
       headers[name] = Array.isArray(value) ? value.join(", ") : value;
     }
     if (length !== undefined) headers["content-length"] = length;
@@ -220,39 +256,6 @@ export class Gateway {
     }
   }
 
-  async #invokeAsync(
-    req: IncomingMessage,
-    res: ServerResponse,
-    id: FunctionId,
-    path: string,
-    query: string,
-  ): Promise<void> {
-    // The caller is answered before the call runs, so its body cannot stream to the sandbox: it
-    // is read here, whole, into the one copy the call keeps. A function's own limit applies when
-    // smaller; a larger one does not lift the gateway's, which bounds what Fennec holds in memory.
-    const limit = Math.min(await this.#bodyLimitOf(id), this.#o.bodyLimitBytes);
-    const request = await this.#request(req, path, query, limit);
-    const bytes = await readStream(request.body, limit, () => tooLarge(limit));
-    const buffered = { ...request, body: bodyOf(bytes) };
-    const callId = this.#calls.submit(functionKey(id), this.#o.scheduler.invoke(id, buffered));
-    res.setHeader("location", `/fa/calls/${callId}`);
-    sendJson(res, 202, { callId, status: `/fa/calls/${callId}` });
-  }
-
-  async #asyncResult(res: ServerResponse, callId: string): Promise<void> {
-    const call = this.#calls.get(callId);
-    if (!call)
-      throw new FennecError(
-        "NOT_FOUND",
-        `no asynchronous call ${quoteForMessage(callId)} (it never existed, or its result was dropped: ${this.#calls.describeLimits()})`,
-      );
-    if (call.state === "pending")
-      return sendJson(res, 202, { callId, state: "pending", function: call.function });
-    if (call.state === "failed") throw call.error;
-    res.setHeader("x-fennec-call-state", "done");
-    await sendResponse(res, { ...call.response, body: bodyOf(call.response.body) });
-  }
-
   async #upload(req: IncomingMessage, res: ServerResponse, id: FunctionId): Promise<void> {
     refuseCrossSite(req, MODULE_BODY);
     this.#authorize(req);
@@ -283,7 +286,7 @@ export class Gateway {
     });
   }
 
-  #statsDocument(): Record<string, unknown> {
+  async #statsDocument(): Promise<Record<string, unknown>> {
     const { scheduler, stats } = this.#o;
     const instances: Record<string, unknown> = {};
     for (const [key, pool] of scheduler.pools())
@@ -293,6 +296,7 @@ export class Gateway {
       memory: { reservedMiB: scheduler.memoryUsedMiB, budgetMiB: scheduler.memoryBudgetMiB },
       instances,
       functions: stats.functions(),
+      ...stats.asyncCalls(await this.#o.store.queueFigures()),
       ...(this.#o.backends ? { backends: this.#o.backends() } : {}),
     };
   }

@@ -1,6 +1,7 @@
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from "prom-client";
-import { subscribeNode } from "../core/events.js";
+import { subscribeAsync, subscribeNode, type AsyncCallEvent } from "../core/events.js";
 import type { InvocationRecord } from "../core/types.js";
+import type { QueueFigures } from "../store/contract.js";
 
 export interface InstanceCounts {
   readonly function: string;
@@ -18,6 +19,8 @@ export class PrometheusMetrics {
   readonly #invocations: Counter<"function" | "start_type" | "outcome">;
   readonly #phase: Histogram<"function" | "phase">;
   readonly #init: Histogram<"function" | "driver">;
+  readonly #asyncCalls: Counter<"function" | "event">;
+  readonly #callbacks: Counter<"outcome">;
   readonly #unsubscribe: () => void;
 
   constructor(
@@ -72,10 +75,61 @@ export class PrometheusMetrics {
         this.set(memory().budgetMiB);
       },
     });
-    this.#unsubscribe = subscribeNode(node, {
+    this.#asyncCalls = new Counter({
+      name: "fennec_async_calls_total",
+      help: "What the async engine did with calls: retry (an attempt failed, run again later), requeue (put back without an attempt spent: the platform had no room), dead (dead-lettered).",
+      labelNames: ["function", "event"],
+      registers: [this.registry],
+    });
+    this.#callbacks = new Counter({
+      name: "fennec_async_callbacks_total",
+      help: "Callbacks (X-Callback-Url) by outcome: delivered, or failed after their attempts.",
+      labelNames: ["outcome"],
+      registers: [this.registry],
+    });
+    const offNode = subscribeNode(node, {
       invocation: (r) => this.#record(r),
       ready: (e) => this.#init.observe({ function: e.function, driver: e.driver }, e.initMs / 1000),
     });
+    const offAsync = subscribeAsync(node, (e) => this.#asyncEvent(e));
+    this.#unsubscribe = () => {
+      offNode();
+      offAsync();
+    };
+  }
+
+  /** Adds the async queue gauges, read from the store at scrape time. */
+  watchQueues(figures: () => Promise<ReadonlyMap<string, QueueFigures>>): void {
+    // One read of the store per scrape, shared by the four gauges.
+    let pending: Promise<ReadonlyMap<string, QueueFigures>> | undefined;
+    const read = () => {
+      pending ??= figures().finally(() => setImmediate(() => (pending = undefined)));
+      return pending;
+    };
+    const gauge = (name: string, help: string, value: (q: QueueFigures) => number) =>
+      new Gauge({
+        name,
+        help,
+        labelNames: ["function"],
+        registers: [this.registry],
+        async collect() {
+          this.reset();
+          for (const [fn, q] of await read()) this.set({ function: fn }, value(q));
+        },
+      });
+    gauge("fennec_async_queued", "Async calls waiting to run, by function.", (q) => q.queued);
+    gauge("fennec_async_running", "Async calls running, by function.", (q) => q.running);
+    gauge("fennec_async_dead", "Dead-lettered async calls kept, by function.", (q) => q.dead);
+    gauge(
+      "fennec_async_oldest_queued_seconds",
+      "Age of the oldest queued async call, by function (0 when none).",
+      (q) => q.oldestQueuedAgeMs / 1000,
+    );
+  }
+
+  #asyncEvent(e: AsyncCallEvent): void {
+    if (e.kind === "callback") this.#callbacks.inc({ outcome: e.outcome ?? "failed" });
+    else this.#asyncCalls.inc({ function: e.function, event: e.kind });
   }
 
   /**
@@ -83,7 +137,7 @@ export class PrometheusMetrics {
    * (prom-client removes a series only by its full label set), so recording keeps no list of them.
    */
   async forget(fn: string): Promise<void> {
-    for (const metric of [this.#invocations, this.#phase, this.#init] as const) {
+    for (const metric of [this.#invocations, this.#phase, this.#init, this.#asyncCalls] as const) {
       for (const { labels } of (await metric.get()).values) {
         if (labels["function"] !== fn) continue;
         const { le: _bucket, ...series } = labels as Record<string, string | number>; // buckets add "le"

@@ -1,5 +1,11 @@
-import { subscribeNode, type InstanceReadyEvent } from "../core/events.js";
+import {
+  subscribeAsync,
+  subscribeNode,
+  type AsyncCallEvent,
+  type InstanceReadyEvent,
+} from "../core/events.js";
 import type { InvocationRecord, StartType } from "../core/types.js";
+import type { QueueFigures } from "../store/contract.js";
 import { Samples } from "./summary.js";
 
 interface FunctionFigures {
@@ -27,18 +33,52 @@ export class StatsCollector {
   readonly #init = new Samples();
   readonly #exec = new Samples();
   readonly #functions = new Map<string, FunctionFigures>();
+  /** What the async engine did since start, per function. */
+  readonly #async = new Map<string, { retries: number; requeued: number; deadLettered: number }>();
+  readonly #callbacks = { delivered: 0, failed: 0 };
   readonly #unsubscribe: () => void;
 
   /** Counts the events of scheduler `node` only (all of them when undefined). */
   constructor(node?: string) {
-    this.#unsubscribe = subscribeNode(node, {
+    const offNode = subscribeNode(node, {
       invocation: (r) => this.#record(r),
       ready: (e) => this.#ready(e),
     });
+    const offAsync = subscribeAsync(node, (e) => this.#asyncEvent(e));
+    this.#unsubscribe = () => {
+      offNode();
+      offAsync();
+    };
   }
 
   close(): void {
     this.#unsubscribe();
+  }
+
+  #asyncEvent(e: AsyncCallEvent): void {
+    if (e.kind === "callback") {
+      this.#callbacks[e.outcome ?? "failed"]++;
+      return;
+    }
+    let f = this.#async.get(e.function);
+    if (!f) this.#async.set(e.function, (f = { retries: 0, requeued: 0, deadLettered: 0 }));
+    if (e.kind === "retry") f.retries++;
+    else if (e.kind === "requeue") f.requeued++;
+    else f.deadLettered++;
+  }
+
+  /**
+   * The async queue per function: what the store holds now (`queued`, `running`, `dead`, the age
+   * of the oldest queued call) and what this node did since it started (`retries`, `requeued`:
+   * put back for the platform's sake, `deadLettered`), plus callbacks delivered and given up.
+   */
+  asyncCalls(queues: ReadonlyMap<string, QueueFigures>): Record<string, unknown> {
+    const out: Record<string, unknown> = {};
+    for (const fn of new Set([...queues.keys(), ...this.#async.keys()])) {
+      const q = queues.get(fn) ?? { queued: 0, running: 0, dead: 0, oldestQueuedAgeMs: 0 };
+      out[fn] = { ...q, ...(this.#async.get(fn) ?? { retries: 0, requeued: 0, deadLettered: 0 }) };
+    }
+    return { asyncCalls: out, callbacks: { ...this.#callbacks } };
   }
 
   #figures(fn: string): FunctionFigures {
@@ -67,6 +107,7 @@ export class StatsCollector {
   /** Drops a deleted function's figures. */
   forget(fn: string): void {
     this.#functions.delete(fn);
+    this.#async.delete(fn);
   }
 
   #record(r: InvocationRecord): void {

@@ -60,6 +60,10 @@ export class FunctionPool {
   readonly #used = new WeakSet<Instance>();
   /** Instances from an older revision of the config: they finish their work and are closed. */
   readonly #retired = new WeakSet<Instance>();
+  /** Recorded calls running here (their `request.call`), by call id: the instance each holds. */
+  readonly #calls = new Map<string, Instance>();
+  /** Calls blocked awaiting a chained call: their slots are lent (see `lend`). */
+  readonly #lent = new Set<string>();
 
   constructor(config: FunctionConfig, host: PoolHost) {
     this.config = config;
@@ -73,6 +77,16 @@ export class FunctionPool {
   /** True when a request could be served right now without waiting (the warm fast path). */
   hasFreeSlot(): boolean {
     return this.#queue.length === 0 && this.#freeInstance() !== undefined;
+  }
+
+  /**
+   * True when a request would not wait behind others for capacity: a slot is free, or no one
+   * waits and another instance may start (`max-instances`). The async engine asks before it
+   * dispatches, so its calls wait in the durable queue rather than in this one.
+   */
+  hasRoom(): boolean {
+    if (this.#queue.length > 0) return false;
+    return this.#freeInstance() !== undefined || this.#countedInstances() < this.config.maxInstances;
   }
 
   /** Adopts a new revision of the config: instances of the old one take no new work. */
@@ -207,11 +221,12 @@ export class FunctionPool {
     if (this.#queue.length === 0) return;
     const perInstance = this.#slotsPerInstance();
     let coming = this.#coming();
-    while (this.#queue.length > coming && this.#liveCount() < this.config.maxInstances) {
+    while (this.#queue.length > coming && this.#countedInstances() < this.config.maxInstances) {
       try {
         void this.#startInstance("cold").catch(() => undefined);
       } catch (err) {
-        if (this.#liveCount() === 0) this.#rejectAll(toFennecError(err));
+        // Nothing will free a slot when every live instance is held by awaiting callers.
+        if (this.#countedInstances() === 0) this.#rejectAll(toFennecError(err));
         return;
       }
       coming += perInstance;
@@ -252,22 +267,28 @@ export class FunctionPool {
     const initMs = fresh && (inst.origin === "cold" || inst.origin === "restored") ? inst.initMs : 0;
     const began = performance.now();
     const queueWaitMs = began - waiter.enqueuedAt;
+    const callId = waiter.request.call?.callId;
+    if (callId !== undefined) this.#calls.set(callId, inst);
     // invoke() counts the slot synchronously, before any other request can look at this instance.
     inst.invoke(waiter.request, waiter.signal).then(
       (response) => {
         // The slot is free once the body has ended (or was cut), not when the head arrives.
-        void response.ended.then(() => this.#release(inst));
+        void response.ended.then(() => this.#release(inst, callId));
         waiter.resolve({ instance: inst, startType, queueWaitMs, initMs, response });
       },
       (err: unknown) => {
-        this.#release(inst);
+        this.#release(inst, callId);
         const partial = { instance: inst, startType, queueWaitMs, initMs, execMs: performance.now() - began };
         waiter.reject(new DispatchError(toFennecError(err), partial));
       },
     );
   }
 
-  #release(inst: Instance): void {
+  #release(inst: Instance, callId: string | undefined): void {
+    if (callId !== undefined) {
+      this.#calls.delete(callId);
+      this.#lent.delete(callId);
+    }
     if (this.config.singleUse || this.#retired.has(inst)) {
       if (inst.active === 0) void inst.close();
     }
@@ -289,6 +310,59 @@ export class FunctionPool {
     let n = 0;
     for (const inst of this.instances) if (inst.isLive && !this.#retired.has(inst)) n++;
     return n;
+  }
+
+  /**
+   * The instances counted against `max-instances`: the live ones but those whose every slot is
+   * lent (all their calls await chained calls). Without that, a caller awaiting a child of its
+   * own function at max-instances would wait for a slot it holds itself (Faasm's open deadlock).
+   * What bounds the extra instances is the node's memory budget (the scheduler's `spawn`).
+   */
+  #countedInstances(): number {
+    if (this.#lent.size === 0) return this.#liveCount();
+    const lentOn = new Map<Instance, number>();
+    for (const callId of this.#lent) {
+      const inst = this.#calls.get(callId)!;
+      lentOn.set(inst, (lentOn.get(inst) ?? 0) + 1);
+    }
+    let n = 0;
+    for (const inst of this.instances) {
+      if (!inst.isLive || this.#retired.has(inst)) continue;
+      if ((lentOn.get(inst) ?? 0) >= Math.max(1, inst.active)) continue;
+      n++;
+    }
+    return n;
+  }
+
+  /**
+   * Lends the slot of recorded call `callId` while it awaits a chained call: it stops counting
+   * against `max-instances` (see `#countedInstances`). Returns the function that takes it back,
+   * or undefined when the call does not run in this pool. The slot itself stays taken (the caller
+   * resumes on its instance), so a child never shares an instance a blocked caller is in.
+   */
+  lend(callId: string): (() => void) | undefined {
+    if (!this.#calls.has(callId)) return undefined;
+    this.#lent.add(callId);
+    this.pump();
+    return () => {
+      this.#lent.delete(callId);
+    };
+  }
+
+  /** Calls of this pool awaiting chained calls (their slots lent). */
+  get awaiting(): number {
+    return this.#lent.size;
+  }
+
+  /**
+   * Whether a call could be placed now or once calls running here end: a free slot, a start
+   * under way, a running call that is not awaiting (it will end), or room under `max-instances`
+   * when `fits` says the memory budget has room for another instance.
+   */
+  canPlace(fits: () => boolean): boolean {
+    if (this.#freeInstance() || this.#coming() > this.#queue.length) return true;
+    for (const [callId, inst] of this.#calls) if (!this.#lent.has(callId) && inst.isLive) return true;
+    return this.#countedInstances() < this.config.maxInstances && fits();
   }
 
   #rejectAll(error: FennecError): void {

@@ -180,6 +180,31 @@ export class Scheduler implements PoolHost {
   }
 
   /**
+   * Whether a call of function `key` could run now without waiting in its pool's queue: a free
+   * slot, or room for another instance within `max-instances` and the memory budget (counting idle
+   * instances of other functions, which a start evicts). True for a function without a pool yet:
+   * its first call finds out. The async engine asks before it takes a call of that function.
+   */
+  hasRoomFor(key: string): boolean {
+    if (this.#closing) return false;
+    const pool = this.#pools.get(key);
+    if (!pool) return true;
+    if (!pool.hasRoom()) return false;
+    if (pool.hasFreeSlot()) return true;
+    let need: number;
+    try {
+      need = this.driverFor(pool.config).memoryMiB(pool.config);
+    } catch {
+      return true; // the call fails with the driver's error, as a sync one would
+    }
+    if (this.#usedMiB + need <= this.#opts.memoryBudgetMiB) return true;
+    let evictable = 0;
+    for (const [inst, mib] of this.#reserved)
+      if (inst.config.key !== key && inst.state === "ready" && inst.active === 0) evictable += mib;
+    return this.#usedMiB - evictable + need <= this.#opts.memoryBudgetMiB;
+  }
+
+  /**
    * The warm fast path: a pool with a free slot on an instance of the current config, no disk
    * access. Under load (no free slot) the config is re-read at most every RESOLVE_INTERVAL_MS,
    * not per request; undefined when it is due (or there is no pool yet).
@@ -282,6 +307,55 @@ export class Scheduler implements PoolHost {
     if (mib === undefined) return;
     this.#reserved.delete(inst);
     this.#usedMiB -= mib;
+  }
+
+  /**
+   * Lends the slot of the recorded call `callId` while it awaits a chained call (FunctionPool.lend):
+   * it stops counting against its function's `max-instances`, so the pool may start another
+   * instance (within the memory budget) for the child. Returns the function that takes it back;
+   * a no-op for a call not running here.
+   */
+  lend(callId: string): () => void {
+    for (const pool of this.#pools.values()) {
+      const release = pool.lend(callId);
+      if (release) return release;
+    }
+    return () => {};
+  }
+
+  /**
+   * Whether a call of function `key` can be placed now or once running calls end, with lent
+   * slots not counted (FunctionPool.canPlace); a function without a pool yet is placeable (its
+   * first call makes one). False means every instance that could serve it is held by an awaiting
+   * caller and the memory budget has no room for another: a chained call would wait forever.
+   */
+  canPlace(key: string): boolean {
+    const pool = this.#pools.get(key);
+    if (!pool) return true;
+    return pool.canPlace(() => {
+      try {
+        return this.#couldFit(this.driverFor(pool.config).memoryMiB(pool.config), key);
+      } catch {
+        return false;
+      }
+    });
+  }
+
+  /** Calls of function `key` awaiting chained calls (their slots lent): the async engine does not count them. */
+  awaiting(key: string): number {
+    return this.#pools.get(key)?.awaiting ?? 0;
+  }
+
+  /** Whether `need` MiB fit the budget, evicting idle instances of other functions as `#makeRoom` would. */
+  #couldFit(need: number, forKey: string): boolean {
+    let free = this.#opts.memoryBudgetMiB - this.#usedMiB;
+    if (free >= need) return true;
+    for (const [inst, mib] of this.#reserved) {
+      if (inst.config.key === forKey || inst.state !== "ready" || inst.active > 0) continue;
+      free += mib;
+      if (free >= need) return true;
+    }
+    return false;
   }
 
   #makeRoom(need: number, forKey: string): void {

@@ -312,7 +312,7 @@ describe("gateway streaming ([process] fetch handler, real sockets)", () => {
     s = await startTestServer({
       driverSettings: { process: true },
       bodyLimitBytes: 1024 * 1024,
-      asyncResults: { maxResultBytes: 1000 },
+      asyncResultLimitBytes: 1000,
     });
     const dir = join(s.registry, "streamer");
     await mkdir(dir);

@@ -1,5 +1,5 @@
 import { join } from "node:path";
-import type { FunctionConfig, SandboxConfig } from "../../src/config/function-config.js";
+import { DEFAULT_ASYNC, type FunctionConfig, type SandboxConfig } from "../../src/config/function-config.js";
 import { ROOT } from "./paths.js";
 
 /** A FunctionConfig built in memory, for tests that drive the scheduler or a driver directly. */
@@ -21,6 +21,7 @@ export function testConfig(
     maxQueue: 100,
     queueTimeoutMs: 30_000,
     forwardCredentials: false,
+    async: DEFAULT_ASYNC,
     sandbox: {
       kind: "container",
       image: "fake",

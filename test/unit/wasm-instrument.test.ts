@@ -1,3 +1,4 @@
+import { unavailableFaasmImports } from "../../src/sandbox/drivers/wasm/faasm-imports.js";
 import assert from "node:assert/strict";
 import { readdirSync, readFileSync } from "node:fs";
 import { join } from "node:path";
@@ -110,11 +111,19 @@ describe("wasm instrument: committed modules", () => {
         ),
       );
       if (NOT_RUN.has(file)) return;
-      const expected = outcome(new WasiInstance(compile(source)), env(file), STDIN);
-      assert.equal(outcome(new WasiInstance(compile(plain.bytes)), env(file), STDIN), expected);
+      // A Faasm function gets host calls that trap alike in every variant (it stops at its first).
+      const faasm = WebAssembly.Module.imports(compile(source)).some((i) => i.module === "env")
+        ? unavailableFaasmImports("in this test")
+        : {};
+      const expected = outcome(new WasiInstance(compile(source), faasm), env(file), STDIN);
+      assert.equal(outcome(new WasiInstance(compile(plain.bytes), faasm), env(file), STDIN), expected);
       const fuel = ticker(1000);
       assert.equal(
-        outcome(new WasiInstance(compile(fuelled.bytes), fuelImports(fuel.tick)), env(file), STDIN),
+        outcome(
+          new WasiInstance(compile(fuelled.bytes), { ...faasm, ...fuelImports(fuel.tick) }),
+          env(file),
+          STDIN,
+        ),
         expected,
       );
       assert.ok(fuel.calls() > 0, "the fuelled module called tick");

@@ -109,6 +109,8 @@ const FIGURES: ReadonlyArray<readonly [keyof CallRecord, string]> = [
   ["errorCode", "error_code"],
   ["errorMessage", "error_message"],
   ["startedAt", "started_at"],
+  // The async engine gives an attempt back when the platform, not the function, failed it.
+  ["attempt", "attempt"],
 ];
 
 /** `SET` clauses and their values for the figures present in `figures`. */

@@ -3,6 +3,7 @@ import { join } from "node:path";
 import type { Readable } from "node:stream";
 import { readBody, takeWhole, WHOLE_BODY_BYTES, WholeBody } from "../../../core/body.js";
 import { FennecError, type ErrorCode } from "../../../core/errors.js";
+import type { CallHost } from "../../../core/call-host.js";
 import type { InvokeRequest, InvokeResponse } from "../../../core/types.js";
 import type { FunctionConfig, WasmSandboxConfig } from "../../../config/function-config.js";
 import { sandboxOf } from "../../../config/sandbox-table.js";
@@ -52,10 +53,14 @@ export interface WasmDriverOptions {
 const COPY_OVERHEAD_MIB = 2;
 /** The default `inlineSliceMs`. */
 const INLINE_SLICE_MS = 2;
+/** Largest input a Faasm function reads whole, for functions without a `max-request-body` of their own. */
+const WHOLE_FAASM_INPUT_BYTES = 64 * 2 ** 20;
 /** Largest granted directory, so a grant cannot pull a whole disk into memory. */
 const MAX_GRANTED_BYTES = 64 * 2 ** 20;
 
 const OUTCOME_CODES: Record<Exclude<Outcome, "ok">, ErrorCode> = {
+  // The host call's own code replaces this one (see #check).
+  "host-error": "FN_TRAP",
   exit: "FN_EXIT",
   trap: "FN_TRAP",
   oom: "FN_OOM",
@@ -177,6 +182,7 @@ export class WasmDriver implements SandboxDriver {
           ? this.#maxOutputBytes
           : config.maxResponseBodyBytes + MAX_HEAD,
       snapshot: compiled.snapshot,
+      faasm: compiled.faasm,
     };
     const handle = new WasmInstance(
       this.#executors,
@@ -206,7 +212,13 @@ export class WasmDriver implements SandboxDriver {
   #inlineRunner(key: string, compiled: CompiledModule, load: LoadPayload): InlineRunner | undefined {
     // A pre-initialised module starts from its snapshot's memory, which the reset copies.
     const startBytes = load.snapshot?.memoryBytes ?? compiled.initialBytes;
-    if (!compiled.inline || Object.keys(load.dirs).length > 0 || startBytes > INLINE_MAX_MEMORY)
+    // A Faasm function's host calls have effects: a call moved from there must not run again.
+    if (
+      compiled.faasm ||
+      !compiled.inline ||
+      Object.keys(load.dirs).length > 0 ||
+      startBytes > INLINE_MAX_MEMORY
+    )
       return undefined;
     let runner = this.#inline.get(key);
     if (!runner) {
@@ -272,10 +284,10 @@ export class WasmInstance implements SandboxHandle {
     }
   }
 
-  #run(kind: Job["kind"], env: string[], stdin: Job["stdin"], signal: AbortSignal) {
+  #run(kind: Job["kind"], env: string[], stdin: Job["stdin"], signal: AbortSignal, call?: CallHost) {
     if (this.#gone) throw this.#gone;
     return this.#executors.run(
-      { kind, fn: this.#config.key, key: this.#key, load: this.#load, env, stdin },
+      { kind, fn: this.#config.key, key: this.#key, load: this.#load, env, stdin, call },
       signal,
     );
   }
@@ -310,7 +322,10 @@ export class WasmInstance implements SandboxHandle {
   /** Throws the function's error for a job that did not end well. */
   #check(kind: Job["kind"], result: RunResult): void {
     if (result.outcome === "ok") return;
-    const code = OUTCOME_CODES[result.outcome];
+    const code =
+      result.outcome === "host-error" && result.errorCode
+        ? (result.errorCode as ErrorCode)
+        : OUTCOME_CODES[result.outcome];
     const detail =
       result.outcome === "exit"
         ? `exited with code ${result.exitCode}`
@@ -342,6 +357,7 @@ export class WasmInstance implements SandboxHandle {
 
   /** `signalOf` gives the call's signal; a call answered on the main thread never needs it. */
   async #invoke(request: WasmRequest, signalOf: () => AbortSignal): Promise<StreamingResponse> {
+    if (this.#load.faasm) return this.#invokeFaasm(request, signalOf());
     // Bytes at hand (a small request the gateway read whole) go to the module as they are.
     const body =
       request.body instanceof Uint8Array ? request.body : (takeWhole(request.body) ?? request.body);
@@ -398,6 +414,43 @@ export class WasmInstance implements SandboxHandle {
     const whole = jobEnded ? output.takeAll() : undefined;
     if (whole) return { ...response, body: new WholeBody(whole) };
     return { ...response, body: output };
+  }
+
+  /**
+   * A Faasm function (faasm-imports.ts): its input is the whole request body, its output the
+   * response body with status 200, on an executor always. It ends before its output is handed on
+   * (the output is what it wrote last), so a failure is the call's error, never a cut body.
+   */
+  async #invokeFaasm(request: WasmRequest, signal: AbortSignal): Promise<StreamingResponse> {
+    const limit = this.#config.maxRequestBodyBytes ?? WHOLE_FAASM_INPUT_BYTES;
+    const input =
+      request.body instanceof Uint8Array
+        ? request.body
+        : await readBody(
+            request.body,
+            limit,
+            () => new FennecError("BODY_TOO_LARGE", `the input is larger than ${limit} bytes`),
+          );
+    const { output, done } = this.#run("invoke", [], input, signal, request.call);
+    output.on("error", () => {});
+    let jobEnded = false;
+    this.#settled(done)
+      .then((result) => this.#check("invoke", result))
+      .then(
+        () => {
+          jobEnded = true;
+          output.finish();
+        },
+        (err: Error) => {
+          jobEnded = true;
+          output.finish(err);
+        },
+      );
+    // Its first byte comes only once it ended well; an empty output ends with no byte at all.
+    await output.readHead((bytes, ended) => (bytes.byteLength > 0 || ended ? 0 : undefined));
+    const headers: Array<[string, string]> = [["content-type", "application/octet-stream"]];
+    const whole = jobEnded ? output.takeAll() : undefined;
+    return { status: 200, headers, body: whole ? new WholeBody(whole) : output };
   }
 
   async invoke(request: InvokeRequest, ctx: InvokeContext): Promise<InvokeResponse> {

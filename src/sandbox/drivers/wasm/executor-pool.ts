@@ -1,7 +1,10 @@
 import { availableParallelism } from "node:os";
 import { Readable } from "node:stream";
 import { Worker } from "node:worker_threads";
+import type { CallHost } from "../../../core/call-host.js";
 import { FennecError } from "../../../core/errors.js";
+import { FaasmSession, StateLocks } from "./faasm-host.js";
+import { HostChannelServer, type HostReply, type HostRequest } from "./host-channel.js";
 import { JobOutput } from "./job-output.js";
 import type {
   DoneMessage,
@@ -28,6 +31,14 @@ const SPAWN_AFTER_MS = 5;
  * another function's job waits and no executor can be added: quick jobs finish on their own.
  */
 const PREEMPT_AFTER_MS = 50;
+/**
+ * Executors blocked in a host call that may last (awaiting a chained call, waiting for a state
+ * lock) lend their places too, up to this many: a chain of depth N holds N of them while its
+ * last call runs, so the bound is the chain depth limit's order, not `max`'s.
+ */
+const MAX_LENT_TO_HOST_CALLS = 64;
+/** Host calls that may block for long (the others answer from the store at once). */
+const BLOCKING_HOST_CALLS: ReadonlySet<HostRequest["op"]> = new Set(["await", "lock"]);
 
 export interface Job {
   readonly kind: "load" | "invoke";
@@ -39,6 +50,8 @@ export interface Job {
   readonly env: string[];
   /** The module's stdin: bytes at hand, or a stream read as the module reads. */
   readonly stdin: Uint8Array | Readable;
+  /** What the call may ask of Fennec: a Faasm function's host calls are served through it. */
+  readonly call?: CallHost | undefined;
 }
 
 /** A job under way: its stdout as it is written, and how it ended. */
@@ -53,6 +66,10 @@ interface Executor {
   readonly worker: Worker;
   readonly stdout: Ring;
   readonly stdin: Ring;
+  /** Host calls of the running job (host-channel.ts). */
+  readonly host: HostChannelServer;
+  /** Host calls under way that may block for long (BLOCKING_HOST_CALLS): its place is lent. */
+  blockedInHost: number;
   booted: boolean;
   /** Instantiating the next copy after an invocation: a job sent now would wait for that. */
   preparing: boolean;
@@ -67,6 +84,8 @@ interface Pending {
   readonly job: Job;
   readonly output: JobOutput;
   feeder: StdinFeeder | undefined;
+  /** Its Faasm host calls, once it made one: it has had effects outside its sandbox then. */
+  session: FaasmSession | undefined;
   readonly resolve: (r: DoneMessage) => void;
   readonly reject: (e: Error) => void;
   executor: Executor | undefined;
@@ -113,6 +132,8 @@ export class ExecutorPool {
   /** Outputs of jobs not yet ended, for `heldOutputBytes`. */
   readonly #live = new Set<JobOutput>();
   #spawnTimer: NodeJS.Timeout | undefined;
+  /** Faasm's state locks, node-wide (every executor's calls share them). */
+  readonly #locks = new StateLocks();
 
   constructor(opts: ExecutorPoolOptions = {}) {
     this.#spares = opts.spares ?? 2;
@@ -154,6 +175,7 @@ export class ExecutorPool {
         job,
         output,
         feeder: undefined,
+        session: undefined,
         resolve: settle(resolve),
         reject: settle(reject),
         executor: undefined,
@@ -257,7 +279,14 @@ export class ExecutorPool {
         now - e.running.startedAt >= PREEMPT_AFTER_MS &&
         (e.stdout.blocked || e.stdin.blocked),
     ).length;
-    return this.#executors.length < this.#max + Math.min(this.#max, blocked);
+    // An executor blocked in a host call (a caller awaiting its chained call) must not keep the
+    // children it waits for from running: without its place lent, a chain deeper than `max`
+    // would deadlock the pool.
+    const inHost = this.#executors.filter((e) => e.running !== undefined && e.blockedInHost > 0).length;
+    return (
+      this.#executors.length <
+      this.#max + Math.min(this.#max, blocked) + Math.min(MAX_LENT_TO_HOST_CALLS, inHost)
+    );
   }
 
   /**
@@ -344,11 +373,19 @@ export class ExecutorPool {
   #spawn(): Executor {
     const stdout = new Ring();
     const stdin = new Ring();
-    const workerData: ExecutorData = { stdout: stdout.memory, stdin: stdin.memory };
+    const host = new HostChannelServer((request) => this.#serveHost(executor, request));
+    const workerData: ExecutorData = {
+      stdout: stdout.memory,
+      stdin: stdin.memory,
+      hostPort: host.workerPort,
+      hostSignal: host.signal,
+    };
     const executor: Executor = {
-      worker: new Worker(WORKER_URL, { workerData }),
+      worker: new Worker(WORKER_URL, { workerData, transferList: [host.workerPort] }),
       stdout,
       stdin,
+      host,
+      blockedInHost: 0,
       booted: false,
       preparing: false,
       loaded: new Map(),
@@ -389,6 +426,27 @@ export class ExecutorPool {
     return executor;
   }
 
+  /**
+   * Serves a host call of the job running on `executor` through its call's CallHost. The job is
+   * not restartable from then on (see `restartable`): its calls have had effects.
+   */
+  async #serveHost(executor: Executor, request: HostRequest): Promise<HostReply> {
+    const pending = executor.running;
+    if (!pending) return { ok: false, code: "INTERNAL", message: "a host call came from an idle executor" };
+    pending.session ??= new FaasmSession(pending.job.call, this.#locks);
+    const blocking = BLOCKING_HOST_CALLS.has(request.op);
+    if (blocking) {
+      executor.blockedInHost++;
+      // Its place is lent now: a waiting job (the child it awaits) may get a new executor.
+      this.#pump();
+    }
+    try {
+      return await pending.session.serve(request);
+    } finally {
+      if (blocking) executor.blockedInHost--;
+    }
+  }
+
   /** Removes an executor (terminating its thread); its running job, if any, fails with `reason`. */
   #retire(executor: Executor, reason: Error): void {
     if (!this.#executors.includes(executor)) return;
@@ -406,6 +464,7 @@ export class ExecutorPool {
     const i = this.#executors.indexOf(executor);
     if (i < 0) return;
     this.#executors.splice(i, 1);
+    executor.host.close();
     void executor.worker.terminate();
   }
 
@@ -444,6 +503,7 @@ export class ExecutorPool {
       this.#executors.splice(0).map((e) => {
         if (e.running) ended(e.running);
         e.running?.reject(new FennecError("SHUTTING_DOWN", "the wasm executors are closed"));
+        e.host.close();
         return e.worker.terminate();
       }),
     );
@@ -452,11 +512,12 @@ export class ExecutorPool {
 
 /** A job that has handed on nothing may be run again from the start (see the class comment). */
 function restartable(pending: Pending): boolean {
-  return !pending.output.delivered && (pending.feeder?.fed ?? 0) === 0;
+  return !pending.output.delivered && (pending.feeder?.fed ?? 0) === 0 && pending.session === undefined;
 }
 
 /** A job left its executor: its output takes the ring's last bytes and its stdin stops. */
 function ended(pending: Pending): void {
+  pending.session?.end();
   pending.output.detach();
   pending.feeder?.stop();
   pending.feeder = undefined;

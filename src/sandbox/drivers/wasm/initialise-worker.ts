@@ -13,6 +13,7 @@ import { parentPort } from "node:worker_threads";
 import { ConsoleStdout, File, OpenFile, WASIProcExit } from "@bjorn3/browser_wasi_shim";
 import type { InitialiseDone, InitialiseJob } from "./initialise-protocol.js";
 import { baseline, capture, INITIALIZE_EXPORT } from "./snapshot.js";
+import { unavailableFaasmImports } from "./faasm-imports.js";
 import { prepareInstance } from "./wasi-run.js";
 
 const port = parentPort!;
@@ -24,7 +25,12 @@ function initialise({ module, maxMemoryBytes }: InitialiseJob): InitialiseDone {
     output = (output + Buffer.from(chunk).toString("utf8")).slice(-TAIL);
   };
   // The same WASI instance as a call gets (wasi-run.ts), its output kept instead of a call's.
-  const { wasi, instance } = prepareInstance(module, {});
+  // A Faasm function's host calls exist but trap: no call runs while it initialises.
+  const { wasi, instance } = prepareInstance(
+    module,
+    {},
+    unavailableFaasmImports("while pre-initialising (no call is running)"),
+  );
   wasi.fds = [new OpenFile(new File(new Uint8Array(0))), new ConsoleStdout(keep), new ConsoleStdout(keep)];
   const init = instance.exports[INITIALIZE_EXPORT];
   if (typeof init !== "function")

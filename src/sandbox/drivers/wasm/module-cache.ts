@@ -29,6 +29,8 @@ export interface CompiledModule {
   readonly initialBytes: number;
   /** The module instrumented to run on the main thread, unless it could not be (inline-runner.ts). */
   readonly inline: InlineModule | undefined;
+  /** It imports Faasm's host calls: a Faasm function, run on executors only (faasm-imports.ts). */
+  readonly faasm: boolean;
   /** It exports `wizer.initialize`: `ModuleCache.snapshot` initialises it. */
   readonly initializer: boolean;
   /** Why it cannot be pre-initialised, if it cannot (see module-check-worker.ts). */
@@ -164,6 +166,7 @@ export class ModuleCache {
       maxMemoryBytes,
       initialBytes: checked.initialPages * PAGE_BYTES,
       inline: checked.inline,
+      faasm: checked.faasm,
       initializer: checked.initializer,
       snapshotRefusal: checked.snapshotRefusal,
     };

@@ -44,6 +44,8 @@ export interface CheckDone {
   readonly module: WebAssembly.Module | undefined;
   /** With `compile`: the module instrumented for the main thread, unless it could not be. */
   readonly inline: InlineModule | undefined;
+  /** It imports Faasm's host calls (module-interface.ts `isFaasmModule`): executors only. */
+  readonly faasm: boolean;
   /** The module exports `wizer.initialize` (a `check` found it; see snapshot.ts). */
   readonly initializer: boolean;
   /** Why an initialising module cannot be snapshotted (then it is refused unless pre-initialise is off). */

@@ -14,7 +14,7 @@ import type { InlineModule } from "./inline-runner.js";
 import { instrument } from "./instrument.js";
 import { limitMemory } from "./memory-limit.js";
 import type { CheckDone, CheckJob, ToChecker } from "./module-check-protocol.js";
-import { checkInterface, moduleInterface } from "./module-interface.js";
+import { checkInterface, isFaasmModule, moduleInterface } from "./module-interface.js";
 import { INITIALIZE_EXPORT } from "./snapshot.js";
 import { UnsupportedModuleError } from "./wasm-reader.js";
 
@@ -52,6 +52,7 @@ async function check(job: CheckJob): Promise<Omit<CheckDone, "id" | "error">> {
       initialPages: 0,
       module: undefined,
       inline: undefined,
+      faasm: false,
       initializer: false,
       snapshotRefusal: undefined,
     };
@@ -75,7 +76,9 @@ async function check(job: CheckJob): Promise<Omit<CheckDone, "id" | "error">> {
     ? exposeGlobals(limited.bytes)
     : { runnable: limited.bytes, snapshotRefusal: undefined };
   const module = job.compile ? new WebAssembly.Module(source(runnable)) : undefined;
-  const inline = job.compile ? inlineVariant(limited.bytes) : undefined;
+  // A Faasm function never runs on the main thread: no variant is made for it.
+  const faasm = isFaasmModule(iface);
+  const inline = job.compile && !faasm ? inlineVariant(limited.bytes) : undefined;
   // The checked bytes go to the disk cache from here: the main thread never holds a copy.
   if (job.cacheFile && !cached) {
     try {
@@ -86,7 +89,7 @@ async function check(job: CheckJob): Promise<Omit<CheckDone, "id" | "error">> {
       // The disk cache only saves checking at the next start; the module itself is fine.
     }
   }
-  return { hash, initialPages: limited.initialPages, module, inline, initializer, snapshotRefusal };
+  return { hash, initialPages: limited.initialPages, module, inline, faasm, initializer, snapshotRefusal };
 }
 
 /**
@@ -149,6 +152,7 @@ async function answer(job: CheckJob): Promise<void> {
       initialPages: 0,
       module: undefined,
       inline: undefined,
+      faasm: false,
       initializer: false,
       snapshotRefusal: undefined,
       error: { code, message },

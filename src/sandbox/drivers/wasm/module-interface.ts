@@ -1,4 +1,5 @@
 import { FennecError } from "../../../core/errors.js";
+import { isFaasmImport } from "./faasm-names.js";
 import { readU32 } from "./memory-limit.js";
 
 /** The only import namespace the wasm sandbox grants. */
@@ -84,17 +85,30 @@ export function moduleInterface(bytes: Uint8Array, what: string): ModuleInterfac
 }
 
 /**
+ * Whether a module is a Faasm function: it imports one of Faasm's host calls (`env.__faasm_*`).
+ * Its input is then the request body and its output the response (faasm-imports.ts), not WAGI's
+ * stdin and stdout, and it never runs on the main thread (a host call has effects outside the
+ * sandbox, so a call moved from there to an executor must not run again).
+ */
+export function isFaasmModule({ imports }: ModuleInterface): boolean {
+  return imports.some((i) => i.kind === "function" && isFaasmImport(i.module, i.name));
+}
+
+/**
  * Checks a module against what the sandbox grants. Used at upload, at deploy and at load, so a
  * hostile or broken module is refused with the same words everywhere.
  */
 export function checkInterface({ imports, exports }: ModuleInterface, what: string): void {
   const forbidden = imports
-    .filter((i) => i.module !== GRANTED_IMPORT_MODULE || i.kind !== "function")
+    .filter(
+      (i) =>
+        i.kind !== "function" || (i.module !== GRANTED_IMPORT_MODULE && !isFaasmImport(i.module, i.name)),
+    )
     .map((i) => `${i.module}.${i.name} (${i.kind})`);
   if (forbidden.length > 0) {
     throw new FennecError(
       "FN_BAD_MODULE",
-      `${what}: imports ${forbidden.join(", ")}, which the wasm sandbox does not grant (only ${GRANTED_IMPORT_MODULE} functions)`,
+      `${what}: imports ${forbidden.join(", ")}, which the wasm sandbox does not grant (only ${GRANTED_IMPORT_MODULE} functions and Faasm's env.__faasm_* host calls)`,
     );
   }
   const kinds = new Map(exports.map((e) => [e.name, e.kind]));

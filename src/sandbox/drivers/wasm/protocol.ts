@@ -1,4 +1,5 @@
 /** Messages between the wasm driver (main thread) and its executor worker threads. */
+import type { MessagePort } from "node:worker_threads";
 import type { Snapshot } from "./snapshot.js";
 
 /** A granted directory tree: file name -> bytes, or a sub-directory. */
@@ -15,6 +16,11 @@ export interface LoadPayload {
   readonly maxOutputBytes: number;
   /** The pre-initialised state every copy starts from (snapshot.ts); undefined: the module's own. */
   readonly snapshot?: Snapshot | undefined;
+  /**
+   * A Faasm function (faasm-imports.ts): `stdin` is its input, its output goes to the stdout ring
+   * when it ends well, and what it prints to stdout is log, not response.
+   */
+  readonly faasm?: boolean;
 }
 
 /** One unit of work for an executor: prepare a module (`load`) or run it once (`invoke`). */
@@ -35,10 +41,13 @@ export interface JobMessage {
   readonly stdinStreams: boolean;
 }
 
-/** Given to each executor thread at its start: its two rings (see ring.ts). */
+/** Given to each executor thread at its start: its two rings (see ring.ts) and its host-call channel. */
 export interface ExecutorData {
   readonly stdout: SharedArrayBuffer;
   readonly stdin: SharedArrayBuffer;
+  /** Host calls of Faasm functions (host-channel.ts): the worker's end of the port, and its wake-up word. */
+  readonly hostPort: MessagePort;
+  readonly hostSignal: SharedArrayBuffer;
 }
 
 /** Forget modules (their function revision has no instance any more). */
@@ -50,7 +59,15 @@ export interface UnloadMessage {
 export type ToWorker = JobMessage | UnloadMessage;
 
 /** How a job ended, as the worker classifies it; the driver maps it to error codes. */
-export type Outcome = "ok" | "exit" | "trap" | "oom" | "output-too-large" | "instantiate-failed";
+export type Outcome =
+  | "ok"
+  | "exit"
+  | "trap"
+  | "oom"
+  | "output-too-large"
+  | "instantiate-failed"
+  /** A host call failed with a Fennec error (`errorCode`), e.g. CHAIN_TOO_DEEP: the guest was stopped. */
+  | "host-error";
 
 export interface DoneMessage {
   readonly type: "done";
@@ -63,6 +80,8 @@ export interface DoneMessage {
   readonly stderrLog?: string;
   readonly stderrLogTruncated?: boolean;
   readonly message: string;
+  /** With `host-error`: the Fennec error code the host call failed with. */
+  readonly errorCode?: string | undefined;
 }
 
 /** Sent once when the worker has booted (and warmed up) and can take jobs. */

@@ -15,6 +15,7 @@ import {
 } from "@bjorn3/browser_wasi_shim";
 import type { Fd, Inode } from "@bjorn3/browser_wasi_shim";
 import { CALL_LOG_BYTES } from "../../call-log.js";
+import { HostCallFailure } from "./host-channel.js";
 import type { DirTree, Outcome } from "./protocol.js";
 
 const STDERR_TAIL = 4096;
@@ -132,6 +133,8 @@ export interface RunResult {
   /** It wrote more stderr than `stderrLog` holds. */
   stderrLogTruncated?: boolean;
   message: string;
+  /** With `host-error`: the Fennec code a host call failed with. */
+  errorCode?: string | undefined;
 }
 
 function classify(
@@ -161,6 +164,11 @@ export interface RunOptions {
   readonly maxMemoryBytes: number;
   /** Errors that are not the module's outcome but the caller's own: rethrown as they are. */
   readonly escapes?: (err: unknown) => boolean;
+  /**
+   * Stdout is log, not response (a Faasm function answers with its output): it goes to the stderr
+   * tail with stderr, and `write` is not called.
+   */
+  readonly stdoutIsLog?: boolean;
 }
 
 /**
@@ -175,33 +183,42 @@ export function runStart(prepared: Prepared, opts: RunOptions): RunResult {
   let logTruncated = false;
   const { wasi, instance, memory } = prepared;
   Object.assign(prepared.environ, encodeEnviron(opts.env));
+  const stderrFd = new ConsoleStdout((chunk) => {
+    const text = Buffer.from(chunk).toString("utf8");
+    stderr = (stderr + text).slice(-STDERR_TAIL);
+    // The log keeps the start, the error message the end: a failure's reason is usually last.
+    if (logBytes + chunk.byteLength <= CALL_LOG_BYTES) {
+      log += text;
+      logBytes += chunk.byteLength;
+    } else logTruncated = true;
+  });
   const fds: Fd[] = [
     opts.stdin,
-    new ConsoleStdout((chunk) => {
-      size += chunk.byteLength;
-      if (size > opts.maxOutputBytes) throw new OutputTooLarge();
-      opts.write(chunk);
-    }),
-    new ConsoleStdout((chunk) => {
-      const text = Buffer.from(chunk).toString("utf8");
-      stderr = (stderr + text).slice(-STDERR_TAIL);
-      // The log keeps the start, the error message the end: a failure's reason is usually last.
-      if (logBytes + chunk.byteLength <= CALL_LOG_BYTES) {
-        log += text;
-        logBytes += chunk.byteLength;
-      } else logTruncated = true;
-    }),
+    // A Faasm function's stdout is log, like its stderr (its response is its output).
+    opts.stdoutIsLog
+      ? stderrFd
+      : new ConsoleStdout((chunk) => {
+          size += chunk.byteLength;
+          if (size > opts.maxOutputBytes) throw new OutputTooLarge();
+          opts.write(chunk);
+        }),
+    stderrFd,
     ...prepared.preopens,
   ];
   wasi.fds = fds;
   let outcome: Outcome = "ok";
   let exitCode = 0;
   let message = "";
+  let errorCode: string | undefined;
   try {
     (instance.exports["_start"] as () => void)();
   } catch (err) {
     if (opts.escapes?.(err)) throw err;
-    if (err instanceof WASIProcExit) {
+    if (err instanceof HostCallFailure) {
+      outcome = "host-error";
+      exitCode = -1;
+      ({ message, code: errorCode } = err);
+    } else if (err instanceof WASIProcExit) {
       exitCode = err.code;
       if (exitCode !== 0) outcome = "exit";
     } else if (err instanceof OutputTooLarge) {
@@ -212,7 +229,15 @@ export function runStart(prepared: Prepared, opts: RunOptions): RunResult {
       exitCode = -1;
     }
   }
-  return { outcome, exitCode, stderrTail: stderr, stderrLog: log, stderrLogTruncated: logTruncated, message };
+  return {
+    outcome,
+    exitCode,
+    stderrTail: stderr,
+    stderrLog: log,
+    stderrLogTruncated: logTruncated,
+    message,
+    errorCode,
+  };
 }
 
 /** Stdin of bytes at hand, read as a file. */

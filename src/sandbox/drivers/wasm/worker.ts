@@ -6,6 +6,8 @@
  * posted, off the request's critical path. A runaway job is stopped by terminating the thread.
  */
 import { parentPort, workerData } from "node:worker_threads";
+import { faasmImports, faasmRun, type FaasmRun } from "./faasm-imports.js";
+import { HostChannelClient } from "./host-channel.js";
 import type { DoneMessage, ExecutorData, FromWorker, JobMessage, LoadPayload, ToWorker } from "./protocol.js";
 import { Ring } from "./ring.js";
 import { restore } from "./snapshot.js";
@@ -22,6 +24,10 @@ const rings = workerData as ExecutorData;
 const tellHost = () => post({ type: "ring" });
 const stdoutRing = new Ring(rings.stdout, tellHost);
 const stdinRing = new Ring(rings.stdin, tellHost);
+/** Faasm functions' host calls (chain, await, state) go to the main thread over this. */
+const host = new HostChannelClient(rings.hostPort, rings.hostSignal);
+/** A Faasm function's copy -> the run its imports read and fill in. */
+const faasmRuns = new WeakMap<Prepared, FaasmRun>();
 
 interface Loaded {
   readonly load: LoadPayload;
@@ -34,12 +40,21 @@ const modules = new Map<string, Loaded>();
 function prepare(load: LoadPayload): Prepared {
   // The instance, and so its memory, exists only once the imports are made.
   const made: { prepared?: Prepared } = {};
+  const run = load.faasm ? faasmRun() : undefined;
   made.prepared = prepareInstance(
     load.module,
     load.dirs,
-    {},
+    run
+      ? faasmImports(
+          run,
+          host,
+          () => made.prepared!.memory,
+          () => made.prepared!.instance.exports,
+        )
+      : {},
     { poll_oneoff: blockingPollOneoff(() => made.prepared!.memory) },
   );
+  if (run) faasmRuns.set(made.prepared, run);
   // Here, not per invocation: prepare runs off the request's critical path (see job()).
   if (load.snapshot) restore(made.prepared.instance, load.snapshot);
   return made.prepared;
@@ -86,14 +101,33 @@ function job(msg: JobMessage): void {
     return;
   }
   entry.next = undefined;
-  const stdin = msg.stdinStreams ? new StreamingStdin(msg.stdin, stdinRing) : bytesStdin(msg.stdin);
-  const r = runStart(prepared, {
-    env: msg.env,
-    stdin,
-    write: (chunk) => stdoutRing.writeAll(chunk),
-    maxOutputBytes: entry.load.maxOutputBytes,
-    maxMemoryBytes: entry.load.maxMemoryBytes,
-  });
+  const faasm = faasmRuns.get(prepared);
+  let r;
+  if (faasm) {
+    // A Faasm function reads its input through __faasm_read_input; its stdin is empty.
+    Object.assign(faasm, { input: msg.stdin, output: undefined, maxOutputBytes: entry.load.maxOutputBytes });
+    faasm.mapped.clear();
+    r = runStart(prepared, {
+      env: msg.env,
+      stdin: bytesStdin(new Uint8Array(0)),
+      write: () => {},
+      stdoutIsLog: true,
+      maxOutputBytes: entry.load.maxOutputBytes,
+      maxMemoryBytes: entry.load.maxMemoryBytes,
+    });
+    // Its output is the response only when it ended well; the ring carries it in pieces.
+    if (r.outcome === "ok" && faasm.output) stdoutRing.writeAll(faasm.output);
+    faasm.output = undefined;
+  } else {
+    const stdin = msg.stdinStreams ? new StreamingStdin(msg.stdin, stdinRing) : bytesStdin(msg.stdin);
+    r = runStart(prepared, {
+      env: msg.env,
+      stdin,
+      write: (chunk) => stdoutRing.writeAll(chunk),
+      maxOutputBytes: entry.load.maxOutputBytes,
+      maxMemoryBytes: entry.load.maxMemoryBytes,
+    });
+  }
   done(msg.id, r);
   setImmediate(() => {
     if (modules.get(msg.key) === entry && !entry.next) {

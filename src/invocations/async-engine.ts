@@ -1,0 +1,445 @@
+import { bodyOf, readBody } from "../core/body.js";
+import type { CallHost } from "../core/call-host.js";
+import { FennecError, toFennecError } from "../core/errors.js";
+import { publishAsyncCall, subscribeNode } from "../core/events.js";
+import type { Logger } from "../core/log.js";
+import type { FunctionId, InvocationRecord, InvokeRequest } from "../core/types.js";
+import { DEFAULT_ASYNC, type AsyncConfig, type FunctionConfig } from "../config/function-config.js";
+import type { Scheduler } from "../scheduler/scheduler.js";
+import type {
+  CallRecord,
+  InvocationStore,
+  LeasedCall,
+  StoredRequest,
+  StoredResponse,
+} from "../store/contract.js";
+import type { Callbacks } from "./callbacks.js";
+import { decide, expired, type AttemptOutcome, type Verdict } from "./retry-policy.js";
+
+export interface AsyncEngineOptions {
+  readonly store: InvocationStore;
+  readonly scheduler: Scheduler;
+  readonly log: Logger;
+  /** Largest response body a result keeps; a larger one fails the attempt with FN_RESPONSE_TOO_LARGE. */
+  readonly resultLimitBytes: number;
+  readonly callbacks?: Callbacks | undefined;
+  /** The HTTP status of an error code, for a callback that reports a failure. */
+  readonly statusOf: (code: FennecError["code"]) => number;
+  /** What a running call may ask of Fennec (chain, await, state), when chaining is wired. */
+  readonly callHost?: ((record: CallRecord, request: StoredRequest) => CallHost | undefined) | undefined;
+  /** How long a lease lasts before it must be extended (default 30 s; extended every third of it). */
+  readonly leaseMs?: number;
+  /**
+   * How often the queue is looked at without being told (default 5 s): for calls another party
+   * enqueued without waking the engine, and for backoffs set before a restart that the start-up
+   * scan did not see. Everything this engine does itself wakes it at once.
+   */
+  readonly sweepMs?: number;
+  /** Async calls running at once on this node, all functions together (default 256). */
+  readonly maxRunning?: number;
+}
+
+/** `user/name` back into its parts (names never contain `/`). */
+function functionIdOf(key: string): FunctionId {
+  const slash = key.indexOf("/");
+  return { user: key.slice(0, slash), name: key.slice(slash + 1) };
+}
+
+/** How many async calls of a function may run at once: its instances' slots, or less. */
+function capacityOf(config: FunctionConfig): number {
+  const slots = config.maxInstances * (config.singleUse ? 1 : config.concurrentRequests);
+  return Math.min(slots, config.async.concurrency ?? slots);
+}
+
+/**
+ * The dispatcher of durable async calls. It takes due calls from the store (never more of a
+ * function than its instances can serve at once, and none of a function whose pool has no room:
+ * async calls wait in the durable queue, not in the scheduler's queue with its deadline), runs
+ * each through `Scheduler.invoke` under a lease it keeps extending, reads the result whole
+ * (bounded), and finishes, retries or dead-letters it by the retry rule (`retry-policy.ts`). It is
+ * woken by enqueues, by its own calls ending, by invocations ending while a function has no room,
+ * and by timers for backoffs; a slow sweep covers the rest. At start the calls this node was
+ * running when it died are queued again (at-least-once).
+ */
+export class AsyncEngine {
+  readonly #o: AsyncEngineOptions;
+  readonly #node: string;
+  readonly #leaseMs: number;
+  readonly #maxRunning: number;
+  readonly #running = new Set<Promise<void>>();
+  /** Calls of each function running now. */
+  readonly #perFunction = new Map<string, number>();
+  /** Each function's async capacity, learnt from its config when one of its calls runs. */
+  readonly #capacity = new Map<string, number>();
+  /** Backoff ends still to wake for, ascending. */
+  readonly #due: number[] = [];
+  #dueTimer: NodeJS.Timeout | undefined;
+  #sweep: NodeJS.Timeout | undefined;
+  #unsubscribe: (() => void) | undefined;
+  /** A function was skipped because its pool had no room: invocations ending may free some. */
+  #blocked = false;
+  #blockedWake: NodeJS.Timeout | undefined;
+  #pumping = false;
+  #again = false;
+  #stopped = false;
+
+  constructor(options: AsyncEngineOptions) {
+    this.#o = options;
+    this.#node = options.scheduler.node;
+    this.#leaseMs = options.leaseMs ?? 30_000;
+    this.#maxRunning = options.maxRunning ?? 256;
+  }
+
+  /** Queues again what this node was running when it stopped, then starts taking calls. */
+  async start(): Promise<void> {
+    const { store, log } = this.#o;
+    const requeued = await store.requeueRunning(this.#node);
+    if (requeued > 0)
+      log.info("async calls that were running when Fennec stopped are queued again", { requeued });
+    // Backoffs set before a restart: wake when they end.
+    const now = Date.now();
+    for (const r of await store.list({ state: "queued", kind: "async", limit: 1000 }))
+      if (r.notBefore !== undefined && r.notBefore > now) this.#wakeAt(r.notBefore);
+    this.#unsubscribe = subscribeNode(this.#node, {
+      invocation: () => this.#onCapacity(),
+      ready: () => this.#onCapacity(),
+    });
+    this.#sweep = setInterval(() => this.wake(), this.#o.sweepMs ?? 5000);
+    this.#sweep.unref();
+    this.wake();
+  }
+
+  /** Looks for due calls now (after an enqueue or a replay). */
+  wake(): void {
+    if (this.#stopped) return;
+    if (this.#pumping) {
+      this.#again = true;
+      return;
+    }
+    this.#pumping = true;
+    void this.#pump()
+      .catch((err: unknown) =>
+        this.#o.log.error("async engine: taking calls failed", { error: toFennecError(err).message }),
+      )
+      .finally(() => {
+        this.#pumping = false;
+        if (this.#again) {
+          this.#again = false;
+          this.wake();
+        }
+      });
+  }
+
+  /** An invocation ended or an instance became ready: a blocked function may have room now. */
+  #onCapacity(): void {
+    if (!this.#blocked || this.#blockedWake) return;
+    // At most one look per 50 ms however many sync calls end meanwhile.
+    this.#blockedWake = setTimeout(() => {
+      this.#blockedWake = undefined;
+      this.wake();
+    }, 50);
+  }
+
+  async #pump(): Promise<void> {
+    const { store, scheduler } = this.#o;
+    while (!this.#stopped && this.#running.size < this.#maxRunning) {
+      const skip = new Set<string>();
+      // A call blocked awaiting a chained call lends its place (Scheduler.lend): not counted.
+      for (const [key, n] of this.#perFunction)
+        if (n - scheduler.awaiting(key) >= (this.#capacity.get(key) ?? 1)) skip.add(key);
+      let blocked = false;
+      for (const key of scheduler.pools().keys()) {
+        if (skip.has(key) || scheduler.hasRoomFor(key)) continue;
+        skip.add(key);
+        blocked = true;
+      }
+      this.#blocked = blocked;
+      const [call] = await store.take({
+        node: this.#node,
+        max: 1,
+        leaseMs: this.#leaseMs,
+        now: Date.now(),
+        skip,
+      });
+      if (!call) return;
+      this.#launch(call);
+    }
+  }
+
+  #launch(call: LeasedCall): void {
+    const key = call.record.function;
+    this.#perFunction.set(key, (this.#perFunction.get(key) ?? 0) + 1);
+    const work = this.#run(call)
+      .catch((err: unknown) =>
+        this.#o.log.error("async call could not be settled", {
+          callId: call.record.id,
+          error: toFennecError(err).message,
+        }),
+      )
+      .finally(() => {
+        this.#running.delete(work);
+        const left = (this.#perFunction.get(key) ?? 1) - 1;
+        if (left > 0) this.#perFunction.set(key, left);
+        else this.#perFunction.delete(key);
+        this.wake();
+      });
+    this.#running.add(work);
+  }
+
+  async #run({ record, request }: LeasedCall): Promise<void> {
+    const { scheduler, store } = this.#o;
+    const key = record.function;
+    const id = functionIdOf(key);
+    let async: AsyncConfig = DEFAULT_ASYNC;
+    try {
+      const config = await scheduler.configOf(id);
+      async = config.async;
+      this.#capacity.set(key, capacityOf(config));
+    } catch (err) {
+      // No config: the attempt fails as a sync call would (FUNCTION_NOT_FOUND, FN_CONFIG_INVALID).
+      return this.#settle(record, async, { error: toFennecError(err) }, undefined, undefined);
+    }
+    const old = expired(async, key, record.submittedAt, Date.now());
+    if (old) return this.#apply(record, { kind: "bury", error: old }, {}, undefined);
+    if ((this.#perFunction.get(key) ?? 0) - scheduler.awaiting(key) > (this.#capacity.get(key) ?? 1)) {
+      // Taken before its capacity was known (or the config shrank it): back, no attempt spent.
+      const busy = new FennecError("QUEUE_FULL", `${key}: every slot for async calls is taken`);
+      return this.#apply(record, { kind: "requeue", notBefore: Date.now(), error: busy }, {}, undefined);
+    }
+
+    const lease = setInterval(() => {
+      store.extendLease(record.id, this.#node, this.#leaseMs, Date.now()).then(
+        (mine) => {
+          if (!mine) this.#o.log.warn("async call's lease was lost while it ran", { callId: record.id });
+        },
+        (err: unknown) =>
+          this.#o.log.warn("async call's lease could not be extended", {
+            callId: record.id,
+            error: toFennecError(err).message,
+          }),
+      );
+    }, this.#leaseMs / 3);
+    try {
+      const invokeRequest: InvokeRequest = {
+        method: request.method,
+        path: request.path,
+        query: request.query,
+        headers: { ...request.headers, "x-call-id": record.id },
+        body: bodyOf(request.body),
+        call: this.#o.callHost?.(record, request),
+      };
+      const outcome = await scheduler.invoke(id, invokeRequest);
+      if ("error" in outcome) return await this.#settle(record, async, outcome, outcome.record, undefined);
+      const limit = this.#o.resultLimitBytes;
+      let body: Buffer;
+      try {
+        body = await readBody(
+          outcome.response.body,
+          limit,
+          () =>
+            new FennecError(
+              "FN_RESPONSE_TOO_LARGE",
+              `${key}: the response is larger than the ${limit} bytes an asynchronous result may hold`,
+            ),
+        );
+      } catch (err) {
+        return await this.#settle(
+          record,
+          async,
+          { error: toFennecError(err, "FN_CRASHED") },
+          await outcome.record,
+          undefined,
+        );
+      }
+      const { status, headers } = outcome.response;
+      await this.#settle(record, async, { status }, await outcome.record, { status, headers, body });
+    } finally {
+      clearInterval(lease);
+    }
+  }
+
+  /** Decides what an attempt's outcome means for the call, and does it. */
+  #settle(
+    record: CallRecord,
+    async: AsyncConfig,
+    outcome: AttemptOutcome,
+    invocation: InvocationRecord | undefined,
+    response: StoredResponse | undefined,
+  ): Promise<void> {
+    let verdict: Verdict = decide(
+      async,
+      { key: record.function, attempt: record.attempt, submittedAt: record.submittedAt },
+      outcome,
+      Date.now(),
+    );
+    // A chained call is not retried (Faasm's semantics): its caller awaits it and decides. A
+    // retry would run the subtree it chains again, so the retries of a chain would multiply.
+    if (record.parentId !== undefined && (verdict.kind === "retry" || verdict.kind === "bury"))
+      verdict = { kind: "finish", state: "failed" };
+    // Stopping: a call cut short (its instance destroyed at the end of the drain) goes back whole.
+    if (this.#stopped && "error" in outcome && verdict.kind !== "finish")
+      verdict = { kind: "requeue", notBefore: Date.now(), error: outcome.error };
+    const figures: Partial<CallRecord> = invocation
+      ? {
+          startType: invocation.startType,
+          // The wait in the durable queue (from the lease) plus any in the function's pool.
+          queueWaitMs: (record.queueWaitMs ?? 0) + invocation.queueWaitMs,
+          initMs: invocation.initMs,
+          ttfbMs: invocation.ttfbMs,
+          execMs: invocation.execMs,
+          status: invocation.status > 0 ? invocation.status : undefined,
+        }
+      : {};
+    if ("error" in outcome)
+      Object.assign(figures, { errorCode: outcome.error.code, errorMessage: outcome.error.message });
+    return this.#apply(
+      record,
+      verdict,
+      figures,
+      verdict.kind === "finish" && verdict.state === "succeeded" ? response : undefined,
+    );
+  }
+
+  async #apply(
+    record: CallRecord,
+    verdict: Verdict,
+    figures: Partial<CallRecord>,
+    response: StoredResponse | undefined,
+  ): Promise<void> {
+    const { store, log } = this.#o;
+    const id = record.id;
+    const event = { node: this.#node, function: record.function, callId: id };
+    try {
+      switch (verdict.kind) {
+        case "finish":
+          await store.finish(id, this.#node, { state: verdict.state, response, figures });
+          break;
+        case "retry":
+          await store.retry(id, this.#node, verdict.notBefore, {
+            ...figures,
+            errorCode: verdict.error.code,
+            errorMessage: verdict.error.message,
+          });
+          this.#wakeAt(verdict.notBefore);
+          publishAsyncCall({ ...event, kind: "retry" });
+          log.debug("async call failed; retried later", {
+            callId: id,
+            attempt: record.attempt,
+            error: verdict.error.code,
+            inMs: verdict.notBefore - Date.now(),
+          });
+          return;
+        case "requeue":
+          // The attempt the lease counted is given back: the platform failed it, not the function.
+          await store.retry(id, this.#node, verdict.notBefore, {
+            ...figures,
+            attempt: record.attempt - 1,
+            errorCode: verdict.error.code,
+            errorMessage: verdict.error.message,
+          });
+          this.#wakeAt(verdict.notBefore);
+          publishAsyncCall({ ...event, kind: "requeue" });
+          return;
+        case "bury":
+          await store.bury(id, this.#node, {
+            ...figures,
+            errorCode: verdict.error.code,
+            errorMessage: verdict.error.message,
+          });
+          publishAsyncCall({ ...event, kind: "dead" });
+          log.warn("async call dead-lettered", {
+            callId: id,
+            function: record.function,
+            attempt: record.attempt,
+            error: verdict.error.code,
+          });
+          break;
+      }
+    } catch (err) {
+      // The lease was lost (another node took it after it ran out) or the store failed: the call
+      // stays where the store has it, and runs again if it is still queued (at-least-once).
+      log.warn("async call's outcome could not be stored", { callId: id, error: toFennecError(err).message });
+      return;
+    }
+    this.#callBack(record, verdict, figures, response);
+  }
+
+  #callBack(
+    record: CallRecord,
+    verdict: Verdict,
+    figures: Partial<CallRecord>,
+    response: StoredResponse | undefined,
+  ): void {
+    const callbacks = this.#o.callbacks;
+    if (!callbacks || record.callbackUrl === undefined) return;
+    const base = {
+      url: record.callbackUrl,
+      callId: record.id,
+      function: record.function,
+      durationMs: figures.execMs ?? 0,
+    };
+    if (verdict.kind === "finish" && verdict.state === "succeeded" && response) {
+      const type = response.headers.find(([name]) => name.toLowerCase() === "content-type")?.[1];
+      callbacks.send({
+        ...base,
+        status: response.status,
+        contentType: type,
+        body: response.body,
+        state: "succeeded",
+        errorCode: undefined,
+      });
+      return;
+    }
+    const code = (verdict.kind === "bury" ? verdict.error.code : figures.errorCode) ?? "INTERNAL";
+    const message = verdict.kind === "bury" ? verdict.error.message : (figures.errorMessage ?? "");
+    const state = verdict.kind === "bury" ? "dead" : "failed";
+    const status = this.#o.statusOf(code as FennecError["code"]);
+    const body = Buffer.from(JSON.stringify({ error: { code, message, callId: record.id } }));
+    callbacks.send({ ...base, status, contentType: "application/json", body, state, errorCode: code });
+  }
+
+  /** Wakes at `time` (a backoff's end); times are kept in order, one timer for the next. */
+  #wakeAt(time: number): void {
+    if (this.#stopped) return;
+    let i = this.#due.length;
+    while (i > 0 && this.#due[i - 1]! > time) i--;
+    this.#due.splice(i, 0, time);
+    if (i === 0) this.#armDue();
+  }
+
+  #armDue(): void {
+    clearTimeout(this.#dueTimer);
+    const next = this.#due[0];
+    if (next === undefined || this.#stopped) return;
+    this.#dueTimer = setTimeout(
+      () => {
+        const now = Date.now();
+        while (this.#due.length > 0 && this.#due[0]! <= now) this.#due.shift();
+        this.#armDue();
+        this.wake();
+      },
+      Math.max(0, next - Date.now()),
+    );
+    this.#dueTimer.unref();
+  }
+
+  /** Stops taking calls; those running go on (the scheduler's drain bounds them). Idempotent. */
+  stop(): void {
+    this.#stopped = true;
+    clearInterval(this.#sweep);
+    clearTimeout(this.#dueTimer);
+    clearTimeout(this.#blockedWake);
+    this.#unsubscribe?.();
+    this.#unsubscribe = undefined;
+  }
+
+  /** Resolves once every call that was running has been finished, retried or put back. */
+  async drained(): Promise<void> {
+    while (this.#running.size > 0) await Promise.allSettled([...this.#running]);
+  }
+
+  /** Async calls running now, by function. */
+  runningByFunction(): ReadonlyMap<string, number> {
+    return this.#perFunction;
+  }
+}
