@@ -10,6 +10,7 @@ import { Gateway } from "./gateway/server.js";
 import { AsyncEngine } from "./invocations/async-engine.js";
 import { CallbackPolicy } from "./invocations/callback-policy.js";
 import { Callbacks, type CallbackOptions } from "./invocations/callbacks.js";
+import { stableNodeId } from "./invocations/node-id.js";
 import { PrometheusMetrics } from "./metrics/prometheus.js";
 import { StatsCollector } from "./metrics/stats.js";
 import { DirectoryRegistry } from "./registry/registry.js";
@@ -179,6 +180,7 @@ export async function startFennec(options: FennecOptions): Promise<Fennec> {
   );
   const engine = new AsyncEngine({
     store,
+    node: stableNodeId(stateDir),
     scheduler,
     log,
     resultLimitBytes: options.asyncResultLimitBytes ?? 8 * 2 ** 20,

@@ -12,6 +12,8 @@ import { decide, expired, type AttemptOutcome, type Verdict } from "./retry-poli
 
 export interface AsyncEngineOptions {
   readonly store: InvocationStore;
+  /** The name calls are leased under: the same across restarts on one state directory (`node-id.ts`). */
+  readonly node: string;
   readonly scheduler: Scheduler;
   readonly log: Logger;
   /** Largest response body a result keeps; a larger one fails the attempt with FN_RESPONSE_TOO_LARGE. */
@@ -57,7 +59,10 @@ function capacityOf(config: FunctionConfig): number {
  */
 export class AsyncEngine {
   readonly #o: AsyncEngineOptions;
+  /** The store's name for this node (leases). */
   readonly #node: string;
+  /** The scheduler's, on its events. */
+  readonly #events: string;
   readonly #leaseMs: number;
   readonly #maxRunning: number;
   readonly #running = new Set<Promise<void>>();
@@ -79,7 +84,8 @@ export class AsyncEngine {
 
   constructor(options: AsyncEngineOptions) {
     this.#o = options;
-    this.#node = options.scheduler.node;
+    this.#node = options.node;
+    this.#events = options.scheduler.node;
     this.#leaseMs = options.leaseMs ?? 30_000;
     this.#maxRunning = options.maxRunning ?? 256;
   }
@@ -94,7 +100,7 @@ export class AsyncEngine {
     const now = Date.now();
     for (const r of await store.list({ state: "queued", kind: "async", limit: 1000 }))
       if (r.notBefore !== undefined && r.notBefore > now) this.#wakeAt(r.notBefore);
-    this.#unsubscribe = subscribeNode(this.#node, {
+    this.#unsubscribe = subscribeNode(this.#events, {
       invocation: () => this.#onCapacity(),
       ready: () => this.#onCapacity(),
     });
@@ -296,7 +302,7 @@ export class AsyncEngine {
   ): Promise<void> {
     const { store, log } = this.#o;
     const id = record.id;
-    const event = { node: this.#node, function: record.function, callId: id };
+    const event = { node: this.#events, function: record.function, callId: id };
     try {
       switch (verdict.kind) {
         case "finish":
