@@ -185,7 +185,12 @@ export interface InvocationStore {
   /** Every call `node` was running goes back to the queue (a restart after a crash). Returns how many. */
   requeueRunning(node: string): Promise<number>;
 
-  /** An attempt ended with a result to keep: `succeeded`, or `failed` when it is not retried. */
+  /**
+   * An attempt ended with a result to keep: `succeeded`, or `failed` when it is not retried.
+   * `finish`, `retry` and `bury` apply to the call `node` runs, or to one whose lease ran out that
+   * no node took again; they reject with CALL_NOT_FOUND for an unknown id and CALL_STATE when
+   * the call is another node's or already ended. `figures.finishedAt` defaults to now.
+   */
   finish(
     id: string,
     node: string,
@@ -202,13 +207,22 @@ export interface InvocationStore {
   /** The call failed its last attempt (or is too old): dead-lettered with its request kept. */
   bury(id: string, node: string, figures: Partial<CallRecord>): Promise<void>;
 
-  /** A dead call runs again from attempt 1. False when it is not dead (or not there). */
+  /**
+   * A dead call runs again from attempt 1, as if submitted at `now` (its maximum age starts again).
+   * False when it is not dead (or not there).
+   */
   replay(id: string, now: number): Promise<boolean>;
 
-  /** Removes a call and its result (any state but running). False when it is not there. */
+  /**
+   * Removes a call and its result (any state but running: CALL_STATE). False when it is not there.
+   * Whoever awaits it (`whenFinished`) is rejected with CALL_NOT_FOUND.
+   */
   delete(id: string): Promise<boolean>;
 
-  /** Resolves when the call reaches a terminal state (at once if it has). Rejects if it does not exist. */
+  /**
+   * Resolves when the call reaches a terminal state (at once if it has). Rejects with
+   * CALL_NOT_FOUND if it does not exist, and with the signal's reason when it aborts.
+   */
   whenFinished(id: string, signal?: AbortSignal): Promise<CallRecord>;
 
   // --- records ---

@@ -46,16 +46,14 @@ export async function prune(
     `SELECT id, coalesce(finished_at, submitted_at) AS at, bytes FROM calls WHERE ${BY_BYTES}
         ORDER BY coalesce(finished_at, submitted_at) LIMIT ?`,
   );
-  const oldestLog = db.prepare<[], { time: number }>("SELECT time FROM logs ORDER BY seq LIMIT 1");
+  const firstLogs = db.prepare<[number], { seq: number; time: number; bytes: number }>(
+    "SELECT seq, time, length(CAST(text AS BLOB)) AS bytes FROM logs ORDER BY seq LIMIT ?",
+  );
   const deleteCall = db.prepare("DELETE FROM calls WHERE id = ?");
   const deleteRequest = db.prepare("DELETE FROM requests WHERE call_id = ?");
   const deleteResponse = db.prepare("DELETE FROM responses WHERE call_id = ?");
   const oldLogs = db.prepare<[number, number]>(
     "DELETE FROM logs WHERE seq IN (SELECT seq FROM logs WHERE time < ? ORDER BY seq LIMIT ?)",
-  );
-  const firstLogs = db.prepare<[number], { n: number; bytes: number; last: number }>(
-    `SELECT count(*) AS n, coalesce(sum(length(CAST(text AS BLOB))), 0) AS bytes, coalesce(max(seq), 0) AS last
-      FROM (SELECT seq, text FROM logs ORDER BY seq LIMIT ?)`,
   );
   const logsUpTo = db.prepare<[number]>("DELETE FROM logs WHERE seq <= ?");
   const removeCalls = (ids: readonly string[]) =>
@@ -85,27 +83,34 @@ export async function prune(
     await turn();
     if (closed()) return { calls, logLines };
   }
-  // 2. By bytes, oldest first.
+  // 2. By bytes: finished calls and log lines, whichever is older first, only as many as it takes.
   let used = storedBytes(db);
   while (used > policy.maxBytes) {
     const chunk = oldestCalls.all(CALL_CHUNK);
-    const log = oldestLog.get();
-    if (chunk.length === 0 && log === undefined) break;
-    if (log === undefined || (chunk.length > 0 && chunk[0]!.at <= log.time)) {
-      // Only as many as it takes to get under the limit.
-      const take: string[] = [];
+    const lines = firstLogs.all(LOG_CHUNK);
+    if (chunk.length === 0 && lines.length === 0) break;
+    const nextLog = lines[0]?.time ?? Infinity;
+    if (chunk.length > 0 && chunk[0]!.at <= nextLog) {
+      const ids: string[] = [];
       for (const c of chunk) {
-        if (used <= policy.maxBytes) break;
-        take.push(c.id);
+        if (used <= policy.maxBytes || c.at > nextLog) break;
+        ids.push(c.id);
         used -= c.bytes;
       }
-      removeCalls(take);
-      calls += take.length;
+      removeCalls(ids);
+      calls += ids.length;
     } else {
-      const first = firstLogs.get(LOG_CHUNK)!;
-      withoutFsync(db, () => logsUpTo.run(first.last));
-      logLines += first.n;
-      used -= first.bytes;
+      const nextCall = chunk[0]?.at ?? Infinity;
+      let last = -1;
+      let n = 0;
+      for (const l of lines) {
+        if (used <= policy.maxBytes || l.time > nextCall) break;
+        last = l.seq;
+        used -= l.bytes;
+        n++;
+      }
+      withoutFsync(db, () => logsUpTo.run(last));
+      logLines += n;
     }
     await turn();
     if (closed()) return { calls, logLines };
