@@ -1,4 +1,3 @@
-import { mkdirSync } from "node:fs";
 import { createServer, type Server } from "node:http";
 import type { AddressInfo } from "node:net";
 import { join, resolve } from "node:path";
@@ -22,7 +21,7 @@ import type { SandboxKinds } from "./sandbox/kinds.js";
 import { ReadinessHub } from "./sandbox/readiness.js";
 import { Scheduler } from "./scheduler/scheduler.js";
 import type { InvocationStore } from "./store/contract.js";
-import { SqliteStore } from "./store/sqlite-store.js";
+import { openStore } from "./store/open-store.js";
 
 export interface FennecOptions {
   readonly registry: string;
@@ -170,8 +169,7 @@ export async function startFennec(options: FennecOptions): Promise<Fennec> {
     onInstanceStopped: () => void registry.releaseRetired(),
   });
   const stateDir = options.stateDir ?? join(root, ".fennec", "state");
-  mkdirSync(stateDir, { recursive: true });
-  const store = new SqliteStore(join(stateDir, "fennec.db"), { log });
+  const store = openStore(stateDir, { log });
   const callbacks = new Callbacks(
     new CallbackPolicy(options.callbacks?.allow),
     log,
