@@ -123,6 +123,9 @@ export async function startFennec(options: FennecOptions): Promise<Fennec> {
   const allowedHosts = new AllowedHosts(options.allowedHosts, options.host);
   const root = resolve(options.registry);
   const kinds = options.kinds ?? sandboxKinds;
+  // Opened first: a damaged or busy store stops the start before any driver or thread exists.
+  const stateDir = options.stateDir ?? join(root, ".fennec", "state");
+  const store = openStore(stateDir, { log });
   // A directory a deploy replaced stays until the scheduler has no instance read from it.
   const registry: DirectoryRegistry = new DirectoryRegistry(root, {
     loader: kinds.loader,
@@ -168,8 +171,6 @@ export async function startFennec(options: FennecOptions): Promise<Fennec> {
     log,
     onInstanceStopped: () => void registry.releaseRetired(),
   });
-  const stateDir = options.stateDir ?? join(root, ".fennec", "state");
-  const store = openStore(stateDir, { log });
   const callbacks = new Callbacks(
     new CallbackPolicy(options.callbacks?.allow),
     log,

@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
-import { spawn, type ChildProcess } from "node:child_process";
+import { execFile, spawn, type ChildProcess } from "node:child_process";
+import { promisify } from "node:util";
 import { mkdir, writeFile } from "node:fs/promises";
 import { createServer, type IncomingMessage, type Server } from "node:http";
 import type { AddressInfo } from "node:net";
@@ -42,9 +43,7 @@ async function result(url: string, callId: string, seen?: unknown[]): Promise<Re
 }
 
 /** A loopback server that records what it is sent and answers as `answer` says. */
-async function callbackServer(
-  answer: (req: IncomingMessage, body: string) => number | "hang",
-): Promise<{
+async function callbackServer(answer: (req: IncomingMessage, body: string) => number | "hang"): Promise<{
   url: string;
   seen: Array<{ headers: IncomingMessage["headers"]; body: string }>;
   close(): Promise<void>;
@@ -233,6 +232,35 @@ describe("durable async calls (real server, real sockets, wasm functions)", () =
     assert.equal(r.status, 413);
     assert.equal(errorCode(r), "BODY_TOO_LARGE");
     assert.equal((await s.fennec.store.list({ kind: "async", limit: 1000 })).length, before);
+  });
+
+  it("submits, replays and deletes from the command line", async () => {
+    const cli = async (...args: string[]) => {
+      const { FENNEC_TOKEN: _t, ...env } = process.env;
+      try {
+        const { stdout } = await promisify(execFile)(process.execPath, [CLI, ...args, "--url", s.url], {
+          env,
+        });
+        return { code: 0, stdout };
+      } catch (err) {
+        const e = err as { code: number; stdout: string; stderr: string };
+        return { code: e.code, stdout: e.stderr };
+      }
+    };
+    const submitted = await cli("invoke", "echo", "--async", "-d", "from the cli");
+    assert.equal(submitted.code, 0, submitted.stdout);
+    const id = submitted.stdout.trim();
+    assert.equal((await result(s.url, id)).text, "from the cli");
+    const notDead = await cli("calls", "replay", id);
+    assert.equal(notDead.code, 1);
+    assert.match(notDead.stdout, /409: CALL_STATE/);
+    const poison = (await cli("invoke", "poison", "--async")).stdout.trim();
+    assert.equal((await result(s.url, poison)).headers.get("x-fennec-call-state"), "dead");
+    assert.equal((await cli("calls", "replay", poison)).code, 0);
+    assert.equal((await result(s.url, poison)).headers.get("x-fennec-call-state"), "dead");
+    assert.equal((await cli("calls", "rm", poison)).code, 0);
+    assert.equal(errorCode(await request(`${s.url}/fa/calls/${poison}`)), "CALL_NOT_FOUND");
+    assert.equal((await cli("calls", "frob")).code, 2);
   });
 
   describe("callbacks", () => {
