@@ -192,7 +192,11 @@ export class AsyncEngine {
     try {
       const config = await scheduler.configOf(id);
       async = config.async;
-      this.#capacity.set(key, capacityOf(config));
+      const capacity = capacityOf(config);
+      const known = this.#capacity.get(key);
+      this.#capacity.set(key, capacity);
+      // Learnt (or grown): more of its calls may run now, not only when this one ends.
+      if (known === undefined || capacity > known) this.wake();
     } catch (err) {
       // No config: the attempt fails as a sync call would (FUNCTION_NOT_FOUND, FN_CONFIG_INVALID).
       return this.#settle(record, async, { error: toFennecError(err) }, undefined, undefined);

@@ -7,6 +7,7 @@ import type { AddressInfo } from "node:net";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { errorCode, request, type Reply } from "../helpers/http.js";
+import { openStore } from "../../src/store/open-store.js";
 import { CLI, copyExamples, tempDir } from "../helpers/paths.js";
 import { addWasmFunction, startTestServer, type TestServer } from "../helpers/server.js";
 import { waitFor } from "../helpers/wait.js";
@@ -134,7 +135,7 @@ describe("durable async calls (real server, real sockets, wasm functions)", () =
       notBefore?: number;
       lastError?: { code: string };
     }> = [];
-    const dead = await result(s.url, id, pending as unknown[]);
+    const dead = await result(s.url, id, pending);
     assert.equal(dead.status, 502);
     assert.equal(errorCode(dead), "FN_TRAP");
     assert.equal(dead.headers.get("x-fennec-call-state"), "dead");
@@ -341,6 +342,35 @@ describe("durable async calls (real server, real sockets, wasm functions)", () =
       }
       assert.equal((await s.fennec.store.list({ kind: "async", limit: 1000 })).length, before);
     });
+  });
+});
+
+describe("async calls at a graceful stop", () => {
+  it("lets the running call finish within the drain and leaves the queued ones queued", async () => {
+    const s = await startTestServer();
+    try {
+      await addWasmFunction(s.registry, "nap", "sleep.wasm", "max-instances = 1");
+      const running = await submit(s.url, "/fa/default/nap?ms=1500");
+      const queued = await submit(s.url, "/fa/default/nap?ms=10");
+      await waitFor("the long call to be running", async () => {
+        const r = await request(`${s.url}/fa/calls/${running}`);
+        return r.json<{ state: string }>().state === "running";
+      });
+      await s.fennec.close(30_000);
+      // The store is closed with Fennec: open it again to see what it kept.
+      const store = openStore(join(s.registry, ".fennec", "state"));
+      try {
+        assert.equal((await store.get(running))?.state, "succeeded");
+        assert.equal(Buffer.from((await store.response(running))!.body).toString(), "slept 1500 ms\n");
+        const left = await store.get(queued);
+        assert.equal(left?.state, "queued");
+        assert.equal(left?.attempt, 0);
+      } finally {
+        await store.close();
+      }
+    } finally {
+      await s.close();
+    }
   });
 });
 
