@@ -9,7 +9,6 @@ import { Gateway } from "./gateway/server.js";
 import { AsyncEngine } from "./invocations/async-engine.js";
 import { CallbackPolicy } from "./invocations/callback-policy.js";
 import { Callbacks, type CallbackOptions } from "./invocations/callbacks.js";
-import { stableNodeId } from "./invocations/node-id.js";
 import { PrometheusMetrics } from "./metrics/prometheus.js";
 import { StatsCollector } from "./metrics/stats.js";
 import { DirectoryRegistry } from "./registry/registry.js";
@@ -20,7 +19,8 @@ import type { DriverSettings } from "./sandbox/kind.js";
 import type { SandboxKinds } from "./sandbox/kinds.js";
 import { ReadinessHub } from "./sandbox/readiness.js";
 import { Scheduler } from "./scheduler/scheduler.js";
-import type { InvocationStore } from "./store/contract.js";
+import type { InvocationStore, RetentionPolicy } from "./store/contract.js";
+import { DEFAULT_RETENTION, requeueOrphans, startRetention } from "./store/housekeeping.js";
 import { openStore } from "./store/open-store.js";
 
 export interface FennecOptions {
@@ -55,8 +55,6 @@ export interface FennecOptions {
   readonly drivers?: ReadonlyMap<string, SandboxDriver>;
   /** Limits of the HTTP server against slow or greedy clients (defaults in SERVER_LIMITS). */
   readonly server?: ServerLimits;
-  /** Directory of the invocation store (async calls, records, logs, state); default `<registry>/.fennec/state`. */
-  readonly stateDir?: string;
   /** Largest response body an async call's result keeps (default 8 MiB); beyond, FN_RESPONSE_TOO_LARGE. */
   readonly asyncResultLimitBytes?: number;
   /**
@@ -65,6 +63,10 @@ export interface FennecOptions {
    * deadline of one attempt (defaults in Callbacks).
    */
   readonly callbacks?: CallbackOptions & { readonly allow?: readonly string[] };
+  /** Where the invocation store keeps its database (`fennec.db`); default `<registry>/.fennec/state`. */
+  readonly stateDir?: string;
+  /** What the store's retention keeps (default 7 days, 1 GiB); runs at start and every minute. */
+  readonly retention?: Partial<RetentionPolicy>;
 }
 
 export interface ServerLimits {
@@ -111,6 +113,7 @@ export interface Fennec {
   readonly server: Server;
   readonly scheduler: Scheduler;
   readonly registry: DirectoryRegistry;
+  /** The invocation store: async calls, call records, logs, state. */
   readonly store: InvocationStore;
   readonly log: Logger;
   /** Stops accepting, drains in-flight calls (up to `graceMs`), stops every instance. Idempotent. */
@@ -122,10 +125,9 @@ export async function startFennec(options: FennecOptions): Promise<Fennec> {
   const log = createLogger(options.logLevel ?? "info");
   const allowedHosts = new AllowedHosts(options.allowedHosts, options.host);
   const root = resolve(options.registry);
+  // First: a damaged or busy store stops the start before anything else is touched.
+  const store = openStore(options.stateDir ?? join(root, ".fennec", "state"), { log });
   const kinds = options.kinds ?? sandboxKinds;
-  // Opened first: a damaged or busy store stops the start before any driver or thread exists.
-  const stateDir = options.stateDir ?? join(root, ".fennec", "state");
-  const store = openStore(stateDir, { log });
   // A directory a deploy replaced stays until the scheduler has no instance read from it.
   const registry: DirectoryRegistry = new DirectoryRegistry(root, {
     loader: kinds.loader,
@@ -171,6 +173,12 @@ export async function startFennec(options: FennecOptions): Promise<Fennec> {
     log,
     onInstanceStopped: () => void registry.releaseRetired(),
   });
+  // Alone on the file, every call still marked running belongs to a Fennec that died; shared with
+  // a live one, those may be its calls: their leases give them back if it dies.
+  const orphans = store.soleOwner ? await requeueOrphans(store) : 0;
+  if (orphans > 0)
+    log.info("calls that were running when Fennec stopped are queued again", { calls: orphans });
+  const retention = startRetention(store, { ...DEFAULT_RETENTION, ...options.retention }, log);
   const callbacks = new Callbacks(
     new CallbackPolicy(options.callbacks?.allow),
     log,
@@ -179,7 +187,7 @@ export async function startFennec(options: FennecOptions): Promise<Fennec> {
   );
   const engine = new AsyncEngine({
     store,
-    node: stableNodeId(stateDir),
+    node: scheduler.node,
     scheduler,
     log,
     resultLimitBytes: options.asyncResultLimitBytes ?? 8 * 2 ** 20,
@@ -218,6 +226,7 @@ export async function startFennec(options: FennecOptions): Promise<Fennec> {
   await listen(server, options.port ?? 8123, options.host ?? "127.0.0.1").catch(async (err: unknown) => {
     // Nothing will be served: stop what was started (idle executor threads would keep the process alive).
     await scheduler.close(0);
+    await retention.stop();
     await store.close();
     throw err;
   });
@@ -282,12 +291,14 @@ export async function startFennec(options: FennecOptions): Promise<Fennec> {
       await scheduler.close(graceMs);
       await engine.drained();
       await callbacks.close();
-      await store.close();
       await registry.releaseRetired();
       server.closeAllConnections();
       await serverClosed;
       stats.close();
       metrics.close();
+      // Last: what the drained calls wrote (results, records, logs) is on disk before it closes.
+      await retention.stop();
+      await store.close();
     })();
     return closing;
   };

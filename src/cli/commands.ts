@@ -1,6 +1,8 @@
 import { readdir, readFile, stat } from "node:fs/promises";
 import { basename, join, resolve } from "node:path";
 import { parseArgs } from "node:util";
+import { parseByteSize } from "../config/byte-size.js";
+import { parseDuration } from "../config/duration.js";
 import { sandboxKinds } from "../sandbox/drivers/index.js";
 import type { DriverFlag, DriverSettings } from "../sandbox/kind.js";
 import { call, expectOk, type ClientOptions } from "./client.js";
@@ -73,6 +75,12 @@ Edits on disk apply to new instances without a restart; SIGINT/SIGTERM drain and
                          only to hosts whose addresses are public (never loopback or private)
   --callback-timeout MS  how long one callback attempt may take (default 10000)
   --async-result-limit BYTES  largest response an async call's result keeps (default 8388608)
+  --state-dir DIR        the invocation store: async calls, call records, logs, state
+                         (default DIR/.fennec/state; file fennec.db)
+  --retention-age AGE    finished calls and log lines older than this are removed
+                         (default 7d; units ms, s, m, h, d)
+  --retention-bytes SIZE then the oldest until the store keeps less than this; queued
+                         calls and dead letters stay (default 1GiB; bytes, or KiB/MiB/GiB)
   --log-level LEVEL      error | warn | info | debug (default info)
 ${flagHelp(sandboxKinds.flags("serve"))}
   -h, --help             this help`,
@@ -93,6 +101,9 @@ ${flagHelp(sandboxKinds.flags("serve"))}
         "callback-allow": { type: "string", multiple: true, default: [] },
         "callback-timeout": { type: "string", default: "10000" },
         "async-result-limit": { type: "string", default: String(8 * 2 ** 20) },
+        "state-dir": { type: "string" },
+        "retention-age": { type: "string", default: "7d" },
+        "retention-bytes": { type: "string", default: "1GiB" },
         "log-level": { type: "string", default: "info" },
         ...parseArgsOptions(sandboxKinds.flags("serve")),
         help: { type: "boolean", short: "h" },
@@ -109,6 +120,16 @@ ${flagHelp(sandboxKinds.flags("serve"))}
     const level = values["log-level"];
     if (!["error", "warn", "info", "debug"].includes(level))
       throw new UsageError(`--log-level expects error, warn, info or debug`);
+    const maxAgeMs = parseDuration(values["retention-age"]);
+    if (maxAgeMs === undefined)
+      throw new UsageError(
+        `--retention-age expects a duration such as 24h or 7d, got ${JSON.stringify(values["retention-age"])}`,
+      );
+    const maxBytes = parseByteSize(values["retention-bytes"]);
+    if (maxBytes === undefined)
+      throw new UsageError(
+        `--retention-bytes expects a size such as 512MiB or 1GiB, got ${JSON.stringify(values["retention-bytes"])}`,
+      );
     await stat(values.registry).catch(() => {
       throw new Error(`registry directory ${values.registry} does not exist`);
     });
@@ -130,6 +151,8 @@ ${flagHelp(sandboxKinds.flags("serve"))}
         timeoutMs: num("callback-timeout", values["callback-timeout"]),
       },
       asyncResultLimitBytes: num("async-result-limit", values["async-result-limit"]),
+      ...(values["state-dir"] ? { stateDir: values["state-dir"] } : {}),
+      retention: { maxAgeMs, maxBytes },
       logLevel: level as "info",
       driverSettings: driverSettings(sandboxKinds.flags("serve"), values),
     });

@@ -41,3 +41,9 @@ export function formatByteSize(bytes: number): string {
   }
   return `${bytes}B`;
 }
+
+/** A size given on the command line: a whole number of bytes, or one with its unit (`512MiB`). */
+export function parseByteSize(text: string): number | undefined {
+  const bytes = /^\d+$/.test(text.trim()) ? Number(text) : withUnit(text);
+  return bytes >= 1 && Number.isSafeInteger(bytes) ? bytes : undefined;
+}

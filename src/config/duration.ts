@@ -1,8 +1,28 @@
 import { z } from "zod";
 
-/** Milliseconds per unit of a duration in function.toml. */
-const UNITS: Readonly<Record<string, number>> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 };
-const DURATION = /^(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)$/;
+const UNITS: Readonly<Record<string, number>> = {
+  ms: 1,
+  s: 1000,
+  m: 60_000,
+  h: 3_600_000,
+  d: 86_400_000,
+};
+const DURATION = /^(\d+(?:\.\d+)?)(ms|s|m|h|d)$/;
+
+/** `"90s"` in milliseconds (rounded), or undefined when it is not a duration. */
+function milliseconds(text: string): number | undefined {
+  const match = DURATION.exec(text.trim());
+  if (!match) return undefined;
+  const ms = Math.round(Number(match[1]) * UNITS[match[2]!]!);
+  return Number.isSafeInteger(ms) ? ms : undefined;
+}
+
+/** A duration given on the command line (`90s`, `24h`, `7d`) in milliseconds, or undefined. */
+export function parseDuration(text: string): number | undefined {
+  const ms = milliseconds(text);
+  return ms !== undefined && ms >= 1 ? ms : undefined;
+}
+
 const EXPECTED =
   'expected a duration such as "500ms", "1s", "5m", "6h" or "1d" (units ms, s, m, h, d), or a number of seconds';
 
@@ -10,15 +30,10 @@ const EXPECTED =
 export const duration = z
   .union([z.number().min(0, { error: EXPECTED }), z.string()], { error: EXPECTED })
   .transform((value, ctx) => {
-    const ms = typeof value === "number" ? value * 1000 : withUnit(value);
-    if (ms === undefined || !Number.isFinite(ms)) {
+    const ms = typeof value === "number" ? Math.round(value * 1000) : milliseconds(value);
+    if (ms === undefined || !Number.isSafeInteger(ms)) {
       ctx.addIssue({ code: "custom", message: `${EXPECTED}, got ${JSON.stringify(value)}` });
       return z.NEVER;
     }
-    return Math.round(ms);
+    return ms;
   });
-
-function withUnit(text: string): number | undefined {
-  const match = DURATION.exec(text.trim());
-  return match ? Number(match[1]) * UNITS[match[2]!]! : undefined;
-}

@@ -12,7 +12,7 @@ import { decide, expired, type AttemptOutcome, type Verdict } from "./retry-poli
 
 export interface AsyncEngineOptions {
   readonly store: InvocationStore;
-  /** The name calls are leased under: the same across restarts on one state directory (`node-id.ts`). */
+  /** The name calls are leased under (the scheduler's node). */
   readonly node: string;
   readonly scheduler: Scheduler;
   readonly log: Logger;
@@ -54,8 +54,7 @@ function capacityOf(config: FunctionConfig): number {
  * each through `Scheduler.invoke` under a lease it keeps extending, reads the result whole
  * (bounded), and finishes, retries or dead-letters it by the retry rule (`retry-policy.ts`). It is
  * woken by enqueues, by its own calls ending, by invocations ending while a function has no room,
- * and by timers for backoffs; a slow sweep covers the rest. At start the calls this node was
- * running when it died are queued again (at-least-once).
+ * and by timers for backoffs; a slow sweep covers the rest.
  */
 export class AsyncEngine {
   readonly #o: AsyncEngineOptions;
@@ -90,12 +89,12 @@ export class AsyncEngine {
     this.#maxRunning = options.maxRunning ?? 256;
   }
 
-  /** Queues again what this node was running when it stopped, then starts taking calls. */
+  /**
+   * Starts taking calls. (What a dead Fennec was running is queued again before this, by the
+   * composition root, when it owns the store alone: `requeueOrphans`.)
+   */
   async start(): Promise<void> {
-    const { store, log } = this.#o;
-    const requeued = await store.requeueRunning(this.#node);
-    if (requeued > 0)
-      log.info("async calls that were running when Fennec stopped are queued again", { requeued });
+    const { store } = this.#o;
     // Backoffs set before a restart: wake when they end.
     const now = Date.now();
     for (const r of await store.list({ state: "queued", kind: "async", limit: 1000 }))

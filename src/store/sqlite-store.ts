@@ -35,6 +35,7 @@ import {
   type RequestRow,
   type ResponseRow,
 } from "./sqlite/rows.js";
+import { whenFree } from "./sqlite/busy.js";
 import { migrate } from "./sqlite/schema.js";
 import { StateOps } from "./sqlite/state-ops.js";
 import { WriteBehind, type WriteBehindOptions } from "./sqlite/write-behind.js";
@@ -63,38 +64,48 @@ export class SqliteStore implements InvocationStore {
   readonly #followers = new LogFollowers();
   readonly #log: Logger | undefined;
   readonly #sql: ReturnType<typeof statements>;
+  /** Held while open (see ownerLock). */
+  readonly #owner: Database.Database | undefined;
+  /**
+   * Whether this process alone has the file open: then every call marked running at open is an
+   * orphan of a process that died (see requeueOrphans). False in memory (nothing survives) and
+   * when another live Fennec shares the file.
+   */
+  readonly soleOwner: boolean;
   #closed = false;
 
   /** Opens (creating) the database at `path`, or `:memory:`. Throws STORE_CORRUPT / STORE_UNAVAILABLE. */
   constructor(path: string, options: SqliteStoreOptions = {}) {
     this.describe = `sqlite:${path}`;
     this.#log = options.log;
+    const memory = path === ":memory:";
     let db: Database.Database | undefined;
     try {
-      // timeout 0: the file is ours alone; a lock held by someone else is an error, not a wait.
-      db = new Database(path, { timeout: 0 });
-      db.pragma("locking_mode = EXCLUSIVE");
-      db.pragma("journal_mode = WAL");
-      db.pragma("synchronous = FULL");
+      // At open only, waiting for a lock is fine (another Fennec sharing the file may be writing).
+      db = new Database(path, { timeout: 5000 });
       // Checks the file's header and schema: garbage fails here, before anything is written.
       db.prepare("SELECT count(*) FROM sqlite_schema").get();
+      if (!memory) this.#owner = ownerLock(path);
+      db.pragma("journal_mode = WAL");
+      db.pragma("synchronous = FULL");
+      // The writer thread checkpoints (an fsync of the database file): never this thread.
+      db.pragma("wal_autocheckpoint = 0");
+      db.pragma(`journal_size_limit = ${64 * 2 ** 20}`);
       migrate(db, this.describe);
+      // From now on this connection never waits inside SQLite (see whenFree).
+      db.pragma("busy_timeout = 0");
     } catch (err) {
       db?.close();
-      if ((err as { code?: string }).code === "SQLITE_BUSY")
-        throw new FennecError(
-          "STORE_UNAVAILABLE",
-          `${this.describe} is in use by another process (another Fennec on the same --state-dir?)`,
-          { cause: err },
-        );
+      this.#owner?.close();
       throw storeError(err, this.describe, "opening it");
     }
+    this.soleOwner = this.#owner !== undefined;
     this.#db = db;
     this.#sql = statements(db);
     this.#state = new StateOps(db);
     this.#group = new GroupCommit(db, (err) => storeError(err, this.describe, "writing"));
     this.#behind = new WriteBehind(
-      db,
+      memory ? { db } : { path },
       options,
       (records, lines) => {
         for (const r of records) if (TERMINAL_STATES.has(r.state)) this.#waiters.finished(r);
@@ -122,14 +133,14 @@ export class SqliteStore implements InvocationStore {
     return this.#group.run(op);
   }
 
-  #read<T>(doing: string, op: () => T): Promise<T> {
+  async #read<T>(doing: string, op: () => T): Promise<T> {
     try {
       this.#open();
       // A read sees every record and line handed over before it.
-      this.#behind.flush();
-      return Promise.resolve(op());
+      await this.#behind.flush();
+      return await whenFree(op);
     } catch (err) {
-      return Promise.reject(storeError(err, this.describe, doing));
+      throw storeError(err, this.describe, doing);
     }
   }
 
@@ -334,9 +345,9 @@ export class SqliteStore implements InvocationStore {
     });
   }
 
-  delete(id: string): Promise<boolean> {
+  async delete(id: string): Promise<boolean> {
     // A record still written behind would come back after the delete: write it first.
-    this.#behind.flush();
+    await this.#behind.flush();
     return this.#write((tx) => {
       const row = this.#sql.call.get(id);
       if (row === undefined) return false;
@@ -486,7 +497,7 @@ export class SqliteStore implements InvocationStore {
 
   async prune(policy: RetentionPolicy, now: number): Promise<PruneResult> {
     this.#open();
-    this.#behind.flush();
+    await this.#behind.flush();
     try {
       return await prune(this.#db, policy, now, () => this.#closed);
     } catch (err) {
@@ -502,19 +513,41 @@ export class SqliteStore implements InvocationStore {
     });
   }
 
-  close(): Promise<void> {
-    if (this.#closed) return Promise.resolve();
-    this.#group.commit();
-    this.#behind.stop();
-    this.#behind.flush();
+  async close(): Promise<void> {
+    if (this.#closed) return;
     this.#closed = true;
+    await this.#group.commit();
+    await this.#behind.close();
     this.#waiters.closeAll(new FennecError("STORE_UNAVAILABLE", `${this.describe} closed`));
     try {
       this.#db.close();
+      this.#owner?.close();
     } catch (err) {
-      return Promise.reject(storeError(err, this.describe, "closing"));
+      throw storeError(err, this.describe, "closing");
     }
-    return Promise.resolve();
+  }
+}
+
+/**
+ * A lock that says "this file is open in a live Fennec": `<path>.lock`, a tiny SQLite database
+ * held in exclusive locking mode. The kernel drops it when the process dies however it dies, so a
+ * SIGKILL leaves nothing stale. Undefined when another live process holds it: the store is then
+ * shared (two Fennecs serving one registry), which SQLite allows, but calls marked running may be
+ * that process's, so only leases that run out give them back.
+ */
+function ownerLock(path: string): Database.Database | undefined {
+  const lock = new Database(`${path}.lock`, { timeout: 0 });
+  try {
+    lock.pragma("locking_mode = EXCLUSIVE");
+    // Its content is nothing: no journal file beside it.
+    lock.pragma("journal_mode = OFF");
+    // The first write takes the exclusive lock; exclusive mode keeps it until close.
+    lock.pragma("user_version = 1");
+    return lock;
+  } catch (err) {
+    lock.close();
+    if ((err as { code?: string }).code?.startsWith("SQLITE_BUSY")) return undefined;
+    throw err;
   }
 }
 

@@ -6,20 +6,15 @@ function sqliteCode(err: unknown): string | undefined {
   return typeof code === "string" && code.startsWith("SQLITE_") ? code : undefined;
 }
 
-export const isFull = (err: unknown): boolean => {
-  const code = sqliteCode(err);
-  // ENOSPC surfaces as SQLITE_FULL from writes, but as an I/O error from some paths (growing the
-  // WAL index, truncating): the errno is not kept, so only the codes SQLite documents count.
-  return code === "SQLITE_FULL";
-};
+// ENOSPC while writing the WAL or the database is SQLITE_FULL. A few other paths (growing the WAL
+// index in -shm) report it as an SQLITE_IOERR_* without the errno: those become STORE_UNAVAILABLE,
+// which is still a refusal, never a false "accepted".
+const isFull = (err: unknown): boolean => sqliteCode(err) === "SQLITE_FULL";
 
-export const isCorrupt = (err: unknown): boolean => {
+const isCorrupt = (err: unknown): boolean => {
   const code = sqliteCode(err);
   return code === "SQLITE_NOTADB" || code?.startsWith("SQLITE_CORRUPT") === true;
 };
-
-export const isConstraint = (err: unknown): boolean =>
-  sqliteCode(err)?.startsWith("SQLITE_CONSTRAINT") === true;
 
 /** A store failure as a FennecError with a code the gateway maps to a status (507 for a full disk). */
 export function storeError(err: unknown, describe: string, doing: string): FennecError {

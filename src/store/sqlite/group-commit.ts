@@ -1,5 +1,6 @@
 import type { Database } from "better-sqlite3";
 import { FennecError } from "../../core/errors.js";
+import { whenFree } from "./busy.js";
 
 /** What an operation may ask of the transaction it runs in. */
 export interface TxContext {
@@ -24,6 +25,8 @@ export class GroupCommit {
   readonly #fail: (err: unknown) => Error;
   #pending: Pending[] = [];
   #scheduled = false;
+  /** The group being written: the next one waits for it, so groups commit in order. */
+  #last: Promise<void> = Promise.resolve();
 
   constructor(db: Database, fail: (err: unknown) => Error) {
     this.#db = db;
@@ -36,34 +39,45 @@ export class GroupCommit {
       if (this.#scheduled) return;
       this.#scheduled = true;
       // setImmediate, not a microtask: requests parsed in the same poll phase join the group.
-      setImmediate(() => this.commit());
+      setImmediate(() => void this.commit());
     });
   }
 
-  /** Writes what is pending now (close() calls it; otherwise it runs on its own). */
-  commit(): void {
+  /** Writes what is pending now, after the group before it (close() calls it; otherwise it runs on its own). */
+  commit(): Promise<void> {
+    this.#last = this.#last.then(() => this.#commit());
+    return this.#last;
+  }
+
+  async #commit(): Promise<void> {
     this.#scheduled = false;
     const group = this.#pending;
     if (group.length === 0) return;
     this.#pending = [];
-    const outcomes: Array<{ ok: boolean; value: unknown }> = [];
-    const committed: Array<() => void> = [];
-    const tx: TxContext = { onCommit: (fn) => committed.push(fn) };
+    let outcomes: Array<{ ok: boolean; value: unknown }> = [];
+    let committed: Array<() => void> = [];
     try {
-      this.#db
-        .transaction(() => {
-          for (const p of group) {
-            const mark = committed.length;
-            try {
-              outcomes.push({ ok: true, value: p.op(tx) });
-            } catch (err) {
-              if (!(err instanceof FennecError)) throw err;
-              committed.length = mark;
-              outcomes.push({ ok: false, value: err });
+      // Tried again whole while the writer thread holds the lock: BEGIN IMMEDIATE fails before
+      // anything ran, so no operation runs twice.
+      await whenFree(() => {
+        outcomes = [];
+        committed = [];
+        const tx: TxContext = { onCommit: (fn) => committed.push(fn) };
+        this.#db
+          .transaction(() => {
+            for (const p of group) {
+              const mark = committed.length;
+              try {
+                outcomes.push({ ok: true, value: p.op(tx) });
+              } catch (err) {
+                if (!(err instanceof FennecError)) throw err;
+                committed.length = mark;
+                outcomes.push({ ok: false, value: err });
+              }
             }
-          }
-        })
-        .immediate();
+          })
+          .immediate();
+      });
     } catch (err) {
       const failure = this.#fail(err);
       for (const p of group) p.reject(failure);

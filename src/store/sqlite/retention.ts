@@ -1,6 +1,7 @@
 import type { Database } from "better-sqlite3";
 import type { PruneResult, RetentionPolicy } from "../contract.js";
-import { withoutFsync } from "./write-behind.js";
+import { withoutFsync } from "./behind-writer.js";
+import { whenFree } from "./busy.js";
 
 /** Rows removed per transaction: the event loop gets a turn between chunks, so calls keep flowing. */
 const CALL_CHUNK = 500;
@@ -57,13 +58,15 @@ export async function prune(
   );
   const logsUpTo = db.prepare<[number]>("DELETE FROM logs WHERE seq <= ?");
   const removeCalls = (ids: readonly string[]) =>
-    withoutFsync(db, () => {
-      for (const id of ids) {
-        deleteCall.run(id);
-        deleteRequest.run(id);
-        deleteResponse.run(id);
-      }
-    });
+    whenFree(() =>
+      withoutFsync(db, () => {
+        for (const id of ids) {
+          deleteCall.run(id);
+          deleteRequest.run(id);
+          deleteResponse.run(id);
+        }
+      }),
+    );
 
   let calls = 0;
   let logLines = 0;
@@ -71,13 +74,13 @@ export async function prune(
   for (;;) {
     const ids = oldCalls.all(cutoff, CALL_CHUNK);
     if (ids.length === 0) break;
-    removeCalls(ids);
+    await removeCalls(ids);
     calls += ids.length;
     await turn();
     if (closed()) return { calls, logLines };
   }
   for (;;) {
-    const n = withoutFsync(db, () => oldLogs.run(cutoff, LOG_CHUNK).changes);
+    const n = await whenFree(() => withoutFsync(db, () => oldLogs.run(cutoff, LOG_CHUNK).changes));
     logLines += n;
     if (n < LOG_CHUNK) break;
     await turn();
@@ -97,7 +100,7 @@ export async function prune(
         ids.push(c.id);
         used -= c.bytes;
       }
-      removeCalls(ids);
+      await removeCalls(ids);
       calls += ids.length;
     } else {
       const nextCall = chunk[0]?.at ?? Infinity;
@@ -109,12 +112,12 @@ export async function prune(
         used -= l.bytes;
         n++;
       }
-      withoutFsync(db, () => logsUpTo.run(last));
+      await whenFree(() => withoutFsync(db, () => logsUpTo.run(last)));
       logLines += n;
     }
     await turn();
     if (closed()) return { calls, logLines };
   }
-  if (calls + logLines > 0) db.pragma("incremental_vacuum");
+  if (calls + logLines > 0) await whenFree(() => db.pragma("incremental_vacuum"));
   return { calls, logLines };
 }

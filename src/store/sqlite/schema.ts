@@ -32,7 +32,7 @@ const MIGRATIONS: readonly string[] = [
     lease_until INTEGER,
     -- what this call keeps (request, response, its strings), for retention by bytes
     bytes INTEGER NOT NULL
-  ) WITHOUT ROWID;
+  );
   CREATE INDEX calls_submitted ON calls (submitted_at);
   CREATE INDEX calls_function ON calls (function, submitted_at);
   CREATE INDEX calls_parent ON calls (parent_id) WHERE parent_id IS NOT NULL;
@@ -99,21 +99,21 @@ export const SCHEMA_VERSION = MIGRATIONS.length;
  * guessed at.
  */
 export function migrate(db: Database, describe: string): void {
-  const version = db.pragma("user_version", { simple: true }) as number;
-  if (version > SCHEMA_VERSION)
-    throw new Error(
-      `${describe} has schema version ${version}, newer than this Fennec's ${SCHEMA_VERSION}: run a newer Fennec or use another --state-dir`,
-    );
-  if (version === 0) {
+  const version = () => db.pragma("user_version", { simple: true }) as number;
+  if (version() === 0) {
     // Only a new, empty database can change auto_vacuum without a full VACUUM: set it before the
     // first table, so retention's deletes give space back (incremental_vacuum) instead of leaving
     // free pages inside the file.
     db.pragma("auto_vacuum = INCREMENTAL");
   }
-  for (let v = version; v < SCHEMA_VERSION; v++) {
-    db.transaction(() => {
-      db.exec(MIGRATIONS[v]!);
-      db.pragma(`user_version = ${v + 1}`);
-    })();
-  }
+  // IMMEDIATE, and the version read inside: two Fennecs opening a new file at once migrate once.
+  db.transaction(() => {
+    const from = version();
+    if (from > SCHEMA_VERSION)
+      throw new Error(
+        `${describe} has schema version ${from}, newer than this Fennec's ${SCHEMA_VERSION}: run a newer Fennec or use another --state-dir`,
+      );
+    for (let v = from; v < SCHEMA_VERSION; v++) db.exec(MIGRATIONS[v]!);
+    db.pragma(`user_version = ${SCHEMA_VERSION}`);
+  }).immediate();
 }

@@ -1,39 +1,31 @@
-import type { Database, Statement } from "better-sqlite3";
+import type { Database } from "better-sqlite3";
+import { Worker } from "node:worker_threads";
 import type { CallRecord, LogLine, StoredLogLine } from "../contract.js";
-import { INSERT_CALL, recordBytes, rowOf } from "./rows.js";
+import { BehindWriter, type BehindBatch } from "./behind-writer.js";
+import type { FromBehindWorker, ToBehindWorker } from "./behind-worker.js";
 
-/**
- * Runs `fn` in a transaction whose commit does not fsync (WAL, `synchronous = NORMAL`): for what
- * may be lost in a machine crash (records, logs, retention's deletes). The connection is back at
- * FULL after it, for the durable writes.
- */
-export function withoutFsync<T>(db: Database, fn: () => T): T {
-  db.pragma("synchronous = NORMAL");
-  try {
-    return db.transaction(fn)();
-  } finally {
-    db.pragma("synchronous = FULL");
-  }
-}
+const WORKER_URL = new URL("./behind-worker.js", import.meta.url);
 
 export interface WriteBehindOptions {
-  /** A batch is written at most this long after its first item (default 50 ms). */
+  /** A batch is handed to the writer at most this long after its first item (default 50 ms). */
   readonly flushMs?: number;
   /** ... or as soon as it holds this many items (default 2000). */
   readonly maxItems?: number;
 }
 
+/** Where batches go: a thread with its own connection (a file), or this thread's (`:memory:`). */
+type Sink = (batch: BehindBatch) => Promise<number[]>;
+
 /**
- * Sync-call records and log lines, written behind: `record()` and `appendLogs()` only push onto
- * an array (a call's cost on the caller's thread is that push), and a timer writes the batch in one
- * transaction. The batch is written with `synchronous = NORMAL`: in WAL mode that commit does not
- * fsync, the next durable (FULL) commit or checkpoint carries it to disk, so records never pay for
- * an fsync; a crash may lose the last ones, which the contract allows.
+ * Sync-call records and log lines, written behind. `record()` and `appendLogs()` only push onto
+ * an array; every `flushMs` the batch goes to a worker thread that writes it in one transaction on
+ * its own connection, with `synchronous = NORMAL` (in WAL mode that commit does not fsync: the
+ * next checkpoint does), so neither SQLite's per-row work nor an fsync lands on the gateway's
+ * thread. A crash may lose the last records; the contract allows it. Measured in bench/store.ts.
  */
 export class WriteBehind {
-  readonly #db: Database;
-  readonly #insertRecord: Statement;
-  readonly #insertLog: Statement;
+  readonly #sink: Sink;
+  readonly #stopSink: () => Promise<void>;
   readonly #flushMs: number;
   readonly #maxItems: number;
   readonly #onWritten: (records: readonly CallRecord[], lines: readonly StoredLogLine[]) => void;
@@ -42,29 +34,24 @@ export class WriteBehind {
   #lines: LogLine[] = [];
   #timer: NodeJS.Timeout | undefined;
   #immediate: NodeJS.Immediate | undefined;
+  /** The batches handed to the sink and not yet written, in order. */
+  #writing: Promise<void> = Promise.resolve();
 
   constructor(
-    db: Database,
+    target: { readonly path: string } | { readonly db: Database },
     options: WriteBehindOptions,
     onWritten: (records: readonly CallRecord[], lines: readonly StoredLogLine[]) => void,
     onError: (err: unknown, dropped: number) => void,
   ) {
-    this.#db = db;
-    this.#insertRecord = db.prepare(INSERT_CALL.replace("INSERT", "INSERT OR REPLACE"));
-    this.#insertLog = db.prepare(
-      "INSERT INTO logs (time, function, call_id, instance_id, stream, text) VALUES (?, ?, ?, ?, ?, ?)",
-    );
+    if ("db" in target) {
+      const writer = new BehindWriter(target.db);
+      this.#sink = (batch) => Promise.resolve().then(() => writer.write(batch));
+      this.#stopSink = () => Promise.resolve();
+    } else [this.#sink, this.#stopSink] = workerSink(target.path);
     this.#flushMs = options.flushMs ?? 50;
     this.#maxItems = options.maxItems ?? 2000;
     this.#onWritten = onWritten;
     this.#onError = onError;
-  }
-
-  /** The record waiting to be written, if `id`'s is (so a read never misses what was handed over). */
-  pending(id: string): CallRecord | undefined {
-    for (let i = this.#records.length - 1; i >= 0; i--)
-      if (this.#records[i]!.id === id) return this.#records[i];
-    return undefined;
   }
 
   record(record: CallRecord): void {
@@ -79,56 +66,90 @@ export class WriteBehind {
 
   #schedule(): void {
     if (this.#records.length + this.#lines.length >= this.#maxItems) {
-      // Still not on the caller's stack: a full batch is written right after it returns.
-      this.#immediate ??= setImmediate(() => this.flush());
+      // Not on the caller's stack: a full batch goes right after it returns.
+      this.#immediate ??= setImmediate(() => void this.flush());
       return;
     }
     if (this.#timer) return;
-    this.#timer = setTimeout(() => this.flush(), this.#flushMs);
+    this.#timer = setTimeout(() => void this.flush(), this.#flushMs);
     // Pending writes alone must not keep the process up: close() writes them.
     this.#timer.unref();
   }
 
-  /** Writes everything handed over so far, now. */
-  flush(): void {
+  /** Hands over everything pushed so far; resolves once it (and every earlier batch) is written. */
+  flush(): Promise<void> {
     clearTimeout(this.#timer);
     this.#timer = undefined;
     if (this.#immediate) clearImmediate(this.#immediate);
     this.#immediate = undefined;
     const records = this.#records;
     const lines = this.#lines;
-    if (records.length === 0 && lines.length === 0) return;
-    this.#records = [];
-    this.#lines = [];
-    const stored: StoredLogLine[] = [];
-    const db = this.#db;
-    try {
-      withoutFsync(db, () => {
-        for (const r of records) this.#insertRecord.run(rowOf(r, recordBytes(r)));
-        for (const l of lines) {
-          const { lastInsertRowid } = this.#insertLog.run(
-            l.time,
-            l.function,
-            l.callId ?? null,
-            l.instanceId ?? null,
-            l.stream,
-            l.text,
-          );
-          stored.push({ ...l, seq: Number(lastInsertRowid) });
-        }
-      });
-    } catch (err) {
-      this.#onError(err, records.length + lines.length);
-      return;
+    if (records.length > 0 || lines.length > 0) {
+      this.#records = [];
+      this.#lines = [];
+      const written = this.#sink({ records, lines }).then(
+        (seqs) =>
+          this.#onWritten(
+            records,
+            lines.map((l, i) => ({ ...l, seq: seqs[i]! })),
+          ),
+        (err: unknown) => this.#onError(err, records.length + lines.length),
+      );
+      this.#writing = Promise.all([this.#writing, written]).then(() => undefined);
     }
-    this.#onWritten(records, stored);
+    return this.#writing;
   }
 
-  /** Stops the timer; what is pending is written by a last flush(). */
-  stop(): void {
-    clearTimeout(this.#timer);
-    if (this.#immediate) clearImmediate(this.#immediate);
-    this.#timer = undefined;
-    this.#immediate = undefined;
+  /** Writes what is pending and stops the writer. */
+  async close(): Promise<void> {
+    await this.flush();
+    await this.#stopSink();
   }
+}
+
+/** A sink on a worker thread with its own connection to `path`. */
+function workerSink(path: string): [Sink, () => Promise<void>] {
+  const worker = new Worker(WORKER_URL, { workerData: { path } });
+  const pending = new Map<number, { resolve: (seqs: number[]) => void; reject: (err: unknown) => void }>();
+  let next = 0;
+  let failure: Error | undefined;
+  // Referenced only while a batch is out, so an idle store does not keep the process up.
+  worker.unref();
+  worker.on("message", (msg: FromBehindWorker) => {
+    const p = pending.get(msg.id);
+    if (!p) return;
+    pending.delete(msg.id);
+    if (pending.size === 0) worker.unref();
+    if ("error" in msg) p.reject(Object.assign(new Error(msg.error.message), { code: msg.error.code }));
+    else p.resolve(msg.seqs);
+  });
+  const died = (err: Error) => {
+    failure = err;
+    for (const p of pending.values()) p.reject(err);
+    pending.clear();
+  };
+  worker.on("error", died);
+  const exited = new Promise<void>((resolve) =>
+    worker.once("exit", (code) => {
+      died(new Error(`the store's writer thread exited with code ${code}`));
+      resolve();
+    }),
+  );
+  const sink: Sink = (batch) =>
+    new Promise<number[]>((resolve, reject) => {
+      if (failure) return reject(failure);
+      const id = next++;
+      pending.set(id, { resolve, reject });
+      worker.ref();
+      // As JSON: one string is copied to the thread, far cheaper than cloning each record object.
+      worker.postMessage({ id, batch: JSON.stringify(batch) } satisfies ToBehindWorker);
+    });
+  const stop = async () => {
+    if (!failure) {
+      worker.ref();
+      worker.postMessage("close");
+    }
+    await exited;
+  };
+  return [sink, stop];
 }

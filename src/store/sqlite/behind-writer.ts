@@ -1,0 +1,49 @@
+import type { Database, Statement } from "better-sqlite3";
+import type { CallRecord, LogLine } from "../contract.js";
+import { INSERT_CALL, recordBytes, rowOf } from "./rows.js";
+
+/**
+ * Runs `fn` in a transaction whose commit does not fsync (WAL, `synchronous = NORMAL`): for what
+ * may be lost in a machine crash (records, logs, retention's deletes). The connection is back at
+ * FULL after it, for the durable writes.
+ */
+export function withoutFsync<T>(db: Database, fn: () => T): T {
+  db.pragma("synchronous = NORMAL");
+  try {
+    return db.transaction(fn)();
+  } finally {
+    db.pragma("synchronous = FULL");
+  }
+}
+
+/** One batch of what is written behind. */
+export interface BehindBatch {
+  readonly records: readonly CallRecord[];
+  readonly lines: readonly LogLine[];
+}
+
+/** Writes batches of records and log lines in one transaction each; returns the lines' seqs. */
+export class BehindWriter {
+  readonly #db: Database;
+  readonly #insertRecord: Statement;
+  readonly #insertLog: Statement;
+
+  constructor(db: Database) {
+    this.#db = db;
+    this.#insertRecord = db.prepare(INSERT_CALL.replace("INSERT", "INSERT OR REPLACE"));
+    this.#insertLog = db.prepare(
+      "INSERT INTO logs (time, function, call_id, instance_id, stream, text) VALUES (?, ?, ?, ?, ?, ?)",
+    );
+  }
+
+  write(batch: BehindBatch): number[] {
+    return withoutFsync(this.#db, () => {
+      for (const r of batch.records) this.#insertRecord.run(rowOf(r, recordBytes(r)));
+      return batch.lines.map(
+        (l) =>
+          this.#insertLog.run(l.time, l.function, l.callId ?? null, l.instanceId ?? null, l.stream, l.text)
+            .lastInsertRowid as number,
+      );
+    });
+  }
+}
