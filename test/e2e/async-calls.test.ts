@@ -374,6 +374,33 @@ describe("async calls at a graceful stop", () => {
   });
 });
 
+describe("async calls cut at the end of the drain", () => {
+  it("puts a call still running when the drain ends back in the queue, its attempt given back", async () => {
+    const s = await startTestServer();
+    try {
+      await addWasmFunction(s.registry, "nap", "sleep.wasm", "max-instances = 1");
+      const cut = await submit(s.url, "/fa/default/nap?ms=5000");
+      await waitFor("the call to be running in its instance", async () => {
+        const stats = (await request(`${s.url}/stats`)).json<{
+          instances: Record<string, { busy: number }>;
+        }>();
+        return (stats.instances["default/nap"]?.busy ?? 0) > 0;
+      });
+      await s.fennec.close(100);
+      const store = openStore(join(s.registry, ".fennec", "state"));
+      try {
+        const left = await store.get(cut);
+        assert.equal(left?.state, "queued", JSON.stringify(left));
+        assert.equal(left?.attempt, 0, "the cut attempt is not counted against the function");
+      } finally {
+        await store.close();
+      }
+    } finally {
+      await s.close();
+    }
+  });
+});
+
 describe("async calls across a SIGKILL of Fennec", () => {
   let root: { dir: string; cleanup: () => Promise<void> };
   let child: ChildProcess | undefined;
