@@ -49,4 +49,24 @@ describe("SqliteStore: the embedded store's own behaviour", () => {
     assert.equal((await store.get(sync.id))?.kind, "sync");
     await store.close();
   });
+
+  it("fails only the operation at fault in a group committed together", async () => {
+    const store = new SqliteStore(":memory:");
+    const call = (headers: Record<string, string>) => ({
+      id: randomUUID(),
+      function: "u/f",
+      request: { method: "POST", path: "/", query: "", headers, body: body("") },
+      submittedAt: 1,
+    });
+    const [good, bad, alsoGood] = [call({}), call({ big: 1n as unknown as string }), call({})];
+    const results = await Promise.allSettled([good, bad, alsoGood].map((c) => store.enqueue(c)));
+    assert.deepEqual(
+      results.map((r) => r.status),
+      ["fulfilled", "rejected", "fulfilled"],
+    );
+    assert.equal((await store.get(good.id))?.state, "queued");
+    assert.equal(await store.get(bad.id), undefined);
+    assert.equal((await store.get(alsoGood.id))?.state, "queued");
+    await store.close();
+  });
 });

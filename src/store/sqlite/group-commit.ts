@@ -2,6 +2,19 @@ import type { Database } from "better-sqlite3";
 import { FennecError } from "../../core/errors.js";
 import { whenFree } from "./busy.js";
 
+/**
+ * An error that says the database cannot write now (a full disk, an I/O error, a damaged file, a
+ * lock): the whole group fails. Anything else (a refusal, a value SQLite will not take) is the one
+ * operation's.
+ */
+function failsTheGroup(err: unknown): boolean {
+  const code = (err as { code?: unknown } | null)?.code;
+  if (typeof code !== "string") return false;
+  return /^SQLITE_(FULL|IOERR|CORRUPT|NOTADB|BUSY|LOCKED|NOMEM|READONLY|CANTOPEN|PROTOCOL|PERM|AUTH|INTERRUPT)/.test(
+    code,
+  );
+}
+
 /** What an operation may ask of the transaction it runs in. */
 export interface TxContext {
   /** Runs `fn` once the transaction is on disk (to wake waiters only for what is durable). */
@@ -16,9 +29,10 @@ interface Pending {
 
 /**
  * Group commit: the writes asked for in the same turn of the event loop run in one transaction,
- * so they share one fsync, then all resolve. An operation that refuses (throws a FennecError,
- * which operations do before writing anything) fails alone; a database error fails the whole
- * group, which is rolled back, so no caller is told "done" for what is not on disk.
+ * so they share one fsync, then all resolve. An operation that fails on its own (a refusal, a
+ * value too big) is rolled back to its savepoint and fails alone; a database that cannot write
+ * (a full disk) fails the whole group, which is rolled back, so no caller is told "done" for what
+ * is not on disk.
  */
 export class GroupCommit {
   readonly #db: Database;
@@ -68,11 +82,12 @@ export class GroupCommit {
             for (const p of group) {
               const mark = committed.length;
               try {
-                outcomes.push({ ok: true, value: p.op(tx) });
+                // Nested: a SAVEPOINT, so an operation that fails is undone alone.
+                outcomes.push({ ok: true, value: this.#db.transaction(p.op)(tx) });
               } catch (err) {
-                if (!(err instanceof FennecError)) throw err;
+                if (failsTheGroup(err)) throw err;
                 committed.length = mark;
-                outcomes.push({ ok: false, value: err });
+                outcomes.push({ ok: false, value: err instanceof FennecError ? err : this.#fail(err) });
               }
             }
           })
