@@ -35,6 +35,9 @@ export interface AsyncEngineOptions {
   readonly maxRunning?: number;
 }
 
+/** Calls leased in one store transaction at most. */
+const TAKE_BATCH = 16;
+
 /** `user/name` back into its parts (names never contain `/`). */
 function functionIdOf(key: string): FunctionId {
   const slash = key.indexOf("/");
@@ -142,6 +145,9 @@ export class AsyncEngine {
   async #pump(): Promise<void> {
     const { store, scheduler } = this.#o;
     while (!this.#stopped && this.#running.size < this.#maxRunning) {
+      // Capacities from the configs the pools run under, so a batch is not cut to one call of a
+      // function whose first call has not read its config yet.
+      for (const [key, pool] of scheduler.pools()) this.#capacity.set(key, capacityOf(pool.config));
       const skip = new Set<string>();
       for (const [key, n] of this.#perFunction) if (n >= (this.#capacity.get(key) ?? 1)) skip.add(key);
       let blocked = false;
@@ -151,16 +157,39 @@ export class AsyncEngine {
         blocked = true;
       }
       this.#blocked = blocked;
-      const [call] = await store.take({
+      // A batch per durable write: one lease transaction (and its fsync) for up to TAKE_BATCH calls.
+      const max = Math.min(TAKE_BATCH, this.#maxRunning - this.#running.size);
+      const calls = await store.take({
         node: this.#node,
-        max: 1,
+        max,
         leaseMs: this.#leaseMs,
         now: Date.now(),
         skip,
       });
-      if (!call) return;
-      this.#launch(call);
+      for (const call of calls) {
+        const key = call.record.function;
+        // The batch may hold more of one function than it has room for: those go back at once.
+        if (this.#stopped || (this.#perFunction.get(key) ?? 0) >= (this.#capacity.get(key) ?? 1))
+          this.#putBack(call);
+        else this.#launch(call);
+      }
+      if (calls.length < max) return;
     }
+  }
+
+  /** Returns a call taken beyond its function's room, unrun: queued and due, its attempt given back. */
+  #putBack({ record }: LeasedCall): void {
+    // Tracked with the running calls, so the store is not closed under it.
+    const work: Promise<void> = this.#o.store
+      .retry(record.id, this.#node, Date.now(), { attempt: record.attempt - 1 })
+      .catch((err: unknown) =>
+        this.#o.log.warn("async call could not be put back; its lease returns it", {
+          callId: record.id,
+          error: toFennecError(err).message,
+        }),
+      )
+      .finally(() => this.#running.delete(work));
+    this.#running.add(work);
   }
 
   #launch(call: LeasedCall): void {
