@@ -106,7 +106,10 @@ async function main(): Promise<void> {
     const reg = join(scratch, "registry");
     await registry(reg);
     const script = await wrkScript(scratch, "hello");
-    const on: Server = await servers.start(startFennec(reg, ["--state-dir", join(scratch, "state-on")]));
+    // The callback receiver is on loopback, where callbacks go only when listed (docs/security.md).
+    const on: Server = await servers.start(
+      startFennec(reg, ["--state-dir", join(scratch, "state-on"), "--callback-allow", "127.0.0.1"]),
+    );
     const off: Server = await servers.start(
       startFennec(reg, ["--state-dir", join(scratch, "state-off"), "--no-records"]),
     );

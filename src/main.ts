@@ -200,6 +200,7 @@ export async function startFennec(options: FennecOptions): Promise<Fennec> {
   );
   const engine = new AsyncEngine({
     store,
+    node: scheduler.node,
     scheduler,
     log,
     resultLimitBytes: options.asyncResultLimitBytes ?? 8 * 2 ** 20,
@@ -327,7 +328,6 @@ export async function startFennec(options: FennecOptions): Promise<Fennec> {
       await scheduler.close(graceMs);
       await engine.drained();
       await callbacks.close();
-      await store.close();
       await registry.releaseRetired();
       server.closeAllConnections();
       await serverClosed;

@@ -71,6 +71,11 @@ Edits on disk apply to new instances without a restart; SIGINT/SIGTERM drain and
   --upload-limit BYTES   largest module upload or deploy document (default 67108864)
   --start-timeout MS     how long an instance may take to become ready (default 25000)
   --cache-dir DIR        compiled modules and VM snapshots (default DIR/.fennec/cache)
+  --callback-allow HOST  hosts an async call's X-Callback-Url may name (repeatable; ".NAME" adds
+                         its subdomains, an IP address, "*" any host); without it callbacks go
+                         only to hosts whose addresses are public (never loopback or private)
+  --callback-timeout MS  how long one callback attempt may take (default 10000)
+  --async-result-limit BYTES  largest response an async call's result keeps (default 8388608)
   --state-dir DIR        the invocation store: async calls, call records, logs, state
                          (default DIR/.fennec/state; file fennec.db)
   --retention-age AGE    finished calls and log lines older than this are removed
@@ -95,6 +100,9 @@ ${flagHelp(sandboxKinds.flags("serve"))}
         "upload-limit": { type: "string", default: String(64 * 2 ** 20) },
         "start-timeout": { type: "string", default: "25000" },
         "cache-dir": { type: "string" },
+        "callback-allow": { type: "string", multiple: true, default: [] },
+        "callback-timeout": { type: "string", default: "10000" },
+        "async-result-limit": { type: "string", default: String(8 * 2 ** 20) },
         "state-dir": { type: "string" },
         "retention-age": { type: "string", default: "7d" },
         "retention-bytes": { type: "string", default: "1GiB" },
@@ -141,6 +149,11 @@ ${flagHelp(sandboxKinds.flags("serve"))}
       uploadLimitBytes: num("upload-limit", values["upload-limit"]),
       startTimeoutMs: num("start-timeout", values["start-timeout"]),
       ...(values["cache-dir"] ? { cacheDir: values["cache-dir"] } : {}),
+      callbacks: {
+        allow: values["callback-allow"],
+        timeoutMs: num("callback-timeout", values["callback-timeout"]),
+      },
+      asyncResultLimitBytes: num("async-result-limit", values["async-result-limit"]),
       ...(values["state-dir"] ? { stateDir: values["state-dir"] } : {}),
       retention: { maxAgeMs, maxBytes },
       logLevel: level as "info",
@@ -178,6 +191,9 @@ a non-2xx status is reported on stderr with exit code 1.
                        any other -X is refused
   -H, --header 'N: V'  extra request header (repeatable)
   -i, --include        print the status line and headers before the body
+  --async              submit an asynchronous call (POST /fa/<user>/<name>) and print its id;
+                       fetch its result later with GET /fa/calls/<id>. -H 'X-Callback-Url: URL'
+                       has the result POSTed there, -H 'Idempotency-Key: K' submits it once
 ${invokeHelp}`,
   async run(argv) {
     const { values, positionals } = parseArgs({
@@ -189,6 +205,7 @@ ${invokeHelp}`,
         method: { type: "string", short: "X" },
         header: { type: "string", short: "H", multiple: true },
         include: { type: "boolean", short: "i" },
+        async: { type: "boolean" },
       },
     });
     if (values.help) return help(invoke);
@@ -214,6 +231,22 @@ ${invokeHelp}`,
     const rest = path.replace(/^\//, "");
     let method: string;
     let target: string;
+    if (values.async) {
+      if (values.method !== undefined && values.method !== "POST")
+        throw new UsageError(`-X ${values.method}: an asynchronous call is submitted with POST; omit -X`);
+      const res = await expectOk(
+        await call(
+          client(values),
+          "function",
+          "POST",
+          `/fa/${encodeURIComponent(user)}/${encodeURIComponent(name)}${rest ? "/" + rest : ""}`,
+          body,
+          headers,
+        ),
+      );
+      process.stdout.write(`${((await res.json()) as { callId: string }).callId}\n`);
+      return 0;
+    }
     if (user === "default") {
       method = values.method ?? (body ? "POST" : "GET");
       target = `/invoke/${encodeURIComponent(name)}/${rest}`;
@@ -452,8 +485,49 @@ ${clientHelp}`,
   },
 };
 
+const callsReplay: Command = {
+  summary: "run a dead-lettered async call again, from attempt 1",
+  usage: `fennec calls replay ID [options]
+
+Queues the dead call ID again (POST /system/calls/ID/replay); a call that is not dead is refused.
+
+${clientHelp}`,
+  async run(argv) {
+    const { values, positionals } = parseArgs({ args: argv, allowPositionals: true, options: clientFlags });
+    if (values.help) return help(callsReplay);
+    if (positionals.length !== 1) throw new UsageError("calls replay expects one call ID");
+    const id = encodeURIComponent(positionals[0]!);
+    await expectOk(await call(client(values), "platform", "POST", `/system/calls/${id}/replay`));
+    process.stdout.write(`queued ${positionals[0]} again\n`);
+    return 0;
+  },
+};
+
+const callsRm: Command = {
+  summary: "delete an async call and its result (any state but running)",
+  usage: `fennec calls rm ID [options]
+
+Deletes call ID and its result (DELETE /system/calls/ID); a running call is refused.
+
+${clientHelp}`,
+  async run(argv) {
+    const { values, positionals } = parseArgs({ args: argv, allowPositionals: true, options: clientFlags });
+    if (values.help) return help(callsRm);
+    if (positionals.length !== 1) throw new UsageError("calls rm expects one call ID");
+    const id = encodeURIComponent(positionals[0]!);
+    await expectOk(await call(client(values), "platform", "DELETE", `/system/calls/${id}`));
+    process.stdout.write(`deleted ${positionals[0]}\n`);
+    return 0;
+  },
+};
+
 /** `fennec calls <sub>`: each subcommand is a Command of its own. */
-export const callsSubcommands: Record<string, Command> = { ls: callsLs, get: callsGet };
+export const callsSubcommands: Record<string, Command> = {
+  ls: callsLs,
+  get: callsGet,
+  replay: callsReplay,
+  rm: callsRm,
+};
 
 const calls: Command = {
   summary: "list and show call records (calls ls, calls get ID)",

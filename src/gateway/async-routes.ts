@@ -88,6 +88,7 @@ export class AsyncRoutes {
     const record = await this.#find(callId);
     res.setHeader("x-call-id", record.id);
     res.setHeader("x-fennec-call-state", record.state);
+    res.setHeader("x-fennec-call-attempt", String(record.attempt));
     if (record.state === "queued" || record.state === "running") {
       return sendJson(res, 202, {
         callId: record.id,

@@ -18,6 +18,8 @@ import { decide, expired, type AttemptOutcome, type Verdict } from "./retry-poli
 
 export interface AsyncEngineOptions {
   readonly store: InvocationStore;
+  /** The name calls are leased under (the scheduler's node). */
+  readonly node: string;
   readonly scheduler: Scheduler;
   readonly log: Logger;
   /** Largest response body a result keeps; a larger one fails the attempt with FN_RESPONSE_TOO_LARGE. */
@@ -39,6 +41,9 @@ export interface AsyncEngineOptions {
   readonly maxRunning?: number;
 }
 
+/** Calls leased in one store transaction at most. */
+const TAKE_BATCH = 16;
+
 /** `user/name` back into its parts (names never contain `/`). */
 function functionIdOf(key: string): FunctionId {
   const slash = key.indexOf("/");
@@ -58,12 +63,14 @@ function capacityOf(config: FunctionConfig): number {
  * each through `Scheduler.invoke` under a lease it keeps extending, reads the result whole
  * (bounded), and finishes, retries or dead-letters it by the retry rule (`retry-policy.ts`). It is
  * woken by enqueues, by its own calls ending, by invocations ending while a function has no room,
- * and by timers for backoffs; a slow sweep covers the rest. At start the calls this node was
- * running when it died are queued again (at-least-once).
+ * and by timers for backoffs; a slow sweep covers the rest.
  */
 export class AsyncEngine {
   readonly #o: AsyncEngineOptions;
+  /** The store's name for this node (leases). */
   readonly #node: string;
+  /** The scheduler's, on its events. */
+  readonly #events: string;
   readonly #leaseMs: number;
   readonly #maxRunning: number;
   readonly #running = new Set<Promise<void>>();
@@ -85,22 +92,23 @@ export class AsyncEngine {
 
   constructor(options: AsyncEngineOptions) {
     this.#o = options;
-    this.#node = options.scheduler.node;
+    this.#node = options.node;
+    this.#events = options.scheduler.node;
     this.#leaseMs = options.leaseMs ?? 30_000;
     this.#maxRunning = options.maxRunning ?? 256;
   }
 
-  /** Queues again what this node was running when it stopped, then starts taking calls. */
+  /**
+   * Starts taking calls. (What a dead Fennec was running is queued again before this, by the
+   * composition root, when it owns the store alone: `requeueOrphans`.)
+   */
   async start(): Promise<void> {
-    const { store, log } = this.#o;
-    const requeued = await store.requeueRunning(this.#node);
-    if (requeued > 0)
-      log.info("async calls that were running when Fennec stopped are queued again", { requeued });
+    const { store } = this.#o;
     // Backoffs set before a restart: wake when they end.
     const now = Date.now();
     for (const r of await store.list({ state: "queued", kind: "async", limit: 1000 }))
       if (r.notBefore !== undefined && r.notBefore > now) this.#wakeAt(r.notBefore);
-    this.#unsubscribe = subscribeNode(this.#node, {
+    this.#unsubscribe = subscribeNode(this.#events, {
       invocation: () => this.#onCapacity(),
       ready: () => this.#onCapacity(),
     });
@@ -143,6 +151,9 @@ export class AsyncEngine {
   async #pump(): Promise<void> {
     const { store, scheduler } = this.#o;
     while (!this.#stopped && this.#running.size < this.#maxRunning) {
+      // Capacities from the configs the pools run under, so a batch is not cut to one call of a
+      // function whose first call has not read its config yet.
+      for (const [key, pool] of scheduler.pools()) this.#capacity.set(key, capacityOf(pool.config));
       const skip = new Set<string>();
       // A call blocked awaiting a chained call lends its place (Scheduler.lend): not counted.
       for (const [key, n] of this.#perFunction)
@@ -154,16 +165,39 @@ export class AsyncEngine {
         blocked = true;
       }
       this.#blocked = blocked;
-      const [call] = await store.take({
+      // A batch per durable write: one lease transaction (and its fsync) for up to TAKE_BATCH calls.
+      const max = Math.min(TAKE_BATCH, this.#maxRunning - this.#running.size);
+      const calls = await store.take({
         node: this.#node,
-        max: 1,
+        max,
         leaseMs: this.#leaseMs,
         now: Date.now(),
         skip,
       });
-      if (!call) return;
-      this.#launch(call);
+      for (const call of calls) {
+        const key = call.record.function;
+        // The batch may hold more of one function than it has room for: those go back at once.
+        if (this.#stopped || (this.#perFunction.get(key) ?? 0) >= (this.#capacity.get(key) ?? 1))
+          this.#putBack(call);
+        else this.#launch(call);
+      }
+      if (calls.length < max) return;
     }
+  }
+
+  /** Returns a call taken beyond its function's room, unrun: queued and due, its attempt given back. */
+  #putBack({ record }: LeasedCall): void {
+    // Tracked with the running calls, so the store is not closed under it.
+    const work: Promise<void> = this.#o.store
+      .retry(record.id, this.#node, Date.now(), { attempt: record.attempt - 1 })
+      .catch((err: unknown) =>
+        this.#o.log.warn("async call could not be put back; its lease returns it", {
+          callId: record.id,
+          error: toFennecError(err).message,
+        }),
+      )
+      .finally(() => this.#running.delete(work));
+    this.#running.add(work);
   }
 
   #launch(call: LeasedCall): void {
@@ -194,7 +228,11 @@ export class AsyncEngine {
     try {
       const config = await scheduler.configOf(id);
       async = config.async;
-      this.#capacity.set(key, capacityOf(config));
+      const capacity = capacityOf(config);
+      const known = this.#capacity.get(key);
+      this.#capacity.set(key, capacity);
+      // Learnt (or grown): more of its calls may run now, not only when this one ends.
+      if (known === undefined || capacity > known) this.wake();
     } catch (err) {
       // No config: the attempt fails as a sync call would (FUNCTION_NOT_FOUND, FN_CONFIG_INVALID).
       return this.#settle(record, async, { error: toFennecError(err) }, undefined, undefined);
@@ -308,7 +346,7 @@ export class AsyncEngine {
   ): Promise<void> {
     const { store, log } = this.#o;
     const id = record.id;
-    const event = { node: this.#node, function: record.function, callId: id };
+    const event = { node: this.#events, function: record.function, callId: id };
     try {
       switch (verdict.kind) {
         case "finish":

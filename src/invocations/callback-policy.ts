@@ -32,7 +32,7 @@ for (const [net, prefix] of [
   BLOCKED.addSubnet(net, prefix, "ipv4");
 for (const [net, prefix] of [
   ["::", 127], // unspecified and loopback
-  ["::ffff:0:0", 96], // IPv4-mapped: the v4 address would bypass the list above
+  // IPv4-mapped addresses (::ffff:a.b.c.d) are checked against the IPv4 rules by BlockList itself.
   ["64:ff9b::", 96], // NAT64 of any v4 address
   ["fc00::", 7],
   ["fe80::", 10],

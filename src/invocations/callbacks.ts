@@ -126,6 +126,16 @@ export class Callbacks {
           break; // Fennec is stopping
         }
       }
+      // A controller and a timer of its own per attempt: `AbortSignal.any` holds its sources weakly,
+      // and a collected `AbortSignal.timeout` never fires (an attempt then hung for good).
+      const perAttempt = new AbortController();
+      let timedOut = false;
+      const timer = setTimeout(() => {
+        timedOut = true;
+        perAttempt.abort();
+      }, this.#timeoutMs);
+      const onStop = () => perAttempt.abort();
+      this.#stop.signal.addEventListener("abort", onStop, { once: true });
       try {
         const url = new URL(d.url);
         const res = await request(url, {
@@ -133,7 +143,7 @@ export class Callbacks {
           headers,
           body: d.body,
           dispatcher: this.#agentFor(url),
-          signal: AbortSignal.any([this.#stop.signal, AbortSignal.timeout(this.#timeoutMs)]),
+          signal: perAttempt.signal,
         });
         await res.body.dump({ limit: 64 * 1024 });
         if (res.statusCode >= 200 && res.statusCode < 300) {
@@ -149,10 +159,10 @@ export class Callbacks {
         why = `answered ${res.statusCode}`;
         if (isFinalRefusal(res.statusCode)) break;
       } catch (err) {
-        why =
-          err instanceof Error && err.name === "TimeoutError"
-            ? `no answer within ${this.#timeoutMs} ms`
-            : toFennecError(err).message;
+        why = timedOut ? `no answer within ${this.#timeoutMs} ms` : toFennecError(err).message;
+      } finally {
+        clearTimeout(timer);
+        this.#stop.signal.removeEventListener("abort", onStop);
       }
       this.#log.debug("callback attempt failed", { callId: d.callId, url: d.url, attempt, error: why });
     }

@@ -40,6 +40,24 @@ describe("admin API /system/functions", () => {
     assert.equal(errorCode(await request(`${s.url}/f/x/y`, upload)), "UNAUTHORIZED");
     // Invocation routes stay open.
     assert.equal((await request(`${s.url}/invoke/hello/`)).status, 200);
+    // Replaying and deleting async calls are admin routes, guarded before the call is looked up.
+    const id = "00000000-0000-0000-0000-000000000000";
+    assert.equal(
+      errorCode(await request(`${s.url}/system/calls/${id}/replay`, { method: "POST" })),
+      "UNAUTHORIZED",
+    );
+    assert.equal(
+      errorCode(await request(`${s.url}/system/calls/${id}`, { method: "DELETE" })),
+      "UNAUTHORIZED",
+    );
+    const auth = { authorization: `Bearer ${TOKEN}` };
+    const crossSite = await request(`${s.url}/system/calls/${id}/replay`, {
+      method: "POST",
+      headers: { ...auth, "sec-fetch-site": "cross-site" },
+    });
+    assert.equal(errorCode(crossSite), "CROSS_SITE_REFUSED");
+    const unknown = await request(`${s.url}/system/calls/${id}`, { method: "DELETE", headers: auth });
+    assert.equal(errorCode(unknown), "CALL_NOT_FOUND");
   });
 
   it("lists every function with its state, and a broken one with its error", async () => {
