@@ -57,23 +57,23 @@ const SANDBOXES: Sandbox[] = [
     driver: async () => new ProcessDriver(),
     table: processTable(true),
   },
-  {
-    label: "oci (runc)",
+  ...(["runc", "runsc"] as const).map((runtime): Sandbox => ({
+    label: `oci (${runtime})`,
     isolated: true,
     driver: async () => new OciDriver(),
     table: (handler) => ({
       kind: "oci",
       handler,
       command: undefined,
-      runtime: "runc",
+      runtime,
       env: {},
       memoryMiB: 256,
       pids: 1024,
       rootfs: "shared",
     }),
-  },
-  {
-    label: "container (docker)",
+  })),
+  ...([undefined, "runsc"] as const).map((runtime): Sandbox => ({
+    label: `container (docker${runtime ? `, ${runtime}` : ""})`,
     isolated: true,
     driver: async () => {
       dockerd = await startDockerd();
@@ -83,14 +83,14 @@ const SANDBOXES: Sandbox[] = [
       kind: "container",
       image: undefined,
       handler,
-      runtime: undefined,
+      runtime,
       env: {},
       memoryMiB: 256,
       pids: 1024,
       network: "none",
     }),
     done: async () => dockerd?.stop(),
-  },
+  })),
 ];
 
 const json = async <T>(res: { body: Parameters<typeof bytesOf>[0] }) =>
