@@ -10,6 +10,7 @@ import type { SandboxDriver } from "../../src/sandbox/contract.js";
 import { ContainerDriver } from "../../src/sandbox/drivers/container/driver.js";
 import { OciDriver } from "../../src/sandbox/drivers/oci/driver.js";
 import { ProcessDriver } from "../../src/sandbox/drivers/process/driver.js";
+import { VmDriver } from "../../src/sandbox/drivers/vm/driver.js";
 import type { Instance } from "../../src/sandbox/instance.js";
 import { ReadinessHub } from "../../src/sandbox/readiness.js";
 import { bytesOf } from "../helpers/body.js";
@@ -21,8 +22,8 @@ import { EXAMPLES, ROOT, tempDir } from "../helpers/paths.js";
 
 // The handler binding (env.fennec) end to end, per sandbox: the handler inside chains, awaits and
 // uses state over the socket Fennec serves in the directory the sandbox shares, with no IP network.
-// Needs root, bubblewrap, runc and docker.io (.ci/run installs them); under CI=true a missing tool
-// fails, never skips.
+// Needs root, bubblewrap, runc, runsc, docker.io, qemu-system-x86 and the guest of
+// guest/linux/build.sh (.ci/run installs and builds them); a missing tool fails, never skips.
 
 const FIXTURE = join(ROOT, "test", "fixtures", "binding", "handler.ts");
 
@@ -91,6 +92,26 @@ const SANDBOXES: Sandbox[] = [
     }),
     done: async () => dockerd?.stop(),
   })),
+  {
+    // Fennec's Linux guest on its channel (TCG here: each guest boots in seconds).
+    label: "vm (QEMU microvm, guest channel)",
+    isolated: true,
+    driver: async () => new VmDriver({ accel: "auto" }),
+    table: (handler) => ({
+      kind: "vm",
+      kernel: undefined,
+      image: undefined,
+      memoryMiB: 256,
+      cpus: 1,
+      cmdline: "",
+      hypervisor: { type: "microvm", "disk-type": "9p" },
+      handler,
+      command: undefined,
+      env: {},
+      transport: "channel",
+      snapshot: false,
+    }),
+  },
 ];
 
 const json = async <T>(res: { body: Parameters<typeof bytesOf>[0] }) =>
