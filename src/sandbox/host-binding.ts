@@ -45,6 +45,8 @@ export class HostBinding {
   readonly #server: Server;
   /** The calls in flight on this instance, by id. */
   readonly #calls = new Map<string, CallHost>();
+  /** Connections handed to `accept` (the server tracks only those it accepted while listening). */
+  readonly #streams = new Set<Duplex>();
   #closed = false;
 
   private constructor() {
@@ -87,6 +89,8 @@ export class HostBinding {
   /** Serves one connection that arrived some other way than the socket. */
   accept(stream: Duplex): void {
     if (this.#closed) return void stream.destroy();
+    this.#streams.add(stream);
+    stream.once("close", () => this.#streams.delete(stream));
     this.#server.emit("connection", stream);
   }
 
@@ -108,6 +112,7 @@ export class HostBinding {
     return new Promise((resolve) => {
       this.#server.close(() => resolve());
       this.#server.closeAllConnections();
+      for (const s of this.#streams) s.destroy();
     });
   }
 
