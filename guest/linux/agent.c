@@ -45,7 +45,10 @@
 #define ROOT "/newroot"
 
 /* Frame types (docs/guest-channel.md). */
-enum { F_READY = 1, F_OPEN, F_DATA, F_EOF, F_CLOSE, F_LOG, F_PING, F_PONG };
+enum { F_READY = 1, F_OPEN, F_DATA, F_EOF, F_CLOSE, F_LOG, F_PING, F_PONG, F_CONNECT };
+/* Ids of streams the guest opens (CONNECT: the handler binding to Fennec) have this bit set;
+   the host's own (OPEN) never do, so the two sides never pick the same id. */
+#define GUEST_STREAM 0x80000000u
 #define HDR 9
 #define MAX_PAYLOAD 65536
 #define MAX_STREAMS 256
@@ -234,6 +237,9 @@ static char *fn_env[MAX_ARGS + 3];
 static int fn_argc, fn_envc;
 static char *fn_cwd = "/";
 static char *fn_socket; /* path inside the root */
+/* host-socket=: where the agent listens for the function's connections to Fennec (the handler
+   binding); each one becomes a stream the guest opens on the channel (CONNECT). */
+static char *fn_host_socket;
 static int fn_port;
 /* callback=arg: the readiness callback URL (fennec.callback= on the kernel command line) is the
    function's last argument, as UniFaaS's Linux images hand it to their program. */
@@ -276,6 +282,11 @@ static void read_conf(const char *path) {
         fatal("%s:%d: socket=%s must be an absolute path shorter than %zu bytes", path, lineno, val,
               sizeof(((struct sockaddr_un *)0)->sun_path) - strlen(ROOT));
       fn_socket = val;
+    } else if (!strcmp(key, "host-socket")) {
+      if (val[0] != '/' || strlen(ROOT) + strlen(val) >= sizeof(((struct sockaddr_un *)0)->sun_path))
+        fatal("%s:%d: host-socket=%s must be an absolute path shorter than %zu bytes", path, lineno,
+              val, sizeof(((struct sockaddr_un *)0)->sun_path) - strlen(ROOT));
+      fn_host_socket = val;
     } else if (!strcmp(key, "callback")) {
       if (strcmp(val, "arg")) fatal("%s:%d: callback=%s: the only value is arg", path, lineno, val);
       fn_callback_arg = 1;
@@ -297,7 +308,8 @@ static void read_conf(const char *path) {
   }
   /* Without a channel (fennec.port=none) the function serves on the guest's network itself. */
   if (no_channel) {
-    if (fn_socket || fn_port) fatal("%s: socket= and port= go with the channel, not fennec.port=none", path);
+    if (fn_socket || fn_port || fn_host_socket)
+      fatal("%s: socket=, port= and host-socket= go with the channel, not fennec.port=none", path);
     return;
   }
   if (!fn_socket == !fn_port) fatal("%s: exactly one of socket= and port= is needed", path);
@@ -306,6 +318,10 @@ static void read_conf(const char *path) {
                 : asprintf(&extra, "PORT=%d", fn_port) < 0)
     fatal("out of memory");
   fn_env[fn_envc++] = extra;
+  if (fn_host_socket) {
+    if (asprintf(&extra, "FENNEC_HOST_SOCKET=%s", fn_host_socket) < 0) fatal("out of memory");
+    fn_env[fn_envc++] = extra;
+  }
 }
 
 /* ---------- the function process ---------- */
@@ -488,7 +504,7 @@ static int stream_flush(struct stream *s) {
 }
 
 static void on_open(uint32_t id) {
-  if (id == 0 || find_stream(id)) {
+  if (id == 0 || (id & GUEST_STREAM) || find_stream(id)) {
     say("warning: OPEN for stream %u that is in use, ignored", id);
     return;
   }
@@ -614,7 +630,7 @@ static void read_stream(struct stream *s) {
   while (buf_used(&out) < OUT_HIGH) {
     ssize_t n = recv(s->fd, chunk, sizeof chunk, 0);
     if (n > 0) {
-      if (fn_port) { /* TCP_QUICKACK is not sticky: renew it after each read */
+      if (fn_port && !(s->id & GUEST_STREAM)) { /* TCP_QUICKACK is not sticky: renew it */
         int one = 1;
         setsockopt(s->fd, IPPROTO_TCP, TCP_QUICKACK, &one, sizeof one);
       }
@@ -644,6 +660,55 @@ static void finish_connect(struct stream *s) {
   }
   s->connecting = 0;
   stream_flush(s);
+}
+
+/* ---------- the handler binding: streams the guest opens ---------- */
+
+static int host_listen_fd = -1;
+static uint32_t next_guest_id;
+
+/* Listens on host-socket= (in the root's /run/fennec tmpfs) before the function starts. */
+static void listen_host_socket(void) {
+  if (!fn_host_socket) return;
+  struct sockaddr_un sa = {.sun_family = AF_UNIX};
+  snprintf(sa.sun_path, sizeof sa.sun_path, ROOT "%s", fn_host_socket);
+  unlink(sa.sun_path);
+  host_listen_fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (host_listen_fd < 0 || bind(host_listen_fd, (struct sockaddr *)&sa, sizeof sa) < 0 ||
+      listen(host_listen_fd, 64) < 0)
+    fatal("listen on %s: %s", fn_host_socket, strerror(errno));
+  /* A function that drops root can still reach Fennec. */
+  chmod(sa.sun_path, 0666);
+}
+
+/* Each connection the function makes becomes a stream to the host (CONNECT, then DATA). */
+static void accept_host_connections(void) {
+  for (;;) {
+    int fd = accept4(host_listen_fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    if (fd < 0) {
+      if (errno == EINTR) continue;
+      if (errno != EAGAIN && errno != EWOULDBLOCK) say("warning: accept %s: %s", fn_host_socket, strerror(errno));
+      return;
+    }
+    if (nstreams == MAX_STREAMS || !port_up) {
+      close(fd); /* the function sees its connection end: no room, or no host to reach */
+      continue;
+    }
+    uint32_t id;
+    do id = GUEST_STREAM | (next_guest_id++ & ~GUEST_STREAM);
+    while (find_stream(id));
+    struct stream *s = find_stream(0);
+    if (!s) { /* cannot happen: nstreams < MAX_STREAMS */
+      close(fd);
+      return;
+    }
+    memset(s, 0, sizeof *s);
+    s->id = id;
+    s->fd = fd;
+    nstreams++;
+    frame(F_CONNECT, id, NULL, 0);
+    if (debug) say("stream %u opened by the function", id);
+  }
 }
 
 /* Finds the virtio-serial port by name and opens it (once: a port can be opened only once). */
@@ -741,6 +806,7 @@ int main(void) {
   }
   port_fd = open_port(portname);
   port_up = 1;
+  listen_host_socket();
 
   say("starting %s", fn_argv[0]);
   start_function();
@@ -776,9 +842,9 @@ int main(void) {
   say("ready (%s)", fn_socket ? fn_socket : "port");
 
   /* The one poll() loop. */
-  static struct pollfd pfd[2 + MAX_STREAMS];
-  static struct stream *owner[2 + MAX_STREAMS];
-  static uint32_t owner_id[2 + MAX_STREAMS];
+  static struct pollfd pfd[3 + MAX_STREAMS];
+  static struct stream *owner[3 + MAX_STREAMS];
+  static uint32_t owner_id[3 + MAX_STREAMS];
   for (;;) {
     int n = 0;
     if (port_up) {
@@ -786,6 +852,12 @@ int main(void) {
       if (!channel_blocked()) ev |= POLLIN;
       if (buf_used(&out)) ev |= POLLOUT;
       pfd[n] = (struct pollfd){port_fd, ev, 0};
+      owner[n++] = NULL;
+    }
+    int listen_k = -1;
+    if (host_listen_fd >= 0 && port_up && nstreams < MAX_STREAMS) {
+      listen_k = n;
+      pfd[n] = (struct pollfd){host_listen_fd, POLLIN, 0};
       owner[n++] = NULL;
     }
     pfd[n] = (struct pollfd){sfd, POLLIN, 0};
@@ -816,6 +888,7 @@ int main(void) {
       if (port_up && (pfd[0].revents & POLLHUP)) host_gone();
     }
     if (r > 0 && pfd[first_stream - 1].revents) wait_signals(sfd, 0);
+    if (r > 0 && listen_k >= 0 && pfd[listen_k].revents) accept_host_connections();
     for (int k = first_stream; r > 0 && k < n; k++) {
       struct stream *s = owner[k];
       short re = pfd[k].revents;

@@ -19,7 +19,11 @@ export const FrameType = {
   LOG: 6,
   PING: 7,
   PONG: 8,
+  CONNECT: 9,
 } as const;
+
+/** The bit every id of a stream the guest opens (CONNECT) has, and no id the host picks has. */
+export const GUEST_STREAM = 0x80000000;
 
 const HEADER = 9;
 export const MAX_PAYLOAD = 65536;
@@ -126,6 +130,7 @@ export class GuestChannel extends EventEmitter {
   #nextId = 1;
   #log = "";
   #closed: Error | undefined;
+  #onGuestStream: ((stream: Duplex) => void) | undefined;
   readonly ready: Promise<void>;
 
   readonly #logTo: InstanceLog | undefined;
@@ -199,10 +204,31 @@ export class GuestChannel extends EventEmitter {
       case FrameType.PONG:
         this.emit("pong", payload.toString());
         break;
+      case FrameType.CONNECT:
+        this.#guestOpened(stream);
+        break;
       default:
         // Unknown frame types are ignored (forward compatibility).
         break;
     }
+  }
+
+  /**
+   * Serves streams the guest opens to the host (CONNECT: the handler binding) with `handler`;
+   * until one is set, the guest's streams are refused.
+   */
+  onGuestStream(handler: (stream: Duplex) => void): void {
+    this.#onGuestStream = handler;
+  }
+
+  #guestOpened(id: number): void {
+    // An id outside the guest's range, or one in use, would mix two streams' bytes: refused.
+    if ((id & GUEST_STREAM) === 0 || this.#streams.has(id))
+      return this.send(FrameType.CLOSE, id, Buffer.from("bad stream id"));
+    if (!this.#onGuestStream) return this.send(FrameType.CLOSE, id, Buffer.from("no binding"));
+    const s = new ChannelStream(this, id);
+    this.#streams.set(id, s);
+    this.#onGuestStream(s);
   }
 
   /** Opens a stream to the function: an HTTP/1.1 connection as far as the caller can tell. */

@@ -12,7 +12,8 @@ import { selfIdentity, startTime, stillRunning } from "../../../core/process-ide
 import { createRunDirOn, mergeReports, runRoot, sweepStale } from "../../run-dir.js";
 import { seccompProfile } from "../../seccomp.js";
 import { SANDBOX_USER } from "../../unprivileged.js";
-import { createSocketDir, readyOnSocket, SOCKET_INSIDE } from "../../socket-dir.js";
+import { BINDING_INSIDE, createSocketDir, readyOnSocket, SOCKET_INSIDE } from "../../socket-dir.js";
+import { openBinding, type HostBinding } from "../../host-binding.js";
 import { exitFromStatus, SupervisedChild, type Child, type ChildExit } from "../../supervised-child.js";
 import { DockerEngine, defaultDockerSocket, handlerImageRef, LABEL } from "./engine.js";
 import { forwardContainerPort } from "./port-forward.js";
@@ -168,8 +169,10 @@ export class ContainerDriver implements SandboxDriver {
     let socketDir: string;
     const memory = cfg.memoryMiB * 2 ** 20;
     let container: Docker.Container;
+    let binding: HostBinding;
     try {
       socketDir = await createSocketDir(dir);
+      binding = await openBinding(cleanup, socketDir, { sandboxUser: true });
       container = await this.engine.api.createContainer({
         name: `fennec-${ctx.instanceId}`,
         Image: image,
@@ -181,6 +184,7 @@ export class ContainerDriver implements SandboxDriver {
         Env: [
           ...Object.entries(cfg.env).map(([k, v]) => `${k}=${v}`),
           `FENNEC_SOCKET=${SOCKET_INSIDE}`,
+          `FENNEC_HOST_SOCKET=${BINDING_INSIDE}`,
           `FENNEC_CALLBACK=${ctx.callbackUrl}`,
           `FENNEC_INSTANCE_ID=${ctx.instanceId}`,
         ],
@@ -248,7 +252,7 @@ export class ContainerDriver implements SandboxDriver {
     // socket is moved out of the container's reach.
     // issue10-unifaas (3/3): a relay that dies fails the start.
     const relayFailed = relay?.then((r) => r?.failed ?? new Promise<never>(() => undefined));
-    return readyOnSocket(child, { dir, socketDir }, ctx, relayFailed);
+    return readyOnSocket(child, { dir, socketDir, binding }, ctx, relayFailed);
   }
 }
 

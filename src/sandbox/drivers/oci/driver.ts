@@ -13,7 +13,8 @@ import { HandlerBundles } from "../../handler-build.js";
 import { findExecutable, INSIDE, systemDirs } from "../../host-view.js";
 import { nodeInside, removeRootfs, RootfsBuilds, type BuiltRootfs } from "../../rootfs-build.js";
 import { createRunDirOn, mergeReports, ownerOf, runRoot, sweepStale } from "../../run-dir.js";
-import { createSocketDir, readyOnSocket, SOCKET_INSIDE } from "../../socket-dir.js";
+import { BINDING_INSIDE, createSocketDir, readyOnSocket, SOCKET_INSIDE } from "../../socket-dir.js";
+import { openBinding, type HostBinding } from "../../host-binding.js";
 import { fromChildProcess, SupervisedChild } from "../../supervised-child.js";
 import { mountPointsUnder } from "../../mounts.js";
 import { mountOverlay, unmountOverlay } from "./overlay.js";
@@ -176,11 +177,13 @@ export class OciDriver implements SandboxDriver {
     const cleanup = new CleanupStack();
     const dir = await createRunDirOn(cleanup, "oci", ctx.instanceId);
     let socketDir: string;
+    let binding: HostBinding;
     let argv: string[];
     let rootfs: string;
     const binds: BindMount[] = [];
     try {
       socketDir = await createSocketDir(dir);
+      binding = await openBinding(cleanup, socketDir, { sandboxUser: true });
       if (cfg.command) {
         // A host program: an empty root with the host's program directories bound read-only.
         argv = [...cfg.command];
@@ -212,6 +215,7 @@ export class OciDriver implements SandboxDriver {
         TMPDIR: "/tmp",
         ...cfg.env,
         FENNEC_SOCKET: SOCKET_INSIDE,
+        FENNEC_HOST_SOCKET: BINDING_INSIDE,
         FENNEC_CALLBACK: "ignore",
         FENNEC_INSTANCE_ID: ctx.instanceId,
       },
@@ -300,6 +304,6 @@ export class OciDriver implements SandboxDriver {
     });
     // 2. Race the socket accepting against the container exiting and the start deadline (and a
     //    relay dying: issue10-unifaas 2/2); once ready, the socket is moved out of the container's reach.
-    return readyOnSocket(child, { dir, socketDir }, ctx, relay?.failed);
+    return readyOnSocket(child, { dir, socketDir, binding }, ctx, relay?.failed);
   }
 }

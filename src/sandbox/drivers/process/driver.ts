@@ -16,7 +16,8 @@ import { SupervisedHandle } from "../../supervised-handle.js";
 import { HANDLER_RUNTIME, HandlerBundles } from "../../handler-build.js";
 import { INSIDE } from "../../host-view.js";
 import { SANDBOX_USER } from "../../unprivileged.js";
-import { createSocketDir, readyOnSocket, SOCKET_INSIDE } from "../../socket-dir.js";
+import { BINDING_INSIDE, createSocketDir, readyOnSocket, SOCKET_INSIDE } from "../../socket-dir.js";
+import { BINDING_SOCKET, openBinding, type HostBinding } from "../../host-binding.js";
 import { bwrapArgs, dropRootArgs, findBwrap, findSetpriv, JOIN_CGROUPS_THEN_EXEC } from "./bubblewrap.js";
 import { denyListFilter } from "./seccomp.js";
 
@@ -113,6 +114,7 @@ export class ProcessDriver implements SandboxDriver {
     let file = argv[0]!;
     let args = [...argv.slice(1), callback];
     const fds: number[] = [];
+    let binding: HostBinding;
     try {
       if (cfg.isolate) {
         const group = await Cgroup.create(ctx.instanceId, { memoryMiB: cfg.memoryMiB, pids: cfg.pids });
@@ -153,6 +155,9 @@ export class ProcessDriver implements SandboxDriver {
         ];
         file = "/bin/sh";
       }
+      // The handler binding: a socket beside the function's own, in the directory it already has.
+      binding = await openBinding(cleanup, socketDir ?? dir, { sandboxUser: socketDir !== undefined });
+      env["FENNEC_HOST_SOCKET"] = socketDir ? BINDING_INSIDE : join(dir, BINDING_SOCKET);
     } catch (err) {
       for (const fd of fds) closeSync(fd);
       await cleanup.run();
@@ -184,8 +189,8 @@ export class ProcessDriver implements SandboxDriver {
     if (spawned.pid !== undefined) await recordOwner(dir, spawned.pid).catch(() => undefined);
     // 2. Race readiness against the child exiting or failing to spawn, and the start deadline.
     // An isolated one is ready once its socket accepts; then its socket is taken out of its reach.
-    if (socketDir) return readyOnSocket(child, { dir, socketDir }, ctx);
-    return SupervisedHandle.ready(child, endpoint, { kind: "callback" }, ctx);
+    if (socketDir) return readyOnSocket(child, { dir, socketDir, binding }, ctx);
+    return SupervisedHandle.ready(child, endpoint, { kind: "callback" }, ctx, binding);
   }
 }
 

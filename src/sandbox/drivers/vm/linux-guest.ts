@@ -9,6 +9,7 @@ import { FennecError } from "../../../core/errors.js";
 import type { FunctionConfig, VmSandboxConfig } from "../../../config/function-config.js";
 import { HANDLER_RUNTIME } from "../../handler-build.js";
 import { INSIDE } from "../../host-view.js";
+import { BINDING_INSIDE } from "../../socket-dir.js";
 import { assembleVersioned, functionFiles, type BuiltRootfs } from "../../rootfs-build.js";
 
 const run = promisify(execFile);
@@ -56,7 +57,8 @@ function guestConf(argv: readonly string[], env: Readonly<Record<string, string>
     ...(channel ? ["argv=ignore"] : []),
     ...Object.entries(env).map(([k, v]) => `env=${k}=${v}`),
     `cwd=${INSIDE.functionDir}`,
-    ...(channel ? [`socket=${INSIDE.runDir}/http.sock`] : ["callback=arg"]),
+    // On the channel the handler binding is a socket the agent serves and carries to Fennec.
+    ...(channel ? [`socket=${INSIDE.runDir}/http.sock`, `host-socket=${BINDING_INSIDE}`] : ["callback=arg"]),
   ];
   return `${lines.join("\n")}\n`;
 }

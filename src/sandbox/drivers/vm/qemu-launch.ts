@@ -8,6 +8,7 @@ import { awaitReady, type Readiness } from "../../await-ready.js";
 import { CleanupStack } from "../../cleanup-stack.js";
 import type { StartContext } from "../../contract.js";
 import { GuestChannel } from "../../guest-channel.js";
+import { HostBinding } from "../../host-binding.js";
 import { findExecutable } from "../../host-view.js";
 import type { Endpoint } from "../../http-transport.js";
 import { createRunDirOn, recordOwner } from "../../run-dir.js";
@@ -40,8 +41,9 @@ export class QemuHandle extends SupervisedHandle {
     readonly restored: boolean,
     /** Where QEMU's monitor listens (a snapshot template's state is saved through it). */
     readonly qmpSocket: string,
+    binding: HostBinding | undefined,
   ) {
-    super(child, endpoint);
+    super(child, endpoint, binding);
   }
 }
 
@@ -65,6 +67,8 @@ export async function launchQemu(
   //    connects as a client, so nothing the guest writes is lost), QEMU's user network or a tap.
   let channel: GuestChannel | undefined;
   let connection: Promise<Socket> | undefined;
+  /** The handler binding, served over the streams the guest opens on its channel. */
+  let binding: HostBinding | undefined;
   let userNet: QemuPlan["userNet"];
   let tap: QemuPlan["tap"];
   let netns: string | undefined;
@@ -80,6 +84,9 @@ export async function launchQemu(
       listener.listen(join(dir, "channel.sock"));
       await once(listener, "listening");
       endpoint = { connect: () => channel!.openStream() };
+      const served = HostBinding.streams();
+      cleanup.defer(() => served.close());
+      binding = served;
     } else if (vm.transport === "user") {
       const callback = new URL(ctx.callbackUrl);
       userNet = { hostPort: await freePort(), callbackPort: Number(callback.port || 80) };
@@ -150,6 +157,7 @@ export async function launchQemu(
             channel = new GuestChannel(await accepted, what, ctx.log);
             const open = channel;
             cleanup.defer(() => open.close());
+            if (binding) open.onGuestStream((s) => binding.accept(s));
             if (!mode.restoreFrom) return await open.ready;
             await loadDeviceState(qmpSocket, mode.restoreFrom.state, signal);
             await open.ping(signal);
@@ -167,7 +175,7 @@ export async function launchQemu(
   } catch (err) {
     throw notBootable(err, child, mode) ?? err;
   }
-  return new QemuHandle(child, endpoint, mode.restoreFrom !== undefined, qmpSocket);
+  return new QemuHandle(child, endpoint, mode.restoreFrom !== undefined, qmpSocket, binding);
 }
 
 /** A kernel QEMU refused to load is the function's artefact, not a crash. */
