@@ -86,12 +86,13 @@ export class SqliteStore implements InvocationStore {
       // Checks the file's header and schema: garbage fails here, before anything is written.
       db.prepare("SELECT count(*) FROM sqlite_schema").get();
       if (!memory) this.#owner = ownerLock(path);
+      // Before WAL: a new file's auto_vacuum can only be set while it has no pages at all.
+      migrate(db, this.describe);
       db.pragma("journal_mode = WAL");
       db.pragma("synchronous = FULL");
       // The writer thread checkpoints (an fsync of the database file): never this thread.
       db.pragma("wal_autocheckpoint = 0");
       db.pragma(`journal_size_limit = ${64 * 2 ** 20}`);
-      migrate(db, this.describe);
       // From now on this connection never waits inside SQLite (see whenFree).
       db.pragma("busy_timeout = 0");
     } catch (err) {

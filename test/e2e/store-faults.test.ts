@@ -10,6 +10,7 @@ import { requeueOrphans } from "../../src/store/housekeeping.js";
 import { openStore } from "../../src/store/open-store.js";
 import { SqliteStore } from "../../src/store/sqlite-store.js";
 import { ROOT, tempDir } from "../helpers/paths.js";
+import { GENEROUS_MS } from "../helpers/wait.js";
 
 const CHILD = join(ROOT, "dist", "test", "helpers", "store-child.js");
 
@@ -171,5 +172,17 @@ describe("invocation store: bad input and faults", () => {
     for (const id of running)
       assert.equal(leased.find((l) => l.record.id === id)?.record.attempt, 2, "the running call runs again");
     await store.close();
+  });
+
+  it("does not keep its process alive when it is left open (its writer thread is idle)", async () => {
+    const dir = await scratch();
+    const child = spawn(process.execPath, [CHILD, join(dir, "fennec.db"), "once"], { stdio: "ignore" });
+    // Only a process that hangs meets this deadline; it is then killed and the test fails.
+    const deadline = setTimeout(() => child.kill("SIGKILL"), GENEROUS_MS);
+    const [code, signal] = await new Promise<[number | null, NodeJS.Signals | null]>((resolve) =>
+      child.once("exit", (c, s) => resolve([c, s])),
+    );
+    clearTimeout(deadline);
+    assert.deepEqual([code, signal], [0, null], "it ended by itself");
   });
 });

@@ -69,4 +69,30 @@ describe("SqliteStore: the embedded store's own behaviour", () => {
     assert.equal((await store.get(alsoGood.id))?.state, "queued");
     await store.close();
   });
+
+  it("gives the space of what retention removed back to the file system", async () => {
+    const dir = await mkdtemp(join(tmpdir(), "fennec-store-"));
+    dirs.push(dir);
+    const store = new SqliteStore(join(dir, "fennec.db"));
+    for (let i = 0; i < 40; i++) {
+      const id = randomUUID();
+      await store.enqueue({
+        id,
+        function: "u/f",
+        request: { method: "POST", path: "/", query: "", headers: {}, body: new Uint8Array(64 * 1024) },
+        submittedAt: i,
+      });
+      await store.take({ node: "n", max: 1, leaseMs: 1000, now: 100 });
+      await store.finish(id, "n", { state: "succeeded", response: undefined, figures: { finishedAt: 100 } });
+    }
+    const full = await store.sizeBytes();
+    assert.ok(full > 40 * 64 * 1024, String(full));
+    assert.deepEqual(await store.prune({ maxAgeMs: 1000, maxBytes: 2 ** 40 }, 10_000), {
+      calls: 40,
+      logLines: 0,
+    });
+    const after = await store.sizeBytes();
+    assert.ok(after < full / 4, `${after} bytes after pruning ${full}`);
+    await store.close();
+  });
 });

@@ -113,8 +113,6 @@ function workerSink(path: string): [Sink, () => Promise<void>] {
   const pending = new Map<number, { resolve: (seqs: number[]) => void; reject: (err: unknown) => void }>();
   let next = 0;
   let failure: Error | undefined;
-  // Referenced only while a batch is out, so an idle store does not keep the process up.
-  worker.unref();
   worker.on("message", (msg: FromBehindWorker) => {
     const p = pending.get(msg.id);
     if (!p) return;
@@ -129,6 +127,9 @@ function workerSink(path: string): [Sink, () => Promise<void>] {
     pending.clear();
   };
   worker.on("error", died);
+  // Referenced only while a batch is out, so an idle store does not keep the process up. After
+  // the listeners: adding a "message" listener refs the worker again.
+  worker.unref();
   const exited = new Promise<void>((resolve) =>
     worker.once("exit", (code) => {
       died(new Error(`the store's writer thread exited with code ${code}`));
