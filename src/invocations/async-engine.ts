@@ -177,8 +177,9 @@ export class AsyncEngine {
       for (const call of calls) {
         const key = call.record.function;
         // The batch may hold more of one function than it has room for: those go back at once.
-        if (this.#stopped || (this.#perFunction.get(key) ?? 0) >= (this.#capacity.get(key) ?? 1))
-          this.#putBack(call);
+        // Calls awaiting a chained call lend their places (Scheduler.lend), as in the skip set.
+        const taken = (this.#perFunction.get(key) ?? 0) - scheduler.awaiting(key);
+        if (this.#stopped || taken >= (this.#capacity.get(key) ?? 1)) this.#putBack(call);
         else this.#launch(call);
       }
       if (calls.length < max) return;
