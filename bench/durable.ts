@@ -210,7 +210,7 @@ async function main(): Promise<void> {
       ...Object.entries(ratios).map(([k, v]) => `- ${k}: ${v.toFixed(2)}×`),
     ];
     console.log(lines.join("\n"));
-    writeResults("durable", {
+    writeResults("durable.json", {
       machine: machine(),
       rounds: ROUNDS,
       seconds: SECONDS,
