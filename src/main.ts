@@ -273,6 +273,10 @@ export async function startFennec(options: FennecOptions): Promise<Fennec> {
   callbackBase = `${url}/ready/`;
   // Calls this node was running when it died run again; then queued ones are taken.
   await engine.start();
+  // Callbacks a Fennec before this one had not delivered yet (alone on the file: shared with a
+  // live one, they may be its deliveries under way).
+  const resumed = store.soleOwner ? await engine.resumeCallbacks() : 0;
+  if (resumed > 0) log.info("callbacks pending when Fennec stopped are sent again", { callbacks: resumed });
 
   // Prepare every function now (compile modules, build roots and images), so the first cold start
   // is an instantiation, and start min-instances; both in the background, neither blocks serving.

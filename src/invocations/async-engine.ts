@@ -409,17 +409,38 @@ export class AsyncEngine {
     figures: Partial<CallRecord>,
     response: StoredResponse | undefined,
   ): void {
+    if (verdict.kind !== "finish" && verdict.kind !== "bury") return;
+    const error = verdict.kind === "bury" ? verdict.error : undefined;
+    this.#deliver(
+      {
+        ...record,
+        ...figures,
+        state: verdict.kind === "bury" ? "dead" : verdict.state,
+        errorCode: error?.code ?? figures.errorCode,
+        errorMessage: error?.message ?? figures.errorMessage,
+      },
+      response,
+    );
+  }
+
+  /**
+   * POSTs an ended call's result to its callback URL, then records in the store how the delivery
+   * ended (the store made it `pending` when the call ended). One cut by Fennec stopping stays
+   * pending, for `resumeCallbacks` at the next start.
+   */
+  #deliver(ended: CallRecord, response: StoredResponse | undefined): void {
     const callbacks = this.#o.callbacks;
-    if (!callbacks || record.callbackUrl === undefined) return;
+    if (!callbacks || ended.callbackUrl === undefined) return;
     const base = {
-      url: record.callbackUrl,
-      callId: record.id,
-      function: record.function,
-      durationMs: figures.execMs ?? 0,
+      url: ended.callbackUrl,
+      callId: ended.id,
+      function: ended.function,
+      durationMs: ended.execMs ?? 0,
     };
-    if (verdict.kind === "finish" && verdict.state === "succeeded" && response) {
+    let sent;
+    if (ended.state === "succeeded" && response) {
       const type = response.headers.find(([name]) => name.toLowerCase() === "content-type")?.[1];
-      callbacks.send({
+      sent = callbacks.send({
         ...base,
         status: response.status,
         contentType: type,
@@ -427,14 +448,40 @@ export class AsyncEngine {
         state: "succeeded",
         errorCode: undefined,
       });
-      return;
+    } else {
+      const code = ended.errorCode ?? "INTERNAL";
+      const message = ended.errorMessage ?? "";
+      const state = ended.state === "dead" ? "dead" : "failed";
+      const status = this.#o.statusOf(code as FennecError["code"]);
+      const body = Buffer.from(JSON.stringify({ error: { code, message, callId: ended.id } }));
+      sent = callbacks.send({ ...base, status, contentType: "application/json", body, state, errorCode: code });
     }
-    const code = (verdict.kind === "bury" ? verdict.error.code : figures.errorCode) ?? "INTERNAL";
-    const message = verdict.kind === "bury" ? verdict.error.message : (figures.errorMessage ?? "");
-    const state = verdict.kind === "bury" ? "dead" : "failed";
-    const status = this.#o.statusOf(code as FennecError["code"]);
-    const body = Buffer.from(JSON.stringify({ error: { code, message, callId: record.id } }));
-    callbacks.send({ ...base, status, contentType: "application/json", body, state, errorCode: code });
+    void sent.then(async (outcome) => {
+      if (outcome === "dropped") return;
+      try {
+        await this.#o.store.callbackEnded(ended.id, outcome);
+      } catch (err) {
+        // Still pending in the store: sent again at the next start (callbacks are at-least-once).
+        this.#o.log.warn("callback outcome could not be stored", {
+          callId: ended.id,
+          error: toFennecError(err).message,
+        });
+      }
+    });
+  }
+
+  /**
+   * Sends again the callbacks still pending in the store: those a Fennec that stopped or died had
+   * not delivered yet. Run once at start, by a node that owns the store alone (as requeueOrphans).
+   * Returns how many.
+   */
+  async resumeCallbacks(): Promise<number> {
+    if (!this.#o.callbacks) return 0;
+    const { store } = this.#o;
+    const pending = await store.pendingCallbacks(1000);
+    for (const ended of pending)
+      this.#deliver(ended, ended.state === "succeeded" ? await store.response(ended.id) : undefined);
+    return pending.length;
   }
 
   /** Wakes at `time` (a backoff's end); times are kept in order, one timer for the next. */

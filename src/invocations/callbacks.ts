@@ -33,6 +33,9 @@ export interface CallbackDelivery {
   readonly errorCode: string | undefined;
 }
 
+/** How a delivery ended; `dropped`: cut by Fennec stopping, still owed. */
+export type CallbackOutcome = "delivered" | "given-up" | "dropped";
+
 /** OpenFaaS names a default-user function by its name alone; others are `user/name`. */
 function functionName(key: string): string {
   return key.startsWith("default/") ? key.slice("default/".length) : key;
@@ -48,8 +51,8 @@ function isFinalRefusal(status: number): boolean {
  * `X-Function-Status`, `X-Duration-Seconds` and `X-Function-Name`, the function's body and type.
  * Each attempt has a deadline; failures (a network error, a timeout, a 5xx, 408 or 429) are retried
  * with backoff a bounded number of times, then given up. Every outcome is logged and counted
- * (`fennec_async_callbacks_total`). Deliveries are in memory: those pending when Fennec stops are
- * dropped (logged), the result itself stays in the store.
+ * (`fennec_async_callbacks_total`). Retries are in memory: one pending when Fennec stops is
+ * dropped here (logged); the engine keeps it pending in the store and sends it again at the next start.
  */
 export class Callbacks {
   readonly #policy: CallbackPolicy;
@@ -59,7 +62,7 @@ export class Callbacks {
   readonly #backoffMs: number;
   readonly #timeoutMs: number;
   readonly #maxPending: number;
-  readonly #pending = new Set<Promise<void>>();
+  readonly #pending = new Set<Promise<CallbackOutcome>>();
   readonly #stop = new AbortController();
   /** One agent per lookup rule: allow-listed hosts resolve freely, others only to public addresses. */
   readonly #agents = new Map<string, Agent>();
@@ -79,19 +82,23 @@ export class Callbacks {
     this.#policy.check(url);
   }
 
-  /** Starts delivering in the background. */
-  send(delivery: CallbackDelivery): void {
-    if (this.#stop.signal.aborted) return;
+  /**
+   * Starts delivering in the background; resolves with how it ended: `dropped` when Fennec is
+   * stopping (the delivery is still owed), never rejects.
+   */
+  send(delivery: CallbackDelivery): Promise<CallbackOutcome> {
+    if (this.#stop.signal.aborted) return Promise.resolve("dropped");
     if (this.#pending.size >= this.#maxPending) {
       this.#log.warn("callback not sent: too many callbacks pending", {
         callId: delivery.callId,
         pending: this.#pending.size,
       });
       this.#publish(delivery, "failed");
-      return;
+      return Promise.resolve("given-up");
     }
     const work = this.#deliver(delivery).finally(() => this.#pending.delete(work));
     this.#pending.add(work);
+    return work;
   }
 
   #agentFor(url: URL): Agent {
@@ -105,7 +112,7 @@ export class Callbacks {
     return agent;
   }
 
-  async #deliver(d: CallbackDelivery): Promise<void> {
+  async #deliver(d: CallbackDelivery): Promise<CallbackOutcome> {
     const headers: Record<string, string> = {
       "x-call-id": d.callId,
       "x-function-status": String(d.status),
@@ -154,7 +161,7 @@ export class Callbacks {
             status: res.statusCode,
           });
           this.#publish(d, "delivered");
-          return;
+          return "delivered";
         }
         why = `answered ${res.statusCode}`;
         if (isFinalRefusal(res.statusCode)) break;
@@ -173,6 +180,7 @@ export class Callbacks {
       error: why,
     });
     this.#publish(d, "failed");
+    return stopped ? "dropped" : "given-up";
   }
 
   #publish(d: CallbackDelivery, outcome: "delivered" | "failed"): void {

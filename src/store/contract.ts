@@ -22,6 +22,13 @@ export type CallState =
   /** Failed every attempt, or grew older than its maximum age: kept until replayed or deleted. */
   | "dead";
 
+/**
+ * Where an ended async call's callback delivery is: `pending` from the write that ends the call
+ * until the POST was answered 2xx (`delivered`) or given up (`given-up`). A pending one is
+ * delivered again after a restart.
+ */
+export type CallbackState = "pending" | "delivered" | "given-up";
+
 export const TERMINAL_STATES: ReadonlySet<CallState> = new Set(["succeeded", "failed", "dead"]);
 
 /** A request kept to be run later: what an async call was asked with. */
@@ -76,6 +83,8 @@ export interface CallRecord {
   readonly idempotencyKey: string | undefined;
   /** Async calls: where the result is POSTed. */
   readonly callbackUrl: string | undefined;
+  /** Async calls with a callback URL, once ended: where its delivery is. */
+  readonly callbackState?: CallbackState | undefined;
 }
 
 /** What the gateway hands the store when it accepts an async call. */
@@ -206,6 +215,15 @@ export interface InvocationStore {
 
   /** The call failed its last attempt (or is too old): dead-lettered with its request kept. */
   bury(id: string, node: string, figures: Partial<CallRecord>): Promise<void>;
+
+  /**
+   * `finish` and `bury` make a call with a callback URL's delivery `pending` in the same write;
+   * this records how it ended. No-op for a call that is gone.
+   */
+  callbackEnded(id: string, state: "delivered" | "given-up"): Promise<void>;
+
+  /** Ended calls whose callback is still pending (oldest ended first, at most `limit`). */
+  pendingCallbacks(limit: number): Promise<CallRecord[]>;
 
   /**
    * A dead call runs again from attempt 1, as if submitted at `now` (its maximum age starts again).

@@ -47,6 +47,9 @@ export interface SqliteStoreOptions extends WriteBehindOptions {
 
 const headersBytes = (h: object): string => JSON.stringify(h);
 
+/** Ending a call with a callback URL starts its delivery, in the same write (see CallbackState). */
+const pendingIfCallback = (row: CallRow): string | null => (row.callback_url === null ? null : "pending");
+
 /**
  * The embedded invocation store: one SQLite file in WAL mode, written from the calling thread.
  * Durable writes (enqueue, leases, results, state) are group-committed with `synchronous = FULL`;
@@ -262,7 +265,7 @@ export class SqliteStore implements InvocationStore {
     },
   ): Promise<void> {
     return this.#write((tx) => {
-      this.#ending(id, node, "finish");
+      const row = this.#ending(id, node, "finish");
       let bytes = 0;
       const res = outcome.response;
       if (res) {
@@ -279,6 +282,7 @@ export class SqliteStore implements InvocationStore {
           lease_until: null,
           not_before: null,
           bytes: this.#sql.bytes.get(id)! + bytes,
+          callback_state: pendingIfCallback(row),
         },
         res ? { status: res.status, ...outcome.figures } : outcome.figures,
       );
@@ -295,11 +299,12 @@ export class SqliteStore implements InvocationStore {
 
   bury(id: string, node: string, figures: Partial<CallRecord>): Promise<void> {
     return this.#write((tx) => {
-      this.#ending(id, node, "bury");
+      const row = this.#ending(id, node, "bury");
       this.#update(
         id,
         {
           state: "dead",
+          callback_state: pendingIfCallback(row),
           node,
           lease_until: null,
           not_before: null,
@@ -309,6 +314,18 @@ export class SqliteStore implements InvocationStore {
       );
       this.#finished(tx, id);
     });
+  }
+
+  callbackEnded(id: string, state: "delivered" | "given-up"): Promise<void> {
+    return this.#write(() => {
+      this.#sql.callbackEnded.run(state, id);
+    });
+  }
+
+  pendingCallbacks(limit: number): Promise<CallRecord[]> {
+    return this.#read("listing pending callbacks", () =>
+      this.#sql.pendingCallbacks.all(Math.max(1, Math.trunc(limit))).map(recordOf),
+    );
   }
 
   replay(id: string, now: number): Promise<boolean> {
@@ -329,6 +346,8 @@ export class SqliteStore implements InvocationStore {
           finished_at: null,
           not_before: null,
           lease_until: null,
+          // The replay ends again and calls back again; the old delivery is not resumed.
+          callback_state: null,
           bytes,
         },
         {
@@ -587,6 +606,12 @@ function statements(db: Database.Database) {
       return s;
     },
     call: db.prepare<[string], CallRow>("SELECT * FROM calls WHERE id = ?"),
+    callbackEnded: db.prepare<[string, string]>(
+      "UPDATE calls SET callback_state = ? WHERE id = ? AND callback_state = 'pending'",
+    ),
+    pendingCallbacks: db.prepare<[number], CallRow>(
+      "SELECT * FROM calls WHERE callback_state = 'pending' ORDER BY finished_at, id LIMIT ?",
+    ),
     exists: db.prepare<[string], number>("SELECT 1 FROM calls WHERE id = ?").pluck(),
     bytes: db.prepare<[string], number>("SELECT bytes FROM calls WHERE id = ?").pluck(),
     byIdempotency: db

@@ -1,4 +1,4 @@
-import type { CallRecord, CallState, StoredRequest, StoredResponse } from "../contract.js";
+import type { CallRecord, CallState, CallbackState, StoredRequest, StoredResponse } from "../contract.js";
 
 /** A `calls` row as SQLite returns it (NULL for what a record leaves undefined). */
 export interface CallRow {
@@ -23,6 +23,8 @@ export interface CallRow {
   not_before: number | null;
   idempotency_key: string | null;
   callback_url: string | null;
+  /** Schema 2; INSERT_CALL leaves it NULL (a call's delivery starts when it ends). */
+  callback_state: string | null;
 }
 
 const opt = <T>(v: T | null): T | undefined => (v === null ? undefined : v);
@@ -51,6 +53,7 @@ export function recordOf(row: CallRow): CallRecord {
     notBefore: opt(row.not_before),
     idempotencyKey: opt(row.idempotency_key),
     callbackUrl: opt(row.callback_url),
+    callbackState: opt(row.callback_state) as CallbackState | undefined,
   };
 }
 

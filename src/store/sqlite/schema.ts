@@ -89,6 +89,11 @@ const MIGRATIONS: readonly string[] = [
   );
   CREATE INDEX state_appended_key ON state_appended (user, key, seq);
   `,
+  // 2: an ended call's callback delivery state, so a pending one survives a restart.
+  `
+  ALTER TABLE calls ADD COLUMN callback_state TEXT;
+  CREATE INDEX calls_callbacks ON calls (finished_at) WHERE callback_state = 'pending';
+  `,
 ];
 
 /** The schema version this Fennec writes. */
