@@ -274,6 +274,53 @@ export function runStoreConformance(name: string, setup: () => Promise<StoreFixt
         assert.deepEqual(await take(store, "n1", 20_000), []);
       });
 
+      it("makes a callback pending in the write that ends the call, until it is delivered or given up, across a restart", async () => {
+        const url = "http://cb.example/x";
+        const [ok, bad, plain, replayed] = [1, 2, 3, 4].map((at) =>
+          call("u/f", { submittedAt: at, ...(at === 3 ? {} : { callbackUrl: url }) }),
+        );
+        for (const c of [ok, bad, plain, replayed]) await store.enqueue(c!);
+        assert.equal((await take(store, "n1", 2_000)).length, 4);
+        assert.deepEqual(await store.pendingCallbacks(10), [], "nothing is pending before a call ends");
+        assert.equal((await store.get(ok!.id))?.callbackState, undefined);
+        await store.finish(ok!.id, "n1", {
+          state: "succeeded",
+          response: { status: 200, headers: [], body: enc("out") },
+          figures: { finishedAt: 3_000 },
+        });
+        await store.bury(bad!.id, "n1", { errorCode: "FN_CRASHED", finishedAt: 3_001 });
+        await store.finish(plain!.id, "n1", { state: "failed", response: undefined, figures: { finishedAt: 3_002 } });
+        await store.bury(replayed!.id, "n1", { errorCode: "FN_CRASHED", finishedAt: 3_003 });
+        assert.equal((await store.get(ok!.id))?.callbackState, "pending");
+        assert.equal((await store.get(plain!.id))?.callbackState, undefined, "no callback, no delivery");
+        assert.equal(await store.replay(replayed!.id, 4_000), true);
+        assert.equal((await store.get(replayed!.id))?.callbackState, undefined, "a replay's delivery starts anew");
+
+        const pending = async (s: InvocationStore) => (await s.pendingCallbacks(10)).map((r) => [r.id, r.state]);
+        assert.deepEqual(await pending(store), [
+          [ok!.id, "succeeded"],
+          [bad!.id, "dead"],
+        ]);
+        assert.deepEqual(
+          (await store.pendingCallbacks(1)).map((r) => r.id),
+          [ok!.id],
+          "oldest ended first, at most the limit",
+        );
+        if (fx.reopen) {
+          store = await reopen();
+          assert.deepEqual(await pending(store), [
+            [ok!.id, "succeeded"],
+            [bad!.id, "dead"],
+          ], "a pending delivery survives a restart");
+        }
+        await store.callbackEnded(ok!.id, "delivered");
+        await store.callbackEnded(bad!.id, "given-up");
+        await store.callbackEnded(randomUUID(), "delivered");
+        assert.deepEqual(await pending(store), []);
+        assert.equal((await store.get(ok!.id))?.callbackState, "delivered");
+        assert.equal((await store.get(bad!.id))?.callbackState, "given-up");
+      });
+
       it("refuses to end a call that is unknown, already ended, or another node's", async () => {
         const c = call();
         await store.enqueue(c);

@@ -412,8 +412,8 @@ describe("async calls across a SIGKILL of Fennec", () => {
     await root.cleanup();
   });
 
-  function serve(registry: string): Promise<{ child: ChildProcess; url: string }> {
-    const c = spawn(process.execPath, [CLI, "serve", "-r", registry, "--port", "0"], {
+  function serve(registry: string, ...args: string[]): Promise<{ child: ChildProcess; url: string }> {
+    const c = spawn(process.execPath, [CLI, "serve", "-r", registry, "--port", "0", ...args], {
       stdio: ["ignore", "pipe", "pipe"],
     });
     let log = "";
@@ -464,5 +464,45 @@ describe("async calls across a SIGKILL of Fennec", () => {
     }
     second.child.kill("SIGTERM");
     await new Promise((r) => second.child.once("exit", r));
+  });
+
+  it("sends a callback still pending when Fennec was killed after the restart", async () => {
+    const registry = await copyExamples(join(root.dir, "callback"));
+    await addWasmFunction(registry, "nap", "sleep.wasm");
+    // The receiver is down (503, retried) until the first Fennec is gone, then takes the POST.
+    let up = false;
+    const hook = await callbackServer(() => (up ? 200 : 503));
+    try {
+      const first = await serve(registry, "--callback-allow", "127.0.0.1");
+      child = first.child;
+      const id = await submit(first.url, "/fa/default/nap?ms=5", { headers: { "x-callback-url": hook.url } });
+      assert.equal((await result(first.url, id)).text, "slept 5 ms\n");
+      await waitFor("a delivery attempt to be refused", () => hook.seen.length > 0);
+      const before = (await request(`${first.url}/system/calls/${id}`)).json<{ callbackState?: string }>();
+      assert.equal(before.callbackState, "pending", "refused once, retried after a backoff");
+      const gone = new Promise((r) => first.child.once("exit", r));
+      first.child.kill("SIGKILL");
+      await gone;
+
+      up = true;
+      const refused = hook.seen.length;
+      const second = await serve(registry, "--callback-allow", "127.0.0.1");
+      child = second.child;
+      await waitFor("the callback after the restart", () => hook.seen.length > refused);
+      const sent = hook.seen[refused]!;
+      assert.equal(sent.headers["x-call-id"], id);
+      assert.equal(sent.headers["x-function-status"], "200");
+      assert.equal(sent.headers["x-fennec-call-state"], "succeeded");
+      assert.equal(sent.body, "slept 5 ms\n");
+      await waitFor("the delivery to be recorded", async () => {
+        const r = (await request(`${second.url}/system/calls/${id}`)).json<{ callbackState?: string }>();
+        return r.callbackState === "delivered";
+      });
+      second.child.kill("SIGTERM");
+      await new Promise((r) => second.child.once("exit", r));
+      assert.equal(hook.seen.length, refused + 1, "delivered once after the restart");
+    } finally {
+      await hook.close();
+    }
   });
 });

@@ -53,7 +53,8 @@ export function recordOf(row: CallRow): CallRecord {
     notBefore: opt(row.not_before),
     idempotencyKey: opt(row.idempotency_key),
     callbackUrl: opt(row.callback_url),
-    callbackState: opt(row.callback_state) as CallbackState | undefined,
+    // Only when set: a record without a callback reads back as it was handed over.
+    ...(row.callback_state === null ? {} : { callbackState: row.callback_state as CallbackState }),
   };
 }
 
