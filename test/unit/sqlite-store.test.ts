@@ -2,6 +2,7 @@ import assert from "node:assert/strict";
 import { randomUUID } from "node:crypto";
 import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
+import Database from "better-sqlite3";
 import { join } from "node:path";
 import { after, describe, it } from "node:test";
 import { SqliteStore } from "../../src/store/sqlite-store.js";
@@ -48,6 +49,35 @@ describe("SqliteStore: the embedded store's own behaviour", () => {
     assert.equal(new TextDecoder().decode((await store.response(id))!.body), "out");
     assert.equal((await store.get(sync.id))?.kind, "sync");
     await store.close();
+  });
+
+  it("upgrades a schema 1 file (before callback state), keeping its calls, whose callback then goes pending", async () => {
+    const dir = await mkdtemp(join(tmpdir(), "fennec-store-"));
+    dirs.push(dir);
+    const path = join(dir, "fennec.db");
+    let store = new SqliteStore(path);
+    const id = randomUUID();
+    const request = { method: "POST", path: "/", query: "", headers: {}, body: body("in") };
+    await store.enqueue({ id, function: "u/f", request, submittedAt: 1, callbackUrl: "http://cb/x" });
+    await store.take({ node: "n", max: 5, leaseMs: 60_000, now: 2 });
+    await store.close();
+    // What an older Fennec left: schema 1 had no callback_state.
+    const old = new Database(path);
+    old.exec("DROP INDEX calls_callbacks; ALTER TABLE calls DROP COLUMN callback_state");
+    old.pragma("user_version = 1");
+    old.close();
+
+    store = new SqliteStore(path);
+    assert.equal((await store.get(id))?.state, "running");
+    await store.finish(id, "n", { state: "failed", response: undefined, figures: {} });
+    assert.deepEqual(
+      (await store.pendingCallbacks(10)).map((r) => [r.id, r.callbackState]),
+      [[id, "pending"]],
+    );
+    await store.close();
+    const check = new Database(path, { readonly: true });
+    assert.equal(check.pragma("user_version", { simple: true }), 2);
+    check.close();
   });
 
   it("fails only the operation at fault in a group committed together", async () => {
