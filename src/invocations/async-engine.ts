@@ -454,7 +454,14 @@ export class AsyncEngine {
       const state = ended.state === "dead" ? "dead" : "failed";
       const status = this.#o.statusOf(code as FennecError["code"]);
       const body = Buffer.from(JSON.stringify({ error: { code, message, callId: ended.id } }));
-      sent = callbacks.send({ ...base, status, contentType: "application/json", body, state, errorCode: code });
+      sent = callbacks.send({
+        ...base,
+        status,
+        contentType: "application/json",
+        body,
+        state,
+        errorCode: code,
+      });
     }
     void sent.then(async (outcome) => {
       if (outcome === "dropped") return;

@@ -289,14 +289,23 @@ export function runStoreConformance(name: string, setup: () => Promise<StoreFixt
           figures: { finishedAt: 3_000 },
         });
         await store.bury(bad!.id, "n1", { errorCode: "FN_CRASHED", finishedAt: 3_001 });
-        await store.finish(plain!.id, "n1", { state: "failed", response: undefined, figures: { finishedAt: 3_002 } });
+        await store.finish(plain!.id, "n1", {
+          state: "failed",
+          response: undefined,
+          figures: { finishedAt: 3_002 },
+        });
         await store.bury(replayed!.id, "n1", { errorCode: "FN_CRASHED", finishedAt: 3_003 });
         assert.equal((await store.get(ok!.id))?.callbackState, "pending");
         assert.equal((await store.get(plain!.id))?.callbackState, undefined, "no callback, no delivery");
         assert.equal(await store.replay(replayed!.id, 4_000), true);
-        assert.equal((await store.get(replayed!.id))?.callbackState, undefined, "a replay's delivery starts anew");
+        assert.equal(
+          (await store.get(replayed!.id))?.callbackState,
+          undefined,
+          "a replay's delivery starts anew",
+        );
 
-        const pending = async (s: InvocationStore) => (await s.pendingCallbacks(10)).map((r) => [r.id, r.state]);
+        const pending = async (s: InvocationStore) =>
+          (await s.pendingCallbacks(10)).map((r) => [r.id, r.state]);
         assert.deepEqual(await pending(store), [
           [ok!.id, "succeeded"],
           [bad!.id, "dead"],
@@ -308,10 +317,14 @@ export function runStoreConformance(name: string, setup: () => Promise<StoreFixt
         );
         if (fx.reopen) {
           store = await reopen();
-          assert.deepEqual(await pending(store), [
-            [ok!.id, "succeeded"],
-            [bad!.id, "dead"],
-          ], "a pending delivery survives a restart");
+          assert.deepEqual(
+            await pending(store),
+            [
+              [ok!.id, "succeeded"],
+              [bad!.id, "dead"],
+            ],
+            "a pending delivery survives a restart",
+          );
         }
         await store.callbackEnded(ok!.id, "delivered");
         await store.callbackEnded(bad!.id, "given-up");
