@@ -174,11 +174,14 @@ export class Callbacks {
       this.#log.debug("callback attempt failed", { callId: d.callId, url: d.url, attempt, error: why });
     }
     const stopped = this.#stop.signal.aborted;
-    this.#log.warn(stopped ? "callback dropped: Fennec is stopping" : "callback given up", {
-      callId: d.callId,
-      url: d.url,
-      error: why,
-    });
+    this.#log.warn(
+      stopped ? "callback cut: Fennec is stopping (sent again at the next start)" : "callback given up",
+      {
+        callId: d.callId,
+        url: d.url,
+        error: why,
+      },
+    );
     this.#publish(d, "failed");
     return stopped ? "dropped" : "given-up";
   }
