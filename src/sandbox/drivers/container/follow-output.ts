@@ -14,7 +14,11 @@ export async function followOutput(
   container: Docker.Container,
   log: InstanceLog,
 ): Promise<() => void> {
-  const stream = (await container.attach({ stream: true, stdout: true, stderr: true })) as NodeJS.ReadWriteStream & {
+  const stream = (await container.attach({
+    stream: true,
+    stdout: true,
+    stderr: true,
+  })) as NodeJS.ReadWriteStream & {
     destroy(): void;
   };
   const into = (name: "stdout" | "stderr") =>
