@@ -20,6 +20,7 @@ import { CLI, copyExamples, ROOT, tempDir } from "../helpers/paths.js";
 import { startTestServer, type TestServer } from "../helpers/server.js";
 import { assertLeastPrivileged, type Privileges } from "../helpers/privileges.js";
 import { bytesOf } from "../helpers/body.js";
+import { waitFor } from "../helpers/wait.js";
 
 // A real dockerd of the test's own (root and docker.io, which .ci/run installs; under CI=true a
 // missing tool fails): the container driver's own cases, and the examples through the gateway.
@@ -304,6 +305,47 @@ describe("Docker examples through the gateway", () => {
       assert.equal(wasm.text, "alive");
     } finally {
       await down.close();
+    }
+  });
+});
+
+describe("function logs of a [container] function", () => {
+  const token = "container-logs-token";
+  let s: TestServer;
+  before(async () => {
+    await ready;
+    s = await startTestServer({ token, driverSettings: { "docker-host": dockerd.socketPath } });
+    const dir = join(s.registry, "clog");
+    await mkdir(dir);
+    await writeFile(
+      join(dir, "function.toml"),
+      `keepalive = 30\nconcurrent-requests = 1\n[container]\nimage = "${image}"\nenv = { FENNEC_TEST_MODE = "log" }\n`,
+    );
+  });
+  after(() => s.close());
+
+  it("keeps what the container writes to stdout and stderr as lines of its call", async () => {
+    for (const body of ["delta", "echo"]) {
+      const r = await request(`${s.url}/invoke/clog`, { method: "POST", body });
+      assert.equal(r.status, 200, r.text);
+      const id = r.headers.get("x-call-id")!;
+      // Waited for by function, not by call: a line attributed to no call (or another) must show.
+      const lines = await waitFor(`the log lines of ${body}`, async () => {
+        const reply = await request(`${s.url}/system/logs?function=clog`, {
+          headers: { authorization: `Bearer ${token}` },
+        });
+        assert.equal(reply.status, 200, reply.text);
+        const all = reply.text
+          .split("\n")
+          .filter((l) => l !== "")
+          .map((l) => JSON.parse(l) as { stream: string; text: string; callId?: string })
+          .filter((m) => m.text.endsWith(`: ${body}`));
+        return all.length >= 2 ? all : undefined;
+      });
+      assert.deepEqual(lines.map((m) => [m.stream, m.text, m.callId]).sort(), [
+        ["stderr", `stderr: ${body}`, id],
+        ["stdout", `stdout: ${body}`, id],
+      ]);
     }
   });
 });

@@ -16,6 +16,7 @@ import { BINDING_INSIDE, createSocketDir, readyOnSocket, SOCKET_INSIDE } from ".
 import { openBinding, type HostBinding } from "../../host-binding.js";
 import { exitFromStatus, SupervisedChild, type Child, type ChildExit } from "../../supervised-child.js";
 import { DockerEngine, defaultDockerSocket, handlerImageRef, LABEL } from "./engine.js";
+import { followOutput } from "./follow-output.js";
 import { forwardContainerPort } from "./port-forward.js";
 
 /** The lines of a container's log an error message quotes from. */
@@ -222,6 +223,18 @@ export class ContainerDriver implements SandboxDriver {
       );
     }
     cleanup.defer(() => container.remove({ force: true }).catch(() => undefined));
+    // Its output as function logs, followed from before it starts; the stream ends before it goes.
+    if (ctx.log) {
+      try {
+        cleanup.defer(await followOutput(this.engine.api, container, ctx.log));
+      } catch (err) {
+        await cleanup.run();
+        throw (
+          this.engine.unavailable(err) ??
+          new FennecError("SANDBOX_START_FAILED", `${what}: cannot follow its output: ${message(err)}`)
+        );
+      }
+    }
     const started = startContainer(container);
     // issue10-unifaas (2/3): an image serving a port is reached through a relay in its namespace,
     // started once the container runs, stopped before the container is removed.
