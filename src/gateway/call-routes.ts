@@ -4,6 +4,7 @@
  * gateway checks the admin token and cross-site requests before it hands a request here.
  */
 import type { ServerResponse } from "node:http";
+import { parseDuration } from "../config/duration.js";
 import { FennecError } from "../core/errors.js";
 import { quoteForMessage } from "../core/names.js";
 import { functionKey } from "../core/types.js";
@@ -19,7 +20,6 @@ import { sendJson } from "./http-util.js";
 import { functionId } from "./routes.js";
 
 const STATES: ReadonlySet<string> = new Set<CallState>(["queued", "running", ...TERMINAL_STATES]);
-const UNITS: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 };
 /** A follower that lets this much pile up unread is cut off rather than held in memory. */
 const FOLLOW_BACKLOG_BYTES = 1024 * 1024;
 
@@ -53,8 +53,8 @@ export async function serveCallRoutes(
 export function parseSince(text: string, now = Date.now()): number {
   const trimmed = text.trim();
   if (/^\d{10,}$/.test(trimmed)) return Number(trimmed);
-  const duration = /^(\d+(?:\.\d+)?)(ms|s|m|h|d)$/.exec(trimmed);
-  if (duration) return now - Number(duration[1]) * UNITS[duration[2]!]!;
+  const ago = parseDuration(trimmed);
+  if (ago !== undefined) return now - ago;
   const time = Date.parse(trimmed);
   if (/^\d{4}-\d{2}-\d{2}/.test(trimmed) && Number.isFinite(time)) return time;
   throw new FennecError(

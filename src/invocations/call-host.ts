@@ -99,8 +99,11 @@ export class StoreCallHost implements CallHost {
    * its slot (the engine may have skipped the child's function as full a moment before).
    */
   readonly #wake: () => void;
-  /** Child call id -> its function key: a call may await only what it chained. */
-  readonly #children = new Map<string, string>();
+  /**
+   * Child call id -> its function key: a call may await only what it chained. Made at the first
+   * chain: every sync call gets a host, and most never chain.
+   */
+  #children: Map<string, string> | undefined;
 
   constructor(
     store: InvocationStore,
@@ -146,7 +149,7 @@ export class StoreCallHost implements CallHost {
       },
       submittedAt: Date.now(),
     });
-    this.#children.set(callId, key);
+    (this.#children ??= new Map()).set(callId, key);
     this.#wake();
     return callId;
   }
@@ -166,7 +169,7 @@ export class StoreCallHost implements CallHost {
   }
 
   async await(childId: string, signal?: AbortSignal): Promise<ChainedResult> {
-    const key = this.#children.get(childId);
+    const key = this.#children?.get(childId);
     if (key === undefined)
       throw new FennecError(
         "CALL_NOT_FOUND",
