@@ -56,6 +56,15 @@ export const ErrorCodes = [
   "CHAIN_NO_CAPACITY",
   /** A per-user state value or key over its size limit. */
   "STATE_TOO_LARGE",
+  // the cluster (NATS JetStream)
+  /** `--cluster` names a NATS server that cannot be reached, or lacks JetStream (found at start). */
+  "CLUSTER_UNREACHABLE",
+  /** Another live node already uses this `--node` name: the second is refused at start. */
+  "NODE_NAME_TAKEN",
+  /** The node a call was forwarded to died or left while the call ran: it failed fast, not at its timeout. */
+  "NODE_LOST",
+  /** No live node of the cluster has the function's sandbox (a heterogeneous cluster). */
+  "NO_NODE_FOR_SANDBOX",
   // the function's fault
   "FN_CONFIG_INVALID",
   "FN_BAD_MODULE",

@@ -42,6 +42,12 @@ export const STATUS_BY_CODE: Record<ErrorCode, number> = {
   CHAIN_OTHER_USER: 403,
   CHAIN_NO_CAPACITY: 503,
   STATE_TOO_LARGE: 413,
+  CLUSTER_UNREACHABLE: 503,
+  NODE_NAME_TAKEN: 409,
+  // The call may have run on the lost node: a bad gateway, not a timeout, and not retried by Fennec.
+  NODE_LOST: 502,
+  // As DRIVER_UNAVAILABLE on one node: the cluster's configuration, not a fault to retry.
+  NO_NODE_FOR_SANDBOX: 409,
   FN_CONFIG_INVALID: 500,
   FN_BAD_MODULE: 500,
   FN_INIT_TIMEOUT: 504,
