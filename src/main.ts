@@ -12,6 +12,7 @@ import { CallbackPolicy } from "./invocations/callback-policy.js";
 import { Callbacks, type CallbackOptions } from "./invocations/callbacks.js";
 import { PrometheusMetrics } from "./metrics/prometheus.js";
 import { StatsCollector } from "./metrics/stats.js";
+import { connectCluster } from "./cluster/connection.js";
 import { DirectoryRegistry } from "./registry/registry.js";
 import type { SandboxDriver } from "./sandbox/contract.js";
 import { sandboxKinds } from "./sandbox/drivers/index.js";
@@ -63,8 +64,13 @@ export interface FennecOptions {
   readonly stateDir?: string;
   /** What the store's retention keeps (default 7 days, 1 GiB); runs at start and every minute. */
   readonly retention?: Partial<RetentionPolicy>;
-  /** This node's name in call records (default: the host's name). */
+  /** This node's name: in call records, `x-fennec-node` and the cluster (default: the host's name). */
   readonly node?: string;
+  /**
+   * Join a cluster: the NATS server (with JetStream) every node shares, `nats://HOST:PORT`
+   * (comma-separated for several). Undefined: one node, the embedded store (docs/cluster.md).
+   */
+  readonly cluster?: string | undefined;
   /**
    * False keeps no call records and no function logs (`fennec serve --no-records`); calls still
    * get their ids. Default true.
@@ -138,7 +144,9 @@ export async function startFennec(options: FennecOptions): Promise<Fennec> {
   const log = createLogger(options.logLevel ?? "info");
   const allowedHosts = new AllowedHosts(options.allowedHosts, options.host);
   const root = resolve(options.registry);
-  // First: a damaged or busy store stops the start before anything else is touched.
+  const node = options.node ?? hostname();
+  // First: an unreachable cluster, a damaged or busy store stop the start before anything else is touched.
+  const nats = options.cluster ? await connectCluster(options.cluster, { node, log }) : undefined;
   const store = openStore(options.stateDir ?? join(root, ".fennec", "state"), { log });
   const kinds = options.kinds ?? sandboxKinds;
   // A directory a deploy replaced stays until the scheduler has no instance read from it.
@@ -221,7 +229,7 @@ export async function startFennec(options: FennecOptions): Promise<Fennec> {
   const invocations = new Invocations({
     scheduler,
     store,
-    node: options.node ?? hostname(),
+    node,
     records,
     makeCallHost,
     log,
@@ -265,6 +273,7 @@ export async function startFennec(options: FennecOptions): Promise<Fennec> {
     stopLogs();
     await retention.stop();
     await store.close();
+    await nats?.close().catch(() => undefined);
     throw err;
   });
   const address = server.address() as AddressInfo;
@@ -341,6 +350,7 @@ export async function startFennec(options: FennecOptions): Promise<Fennec> {
       // Last: what the drained calls wrote (results, records, logs) is on disk before it closes.
       await retention.stop();
       await store.close();
+      await nats?.drain().catch(() => undefined);
     })();
     return closing;
   };

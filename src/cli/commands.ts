@@ -82,6 +82,10 @@ Edits on disk apply to new instances without a restart; SIGINT/SIGTERM drain and
                          (default 7d; units ms, s, m, h, d)
   --retention-bytes SIZE then the oldest until the store keeps less than this; queued
                          calls and dead letters stay (default 1GiB; bytes, or KiB/MiB/GiB)
+  --cluster URL          join a cluster: the NATS server (JetStream) the nodes share,
+                         nats://HOST:PORT (comma-separated for several); see docs/cluster.md
+  --node NAME            this node's name in the cluster and in call records (default: the
+                         host's name); two live nodes with one name are refused
   --log-level LEVEL      error | warn | info | debug (default info)
   --no-records           keep no call records and no function logs (calls still get an X-Call-Id)
 ${flagHelp(sandboxKinds.flags("serve"))}
@@ -106,6 +110,8 @@ ${flagHelp(sandboxKinds.flags("serve"))}
         "state-dir": { type: "string" },
         "retention-age": { type: "string", default: "7d" },
         "retention-bytes": { type: "string", default: "1GiB" },
+        cluster: { type: "string" },
+        node: { type: "string" },
         "log-level": { type: "string", default: "info" },
         "no-records": { type: "boolean", default: false },
         ...parseArgsOptions(sandboxKinds.flags("serve")),
@@ -158,6 +164,8 @@ ${flagHelp(sandboxKinds.flags("serve"))}
       retention: { maxAgeMs, maxBytes },
       logLevel: level as "info",
       records: !values["no-records"],
+      ...(values.cluster ? { cluster: values.cluster } : {}),
+      ...(values.node ? { node: values.node } : {}),
       driverSettings: driverSettings(sandboxKinds.flags("serve"), values),
     });
     await new Promise<void>((resolve, reject) => {
