@@ -178,9 +178,10 @@ describe("guest channel", () => {
     const seen: LogLineEvent[] = [];
     const listener = (m: unknown) => void seen.push(m as LogLineEvent);
     channels.log.subscribe(listener);
+    let ch: GuestChannel | undefined;
     try {
       const log = new InstanceLog("default/vm-fn", "i1");
-      const ch = await pair({ log });
+      ch = await pair({ log });
       await ch.ready;
       log.begin("call-1");
       // A line may arrive in pieces, the two streams interleaved.
@@ -200,8 +201,8 @@ describe("guest channel", () => {
       );
       assert.equal(lines[1]!.function, "default/vm-fn");
       assert.equal(lines[1]!.instanceId, "i1");
-      ch.close();
     } finally {
+      ch?.close();
       channels.log.unsubscribe(listener);
     }
   });
