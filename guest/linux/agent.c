@@ -62,8 +62,12 @@ enum { F_READY = 1, F_OPEN, F_DATA, F_EOF, F_CLOSE, F_LOG, F_PING, F_PONG, F_CON
    OUT_HIGH, so a function that floods its logs never holds up its own responses. What comes
    meanwhile is read anyway (the function never blocks on a full pipe), dropped and counted. */
 #define LOG_HIGH (256 * 1024)
-/* Read from one output pipe per turn of the loop, so neither stream starves the other. */
-#define LOG_CHUNK 16384
+/* Read from one output pipe per turn of the loop (one LOG frame), so neither starves the other. */
+#define LOG_CHUNK 65536
+/* The capacity asked for the function's stdout and stderr pipes. A runtime that buffers its output
+   when a pipe is full (Node does) writes up to this much before its answer at once, so the agent
+   can send it before the answer; pages are only taken as they are written. */
+#define OUTPUT_PIPE (1024 * 1024)
 #define MAX_ARGS 256
 
 /* ---------- small helpers ---------- */
@@ -649,6 +653,8 @@ static void read_port(void) {
   }
 }
 
+static void drain_outputs(void);
+
 /* Reads from a function socket into DATA frames. */
 static void read_stream(struct stream *s) {
   static unsigned char chunk[MAX_PAYLOAD];
@@ -659,6 +665,9 @@ static void read_stream(struct stream *s) {
         int one = 1;
         setsockopt(s->fd, IPPROTO_TCP, TCP_QUICKACK, &one, sizeof one);
       }
+      /* What the function logged before it wrote this goes first: the host gives a line to the
+         call in flight when the line arrives, and this may be the end of that call's answer. */
+      if (!(s->id & GUEST_STREAM)) drain_outputs();
       frame(F_DATA, s->id, chunk, n);
     } else if (n == 0) {
       release(s, 1, NULL);
@@ -691,12 +700,13 @@ static void finish_connect(struct stream *s) {
 
 struct output {
   int fd;                 /* the pipe's read end, nonblocking; -1 once it ended */
+  int capacity;           /* the pipe's size: what one drain reads at most */
   uint32_t stream;        /* the LOG frame's stream: 1 stdout, 2 stderr (docs/guest-channel.md) */
   const char *name;
   unsigned long long dropped; /* bytes dropped since the last marker */
   int mid_line;           /* the last byte sent on this stream was not a newline */
 };
-static struct output outputs[2] = {{-1, 1, "stdout", 0, 0}, {-1, 2, "stderr", 0, 0}};
+static struct output outputs[2] = {{-1, 65536, 1, "stdout", 0, 0}, {-1, 65536, 2, "stderr", 0, 0}};
 
 /* Makes the pipes the function's stdout and stderr go to (before it starts). */
 static void make_output_pipes(void) {
@@ -704,6 +714,9 @@ static void make_output_pipes(void) {
     int p[2];
     if (pipe2(p, O_CLOEXEC) < 0) fatal("pipe: %s", strerror(errno));
     fcntl(p[0], F_SETFL, O_NONBLOCK);
+    int size = fcntl(p[0], F_SETPIPE_SZ, OUTPUT_PIPE);
+    if (size < 0) size = fcntl(p[0], F_GETPIPE_SZ);
+    if (size > 0) outputs[i].capacity = size;
     outputs[i].fd = p[0];
     fn_out[i] = p[1];
   }
@@ -748,6 +761,13 @@ static ssize_t read_output(struct output *o) {
   frame(F_LOG, o->stream, chunk, n);
   o->mid_line = chunk[n - 1] != '\n';
   return n;
+}
+
+/* Reads what is in the function's pipes now: at most a pipe's capacity each, so all that was
+   written before this call, even while the function goes on writing. */
+static void drain_outputs(void) {
+  for (int i = 0; i < 2; i++)
+    for (ssize_t got = 0, n; got < outputs[i].capacity && (n = read_output(&outputs[i])) > 0;) got += n;
 }
 
 /* The function ended: sends what is left in its pipes and everything queued, before the VM stops
