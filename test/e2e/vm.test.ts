@@ -299,9 +299,11 @@ describe("function logs of a Linux [vm] guest", () => {
       ]);
     }
     // The serial console keeps the kernel's and the agent's own messages, not the function's.
-    const [line] = (await request(`${s.url}/system/logs?function=vmlog&limit=1`, {
-      headers: { authorization: `Bearer ${token}` },
-    })).text.split("\n");
+    const [line] = (
+      await request(`${s.url}/system/logs?function=vmlog&limit=1`, {
+        headers: { authorization: `Bearer ${token}` },
+      })
+    ).text.split("\n");
     const instance = (JSON.parse(line!) as { instance: string }).instance;
     const consoleLog = await readFile(join(await ensureRunRoot("vm"), instance, "console.log"), "utf8");
     assert.match(consoleLog, /fennec-agent\[[\d.]+\]: ready/);
