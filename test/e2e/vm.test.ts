@@ -257,6 +257,7 @@ describe("function logs of a Linux [vm] guest", () => {
   const token = "vm-logs-token";
   let s: TestServer;
   interface Line {
+    instance: string;
     stream: string;
     text: string;
     callId?: string;
@@ -299,12 +300,7 @@ describe("function logs of a Linux [vm] guest", () => {
       ]);
     }
     // The serial console keeps the kernel's and the agent's own messages, not the function's.
-    const [line] = (
-      await request(`${s.url}/system/logs?function=vmlog&limit=1`, {
-        headers: { authorization: `Bearer ${token}` },
-      })
-    ).text.split("\n");
-    const instance = (JSON.parse(line!) as { instance: string }).instance;
+    const [{ instance }] = (await logs("function=vmlog&limit=1")) as [Line];
     const consoleLog = await readFile(join(await ensureRunRoot("vm"), instance, "console.log"), "utf8");
     assert.match(consoleLog, /fennec-agent\[[\d.]+\]: ready/);
     assert.doesNotMatch(consoleLog, /stdout: delta|stderr: delta/);
