@@ -6,6 +6,7 @@ import { join } from "node:path";
 import { promisify } from "node:util";
 import { after, before, describe, it } from "node:test";
 import { chooseAccel } from "../../src/sandbox/drivers/vm/accel.js";
+import { channels, type LogLineEvent } from "../../src/core/events.js";
 import { TRUNCATED_MARKER } from "../../src/sandbox/call-log.js";
 import { VmDriver } from "../../src/sandbox/drivers/vm/driver.js";
 import { ensureRunRoot } from "../../src/sandbox/run-dir.js";
@@ -331,6 +332,46 @@ describe("function logs of a Linux [vm] guest", () => {
     const next = await request(`${s.url}/invoke/vmlog`, { method: "POST", body: "after-flood" });
     assert.equal(next.status, 200, next.text);
     assert.equal(next.text, "after-flood");
+  });
+
+  it("drops what the host cannot take, says how much, and the function never waits for it", async (t) => {
+    const total = 24 * 1024 * 1024;
+    let delivered = 0;
+    let dropped = 0;
+    let stalled = false;
+    const onLine = (message: unknown): void => {
+      const line = message as LogLineEvent;
+      if (line.function !== "default/vmlog") return;
+      const marker =
+        /^\[fennec-agent: (\d+) bytes of stderr dropped: the channel to the host was full\]$/.exec(line.text);
+      if (marker) dropped += Number(marker[1]);
+      else if (/^y+$/.test(line.text)) delivered += line.text.length + 1;
+      else return;
+      if (stalled) return;
+      // The host stops reading the channel for a while (this test runs Fennec in its process),
+      // as a busy host would: the guest's queue fills while the function goes on writing.
+      stalled = true;
+      Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 10_000);
+    };
+    channels.log.subscribe(onLine);
+    try {
+      const r = await request(`${s.url}/invoke/vmlog?later=24`, { method: "POST", body: "later" });
+      assert.equal(r.status, 200, r.text);
+      // Everything the function wrote is either delivered or counted as dropped (a marker may
+      // cut a line short, ending it with a newline of its own).
+      await waitFor(
+        "all of the output, delivered or counted",
+        () => (delivered + dropped >= total - 1024 ? true : undefined),
+        { timeoutMs: 120_000 },
+      );
+      t.diagnostic(`${dropped} bytes dropped, ${delivered} delivered`);
+      assert.ok(dropped > 0, `${dropped} bytes dropped, ${delivered} delivered`);
+      assert.ok(delivered + dropped <= total + 1024, `${dropped} bytes dropped, ${delivered} delivered`);
+      const next = await request(`${s.url}/invoke/vmlog`, { method: "POST", body: "after-drop" });
+      assert.equal(next.text, "after-drop");
+    } finally {
+      channels.log.unsubscribe(onLine);
+    }
   });
 });
 
