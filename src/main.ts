@@ -159,7 +159,15 @@ export async function startFennec(options: FennecOptions): Promise<Fennec> {
   const log = createLogger(options.logLevel ?? "info");
   const allowedHosts = new AllowedHosts(options.allowedHosts, options.host);
   const root = resolve(options.registry);
-  const node = options.node ?? hostname();
+  // The host's name, made a valid node name (a host name may hold what a header or key cannot).
+  const node =
+    options.node ??
+    (hostname()
+      .replace(/[^A-Za-z0-9_.-]/g, "-")
+      .replace(/\.{2,}/g, ".")
+      .replace(/^\.+|\.+$/g, "")
+      .slice(0, 253) ||
+      "fennec");
   checkNodeName(node);
   if (options.advertise !== undefined && !/^https?:\/\/[^/\s]+$/.test(options.advertise))
     throw new FennecError(
