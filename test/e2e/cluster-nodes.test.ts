@@ -8,6 +8,7 @@ import type { NodeInfo } from "../../src/cluster/contract.js";
 import { startCluster, type TestCluster } from "../helpers/cluster.js";
 import { errorCode, request } from "../helpers/http.js";
 import { CLI, EXAMPLES, tempDir } from "../helpers/paths.js";
+import { startTestServer } from "../helpers/server.js";
 import { waitFor } from "../helpers/wait.js";
 
 const run = promisify(execFile);
@@ -261,5 +262,27 @@ describe("cluster membership: three fennec serve --cluster processes on one nats
     // Well under the TTL (10 s): the delete reached the others.
     assert.ok(took < 5_000, `n3 left after ${took} ms`);
     await cluster.restart("n3");
+  });
+});
+
+describe("a node without --cluster", () => {
+  it("says its name on every response and lists itself alone in /system/nodes", async () => {
+    const s = await startTestServer({ node: "solo", token: "t0ken" });
+    try {
+      for (const path of ["/healthz", "/invoke/hello/", "/stats", "/no-such-route"])
+        assert.equal((await request(`${s.url}${path}`)).headers.get("x-fennec-node"), "solo", path);
+      const nodes = await request(`${s.url}/system/nodes`, { headers: { authorization: "Bearer t0ken" } });
+      const list = nodes.json<NodeInfo[]>();
+      assert.deepEqual(
+        list.map((n) => [n.name, n.url]),
+        [["solo", s.url]],
+      );
+      assert.ok(list[0]!.sandboxes.includes("wasm"));
+      assert.ok((list[0]!.functions["default/hello"]?.warm ?? 0) >= 1);
+      const r = await fennec(["nodes"], { FENNEC_URL: s.url, FENNEC_TOKEN: "t0ken" });
+      assert.match(r.stdout, /^solo\s+http:\/\/127\.0\.0\.1:\d+\s/m);
+    } finally {
+      await s.close();
+    }
   });
 });
