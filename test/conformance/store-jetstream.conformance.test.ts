@@ -1,9 +1,11 @@
-import { randomBytes } from "node:crypto";
-import { after } from "node:test";
+import assert from "node:assert/strict";
+import { randomBytes, randomUUID } from "node:crypto";
+import { after, describe, it } from "node:test";
 import { connect, type NatsConnection } from "@nats-io/transport-node";
 import type { InvocationStore } from "../../src/store/contract.js";
 import { destroyClusterStore, openClusterStore } from "../../src/store/jetstream/open.js";
 import { startNats, type TestNats } from "../helpers/nats.js";
+import { waitFor } from "../helpers/wait.js";
 import { runStoreConformance } from "./store.js";
 
 // One nats-server for the file; each case its own resources (a prefix), removed after it.
@@ -36,4 +38,55 @@ runStoreConformance("jetstream", async () => {
       await nc.close();
     },
   };
+});
+
+describe("jetstream store across a nats-server restart", () => {
+  it("keeps every accepted call and keeps working on the same connections once the server is back", async () => {
+    const prefix = `t${randomBytes(6).toString("hex")}`;
+    const ncA = await client();
+    const ncB = await client();
+    const a = await openClusterStore(ncA, { prefix });
+    const b = await openClusterStore(ncB, { prefix });
+    try {
+      const ids = Array.from({ length: 20 }, () => randomUUID());
+      for (const [i, id] of ids.entries())
+        await a.enqueue({ id, function: "u/f", request: req(`b${i}`), submittedAt: i });
+      const first = await b.take({ node: "nb", max: 5, leaseMs: 60_000, now: Date.now() });
+      assert.equal(first.length, 5);
+
+      await (await server()).restart();
+
+      // B finishes what it leased, on its reconnected connection; A, which waits, is told.
+      const done = a.whenFinished(first[0]!.record.id);
+      await waitFor("a write after the restart", async () => {
+        await b.finish(first[0]!.record.id, "nb", { state: "succeeded", response: undefined, figures: {} });
+        return true;
+      });
+      assert.equal((await done).state, "succeeded");
+      const rest = await a.take({ node: "na", max: 100, leaseMs: 60_000, now: Date.now() });
+      assert.deepEqual(
+        rest.map((l) => l.record.id),
+        ids.slice(5),
+        "every call accepted before the restart is still there, once",
+      );
+      assert.equal(new TextDecoder().decode(rest[0]!.request.body), "b5");
+      const late = randomUUID();
+      await a.enqueue({ id: late, function: "u/f", request: req("late"), submittedAt: 100 });
+      await waitFor("B sees A's new call", async () => (await b.get(late))?.state === "queued");
+    } finally {
+      await a.close();
+      await b.close();
+      await destroyClusterStore(ncA, prefix);
+      await ncA.close();
+      await ncB.close();
+    }
+  });
+});
+
+const req = (body: string) => ({
+  method: "POST",
+  path: "/",
+  query: "",
+  headers: {},
+  body: new TextEncoder().encode(body),
 });
