@@ -69,7 +69,11 @@ async function measure(store: InvocationStore): Promise<Map<string, number>> {
 }
 
 async function main(): Promise<void> {
-  console.log(`load average before: ${loadavg().map((l) => l.toFixed(2)).join(" ")}`);
+  console.log(
+    `load average before: ${loadavg()
+      .map((l) => l.toFixed(2))
+      .join(" ")}`,
+  );
   const dir = mkdtempSync(join(tmpdir(), "fennec-store-cluster-bench-"));
   const nats = await startNats();
   const nc = await connect({ servers: nats.url });
@@ -93,7 +97,11 @@ async function main(): Promise<void> {
     await nats.stop();
     rmSync(dir, { recursive: true, force: true });
   }
-  console.log(`load average after: ${loadavg().map((l) => l.toFixed(2)).join(" ")}`);
+  console.log(
+    `load average after: ${loadavg()
+      .map((l) => l.toFixed(2))
+      .join(" ")}`,
+  );
 }
 
 await main();

@@ -44,12 +44,12 @@ describe("async calls on two nodes sharing the JetStream store", () => {
     root = await tempDir("fennec-cluster-store-");
   });
   after(async () => {
-    for (const c of children) if (c.exitCode === null && c.signalCode === null) c.kill("SIGKILL");
-    await Promise.all(
-      [...children].map((c) =>
-        c.exitCode === null && c.signalCode === null ? new Promise((r) => c.once("exit", r)) : undefined,
-      ),
-    );
+    for (const c of children) {
+      if (c.exitCode !== null || c.signalCode !== null) continue;
+      const gone = new Promise((r) => c.once("exit", r));
+      c.kill("SIGKILL");
+      await gone;
+    }
     await nats.stop();
     await root.cleanup();
   });
@@ -61,13 +61,26 @@ describe("async calls on two nodes sharing the JetStream store", () => {
     await addWasmFunction(registry, "nap", "sleep.wasm", "max-instances = 1");
     const c = spawn(
       process.execPath,
-      [CLI, "serve", "-r", registry, "--port", "0", "--state-dir", join(dir, "state"), "--cluster", nats.url, "--node", name],
+      [
+        CLI,
+        "serve",
+        "-r",
+        registry,
+        "--port",
+        "0",
+        "--state-dir",
+        join(dir, "state"),
+        "--cluster",
+        nats.url,
+        "--node",
+        name,
+      ],
       { stdio: ["ignore", "pipe", "pipe"], env: { ...process.env, FENNEC_RUN_DIR: join(dir, "run") } },
     );
     children.add(c);
     let log = "";
     return new Promise((resolve, reject) => {
-      c.stderr!.on("data", (d: Buffer) => {
+      c.stderr.on("data", (d: Buffer) => {
         log += d.toString();
         const m = /on (http:\/\/127\.0\.0\.1:\d+)/.exec(log);
         if (m) resolve({ name, url: m[1]!, child: c, log: () => log });
@@ -143,7 +156,9 @@ describe("async calls on two nodes sharing the JetStream store", () => {
       const load = (async () => {
         for (let i = 0; !stopSubmitting; i++) {
           const node = i % 2 === 0 ? a : b;
-          const r = await request(`${node.url}/fa/default/nap?ms=1`, { method: "POST" }).catch(() => undefined);
+          const r = await request(`${node.url}/fa/default/nap?ms=1`, { method: "POST" }).catch(
+            () => undefined,
+          );
           if (r?.status === 202) accepted.push(r.json<{ callId: string }>().callId);
           else refused++;
         }

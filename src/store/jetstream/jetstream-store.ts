@@ -21,7 +21,15 @@ import {
   type StoredResponse,
 } from "../contract.js";
 import { pack, unpack, type Blobs } from "./blobs.js";
-import { decodeDoc, docOfRecord, encodeDoc, recordBytes, recordOf, updated, type CallDoc } from "./call-doc.js";
+import {
+  decodeDoc,
+  docOfRecord,
+  encodeDoc,
+  recordBytes,
+  recordOf,
+  updated,
+  type CallDoc,
+} from "./call-doc.js";
 import { LogStream } from "./logs.js";
 import { CallMirror, type Entry } from "./mirror.js";
 import { callKey, idempotencyKey, requestKey, responseKey, type StoreNames } from "./names.js";
@@ -125,9 +133,13 @@ export class JetStreamStore implements InvocationStore {
       return await op();
     } catch (err) {
       if (err instanceof FennecError) throw err;
-      throw new FennecError("STORE_UNAVAILABLE", `${this.describe}: ${doing} failed: ${(err as Error).message}`, {
-        cause: err,
-      });
+      throw new FennecError(
+        "STORE_UNAVAILABLE",
+        `${this.describe}: ${doing} failed: ${(err as Error).message}`,
+        {
+          cause: err,
+        },
+      );
     }
   }
 
@@ -285,7 +297,8 @@ export class JetStreamStore implements InvocationStore {
 
   async #request(id: string): Promise<StoredRequest> {
     const stored = await this.#o.buckets.blobs.get(this.#o.buckets.payloads, requestKey(id));
-    if (!stored) throw new FennecError("STORE_CORRUPT", `${this.describe}: the request of call ${id} is gone`);
+    if (!stored)
+      throw new FennecError("STORE_CORRUPT", `${this.describe}: the request of call ${id} is gone`);
     const { head, body } = unpack<RequestHead>(stored);
     return { ...head, body };
   }
@@ -299,7 +312,8 @@ export class JetStreamStore implements InvocationStore {
         });
         return true;
       } catch (err) {
-        if (err instanceof Skip || (err instanceof FennecError && err.code === "CALL_NOT_FOUND")) return false;
+        if (err instanceof Skip || (err instanceof FennecError && err.code === "CALL_NOT_FOUND"))
+          return false;
         throw err;
       }
     });
@@ -481,7 +495,8 @@ export class JetStreamStore implements InvocationStore {
           );
         });
       } catch (err) {
-        if (err instanceof Skip || (err instanceof FennecError && err.code === "CALL_NOT_FOUND")) return false;
+        if (err instanceof Skip || (err instanceof FennecError && err.code === "CALL_NOT_FOUND"))
+          return false;
         throw err;
       }
       if (before?.result !== undefined)
@@ -500,7 +515,10 @@ export class JetStreamStore implements InvocationStore {
         const e = await this.#fresh(id);
         if (!e) return false;
         if (e.doc.state === "running")
-          throw new FennecError("CALL_STATE", `call ${id} is running on ${e.doc.node}: it cannot be deleted now`);
+          throw new FennecError(
+            "CALL_STATE",
+            `call ${id} is running on ${e.doc.node}: it cannot be deleted now`,
+          );
         if (await this.#remove(id, e)) return true;
       }
       throw new FennecError("STORE_UNAVAILABLE", `call ${id} changes too often to be deleted`);
@@ -521,7 +539,9 @@ export class JetStreamStore implements InvocationStore {
     const { payloads, blobs, idempotency } = this.#o.buckets;
     await Promise.all([
       blobs.remove(payloads, requestKey(id)).catch(() => undefined),
-      d.result !== undefined ? blobs.remove(payloads, responseKey(id, d.result)).catch(() => undefined) : undefined,
+      d.result !== undefined
+        ? blobs.remove(payloads, responseKey(id, d.result)).catch(() => undefined)
+        : undefined,
       d.idempotencyKey !== undefined
         ? idempotency.delete(idempotencyKey(d.function, d.idempotencyKey)).catch(() => undefined)
         : undefined,
@@ -571,7 +591,9 @@ export class JetStreamStore implements InvocationStore {
     this.#writing = this.#writing.then(async () => {
       try {
         // Pipelined: one round trip's wait for the whole batch.
-        const revs = await Promise.all(batch.map((r) => this.#calls.put(callKey(r.id), encodeDoc(docOfRecord(r)))));
+        const revs = await Promise.all(
+          batch.map((r) => this.#calls.put(callKey(r.id), encodeDoc(docOfRecord(r)))),
+        );
         batch.forEach((r, i) => this.#mirror.put(r.id, { doc: docOfRecord(r), rev: revs[i]! }));
       } catch (err) {
         this.#o.log?.warn("invocation store: records not written", {
@@ -640,7 +662,8 @@ export class JetStreamStore implements InvocationStore {
       const now = Date.now();
       const counts = new Map<string, { queued: number; running: number; dead: number; oldest: number }>();
       for (const { doc: d } of this.#mirror.values()) {
-        if (d.kind !== "async" || (d.state !== "queued" && d.state !== "running" && d.state !== "dead")) continue;
+        if (d.kind !== "async" || (d.state !== "queued" && d.state !== "running" && d.state !== "dead"))
+          continue;
         let c = counts.get(d.function);
         if (!c) counts.set(d.function, (c = { queued: 0, running: 0, dead: 0, oldest: Infinity }));
         c[d.state]++;
@@ -669,7 +692,10 @@ export class JetStreamStore implements InvocationStore {
     return this.#guard("reading logs", () => this.#logs.query(query));
   }
 
-  followLogs(query: Pick<LogQuery, "function" | "callId">, listener: (line: StoredLogLine) => void): () => void {
+  followLogs(
+    query: Pick<LogQuery, "function" | "callId">,
+    listener: (line: StoredLogLine) => void,
+  ): () => void {
     return this.#logs.follow(query, listener);
   }
 

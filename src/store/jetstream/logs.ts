@@ -84,8 +84,7 @@ export class LogStream {
           return this.js.publish(this.names.logSubject(l.function), JSON.stringify(m));
         }),
       );
-      if (this.#followers.any)
-        batch.forEach((l, i) => this.#followers.tell({ ...l, seq: acks[i]!.seq }));
+      if (this.#followers.any) batch.forEach((l, i) => this.#followers.tell({ ...l, seq: acks[i]!.seq }));
     } catch (err) {
       this.onDropped(err, batch.length);
     }

@@ -24,9 +24,7 @@ export class CallMirror {
   #watched = 0;
   #stop: (() => void) | undefined;
 
-  constructor(
-    private readonly onChange: (id: string, entry: Entry | undefined) => void,
-  ) {}
+  constructor(private readonly onChange: (id: string, entry: Entry | undefined) => void) {}
 
   /** Starts the watch; resolves once every call the bucket held at the start is loaded. */
   async start(kv: KV): Promise<void> {

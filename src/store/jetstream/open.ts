@@ -1,4 +1,10 @@
-import { jetstream, jetstreamManager, RetentionPolicy as StreamRetention, StorageType, type JetStreamManager } from "@nats-io/jetstream";
+import {
+  jetstream,
+  jetstreamManager,
+  RetentionPolicy as StreamRetention,
+  StorageType,
+  type JetStreamManager,
+} from "@nats-io/jetstream";
 import { Kvm } from "@nats-io/kv";
 import { Objm } from "@nats-io/obj";
 import { nanos, type NatsConnection } from "@nats-io/transport-node";
@@ -53,7 +59,10 @@ async function ensureStream(
  * are created by whichever node comes first (creating one that exists with the same settings
  * opens it). Resolves once every call is loaded; fails with STORE_UNAVAILABLE, naming the store.
  */
-export async function openClusterStore(nats: NatsConnection, options: ClusterStoreOptions = {}): Promise<JetStreamStore> {
+export async function openClusterStore(
+  nats: NatsConnection,
+  options: ClusterStoreOptions = {},
+): Promise<JetStreamStore> {
   const prefix = options.prefix ?? "fennec";
   const names = storeNames(prefix);
   const describe = `jetstream:${prefix}@${nats.getServer()}`;
@@ -82,9 +91,13 @@ export async function openClusterStore(nats: NatsConnection, options: ClusterSto
     });
   } catch (err) {
     if (err instanceof FennecError) throw err;
-    throw new FennecError("STORE_UNAVAILABLE", `cannot open the cluster's store ${describe}: ${(err as Error).message}`, {
-      cause: err,
-    });
+    throw new FennecError(
+      "STORE_UNAVAILABLE",
+      `cannot open the cluster's store ${describe}: ${(err as Error).message}`,
+      {
+        cause: err,
+      },
+    );
   }
 }
 

@@ -21,7 +21,10 @@ function check(user: string, key: string, bytes: number): void {
       `a state key or user name longer than ${MAX_KEY_LENGTH} characters (the cluster's store keeps them in subject names)`,
     );
   if (!Number.isSafeInteger(bytes) || bytes < 0 || bytes > MAX_STATE_BYTES)
-    throw new FennecError("STATE_TOO_LARGE", `a state value of ${bytes} bytes is over the store's ${MAX_STATE_BYTES}`);
+    throw new FennecError(
+      "STATE_TOO_LARGE",
+      `a state value of ${bytes} bytes is over the store's ${MAX_STATE_BYTES}`,
+    );
 }
 
 const isConflict = (err: unknown): boolean =>
@@ -52,7 +55,10 @@ export class StateStore {
 
   async write(user: string, key: string, offset: number, value: Uint8Array): Promise<void> {
     if (!Number.isSafeInteger(offset) || offset < 0)
-      throw new FennecError("BAD_REQUEST", `a state offset must be a whole number of bytes ≥ 0, got ${offset}`);
+      throw new FennecError(
+        "BAD_REQUEST",
+        `a state offset must be a whole number of bytes ≥ 0, got ${offset}`,
+      );
     check(user, key, offset + value.byteLength);
     const k = stateKey(user, key);
     for (let round = 0; round < CAS_ROUNDS; round++) {
@@ -74,7 +80,10 @@ export class StateStore {
       if (live) await this.blobs.discard(e.value);
       return;
     }
-    throw new FennecError("STORE_UNAVAILABLE", `state ${user}/${key} is written by others too often to patch`);
+    throw new FennecError(
+      "STORE_UNAVAILABLE",
+      `state ${user}/${key} is written by others too often to patch`,
+    );
   }
 
   async append(user: string, key: string, value: Uint8Array): Promise<void> {
@@ -84,9 +93,15 @@ export class StateStore {
 
   async appended(user: string, key: string): Promise<Uint8Array[]> {
     const stored: Uint8Array[] = [];
-    await readStream(this.js, this.jsm, this.names.appended, { filter: this.names.appendedSubject(user, key) }, (m) => {
-      stored.push(m.data);
-    });
+    await readStream(
+      this.js,
+      this.jsm,
+      this.names.appended,
+      { filter: this.names.appendedSubject(user, key) },
+      (m) => {
+        stored.push(m.data);
+      },
+    );
     const out: Uint8Array[] = [];
     for (const s of stored) {
       const v = await this.blobs.decode(s);
