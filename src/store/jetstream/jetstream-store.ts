@@ -63,6 +63,31 @@ const CAS_ROUNDS = 20;
 const isConflict = (err: unknown): boolean =>
   /wrong last sequence|key exists|10071/i.test(String((err as Error)?.message ?? err));
 
+const olderFirst = (a: CallDoc, b: CallDoc): number =>
+  a.submittedAt - b.submittedAt || (a.id < b.id ? -1 : a.id > b.id ? 1 : 0);
+
+/**
+ * The `k` oldest docs that pass `keep`, oldest first: one pass over the mirror keeping a small
+ * sorted array, not a sort of every queued call on each take.
+ */
+function oldest(entries: Iterable<Entry>, k: number, keep: (d: CallDoc) => boolean): CallDoc[] {
+  const out: CallDoc[] = [];
+  for (const { doc } of entries) {
+    if (out.length === k && olderFirst(doc, out[k - 1]!) >= 0) continue;
+    if (!keep(doc)) continue;
+    let lo = 0;
+    let hi = out.length;
+    while (lo < hi) {
+      const mid = (lo + hi) >> 1;
+      if (olderFirst(out[mid]!, doc) <= 0) lo = mid + 1;
+      else hi = mid;
+    }
+    out.splice(lo, 0, doc);
+    if (out.length > k) out.pop();
+  }
+  return out;
+}
+
 /** Thrown inside a change that does not apply any more (taken by another node meanwhile). */
 class Skip extends Error {}
 
@@ -258,15 +283,16 @@ export class JetStreamStore implements InvocationStore {
       const skip = opts.skip ?? new Set<string>();
       const due = (d: CallDoc) =>
         d.state === "queued" && d.kind === "async" && (d.notBefore ?? 0) <= now && !skip.has(d.function);
-      const candidates = [...this.#mirror.values()]
-        .map((e) => e.doc)
-        .filter(due)
-        .sort((a, b) => a.submittedAt - b.submittedAt || (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
       const leased: CallDoc[] = [];
-      let next = 0;
-      while (leased.length < opts.max && next < candidates.length) {
-        const batch = candidates.slice(next, next + (opts.max - leased.length));
-        next += batch.length;
+      const tried = new Set<string>();
+      while (leased.length < opts.max) {
+        const batch = oldest(
+          this.#mirror.values(),
+          opts.max - leased.length,
+          (d) => due(d) && !tried.has(d.id),
+        );
+        if (batch.length === 0) break;
+        for (const c of batch) tried.add(c.id);
         const got = await Promise.all(
           batch.map((c) =>
             this.#change(c.id, (d) => {
@@ -288,7 +314,7 @@ export class JetStreamStore implements InvocationStore {
         );
         for (const d of got) if (d) leased.push(d);
       }
-      leased.sort((a, b) => a.submittedAt - b.submittedAt || (a.id < b.id ? -1 : 1));
+      leased.sort(olderFirst);
       return Promise.all(
         leased.map(async (d) => ({ record: recordOf(d), request: await this.#request(d.id) })),
       );
@@ -372,7 +398,8 @@ export class JetStreamStore implements InvocationStore {
         result = randomUUID();
         const head: ResponseHead = { status: res.status, headers: res.headers.map(([k, v]) => [k, v]) };
         resultBytes = res.body.byteLength + JSON.stringify(res.headers).length;
-        await this.#o.buckets.blobs.put(payloads, responseKey(id, result), pack(head, res.body));
+        // A fresh name: created, not put (no read of what it held first).
+        await this.#o.buckets.blobs.create(payloads, responseKey(id, result), pack(head, res.body));
       }
       let before: CallDoc | undefined;
       try {
