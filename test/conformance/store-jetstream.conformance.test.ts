@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import { randomBytes, randomUUID } from "node:crypto";
 import { after, describe, it } from "node:test";
 import { connect, type NatsConnection } from "@nats-io/transport-node";
-import type { InvocationStore } from "../../src/store/contract.js";
+import type { InvocationStore, StoredLogLine } from "../../src/store/contract.js";
 import { destroyClusterStore, openClusterStore } from "../../src/store/jetstream/open.js";
 import { startNats, type TestNats } from "../helpers/nats.js";
 import { waitFor } from "../helpers/wait.js";
@@ -73,6 +73,52 @@ describe("jetstream store across a nats-server restart", () => {
       const late = randomUUID();
       await a.enqueue({ id: late, function: "u/f", request: req("late"), submittedAt: 100 });
       await waitFor("B sees A's new call", async () => (await b.get(late))?.state === "queued");
+    } finally {
+      await a.close();
+      await b.close();
+      await destroyClusterStore(ncA, prefix);
+      await ncA.close();
+      await ncB.close();
+    }
+  });
+});
+
+describe("jetstream store on two nodes", () => {
+  it("tells a node's log followers of lines another node writes, with the seq every node reads", async () => {
+    const prefix = `t${randomBytes(6).toString("hex")}`;
+    const ncA = await client();
+    const ncB = await client();
+    const a = await openClusterStore(ncA, { prefix });
+    const b = await openClusterStore(ncB, { prefix });
+    try {
+      const seen: StoredLogLine[] = [];
+      const stop = b.followLogs({ function: "u/f" }, (l) => seen.push(l));
+      // The follower's consumer starts from the lines written after it exists: write until one arrives.
+      await waitFor(
+        "B's follower to hear A's line",
+        async () => {
+          a.appendLogs([
+            { time: Date.now(), function: "u/f", callId: "c1", instanceId: "i", stream: "stdout", text: "x" },
+          ]);
+          a.appendLogs([
+            {
+              time: Date.now(),
+              function: "u/g",
+              callId: undefined,
+              instanceId: "i",
+              stream: "stdout",
+              text: "other",
+            },
+          ]);
+          await a.flush();
+          return seen.length > 0;
+        },
+        { intervalMs: 100 },
+      );
+      stop();
+      assert.ok(seen.every((l) => l.function === "u/f" && l.text === "x" && l.callId === "c1"));
+      const stored = await b.logs({ function: "u/f" });
+      assert.equal(stored.find((l) => l.seq === seen[0]!.seq)?.text, "x", "the same seq on both nodes");
     } finally {
       await a.close();
       await b.close();
