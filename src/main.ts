@@ -29,6 +29,7 @@ import { Invocations, type CallHostFactory } from "./invocations/invocations.js"
 import { sinkLogs } from "./invocations/log-sink.js";
 import type { InvocationStore, RetentionPolicy } from "./store/contract.js";
 import { DEFAULT_RETENTION, requeueOrphans, startRetention } from "./store/housekeeping.js";
+import { openClusterStore } from "./store/jetstream/open.js";
 import { openStore } from "./store/open-store.js";
 
 export interface FennecOptions {
@@ -198,7 +199,15 @@ export async function startFennec(options: FennecOptions): Promise<Fennec> {
         },
       )
     : undefined;
-  const store = openStore(options.stateDir ?? join(root, ".fennec", "state"), { log });
+  const retentionPolicy = { ...DEFAULT_RETENTION, ...options.retention };
+  // In a cluster every node shares one store in JetStream; alone, the embedded one.
+  const store: InvocationStore & { readonly soleOwner: boolean } = nats
+    ? await openClusterStore(nats, { log, retention: retentionPolicy }).catch(async (err: unknown) => {
+        await membership?.close().catch(() => undefined);
+        await nats.close().catch(() => undefined);
+        throw err;
+      })
+    : openStore(options.stateDir ?? join(root, ".fennec", "state"), { log });
   const kinds = options.kinds ?? sandboxKinds;
   // A directory a deploy replaced stays until the scheduler has no instance read from it.
   const registry: DirectoryRegistry = new DirectoryRegistry(root, {
@@ -272,7 +281,7 @@ export async function startFennec(options: FennecOptions): Promise<Fennec> {
   const orphans = store.soleOwner ? await requeueOrphans(store) : 0;
   if (orphans > 0)
     log.info("calls that were running when Fennec stopped are queued again", { calls: orphans });
-  const retention = startRetention(store, { ...DEFAULT_RETENTION, ...options.retention }, log);
+  const retention = startRetention(store, retentionPolicy, log);
   const callbacks = new Callbacks(
     new CallbackPolicy(options.callbacks?.allow),
     log,
@@ -287,6 +296,9 @@ export async function startFennec(options: FennecOptions): Promise<Fennec> {
     resultLimitBytes: options.asyncResultLimitBytes ?? 8 * 2 ** 20,
     callbacks,
     statusOf: (code) => STATUS_BY_CODE[code],
+    // In a cluster a call this node cannot run is left to one that can; others' calls come in
+    // without waking this engine, so it looks at the queue every second.
+    ...(nats ? { shared: true, sweepMs: 1_000 } : {}),
     // A chained call runs with its own host, one level deeper than its parent (call-host.ts).
     callHost: (record, request) =>
       makeCallHost(
