@@ -149,11 +149,13 @@ export async function startCluster(options: ClusterOptions = {}): Promise<TestCl
     state.url = "";
     state.exited = new Promise<void>((resolve) => child.once("exit", () => resolve()));
     let served: () => void = () => undefined;
+    // A restart looks only at what this process wrote: the previous one's line names its old port.
+    const from = state.log.length;
     const append = (d: Buffer) => {
       state.log += d.toString();
       // The line Fennec logs once it serves names its URL.
       if (!state.url) {
-        const m = /Fennec serving .* on (http:\/\/[^\s]+)/.exec(state.log.slice(-4000));
+        const m = /Fennec serving .* on (http:\/\/[^\s]+)/.exec(state.log.slice(Math.max(from, state.log.length - 4000)));
         if (m) {
           state.url = m[1]!;
           served();
