@@ -1,10 +1,12 @@
 import assert from "node:assert/strict";
+import { existsSync } from "node:fs";
 import { cp, mkdir, readFile, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { Kvm } from "@nats-io/kv";
 import { Objm } from "@nats-io/obj";
 import { connect } from "@nats-io/transport-node";
+import { Header } from "tar";
 import { packFunction, readFunctionFiles } from "../../src/cluster/artefact.js";
 import { CLUSTER_BUCKETS, type SharedFunction } from "../../src/cluster/contract.js";
 import { startCluster, type TestCluster } from "../helpers/cluster.js";
@@ -154,6 +156,34 @@ describe("functions across nodes", () => {
       assert.equal(r.status, 200, r.text);
       assert.match(r.text, HELLO_TEXT);
       assert.match((await invoke(c.url(node), "hello")).text, HELLO_TEXT);
+    }
+
+    // A tar whose entry climbs out of the function's directory: refused before anything is written.
+    await withBuckets(async (kv, obj) => {
+      const revision = "e".repeat(32);
+      const artefact = `default.guarded@${revision}`;
+      const header = Buffer.alloc(512);
+      new Header({ path: "../../escape", mode: 0o644, size: 5, type: "File", mtime: new Date(0) }).encode(header, 0);
+      const body = Buffer.alloc(512);
+      body.write("owned");
+      await obj.putBlob({ name: artefact }, Buffer.concat([header, body, Buffer.alloc(1024)]));
+      const current = await kv.get("default.guarded");
+      const record: SharedFunction = {
+        function: "default/guarded",
+        revision,
+        artefact,
+        deployedBy: "rogue",
+        deployedAt: Date.now() + 2000,
+      };
+      await kv.update("default.guarded", JSON.stringify(record), current!.revision);
+    });
+    for (const node of ["n1", "n2"]) {
+      await waitFor(`${node} to refuse the escaping artefact`, () =>
+        /refused a function shared by another node[^\n]*ARTEFACT_INVALID/.test(c.node(node).log()),
+      );
+      assert.equal(existsSync(join(c.node(node).dir, "escape")), false);
+      assert.equal(existsSync(join(c.node(node).registry, "escape")), false);
+      assert.match((await invoke(c.url(node), "guarded")).text, HELLO_TEXT);
     }
   });
 
