@@ -138,7 +138,9 @@ export async function unpackFunction(tar: Uint8Array): Promise<FunctionFiles> {
           return;
         }
         if (entry.type !== "File" && entry.type !== "OldFile" && entry.type !== "ContiguousFile") {
-          refuse(`the shared function holds a ${entry.type} entry (${JSON.stringify(path)}); only files are shared`);
+          refuse(
+            `the shared function holds a ${entry.type} entry (${JSON.stringify(path)}); only files are shared`,
+          );
           entry.resume();
           return;
         }
@@ -167,7 +169,9 @@ export async function unpackFunction(tar: Uint8Array): Promise<FunctionFiles> {
         );
       },
     });
-    parser.on("error", (err: Error) => reject(new FennecError("ARTEFACT_INVALID", `not a tar: ${err.message}`)));
+    parser.on("error", (err: Error) =>
+      reject(new FennecError("ARTEFACT_INVALID", `not a tar: ${err.message}`)),
+    );
     parser.on("warn", (_code: string, message: string | Error) =>
       refuse(`not a valid tar: ${typeof message === "string" ? message : message.message}`),
     );

@@ -274,7 +274,11 @@ export class FunctionShare {
         return "done";
       }
       if (local && !local.deleted && local.revision === shared.revision) {
-        this.#local.set(key, { revision: shared.revision, deployedAt: shared.deployedAt, deployedBy: shared.deployedBy });
+        this.#local.set(key, {
+          revision: shared.revision,
+          deployedAt: shared.deployedAt,
+          deployedBy: shared.deployedBy,
+        });
         if (base?.revision !== shared.revision || base.deployedAt !== shared.deployedAt)
           await this.#baseline.set(key, shared);
         return "done";
@@ -367,10 +371,17 @@ export class FunctionShare {
     let config: FunctionConfig;
     try {
       const tar = await this.#obj.getBlob(shared.artefact);
-      if (!tar) throw new FennecError("ARTEFACT_INVALID", `${shared.artefact} is not in ${CLUSTER_BUCKETS.artefacts}`);
+      if (!tar)
+        throw new FennecError(
+          "ARTEFACT_INVALID",
+          `${shared.artefact} is not in ${CLUSTER_BUCKETS.artefacts}`,
+        );
       const fn = await unpackFunction(tar);
       if (fn.revision !== shared.revision)
-        throw new FennecError("ARTEFACT_INVALID", `the files of ${shared.artefact} are not revision ${shared.revision}`);
+        throw new FennecError(
+          "ARTEFACT_INVALID",
+          `the files of ${shared.artefact} are not revision ${shared.revision}`,
+        );
       config = await this.#o.registry.install(id, fn.files, this.#o.check(what), CLUSTER_ORIGIN);
     } catch (err) {
       // A NATS failure is tried again; a refusal (the artefact, the check) is final for this revision.
@@ -386,7 +397,11 @@ export class FunctionShare {
       return "done";
     }
     this.#refused.delete(key);
-    this.#local.set(key, { revision: shared.revision, deployedAt: shared.deployedAt, deployedBy: shared.deployedBy });
+    this.#local.set(key, {
+      revision: shared.revision,
+      deployedAt: shared.deployedAt,
+      deployedBy: shared.deployedBy,
+    });
     await this.#baseline.set(key, shared);
     this.#o.installed(config);
     this.#o.log.info("installed a function shared by another node", {

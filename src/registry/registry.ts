@@ -313,7 +313,8 @@ export class DirectoryRegistry {
     return this.#replace(id, check, origin, async (scratch, live) => {
       // A whole replacement: the hard-linked copy of the live version goes first.
       if (live) {
-        for (const item of await readdir(scratch)) await rm(join(scratch, item), { recursive: true, force: true });
+        for (const item of await readdir(scratch))
+          await rm(join(scratch, item), { recursive: true, force: true });
       }
       for (const [path, file] of files) {
         if (path === FUNCTION_FILE) continue;
@@ -598,7 +599,16 @@ function isValidFileName(name: string): boolean {
  */
 export function isSharedPath(path: string): boolean {
   return (
-    path.length <= 4096 && path.split("/").every((segment) => /^[^./\\\x00-\x1f][^/\\\x00-\x1f]{0,254}$/.test(segment))
+    path.length <= 4096 &&
+    path
+      .split("/")
+      .every(
+        (segment) =>
+          segment.length > 0 &&
+          segment.length <= 255 &&
+          !segment.startsWith(".") &&
+          ![...segment].some((ch) => ch === "\\" || ch.charCodeAt(0) < 0x20 || ch === "\x7f"),
+      )
   );
 }
 

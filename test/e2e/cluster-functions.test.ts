@@ -19,7 +19,8 @@ const HELLO = join(EXAMPLES, "hello", "hello.wasm");
 const ECHO = join(EXAMPLES, "echo", "echo.wasm");
 const HELLO_TEXT = /Hello from Fennec/;
 
-const toml = (module: string) => `keepalive = 30\nconcurrent-requests = 1\n\n[wasm]\nmodule = "${module}"\nmemory = 16\n`;
+const toml = (module: string) =>
+  `keepalive = 30\nconcurrent-requests = 1\n\n[wasm]\nmodule = "${module}"\nmemory = 16\n`;
 
 describe("functions across nodes", () => {
   let c: TestCluster;
@@ -62,13 +63,21 @@ describe("functions across nodes", () => {
       return r.status === 200 && text.test(r.text);
     });
   const goneOn = (url: string, name: string) =>
-    waitFor(`${name} to be gone on ${url}`, async () => errorCode(await invoke(url, name)) === "FUNCTION_NOT_FOUND");
+    waitFor(
+      `${name} to be gone on ${url}`,
+      async () => errorCode(await invoke(url, name)) === "FUNCTION_NOT_FOUND",
+    );
 
   /** Reads and writes the cluster's buckets directly, as a broken or hostile node could. */
-  async function withBuckets<T>(work: (kv: Awaited<ReturnType<Kvm["open"]>>, obj: Awaited<ReturnType<Objm["open"]>>) => Promise<T>): Promise<T> {
+  async function withBuckets<T>(
+    work: (kv: Awaited<ReturnType<Kvm["open"]>>, obj: Awaited<ReturnType<Objm["open"]>>) => Promise<T>,
+  ): Promise<T> {
     const nc = await connect({ servers: c.nats.url });
     try {
-      return await work(await new Kvm(nc).open(CLUSTER_BUCKETS.functions), await new Objm(nc).open(CLUSTER_BUCKETS.artefacts));
+      return await work(
+        await new Kvm(nc).open(CLUSTER_BUCKETS.functions),
+        await new Objm(nc).open(CLUSTER_BUCKETS.artefacts),
+      );
     } finally {
       await nc.close();
     }
@@ -163,7 +172,10 @@ describe("functions across nodes", () => {
       const revision = "e".repeat(32);
       const artefact = `default.guarded@${revision}`;
       const header = Buffer.alloc(512);
-      new Header({ path: "../../escape", mode: 0o644, size: 5, type: "File", mtime: new Date(0) }).encode(header, 0);
+      new Header({ path: "../../escape", mode: 0o644, size: 5, type: "File", mtime: new Date(0) }).encode(
+        header,
+        0,
+      );
       const body = Buffer.alloc(512);
       body.write("owned");
       await obj.putBlob({ name: artefact }, Buffer.concat([header, body, Buffer.alloc(1024)]));

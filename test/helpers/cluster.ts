@@ -155,7 +155,9 @@ export async function startCluster(options: ClusterOptions = {}): Promise<TestCl
       state.log += d.toString();
       // The line Fennec logs once it serves names its URL.
       if (!state.url) {
-        const m = /Fennec serving .* on (http:\/\/[^\s]+)/.exec(state.log.slice(Math.max(from, state.log.length - 4000)));
+        const m = /Fennec serving .* on (http:\/\/[^\s]+)/.exec(
+          state.log.slice(Math.max(from, state.log.length - 4000)),
+        );
         if (m) {
           state.url = m[1]!;
           served();

@@ -8,12 +8,21 @@ import { FennecError } from "../../src/core/errors.js";
 import { tempDir } from "../helpers/paths.js";
 
 /** A tar entry made by hand: what a hostile or broken node could put in the object store. */
-function entry(path: string, body: string, type: "File" | "SymbolicLink" = "File", linkpath?: string): Buffer {
+function entry(
+  path: string,
+  body: string,
+  type: "File" | "SymbolicLink" = "File",
+  linkpath?: string,
+): Buffer {
   const block = Buffer.alloc(512);
-  new Header({ path, mode: 0o644, size: type === "File" ? body.length : 0, type, linkpath, mtime: new Date(0) }).encode(
-    block,
-    0,
-  );
+  new Header({
+    path,
+    mode: 0o644,
+    size: type === "File" ? body.length : 0,
+    type,
+    linkpath,
+    mtime: new Date(0),
+  }).encode(block, 0);
   if (type !== "File") return block;
   const data = Buffer.alloc(Math.ceil(body.length / 512) * 512);
   data.write(body);

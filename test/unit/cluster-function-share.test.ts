@@ -126,7 +126,9 @@ describe("function share: the later deploy wins", () => {
     const settled = await waitFor("both nodes to hold the bucket's revision of race", async () => {
       const shared = await record("race");
       const [ra, rb] = await Promise.all(
-        [a, b].map((n) => n.registry.inspect(id, async (dir) => (dir ? (await readFunctionFiles(dir)).revision : undefined))),
+        [a, b].map((n) =>
+          n.registry.inspect(id, async (dir) => (dir ? (await readFunctionFiles(dir)).revision : undefined)),
+        ),
       );
       return shared && ra === shared.revision && rb === shared.revision ? shared : undefined;
     });

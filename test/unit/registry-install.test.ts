@@ -29,7 +29,14 @@ describe("registry: install, change events, inspect", () => {
 
   it("install replaces the function with exactly the files given, keeps its build cache, and says it was the cluster", async () => {
     const id = { user: "alice", name: "fn" };
-    await registry.deploy(id, TOML, new Map([["main.wasm", Buffer.from("v1")], ["old.txt", Buffer.from("stale")]]));
+    await registry.deploy(
+      id,
+      TOML,
+      new Map([
+        ["main.wasm", Buffer.from("v1")],
+        ["old.txt", Buffer.from("stale")],
+      ]),
+    );
     const dir = registry.dirOf(id);
     await mkdir(join(dir, ".fennec", "build"), { recursive: true });
     await writeFile(join(dir, ".fennec", "build", "out"), "per node");
@@ -64,7 +71,15 @@ describe("registry: install, change events, inspect", () => {
     await registry.deploy(id, TOML, new Map([["main.wasm", Buffer.from("v1")]]));
     for (const bad of ["../escape", "a/../../b", ".fennec/x", "/abs"]) {
       await assert.rejects(
-        registry.install(id, new Map([["function.toml", file(TOML)], [bad, file("x")]]), undefined, "cluster"),
+        registry.install(
+          id,
+          new Map([
+            ["function.toml", file(TOML)],
+            [bad, file("x")],
+          ]),
+          undefined,
+          "cluster",
+        ),
         (err: unknown) => err instanceof FennecError && err.code === "BAD_NAME",
         bad,
       );
@@ -74,9 +89,17 @@ describe("registry: install, change events, inspect", () => {
       (err: unknown) => err instanceof FennecError && err.code === "CONFIG_INVALID",
     );
     await assert.rejects(
-      registry.install(id, new Map([["function.toml", file(TOML)], ["main.wasm", file("v2")]]), async () => {
-        throw new FennecError("MODULE_INVALID", "no");
-      }, "cluster"),
+      registry.install(
+        id,
+        new Map([
+          ["function.toml", file(TOML)],
+          ["main.wasm", file("v2")],
+        ]),
+        async () => {
+          throw new FennecError("MODULE_INVALID", "no");
+        },
+        "cluster",
+      ),
       /no/,
     );
     assert.equal(await readFile(join(registry.dirOf(id), "main.wasm"), "utf8"), "v1");
@@ -86,10 +109,7 @@ describe("registry: install, change events, inspect", () => {
   it("inspect gives the live directory, or undefined when the function has none", async () => {
     const id = { user: "default", name: "fn" };
     await registry.deploy(id, TOML, new Map([["main.wasm", Buffer.from("v1")]]));
-    assert.equal(
-      await registry.inspect(id, async (dir) => readFile(join(dir!, "main.wasm"), "utf8")),
-      "v1",
-    );
+    assert.equal(await registry.inspect(id, async (dir) => readFile(join(dir!, "main.wasm"), "utf8")), "v1");
     assert.equal(await registry.inspect({ user: "default", name: "none" }, async (dir) => dir), undefined);
   });
 });
