@@ -16,6 +16,8 @@ import { connectCluster } from "./cluster/connection.js";
 import type { ClusterView, NodeInfo } from "./cluster/contract.js";
 import { LocalNode } from "./cluster/local-node.js";
 import { checkNodeName, Membership, type LocalState } from "./cluster/membership.js";
+import { FunctionShare } from "./cluster/function-share.js";
+import { moduleCheck } from "./gateway/admin.js";
 import { DirectoryRegistry } from "./registry/registry.js";
 import type { SandboxDriver } from "./sandbox/contract.js";
 import { sandboxKinds } from "./sandbox/drivers/index.js";
@@ -225,7 +227,7 @@ export async function startFennec(options: FennecOptions): Promise<Fennec> {
   const drivers = new Map([...own, ...(options.drivers ?? [])]);
   // The kinds' own hooks (status, prepared) apply to their own drivers, not to a test's stand-in.
   const kindDrivers = new Map([...own].filter(([kind, driver]) => drivers.get(kind) === driver));
-  const entries = await registry.list();
+  let entries = await registry.list();
   const served = new Set<string>(entries.flatMap((e) => (e.config ? [e.config.sandbox.kind] : [])));
   for (const [kind, driver] of drivers) {
     // A kind no function uses is swept only when it left traces: its driver's dependencies (the
@@ -332,6 +334,33 @@ export async function startFennec(options: FennecOptions): Promise<Fennec> {
     scheduler.node,
   );
   metrics.watchQueues(() => store.queueFigures());
+  // In a cluster, functions are shared: the node catches up with the cluster (and seeds it with
+  // what -r DIR has) before it serves, then follows it (docs/cluster.md, "Functions across nodes").
+  const share = nats
+    ? await FunctionShare.start({
+        nc: nats,
+        node,
+        registry,
+        log,
+        check: (what) => moduleCheck(validateModuleBytes, what),
+        installed: (config) => scheduler.adopt(config),
+        removed: async (key) => {
+          await scheduler.removeFunction(key);
+          stats.forget(key);
+          await metrics.forget(key);
+        },
+      }).catch(async (err: unknown) => {
+        await scheduler.close(0);
+        stopLogs();
+        await retention.stop();
+        await store.close();
+        localNode.close();
+        await membership?.close();
+        await nats.close().catch(() => undefined);
+        throw err;
+      })
+    : undefined;
+  if (share) entries = await registry.list();
   const gateway = new Gateway({
     scheduler,
     registry,
@@ -356,6 +385,7 @@ export async function startFennec(options: FennecOptions): Promise<Fennec> {
   const server = createGatewayServer(options.server ?? {}, gateway.handle);
   await listen(server, options.port ?? 8123, options.host ?? "127.0.0.1").catch(async (err: unknown) => {
     // Nothing will be served: stop what was started (idle executor threads would keep the process alive).
+    await share?.close();
     await scheduler.close(0);
     stopLogs();
     await retention.stop();
@@ -429,6 +459,8 @@ export async function startFennec(options: FennecOptions): Promise<Fennec> {
       localNode.close();
       // Background preparation writes into the registry (built handlers): let it stop first.
       await preparing.catch(() => undefined);
+      // No function installed or removed from here on.
+      await share?.close();
       const serverClosed = new Promise<void>((r) => server.close(() => r()));
       server.closeIdleConnections();
       // Async calls: none taken from now on; those running finish within the drain, or go back
