@@ -443,8 +443,10 @@ export class SqliteStore implements InvocationStore {
         ["submitted_at >= ?", query.since],
       ]);
       const limit = Math.min(Math.max(Math.trunc(query.limit ?? 100), 1), 1000);
+      // Newest first is by id: call ids are time-ordered (UUID v7), and the table is clustered on
+      // them (schema 3), so this walks the table (or calls_function) backwards and stops at the limit.
       const sql = `SELECT * FROM calls${where.length ? ` WHERE ${where.join(" AND ")}` : ""}
-        ORDER BY submitted_at DESC, id DESC LIMIT ?`;
+        ORDER BY id DESC LIMIT ?`;
       return (this.#sql.cached(sql).all(...values, limit) as CallRow[]).map(recordOf);
     });
   }
