@@ -21,15 +21,7 @@ import {
   type StoredResponse,
 } from "../contract.js";
 import { pack, unpack, type Blobs } from "./blobs.js";
-import {
-  decodeDoc,
-  docOfRecord,
-  encodeDoc,
-  recordBytes,
-  recordOf,
-  updated,
-  type CallDoc,
-} from "./call-doc.js";
+import { decodeDoc, docOfRecord, encodeDoc, recordOf, updated, type CallDoc } from "./call-doc.js";
 import { LogStream } from "./logs.js";
 import { CallMirror, type Entry } from "./mirror.js";
 import { callKey, idempotencyKey, requestKey, responseKey, type StoreNames } from "./names.js";
@@ -148,6 +140,11 @@ export class JetStreamStore implements InvocationStore {
   /** Opens the store on buckets that exist; resolves once every call is loaded. */
   static async open(o: JetStreamStoreOptions): Promise<JetStreamStore> {
     const store = new JetStreamStore(o);
+    store.#mirror.onWatchError = (err) =>
+      o.log?.warn("invocation store: the watch of calls failed; it starts again", {
+        store: store.describe,
+        error: (err as Error).message,
+      });
     await store.#mirror.start(o.buckets.calls);
     return store;
   }
@@ -813,5 +810,3 @@ export class JetStreamStore implements InvocationStore {
     this.#waiters.closeAll(new FennecError("STORE_UNAVAILABLE", `${this.describe} closed`));
   }
 }
-
-export { recordBytes };
