@@ -1,4 +1,3 @@
-import { randomUUID } from "node:crypto";
 import type { JetStreamClient, JetStreamManager } from "@nats-io/jetstream";
 import type { KV } from "@nats-io/kv";
 import { FennecError } from "../../core/errors.js";
@@ -20,11 +19,12 @@ import {
   type StoredRequest,
   type StoredResponse,
 } from "../contract.js";
-import { pack, unpack, type Blobs } from "./blobs.js";
+import type { Blobs } from "./blobs.js";
 import { decodeDoc, docOfRecord, encodeDoc, recordOf, updated, type CallDoc } from "./call-doc.js";
 import { LogStream } from "./logs.js";
 import { CallMirror, type Entry } from "./mirror.js";
-import { callKey, idempotencyKey, requestKey, responseKey, type StoreNames } from "./names.js";
+import { callKey, idempotencyKey, type StoreNames } from "./names.js";
+import { Payloads } from "./payloads.js";
 import { prune } from "./retention.js";
 import { StateStore } from "./state.js";
 
@@ -83,17 +83,6 @@ function oldest(entries: Iterable<Entry>, k: number, keep: (d: CallDoc) => boole
 /** Thrown inside a change that does not apply any more (taken by another node meanwhile). */
 class Skip extends Error {}
 
-interface RequestHead {
-  readonly method: string;
-  readonly path: string;
-  readonly query: string;
-  readonly headers: Record<string, string>;
-}
-interface ResponseHead {
-  readonly status: number;
-  readonly headers: Array<[string, string]>;
-}
-
 /**
  * The cluster's invocation store, on NATS JetStream (docs/cluster.md): every node opens the same
  * buckets and streams, and any node may take any call. Leases are fields of a call's key-value
@@ -111,6 +100,7 @@ export class JetStreamStore implements InvocationStore {
   readonly #waiters = new CallWaiters();
   readonly #logs: LogStream;
   readonly #state: StateStore;
+  readonly #payloads: Payloads;
   /** Sync records handed over and not yet written: reads see them. */
   readonly #behind = new Map<string, CallRecord>();
   /** Of those, the ones no write has taken yet. */
@@ -134,6 +124,7 @@ export class JetStreamStore implements InvocationStore {
         error: (err as Error).message,
       }),
     );
+    this.#payloads = new Payloads(o.buckets.payloads, o.buckets.blobs);
     this.#state = new StateStore(o.buckets.state, o.buckets.blobs, o.js, o.jsm, o.names);
   }
 
@@ -215,10 +206,9 @@ export class JetStreamStore implements InvocationStore {
         }
       }
       const r = call.request;
-      const head: RequestHead = { method: r.method, path: r.path, query: r.query, headers: { ...r.headers } };
       const headers = JSON.stringify(r.headers);
       try {
-        await this.#o.buckets.blobs.create(this.#o.buckets.payloads, requestKey(call.id), pack(head, r.body));
+        await this.#payloads.putRequest(call.id, r);
       } catch (err) {
         if (isConflict(err)) throw new FennecError("BAD_REQUEST", `a call with id ${call.id} already exists`);
         throw err;
@@ -319,11 +309,10 @@ export class JetStreamStore implements InvocationStore {
   }
 
   async #request(id: string): Promise<StoredRequest> {
-    const stored = await this.#o.buckets.blobs.get(this.#o.buckets.payloads, requestKey(id));
-    if (!stored)
+    const request = await this.#payloads.request(id);
+    if (!request)
       throw new FennecError("STORE_CORRUPT", `${this.describe}: the request of call ${id} is gone`);
-    const { head, body } = unpack<RequestHead>(stored);
-    return { ...head, body };
+    return request;
   }
 
   extendLease(id: string, node: string, leaseMs: number, now: number): Promise<boolean> {
@@ -384,7 +373,6 @@ export class JetStreamStore implements InvocationStore {
   ): Promise<void> {
     return this.#guard("ending a call", async () => {
       const res = outcome.response;
-      const payloads = this.#o.buckets.payloads;
       let result: string | undefined;
       let resultBytes = 0;
       if (res) {
@@ -392,11 +380,7 @@ export class JetStreamStore implements InvocationStore {
         const now = this.#mirror.get(id) ?? (await this.#fresh(id));
         if (!now) throw new FennecError("CALL_NOT_FOUND", `no call ${id}`);
         JetStreamStore.#ending(now.doc, node, "finish");
-        result = randomUUID();
-        const head: ResponseHead = { status: res.status, headers: res.headers.map(([k, v]) => [k, v]) };
-        resultBytes = res.body.byteLength + JSON.stringify(res.headers).length;
-        // A fresh name: created, not put (no read of what it held first).
-        await this.#o.buckets.blobs.create(payloads, responseKey(id, result), pack(head, res.body));
+        ({ result, bytes: resultBytes } = await this.#payloads.putResult(id, res));
       }
       let before: CallDoc | undefined;
       try {
@@ -420,11 +404,10 @@ export class JetStreamStore implements InvocationStore {
           );
         });
       } catch (err) {
-        if (result !== undefined) await this.#o.buckets.blobs.remove(payloads, responseKey(id, result));
+        await this.#payloads.removeResult(id, result);
         throw err;
       }
-      if (before?.result !== undefined)
-        await this.#o.buckets.blobs.remove(payloads, responseKey(id, before.result)).catch(() => undefined);
+      await this.#payloads.removeResult(id, before?.result);
     });
   }
 
@@ -523,10 +506,7 @@ export class JetStreamStore implements InvocationStore {
           return false;
         throw err;
       }
-      if (before?.result !== undefined)
-        await this.#o.buckets.blobs
-          .remove(this.#o.buckets.payloads, responseKey(id, before.result))
-          .catch(() => undefined);
+      await this.#payloads.removeResult(id, before?.result);
       return true;
     });
   }
@@ -560,14 +540,13 @@ export class JetStreamStore implements InvocationStore {
     // The delete marker's revision is the next one the watch brings; the entry goes now.
     this.#mirror.remove(id, entry.rev + 1);
     const d = entry.doc;
-    const { payloads, blobs, idempotency } = this.#o.buckets;
     await Promise.all([
-      blobs.remove(payloads, requestKey(id)).catch(() => undefined),
-      d.result !== undefined
-        ? blobs.remove(payloads, responseKey(id, d.result)).catch(() => undefined)
-        : undefined,
+      this.#payloads.removeRequest(id),
+      this.#payloads.removeResult(id, d.result),
       d.idempotencyKey !== undefined
-        ? idempotency.delete(idempotencyKey(d.function, d.idempotencyKey)).catch(() => undefined)
+        ? this.#o.buckets.idempotency
+            .delete(idempotencyKey(d.function, d.idempotencyKey))
+            .catch(() => undefined)
         : undefined,
     ]);
     this.#waiters.gone(id);
@@ -650,10 +629,7 @@ export class JetStreamStore implements InvocationStore {
       let e = this.#mirror.get(id);
       if (!e || e.doc.result === undefined) e = await this.#fresh(id);
       if (!e || e.doc.result === undefined) return undefined;
-      const stored = await this.#o.buckets.blobs.get(this.#o.buckets.payloads, responseKey(id, e.doc.result));
-      if (!stored) return undefined;
-      const { head, body } = unpack<ResponseHead>(stored);
-      return { status: head.status, headers: head.headers, body };
+      return this.#payloads.result(id, e.doc.result);
     });
   }
 
