@@ -25,6 +25,7 @@ import { LogStream } from "./logs.js";
 import { CallMirror, type Entry } from "./mirror.js";
 import { callKey, idempotencyKey, type StoreNames } from "./names.js";
 import { Payloads } from "./payloads.js";
+import { RecordsBehind } from "./records-behind.js";
 import { prune } from "./retention.js";
 import { StateStore } from "./state.js";
 
@@ -46,9 +47,6 @@ export interface JetStreamStoreOptions {
   readonly log?: Logger | undefined;
 }
 
-/** Records are written behind: at most this long after they are handed over, or at this many. */
-const RECORDS_MS = 20;
-const RECORDS_MAX = 500;
 /** Compare-and-set rounds on one call before giving up (only under absurd contention). */
 const CAS_ROUNDS = 20;
 
@@ -102,11 +100,7 @@ export class JetStreamStore implements InvocationStore {
   readonly #state: StateStore;
   readonly #payloads: Payloads;
   /** Sync records handed over and not yet written: reads see them. */
-  readonly #behind = new Map<string, CallRecord>();
-  /** Of those, the ones no write has taken yet. */
-  #unwritten: CallRecord[] = [];
-  #behindTimer: NodeJS.Timeout | undefined;
-  #writing: Promise<void> = Promise.resolve();
+  readonly #behind: RecordsBehind;
   #closed = false;
 
   private constructor(o: JetStreamStoreOptions) {
@@ -124,6 +118,7 @@ export class JetStreamStore implements InvocationStore {
         error: (err as Error).message,
       }),
     );
+    this.#behind = new RecordsBehind((batch) => this.#writeRecords(batch));
     this.#payloads = new Payloads(o.buckets.payloads, o.buckets.blobs);
     this.#state = new StateStore(o.buckets.state, o.buckets.blobs, o.js, o.jsm, o.names);
   }
@@ -578,41 +573,28 @@ export class JetStreamStore implements InvocationStore {
 
   record(record: CallRecord): void {
     if (this.#closed) return;
-    this.#behind.set(record.id, record);
-    this.#unwritten.push(record);
+    this.#behind.add(record);
     if (TERMINAL_STATES.has(record.state)) this.#waiters.finished(record);
-    if (this.#unwritten.length >= RECORDS_MAX) void this.#writeBehind();
-    else this.#behindTimer ??= setTimeout(() => void this.#writeBehind(), RECORDS_MS);
   }
 
-  #writeBehind(): Promise<void> {
-    if (this.#behindTimer) clearTimeout(this.#behindTimer);
-    this.#behindTimer = undefined;
-    const batch = this.#unwritten;
-    this.#unwritten = [];
-    if (batch.length === 0) return this.#writing;
-    this.#writing = this.#writing.then(async () => {
-      try {
-        // Pipelined: one round trip's wait for the whole batch.
-        const revs = await Promise.all(
-          batch.map((r) => this.#calls.put(callKey(r.id), encodeDoc(docOfRecord(r)))),
-        );
-        batch.forEach((r, i) => this.#mirror.put(r.id, { doc: docOfRecord(r), rev: revs[i]! }));
-      } catch (err) {
-        this.#o.log?.warn("invocation store: records not written", {
-          store: this.describe,
-          dropped: batch.length,
-          error: (err as Error).message,
-        });
-      } finally {
-        for (const r of batch) if (this.#behind.get(r.id) === r) this.#behind.delete(r.id);
-      }
-    });
-    return this.#writing;
+  async #writeRecords(batch: readonly CallRecord[]): Promise<void> {
+    try {
+      // Pipelined: one round trip's wait for the whole batch.
+      const revs = await Promise.all(
+        batch.map((r) => this.#calls.put(callKey(r.id), encodeDoc(docOfRecord(r)))),
+      );
+      batch.forEach((r, i) => this.#mirror.put(r.id, { doc: docOfRecord(r), rev: revs[i]! }));
+    } catch (err) {
+      this.#o.log?.warn("invocation store: records not written", {
+        store: this.describe,
+        dropped: batch.length,
+        error: (err as Error).message,
+      });
+    }
   }
 
   async flush(): Promise<void> {
-    await Promise.all([this.#writeBehind(), this.#logs.flush()]);
+    await Promise.all([this.#behind.flush(), this.#logs.flush()]);
   }
 
   get(id: string): Promise<CallRecord | undefined> {
@@ -781,7 +763,7 @@ export class JetStreamStore implements InvocationStore {
     await this.flush().catch(() => undefined);
     this.#closed = true;
     await this.#logs.close().catch(() => undefined);
-    await this.#writing;
+    await this.#behind.flush().catch(() => undefined);
     this.#mirror.stop();
     this.#waiters.closeAll(new FennecError("STORE_UNAVAILABLE", `${this.describe} closed`));
   }
