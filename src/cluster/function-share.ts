@@ -116,6 +116,8 @@ export class FunctionShare {
   readonly #running = new Set<Promise<void>>();
   readonly #timers = new Set<NodeJS.Timeout>();
   readonly #failing = new Set<string>();
+  /** The latest `deployedAt` this node has read in the bucket, per function. */
+  readonly #seenAt = new Map<string, number>();
   #watcher: QueuedIterator<KvEntry> | undefined;
   #stopListening: () => void = () => undefined;
   #closing = false;
@@ -184,8 +186,13 @@ export class FunctionShare {
   async #onChange(change: RegistryChange): Promise<void> {
     if (change.origin === CLUSTER_ORIGIN || this.#closing) return;
     const key = sharedKey(change.id);
-    // An API deploy is newer than anything this node has agreed on, whatever the clocks say.
-    const deployedAt = Math.max(Date.now(), (this.#baseline.get(key)?.deployedAt ?? 0) + 1);
+    // An API deploy is newer than anything this node has seen of the function (a revision it
+    // refused included), whatever the clocks say: what its caller was told went live stays live.
+    const deployedAt = Math.max(
+      Date.now(),
+      (this.#baseline.get(key)?.deployedAt ?? 0) + 1,
+      (this.#seenAt.get(key) ?? 0) + 1,
+    );
     if (change.type === "removed") {
       this.#local.set(key, { revision: "", deployedAt, deployedBy: this.#o.node, deleted: true });
     } else {
@@ -273,6 +280,7 @@ export class FunctionShare {
         this.#o.log.warn("ignored a shared function that is not a valid record", { key });
         return "done";
       }
+      this.#seenAt.set(key, Math.max(this.#seenAt.get(key) ?? 0, shared.deployedAt));
       if (local && !local.deleted && local.revision === shared.revision) {
         this.#local.set(key, {
           revision: shared.revision,
