@@ -2,7 +2,7 @@ import { createServer, type Server } from "node:http";
 import type { AddressInfo } from "node:net";
 import { hostname } from "node:os";
 import { join, resolve } from "node:path";
-import { toFennecError } from "./core/errors.js";
+import { FennecError, toFennecError } from "./core/errors.js";
 import { createLogger, type Logger, type LogLevel } from "./core/log.js";
 import { AllowedHosts } from "./gateway/allowed-hosts.js";
 import { STATUS_BY_CODE } from "./gateway/error-status.js";
@@ -13,7 +13,10 @@ import { Callbacks, type CallbackOptions } from "./invocations/callbacks.js";
 import { PrometheusMetrics } from "./metrics/prometheus.js";
 import { StatsCollector } from "./metrics/stats.js";
 import { connectCluster } from "./cluster/connection.js";
+import type { ClusterView, NodeInfo } from "./cluster/contract.js";
 import { FunctionShare } from "./cluster/function-share.js";
+import { LocalNode } from "./cluster/local-node.js";
+import { checkNodeName, Membership, type LocalState } from "./cluster/membership.js";
 import { moduleCheck } from "./gateway/admin.js";
 import { DirectoryRegistry } from "./registry/registry.js";
 import type { SandboxDriver } from "./sandbox/contract.js";
@@ -74,6 +77,11 @@ export interface FennecOptions {
    */
   readonly cluster?: string | undefined;
   /**
+   * The gateway's base URL as other nodes of the cluster reach it (`http://10.0.0.5:8123`);
+   * default the address it listens on (`--host`, `--port`), which a wildcard host cannot be.
+   */
+  readonly advertise?: string | undefined;
+  /**
    * False keeps no call records and no function logs (`fennec serve --no-records`); calls still
    * get their ids. Default true.
    */
@@ -89,6 +97,9 @@ export interface FennecOptions {
    */
   readonly callbacks?: CallbackOptions & { readonly allow?: readonly string[] };
 }
+
+/** Hosts that listen on every address: not one another node can be sent to. */
+const WILDCARD = new Set(["0.0.0.0", "::", "[::]", "::0"]);
 
 export interface ServerLimits {
   /** A client must send its whole request head within this long (slowloris). */
@@ -137,6 +148,10 @@ export interface Fennec {
   /** The invocation store: async calls, call records, logs, state. */
   readonly store: InvocationStore;
   readonly log: Logger;
+  /** This node's name (`--node`, default the host's). */
+  readonly node: string;
+  /** The live nodes of the cluster (`--cluster`); undefined on a node of its own. */
+  readonly cluster: ClusterView | undefined;
   /** Stops accepting, drains in-flight calls (up to `graceMs`), stops every instance. Idempotent. */
   close(graceMs?: number): Promise<void>;
 }
@@ -146,9 +161,45 @@ export async function startFennec(options: FennecOptions): Promise<Fennec> {
   const log = createLogger(options.logLevel ?? "info");
   const allowedHosts = new AllowedHosts(options.allowedHosts, options.host);
   const root = resolve(options.registry);
-  const node = options.node ?? hostname();
+  // The host's name, made a valid node name (a host name may hold what a header or key cannot).
+  const node =
+    options.node ??
+    (hostname()
+      .replace(/[^A-Za-z0-9_.-]/g, "-")
+      .replace(/\.{2,}/g, ".")
+      .replace(/^\.+|\.+$/g, "")
+      .slice(0, 253) ||
+      "fennec");
+  checkNodeName(node);
+  if (options.advertise !== undefined && !/^https?:\/\/[^/\s]+$/.test(options.advertise))
+    throw new FennecError(
+      "BAD_REQUEST",
+      `--advertise expects the gateway's base URL as other nodes reach it (http://HOST:PORT), got ${JSON.stringify(options.advertise)}`,
+    );
+  if (options.cluster && !options.advertise && WILDCARD.has(options.host ?? ""))
+    throw new FennecError(
+      "BAD_REQUEST",
+      `--host ${options.host} listens on every address, which names none other nodes can reach: give --advertise http://HOST:PORT`,
+    );
   // First: an unreachable cluster, a damaged or busy store stop the start before anything else is touched.
   const nats = options.cluster ? await connectCluster(options.cluster, { node, log }) : undefined;
+  // The name is claimed before anything else is opened: a second live node of that name is
+  // refused (NODE_NAME_TAKEN) before it touches a store or serves. Its state is filled in below.
+  let localState: () => LocalState = () => ({
+    sandboxes: [],
+    missing: {},
+    memory: { budgetMiB: options.memoryBudgetMiB ?? 4096, reservedMiB: 0 },
+    inFlight: 0,
+    functions: {},
+  });
+  const membership = nats
+    ? await Membership.join(nats, { name: node, log, local: () => localState() }).catch(
+        async (err: unknown) => {
+          await nats.close().catch(() => undefined);
+          throw err;
+        },
+      )
+    : undefined;
   const store = openStore(options.stateDir ?? join(root, ".fennec", "state"), { log });
   const kinds = options.kinds ?? sandboxKinds;
   // A directory a deploy replaced stays until the scheduler has no instance read from it.
@@ -196,6 +247,28 @@ export async function startFennec(options: FennecOptions): Promise<Fennec> {
     log,
     onInstanceStopped: () => void registry.releaseRetired(),
   });
+  // What this node can run and carries: its entry in the cluster's list (membership.ts), and
+  // /system/nodes of a node on its own.
+  const localNode = await LocalNode.start({
+    scheduler,
+    drivers,
+    enableHint: (kind) => kinds.enableHint(kind),
+    log,
+  });
+  localState = () => localNode.state();
+  const startedAt = Date.now();
+  let advertised = "";
+  const nodes = (): readonly NodeInfo[] =>
+    membership?.nodes() ?? [
+      {
+        ...localNode.state(),
+        name: node,
+        incarnation: scheduler.node,
+        url: advertised,
+        startedAt,
+        heartbeatAt: Date.now(),
+      },
+    ];
   // Alone on the file, every call still marked running belongs to a Fennec that died; shared with
   // a live one, those may be its calls: their leases give them back if it dies.
   const orphans = store.soleOwner ? await requeueOrphans(store) : 0;
@@ -269,6 +342,8 @@ export async function startFennec(options: FennecOptions): Promise<Fennec> {
         stopLogs();
         await retention.stop();
         await store.close();
+        localNode.close();
+        await membership?.close();
         await nats.close().catch(() => undefined);
         throw err;
       })
@@ -291,6 +366,8 @@ export async function startFennec(options: FennecOptions): Promise<Fennec> {
     invocations,
     engine,
     callbacks,
+    node,
+    nodes,
   });
 
   const server = createGatewayServer(options.server ?? {}, gateway.handle);
@@ -301,6 +378,8 @@ export async function startFennec(options: FennecOptions): Promise<Fennec> {
     stopLogs();
     await retention.stop();
     await store.close();
+    localNode.close();
+    await membership?.close();
     await nats?.close().catch(() => undefined);
     throw err;
   });
@@ -308,6 +387,10 @@ export async function startFennec(options: FennecOptions): Promise<Fennec> {
   const host = address.family === "IPv6" ? `[${address.address}]` : address.address;
   const url = `http://${host}:${address.port}`;
   callbackBase = `${url}/ready/`;
+  // Other nodes reach this one at --advertise, else where it listens (a wildcard address says
+  // nothing to another machine: --advertise is then required, checked by the CLI).
+  advertised = options.advertise ?? url;
+  await membership?.publish(advertised);
   // Calls this node was running when it died run again; then queued ones are taken.
   await engine.start();
   // Callbacks a Fennec before this one had not delivered yet (alone on the file: shared with a
@@ -359,6 +442,9 @@ export async function startFennec(options: FennecOptions): Promise<Fennec> {
 
   const close = (graceMs = 10_000): Promise<void> => {
     closing ??= (async () => {
+      // Leave the cluster's list first: the other nodes stop sending calls here while this drains.
+      await membership?.close();
+      localNode.close();
       // Background preparation writes into the registry (built handlers): let it stop first.
       await preparing.catch(() => undefined);
       // No function installed or removed from here on.
@@ -384,7 +470,7 @@ export async function startFennec(options: FennecOptions): Promise<Fennec> {
     })();
     return closing;
   };
-  return { url, server, scheduler, registry, store, log, close };
+  return { url, server, scheduler, registry, store, log, node, cluster: membership, close };
 }
 
 /** Listens, or rejects with one clear line naming the address and the reason (a busy port, a bad host). */

@@ -149,15 +149,13 @@ export async function startCluster(options: ClusterOptions = {}): Promise<TestCl
     state.url = "";
     state.exited = new Promise<void>((resolve) => child.once("exit", () => resolve()));
     let served: () => void = () => undefined;
-    // A restart looks only at what this process wrote: the previous one's line names its old port.
+    // Only this start's lines: an earlier start's log names its own (old) URL.
     const from = state.log.length;
     const append = (d: Buffer) => {
       state.log += d.toString();
       // The line Fennec logs once it serves names its URL.
       if (!state.url) {
-        const m = /Fennec serving .* on (http:\/\/[^\s]+)/.exec(
-          state.log.slice(Math.max(from, state.log.length - 4000)),
-        );
+        const m = /Fennec serving .* on (http:\/\/[^\s]+)/.exec(state.log.slice(from));
         if (m) {
           state.url = m[1]!;
           served();
