@@ -61,7 +61,7 @@ interface LocalCopy {
 type Outcome = "done" | "conflict";
 
 /** `user/name` -> `user.name`, the bucket's key (names hold no dot). */
-export function sharedKey(id: FunctionId): string {
+function sharedKey(id: FunctionId): string {
   return `${id.user}.${id.name}`;
 }
 
