@@ -9,7 +9,7 @@ import { isValidName } from "../core/names.js";
 import { functionKey, type FunctionId } from "../core/types.js";
 import { KeyedMutex } from "../registry/atomic-write.js";
 import type { DeployCheck, DirectoryRegistry, RegistryChange } from "../registry/registry.js";
-import { packFunction, readFunctionFiles, unpackFunction } from "./artefact.js";
+import { MAX_ARTEFACT_BYTES, packFunction, readFunctionFiles, unpackFunction } from "./artefact.js";
 import { CLUSTER_BUCKETS, type SharedFunction } from "./contract.js";
 import { SharedBaseline } from "./shared-baseline.js";
 
@@ -378,7 +378,11 @@ export class FunctionShare {
     const what = `${functionKey(id)} revision ${shared.revision} from node ${shared.deployedBy}`;
     let config: FunctionConfig;
     try {
-      const tar = await this.#obj.getBlob(shared.artefact);
+      // Weighed before it is read: a node holds an artefact in memory whole.
+      const info = await this.#obj.info(shared.artefact);
+      if (info && info.size > MAX_ARTEFACT_BYTES + 2 ** 20)
+        throw new FennecError("ARTEFACT_INVALID", `${shared.artefact} is larger than a node accepts`);
+      const tar = info ? await this.#obj.getBlob(shared.artefact) : null;
       if (!tar)
         throw new FennecError(
           "ARTEFACT_INVALID",
