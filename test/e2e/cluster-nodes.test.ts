@@ -234,8 +234,20 @@ describe("cluster membership: three fennec serve --cluster processes on one nats
   it("a partitioned node (SIGSTOP: its heartbeats stop) leaves within 15 s and rejoins when they resume", async () => {
     const since = Date.now();
     await cluster.kill("n3", "SIGSTOP");
+    // Meanwhile, still listed but not answering: stats --cluster adds up the others and names it.
+    const stats = fennec(["stats", "--cluster"], {
+      FENNEC_URL: cluster.url("n1"),
+      FENNEC_TOKEN: cluster.token!,
+    });
     const took = await leaves("n3", since);
     assert.ok(took <= LEAVE_WITHIN_MS, `n3 left after ${took} ms`);
+    const partial = await stats;
+    assert.equal(partial.code, 1, partial.stderr);
+    assert.match(
+      partial.stderr,
+      /node n3 \(http:\/\/127\.0\.0\.1:\d+\): cannot reach Fennec .*no answer within 10000 ms/,
+    );
+    assert.deepEqual((JSON.parse(partial.stdout) as Stats).nodes, ["n1", "n2"]);
     await cluster.kill("n3", "SIGCONT");
     await cluster.waitForMembers(["n1", "n2", "n3"]);
     // Same process, same incarnation: it rejoined, it did not restart.
