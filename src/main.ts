@@ -358,7 +358,7 @@ export async function startFennec(options: FennecOptions): Promise<Fennec> {
   const url = `http://${host}:${address.port}`;
   callbackBase = `${url}/ready/`;
   // Other nodes reach this one at --advertise, else where it listens (a wildcard address says
-  // nothing to another machine: --advertise is then required, checked by the CLI).
+  // nothing to another machine: --advertise is then required, checked at the top).
   advertised = options.advertise ?? url;
   await membership?.publish(advertised);
   // Calls this node was running when it died run again; then queued ones are taken.
