@@ -31,6 +31,7 @@ import { Invocations, type CallHostFactory } from "./invocations/invocations.js"
 import { sinkLogs } from "./invocations/log-sink.js";
 import type { InvocationStore, RetentionPolicy } from "./store/contract.js";
 import { DEFAULT_RETENTION, requeueOrphans, startRetention } from "./store/housekeeping.js";
+import { openClusterStore } from "./store/jetstream/open.js";
 import { openStore } from "./store/open-store.js";
 
 export interface FennecOptions {
@@ -214,7 +215,11 @@ async function startWith(options: FennecOptions, opened: Array<() => Promise<unk
       )
     : undefined;
   if (membership) opened.push(() => membership.close());
-  const store = openStore(options.stateDir ?? join(root, ".fennec", "state"), { log });
+  const retentionPolicy = { ...DEFAULT_RETENTION, ...options.retention };
+  // In a cluster every node shares one store in JetStream; alone, the embedded one.
+  const store: InvocationStore & { readonly soleOwner: boolean } = nats
+    ? await openClusterStore(nats, { log, retention: retentionPolicy })
+    : openStore(options.stateDir ?? join(root, ".fennec", "state"), { log });
   const kinds = options.kinds ?? sandboxKinds;
   // A directory a deploy replaced stays until the scheduler has no instance read from it.
   const registry: DirectoryRegistry = new DirectoryRegistry(root, {
@@ -288,7 +293,7 @@ async function startWith(options: FennecOptions, opened: Array<() => Promise<unk
   const orphans = store.soleOwner ? await requeueOrphans(store) : 0;
   if (orphans > 0)
     log.info("calls that were running when Fennec stopped are queued again", { calls: orphans });
-  const retention = startRetention(store, { ...DEFAULT_RETENTION, ...options.retention }, log);
+  const retention = startRetention(store, retentionPolicy, log);
   const callbacks = new Callbacks(
     new CallbackPolicy(options.callbacks?.allow),
     log,
@@ -303,6 +308,9 @@ async function startWith(options: FennecOptions, opened: Array<() => Promise<unk
     resultLimitBytes: options.asyncResultLimitBytes ?? 8 * 2 ** 20,
     callbacks,
     statusOf: (code) => STATUS_BY_CODE[code],
+    // In a cluster a call this node cannot run is left to one that can; others' calls come in
+    // without waking this engine, so it looks at the queue every second.
+    ...(nats ? { shared: true, sweepMs: 1_000 } : {}),
     // A chained call runs with its own host, one level deeper than its parent (call-host.ts).
     callHost: (record, request) =>
       makeCallHost(
