@@ -14,9 +14,9 @@ import { PrometheusMetrics } from "./metrics/prometheus.js";
 import { StatsCollector } from "./metrics/stats.js";
 import { connectCluster } from "./cluster/connection.js";
 import type { ClusterView, NodeInfo } from "./cluster/contract.js";
+import { FunctionShare } from "./cluster/function-share.js";
 import { LocalNode } from "./cluster/local-node.js";
 import { checkNodeName, Membership, type LocalState } from "./cluster/membership.js";
-import { FunctionShare } from "./cluster/function-share.js";
 import { moduleCheck } from "./gateway/admin.js";
 import { DirectoryRegistry } from "./registry/registry.js";
 import type { SandboxDriver } from "./sandbox/contract.js";
@@ -159,6 +159,18 @@ export interface Fennec {
 
 /** The composition root: picks defaults and wires registry, drivers, scheduler, metrics and gateway. */
 export async function startFennec(options: FennecOptions): Promise<Fennec> {
+  // What a start that fails half-way must close (the cluster's connection would otherwise keep
+  // the process alive after its error).
+  const opened: Array<() => Promise<unknown>> = [];
+  try {
+    return await startWith(options, opened);
+  } catch (err) {
+    for (const close of opened.reverse()) await close().catch(() => undefined);
+    throw err;
+  }
+}
+
+async function startWith(options: FennecOptions, opened: Array<() => Promise<unknown>>): Promise<Fennec> {
   const log = createLogger(options.logLevel ?? "info");
   const allowedHosts = new AllowedHosts(options.allowedHosts, options.host);
   const root = resolve(options.registry);
@@ -184,6 +196,7 @@ export async function startFennec(options: FennecOptions): Promise<Fennec> {
     );
   // First: an unreachable cluster, a damaged or busy store stop the start before anything else is touched.
   const nats = options.cluster ? await connectCluster(options.cluster, { node, log }) : undefined;
+  if (nats) opened.push(() => nats.close());
   // The name is claimed before anything else is opened: a second live node of that name is
   // refused (NODE_NAME_TAKEN) before it touches a store or serves. Its state is filled in below.
   let localState: () => LocalState = () => ({
@@ -201,14 +214,11 @@ export async function startFennec(options: FennecOptions): Promise<Fennec> {
         },
       )
     : undefined;
+  if (membership) opened.push(() => membership.close());
   const retentionPolicy = { ...DEFAULT_RETENTION, ...options.retention };
   // In a cluster every node shares one store in JetStream; alone, the embedded one.
   const store: InvocationStore & { readonly soleOwner: boolean } = nats
-    ? await openClusterStore(nats, { log, retention: retentionPolicy }).catch(async (err: unknown) => {
-        await membership?.close().catch(() => undefined);
-        await nats.close().catch(() => undefined);
-        throw err;
-      })
+    ? await openClusterStore(nats, { log, retention: retentionPolicy })
     : openStore(options.stateDir ?? join(root, ".fennec", "state"), { log });
   const kinds = options.kinds ?? sandboxKinds;
   // A directory a deploy replaced stays until the scheduler has no instance read from it.
@@ -400,7 +410,7 @@ export async function startFennec(options: FennecOptions): Promise<Fennec> {
   const url = `http://${host}:${address.port}`;
   callbackBase = `${url}/ready/`;
   // Other nodes reach this one at --advertise, else where it listens (a wildcard address says
-  // nothing to another machine: --advertise is then required, checked by the CLI).
+  // nothing to another machine: --advertise is then required, checked at the top).
   advertised = options.advertise ?? url;
   await membership?.publish(advertised);
   // Calls this node was running when it died run again; then queued ones are taken.

@@ -409,7 +409,8 @@ ${clientHelp}`,
     for (const node of nodes) {
       try {
         const res = await expectOk(
-          await call({ url: node.url, token: values.token }, "platform", "GET", "/stats"),
+          // A node listed but stuck (cut off, paused) must not hang the whole command.
+          await call({ url: node.url, token: values.token, timeoutMs: 10_000 }, "platform", "GET", "/stats"),
         );
         docs.set(node.name, (await res.json()) as Record<string, unknown>);
       } catch (err) {

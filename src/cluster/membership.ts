@@ -27,6 +27,8 @@ export interface MembershipOptions {
 
 /** How often entries are checked for age; an entry leaves at most this long after its TTL. */
 const SWEEP_MS = 1_000;
+/** How long a stop waits for NATS to take this node's key away. */
+const CLOSE_MS = 3_000;
 /** A delay between two sweeps longer than this means this process was paused (SIGSTOP, a debugger). */
 const PAUSE_MS = 3_000;
 
@@ -149,14 +151,20 @@ export class Membership implements ClusterView {
     clearInterval(this.#heartbeat);
     clearInterval(this.#sweeper);
     this.#stopWatch?.();
-    await this.#beating.catch(() => undefined);
+    // Bounded: with NATS down, a stop must not wait for its timeouts; the others then see this
+    // node leave at its TTL instead.
+    const bounded = <T>(p: Promise<T>) =>
+      Promise.race([p, new Promise<void>((r) => setTimeout(r, CLOSE_MS).unref())]);
+    await bounded(this.#beating.catch(() => undefined));
     // Only the entry this process wrote: never one another process holds under this name.
     if (this.#revision !== undefined && !this.#displacedBy)
-      await this.#kv.delete(this.self, { previousSeq: this.#revision }).catch((err: unknown) => {
-        this.#o.log.warn("could not remove this node from the cluster's list; it leaves at its TTL", {
-          error: toFennecError(err).message,
-        });
-      });
+      await bounded(
+        this.#kv.delete(this.self, { previousSeq: this.#revision }).catch((err: unknown) => {
+          this.#o.log.warn("could not remove this node from the cluster's list; it leaves at its TTL", {
+            error: toFennecError(err).message,
+          });
+        }),
+      );
     this.#listeners.clear();
   }
 
@@ -278,6 +286,10 @@ export class Membership implements ClusterView {
     const at = isHistory ? Date.now() - this.#age(entry) : Date.now();
     if (Date.now() - at >= this.#ttlMs) return;
     this.#others.set(entry.key, { info, at });
+    // A new incarnation is another process: the one before it is gone (calls sent to it are lost),
+    // even if it crashed and came back within the TTL.
+    if (before && before.info.incarnation !== info.incarnation)
+      this.#emit({ type: "left", node: before.info });
     const joined = !before || before.info.incarnation !== info.incarnation;
     this.#emit({ type: joined ? "joined" : "updated", node: info });
   }

@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { execFile, spawn } from "node:child_process";
-import { cp, mkdir } from "node:fs/promises";
+import { cp, mkdir, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { promisify } from "node:util";
 import { after, before, describe, it } from "node:test";
@@ -231,11 +231,61 @@ describe("cluster membership: three fennec serve --cluster processes on one nats
     assert.equal((await nodesOf("n1")).find((n) => n.name === "n2")!.url, cluster.url("n2"));
   });
 
+  it("a start that fails after joining (a state directory it cannot make) exits, and leaves the name free", async () => {
+    const { dir, cleanup } = await tempDir("fennec-failed-start-");
+    try {
+      await writeFile(join(dir, "file"), "not a directory");
+      const child = spawn(
+        process.execPath,
+        [
+          CLI,
+          "serve",
+          "-r",
+          cluster.node("n1").registry,
+          "--port",
+          "0",
+          "--cluster",
+          cluster.nats.url,
+          "--node",
+          "n9",
+          "--state-dir",
+          join(dir, "file", "state"),
+        ],
+        { stdio: ["ignore", "pipe", "pipe"], env: { ...process.env, FENNEC_RUN_DIR: join(dir, "run") } },
+      );
+      let stderr = "";
+      child.stderr.on("data", (d: Buffer) => (stderr += d.toString()));
+      // Before the fix the open NATS connection kept the failed process alive: it must exit.
+      const timer = setTimeout(() => child.kill("SIGKILL"), 60_000);
+      const [code, signal] = await new Promise<[number | null, string | null]>((resolve) =>
+        child.once("exit", (c, s) => resolve([c, s])),
+      );
+      clearTimeout(timer);
+      assert.equal(signal, null, `killed after 60 s: it hung\n${stderr}`);
+      assert.equal(code, 1, stderr);
+      assert.match(stderr, /cannot create the state directory/);
+    } finally {
+      await cleanup();
+    }
+  });
+
   it("a partitioned node (SIGSTOP: its heartbeats stop) leaves within 15 s and rejoins when they resume", async () => {
     const since = Date.now();
     await cluster.kill("n3", "SIGSTOP");
+    // Meanwhile, still listed but not answering: stats --cluster adds up the others and names it.
+    const stats = fennec(["stats", "--cluster"], {
+      FENNEC_URL: cluster.url("n1"),
+      FENNEC_TOKEN: cluster.token!,
+    });
     const took = await leaves("n3", since);
     assert.ok(took <= LEAVE_WITHIN_MS, `n3 left after ${took} ms`);
+    const partial = await stats;
+    assert.equal(partial.code, 1, partial.stderr);
+    assert.match(
+      partial.stderr,
+      /node n3 \(http:\/\/127\.0\.0\.1:\d+\): cannot reach Fennec .*no answer within 10000 ms/,
+    );
+    assert.deepEqual((JSON.parse(partial.stdout) as Stats).nodes, ["n1", "n2"]);
     await cluster.kill("n3", "SIGCONT");
     await cluster.waitForMembers(["n1", "n2", "n3"]);
     // Same process, same incarnation: it rejoined, it did not restart.

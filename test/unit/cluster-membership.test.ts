@@ -99,6 +99,47 @@ describe("Membership over a real nats-server (short heartbeat and TTL)", () => {
     assert.notEqual(again.node("dies")!.incarnation, first);
   });
 
+  it("a restarted nats-server: heartbeats and the watch resume by themselves", async () => {
+    const a = await join("ra");
+    const b = await join("rb");
+    await waitFor("ra to see rb", () => names(a).includes("rb"));
+    await nats.restart();
+    const after = Date.now();
+    await waitFor(
+      "a heartbeat of rb written after the restart to reach ra",
+      () => (a.node("rb")?.heartbeatAt ?? 0) > after,
+    );
+    await waitFor("rb to see ra", () => names(b).includes("ra"));
+  });
+
+  it("a node of a name seen again with another incarnation: the old one left, the new one joined", async () => {
+    // A watcher with a longer TTL than the restarting node's: it still lists the old process when
+    // the new one (which waits out only its own, shorter TTL) takes the name over.
+    const watcher = await Membership.join(await conn(), {
+      name: "v",
+      log,
+      local,
+      heartbeatMs: 200,
+      ttlMs: 20_000,
+    });
+    members.push(watcher);
+    await watcher.publish("http://127.0.0.1:1/v");
+    const events: NodeEvent[] = [];
+    watcher.onChange((e) => e.node.name === "again" && events.push(e));
+    const nc = await conn();
+    const old = await join("again", nc);
+    await waitFor("v to see again", () => names(watcher).includes("again"));
+    const first = old.node("again")!.incarnation;
+    await nc.close();
+    await join("again");
+    await waitFor("v to see the new incarnation", () => {
+      const now = watcher.node("again")?.incarnation;
+      return now !== undefined && now !== first;
+    });
+    const kinds = events.map((e) => `${e.type}:${e.node.incarnation === first ? "old" : "new"}`);
+    assert.ok(kinds.includes("left:old") && kinds.at(-1) === "joined:new", kinds.join(" "));
+  });
+
   it("a node claimed but not yet serving (no URL) is not listed", async () => {
     const watcher = await join("x");
     const early = await Membership.join(await conn(), { name: "early", log, local, ...TIMES });
