@@ -13,8 +13,12 @@ import { Callbacks, type CallbackOptions } from "./invocations/callbacks.js";
 import { PrometheusMetrics } from "./metrics/prometheus.js";
 import { StatsCollector } from "./metrics/stats.js";
 import { connectCluster } from "./cluster/connection.js";
+import type { ClusterView } from "./cluster/contract.js";
+import { RendezvousPlacement } from "./cluster/placement.js";
+import { ClusterRouter } from "./cluster/router.js";
 import { DirectoryRegistry } from "./registry/registry.js";
 import type { SandboxDriver } from "./sandbox/contract.js";
+import type { FunctionConfig } from "./config/function-config.js";
 import { sandboxKinds } from "./sandbox/drivers/index.js";
 import { validateModuleBytes } from "./sandbox/drivers/wasm/module-cache.js";
 import type { DriverSettings } from "./sandbox/kind.js";
@@ -71,6 +75,11 @@ export interface FennecOptions {
    * (comma-separated for several). Undefined: one node, the embedded store (docs/cluster.md).
    */
   readonly cluster?: string | undefined;
+  /**
+   * The cluster's live nodes as this node sees them; calls are placed and forwarded by it (tests
+   * pass a fake one). With `cluster` and none given, the membership kept over NATS is used.
+   */
+  readonly clusterView?: ClusterView | undefined;
   /**
    * False keeps no call records and no function logs (`fennec serve --no-records`); calls still
    * get their ids. Default true.
@@ -247,6 +256,17 @@ export async function startFennec(options: FennecOptions): Promise<Fennec> {
     scheduler.node,
   );
   metrics.watchQueues(() => store.queueFigures());
+  // Only a node in a cluster places and forwards calls: a single node has no router at all.
+  const view = options.clusterView;
+  const router = view
+    ? new ClusterRouter({
+        view,
+        rule: new RendezvousPlacement(),
+        configOf: (id) => scheduler.configOf(id),
+        describe: (config) => placementOf(scheduler, config),
+        log,
+      })
+    : undefined;
   const gateway = new Gateway({
     scheduler,
     registry,
@@ -264,6 +284,7 @@ export async function startFennec(options: FennecOptions): Promise<Fennec> {
     invocations,
     engine,
     callbacks,
+    router,
   });
 
   const server = createGatewayServer(options.server ?? {}, gateway.handle);
@@ -273,6 +294,7 @@ export async function startFennec(options: FennecOptions): Promise<Fennec> {
     stopLogs();
     await retention.stop();
     await store.close();
+    await router?.close();
     await nats?.close().catch(() => undefined);
     throw err;
   });
@@ -344,6 +366,8 @@ export async function startFennec(options: FennecOptions): Promise<Fennec> {
       await registry.releaseRetired();
       server.closeAllConnections();
       await serverClosed;
+      // Forwarded calls still running were cut with their client's connection above.
+      await router?.close();
       stats.close();
       metrics.close();
       stopLogs();
@@ -355,6 +379,21 @@ export async function startFennec(options: FennecOptions): Promise<Fennec> {
     return closing;
   };
   return { url, server, scheduler, registry, store, log, close };
+}
+
+/**
+ * What placement needs of a function: the sandbox it needs, named as nodes list theirs, and one
+ * instance's memory by its driver's reckoning (the config's own figure on a node without that
+ * driver: it is placed elsewhere anyway).
+ */
+function placementOf(scheduler: Scheduler, config: FunctionConfig): { sandbox: string; memoryMiB: number } {
+  const sandbox = config.sandbox.kind;
+  try {
+    return { sandbox, memoryMiB: scheduler.driverFor(config).memoryMiB(config) };
+  } catch {
+    const own = (config.sandbox as { memoryMiB?: unknown; memory?: unknown }).memoryMiB;
+    return { sandbox, memoryMiB: typeof own === "number" ? own : 128 };
+  }
 }
 
 /** Listens, or rejects with one clear line naming the address and the reason (a busy port, a bad host). */

@@ -61,9 +61,11 @@ describe("SqliteStore: the embedded store's own behaviour", () => {
     await store.enqueue({ id, function: "u/f", request, submittedAt: 1, callbackUrl: "http://cb/x" });
     await store.take({ node: "n", max: 5, leaseMs: 60_000, now: 2 });
     await store.close();
-    // What an older Fennec left: schema 1 had no callback_state.
+    // What an older Fennec left: schema 1 had no callback_state (nor schema 3's via and placement).
     const old = new Database(path);
-    old.exec("DROP INDEX calls_callbacks; ALTER TABLE calls DROP COLUMN callback_state");
+    old.exec(
+      "DROP INDEX calls_callbacks; ALTER TABLE calls DROP COLUMN callback_state; ALTER TABLE calls DROP COLUMN via; ALTER TABLE calls DROP COLUMN placement",
+    );
     old.pragma("user_version = 1");
     old.close();
 
@@ -76,7 +78,7 @@ describe("SqliteStore: the embedded store's own behaviour", () => {
     );
     await store.close();
     const check = new Database(path, { readonly: true });
-    assert.equal(check.pragma("user_version", { simple: true }), 2);
+    assert.equal(check.pragma("user_version", { simple: true }), 3);
     check.close();
   });
 

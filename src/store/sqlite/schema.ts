@@ -94,6 +94,11 @@ const MIGRATIONS: readonly string[] = [
   ALTER TABLE calls ADD COLUMN callback_state TEXT;
   CREATE INDEX calls_callbacks ON calls (finished_at) WHERE callback_state = 'pending';
   `,
+  // 3: where a sync call forwarded in a cluster came in, and why it went where it ran.
+  `
+  ALTER TABLE calls ADD COLUMN via TEXT;
+  ALTER TABLE calls ADD COLUMN placement TEXT;
+  `,
 ];
 
 /** The schema version this Fennec writes. */
