@@ -7,6 +7,7 @@
  * is forwarded at most once, whatever the two nodes' views of the cluster say.
  */
 import type { IncomingMessage, ServerResponse } from "node:http";
+import { Readable } from "node:stream";
 import { pipeline } from "node:stream/promises";
 import { Pool, errors as undiciErrors } from "undici";
 import { FennecError } from "../core/errors.js";
@@ -88,6 +89,31 @@ function namedByConnection(value: string | string[] | undefined): Set<string> {
   );
 }
 
+/**
+ * The client's body as undici reads it: `req` is only read from once undici reads (after it has
+ * connected), and undici's destroying it on a failure leaves `req` whole. So a call whose node
+ * could not be reached still has its whole body, for another node or this one.
+ */
+function lazyBody(req: IncomingMessage): { body: Readable; started: () => boolean } {
+  let started = false;
+  const body = new Readable({
+    read() {
+      if (started) {
+        req.resume();
+        return;
+      }
+      started = true;
+      req.on("data", (chunk: Buffer) => {
+        if (!body.push(chunk)) req.pause();
+      });
+      req.once("end", () => body.push(null));
+      req.once("error", (err) => body.destroy(err));
+      req.once("aborted", () => body.destroy(new Error("the client went away")));
+    },
+  });
+  return { body, started: () => started };
+}
+
 /** Keep-alive pools to the other nodes' gateways, one per base URL. */
 export class Forwarder {
   readonly #pools = new Map<string, Pool>();
@@ -146,13 +172,14 @@ export class Forwarder {
     const sendsBody =
       (req.headers["content-length"] !== undefined && req.headers["content-length"] !== "0") ||
       req.headers["transfer-encoding"] !== undefined;
+    const lazy = sendsBody ? lazyBody(req) : undefined;
     let answer: Awaited<ReturnType<Pool["request"]>>;
     try {
       answer = await this.#pool(call.to.url).request({
         method: req.method ?? "GET",
         path: call.url,
         headers,
-        body: sendsBody ? req : null,
+        body: lazy ? lazy.body : null,
         signal,
       });
     } catch (err) {
@@ -161,8 +188,8 @@ export class Forwarder {
         status: undefined,
         error: this.#failure(call, err),
         unreachable,
-        // No connection was made, so undici read none of the body: it can go to another node.
-        resendable: unreachable && (!sendsBody || !req.readableDidRead),
+        // No connection was made, so none of the body was read: it can go to another node.
+        resendable: unreachable && !(lazy?.started() ?? false),
       };
     }
     if (!sendsBody) req.resume();
