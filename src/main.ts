@@ -2,7 +2,7 @@ import { createServer, type Server } from "node:http";
 import type { AddressInfo } from "node:net";
 import { hostname } from "node:os";
 import { join, resolve } from "node:path";
-import { toFennecError } from "./core/errors.js";
+import { FennecError, toFennecError } from "./core/errors.js";
 import { createLogger, type Logger, type LogLevel } from "./core/log.js";
 import { AllowedHosts } from "./gateway/allowed-hosts.js";
 import { STATUS_BY_CODE } from "./gateway/error-status.js";
@@ -13,9 +13,12 @@ import { Callbacks, type CallbackOptions } from "./invocations/callbacks.js";
 import { PrometheusMetrics } from "./metrics/prometheus.js";
 import { StatsCollector } from "./metrics/stats.js";
 import { connectCluster } from "./cluster/connection.js";
-import type { ClusterView } from "./cluster/contract.js";
+import type { ClusterView, NodeInfo } from "./cluster/contract.js";
+import { LocalNode } from "./cluster/local-node.js";
+import { checkNodeName, Membership, type LocalState } from "./cluster/membership.js";
 import { RendezvousPlacement } from "./cluster/placement.js";
 import { ClusterRouter } from "./cluster/router.js";
+import { sandboxOf } from "./cluster/sandboxes.js";
 import { DirectoryRegistry } from "./registry/registry.js";
 import type { SandboxDriver } from "./sandbox/contract.js";
 import type { FunctionConfig } from "./config/function-config.js";
@@ -76,10 +79,15 @@ export interface FennecOptions {
    */
   readonly cluster?: string | undefined;
   /**
-   * The cluster's live nodes as this node sees them; calls are placed and forwarded by it (tests
-   * pass a fake one). With `cluster` and none given, the membership kept over NATS is used.
+   * The cluster's live nodes as this node sees them, instead of the membership kept over NATS
+   * (`cluster`): calls are placed and forwarded by it. Tests pass a fake one.
    */
   readonly clusterView?: ClusterView | undefined;
+  /**
+   * The gateway's base URL as other nodes of the cluster reach it (`http://10.0.0.5:8123`);
+   * default the address it listens on (`--host`, `--port`), which a wildcard host cannot be.
+   */
+  readonly advertise?: string | undefined;
   /**
    * False keeps no call records and no function logs (`fennec serve --no-records`); calls still
    * get their ids. Default true.
@@ -96,6 +104,9 @@ export interface FennecOptions {
    */
   readonly callbacks?: CallbackOptions & { readonly allow?: readonly string[] };
 }
+
+/** Hosts that listen on every address: not one another node can be sent to. */
+const WILDCARD = new Set(["0.0.0.0", "::", "[::]", "::0"]);
 
 export interface ServerLimits {
   /** A client must send its whole request head within this long (slowloris). */
@@ -144,18 +155,72 @@ export interface Fennec {
   /** The invocation store: async calls, call records, logs, state. */
   readonly store: InvocationStore;
   readonly log: Logger;
+  /** This node's name (`--node`, default the host's). */
+  readonly node: string;
+  /** The live nodes of the cluster (`--cluster`); undefined on a node of its own. */
+  readonly cluster: ClusterView | undefined;
   /** Stops accepting, drains in-flight calls (up to `graceMs`), stops every instance. Idempotent. */
   close(graceMs?: number): Promise<void>;
 }
 
 /** The composition root: picks defaults and wires registry, drivers, scheduler, metrics and gateway. */
 export async function startFennec(options: FennecOptions): Promise<Fennec> {
+  // What a start that fails half-way must close (the cluster's connection would otherwise keep
+  // the process alive after its error).
+  const opened: Array<() => Promise<unknown>> = [];
+  try {
+    return await startWith(options, opened);
+  } catch (err) {
+    for (const close of opened.reverse()) await close().catch(() => undefined);
+    throw err;
+  }
+}
+
+async function startWith(options: FennecOptions, opened: Array<() => Promise<unknown>>): Promise<Fennec> {
   const log = createLogger(options.logLevel ?? "info");
   const allowedHosts = new AllowedHosts(options.allowedHosts, options.host);
   const root = resolve(options.registry);
-  const node = options.node ?? hostname();
+  // The host's name, made a valid node name (a host name may hold what a header or key cannot).
+  const node =
+    options.node ??
+    (hostname()
+      .replace(/[^A-Za-z0-9_.-]/g, "-")
+      .replace(/\.{2,}/g, ".")
+      .replace(/^\.+|\.+$/g, "")
+      .slice(0, 253) ||
+      "fennec");
+  checkNodeName(node);
+  if (options.advertise !== undefined && !/^https?:\/\/[^/\s]+$/.test(options.advertise))
+    throw new FennecError(
+      "BAD_REQUEST",
+      `--advertise expects the gateway's base URL as other nodes reach it (http://HOST:PORT), got ${JSON.stringify(options.advertise)}`,
+    );
+  if (options.cluster && !options.advertise && WILDCARD.has(options.host ?? ""))
+    throw new FennecError(
+      "BAD_REQUEST",
+      `--host ${options.host} listens on every address, which names none other nodes can reach: give --advertise http://HOST:PORT`,
+    );
   // First: an unreachable cluster, a damaged or busy store stop the start before anything else is touched.
   const nats = options.cluster ? await connectCluster(options.cluster, { node, log }) : undefined;
+  if (nats) opened.push(() => nats.close());
+  // The name is claimed before anything else is opened: a second live node of that name is
+  // refused (NODE_NAME_TAKEN) before it touches a store or serves. Its state is filled in below.
+  let localState: () => LocalState = () => ({
+    sandboxes: [],
+    missing: {},
+    memory: { budgetMiB: options.memoryBudgetMiB ?? 4096, reservedMiB: 0 },
+    inFlight: 0,
+    functions: {},
+  });
+  const membership = nats
+    ? await Membership.join(nats, { name: node, log, local: () => localState() }).catch(
+        async (err: unknown) => {
+          await nats.close().catch(() => undefined);
+          throw err;
+        },
+      )
+    : undefined;
+  if (membership) opened.push(() => membership.close());
   const store = openStore(options.stateDir ?? join(root, ".fennec", "state"), { log });
   const kinds = options.kinds ?? sandboxKinds;
   // A directory a deploy replaced stays until the scheduler has no instance read from it.
@@ -203,6 +268,28 @@ export async function startFennec(options: FennecOptions): Promise<Fennec> {
     log,
     onInstanceStopped: () => void registry.releaseRetired(),
   });
+  // What this node can run and carries: its entry in the cluster's list (membership.ts), and
+  // /system/nodes of a node on its own.
+  const localNode = await LocalNode.start({
+    scheduler,
+    drivers,
+    enableHint: (kind) => kinds.enableHint(kind),
+    log,
+  });
+  localState = () => localNode.state();
+  const startedAt = Date.now();
+  let advertised = "";
+  const nodes = (): readonly NodeInfo[] =>
+    membership?.nodes() ?? [
+      {
+        ...localNode.state(),
+        name: node,
+        incarnation: scheduler.node,
+        url: advertised,
+        startedAt,
+        heartbeatAt: Date.now(),
+      },
+    ];
   // Alone on the file, every call still marked running belongs to a Fennec that died; shared with
   // a live one, those may be its calls: their leases give them back if it dies.
   const orphans = store.soleOwner ? await requeueOrphans(store) : 0;
@@ -257,7 +344,7 @@ export async function startFennec(options: FennecOptions): Promise<Fennec> {
   );
   metrics.watchQueues(() => store.queueFigures());
   // Only a node in a cluster places and forwards calls: a single node has no router at all.
-  const view = options.clusterView;
+  const view: ClusterView | undefined = options.clusterView ?? membership;
   const router = view
     ? new ClusterRouter({
         view,
@@ -285,6 +372,8 @@ export async function startFennec(options: FennecOptions): Promise<Fennec> {
     engine,
     callbacks,
     router,
+    node,
+    nodes,
   });
 
   const server = createGatewayServer(options.server ?? {}, gateway.handle);
@@ -294,6 +383,8 @@ export async function startFennec(options: FennecOptions): Promise<Fennec> {
     stopLogs();
     await retention.stop();
     await store.close();
+    localNode.close();
+    await membership?.close();
     await router?.close();
     await nats?.close().catch(() => undefined);
     throw err;
@@ -302,6 +393,10 @@ export async function startFennec(options: FennecOptions): Promise<Fennec> {
   const host = address.family === "IPv6" ? `[${address.address}]` : address.address;
   const url = `http://${host}:${address.port}`;
   callbackBase = `${url}/ready/`;
+  // Other nodes reach this one at --advertise, else where it listens (a wildcard address says
+  // nothing to another machine: --advertise is then required, checked at the top).
+  advertised = options.advertise ?? url;
+  await membership?.publish(advertised);
   // Calls this node was running when it died run again; then queued ones are taken.
   await engine.start();
   // Callbacks a Fennec before this one had not delivered yet (alone on the file: shared with a
@@ -353,6 +448,9 @@ export async function startFennec(options: FennecOptions): Promise<Fennec> {
 
   const close = (graceMs = 10_000): Promise<void> => {
     closing ??= (async () => {
+      // Leave the cluster's list first: the other nodes stop sending calls here while this drains.
+      await membership?.close();
+      localNode.close();
       // Background preparation writes into the registry (built handlers): let it stop first.
       await preparing.catch(() => undefined);
       const serverClosed = new Promise<void>((r) => server.close(() => r()));
@@ -378,7 +476,7 @@ export async function startFennec(options: FennecOptions): Promise<Fennec> {
     })();
     return closing;
   };
-  return { url, server, scheduler, registry, store, log, close };
+  return { url, server, scheduler, registry, store, log, node, cluster: membership, close };
 }
 
 /**
@@ -387,7 +485,7 @@ export async function startFennec(options: FennecOptions): Promise<Fennec> {
  * driver: it is placed elsewhere anyway).
  */
 function placementOf(scheduler: Scheduler, config: FunctionConfig): { sandbox: string; memoryMiB: number } {
-  const sandbox = config.sandbox.kind;
+  const sandbox = sandboxOf(config);
   try {
     return { sandbox, memoryMiB: scheduler.driverFor(config).memoryMiB(config) };
   } catch {

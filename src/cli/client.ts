@@ -4,6 +4,8 @@ import { readFileSync } from "node:fs";
 export interface ClientOptions {
   readonly url: string;
   readonly token: string | undefined;
+  /** Gives up after this long (undefined: waits as long as the server takes). */
+  readonly timeoutMs?: number;
 }
 
 /** The version in package.json (dist/src/cli/ is three levels below the package root). */
@@ -35,10 +37,14 @@ export async function call(
       // A function's redirect is its answer, shown as is; Fennec itself never redirects, so a
       // redirect on an admin route is refused rather than followed somewhere with the token.
       redirect: audience === "function" ? "manual" : "error",
+      ...(opts.timeoutMs === undefined ? {} : { signal: AbortSignal.timeout(opts.timeoutMs) }),
       ...(body === undefined ? {} : { body: body as string | Uint8Array<ArrayBuffer> }),
     });
   } catch (err) {
-    const cause = (err as { cause?: { code?: string } }).cause?.code ?? (err as Error).message;
+    const cause =
+      (err as Error).name === "TimeoutError"
+        ? `no answer within ${opts.timeoutMs} ms`
+        : ((err as { cause?: { code?: string } }).cause?.code ?? (err as Error).message);
     throw new Error(
       `cannot reach Fennec at ${opts.url} (${cause}); is \`fennec serve\` running? (--url or FENNEC_URL)`,
     );

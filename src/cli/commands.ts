@@ -7,6 +7,7 @@ import { sandboxKinds } from "../sandbox/drivers/index.js";
 import type { DriverFlag, DriverSettings } from "../sandbox/kind.js";
 import { callTable, eachLine, logLine, type CallRow, type LogMessage } from "./call-output.js";
 import { call, expectOk, type ClientOptions } from "./client.js";
+import { addUpStats, nodeTable, type NodeRow } from "./cluster-output.js";
 
 /** A mistake in the command line (exit code 2), as opposed to a failure of the work (exit code 1). */
 export class UsageError extends Error {}
@@ -86,6 +87,9 @@ Edits on disk apply to new instances without a restart; SIGINT/SIGTERM drain and
                          nats://HOST:PORT (comma-separated for several); see docs/cluster.md
   --node NAME            this node's name in the cluster and in call records (default: the
                          host's name); two live nodes with one name are refused
+  --advertise URL        the gateway's base URL as the other nodes reach it
+                         (default http://HOST:PORT of --host and --port; needed when
+                         --host listens on every address, 0.0.0.0 or ::)
   --log-level LEVEL      error | warn | info | debug (default info)
   --no-records           keep no call records and no function logs (calls still get an X-Call-Id)
 ${flagHelp(sandboxKinds.flags("serve"))}
@@ -112,6 +116,7 @@ ${flagHelp(sandboxKinds.flags("serve"))}
         "retention-bytes": { type: "string", default: "1GiB" },
         cluster: { type: "string" },
         node: { type: "string" },
+        advertise: { type: "string" },
         "log-level": { type: "string", default: "info" },
         "no-records": { type: "boolean", default: false },
         ...parseArgsOptions(sandboxKinds.flags("serve")),
@@ -166,6 +171,7 @@ ${flagHelp(sandboxKinds.flags("serve"))}
       records: !values["no-records"],
       ...(values.cluster ? { cluster: values.cluster } : {}),
       ...(values.node ? { node: values.node } : {}),
+      ...(values.advertise ? { advertise: values.advertise } : {}),
       driverSettings: driverSettings(sandboxKinds.flags("serve"), values),
     });
     await new Promise<void>((resolve, reject) => {
@@ -378,17 +384,61 @@ ${clientHelp}`,
 
 const statsCmd: Command = {
   summary: "show /stats: start and execution times, per-function figures",
-  usage: `fennec stats [options]
+  usage: `fennec stats [--cluster] [options]
 
 Prints the JSON of GET /stats (the thesis keys in nanoseconds plus per-function figures
-in milliseconds).
+in milliseconds). /stats is per node.
 
+  --cluster          every live node's /stats (the nodes of GET /system/nodes) added up:
+                     counters summed, means and standard deviations pooled by their counts,
+                     maxima the largest; percentiles cannot be added up and are left out.
+                     A node that does not answer is named on stderr (exit code 1)
 ${clientHelp}`,
   async run(argv) {
-    const { values } = parseArgs({ args: argv, options: clientFlags });
+    const { values } = parseArgs({ args: argv, options: { ...clientFlags, cluster: { type: "boolean" } } });
     if (values.help) return help(statsCmd);
-    const res = await expectOk(await call(client(values), "platform", "GET", "/stats"));
-    process.stdout.write(JSON.stringify(await res.json(), null, 2) + "\n");
+    if (!values.cluster) {
+      const res = await expectOk(await call(client(values), "platform", "GET", "/stats"));
+      process.stdout.write(JSON.stringify(await res.json(), null, 2) + "\n");
+      return 0;
+    }
+    const list = await expectOk(await call(client(values), "platform", "GET", "/system/nodes"));
+    const nodes = (await list.json()) as NodeRow[];
+    const docs = new Map<string, Record<string, unknown>>();
+    let failed = 0;
+    for (const node of nodes) {
+      try {
+        const res = await expectOk(
+          // A node listed but stuck (cut off, paused) must not hang the whole command.
+          await call({ url: node.url, token: values.token, timeoutMs: 10_000 }, "platform", "GET", "/stats"),
+        );
+        docs.set(node.name, (await res.json()) as Record<string, unknown>);
+      } catch (err) {
+        failed++;
+        process.stderr.write(`fennec: node ${node.name} (${node.url}): ${(err as Error).message}\n`);
+      }
+    }
+    process.stdout.write(JSON.stringify(addUpStats(docs), null, 2) + "\n");
+    return failed > 0 ? 1 : 0;
+  },
+};
+
+const nodesCmd: Command = {
+  summary: "list the cluster's live nodes: address, sandboxes, memory, warm instances",
+  usage: `fennec nodes [--json] [options]
+
+Lists the live nodes as the node at --url sees them (GET /system/nodes): each one's address,
+memory reserved of its budget, calls in flight and warm instances per function, the
+sandboxes it can run, and the ones it cannot with why. A Fennec without --cluster is one node.
+
+  --json             print the raw JSON of GET /system/nodes
+${clientHelp}`,
+  async run(argv) {
+    const { values } = parseArgs({ args: argv, options: { ...clientFlags, json: { type: "boolean" } } });
+    if (values.help) return help(nodesCmd);
+    const res = await expectOk(await call(client(values), "platform", "GET", "/system/nodes"));
+    const rows = (await res.json()) as NodeRow[];
+    process.stdout.write(values.json ? JSON.stringify(rows, null, 2) + "\n" : nodeTable(rows));
     return 0;
   },
 };
@@ -608,6 +658,7 @@ export const commands: Record<string, Command> = {
   calls,
   logs,
   stats: statsCmd,
+  nodes: nodesCmd,
   build,
 };
 

@@ -54,8 +54,9 @@ export interface NodeInfo {
   readonly startedAt: number;
   readonly heartbeatAt: number;
   /**
-   * The sandboxes that can run here, as `sandboxOf` names them: `wasm`, `process`, `oci/runc`,
-   * `oci/runsc`, `container`, `container/runsc`, `vm/qemu`, `vm/firecracker`, `vm/unikernel`...
+   * The sandboxes that can run here, as `sandboxOf` (sandboxes.ts) names them: `wasm`, `process`,
+   * `oci/runc`, `oci/runsc`, `container`, `container/runsc`, `vm/qemu`, `vm/firecracker`,
+   * `vm/unikernel`... (the whole table: docs/cluster.md, "Membership").
    */
   readonly sandboxes: readonly string[];
   /** The sandboxes that cannot, with why (`vm/firecracker`: "no firecracker binary"). */

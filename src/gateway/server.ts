@@ -14,6 +14,7 @@ import type { StatsCollector } from "../metrics/stats.js";
 import type { PrometheusMetrics } from "../metrics/prometheus.js";
 import type { AsyncEngine } from "../invocations/async-engine.js";
 import { CHAIN_DEPTH_HEADER } from "../invocations/call-host.js";
+import { NODE_HEADER, type NodeInfo } from "../cluster/contract.js";
 import type { Callbacks } from "../invocations/callbacks.js";
 import type { Invocations } from "../invocations/invocations.js";
 import type { InvocationStore } from "../store/contract.js";
@@ -35,7 +36,6 @@ import { functionId, parseTarget, type Target } from "./routes.js";
 import { deployCheck, deployFromJson, describeFunctions, type ModuleValidator } from "./admin.js";
 import { serveCallRoutes } from "./call-routes.js";
 import { serveStateRoutes, STATE_BODY } from "./state-routes.js";
-import { NODE_HEADER } from "../cluster/contract.js";
 import type { CallRouter, Route } from "../cluster/router.js";
 
 export interface GatewayOptions {
@@ -70,6 +70,10 @@ export interface GatewayOptions {
    * there before its body is read. Undefined on a single node, which then pays nothing for it.
    */
   readonly router?: CallRouter | undefined;
+  /** This node's name: every response carries it (`x-fennec-node`). */
+  readonly node: string;
+  /** The live nodes (`GET /system/nodes`): the cluster's, or this one alone. */
+  readonly nodes: () => readonly NodeInfo[];
 }
 
 /** A call id another node forwarded with its call (a UUID, as `newCallId` makes them). */
@@ -103,6 +107,8 @@ export class Gateway {
   readonly handle = (req: IncomingMessage, res: ServerResponse): void => {
     const requestId = requestIdOf(req);
     res.setHeader(REQUEST_ID_HEADER, requestId);
+    // Which node answered: a call forwarded to another node gets that node's (forward.ts).
+    res.setHeader(NODE_HEADER, this.#o.node);
     this.#route(req, res).catch((err: unknown) => {
       const error = toFennecError(err);
       if (error.code === "INTERNAL")
@@ -168,6 +174,7 @@ export class Gateway {
         return serveStateRoutes(req, res, target.segments, this.#o.store);
       case "system":
         if (a === "functions" || a === "function") return this.#admin(req, res, target);
+        if (a === "nodes") return this.#nodes(req, res, target);
         // GET /system/calls[/<id>] lists records (call-routes.ts); these two act on the queue.
         if (
           a === "calls" &&
@@ -246,7 +253,6 @@ export class Gateway {
       typeof given === "string" && FORWARDED_CALL_ID.test(given) ? given : invocations.newCallId();
     res.setHeader(CALL_ID_HEADER, callId);
     if (router) {
-      res.setHeader(NODE_HEADER, router.self);
       // A node that refuses the connection is left out from then on: the call is placed again
       // (its body is still unread), a few times at most, before it is served here.
       for (let tries = 0; !forwarded && tries < 3; tries++) {
@@ -277,7 +283,8 @@ export class Gateway {
       // without what the function had set.
       if (res.headersSent || res.destroyed) return void res.destroy();
       for (const name of res.getHeaderNames())
-        if (name !== REQUEST_ID_HEADER && name !== CALL_ID_HEADER) res.removeHeader(name);
+        if (name !== REQUEST_ID_HEADER && name !== CALL_ID_HEADER && name !== NODE_HEADER)
+          res.removeHeader(name);
       res.strictContentLength = false;
       throw err;
     }
@@ -366,6 +373,19 @@ export class Gateway {
       ...stats.asyncCalls(await this.#o.store.queueFigures()),
       ...(this.#o.backends ? { backends: this.#o.backends() } : {}),
     };
+  }
+
+  /** `GET /system/nodes[/<name>]`: the live nodes as this node sees them (admin, like /system/calls). */
+  #nodes(req: IncomingMessage, res: ServerResponse, target: Target): void {
+    allow(req.method ?? "GET", ["GET"]);
+    refuseCrossSite(req, JSON_BODY);
+    this.#authorize(req);
+    const [, , name, extra] = target.segments;
+    const nodes = this.#o.nodes();
+    if (name === undefined || name === "") return sendJson(res, 200, nodes);
+    const one = extra === undefined ? nodes.find((n) => n.name === name) : undefined;
+    if (!one) throw new FennecError("NOT_FOUND", `no live node named ${quoteForMessage(name)}`);
+    sendJson(res, 200, one);
   }
 
   async #admin(req: IncomingMessage, res: ServerResponse, target: Target): Promise<void> {

@@ -395,6 +395,26 @@ export class FunctionPool {
     this.#rejectAll(error);
   }
 
+  /**
+   * What the cluster's placement needs of this pool (membership.ts): instances up that take work
+   * (retiring ones do not), the calls they could take at once without a start, and the calls
+   * running in any instance.
+   */
+  load(): { warm: number; freeSlots: number; active: number } {
+    let warm = 0;
+    let freeSlots = 0;
+    let active = 0;
+    for (const inst of this.instances) {
+      active += inst.active;
+      if (inst.state !== "ready" && inst.state !== "busy") continue;
+      if (this.#retired.has(inst)) continue;
+      warm++;
+      if (this.config.singleUse) freeSlots += this.#used.has(inst) ? 0 : 1;
+      else freeSlots += Math.max(0, this.config.concurrentRequests - inst.active);
+    }
+    return { warm, freeSlots, active };
+  }
+
   counts(): Record<"starting" | "ready" | "busy" | "stopping", number> {
     const c = { starting: 0, ready: 0, busy: 0, stopping: 0 };
     for (const inst of this.instances) if (inst.state in c) c[inst.state as keyof typeof c]++;

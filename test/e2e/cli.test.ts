@@ -116,7 +116,7 @@ describe("the fennec command", () => {
   it("explains itself: fennec --help and every subcommand's --help", async () => {
     const top = await fennec(["--help"]);
     assert.equal(top.code, 0);
-    for (const cmd of ["serve", "invoke", "deploy", "ls", "stats", "build", "calls"]) {
+    for (const cmd of ["serve", "invoke", "deploy", "ls", "stats", "nodes", "build", "calls"]) {
       assert.match(top.stdout, new RegExp(`\\n  ${cmd} `));
       const h = await fennec([cmd, "--help"]);
       assert.equal(h.code, 0, cmd);
