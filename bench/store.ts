@@ -13,6 +13,7 @@ import { performance } from "node:perf_hooks";
 import Database from "better-sqlite3";
 import type { CallRecord, NewAsyncCall } from "../src/store/contract.js";
 import { BehindWriter } from "../src/store/sqlite/behind-writer.js";
+import { RecordBatchBuilder } from "../src/store/sqlite/record-batch.js";
 import { migrate } from "../src/store/sqlite/schema.js";
 import { SqliteStore } from "../src/store/sqlite-store.js";
 
@@ -105,10 +106,9 @@ async function main(): Promise<void> {
   let inlineNs = 0n;
   for (let r = 0; r < rounds; r++) {
     const t0 = process.hrtime.bigint();
-    writer.write({
-      records: records.slice(r * batch, (r + 1) * batch).map((x) => ({ ...x, id: randomUUID() })),
-      lines: [],
-    });
+    const columns = new RecordBatchBuilder();
+    for (const x of records.slice(r * batch, (r + 1) * batch)) columns.add({ ...x, id: randomUUID() });
+    writer.write({ records: columns.take(), lines: [] });
     const ns = process.hrtime.bigint() - t0;
     inlineNs += ns;
     inlineRounds.push(Number(ns) / batch / 1000);

@@ -19,6 +19,8 @@ import { checkNodeName, Membership, type LocalState } from "./cluster/membership
 import { RendezvousPlacement } from "./cluster/placement.js";
 import { ClusterRouter } from "./cluster/router.js";
 import { sandboxOf } from "./cluster/sandboxes.js";
+import { FunctionShare } from "./cluster/function-share.js";
+import { moduleCheck } from "./gateway/admin.js";
 import { DirectoryRegistry } from "./registry/registry.js";
 import type { SandboxDriver } from "./sandbox/contract.js";
 import type { FunctionConfig } from "./config/function-config.js";
@@ -33,6 +35,7 @@ import { Invocations, type CallHostFactory } from "./invocations/invocations.js"
 import { sinkLogs } from "./invocations/log-sink.js";
 import type { InvocationStore, RetentionPolicy } from "./store/contract.js";
 import { DEFAULT_RETENTION, requeueOrphans, startRetention } from "./store/housekeeping.js";
+import { openClusterStore } from "./store/jetstream/open.js";
 import { openStore } from "./store/open-store.js";
 
 export interface FennecOptions {
@@ -221,7 +224,15 @@ async function startWith(options: FennecOptions, opened: Array<() => Promise<unk
       )
     : undefined;
   if (membership) opened.push(() => membership.close());
-  const store = openStore(options.stateDir ?? join(root, ".fennec", "state"), { log });
+  const retentionPolicy = { ...DEFAULT_RETENTION, ...options.retention };
+  // In a cluster every node shares one store in JetStream; alone, the embedded one.
+  const store: InvocationStore & { readonly soleOwner: boolean } = nats
+    ? await openClusterStore(nats, { log, retention: retentionPolicy }).catch(async (err: unknown) => {
+        await membership?.close().catch(() => undefined);
+        await nats.close().catch(() => undefined);
+        throw err;
+      })
+    : openStore(options.stateDir ?? join(root, ".fennec", "state"), { log });
   const kinds = options.kinds ?? sandboxKinds;
   // A directory a deploy replaced stays until the scheduler has no instance read from it.
   const registry: DirectoryRegistry = new DirectoryRegistry(root, {
@@ -239,7 +250,7 @@ async function startWith(options: FennecOptions, opened: Array<() => Promise<unk
   const drivers = new Map([...own, ...(options.drivers ?? [])]);
   // The kinds' own hooks (status, prepared) apply to their own drivers, not to a test's stand-in.
   const kindDrivers = new Map([...own].filter(([kind, driver]) => drivers.get(kind) === driver));
-  const entries = await registry.list();
+  let entries = await registry.list();
   const served = new Set<string>(entries.flatMap((e) => (e.config ? [e.config.sandbox.kind] : [])));
   for (const [kind, driver] of drivers) {
     // A kind no function uses is swept only when it left traces: its driver's dependencies (the
@@ -295,7 +306,7 @@ async function startWith(options: FennecOptions, opened: Array<() => Promise<unk
   const orphans = store.soleOwner ? await requeueOrphans(store) : 0;
   if (orphans > 0)
     log.info("calls that were running when Fennec stopped are queued again", { calls: orphans });
-  const retention = startRetention(store, { ...DEFAULT_RETENTION, ...options.retention }, log);
+  const retention = startRetention(store, retentionPolicy, log);
   const callbacks = new Callbacks(
     new CallbackPolicy(options.callbacks?.allow),
     log,
@@ -310,6 +321,9 @@ async function startWith(options: FennecOptions, opened: Array<() => Promise<unk
     resultLimitBytes: options.asyncResultLimitBytes ?? 8 * 2 ** 20,
     callbacks,
     statusOf: (code) => STATUS_BY_CODE[code],
+    // In a cluster a call this node cannot run is left to one that can; others' calls come in
+    // without waking this engine, so it looks at the queue every second.
+    ...(nats ? { shared: true, sweepMs: 1_000 } : {}),
     // A chained call runs with its own host, one level deeper than its parent (call-host.ts).
     callHost: (record, request) =>
       makeCallHost(
@@ -343,6 +357,33 @@ async function startWith(options: FennecOptions, opened: Array<() => Promise<unk
     scheduler.node,
   );
   metrics.watchQueues(() => store.queueFigures());
+  // In a cluster, functions are shared: the node catches up with the cluster (and seeds it with
+  // what -r DIR has) before it serves, then follows it (docs/cluster.md, "Functions across nodes").
+  const share = nats
+    ? await FunctionShare.start({
+        nc: nats,
+        node,
+        registry,
+        log,
+        check: (what) => moduleCheck(validateModuleBytes, what),
+        installed: (config) => scheduler.adopt(config),
+        removed: async (key) => {
+          await scheduler.removeFunction(key);
+          stats.forget(key);
+          await metrics.forget(key);
+        },
+      }).catch(async (err: unknown) => {
+        await scheduler.close(0);
+        stopLogs();
+        await retention.stop();
+        await store.close();
+        localNode.close();
+        await membership?.close();
+        await nats.close().catch(() => undefined);
+        throw err;
+      })
+    : undefined;
+  if (share) entries = await registry.list();
   // Only a node in a cluster places and forwards calls: a single node has no router at all.
   const view: ClusterView | undefined = options.clusterView ?? membership;
   const router = view
@@ -379,6 +420,7 @@ async function startWith(options: FennecOptions, opened: Array<() => Promise<unk
   const server = createGatewayServer(options.server ?? {}, gateway.handle);
   await listen(server, options.port ?? 8123, options.host ?? "127.0.0.1").catch(async (err: unknown) => {
     // Nothing will be served: stop what was started (idle executor threads would keep the process alive).
+    await share?.close();
     await scheduler.close(0);
     stopLogs();
     await retention.stop();
@@ -453,6 +495,8 @@ async function startWith(options: FennecOptions, opened: Array<() => Promise<unk
       localNode.close();
       // Background preparation writes into the registry (built handlers): let it stop first.
       await preparing.catch(() => undefined);
+      // No function installed or removed from here on.
+      await share?.close();
       const serverClosed = new Promise<void>((r) => server.close(() => r()));
       server.closeIdleConnections();
       // Async calls: none taken from now on; those running finish within the drain, or go back

@@ -5,7 +5,9 @@
  * 2. mounts the function's root read-only at /newroot (fennec.root=9p:<tag> or blk:<device>),
  *    with tmpfs on /tmp and /run/fennec, proc, sysfs and /dev inside it;
  * 3. reads <root>/fennec/guest.conf (argv=, env=, cwd=, socket= or port=, callback=);
- * 4. starts the function chrooted into the root, stdout/stderr on the console;
+ * 4. starts the function chrooted into the root, its stdout and stderr on pipes the agent reads
+ *    and sends to the host as LOG frames (the function's logs; the serial console keeps the
+ *    kernel's and the agent's own messages);
  * 5. once the function accepts on its socket or port, sends READY on the virtio-serial port
  *    named fennec.0;
  * 6. bridges the framed guest channel (docs/guest-channel.md) to connections to the function,
@@ -56,6 +58,16 @@ enum { F_READY = 1, F_OPEN, F_DATA, F_EOF, F_CLOSE, F_LOG, F_PING, F_PONG, F_CON
 #define OUT_HIGH (512 * 1024)
 /* Stop reading the channel while one stream has this much queued for the function. */
 #define PENDING_HIGH (1024 * 1024)
+/* The function's output is queued for the host only while less than this waits to go: below
+   OUT_HIGH, so a function that floods its logs never holds up its own responses. What comes
+   meanwhile is read anyway (the function never blocks on a full pipe), dropped and counted. */
+#define LOG_HIGH (256 * 1024)
+/* Read from one output pipe per turn of the loop (one LOG frame), so neither starves the other. */
+#define LOG_CHUNK 65536
+/* The capacity asked for the function's stdout and stderr pipes. A runtime that buffers its output
+   when a pipe is full (Node does) writes up to this much before its answer at once, so the agent
+   can send it before the answer; pages are only taken as they are written. */
+#define OUTPUT_PIPE (1024 * 1024)
 #define MAX_ARGS 256
 
 /* ---------- small helpers ---------- */
@@ -327,11 +339,18 @@ static void read_conf(const char *path) {
 /* ---------- the function process ---------- */
 
 static pid_t fn_pid;
+/* The write ends of the function's stdout and stderr pipes (-1: no channel, the console). */
+static int fn_out[2] = {-1, -1};
 
 static void start_function(void) {
   fn_pid = fork();
   if (fn_pid < 0) fatal("fork: %s", strerror(errno));
-  if (fn_pid > 0) return;
+  if (fn_pid > 0) {
+    /* Only the function holds the write ends: the pipes end (EOF) when it and its children do. */
+    for (int i = 0; i < 2; i++)
+      if (fn_out[i] >= 0) close(fn_out[i]);
+    return;
+  }
   /* child */
   sigset_t all;
   sigemptyset(&all);
@@ -351,11 +370,17 @@ static void start_function(void) {
     dup2(null, 0);
     close(null);
   }
-  int con = open("/dev/console", O_WRONLY | O_NOCTTY);
-  if (con >= 0) {
-    dup2(con, 1);
-    dup2(con, 2);
-    if (con > 2) close(con);
+  if (fn_out[0] >= 0) {
+    /* dup2 clears close-on-exec on the copies: the pipes' other fds close at exec. */
+    dup2(fn_out[0], 1);
+    dup2(fn_out[1], 2);
+  } else {
+    int con = open("/dev/console", O_WRONLY | O_NOCTTY);
+    if (con >= 0) {
+      dup2(con, 1);
+      dup2(con, 2);
+      if (con > 2) close(con);
+    }
   }
   clearenv();
   for (int i = 0; i < fn_envc; i++) putenv(fn_env[i]);
@@ -364,11 +389,15 @@ static void start_function(void) {
   _exit(127);
 }
 
+static void send_last_output(void);
+
 static void reap(void) {
   int status;
   pid_t pid;
   while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
     if (pid != fn_pid) continue;
+    /* What it wrote last (often why it died) reaches the host before the VM stops. */
+    send_last_output();
     if (WIFEXITED(status))
       say("function exited with status %d", WEXITSTATUS(status));
     else if (WIFSIGNALED(status))
@@ -624,6 +653,8 @@ static void read_port(void) {
   }
 }
 
+static void drain_outputs(void);
+
 /* Reads from a function socket into DATA frames. */
 static void read_stream(struct stream *s) {
   static unsigned char chunk[MAX_PAYLOAD];
@@ -634,6 +665,9 @@ static void read_stream(struct stream *s) {
         int one = 1;
         setsockopt(s->fd, IPPROTO_TCP, TCP_QUICKACK, &one, sizeof one);
       }
+      /* What the function logged before it wrote this goes first: the host gives a line to the
+         call in flight when the line arrives, and this may be the end of that call's answer. */
+      if (!(s->id & GUEST_STREAM)) drain_outputs();
       frame(F_DATA, s->id, chunk, n);
     } else if (n == 0) {
       release(s, 1, NULL);
@@ -660,6 +694,100 @@ static void finish_connect(struct stream *s) {
   }
   s->connecting = 0;
   stream_flush(s);
+}
+
+/* ---------- the function's output: LOG frames ---------- */
+
+struct output {
+  int fd;                 /* the pipe's read end, nonblocking; -1 once it ended */
+  int capacity;           /* the pipe's size: what one drain reads at most */
+  uint32_t stream;        /* the LOG frame's stream: 1 stdout, 2 stderr (docs/guest-channel.md) */
+  const char *name;
+  unsigned long long dropped; /* bytes dropped since the last marker */
+  int mid_line;           /* the last byte sent on this stream was not a newline */
+};
+static struct output outputs[2] = {{-1, 65536, 1, "stdout", 0, 0}, {-1, 65536, 2, "stderr", 0, 0}};
+
+/* Makes the pipes the function's stdout and stderr go to (before it starts). */
+static void make_output_pipes(void) {
+  for (int i = 0; i < 2; i++) {
+    int p[2];
+    if (pipe2(p, O_CLOEXEC) < 0) fatal("pipe: %s", strerror(errno));
+    fcntl(p[0], F_SETFL, O_NONBLOCK);
+    int size = fcntl(p[0], F_SETPIPE_SZ, OUTPUT_PIPE);
+    if (size < 0) size = fcntl(p[0], F_GETPIPE_SZ);
+    if (size > 0) outputs[i].capacity = size;
+    outputs[i].fd = p[0];
+    fn_out[i] = p[1];
+  }
+}
+
+static int log_room(void) { return port_up && buf_used(&out) < LOG_HIGH; }
+
+/* Says, as a line of its own on the stream, how much of it was dropped. */
+static void send_drop_marker(struct output *o) {
+  char line[200];
+  int n = snprintf(line, sizeof line, "%s[fennec-agent: %llu bytes of %s dropped: the channel to the host was full]\n",
+                   o->mid_line ? "\n" : "", o->dropped, o->name);
+  frame(F_LOG, o->stream, line, n);
+  o->dropped = 0;
+  o->mid_line = 0;
+}
+
+/* Sends the markers of drops that no later output carried (once there is room again). */
+static void send_drop_markers(void) {
+  for (int i = 0; i < 2; i++)
+    if (outputs[i].dropped && log_room()) send_drop_marker(&outputs[i]);
+}
+
+/* Reads what the function wrote on one stream (at most LOG_CHUNK) into a LOG frame, or drops it
+   when the channel is full or the host away; returns the bytes read (0: nothing more now). */
+static ssize_t read_output(struct output *o) {
+  static unsigned char chunk[LOG_CHUNK];
+  if (o->fd < 0) return 0;
+  ssize_t n = read(o->fd, chunk, sizeof chunk);
+  if (n < 0 && (errno == EAGAIN || errno == EINTR)) return 0;
+  if (n <= 0) { /* EOF: the function and its children closed it */
+    if (n < 0) say("warning: read the function's %s: %s", o->name, strerror(errno));
+    close(o->fd);
+    o->fd = -1;
+    return 0;
+  }
+  if (!log_room()) {
+    o->dropped += n;
+    return n;
+  }
+  if (o->dropped) send_drop_marker(o);
+  frame(F_LOG, o->stream, chunk, n);
+  o->mid_line = chunk[n - 1] != '\n';
+  return n;
+}
+
+/* Reads what is in the function's pipes now: at most a pipe's capacity each, so all that was
+   written before this call, even while the function goes on writing. */
+static void drain_outputs(void) {
+  for (int i = 0; i < 2; i++)
+    for (ssize_t got = 0, n; got < outputs[i].capacity && (n = read_output(&outputs[i])) > 0;) got += n;
+}
+
+/* The function ended: sends what is left in its pipes and everything queued, before the VM stops
+   (bounded: a child it left behind may still be writing; the host may be gone). */
+static void send_last_output(void) {
+  if (port_fd < 0) return;
+  for (int i = 0; i < 2; i++)
+    for (int read_total = 0; read_total < PENDING_HIGH;) {
+      ssize_t n = read_output(&outputs[i]);
+      if (n <= 0) break;
+      read_total += n;
+      if (!log_room()) flush_out();
+    }
+  send_drop_markers();
+  double give_up = uptime() + 2;
+  while (port_up && buf_used(&out) > 0 && uptime() < give_up) {
+    flush_out();
+    struct pollfd p = {port_fd, POLLOUT, 0};
+    if (buf_used(&out) > 0 && (poll(&p, 1, 100) < 0 || (p.revents & POLLHUP))) break;
+  }
 }
 
 /* ---------- the handler binding: streams the guest opens ---------- */
@@ -751,6 +879,18 @@ static void wait_signals(int sfd, int ms) {
   }
 }
 
+/* Before READY: waits up to `ms` for the function to exit, passing on what it writes meanwhile. */
+static void wait_starting(int sfd, int ms) {
+  struct pollfd p[3] = {{sfd, POLLIN, 0}, {outputs[0].fd, POLLIN, 0}, {outputs[1].fd, POLLIN, 0}};
+  if (poll(p, 3, ms) > 0) {
+    for (int i = 0; i < 2; i++)
+      if (p[1 + i].revents) read_output(&outputs[i]);
+    if (p[0].revents) wait_signals(sfd, 0);
+  }
+  send_drop_markers();
+  flush_out();
+}
+
 static int port_hung_up(void) {
   struct pollfd p = {port_fd, POLLIN | POLLOUT, 0};
   return poll(&p, 1, 0) == 1 && (p.revents & POLLHUP);
@@ -807,6 +947,7 @@ int main(void) {
   port_fd = open_port(portname);
   port_up = 1;
   listen_host_socket();
+  make_output_pipes();
 
   say("starting %s", fn_argv[0]);
   start_function();
@@ -835,16 +976,16 @@ int main(void) {
       fatal("the function did not accept on 127.0.0.1:%d within %d s (fennec.ready_timeout)",
             fn_port, ready_timeout);
     }
-    wait_signals(sfd, delay);
+    wait_starting(sfd, delay);
   }
   frame(F_READY, 0, AGENT_NAME, strlen(AGENT_NAME));
   flush_out();
   say("ready (%s)", fn_socket ? fn_socket : "port");
 
   /* The one poll() loop. */
-  static struct pollfd pfd[3 + MAX_STREAMS];
-  static struct stream *owner[3 + MAX_STREAMS];
-  static uint32_t owner_id[3 + MAX_STREAMS];
+  static struct pollfd pfd[5 + MAX_STREAMS];
+  static struct stream *owner[5 + MAX_STREAMS];
+  static uint32_t owner_id[5 + MAX_STREAMS];
   for (;;) {
     int n = 0;
     if (port_up) {
@@ -858,6 +999,12 @@ int main(void) {
     if (host_listen_fd >= 0 && port_up && nstreams < MAX_STREAMS) {
       listen_k = n;
       pfd[n] = (struct pollfd){host_listen_fd, POLLIN, 0};
+      owner[n++] = NULL;
+    }
+    /* The function's output is always read, whether or not the host can take it now. */
+    int output_k = n;
+    for (int i = 0; i < 2; i++) {
+      pfd[n] = (struct pollfd){outputs[i].fd, POLLIN, 0};
       owner[n++] = NULL;
     }
     pfd[n] = (struct pollfd){sfd, POLLIN, 0};
@@ -887,6 +1034,8 @@ int main(void) {
       if (pfd[0].revents & POLLIN) read_port();
       if (port_up && (pfd[0].revents & POLLHUP)) host_gone();
     }
+    for (int i = 0; r > 0 && i < 2; i++)
+      if (pfd[output_k + i].revents) read_output(&outputs[i]);
     if (r > 0 && pfd[first_stream - 1].revents) wait_signals(sfd, 0);
     if (r > 0 && listen_k >= 0 && pfd[listen_k].revents) accept_host_connections();
     for (int k = first_stream; r > 0 && k < n; k++) {
@@ -900,6 +1049,7 @@ int main(void) {
       if ((re & POLLOUT) && buf_used(&s->pending) && stream_flush(s) < 0) continue;
       if (re & (POLLIN | POLLHUP | POLLERR)) read_stream(s);
     }
+    send_drop_markers();
     flush_out();
   }
 }

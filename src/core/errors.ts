@@ -59,6 +59,8 @@ export const ErrorCodes = [
   // the cluster (NATS JetStream)
   /** `--cluster` names a NATS server that cannot be reached, or lacks JetStream (found at start). */
   "CLUSTER_UNREACHABLE",
+  /** A function shared by another node that this node will not unpack (a bad path, a link, a wrong digest). */
+  "ARTEFACT_INVALID",
   /** Another live node already uses this `--node` name: the second is refused at start. */
   "NODE_NAME_TAKEN",
   /** The node a call was forwarded to died or left while the call ran: it failed fast, not at its timeout. */

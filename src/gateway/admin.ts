@@ -103,8 +103,21 @@ export function deployCheck(
   validateModule: ModuleValidator,
   what: string,
 ): DeployCheck {
+  const check = moduleCheck(validateModule, what);
   return async (config) => {
     scheduler.driverFor(config);
+    await check(config);
+  };
+}
+
+/**
+ * The part of `deployCheck` that holds on every node: the function.toml loaded (the registry does
+ * that before any check) and a wasm module one the sandbox will run. A node installs a function
+ * shared by another node after this check, also when it has no driver for its sandbox: it still
+ * knows the function, so placement can send its calls to a node that runs it.
+ */
+export function moduleCheck(validateModule: ModuleValidator, what: string): DeployCheck {
+  return async (config) => {
     if (config.sandbox.kind !== "wasm") return;
     const bytes = await readFile(config.sandbox.module);
     // A module that initialises itself (wizer.initialize) must do so within the function's timeout.

@@ -1,4 +1,4 @@
-import { randomUUID } from "node:crypto";
+import { timeOrderedUuid } from "../core/call-id.js";
 import type { IncomingMessage, ServerResponse } from "node:http";
 import { bodyOf } from "../core/body.js";
 import { ErrorCodes, FennecError, type ErrorCode } from "../core/errors.js";
@@ -68,11 +68,12 @@ export class AsyncRoutes {
       headers[name] = Array.isArray(value) ? value.join(", ") : value;
     }
     headers["content-length"] = String(body.byteLength);
+    const now = Date.now();
     const { id: callId } = await this.#o.store.enqueue({
-      id: randomUUID(),
+      id: timeOrderedUuid(now),
       function: functionKey(id),
       request: { method: req.method ?? "POST", path, query, headers, body },
-      submittedAt: Date.now(),
+      submittedAt: now,
       idempotencyKey,
       callbackUrl,
     });

@@ -39,7 +39,17 @@ export interface AsyncEngineOptions {
   readonly sweepMs?: number;
   /** Async calls running at once on this node, all functions together (default 256). */
   readonly maxRunning?: number;
+  /**
+   * Other nodes take calls from the same store (a cluster): a call whose function's sandbox kind
+   * has no driver here is given back unrun, its attempt not spent, for a node that has one, and
+   * this node stops taking that function's calls for a while. Alone, such a call fails
+   * (DRIVER_UNAVAILABLE), as a sync call would.
+   */
+  readonly shared?: boolean;
 }
+
+/** How long a node leaves a function it has no driver for to the others before looking again. */
+const UNRUNNABLE_MS = 30_000;
 
 /** Calls leased in one store transaction at most. */
 const TAKE_BATCH = 16;
@@ -78,6 +88,8 @@ export class AsyncEngine {
   readonly #perFunction = new Map<string, number>();
   /** Each function's async capacity, learnt from its config when one of its calls runs. */
   readonly #capacity = new Map<string, number>();
+  /** Shared store: functions this node has no driver for, until when it leaves them to others. */
+  readonly #unrunnable = new Map<string, number>();
   /** Backoff ends still to wake for, ascending. */
   readonly #due: number[] = [];
   #dueTimer: NodeJS.Timeout | undefined;
@@ -155,6 +167,10 @@ export class AsyncEngine {
       // function whose first call has not read its config yet.
       for (const [key, pool] of scheduler.pools()) this.#capacity.set(key, capacityOf(pool.config));
       const skip = new Set<string>();
+      const now = Date.now();
+      for (const [key, until] of this.#unrunnable)
+        if (until > now) skip.add(key);
+        else this.#unrunnable.delete(key);
       // A call blocked awaiting a chained call lends its place (Scheduler.lend): not counted.
       for (const [key, n] of this.#perFunction)
         if (n - scheduler.awaiting(key) >= (this.#capacity.get(key) ?? 1)) skip.add(key);
@@ -240,6 +256,17 @@ export class AsyncEngine {
     }
     const old = expired(async, key, record.submittedAt, Date.now());
     if (old) return this.#apply(record, { kind: "bury", error: old }, {}, undefined);
+    if (this.#o.shared) {
+      try {
+        scheduler.driverFor(await scheduler.configOf(id));
+      } catch (err) {
+        const e = toFennecError(err);
+        if (e.code !== "DRIVER_UNAVAILABLE") throw err;
+        // Another node may have the driver: back to the queue unrun, and not taken here again soon.
+        this.#unrunnable.set(key, Date.now() + UNRUNNABLE_MS);
+        return this.#apply(record, { kind: "requeue", notBefore: Date.now(), error: e }, {}, undefined);
+      }
+    }
     if ((this.#perFunction.get(key) ?? 0) - scheduler.awaiting(key) > (this.#capacity.get(key) ?? 1)) {
       // Taken before its capacity was known (or the config shrank it): back, no attempt spent.
       const busy = new FennecError("QUEUE_FULL", `${key}: every slot for async calls is taken`);

@@ -1,4 +1,4 @@
-import { randomUUID } from "node:crypto";
+import { timeOrderedUuid } from "../core/call-id.js";
 import type { CallHost, ChainedResult } from "../core/call-host.js";
 import { FennecError } from "../core/errors.js";
 import { isValidName, quoteForMessage } from "../core/names.js";
@@ -131,7 +131,8 @@ export class StoreCallHost implements CallHost {
     checkStateSize(input.byteLength, this.#limits.maxChainInputBytes, "a chained call's input");
     // FUNCTION_NOT_FOUND (or its broken config's error) comes from here.
     await this.#scheduler.configOf(id);
-    const callId = randomUUID();
+    const now = Date.now();
+    const callId = timeOrderedUuid(now);
     await this.#store.enqueue({
       id: callId,
       function: key,
@@ -147,7 +148,7 @@ export class StoreCallHost implements CallHost {
         },
         body: input,
       },
-      submittedAt: Date.now(),
+      submittedAt: now,
     });
     (this.#children ??= new Map()).set(callId, key);
     this.#wake();

@@ -3,8 +3,8 @@
  * `CallHost` it may ask things of, and a record in the invocation store once it is over
  * (OpenWhisk's activation record). The record is written behind: the response never waits for it.
  */
-import { randomUUID } from "node:crypto";
 import type { AbortLike } from "../core/call-abort.js";
+import { timeOrderedUuid } from "../core/call-id.js";
 import type { CallHost } from "../core/call-host.js";
 import { toFennecError, type FennecError } from "../core/errors.js";
 import type { Logger } from "../core/log.js";
@@ -28,23 +28,7 @@ export interface InvocationsOptions {
   readonly log: Logger;
 }
 
-/**
- * A UUID of version 7 (RFC 9562): the time in milliseconds, then random bits. Still a UUID, and
- * ids made later sort later, so the store adds each record at the end of its index instead of
- * at a random place in it, which made a record cost three times as much to write (bench/records.ts).
- */
-export function timeOrderedUuid(now: number): string {
-  if (now !== prefixAt) {
-    const time = now.toString(16).padStart(12, "0");
-    prefix = `${time.slice(0, 8)}-${time.slice(8, 12)}-7`;
-    prefixAt = now;
-  }
-  // randomUUID() is xxxxxxxx-xxxx-4xxx-Vxxx-xxxxxxxxxxxx: its random part after the version digit.
-  return prefix + randomUUID().slice(15);
-}
-/** The time part of the ids of the current millisecond: made once per millisecond, not per call. */
-let prefix = "";
-let prefixAt = -1;
+export { timeOrderedUuid };
 
 export type SyncOutcome = InvokeOutcome | { error: FennecError; record: InvocationRecord };
 

@@ -1,5 +1,6 @@
 import type { Stats } from "node:fs";
 import {
+  chmod,
   link,
   lstat,
   mkdir,
@@ -68,6 +69,24 @@ export interface RegistryOptions {
   readonly revisionsInUse?: (key: string) => Iterable<string>;
 }
 
+/**
+ * A change to a function made through the registry (a deploy, an upload, an install, a delete).
+ * Listeners run while the function's lock is still held, so `dir` is exactly what the change left
+ * live: a listener that reads it sees no later deploy (`src/cluster/function-share.ts` takes the
+ * digest of what it will publish here).
+ */
+export interface RegistryChange {
+  readonly type: "deployed" | "removed";
+  readonly id: FunctionId;
+  readonly key: string;
+  /** The function's live directory (gone for "removed"). */
+  readonly dir: string;
+  /** Who asked: "api" for deploys, uploads and deletes; what `install` or `remove` was told otherwise. */
+  readonly origin: string;
+}
+
+export type RegistryListener = (change: RegistryChange) => Promise<void> | void;
+
 /** What start-up found of a crashed run: removed debris, and functions put back from an unfinished swap. */
 export interface StaleCleanup {
   readonly removed: string[];
@@ -104,6 +123,7 @@ export class DirectoryRegistry {
   readonly loader: FunctionLoader;
   readonly #retired: Retired[] = [];
   readonly #removals = new Set<Promise<void>>();
+  readonly #listeners = new Set<RegistryListener>();
 
   constructor(root: string, opts: RegistryOptions) {
     this.root = root;
@@ -264,10 +284,74 @@ export class DirectoryRegistry {
       if (!isValidFileName(name))
         throw new FennecError("BAD_NAME", `invalid artefact file name ${JSON.stringify(name.slice(0, 130))}`);
     }
-    return this.#replace(id, check, async (scratch) => {
+    return this.#replace(id, check, "api", async (scratch) => {
       for (const [name, bytes] of files) await writeFileAtomic(join(scratch, name), bytes);
       return tomlText;
     });
+  }
+
+  /**
+   * Replaces a function with exactly `files` (relative path -> bytes and executable bit; the
+   * function.toml among them): unlike `deploy`, files of the live function not in `files` are
+   * gone. Checked in a scratch copy like every deploy; `origin` is told to the listeners. The
+   * cluster installs a revision shared by another node this way.
+   */
+  async install(
+    id: FunctionId,
+    files: ReadonlyMap<string, { readonly bytes: Uint8Array; readonly executable: boolean }>,
+    check: DeployCheck | undefined,
+    origin: string,
+  ): Promise<FunctionConfig> {
+    const toml = files.get(FUNCTION_FILE);
+    if (!toml) throw new FennecError("CONFIG_INVALID", `${functionKey(id)}: no ${FUNCTION_FILE}`);
+    const tomlText = Buffer.from(toml.bytes).toString("utf8");
+    this.loader.parse(tomlText, this.#shown(join(this.dirOf(id), FUNCTION_FILE)));
+    for (const path of files.keys()) {
+      if (!isSharedPath(path))
+        throw new FennecError("BAD_NAME", `invalid file path ${JSON.stringify(path.slice(0, 200))}`);
+    }
+    return this.#replace(id, check, origin, async (scratch, live) => {
+      // A whole replacement: the hard-linked copy of the live version goes first.
+      if (live) {
+        for (const item of await readdir(scratch))
+          await rm(join(scratch, item), { recursive: true, force: true });
+      }
+      for (const [path, file] of files) {
+        if (path === FUNCTION_FILE) continue;
+        await mkdir(dirname(join(scratch, path)), { recursive: true });
+        await writeFileAtomic(join(scratch, path), file.bytes);
+        if (file.executable) await chmod(join(scratch, path), 0o755);
+      }
+      return tomlText;
+    });
+  }
+
+  /**
+   * Runs `work` on a function's live directory (undefined when it has none) while no deploy,
+   * upload or delete of it can change it: what `work` reads is one version, whole.
+   */
+  async inspect<T>(id: FunctionId, work: (dir: string | undefined) => Promise<T>): Promise<T> {
+    const dir = this.dirOf(id);
+    return this.#mutex.run(functionKey(id), async () =>
+      work((await exists(join(dir, FUNCTION_FILE))) ? dir : undefined),
+    );
+  }
+
+  /** Tells `listener` of every change made through the registry from now on; returns the function that stops it. */
+  onChange(listener: RegistryListener): () => void {
+    this.#listeners.add(listener);
+    return () => this.#listeners.delete(listener);
+  }
+
+  /** Listeners run in turn under the function's lock; one that fails is its own concern, never the deploy's. */
+  async #notify(change: RegistryChange): Promise<void> {
+    for (const listener of this.#listeners) {
+      try {
+        await listener(change);
+      } catch {
+        // a listener reports its own failures
+      }
+    }
   }
 
   /**
@@ -280,7 +364,7 @@ export class DirectoryRegistry {
     defaultToml: (moduleFile: string) => string,
     check?: DeployCheck,
   ): Promise<FunctionConfig> {
-    return this.#replace(id, check, async (scratch, live) => {
+    return this.#replace(id, check, "api", async (scratch, live) => {
       const shown = this.#shown(join(this.dirOf(id), FUNCTION_FILE));
       const toml = live ? await readFile(join(scratch, FUNCTION_FILE), "utf8") : undefined;
       const moduleFile = toml === undefined ? "function.wasm" : wasmModuleOf(this.loader.parse(toml, shown));
@@ -312,6 +396,7 @@ export class DirectoryRegistry {
   async #replace(
     id: FunctionId,
     check: DeployCheck | undefined,
+    origin: string,
     build: (scratch: string, live: boolean) => Promise<string>,
   ): Promise<FunctionConfig> {
     const dir = this.dirOf(id);
@@ -366,6 +451,7 @@ export class DirectoryRegistry {
         if (!swapped) await rm(scratch, { recursive: true, force: true });
         this.#cache.delete(join(dir, FUNCTION_FILE));
       }
+      await this.#notify({ type: "deployed", id, key, dir, origin });
       await this.releaseRetired();
     });
     // Outside the lock: a reader that finds function.toml missing waits for the lock to be idle,
@@ -374,7 +460,7 @@ export class DirectoryRegistry {
   }
 
   /** Removes a function: its directory is renamed away first so it disappears atomically. */
-  async remove(id: FunctionId): Promise<void> {
+  async remove(id: FunctionId, origin = "api"): Promise<void> {
     const dir = this.dirOf(id);
     const key = functionKey(id);
     await this.#mutex.run(key, async () => {
@@ -384,6 +470,7 @@ export class DirectoryRegistry {
       // Straight to a trash name: a crash after this rename never brings the function back.
       await this.#retire(key, dir, join(dirname(dir), chosenName(TRASH_PREFIX, id.name)));
       this.#cache.delete(join(dir, FUNCTION_FILE));
+      await this.#notify({ type: "removed", id, key, dir, origin });
     });
     await this.releaseRetired();
   }
@@ -504,6 +591,25 @@ function revisionTag(ino: number): string {
 
 function isValidFileName(name: string): boolean {
   return /^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/.test(name) && !name.includes("..") && name !== FUNCTION_FILE;
+}
+
+/**
+ * A relative path a function shared across nodes may hold: no hidden segment (so never `.`, `..`,
+ * `.fennec` or a temporary name), no backslash or control character (`src/cluster/artefact.ts`).
+ */
+export function isSharedPath(path: string): boolean {
+  return (
+    path.length <= 4096 &&
+    path
+      .split("/")
+      .every(
+        (segment) =>
+          segment.length > 0 &&
+          segment.length <= 255 &&
+          !segment.startsWith(".") &&
+          ![...segment].some((ch) => ch === "\\" || ch.charCodeAt(0) < 0x20 || ch === "\x7f"),
+      )
+  );
 }
 
 /** A module path an upload may write: a file name, or a path of them, inside the function. */

@@ -29,6 +29,14 @@ const HEADER = 9;
 export const MAX_PAYLOAD = 65536;
 const LOG_TAIL = 8192;
 
+/**
+ * The function-log stream a LOG frame's stream field names: 2 is the function's stderr (the Linux
+ * agent); 1, its stdout, and 0, a unikernel's console, are stdout.
+ */
+export function logStream(stream: number): "stdout" | "stderr" {
+  return stream === 2 ? "stderr" : "stdout";
+}
+
 export function encodeFrame(type: number, stream: number, payload: Uint8Array = Buffer.alloc(0)): Buffer {
   const frame = Buffer.allocUnsafe(HEADER + payload.byteLength);
   frame.writeUInt8(type, 0);
@@ -135,7 +143,7 @@ export class GuestChannel extends EventEmitter {
 
   readonly #logTo: InstanceLog | undefined;
 
-  /** `log` receives the guest's LOG frames as function logs (its console: stdout). */
+  /** `log` receives the guest's LOG frames as function logs (see logStream). */
   constructor(
     socket: Socket,
     readonly what: string,
@@ -199,7 +207,7 @@ export class GuestChannel extends EventEmitter {
       }
       case FrameType.LOG:
         this.#log = (this.#log + payload.toString()).slice(-LOG_TAIL);
-        this.#logTo?.write("stdout", payload);
+        this.#logTo?.write(logStream(stream), payload);
         break;
       case FrameType.PONG:
         this.emit("pong", payload.toString());

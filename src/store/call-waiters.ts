@@ -46,6 +46,16 @@ export class CallWaiters {
     });
   }
 
+  /** Whether anybody waits for `id` to end. */
+  waiting(id: string): boolean {
+    return this.#waiters.has(id);
+  }
+
+  /** Whether anybody waits at all. */
+  get any(): boolean {
+    return this.#waiters.size > 0;
+  }
+
   finished(record: CallRecord): void {
     for (const w of [...(this.#waiters.get(record.id) ?? [])]) w.resolve(record);
   }

@@ -50,7 +50,10 @@ export interface StoredResponse {
 
 /** Every call, sync or async, leaves one: OpenWhisk's activation record. */
 export interface CallRecord {
-  /** A UUID, also sent as `X-Call-Id`. */
+  /**
+   * A UUID, also sent as `X-Call-Id`. Fennec makes time-ordered ones (UUID v7, `core/call-id.ts`),
+   * and a store lists calls in id order: newest first is by id, with no index of its own.
+   */
   readonly id: string;
   /** `user/name`. */
   readonly function: string;
@@ -120,7 +123,7 @@ export interface CallQuery {
   readonly parentId?: string;
   /** Submitted at or after this time. */
   readonly since?: number;
-  /** Newest first; default 100, at most 1000. */
+  /** Newest first, by id (see CallRecord.id); default 100, at most 1000. */
   readonly limit?: number;
 }
 

@@ -111,8 +111,9 @@ export class SqliteStore implements InvocationStore {
     this.#behind = new WriteBehind(
       memory ? { db } : { path },
       options,
-      (records, lines) => {
-        for (const r of records) if (TERMINAL_STATES.has(r.state)) this.#waiters.finished(r);
+      (ids, lines) => {
+        // The records went over as columns: one somebody waits for is read back (rarely any).
+        if (this.#waiters.any) for (const id of ids) if (this.#waiters.waiting(id)) this.#tellWritten(id);
         if (this.#followers.any) for (const l of lines) this.#followers.tell(l);
       },
       (err, dropped) =>
@@ -122,6 +123,19 @@ export class SqliteStore implements InvocationStore {
           error: storeError(err, this.describe, "writing records").message,
         }),
     );
+  }
+
+  #tellWritten(id: string): void {
+    let row: CallRow | undefined;
+    try {
+      row = this.#sql.call.get(id);
+    } catch {
+      // A read in WAL mode is never kept waiting: this is a failing disk, where a record whose
+      // write failed leaves its waiter waiting too (until its signal or close).
+      return;
+    }
+    if (row !== undefined && TERMINAL_STATES.has(row.state as CallRecord["state"]))
+      this.#waiters.finished(recordOf(row));
   }
 
   #open(): void {
@@ -429,8 +443,10 @@ export class SqliteStore implements InvocationStore {
         ["submitted_at >= ?", query.since],
       ]);
       const limit = Math.min(Math.max(Math.trunc(query.limit ?? 100), 1), 1000);
+      // Newest first is by id: call ids are time-ordered (UUID v7), and the table is clustered on
+      // them (schema 3), so this walks the table (or calls_function) backwards and stops at the limit.
       const sql = `SELECT * FROM calls${where.length ? ` WHERE ${where.join(" AND ")}` : ""}
-        ORDER BY submitted_at DESC, id DESC LIMIT ?`;
+        ORDER BY id DESC LIMIT ?`;
       return (this.#sql.cached(sql).all(...values, limit) as CallRow[]).map(recordOf);
     });
   }

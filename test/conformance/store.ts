@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
 import { randomUUID } from "node:crypto";
+import { timeOrderedUuid } from "../../src/core/call-id.js";
 import { afterEach, beforeEach, describe, it } from "node:test";
 import { FennecError } from "../../src/core/errors.js";
 import type {
@@ -551,20 +552,23 @@ export function runStoreConformance(name: string, setup: () => Promise<StoreFixt
       });
 
       it("lists calls newest first, filtered by function, state, kind, status, error code, parent, since, limit", async () => {
+        // As Fennec makes them: ids ordered by the time they were made (UUID v7), handed over in
+        // another order than they were made in.
+        const at = (t: number) => ({ id: timeOrderedUuid(t), submittedAt: t });
         const recs = [
-          syncRecord({ function: "u/f", submittedAt: 1, status: 200 }),
-          syncRecord({ function: "u/g", submittedAt: 2, status: 500, state: "failed" }),
+          syncRecord({ function: "u/f", ...at(1), status: 200 }),
+          syncRecord({ function: "u/g", ...at(2), status: 500, state: "failed" }),
           syncRecord({
             function: "u/f",
-            submittedAt: 3,
+            ...at(3),
             status: undefined,
             errorCode: "FN_TIMEOUT",
             state: "failed",
           }),
-          syncRecord({ function: "u/f", submittedAt: 4, parentId: "p1", status: 200 }),
+          syncRecord({ function: "u/f", ...at(4), parentId: "p1", status: 200 }),
         ];
-        for (const r of recs) store.record(r);
-        const a = call("u/f", { submittedAt: 5 });
+        for (const r of [recs[2]!, recs[0]!, recs[3]!, recs[1]!]) store.record(r);
+        const a = call("u/f", at(5));
         await store.enqueue(a);
         const ids = (rs: CallRecord[]) => rs.map((r) => r.id);
         assert.deepEqual(ids(await store.list({})), [

@@ -6,6 +6,8 @@ import { join } from "node:path";
 import { promisify } from "node:util";
 import { after, before, describe, it } from "node:test";
 import { chooseAccel } from "../../src/sandbox/drivers/vm/accel.js";
+import { channels, type LogLineEvent } from "../../src/core/events.js";
+import { TRUNCATED_MARKER } from "../../src/sandbox/call-log.js";
 import { VmDriver } from "../../src/sandbox/drivers/vm/driver.js";
 import { ensureRunRoot } from "../../src/sandbox/run-dir.js";
 import { recordGoneOwner } from "../helpers/owner-record.js";
@@ -249,6 +251,127 @@ describe("VM bad input: a Linux guest", () => {
     const res = await request(`${s.url}/invoke/linux-dies/`, { method: "POST", body: "x" });
     assert.equal(res.headers.get("x-fennec-error"), "FN_CRASHED", res.text);
     assert.match(res.text, /exit/);
+  });
+});
+
+describe("function logs of a Linux [vm] guest", () => {
+  const token = "vm-logs-token";
+  let s: TestServer;
+  interface Line {
+    instance: string;
+    stream: string;
+    text: string;
+    callId?: string;
+  }
+  const logs = async (query: string): Promise<Line[]> => {
+    const reply = await request(`${s.url}/system/logs?${query}`, {
+      headers: { authorization: `Bearer ${token}` },
+    });
+    assert.equal(reply.status, 200, reply.text);
+    return reply.text
+      .split("\n")
+      .filter((l) => l !== "")
+      .map((l) => JSON.parse(l) as Line);
+  };
+  before(async () => {
+    s = await startTestServer({ token, startTimeoutMs: 60_000 });
+    await addVm(
+      s.registry,
+      "vmlog",
+      `queue-timeout = 60\n[vm]\ncommand = ["${process.execPath}", "server.mjs", "log"]\nmemory = 256\nhypervisor = { type = "microvm" }\n`,
+      { "server.mjs": join(ROOT, "test", "fixtures", "process", "server.mjs") },
+    );
+  });
+  after(() => s.close());
+
+  it("keeps what the guest's function writes to stdout and stderr as lines of its call", async () => {
+    for (const body of ["delta", "echo"]) {
+      const r = await request(`${s.url}/invoke/vmlog`, { method: "POST", body });
+      assert.equal(r.status, 200, r.text);
+      assert.equal(r.text, body);
+      const id = r.headers.get("x-call-id")!;
+      // Waited for by function, not by call: a line attributed to no call (or another) must show.
+      const lines = await waitFor(`the log lines of ${body}`, async () => {
+        const mine = (await logs("function=vmlog")).filter((m) => m.text.endsWith(`: ${body}`));
+        return mine.length >= 2 ? mine : undefined;
+      });
+      assert.deepEqual(lines.map((m) => [m.stream, m.text, m.callId]).sort(), [
+        ["stderr", `stderr: ${body}`, id],
+        ["stdout", `stdout: ${body}`, id],
+      ]);
+    }
+    // The serial console keeps the kernel's and the agent's own messages, not the function's.
+    const [{ instance }] = (await logs("function=vmlog&limit=1")) as [Line];
+    const consoleLog = await readFile(join(await ensureRunRoot("vm"), instance, "console.log"), "utf8");
+    assert.match(consoleLog, /fennec-agent\[[\d.]+\]: ready/);
+    assert.doesNotMatch(consoleLog, /stdout: delta|stderr: delta/);
+  });
+
+  it("bounds a call that floods its output, and the guest keeps serving", async () => {
+    // 1000 lines of 101 bytes: 64 KiB of them are kept, then the marker.
+    const big = await request(`${s.url}/invoke/vmlog?lines=1000`, { method: "POST", body: "big" });
+    assert.equal(big.status, 200, big.text);
+    const idBig = big.headers.get("x-call-id")!;
+    const kept = await waitFor("the flood's marker", async () => {
+      const l = await logs(`call=${idBig}&limit=10000`);
+      return l.at(-1)?.text === TRUNCATED_MARKER ? l : undefined;
+    });
+    assert.ok(kept.length > 600 && kept.length < 700, `${kept.length} lines kept`);
+    assert.equal(kept.filter((m) => m.text === TRUNCATED_MARKER).length, 1);
+    // 2 MB in one call, more than the agent queues for the host: the call is answered (it does
+    // not wait for its log), keeps 64 KiB, and the guest serves the next call.
+    const flood = await request(`${s.url}/invoke/vmlog?lines=20000`, { method: "POST", body: "flood" });
+    assert.equal(flood.status, 200, flood.text);
+    assert.equal(flood.text, "flood");
+    const idFlood = flood.headers.get("x-call-id")!;
+    const flooded = await waitFor("the flood's marker", async () => {
+      const l = await logs(`call=${idFlood}&limit=10000`);
+      return l.at(-1)?.text === TRUNCATED_MARKER ? l : undefined;
+    });
+    assert.ok(flooded.length > 600 && flooded.length < 700, `${flooded.length} lines kept`);
+    const next = await request(`${s.url}/invoke/vmlog`, { method: "POST", body: "after-flood" });
+    assert.equal(next.status, 200, next.text);
+    assert.equal(next.text, "after-flood");
+  });
+
+  it("drops what the host cannot take, says how much, and the function never waits for it", async (t) => {
+    const total = 24 * 1024 * 1024;
+    let delivered = 0;
+    let dropped = 0;
+    let stalled = false;
+    const onLine = (message: unknown): void => {
+      const line = message as LogLineEvent;
+      if (line.function !== "default/vmlog") return;
+      const marker =
+        /^\[fennec-agent: (\d+) bytes of stderr dropped: the channel to the host was full\]$/.exec(line.text);
+      if (marker) dropped += Number(marker[1]);
+      else if (/^y+$/.test(line.text)) delivered += line.text.length + 1;
+      else return;
+      if (stalled) return;
+      // The host stops reading the channel for a while (this test runs Fennec in its process),
+      // as a busy host would: the guest's queue fills while the function goes on writing.
+      stalled = true;
+      Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 10_000);
+    };
+    channels.log.subscribe(onLine);
+    try {
+      const r = await request(`${s.url}/invoke/vmlog?later=24`, { method: "POST", body: "later" });
+      assert.equal(r.status, 200, r.text);
+      // Everything the function wrote is either delivered or counted as dropped (a marker may
+      // cut a line short, ending it with a newline of its own).
+      await waitFor(
+        "all of the output, delivered or counted",
+        () => (delivered + dropped >= total - 1024 ? true : undefined),
+        { timeoutMs: 120_000 },
+      );
+      t.diagnostic(`${dropped} bytes dropped, ${delivered} delivered`);
+      assert.ok(dropped > 0, `${dropped} bytes dropped, ${delivered} delivered`);
+      assert.ok(delivered + dropped <= total + 1024, `${dropped} bytes dropped, ${delivered} delivered`);
+      const next = await request(`${s.url}/invoke/vmlog`, { method: "POST", body: "after-drop" });
+      assert.equal(next.text, "after-drop");
+    } finally {
+      channels.log.unsubscribe(onLine);
+    }
   });
 });
 

@@ -11,9 +11,12 @@ import {
   GuestChannel,
   MAX_PAYLOAD,
 } from "../../src/sandbox/guest-channel.js";
+import { channels, type LogLineEvent } from "../../src/core/events.js";
+import { InstanceLog } from "../../src/sandbox/call-log.js";
 import { HttpTransport } from "../../src/sandbox/http-transport.js";
 import { tempDir } from "../helpers/paths.js";
 import { bytesOf, bodyOf } from "../helpers/body.js";
+import { waitFor } from "../helpers/wait.js";
 
 /**
  * A guest written in JavaScript that follows docs/guest-channel.md as the Linux agent does: each
@@ -78,7 +81,7 @@ describe("guest channel", () => {
   });
 
   /** A host channel whose far end is the fake guest, over a real Unix socket as QEMU's would be. */
-  async function pair(opts: { ready?: boolean } = {}): Promise<GuestChannel> {
+  async function pair(opts: { ready?: boolean; log?: InstanceLog } = {}): Promise<GuestChannel> {
     listener?.close();
     listener = createServer();
     const path = join(dir, `ch-${Math.random().toString(36).slice(2)}.sock`);
@@ -88,7 +91,7 @@ describe("guest channel", () => {
     guestSide = connect(path);
     fakeGuest(guestSide, target(), opts);
     const [host] = (await accepted) as [Socket];
-    return new GuestChannel(host, "test guest");
+    return new GuestChannel(host, "test guest", opts.log);
   }
 
   const req = (path: string, body = "") => ({
@@ -169,6 +172,39 @@ describe("guest channel", () => {
     );
     t.close();
     ch.close();
+  });
+
+  it("hands LOG frames to the instance's log: stream 2 as stderr, 1 (and a unikernel's 0) as stdout", async () => {
+    const seen: LogLineEvent[] = [];
+    const listener = (m: unknown) => void seen.push(m as LogLineEvent);
+    channels.log.subscribe(listener);
+    let ch: GuestChannel | undefined;
+    try {
+      const log = new InstanceLog("default/vm-fn", "i1");
+      ch = await pair({ log });
+      await ch.ready;
+      log.begin("call-1");
+      // A line may arrive in pieces, the two streams interleaved.
+      guestSide!.write(encodeFrame(FrameType.LOG, 1, Buffer.from("to std")));
+      guestSide!.write(encodeFrame(FrameType.LOG, 2, Buffer.from("to stderr\n")));
+      guestSide!.write(encodeFrame(FrameType.LOG, 1, Buffer.from("out\n")));
+      const lines = await waitFor("the call's lines", () =>
+        seen.filter((l) => l.callId === "call-1").length >= 2 ? seen : undefined,
+      );
+      assert.deepEqual(
+        lines.map((l) => [l.stream, l.text, l.callId]),
+        [
+          ["stdout", "booted", undefined],
+          ["stderr", "to stderr", "call-1"],
+          ["stdout", "to stdout", "call-1"],
+        ],
+      );
+      assert.equal(lines[1]!.function, "default/vm-fn");
+      assert.equal(lines[1]!.instanceId, "i1");
+    } finally {
+      ch?.close();
+      channels.log.unsubscribe(listener);
+    }
   });
 
   it("answers PING with PONG (how a restored guest is found ready)", async () => {

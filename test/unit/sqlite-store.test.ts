@@ -7,6 +7,9 @@ import { join } from "node:path";
 import { after, describe, it } from "node:test";
 import { SqliteStore } from "../../src/store/sqlite-store.js";
 import type { CallRecord } from "../../src/store/contract.js";
+import { MIGRATIONS } from "../../src/store/sqlite/schema.js";
+import { timeOrderedUuid } from "../../src/core/call-id.js";
+import { FennecError } from "../../src/core/errors.js";
 
 const body = (s: string) => new TextEncoder().encode(s);
 
@@ -61,7 +64,7 @@ describe("SqliteStore: the embedded store's own behaviour", () => {
     await store.enqueue({ id, function: "u/f", request, submittedAt: 1, callbackUrl: "http://cb/x" });
     await store.take({ node: "n", max: 5, leaseMs: 60_000, now: 2 });
     await store.close();
-    // What an older Fennec left: schema 1 had no callback_state (nor schema 3's via and placement).
+    // What an older Fennec left: schema 1 had no callback_state (nor schema 4's via and placement).
     const old = new Database(path);
     old.exec(
       "DROP INDEX calls_callbacks; ALTER TABLE calls DROP COLUMN callback_state; ALTER TABLE calls DROP COLUMN via; ALTER TABLE calls DROP COLUMN placement",
@@ -78,8 +81,179 @@ describe("SqliteStore: the embedded store's own behaviour", () => {
     );
     await store.close();
     const check = new Database(path, { readonly: true });
-    assert.equal(check.pragma("user_version", { simple: true }), 3);
+    assert.equal(check.pragma("user_version", { simple: true }), 4);
     check.close();
+  });
+
+  /** A schema 2 file as the Fennec before schema 3 left it: its calls in a rowid table, four kinds of call. */
+  function schema2File(path: string): {
+    ids: { sync: string; queued: string; running: string; dead: string };
+  } {
+    const db = new Database(path);
+    db.pragma("auto_vacuum = INCREMENTAL");
+    db.exec(MIGRATIONS[0]!);
+    db.exec(MIGRATIONS[1]!);
+    db.pragma("user_version = 2");
+    const ids = {
+      sync: timeOrderedUuid(10),
+      queued: timeOrderedUuid(20),
+      // Schema 2's async ids were random (v4): they survive, in id order.
+      running: randomUUID(),
+      dead: timeOrderedUuid(40),
+    };
+    const insert = db.prepare(
+      `INSERT INTO calls (id, function, kind, state, node, attempt, submitted_at, finished_at, status,
+        idempotency_key, callback_url, lease_until, bytes, callback_state)
+        VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+    );
+    insert.run(ids.sync, "u/f", "sync", "succeeded", "n", 1, 10, 11, 200, null, null, null, 50, null);
+    insert.run(ids.queued, "u/f", "async", "queued", null, 0, 20, null, null, "key-1", null, null, 60, null);
+    insert.run(ids.running, "u/g", "async", "running", "n", 1, 30, null, null, null, null, 90_000, 70, null);
+    insert.run(
+      ids.dead,
+      "u/g",
+      "async",
+      "dead",
+      "n",
+      3,
+      40,
+      41,
+      500,
+      null,
+      "http://cb/x",
+      null,
+      80,
+      "pending",
+    );
+    const request = db.prepare(
+      "INSERT INTO requests (call_id, method, path, query, headers, body) VALUES (?, 'POST', '/', '', '{}', ?)",
+    );
+    for (const id of [ids.queued, ids.running, ids.dead]) request.run(id, Buffer.from(`in-${id}`));
+    db.close();
+    return { ids };
+  }
+
+  const allCalls = (path: string) => {
+    const db = new Database(path, { readonly: true });
+    try {
+      return db.prepare("SELECT * FROM calls ORDER BY id").all();
+    } finally {
+      db.close();
+    }
+  };
+
+  it("upgrades a schema 2 file to a WITHOUT ROWID calls table keyed by id, keeping every call, and the queue still works", async () => {
+    const dir = await mkdtemp(join(tmpdir(), "fennec-store-"));
+    dirs.push(dir);
+    const path = join(dir, "fennec.db");
+    const { ids } = schema2File(path);
+    const before = allCalls(path);
+
+    const store = new SqliteStore(path);
+    try {
+      const check = new Database(path, { readonly: true });
+      assert.equal(check.pragma("user_version", { simple: true }), 4);
+      assert.match(
+        check.prepare<[], string>("SELECT sql FROM sqlite_schema WHERE name = 'calls'").pluck().get()!,
+        /WITHOUT ROWID\s*$/,
+      );
+      const indexes = check
+        .prepare<[], string>(
+          "SELECT name FROM sqlite_schema WHERE type = 'index' AND tbl_name = 'calls' ORDER BY name",
+        )
+        .pluck()
+        .all();
+      assert.deepEqual(indexes, [
+        "calls_active",
+        "calls_callbacks",
+        "calls_function",
+        "calls_idempotency",
+        "calls_leases",
+        "calls_parent",
+        "calls_queued",
+      ]);
+      check.close();
+      // Every row, every column, as it was.
+      assert.deepEqual(allCalls(path), before);
+
+      assert.equal((await store.get(ids.sync))?.status, 200);
+      assert.deepEqual(
+        (await store.list({})).map((r) => r.id),
+        [ids.sync, ids.queued, ids.running, ids.dead].sort().reverse(),
+      );
+      assert.deepEqual(
+        (await store.list({ function: "u/g" })).map((r) => r.id),
+        [ids.running, ids.dead].sort().reverse(),
+      );
+      assert.deepEqual(
+        (await store.list({ since: 30 })).map((r) => r.id),
+        [ids.running, ids.dead].sort().reverse(),
+      );
+      assert.deepEqual(
+        (await store.pendingCallbacks(10)).map((r) => r.id),
+        [ids.dead],
+      );
+      // The idempotency index came along: a resubmission gets the first call.
+      const again = await store.enqueue({
+        id: timeOrderedUuid(50),
+        function: "u/f",
+        request: { method: "POST", path: "/", query: "", headers: {}, body: body("x") },
+        submittedAt: 50,
+        idempotencyKey: "key-1",
+      });
+      assert.deepEqual(again, { id: ids.queued, created: false });
+      // So did the queue's and the leases' indexes: the running call's lease ran out, both are due.
+      const taken = await store.take({ node: "n2", max: 5, leaseMs: 1000, now: 100_000 });
+      assert.deepEqual(taken.map((t) => t.record.id).sort(), [ids.queued, ids.running].sort());
+      assert.equal(
+        new TextDecoder().decode(taken.find((t) => t.record.id === ids.queued)!.request.body),
+        `in-${ids.queued}`,
+      );
+    } finally {
+      await store.close();
+    }
+  });
+
+  it("leaves a schema 2 file as it was when its upgrade fails part way (one transaction)", async () => {
+    const dir = await mkdtemp(join(tmpdir(), "fennec-store-"));
+    dirs.push(dir);
+    const path = join(dir, "fennec.db");
+    schema2File(path);
+    // A row schema 3 cannot hold (a rowid table let a TEXT PRIMARY KEY be NULL): the copy fails
+    // after the new table was made and other rows were copied.
+    const db = new Database(path);
+    db.prepare(
+      "INSERT INTO calls (id, function, kind, state, attempt, submitted_at, bytes) VALUES (NULL, 'u/f', 'sync', 'failed', 1, 99, 0)",
+    ).run();
+    db.close();
+    const before = allCalls(path);
+
+    assert.throws(
+      () => new SqliteStore(path),
+      (err: Error) => err instanceof FennecError && /NOT NULL/.test(err.message),
+    );
+    const check = new Database(path, { readonly: true });
+    assert.equal(check.pragma("user_version", { simple: true }), 2);
+    assert.deepEqual(
+      check
+        .prepare<[], string>("SELECT name FROM sqlite_schema WHERE name LIKE 'calls%' ORDER BY name")
+        .pluck()
+        .all(),
+      [
+        "calls",
+        "calls_active",
+        "calls_callbacks",
+        "calls_finished",
+        "calls_function",
+        "calls_idempotency",
+        "calls_leases",
+        "calls_parent",
+        "calls_queued",
+        "calls_submitted",
+      ],
+    );
+    check.close();
+    assert.deepEqual(allCalls(path), before);
   });
 
   it("fails only the operation at fault in a group committed together", async () => {

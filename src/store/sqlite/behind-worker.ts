@@ -5,12 +5,16 @@
  */
 import Database from "better-sqlite3";
 import { parentPort, workerData } from "node:worker_threads";
-import { BehindWriter, type BehindBatch } from "./behind-writer.js";
+import { BehindWriter } from "./behind-writer.js";
+import type { RecordBatch } from "./record-batch.js";
+import type { LogLine } from "../contract.js";
 
 export interface ToBehindWorker {
   readonly id: number;
-  /** A BehindBatch as JSON. */
-  readonly batch: string;
+  /** Its numbers' buffer is transferred, not copied (see record-batch.ts). */
+  readonly records: RecordBatch;
+  /** The log lines as JSON ("" for none): one string to copy, not an object graph to clone. */
+  readonly lines: string;
 }
 
 export type FromBehindWorker =
@@ -38,7 +42,10 @@ port.on("message", (msg: ToBehindWorker | "close") => {
   try {
     port.postMessage({
       id: msg.id,
-      seqs: writer.write(JSON.parse(msg.batch) as BehindBatch),
+      seqs: writer.write({
+        records: msg.records,
+        lines: msg.lines === "" ? [] : (JSON.parse(msg.lines) as LogLine[]),
+      }),
     } satisfies FromBehindWorker);
   } catch (err) {
     const e = err as { code?: string; message?: string };

@@ -1,6 +1,7 @@
 import type { Database, Statement } from "better-sqlite3";
-import type { CallRecord, LogLine } from "../contract.js";
-import { INSERT_CALL, recordBytes, rowOf } from "./rows.js";
+import type { LogLine } from "../contract.js";
+import { decodeRecords, type RecordBatch } from "./record-batch.js";
+import { INSERT_CALL } from "./rows.js";
 
 /**
  * Runs `fn` in a transaction whose commit does not fsync (WAL, `synchronous = NORMAL`): for what
@@ -18,7 +19,7 @@ export function withoutFsync<T>(db: Database, fn: () => T): T {
 
 /** One batch of what is written behind. */
 export interface BehindBatch {
-  readonly records: readonly CallRecord[];
+  readonly records: RecordBatch;
   readonly lines: readonly LogLine[];
 }
 
@@ -38,7 +39,7 @@ export class BehindWriter {
 
   write(batch: BehindBatch): number[] {
     return withoutFsync(this.#db, () => {
-      for (const r of batch.records) this.#insertRecord.run(rowOf(r, recordBytes(r)));
+      decodeRecords(batch.records, (values) => this.#insertRecord.run(values));
       return batch.lines.map(
         (l) =>
           this.#insertLog.run(l.time, l.function, l.callId ?? null, l.instanceId ?? null, l.stream, l.text)

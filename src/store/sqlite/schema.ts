@@ -1,10 +1,10 @@
 import type { Database } from "better-sqlite3";
 
 /**
- * The store's tables, one migration per schema version (`PRAGMA user_version`). A migration only
- * ever appends: a database written by an older Fennec opens in a newer one.
+ * The store's tables, one migration per schema version (`PRAGMA user_version`). Migrations are only
+ * ever added, never changed: a database written by an older Fennec opens (upgraded) in a newer one.
  */
-const MIGRATIONS: readonly string[] = [
+export const MIGRATIONS: readonly string[] = [
   // 1: calls (sync records and async calls alike), their kept requests and responses, logs, state.
   `
   CREATE TABLE calls (
@@ -94,7 +94,60 @@ const MIGRATIONS: readonly string[] = [
   ALTER TABLE calls ADD COLUMN callback_state TEXT;
   CREATE INDEX calls_callbacks ON calls (finished_at) WHERE callback_state = 'pending';
   `,
-  // 3: where a sync call forwarded in a cluster came in, and why it went where it ran.
+  // 3: what a sync call's record costs the writer thread (docs/benchmarks.md, issue 12). `calls`
+  // becomes a WITHOUT ROWID table clustered on its id: one B-tree where a rowid table kept two
+  // (the rows, and the id's own index). Call ids are time-ordered (UUID v7), so a record is
+  // appended and listing newest first walks that B-tree backwards: `calls_submitted` goes, and
+  // `calls_function` orders by id. `calls_finished` goes too: no query used it (retention
+  // compares coalesce(finished_at, submitted_at), callbacks have their own partial index).
+  // SQLite's way to change a table: a new one, the rows copied, the old one dropped (its indexes
+  // with it), the new one renamed; migrate() runs it in one transaction.
+  `
+  CREATE TABLE calls_v3 (
+    id TEXT PRIMARY KEY,
+    function TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    state TEXT NOT NULL,
+    node TEXT,
+    parent_id TEXT,
+    attempt INTEGER NOT NULL,
+    submitted_at INTEGER NOT NULL,
+    started_at INTEGER,
+    finished_at INTEGER,
+    start_type TEXT,
+    queue_wait_ms REAL,
+    init_ms REAL,
+    ttfb_ms REAL,
+    exec_ms REAL,
+    status INTEGER,
+    error_code TEXT,
+    error_message TEXT,
+    not_before INTEGER,
+    idempotency_key TEXT,
+    callback_url TEXT,
+    lease_until INTEGER,
+    bytes INTEGER NOT NULL,
+    callback_state TEXT
+  ) WITHOUT ROWID;
+  INSERT INTO calls_v3 (id, function, kind, state, node, parent_id, attempt, submitted_at, started_at,
+      finished_at, start_type, queue_wait_ms, init_ms, ttfb_ms, exec_ms, status, error_code,
+      error_message, not_before, idempotency_key, callback_url, lease_until, bytes, callback_state)
+    SELECT id, function, kind, state, node, parent_id, attempt, submitted_at, started_at,
+      finished_at, start_type, queue_wait_ms, init_ms, ttfb_ms, exec_ms, status, error_code,
+      error_message, not_before, idempotency_key, callback_url, lease_until, bytes, callback_state
+    FROM calls ORDER BY id;
+  DROP TABLE calls;
+  ALTER TABLE calls_v3 RENAME TO calls;
+  CREATE INDEX calls_function ON calls (function, id);
+  CREATE INDEX calls_parent ON calls (parent_id) WHERE parent_id IS NOT NULL;
+  CREATE INDEX calls_queued ON calls (submitted_at) WHERE state = 'queued';
+  CREATE INDEX calls_leases ON calls (lease_until) WHERE state = 'running';
+  CREATE INDEX calls_active ON calls (function, state) WHERE state IN ('queued', 'running', 'dead');
+  CREATE UNIQUE INDEX calls_idempotency ON calls (function, idempotency_key)
+    WHERE idempotency_key IS NOT NULL;
+  CREATE INDEX calls_callbacks ON calls (finished_at) WHERE callback_state = 'pending';
+  `,
+  // 4: where a sync call forwarded in a cluster came in, and why it went where it ran.
   `
   ALTER TABLE calls ADD COLUMN via TEXT;
   ALTER TABLE calls ADD COLUMN placement TEXT;

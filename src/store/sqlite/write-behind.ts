@@ -3,6 +3,7 @@ import { Worker } from "node:worker_threads";
 import type { CallRecord, LogLine, StoredLogLine } from "../contract.js";
 import { BehindWriter, type BehindBatch } from "./behind-writer.js";
 import type { FromBehindWorker, ToBehindWorker } from "./behind-worker.js";
+import { RecordBatchBuilder } from "./record-batch.js";
 
 const WORKER_URL = new URL("./behind-worker.js", import.meta.url);
 
@@ -17,20 +18,23 @@ export interface WriteBehindOptions {
 type Sink = (batch: BehindBatch) => Promise<number[]>;
 
 /**
- * Sync-call records and log lines, written behind. `record()` and `appendLogs()` only push onto
- * an array; every `flushMs` the batch goes to a worker thread that writes it in one transaction on
- * its own connection, with `synchronous = NORMAL` (in WAL mode that commit does not fsync: the
- * next checkpoint does), so neither SQLite's per-row work nor an fsync lands on the gateway's
- * thread. A crash may lose the last records; the contract allows it. Measured in bench/store.ts.
+ * Sync-call records and log lines, written behind. `record()` adds the record to the columns of
+ * the next batch (record-batch.ts) and `logs()` pushes onto an array; every `flushMs` the batch
+ * goes to a worker thread that writes it in one transaction on its own connection, with
+ * `synchronous = NORMAL` (in WAL mode that commit does not fsync: the next checkpoint does), so
+ * neither SQLite's per-row work nor an fsync lands on the gateway's thread. A crash may lose the
+ * last records; the contract allows it. Measured in bench/records.ts and bench/store.ts.
  */
 export class WriteBehind {
   readonly #sink: Sink;
   readonly #stopSink: () => Promise<void>;
   readonly #flushMs: number;
   readonly #maxItems: number;
-  readonly #onWritten: (records: readonly CallRecord[], lines: readonly StoredLogLine[]) => void;
+  readonly #onWritten: (ids: readonly string[], lines: readonly StoredLogLine[]) => void;
   readonly #onError: (err: unknown, dropped: number) => void;
-  #records: CallRecord[] = [];
+  #records = new RecordBatchBuilder();
+  /** The ids of the records in #records, told to onWritten (whoever waits for one of them). */
+  #ids: string[] = [];
   #lines: LogLine[] = [];
   #timer: NodeJS.Timeout | undefined;
   #immediate: NodeJS.Immediate | undefined;
@@ -40,7 +44,7 @@ export class WriteBehind {
   constructor(
     target: { readonly path: string } | { readonly db: Database },
     options: WriteBehindOptions,
-    onWritten: (records: readonly CallRecord[], lines: readonly StoredLogLine[]) => void,
+    onWritten: (ids: readonly string[], lines: readonly StoredLogLine[]) => void,
     onError: (err: unknown, dropped: number) => void,
   ) {
     if ("db" in target) {
@@ -55,7 +59,8 @@ export class WriteBehind {
   }
 
   record(record: CallRecord): void {
-    this.#records.push(record);
+    this.#records.add(record);
+    this.#ids.push(record.id);
     this.#schedule();
   }
 
@@ -65,7 +70,7 @@ export class WriteBehind {
   }
 
   #schedule(): void {
-    if (this.#records.length + this.#lines.length >= this.#maxItems) {
+    if (this.#records.size + this.#lines.length >= this.#maxItems) {
       // Not on the caller's stack: a full batch goes right after it returns.
       this.#immediate ??= setImmediate(() => void this.flush());
       return;
@@ -82,18 +87,19 @@ export class WriteBehind {
     this.#timer = undefined;
     if (this.#immediate) clearImmediate(this.#immediate);
     this.#immediate = undefined;
-    const records = this.#records;
+    const ids = this.#ids;
     const lines = this.#lines;
-    if (records.length > 0 || lines.length > 0) {
-      this.#records = [];
+    if (ids.length > 0 || lines.length > 0) {
+      const records = this.#records.take();
+      this.#ids = [];
       this.#lines = [];
       const written = this.#sink({ records, lines }).then(
         (seqs) =>
           this.#onWritten(
-            records,
+            ids,
             lines.map((l, i) => ({ ...l, seq: seqs[i]! })),
           ),
-        (err: unknown) => this.#onError(err, records.length + lines.length),
+        (err: unknown) => this.#onError(err, ids.length + lines.length),
       );
       this.#writing = Promise.all([this.#writing, written]).then(() => undefined);
     }
@@ -142,8 +148,11 @@ function workerSink(path: string): [Sink, () => Promise<void>] {
       const id = next++;
       pending.set(id, { resolve, reject });
       worker.ref();
-      // As JSON: one string is copied to the thread, far cheaper than cloning each record object.
-      worker.postMessage({ id, batch: JSON.stringify(batch) } satisfies ToBehindWorker);
+      const { records, lines } = batch;
+      worker.postMessage(
+        { id, records, lines: lines.length === 0 ? "" : JSON.stringify(lines) } satisfies ToBehindWorker,
+        [records.nums.buffer as ArrayBuffer],
+      );
     });
   const stop = async () => {
     if (!failure) {

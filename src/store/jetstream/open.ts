@@ -1,0 +1,118 @@
+import {
+  jetstream,
+  jetstreamManager,
+  RetentionPolicy as StreamRetention,
+  StorageType,
+  type JetStreamManager,
+} from "@nats-io/jetstream";
+import { Kvm } from "@nats-io/kv";
+import { Objm } from "@nats-io/obj";
+import { nanos, type NatsConnection } from "@nats-io/transport-node";
+import { FennecError } from "../../core/errors.js";
+import type { Logger } from "../../core/log.js";
+import type { RetentionPolicy } from "../contract.js";
+import { Blobs } from "./blobs.js";
+import { JetStreamStore } from "./jetstream-store.js";
+import { storeNames } from "./names.js";
+
+export interface ClusterStoreOptions {
+  readonly log?: Logger | undefined;
+  /** What the resources are named from (default `fennec`); tests give each case its own. */
+  readonly prefix?: string | undefined;
+  /**
+   * Log lines older than this are dropped by nats-server itself (stream max_age), so a cluster
+   * where no node prunes for a while still forgets old lines. Calls are pruned by the nodes
+   * (`prune`): a bucket's max_age would drop queued calls too.
+   */
+  readonly retention?: RetentionPolicy | undefined;
+}
+
+/** Creates a stream unless it exists (then its limits are brought to what is asked). */
+async function ensureStream(
+  jsm: JetStreamManager,
+  name: string,
+  subjects: string[],
+  maxAgeMs: number,
+): Promise<void> {
+  const config = {
+    name,
+    subjects,
+    storage: StorageType.File,
+    retention: StreamRetention.Limits,
+    max_age: maxAgeMs > 0 ? nanos(maxAgeMs) : 0,
+    allow_direct: true,
+  };
+  try {
+    await jsm.streams.info(name);
+    await jsm.streams.update(name, { max_age: config.max_age });
+  } catch (err) {
+    if (!/not found/i.test((err as Error).message)) throw err;
+    await jsm.streams.add(config).catch(async (e: unknown) => {
+      // Another node created it meanwhile.
+      if (!/already in use|exists/i.test((e as Error).message)) throw e;
+    });
+  }
+}
+
+/**
+ * Opens the cluster's invocation store on the node's NATS connection: the buckets and streams
+ * are created by whichever node comes first (creating one that exists with the same settings
+ * opens it). Resolves once every call is loaded; fails with STORE_UNAVAILABLE, naming the store.
+ */
+export async function openClusterStore(
+  nats: NatsConnection,
+  options: ClusterStoreOptions = {},
+): Promise<JetStreamStore> {
+  const prefix = options.prefix ?? "fennec";
+  const names = storeNames(prefix);
+  const describe = `jetstream:${prefix}@${nats.getServer()}`;
+  try {
+    const js = jetstream(nats);
+    const jsm = await jetstreamManager(nats);
+    const kvm = new Kvm(js);
+    // One value per key: a call's, a payload's or a state value's history is not kept.
+    const kv = (name: string) => kvm.create(name, { history: 1, storage: StorageType.File });
+    const [calls, payloads, idempotency, state] = await Promise.all([
+      kv(names.calls),
+      kv(names.payloads),
+      kv(names.idempotency),
+      kv(names.state),
+    ]);
+    const objects = await new Objm(js).create(names.blobs, { storage: StorageType.File });
+    await ensureStream(jsm, names.logs, [names.logFilter], options.retention?.maxAgeMs ?? 0);
+    await ensureStream(jsm, names.appended, [`${prefix}.appended.>`], 0);
+    return await JetStreamStore.open({
+      js,
+      jsm,
+      names,
+      describe,
+      log: options.log,
+      buckets: { calls, payloads, idempotency, state, blobs: new Blobs(objects) },
+    });
+  } catch (err) {
+    if (err instanceof FennecError) throw err;
+    throw new FennecError(
+      "STORE_UNAVAILABLE",
+      `cannot open the cluster's store ${describe}: ${(err as Error).message}`,
+      {
+        cause: err,
+      },
+    );
+  }
+}
+
+/** Removes every bucket and stream of a store (tests; an operator resetting a cluster). */
+export async function destroyClusterStore(nats: NatsConnection, prefix: string): Promise<void> {
+  const names = storeNames(prefix);
+  const jsm = await jetstreamManager(nats);
+  const streams = [
+    `KV_${names.calls}`,
+    `KV_${names.payloads}`,
+    `KV_${names.idempotency}`,
+    `KV_${names.state}`,
+    `OBJ_${names.blobs}`,
+    names.logs,
+    names.appended,
+  ];
+  await Promise.all(streams.map((s) => jsm.streams.delete(s).catch(() => undefined)));
+}

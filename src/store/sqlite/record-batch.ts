@@ -1,0 +1,160 @@
+import type { CallRecord } from "../contract.js";
+
+/**
+ * Records handed to the writer thread as columns instead of objects: per record, one row of
+ * WIDTH numbers in a Float64Array that is transferred (not copied) to the thread; the strings that
+ * repeat (function, kind, state, node, start type, error code) as indexes into a small per-batch
+ * word list; the strings that do not (id, parent, error message, idempotency key, callback URL)
+ * appended to one string, their lengths in the row. Adding a record allocates nothing but the
+ * string append, and nothing per record is serialised or cloned: JSON of record objects cost the
+ * gateway's thread most of a record's price (bench/records.ts, docs/benchmarks.md).
+ */
+export interface RecordBatch {
+  /** How many records. */
+  readonly n: number;
+  /** `n` rows of WIDTH numbers: NaN for a number left undefined, -1 for a string left undefined. */
+  readonly nums: Float64Array;
+  /** The repeated strings the rows point into. */
+  readonly words: readonly string[];
+  /** The other strings, back to back, in the rows' order (see TEXT). */
+  readonly text: string;
+}
+
+/** A row's numbers, then its word indexes, then its text lengths. */
+const NUMBER_FIELDS = 10;
+const WORD_FIELDS = 6;
+const TEXT_FIELDS = 5;
+export const WIDTH = NUMBER_FIELDS + WORD_FIELDS + TEXT_FIELDS;
+const FIRST_ROWS = 256;
+
+/** Collects records into the next RecordBatch. */
+export class RecordBatchBuilder {
+  #nums = new Float64Array(FIRST_ROWS * WIDTH);
+  #n = 0;
+  #words: string[] = [];
+  #index = new Map<string, number>();
+  #text = "";
+
+  get size(): number {
+    return this.#n;
+  }
+
+  add(r: CallRecord): void {
+    if ((this.#n + 1) * WIDTH > this.#nums.length) {
+      const bigger = new Float64Array(this.#nums.length * 2);
+      bigger.set(this.#nums);
+      this.#nums = bigger;
+    }
+    const a = this.#nums;
+    const o = this.#n++ * WIDTH;
+    // The order decodeRecords reads them in.
+    a[o] = r.attempt;
+    a[o + 1] = r.submittedAt;
+    a[o + 2] = r.startedAt ?? NaN;
+    a[o + 3] = r.finishedAt ?? NaN;
+    a[o + 4] = r.queueWaitMs ?? NaN;
+    a[o + 5] = r.initMs ?? NaN;
+    a[o + 6] = r.ttfbMs ?? NaN;
+    a[o + 7] = r.execMs ?? NaN;
+    a[o + 8] = r.status ?? NaN;
+    a[o + 9] = r.notBefore ?? NaN;
+    a[o + 10] = this.#word(r.function);
+    a[o + 11] = this.#word(r.kind);
+    a[o + 12] = this.#word(r.state);
+    a[o + 13] = this.#word(r.node);
+    a[o + 14] = this.#word(r.startType);
+    a[o + 15] = this.#word(r.errorCode);
+    a[o + 16] = this.#append(r.id);
+    a[o + 17] = this.#append(r.parentId);
+    a[o + 18] = this.#append(r.errorMessage);
+    a[o + 19] = this.#append(r.idempotencyKey);
+    a[o + 20] = this.#append(r.callbackUrl);
+  }
+
+  #word(s: string | undefined): number {
+    if (s === undefined) return -1;
+    let i = this.#index.get(s);
+    if (i === undefined) {
+      i = this.#words.length;
+      this.#words.push(s);
+      this.#index.set(s, i);
+    }
+    return i;
+  }
+
+  #append(s: string | undefined): number {
+    if (s === undefined) return -1;
+    this.#text += s;
+    return s.length;
+  }
+
+  /** The batch so far; the builder starts the next one (sized for one like it). */
+  take(): RecordBatch {
+    const batch: RecordBatch = { n: this.#n, nums: this.#nums, words: this.#words, text: this.#text };
+    let rows = FIRST_ROWS;
+    while (rows < this.#n) rows *= 2;
+    this.#nums = new Float64Array(rows * WIDTH);
+    this.#n = 0;
+    this.#words = [];
+    this.#index = new Map();
+    this.#text = "";
+    return batch;
+  }
+}
+
+const nullIfNaN = (x: number): number | null => (x !== x ? null : x);
+
+/**
+ * Calls `row` with each record's values in the order of INSERT_CALL (the same array every time,
+ * refilled: the caller binds it before the next).
+ */
+export function decodeRecords(batch: RecordBatch, row: (values: unknown[]) => void): void {
+  const { n, nums: a, words, text } = batch;
+  const v: unknown[] = new Array(22);
+  const word = (i: number): string | null => (i < 0 ? null : words[i]!);
+  let at = 0;
+  const next = (len: number): string | null => {
+    if (len < 0) return null;
+    const s = text.slice(at, at + len);
+    at += len;
+    return s;
+  };
+  for (let i = 0; i < n; i++) {
+    const o = i * WIDTH;
+    const id = next(a[o + 16]!)!;
+    const fn = word(a[o + 10]!)!;
+    const parentId = next(a[o + 17]!);
+    const errorMessage = next(a[o + 18]!);
+    const idempotencyKey = next(a[o + 19]!);
+    const callbackUrl = next(a[o + 20]!);
+    v[0] = id;
+    v[1] = fn;
+    v[2] = word(a[o + 11]!);
+    v[3] = word(a[o + 12]!);
+    v[4] = word(a[o + 13]!);
+    v[5] = parentId;
+    v[6] = a[o]!;
+    v[7] = a[o + 1]!;
+    v[8] = nullIfNaN(a[o + 2]!);
+    v[9] = nullIfNaN(a[o + 3]!);
+    v[10] = word(a[o + 14]!);
+    v[11] = nullIfNaN(a[o + 4]!);
+    v[12] = nullIfNaN(a[o + 5]!);
+    v[13] = nullIfNaN(a[o + 6]!);
+    v[14] = nullIfNaN(a[o + 7]!);
+    v[15] = nullIfNaN(a[o + 8]!);
+    v[16] = word(a[o + 15]!);
+    v[17] = errorMessage;
+    v[18] = nullIfNaN(a[o + 9]!);
+    v[19] = idempotencyKey;
+    v[20] = callbackUrl;
+    // recordBytes (rows.ts), from what is at hand.
+    v[21] =
+      id.length +
+      fn.length +
+      (errorMessage?.length ?? 0) +
+      (callbackUrl?.length ?? 0) +
+      (idempotencyKey?.length ?? 0);
+    row(v);
+  }
+}
