@@ -4,7 +4,9 @@ import { cp, mkdir, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { promisify } from "node:util";
 import { after, before, describe, it } from "node:test";
-import type { NodeInfo } from "../../src/cluster/contract.js";
+import { Kvm } from "@nats-io/kv";
+import { connect } from "@nats-io/transport-node";
+import { CLUSTER_BUCKETS, type NodeInfo } from "../../src/cluster/contract.js";
 import { startCluster, type TestCluster } from "../helpers/cluster.js";
 import { errorCode, request } from "../helpers/http.js";
 import { CLI, EXAMPLES, tempDir } from "../helpers/paths.js";
@@ -264,6 +266,14 @@ describe("cluster membership: three fennec serve --cluster processes on one nats
       assert.equal(signal, null, `killed after 60 s: it hung\n${stderr}`);
       assert.equal(code, 1, stderr);
       assert.match(stderr, /cannot create the state directory/);
+      // It had claimed n9 (the claim comes first): the key is deleted, not left to age.
+      const nc = await connect({ servers: cluster.nats.url });
+      try {
+        const entry = await (await new Kvm(nc).open(CLUSTER_BUCKETS.nodes)).get("n9");
+        assert.notEqual(entry?.operation, "PUT");
+      } finally {
+        await nc.close();
+      }
     } finally {
       await cleanup();
     }
