@@ -55,7 +55,7 @@ async function startRemote(dir: string): Promise<Remote> {
   const child = spawn(process.execPath, [script], { stdio: ["ignore", "pipe", "inherit"] });
   const lines: Array<Record<string, unknown>> = [];
   const waiting: Array<{ event: string; resolve: (v: Record<string, unknown>) => void }> = [];
-  createInterface({ input: child.stdout! }).on("line", (line) => {
+  createInterface({ input: child.stdout }).on("line", (line) => {
     const msg = JSON.parse(line) as Record<string, unknown>;
     const i = waiting.findIndex((w) => w.event === msg.event);
     if (i >= 0) waiting.splice(i, 1)[0]!.resolve(msg);
