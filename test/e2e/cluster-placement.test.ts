@@ -5,6 +5,7 @@ import { after, before, describe, it } from "node:test";
 import { NODE_HEADER } from "../../src/cluster/contract.js";
 import { startCluster, type TestCluster } from "../helpers/cluster.js";
 import { EXAMPLES, tempDir } from "../helpers/paths.js";
+import { waitFor } from "../helpers/wait.js";
 
 /** Three real nodes on a real nats-server: where calls run (docs/cluster.md, "Placement"). */
 describe("placement across three nodes (nats-server, three fennec serve --cluster)", () => {
@@ -15,7 +16,7 @@ describe("placement across three nodes (nats-server, three fennec serve --cluste
     work = await tempDir("fennec-cluster-placement-");
     const registry = join(work.dir, "registry");
     await mkdir(registry);
-    for (const fn of ["echo", "hello-process"])
+    for (const fn of ["echo", "hello-process", "fib"])
       await cp(join(EXAMPLES, fn), join(registry, fn), {
         recursive: true,
         filter: (s) => !s.includes(".fennec"),
@@ -63,5 +64,28 @@ describe("placement across three nodes (nats-server, three fennec serve --cluste
       assert.equal(a.status, 200, a.text);
       assert.equal(a.node, "n3");
     }
+  });
+
+  it("fails a call with NODE_LOST at once when the node running it is killed, and sends the next call elsewhere", async () => {
+    // Where fib lives: its home (a quick call), and an entry node that is not it.
+    const home = (await call("n1", "fib?n=1", "")).node!;
+    const entry = cluster.names.find((n) => n !== home)!;
+    const slow = fetch(`${cluster.url(entry)}/invoke/fib?n=44`, { method: "POST" });
+    // Running there: the home's own heartbeat says a call is in flight.
+    await waitFor("the slow call running on its node", async () => {
+      const res = await fetch(`${cluster.url(entry)}/system/nodes`, { headers: cluster.headers });
+      const nodes = (await res.json()) as Array<{ name: string; inFlight: number }>;
+      return nodes.find((n) => n.name === home)?.inFlight;
+    });
+    const t0 = Date.now();
+    await cluster.kill(home, "SIGKILL");
+    const res = await slow;
+    const took = Date.now() - t0;
+    assert.equal(res.status, 502, await res.text());
+    assert.equal(res.headers.get("x-fennec-error"), "NODE_LOST");
+    assert.ok(took < 10_000, `NODE_LOST after ${took} ms`);
+    const next = await call(entry, "fib?n=1", "");
+    assert.equal(next.status, 200, next.text);
+    assert.notEqual(next.node, home);
   });
 });
