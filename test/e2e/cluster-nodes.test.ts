@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { execFile, spawn } from "node:child_process";
-import { cp, mkdir, writeFile } from "node:fs/promises";
+import { cp, mkdir } from "node:fs/promises";
 import { join } from "node:path";
 import { promisify } from "node:util";
 import { after, before, describe, it } from "node:test";
@@ -233,31 +233,33 @@ describe("cluster membership: three fennec serve --cluster processes on one nats
     assert.equal((await nodesOf("n1")).find((n) => n.name === "n2")!.url, cluster.url("n2"));
   });
 
-  it("a start that fails after joining (a state directory it cannot make) exits, and leaves the name free", async () => {
+  it("a start that fails after joining (its port is taken) exits, and leaves the name free", async () => {
     const { dir, cleanup } = await tempDir("fennec-failed-start-");
     try {
-      await writeFile(join(dir, "file"), "not a directory");
+      // An empty registry: nothing of this node's is shared with the cluster.
+      await mkdir(join(dir, "registry"));
+      const busyPort = new URL(cluster.url("n1")).port;
       const child = spawn(
         process.execPath,
         [
           CLI,
           "serve",
           "-r",
-          cluster.node("n1").registry,
+          join(dir, "registry"),
           "--port",
-          "0",
+          busyPort,
           "--cluster",
           cluster.nats.url,
           "--node",
           "n9",
           "--state-dir",
-          join(dir, "file", "state"),
+          join(dir, "state"),
         ],
         { stdio: ["ignore", "pipe", "pipe"], env: { ...process.env, FENNEC_RUN_DIR: join(dir, "run") } },
       );
       let stderr = "";
       child.stderr.on("data", (d: Buffer) => (stderr += d.toString()));
-      // Before the fix the open NATS connection kept the failed process alive: it must exit.
+      // An open NATS connection or watch would keep the failed process alive: it must exit.
       const timer = setTimeout(() => child.kill("SIGKILL"), 60_000);
       const [code, signal] = await new Promise<[number | null, string | null]>((resolve) =>
         child.once("exit", (c, s) => resolve([c, s])),
@@ -265,7 +267,7 @@ describe("cluster membership: three fennec serve --cluster processes on one nats
       clearTimeout(timer);
       assert.equal(signal, null, `killed after 60 s: it hung\n${stderr}`);
       assert.equal(code, 1, stderr);
-      assert.match(stderr, /cannot create the state directory/);
+      assert.match(stderr, /cannot listen on 127\.0\.0\.1:\d+: the address is already in use/);
       // It had claimed n9 (the claim comes first): the key is deleted, not left to age.
       const nc = await connect({ servers: cluster.nats.url });
       try {
