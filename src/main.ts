@@ -14,12 +14,12 @@ import { PrometheusMetrics } from "./metrics/prometheus.js";
 import { StatsCollector } from "./metrics/stats.js";
 import { connectCluster } from "./cluster/connection.js";
 import type { ClusterView, NodeInfo } from "./cluster/contract.js";
+import { FunctionShare } from "./cluster/function-share.js";
 import { LocalNode } from "./cluster/local-node.js";
 import { checkNodeName, Membership, type LocalState } from "./cluster/membership.js";
 import { RendezvousPlacement } from "./cluster/placement.js";
 import { ClusterRouter } from "./cluster/router.js";
 import { sandboxOf } from "./cluster/sandboxes.js";
-import { FunctionShare } from "./cluster/function-share.js";
 import { moduleCheck } from "./gateway/admin.js";
 import { DirectoryRegistry } from "./registry/registry.js";
 import type { SandboxDriver } from "./sandbox/contract.js";
@@ -227,11 +227,7 @@ async function startWith(options: FennecOptions, opened: Array<() => Promise<unk
   const retentionPolicy = { ...DEFAULT_RETENTION, ...options.retention };
   // In a cluster every node shares one store in JetStream; alone, the embedded one.
   const store: InvocationStore & { readonly soleOwner: boolean } = nats
-    ? await openClusterStore(nats, { log, retention: retentionPolicy }).catch(async (err: unknown) => {
-        await membership?.close().catch(() => undefined);
-        await nats.close().catch(() => undefined);
-        throw err;
-      })
+    ? await openClusterStore(nats, { log, retention: retentionPolicy })
     : openStore(options.stateDir ?? join(root, ".fennec", "state"), { log });
   const kinds = options.kinds ?? sandboxKinds;
   // A directory a deploy replaced stays until the scheduler has no instance read from it.

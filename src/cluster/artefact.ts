@@ -179,6 +179,15 @@ export async function unpackFunction(tar: Uint8Array): Promise<FunctionFiles> {
     parser.end(Buffer.from(tar.buffer, tar.byteOffset, tar.byteLength));
   });
   await Promise.all(reads);
+  // A file that is also another file's directory cannot be written.
+  for (const path of files.keys()) {
+    const segments = path.split("/");
+    for (let i = 1; i < segments.length; i++) {
+      const dir = segments.slice(0, i).join("/");
+      if (files.has(dir))
+        refuse(`the shared function holds ${JSON.stringify(dir)} as a file and a directory`);
+    }
+  }
   if (refused) throw refused;
   return withDigest(files, 0, []);
 }

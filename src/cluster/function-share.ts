@@ -9,7 +9,7 @@ import { isValidName } from "../core/names.js";
 import { functionKey, type FunctionId } from "../core/types.js";
 import { KeyedMutex } from "../registry/atomic-write.js";
 import type { DeployCheck, DirectoryRegistry, RegistryChange } from "../registry/registry.js";
-import { packFunction, readFunctionFiles, unpackFunction } from "./artefact.js";
+import { MAX_ARTEFACT_BYTES, packFunction, readFunctionFiles, unpackFunction } from "./artefact.js";
 import { CLUSTER_BUCKETS, type SharedFunction } from "./contract.js";
 import { SharedBaseline } from "./shared-baseline.js";
 
@@ -61,7 +61,7 @@ interface LocalCopy {
 type Outcome = "done" | "conflict";
 
 /** `user/name` -> `user.name`, the bucket's key (names hold no dot). */
-export function sharedKey(id: FunctionId): string {
+function sharedKey(id: FunctionId): string {
   return `${id.user}.${id.name}`;
 }
 
@@ -116,6 +116,8 @@ export class FunctionShare {
   readonly #running = new Set<Promise<void>>();
   readonly #timers = new Set<NodeJS.Timeout>();
   readonly #failing = new Set<string>();
+  /** The latest `deployedAt` this node has read in the bucket, per function. */
+  readonly #seenAt = new Map<string, number>();
   #watcher: QueuedIterator<KvEntry> | undefined;
   #stopListening: () => void = () => undefined;
   #closing = false;
@@ -184,8 +186,13 @@ export class FunctionShare {
   async #onChange(change: RegistryChange): Promise<void> {
     if (change.origin === CLUSTER_ORIGIN || this.#closing) return;
     const key = sharedKey(change.id);
-    // An API deploy is newer than anything this node has agreed on, whatever the clocks say.
-    const deployedAt = Math.max(Date.now(), (this.#baseline.get(key)?.deployedAt ?? 0) + 1);
+    // An API deploy is newer than anything this node has seen of the function (a revision it
+    // refused included), whatever the clocks say: what its caller was told went live stays live.
+    const deployedAt = Math.max(
+      Date.now(),
+      (this.#baseline.get(key)?.deployedAt ?? 0) + 1,
+      (this.#seenAt.get(key) ?? 0) + 1,
+    );
     if (change.type === "removed") {
       this.#local.set(key, { revision: "", deployedAt, deployedBy: this.#o.node, deleted: true });
     } else {
@@ -273,6 +280,7 @@ export class FunctionShare {
         this.#o.log.warn("ignored a shared function that is not a valid record", { key });
         return "done";
       }
+      this.#seenAt.set(key, Math.max(this.#seenAt.get(key) ?? 0, shared.deployedAt));
       if (local && !local.deleted && local.revision === shared.revision) {
         this.#local.set(key, {
           revision: shared.revision,
@@ -370,7 +378,11 @@ export class FunctionShare {
     const what = `${functionKey(id)} revision ${shared.revision} from node ${shared.deployedBy}`;
     let config: FunctionConfig;
     try {
-      const tar = await this.#obj.getBlob(shared.artefact);
+      // Weighed before it is read: a node holds an artefact in memory whole.
+      const info = await this.#obj.info(shared.artefact);
+      if (info && info.size > MAX_ARTEFACT_BYTES + 2 ** 20)
+        throw new FennecError("ARTEFACT_INVALID", `${shared.artefact} is larger than a node accepts`);
+      const tar = info ? await this.#obj.getBlob(shared.artefact) : null;
       if (!tar)
         throw new FennecError(
           "ARTEFACT_INVALID",

@@ -1,7 +1,8 @@
 import assert from "node:assert/strict";
 import { randomBytes, randomUUID } from "node:crypto";
 import { after, describe, it } from "node:test";
-import { connect, type NatsConnection } from "@nats-io/transport-node";
+import { jetstreamManager } from "@nats-io/jetstream";
+import { connect, nanos, type NatsConnection } from "@nats-io/transport-node";
 import type { InvocationStore, StoredLogLine } from "../../src/store/contract.js";
 import { destroyClusterStore, openClusterStore } from "../../src/store/jetstream/open.js";
 import { startNats, type TestNats } from "../helpers/nats.js";
@@ -84,6 +85,24 @@ describe("jetstream store across a nats-server restart", () => {
 });
 
 describe("jetstream store on two nodes", () => {
+  it("gives the log stream the retention's age and bytes, so nats-server drops old lines itself", async () => {
+    const prefix = `t${randomBytes(6).toString("hex")}`;
+    const nc = await client();
+    const store = await openClusterStore(nc, {
+      prefix,
+      retention: { maxAgeMs: 3_600_000, maxBytes: 8 * 2 ** 20 },
+    });
+    try {
+      const info = await (await jetstreamManager(nc)).streams.info(`${prefix}-logs`);
+      assert.equal(info.config.max_age, nanos(3_600_000));
+      assert.equal(info.config.max_bytes, 8 * 2 ** 20);
+    } finally {
+      await store.close();
+      await destroyClusterStore(nc, prefix);
+      await nc.close();
+    }
+  });
+
   it("tells a node's log followers of lines another node writes, with the seq every node reads", async () => {
     const prefix = `t${randomBytes(6).toString("hex")}`;
     const ncA = await client();

@@ -1,7 +1,9 @@
 import assert from "node:assert/strict";
+import { execFile } from "node:child_process";
 import { existsSync } from "node:fs";
 import { cp, mkdir, readFile, writeFile } from "node:fs/promises";
 import { join } from "node:path";
+import { promisify } from "node:util";
 import { after, before, describe, it } from "node:test";
 import { Kvm } from "@nats-io/kv";
 import { Objm } from "@nats-io/obj";
@@ -11,10 +13,11 @@ import { packFunction, readFunctionFiles } from "../../src/cluster/artefact.js";
 import { CLUSTER_BUCKETS, type SharedFunction } from "../../src/cluster/contract.js";
 import { startCluster, type TestCluster } from "../helpers/cluster.js";
 import { errorCode, request } from "../helpers/http.js";
-import { EXAMPLES, tempDir, WASM_FIXTURES } from "../helpers/paths.js";
+import { CLI, EXAMPLES, tempDir, WASM_FIXTURES } from "../helpers/paths.js";
 import { waitFor } from "../helpers/wait.js";
 
 // Functions across nodes (docs/cluster.md): real nats-server, real `fennec serve` processes.
+const run = promisify(execFile);
 const HELLO = join(EXAMPLES, "hello", "hello.wasm");
 const ECHO = join(EXAMPLES, "echo", "echo.wasm");
 const HELLO_TEXT = /Hello from Fennec/;
@@ -112,6 +115,23 @@ describe("functions across nodes", () => {
     await waitFor("alice/up on n1", async () => {
       const r = await request(`${c.url("n1")}/f/alice/up`, { method: "POST", body: "uploaded" });
       return r.status === 200 && r.text === "uploaded";
+    });
+  });
+
+  it("fennec deploy DIR against one node: every node serves it", async () => {
+    const dir = join(work, "cli-fn");
+    await cp(join(EXAMPLES, "echo"), dir, { recursive: true });
+    const { FENNEC_TOKEN: _t, FENNEC_URL: _u, ...env } = process.env;
+    await run(
+      process.execPath,
+      [CLI, "deploy", "bob/clifn", dir, "--url", c.url("n1"), "--token", c.token!],
+      {
+        env,
+      },
+    );
+    await waitFor("bob/clifn on n2", async () => {
+      const r = await request(`${c.url("n2")}/f/bob/clifn`, { method: "POST", body: "from the cli" });
+      return r.status === 200 && r.text === "from the cli";
     });
   });
 

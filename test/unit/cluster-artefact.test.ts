@@ -90,6 +90,7 @@ describe("shared function artefacts", () => {
     assert.match(await refused(tarOf(entry(".fennec/build/handler.mjs", "x"))), /\.fennec/);
     assert.match(await refused(tarOf(entry("link", "", "SymbolicLink", "/etc/passwd"))), /SymbolicLink/);
     assert.match(await refused(tarOf(entry("f", "1"), entry("f", "2"))), /"f"/);
+    assert.match(await refused(tarOf(entry("a", "1"), entry("a/b", "2"))), /file and a directory/);
     await refused(Buffer.from("this is not a tar archive at all".repeat(40)));
     // A good one passes.
     const ok = await unpackFunction(tarOf(entry("function.toml", "a = 1\n")));

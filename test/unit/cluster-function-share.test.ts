@@ -3,10 +3,12 @@ import { mkdir, readFile, utimes, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { Kvm } from "@nats-io/kv";
+import { Objm } from "@nats-io/obj";
 import { connect, type NatsConnection } from "@nats-io/transport-node";
-import { readFunctionFiles } from "../../src/cluster/artefact.js";
+import { packFunction, readFunctionFiles } from "../../src/cluster/artefact.js";
 import { CLUSTER_BUCKETS, type SharedFunction } from "../../src/cluster/contract.js";
 import { FunctionShare } from "../../src/cluster/function-share.js";
+import { FennecError } from "../../src/core/errors.js";
 import { createLogger } from "../../src/core/log.js";
 import { DirectoryRegistry } from "../../src/registry/registry.js";
 import { sandboxKinds } from "../../src/sandbox/drivers/index.js";
@@ -25,6 +27,7 @@ interface Node {
   share?: FunctionShare;
   readonly installed: string[];
   readonly removed: string[];
+  readonly logs: string[];
 }
 
 // The rule of docs/cluster.md ("Functions across nodes"), decided by real JetStream buckets.
@@ -56,6 +59,7 @@ describe("function share: the later deploy wins", () => {
       nc: await connect({ servers: nats.url }),
       installed: [],
       removed: [],
+      logs: [],
     };
     nodes.push(n);
     return n;
@@ -65,8 +69,12 @@ describe("function share: the later deploy wins", () => {
       nc: n.nc,
       node: n.name,
       registry: n.registry,
-      log: createLogger("silent"),
-      check: () => async () => undefined,
+      log: createLogger("info", (line) => n.logs.push(line) > 0),
+      // This node's check: a module that says "bad" is refused.
+      check: () => async (config) => {
+        if (config.sandbox.kind === "wasm" && (await readFile(config.sandbox.module, "utf8")) === "bad")
+          throw new FennecError("MODULE_INVALID", "a bad module");
+      },
       installed: (config) => n.installed.push(config.key),
       removed: async (key) => void n.removed.push(key),
     });
@@ -149,5 +157,48 @@ describe("function share: the later deploy wins", () => {
     // And live: a delete on b reaches a.
     await b.registry.remove({ user: "default", name: "newer-here" });
     await waitFor("a to remove newer-here", async () => (await dataOf(a, "newer-here")) === undefined);
+  });
+
+  it("a revision stamped in the future that a node refuses does not swallow that node's next deploy", async () => {
+    const [a, b] = nodes as [Node, Node];
+    const id = { user: "default", name: "stamped" };
+    await a.registry.deploy(id, TOML, new Map([["main.wasm", Buffer.from("v1")]]));
+    await waitFor("b to install v1", async () => (await dataOf(b, "stamped")) === "v1");
+    // A record from a node with a fast clock, whose module every node refuses.
+    const badDir = join(work, "bad");
+    await onDisk(
+      { ...a, registry: new DirectoryRegistry(badDir, { loader: sandboxKinds.loader }) },
+      "stamped",
+      "bad",
+    );
+    const bad = await readFunctionFiles(join(badDir, "stamped"));
+    const kv = await new Kvm(a.nc).open(CLUSTER_BUCKETS.functions);
+    const obj = await new Objm(a.nc).open(CLUSTER_BUCKETS.artefacts);
+    await obj.putBlob({ name: `default.stamped@${bad.revision}` }, packFunction(bad));
+    const future: SharedFunction = {
+      function: "default/stamped",
+      revision: bad.revision,
+      artefact: `default.stamped@${bad.revision}`,
+      deployedBy: "fast-clock",
+      deployedAt: Date.now() + 3_600_000,
+    };
+    await kv.put("default.stamped", JSON.stringify(future));
+    for (const n of [a, b])
+      await waitFor(`${n.name} to refuse the record`, () =>
+        n.logs.some((l) => l.includes("refused a function shared") && l.includes("stamped")),
+      );
+    // Both refuse it and keep v1; a deploy through a's API then goes live everywhere.
+    await a.registry.deploy(id, TOML, new Map([["main.wasm", Buffer.from("v2")]]));
+    await waitFor("b to install a's v2", async () => (await dataOf(b, "stamped")) === "v2");
+    assert.equal((await record("stamped"))?.deployedBy, "a");
+  });
+
+  it("a restarted nats-server: the watch resumes and a deploy made after it reaches the other node", async () => {
+    const [a, b] = nodes as [Node, Node];
+    await nats.restart();
+    const id = { user: "default", name: "after-restart" };
+    // NATS may still be recovering: the deploy is local at once, and shared once NATS is back.
+    await a.registry.deploy(id, TOML, new Map([["main.wasm", Buffer.from("back")]]));
+    await waitFor("b to install after-restart", async () => (await dataOf(b, "after-restart")) === "back");
   });
 });

@@ -1,4 +1,3 @@
-import { randomUUID } from "node:crypto";
 import type { JetStreamClient, JetStreamManager } from "@nats-io/jetstream";
 import type { KV } from "@nats-io/kv";
 import { FennecError } from "../../core/errors.js";
@@ -20,19 +19,13 @@ import {
   type StoredRequest,
   type StoredResponse,
 } from "../contract.js";
-import { pack, unpack, type Blobs } from "./blobs.js";
-import {
-  decodeDoc,
-  docOfRecord,
-  encodeDoc,
-  recordBytes,
-  recordOf,
-  updated,
-  type CallDoc,
-} from "./call-doc.js";
+import type { Blobs } from "./blobs.js";
+import { decodeDoc, docOfRecord, encodeDoc, recordOf, updated, type CallDoc } from "./call-doc.js";
 import { LogStream } from "./logs.js";
 import { CallMirror, type Entry } from "./mirror.js";
-import { callKey, idempotencyKey, requestKey, responseKey, type StoreNames } from "./names.js";
+import { callKey, idempotencyKey, type StoreNames } from "./names.js";
+import { Payloads } from "./payloads.js";
+import { RecordsBehind } from "./records-behind.js";
 import { prune } from "./retention.js";
 import { StateStore } from "./state.js";
 
@@ -54,9 +47,6 @@ export interface JetStreamStoreOptions {
   readonly log?: Logger | undefined;
 }
 
-/** Records are written behind: at most this long after they are handed over, or at this many. */
-const RECORDS_MS = 20;
-const RECORDS_MAX = 500;
 /** Compare-and-set rounds on one call before giving up (only under absurd contention). */
 const CAS_ROUNDS = 20;
 
@@ -91,17 +81,6 @@ function oldest(entries: Iterable<Entry>, k: number, keep: (d: CallDoc) => boole
 /** Thrown inside a change that does not apply any more (taken by another node meanwhile). */
 class Skip extends Error {}
 
-interface RequestHead {
-  readonly method: string;
-  readonly path: string;
-  readonly query: string;
-  readonly headers: Record<string, string>;
-}
-interface ResponseHead {
-  readonly status: number;
-  readonly headers: Array<[string, string]>;
-}
-
 /**
  * The cluster's invocation store, on NATS JetStream (docs/cluster.md): every node opens the same
  * buckets and streams, and any node may take any call. Leases are fields of a call's key-value
@@ -119,12 +98,9 @@ export class JetStreamStore implements InvocationStore {
   readonly #waiters = new CallWaiters();
   readonly #logs: LogStream;
   readonly #state: StateStore;
+  readonly #payloads: Payloads;
   /** Sync records handed over and not yet written: reads see them. */
-  readonly #behind = new Map<string, CallRecord>();
-  /** Of those, the ones no write has taken yet. */
-  #unwritten: CallRecord[] = [];
-  #behindTimer: NodeJS.Timeout | undefined;
-  #writing: Promise<void> = Promise.resolve();
+  readonly #behind: RecordsBehind;
   #closed = false;
 
   private constructor(o: JetStreamStoreOptions) {
@@ -142,12 +118,19 @@ export class JetStreamStore implements InvocationStore {
         error: (err as Error).message,
       }),
     );
+    this.#behind = new RecordsBehind((batch) => this.#writeRecords(batch));
+    this.#payloads = new Payloads(o.buckets.payloads, o.buckets.blobs);
     this.#state = new StateStore(o.buckets.state, o.buckets.blobs, o.js, o.jsm, o.names);
   }
 
   /** Opens the store on buckets that exist; resolves once every call is loaded. */
   static async open(o: JetStreamStoreOptions): Promise<JetStreamStore> {
     const store = new JetStreamStore(o);
+    store.#mirror.onWatchError = (err) =>
+      o.log?.warn("invocation store: the watch of calls failed; it starts again", {
+        store: store.describe,
+        error: (err as Error).message,
+      });
     await store.#mirror.start(o.buckets.calls);
     return store;
   }
@@ -218,10 +201,9 @@ export class JetStreamStore implements InvocationStore {
         }
       }
       const r = call.request;
-      const head: RequestHead = { method: r.method, path: r.path, query: r.query, headers: { ...r.headers } };
       const headers = JSON.stringify(r.headers);
       try {
-        await this.#o.buckets.blobs.create(this.#o.buckets.payloads, requestKey(call.id), pack(head, r.body));
+        await this.#payloads.putRequest(call.id, r);
       } catch (err) {
         if (isConflict(err)) throw new FennecError("BAD_REQUEST", `a call with id ${call.id} already exists`);
         throw err;
@@ -322,11 +304,10 @@ export class JetStreamStore implements InvocationStore {
   }
 
   async #request(id: string): Promise<StoredRequest> {
-    const stored = await this.#o.buckets.blobs.get(this.#o.buckets.payloads, requestKey(id));
-    if (!stored)
+    const request = await this.#payloads.request(id);
+    if (!request)
       throw new FennecError("STORE_CORRUPT", `${this.describe}: the request of call ${id} is gone`);
-    const { head, body } = unpack<RequestHead>(stored);
-    return { ...head, body };
+    return request;
   }
 
   extendLease(id: string, node: string, leaseMs: number, now: number): Promise<boolean> {
@@ -387,7 +368,6 @@ export class JetStreamStore implements InvocationStore {
   ): Promise<void> {
     return this.#guard("ending a call", async () => {
       const res = outcome.response;
-      const payloads = this.#o.buckets.payloads;
       let result: string | undefined;
       let resultBytes = 0;
       if (res) {
@@ -395,11 +375,7 @@ export class JetStreamStore implements InvocationStore {
         const now = this.#mirror.get(id) ?? (await this.#fresh(id));
         if (!now) throw new FennecError("CALL_NOT_FOUND", `no call ${id}`);
         JetStreamStore.#ending(now.doc, node, "finish");
-        result = randomUUID();
-        const head: ResponseHead = { status: res.status, headers: res.headers.map(([k, v]) => [k, v]) };
-        resultBytes = res.body.byteLength + JSON.stringify(res.headers).length;
-        // A fresh name: created, not put (no read of what it held first).
-        await this.#o.buckets.blobs.create(payloads, responseKey(id, result), pack(head, res.body));
+        ({ result, bytes: resultBytes } = await this.#payloads.putResult(id, res));
       }
       let before: CallDoc | undefined;
       try {
@@ -423,11 +399,10 @@ export class JetStreamStore implements InvocationStore {
           );
         });
       } catch (err) {
-        if (result !== undefined) await this.#o.buckets.blobs.remove(payloads, responseKey(id, result));
+        await this.#payloads.removeResult(id, result);
         throw err;
       }
-      if (before?.result !== undefined)
-        await this.#o.buckets.blobs.remove(payloads, responseKey(id, before.result)).catch(() => undefined);
+      await this.#payloads.removeResult(id, before?.result);
     });
   }
 
@@ -526,10 +501,7 @@ export class JetStreamStore implements InvocationStore {
           return false;
         throw err;
       }
-      if (before?.result !== undefined)
-        await this.#o.buckets.blobs
-          .remove(this.#o.buckets.payloads, responseKey(id, before.result))
-          .catch(() => undefined);
+      await this.#payloads.removeResult(id, before?.result);
       return true;
     });
   }
@@ -563,14 +535,13 @@ export class JetStreamStore implements InvocationStore {
     // The delete marker's revision is the next one the watch brings; the entry goes now.
     this.#mirror.remove(id, entry.rev + 1);
     const d = entry.doc;
-    const { payloads, blobs, idempotency } = this.#o.buckets;
     await Promise.all([
-      blobs.remove(payloads, requestKey(id)).catch(() => undefined),
-      d.result !== undefined
-        ? blobs.remove(payloads, responseKey(id, d.result)).catch(() => undefined)
-        : undefined,
+      this.#payloads.removeRequest(id),
+      this.#payloads.removeResult(id, d.result),
       d.idempotencyKey !== undefined
-        ? idempotency.delete(idempotencyKey(d.function, d.idempotencyKey)).catch(() => undefined)
+        ? this.#o.buckets.idempotency
+            .delete(idempotencyKey(d.function, d.idempotencyKey))
+            .catch(() => undefined)
         : undefined,
     ]);
     this.#waiters.gone(id);
@@ -602,41 +573,28 @@ export class JetStreamStore implements InvocationStore {
 
   record(record: CallRecord): void {
     if (this.#closed) return;
-    this.#behind.set(record.id, record);
-    this.#unwritten.push(record);
+    this.#behind.add(record);
     if (TERMINAL_STATES.has(record.state)) this.#waiters.finished(record);
-    if (this.#unwritten.length >= RECORDS_MAX) void this.#writeBehind();
-    else this.#behindTimer ??= setTimeout(() => void this.#writeBehind(), RECORDS_MS);
   }
 
-  #writeBehind(): Promise<void> {
-    if (this.#behindTimer) clearTimeout(this.#behindTimer);
-    this.#behindTimer = undefined;
-    const batch = this.#unwritten;
-    this.#unwritten = [];
-    if (batch.length === 0) return this.#writing;
-    this.#writing = this.#writing.then(async () => {
-      try {
-        // Pipelined: one round trip's wait for the whole batch.
-        const revs = await Promise.all(
-          batch.map((r) => this.#calls.put(callKey(r.id), encodeDoc(docOfRecord(r)))),
-        );
-        batch.forEach((r, i) => this.#mirror.put(r.id, { doc: docOfRecord(r), rev: revs[i]! }));
-      } catch (err) {
-        this.#o.log?.warn("invocation store: records not written", {
-          store: this.describe,
-          dropped: batch.length,
-          error: (err as Error).message,
-        });
-      } finally {
-        for (const r of batch) if (this.#behind.get(r.id) === r) this.#behind.delete(r.id);
-      }
-    });
-    return this.#writing;
+  async #writeRecords(batch: readonly CallRecord[]): Promise<void> {
+    try {
+      // Pipelined: one round trip's wait for the whole batch.
+      const revs = await Promise.all(
+        batch.map((r) => this.#calls.put(callKey(r.id), encodeDoc(docOfRecord(r)))),
+      );
+      batch.forEach((r, i) => this.#mirror.put(r.id, { doc: docOfRecord(r), rev: revs[i]! }));
+    } catch (err) {
+      this.#o.log?.warn("invocation store: records not written", {
+        store: this.describe,
+        dropped: batch.length,
+        error: (err as Error).message,
+      });
+    }
   }
 
   async flush(): Promise<void> {
-    await Promise.all([this.#writeBehind(), this.#logs.flush()]);
+    await Promise.all([this.#behind.flush(), this.#logs.flush()]);
   }
 
   get(id: string): Promise<CallRecord | undefined> {
@@ -653,10 +611,7 @@ export class JetStreamStore implements InvocationStore {
       let e = this.#mirror.get(id);
       if (!e || e.doc.result === undefined) e = await this.#fresh(id);
       if (!e || e.doc.result === undefined) return undefined;
-      const stored = await this.#o.buckets.blobs.get(this.#o.buckets.payloads, responseKey(id, e.doc.result));
-      if (!stored) return undefined;
-      const { head, body } = unpack<ResponseHead>(stored);
-      return { status: head.status, headers: head.headers, body };
+      return this.#payloads.result(id, e.doc.result);
     });
   }
 
@@ -808,10 +763,8 @@ export class JetStreamStore implements InvocationStore {
     await this.flush().catch(() => undefined);
     this.#closed = true;
     await this.#logs.close().catch(() => undefined);
-    await this.#writing;
+    await this.#behind.flush().catch(() => undefined);
     this.#mirror.stop();
     this.#waiters.closeAll(new FennecError("STORE_UNAVAILABLE", `${this.describe} closed`));
   }
 }
-
-export { recordBytes };

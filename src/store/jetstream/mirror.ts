@@ -23,25 +23,40 @@ export class CallMirror {
   readonly #deleted = new Map<string, number>();
   #watched = 0;
   #stop: (() => void) | undefined;
+  #stopped = false;
+  /** Told when the watch fails (it is started again). */
+  onWatchError: ((err: unknown) => void) | undefined;
 
   constructor(private readonly onChange: (id: string, entry: Entry | undefined) => void) {}
 
-  /** Starts the watch; resolves once every call the bucket held at the start is loaded. */
+  /**
+   * Starts the watch; resolves once every call the bucket held at the start is loaded. Should
+   * the watch end while the mirror is in use (its consumer lost for good), a new one resumes
+   * from the next revision, a second later.
+   */
   async start(kv: KV): Promise<void> {
     const status = await kv.status();
     const { messages, last_seq } = status.streamInfo.state;
-    const watch = await kv.watch({ key: "c.>" });
-    this.#stop = () => watch.stop();
     let ready!: () => void;
     const loaded = new Promise<void>((resolve) => (ready = resolve));
     if (messages === 0) ready();
-    void (async () => {
+    const run = async (resume: number): Promise<void> => {
+      const watch = await kv.watch({ key: "c.>", ...(resume > 0 ? { resumeFromRevision: resume } : {}) });
+      this.#stop = () => watch.stop();
       for await (const e of watch) {
         this.#apply(e);
         if (e.isUpdate || e.revision >= last_seq) ready();
       }
-      ready();
-    })();
+    };
+    const keep = (resume: number): void => {
+      run(resume)
+        .catch((err: unknown) => this.onWatchError?.(err))
+        .finally(() => {
+          if (this.#stopped) return;
+          setTimeout(() => keep(this.#watched + 1), 1_000).unref();
+        });
+    };
+    keep(0);
     await loaded;
   }
 
@@ -80,6 +95,7 @@ export class CallMirror {
   }
 
   stop(): void {
+    this.#stopped = true;
     this.#stop?.();
   }
 }

@@ -20,37 +20,68 @@ export interface ClusterStoreOptions {
   /** What the resources are named from (default `fennec`); tests give each case its own. */
   readonly prefix?: string | undefined;
   /**
-   * Log lines older than this are dropped by nats-server itself (stream max_age), so a cluster
-   * where no node prunes for a while still forgets old lines. Calls are pruned by the nodes
+   * Log lines older than the age, or beyond the bytes, are dropped by nats-server itself (the
+   * stream's max_age and max_bytes, oldest first), so a cluster where no node prunes for a while
+   * still forgets old lines. Calls are pruned by the nodes
    * (`prune`): a bucket's max_age would drop queued calls too.
    */
   readonly retention?: RetentionPolicy | undefined;
 }
 
-/** Creates a stream unless it exists (then its limits are brought to what is asked). */
+/**
+ * Creates a stream unless it exists (then its limits are brought to what is asked). A byte limit
+ * reserves that much of the server's storage: when the server cannot reserve it, the stream goes
+ * on without one (said in the log) and pruning alone bounds it.
+ */
 async function ensureStream(
   jsm: JetStreamManager,
   name: string,
   subjects: string[],
-  maxAgeMs: number,
+  limits: { readonly maxAgeMs: number; readonly maxBytes: number },
+  log: Logger | undefined,
 ): Promise<void> {
-  const config = {
-    name,
-    subjects,
-    storage: StorageType.File,
-    retention: StreamRetention.Limits,
-    max_age: maxAgeMs > 0 ? nanos(maxAgeMs) : 0,
-    allow_direct: true,
-  };
+  let exists = true;
   try {
     await jsm.streams.info(name);
-    await jsm.streams.update(name, { max_age: config.max_age });
   } catch (err) {
     if (!/not found/i.test((err as Error).message)) throw err;
+    exists = false;
+  }
+  const apply = async (maxBytes: number): Promise<void> => {
+    const max_age = limits.maxAgeMs > 0 ? nanos(limits.maxAgeMs) : 0;
+    const max_bytes = maxBytes > 0 ? maxBytes : -1;
+    if (exists) {
+      await jsm.streams.update(name, { max_age, max_bytes });
+      return;
+    }
+    const config = {
+      name,
+      subjects,
+      storage: StorageType.File,
+      retention: StreamRetention.Limits,
+      max_age,
+      max_bytes,
+      allow_direct: true,
+    };
     await jsm.streams.add(config).catch(async (e: unknown) => {
-      // Another node created it meanwhile.
+      // Another node created it meanwhile: bring its limits to these.
       if (!/already in use|exists/i.test((e as Error).message)) throw e;
+      await jsm.streams.update(name, { max_age, max_bytes });
     });
+  };
+  try {
+    await apply(limits.maxBytes);
+  } catch (err) {
+    if (limits.maxBytes <= 0 || !/insufficient|resources/i.test((err as Error).message)) throw err;
+    log?.warn(
+      "the cluster's store: nats-server cannot reserve the byte limit for a stream; pruning alone bounds it",
+      {
+        stream: name,
+        maxBytes: limits.maxBytes,
+        error: (err as Error).message,
+      },
+    );
+    await apply(0);
   }
 }
 
@@ -79,8 +110,20 @@ export async function openClusterStore(
       kv(names.state),
     ]);
     const objects = await new Objm(js).create(names.blobs, { storage: StorageType.File });
-    await ensureStream(jsm, names.logs, [names.logFilter], options.retention?.maxAgeMs ?? 0);
-    await ensureStream(jsm, names.appended, [`${prefix}.appended.>`], 0);
+    await ensureStream(
+      jsm,
+      names.logs,
+      [names.logFilter],
+      { maxAgeMs: options.retention?.maxAgeMs ?? 0, maxBytes: options.retention?.maxBytes ?? 0 },
+      options.log,
+    );
+    await ensureStream(
+      jsm,
+      names.appended,
+      [`${prefix}.appended.>`],
+      { maxAgeMs: 0, maxBytes: 0 },
+      options.log,
+    );
     return await JetStreamStore.open({
       js,
       jsm,
