@@ -17,9 +17,13 @@ import type { ClusterView, NodeInfo } from "./cluster/contract.js";
 import { FunctionShare } from "./cluster/function-share.js";
 import { LocalNode } from "./cluster/local-node.js";
 import { checkNodeName, Membership, type LocalState } from "./cluster/membership.js";
+import { RendezvousPlacement } from "./cluster/placement.js";
+import { ClusterRouter } from "./cluster/router.js";
+import { sandboxOf } from "./cluster/sandboxes.js";
 import { moduleCheck } from "./gateway/admin.js";
 import { DirectoryRegistry } from "./registry/registry.js";
 import type { SandboxDriver } from "./sandbox/contract.js";
+import type { FunctionConfig } from "./config/function-config.js";
 import { sandboxKinds } from "./sandbox/drivers/index.js";
 import { validateModuleBytes } from "./sandbox/drivers/wasm/module-cache.js";
 import type { DriverSettings } from "./sandbox/kind.js";
@@ -77,6 +81,11 @@ export interface FennecOptions {
    * (comma-separated for several). Undefined: one node, the embedded store (docs/cluster.md).
    */
   readonly cluster?: string | undefined;
+  /**
+   * The cluster's live nodes as this node sees them, instead of the membership kept over NATS
+   * (`cluster`): calls are placed and forwarded by it. Tests pass a fake one.
+   */
+  readonly clusterView?: ClusterView | undefined;
   /**
    * The gateway's base URL as other nodes of the cluster reach it (`http://10.0.0.5:8123`);
    * default the address it listens on (`--host`, `--port`), which a wildcard host cannot be.
@@ -371,6 +380,17 @@ async function startWith(options: FennecOptions, opened: Array<() => Promise<unk
       })
     : undefined;
   if (share) entries = await registry.list();
+  // Only a node in a cluster places and forwards calls: a single node has no router at all.
+  const view: ClusterView | undefined = options.clusterView ?? membership;
+  const router = view
+    ? new ClusterRouter({
+        view,
+        rule: new RendezvousPlacement(),
+        configOf: (id) => scheduler.configOf(id),
+        describe: (config) => placementOf(scheduler, config),
+        log,
+      })
+    : undefined;
   const gateway = new Gateway({
     scheduler,
     registry,
@@ -388,6 +408,7 @@ async function startWith(options: FennecOptions, opened: Array<() => Promise<unk
     invocations,
     engine,
     callbacks,
+    router,
     node,
     nodes,
   });
@@ -402,6 +423,7 @@ async function startWith(options: FennecOptions, opened: Array<() => Promise<unk
     await store.close();
     localNode.close();
     await membership?.close();
+    await router?.close();
     await nats?.close().catch(() => undefined);
     throw err;
   });
@@ -482,6 +504,8 @@ async function startWith(options: FennecOptions, opened: Array<() => Promise<unk
       await registry.releaseRetired();
       server.closeAllConnections();
       await serverClosed;
+      // Forwarded calls still running were cut with their client's connection above.
+      await router?.close();
       stats.close();
       metrics.close();
       stopLogs();
@@ -493,6 +517,21 @@ async function startWith(options: FennecOptions, opened: Array<() => Promise<unk
     return closing;
   };
   return { url, server, scheduler, registry, store, log, node, cluster: membership, close };
+}
+
+/**
+ * What placement needs of a function: the sandbox it needs, named as nodes list theirs, and one
+ * instance's memory by its driver's reckoning (the config's own figure on a node without that
+ * driver: it is placed elsewhere anyway).
+ */
+function placementOf(scheduler: Scheduler, config: FunctionConfig): { sandbox: string; memoryMiB: number } {
+  const sandbox = sandboxOf(config);
+  try {
+    return { sandbox, memoryMiB: scheduler.driverFor(config).memoryMiB(config) };
+  } catch {
+    const own = (config.sandbox as { memoryMiB?: unknown; memory?: unknown }).memoryMiB;
+    return { sandbox, memoryMiB: typeof own === "number" ? own : 128 };
+  }
 }
 
 /** Listens, or rejects with one clear line naming the address and the reason (a busy port, a bad host). */

@@ -36,6 +36,7 @@ import { functionId, parseTarget, type Target } from "./routes.js";
 import { deployCheck, deployFromJson, describeFunctions, type ModuleValidator } from "./admin.js";
 import { serveCallRoutes } from "./call-routes.js";
 import { serveStateRoutes, STATE_BODY } from "./state-routes.js";
+import type { CallRouter, Route } from "../cluster/router.js";
 
 export interface GatewayOptions {
   readonly scheduler: Scheduler;
@@ -64,11 +65,19 @@ export interface GatewayOptions {
   readonly engine: AsyncEngine;
   /** Checks and delivers `X-Callback-Url`s. */
   readonly callbacks: Callbacks;
+  /**
+   * A cluster's placement of sync calls (`--cluster`): a call placed on another node is forwarded
+   * there before its body is read. Undefined on a single node, which then pays nothing for it.
+   */
+  readonly router?: CallRouter | undefined;
   /** This node's name: every response carries it (`x-fennec-node`). */
   readonly node: string;
   /** The live nodes (`GET /system/nodes`): the cluster's, or this one alone. */
   readonly nodes: () => readonly NodeInfo[];
 }
+
+/** A call id another node forwarded with its call (a UUID, as `newCallId` makes them). */
+const FORWARDED_CALL_ID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
 
 /** Default function.toml for a module uploaded without one (Faasm's PUT creates functions). */
 export function defaultWasmToml(moduleFile: string): string {
@@ -235,8 +244,24 @@ export class Gateway {
       if (!res.writableFinished) cancel.abort();
     });
     const invocations = this.#o.invocations;
-    const callId = invocations.newCallId();
+    const router = this.#o.router;
+    // In a cluster: a call forwarded here runs here (never forwarded twice) under the call id its
+    // entry node gave it; a client's call goes where placement says, before its body is read.
+    const forwarded = router?.forwardedBy(req);
+    const given = forwarded ? req.headers[CALL_ID_HEADER] : undefined;
+    const callId =
+      typeof given === "string" && FORWARDED_CALL_ID.test(given) ? given : invocations.newCallId();
     res.setHeader(CALL_ID_HEADER, callId);
+    if (router) {
+      // A node that refuses the connection is left out from then on: the call is placed again
+      // (its body is still unread), a few times at most, before it is served here.
+      for (let tries = 0; !forwarded && tries < 3; tries++) {
+        const placed = router.route(id);
+        const route = placed instanceof Promise ? await placed : placed;
+        if (!route) break;
+        if (await this.#forward(req, res, id, route, callId, cancel)) return;
+      }
+    }
     const limit = this.#bodyLimitOf(id);
     const request = await this.#request(
       req,
@@ -245,7 +270,7 @@ export class Gateway {
       typeof limit === "number" ? limit : await limit,
       invocations.callHost(callId, id.user),
     );
-    const outcome = await invocations.invoke(callId, id, request, cancel);
+    const outcome = await invocations.invoke(callId, id, request, cancel, forwarded);
     if ("error" in outcome) throw outcome.error;
     if (outcome.start.startType) res.setHeader("x-fennec-start", outcome.start.startType);
     // The function answered before the client's body was all in: the rest is not read for it.
@@ -263,6 +288,46 @@ export class Gateway {
       res.strictContentLength = false;
       throw err;
     }
+  }
+
+  /**
+   * Streams a call to the node placement chose and its answer back (`x-fennec-node` and every
+   * other header of the remote's answer pass through). The node that runs it records it; this one
+   * records it only when that node was lost (NODE_LOST), as that one then wrote nothing. False
+   * when the node could not be reached and the call may be placed again.
+   */
+  async #forward(
+    req: IncomingMessage,
+    res: ServerResponse,
+    id: FunctionId,
+    route: Route,
+    callId: string,
+    cancel: CallAbort,
+  ): Promise<boolean> {
+    const submittedAt = Date.now();
+    const outcome = await this.#o.router!.forward(route, {
+      req,
+      res,
+      url: req.url ?? "/",
+      callId,
+      requestId: String(res.getHeader(REQUEST_ID_HEADER) ?? ""),
+      cancel,
+    });
+    const error = outcome.error;
+    if (!error) return true;
+    if (outcome.resendable) return false;
+    if (error.code === "NODE_LOST")
+      this.#o.invocations.recordLost(callId, functionKey(id), {
+        node: route.node.name,
+        placement: route.placement.reason,
+        submittedAt,
+        status: outcome.status,
+        error,
+      });
+    // Before the remote's head the error is answered here with its code; after it, the response
+    // was cut already.
+    if (outcome.status === undefined) throw error;
+    return true;
   }
 
   async #upload(req: IncomingMessage, res: ServerResponse, id: FunctionId): Promise<void> {

@@ -32,6 +32,12 @@ export { timeOrderedUuid };
 
 export type SyncOutcome = InvokeOutcome | { error: FennecError; record: InvocationRecord };
 
+/** A call another node of the cluster forwarded here: that node, and why it chose this one. */
+export interface ForwardedFrom {
+  readonly via: string;
+  readonly placement: string | undefined;
+}
+
 /** The sync-call service the gateway's invoke path goes through instead of the scheduler itself. */
 export class Invocations {
   readonly #o: InvocationsOptions;
@@ -68,17 +74,76 @@ export class Invocations {
     id: FunctionId,
     request: InvokeRequest,
     signal: AbortLike | undefined,
+    forwarded?: ForwardedFrom,
   ): Promise<SyncOutcome> {
     const submittedAt = Date.now();
     const outcome = await this.#o.scheduler.invoke(id, request, signal);
     if (!this.#o.records) return outcome;
-    if ("error" in outcome) this.#write(callId, submittedAt, outcome.record, outcome.error.message);
+    if ("error" in outcome)
+      this.#write(callId, submittedAt, outcome.record, outcome.error.message, forwarded);
     else
-      outcome.record.then((record) => this.#write(callId, submittedAt, record, undefined), this.#failedWrite);
+      outcome.record.then(
+        (record) => this.#write(callId, submittedAt, record, undefined, forwarded),
+        this.#failedWrite,
+      );
     return outcome;
   }
 
-  #write(callId: string, submittedAt: number, r: InvocationRecord, message: string | undefined): void {
+  /**
+   * The record of a call this node forwarded to `node` that was lost there (NODE_LOST): the node
+   * that ran it wrote none (a call that ends there is recorded there, with its figures).
+   */
+  recordLost(
+    callId: string,
+    fn: string,
+    lost: {
+      node: string;
+      placement: string;
+      submittedAt: number;
+      status: number | undefined;
+      error: FennecError;
+    },
+  ): void {
+    if (!this.#o.records) return;
+    const record: CallRecord = {
+      id: callId,
+      function: fn,
+      kind: "sync",
+      state: "failed",
+      node: lost.node,
+      parentId: undefined,
+      attempt: 1,
+      submittedAt: lost.submittedAt,
+      startedAt: undefined,
+      finishedAt: Date.now(),
+      startType: undefined,
+      queueWaitMs: undefined,
+      initMs: undefined,
+      ttfbMs: undefined,
+      execMs: undefined,
+      status: lost.status,
+      errorCode: lost.error.code,
+      errorMessage: lost.error.message,
+      notBefore: undefined,
+      idempotencyKey: undefined,
+      callbackUrl: undefined,
+      via: this.#o.node,
+      placement: lost.placement,
+    };
+    try {
+      this.#o.store.record(record);
+    } catch (err) {
+      this.#failedWrite(err);
+    }
+  }
+
+  #write(
+    callId: string,
+    submittedAt: number,
+    r: InvocationRecord,
+    message: string | undefined,
+    forwarded: ForwardedFrom | undefined,
+  ): void {
     const finishedAt = Date.now();
     const failed = r.errorCode !== undefined;
     const record: CallRecord = {
@@ -104,6 +169,9 @@ export class Invocations {
       notBefore: undefined,
       idempotencyKey: undefined,
       callbackUrl: undefined,
+      // Only when forwarded: a record of a call that ran where it came in is as it always was.
+      ...(forwarded ? { via: forwarded.via } : {}),
+      ...(forwarded?.placement ? { placement: forwarded.placement } : {}),
     };
     try {
       this.#o.store.record(record);

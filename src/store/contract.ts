@@ -88,6 +88,13 @@ export interface CallRecord {
   readonly callbackUrl: string | undefined;
   /** Async calls with a callback URL, once ended: where its delivery is. */
   readonly callbackState?: CallbackState | undefined;
+  /**
+   * A sync call forwarded in a cluster: the node that took it from its client and forwarded it
+   * to `node` (docs/cluster.md, "Forwarding"). Undefined when it ran where it came in.
+   */
+  readonly via?: string | undefined;
+  /** A forwarded call: why it went to `node` (`warm`, `home` or `spill`: the placement rule's reason). */
+  readonly placement?: string | undefined;
 }
 
 /** What the gateway hands the store when it accepts an async call. */

@@ -543,6 +543,14 @@ export function runStoreConformance(name: string, setup: () => Promise<StoreFixt
         assert.equal(await store.response(r.id), undefined, "a sync call keeps no result");
       });
 
+      it("keeps where a forwarded call came in and why it went where it ran (a cluster's via and placement)", async () => {
+        const r = syncRecord({ node: "node-b", via: "node-a", placement: "home" });
+        store.record(r);
+        assert.deepEqual(await store.get(r.id), r);
+        await store.flush();
+        assert.deepEqual(await store.get(r.id), r);
+      });
+
       it("lists calls newest first, filtered by function, state, kind, status, error code, parent, since, limit", async () => {
         // As Fennec makes them: ids ordered by the time they were made (UUID v7), handed over in
         // another order than they were made in.

@@ -28,6 +28,9 @@ export interface CallDoc {
   readonly idempotencyKey?: string | undefined;
   readonly callbackUrl?: string | undefined;
   readonly callbackState?: CallbackState | undefined;
+  /** A forwarded sync call: its entry node, and why it went where it ran (docs/cluster.md). */
+  readonly via?: string | undefined;
+  readonly placement?: string | undefined;
   /** While running: when the lease runs out (the `now` of the taker's clock plus leaseMs). */
   readonly leaseUntil?: number | undefined;
   /** What retention counts for the call: strings, request and result (as the embedded store). */
@@ -62,6 +65,8 @@ export function recordOf(d: CallDoc): CallRecord {
     callbackUrl: d.callbackUrl,
     // Only when set: a record without a callback reads back as it was handed over.
     ...(d.callbackState === undefined ? {} : { callbackState: d.callbackState }),
+    ...(d.via === undefined ? {} : { via: d.via }),
+    ...(d.placement === undefined ? {} : { placement: d.placement }),
   };
 }
 

@@ -24,7 +24,9 @@ export interface RecordBatch {
 const NUMBER_FIELDS = 10;
 const WORD_FIELDS = 6;
 const TEXT_FIELDS = 5;
-export const WIDTH = NUMBER_FIELDS + WORD_FIELDS + TEXT_FIELDS;
+/** Schema 4's two words (a forwarded call's via and placement), after the rest so no index moves. */
+const CLUSTER_WORDS = 2;
+export const WIDTH = NUMBER_FIELDS + WORD_FIELDS + TEXT_FIELDS + CLUSTER_WORDS;
 const FIRST_ROWS = 256;
 
 /** Collects records into the next RecordBatch. */
@@ -69,6 +71,8 @@ export class RecordBatchBuilder {
     a[o + 18] = this.#append(r.errorMessage);
     a[o + 19] = this.#append(r.idempotencyKey);
     a[o + 20] = this.#append(r.callbackUrl);
+    a[o + 21] = this.#word(r.via);
+    a[o + 22] = this.#word(r.placement);
   }
 
   #word(s: string | undefined): number {
@@ -110,7 +114,7 @@ const nullIfNaN = (x: number): number | null => (x !== x ? null : x);
  */
 export function decodeRecords(batch: RecordBatch, row: (values: unknown[]) => void): void {
   const { n, nums: a, words, text } = batch;
-  const v: unknown[] = new Array(22);
+  const v: unknown[] = new Array(24);
   const word = (i: number): string | null => (i < 0 ? null : words[i]!);
   let at = 0;
   const next = (len: number): string | null => {
@@ -155,6 +159,8 @@ export function decodeRecords(batch: RecordBatch, row: (values: unknown[]) => vo
       (errorMessage?.length ?? 0) +
       (callbackUrl?.length ?? 0) +
       (idempotencyKey?.length ?? 0);
+    v[22] = word(a[o + 21]!);
+    v[23] = word(a[o + 22]!);
     row(v);
   }
 }

@@ -25,6 +25,9 @@ export interface CallRow {
   callback_url: string | null;
   /** Schema 2; INSERT_CALL leaves it NULL (a call's delivery starts when it ends). */
   callback_state: string | null;
+  /** Schema 3: a forwarded call's entry node and placement reason (absent from rows built here). */
+  via?: string | null;
+  placement?: string | null;
 }
 
 const opt = <T>(v: T | null): T | undefined => (v === null ? undefined : v);
@@ -55,6 +58,8 @@ export function recordOf(row: CallRow): CallRecord {
     callbackUrl: opt(row.callback_url),
     // Only when set: a record without a callback reads back as it was handed over.
     ...(row.callback_state === null ? {} : { callbackState: row.callback_state as CallbackState }),
+    ...(row.via == null ? {} : { via: row.via }),
+    ...(row.placement == null ? {} : { placement: row.placement }),
   };
 }
 
@@ -83,13 +88,15 @@ export function rowOf(r: CallRecord, bytes: number): unknown[] {
     nul(r.idempotencyKey),
     nul(r.callbackUrl),
     bytes,
+    nul(r.via),
+    nul(r.placement),
   ];
 }
 
 export const INSERT_CALL = `INSERT INTO calls (id, function, kind, state, node, parent_id, attempt,
   submitted_at, started_at, finished_at, start_type, queue_wait_ms, init_ms, ttfb_ms, exec_ms, status,
-  error_code, error_message, not_before, idempotency_key, callback_url, bytes)
-  VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`;
+  error_code, error_message, not_before, idempotency_key, callback_url, bytes, via, placement)
+  VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`;
 
 /** What a record's strings weigh, for retention by bytes (UTF-16 length: close enough, cheap). */
 export function recordBytes(r: CallRecord): number {

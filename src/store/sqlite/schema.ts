@@ -147,6 +147,11 @@ export const MIGRATIONS: readonly string[] = [
     WHERE idempotency_key IS NOT NULL;
   CREATE INDEX calls_callbacks ON calls (finished_at) WHERE callback_state = 'pending';
   `,
+  // 4: where a sync call forwarded in a cluster came in, and why it went where it ran.
+  `
+  ALTER TABLE calls ADD COLUMN via TEXT;
+  ALTER TABLE calls ADD COLUMN placement TEXT;
+  `,
 ];
 
 /** The schema version this Fennec writes. */

@@ -1,0 +1,241 @@
+/**
+ * A call forwarded to another node: the client's request streamed to that node's gateway, its
+ * response streamed back (docs/cluster.md, "Forwarding"). Straight gateway to gateway over HTTP
+ * with undici, one keep-alive pool per node, so a body crosses once and never through NATS.
+ *
+ * The receiving gateway serves a request that carries FORWARDED_BY_HEADER where it lands: a call
+ * is forwarded at most once, whatever the two nodes' views of the cluster say.
+ */
+import type { IncomingMessage, ServerResponse } from "node:http";
+import { Readable } from "node:stream";
+import { pipeline } from "node:stream/promises";
+import { Pool, errors as undiciErrors } from "undici";
+import { FennecError } from "../core/errors.js";
+import { HOP_BY_HOP } from "../core/hop-by-hop.js";
+import { CHAIN_DEPTH_HEADER } from "../invocations/call-host.js";
+import { CALL_ID_HEADER, REQUEST_ID_HEADER } from "../gateway/http-util.js";
+import { FORWARDED_BY_HEADER } from "./contract.js";
+
+/** The placement's reason, told to the node that serves a forwarded call (for its record). */
+export const PLACEMENT_HEADER = "x-fennec-placement";
+
+/** Request headers of this hop only: one hop's, `expect` (answered here) and `host` (the remote's). */
+const NOT_SENT = new Set([
+  ...HOP_BY_HOP,
+  "expect",
+  "host",
+  CHAIN_DEPTH_HEADER,
+  FORWARDED_BY_HEADER,
+  PLACEMENT_HEADER,
+]);
+/** The caller's credentials: they cross to another node only for a function that takes them. */
+const CREDENTIALS = new Set(["authorization", "proxy-authorization", "cookie"]);
+/** Response headers not copied back: one hop's, and the ids this gateway has already set (the same values). */
+const NOT_RETURNED = new Set([...HOP_BY_HOP, REQUEST_ID_HEADER, CALL_ID_HEADER]);
+
+/** What one forwarded call needs. */
+export interface ForwardCall {
+  readonly req: IncomingMessage;
+  readonly res: ServerResponse;
+  /** The request's path and query on the receiving gateway (`/f/alice/fn/x?y=1`): the client's. */
+  readonly url: string;
+  readonly callId: string;
+  readonly requestId: string;
+  /** This node (FORWARDED_BY_HEADER). */
+  readonly from: string;
+  /** The node it goes to, its gateway's base URL, and why (PLACEMENT_HEADER). */
+  readonly to: { readonly name: string; readonly url: string; readonly reason: string };
+  /** Whether the caller's credentials may reach the function (its `forward-credentials`). */
+  readonly forwardCredentials: boolean;
+  /** Aborted when the call must end: the client went away, or the node left the cluster. */
+  readonly signal: AbortSignal;
+}
+
+/** How a forwarded call ended. */
+export interface ForwardOutcome {
+  /** The remote's status; undefined when it never answered. */
+  readonly status: number | undefined;
+  /** The failure, when there was one (the response was then cut, or not sent). */
+  readonly error: FennecError | undefined;
+  /** Whether no connection could be made at all (the node is not reachable: place elsewhere). */
+  readonly unreachable: boolean;
+  /** Whether the call may go to another node: unreachable, and none of its body read yet. */
+  readonly resendable: boolean;
+}
+
+/** undici's codes for a connection that could not be opened. */
+const CONNECT_FAILURES = new Set([
+  "ECONNREFUSED",
+  "EHOSTUNREACH",
+  "ENETUNREACH",
+  "UND_ERR_CONNECT_TIMEOUT",
+  "ENOTFOUND",
+]);
+
+function connectFailed(err: unknown): boolean {
+  const code = (err as { code?: string } | undefined)?.code;
+  if (code !== undefined && CONNECT_FAILURES.has(code)) return true;
+  return err instanceof undiciErrors.ConnectTimeoutError;
+}
+
+/** The headers a message's `Connection` names: of this hop only (RFC 9110 §7.6.1), never passed on. */
+function namedByConnection(value: string | string[] | undefined): Set<string> {
+  const text = Array.isArray(value) ? value.join(",") : (value ?? "");
+  return new Set(
+    text
+      .split(",")
+      .map((t) => t.trim().toLowerCase())
+      .filter((t) => t !== ""),
+  );
+}
+
+/**
+ * The client's body as undici reads it: `req` is only read from once undici reads (after it has
+ * connected), and undici's destroying it on a failure leaves `req` whole. So a call whose node
+ * could not be reached still has its whole body, for another node or this one.
+ */
+function lazyBody(req: IncomingMessage): { body: Readable; started: () => boolean } {
+  let started = false;
+  const body = new Readable({
+    read() {
+      if (started) {
+        req.resume();
+        return;
+      }
+      started = true;
+      req.on("data", (chunk: Buffer) => {
+        if (!body.push(chunk)) req.pause();
+      });
+      req.once("end", () => body.push(null));
+      req.once("error", (err) => body.destroy(err));
+      req.once("aborted", () => body.destroy(new Error("the client went away")));
+    },
+  });
+  return { body, started: () => started };
+}
+
+/** Keep-alive pools to the other nodes' gateways, one per base URL. */
+export class Forwarder {
+  readonly #pools = new Map<string, Pool>();
+
+  #pool(url: string): Pool {
+    let pool = this.#pools.get(url);
+    if (!pool) {
+      pool = new Pool(url, {
+        connections: 256,
+        // The remote's own function timeout ends a slow call; undici's 300 s limits would cut a
+        // long event stream the function may keep open. A dead node is found by its socket
+        // (reset) or by the membership (left): neither waits for these.
+        headersTimeout: 0,
+        bodyTimeout: 0,
+        connectTimeout: 5_000,
+        keepAliveTimeout: 30_000,
+      });
+      this.#pools.set(url, pool);
+    }
+    return pool;
+  }
+
+  /** Closes the pool to a node that left (its sockets are gone or going). */
+  drop(url: string): void {
+    const pool = this.#pools.get(url);
+    if (!pool) return;
+    this.#pools.delete(url);
+    void pool.destroy().catch(() => undefined);
+  }
+
+  async close(): Promise<void> {
+    const pools = [...this.#pools.values()];
+    this.#pools.clear();
+    await Promise.all(pools.map((p) => p.destroy().catch(() => undefined)));
+  }
+
+  /**
+   * Streams the call to `to` and its answer back to the client. Never throws: before the response
+   * head the caller answers the error (NODE_LOST, CLIENT_GONE); after it, the response is cut here
+   * (the client sees a short body), and the outcome says why.
+   */
+  async forward(call: ForwardCall): Promise<ForwardOutcome> {
+    const { req, res, signal } = call;
+    const headers: Record<string, string> = {};
+    const hop = namedByConnection(req.headers.connection);
+    for (const [name, value] of Object.entries(req.headers)) {
+      if (value === undefined || NOT_SENT.has(name) || hop.has(name)) continue;
+      if (!call.forwardCredentials && CREDENTIALS.has(name)) continue;
+      headers[name] = Array.isArray(value) ? value.join(", ") : value;
+    }
+    headers[FORWARDED_BY_HEADER] = call.from;
+    headers[PLACEMENT_HEADER] = call.to.reason;
+    headers[CALL_ID_HEADER] = call.callId;
+    headers[REQUEST_ID_HEADER] = call.requestId;
+    // A request with neither a length nor chunks has no body (RFC 9112 §6.3): none is sent.
+    const sendsBody =
+      (req.headers["content-length"] !== undefined && req.headers["content-length"] !== "0") ||
+      req.headers["transfer-encoding"] !== undefined;
+    const lazy = sendsBody ? lazyBody(req) : undefined;
+    let answer: Awaited<ReturnType<Pool["request"]>>;
+    try {
+      answer = await this.#pool(call.to.url).request({
+        method: req.method ?? "GET",
+        path: call.url,
+        headers,
+        body: lazy ? lazy.body : null,
+        signal,
+      });
+    } catch (err) {
+      const unreachable = !signal.aborted && connectFailed(err);
+      return {
+        status: undefined,
+        error: this.#failure(call, err),
+        unreachable,
+        // No connection was made, so none of the body was read: it can go to another node.
+        resendable: unreachable && !(lazy?.started() ?? false),
+      };
+    }
+    if (!sendsBody) req.resume();
+    res.statusCode = answer.statusCode;
+    const answerHop = namedByConnection(answer.headers.connection);
+    for (const [name, value] of Object.entries(answer.headers)) {
+      if (value === undefined || NOT_RETURNED.has(name) || answerHop.has(name)) continue;
+      res.setHeader(name, value);
+    }
+    // The remote may answer before the whole body was sent (a refusal, or a function that does
+    // not read it): what is left unread then is not read, and the connection is closed once the
+    // answer is out rather than reused with a body half read.
+    res.once("finish", () => {
+      if (!req.complete) req.socket?.destroy();
+    });
+    try {
+      await pipeline(answer.body, res);
+      return { status: answer.statusCode, error: undefined, unreachable: false, resendable: false };
+    } catch (err) {
+      // After the head the response can only be cut: the client sees a short body or no last chunk.
+      if (!res.destroyed) res.destroy();
+      return {
+        status: answer.statusCode,
+        error: this.#failure(call, err),
+        unreachable: false,
+        resendable: false,
+      };
+    }
+  }
+
+  #failure(call: ForwardCall, err: unknown): FennecError {
+    const { signal, to } = call;
+    if (signal.aborted) {
+      if (signal.reason instanceof FennecError) return signal.reason;
+      return new FennecError("CLIENT_GONE", "the client went away before the forwarded call ended");
+    }
+    if (err instanceof FennecError) return err;
+    const why = err instanceof Error ? err.message : String(err);
+    if (connectFailed(err))
+      return new FennecError("NODE_LOST", `node ${to.name} (${to.url}) could not be reached: ${why}`, {
+        cause: err,
+        details: { node: to.name },
+      });
+    return new FennecError("NODE_LOST", `the connection to node ${to.name} broke during the call: ${why}`, {
+      cause: err,
+      details: { node: to.name },
+    });
+  }
+}
