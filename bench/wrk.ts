@@ -113,6 +113,9 @@ const cpuOf = (pid: number): number => cpuIn(`/proc/${pid}/stat`);
 /** CPU seconds of a process's main thread alone: a Node process's event loop, not its workers or GC. */
 export const mainThreadCpuSeconds = (pid: number): number => cpuIn(`/proc/${pid}/task/${pid}/stat`);
 
+/** User + system CPU seconds of every thread of process `pid` (a store's writer thread included). */
+export const processCpuSeconds = (pid: number): number => cpuIn(`/proc/${pid}/stat`);
+
 /** User + system CPU seconds of this process's children that have exited and been waited for. */
 function reapedChildrenCpu(): number {
   const stat = readFileSync("/proc/self/stat", "utf8");
