@@ -3,6 +3,7 @@ import type { Statement } from "better-sqlite3";
 import { FennecError } from "../core/errors.js";
 import type { Logger } from "../core/log.js";
 import { CallWaiters } from "./call-waiters.js";
+import { queuedRecord, recordBytes } from "./new-call.js";
 import {
   TERMINAL_STATES,
   type CallQuery,
@@ -26,7 +27,6 @@ import {
   INSERT_CALL,
   blob,
   figureColumns,
-  recordBytes,
   recordOf,
   requestOf,
   responseOf,
@@ -175,29 +175,7 @@ export class SqliteStore implements InvocationStore {
         throw new FennecError("BAD_REQUEST", `a call with id ${call.id} already exists`);
       const r = call.request;
       const headers = headersBytes(r.headers);
-      const record: CallRecord = {
-        id: call.id,
-        function: call.function,
-        kind: "async",
-        state: "queued",
-        node: undefined,
-        parentId: call.parentId,
-        attempt: 0,
-        submittedAt: call.submittedAt,
-        startedAt: undefined,
-        finishedAt: undefined,
-        startType: undefined,
-        queueWaitMs: undefined,
-        initMs: undefined,
-        ttfbMs: undefined,
-        execMs: undefined,
-        status: undefined,
-        errorCode: undefined,
-        errorMessage: undefined,
-        notBefore: undefined,
-        idempotencyKey: call.idempotencyKey,
-        callbackUrl: call.callbackUrl,
-      };
+      const record = queuedRecord(call);
       const bytes = recordBytes(record) + r.body.byteLength + headers.length + r.path.length + r.query.length;
       s.insertCall.run(rowOf(record, bytes));
       s.insertRequest.run(call.id, r.method, r.path, r.query, headers, blob(r.body));

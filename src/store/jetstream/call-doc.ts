@@ -1,4 +1,5 @@
 import type { CallRecord, CallState, CallbackState } from "../contract.js";
+import { recordBytes } from "../new-call.js";
 
 /**
  * A call as the `calls` bucket keeps it: the record (JSON drops what is undefined) plus what only
@@ -68,17 +69,6 @@ export function recordOf(d: CallDoc): CallRecord {
     ...(d.via === undefined ? {} : { via: d.via }),
     ...(d.placement === undefined ? {} : { placement: d.placement }),
   };
-}
-
-/** What a record's strings weigh, for retention by bytes (as the embedded store counts them). */
-export function recordBytes(r: CallRecord): number {
-  return (
-    r.id.length +
-    r.function.length +
-    (r.errorMessage?.length ?? 0) +
-    (r.callbackUrl?.length ?? 0) +
-    (r.idempotencyKey?.length ?? 0)
-  );
 }
 
 /** The figures an attempt may report; anything else in a Partial<CallRecord> is ignored. */

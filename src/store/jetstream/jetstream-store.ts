@@ -3,6 +3,7 @@ import type { KV } from "@nats-io/kv";
 import { FennecError } from "../../core/errors.js";
 import type { Logger } from "../../core/log.js";
 import { CallWaiters } from "../call-waiters.js";
+import { queuedRecord } from "../new-call.js";
 import {
   TERMINAL_STATES,
   type CallQuery,
@@ -208,29 +209,7 @@ export class JetStreamStore implements InvocationStore {
         if (isConflict(err)) throw new FennecError("BAD_REQUEST", `a call with id ${call.id} already exists`);
         throw err;
       }
-      const base = docOfRecord({
-        id: call.id,
-        function: call.function,
-        kind: "async",
-        state: "queued",
-        node: undefined,
-        parentId: call.parentId,
-        attempt: 0,
-        submittedAt: call.submittedAt,
-        startedAt: undefined,
-        finishedAt: undefined,
-        startType: undefined,
-        queueWaitMs: undefined,
-        initMs: undefined,
-        ttfbMs: undefined,
-        execMs: undefined,
-        status: undefined,
-        errorCode: undefined,
-        errorMessage: undefined,
-        notBefore: undefined,
-        idempotencyKey: call.idempotencyKey,
-        callbackUrl: call.callbackUrl,
-      });
+      const base = docOfRecord(queuedRecord(call));
       const doc = updated(base, {
         bytes: base.bytes + r.body.byteLength + headers.length + r.path.length + r.query.length,
       });

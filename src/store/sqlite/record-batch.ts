@@ -152,7 +152,7 @@ export function decodeRecords(batch: RecordBatch, row: (values: unknown[]) => vo
     v[18] = nullIfNaN(a[o + 9]!);
     v[19] = idempotencyKey;
     v[20] = callbackUrl;
-    // recordBytes (rows.ts), from what is at hand.
+    // recordBytes (new-call.ts), from what is at hand.
     v[21] =
       id.length +
       fn.length +

@@ -98,17 +98,6 @@ export const INSERT_CALL = `INSERT INTO calls (id, function, kind, state, node, 
   error_code, error_message, not_before, idempotency_key, callback_url, bytes, via, placement)
   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`;
 
-/** What a record's strings weigh, for retention by bytes (UTF-16 length: close enough, cheap). */
-export function recordBytes(r: CallRecord): number {
-  return (
-    r.id.length +
-    r.function.length +
-    (r.errorMessage?.length ?? 0) +
-    (r.callbackUrl?.length ?? 0) +
-    (r.idempotencyKey?.length ?? 0)
-  );
-}
-
 /** The figures an attempt may report, as columns; anything else in a Partial<CallRecord> is ignored. */
 const FIGURES: ReadonlyArray<readonly [keyof CallRecord, string]> = [
   ["startType", "start_type"],
