@@ -102,10 +102,18 @@ export function deployCheck(
   scheduler: Scheduler,
   validateModule: ModuleValidator,
   what: string,
+  runsElsewhere?: (config: FunctionConfig) => boolean,
 ): DeployCheck {
   const check = moduleCheck(validateModule, what);
   return async (config) => {
-    scheduler.driverFor(config);
+    try {
+      scheduler.driverFor(config);
+    } catch (err) {
+      // In a cluster a node without the sandbox still takes the deploy when a live node has it:
+      // placement sends the function's calls there (docs/cluster.md).
+      if (!(err instanceof FennecError && err.code === "DRIVER_UNAVAILABLE" && runsElsewhere?.(config)))
+        throw err;
+    }
     await check(config);
   };
 }
@@ -139,6 +147,7 @@ export async function deployFromJson(
   registry: DirectoryRegistry,
   scheduler: Scheduler,
   validateModule: ModuleValidator,
+  runsElsewhere?: (config: FunctionConfig) => boolean,
 ): Promise<FunctionConfig> {
   let doc: DeployDocument;
   try {
@@ -169,5 +178,5 @@ export async function deployFromJson(
     if (!moduleFile) throw new FennecError("BAD_REQUEST", '"module" is only for [wasm] functions');
     files.set(moduleFile, base64(doc.module, "module"));
   }
-  return registry.deploy(id, doc.toml, files, deployCheck(scheduler, validateModule, what));
+  return registry.deploy(id, doc.toml, files, deployCheck(scheduler, validateModule, what, runsElsewhere));
 }

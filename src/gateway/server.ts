@@ -35,6 +35,7 @@ import { requestBody } from "./request-body.js";
 import { functionId, parseTarget, type Target } from "./routes.js";
 import { deployCheck, deployFromJson, describeFunctions, type ModuleValidator } from "./admin.js";
 import { serveCallRoutes } from "./call-routes.js";
+import { sandboxOf } from "../cluster/sandboxes.js";
 import { serveStateRoutes, STATE_BODY } from "./state-routes.js";
 import type { CallRouter, Route } from "../cluster/router.js";
 
@@ -335,7 +336,12 @@ export class Gateway {
     this.#authorize(req);
     const bytes = await readBody(req, this.#o.uploadLimitBytes);
     // Checked in a scratch copy under the function's own memory limit, then swapped in whole.
-    const check = deployCheck(this.#o.scheduler, this.#o.validateModule, `upload of ${functionKey(id)}`);
+    const check = deployCheck(
+      this.#o.scheduler,
+      this.#o.validateModule,
+      `upload of ${functionKey(id)}`,
+      this.#runsElsewhere,
+    );
     const config = await this.#o.registry.uploadModule(id, bytes, defaultWasmToml, check);
     this.#o.scheduler.adopt(config);
     sendJson(res, 200, { function: config.key, revision: config.revision, bytes: bytes.byteLength });
@@ -414,6 +420,7 @@ export class Gateway {
         this.#o.registry,
         this.#o.scheduler,
         this.#o.validateModule,
+        this.#runsElsewhere,
       );
       // Calls from now on go to the new version; instances of the earlier one finish and retire.
       this.#o.scheduler.adopt(config);
@@ -442,6 +449,13 @@ export class Gateway {
     }
     throw new FennecError("METHOD_NOT_ALLOWED", `${method} is not allowed on /system/functions`);
   }
+
+  /** In a cluster: whether another live node has the sandbox `config` needs (a deploy is then taken here). */
+  readonly #runsElsewhere = (config: FunctionConfig): boolean => {
+    if (this.#o.router === undefined) return false;
+    const needs = sandboxOf(config);
+    return this.#o.nodes().some((n) => n.name !== this.#o.node && n.sandboxes.includes(needs));
+  };
 
   #authorize(req: IncomingMessage): void {
     const token = this.#o.token;

@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { cp, mkdir } from "node:fs/promises";
+import { cp, mkdir, readFile } from "node:fs/promises";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { NODE_HEADER } from "../../src/cluster/contract.js";
@@ -64,6 +64,26 @@ describe("placement across three nodes (nats-server, three fennec serve --cluste
       assert.equal(a.status, 200, a.text);
       assert.equal(a.node, "n3");
     }
+  });
+
+  it("takes a deploy of a sandbox this node lacks when another node has it, and runs it there", async () => {
+    // n1 has no [process]; n3 has. A single node would refuse this with 409 DRIVER_UNAVAILABLE.
+    const handler = await readFile(join(EXAMPLES, "hello-process", "handler.ts"));
+    const res = await fetch(`${cluster.url("n1")}/system/functions`, {
+      method: "POST",
+      headers: { ...cluster.headers, "content-type": "application/json" },
+      body: JSON.stringify({
+        name: "hello-process-2",
+        toml: 'keepalive = 30\nconcurrent-requests = 8\n\n[process]\nhandler = "handler.ts"\n',
+        files: { "handler.ts": handler.toString("base64") },
+      }),
+    });
+    assert.equal(res.status, 201, await res.text());
+    const a = await waitFor("hello-process-2 to answer through n1", async () => {
+      const r = await call("n1", "hello-process-2", "");
+      return r.status === 200 ? r : undefined;
+    });
+    assert.equal(a.node, "n3");
   });
 
   it("fails a call with NODE_LOST at once when the node running it is killed, and sends the next call elsewhere", async () => {
