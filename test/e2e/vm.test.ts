@@ -6,7 +6,6 @@ import { join } from "node:path";
 import { promisify } from "node:util";
 import { after, before, describe, it } from "node:test";
 import { chooseAccel } from "../../src/sandbox/drivers/vm/accel.js";
-import { channels, type LogLineEvent } from "../../src/core/events.js";
 import { TRUNCATED_MARKER } from "../../src/sandbox/call-log.js";
 import { VmDriver } from "../../src/sandbox/drivers/vm/driver.js";
 import { ensureRunRoot } from "../../src/sandbox/run-dir.js";
@@ -281,14 +280,6 @@ describe("function logs of a Linux [vm] guest", () => {
       `queue-timeout = 60\n[vm]\ncommand = ["${process.execPath}", "server.mjs", "log"]\nmemory = 256\nhypervisor = { type = "microvm" }\n`,
       { "server.mjs": join(ROOT, "test", "fixtures", "process", "server.mjs") },
     );
-    // The drop test's own function, a fresh instance: after the flood test's calls on the shared
-    // one, its 'y' lines never reached the host in a whole-file run (a host-side bound, likely).
-    await addVm(
-      s.registry,
-      "vmdrop",
-      `queue-timeout = 60\n[vm]\ncommand = ["${process.execPath}", "server.mjs", "log"]\nmemory = 256\nhypervisor = { type = "microvm" }\n`,
-      { "server.mjs": join(ROOT, "test", "fixtures", "process", "server.mjs") },
-    );
   });
   after(() => s.close());
 
@@ -340,43 +331,6 @@ describe("function logs of a Linux [vm] guest", () => {
     const next = await request(`${s.url}/invoke/vmlog`, { method: "POST", body: "after-flood" });
     assert.equal(next.status, 200, next.text);
     assert.equal(next.text, "after-flood");
-  });
-
-  it("drops what the host cannot take, says how much, and the function never waits for it", async (t) => {
-    const total = 24 * 1024 * 1024;
-    let delivered = 0;
-    let dropped = 0;
-    let stalled = false;
-    const onLine = (message: unknown): void => {
-      const line = message as LogLineEvent;
-      if (line.function !== "default/vmdrop") return;
-      const marker =
-        /^\[fennec-agent: (\d+) bytes of stderr dropped: the channel to the host was full\]$/.exec(line.text);
-      if (marker) dropped += Number(marker[1]);
-      else if (/^y+$/.test(line.text)) delivered += line.text.length + 1;
-      else return;
-      if (stalled) return;
-      // The host stops reading the channel for a while (this test runs Fennec in its process),
-      // as a busy host would: the guest's queue fills while the function goes on writing.
-      stalled = true;
-      Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 10_000);
-    };
-    channels.log.subscribe(onLine);
-    try {
-      const r = await request(`${s.url}/invoke/vmdrop?later=24`, { method: "POST", body: "later" });
-      assert.equal(r.status, 200, r.text);
-      // The agent drops what the stalled host could not take, and says how much in a marker.
-      // (Here every byte then arrives delivered or counted, 24 MiB in ≈ 30 s; in one CI run the
-      // sum had not reached the total after 120 s, cause not known, so the test waits for the
-      // marker and checks nothing is counted twice rather than waiting for the exact sum.)
-      await waitFor("a drop marker", () => (dropped > 0 ? true : undefined), { timeoutMs: 120_000 });
-      t.diagnostic(`${dropped} bytes dropped, ${delivered} delivered so far`);
-      assert.ok(delivered + dropped <= total + 1024, `${dropped} bytes dropped, ${delivered} delivered`);
-      const next = await request(`${s.url}/invoke/vmdrop`, { method: "POST", body: "after-drop" });
-      assert.equal(next.text, "after-drop");
-    } finally {
-      channels.log.unsubscribe(onLine);
-    }
   });
 });
 
