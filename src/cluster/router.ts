@@ -19,6 +19,16 @@ import {
 } from "./contract.js";
 import { Forwarder, PLACEMENT_HEADER, type ForwardOutcome } from "./forward.js";
 
+/** A client's call as the gateway hands it over to be forwarded. */
+export interface ForwardCall {
+  req: IncomingMessage;
+  res: ServerResponse;
+  url: string;
+  callId: string;
+  requestId: string;
+  cancel: CallAbort;
+}
+
 export interface CallRouterOptions {
   readonly view: ClusterView;
   readonly rule: PlacementRule;
@@ -55,17 +65,7 @@ export interface CallRouter {
    */
   route(id: FunctionId): Route | undefined | Promise<Route | undefined>;
   /** Streams the call to its node and the answer back; see `Forwarder.forward`. */
-  forward(
-    route: Route,
-    call: {
-      req: IncomingMessage;
-      res: ServerResponse;
-      url: string;
-      callId: string;
-      requestId: string;
-      cancel: CallAbort;
-    },
-  ): Promise<ForwardOutcome>;
+  forward(route: Route, call: ForwardCall): Promise<ForwardOutcome>;
   close(): Promise<void>;
 }
 
@@ -181,17 +181,7 @@ export class ClusterRouter implements CallRouter {
     };
   }
 
-  async forward(
-    route: Route,
-    call: {
-      req: IncomingMessage;
-      res: ServerResponse;
-      url: string;
-      callId: string;
-      requestId: string;
-      cancel: CallAbort;
-    },
-  ): Promise<ForwardOutcome> {
+  async forward(route: Route, call: ForwardCall): Promise<ForwardOutcome> {
     const { node, placement, config } = route;
     const entry = { incarnation: node.incarnation, cancel: call.cancel };
     let calls = this.#running.get(node.name);

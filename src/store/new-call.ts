@@ -40,3 +40,15 @@ export function recordBytes(r: CallRecord): number {
     (r.idempotencyKey?.length ?? 0)
   );
 }
+
+/** A replayed call's figures: those of its earlier attempts no longer describe it. */
+export const CLEARED_FIGURES: Partial<CallRecord> = {
+  startType: undefined,
+  queueWaitMs: undefined,
+  initMs: undefined,
+  ttfbMs: undefined,
+  execMs: undefined,
+  status: undefined,
+  errorCode: undefined,
+  errorMessage: undefined,
+};

@@ -3,7 +3,7 @@ import type { Statement } from "better-sqlite3";
 import { FennecError } from "../core/errors.js";
 import type { Logger } from "../core/log.js";
 import { CallWaiters } from "./call-waiters.js";
-import { queuedRecord, recordBytes } from "./new-call.js";
+import { CLEARED_FIGURES, queuedRecord, recordBytes } from "./new-call.js";
 import {
   TERMINAL_STATES,
   type CallQuery,
@@ -342,16 +342,7 @@ export class SqliteStore implements InvocationStore {
           callback_state: null,
           bytes,
         },
-        {
-          startType: undefined,
-          queueWaitMs: undefined,
-          initMs: undefined,
-          ttfbMs: undefined,
-          execMs: undefined,
-          status: undefined,
-          errorCode: undefined,
-          errorMessage: undefined,
-        },
+        CLEARED_FIGURES,
       );
       return true;
     });

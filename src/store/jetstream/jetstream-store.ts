@@ -3,7 +3,7 @@ import type { KV } from "@nats-io/kv";
 import { FennecError } from "../../core/errors.js";
 import type { Logger } from "../../core/log.js";
 import { CallWaiters } from "../call-waiters.js";
-import { queuedRecord } from "../new-call.js";
+import { CLEARED_FIGURES, queuedRecord } from "../new-call.js";
 import {
   TERMINAL_STATES,
   type CallQuery,
@@ -463,16 +463,7 @@ export class JetStreamStore implements InvocationStore {
               result: undefined,
               resultBytes: undefined,
             },
-            {
-              startType: undefined,
-              queueWaitMs: undefined,
-              initMs: undefined,
-              ttfbMs: undefined,
-              execMs: undefined,
-              status: undefined,
-              errorCode: undefined,
-              errorMessage: undefined,
-            },
+            CLEARED_FIGURES,
           );
         });
       } catch (err) {
