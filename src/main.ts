@@ -18,6 +18,7 @@ import { FunctionShare } from "./cluster/function-share.js";
 import { LocalNode } from "./cluster/local-node.js";
 import { checkNodeName, Membership, type LocalState } from "./cluster/membership.js";
 import { RendezvousPlacement } from "./cluster/placement.js";
+import { checkReplicas, CLUSTER_STREAMS, prepareReplicas, replicaError } from "./cluster/replicas.js";
 import { ClusterRouter } from "./cluster/router.js";
 import { sandboxOf } from "./cluster/sandboxes.js";
 import { moduleCheck } from "./gateway/admin.js";
@@ -35,7 +36,7 @@ import { Invocations, type CallHostFactory } from "./invocations/invocations.js"
 import { sinkLogs } from "./invocations/log-sink.js";
 import type { InvocationStore, RetentionPolicy } from "./store/contract.js";
 import { DEFAULT_RETENTION, requeueOrphans, startRetention } from "./store/housekeeping.js";
-import { openClusterStore } from "./store/jetstream/open.js";
+import { openClusterStore, storeStreams } from "./store/jetstream/open.js";
 import { openStore } from "./store/open-store.js";
 
 export interface FennecOptions {
@@ -81,6 +82,12 @@ export interface FennecOptions {
    * (comma-separated for several). Undefined: one node, the embedded store (docs/cluster.md).
    */
   readonly cluster?: string | undefined;
+  /**
+   * Copies of every bucket, stream and object store on the NATS cluster (`--cluster-replicas`,
+   * 1–5): created with it, existing ones changed to it at start. Undefined: created with 1,
+   * existing ones kept (docs/cluster.md, "A production topology").
+   */
+  readonly clusterReplicas?: number | undefined;
   /**
    * The cluster's live nodes as this node sees them, instead of the membership kept over NATS
    * (`cluster`): calls are placed and forwarded by it. Tests pass a fake one.
@@ -203,9 +210,17 @@ async function startWith(options: FennecOptions, opened: Array<() => Promise<unk
       "BAD_REQUEST",
       `--host ${options.host} listens on every address, which names none other nodes can reach: give --advertise http://HOST:PORT`,
     );
+  if (options.clusterReplicas !== undefined) {
+    if (!options.cluster)
+      throw new FennecError("CLUSTER_REPLICAS", "--cluster-replicas applies to a cluster: give --cluster too");
+    checkReplicas(options.clusterReplicas);
+  }
   // First: an unreachable cluster, a damaged or busy store stop the start before anything else is touched.
   const nats = options.cluster ? await connectCluster(options.cluster, { node, log }) : undefined;
   if (nats) opened.push(() => nats.close());
+  // Replicas before anything is created: a count the NATS cluster cannot hold fails the start here.
+  if (nats)
+    await prepareReplicas(nats, [...CLUSTER_STREAMS, ...storeStreams("fennec")], options.clusterReplicas, log);
   // The name is claimed before anything else is opened: a second live node of that name is
   // refused (NODE_NAME_TAKEN) before it touches a store or serves. Its state is filled in below.
   let localState: () => LocalState = () => ({
@@ -216,18 +231,21 @@ async function startWith(options: FennecOptions, opened: Array<() => Promise<unk
     functions: {},
   });
   const membership = nats
-    ? await Membership.join(nats, { name: node, log, local: () => localState() }).catch(
-        async (err: unknown) => {
-          await nats.close().catch(() => undefined);
-          throw err;
-        },
-      )
+    ? await Membership.join(nats, {
+        name: node,
+        log,
+        local: () => localState(),
+        replicas: options.clusterReplicas,
+      }).catch(async (err: unknown) => {
+        await nats.close().catch(() => undefined);
+        throw replicaError(err, options.clusterReplicas, "the nodes bucket");
+      })
     : undefined;
   if (membership) opened.push(() => membership.close());
   const retentionPolicy = { ...DEFAULT_RETENTION, ...options.retention };
   // In a cluster every node shares one store in JetStream; alone, the embedded one.
   const store: InvocationStore & { readonly soleOwner: boolean } = nats
-    ? await openClusterStore(nats, { log, retention: retentionPolicy })
+    ? await openClusterStore(nats, { log, retention: retentionPolicy, replicas: options.clusterReplicas })
     : openStore(options.stateDir ?? join(root, ".fennec", "state"), { log });
   const kinds = options.kinds ?? sandboxKinds;
   // A directory a deploy replaced stays until the scheduler has no instance read from it.
@@ -362,6 +380,7 @@ async function startWith(options: FennecOptions, opened: Array<() => Promise<unk
         registry,
         log,
         check: (what) => moduleCheck(validateModuleBytes, what),
+        replicas: options.clusterReplicas,
         installed: (config) => scheduler.adopt(config),
         removed: async (key) => {
           await scheduler.removeFunction(key);
@@ -376,7 +395,7 @@ async function startWith(options: FennecOptions, opened: Array<() => Promise<unk
         localNode.close();
         await membership?.close();
         await nats.close().catch(() => undefined);
-        throw err;
+        throw replicaError(err, options.clusterReplicas, "the functions bucket");
       })
     : undefined;
   if (share) entries = await registry.list();

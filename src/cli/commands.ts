@@ -85,6 +85,11 @@ Edits on disk apply to new instances without a restart; SIGINT/SIGTERM drain and
                          calls and dead letters stay (default 1GiB; bytes, or KiB/MiB/GiB)
   --cluster URL          join a cluster: the NATS server (JetStream) the nodes share,
                          nats://HOST:PORT (comma-separated for several); see docs/cluster.md
+  --cluster-replicas N   copies (1-5) of every bucket and stream Fennec keeps in JetStream, on N
+                         servers of a NATS cluster: 3 survives the loss of one server. Created
+                         with N; existing ones are changed to N at start. Default: created with
+                         1, existing ones kept. More than the cluster's JetStream servers is
+                         refused at start
   --node NAME            this node's name in the cluster and in call records (default: the
                          host's name); two live nodes with one name are refused
   --advertise URL        the gateway's base URL as the other nodes reach it
@@ -115,6 +120,7 @@ ${flagHelp(sandboxKinds.flags("serve"))}
         "retention-age": { type: "string", default: "7d" },
         "retention-bytes": { type: "string", default: "1GiB" },
         cluster: { type: "string" },
+        "cluster-replicas": { type: "string" },
         node: { type: "string" },
         advertise: { type: "string" },
         "log-level": { type: "string", default: "info" },
@@ -131,6 +137,13 @@ ${flagHelp(sandboxKinds.flags("serve"))}
       return n;
     };
     const port = num("port", values.port, 65535);
+    const replicas = values["cluster-replicas"];
+    if (replicas !== undefined && !/^[1-5]$/.test(replicas))
+      throw new UsageError(
+        `--cluster-replicas expects a whole number from 1 to 5 (JetStream's limit), got ${JSON.stringify(replicas)}`,
+      );
+    if (replicas !== undefined && !values.cluster)
+      throw new UsageError(`--cluster-replicas applies to a cluster: give --cluster too`);
     const level = values["log-level"];
     if (!["error", "warn", "info", "debug"].includes(level))
       throw new UsageError(`--log-level expects error, warn, info or debug`);
@@ -170,6 +183,7 @@ ${flagHelp(sandboxKinds.flags("serve"))}
       logLevel: level as "info",
       records: !values["no-records"],
       ...(values.cluster ? { cluster: values.cluster } : {}),
+      ...(replicas !== undefined ? { clusterReplicas: Number(replicas) } : {}),
       ...(values.node ? { node: values.node } : {}),
       ...(values.advertise ? { advertise: values.advertise } : {}),
       driverSettings: driverSettings(sandboxKinds.flags("serve"), values),

@@ -40,6 +40,8 @@ export interface FunctionShareOptions {
   readonly installed: (config: FunctionConfig) => void;
   /** Another node's delete has removed the function here: its instances stop, its figures go. */
   readonly removed: (key: string) => Promise<void>;
+  /** Copies of the bucket and the object store on a NATS cluster, when created (`--cluster-replicas`; default 1). */
+  readonly replicas?: number | undefined;
 }
 
 /** The `origin` of the registry changes this module makes (they are not published again). */
@@ -136,8 +138,9 @@ export class FunctionShare {
    * node serves only after it has caught up.
    */
   static async start(o: FunctionShareOptions): Promise<FunctionShare> {
-    const kv = await new Kvm(o.nc).create(CLUSTER_BUCKETS.functions, { history: 1 });
-    const obj = await new Objm(o.nc).create(CLUSTER_BUCKETS.artefacts);
+    const replicas = o.replicas ?? 1;
+    const kv = await new Kvm(o.nc).create(CLUSTER_BUCKETS.functions, { history: 1, replicas });
+    const obj = await new Objm(o.nc).create(CLUSTER_BUCKETS.artefacts, { replicas });
     const baseline = await SharedBaseline.load(join(o.registry.root, ".fennec", "cluster", "functions.json"));
     const share = new FunctionShare(o, kv, obj, baseline);
     await share.#join();

@@ -23,6 +23,8 @@ export interface MembershipOptions {
   /** Heartbeat and time-to-live (tests shorten them); defaults HEARTBEAT_MS and NODE_TTL_MS. */
   readonly heartbeatMs?: number;
   readonly ttlMs?: number;
+  /** Copies of the nodes bucket on a NATS cluster, when it is created (`--cluster-replicas`; default 1). */
+  readonly replicas?: number | undefined;
 }
 
 /** How often entries are checked for age; an entry leaves at most this long after its TTL. */
@@ -94,6 +96,7 @@ export class Membership implements ClusterView {
       history: 1,
       // Only a safety net for entries of nodes long gone: liveness is decided by age (above).
       ttl: Math.max(60_000, 6 * ttlMs),
+      replicas: options.replicas ?? 1,
     });
     const membership = new Membership(kv, options);
     await membership.#claim();

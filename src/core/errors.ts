@@ -59,6 +59,8 @@ export const ErrorCodes = [
   // the cluster (NATS JetStream)
   /** `--cluster` names a NATS server that cannot be reached, or lacks JetStream (found at start). */
   "CLUSTER_UNREACHABLE",
+  /** `--cluster-replicas` out of 1–5, without `--cluster`, or more copies than the NATS cluster can hold (found at start). */
+  "CLUSTER_REPLICAS",
   /** A function shared by another node that this node will not unpack (a bad path, a link, a wrong digest). */
   "ARTEFACT_INVALID",
   /** Another live node already uses this `--node` name: the second is refused at start. */

@@ -43,6 +43,7 @@ export const STATUS_BY_CODE: Record<ErrorCode, number> = {
   CHAIN_NO_CAPACITY: 503,
   STATE_TOO_LARGE: 413,
   CLUSTER_UNREACHABLE: 503,
+  CLUSTER_REPLICAS: 503,
   ARTEFACT_INVALID: 422,
   NODE_NAME_TAKEN: 409,
   // The call may have run on the lost node: a bad gateway, not a timeout, and not retried by Fennec.

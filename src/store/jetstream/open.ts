@@ -10,6 +10,7 @@ import { Objm } from "@nats-io/obj";
 import { nanos, type NatsConnection } from "@nats-io/transport-node";
 import { FennecError } from "../../core/errors.js";
 import type { Logger } from "../../core/log.js";
+import { replicaError } from "../../cluster/replicas.js";
 import type { RetentionPolicy } from "../contract.js";
 import { Blobs } from "./blobs.js";
 import { JetStreamStore } from "./jetstream-store.js";
@@ -26,6 +27,12 @@ export interface ClusterStoreOptions {
    * (`prune`): a bucket's max_age would drop queued calls too.
    */
   readonly retention?: RetentionPolicy | undefined;
+  /**
+   * Copies of each bucket and stream on a NATS cluster, given to those this call creates
+   * (`--cluster-replicas`; default 1). Existing ones are brought to the count before the store
+   * opens (`applyReplicas`, src/cluster/replicas.ts).
+   */
+  readonly replicas?: number | undefined;
 }
 
 /**
@@ -39,6 +46,7 @@ async function ensureStream(
   subjects: string[],
   limits: { readonly maxAgeMs: number; readonly maxBytes: number },
   log: Logger | undefined,
+  replicas: number,
 ): Promise<void> {
   let exists = true;
   try {
@@ -62,6 +70,7 @@ async function ensureStream(
       max_age,
       max_bytes,
       allow_direct: true,
+      num_replicas: replicas,
     };
     await jsm.streams.add(config).catch(async (e: unknown) => {
       // Another node created it meanwhile: bring its limits to these.
@@ -102,20 +111,22 @@ export async function openClusterStore(
     const jsm = await jetstreamManager(nats);
     const kvm = new Kvm(js);
     // One value per key: a call's, a payload's or a state value's history is not kept.
-    const kv = (name: string) => kvm.create(name, { history: 1, storage: StorageType.File });
+    const replicas = options.replicas ?? 1;
+    const kv = (name: string) => kvm.create(name, { history: 1, storage: StorageType.File, replicas });
     const [calls, payloads, idempotency, state] = await Promise.all([
       kv(names.calls),
       kv(names.payloads),
       kv(names.idempotency),
       kv(names.state),
     ]);
-    const objects = await new Objm(js).create(names.blobs, { storage: StorageType.File });
+    const objects = await new Objm(js).create(names.blobs, { storage: StorageType.File, replicas });
     await ensureStream(
       jsm,
       names.logs,
       [names.logFilter],
       { maxAgeMs: options.retention?.maxAgeMs ?? 0, maxBytes: options.retention?.maxBytes ?? 0 },
       options.log,
+      replicas,
     );
     await ensureStream(
       jsm,
@@ -123,6 +134,7 @@ export async function openClusterStore(
       [`${prefix}.appended.>`],
       { maxAgeMs: 0, maxBytes: 0 },
       options.log,
+      replicas,
     );
     return await JetStreamStore.open({
       js,
@@ -132,7 +144,8 @@ export async function openClusterStore(
       log: options.log,
       buckets: { calls, payloads, idempotency, state, blobs: new Blobs(objects) },
     });
-  } catch (err) {
+  } catch (caught) {
+    const err = replicaError(caught, options.replicas, `the cluster's store ${describe}`);
     if (err instanceof FennecError) throw err;
     throw new FennecError(
       "STORE_UNAVAILABLE",
@@ -146,9 +159,14 @@ export async function openClusterStore(
 
 /** Removes every bucket and stream of a store (tests; an operator resetting a cluster). */
 export async function destroyClusterStore(nats: NatsConnection, prefix: string): Promise<void> {
-  const names = storeNames(prefix);
   const jsm = await jetstreamManager(nats);
-  const streams = [
+  await Promise.all(storeStreams(prefix).map((s) => jsm.streams.delete(s).catch(() => undefined)));
+}
+
+/** The JetStream streams behind a store's buckets, object store and streams. */
+export function storeStreams(prefix: string): string[] {
+  const names = storeNames(prefix);
+  return [
     `KV_${names.calls}`,
     `KV_${names.payloads}`,
     `KV_${names.idempotency}`,
@@ -157,5 +175,4 @@ export async function destroyClusterStore(nats: NatsConnection, prefix: string):
     names.logs,
     names.appended,
   ];
-  await Promise.all(streams.map((s) => jsm.streams.delete(s).catch(() => undefined)));
 }
