@@ -65,6 +65,21 @@ export function checkServerForReplicas(nc: NatsConnection, replicas: number): vo
     );
 }
 
+/** How long a start waits for a stream whose replicas it changed to have a leader and current peers. */
+const SETTLE_MS = 60_000;
+
+/** Waits until `stream` has a leader and `replicas - 1` current peers; false after SETTLE_MS. */
+async function settle(jsm: JetStreamManager, stream: string, replicas: number): Promise<boolean> {
+  const deadline = Date.now() + SETTLE_MS;
+  while (Date.now() < deadline) {
+    const info = await jsm.streams.info(stream).catch(() => undefined);
+    const peers = info?.cluster?.replicas ?? [];
+    if (info?.cluster?.leader && peers.length === replicas - 1 && peers.every((p) => p.current)) return true;
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  return false;
+}
+
 /**
  * Brings each existing stream in `streams` to `replicas` copies (JetStream changes a stream's
  * replicas online, by an update: it adds or removes peers and catches them up). Streams that do
@@ -92,10 +107,14 @@ export async function applyReplicas(
     } catch (err) {
       throw replicaError(err, replicas, stream);
     }
+    // The new RAFT group elects a leader and the new peers catch up; until then the stream
+    // answers no request (a stream update right after it times out), so the start waits.
+    const settled = await settle(jsm, stream, replicas);
     log.warn("changed the replicas of a JetStream stream to --cluster-replicas", {
       stream,
       from,
       to: replicas,
+      ...(settled ? {} : { note: `its peers had not caught up after ${SETTLE_MS / 1000} s` }),
     });
     changed.push({ stream, from });
   }

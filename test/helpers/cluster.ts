@@ -24,7 +24,13 @@ export interface ClusterNodeSpec {
   readonly registry?: string;
 }
 
-export interface ClusterOptions {
+/** What the nodes are given as `--cluster`: one test nats-server, or a NATS cluster's URLs (nats-cluster.ts). */
+export interface NatsEndpoint {
+  readonly url: string;
+  stop(): Promise<void>;
+}
+
+export interface ClusterOptions<N extends NatsEndpoint = TestNats> {
   /** Node names (or specs); default three nodes `n1`, `n2`, `n3`. */
   readonly nodes?: ReadonlyArray<string | ClusterNodeSpec>;
   /**
@@ -36,8 +42,11 @@ export interface ClusterOptions {
   readonly token?: string | null;
   /** Arguments every node gets (before its own). */
   readonly args?: readonly string[];
-  /** A nats-server to use (not stopped by `stop()`); default: one of the cluster's own. */
-  readonly nats?: TestNats;
+  /**
+   * A nats-server, or a NATS cluster (`startNatsCluster()`), to use (not stopped by `stop()`);
+   * default: one nats-server of the cluster's own.
+   */
+  readonly nats?: N;
   /**
    * Wait until every node lists all N in `GET /system/nodes` (default true); false returns once
    * each node serves (for a test of membership itself, or a branch without it).
@@ -62,8 +71,8 @@ export interface ClusterNode {
   log(): string;
 }
 
-export interface TestCluster {
-  readonly nats: TestNats;
+export interface TestCluster<N extends NatsEndpoint = TestNats> {
+  readonly nats: N;
   /** The admin token, or undefined. */
   readonly token: string | undefined;
   /** `{ authorization: "Bearer ..." }` (empty without a token): for admin routes. */
@@ -108,14 +117,17 @@ const alive = (c: ChildProcess | undefined): c is ChildProcess =>
   c !== undefined && c.exitCode === null && c.signalCode === null;
 
 /** Starts a nats-server (unless given) and the nodes; resolves once each serves and sees the others. */
-export async function startCluster(options: ClusterOptions = {}): Promise<TestCluster> {
+export async function startCluster<N extends NatsEndpoint = TestNats>(
+  options: ClusterOptions<N> = {},
+): Promise<TestCluster<N>> {
   const specs: ClusterNodeSpec[] = (options.nodes ?? ["n1", "n2", "n3"]).map((n) =>
     typeof n === "string" ? { name: n } : n,
   );
   const token = options.token === null ? undefined : (options.token ?? DEFAULT_TOKEN);
   const headers: Record<string, string> = token ? { authorization: `Bearer ${token}` } : {};
   const ownNats = options.nats === undefined;
-  const nats = options.nats ?? (await startNats());
+  // Without one given, N is the default TestNats.
+  const nats = options.nats ?? ((await startNats()) as unknown as N);
   const root = await mkdtemp(join(tmpdir(), "fennec-cluster-"));
   const nodes = new Map<string, NodeState>();
   let stopped = false;
@@ -225,7 +237,7 @@ export async function startCluster(options: ClusterOptions = {}): Promise<TestCl
     }
   };
 
-  const cluster: TestCluster = {
+  const cluster: TestCluster<N> = {
     nats,
     token,
     headers,
