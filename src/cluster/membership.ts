@@ -39,6 +39,8 @@ interface Seen {
   readonly info: NodeInfo;
   /** `Date.now()` at arrival, or the entry's server time when it was read as history. */
   readonly at: number;
+  /** The entry's revision in the bucket: a direct read finds out whether the node wrote since. */
+  readonly revision: number;
 }
 
 /**
@@ -64,6 +66,8 @@ export class Membership implements ClusterView {
   readonly #heartbeatMs: number;
   readonly #ttlMs: number;
   readonly #others = new Map<string, Seen>();
+  /** Nodes past the TTL whose key is being read directly before they are dropped. */
+  readonly #confirming = new Set<string>();
   readonly #listeners = new Set<(event: NodeEvent) => void>();
   #url = "";
   /** The revision of the last entry this node wrote (its CAS), undefined before it claimed its name. */
@@ -288,7 +292,7 @@ export class Membership implements ClusterView {
     // An entry read as history has the server's time; one that arrives now, now.
     const at = isHistory ? Date.now() - this.#age(entry) : Date.now();
     if (Date.now() - at >= this.#ttlMs) return;
-    this.#others.set(entry.key, { info, at });
+    this.#others.set(entry.key, { info, at, revision: entry.revision });
     // A new incarnation is another process: the one before it is gone (calls sent to it are lost),
     // even if it crashed and came back within the TTL.
     if (before && before.info.incarnation !== info.incarnation)
@@ -347,11 +351,31 @@ export class Membership implements ClusterView {
     // buffer; judge them at the next sweep, not by a clock that jumped.
     if (paused) return;
     for (const [name, seen] of this.#others) {
-      if (now - seen.at < this.#ttlMs) continue;
-      this.#others.delete(name);
-      this.#o.log.info("a node stopped heartbeating and left the cluster's list", { node: name });
-      this.#emit({ type: "left", node: seen.info });
+      if (now - seen.at < this.#ttlMs || this.#confirming.has(name)) continue;
+      this.#confirming.add(name);
+      void this.#confirmGone(name, seen).finally(() => this.#confirming.delete(name));
     }
+  }
+
+  /**
+   * Drops a node whose entry is older than the TTL, after reading its key in the bucket directly.
+   * The watch can stall for longer than the TTL while the node keeps writing: when the
+   * nats-server holding the watch's consumer dies, the client notices only after two missed
+   * heartbeats of 5 s each (e2e/cluster-ha kills a server of a NATS cluster). A newer revision
+   * in the bucket, fresh by the server's time, keeps the node; a read that fails (NATS down)
+   * drops it, as before.
+   */
+  async #confirmGone(name: string, seen: Seen): Promise<void> {
+    const entry = await this.#kv.get(name).catch(() => null);
+    if (this.#closed || this.#others.get(name) !== seen) return;
+    const info = entry?.operation === "PUT" ? parse(entry) : undefined;
+    if (entry && info?.url && entry.revision > seen.revision && this.#age(entry) < this.#ttlMs) {
+      this.#onEntry(entry, true);
+      return;
+    }
+    this.#others.delete(name);
+    this.#o.log.info("a node stopped heartbeating and left the cluster's list", { node: name });
+    this.#emit({ type: "left", node: seen.info });
   }
 
   #emit(event: NodeEvent): void {
