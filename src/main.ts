@@ -212,7 +212,10 @@ async function startWith(options: FennecOptions, opened: Array<() => Promise<unk
     );
   if (options.clusterReplicas !== undefined) {
     if (!options.cluster)
-      throw new FennecError("CLUSTER_REPLICAS", "--cluster-replicas applies to a cluster: give --cluster too");
+      throw new FennecError(
+        "CLUSTER_REPLICAS",
+        "--cluster-replicas applies to a cluster: give --cluster too",
+      );
     checkReplicas(options.clusterReplicas);
   }
   // First: an unreachable cluster, a damaged or busy store stop the start before anything else is touched.
@@ -220,7 +223,12 @@ async function startWith(options: FennecOptions, opened: Array<() => Promise<unk
   if (nats) opened.push(() => nats.close());
   // Replicas before anything is created: a count the NATS cluster cannot hold fails the start here.
   if (nats)
-    await prepareReplicas(nats, [...CLUSTER_STREAMS, ...storeStreams("fennec")], options.clusterReplicas, log);
+    await prepareReplicas(
+      nats,
+      [...CLUSTER_STREAMS, ...storeStreams("fennec")],
+      options.clusterReplicas,
+      log,
+    );
   // The name is claimed before anything else is opened: a second live node of that name is
   // refused (NODE_NAME_TAKEN) before it touches a store or serves. Its state is filled in below.
   let localState: () => LocalState = () => ({

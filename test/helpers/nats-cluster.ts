@@ -144,7 +144,8 @@ export async function startNatsCluster(size = 3): Promise<TestNatsCluster> {
     const path = join(s.dir, "nats.log");
     return existsSync(path) ? readFileSync(path, "utf8").slice(-3000) : "";
   };
-  const running = (s: State) => s.child !== undefined && s.child.exitCode === null && s.child.signalCode === null;
+  const running = (s: State) =>
+    s.child !== undefined && s.child.exitCode === null && s.child.signalCode === null;
 
   const config = (s: State) =>
     [

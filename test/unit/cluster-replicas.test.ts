@@ -31,7 +31,8 @@ async function replicasOf(nc: NatsConnection, streams: readonly string[]): Promi
 describe("--cluster-replicas: the count", () => {
   it("takes 1 to 5, and refuses anything else with CLUSTER_REPLICAS", () => {
     for (const n of [1, 3, 5]) checkReplicas(n);
-    for (const n of [0, 6, -1, 1.5, Number.NaN]) assert.throws(() => checkReplicas(n), isCode("CLUSTER_REPLICAS"));
+    for (const n of [0, 6, -1, 1.5, Number.NaN])
+      assert.throws(() => checkReplicas(n), isCode("CLUSTER_REPLICAS"));
   });
 });
 
@@ -67,7 +68,8 @@ describe("--cluster-replicas on a three-server NATS cluster", () => {
       const set = recording();
       await prepareReplicas(nc, storeStreams(old), 3, set.log);
       assert.deepEqual(await replicasOf(nc, storeStreams(old)), [3, 3, 3, 3, 3, 3, 3]);
-      for (const s of storeStreams(old)) assert.match(set.lines.join(""), new RegExp(`"stream":"${s}","from":1,"to":3`));
+      for (const s of storeStreams(old))
+        assert.match(set.lines.join(""), new RegExp(`"stream":"${s}","from":1,"to":3`));
       const again = await openClusterStore(nc, { prefix: old, replicas: 3, log: quiet });
       await again.close();
     } finally {
@@ -79,7 +81,10 @@ describe("--cluster-replicas on a three-server NATS cluster", () => {
   it("refuses more replicas than the cluster has servers with CLUSTER_REPLICAS, new or existing", async () => {
     const prefix = "rep-five";
     try {
-      await assert.rejects(openClusterStore(nc, { prefix, replicas: 5, log: quiet }), isCode("CLUSTER_REPLICAS"));
+      await assert.rejects(
+        openClusterStore(nc, { prefix, replicas: 5, log: quiet }),
+        isCode("CLUSTER_REPLICAS"),
+      );
       const s = await openClusterStore(nc, { prefix, log: quiet });
       await s.close();
       await assert.rejects(prepareReplicas(nc, storeStreams(prefix), 5, quiet), (err: unknown) => {
