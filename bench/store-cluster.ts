@@ -4,7 +4,10 @@
  * its call is durable, as the 202 does), then how fast one node drains them (take 16, finish each).
  * The JetStream store runs against a nats-server of its own (Debian's, file storage in a temp dir,
  * as test/helpers/nats.ts starts it) on loopback: the network cost is a local socket's.
- * Usage: npm run build && node dist/bench/store-cluster.js [--quick]
+ * With --replicas: the JetStream store alone on a three-server NATS cluster on loopback
+ * (test/helpers/nats-cluster.ts), one replica against three (`--cluster-replicas`), in the order
+ * R1, R3, R3, R1 so a drift of the machine's load weighs on both alike.
+ * Usage: npm run build && node dist/bench/store-cluster.js [--quick] [--replicas]
  */
 import { randomUUID } from "node:crypto";
 import { mkdtempSync, rmSync } from "node:fs";
@@ -16,6 +19,7 @@ import type { InvocationStore, NewAsyncCall } from "../src/store/contract.js";
 import { destroyClusterStore, openClusterStore } from "../src/store/jetstream/open.js";
 import { SqliteStore } from "../src/store/sqlite-store.js";
 import { startNats } from "../test/helpers/nats.js";
+import { startNatsCluster } from "../test/helpers/nats-cluster.js";
 
 const quick = process.argv.includes("--quick");
 const body = new Uint8Array(256);
@@ -104,4 +108,42 @@ async function main(): Promise<void> {
   );
 }
 
-await main();
+/** R1 against R3 on one three-server NATS cluster: each measured twice (R1, R3, R3, R1), averaged. */
+async function replicas(): Promise<void> {
+  const load = () =>
+    loadavg()
+      .map((l) => l.toFixed(2))
+      .join(" ");
+  console.log(`load average before: ${load()}`);
+  const cluster = await startNatsCluster(3);
+  const nc = await cluster.client();
+  const runs = new Map<number, Array<Map<string, number>>>([
+    [1, []],
+    [3, []],
+  ]);
+  try {
+    for (const [i, n] of [1, 3, 3, 1].entries()) {
+      const prefix = `bench-r${n}-${i}`;
+      const js = await openClusterStore(nc, { prefix, replicas: n });
+      runs.get(n)!.push(await measure(js));
+      await js.close();
+      await destroyClusterStore(nc, prefix);
+      console.log(`R${n} done (load average ${load()})`);
+    }
+    const mean = (n: number, what: string) =>
+      runs.get(n)!.reduce((sum, m) => sum + (m.get(what) ?? NaN), 0) / runs.get(n)!.length;
+    const rate = (n: number) => `${Math.round(n).toLocaleString("en")}/s`;
+    console.log(`| | R1 (mean of 2) | R3 (mean of 2) | R3 / R1 |`);
+    console.log(`|---|---:|---:|---:|`);
+    for (const what of runs.get(1)![0]!.keys()) {
+      const [r1, r3] = [mean(1, what), mean(3, what)];
+      console.log(`| ${what} | ${rate(r1)} | ${rate(r3)} | ${(r3 / r1).toFixed(2)}× |`);
+    }
+  } finally {
+    await nc.close();
+    await cluster.stop();
+  }
+  console.log(`load average after: ${load()}`);
+}
+
+await (process.argv.includes("--replicas") ? replicas() : main());

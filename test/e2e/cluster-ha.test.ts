@@ -1,14 +1,17 @@
 import assert from "node:assert/strict";
+import { execFile } from "node:child_process";
 import { cp, readFile } from "node:fs/promises";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { jetstreamManager } from "@nats-io/jetstream";
+import { connect } from "@nats-io/transport-node";
 import { CLUSTER_STREAMS } from "../../src/cluster/replicas.js";
 import { storeStreams } from "../../src/store/jetstream/open.js";
 import { startCluster, type TestCluster } from "../helpers/cluster.js";
 import { request, type Reply } from "../helpers/http.js";
 import { startNatsCluster, type TestNatsCluster, type TestNatsServer } from "../helpers/nats-cluster.js";
-import { EXAMPLES, tempDir } from "../helpers/paths.js";
+import { startNats, type TestNats } from "../helpers/nats.js";
+import { CLI, EXAMPLES, tempDir } from "../helpers/paths.js";
 import { addWasmFunction } from "../helpers/server.js";
 import { waitFor } from "../helpers/wait.js";
 
@@ -19,13 +22,44 @@ import { waitFor } from "../helpers/wait.js";
 const REPLICAS = 3;
 const STREAMS = [...CLUSTER_STREAMS, ...storeStreams("fennec")];
 
+/**
+ * Runs `fennec serve ARGS` on `registry` and resolves with its exit code and stderr: a start that
+ * is refused exits at once; one that serves is killed at the deadline (and fails the test).
+ */
+function serveOnce(
+  registry: string,
+  args: readonly string[],
+): Promise<{ code: number | null; stderr: string }> {
+  return new Promise((resolve) => {
+    execFile(
+      process.execPath,
+      [
+        CLI,
+        "serve",
+        "-r",
+        registry,
+        "--port",
+        "0",
+        "--state-dir",
+        join(registry, ".fennec", "state"),
+        ...args,
+      ],
+      { timeout: 60_000, env: { ...process.env, FENNEC_RUN_DIR: join(registry, ".fennec", "run") } },
+      (err, _stdout, stderr) => {
+        const code = err ? (typeof err.code === "number" ? err.code : null) : 0;
+        resolve({ code, stderr });
+      },
+    );
+  });
+}
+
 describe("Fennec on a three-server NATS cluster, --cluster-replicas 3", () => {
   let nats: TestNatsCluster;
   let c: TestCluster<TestNatsCluster>;
   let cleanup: () => Promise<void>;
+  let work: string;
 
   before(async () => {
-    let work: string;
     ({ dir: work, cleanup } = await tempDir("fennec-cluster-ha-"));
     // A small registry keeps each node's start quick on a busy machine.
     const registry = join(work, "registry");
@@ -204,5 +238,61 @@ describe("Fennec on a three-server NATS cluster, --cluster-replicas 3", () => {
     const after = await request(`${urls.n1}/fa/default/nap?ms=1`, { method: "POST" });
     assert.equal(after.status, 202, after.text);
     assert.equal((await result(urls.n2, after.json<{ callId: string }>().callId)).status, 200);
+  });
+
+  it("refuses a node asking for more replicas than the cluster's three servers, changing nothing", async () => {
+    const registry = join(work, "n5");
+    await cp(join(EXAMPLES, "hello"), join(registry, "hello"), { recursive: true });
+    const { code, stderr } = await serveOnce(registry, [
+      "--cluster",
+      nats.url,
+      "--node",
+      "n5",
+      "--cluster-replicas",
+      "5",
+    ]);
+    assert.equal(code, 1, stderr);
+    assert.match(stderr, /JetStream cannot keep 5 replica\(s\) of .*no suitable peers for placement/);
+    for (const stream of STREAMS) assert.equal((await streamInfo(stream)).replicas, REPLICAS, stream);
+  });
+});
+
+describe("--cluster-replicas: bad input at start", () => {
+  let nats: TestNats;
+  let work: string;
+  let cleanup: () => Promise<void>;
+  before(async () => {
+    ({ dir: work, cleanup } = await tempDir("fennec-replicas-args-"));
+    await cp(join(EXAMPLES, "hello"), join(work, "hello"), { recursive: true });
+    nats = await startNats();
+  });
+  after(async () => {
+    await nats?.stop();
+    await cleanup?.();
+  });
+
+  it("is a wrong command line (exit 2) unless a whole number from 1 to 5, with --cluster", async () => {
+    for (const bad of ["0", "6", "three", "1.5", "-1"]) {
+      const { code, stderr } = await serveOnce(work, ["--cluster", nats.url, `--cluster-replicas=${bad}`]);
+      assert.equal(code, 2, `${bad}: ${stderr}`);
+      assert.match(stderr, /--cluster-replicas expects a whole number from 1 to 5/);
+    }
+    const alone = await serveOnce(work, ["--cluster-replicas", "3"]);
+    assert.equal(alone.code, 2, alone.stderr);
+    assert.match(alone.stderr, /--cluster-replicas applies to a cluster: give --cluster too/);
+  });
+
+  it("refuses more than one replica on a single nats-server (exit 1) before anything is created", async () => {
+    const { code, stderr } = await serveOnce(work, ["--cluster", nats.url, "--cluster-replicas", "3"]);
+    assert.equal(code, 1, stderr);
+    assert.match(stderr, /--cluster-replicas 3 needs a NATS cluster/);
+    const nc = await connect({ servers: nats.url });
+    try {
+      const names = [];
+      for await (const name of (await jetstreamManager(nc)).streams.names()) names.push(name);
+      assert.deepEqual(names, [], "no bucket or stream was created");
+    } finally {
+      await nc.close();
+    }
   });
 });
