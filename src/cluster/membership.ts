@@ -360,8 +360,9 @@ export class Membership implements ClusterView {
   /**
    * Drops a node whose entry is older than the TTL, after reading its key in the bucket directly.
    * The watch can stall for longer than the TTL while the node keeps writing: when the
-   * nats-server holding the watch's consumer dies, the client notices only after two missed
-   * heartbeats of 5 s each (e2e/cluster-ha kills a server of a NATS cluster). A newer revision
+   * nats-server holding the watch's consumer dies (one server of a NATS cluster; this node's own
+   * connection elsewhere), nats.js notices only after two missed idle heartbeats of its ordered
+   * consumer, 30 s apart (e2e/cluster-ha, unit/cluster-membership-stall). A newer revision
    * in the bucket, fresh by the server's time, keeps the node; a read that fails (NATS down)
    * drops it, as before.
    */
