@@ -11,6 +11,7 @@ import { KeyedMutex } from "../registry/atomic-write.js";
 import type { DeployCheck, DirectoryRegistry, RegistryChange } from "../registry/registry.js";
 import { MAX_ARTEFACT_BYTES, packFunction, readFunctionFiles, unpackFunction } from "./artefact.js";
 import { CLUSTER_BUCKETS, type SharedFunction } from "./contract.js";
+import { onServerLost } from "./server-loss.js";
 import { SharedBaseline } from "./shared-baseline.js";
 
 /**
@@ -122,6 +123,7 @@ export class FunctionShare {
   readonly #seenAt = new Map<string, number>();
   #watcher: QueuedIterator<KvEntry> | undefined;
   #stopListening: () => void = () => undefined;
+  #stopServerLoss: () => void = () => undefined;
   #closing = false;
 
   private constructor(o: FunctionShareOptions, kv: KV, obj: ObjectStore, baseline: SharedBaseline) {
@@ -168,12 +170,32 @@ export class FunctionShare {
     // Watch first, then list: a change made between the two is seen by the watch.
     this.#watcher = await this.#kv.watch();
     void this.#watch(this.#watcher);
+    // Its consumer may have lived on a lost server of the NATS cluster: re-opened at once.
+    this.#stopServerLoss = onServerLost(this.#o.nc, () => void this.#rewatch());
     const keys = new Set([...this.#local.keys(), ...this.#baseline.keys()]);
     for await (const key of await this.#kv.keys()) keys.add(key);
     await Promise.all([...keys].map((key) => this.#mutex.run(key, () => this.#syncLogged(key))));
     void this.#collectArtefacts().catch((err: unknown) =>
       this.#o.log.warn("could not collect old function artefacts", { error: toFennecError(err).message }),
     );
+  }
+
+  /**
+   * A new watch in place of the current one (retried every second while JetStream has no leader
+   * for the bucket yet). It replays every key: each is synced again, which is a no-op for a
+   * function this node already agrees on.
+   */
+  async #rewatch(): Promise<void> {
+    this.#watcher?.stop();
+    while (!this.#closing) {
+      try {
+        this.#watcher = await this.#kv.watch();
+        void this.#watch(this.#watcher);
+        return;
+      } catch {
+        await new Promise((r) => setTimeout(r, 1_000));
+      }
+    }
   }
 
   async #watch(watcher: QueuedIterator<KvEntry>): Promise<void> {
@@ -464,6 +486,7 @@ export class FunctionShare {
   async close(): Promise<void> {
     this.#closing = true;
     this.#stopListening();
+    this.#stopServerLoss();
     this.#watcher?.stop();
     for (const timer of this.#timers) clearTimeout(timer);
     this.#timers.clear();

@@ -3,6 +3,7 @@ import { Kvm, type KV, type KvEntry } from "@nats-io/kv";
 import type { NatsConnection } from "@nats-io/transport-node";
 import { FennecError, toFennecError } from "../core/errors.js";
 import type { Logger } from "../core/log.js";
+import { onServerLost } from "./server-loss.js";
 import {
   CLUSTER_BUCKETS,
   HEARTBEAT_MS,
@@ -80,6 +81,7 @@ export class Membership implements ClusterView {
   /** Set when another live process holds this name (it took it over while this one was cut off). */
   #displacedBy: string | undefined;
   #closed = false;
+  #stopServerLoss: () => void = () => undefined;
 
   private constructor(kv: KV, options: MembershipOptions) {
     this.self = options.name;
@@ -106,6 +108,8 @@ export class Membership implements ClusterView {
     await membership.#claim();
     await membership.#watch();
     membership.#start();
+    // The watch's consumer may have lived on a lost server of the NATS cluster: re-opened at once.
+    membership.#stopServerLoss = onServerLost(nc, () => void membership.#rewatch());
     return membership;
   }
 
@@ -157,6 +161,7 @@ export class Membership implements ClusterView {
     this.#closed = true;
     clearInterval(this.#heartbeat);
     clearInterval(this.#sweeper);
+    this.#stopServerLoss();
     this.#stopWatch?.();
     // Bounded: with NATS down, a stop must not wait for its timeouts; the others then see this
     // node leave at its TTL instead.
@@ -248,6 +253,19 @@ export class Membership implements ClusterView {
   /** How old an entry is: by the server's time of it against this node's clock (history only). */
   #age(entry: KvEntry): number {
     return Math.max(0, Date.now() - entry.created.getTime());
+  }
+
+  /** A new watch in place of the current one, retried every second until JetStream answers. */
+  async #rewatch(): Promise<void> {
+    this.#stopWatch?.();
+    while (!this.#closed) {
+      try {
+        await this.#watch();
+        return;
+      } catch {
+        await new Promise((r) => setTimeout(r, 1_000));
+      }
+    }
   }
 
   async #watch(): Promise<void> {

@@ -728,6 +728,11 @@ export class JetStreamStore implements InvocationStore {
     });
   }
 
+  /** Re-opens the watch of the calls (a server of the NATS cluster was lost: `onServerLost`). */
+  rewatch(): void {
+    this.#mirror.rewatch();
+  }
+
   async close(): Promise<void> {
     if (this.#closed) return;
     await this.flush().catch(() => undefined);

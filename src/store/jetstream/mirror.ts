@@ -94,6 +94,14 @@ export class CallMirror {
     return this.#calls.values();
   }
 
+  /**
+   * Ends the current watch; a new one resumes from the next revision a second later (on a live
+   * server: called when a server of the NATS cluster is lost, `onServerLost`).
+   */
+  rewatch(): void {
+    if (!this.#stopped) this.#stop?.();
+  }
+
   stop(): void {
     this.#stopped = true;
     this.#stop?.();

@@ -11,6 +11,7 @@ import { nanos, type NatsConnection } from "@nats-io/transport-node";
 import { FennecError } from "../../core/errors.js";
 import type { Logger } from "../../core/log.js";
 import { replicaError } from "../../cluster/replicas.js";
+import { onServerLost } from "../../cluster/server-loss.js";
 import type { RetentionPolicy } from "../contract.js";
 import { Blobs } from "./blobs.js";
 import { JetStreamStore } from "./jetstream-store.js";
@@ -136,7 +137,7 @@ export async function openClusterStore(
       options.log,
       replicas,
     );
-    return await JetStreamStore.open({
+    const store = await JetStreamStore.open({
       js,
       jsm,
       names,
@@ -144,6 +145,9 @@ export async function openClusterStore(
       log: options.log,
       buckets: { calls, payloads, idempotency, state, blobs: new Blobs(objects) },
     });
+    // The watch of the calls may have lived on a lost server: re-opened at once, not in a minute.
+    onServerLost(nats, () => store.rewatch());
+    return store;
   } catch (caught) {
     const err = replicaError(caught, options.replicas, `the cluster's store ${describe}`);
     if (err instanceof FennecError) throw err;
