@@ -71,6 +71,8 @@ export class Membership implements ClusterView {
   #lastSweep = Date.now();
   #stopWatch: (() => void) | undefined;
   #beating: Promise<void> = Promise.resolve();
+  /** The process whose stale entry the claim took over, if it did. */
+  #predecessor: NodeInfo | undefined;
   /** Set when another live process holds this name (it took it over while this one was cut off). */
   #displacedBy: string | undefined;
   #closed = false;
@@ -100,6 +102,37 @@ export class Membership implements ClusterView {
     await membership.#watch();
     membership.#start();
     return membership;
+  }
+
+  /**
+   * This process's random id in the cluster (its `NodeInfo.incarnation`): the async engine leases
+   * calls under it, so a node that sees this one leave knows whose calls to give back.
+   */
+  get incarnation(): string {
+    return this.#incarnation;
+  }
+
+  /**
+   * The process that held this node's name before this one, when the claim took over its stale
+   * entry (it died within the bucket's max age): its calls and callbacks are this node's to take
+   * back, since no other node may have seen it leave.
+   */
+  get predecessor(): NodeInfo | undefined {
+    return this.#predecessor;
+  }
+
+  /**
+   * Whether the process `info` describes (one told as `left`) has really stopped: asked of the
+   * bucket, not of this node's watch, which may lag. True when its key is gone, holds another
+   * incarnation, or holds the very entry this node last saw (not rewritten since: no heartbeat
+   * for the TTL). False when the key has a newer entry of the same process: it is alive, and
+   * only this node's view was late.
+   */
+  async stillGone(info: NodeInfo): Promise<boolean> {
+    const entry = await this.#kv.get(info.name);
+    if (!entry || entry.operation !== "PUT") return true;
+    const now = parse(entry);
+    return !now || now.incarnation !== info.incarnation || now.heartbeatAt === info.heartbeatAt;
   }
 
   /**
@@ -201,6 +234,7 @@ export class Membership implements ClusterView {
         const holder = parse(entry);
         if (this.#age(entry) >= this.#ttlMs) {
           this.#revision = await this.#kv.update(this.self, this.#encode(), entry.revision);
+          this.#predecessor = holder;
           this.#o.log.info("took over the name of a node that stopped heartbeating", {
             node: this.self,
             previous: holder?.incarnation,
@@ -217,6 +251,7 @@ export class Membership implements ClusterView {
               `: give this one another --node NAME`,
           );
         this.#revision = await this.#kv.update(this.self, this.#encode(), entry.revision);
+        this.#predecessor = holder;
         this.#o.log.info("took over the name of a node that stopped heartbeating", { node: this.self });
         return;
       } catch (err) {

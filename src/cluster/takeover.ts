@@ -1,0 +1,78 @@
+import { toFennecError } from "../core/errors.js";
+import type { Logger } from "../core/log.js";
+import type { NodeEvent, NodeInfo } from "./contract.js";
+
+/** What the takeover needs of membership (`Membership`). */
+export interface TakeoverView {
+  onChange(listener: (event: NodeEvent) => void): () => void;
+  /** Asked of the bucket itself: the node told as `left` has really stopped heartbeating. */
+  stillGone(info: NodeInfo): Promise<boolean>;
+  /** The process this one took the name over from at start, if it died under it. */
+  readonly predecessor?: NodeInfo | undefined;
+}
+
+/** What the takeover needs of the async engine (`AsyncEngine.takeOver`). */
+export interface TakeoverEngine {
+  takeOver(holder: string): Promise<{ readonly calls: number; readonly callbacks: number }>;
+}
+
+/**
+ * A node that leaves the cluster (its heartbeats stopped for the TTL, it stopped cleanly, or it
+ * came back as a new process) has its async work taken back at once (docs/cluster.md, "The
+ * invocation store"): its running calls are queued again and its pending callbacks sent from
+ * here, instead of waiting for its leases to run out. Every live node does it; compare-and-set
+ * in the store makes each call and callback move once. Calls are leased under the node's
+ * incarnation, which is what `left` names.
+ *
+ * Before it acts, a node asks the bucket whether the node is really gone (`stillGone`): a watch
+ * that lags must not hand a live node's calls to others. A node that was only cut off (a
+ * partition, a frozen process) and comes back under the same incarnation finds its calls taken:
+ * its late finish is refused (CALL_STATE) once another node leased them, as after a lease ran out.
+ *
+ * Returns the function that stops listening.
+ */
+export function startTakeover(o: {
+  readonly view: TakeoverView;
+  readonly engine: TakeoverEngine;
+  readonly log: Logger;
+}): () => void {
+  const take = async (info: NodeInfo, why: string): Promise<void> => {
+    try {
+      const { calls, callbacks } = await o.engine.takeOver(info.incarnation);
+      if (calls + callbacks > 0)
+        o.log.info("took back the async calls of a node that left", {
+          node: info.name,
+          incarnation: info.incarnation,
+          why,
+          calls,
+          callbacks,
+        });
+    } catch (err) {
+      o.log.warn("could not take back the async calls of a node that left; their leases give them back", {
+        node: info.name,
+        error: toFennecError(err).message,
+      });
+    }
+  };
+  let stopped = false;
+  const stop = o.view.onChange((event) => {
+    if (event.type !== "left" || stopped) return;
+    void (async () => {
+      const gone = await o.view.stillGone(event.node).catch(() => false);
+      if (stopped) return;
+      if (!gone) {
+        o.log.info("a node this one saw leave still heartbeats: its calls stay with it", {
+          node: event.node.name,
+        });
+        return;
+      }
+      await take(event.node, "left");
+    })();
+  });
+  const before = o.view.predecessor;
+  if (before) void take(before, "restarted under its name");
+  return () => {
+    stopped = true;
+    stop();
+  };
+}
