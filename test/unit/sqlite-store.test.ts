@@ -178,7 +178,12 @@ describe("SqliteStore: the embedded store's own behaviour", () => {
       // Every call as it was, with schema 4's two new columns empty.
       assert.deepEqual(
         allCalls(path),
-        (before as Array<Record<string, unknown>>).map((row) => ({ ...row, via: null, placement: null, callback_node: null })),
+        (before as Array<Record<string, unknown>>).map((row) => ({
+          ...row,
+          via: null,
+          placement: null,
+          callback_node: null,
+        })),
       );
 
       assert.equal((await store.get(ids.sync))?.status, 200);

@@ -221,8 +221,7 @@ export class JetStreamStore implements InvocationStore {
         // stale (#claimKey): the key's call is the one; this one is withdrawn if nobody took it yet.
         const now = await this.#o.buckets.idempotency.get(key);
         const winner = now?.operation === "PUT" ? now.string() : call.id;
-        if (winner !== call.id && (await this.#withdraw(call.id, rev)))
-          return { id: winner, created: false };
+        if (winner !== call.id && (await this.#withdraw(call.id, rev))) return { id: winner, created: false };
       }
       return { id: call.id, created: true };
     });
@@ -257,11 +256,14 @@ export class JetStreamStore implements InvocationStore {
       }
       try {
         await keys.update(key, id, first.revision);
-        this.#o.log?.warn("invocation store: an idempotency key named a call that was never written; replaced", {
-          store: this.describe,
-          stale: firstId,
-          callId: id,
-        });
+        this.#o.log?.warn(
+          "invocation store: an idempotency key named a call that was never written; replaced",
+          {
+            store: this.describe,
+            stale: firstId,
+            callId: id,
+          },
+        );
         return undefined;
       } catch (err) {
         // Another resubmission replaced it first: look again.
