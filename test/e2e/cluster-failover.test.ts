@@ -16,6 +16,11 @@ import { waitFor } from "../helpers/wait.js";
  * events, not a race against a clock.
  */
 const LEASE_MS = 120_000;
+/**
+ * How long a test waits for another node to take a call back: generous against the TTL (10–13 s)
+ * on a busy machine, and shorter than the lease, so a Fennec that waits for leases fails.
+ */
+const TAKEN_BACK_MS = 90_000;
 
 interface CallView {
   readonly state: string;
@@ -108,7 +113,7 @@ describe("a node that dies or is cut off: its async calls and callbacks are take
           const c = await view("b", id);
           return c && c.attempt >= 2 && c.state !== "queued" ? c : undefined;
         },
-        { timeoutMs: 180_000, intervalMs: 200 },
+        { timeoutMs: TAKEN_BACK_MS, intervalMs: 200 },
       );
       assert.notEqual(v.node, aIncarnation, "it runs on the live node");
       againAt.set(id, v.startedAt!);
@@ -152,7 +157,7 @@ describe("a node that dies or is cut off: its async calls and callbacks are take
           const c = await view("b", id);
           return c && c.state === "running" && c.attempt === 2 ? c : undefined;
         },
-        { timeoutMs: 180_000, intervalMs: 200 },
+        { timeoutMs: TAKEN_BACK_MS, intervalMs: 200 },
       );
       assert.notEqual(taken.node, aIncarnation);
       // a comes back under the same incarnation: its 25 s nap is over (its clock ran on), so it
@@ -189,9 +194,9 @@ describe("a node that dies or is cut off: its async calls and callbacks are take
       const c = await view("b", id);
       return c?.state === "succeeded" && c.callbackState === "pending" ? c : undefined;
     });
-    const nodes = (
-      await request(`${cluster.url("b")}/system/nodes`, { headers: cluster.headers })
-    ).json<NodeView[]>();
+    const nodes = (await request(`${cluster.url("b")}/system/nodes`, { headers: cluster.headers })).json<
+      NodeView[]
+    >();
     const ranOn = nodes.find((n) => n.incarnation === ended.node)?.name;
     assert.ok(ranOn, `the call's node ${ended.node} is one of ${JSON.stringify(nodes)}`);
     const survivor = ranOn === "a" ? "b" : "a";
@@ -209,7 +214,7 @@ describe("a node that dies or is cut off: its async calls and callbacks are take
     await new Promise<void>((r) => receiver.listen(port, "127.0.0.1", r));
     try {
       await waitFor("the callback to arrive from the live node", () => received.length > 0, {
-        timeoutMs: 120_000,
+        timeoutMs: TAKEN_BACK_MS,
         intervalMs: 100,
       });
       assert.equal(received[0]!.callId, id);

@@ -1,0 +1,75 @@
+import assert from "node:assert/strict";
+import { describe, it } from "node:test";
+import type { NodeEvent, NodeInfo } from "../../src/cluster/contract.js";
+import { startTakeover, type TakeoverView } from "../../src/cluster/takeover.js";
+import { createLogger } from "../../src/core/log.js";
+import { waitFor } from "../helpers/wait.js";
+
+const info = (name: string, incarnation: string): NodeInfo => ({
+  name,
+  incarnation,
+  url: `http://127.0.0.1:1/${name}`,
+  startedAt: 1,
+  heartbeatAt: 2,
+  sandboxes: ["wasm"],
+  missing: {},
+  memory: { budgetMiB: 1024, reservedMiB: 0 },
+  inFlight: 0,
+  functions: {},
+});
+
+/** A view whose events the test emits, and whose bucket says `gone` of the incarnations listed. */
+function fakeView(gone: Set<string>, predecessor?: NodeInfo) {
+  const listeners = new Set<(e: NodeEvent) => void>();
+  const view: TakeoverView = {
+    onChange(l) {
+      listeners.add(l);
+      return () => listeners.delete(l);
+    },
+    stillGone: async (n) => gone.has(n.incarnation),
+    predecessor,
+  };
+  return { view, emit: (e: NodeEvent) => listeners.forEach((l) => l(e)) };
+}
+
+describe("takeover: a node that left has its async work taken back", () => {
+  const log = createLogger("silent");
+
+  it("takes back the calls of a node the bucket confirms gone, and of none other", async () => {
+    const taken: string[] = [];
+    const engine = {
+      takeOver: async (holder: string) => {
+        taken.push(holder);
+        return { calls: 1, callbacks: 0 };
+      },
+    };
+    const { view, emit } = fakeView(new Set(["dead-1"]), info("self", "previous-1"));
+    const stop = startTakeover({ view, engine, log });
+    await waitFor("the predecessor's calls", () => taken.includes("previous-1"));
+    emit({ type: "joined", node: info("x", "x-1") });
+    emit({ type: "updated", node: info("x", "x-1") });
+    // Told as left by a lagging watch, but its key has a newer entry: not taken.
+    emit({ type: "left", node: info("slow", "alive-1") });
+    emit({ type: "left", node: info("d", "dead-1") });
+    await waitFor("the dead node's calls", () => taken.includes("dead-1"));
+    await new Promise((r) => setTimeout(r, 50));
+    assert.deepEqual(taken, ["previous-1", "dead-1"]);
+    stop();
+    emit({ type: "left", node: info("d", "dead-1") });
+    await new Promise((r) => setTimeout(r, 50));
+    assert.deepEqual(taken, ["previous-1", "dead-1"], "nothing after stop");
+  });
+
+  it("survives a store that fails: the leases are left to give the calls back", async () => {
+    const engine = {
+      takeOver: async (): Promise<{ calls: number; callbacks: number }> => {
+        throw new Error("nats down");
+      },
+    };
+    const { view, emit } = fakeView(new Set(["dead-2"]));
+    const stop = startTakeover({ view, engine, log });
+    emit({ type: "left", node: info("d", "dead-2") });
+    await new Promise((r) => setTimeout(r, 50));
+    stop();
+  });
+});
