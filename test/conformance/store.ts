@@ -373,11 +373,11 @@ export function runStoreConformance(name: string, setup: () => Promise<StoreFixt
           store.takeCallbacks("n1", "n3", 10),
           store.takeCallbacks("n1", "n4", 10),
         ]);
-        const taken = [...a!, ...b!].map((r) => r.id).sort();
+        const taken = [...a, ...b].map((r) => r.id).sort();
         assert.deepEqual(taken, [ok!.id, bad!.id].sort(), "each of n1's callbacks once, none of n2's");
         assert.deepEqual(await store.takeCallbacks("n1", "n3", 10), [], "nothing of n1's is left");
         assert.ok(
-          taken.length === 2 && [...a!, ...b!].every((r) => r.callbackState === "pending" && r.node === "n1"),
+          taken.length === 2 && [...a, ...b].every((r) => r.callbackState === "pending" && r.node === "n1"),
           "the record still says who ran it",
         );
         assert.deepEqual(
@@ -387,7 +387,7 @@ export function runStoreConformance(name: string, setup: () => Promise<StoreFixt
         );
         if (fx.reopen) store = await reopen();
         // A taker that dies in turn is taken over the same way (and it survives a restart).
-        const first = a!.length > 0 ? "n3" : "n4";
+        const first = a.length > 0 ? "n3" : "n4";
         assert.equal((await store.takeCallbacks(first, "n5", 1)).length, 1, "at most the limit");
         const rest = [
           ...(await store.takeCallbacks("n3", "n5", 10)),

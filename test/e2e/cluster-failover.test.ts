@@ -104,7 +104,20 @@ describe("a node that dies or is cut off: its async calls and callbacks are take
       return { long, short, firstStarts, aIncarnation: await incarnationOf("a") };
     });
     await cluster.kill("a", "SIGKILL");
+    try {
+      await runAgainOnB(long, short, firstStarts, aIncarnation);
+    } finally {
+      await cluster.restart("a");
+    }
+  });
 
+  /** The checks of the SIGKILL case, once `a` is dead. */
+  async function runAgainOnB(
+    long: readonly string[],
+    short: readonly string[],
+    firstStarts: ReadonlyMap<string, number>,
+    aIncarnation: string,
+  ): Promise<void> {
     const againAt = new Map<string, number>();
     for (const id of long) {
       const v = await waitFor(
@@ -139,8 +152,7 @@ describe("a node that dies or is cut off: its async calls and callbacks are take
     }
     assert.equal(duplicates, long.length, "exactly the calls running when a died ran twice");
     assert.match(cluster.node("b").log(), /took back the async calls of a node that left/);
-    await cluster.restart("a");
-  });
+  }
 
   it("refuses the late result of a node that was cut off (SIGSTOP) once another took its call, and keeps the other's", async () => {
     const { id, aIncarnation } = await onAAlone(async () => {
