@@ -231,6 +231,10 @@ async function startWith(options: FennecOptions, opened: Array<() => Promise<unk
       )
     : undefined;
   if (membership) opened.push(() => membership.close());
+  // A node that leaves has its running async calls and pending callbacks taken back by the live
+  // ones at once, not when its leases run out (takeover.ts). Listening from here, so one that
+  // leaves while this node starts is not missed; the engine is handed over once it runs.
+  const takeover = membership ? startTakeover({ view: membership, log }) : undefined;
   const retentionPolicy = { ...DEFAULT_RETENTION, ...options.retention };
   // In a cluster every node shares one store in JetStream; alone, the embedded one.
   const store: InvocationStore & { readonly soleOwner: boolean } = nats
@@ -447,9 +451,7 @@ async function startWith(options: FennecOptions, opened: Array<() => Promise<unk
   await membership?.publish(advertised);
   // Calls this node was running when it died run again; then queued ones are taken.
   await engine.start();
-  // In a cluster: a node that leaves has its running calls and pending callbacks taken back by
-  // the live ones at once, not when its leases run out (takeover.ts).
-  const stopTakeover = membership ? startTakeover({ view: membership, engine, log }) : undefined;
+  takeover?.ready(engine);
   // Callbacks a Fennec before this one had not delivered yet (alone on the file: shared with a
   // live one, they may be its deliveries under way; in a cluster the takeover sends them).
   const resumed = store.soleOwner ? await engine.resumeCallbacks() : 0;
@@ -500,7 +502,7 @@ async function startWith(options: FennecOptions, opened: Array<() => Promise<unk
   const close = (graceMs = 10_000): Promise<void> => {
     closing ??= (async () => {
       // Leave the cluster's list first: the other nodes stop sending calls here while this drains.
-      stopTakeover?.();
+      takeover?.stop();
       await membership?.close();
       localNode.close();
       // Background preparation writes into the registry (built handlers): let it stop first.

@@ -29,16 +29,26 @@ export interface TakeoverEngine {
  * partition, a frozen process) and comes back under the same incarnation finds its calls taken:
  * its late finish is refused (CALL_STATE) once another node leased them, as after a lease ran out.
  *
- * Returns the function that stops listening.
+ * It listens from the moment membership joins, before the engine exists (a node that starts while
+ * another's entry ages out must not miss its departure): what leaves before `ready(engine)` is
+ * taken back then.
  */
-export function startTakeover(o: {
-  readonly view: TakeoverView;
-  readonly engine: TakeoverEngine;
-  readonly log: Logger;
-}): () => void {
+export function startTakeover(o: { readonly view: TakeoverView; readonly log: Logger }): {
+  /** The engine that takes the calls back; departures seen until now are handled at once. */
+  ready(engine: TakeoverEngine): void;
+  stop(): void;
+} {
+  let engine: TakeoverEngine | undefined;
+  const waiting: Array<readonly [NodeInfo, string]> = [];
+  let stopped = false;
   const take = async (info: NodeInfo, why: string): Promise<void> => {
+    if (stopped) return;
+    if (!engine) {
+      waiting.push([info, why]);
+      return;
+    }
     try {
-      const { calls, callbacks } = await o.engine.takeOver(info.incarnation);
+      const { calls, callbacks } = await engine.takeOver(info.incarnation);
       if (calls + callbacks > 0)
         o.log.info("took back the async calls of a node that left", {
           node: info.name,
@@ -54,8 +64,7 @@ export function startTakeover(o: {
       });
     }
   };
-  let stopped = false;
-  const stop = o.view.onChange((event) => {
+  const stopListening = o.view.onChange((event) => {
     if (event.type !== "left" || stopped) return;
     void (async () => {
       const gone = await o.view.stillGone(event.node).catch(() => false);
@@ -71,8 +80,14 @@ export function startTakeover(o: {
   });
   const before = o.view.predecessor;
   if (before) void take(before, "restarted under its name");
-  return () => {
-    stopped = true;
-    stop();
+  return {
+    ready(e) {
+      engine = e;
+      for (const [info, why] of waiting.splice(0)) void take(info, why);
+    },
+    stop() {
+      stopped = true;
+      stopListening();
+    },
   };
 }
