@@ -122,17 +122,19 @@ export class Membership implements ClusterView {
   }
 
   /**
-   * Whether the process `info` describes (one told as `left`) has really stopped: asked of the
-   * bucket, not of this node's watch, which may lag. True when its key is gone, holds another
-   * incarnation, or holds the very entry this node last saw (not rewritten since: no heartbeat
-   * for the TTL). False when the key has a newer entry of the same process: it is alive, and
-   * only this node's view was late.
+   * How the process `info` describes (one told as `left`) went, asked of the bucket rather than
+   * of this node's watch, which may lag: `dead` when its key holds another incarnation or the very
+   * entry this node last saw (no heartbeat for the TTL: a crash, or cut off); `stopped` when its
+   * key is gone (a clean stop deletes it first, then drains); `alive` when the key has a newer
+   * entry of the same process (only this node's view was late).
    */
-  async stillGone(info: NodeInfo): Promise<boolean> {
+  async departure(info: NodeInfo): Promise<"dead" | "stopped" | "alive"> {
     const entry = await this.#kv.get(info.name);
-    if (!entry || entry.operation !== "PUT") return true;
+    if (!entry || entry.operation !== "PUT") return "stopped";
     const now = parse(entry);
-    return !now || now.incarnation !== info.incarnation || now.heartbeatAt === info.heartbeatAt;
+    return !now || now.incarnation !== info.incarnation || now.heartbeatAt === info.heartbeatAt
+      ? "dead"
+      : "alive";
   }
 
   /**

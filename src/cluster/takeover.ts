@@ -2,11 +2,14 @@ import { toFennecError } from "../core/errors.js";
 import type { Logger } from "../core/log.js";
 import type { NodeEvent, NodeInfo } from "./contract.js";
 
+/** A clean stop drains for up to 10 s (`close(graceMs)`), then closes its callbacks: a margin after. */
+const DRAIN_MS = 15_000;
+
 /** What the takeover needs of membership (`Membership`). */
 export interface TakeoverView {
   onChange(listener: (event: NodeEvent) => void): () => void;
-  /** Asked of the bucket itself: the node told as `left` has really stopped heartbeating. */
-  stillGone(info: NodeInfo): Promise<boolean>;
+  /** Asked of the bucket itself: how the node told as `left` went (`Membership.departure`). */
+  departure(info: NodeInfo): Promise<"dead" | "stopped" | "alive">;
   /** The process this one took the name over from at start, if it died under it. */
   readonly predecessor?: NodeInfo | undefined;
 }
@@ -24,8 +27,8 @@ export interface TakeoverEngine {
  * in the store makes each call and callback move once. Calls are leased under the node's
  * incarnation, which is what `left` names.
  *
- * Before it acts, a node asks the bucket whether the node is really gone (`stillGone`): a watch
- * that lags must not hand a live node's calls to others. A node that was only cut off (a
+ * Before it acts, a node asks the bucket how the node went (`departure`): a watch that lags must
+ * not hand a live node's calls to others, and a node that stopped cleanly is left its drain. A node that was only cut off (a
  * partition, a frozen process) and comes back under the same incarnation finds its calls taken:
  * its late finish is refused (CALL_STATE) once another node leased them, as after a lease ran out.
  *
@@ -33,7 +36,12 @@ export interface TakeoverEngine {
  * another's entry ages out must not miss its departure): what leaves before `ready(engine)` is
  * taken back then.
  */
-export function startTakeover(o: { readonly view: TakeoverView; readonly log: Logger }): {
+export function startTakeover(o: {
+  readonly view: TakeoverView;
+  readonly log: Logger;
+  /** How long a node that stopped cleanly is left to drain before its leftovers are taken (default 15 s). */
+  readonly drainMs?: number;
+}): {
   /** The engine that takes the calls back; departures seen until now are handled at once. */
   ready(engine: TakeoverEngine): void;
   stop(): void;
@@ -64,18 +72,28 @@ export function startTakeover(o: { readonly view: TakeoverView; readonly log: Lo
       });
     }
   };
+  const timers = new Set<NodeJS.Timeout>();
   const stopListening = o.view.onChange((event) => {
     if (event.type !== "left" || stopped) return;
     void (async () => {
-      const gone = await o.view.stillGone(event.node).catch(() => false);
+      const how = await o.view.departure(event.node).catch(() => "alive" as const);
       if (stopped) return;
-      if (!gone) {
+      if (how === "alive") {
         o.log.info("a node this one saw leave still heartbeats: its calls stay with it", {
           node: event.node.name,
         });
         return;
       }
-      await take(event.node, "left");
+      if (how === "dead") return take(event.node, "stopped heartbeating");
+      // A clean stop: the node finishes its running calls, or puts them back whole, within its
+      // drain; taking them now would run them twice. What is left after it (a drain cut by a
+      // SIGKILL, callbacks it had not delivered) is taken then.
+      const timer = setTimeout(() => {
+        timers.delete(timer);
+        void take(event.node, "stopped");
+      }, o.drainMs ?? DRAIN_MS);
+      timer.unref();
+      timers.add(timer);
     })();
   });
   const before = o.view.predecessor;
@@ -88,6 +106,7 @@ export function startTakeover(o: { readonly view: TakeoverView; readonly log: Lo
     stop() {
       stopped = true;
       stopListening();
+      for (const t of timers) clearTimeout(t);
     },
   };
 }

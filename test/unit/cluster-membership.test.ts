@@ -108,7 +108,7 @@ describe("Membership over a real nats-server (short heartbeat and TTL)", () => {
     await waitFor("w2 to see gone", () => names(watcher).includes("gone"));
     const old = watcher.node("gone")!;
     // Still heartbeating: an older entry than the bucket's is not a departure (a watch that lagged).
-    await waitFor("a newer heartbeat", async () => !(await watcher.stillGone(old)));
+    await waitFor("a newer heartbeat", async () => (await watcher.departure(old)) === "alive");
     const left: NodeEvent[] = [];
     watcher.onChange((e) => {
       if (e.type === "left") left.push(e);
@@ -116,12 +116,12 @@ describe("Membership over a real nats-server (short heartbeat and TTL)", () => {
     await nc.close();
     await waitFor("w2 to see gone leave", () => left.some((e) => e.node.name === "gone"));
     const last = left.find((e) => e.node.name === "gone")!.node;
-    assert.equal(await watcher.stillGone(last), true, "no rewrite since the last entry seen");
+    assert.equal(await watcher.departure(last), "dead", "no rewrite since the last entry seen");
     const again = await join("gone");
     assert.equal(again.predecessor?.incarnation, dying.incarnation, "it took over the dead one's name");
-    assert.equal(await watcher.stillGone(last), true, "another incarnation holds the name");
+    assert.equal(await watcher.departure(last), "dead", "another incarnation holds the name");
     await again.close();
-    assert.equal(await watcher.stillGone(again.node("gone")!), true, "a deleted key");
+    assert.equal(await watcher.departure(again.node("gone")!), "stopped", "a clean stop deletes its key");
   });
 
   it("a restarted nats-server: heartbeats and the watch resume by themselves", async () => {

@@ -18,15 +18,19 @@ const info = (name: string, incarnation: string): NodeInfo => ({
   functions: {},
 });
 
-/** A view whose events the test emits, and whose bucket says `gone` of the incarnations listed. */
-function fakeView(gone: Set<string>, predecessor?: NodeInfo) {
+/**
+ * A view whose events the test emits, and whose bucket says `dead` of the incarnations in `gone`,
+ * `stopped` of those in `stopped`, `alive` of others.
+ */
+function fakeView(gone: Set<string>, predecessor?: NodeInfo, stopped = new Set<string>()) {
   const listeners = new Set<(e: NodeEvent) => void>();
   const view: TakeoverView = {
     onChange(l) {
       listeners.add(l);
       return () => listeners.delete(l);
     },
-    stillGone: async (n) => gone.has(n.incarnation),
+    departure: async (n) =>
+      gone.has(n.incarnation) ? "dead" : stopped.has(n.incarnation) ? "stopped" : "alive",
     predecessor,
   };
   return { view, emit: (e: NodeEvent) => listeners.forEach((l) => l(e)) };
@@ -63,6 +67,24 @@ describe("takeover: a node that left has its async work taken back", () => {
     emit({ type: "left", node: info("d", "dead-1") });
     await new Promise((r) => setTimeout(r, 50));
     assert.equal(taken.length, 3, "nothing after stop");
+  });
+
+  it("leaves a node that stopped cleanly its drain, then takes what it left", async () => {
+    const taken: Array<[string, number]> = [];
+    const engine = {
+      takeOver: async (holder: string) => {
+        taken.push([holder, Date.now()]);
+        return { calls: 0, callbacks: 1 };
+      },
+    };
+    const { view, emit } = fakeView(new Set(), undefined, new Set(["clean-1"]));
+    const takeover = startTakeover({ view, log, drainMs: 300 });
+    takeover.ready(engine);
+    const since = Date.now();
+    emit({ type: "left", node: info("c", "clean-1") });
+    await waitFor("the stopped node's leftovers", () => taken.length === 1);
+    assert.ok(taken[0]![1] - since >= 300, "not during its drain");
+    takeover.stop();
   });
 
   it("survives a store that fails: the leases are left to give the calls back", async () => {
