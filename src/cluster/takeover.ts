@@ -28,9 +28,10 @@ export interface TakeoverEngine {
  * incarnation, which is what `left` names.
  *
  * Before it acts, a node asks the bucket how the node went (`departure`): a watch that lags must
- * not hand a live node's calls to others, and a node that stopped cleanly is left its drain. A node that was only cut off (a
- * partition, a frozen process) and comes back under the same incarnation finds its calls taken:
- * its late finish is refused (CALL_STATE) once another node leased them, as after a lease ran out.
+ * not hand a live node's calls to others, and a node that stopped cleanly is left its drain. A
+ * node that was only cut off (a partition, a frozen process) and comes back under the same
+ * incarnation finds its calls taken: its late finish is refused (CALL_STATE) once another node
+ * leased them, as after a lease ran out.
  *
  * It listens from the moment membership joins, before the engine exists (a node that starts while
  * another's entry ages out must not miss its departure): what leaves before `ready(engine)` is
