@@ -5,7 +5,10 @@
  * call running again (attempt 2) and for its result. A sync call forwarded to the dying node is
  * measured too: from the SIGKILL to its `502 NODE_LOST`.
  *
- *   npm run build && node dist/bench/redelivery.js [--rounds 3]
+ *   npm run build && node dist/bench/redelivery.js [--rounds 3] [--call-ms 3000]
+ *
+ * `--call-ms` is the async call's length: it must outlast `b`'s restart and the warm-up before the
+ * kill (a few seconds on a loaded machine), or the call ends on `a` and never runs again.
  */
 import { mkdir } from "node:fs/promises";
 import { join } from "node:path";
@@ -15,8 +18,11 @@ import { startCluster } from "../test/helpers/cluster.js";
 import { tempDir } from "../test/helpers/paths.js";
 import { addWasmFunction } from "../test/helpers/server.js";
 
-const { values } = parseArgs({ options: { rounds: { type: "string", default: "3" } } });
+const { values } = parseArgs({
+  options: { rounds: { type: "string", default: "3" }, "call-ms": { type: "string", default: "3000" } },
+});
 const rounds = Number(values.rounds);
+const callMs = Number(values["call-ms"]);
 
 interface CallView {
   readonly state: string;
@@ -58,7 +64,7 @@ try {
     // a alone takes the call: b is stopped while it is submitted and leased.
     await cluster.kill("b", "SIGTERM");
     await cluster.waitForMembers(["a"]);
-    const submitted = await fetch(`${cluster.url("a")}/fa/default/nap?ms=3000`, { method: "POST" });
+    const submitted = await fetch(`${cluster.url("a")}/fa/default/nap?ms=${callMs}`, { method: "POST" });
     const id = submitted.headers.get("x-call-id");
     if (submitted.status !== 202 || !id) throw new Error(`submit answered ${submitted.status}`);
     await until("the call to run on a", async () =>

@@ -21,6 +21,7 @@ import { RendezvousPlacement } from "./cluster/placement.js";
 import { checkReplicas, CLUSTER_STREAMS, prepareReplicas, replicaError } from "./cluster/replicas.js";
 import { ClusterRouter } from "./cluster/router.js";
 import { sandboxOf } from "./cluster/sandboxes.js";
+import { startTakeover } from "./cluster/takeover.js";
 import { moduleCheck } from "./gateway/admin.js";
 import { DirectoryRegistry } from "./registry/registry.js";
 import type { SandboxDriver } from "./sandbox/contract.js";
@@ -105,6 +106,12 @@ export interface FennecOptions {
   readonly records?: boolean;
   /** What a running call may ask of Fennec (chain, await, state); undefined: calls get none. */
   readonly makeCallHost?: CallHostFactory;
+  /**
+   * How long an async call's lease lasts (default 30 s; extended every third of it while the call
+   * runs). A node that dies gives its calls back when its lease runs out, or, in a cluster, as soon
+   * as the others see it leave (docs/cluster.md), whichever is first.
+   */
+  readonly asyncLeaseMs?: number;
   /** Largest response body an async call's result keeps (default 8 MiB); beyond, FN_RESPONSE_TOO_LARGE. */
   readonly asyncResultLimitBytes?: number;
   /**
@@ -250,6 +257,10 @@ async function startWith(options: FennecOptions, opened: Array<() => Promise<unk
       })
     : undefined;
   if (membership) opened.push(() => membership.close());
+  // A node that leaves has its running async calls and pending callbacks taken back by the live
+  // ones at once, not when its leases run out (takeover.ts). Listening from here, so one that
+  // leaves while this node starts is not missed; the engine is handed over once it runs.
+  const takeover = membership ? startTakeover({ view: membership, log }) : undefined;
   const retentionPolicy = { ...DEFAULT_RETENTION, ...options.retention };
   // In a cluster every node shares one store in JetStream; alone, the embedded one.
   const store: InvocationStore & { readonly soleOwner: boolean } = nats
@@ -337,7 +348,10 @@ async function startWith(options: FennecOptions, opened: Array<() => Promise<unk
   );
   const engine = new AsyncEngine({
     store,
-    node: scheduler.node,
+    // In a cluster calls are leased under this process's incarnation, the id the other nodes see
+    // leave (takeover.ts); alone, under the scheduler's id.
+    node: membership?.incarnation ?? scheduler.node,
+    ...(options.asyncLeaseMs !== undefined ? { leaseMs: options.asyncLeaseMs } : {}),
     scheduler,
     log,
     resultLimitBytes: options.asyncResultLimitBytes ?? 8 * 2 ** 20,
@@ -464,8 +478,9 @@ async function startWith(options: FennecOptions, opened: Array<() => Promise<unk
   await membership?.publish(advertised);
   // Calls this node was running when it died run again; then queued ones are taken.
   await engine.start();
+  takeover?.ready(engine);
   // Callbacks a Fennec before this one had not delivered yet (alone on the file: shared with a
-  // live one, they may be its deliveries under way).
+  // live one, they may be its deliveries under way; in a cluster the takeover sends them).
   const resumed = store.soleOwner ? await engine.resumeCallbacks() : 0;
   if (resumed > 0) log.info("callbacks pending when Fennec stopped are sent again", { callbacks: resumed });
 
@@ -514,6 +529,7 @@ async function startWith(options: FennecOptions, opened: Array<() => Promise<unk
   const close = (graceMs = 10_000): Promise<void> => {
     closing ??= (async () => {
       // Leave the cluster's list first: the other nodes stop sending calls here while this drains.
+      takeover?.stop();
       await membership?.close();
       localNode.close();
       // Background preparation writes into the registry (built handlers): let it stop first.

@@ -77,6 +77,9 @@ Edits on disk apply to new instances without a restart; SIGINT/SIGTERM drain and
                          only to hosts whose addresses are public (never loopback or private)
   --callback-timeout MS  how long one callback attempt may take (default 10000)
   --async-result-limit BYTES  largest response an async call's result keeps (default 8388608)
+  --async-lease DURATION how long an async call's lease lasts before another node may run it
+                         again (default 30s; extended every third of it while it runs); in a
+                         cluster a node that leaves has its calls taken back at once anyway
   --state-dir DIR        the invocation store: async calls, call records, logs, state
                          (default DIR/.fennec/state; file fennec.db)
   --retention-age AGE    finished calls and log lines older than this are removed
@@ -116,6 +119,7 @@ ${flagHelp(sandboxKinds.flags("serve"))}
         "callback-allow": { type: "string", multiple: true, default: [] },
         "callback-timeout": { type: "string", default: "10000" },
         "async-result-limit": { type: "string", default: String(8 * 2 ** 20) },
+        "async-lease": { type: "string", default: "30s" },
         "state-dir": { type: "string" },
         "retention-age": { type: "string", default: "7d" },
         "retention-bytes": { type: "string", default: "1GiB" },
@@ -157,6 +161,11 @@ ${flagHelp(sandboxKinds.flags("serve"))}
       throw new UsageError(
         `--retention-bytes expects a size such as 512MiB or 1GiB, got ${JSON.stringify(values["retention-bytes"])}`,
       );
+    const asyncLeaseMs = parseDuration(values["async-lease"]);
+    if (asyncLeaseMs === undefined || asyncLeaseMs < 1000)
+      throw new UsageError(
+        `--async-lease expects a duration of at least 1s, such as 30s or 2m, got ${JSON.stringify(values["async-lease"])}`,
+      );
     await stat(values.registry).catch(() => {
       throw new Error(`registry directory ${values.registry} does not exist`);
     });
@@ -178,6 +187,7 @@ ${flagHelp(sandboxKinds.flags("serve"))}
         timeoutMs: num("callback-timeout", values["callback-timeout"]),
       },
       asyncResultLimitBytes: num("async-result-limit", values["async-result-limit"]),
+      asyncLeaseMs,
       ...(values["state-dir"] ? { stateDir: values["state-dir"] } : {}),
       retention: { maxAgeMs, maxBytes },
       logLevel: level as "info",

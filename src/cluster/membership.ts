@@ -78,6 +78,8 @@ export class Membership implements ClusterView {
   #lastSweep = Date.now();
   #stopWatch: (() => void) | undefined;
   #beating: Promise<void> = Promise.resolve();
+  /** The process whose stale entry the claim took over, if it did. */
+  #predecessor: NodeInfo | undefined;
   /** Set when another live process holds this name (it took it over while this one was cut off). */
   #displacedBy: string | undefined;
   #closed = false;
@@ -111,6 +113,39 @@ export class Membership implements ClusterView {
     // The watch's consumer may have lived on a lost server of the NATS cluster: re-opened at once.
     membership.#stopServerLoss = onServerLost(nc, () => void membership.#rewatch());
     return membership;
+  }
+
+  /**
+   * This process's random id in the cluster (its `NodeInfo.incarnation`): the async engine leases
+   * calls under it, so a node that sees this one leave knows whose calls to give back.
+   */
+  get incarnation(): string {
+    return this.#incarnation;
+  }
+
+  /**
+   * The process that held this node's name before this one, when the claim took over its stale
+   * entry (it died within the bucket's max age): its calls and callbacks are this node's to take
+   * back, since no other node may have seen it leave.
+   */
+  get predecessor(): NodeInfo | undefined {
+    return this.#predecessor;
+  }
+
+  /**
+   * How the process `info` describes (one told as `left`) went, asked of the bucket rather than
+   * of this node's watch, which may lag: `dead` when its key holds another incarnation or the very
+   * entry this node last saw (no heartbeat for the TTL: a crash, or cut off); `stopped` when its
+   * key is gone (a clean stop deletes it first, then drains); `alive` when the key has a newer
+   * entry of the same process (only this node's view was late).
+   */
+  async departure(info: NodeInfo): Promise<"dead" | "stopped" | "alive"> {
+    const entry = await this.#kv.get(info.name);
+    if (!entry || entry.operation !== "PUT") return "stopped";
+    const now = parse(entry);
+    return !now || now.incarnation !== info.incarnation || now.heartbeatAt === info.heartbeatAt
+      ? "dead"
+      : "alive";
   }
 
   /**
@@ -213,6 +248,7 @@ export class Membership implements ClusterView {
         const holder = parse(entry);
         if (this.#age(entry) >= this.#ttlMs) {
           this.#revision = await this.#kv.update(this.self, this.#encode(), entry.revision);
+          this.#predecessor = holder;
           this.#o.log.info("took over the name of a node that stopped heartbeating", {
             node: this.self,
             previous: holder?.incarnation,
@@ -229,6 +265,7 @@ export class Membership implements ClusterView {
               `: give this one another --node NAME`,
           );
         this.#revision = await this.#kv.update(this.self, this.#encode(), entry.revision);
+        this.#predecessor = holder;
         this.#o.log.info("took over the name of a node that stopped heartbeating", { node: this.self });
         return;
       } catch (err) {

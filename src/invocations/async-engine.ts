@@ -18,7 +18,10 @@ import { decide, expired, type AttemptOutcome, type Verdict } from "./retry-poli
 
 export interface AsyncEngineOptions {
   readonly store: InvocationStore;
-  /** The name calls are leased under (the scheduler's node). */
+  /**
+   * The identity calls are leased under: the scheduler's node on its own; in a cluster the node's
+   * incarnation (membership's), so the others can give its calls back when it leaves.
+   */
   readonly node: string;
   readonly scheduler: Scheduler;
   readonly log: Logger;
@@ -516,6 +519,29 @@ export class AsyncEngine {
     for (const ended of pending)
       this.#deliver(ended, ended.state === "succeeded" ? await store.response(ended.id) : undefined);
     return pending.length;
+  }
+
+  /**
+   * Takes over the async work of `holder`, the lease identity of a node gone from the cluster
+   * (membership says it left; `cluster/takeover.ts`): its running calls go back to the queue at
+   * once, without waiting for their leases, and run here or on any node; the callbacks it had not
+   * delivered become this node's and are sent. Several nodes may do it at once: each call and
+   * each callback moves once (compare-and-set). Returns how many of each.
+   */
+  async takeOver(holder: string): Promise<{ calls: number; callbacks: number }> {
+    const { store } = this.#o;
+    const calls = await store.requeueRunning(holder);
+    if (calls > 0) this.wake();
+    let callbacks = 0;
+    if (this.#o.callbacks)
+      for (;;) {
+        const taken = await store.takeCallbacks(holder, this.#node, 1000);
+        for (const ended of taken)
+          this.#deliver(ended, ended.state === "succeeded" ? await store.response(ended.id) : undefined);
+        callbacks += taken.length;
+        if (taken.length < 1000) break;
+      }
+    return { calls, callbacks };
   }
 
   /** Wakes at `time` (a backoff's end); times are kept in order, one timer for the next. */

@@ -201,7 +201,12 @@ export interface InvocationStore {
   /** Keeps a long call's lease alive. False when the lease is no longer this node's. */
   extendLease(id: string, node: string, leaseMs: number, now: number): Promise<boolean>;
 
-  /** Every call `node` was running goes back to the queue (a restart after a crash). Returns how many. */
+  /**
+   * Every call `node` was running goes back to the queue, due at once (a restart after a crash; a
+   * node that left the cluster). Its attempt stays counted: the call may have run in part, and
+   * the next lease counts the next one. Conditional per call, so calls another node took since
+   * are left alone. Returns how many.
+   */
   requeueRunning(node: string): Promise<number>;
 
   /**
@@ -234,6 +239,14 @@ export interface InvocationStore {
 
   /** Ended calls whose callback is still pending (oldest ended first, at most `limit`). */
   pendingCallbacks(limit: number): Promise<CallRecord[]>;
+
+  /**
+   * The pending callbacks `from` was to deliver (the calls it ended, or callbacks it took over)
+   * become `to`'s: `from` is a node gone from the cluster, `to` the live one that sends them now.
+   * Each moves by a conditional write, so of several nodes asking at once one gets each; returns
+   * those this call moved (oldest ended first, at most `limit`).
+   */
+  takeCallbacks(from: string, to: string, limit: number): Promise<CallRecord[]>;
 
   /**
    * A dead call runs again from attempt 1, as if submitted at `now` (its maximum age starts again).

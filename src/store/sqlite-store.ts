@@ -275,6 +275,7 @@ export class SqliteStore implements InvocationStore {
           not_before: null,
           bytes: this.#sql.bytes.get(id)! + bytes,
           callback_state: pendingIfCallback(row),
+          callback_node: null,
         },
         res ? { status: res.status, ...outcome.figures } : outcome.figures,
       );
@@ -297,6 +298,7 @@ export class SqliteStore implements InvocationStore {
         {
           state: "dead",
           callback_state: pendingIfCallback(row),
+          callback_node: null,
           node,
           lease_until: null,
           not_before: null,
@@ -320,6 +322,15 @@ export class SqliteStore implements InvocationStore {
     );
   }
 
+  takeCallbacks(from: string, to: string, limit: number): Promise<CallRecord[]> {
+    return this.#write(() =>
+      this.#sql.takeCallbacks
+        .all(to, from, Math.max(1, Math.trunc(limit)))
+        .map(recordOf)
+        .sort((a, b) => (a.finishedAt ?? 0) - (b.finishedAt ?? 0) || (a.id < b.id ? -1 : 1)),
+    );
+  }
+
   replay(id: string, now: number): Promise<boolean> {
     return this.#write(() => {
       const row = this.#sql.call.get(id);
@@ -340,6 +351,7 @@ export class SqliteStore implements InvocationStore {
           lease_until: null,
           // The replay ends again and calls back again; the old delivery is not resumed.
           callback_state: null,
+          callback_node: null,
           bytes,
         },
         CLEARED_FIGURES,
@@ -596,6 +608,10 @@ function statements(db: Database.Database) {
     ),
     pendingCallbacks: db.prepare<[number], CallRow>(
       "SELECT * FROM calls WHERE callback_state = 'pending' ORDER BY finished_at, id LIMIT ?",
+    ),
+    takeCallbacks: db.prepare<[string, string, number], CallRow>(
+      `UPDATE calls SET callback_node = ? WHERE id IN (SELECT id FROM calls WHERE callback_state = 'pending'
+        AND coalesce(callback_node, node) = ? ORDER BY finished_at, id LIMIT ?) RETURNING *`,
     ),
     exists: db.prepare<[string], number>("SELECT 1 FROM calls WHERE id = ?").pluck(),
     bytes: db.prepare<[string], number>("SELECT bytes FROM calls WHERE id = ?").pluck(),

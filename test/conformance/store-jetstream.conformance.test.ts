@@ -2,8 +2,10 @@ import assert from "node:assert/strict";
 import { randomBytes, randomUUID } from "node:crypto";
 import { after, describe, it } from "node:test";
 import { jetstreamManager } from "@nats-io/jetstream";
+import { Kvm } from "@nats-io/kv";
 import { connect, nanos, type NatsConnection } from "@nats-io/transport-node";
 import type { InvocationStore, StoredLogLine } from "../../src/store/contract.js";
+import { idempotencyKey } from "../../src/store/jetstream/names.js";
 import { destroyClusterStore, openClusterStore } from "../../src/store/jetstream/open.js";
 import { startNats, type TestNats } from "../helpers/nats.js";
 import { waitFor } from "../helpers/wait.js";
@@ -144,6 +146,44 @@ describe("jetstream store on two nodes", () => {
       await destroyClusterStore(ncA, prefix);
       await ncA.close();
       await ncB.close();
+    }
+  });
+});
+
+describe("jetstream store: an enqueue cut between its writes", () => {
+  it("replaces an idempotency key that names a call never written, so a resubmission gets a call that exists", async () => {
+    const prefix = `t${randomBytes(6).toString("hex")}`;
+    const nc = await client();
+    const store = await openClusterStore(nc, { prefix });
+    try {
+      // What a node that died after writing the key and before writing its call left behind.
+      const keys = await new Kvm(nc).open(`${prefix}-idempotency`);
+      const ghost = randomUUID();
+      await keys.create(idempotencyKey("u/f", "k1"), ghost);
+
+      const id = randomUUID();
+      const first = await store.enqueue({
+        id,
+        function: "u/f",
+        request: req("again"),
+        submittedAt: 1,
+        idempotencyKey: "k1",
+      });
+      assert.deepEqual(first, { id, created: true }, "the dangling key is taken over, not answered");
+      assert.equal((await store.get(id))?.state, "queued");
+      assert.equal(await store.get(ghost), undefined);
+      const twin = await store.enqueue({
+        id: randomUUID(),
+        function: "u/f",
+        request: req("twice"),
+        submittedAt: 2,
+        idempotencyKey: "k1",
+      });
+      assert.deepEqual(twin, { id, created: false }, "the key now names the call that exists");
+    } finally {
+      await store.close();
+      await destroyClusterStore(nc, prefix);
+      await nc.close();
     }
   });
 });

@@ -335,6 +335,75 @@ export function runStoreConformance(name: string, setup: () => Promise<StoreFixt
         assert.equal((await store.get(bad!.id))?.callbackState, "given-up");
       });
 
+      it("gives a gone node's running calls and pending callbacks to live ones, each once, before its lease runs out", async () => {
+        const url = "http://cb.example/x";
+        const [running, ok, bad, mine] = [1, 2, 3, 4].map((at) =>
+          call("u/f", { submittedAt: at, callbackUrl: url }),
+        );
+        for (const c of [running, ok, bad, mine]) await store.enqueue(c!);
+        // n1 runs three under a lease far from over; n2 one.
+        assert.equal((await take(store, "n1", 2_000, 3, 600_000)).length, 3);
+        assert.equal((await take(store, "n2", 2_000, 1, 600_000)).length, 1);
+        await store.finish(ok!.id, "n1", {
+          state: "succeeded",
+          response: undefined,
+          figures: { finishedAt: 3_000 },
+        });
+        await store.bury(bad!.id, "n1", { errorCode: "FN_CRASHED", finishedAt: 3_001 });
+        await store.finish(mine!.id, "n2", {
+          state: "failed",
+          response: undefined,
+          figures: { finishedAt: 3_002 },
+        });
+
+        // n1 is gone: its running call is due again now, its attempt stays counted.
+        assert.equal(await store.requeueRunning("n1"), 1);
+        const [again] = await take(store, "n3", 2_001, 10, 600_000);
+        assert.equal(again?.record.id, running!.id);
+        assert.equal(again?.record.attempt, 2, "the gone node's attempt counts: it may have run in part");
+        // n1 was only cut off and comes back: its late result is refused, n3's stands.
+        await rejectsWith(
+          store.finish(running!.id, "n1", { state: "succeeded", response: undefined, figures: {} }),
+          "CALL_STATE",
+        );
+        assert.equal(await store.extendLease(running!.id, "n1", 600_000, 2_002), false);
+
+        // Its callbacks: two live nodes ask at once; each callback goes to one of them.
+        const [a, b] = await Promise.all([
+          store.takeCallbacks("n1", "n3", 10),
+          store.takeCallbacks("n1", "n4", 10),
+        ]);
+        const taken = [...a, ...b].map((r) => r.id).sort();
+        assert.deepEqual(taken, [ok!.id, bad!.id].sort(), "each of n1's callbacks once, none of n2's");
+        assert.deepEqual(await store.takeCallbacks("n1", "n3", 10), [], "nothing of n1's is left");
+        assert.ok(
+          taken.length === 2 && [...a, ...b].every((r) => r.callbackState === "pending" && r.node === "n1"),
+          "the record still says who ran it",
+        );
+        assert.deepEqual(
+          (await store.pendingCallbacks(10)).map((r) => r.id),
+          [ok!.id, bad!.id, mine!.id],
+          "still pending until delivered",
+        );
+        if (fx.reopen) store = await reopen();
+        // A taker that dies in turn is taken over the same way (and it survives a restart).
+        const first = a.length > 0 ? "n3" : "n4";
+        assert.equal((await store.takeCallbacks(first, "n5", 1)).length, 1, "at most the limit");
+        const rest = [
+          ...(await store.takeCallbacks("n3", "n5", 10)),
+          ...(await store.takeCallbacks("n4", "n5", 10)),
+        ];
+        assert.equal(rest.length, 1);
+        await store.callbackEnded(ok!.id, "delivered");
+        await store.callbackEnded(bad!.id, "delivered");
+        assert.deepEqual(await store.takeCallbacks("n5", "n6", 10), [], "a delivered callback is nobody's");
+        assert.deepEqual(
+          (await store.takeCallbacks("n2", "n6", 10)).map((r) => r.id),
+          [mine!.id],
+          "n2's own is still its own until it is gone",
+        );
+      });
+
       it("refuses to end a call that is unknown, already ended, or another node's", async () => {
         const c = call();
         await store.enqueue(c);

@@ -129,7 +129,8 @@ describe("async calls on two nodes sharing the JetStream store", () => {
 
     const b = await serve("b", "kill");
     try {
-      // The killed node's lease runs out (30 s); then B runs the call again, and every queued one.
+      // B sees A leave (its heartbeats stopped: the TTL) and takes its call back; B runs it again,
+      // and every queued one.
       const again = await result(b.url, long);
       assert.equal(again.status, 200, again.text);
       assert.equal(again.text, "slept 3000 ms\n");

@@ -99,6 +99,31 @@ describe("Membership over a real nats-server (short heartbeat and TTL)", () => {
     assert.notEqual(again.node("dies")!.incarnation, first);
   });
 
+  it("tells whether a node seen to leave is really gone, from the bucket; a restart under its name knows its predecessor", async () => {
+    const watcher = await join("w2");
+    const nc = await conn();
+    const dying = await join("gone", nc);
+    assert.equal(dying.incarnation, dying.node("gone")!.incarnation, "the incarnation it publishes");
+    assert.equal(dying.predecessor, undefined, "a fresh name has none");
+    await waitFor("w2 to see gone", () => names(watcher).includes("gone"));
+    const old = watcher.node("gone")!;
+    // Still heartbeating: an older entry than the bucket's is not a departure (a watch that lagged).
+    await waitFor("a newer heartbeat", async () => (await watcher.departure(old)) === "alive");
+    const left: NodeEvent[] = [];
+    watcher.onChange((e) => {
+      if (e.type === "left") left.push(e);
+    });
+    await nc.close();
+    await waitFor("w2 to see gone leave", () => left.some((e) => e.node.name === "gone"));
+    const last = left.find((e) => e.node.name === "gone")!.node;
+    assert.equal(await watcher.departure(last), "dead", "no rewrite since the last entry seen");
+    const again = await join("gone");
+    assert.equal(again.predecessor?.incarnation, dying.incarnation, "it took over the dead one's name");
+    assert.equal(await watcher.departure(last), "dead", "another incarnation holds the name");
+    await again.close();
+    assert.equal(await watcher.departure(again.node("gone")!), "stopped", "a clean stop deletes its key");
+  });
+
   it("a restarted nats-server: heartbeats and the watch resume by themselves", async () => {
     const a = await join("ra");
     const b = await join("rb");

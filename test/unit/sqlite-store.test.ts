@@ -64,10 +64,11 @@ describe("SqliteStore: the embedded store's own behaviour", () => {
     await store.enqueue({ id, function: "u/f", request, submittedAt: 1, callbackUrl: "http://cb/x" });
     await store.take({ node: "n", max: 5, leaseMs: 60_000, now: 2 });
     await store.close();
-    // What an older Fennec left: schema 1 had no callback_state (nor schema 4's via and placement).
+    // What an older Fennec left: schema 1 had no callback_state (nor schema 4's via and placement,
+    // nor schema 5's callback_node).
     const old = new Database(path);
     old.exec(
-      "DROP INDEX calls_callbacks; ALTER TABLE calls DROP COLUMN callback_state; ALTER TABLE calls DROP COLUMN via; ALTER TABLE calls DROP COLUMN placement",
+      "DROP INDEX calls_callbacks; ALTER TABLE calls DROP COLUMN callback_state; ALTER TABLE calls DROP COLUMN via; ALTER TABLE calls DROP COLUMN placement; ALTER TABLE calls DROP COLUMN callback_node",
     );
     old.pragma("user_version = 1");
     old.close();
@@ -81,7 +82,7 @@ describe("SqliteStore: the embedded store's own behaviour", () => {
     );
     await store.close();
     const check = new Database(path, { readonly: true });
-    assert.equal(check.pragma("user_version", { simple: true }), 4);
+    assert.equal(check.pragma("user_version", { simple: true }), 5);
     check.close();
   });
 
@@ -152,7 +153,7 @@ describe("SqliteStore: the embedded store's own behaviour", () => {
     const store = new SqliteStore(path);
     try {
       const check = new Database(path, { readonly: true });
-      assert.equal(check.pragma("user_version", { simple: true }), 4);
+      assert.equal(check.pragma("user_version", { simple: true }), 5);
       assert.match(
         check.prepare<[], string>("SELECT sql FROM sqlite_schema WHERE name = 'calls'").pluck().get()!,
         /WITHOUT ROWID\s*$/,
@@ -177,7 +178,12 @@ describe("SqliteStore: the embedded store's own behaviour", () => {
       // Every call as it was, with schema 4's two new columns empty.
       assert.deepEqual(
         allCalls(path),
-        (before as Array<Record<string, unknown>>).map((row) => ({ ...row, via: null, placement: null })),
+        (before as Array<Record<string, unknown>>).map((row) => ({
+          ...row,
+          via: null,
+          placement: null,
+          callback_node: null,
+        })),
       );
 
       assert.equal((await store.get(ids.sync))?.status, 200);

@@ -29,6 +29,11 @@ export interface CallDoc {
   readonly idempotencyKey?: string | undefined;
   readonly callbackUrl?: string | undefined;
   readonly callbackState?: CallbackState | undefined;
+  /**
+   * Who delivers a pending callback when it is not `node`, the node that ended the call: a live
+   * node that took it over from one gone (`takeCallbacks`).
+   */
+  readonly callbackNode?: string | undefined;
   /** A forwarded sync call: its entry node, and why it went where it ran (docs/cluster.md). */
   readonly via?: string | undefined;
   readonly placement?: string | undefined;

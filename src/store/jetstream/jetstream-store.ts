@@ -48,6 +48,12 @@ export interface JetStreamStoreOptions {
   readonly log?: Logger | undefined;
 }
 
+/**
+ * How long an idempotency key may name a call that does not exist before a resubmission takes it
+ * as left by a crash between an enqueue's writes (they are milliseconds apart).
+ */
+const STALE_KEY_MS = 5_000;
+
 /** Compare-and-set rounds on one call before giving up (only under absurd contention). */
 const CAS_ROUNDS = 20;
 
@@ -190,16 +196,11 @@ export class JetStreamStore implements InvocationStore {
 
   enqueue(call: NewAsyncCall): Promise<{ readonly id: string; readonly created: boolean }> {
     return this.#guard("accepting a call", async () => {
-      if (call.idempotencyKey !== undefined) {
-        const key = idempotencyKey(call.function, call.idempotencyKey);
-        try {
-          await this.#o.buckets.idempotency.create(key, call.id);
-        } catch (err) {
-          if (!isConflict(err)) throw err;
-          const first = await this.#o.buckets.idempotency.get(key);
-          if (first && first.operation === "PUT") return { id: first.string(), created: false };
-          throw err;
-        }
+      const key =
+        call.idempotencyKey === undefined ? undefined : idempotencyKey(call.function, call.idempotencyKey);
+      if (key !== undefined) {
+        const first = await this.#claimKey(key, call.id);
+        if (first !== undefined) return { id: first, created: false };
       }
       const r = call.request;
       const headers = JSON.stringify(r.headers);
@@ -215,8 +216,73 @@ export class JetStreamStore implements InvocationStore {
       });
       const rev = await this.#calls.create(callKey(call.id), encodeDoc(doc));
       this.#mirror.put(call.id, { doc, rev });
+      if (key !== undefined) {
+        // This enqueue stalled so long between its writes that a resubmission took the key as
+        // stale (#claimKey): the key's call is the one; this one is withdrawn if nobody took it yet.
+        const now = await this.#o.buckets.idempotency.get(key);
+        const winner = now?.operation === "PUT" ? now.string() : call.id;
+        if (winner !== call.id && (await this.#withdraw(call.id, rev))) return { id: winner, created: false };
+      }
       return { id: call.id, created: true };
     });
+  }
+
+  /**
+   * Claims an idempotency key for call `id`: undefined when it is this call's now, else the id of
+   * the call the key made. The key is written before the call (its create is what makes two
+   * twins agree), so a crash between the writes leaves a key naming no call: a resubmission that
+   * finds such a key waits STALE_KEY_MS (an enqueue under way writes its call within a round trip
+   * or two) and then replaces it by compare-and-set, so one resubmission wins it.
+   */
+  async #claimKey(key: string, id: string): Promise<string | undefined> {
+    const keys = this.#o.buckets.idempotency;
+    let missingSince: number | undefined;
+    for (;;) {
+      try {
+        await keys.create(key, id);
+        return undefined;
+      } catch (err) {
+        if (!isConflict(err)) throw err;
+      }
+      const first = await keys.get(key);
+      // Deleted meanwhile (its call was deleted): create it again.
+      if (!first || first.operation !== "PUT") continue;
+      const firstId = first.string();
+      if (this.#mirror.get(firstId) ?? (await this.#fresh(firstId))) return firstId;
+      missingSince ??= Date.now();
+      if (Date.now() - missingSince < STALE_KEY_MS) {
+        await new Promise((r) => setTimeout(r, 100));
+        continue;
+      }
+      try {
+        await keys.update(key, id, first.revision);
+        this.#o.log?.warn(
+          "invocation store: an idempotency key named a call that was never written; replaced",
+          {
+            store: this.describe,
+            stale: firstId,
+            callId: id,
+          },
+        );
+        return undefined;
+      } catch (err) {
+        // Another resubmission replaced it first: look again.
+        if (!isConflict(err)) throw err;
+      }
+    }
+  }
+
+  /** Removes a call just created, if it is still at revision `rev` (no node has taken it). */
+  async #withdraw(id: string, rev: number): Promise<boolean> {
+    try {
+      await this.#calls.delete(callKey(id), { previousSeq: rev });
+    } catch (err) {
+      if (isConflict(err)) return false;
+      throw err;
+    }
+    this.#mirror.remove(id, rev + 1);
+    await this.#payloads.removeRequest(id);
+    return true;
   }
 
   take(opts: {
@@ -373,6 +439,7 @@ export class JetStreamStore implements InvocationStore {
               result,
               resultBytes: res ? resultBytes : undefined,
               callbackState: d.callbackUrl === undefined ? undefined : "pending",
+              callbackNode: undefined,
             },
             res ? { status: res.status, ...outcome.figures } : outcome.figures,
           );
@@ -403,6 +470,7 @@ export class JetStreamStore implements InvocationStore {
           {
             state: "dead",
             callbackState: d.callbackUrl === undefined ? undefined : "pending",
+            callbackNode: undefined,
             node,
             leaseUntil: undefined,
             notBefore: undefined,
@@ -438,6 +506,31 @@ export class JetStreamStore implements InvocationStore {
     });
   }
 
+  takeCallbacks(from: string, to: string, limit: number): Promise<CallRecord[]> {
+    return this.#guard("taking over callbacks", async () => {
+      const deliverer = (d: CallDoc) => d.callbackNode ?? d.node;
+      const theirs = [...this.#mirror.values()]
+        .map((e) => e.doc)
+        .filter((d) => d.callbackState === "pending" && deliverer(d) === from)
+        .sort((a, b) => (a.finishedAt ?? 0) - (b.finishedAt ?? 0) || (a.id < b.id ? -1 : 1))
+        .slice(0, Math.max(1, Math.trunc(limit)));
+      const taken = await Promise.all(
+        theirs.map((c) =>
+          // Compare-and-set: of several nodes taking over at once, one moves each callback.
+          this.#change(c.id, (d) => {
+            if (d.callbackState !== "pending" || deliverer(d) !== from) throw new Skip();
+            return updated(d, { callbackNode: to });
+          }).catch((err: unknown) => {
+            if (err instanceof Skip || (err instanceof FennecError && err.code === "CALL_NOT_FOUND"))
+              return undefined;
+            throw err;
+          }),
+        ),
+      );
+      return taken.flatMap((d) => (d ? [recordOf(d)] : []));
+    });
+  }
+
   replay(id: string, now: number): Promise<boolean> {
     return this.#guard("replaying a call", async () => {
       let before: CallDoc | undefined;
@@ -459,6 +552,7 @@ export class JetStreamStore implements InvocationStore {
               leaseUntil: undefined,
               // The replay ends again and calls back again; the old delivery is not resumed.
               callbackState: undefined,
+              callbackNode: undefined,
               bytes: d.bytes - (d.resultBytes ?? 0),
               result: undefined,
               resultBytes: undefined,

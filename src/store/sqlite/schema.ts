@@ -152,6 +152,11 @@ export const MIGRATIONS: readonly string[] = [
   ALTER TABLE calls ADD COLUMN via TEXT;
   ALTER TABLE calls ADD COLUMN placement TEXT;
   `,
+  // 5: who delivers a pending callback when it is not the node that ended the call (one that
+  // took it over from a node gone; NULL: that node, \`node\`).
+  `
+  ALTER TABLE calls ADD COLUMN callback_node TEXT;
+  `,
 ];
 
 /** The schema version this Fennec writes. */
