@@ -234,7 +234,9 @@ export class Gateway {
   ): Promise<InvokeRequest> {
     const { body: pending, length } = requestBody(req, limit);
     const headers: Record<string, string> = {};
-    for (const [name, value] of Object.entries(req.headers)) {
+    const given = req.headers;
+    for (const name in given) {
+      const value = given[name];
       // The chain depth is Fennec's to set (call-host.ts): a client cannot forge one.
       if (value === undefined || NOT_FORWARDED.has(name) || name === CHAIN_DEPTH_HEADER) continue;
       headers[name] = Array.isArray(value) ? value.join(", ") : value;
