@@ -285,7 +285,9 @@ export class FunctionPool {
     try {
       response = inst.run(waiter.request, waiter.signal);
     } catch (err) {
-      return failed(err);
+      // Answered a turn later, as a rejection was: pump() dispatches queued calls in a loop, and
+      // a failure handled here would release and pump again from inside it, once per waiter.
+      return queueMicrotask(() => failed(err));
     }
     if (response instanceof Promise) response.then(answered, failed);
     else answered(response);
