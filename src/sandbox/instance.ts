@@ -214,7 +214,7 @@ export class Instance {
       const response = this.run(request, signal);
       return response instanceof Promise ? response : Promise.resolve(response);
     } catch (err) {
-      return Promise.reject(err as Error);
+      return Promise.reject(err);
     }
   }
 

@@ -66,7 +66,9 @@ afterEach(async () => {
   for (const close of open.splice(0)) await close();
 });
 
-async function started(over: Partial<FunctionConfig> = {}): Promise<{ instance: Instance; handle: NowHandle }> {
+async function started(
+  over: Partial<FunctionConfig> = {},
+): Promise<{ instance: Instance; handle: NowHandle }> {
   const driver = new NowDriver();
   const instance = new Instance({
     id: "now-1",

@@ -28,7 +28,8 @@ function reference(records: readonly InvocationRecord[]): Registry {
   for (const r of records) {
     calls.inc({ function: r.function, start_type: r.startType ?? "none", outcome: r.errorCode ?? "ok" });
     if (r.instanceId === undefined) continue;
-    const phase = (name: string, ms: number) => phases.observe({ function: r.function, phase: name }, ms / 1000);
+    const phase = (name: string, ms: number) =>
+      phases.observe({ function: r.function, phase: name }, ms / 1000);
     phase("queue", r.queueWaitMs);
     if (r.initMs > 0) phase("init", r.initMs);
     if (r.status > 0) phase("ttfb", r.ttfbMs);
@@ -55,11 +56,15 @@ function assertSameSamples(actual: string[], expected: string[]): void {
     const at = line.lastIndexOf(" ");
     return [line.slice(0, at), Number(line.slice(at + 1))] as const;
   };
-  assert.deepEqual(actual.map((l) => split(l)[0]), expected.map((l) => split(l)[0]));
+  assert.deepEqual(
+    actual.map((l) => split(l)[0]),
+    expected.map((l) => split(l)[0]),
+  );
   actual.forEach((line, i) => {
     const [series, value] = split(line);
     const want = split(expected[i]!)[1];
-    if (series.includes("_sum")) assert.ok(Math.abs(value - want) <= 1e-9 * Math.abs(want), `${line} ≠ ${want}`);
+    if (series.includes("_sum"))
+      assert.ok(Math.abs(value - want) <= 1e-9 * Math.abs(want), `${line} ≠ ${want}`);
     else assert.equal(value, want, series);
   });
 }
@@ -107,7 +112,10 @@ describe("PrometheusMetrics: calls counted per scrape, not per call", () => {
       await metrics.forget("default/b");
       const left = await samples(metrics.registry);
       assert.ok(left.length > 0);
-      assert.ok(left.every((l) => !l.includes('function="default/b"')), left.join("\n"));
+      assert.ok(
+        left.every((l) => !l.includes('function="default/b"')),
+        left.join("\n"),
+      );
     } finally {
       metrics.close();
     }
