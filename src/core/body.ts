@@ -31,12 +31,16 @@ export class WholeBody extends Readable {
     return this.#bytes?.byteLength ?? 0;
   }
 
-  /** The bytes, unless reading has begun; the stream is then empty and at its end. */
+  /**
+   * The bytes, unless reading has begun; the stream is then empty: a reader that comes later gets
+   * its end at once (`_read`). Not ended here: a `push(null)` before any read schedules a
+   * 'readable' event on the next tick, twice per warm call (its request and its answer) for
+   * nothing.
+   */
   takeBytes(): Buffer | undefined {
     const bytes = this.#bytes;
     if (!bytes) return undefined;
     this.#bytes = null;
-    this.push(null);
     return bytes;
   }
 }

@@ -1,6 +1,6 @@
 import { validateHeaderName, validateHeaderValue, type ServerResponse } from "node:http";
 import { pipeline } from "node:stream/promises";
-import { takeWhole } from "../core/body.js";
+import { takeWhole, WholeBody } from "../core/body.js";
 import { FennecError } from "../core/errors.js";
 import { HOP_BY_HOP } from "../core/hop-by-hop.js";
 import { quoteForMessage } from "../core/names.js";
@@ -65,6 +65,46 @@ export async function sendResponse(res: ServerResponse, response: InvokeResponse
     res.strictContentLength = true;
   }
   await pipeline(response.body, res);
+}
+
+/**
+ * The warm path's answer, when the whole body is at hand and nothing is to be dropped: the
+ * platform's headers (`head`, a flat name/value list, extended in place) and the function's go
+ * out in one `writeHead` with a flat list and the body in one `end`. Node's `setHeader` keeps a
+ * map of header objects, validated and copied again when the head is written; a flat list given
+ * to `writeHead` of a response that has no headers yet is written as it is (Node still validates
+ * it). Returns false, having written nothing and taken nothing, for anything else (a body to
+ * stream, a status or header that `sendResponse` refuses, a bodyless answer): the caller then
+ * goes the general way, which sets the same headers and answers the same errors.
+ */
+export function sendWhole(res: ServerResponse, response: InvokeResponse, head: string[]): boolean {
+  const { status, body } = response;
+  if (!(body instanceof WholeBody) || res.headersSent || hasHeaders(res)) return false;
+  if (!Number.isInteger(status) || status < 200 || status > 599 || bodyless(status, res.req.method))
+    return false;
+  for (const [raw, value] of response.headers) {
+    const name = raw.toLowerCase();
+    if (NOT_FORWARDED.has(name) || isPlatformHeader(name)) continue;
+    try {
+      validateHeaderName(name);
+      validateHeaderValue(name, value);
+    } catch {
+      return false;
+    }
+    head.push(name, value);
+  }
+  const bytes = body.takeBytes();
+  if (!bytes) return false;
+  // All at hand: its length is the bytes', whatever the function declared.
+  head.push("content-length", String(bytes.byteLength));
+  res.writeHead(status, head);
+  res.end(bytes);
+  return true;
+}
+
+/** Whether anything has set a header on `res` yet (writeHead would then merge, not write the list as it is). */
+function hasHeaders(res: ServerResponse): boolean {
+  return res.getHeaderNames().length > 0;
 }
 
 /** Checks and sets the status and headers; returns the function's content-length when valid. */

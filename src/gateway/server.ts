@@ -30,7 +30,7 @@ import {
 } from "./http-util.js";
 import type { AllowedHosts } from "./allowed-hosts.js";
 import { JSON_BODY, MODULE_BODY, NUMBER_BODY, refuseCrossSite } from "./cross-site.js";
-import { NOT_FORWARDED, sendResponse } from "./function-response.js";
+import { NOT_FORWARDED, sendResponse, sendWhole } from "./function-response.js";
 import { requestBody } from "./request-body.js";
 import { functionId, parseTarget, type Target } from "./routes.js";
 import { deployCheck, deployFromJson, describeFunctions, type ModuleValidator } from "./admin.js";
@@ -77,6 +77,9 @@ export interface GatewayOptions {
   readonly nodes: () => readonly NodeInfo[];
 }
 
+/** How the call started (`cold`, `warm`, `prebooted`, `restored`). */
+const START_HEADER = "x-fennec-start";
+
 /** A call id another node forwarded with its call (a UUID, as `newCallId` makes them). */
 const FORWARDED_CALL_ID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
 
@@ -107,13 +110,12 @@ export class Gateway {
 
   readonly handle = (req: IncomingMessage, res: ServerResponse): void => {
     const requestId = requestIdOf(req);
-    res.setHeader(REQUEST_ID_HEADER, requestId);
-    // Which node answered: a call forwarded to another node gets that node's (forward.ts).
-    res.setHeader(NODE_HEADER, this.#o.node);
-    this.#route(req, res).catch((err: unknown) => {
+    this.#route(req, res, requestId).catch((err: unknown) => {
       const error = toFennecError(err);
       if (error.code === "INTERNAL")
         this.#o.log.error("request failed", { requestId, url: req.url, error: error.message });
+      // A call's route stamps its own (with its call id) on every way out but the warm answer.
+      if (!res.headersSent && !res.hasHeader(REQUEST_ID_HEADER)) this.#stamp(res, requestId);
       // A refused request's body is not read (it may be huge, and is not wanted): the connection
       // is closed once the answer is out instead of draining it for the next request.
       if (!req.complete) closeAfterResponse(req, res);
@@ -121,10 +123,22 @@ export class Gateway {
     });
   };
 
-  async #route(req: IncomingMessage, res: ServerResponse): Promise<void> {
+  /**
+   * The headers every response carries: the request id and the node that answered (a call
+   * forwarded to another node gets that node's, forward.ts), and a call's id when it is one.
+   */
+  #stamp(res: ServerResponse, requestId: string, callId?: string): void {
+    res.setHeader(REQUEST_ID_HEADER, requestId);
+    res.setHeader(NODE_HEADER, this.#o.node);
+    if (callId !== undefined) res.setHeader(CALL_ID_HEADER, callId);
+  }
+
+  async #route(req: IncomingMessage, res: ServerResponse, requestId: string): Promise<void> {
     const target = parseTarget(req.url ?? "/");
     const [first, a, b] = target.segments;
     const method = req.method ?? "GET";
+    // A call's headers are written with its answer (#invoke); every other route's are set now.
+    if (first !== "invoke" && (first !== "f" || method === "PUT")) this.#stamp(res, requestId);
     // Every route answers only to known host names, token or not: a rebinding page could
     // otherwise read functions' answers, stats and metrics of a loopback-only Fennec, and deploy
     // when there is no token. Readiness callbacks (an unguessable id, sent by sandboxes by
@@ -132,11 +146,11 @@ export class Gateway {
     if (first !== "ready" && first !== "healthz") this.#o.allowedHosts.check(req);
     switch (first) {
       case "invoke":
-        return this.#invoke(req, res, functionId(undefined, a), target.rest(2), target.query);
+        return this.#invoke(req, res, requestId, functionId(undefined, a), target.rest(2), target.query);
       case "f":
         if (method === "PUT") return this.#upload(req, res, functionId(a, b));
         allow(method, ["POST", "PUT"]);
-        return this.#invoke(req, res, functionId(a, b), target.rest(3), target.query);
+        return this.#invoke(req, res, requestId, functionId(a, b), target.rest(3), target.query);
       case "fa":
         if (a === "calls" && method === "GET") return this.#async.result(res, b ?? "");
         allow(method, ["POST"]);
@@ -220,7 +234,9 @@ export class Gateway {
   ): Promise<InvokeRequest> {
     const { body: pending, length } = requestBody(req, limit);
     const headers: Record<string, string> = {};
-    for (const [name, value] of Object.entries(req.headers)) {
+    const given = req.headers;
+    for (const name in given) {
+      const value = given[name];
       // The chain depth is Fennec's to set (call-host.ts): a client cannot forge one.
       if (value === undefined || NOT_FORWARDED.has(name) || name === CHAIN_DEPTH_HEADER) continue;
       headers[name] = Array.isArray(value) ? value.join(", ") : value;
@@ -233,6 +249,7 @@ export class Gateway {
   async #invoke(
     req: IncomingMessage,
     res: ServerResponse,
+    requestId: string,
     id: FunctionId,
     path: string,
     query: string,
@@ -252,41 +269,58 @@ export class Gateway {
     const given = forwarded ? req.headers[CALL_ID_HEADER] : undefined;
     const callId =
       typeof given === "string" && FORWARDED_CALL_ID.test(given) ? given : invocations.newCallId();
-    res.setHeader(CALL_ID_HEADER, callId);
-    if (router) {
-      // A node that refuses the connection is left out from then on: the call is placed again
-      // (its body is still unread), a few times at most, before it is served here.
-      for (let tries = 0; !forwarded && tries < 3; tries++) {
-        const placed = router.route(id);
-        const route = placed instanceof Promise ? await placed : placed;
-        if (!route) break;
-        if (await this.#forward(req, res, id, route, callId, cancel)) return;
-      }
-    }
-    const limit = this.#bodyLimitOf(id);
-    const request = await this.#request(
-      req,
-      path,
-      query,
-      typeof limit === "number" ? limit : await limit,
-      invocations.callHost(callId, id.user),
-    );
-    const outcome = await invocations.invoke(callId, id, request, cancel, forwarded);
-    if ("error" in outcome) throw outcome.error;
-    if (outcome.start.startType) res.setHeader("x-fennec-start", outcome.start.startType);
-    // The function answered before the client's body was all in: the rest is not read for it.
-    if (!req.complete) closeAfterResponse(req, res);
+    // The platform's headers (#stamp) go out with a warm answer in one writeHead (sendWhole);
+    // every other way out sets them first, in the same order.
+    let stamped = false;
     try {
-      await sendResponse(res, outcome.response);
+      if (router) {
+        this.#stamp(res, requestId, callId);
+        stamped = true;
+        // A node that refuses the connection is left out from then on: the call is placed again
+        // (its body is still unread), a few times at most, before it is served here.
+        for (let tries = 0; !forwarded && tries < 3; tries++) {
+          const placed = router.route(id);
+          const route = placed instanceof Promise ? await placed : placed;
+          if (!route) break;
+          if (await this.#forward(req, res, id, route, callId, cancel)) return;
+        }
+      }
+      const limit = this.#bodyLimitOf(id);
+      const request = await this.#request(
+        req,
+        path,
+        query,
+        typeof limit === "number" ? limit : await limit,
+        invocations.callHost(callId, id.user),
+      );
+      const outcome = await invocations.invoke(callId, id, request, cancel, forwarded);
+      if ("error" in outcome) throw outcome.error;
+      const startType = outcome.start.startType;
+      if (!stamped && req.complete) {
+        const head = [REQUEST_ID_HEADER, requestId, NODE_HEADER, this.#o.node, CALL_ID_HEADER, callId];
+        if (startType) head.push(START_HEADER, startType);
+        if (sendWhole(res, outcome.response, head)) return;
+      }
+      if (!stamped) this.#stamp(res, requestId, callId);
+      stamped = true;
+      if (startType) res.setHeader(START_HEADER, startType);
+      // The function answered before the client's body was all in: the rest is not read for it.
+      if (!req.complete) closeAfterResponse(req, res);
+      try {
+        await sendResponse(res, outcome.response);
+      } catch (err) {
+        // After the first byte a failure can only cut the response (sendResponse did, and the
+        // invocation record says why). Before it, the error is answered with its stable code,
+        // without what the function had set.
+        if (res.headersSent || res.destroyed) return void res.destroy();
+        for (const name of res.getHeaderNames())
+          if (name !== REQUEST_ID_HEADER && name !== CALL_ID_HEADER && name !== NODE_HEADER)
+            res.removeHeader(name);
+        res.strictContentLength = false;
+        throw err;
+      }
     } catch (err) {
-      // After the first byte a failure can only cut the response (sendResponse did, and the
-      // invocation record says why). Before it, the error is answered with its stable code,
-      // without what the function had set.
-      if (res.headersSent || res.destroyed) return void res.destroy();
-      for (const name of res.getHeaderNames())
-        if (name !== REQUEST_ID_HEADER && name !== CALL_ID_HEADER && name !== NODE_HEADER)
-          res.removeHeader(name);
-      res.strictContentLength = false;
+      if (!stamped && !res.headersSent) this.#stamp(res, requestId, callId);
       throw err;
     }
   }

@@ -49,6 +49,14 @@ export interface SandboxHandle {
    * destroying it must stop the function's work for this request.
    */
   invoke(request: InvokeRequest, ctx: InvokeContext): Promise<InvokeResponse>;
+  /**
+   * Optional: as `invoke`, but answers at once (a response, not a promise) when it ran the call to
+   * its end synchronously (the wasm driver's calls on the gateway's thread), and throws at once
+   * what it would reject with then. The lifecycle arms no timer and no listener for such a call:
+   * nothing can time out or be cancelled while the thread is running it. Otherwise it returns what
+   * `invoke` would.
+   */
+  invokeNow?(request: InvokeRequest, ctx: InvokeContext): InvokeResponse | Promise<InvokeResponse>;
   /** Stop after in-flight work (drain). Called at most once by the lifecycle. */
   close(): Promise<void>;
   /** Stop now (kill). Called at most once by the lifecycle; must release every resource. */

@@ -209,7 +209,22 @@ export class Instance {
    * when and how), and the timeout covers all of it: a timeout or destroy cuts the body with its
    * error, and a timeout destroys the instance. Aborting `signal` (the client went away) cancels it.
    */
-  async invoke(request: InvokeRequest, signal?: AbortLike): Promise<TrackedResponse> {
+  invoke(request: InvokeRequest, signal?: AbortLike): Promise<TrackedResponse> {
+    try {
+      const response = this.run(request, signal);
+      return response instanceof Promise ? response : Promise.resolve(response);
+    } catch (err) {
+      return Promise.reject(err);
+    }
+  }
+
+  /**
+   * `invoke`, answering at once when the sandbox did (`SandboxHandle.invokeNow`: a wasm call run
+   * to its end on this thread) and throwing at once what it would reject with. The scheduler's
+   * dispatch takes this: a warm call on the gateway's thread then makes no timer, no listener and
+   * no promise of the lifecycle's but its `ended`.
+   */
+  run(request: InvokeRequest, signal?: AbortLike): TrackedResponse | Promise<TrackedResponse> {
     const handle = this.#handle;
     if (!handle || (this.state !== "ready" && this.state !== "busy")) {
       throw new FennecError("INSTANCE_GONE", `instance ${this.id} is ${this.state}`);
@@ -217,10 +232,67 @@ export class Instance {
     this.#active++;
     this.#state = "busy";
     const began = performance.now();
-    const controller = new CallAbort();
-    this.#inflight.add(controller);
     const callId = request.call?.callId;
     this.#log?.begin(callId);
+    // Every sandbox receives requests here, where the function's config is known.
+    const forwarded = this.config.forwardCredentials ? request : withoutCredentials(request);
+    const controller = new CallAbort();
+    // The signal is made only if the driver takes it (see CallAbort).
+    const ctx = new InvokeCtx(controller);
+    if (!handle.invokeNow || signal?.aborted)
+      return this.#follow(() => handle.invoke(forwarded, ctx), request, signal, controller, began, callId);
+    let head: InvokeResponse | Promise<InvokeResponse>;
+    try {
+      head = handle.invokeNow(forwarded, ctx);
+    } catch (err) {
+      const error = toFennecError(err);
+      this.#done(request, error, callId);
+      throw error;
+    }
+    if (head instanceof Promise || !(head.body instanceof WholeBody)) {
+      const later = head instanceof Promise ? head : Promise.resolve(head);
+      return this.#follow(() => later, request, signal, controller, began, callId);
+    }
+    // Answered whole, at once: the invocation is over before anything could cut it.
+    const limit = this.config.maxResponseBodyBytes;
+    if (limit !== undefined && head.body.size > limit) {
+      const error = responseTooLarge(`${this.config.key}: instance ${this.id}`, limit);
+      head.body.destroy(error);
+      this.#done(request, error, callId);
+      throw error;
+    }
+    this.#done(request, undefined, callId);
+    const execMs = performance.now() - began;
+    return {
+      status: head.status,
+      headers: head.headers,
+      body: head.body,
+      ended: Promise.resolve({ ttfbMs: execMs, execMs, error: undefined }),
+    };
+  }
+
+  /** An invocation is over: the bookkeeping every way out shares. */
+  #done(request: InvokeRequest, error: FennecError | undefined, callId: string | undefined): void {
+    this.#log?.end(callId);
+    this.#active--;
+    this.#uses++;
+    this.#lastUsed = performance.now();
+    if (this.state === "busy" && this.active === 0) this.#state = "ready";
+    if (this.active === 0) this.#onDrained?.();
+    // Whatever of the request body was not sent is not wanted any more.
+    if (error && !request.body.readableEnded) request.body.destroy();
+  }
+
+  /** The rest of an invocation whose head `begin` brings later: timeout, cancellation, the body's end. */
+  async #follow(
+    begin: () => Promise<InvokeResponse>,
+    request: InvokeRequest,
+    signal: AbortLike | undefined,
+    controller: CallAbort,
+    began: number,
+    callId: string | undefined,
+  ): Promise<TrackedResponse> {
+    this.#inflight.add(controller);
     const { timeoutMs, key } = this.config;
     const timer = setTimeout(() => {
       const error = new FennecError("FN_TIMEOUT", `${key}: invocation exceeded the ${timeoutMs} ms timeout`);
@@ -244,19 +316,10 @@ export class Instance {
       clearTimeout(timer);
       signal?.removeEventListener("abort", onCancel);
       this.#inflight.delete(controller);
-      this.#log?.end(callId);
-      this.#active--;
-      this.#uses++;
-      this.#lastUsed = performance.now();
-      if (this.state === "busy" && this.active === 0) this.#state = "ready";
-      if (this.active === 0) this.#onDrained?.();
-      // Whatever of the request body was not sent is not wanted any more.
-      if (error && !request.body.readableEnded) request.body.destroy();
+      this.#done(request, error, callId);
       resolveEnded({ ttfbMs: firstByteAt - began, execMs: performance.now() - began, error });
     };
 
-    // Every sandbox receives requests here, where the function's config is known.
-    const forwarded = this.config.forwardCredentials ? request : withoutCredentials(request);
     // The head or the abort, whichever comes first: timeout, destroy and cancel all abort, and the
     // caller is answered at once even if the sandbox never is. (One promise and one listener: this
     // is every warm call's path.)
@@ -265,9 +328,7 @@ export class Instance {
       response = await new Promise<InvokeResponse>((resolve, reject) => {
         const onAbort = () => reject(controller.reason);
         controller.addEventListener("abort", onAbort);
-        // The signal is made only if the driver takes it (see CallAbort).
-        const ctx = new InvokeCtx(controller);
-        handle.invoke(forwarded, ctx).then(
+        begin().then(
           (head) => {
             controller.removeEventListener("abort", onAbort);
             // A head that comes after the abort has no reader: its body is dropped.

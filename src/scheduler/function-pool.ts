@@ -269,19 +269,28 @@ export class FunctionPool {
     const queueWaitMs = began - waiter.enqueuedAt;
     const callId = waiter.request.call?.callId;
     if (callId !== undefined) this.#calls.set(callId, inst);
-    // invoke() counts the slot synchronously, before any other request can look at this instance.
-    inst.invoke(waiter.request, waiter.signal).then(
-      (response) => {
-        // The slot is free once the body has ended (or was cut), not when the head arrives.
-        void response.ended.then(() => this.#release(inst, callId));
-        waiter.resolve({ instance: inst, startType, queueWaitMs, initMs, response });
-      },
-      (err: unknown) => {
-        this.#release(inst, callId);
-        const partial = { instance: inst, startType, queueWaitMs, initMs, execMs: performance.now() - began };
-        waiter.reject(new DispatchError(toFennecError(err), partial));
-      },
-    );
+    const answered = (response: TrackedResponse) => {
+      // The slot is free once the body has ended (or was cut), not when the head arrives.
+      void response.ended.then(() => this.#release(inst, callId));
+      waiter.resolve({ instance: inst, startType, queueWaitMs, initMs, response });
+    };
+    const failed = (err: unknown) => {
+      this.#release(inst, callId);
+      const partial = { instance: inst, startType, queueWaitMs, initMs, execMs: performance.now() - began };
+      waiter.reject(new DispatchError(toFennecError(err), partial));
+    };
+    // run() counts the slot synchronously, before any other request can look at this instance;
+    // a call it answered at once (a wasm call on this thread) is handed on without a promise.
+    let response: TrackedResponse | Promise<TrackedResponse>;
+    try {
+      response = inst.run(waiter.request, waiter.signal);
+    } catch (err) {
+      // Answered a turn later, as a rejection was: pump() dispatches queued calls in a loop, and
+      // a failure handled here would release and pump again from inside it, once per waiter.
+      return queueMicrotask(() => failed(err));
+    }
+    if (response instanceof Promise) response.then(answered, failed);
+    else answered(response);
   }
 
   #release(inst: Instance, callId: string | undefined): void {

@@ -364,7 +364,7 @@ export class WasmInstance implements SandboxHandle {
     const declared = Number.parseInt(request.headers["content-length"] ?? "", 10);
     const length =
       body instanceof Uint8Array ? body.byteLength : Number.isSafeInteger(declared) ? declared : undefined;
-    const env = wagiEnvironment(request, length, `/invoke/${this.#config.id.name}`, wasmOf(this.#config).env);
+    const env = this.#environment(request, length);
     // A small body of known length is read whole first (bounded by that length): the module then
     // reads it as a file, without waking the main thread for each chunk; others stream.
     const stdin =
@@ -377,16 +377,38 @@ export class WasmInstance implements SandboxHandle {
           );
     // A short call runs right here unless its function's calls have been running long.
     if (stdin instanceof Uint8Array && this.#inline?.available()) {
-      if (this.#gone) throw this.#gone;
-      const ran = this.#inline.run(env, stdin, this.#config.timeoutMs);
-      if (!ran.moved) {
-        this.#logOf(request, ran.result);
-        this.#check("invoke", ran.result);
-        const end = wagiHeadEnd(ran.stdout, true)!;
-        const response = parseWagiHead(ran.stdout.subarray(0, end));
-        return { ...response, body: new WholeBody(ran.stdout.subarray(end)) };
-      }
+      const answer = this.#runInline(request, env, stdin);
+      if (answer) return answer;
     }
+    return this.#onExecutor(request, env, stdin, signalOf);
+  }
+
+  #environment(request: WasmRequest, length: number | undefined): string[] {
+    return wagiEnvironment(request, length, `/invoke/${this.#config.id.name}`, wasmOf(this.#config).env);
+  }
+
+  /**
+   * Runs the call on the main thread (inline-runner.ts): its answer, or undefined when it moved
+   * (having had no effect) and must run on an executor. Throws the function's error.
+   */
+  #runInline(request: WasmRequest, env: string[], stdin: Uint8Array): StreamingResponse | undefined {
+    if (this.#gone) throw this.#gone;
+    const ran = this.#inline!.run(env, stdin, this.#config.timeoutMs);
+    if (ran.moved) return undefined;
+    this.#logOf(request, ran.result);
+    this.#check("invoke", ran.result);
+    const end = wagiHeadEnd(ran.stdout, true)!;
+    const { status, headers } = parseWagiHead(ran.stdout.subarray(0, end));
+    return { status, headers, body: new WholeBody(ran.stdout.subarray(end)) };
+  }
+
+  /** Runs the call on an executor: resolves at its CGI head, its body streaming (see invokeStreaming). */
+  async #onExecutor(
+    request: WasmRequest,
+    env: string[],
+    stdin: Job["stdin"],
+    signalOf: () => AbortSignal,
+  ): Promise<StreamingResponse> {
     const { output, done } = this.#run("invoke", env, stdin, signalOf());
     // Errors reach the caller through the rejected call or its reading of the body; a body the
     // caller never reads must not take the process down when it fails.
@@ -455,6 +477,18 @@ export class WasmInstance implements SandboxHandle {
 
   async invoke(request: InvokeRequest, ctx: InvokeContext): Promise<InvokeResponse> {
     return this.#invoke(request, () => ctx.signal);
+  }
+
+  /**
+   * The warm path: a call whose body is at hand runs on this thread and is answered at once;
+   * one that moves from there continues on an executor (a promise), as does every other call.
+   */
+  invokeNow(request: InvokeRequest, ctx: InvokeContext): InvokeResponse | Promise<InvokeResponse> {
+    if (this.#load.faasm || !this.#inline?.available()) return this.#invoke(request, () => ctx.signal);
+    const stdin = takeWhole(request.body);
+    if (!stdin) return this.#invoke(request, () => ctx.signal);
+    const env = this.#environment(request, stdin.byteLength);
+    return this.#runInline(request, env, stdin) ?? this.#onExecutor(request, env, stdin, () => ctx.signal);
   }
 
   async close(): Promise<void> {
