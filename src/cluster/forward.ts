@@ -236,7 +236,7 @@ export class Forwarder {
         headers: sentHeaders(call),
         body,
         // undici takes any EventTarget-like signal (addEventListener, aborted, reason), as a CallAbort is.
-        signal: call.signal as AbortSignal,
+        signal: call.signal,
       });
     } catch (err) {
       const unreachable = !call.signal.aborted && connectFailed(err);
