@@ -249,18 +249,19 @@ function report(measured: Measured[]): void {
       front: m.row.front === undefined ? undefined : (m.frontCpuS / requests) * 1e6,
       back: (m.backCpuS / requests) * 1e6,
       clientCpu: m.runs.reduce((s, r) => s + r.clientCpuS, 0) / m.runs.reduce((s, r) => s + r.seconds, 0),
+      each: m.runs.map((r) => fmt(r.rps, 0)).join(" / "),
     };
   });
   console.log(
     `\nwrk -t${LOAD.threads} -c${LOAD.connections} -d${LOAD.seconds}s, POST of ${opts.body} bytes, ${ROUNDS} rounds interleaved (medians); load average at the end ${load()}\n`,
   );
   console.log(
-    "| path | req/s | p50 (ms) | p99 (ms) | front CPU per request (µs) | back CPU per request (µs) | wrk CPU | errors |",
+    "| path | req/s | each round | p50 (ms) | p99 (ms) | front CPU per request (µs) | back CPU per request (µs) | wrk CPU | errors |",
   );
-  console.log("|---|---:|---:|---:|---:|---:|---:|---:|");
+  console.log("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
   for (const r of rows)
     console.log(
-      `| ${r.name} | ${fmt(r.rps, 0)} | ${fmt(r.p50 / 1000, 2)} | ${fmt(r.p99 / 1000, 2)} | ${r.front === undefined ? "—" : fmt(r.front, 0)} | ${fmt(r.back, 0)} | ${fmt(r.clientCpu * 100, 0)} % | ${r.errors} |`,
+      `| ${r.name} | ${fmt(r.rps, 0)} | ${r.each} | ${fmt(r.p50 / 1000, 2)} | ${fmt(r.p99 / 1000, 2)} | ${r.front === undefined ? "—" : fmt(r.front, 0)} | ${fmt(r.back, 0)} | ${fmt(r.clientCpu * 100, 0)} % | ${r.errors} |`,
     );
   const by = (name: string) => rows.find((r) => r.name === name)!;
   const bare = by("bare echo (node:http)");
