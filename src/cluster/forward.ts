@@ -249,6 +249,13 @@ export class Forwarder {
         resendable: unreachable && !(lazy?.started() ?? false),
       };
     }
+    // The remote may answer before the whole body was sent (a refusal, or a function that does
+    // not read it): what is left unread then is not read, and the connection is closed once the
+    // answer is out rather than reused with a body half read. (A small body was read whole.)
+    if (lazy)
+      res.once("finish", () => {
+        if (!req.complete) req.socket?.destroy();
+      });
     if (Number(answer.headers["content-length"]) <= WHOLE_BODY_BYTES) {
       // Read before anything is sent: a node lost meanwhile is answered as one lost before its head.
       let bytes: Buffer;
@@ -262,13 +269,6 @@ export class Forwarder {
       return { status: answer.statusCode, error: undefined, unreachable: false, resendable: false };
     }
     copyHead(answer, res);
-    // The remote may answer before the whole body was sent (a refusal, or a function that does
-    // not read it): what is left unread then is not read, and the connection is closed once the
-    // answer is out rather than reused with a body half read.
-    if (lazy)
-      res.once("finish", () => {
-        if (!req.complete) req.socket?.destroy();
-      });
     try {
       await pipeline(answer.body, res);
       return { status: answer.statusCode, error: undefined, unreachable: false, resendable: false };

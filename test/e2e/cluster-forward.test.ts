@@ -17,12 +17,13 @@ import { waitFor } from "../helpers/wait.js";
  * The other node, as a separate process a test can SIGKILL: an HTTP server that tells the test
  * (one JSON line on stdout) what each request looked like when it arrived, and then `echo`es the
  * body back as it comes, `hang`s (reads the body, never answers; tells when the connection is
- * closed on it: `gone`), or answers `half` of a 1000-byte body and waits (tells: `half`).
+ * closed on it: `gone`), answers `half` of a 1000-byte body and waits (tells: `half`), or
+ * `refuse`s at once with a small 413, its body unread.
  */
 const REMOTE = `
 import { createServer } from "node:http";
 const server = createServer((req, res) => {
-  const mode = req.url.includes("hang") ? "hang" : req.url.includes("half") ? "half" : "echo";
+  const mode = ["hang", "half", "refuse"].find((m) => req.url.includes(m)) ?? "echo";
   const tell = (event) => process.stdout.write(JSON.stringify({ event, url: req.url }) + "\\n");
   process.stdout.write(JSON.stringify({ event: "request", url: req.url, headers: req.headers }) + "\\n");
   let told = false;
@@ -34,6 +35,7 @@ const server = createServer((req, res) => {
     if (!res.writableFinished) tell("gone");
   });
   if (mode === "hang") return void req.resume();
+  if (mode === "refuse") return void res.writeHead(413, { "content-length": "7" }).end("refused");
   if (mode === "half") {
     req.resume();
     res.writeHead(200, { "content-type": "text/plain", "content-length": "1000" });
@@ -361,6 +363,19 @@ describe("forwarding a call to another node (a gateway and a remote node, real s
     } finally {
       view.remove("f");
     }
+  });
+
+  it("closes the client's connection after a small answer that came before its streamed body was all sent", async () => {
+    const { req, response } = streamingPost(server.url, "/invoke/echo/refuse", {
+      "content-length": String(1 << 20),
+    });
+    req.on("error", () => undefined);
+    req.write(Buffer.alloc(64 * 1024));
+    const res = await response;
+    assert.equal(res.statusCode, 413);
+    assert.equal((await readAll(res)).toString(), "refused");
+    // The rest of the body is not read: the connection is not reused with a body half read.
+    await waitFor("the client's connection closed", () => req.socket?.destroyed === true);
   });
 
   it("serves a call another node forwarded here, never forwarding it again, under the call id it came with", async () => {
