@@ -28,11 +28,13 @@ export async function startRuntime(
   return { ...(await serving(child, port)), port };
 }
 
-/** The bare Node reverse proxy (node-proxy.ts) in front of `upstreamPort`. */
-export async function startNodeProxy(upstreamPort: number): Promise<Server> {
-  const child = spawn(process.execPath, [join(ROOT, "dist/bench/node-proxy.js"), String(upstreamPort)], {
-    stdio: ["ignore", "pipe", "pipe"],
-  });
+/**
+ * The bare Node reverse proxy (node-proxy.ts) in front of `upstreamPort`; `whole`: small bodies
+ * read whole each way instead of streamed.
+ */
+export async function startNodeProxy(upstreamPort: number, mode?: "whole"): Promise<Server> {
+  const args = [join(ROOT, "dist/bench/node-proxy.js"), String(upstreamPort), ...(mode ? [mode] : [])];
+  const child = spawn(process.execPath, args, { stdio: ["ignore", "pipe", "pipe"] });
   const log = tail(child);
   const port = await orStop(
     child,

@@ -10,10 +10,13 @@ import type { IncomingMessage, ServerResponse } from "node:http";
 import { Readable } from "node:stream";
 import { pipeline } from "node:stream/promises";
 import { Pool, errors as undiciErrors } from "undici";
+import { WHOLE_BODY_BYTES } from "../core/body.js";
+import type { AbortLike } from "../core/call-abort.js";
 import { FennecError } from "../core/errors.js";
 import { HOP_BY_HOP } from "../core/hop-by-hop.js";
 import { CHAIN_DEPTH_HEADER } from "../invocations/call-host.js";
 import { CALL_ID_HEADER, REQUEST_ID_HEADER } from "../gateway/http-util.js";
+import { readSmallBody, smallBody } from "../gateway/request-body.js";
 import { FORWARDED_BY_HEADER } from "./contract.js";
 
 /** The placement's reason, told to the node that serves a forwarded call (for its record). */
@@ -47,8 +50,11 @@ export interface ForwardCall {
   readonly to: { readonly name: string; readonly url: string; readonly reason: string };
   /** Whether the caller's credentials may reach the function (its `forward-credentials`). */
   readonly forwardCredentials: boolean;
-  /** Aborted when the call must end: the client went away, or the node left the cluster. */
-  readonly signal: AbortSignal;
+  /**
+   * Aborted when the call must end: the client went away, or the node left the cluster. The
+   * gateway's `CallAbort` itself: a real `AbortSignal` per call would cost an `AbortController`.
+   */
+  readonly signal: AbortLike;
 }
 
 /** How a forwarded call ended. */
@@ -78,9 +84,13 @@ function connectFailed(err: unknown): boolean {
   return err instanceof undiciErrors.ConnectTimeoutError;
 }
 
+const NONE: ReadonlySet<string> = new Set();
+
 /** The headers a message's `Connection` names: of this hop only (RFC 9110 §7.6.1), never passed on. */
-function namedByConnection(value: string | string[] | undefined): Set<string> {
-  const text = Array.isArray(value) ? value.join(",") : (value ?? "");
+function namedByConnection(value: string | string[] | undefined): ReadonlySet<string> {
+  // What almost every message says, naming nothing that is not one hop's anyway: no Set per call.
+  if (value === undefined || value === "keep-alive" || value === "close") return NONE;
+  const text = Array.isArray(value) ? value.join(",") : value;
   return new Set(
     text
       .split(",")
@@ -112,6 +122,45 @@ function lazyBody(req: IncomingMessage): { body: Readable; started: () => boolea
     },
   });
   return { body, started: () => started };
+}
+
+/** The request's headers as sent to the other node: the client's, less one hop's, plus the call's. */
+function sentHeaders(call: ForwardCall): Record<string, string> {
+  const { req } = call;
+  const headers: Record<string, string> = {};
+  const hop = namedByConnection(req.headers.connection);
+  const all = req.headers;
+  for (const name in all) {
+    const value = all[name];
+    if (value === undefined || NOT_SENT.has(name) || hop.has(name)) continue;
+    if (!call.forwardCredentials && CREDENTIALS.has(name)) continue;
+    headers[name] = Array.isArray(value) ? value.join(", ") : value;
+  }
+  headers[FORWARDED_BY_HEADER] = call.from;
+  headers[PLACEMENT_HEADER] = call.to.reason;
+  headers[CALL_ID_HEADER] = call.callId;
+  headers[REQUEST_ID_HEADER] = call.requestId;
+  return headers;
+}
+
+/** The remote's status and headers on the client's response, less one hop's and the ids already set. */
+function copyHead(
+  answer: { statusCode: number; headers: Record<string, string | string[] | undefined> },
+  res: ServerResponse,
+): void {
+  res.statusCode = answer.statusCode;
+  const all = answer.headers;
+  const hop = namedByConnection(all.connection);
+  for (const name in all) {
+    const value = all[name];
+    if (value === undefined || NOT_RETURNED.has(name) || hop.has(name)) continue;
+    res.setHeader(name, value);
+  }
+}
+
+/** A call that failed before any of its answer was sent (the caller answers `error`). */
+function failed(error: FennecError): ForwardOutcome {
+  return { status: undefined, error, unreachable: false, resendable: false };
 }
 
 /** Keep-alive pools to the other nodes' gateways, one per base URL. */
@@ -154,57 +203,72 @@ export class Forwarder {
    * Streams the call to `to` and its answer back to the client. Never throws: before the response
    * head the caller answers the error (NODE_LOST, CLIENT_GONE); after it, the response is cut here
    * (the client sees a short body), and the outcome says why.
+   *
+   * Small bodies cross whole, as on the hop to an instance (http-transport.ts): a request body of
+   * declared length up to WHOLE_BODY_BYTES is read before the call is sent and goes as one buffer,
+   * and an answer of declared length up to that is read whole and sent with one `res.end`. Larger
+   * or chunked bodies stream both ways.
    */
   async forward(call: ForwardCall): Promise<ForwardOutcome> {
-    const { req, res, signal } = call;
-    const headers: Record<string, string> = {};
-    const hop = namedByConnection(req.headers.connection);
-    for (const [name, value] of Object.entries(req.headers)) {
-      if (value === undefined || NOT_SENT.has(name) || hop.has(name)) continue;
-      if (!call.forwardCredentials && CREDENTIALS.has(name)) continue;
-      headers[name] = Array.isArray(value) ? value.join(", ") : value;
-    }
-    headers[FORWARDED_BY_HEADER] = call.from;
-    headers[PLACEMENT_HEADER] = call.to.reason;
-    headers[CALL_ID_HEADER] = call.callId;
-    headers[REQUEST_ID_HEADER] = call.requestId;
+    const { req, res } = call;
     // A request with neither a length nor chunks has no body (RFC 9112 §6.3): none is sent.
-    const sendsBody =
+    let body: Buffer | Readable | null = null;
+    let lazy: ReturnType<typeof lazyBody> | undefined;
+    if (smallBody(req)) {
+      try {
+        // Kept by request (readSmallBody): a call placed again, here or on another node, has it.
+        body = await readSmallBody(req);
+      } catch {
+        return failed(new FennecError("CLIENT_GONE", "the client went away while sending the request body"));
+      }
+    } else if (
       (req.headers["content-length"] !== undefined && req.headers["content-length"] !== "0") ||
-      req.headers["transfer-encoding"] !== undefined;
-    const lazy = sendsBody ? lazyBody(req) : undefined;
+      req.headers["transfer-encoding"] !== undefined
+    ) {
+      lazy = lazyBody(req);
+      body = lazy.body;
+    } else req.resume();
     let answer: Awaited<ReturnType<Pool["request"]>>;
     try {
       answer = await this.#pool(call.to.url).request({
         method: req.method ?? "GET",
         path: call.url,
-        headers,
-        body: lazy ? lazy.body : null,
-        signal,
+        headers: sentHeaders(call),
+        body,
+        // undici takes any EventTarget-like signal (addEventListener, aborted, reason), as a CallAbort is.
+        signal: call.signal,
       });
     } catch (err) {
-      const unreachable = !signal.aborted && connectFailed(err);
+      const unreachable = !call.signal.aborted && connectFailed(err);
       return {
         status: undefined,
         error: this.#failure(call, err),
         unreachable,
-        // No connection was made, so none of the body was read: it can go to another node.
+        // No connection was made, so no streamed body was read: it can go to another node. A
+        // small one was read whole and is kept for that.
         resendable: unreachable && !(lazy?.started() ?? false),
       };
     }
-    if (!sendsBody) req.resume();
-    res.statusCode = answer.statusCode;
-    const answerHop = namedByConnection(answer.headers.connection);
-    for (const [name, value] of Object.entries(answer.headers)) {
-      if (value === undefined || NOT_RETURNED.has(name) || answerHop.has(name)) continue;
-      res.setHeader(name, value);
-    }
     // The remote may answer before the whole body was sent (a refusal, or a function that does
     // not read it): what is left unread then is not read, and the connection is closed once the
-    // answer is out rather than reused with a body half read.
-    res.once("finish", () => {
-      if (!req.complete) req.socket?.destroy();
-    });
+    // answer is out rather than reused with a body half read. (A small body was read whole.)
+    if (lazy)
+      res.once("finish", () => {
+        if (!req.complete) req.socket?.destroy();
+      });
+    if (Number(answer.headers["content-length"]) <= WHOLE_BODY_BYTES) {
+      // Read before anything is sent: a node lost meanwhile is answered as one lost before its head.
+      let bytes: Buffer;
+      try {
+        bytes = Buffer.from(await answer.body.arrayBuffer());
+      } catch (err) {
+        return failed(this.#failure(call, err));
+      }
+      copyHead(answer, res);
+      res.end(bytes);
+      return { status: answer.statusCode, error: undefined, unreachable: false, resendable: false };
+    }
+    copyHead(answer, res);
     try {
       await pipeline(answer.body, res);
       return { status: answer.statusCode, error: undefined, unreachable: false, resendable: false };

@@ -199,7 +199,7 @@ export class ClusterRouter implements CallRouter {
         from: this.self,
         to: { name: node.name, url: node.url, reason: placement.reason },
         forwardCredentials: config.forwardCredentials,
-        signal: call.cancel.signal,
+        signal: call.cancel,
       });
       if (outcome.unreachable) {
         // New calls go elsewhere at once, not after the node's heartbeats stop (up to NODE_TTL_MS).

@@ -84,16 +84,45 @@ export function requestBody(
     return { body: bodyOf(), length: "0" };
   }
   if (declared === "0") return { body: bodyOf(), length: "0" };
-  if (declared !== undefined && Number(declared) <= WHOLE_BODY_BYTES) {
+  if (smallBody(req)) {
     return { body: readWhole(req, limit), length: declared };
   }
   return { body: new RequestBody(req, limit), length: declared };
 }
 
+/**
+ * A small body's bytes, by request, once something other than this node's own invocation has
+ * read them (the forwarder sends a small body to another node whole): a call placed back here
+ * when that node refused the connection runs on the same bytes.
+ */
+const readAhead = new WeakMap<IncomingMessage, Promise<Buffer>>();
+
+/**
+ * Whether `req` declares a body small enough to be read whole (`WHOLE_BODY_BYTES`): a length,
+ * not zero. A chunked body, or a larger one, is streamed.
+ */
+export function smallBody(req: IncomingMessage): boolean {
+  const declared = req.headers["content-length"];
+  return declared !== undefined && declared !== "0" && Number(declared) <= WHOLE_BODY_BYTES;
+}
+
+/**
+ * All of a small body (`smallBody(req)`), read once whoever asks first: the forwarder, then this
+ * node's invocation if the call is placed back here. Rejects if the client leaves before its end.
+ */
+export function readSmallBody(req: IncomingMessage): Promise<Buffer> {
+  let bytes = readAhead.get(req);
+  if (!bytes) {
+    bytes = readBody(req, WHOLE_BODY_BYTES);
+    readAhead.set(req, bytes);
+  }
+  return bytes;
+}
+
 /** All of a request's body (node:http ends it at its declared length); CLIENT_GONE if the client leaves first. */
 async function readWhole(req: IncomingMessage, limit: number): Promise<WholeBody> {
   try {
-    return new WholeBody(await readBody(req, limit));
+    return new WholeBody(await (readAhead.get(req) ?? readBody(req, limit)));
   } catch (err) {
     // node:http fails a request whose connection closes before its end ("aborted").
     throw err instanceof FennecError ? err : gone();

@@ -16,19 +16,32 @@ import { waitFor } from "../helpers/wait.js";
 /**
  * The other node, as a separate process a test can SIGKILL: an HTTP server that tells the test
  * (one JSON line on stdout) what each request looked like when it arrived, and then `echo`es the
- * body back as it comes, or `hang`s (reads the body, never answers).
+ * body back as it comes, `hang`s (reads the body, never answers; tells when the connection is
+ * closed on it: `gone`), answers `half` of a 1000-byte body and waits (tells: `half`), or
+ * `refuse`s at once with a small 413, its body unread.
  */
 const REMOTE = `
 import { createServer } from "node:http";
 const server = createServer((req, res) => {
-  const mode = req.url.includes("hang") ? "hang" : "echo";
+  const mode = ["hang", "half", "refuse"].find((m) => req.url.includes(m)) ?? "echo";
+  const tell = (event) => process.stdout.write(JSON.stringify({ event, url: req.url }) + "\\n");
   process.stdout.write(JSON.stringify({ event: "request", url: req.url, headers: req.headers }) + "\\n");
   let told = false;
   req.on("data", () => {
-    if (!told) process.stdout.write(JSON.stringify({ event: "body" }) + "\\n");
+    if (!told) tell("body");
     told = true;
   });
+  res.on("close", () => {
+    if (!res.writableFinished) tell("gone");
+  });
   if (mode === "hang") return void req.resume();
+  if (mode === "refuse") return void res.writeHead(413, { "content-length": "7" }).end("refused");
+  if (mode === "half") {
+    req.resume();
+    res.writeHead(200, { "content-type": "text/plain", "content-length": "1000" });
+    res.write("h".repeat(500), () => tell("half"));
+    return;
+  }
   res.writeHead(200, {
     "content-type": "application/octet-stream",
     "x-fennec-node": "b",
@@ -36,6 +49,8 @@ const server = createServer((req, res) => {
     "x-call-id": "not-the-remote's-to-change",
     connection: "keep-alive, x-hop",
     "x-hop": "one hop only",
+    // The answer's length is the request's: a small one may be read whole on the way back.
+    ...(req.headers["content-length"] ? { "content-length": req.headers["content-length"] } : {}),
   });
   req.pipe(res);
 });
@@ -81,6 +96,15 @@ function streamingPost(base: string, path: string, headers: Record<string, strin
   });
   req.flushHeaders();
   return { req, response };
+}
+
+/** `p`, or a failure naming `what` after 60 s (a busy machine's generous deadline). */
+function within<T>(p: Promise<T>, what: string): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const late = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`waited 60 s for ${what}`)), 60_000);
+  });
+  return Promise.race([p, late]).finally(() => clearTimeout(timer));
 }
 
 async function readAll(res: IncomingMessage): Promise<Buffer> {
@@ -267,7 +291,10 @@ describe("forwarding a call to another node (a gateway and a remote node, real s
   });
 
   it("fails a call with NODE_LOST as soon as membership says its node left (no reset: a partition)", async () => {
-    const { req, response } = streamingPost(server.url, "/invoke/echo/hang", { "content-length": "10" });
+    // A streamed body (over 64 KiB), so the call reaches the node before its body is all sent.
+    const { req, response } = streamingPost(server.url, "/invoke/echo/hang", {
+      "content-length": String(1 << 20),
+    });
     req.on("error", () => undefined);
     req.write("12345");
     await remote.next("request");
@@ -282,6 +309,73 @@ describe("forwarding a call to another node (a gateway and a remote node, real s
     assert.equal(body.error.code, "NODE_LOST");
     assert.match(body.error.message, /left the cluster/);
     assert.ok(Date.now() - t0 < 10_000);
+  });
+
+  it("sends a small body whole and reads a small answer whole: both arrive intact, and a node lost mid-answer is 502 NODE_LOST, not a cut 200", async () => {
+    const doomed = await startRemote(dir);
+    extra.push(doomed.child);
+    view.set(nodeInfo("e", doomed.url, { functions: { "default/echo": { freeSlots: 4 } } }));
+    try {
+      const small = randomBytes(2000).toString("hex");
+      const res = await rawRequest(server.url, "POST", "/invoke/echo/small", small);
+      assert.equal(res.status, 200, res.text);
+      assert.equal(res.text, small);
+      assert.equal(res.headers["content-length"], "4000");
+      const arrived = (await doomed.next("request")) as { headers: Record<string, string> };
+      assert.equal(arrived.headers["content-length"], "4000");
+      assert.equal(arrived.headers["transfer-encoding"], undefined);
+
+      // The node dies with half of a small answer sent: nothing of it has reached the client yet.
+      const { req, response } = streamingPost(server.url, "/invoke/echo/half", { "content-length": "1" });
+      req.end("x");
+      await doomed.next("half");
+      doomed.child.kill("SIGKILL");
+      const lost = await response;
+      assert.equal(lost.statusCode, 502, "no head of the answer had been sent");
+      assert.equal(lost.headers["x-fennec-error"], "NODE_LOST");
+      assert.equal(lost.headers[NODE_HEADER], "a");
+      const body = JSON.parse((await readAll(lost)).toString()) as { error: { code: string } };
+      assert.equal(body.error.code, "NODE_LOST");
+    } finally {
+      view.remove("e");
+    }
+  });
+
+  it("closes the call on the node when the client goes away, for a small body and a streamed one", async () => {
+    const other = await startRemote(dir);
+    extra.push(other.child);
+    view.set(nodeInfo("f", other.url, { functions: { "default/echo": { freeSlots: 4 } } }));
+    try {
+      const cases: Array<[string, string, Buffer]> = [
+        ["/invoke/echo/hang-small", "5", Buffer.from("12345")],
+        ["/invoke/echo/hang-streamed", String(1 << 20), Buffer.alloc(64 * 1024)],
+      ];
+      for (const [path, length, chunk] of cases) {
+        const { req, response } = streamingPost(server.url, path, { "content-length": length });
+        req.on("error", () => undefined);
+        response.catch(() => undefined);
+        req.write(chunk);
+        assert.equal((await other.next("body")).url, path);
+        req.destroy();
+        const gone = await within(other.next("gone"), `the node to see ${path} closed`);
+        assert.equal(gone.url, path);
+      }
+    } finally {
+      view.remove("f");
+    }
+  });
+
+  it("closes the client's connection after a small answer that came before its streamed body was all sent", async () => {
+    const { req, response } = streamingPost(server.url, "/invoke/echo/refuse", {
+      "content-length": String(1 << 20),
+    });
+    req.on("error", () => undefined);
+    req.write(Buffer.alloc(64 * 1024));
+    const res = await response;
+    assert.equal(res.statusCode, 413);
+    assert.equal((await readAll(res)).toString(), "refused");
+    // The rest of the body is not read: the connection is not reused with a body half read.
+    await waitFor("the client's connection closed", () => req.socket?.destroyed === true);
   });
 
   it("serves a call another node forwarded here, never forwarding it again, under the call id it came with", async () => {
