@@ -7,7 +7,7 @@ import { join } from "node:path";
 import { after, describe, it } from "node:test";
 import { SqliteStore } from "../../src/store/sqlite-store.js";
 import type { CallRecord } from "../../src/store/contract.js";
-import { MIGRATIONS } from "../../src/store/sqlite/schema.js";
+import { MIGRATIONS, SCHEMA_VERSION } from "../../src/store/sqlite/schema.js";
 import { timeOrderedUuid } from "../../src/core/call-id.js";
 import { FennecError } from "../../src/core/errors.js";
 
@@ -64,10 +64,10 @@ describe("SqliteStore: the embedded store's own behaviour", () => {
     await store.enqueue({ id, function: "u/f", request, submittedAt: 1, callbackUrl: "http://cb/x" });
     await store.take({ node: "n", max: 5, leaseMs: 60_000, now: 2 });
     await store.close();
-    // What an older Fennec left: schema 1 had no callback_state (nor schema 4's via and placement).
+    // What an older Fennec left: schema 1 had no callback_state (nor schema 4's via and placement, nor schema 5's record pages).
     const old = new Database(path);
     old.exec(
-      "DROP INDEX calls_callbacks; ALTER TABLE calls DROP COLUMN callback_state; ALTER TABLE calls DROP COLUMN via; ALTER TABLE calls DROP COLUMN placement",
+      "DROP TABLE record_pages; DROP TABLE record_page_functions; DROP INDEX calls_callbacks; ALTER TABLE calls DROP COLUMN callback_state; ALTER TABLE calls DROP COLUMN via; ALTER TABLE calls DROP COLUMN placement",
     );
     old.pragma("user_version = 1");
     old.close();
@@ -81,7 +81,7 @@ describe("SqliteStore: the embedded store's own behaviour", () => {
     );
     await store.close();
     const check = new Database(path, { readonly: true });
-    assert.equal(check.pragma("user_version", { simple: true }), 4);
+    assert.equal(check.pragma("user_version", { simple: true }), SCHEMA_VERSION);
     check.close();
   });
 
@@ -152,7 +152,7 @@ describe("SqliteStore: the embedded store's own behaviour", () => {
     const store = new SqliteStore(path);
     try {
       const check = new Database(path, { readonly: true });
-      assert.equal(check.pragma("user_version", { simple: true }), 4);
+      assert.equal(check.pragma("user_version", { simple: true }), SCHEMA_VERSION);
       assert.match(
         check.prepare<[], string>("SELECT sql FROM sqlite_schema WHERE name = 'calls'").pluck().get()!,
         /WITHOUT ROWID\s*$/,
