@@ -235,9 +235,14 @@ export class BatchRows {
   bytes(i: number): number {
     const a = this.batch.nums;
     const o = i * WIDTH;
-    let b = a[o + F.id]!;
-    for (const f of [F.errorMessage, F.idempotencyKey, F.callbackUrl]) if (a[o + f]! > 0) b += a[o + f]!;
-    return b + this.word(i, F.function)!.length;
+    const len = (f: number) => Math.max(a[o + f]!, 0);
+    return (
+      a[o + F.id]! +
+      len(F.errorMessage) +
+      len(F.idempotencyKey) +
+      len(F.callbackUrl) +
+      this.batch.words[a[o + F.function]!]!.length
+    );
   }
 
   /** The row as the record handed over (as rows.ts recordOf reads a `calls` row). */

@@ -19,6 +19,7 @@ import { BatchRows, F, WIDTH, type RecordBatch } from "./record-batch.js";
 
 /** A `record_pages` row as SQLite returns it. */
 interface PageRow {
+  n: number;
   first_id: string;
   last_id: string;
   words: string;
@@ -26,7 +27,7 @@ interface PageRow {
   nums: Buffer;
 }
 
-const COLUMNS = "first_id, last_id, words, text, nums";
+const COLUMNS = "n, first_id, last_id, words, text, nums";
 
 /** The states of a record a page may hold (what retention removes by age and by bytes alike). */
 const PAGEABLE_STATES = new Set(["succeeded", "failed"]);
@@ -88,41 +89,44 @@ export class RecordPages {
     const a = batch.nums;
     const paged: number[] = [];
     const others: number[] = [];
+    let first = "";
+    let last = "";
     for (let i = 0; i < batch.n; i++) {
       const o = i * WIDTH;
       const state = a[o + F.state];
-      const ok =
+      let ok =
         a[o + F.kind] === sync &&
         (state === succeeded || state === failed) &&
         a[o + F.parentId]! < 0 &&
         a[o + F.idempotencyKey]! < 0 &&
-        a[o + F.callbackUrl]! < 0 &&
-        (newest === undefined || rows.id(i) > newest);
+        a[o + F.callbackUrl]! < 0;
+      if (ok) {
+        const id = rows.id(i);
+        ok = newest === undefined || id > newest;
+        if (ok && (paged.length === 0 || id < first)) first = id;
+        if (ok && id > last) last = id;
+      }
       (ok ? paged : others).push(i);
     }
-    if (paged.length === batch.n) this.#insertPage(rows);
-    else if (paged.length > 0) this.#insertPage(new BatchRows(rows.subset(paged)));
+    if (paged.length === batch.n) this.#insertPage(rows, first, last);
+    else if (paged.length > 0) this.#insertPage(new BatchRows(rows.subset(paged)), first, last);
     return others;
   }
 
-  #insertPage(rows: BatchRows): void {
+  #insertPage(rows: BatchRows, first: string, last: string): void {
     const { n, nums, words, text } = rows.batch;
-    let first = rows.id(0);
-    let last = first;
     let oldest = Infinity;
     let bytes = 0;
     const functions = new Set<number>();
     for (let i = 0; i < n; i++) {
-      const id = rows.id(i);
-      if (id < first) first = id;
-      else if (id > last) last = id;
       const finished = rows.num(i, F.finishedAt);
       const at = finished === finished ? finished : rows.num(i, F.submittedAt);
       if (at < oldest) oldest = at;
       bytes += rows.bytes(i);
       functions.add(rows.num(i, F.function));
     }
-    const blob = Buffer.from(nums.buffer, nums.byteOffset, n * WIDTH * 8);
+    const packed = packColumns(nums, n);
+    const blob = Buffer.from(packed.buffer, packed.byteOffset, packed.byteLength);
     this.#insert.run(first, last, n, oldest, bytes, JSON.stringify(words), text, blob);
     for (const f of functions) this.#insertFunction.run(words[f], first);
   }
@@ -202,18 +206,59 @@ export class RecordPages {
 
   #replace(firstId: string, rows: BatchRows, keep: readonly number[]): void {
     this.drop(firstId);
-    if (keep.length > 0) this.#insertPage(new BatchRows(rows.subset(keep)));
+    if (keep.length === 0) return;
+    const ids = keep.map((i) => rows.id(i)).sort();
+    this.#insertPage(new BatchRows(rows.subset(keep)), ids[0]!, ids[ids.length - 1]!);
   }
+}
+
+/**
+ * A page's numbers column by column, a column whose rows are all alike (attempt, node, start type,
+ * status, the NaNs of what sync calls leave unset, ...) once: WIDTH values (each column's value if
+ * alike), WIDTH flags (1: the column varies), then each varying column's `n` values. Half the
+ * bytes of the rows as handed over, and what a page costs is mostly its bytes (SQLite's overflow
+ * pages, and their WAL frames at commit).
+ */
+export function packColumns(rows: Float64Array, n: number): Float64Array {
+  const alike = (x: number, y: number) => x === y || (x !== x && y !== y);
+  const varies = new Uint8Array(WIDTH);
+  let varying = 0;
+  for (let f = 0; f < WIDTH; f++) {
+    const first = rows[f]!;
+    for (let i = 1; i < n; i++)
+      if (!alike(rows[i * WIDTH + f]!, first)) {
+        varies[f] = 1;
+        varying++;
+        break;
+      }
+  }
+  const out = new Float64Array(2 * WIDTH + varying * n);
+  let at = 2 * WIDTH;
+  for (let f = 0; f < WIDTH; f++) {
+    out[f] = rows[f]!;
+    out[WIDTH + f] = varies[f]!;
+    if (varies[f]) for (let i = 0; i < n; i++) out[at++] = rows[i * WIDTH + f]!;
+  }
+  return out;
+}
+
+export function unpackColumns(packed: Float64Array, n: number): Float64Array {
+  const rows = new Float64Array(n * WIDTH);
+  let at = 2 * WIDTH;
+  for (let f = 0; f < WIDTH; f++) {
+    if (packed[WIDTH + f]) for (let i = 0; i < n; i++) rows[i * WIDTH + f] = packed[at++]!;
+    else for (let i = 0; i < n; i++) rows[i * WIDTH + f] = packed[f]!;
+  }
+  return rows;
 }
 
 function rowsOf(row: PageRow): BatchRows {
   // A copy: SQLite's blob need not be aligned for a Float64Array.
   const bytes = new Uint8Array(row.nums.byteLength);
   bytes.set(row.nums);
-  const nums = new Float64Array(bytes.buffer);
   return new BatchRows({
-    n: nums.length / WIDTH,
-    nums,
+    n: row.n,
+    nums: unpackColumns(new Float64Array(bytes.buffer), row.n),
     words: JSON.parse(row.words) as string[],
     text: row.text,
   });
