@@ -32,9 +32,12 @@ export class BehindWriter {
   readonly #insertRecord: Statement;
   readonly #insertLog: Statement;
   readonly #pages: RecordPages;
+  /** A connection of its own, at `synchronous = NORMAL` for good (the writer thread's). */
+  readonly #own: boolean;
 
-  constructor(db: Database) {
+  constructor(db: Database, options: { readonly ownConnection?: boolean } = {}) {
     this.#db = db;
+    this.#own = options.ownConnection ?? false;
     this.#pages = new RecordPages(db);
     this.#insertRecord = db.prepare(INSERT_CALL.replace("INSERT", "INSERT OR REPLACE"));
     this.#insertLog = db.prepare(
@@ -43,7 +46,9 @@ export class BehindWriter {
   }
 
   write(batch: BehindBatch): number[] {
-    return withoutFsync(this.#db, () => {
+    const run = (fn: () => number[]) =>
+      this.#own ? this.#db.transaction(fn).immediate() : withoutFsync(this.#db, fn);
+    return run(() => {
       // Most go in one page; the rest (see RecordPages.write) as rows.
       const rows = batch.records.n === 0 ? [] : this.#pages.write(batch.records);
       if (rows.length > 0)
