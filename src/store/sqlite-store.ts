@@ -22,6 +22,7 @@ import {
 import { LogFollowers } from "./log-followers.js";
 import { storeError } from "./sqlite/errors.js";
 import { GroupCommit, type TxContext } from "./sqlite/group-commit.js";
+import { RecordPages } from "./sqlite/record-pages.js";
 import { prune } from "./sqlite/retention.js";
 import {
   INSERT_CALL,
@@ -67,6 +68,8 @@ export class SqliteStore implements InvocationStore {
   readonly #followers = new LogFollowers();
   readonly #log: Logger | undefined;
   readonly #sql: ReturnType<typeof statements>;
+  /** Sync records written in pages (schema 6); the others are `calls` rows. */
+  readonly #pages: RecordPages;
   /** Held while open (see ownerLock). */
   readonly #owner: Database.Database | undefined;
   /**
@@ -106,6 +109,7 @@ export class SqliteStore implements InvocationStore {
     this.soleOwner = this.#owner !== undefined;
     this.#db = db;
     this.#sql = statements(db);
+    this.#pages = new RecordPages(db);
     this.#state = new StateOps(db);
     this.#group = new GroupCommit(db, (err) => storeError(err, this.describe, "writing"));
     this.#behind = new WriteBehind(
@@ -126,16 +130,21 @@ export class SqliteStore implements InvocationStore {
   }
 
   #tellWritten(id: string): void {
-    let row: CallRow | undefined;
+    let record: CallRecord | undefined;
     try {
-      row = this.#sql.call.get(id);
+      record = this.#record(id);
     } catch {
       // A read in WAL mode is never kept waiting: this is a failing disk, where a record whose
       // write failed leaves its waiter waiting too (until its signal or close).
       return;
     }
-    if (row !== undefined && TERMINAL_STATES.has(row.state as CallRecord["state"]))
-      this.#waiters.finished(recordOf(row));
+    if (record !== undefined && TERMINAL_STATES.has(record.state)) this.#waiters.finished(record);
+  }
+
+  /** A call as `calls` has it, else as a record page does (a row is the later write: see RecordPages). */
+  #record(id: string): CallRecord | undefined {
+    const row = this.#sql.call.get(id);
+    return row === undefined ? this.#pages.find(id) : recordOf(row);
   }
 
   #open(): void {
@@ -225,7 +234,11 @@ export class SqliteStore implements InvocationStore {
   /** The call `node` may end: its own running call, or one whose lease ran out and no node took again. */
   #ending(id: string, node: string, doing: string): CallRow {
     const row = this.#sql.call.get(id);
-    if (row === undefined) throw new FennecError("CALL_NOT_FOUND", `no call ${id}`);
+    if (row === undefined) {
+      const record = this.#pages.find(id);
+      if (record === undefined) throw new FennecError("CALL_NOT_FOUND", `no call ${id}`);
+      throw new FennecError("CALL_STATE", `call ${id} is ${record.state}: ${node} cannot ${doing} it`);
+    }
     const mine = row.state === "running" && row.node === node;
     if (!mine && row.state !== "queued")
       throw new FennecError(
@@ -365,9 +378,15 @@ export class SqliteStore implements InvocationStore {
     await this.#behind.flush();
     return this.#write((tx) => {
       const row = this.#sql.call.get(id);
-      if (row === undefined) return false;
+      if (row === undefined) {
+        if (!this.#pages.remove(id)) return false;
+        tx.onCommit(() => this.#waiters.gone(id));
+        return true;
+      }
       if (row.state === "running")
         throw new FennecError("CALL_STATE", `call ${id} is running on ${row.node}: it cannot be deleted now`);
+      // A record handed over again may be in a page too (see RecordPages): both go.
+      this.#pages.remove(id);
       this.#sql.deleteCall.run(id);
       this.#sql.deleteRequest.run(id);
       this.#sql.deleteResponse.run(id);
@@ -378,9 +397,9 @@ export class SqliteStore implements InvocationStore {
 
   whenFinished(id: string, signal?: AbortSignal): Promise<CallRecord> {
     return this.#read("waiting for a call", () => {
-      const row = this.#sql.call.get(id);
-      if (row === undefined) throw new FennecError("CALL_NOT_FOUND", `no call ${id}`);
-      if (TERMINAL_STATES.has(row.state as CallRecord["state"])) return recordOf(row);
+      const record = this.#record(id);
+      if (record === undefined) throw new FennecError("CALL_NOT_FOUND", `no call ${id}`);
+      if (TERMINAL_STATES.has(record.state)) return record;
       return undefined;
     }).then((done) => done ?? this.#waiters.wait(id, signal));
   }
@@ -398,10 +417,7 @@ export class SqliteStore implements InvocationStore {
   }
 
   get(id: string): Promise<CallRecord | undefined> {
-    return this.#read("reading a call", () => {
-      const row = this.#sql.call.get(id);
-      return row === undefined ? undefined : recordOf(row);
-    });
+    return this.#read("reading a call", () => this.#record(id));
   }
 
   response(id: string): Promise<StoredResponse | undefined> {
@@ -428,7 +444,12 @@ export class SqliteStore implements InvocationStore {
       // them (schema 3), so this walks the table (or calls_function) backwards and stops at the limit.
       const sql = `SELECT * FROM calls${where.length ? ` WHERE ${where.join(" AND ")}` : ""}
         ORDER BY id DESC LIMIT ?`;
-      return (this.#sql.cached(sql).all(...values, limit) as CallRow[]).map(recordOf);
+      const rows = (this.#sql.cached(sql).all(...values, limit) as CallRow[]).map(recordOf);
+      // Then the record pages' (schema 6), merged by id; a row is the later write of an id.
+      const paged = this.#pages.list(query, limit);
+      if (paged.size === 0) return rows;
+      for (const r of rows) paged.set(r.id, r);
+      return [...paged.values()].sort((a, b) => (a.id < b.id ? 1 : a.id > b.id ? -1 : 0)).slice(0, limit);
     });
   }
 

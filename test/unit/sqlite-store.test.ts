@@ -7,11 +7,13 @@ import { join } from "node:path";
 import { after, describe, it } from "node:test";
 import { SqliteStore } from "../../src/store/sqlite-store.js";
 import type { CallRecord } from "../../src/store/contract.js";
-import { MIGRATIONS } from "../../src/store/sqlite/schema.js";
+import { MIGRATIONS, SCHEMA_VERSION } from "../../src/store/sqlite/schema.js";
 import { timeOrderedUuid } from "../../src/core/call-id.js";
 import { FennecError } from "../../src/core/errors.js";
 
 const body = (s: string) => new TextEncoder().encode(s);
+const rejectsCode = (p: Promise<unknown>, code: string) =>
+  assert.rejects(p, (err: unknown) => err instanceof FennecError && err.code === code);
 
 describe("SqliteStore: the embedded store's own behaviour", () => {
   const dirs: string[] = [];
@@ -65,10 +67,10 @@ describe("SqliteStore: the embedded store's own behaviour", () => {
     await store.take({ node: "n", max: 5, leaseMs: 60_000, now: 2 });
     await store.close();
     // What an older Fennec left: schema 1 had no callback_state (nor schema 4's via and placement,
-    // nor schema 5's callback_node).
+    // nor schema 5's callback_node, nor schema 6's record pages).
     const old = new Database(path);
     old.exec(
-      "DROP INDEX calls_callbacks; ALTER TABLE calls DROP COLUMN callback_state; ALTER TABLE calls DROP COLUMN via; ALTER TABLE calls DROP COLUMN placement; ALTER TABLE calls DROP COLUMN callback_node",
+      "DROP TABLE record_pages; DROP TABLE record_page_functions; DROP INDEX calls_callbacks; ALTER TABLE calls DROP COLUMN callback_state; ALTER TABLE calls DROP COLUMN via; ALTER TABLE calls DROP COLUMN placement; ALTER TABLE calls DROP COLUMN callback_node",
     );
     old.pragma("user_version = 1");
     old.close();
@@ -82,7 +84,7 @@ describe("SqliteStore: the embedded store's own behaviour", () => {
     );
     await store.close();
     const check = new Database(path, { readonly: true });
-    assert.equal(check.pragma("user_version", { simple: true }), 5);
+    assert.equal(check.pragma("user_version", { simple: true }), SCHEMA_VERSION);
     check.close();
   });
 
@@ -153,7 +155,7 @@ describe("SqliteStore: the embedded store's own behaviour", () => {
     const store = new SqliteStore(path);
     try {
       const check = new Database(path, { readonly: true });
-      assert.equal(check.pragma("user_version", { simple: true }), 5);
+      assert.equal(check.pragma("user_version", { simple: true }), SCHEMA_VERSION);
       assert.match(
         check.prepare<[], string>("SELECT sql FROM sqlite_schema WHERE name = 'calls'").pluck().get()!,
         /WITHOUT ROWID\s*$/,
@@ -310,5 +312,204 @@ describe("SqliteStore: the embedded store's own behaviour", () => {
     const after = await store.sizeBytes();
     assert.ok(after < full / 4, `${after} bytes after pruning ${full}`);
     await store.close();
+  });
+
+  /** A finished sync call's record, as the gateway hands one over. */
+  const syncRecord = (over: Partial<CallRecord> & { id: string }): CallRecord => ({
+    function: "u/f",
+    kind: "sync",
+    state: "succeeded",
+    node: "n1",
+    parentId: undefined,
+    attempt: 1,
+    submittedAt: 1_000,
+    startedAt: 1_001,
+    finishedAt: 1_010,
+    startType: "warm",
+    queueWaitMs: 0.25,
+    initMs: 0,
+    ttfbMs: 4.5,
+    execMs: 9.125,
+    status: 200,
+    errorCode: undefined,
+    errorMessage: undefined,
+    notBefore: undefined,
+    idempotencyKey: undefined,
+    callbackUrl: undefined,
+    ...over,
+  });
+
+  const tableRows = (path: string, sql: string): unknown[] => {
+    const db = new Database(path, { readonly: true });
+    try {
+      return db.prepare(sql).all();
+    } finally {
+      db.close();
+    }
+  };
+
+  const newStore = async () => {
+    const dir = await mkdtemp(join(tmpdir(), "fennec-store-"));
+    dirs.push(dir);
+    const path = join(dir, "fennec.db");
+    return { path, store: new SqliteStore(path) };
+  };
+
+  it("upgrades a schema 4 file: its records stay rows of calls, new ones go in a record page, and both are read, listed and deleted", async () => {
+    const dir = await mkdtemp(join(tmpdir(), "fennec-store-"));
+    dirs.push(dir);
+    const path = join(dir, "fennec.db");
+    const db = new Database(path);
+    db.pragma("auto_vacuum = INCREMENTAL");
+    for (const m of MIGRATIONS.slice(0, 4)) db.exec(m);
+    db.pragma("user_version = 4");
+    const old = syncRecord({ id: timeOrderedUuid(10), function: "u/g", submittedAt: 10 });
+    db.prepare(
+      `INSERT INTO calls (id, function, kind, state, node, attempt, submitted_at, started_at, finished_at,
+        start_type, queue_wait_ms, init_ms, ttfb_ms, exec_ms, status, bytes)
+        VALUES (?, 'u/g', 'sync', 'succeeded', 'n1', 1, 10, 1001, 1010, 'warm', 0.25, 0, 4.5, 9.125, 200, 40)`,
+    ).run(old.id);
+    db.close();
+
+    const store = new SqliteStore(path);
+    try {
+      const check = new Database(path, { readonly: true });
+      assert.equal(check.pragma("user_version", { simple: true }), 5);
+      check.close();
+      const young = [20, 30].map((t) => syncRecord({ id: timeOrderedUuid(t), submittedAt: t }));
+      for (const r of young) store.record(r);
+      await store.flush();
+      assert.deepEqual(
+        tableRows(path, "SELECT n, first_id, last_id FROM record_pages"),
+        [{ n: 2, first_id: young[0]!.id, last_id: young[1]!.id }],
+        "one page for the batch",
+      );
+      assert.deepEqual(tableRows(path, "SELECT function, first_id FROM record_page_functions"), [
+        { function: "u/f", first_id: young[0]!.id },
+      ]);
+      assert.deepEqual(tableRows(path, "SELECT id FROM calls"), [{ id: old.id }], "nothing new in calls");
+      assert.deepEqual(await store.get(old.id), old);
+      assert.deepEqual(await store.get(young[1]!.id), young[1]);
+      assert.deepEqual(
+        (await store.list({})).map((r) => r.id),
+        [young[1]!.id, young[0]!.id, old.id],
+      );
+      assert.deepEqual(
+        (await store.list({ function: "u/g" })).map((r) => r.id),
+        [old.id],
+      );
+      assert.deepEqual(await store.whenFinished(young[0]!.id), young[0]);
+
+      assert.equal(await store.delete(young[0]!.id), true);
+      assert.equal(await store.delete(young[0]!.id), false);
+      assert.equal(await store.get(young[0]!.id), undefined);
+      assert.deepEqual(
+        tableRows(path, "SELECT n, first_id FROM record_pages"),
+        [{ n: 1, first_id: young[1]!.id }],
+        "the page written again without it",
+      );
+      assert.equal(await store.delete(old.id), true);
+      assert.deepEqual(
+        (await store.list({})).map((r) => r.id),
+        [young[1]!.id],
+      );
+      await rejectsCode(
+        store.finish(young[1]!.id, "n1", { state: "failed", response: undefined, figures: {} }),
+        "CALL_STATE",
+      );
+    } finally {
+      await store.close();
+    }
+  });
+
+  it("keeps as rows the records a page may not hold (an id below a paged one, async kind, a parent), and lists all merged by id", async () => {
+    const { path, store } = await newStore();
+    try {
+      const r = (t: number, over: Partial<CallRecord> = {}) =>
+        syncRecord({ id: timeOrderedUuid(t), submittedAt: t, ...over });
+      const first = [r(10), r(20, { function: "u/g", status: 500, state: "failed" })];
+      for (const x of first) store.record(x);
+      await store.flush();
+      // A call that began before the last one of the batch before and ended after it was handed
+      // over; one with a parent; and newer ones.
+      const across = r(15, {
+        status: undefined,
+        errorCode: "FN_TIMEOUT",
+        errorMessage: "slow",
+        state: "failed",
+      });
+      const child = r(40, { parentId: "p1" });
+      const second = [r(30), across, child, r(50, { function: "u/g" })];
+      for (const x of second) store.record(x);
+      await store.flush();
+      assert.deepEqual(
+        (tableRows(path, "SELECT id FROM calls ORDER BY id") as Array<{ id: string }>).map((x) => x.id),
+        [across.id, child.id],
+      );
+      assert.deepEqual(tableRows(path, "SELECT n FROM record_pages ORDER BY first_id"), [{ n: 2 }, { n: 2 }]);
+      for (const x of [...first, ...second]) assert.deepEqual(await store.get(x.id), x);
+      const ids = (rs: CallRecord[]) => rs.map((x) => x.id);
+      const all = [...first, ...second]
+        .map((x) => x.id)
+        .sort()
+        .reverse();
+      assert.deepEqual(ids(await store.list({})), all);
+      assert.deepEqual(ids(await store.list({ limit: 3 })), all.slice(0, 3));
+      assert.deepEqual(ids(await store.list({ function: "u/g" })), [second[3]!.id, first[1]!.id]);
+      assert.deepEqual(ids(await store.list({ function: "u/g", limit: 1 })), [second[3]!.id]);
+      assert.deepEqual(ids(await store.list({ state: "failed" })), [first[1]!.id, across.id]);
+      assert.deepEqual(ids(await store.list({ status: 500 })), [first[1]!.id]);
+      assert.deepEqual(ids(await store.list({ status: "FN_TIMEOUT" })), [across.id]);
+      assert.deepEqual(ids(await store.list({ since: 30 })), [second[3]!.id, child.id, second[0]!.id]);
+      assert.deepEqual(ids(await store.list({ parentId: "p1" })), [child.id]);
+      assert.deepEqual(ids(await store.list({ kind: "async" })), []);
+
+      // Handed over again (a later write of the same id): it replaces the first, wherever that is.
+      const again = { ...first[0]!, status: 201 };
+      store.record(again);
+      assert.deepEqual(await store.get(again.id), again);
+      assert.deepEqual(ids(await store.list({})), all);
+      assert.deepEqual(ids(await store.list({ status: 201 })), [again.id]);
+      assert.equal(await store.delete(again.id), true);
+      assert.equal(await store.get(again.id), undefined);
+    } finally {
+      await store.close();
+    }
+  });
+
+  it("prunes record pages by bytes whole, oldest first, and by age record by record", async () => {
+    const { path, store } = await newStore();
+    try {
+      const batches = [1_000, 2_000, 3_000].map((at) =>
+        [0, 1, 2].map((i) =>
+          syncRecord({ id: timeOrderedUuid(at + i), submittedAt: at + i, finishedAt: at + 10 * i }),
+        ),
+      );
+      for (const b of batches) {
+        for (const x of b) store.record(x);
+        await store.flush();
+      }
+      const each = batches[0]!.reduce((n, x) => n + x.id.length + x.function.length, 0);
+      // Bytes: the oldest page goes whole, no more than it takes.
+      assert.deepEqual(await store.prune({ maxAgeMs: 1e12, maxBytes: 2 * each + 1 }, 5_000), {
+        calls: 3,
+        logLines: 0,
+      });
+      assert.equal((await store.list({})).length, 6);
+      // Age: the records of a page that ended before the cutoff go, the others stay in it.
+      assert.deepEqual(await store.prune({ maxAgeMs: 1_000, maxBytes: 2 ** 40 }, 4_010), {
+        calls: 4,
+        logLines: 0,
+      });
+      assert.deepEqual(
+        (await store.list({})).map((x) => x.id),
+        [batches[2]![2]!.id, batches[2]![1]!.id],
+      );
+      assert.deepEqual(tableRows(path, "SELECT n, first_id FROM record_pages"), [
+        { n: 2, first_id: batches[2]![1]!.id },
+      ]);
+    } finally {
+      await store.close();
+    }
   });
 });

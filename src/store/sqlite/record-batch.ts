@@ -22,6 +22,21 @@ export interface RecordBatch {
 
 /** A row's numbers, then its word indexes, then its text lengths. */
 const NUMBER_FIELDS = 10;
+/** Where a row keeps what record pages (record-pages.ts) look at. */
+export const F = {
+  submittedAt: 1,
+  finishedAt: 3,
+  status: 8,
+  function: 10,
+  kind: 11,
+  state: 12,
+  errorCode: 15,
+  id: 16,
+  parentId: 17,
+  errorMessage: 18,
+  idempotencyKey: 19,
+  callbackUrl: 20,
+} as const;
 const WORD_FIELDS = 6;
 const TEXT_FIELDS = 5;
 /** Schema 4's two words (a forwarded call's via and placement), after the rest so no index moves. */
@@ -162,5 +177,115 @@ export function decodeRecords(batch: RecordBatch, row: (values: unknown[]) => vo
     v[22] = word(a[o + 21]!);
     v[23] = word(a[o + 22]!);
     row(v);
+  }
+}
+
+const opt = (x: number): number | undefined => (x !== x ? undefined : x);
+
+/**
+ * A batch's records read by row (record pages keep batches as they were handed over): where each
+ * row's strings start in `text` is found in one pass.
+ */
+export class BatchRows {
+  readonly batch: RecordBatch;
+  readonly #at: Float64Array;
+
+  constructor(batch: RecordBatch) {
+    this.batch = batch;
+    const { n, nums: a } = batch;
+    const at = new Float64Array(n);
+    let pos = 0;
+    for (let i = 0; i < n; i++) {
+      at[i] = pos;
+      const o = i * WIDTH;
+      for (let f = F.id; f <= F.callbackUrl; f++) if (a[o + f]! > 0) pos += a[o + f]!;
+    }
+    this.#at = at;
+  }
+
+  get n(): number {
+    return this.batch.n;
+  }
+
+  num(i: number, field: number): number {
+    return this.batch.nums[i * WIDTH + field]!;
+  }
+
+  word(i: number, field: number): string | undefined {
+    const w = this.batch.nums[i * WIDTH + field]!;
+    return w < 0 ? undefined : this.batch.words[w];
+  }
+
+  /** One of the row's strings (F.id … F.callbackUrl). */
+  text(i: number, field: number): string | undefined {
+    const a = this.batch.nums;
+    const o = i * WIDTH;
+    if (a[o + field]! < 0) return undefined;
+    let start = this.#at[i]!;
+    for (let f = F.id; f < field; f++) if (a[o + f]! > 0) start += a[o + f]!;
+    return this.batch.text.slice(start, start + a[o + field]!);
+  }
+
+  id(i: number): string {
+    const start = this.#at[i]!;
+    return this.batch.text.slice(start, start + this.batch.nums[i * WIDTH + F.id]!);
+  }
+
+  /** What retention counts for the row (recordBytes in new-call.ts). */
+  bytes(i: number): number {
+    const a = this.batch.nums;
+    const o = i * WIDTH;
+    const len = (f: number) => Math.max(a[o + f]!, 0);
+    return (
+      a[o + F.id]! +
+      len(F.errorMessage) +
+      len(F.idempotencyKey) +
+      len(F.callbackUrl) +
+      this.batch.words[a[o + F.function]!]!.length
+    );
+  }
+
+  /** The row as the record handed over (as rows.ts recordOf reads a `calls` row). */
+  record(i: number): CallRecord {
+    const a = this.batch.nums;
+    const o = i * WIDTH;
+    const via = this.word(i, 21);
+    const placement = this.word(i, 22);
+    return {
+      id: this.id(i),
+      function: this.word(i, F.function)!,
+      kind: this.word(i, F.kind) as CallRecord["kind"],
+      state: this.word(i, F.state) as CallRecord["state"],
+      node: this.word(i, 13),
+      parentId: this.text(i, F.parentId),
+      attempt: a[o]!,
+      submittedAt: a[o + 1]!,
+      startedAt: opt(a[o + 2]!),
+      finishedAt: opt(a[o + 3]!),
+      startType: this.word(i, 14),
+      queueWaitMs: opt(a[o + 4]!),
+      initMs: opt(a[o + 5]!),
+      ttfbMs: opt(a[o + 6]!),
+      execMs: opt(a[o + 7]!),
+      status: opt(a[o + 8]!),
+      errorCode: this.word(i, F.errorCode),
+      errorMessage: this.text(i, F.errorMessage),
+      notBefore: opt(a[o + 9]!),
+      idempotencyKey: this.text(i, F.idempotencyKey),
+      callbackUrl: this.text(i, F.callbackUrl),
+      ...(via === undefined ? {} : { via }),
+      ...(placement === undefined ? {} : { placement }),
+    };
+  }
+
+  /** A batch of some of these rows, in the order given (the same words). */
+  subset(rows: readonly number[]): RecordBatch {
+    const nums = new Float64Array(rows.length * WIDTH);
+    let text = "";
+    rows.forEach((i, k) => {
+      nums.set(this.batch.nums.subarray(i * WIDTH, (i + 1) * WIDTH), k * WIDTH);
+      for (let f = F.id; f <= F.callbackUrl; f++) text += this.text(i, f) ?? "";
+    });
+    return { n: rows.length, nums, words: this.batch.words, text };
   }
 }

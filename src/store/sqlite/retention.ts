@@ -2,9 +2,12 @@ import type { Database } from "better-sqlite3";
 import type { PruneResult, RetentionPolicy } from "../contract.js";
 import { withoutFsync } from "./behind-writer.js";
 import { whenFree } from "./busy.js";
+import { RecordPages } from "./record-pages.js";
 
 /** Rows removed per transaction: the event loop gets a turn between chunks, so calls keep flowing. */
 const CALL_CHUNK = 500;
+/** Record pages per transaction (each up to 2,000 records: see write-behind.ts). */
+const PAGE_CHUNK = 4;
 const LOG_CHUNK = 2000;
 
 /** Finished calls retention may remove: never queued or running; dead letters only by age. */
@@ -16,6 +19,7 @@ export function storedBytes(db: Database): number {
   return db
     .prepare<[], number>(
       `SELECT (SELECT coalesce(sum(bytes), 0) FROM calls)
+        + (SELECT coalesce(sum(bytes), 0) FROM record_pages)
         + (SELECT coalesce(sum(length(CAST(text AS BLOB))), 0) FROM logs)
         + (SELECT coalesce(sum(length(value) + length(key)), 0) FROM state)
         + (SELECT coalesce(sum(length(value) + length(key)), 0) FROM state_appended)`,
@@ -57,6 +61,7 @@ export async function prune(
     "DELETE FROM logs WHERE seq IN (SELECT seq FROM logs WHERE time < ? ORDER BY seq LIMIT ?)",
   );
   const logsUpTo = db.prepare<[number]>("DELETE FROM logs WHERE seq <= ?");
+  const pages = new RecordPages(db);
   const removeCalls = (ids: readonly string[]) =>
     whenFree(() =>
       withoutFsync(db, () => {
@@ -79,6 +84,17 @@ export async function prune(
     await turn();
     if (closed()) return { calls, logLines };
   }
+  // Record pages (schema 6): those holding a record that ended before the cutoff are written again
+  // without it (or go, when nothing is left).
+  for (;;) {
+    const firstIds = pages.olderThan(cutoff, PAGE_CHUNK);
+    if (firstIds.length === 0) break;
+    calls += await whenFree(() =>
+      withoutFsync(db, () => firstIds.reduce((n, id) => n + pages.removeOlder(id, cutoff), 0)),
+    );
+    await turn();
+    if (closed()) return { calls, logLines };
+  }
   for (;;) {
     const n = await whenFree(() => withoutFsync(db, () => oldLogs.run(cutoff, LOG_CHUNK).changes));
     logLines += n;
@@ -86,24 +102,31 @@ export async function prune(
     await turn();
     if (closed()) return { calls, logLines };
   }
-  // 2. By bytes: finished calls and log lines, whichever is older first, only as many as it takes.
+  // 2. By bytes: finished calls, record pages and log lines, whichever is older first, only as
+  // many as it takes. A page goes whole (its records ended within one hand-over of each other).
   let used = storedBytes(db);
   while (used > policy.maxBytes) {
     const chunk = oldestCalls.all(CALL_CHUNK);
     const lines = firstLogs.all(LOG_CHUNK);
-    if (chunk.length === 0 && lines.length === 0) break;
+    const page = pages.oldest();
+    if (chunk.length === 0 && lines.length === 0 && page === undefined) break;
     const nextLog = lines[0]?.time ?? Infinity;
-    if (chunk.length > 0 && chunk[0]!.at <= nextLog) {
+    const nextPage = page?.oldest ?? Infinity;
+    if (page !== undefined && nextPage <= (chunk[0]?.at ?? Infinity) && nextPage <= nextLog) {
+      await whenFree(() => withoutFsync(db, () => pages.drop(page.first_id)));
+      used -= page.bytes;
+      calls += page.n;
+    } else if (chunk.length > 0 && chunk[0]!.at <= nextLog) {
       const ids: string[] = [];
       for (const c of chunk) {
-        if (used <= policy.maxBytes || c.at > nextLog) break;
+        if (used <= policy.maxBytes || c.at > Math.min(nextLog, nextPage)) break;
         ids.push(c.id);
         used -= c.bytes;
       }
       await removeCalls(ids);
       calls += ids.length;
     } else {
-      const nextCall = chunk[0]?.at ?? Infinity;
+      const nextCall = Math.min(chunk[0]?.at ?? Infinity, nextPage);
       let last = -1;
       let n = 0;
       for (const l of lines) {

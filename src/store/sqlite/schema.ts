@@ -157,6 +157,30 @@ export const MIGRATIONS: readonly string[] = [
   `
   ALTER TABLE calls ADD COLUMN callback_node TEXT;
   `,
+  // 6: sync records in pages (record-pages.ts; docs/architecture.md "Schema", issue 12): one row
+  // per batch the writer thread writes, its columns as record-batch.ts hands them over (a page's
+  // `nums` are rows of that file's WIDTH numbers: a change to that layout needs a migration).
+  // Records already in `calls` stay there; both are read.
+  `
+  CREATE TABLE record_pages (
+    first_id TEXT PRIMARY KEY,
+    last_id TEXT NOT NULL,
+    n INTEGER NOT NULL,
+    -- the earliest coalesce(finished_at, submitted_at) of its records, for retention
+    oldest INTEGER NOT NULL,
+    bytes INTEGER NOT NULL,
+    words TEXT NOT NULL,
+    text TEXT NOT NULL,
+    nums BLOB NOT NULL
+  );
+  CREATE INDEX record_pages_oldest ON record_pages (oldest);
+  CREATE TABLE record_page_functions (
+    function TEXT NOT NULL,
+    first_id TEXT NOT NULL,
+    PRIMARY KEY (function, first_id)
+  ) WITHOUT ROWID;
+  CREATE INDEX record_page_functions_page ON record_page_functions (first_id);
+  `,
 ];
 
 /** The schema version this Fennec writes. */
