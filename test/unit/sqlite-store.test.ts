@@ -374,7 +374,7 @@ describe("SqliteStore: the embedded store's own behaviour", () => {
     const store = new SqliteStore(path);
     try {
       const check = new Database(path, { readonly: true });
-      assert.equal(check.pragma("user_version", { simple: true }), 5);
+      assert.equal(check.pragma("user_version", { simple: true }), SCHEMA_VERSION);
       check.close();
       const young = [20, 30].map((t) => syncRecord({ id: timeOrderedUuid(t), submittedAt: t }));
       for (const r of young) store.record(r);
