@@ -15,6 +15,7 @@ import { HOP_BY_HOP } from "../core/hop-by-hop.js";
 import { CHAIN_DEPTH_HEADER } from "../invocations/call-host.js";
 import { CALL_ID_HEADER, REQUEST_ID_HEADER } from "../gateway/http-util.js";
 import { FORWARDED_BY_HEADER } from "./contract.js";
+import { FORWARD_AUTH_HEADER } from "./forward-auth.js";
 
 /** The placement's reason, told to the node that serves a forwarded call (for its record). */
 export const PLACEMENT_HEADER = "x-fennec-placement";
@@ -27,6 +28,7 @@ const NOT_SENT = new Set([
   CHAIN_DEPTH_HEADER,
   FORWARDED_BY_HEADER,
   PLACEMENT_HEADER,
+  FORWARD_AUTH_HEADER,
 ]);
 /** The caller's credentials: they cross to another node only for a function that takes them. */
 const CREDENTIALS = new Set(["authorization", "proxy-authorization", "cookie"]);
@@ -45,6 +47,8 @@ export interface ForwardCall {
   readonly from: string;
   /** The node it goes to, its gateway's base URL, and why (PLACEMENT_HEADER). */
   readonly to: { readonly name: string; readonly url: string; readonly reason: string };
+  /** The request's signature (forward-auth.ts): the receiving node trusts the headers above only with it. */
+  readonly signature: string;
   /** Whether the caller's credentials may reach the function (its `forward-credentials`). */
   readonly forwardCredentials: boolean;
   /** Aborted when the call must end: the client went away, or the node left the cluster. */
@@ -168,6 +172,7 @@ export class Forwarder {
     headers[PLACEMENT_HEADER] = call.to.reason;
     headers[CALL_ID_HEADER] = call.callId;
     headers[REQUEST_ID_HEADER] = call.requestId;
+    headers[FORWARD_AUTH_HEADER] = call.signature;
     // A request with neither a length nor chunks has no body (RFC 9112 §6.3): none is sent.
     const sendsBody =
       (req.headers["content-length"] !== undefined && req.headers["content-length"] !== "0") ||
