@@ -38,6 +38,8 @@ export interface ClusterOptions {
   readonly args?: readonly string[];
   /** A nats-server to use (not stopped by `stop()`); default: one of the cluster's own. */
   readonly nats?: TestNats;
+  /** What nodes get as `--cluster` (credentials in it, say); default the server's plain URL. */
+  readonly clusterUrl?: string;
   /**
    * Wait until every node lists all N in `GET /system/nodes` (default true); false returns once
    * each node serves (for a test of membership itself, or a branch without it).
@@ -129,7 +131,7 @@ export async function startCluster(options: ClusterOptions = {}): Promise<TestCl
       "--port",
       "0",
       "--cluster",
-      nats.url,
+      options.clusterUrl ?? nats.url,
       "--node",
       state.spec.name,
       "--state-dir",
