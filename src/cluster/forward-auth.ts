@@ -15,7 +15,7 @@
  * kept for the window). Not stopped: reading the traffic itself (plain HTTP between gateways;
  * a private network, or TLS in front, keeps it from others).
  */
-import { createHmac, timingSafeEqual } from "node:crypto";
+import { createHmac, createSecretKey, timingSafeEqual, type KeyObject } from "node:crypto";
 import { FennecError } from "../core/errors.js";
 
 /** The request header carrying the signature: `v1.<ms since epoch>.<base64url HMAC>`. */
@@ -43,7 +43,8 @@ export interface ForwardFields {
 export type Refusal = "missing" | "malformed" | "expired" | "replayed" | "bad signature";
 
 export class ForwardAuth {
-  readonly #key: Buffer;
+  /** A key object, made once: cheaper per MAC than handing the bytes to every createHmac. */
+  readonly #key: KeyObject;
   readonly #windowMs: number;
   /** Signatures seen in this window and the last: a replay within the window is refused. */
   #seen = new Set<string>();
@@ -52,7 +53,7 @@ export class ForwardAuth {
 
   constructor(key: Buffer, options: { readonly windowMs?: number } = {}) {
     if (key.length < 32) throw new Error("the cluster's forwarding key must be at least 32 bytes");
-    this.#key = key;
+    this.#key = createSecretKey(key);
     this.#windowMs = options.windowMs ?? WINDOW_MS;
   }
 

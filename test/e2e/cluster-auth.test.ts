@@ -11,7 +11,7 @@ import { startCluster, type TestCluster } from "../helpers/cluster.js";
 import { startNats, type TestNats } from "../helpers/nats.js";
 import { CLI, EXAMPLES, tempDir } from "../helpers/paths.js";
 import { addWasmFunction, rawRequest, startTestServer, type TestServer } from "../helpers/server.js";
-import { waitFor } from "../helpers/wait.js";
+import { GENEROUS_MS, waitFor } from "../helpers/wait.js";
 
 /** The NATS password: with characters a URL must percent-encode. */
 const PASS = "n@ts p/ss:1";
@@ -183,7 +183,10 @@ describe("an authenticated cluster (nats-server --user/--pass, two fennec serve 
         let stderr = "";
         child.stderr.on("data", (d: Buffer) => (stderr += d.toString()));
         child.stdout.resume();
+        // A node that starts after all (it was let in) is stopped at the deadline: the test fails, it never hangs.
+        const timer = setTimeout(() => child.kill("SIGKILL"), GENEROUS_MS);
         const code = await new Promise<number | null>((resolve) => child.once("exit", (c) => resolve(c)));
+        clearTimeout(timer);
         assert.equal(code, 1, stderr);
         const said = stderr
           .trim()
