@@ -161,7 +161,12 @@ describe("an authenticated cluster (nats-server --user/--pass, two fennec serve 
     const { dir, cleanup } = await tempDir("fennec-auth-refused-");
     try {
       await mkdir(join(dir, "registry"));
-      for (const target of [`nats://${USER}:wrong-secret@127.0.0.1:${nats.port}`, nats.url]) {
+      // The wrong password through the environment (FENNEC_CLUSTER, off the command line), then none at all.
+      const starts: Array<{ args: string[]; env: Record<string, string> }> = [
+        { args: [], env: { FENNEC_CLUSTER: `nats://${USER}:wrong-secret@127.0.0.1:${nats.port}` } },
+        { args: ["--cluster", nats.url], env: {} },
+      ];
+      for (const start of starts) {
         const child = spawn(
           process.execPath,
           [
@@ -171,14 +176,16 @@ describe("an authenticated cluster (nats-server --user/--pass, two fennec serve 
             join(dir, "registry"),
             "--port",
             "0",
-            "--cluster",
-            target,
+            ...start.args,
             "--node",
             "n9",
             "--state-dir",
             join(dir, "state"),
           ],
-          { stdio: ["ignore", "pipe", "pipe"], env: { ...process.env, FENNEC_RUN_DIR: join(dir, "run") } },
+          {
+            stdio: ["ignore", "pipe", "pipe"],
+            env: { ...process.env, FENNEC_RUN_DIR: join(dir, "run"), ...start.env },
+          },
         );
         let stderr = "";
         child.stderr.on("data", (d: Buffer) => (stderr += d.toString()));
