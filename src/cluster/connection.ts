@@ -10,7 +10,8 @@ const CONNECT_TIMEOUT_MS = 5_000;
 /** Whether the server refused the credentials (NATS's `-ERR 'Authorization Violation'`), not the connection. */
 function refusedCredentials(err: unknown): boolean {
   if (err instanceof AuthorizationError) return true;
-  const text = `${(err as Error | undefined)?.message ?? ""} ${String((err as { cause?: unknown } | undefined)?.cause ?? "")}`;
+  const { message, cause } = (err ?? {}) as { message?: unknown; cause?: { message?: unknown } };
+  const text = `${typeof message === "string" ? message : ""} ${typeof cause?.message === "string" ? cause.message : ""}`;
   return /authorization violation|authentication (expired|revoked)|user authentication/i.test(text);
 }
 
