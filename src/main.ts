@@ -1,3 +1,4 @@
+import { randomBytes } from "node:crypto";
 import { createServer, type Server } from "node:http";
 import type { AddressInfo } from "node:net";
 import { hostname } from "node:os";
@@ -12,7 +13,10 @@ import { CallbackPolicy } from "./invocations/callback-policy.js";
 import { Callbacks, type CallbackOptions } from "./invocations/callbacks.js";
 import { PrometheusMetrics } from "./metrics/prometheus.js";
 import { StatsCollector } from "./metrics/stats.js";
+import { clusterForwardKey } from "./cluster/cluster-secret.js";
 import { connectCluster } from "./cluster/connection.js";
+import { ForwardAuth } from "./cluster/forward-auth.js";
+import type { ClusterAuthOptions } from "./cluster/nats-auth.js";
 import type { ClusterView, NodeInfo } from "./cluster/contract.js";
 import { FunctionShare } from "./cluster/function-share.js";
 import { LocalNode } from "./cluster/local-node.js";
@@ -89,6 +93,17 @@ export interface FennecOptions {
    * existing ones kept (docs/cluster.md, "A production topology").
    */
   readonly clusterReplicas?: number | undefined;
+  /**
+   * Credentials for the cluster's NATS server kept in files (`--cluster-creds`,
+   * `--cluster-token-file`) and the CA of a `tls://` server (`--cluster-ca`); a user and password
+   * or a token may also be in `cluster`'s URL (src/cluster/nats-auth.ts).
+   */
+  readonly clusterAuth?: ClusterAuthOptions | undefined;
+  /**
+   * The key that signs calls forwarded between nodes, instead of the one kept in NATS
+   * (cluster-secret.ts): for a `clusterView` without NATS (tests). Default with `cluster`: NATS's.
+   */
+  readonly clusterKey?: Buffer | undefined;
   /**
    * The cluster's live nodes as this node sees them, instead of the membership kept over NATS
    * (`cluster`): calls are placed and forwarded by it. Tests pass a fake one.
@@ -226,7 +241,9 @@ async function startWith(options: FennecOptions, opened: Array<() => Promise<unk
     checkReplicas(options.clusterReplicas);
   }
   // First: an unreachable cluster, a damaged or busy store stop the start before anything else is touched.
-  const nats = options.cluster ? await connectCluster(options.cluster, { node, log }) : undefined;
+  const nats = options.cluster
+    ? await connectCluster(options.cluster, { node, log, auth: options.clusterAuth })
+    : undefined;
   if (nats) opened.push(() => nats.close());
   // Replicas before anything is created: a count the NATS cluster cannot hold fails the start here.
   if (nats)
@@ -236,6 +253,9 @@ async function startWith(options: FennecOptions, opened: Array<() => Promise<unk
       options.clusterReplicas,
       log,
     );
+  // The key forwarded calls are signed with: every member reads it from NATS (made by the first).
+  const forwardKey =
+    options.clusterKey ?? (nats ? await clusterForwardKey(nats, options.clusterReplicas) : undefined);
   // The name is claimed before anything else is opened: a second live node of that name is
   // refused (NODE_NAME_TAKEN) before it touches a store or serves. Its state is filled in below.
   let localState: () => LocalState = () => ({
@@ -430,6 +450,9 @@ async function startWith(options: FennecOptions, opened: Array<() => Promise<unk
         configOf: (id) => scheduler.configOf(id),
         describe: (config) => placementOf(scheduler, config),
         log,
+        // A view without NATS and without a key (a test's) signs with a key of its own: no other
+        // node accepts its calls, and it accepts none.
+        auth: new ForwardAuth(forwardKey ?? randomBytes(32)),
       })
     : undefined;
   const gateway = new Gateway({

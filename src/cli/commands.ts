@@ -87,7 +87,15 @@ Edits on disk apply to new instances without a restart; SIGINT/SIGTERM drain and
   --retention-bytes SIZE then the oldest until the store keeps less than this; queued
                          calls and dead letters stay (default 1GiB; bytes, or KiB/MiB/GiB)
   --cluster URL          join a cluster: the NATS server (JetStream) the nodes share,
-                         nats://HOST:PORT (comma-separated for several); see docs/cluster.md
+                         nats://HOST:PORT (comma-separated for several); see docs/cluster.md.
+                         Credentials: nats://USER:PASSWORD@HOST:PORT or nats://TOKEN@HOST:PORT
+                         (percent-encoded; env FENNEC_CLUSTER keeps them off the command line);
+                         tls://HOST:PORT requires TLS
+  --cluster-creds FILE   authenticate to NATS with a .creds file (user JWT and nkey seed, from
+                         nsc) or an nkey seed file (SU..., from nk -gen user)
+  --cluster-token-file FILE  authenticate to NATS with the token on FILE's first line
+  --cluster-ca FILE      PEM CA that the NATS server's TLS certificate must chain to
+                         (implies TLS; default the system's CAs)
   --cluster-replicas N   copies (1-5) of every bucket and stream Fennec keeps in JetStream, on N
                          servers of a NATS cluster: 3 survives the loss of one server. Created
                          with N; existing ones are changed to N at start. Default: created with
@@ -123,8 +131,11 @@ ${flagHelp(sandboxKinds.flags("serve"))}
         "state-dir": { type: "string" },
         "retention-age": { type: "string", default: "7d" },
         "retention-bytes": { type: "string", default: "1GiB" },
-        cluster: { type: "string" },
+        cluster: { type: "string", default: process.env["FENNEC_CLUSTER"] },
         "cluster-replicas": { type: "string" },
+        "cluster-creds": { type: "string" },
+        "cluster-token-file": { type: "string" },
+        "cluster-ca": { type: "string" },
         node: { type: "string" },
         advertise: { type: "string" },
         "log-level": { type: "string", default: "info" },
@@ -166,6 +177,9 @@ ${flagHelp(sandboxKinds.flags("serve"))}
       throw new UsageError(
         `--async-lease expects a duration of at least 1s, such as 30s or 2m, got ${JSON.stringify(values["async-lease"])}`,
       );
+    for (const flag of ["cluster-creds", "cluster-token-file", "cluster-ca"] as const)
+      if (values[flag] !== undefined && !values.cluster)
+        throw new UsageError(`--${flag} is for a cluster's NATS server: give --cluster URL too`);
     await stat(values.registry).catch(() => {
       throw new Error(`registry directory ${values.registry} does not exist`);
     });
@@ -194,6 +208,11 @@ ${flagHelp(sandboxKinds.flags("serve"))}
       records: !values["no-records"],
       ...(values.cluster ? { cluster: values.cluster } : {}),
       ...(replicas !== undefined ? { clusterReplicas: Number(replicas) } : {}),
+      clusterAuth: {
+        credsFile: values["cluster-creds"],
+        tokenFile: values["cluster-token-file"],
+        caFile: values["cluster-ca"],
+      },
       ...(values.node ? { node: values.node } : {}),
       ...(values.advertise ? { advertise: values.advertise } : {}),
       driverSettings: driverSettings(sandboxKinds.flags("serve"), values),

@@ -1,5 +1,6 @@
 #!/usr/bin/env node
 import { VERSION } from "./client.js";
+import { FennecError } from "../core/errors.js";
 import { commands, UsageError } from "./commands.js";
 
 const USAGE = `fennec: a Function-as-a-Service platform (WebAssembly, containers, microVMs, unikernels)
@@ -57,7 +58,9 @@ main(process.argv.slice(2)).then(
     process.exitCode = code;
   },
   (err: unknown) => {
-    process.stderr.write(`fennec: ${err instanceof Error ? err.message : String(err)}\n`);
+    // A FennecError's stable code leads (fennec: CLUSTER_AUTH: ...): scripts and operators match on it.
+    const code = err instanceof FennecError ? `${err.code}: ` : "";
+    process.stderr.write(`fennec: ${code}${err instanceof Error ? err.message : String(err)}\n`);
     process.exitCode = 1;
   },
 );

@@ -20,6 +20,11 @@ export const CLUSTER_BUCKETS = {
   functions: "fennec-functions",
   /** Object store: a function's directory as a tar, named `<user>.<name>@<revision>`. */
   artefacts: "fennec-artefacts",
+  /**
+   * Key-value: the cluster's own settings; today one key, `forward-key`, the secret that signs
+   * calls forwarded between nodes (cluster-secret.ts). Readable by whoever uses the NATS account.
+   */
+  cluster: "fennec-cluster",
 } as const;
 
 /** The request header a forwarded call carries: the node that forwarded it (it is served where it lands). */

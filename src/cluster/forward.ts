@@ -18,6 +18,7 @@ import { CHAIN_DEPTH_HEADER } from "../invocations/call-host.js";
 import { CALL_ID_HEADER, REQUEST_ID_HEADER } from "../gateway/http-util.js";
 import { readSmallBody, smallBody } from "../gateway/request-body.js";
 import { FORWARDED_BY_HEADER } from "./contract.js";
+import { FORWARD_AUTH_HEADER } from "./forward-auth.js";
 
 /** The placement's reason, told to the node that serves a forwarded call (for its record). */
 export const PLACEMENT_HEADER = "x-fennec-placement";
@@ -30,6 +31,7 @@ const NOT_SENT = new Set([
   CHAIN_DEPTH_HEADER,
   FORWARDED_BY_HEADER,
   PLACEMENT_HEADER,
+  FORWARD_AUTH_HEADER,
 ]);
 /** The caller's credentials: they cross to another node only for a function that takes them. */
 const CREDENTIALS = new Set(["authorization", "proxy-authorization", "cookie"]);
@@ -48,6 +50,8 @@ export interface ForwardCall {
   readonly from: string;
   /** The node it goes to, its gateway's base URL, and why (PLACEMENT_HEADER). */
   readonly to: { readonly name: string; readonly url: string; readonly reason: string };
+  /** The request's signature (forward-auth.ts): the receiving node trusts the headers above only with it. */
+  readonly signature: string;
   /** Whether the caller's credentials may reach the function (its `forward-credentials`). */
   readonly forwardCredentials: boolean;
   /**
@@ -140,6 +144,7 @@ function sentHeaders(call: ForwardCall): Record<string, string> {
   headers[PLACEMENT_HEADER] = call.to.reason;
   headers[CALL_ID_HEADER] = call.callId;
   headers[REQUEST_ID_HEADER] = call.requestId;
+  headers[FORWARD_AUTH_HEADER] = call.signature;
   return headers;
 }
 

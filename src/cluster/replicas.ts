@@ -17,6 +17,7 @@ export const CLUSTER_STREAMS: readonly string[] = [
   `KV_${CLUSTER_BUCKETS.nodes}`,
   `KV_${CLUSTER_BUCKETS.functions}`,
   `OBJ_${CLUSTER_BUCKETS.artefacts}`,
+  `KV_${CLUSTER_BUCKETS.cluster}`,
 ];
 
 /** Throws CLUSTER_REPLICAS unless `n` is a whole number JetStream accepts (1–5). */

@@ -18,6 +18,8 @@ import {
   type PlacementRule,
 } from "./contract.js";
 import { Forwarder, PLACEMENT_HEADER, type ForwardOutcome } from "./forward.js";
+import { FORWARD_AUTH_HEADER, type ForwardAuth } from "./forward-auth.js";
+import { CALL_ID_HEADER, REQUEST_ID_HEADER } from "../gateway/http-util.js";
 
 /** A client's call as the gateway hands it over to be forwarded. */
 export interface ForwardCall {
@@ -37,6 +39,8 @@ export interface CallRouterOptions {
   /** The sandbox a function needs, as `NodeInfo.sandboxes` names them, and one instance's memory. */
   readonly describe: (config: FunctionConfig) => { readonly sandbox: string; readonly memoryMiB: number };
   readonly log: Logger;
+  /** Signs the calls this node forwards and checks those forwarded here (the cluster's key). */
+  readonly auth: ForwardAuth;
   /** How long a node that refused a connection gets no calls (unless it restarts or leaves first). */
   readonly excludeMs?: number;
 }
@@ -53,12 +57,12 @@ export interface CallRouter {
   /** This node's name: `x-fennec-node` of what it serves. */
   readonly self: string;
   /**
-   * For a request forwarded here by another node: that node, and the placement's reason (what
-   * its record says). Undefined for a client's request.
+   * For a request forwarded here by another node: that node, the placement's reason (what its
+   * record says) and the call id it runs under. Undefined for a client's request. Throws
+   * FORWARD_UNAUTHENTICATED for a request with any of the forwarding headers whose signature is
+   * not valid: it is refused, never served as a client's (forward-auth.ts).
    */
-  forwardedBy(
-    req: IncomingMessage,
-  ): { readonly via: string; readonly placement: string | undefined } | undefined;
+  forwardedBy(req: IncomingMessage): Forwarded | undefined;
   /**
    * Where a client's call of `id` goes: undefined to run here. Throws NO_NODE_FOR_SANDBOX when no
    * live node has its sandbox. A function whose config cannot be had runs here (which says why).
@@ -69,9 +73,18 @@ export interface CallRouter {
   close(): Promise<void>;
 }
 
+/** A call another node forwarded here, as its signed headers say. */
+export interface Forwarded {
+  readonly via: string;
+  readonly placement: string | undefined;
+  readonly callId: string;
+}
+
 /** Node names as membership allows them (the header is checked before it is believed). */
 const NODE_NAME = /^[A-Za-z0-9._-]{1,64}$/;
 const REASONS = new Set(["warm", "home", "spill"]);
+/** A call id another node forwarded with its call (a UUID, as `newCallId` makes them). */
+const FORWARDED_CALL_ID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
 
 export class ClusterRouter implements CallRouter {
   readonly #o: CallRouterOptions;
@@ -117,15 +130,32 @@ export class ClusterRouter implements CallRouter {
     return this.#o.view.self;
   }
 
-  forwardedBy(req: IncomingMessage): { via: string; placement: string | undefined } | undefined {
-    const from = req.headers[FORWARDED_BY_HEADER];
-    if (typeof from !== "string") return undefined;
-    const reason = req.headers[PLACEMENT_HEADER];
+  forwardedBy(req: IncomingMessage): Forwarded | undefined {
+    const h = req.headers;
+    const from = h[FORWARDED_BY_HEADER];
+    const reason = h[PLACEMENT_HEADER];
+    const signature = h[FORWARD_AUTH_HEADER];
+    if (from === undefined && reason === undefined && signature === undefined) return undefined;
+    const callId = h[CALL_ID_HEADER];
+    const requestId = h[REQUEST_ID_HEADER];
+    // Every field the signature covers, as sent (a repeated header is not one this node signs).
+    const fields = {
+      from: typeof from === "string" ? from : "",
+      to: this.self,
+      callId: typeof callId === "string" ? callId : "",
+      requestId: typeof requestId === "string" ? requestId : "",
+      placement: typeof reason === "string" ? reason : "",
+      method: req.method ?? "",
+      url: req.url ?? "",
+    };
+    this.#o.auth.verify(fields, typeof signature === "string" ? signature : undefined);
+    // Signed by a member, so well-formed; checked anyway, as these go into records.
+    if (!NODE_NAME.test(fields.from) || !FORWARDED_CALL_ID.test(fields.callId))
+      throw new FennecError("FORWARD_UNAUTHENTICATED", "a forwarded call names no valid node or call id");
     return {
-      // Only a well-formed name is kept (it goes into records); a client may send the header,
-      // which gains it nothing but being served here.
-      via: NODE_NAME.test(from) ? from : "?",
-      placement: typeof reason === "string" && REASONS.has(reason) ? reason : undefined,
+      via: fields.from,
+      placement: REASONS.has(fields.placement) ? fields.placement : undefined,
+      callId: fields.callId,
     };
   }
 
@@ -190,6 +220,15 @@ export class ClusterRouter implements CallRouter {
     const takenKey = `${node.name}\0${config.key}`;
     this.#taken.set(takenKey, (this.#taken.get(takenKey) ?? 0) + 1);
     try {
+      const signature = this.#o.auth.sign({
+        from: this.self,
+        to: node.name,
+        callId: call.callId,
+        requestId: call.requestId,
+        placement: placement.reason,
+        method: call.req.method ?? "GET",
+        url: call.url,
+      });
       const outcome = await this.#forwarder.forward({
         req: call.req,
         res: call.res,
@@ -198,6 +237,7 @@ export class ClusterRouter implements CallRouter {
         requestId: call.requestId,
         from: this.self,
         to: { name: node.name, url: node.url, reason: placement.reason },
+        signature,
         forwardCredentials: config.forwardCredentials,
         signal: call.cancel,
       });

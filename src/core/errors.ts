@@ -61,12 +61,22 @@ export const ErrorCodes = [
   "CLUSTER_UNREACHABLE",
   /** `--cluster-replicas` out of 1–5, without `--cluster`, or more copies than the NATS cluster can hold (found at start). */
   "CLUSTER_REPLICAS",
+  /**
+   * The cluster's NATS server refused this node's credentials (a wrong password, token, nkey or
+   * .creds file; or none where the server requires some): found at start, like CLUSTER_UNREACHABLE.
+   */
+  "CLUSTER_AUTH",
   /** A function shared by another node that this node will not unpack (a bad path, a link, a wrong digest). */
   "ARTEFACT_INVALID",
   /** Another live node already uses this `--node` name: the second is refused at start. */
   "NODE_NAME_TAKEN",
   /** The node a call was forwarded to died or left while the call ran: it failed fast, not at its timeout. */
   "NODE_LOST",
+  /**
+   * A request that carries the headers of a call forwarded between nodes (`x-fennec-forwarded-by`,
+   * ...) without a valid signature of the cluster's forwarding key: refused, never served as one.
+   */
+  "FORWARD_UNAUTHENTICATED",
   /** No live node of the cluster has the function's sandbox (a heterogeneous cluster). */
   "NO_NODE_FOR_SANDBOX",
   // the function's fault

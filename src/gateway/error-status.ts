@@ -44,10 +44,14 @@ export const STATUS_BY_CODE: Record<ErrorCode, number> = {
   STATE_TOO_LARGE: 413,
   CLUSTER_UNREACHABLE: 503,
   CLUSTER_REPLICAS: 503,
+  // A start-up error, as CLUSTER_UNREACHABLE; not the caller's (never answered to one).
+  CLUSTER_AUTH: 503,
   ARTEFACT_INVALID: 422,
   NODE_NAME_TAKEN: 409,
   // The call may have run on the lost node: a bad gateway, not a timeout, and not retried by Fennec.
   NODE_LOST: 502,
+  // The request claims to come from a cluster member and cannot prove it: forbidden, not retried.
+  FORWARD_UNAUTHENTICATED: 403,
   // As DRIVER_UNAVAILABLE on one node: the cluster's configuration, not a fault to retry.
   NO_NODE_FOR_SANDBOX: 409,
   FN_CONFIG_INVALID: 500,

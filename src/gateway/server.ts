@@ -13,7 +13,6 @@ import type { Scheduler } from "../scheduler/scheduler.js";
 import type { StatsCollector } from "../metrics/stats.js";
 import type { PrometheusMetrics } from "../metrics/prometheus.js";
 import type { AsyncEngine } from "../invocations/async-engine.js";
-import { CHAIN_DEPTH_HEADER } from "../invocations/call-host.js";
 import { NODE_HEADER, type NodeInfo } from "../cluster/contract.js";
 import type { Callbacks } from "../invocations/callbacks.js";
 import type { Invocations } from "../invocations/invocations.js";
@@ -79,9 +78,6 @@ export interface GatewayOptions {
 
 /** How the call started (`cold`, `warm`, `prebooted`, `restored`). */
 const START_HEADER = "x-fennec-start";
-
-/** A call id another node forwarded with its call (a UUID, as `newCallId` makes them). */
-const FORWARDED_CALL_ID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
 
 /** Default function.toml for a module uploaded without one (Faasm's PUT creates functions). */
 export function defaultWasmToml(moduleFile: string): string {
@@ -230,6 +226,7 @@ export class Gateway {
     path: string,
     query: string,
     limit: number,
+    callId: string,
     call?: CallHost,
   ): Promise<InvokeRequest> {
     const { body: pending, length } = requestBody(req, limit);
@@ -237,11 +234,14 @@ export class Gateway {
     const given = req.headers;
     for (const name in given) {
       const value = given[name];
-      // The chain depth is Fennec's to set (call-host.ts): a client cannot forge one.
-      if (value === undefined || NOT_FORWARDED.has(name) || name === CHAIN_DEPTH_HEADER) continue;
+      // `x-fennec-*` are Fennec's own (the chain depth, call-host.ts; a forwarded call's node,
+      // placement and signature, forward-auth.ts): none reaches a function, from a client or a node.
+      if (value === undefined || NOT_FORWARDED.has(name) || name.startsWith("x-fennec-")) continue;
       headers[name] = Array.isArray(value) ? value.join(", ") : value;
     }
     if (length !== undefined) headers["content-length"] = length;
+    // The call's own id, as an async call's request has it (async-engine.ts): never a client's.
+    headers[CALL_ID_HEADER] = callId;
     const body = pending instanceof Promise ? await pending : pending;
     return { method: req.method ?? "GET", path, query, headers, body, call };
   }
@@ -264,11 +264,11 @@ export class Gateway {
     const invocations = this.#o.invocations;
     const router = this.#o.router;
     // In a cluster: a call forwarded here runs here (never forwarded twice) under the call id its
-    // entry node gave it; a client's call goes where placement says, before its body is read.
+    // entry node gave it, once its signature shows a member sent it (else FORWARD_UNAUTHENTICATED);
+    // a client's call goes where placement says, before its body is read. A single node has no
+    // router: the forwarding headers mean nothing there (and never reach the function).
     const forwarded = router?.forwardedBy(req);
-    const given = forwarded ? req.headers[CALL_ID_HEADER] : undefined;
-    const callId =
-      typeof given === "string" && FORWARDED_CALL_ID.test(given) ? given : invocations.newCallId();
+    const callId = forwarded?.callId ?? invocations.newCallId();
     // The platform's headers (#stamp) go out with a warm answer in one writeHead (sendWhole);
     // every other way out sets them first, in the same order.
     let stamped = false;
@@ -291,6 +291,7 @@ export class Gateway {
         path,
         query,
         typeof limit === "number" ? limit : await limit,
+        callId,
         invocations.callHost(callId, id.user),
       );
       const outcome = await invocations.invoke(callId, id, request, cancel, forwarded);

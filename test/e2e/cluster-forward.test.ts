@@ -8,6 +8,7 @@ import { join } from "node:path";
 import { createInterface } from "node:readline";
 import { after, afterEach, before, describe, it } from "node:test";
 import { FORWARDED_BY_HEADER, NODE_HEADER } from "../../src/cluster/contract.js";
+import { FORWARD_AUTH_HEADER, ForwardAuth } from "../../src/cluster/forward-auth.js";
 import { FakeView, nodeInfo } from "../helpers/fake-view.js";
 import { tempDir } from "../helpers/paths.js";
 import { rawRequest, startTestServer, type TestServer } from "../helpers/server.js";
@@ -113,6 +114,9 @@ async function readAll(res: IncomingMessage): Promise<Buffer> {
   return Buffer.concat(chunks);
 }
 
+/** The cluster's forwarding key, as every node would read it from NATS. */
+const KEY = randomBytes(32);
+
 describe("forwarding a call to another node (a gateway and a remote node, real sockets)", () => {
   let server: TestServer;
   let view: FakeView;
@@ -129,7 +133,7 @@ describe("forwarding a call to another node (a gateway and a remote node, real s
       nodeInfo("a", "http://127.0.0.1:1", { sandboxes: [] }),
       nodeInfo("b", remote.url),
     ]);
-    server = await startTestServer({ clusterView: view, node: "a", token: "admin-secret" });
+    server = await startTestServer({ clusterView: view, node: "a", token: "admin-secret", clusterKey: KEY });
     view.set(nodeInfo("a", server.url, { sandboxes: [] }));
   });
 
@@ -167,6 +171,22 @@ describe("forwarding a call to another node (a gateway and a remote node, real s
     assert.equal(arrived.headers["x-request-id"], "req-123");
     assert.match(arrived.headers["x-call-id"]!, /^[0-9a-f-]{36}$/);
     assert.equal(arrived.headers["x-custom"], "kept");
+    // Signed with the cluster's key, for b: b can check it came from a.
+    assert.equal(
+      new ForwardAuth(KEY).check(
+        {
+          from: "a",
+          to: "b",
+          callId: arrived.headers["x-call-id"]!,
+          requestId: "req-123",
+          placement: "home",
+          method: "POST",
+          url: "/invoke/echo/some/path?q=1",
+        },
+        arrived.headers[FORWARD_AUTH_HEADER],
+      ),
+      undefined,
+    );
     // The admin token (and any credential) reaches another node only for a function that takes them.
     assert.equal(arrived.headers.authorization, undefined);
     assert.equal(arrived.headers.cookie, undefined);
@@ -383,10 +403,21 @@ describe("forwarding a call to another node (a gateway and a remote node, real s
     view.set(nodeInfo("a", server.url, { sandboxes: ["wasm"] }));
     view.set(nodeInfo("b", remote.url, { functions: { "default/echo": { freeSlots: 4 } } }));
     const callId = "0190f0a0-0000-7000-8000-000000000001";
+    const signature = new ForwardAuth(KEY).sign({
+      from: "z",
+      to: "a",
+      callId,
+      requestId: "req-fwd",
+      placement: "home",
+      method: "POST",
+      url: "/invoke/echo",
+    });
     const res = await rawRequest(server.url, "POST", "/invoke/echo", "local", {
       [FORWARDED_BY_HEADER]: "z",
       "x-fennec-placement": "home",
       "x-call-id": callId,
+      "x-request-id": "req-fwd",
+      [FORWARD_AUTH_HEADER]: signature,
     });
     assert.equal(res.status, 200, res.text);
     assert.equal(res.text, "local");
@@ -400,6 +431,77 @@ describe("forwarding a call to another node (a gateway and a remote node, real s
     assert.equal(record.via, "z");
     assert.equal(record.placement, "home");
     assert.equal(record.state, "succeeded");
+  });
+
+  it("refuses (403 FORWARD_UNAUTHENTICATED) forwarding headers without a valid signature: a client cannot pin a call, choose its id or forge its record", async () => {
+    view.set(nodeInfo("a", server.url, { sandboxes: ["wasm"] }));
+    view.set(nodeInfo("b", remote.url, { functions: { "default/echo": { freeSlots: 4 } } }));
+    const callId = "0190f0a0-0000-7000-8000-0000000000f0";
+    const fields = {
+      from: "z",
+      to: "a",
+      callId,
+      requestId: "req-forged",
+      placement: "home",
+      method: "POST",
+      url: "/invoke/echo",
+    };
+    const forged = {
+      [FORWARDED_BY_HEADER]: "z",
+      "x-fennec-placement": "home",
+      "x-call-id": callId,
+      "x-request-id": "req-forged",
+    };
+    const cases: Array<[string, Record<string, string>, RegExp]> = [
+      ["no signature", forged, /no signature/],
+      [
+        "another cluster's key",
+        { ...forged, [FORWARD_AUTH_HEADER]: new ForwardAuth(randomBytes(32)).sign(fields) },
+        /not the cluster's/,
+      ],
+      [
+        "signed for another node",
+        { ...forged, [FORWARD_AUTH_HEADER]: new ForwardAuth(KEY).sign({ ...fields, to: "b" }) },
+        /not the cluster's/,
+      ],
+      [
+        "signed for another call id",
+        {
+          ...forged,
+          [FORWARD_AUTH_HEADER]: new ForwardAuth(KEY).sign({
+            ...fields,
+            callId: "0190f0a0-0000-7000-8000-0000000000f1",
+          }),
+        },
+        /not the cluster's/,
+      ],
+      [
+        "expired",
+        { ...forged, [FORWARD_AUTH_HEADER]: new ForwardAuth(KEY).sign(fields, Date.now() - 120_000) },
+        /clocks in sync/,
+      ],
+      ["only a placement header", { "x-fennec-placement": "warm" }, /no signature/],
+    ];
+    for (const [what, headers, why] of cases) {
+      const res = await rawRequest(server.url, "POST", "/invoke/echo", "forged", headers);
+      assert.equal(res.status, 403, `${what}: ${res.text}`);
+      assert.equal(res.headers["x-fennec-error"], "FORWARD_UNAUTHENTICATED", what);
+      assert.match(res.text, why, what);
+      assert.notEqual(res.headers["x-call-id"], callId, what);
+    }
+    // A signature is good once: the same request again is a replay.
+    const once = { ...forged, [FORWARD_AUTH_HEADER]: new ForwardAuth(KEY).sign(fields) };
+    assert.equal((await rawRequest(server.url, "POST", "/invoke/echo", "x", once)).status, 200);
+    const again = await rawRequest(server.url, "POST", "/invoke/echo", "x", once);
+    assert.equal(again.status, 403);
+    assert.match(again.text, /used already/);
+    // Nothing ran, nothing was recorded under the forged id but the one signed call.
+    await server.fennec.store.flush();
+    const records = await server.fennec.store.list({ limit: 1000 });
+    assert.equal(records.filter((r) => r.id === callId).length, 1);
+    // A client's call with no forwarding headers but its own x-call-id gets an id of Fennec's.
+    const plain = await rawRequest(server.url, "POST", "/invoke/echo", "x", { "x-call-id": callId });
+    assert.notEqual(plain.headers["x-call-id"], callId);
   });
 
   it("answers NO_NODE_FOR_SANDBOX (409) when no live node has the function's sandbox", async () => {

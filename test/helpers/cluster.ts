@@ -47,6 +47,8 @@ export interface ClusterOptions<N extends NatsEndpoint = TestNats> {
    * default: one nats-server of the cluster's own.
    */
   readonly nats?: N;
+  /** What nodes get as `--cluster` (credentials in it, say); default the server's plain URL. */
+  readonly clusterUrl?: string;
   /**
    * Wait until every node lists all N in `GET /system/nodes` (default true); false returns once
    * each node serves (for a test of membership itself, or a branch without it).
@@ -141,7 +143,7 @@ export async function startCluster<N extends NatsEndpoint = TestNats>(
       "--port",
       "0",
       "--cluster",
-      nats.url,
+      options.clusterUrl ?? nats.url,
       "--node",
       state.spec.name,
       "--state-dir",

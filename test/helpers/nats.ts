@@ -1,9 +1,9 @@
 import { spawn, type ChildProcess } from "node:child_process";
-import { closeSync, existsSync, openSync, readdirSync, readFileSync } from "node:fs";
+import { closeSync, existsSync, openSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
 import { mkdtemp, readFile, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { connect } from "@nats-io/transport-node";
+import { connect, type ConnectionOptions } from "@nats-io/transport-node";
 import { findExecutable } from "../../src/sandbox/host-view.js";
 
 const PREFIX = "fennec-nats-";
@@ -45,11 +45,27 @@ function sweepStale(): void {
   }
 }
 
+/** Authentication the test server requires (none by default). */
+export interface NatsAuth {
+  /** `--user U --pass P`. */
+  readonly user?: string;
+  readonly pass?: string;
+  /** `--auth TOKEN`. */
+  readonly token?: string;
+  /**
+   * A configuration file's contents (`-c`), for what flags cannot say (nkey users, TLS); its
+   * paths may use `$DIR`, the server's directory.
+   */
+  readonly config?: string;
+  /** What the start-up probe connects with (default: the user/pass or token above). */
+  readonly client?: Partial<ConnectionOptions>;
+}
+
 /**
  * Starts Debian's nats-server (`.ci/run` installs it) with `-js`, its store in a temp directory and
  * a port the kernel picks, and waits until a client gets JetStream's account info from it.
  */
-export async function startNats(): Promise<TestNats> {
+export async function startNats(auth: NatsAuth = {}): Promise<TestNats> {
   sweepStale();
   const bin = findExecutable("nats-server", "nats-server");
   const dir = await mkdtemp(join(tmpdir(), PREFIX));
@@ -59,11 +75,33 @@ export async function startNats(): Promise<TestNats> {
   const logPath = join(dir, "nats.log");
   const log = () => (existsSync(logPath) ? readFileSync(logPath, "utf8").slice(-4000) : "");
 
+  const authArgs: string[] = [];
+  if (auth.user !== undefined) authArgs.push("--user", auth.user, "--pass", auth.pass ?? "");
+  if (auth.token !== undefined) authArgs.push("--auth", auth.token);
+  if (auth.config !== undefined) {
+    writeFileSync(join(dir, "nats.conf"), auth.config.replaceAll("$DIR", dir));
+    authArgs.push("-c", join(dir, "nats.conf"));
+  }
+  const probe: Partial<ConnectionOptions> = auth.client ?? {
+    ...(auth.user !== undefined ? { user: auth.user, pass: auth.pass ?? "" } : {}),
+    ...(auth.token !== undefined ? { token: auth.token } : {}),
+  };
   const start = async (): Promise<void> => {
     const logFd = openSync(logPath, "a");
     const c = spawn(
       bin,
-      ["-js", "-sd", join(dir, "store"), "-a", "127.0.0.1", "-p", String(port), "-P", join(dir, "pid")]
+      [
+        ...authArgs,
+        "-js",
+        "-sd",
+        join(dir, "store"),
+        "-a",
+        "127.0.0.1",
+        "-p",
+        String(port),
+        "-P",
+        join(dir, "pid"),
+      ]
         // The first start takes a free port and writes it down; restarts reuse it.
         .concat(port === -1 ? ["--ports_file_dir", dir] : []),
       { stdio: ["ignore", "ignore", logFd] },
@@ -84,7 +122,7 @@ export async function startNats(): Promise<TestNats> {
       }
       if (port !== -1) {
         try {
-          const nc = await connect({ servers: `nats://127.0.0.1:${port}`, timeout: 2_000 });
+          const nc = await connect({ ...probe, servers: `nats://127.0.0.1:${port}`, timeout: 2_000 });
           try {
             const { jetstreamManager } = await import("@nats-io/jetstream");
             await (await jetstreamManager(nc)).getAccountInfo();
