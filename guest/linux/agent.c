@@ -748,8 +748,10 @@ static void send_drop_markers(void) {
 static void flush_host(void) {
   send_drop_markers();
   flush_out();
-  send_drop_markers();
-  flush_out();
+  if (outputs[0].dropped || outputs[1].dropped) {
+    send_drop_markers();
+    flush_out();
+  }
 }
 
 /* Reads what the function wrote on one stream (at most LOG_CHUNK) into a LOG frame, or drops it
