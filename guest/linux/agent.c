@@ -740,6 +740,20 @@ static void send_drop_markers(void) {
     if (outputs[i].dropped && log_room()) send_drop_marker(&outputs[i]);
 }
 
+/* Writes what is queued for the host, and the drop markers that writing made room for. A marker
+   waits for room below LOG_HIGH; a flush that empties the queue in one go made that room, and
+   with nothing queued the loop asks poll() for no POLLOUT: once the function has stopped writing
+   nothing else may wake it (its connection idle and closed), so the marker would wait for the
+   next call, or the end of the VM, and be taken for that call's line, or lost. */
+static void flush_host(void) {
+  send_drop_markers();
+  flush_out();
+  if (outputs[0].dropped || outputs[1].dropped) {
+    send_drop_markers();
+    flush_out();
+  }
+}
+
 /* Reads what the function wrote on one stream (at most LOG_CHUNK) into a LOG frame, or drops it
    when the channel is full or the host away; returns the bytes read (0: nothing more now). */
 static ssize_t read_output(struct output *o) {
@@ -781,12 +795,12 @@ static void send_last_output(void) {
       read_total += n;
       if (!log_room()) flush_out();
     }
-  send_drop_markers();
   double give_up = uptime() + 2;
-  while (port_up && buf_used(&out) > 0 && uptime() < give_up) {
-    flush_out();
+  for (;;) {
+    flush_host(); /* the markers too, once the queue has room for them */
+    if (!port_up || buf_used(&out) == 0 || uptime() >= give_up) break;
     struct pollfd p = {port_fd, POLLOUT, 0};
-    if (buf_used(&out) > 0 && (poll(&p, 1, 100) < 0 || (p.revents & POLLHUP))) break;
+    if (poll(&p, 1, 100) < 0 || (p.revents & POLLHUP)) break;
   }
 }
 
@@ -887,8 +901,7 @@ static void wait_starting(int sfd, int ms) {
       if (p[1 + i].revents) read_output(&outputs[i]);
     if (p[0].revents) wait_signals(sfd, 0);
   }
-  send_drop_markers();
-  flush_out();
+  flush_host();
 }
 
 static int port_hung_up(void) {
@@ -1049,7 +1062,6 @@ int main(void) {
       if ((re & POLLOUT) && buf_used(&s->pending) && stream_flush(s) < 0) continue;
       if (re & (POLLIN | POLLHUP | POLLERR)) read_stream(s);
     }
-    send_drop_markers();
-    flush_out();
+    flush_host();
   }
 }

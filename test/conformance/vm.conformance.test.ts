@@ -1,9 +1,10 @@
 import { execFileSync } from "node:child_process";
 import { join } from "node:path";
+import { after } from "node:test";
 import type { VmSandboxConfig } from "../../src/config/function-config.js";
 import { VmDriver } from "../../src/sandbox/drivers/vm/driver.js";
 import { testConfig } from "../helpers/config.js";
-import { ROOT } from "../helpers/paths.js";
+import { processFixtureCopy, ROOT } from "../helpers/paths.js";
 import { runConformance } from "./suite.js";
 
 // Needs qemu-system-x86 (and, for the Linux guest, the kernel guest/linux/build.sh builds);
@@ -11,7 +12,11 @@ import { runConformance } from "./suite.js";
 const UNIKERNELS = join(ROOT, "test", "fixtures", "unikernel");
 // A guest that dies ends its QEMU (`-no-reboot`; the Linux agent reboots when the function exits),
 // so the exit code in FN_CRASHED's details is QEMU's, not the function's: the cases check it is one.
-const PROCESS_FIXTURE = join(ROOT, "test", "fixtures", "process");
+// The Linux guest caches each function's packed root in `<its dir>/.fennec/vm/`: the guests run
+// on a copy of the fixture in a temporary directory, removed when the file's suites are done.
+const fixture = await processFixtureCopy();
+after(() => fixture.cleanup());
+const PROCESS_FIXTURE = fixture.dir;
 
 function vmConfig(over: Partial<VmSandboxConfig>): VmSandboxConfig {
   return {

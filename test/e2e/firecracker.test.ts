@@ -8,7 +8,7 @@ import { firecrackerUnavailable } from "../../src/sandbox/drivers/vm/firecracker
 import { guestKernel } from "../../src/sandbox/drivers/vm/linux-guest.js";
 import { runRoot } from "../../src/sandbox/run-dir.js";
 import { testConfig } from "../helpers/config.js";
-import { ROOT } from "../helpers/paths.js";
+import { processFixtureCopy } from "../helpers/paths.js";
 import { bodyOf, bytesOf } from "../helpers/body.js";
 
 // A REAL Firecracker booting a real guest through the vm driver. This is the one test allowed to
@@ -31,11 +31,17 @@ function skipReason(): string | undefined {
 describe("Firecracker, for real (the vm driver, Fennec's Linux guest on a tap)", () => {
   const skip = skipReason();
   const netns = `fennec-fce2e-${process.pid}`;
-  before(() => {
-    if (!skip) execFileSync("ip", ["netns", "add", netns]);
+  // The guest's packed root is cached in the function's directory: a copy of the fixture, removed after.
+  let fixture: Awaited<ReturnType<typeof processFixtureCopy>> | undefined;
+  before(async () => {
+    if (skip) return;
+    execFileSync("ip", ["netns", "add", netns]);
+    fixture = await processFixtureCopy();
   });
-  after(() => {
-    if (!skip) execFileSync("ip", ["netns", "del", netns]);
+  after(async () => {
+    if (skip) return;
+    execFileSync("ip", ["netns", "del", netns]);
+    await fixture?.cleanup();
   });
 
   it(
@@ -47,7 +53,7 @@ describe("Firecracker, for real (the vm driver, Fennec's Linux guest on a tap)",
       const config = testConfig({
         id: { user: "default", name: "fc-echo" },
         key: "default/fc-echo",
-        dir: join(ROOT, "test", "fixtures", "process"),
+        dir: fixture!.dir,
         sandbox: {
           kind: "vm",
           kernel: undefined,

@@ -6,6 +6,7 @@ import { join } from "node:path";
 import { promisify } from "node:util";
 import { after, before, describe, it } from "node:test";
 import { chooseAccel } from "../../src/sandbox/drivers/vm/accel.js";
+import { channels, type LogLineEvent } from "../../src/core/events.js";
 import { TRUNCATED_MARKER } from "../../src/sandbox/call-log.js";
 import { VmDriver } from "../../src/sandbox/drivers/vm/driver.js";
 import { ensureRunRoot } from "../../src/sandbox/run-dir.js";
@@ -22,11 +23,17 @@ const run = promisify(execFile);
 const UNIKERNELS = join(ROOT, "test", "fixtures", "unikernel");
 
 /** Adds a `[vm]` function to a registry. */
-async function addVm(registry: string, name: string, toml: string, files: Record<string, string> = {}) {
+async function addVm(
+  registry: string,
+  name: string,
+  toml: string,
+  files: Record<string, string> = {},
+  keepalive = 30,
+) {
   const dir = join(registry, name);
   await mkdir(dir, { recursive: true });
   for (const [file, from] of Object.entries(files)) await writeFile(join(dir, file), await readFile(from));
-  await writeFile(join(dir, "function.toml"), `keepalive = 30\nconcurrent-requests = 1\n${toml}`);
+  await writeFile(join(dir, "function.toml"), `keepalive = ${keepalive}\nconcurrent-requests = 1\n${toml}`);
   return dir;
 }
 
@@ -280,6 +287,15 @@ describe("function logs of a Linux [vm] guest", () => {
       `queue-timeout = 60\n[vm]\ncommand = ["${process.execPath}", "server.mjs", "log"]\nmemory = 256\nhypervisor = { type = "microvm" }\n`,
       { "server.mjs": join(ROOT, "test", "fixtures", "process", "server.mjs") },
     );
+    // The drop case's own function: a fresh instance, whose output after its one call is its alone,
+    // kept while the host stalls and catches up (longer than the usual 30 s idle on a busy host).
+    await addVm(
+      s.registry,
+      "vmdrop",
+      `queue-timeout = 60\n[vm]\ncommand = ["${process.execPath}", "server.mjs", "log"]\nmemory = 256\nhypervisor = { type = "microvm" }\n`,
+      { "server.mjs": join(ROOT, "test", "fixtures", "process", "server.mjs") },
+      300,
+    );
   });
   after(() => s.close());
 
@@ -331,6 +347,68 @@ describe("function logs of a Linux [vm] guest", () => {
     const next = await request(`${s.url}/invoke/vmlog`, { method: "POST", body: "after-flood" });
     assert.equal(next.status, 200, next.text);
     assert.equal(next.text, "after-flood");
+  });
+
+  it("drops what the host cannot take, says how much as soon as it can, and the function never waits", async (t) => {
+    const total = 24 * 1024 * 1024;
+    let delivered = 0;
+    let dropped = 0;
+    const markerCalls: Array<string | undefined> = [];
+    let stalled = false;
+    const onLine = (message: unknown): void => {
+      const line = message as LogLineEvent;
+      if (line.function !== "default/vmdrop") return;
+      const marker =
+        /^\[fennec-agent: (\d+) bytes of stderr dropped: the channel to the host was full\]$/.exec(line.text);
+      if (marker) {
+        dropped += Number(marker[1]);
+        markerCalls.push(line.callId);
+      } else if (/^y+$/.test(line.text)) delivered += line.text.length + 1;
+      else return;
+      if (stalled) return;
+      // The host stops reading the channel for a while (this test runs Fennec in its process),
+      // as a busy host would: the guest's queue fills while the function goes on writing.
+      stalled = true;
+      Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 10_000);
+    };
+    channels.log.subscribe(onLine);
+    try {
+      // The output starts 8 s after the answer: after the idle connection has been closed (by
+      // Fennec at 4 s, by the function's server at 5 s), so nothing but the agent's own loop is
+      // left to send the drop marker once the host has caught up. The old agent left it queued
+      // until the next call woke it (then it counted as that call's line), or lost it with the VM.
+      const r = await request(`${s.url}/invoke/vmdrop?later=24&after=8000`, {
+        method: "POST",
+        body: "later",
+      });
+      assert.equal(r.status, 200, r.text);
+      // Everything the function wrote is either delivered or counted as dropped (a marker may
+      // cut a line short, ending it with a newline of its own), with no other call to help.
+      await waitFor(
+        "all of the output, delivered or counted as dropped",
+        () => (delivered + dropped >= total - 1024 ? true : undefined),
+        { timeoutMs: 120_000 },
+      ).catch((err: Error) => {
+        throw new Error(`${err.message} (${dropped} bytes dropped, ${delivered} delivered)`);
+      });
+      t.diagnostic(`${dropped} bytes dropped, ${delivered} delivered`);
+      assert.ok(dropped > 0, `${dropped} bytes dropped, ${delivered} delivered`);
+      assert.ok(delivered + dropped <= total + 1024, `${dropped} bytes dropped, ${delivered} delivered`);
+      // Written after the call ended: the markers belong to no call.
+      assert.deepEqual(new Set(markerCalls), new Set([undefined]));
+      // The guest serves on, and the next call's log is its own two lines.
+      const next = await request(`${s.url}/invoke/vmdrop`, { method: "POST", body: "after-drop" });
+      assert.equal(next.text, "after-drop");
+      const id = next.headers.get("x-call-id")!;
+      const mine = await waitFor("the next call's lines", async () => {
+        const l = await logs(`call=${id}`);
+        return l.length >= 2 ? l : undefined;
+      });
+      assert.deepEqual(mine.map((m) => m.text).sort(), ["stderr: after-drop", "stdout: after-drop"]);
+      assert.deepEqual(new Set(markerCalls), new Set([undefined]), "no marker is taken for the next call's");
+    } finally {
+      channels.log.unsubscribe(onLine);
+    }
   });
 });
 
