@@ -379,6 +379,9 @@ export class WasmInstance implements SandboxHandle {
     if (stdin instanceof Uint8Array && this.#inline?.available()) {
       const answer = this.#runInline(request, env, stdin);
       if (answer) return answer;
+      // Moved: its function's time away from the main thread counts from when it ends there.
+      const inline = this.#inline;
+      return this.#onExecutor(request, env, stdin, signalOf, () => inline.movedCallEnded());
     }
     return this.#onExecutor(request, env, stdin, signalOf);
   }
@@ -408,6 +411,7 @@ export class WasmInstance implements SandboxHandle {
     env: string[],
     stdin: Job["stdin"],
     signalOf: () => AbortSignal,
+    onEnded?: () => void,
   ): Promise<StreamingResponse> {
     const { output, done } = this.#run("invoke", env, stdin, signalOf());
     // Errors reach the caller through the rejected call or its reading of the body; a body the
@@ -416,6 +420,7 @@ export class WasmInstance implements SandboxHandle {
     let jobEnded = false;
     const end = (err?: Error) => {
       jobEnded = true;
+      onEnded?.();
       output.finish(err);
     };
     this.#settled(done)

@@ -126,6 +126,15 @@ export class InlineRunner {
     return this.#awayUntil === 0 || performance.now() >= this.#awayUntil;
   }
 
+  /**
+   * A call that moved has ended on its executor. The time away counts from here as well as from
+   * the move: on a busy host a long call can outlast the whole window on its executor, and the
+   * function's next calls would then try the main thread again as if it never ran long.
+   */
+  movedCallEnded(): void {
+    if (this.#awayMs > 0) this.#awayUntil = Math.max(this.#awayUntil, performance.now() + this.#awayMs);
+  }
+
   /** Runs one call, or reports that it must run on an executor (having had no effect). */
   run(env: string[], stdin: Uint8Array, timeoutMs: number): InlineOutcome {
     const prepared = this.#ready();
