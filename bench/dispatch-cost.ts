@@ -7,35 +7,17 @@
  * Usage: npm run build && node dist/bench/dispatch-cost.js [CALLS]
  */
 import { bodyOf, readBody } from "../src/core/body.js";
-import { FennecError } from "../src/core/errors.js";
-import { createLogger } from "../src/core/log.js";
-import { DEFAULT_ASYNC, type FunctionConfig } from "../src/config/function-config.js";
 import { PrometheusMetrics } from "../src/metrics/prometheus.js";
 import { StatsCollector } from "../src/metrics/stats.js";
 import { FakeDriver } from "../src/sandbox/drivers/fake/driver.js";
-import { ReadinessHub } from "../src/sandbox/readiness.js";
-import { Scheduler } from "../src/scheduler/scheduler.js";
+import { echoConfig, echoScheduler } from "./echo-scheduler.js";
 import { fmt } from "./stats.js";
 
 const CALLS = Number(process.argv[2] ?? 200_000);
 const IN_FLIGHT = 8;
 
-const config: FunctionConfig = {
-  id: { user: "default", name: "echo" },
-  key: "default/echo",
-  dir: "/nonexistent",
-  file: "/nonexistent/function.toml",
-  keepaliveMs: 3_600_000,
-  concurrentRequests: IN_FLIGHT,
-  singleUse: false,
-  timeoutMs: 30_000,
-  minInstances: 0,
-  maxInstances: 1,
-  maxQueue: 100,
-  queueTimeoutMs: 30_000,
-  forwardCredentials: false,
-  async: DEFAULT_ASYNC,
-  sandbox: {
+const config = echoConfig(
+  {
     kind: "container",
     image: "fake",
     handler: undefined,
@@ -45,8 +27,8 @@ const config: FunctionConfig = {
     pids: 1024,
     network: "none",
   },
-  revision: "r1",
-};
+  IN_FLIGHT,
+);
 
 const request = {
   method: "POST",
@@ -62,20 +44,8 @@ const request = {
 const PAYLOAD = Buffer.from("hello fennec bench");
 
 async function measure(collectors: boolean): Promise<number> {
-  const scheduler = new Scheduler({
-    configs: {
-      resolve: (id) =>
-        id.name === "echo"
-          ? Promise.resolve(config)
-          : Promise.reject(new FennecError("FUNCTION_NOT_FOUND", "no")),
-    },
-    drivers: new Map([["container", new FakeDriver()]]),
-    hub: new ReadinessHub(),
-    callbackBase: () => "http://127.0.0.1:1/ready/",
-    memoryBudgetMiB: 4096,
-    startTimeoutMs: 5000,
-    log: createLogger("silent"),
-  });
+  const scheduler = echoScheduler(config, new FakeDriver());
+
   const stats = collectors ? new StatsCollector(scheduler.node) : undefined;
   const metrics = collectors
     ? new PrometheusMetrics(

@@ -9,14 +9,10 @@
  */
 import { fileURLToPath } from "node:url";
 import { bodyOf, takeWhole } from "../src/core/body.js";
-import { FennecError } from "../src/core/errors.js";
-import { createLogger } from "../src/core/log.js";
-import { DEFAULT_ASYNC, type FunctionConfig } from "../src/config/function-config.js";
 import { PrometheusMetrics } from "../src/metrics/prometheus.js";
 import { StatsCollector } from "../src/metrics/stats.js";
 import { WasmDriver } from "../src/sandbox/drivers/wasm/driver.js";
-import { ReadinessHub } from "../src/sandbox/readiness.js";
-import { Scheduler } from "../src/scheduler/scheduler.js";
+import { echoConfig, echoScheduler } from "./echo-scheduler.js";
 import { fmt } from "./stats.js";
 
 const CALLS = Number(process.argv[2] ?? 100_000);
@@ -24,24 +20,10 @@ const ROUNDS = Number(process.argv[3] ?? 5);
 const IN_FLIGHT = 8;
 const ECHO = fileURLToPath(new URL("../../examples/registry/echo/echo.wasm", import.meta.url));
 
-const config: FunctionConfig = {
-  id: { user: "default", name: "echo" },
-  key: "default/echo",
-  dir: "/nonexistent",
-  file: "/nonexistent/function.toml",
-  keepaliveMs: 3_600_000,
-  concurrentRequests: 64,
-  singleUse: false,
-  timeoutMs: 30_000,
-  minInstances: 0,
-  maxInstances: 1,
-  maxQueue: 100,
-  queueTimeoutMs: 30_000,
-  forwardCredentials: false,
-  async: DEFAULT_ASYNC,
-  sandbox: { kind: "wasm", module: ECHO, memoryMiB: 16, env: {}, dirs: {}, preInitialise: true },
-  revision: "r1",
-};
+const config = echoConfig(
+  { kind: "wasm", module: ECHO, memoryMiB: 16, env: {}, dirs: {}, preInitialise: true },
+  64,
+);
 
 /** What the gateway hands the scheduler for wrk's POST of 18 bytes. */
 const headers = {
@@ -53,20 +35,8 @@ const PAYLOAD = Buffer.from("hello from wrk 18b");
 
 async function main(): Promise<void> {
   const driver = new WasmDriver({});
-  const scheduler = new Scheduler({
-    configs: {
-      resolve: (id) =>
-        id.name === "echo"
-          ? Promise.resolve(config)
-          : Promise.reject(new FennecError("FUNCTION_NOT_FOUND", "no")),
-    },
-    drivers: new Map([["wasm", driver]]),
-    hub: new ReadinessHub(),
-    callbackBase: () => "http://127.0.0.1:1/ready/",
-    memoryBudgetMiB: 4096,
-    startTimeoutMs: 30_000,
-    log: createLogger("silent"),
-  });
+  const scheduler = echoScheduler(config, driver);
+
   const stats = new StatsCollector(scheduler.node);
   const metrics = new PrometheusMetrics(
     () => [],

@@ -7,6 +7,7 @@ import { join } from "node:path";
 import { jetstreamManager } from "@nats-io/jetstream";
 import { connect, type NatsConnection } from "@nats-io/transport-node";
 import { findExecutable } from "../../src/sandbox/host-view.js";
+import { alive } from "./nats.js";
 import { GENEROUS_MS, waitFor } from "./wait.js";
 
 /**
@@ -45,15 +46,6 @@ export interface TestNatsCluster {
   /** Stops every server and removes every directory. Idempotent. */
   stop(): Promise<void>;
   log(): string;
-}
-
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
 }
 
 /** Removes the directories of test clusters none of whose servers runs (a test run that crashed). */

@@ -25,7 +25,8 @@ export interface TestNats {
   log(): string;
 }
 
-function alive(pid: number): boolean {
+/** Whether process `pid` still runs (a test server's, recorded in its directory). */
+export function alive(pid: number): boolean {
   try {
     process.kill(pid, 0);
     return true;
