@@ -224,7 +224,15 @@ function warmTable(
       (r["wasmCompareOverWasmP50_c1"] !== undefined
         ? `; ${args.compare} ÷ this build ${x("wasmCompareOverWasmP50_c1")}`
         : ""),
-    `- call records (issue 12): Fennec [wasm] with records ÷ with --no-records ${cs.map((c) => `-c${c} ${x(`recordsOnOverOffRps_c${c}`)}`).join(", ")}, -c1 ${x("recordsOnOverOffRps_c1")} (goal ≥ 0.95)`,
+    `- call records (issue 12): Fennec [wasm] with records ÷ with --no-records, the median of the rounds' ratios (lowest–highest round) ${[
+      ...cs,
+      1,
+    ]
+      .map(
+        (c) =>
+          `-c${c} ${x(`recordsOnOverOffRps_c${c}`)} (${x(`recordsOnOverOffRpsMin_c${c}`)}–${x(`recordsOnOverOffRpsMax_c${c}`)})`,
+      )
+      .join(", ")} (goal ≥ 0.95)`,
     `- the client: wrk drove bare node:http to ${x(`bareOverFastestFennecRps_c${cs[0]}`)} the fastest Fennec row at -c${cs[0]}, using ${fmt(
       at(
         rows.find((w) => w.key === "bare"),

@@ -6,11 +6,11 @@
  * - Fennec → `[wasm]` echo (examples/registry/echo/echo.wasm, `concurrent-requests = 64`);
  * - Fennec → `[process]` echo, the same fetch handler workerd runs, on one instance;
  * - Fennec → `[wasm]` again from a Fennec started with `--no-records`: the cost of a call record
- *   (issue 12) is the first row's throughput over this one's;
+ *   (issue 12) is the first row's throughput over this one's, round by round (the median of the rounds' ratios);
  * - optionally Fennec → `[wasm]` from another checkout's build (`compare`), before and after.
  *
  * Every row answers a small POST with the same bytes. Each load (1 connection for latency, more
- * for throughput) runs every row in turn, round after round, so drift on this shared machine hits
+ * for throughput) runs every row in turn, round after round (every other round in reverse), so drift on this shared machine hits
  * every row alike; figures are medians over rounds. The CPU wrk itself used is kept per run: a
  * client near one core per thread would be measuring itself, not the server.
  */
@@ -223,7 +223,11 @@ export async function measureWarm(
     const loads = [...new Set([1, ...opts.connections])];
     for (let round = 0; round < opts.rounds; round++) {
       for (const c of loads) {
-        for (const t of live()) {
+        // Every other round in the opposite order: this machine's speed drifts within a round, and
+        // a row always measured first would always meet the drift the same way (a 5-round A/B of
+        // records on and off measured the second row up to 8 % faster for that alone).
+        const order = round % 2 === 0 ? live() : live().reverse();
+        for (const t of order) {
           console.error(`round ${round + 1}/${opts.rounds}, ${c} connection(s): ${t.name}`);
           await run(t, script, opts.threads, c, opts.seconds, true);
         }
@@ -296,6 +300,12 @@ function summarise(t: Target, loads: readonly number[]): WarmRow {
   return { key: t.key, name: t.name, ...(t.error ? { error: t.error } : {}), loads: figures };
 }
 
+/** Each round's req/s of `a` over `b`'s in the same round (none when either row lacks a round). */
+export function pairedRatios(a: LoadFigures | undefined, b: LoadFigures | undefined): number[] {
+  if (!a || !b || a.rounds.length !== b.rounds.length) return [];
+  return a.rounds.map((r, i) => r.rps / b.rounds[i]!.rps);
+}
+
 /** A row's figures at `connections`, if measured. */
 export function at(row: WarmRow | undefined, connections: number): LoadFigures | undefined {
   return row?.loads.find((l) => l.connections === connections);
@@ -320,7 +330,14 @@ export function ratios(rows: readonly WarmRow[], connections: readonly number[])
     const fennec = rows.filter((r) => r.key !== "bare" && r.key !== "workerd").map((r) => at(r, c)?.rps ?? 0);
     put(`bareOverFastestFennecRps_c${c}`, at(row("bare"), c)?.rps, Math.max(0, ...fennec) || undefined);
     put(`wasmCompareOverWasmRps_c${c}`, at(row("wasm-compare"), c)?.rps, at(row("wasm"), c)?.rps);
-    put(`recordsOnOverOffRps_c${c}`, at(row("wasm"), c)?.rps, at(row("wasm-no-records"), c)?.rps);
+    // Paired by round: two rows' runs of one round met the same machine, the medians of each row
+    // over rounds may not have (this machine's speed differs 2× between rounds at -c1).
+    const paired = pairedRatios(at(row("wasm"), c), at(row("wasm-no-records"), c));
+    if (paired.length > 0) {
+      out[`recordsOnOverOffRps_c${c}`] = median(paired);
+      out[`recordsOnOverOffRpsMin_c${c}`] = Math.min(...paired);
+      out[`recordsOnOverOffRpsMax_c${c}`] = Math.max(...paired);
+    }
   }
   const p50 = (k: RowKey) => at(row(k), 1)?.latencyUs["50"];
   put("wasmOverWorkerdP50_c1", p50("wasm"), p50("workerd"));

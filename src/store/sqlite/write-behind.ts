@@ -8,9 +8,14 @@ import { RecordBatchBuilder } from "./record-batch.js";
 const WORKER_URL = new URL("./behind-worker.js", import.meta.url);
 
 export interface WriteBehindOptions {
-  /** A batch is handed to the writer at most this long after its first item (default 50 ms). */
+  /**
+   * A batch is handed to the writer at most this long after its first item (default 250 ms: what
+   * a crash may lose, and how late `logs --follow` sees a line; every read writes what is pending
+   * first). Each batch costs the process about the same however small: at 50 ms a warm echo
+   * served 3–7 % fewer calls with records on than at 250 ms (docs/benchmarks.md).
+   */
   readonly flushMs?: number;
-  /** ... or as soon as it holds this many items (default 2000). */
+  /** ... or as soon as it holds this many items (default 4096: about 250 ms at 16,000 calls/s). */
   readonly maxItems?: number;
 }
 
@@ -52,8 +57,8 @@ export class WriteBehind {
       this.#sink = (batch) => Promise.resolve().then(() => writer.write(batch));
       this.#stopSink = () => Promise.resolve();
     } else [this.#sink, this.#stopSink] = workerSink(target.path);
-    this.#flushMs = options.flushMs ?? 50;
-    this.#maxItems = options.maxItems ?? 2000;
+    this.#flushMs = options.flushMs ?? 250;
+    this.#maxItems = options.maxItems ?? 4096;
     this.#onWritten = onWritten;
     this.#onError = onError;
   }
