@@ -6,7 +6,7 @@ import { RecordPages } from "./record-pages.js";
 
 /** Rows removed per transaction: the event loop gets a turn between chunks, so calls keep flowing. */
 const CALL_CHUNK = 500;
-/** Record pages per transaction (each up to 4,096 records: see write-behind.ts): as many records as 4 pages of 2,000 were. */
+/** Record pages per transaction (each up to 4,096 records: see write-behind.ts). */
 const PAGE_CHUNK = 2;
 const LOG_CHUNK = 2000;
 

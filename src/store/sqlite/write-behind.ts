@@ -11,8 +11,9 @@ export interface WriteBehindOptions {
   /**
    * A batch is handed to the writer at most this long after its first item (default 250 ms: what
    * a crash may lose, and how late `logs --follow` sees a line; every read writes what is pending
-   * first). Each batch costs the process about the same however small: at 50 ms a warm echo
-   * served 3–7 % fewer calls with records on than at 250 ms (docs/benchmarks.md).
+   * first). Each batch has a cost of its own however small (a transaction, a page, two messages
+   * between threads): a warm echo with records on served 2–7 % more calls at 250 ms than at 50 ms
+   * in two runs of four, and about as many in the other two (docs/benchmarks.md).
    */
   readonly flushMs?: number;
   /** ... or as soon as it holds this many items (default 4096: about 250 ms at 16,000 calls/s). */
