@@ -212,6 +212,8 @@ function warmTable(
     const v = r[k];
     return v === undefined ? "n/a" : `${fmt(v, 2)}×`;
   };
+  const recordsRatio = (c: number) =>
+    `-c${c} ${x(`recordsOnOverOffRps_c${c}`)} (${x(`recordsOnOverOffRpsMin_c${c}`)}–${x(`recordsOnOverOffRpsMax_c${c}`)})`;
   const ratioLines = [
     ...cs.map(
       (c) =>
@@ -224,15 +226,7 @@ function warmTable(
       (r["wasmCompareOverWasmP50_c1"] !== undefined
         ? `; ${args.compare} ÷ this build ${x("wasmCompareOverWasmP50_c1")}`
         : ""),
-    `- call records (issue 12): Fennec [wasm] with records ÷ with --no-records, the median of the rounds' ratios (lowest–highest round) ${[
-      ...cs,
-      1,
-    ]
-      .map(
-        (c) =>
-          `-c${c} ${x(`recordsOnOverOffRps_c${c}`)} (${x(`recordsOnOverOffRpsMin_c${c}`)}–${x(`recordsOnOverOffRpsMax_c${c}`)})`,
-      )
-      .join(", ")} (goal ≥ 0.95)`,
+    `- call records (issue 12): Fennec [wasm] with records ÷ with --no-records, the median of the rounds' ratios (lowest–highest round) ${[...cs, 1].map(recordsRatio).join(", ")} (goal ≥ 0.95)`,
     `- the client: wrk drove bare node:http to ${x(`bareOverFastestFennecRps_c${cs[0]}`)} the fastest Fennec row at -c${cs[0]}, using ${fmt(
       at(
         rows.find((w) => w.key === "bare"),

@@ -6,12 +6,13 @@
  * - Fennec → `[wasm]` echo (examples/registry/echo/echo.wasm, `concurrent-requests = 64`);
  * - Fennec → `[process]` echo, the same fetch handler workerd runs, on one instance;
  * - Fennec → `[wasm]` again from a Fennec started with `--no-records`: the cost of a call record
- *   (issue 12) is the first row's throughput over this one's, round by round (the median of the rounds' ratios);
+ *   (issue 12) is the first row's throughput over this one's, round by round (the median of the
+ *   rounds' ratios);
  * - optionally Fennec → `[wasm]` from another checkout's build (`compare`), before and after.
  *
  * Every row answers a small POST with the same bytes. Each load (1 connection for latency, more
- * for throughput) runs every row in turn, round after round (every other round in reverse), so drift on this shared machine hits
- * every row alike; figures are medians over rounds. The CPU wrk itself used is kept per run: a
+ * for throughput) runs every row in turn, round after round (every other round in reverse), so
+ * drift on this shared machine hits every row alike; figures are medians over rounds. The CPU wrk itself used is kept per run: a
  * client near one core per thread would be measuring itself, not the server.
  */
 import { copyFile, mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
@@ -301,7 +302,7 @@ function summarise(t: Target, loads: readonly number[]): WarmRow {
 }
 
 /** Each round's req/s of `a` over `b`'s in the same round (none when either row lacks a round). */
-export function pairedRatios(a: LoadFigures | undefined, b: LoadFigures | undefined): number[] {
+function pairedRatios(a: LoadFigures | undefined, b: LoadFigures | undefined): number[] {
   if (!a || !b || a.rounds.length !== b.rounds.length) return [];
   return a.rounds.map((r, i) => r.rps / b.rounds[i]!.rps);
 }
