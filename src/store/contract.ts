@@ -8,6 +8,7 @@
  *
  * Times are milliseconds since the epoch (`Date.now()`): records outlive the process.
  */
+import type { InvocationRecord } from "../core/types.js";
 
 /** Where a call is in its life. Sync calls are recorded once they end (`succeeded` or `failed`). */
 export type CallState =
@@ -112,6 +113,26 @@ export interface NewAsyncCall {
 export interface LeasedCall {
   readonly record: CallRecord;
   readonly request: StoredRequest;
+}
+
+/**
+ * A sync call that has ended, as the gateway's sync-call service hands it to the store: the
+ * scheduler's figures as they came, nothing copied out of them. A store that keeps records as
+ * columns reads them straight in; building a CallRecord with its 23 fields per call was most of
+ * a record's cost on the gateway's thread (docs/benchmarks.md).
+ */
+export interface SyncCallEnd {
+  readonly id: string;
+  /** The node that ran it. */
+  readonly node: string;
+  readonly submittedAt: number;
+  readonly finishedAt: number;
+  readonly figures: InvocationRecord;
+  /** Why it failed, when the service knows better than the figures (a failure before the head). */
+  readonly errorMessage: string | undefined;
+  /** A forwarded call's entry node and why it came here (CallRecord's via and placement). */
+  readonly via: string | undefined;
+  readonly placement: string | undefined;
 }
 
 export interface CallQuery {
@@ -270,6 +291,12 @@ export interface InvocationStore {
 
   /** A sync call's record. Written behind (batched): not durable before the response goes out. */
   record(record: CallRecord): void;
+
+  /**
+   * The record of a sync call that has ended, `syncCallRecord(end)`, written behind as `record`'s
+   * is: the gateway's path, which makes no CallRecord per call (see SyncCallEnd).
+   */
+  recordSync(end: SyncCallEnd): void;
 
   /** Writes what is written behind (records, log lines) now; reads see it either way. */
   flush(): Promise<void>;

@@ -1,4 +1,4 @@
-import type { CallRecord, NewAsyncCall } from "./contract.js";
+import type { CallRecord, NewAsyncCall, SyncCallEnd } from "./contract.js";
 
 /** The record of an async call just accepted, as every store keeps it: queued, not run yet. */
 export function queuedRecord(call: NewAsyncCall): CallRecord {
@@ -24,6 +24,46 @@ export function queuedRecord(call: NewAsyncCall): CallRecord {
     notBefore: undefined,
     idempotencyKey: call.idempotencyKey,
     callbackUrl: call.callbackUrl,
+  };
+}
+
+/**
+ * The record of a sync call that has ended: what every store keeps for `recordSync(end)` (the
+ * columns of record-batch.ts say the same, field by field).
+ */
+export function syncCallRecord(end: SyncCallEnd): CallRecord {
+  const r = end.figures;
+  const failed = r.errorCode !== undefined;
+  // No start type: it failed before any instance took it (no slot, no start), so it never ran.
+  const ran = r.startType !== undefined;
+  // A status of 0: the function never answered.
+  const answered = r.status !== 0;
+  return {
+    id: end.id,
+    function: r.function,
+    kind: "sync",
+    state: failed ? "failed" : "succeeded",
+    node: end.node,
+    parentId: undefined,
+    attempt: 1,
+    submittedAt: end.submittedAt,
+    // The function started running once it had waited for its slot and its instance's start.
+    startedAt: ran ? Math.round(end.submittedAt + r.queueWaitMs + r.initMs) : undefined,
+    finishedAt: end.finishedAt,
+    startType: r.startType,
+    queueWaitMs: r.queueWaitMs,
+    initMs: r.initMs,
+    ttfbMs: answered ? r.ttfbMs : undefined,
+    execMs: ran ? r.execMs : undefined,
+    status: answered ? r.status : undefined,
+    errorCode: r.errorCode,
+    errorMessage: failed ? (end.errorMessage ?? r.errorMessage) : undefined,
+    notBefore: undefined,
+    idempotencyKey: undefined,
+    callbackUrl: undefined,
+    // Only when forwarded: a record of a call that ran where it came in is as it always was.
+    ...(end.via === undefined ? {} : { via: end.via }),
+    ...(end.placement ? { placement: end.placement } : {}),
   };
 }
 

@@ -18,6 +18,7 @@ import {
   type RetentionPolicy,
   type StoredLogLine,
   type StoredResponse,
+  type SyncCallEnd,
 } from "./contract.js";
 import { LogFollowers } from "./log-followers.js";
 import { storeError } from "./sqlite/errors.js";
@@ -409,6 +410,11 @@ export class SqliteStore implements InvocationStore {
   record(record: CallRecord): void {
     if (this.#closed) return;
     this.#behind.record(record);
+  }
+
+  recordSync(end: SyncCallEnd): void {
+    if (this.#closed) return;
+    this.#behind.recordSync(end);
   }
 
   /** Writes what is written behind (records, log lines) now. */

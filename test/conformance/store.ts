@@ -10,7 +10,10 @@ import type {
   NewAsyncCall,
   StoredLogLine,
   StoredRequest,
+  SyncCallEnd,
 } from "../../src/store/contract.js";
+import { syncCallRecord } from "../../src/store/new-call.js";
+import type { InvocationRecord } from "../../src/core/types.js";
 
 /**
  * The one conformance suite every invocation store must pass (the embedded SQLite one, the
@@ -42,6 +45,31 @@ const call = (fn = "u/f", over: Partial<NewAsyncCall> = {}): NewAsyncCall => ({
   function: fn,
   request: request(),
   submittedAt: 1_000,
+  ...over,
+});
+
+/** A sync call's end as the gateway hands it over (recordSync): a warm call that answered 200. */
+const syncEnd = (over: Partial<SyncCallEnd> = {}, figures: Partial<InvocationRecord> = {}): SyncCallEnd => ({
+  id: randomUUID(),
+  node: "n1",
+  submittedAt: 1_000,
+  finishedAt: 1_010,
+  figures: {
+    node: "n1#1",
+    function: "u/f",
+    instanceId: "i1",
+    startType: "warm",
+    queueWaitMs: 0.4,
+    initMs: 0,
+    ttfbMs: 2.5,
+    execMs: 3.25,
+    status: 200,
+    errorCode: undefined,
+    ...figures,
+  },
+  errorMessage: undefined,
+  via: undefined,
+  placement: undefined,
   ...over,
 });
 
@@ -610,6 +638,50 @@ export function runStoreConformance(name: string, setup: () => Promise<StoreFixt
         await store.flush();
         assert.deepEqual(await store.get(r.id), r);
         assert.equal(await store.response(r.id), undefined, "a sync call keeps no result");
+      });
+
+      it("records a sync call's end as syncCallRecord reads it: answered, cut, failed before its head, forwarded", async () => {
+        const now = Date.now();
+        const ends = [
+          syncEnd(),
+          // Answered 200, then its body was cut: the figures' own message.
+          syncEnd({}, { errorCode: "FN_TIMEOUT", errorMessage: "timed out after 50 ms" }),
+          // No slot, no instance, no answer: the service's message, not the figures'.
+          syncEnd(
+            { errorMessage: "no instance within 10 s" },
+            {
+              startType: undefined,
+              instanceId: undefined,
+              queueWaitMs: 10_000,
+              status: 0,
+              errorCode: "QUEUE_TIMEOUT",
+            },
+          ),
+          // A cold start on a node another one forwarded the call to.
+          syncEnd(
+            { node: "node-b", via: "node-a", placement: "spill" },
+            { startType: "cold", initMs: 120.5 },
+          ),
+          // Ids as Fennec makes them, one millisecond apart: listed newest first by id.
+        ].map((end, i) => ({ ...end, id: timeOrderedUuid(now + i) }));
+        for (const end of ends) store.recordSync(end);
+        const expected = ends.map(syncCallRecord);
+        assert.equal(expected[1]!.errorMessage, "timed out after 50 ms");
+        assert.equal(expected[2]!.status, undefined);
+        assert.equal(expected[2]!.startedAt, undefined, "it never ran");
+        assert.equal(expected[2]!.errorMessage, "no instance within 10 s");
+        assert.equal(expected[3]!.startedAt, 1_121, "submitted, waited, started: in whole ms");
+        for (const r of expected)
+          assert.deepEqual(await store.get(r.id), r, "a read in the same turn sees it");
+        await store.flush();
+        for (const r of expected) assert.deepEqual(await store.get(r.id), r);
+        const listed = await store.list({ function: "u/f", kind: "sync" });
+        assert.deepEqual(
+          listed.map((r) => r.id),
+          expected.map((r) => r.id).reverse(),
+          "newest first",
+        );
+        assert.equal((await store.whenFinished(expected[0]!.id)).state, "succeeded");
       });
 
       it("keeps where a forwarded call came in and why it went where it ran (a cluster's via and placement)", async () => {

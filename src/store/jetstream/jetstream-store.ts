@@ -3,7 +3,7 @@ import type { KV } from "@nats-io/kv";
 import { FennecError } from "../../core/errors.js";
 import type { Logger } from "../../core/log.js";
 import { CallWaiters } from "../call-waiters.js";
-import { CLEARED_FIGURES, queuedRecord } from "../new-call.js";
+import { CLEARED_FIGURES, queuedRecord, syncCallRecord } from "../new-call.js";
 import {
   TERMINAL_STATES,
   type CallQuery,
@@ -19,6 +19,7 @@ import {
   type StoredLogLine,
   type StoredRequest,
   type StoredResponse,
+  type SyncCallEnd,
 } from "../contract.js";
 import type { Blobs } from "./blobs.js";
 import { decodeDoc, docOfRecord, encodeDoc, recordOf, updated, type CallDoc } from "./call-doc.js";
@@ -639,6 +640,10 @@ export class JetStreamStore implements InvocationStore {
     if (this.#closed) return;
     this.#behind.add(record);
     if (TERMINAL_STATES.has(record.state)) this.#waiters.finished(record);
+  }
+
+  recordSync(end: SyncCallEnd): void {
+    this.record(syncCallRecord(end));
   }
 
   async #writeRecords(batch: readonly CallRecord[]): Promise<void> {

@@ -1,4 +1,4 @@
-import type { CallRecord } from "../contract.js";
+import type { CallRecord, SyncCallEnd } from "../contract.js";
 
 /**
  * Records handed to the writer thread as columns instead of objects: per record, one row of
@@ -57,13 +57,8 @@ export class RecordBatchBuilder {
   }
 
   add(r: CallRecord): void {
-    if ((this.#n + 1) * WIDTH > this.#nums.length) {
-      const bigger = new Float64Array(this.#nums.length * 2);
-      bigger.set(this.#nums);
-      this.#nums = bigger;
-    }
+    const o = this.#row();
     const a = this.#nums;
-    const o = this.#n++ * WIDTH;
     // The order decodeRecords reads them in.
     a[o] = r.attempt;
     a[o + 1] = r.submittedAt;
@@ -88,6 +83,49 @@ export class RecordBatchBuilder {
     a[o + 20] = this.#append(r.callbackUrl);
     a[o + 21] = this.#word(r.via);
     a[o + 22] = this.#word(r.placement);
+  }
+
+  /** The row `add(syncCallRecord(end))` makes (new-call.ts), read straight from the call's end. */
+  addSync(end: SyncCallEnd): void {
+    const r = end.figures;
+    const failed = r.errorCode !== undefined;
+    const ran = r.startType !== undefined;
+    const answered = r.status !== 0;
+    const o = this.#row();
+    const a = this.#nums;
+    a[o] = 1;
+    a[o + 1] = end.submittedAt;
+    a[o + 2] = ran ? Math.round(end.submittedAt + r.queueWaitMs + r.initMs) : NaN;
+    a[o + 3] = end.finishedAt;
+    a[o + 4] = r.queueWaitMs;
+    a[o + 5] = r.initMs;
+    a[o + 6] = answered ? r.ttfbMs : NaN;
+    a[o + 7] = ran ? r.execMs : NaN;
+    a[o + 8] = answered ? r.status : NaN;
+    a[o + 9] = NaN;
+    a[o + 10] = this.#word(r.function);
+    a[o + 11] = this.#word("sync");
+    a[o + 12] = this.#word(failed ? "failed" : "succeeded");
+    a[o + 13] = this.#word(end.node);
+    a[o + 14] = this.#word(r.startType);
+    a[o + 15] = this.#word(r.errorCode);
+    a[o + 16] = this.#append(end.id);
+    a[o + 17] = -1;
+    a[o + 18] = failed ? this.#append(end.errorMessage ?? r.errorMessage) : -1;
+    a[o + 19] = -1;
+    a[o + 20] = -1;
+    a[o + 21] = this.#word(end.via);
+    a[o + 22] = end.placement ? this.#word(end.placement) : -1;
+  }
+
+  /** Where the next row starts (the numbers grown first when full). */
+  #row(): number {
+    if ((this.#n + 1) * WIDTH > this.#nums.length) {
+      const bigger = new Float64Array(this.#nums.length * 2);
+      bigger.set(this.#nums);
+      this.#nums = bigger;
+    }
+    return this.#n++ * WIDTH;
   }
 
   #word(s: string | undefined): number {

@@ -1,6 +1,6 @@
 import type { Database } from "better-sqlite3";
 import { Worker } from "node:worker_threads";
-import type { CallRecord, LogLine, StoredLogLine } from "../contract.js";
+import type { CallRecord, LogLine, StoredLogLine, SyncCallEnd } from "../contract.js";
 import { BehindWriter, type BehindBatch } from "./behind-writer.js";
 import type { FromBehindWorker, ToBehindWorker } from "./behind-worker.js";
 import { RecordBatchBuilder } from "./record-batch.js";
@@ -42,6 +42,9 @@ export class WriteBehind {
   /** The ids of the records in #records, told to onWritten (whoever waits for one of them). */
   #ids: string[] = [];
   #lines: LogLine[] = [];
+  /** Sync calls ended this turn of the event loop, added to #records once it has done its I/O. */
+  #ended: SyncCallEnd[] = [];
+  #endedImmediate: NodeJS.Immediate | undefined;
   #timer: NodeJS.Timeout | undefined;
   #immediate: NodeJS.Immediate | undefined;
   /** The batches handed to the sink and not yet written, in order. */
@@ -70,6 +73,30 @@ export class WriteBehind {
     this.#schedule();
   }
 
+  /**
+   * A sync call's record, added to the batch at the end of this turn of the event loop rather than
+   * now: its call's response is being written in this turn, after the microtask this runs in, and
+   * it is not kept waiting for the record. One pass adds the turn's calls; a read or a flush adds
+   * them first (a read still sees every record handed over before it).
+   */
+  recordSync(end: SyncCallEnd): void {
+    this.#ended.push(end);
+    this.#endedImmediate ??= setImmediate(this.#addEnded);
+  }
+
+  readonly #addEnded = (): void => {
+    if (this.#endedImmediate) clearImmediate(this.#endedImmediate);
+    this.#endedImmediate = undefined;
+    const ended = this.#ended;
+    if (ended.length === 0) return;
+    this.#ended = [];
+    for (const end of ended) {
+      this.#records.addSync(end);
+      this.#ids.push(end.id);
+    }
+    this.#schedule();
+  };
+
   logs(lines: readonly LogLine[]): void {
     for (const line of lines) this.#lines.push(line);
     this.#schedule();
@@ -89,6 +116,7 @@ export class WriteBehind {
 
   /** Hands over everything pushed so far; resolves once it (and every earlier batch) is written. */
   flush(): Promise<void> {
+    this.#addEnded();
     clearTimeout(this.#timer);
     this.#timer = undefined;
     if (this.#immediate) clearImmediate(this.#immediate);
