@@ -7,7 +7,7 @@
  * `npm run bench -- --warm-only --rows wasm,wasm-no-records` measures the same through wrk; on a
  * busy machine this one's figure is the steadier.
  *
- * Usage: npm run bench:records [-- --calls 200000 --rounds 5 --request-us 111]
+ * Usage: npm run bench:records [-- --calls 200000 --rounds 5 --request-us 80]
  */
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -26,14 +26,15 @@ const { values: args } = parseArgs({
   options: {
     calls: { type: "string", default: "200000" },
     rounds: { type: "string", default: "5" },
-    "request-us": { type: "string", default: "111" },
+    "request-us": { type: "string", default: "80" },
   },
 });
 const CALLS = Number(args.calls);
 const ROUNDS = Number(args.rounds);
 /**
- * The gateway thread's CPU per warm [wasm] echo request without records: 111 µs is one core at
- * 9,000 req/s, the echo's rate through wrk on a quiet machine (docs/benchmarks.md).
+ * The gateway thread's CPU per warm [wasm] echo request without records: 80 µs, about one core at
+ * 12,500 req/s, the echo's rate through wrk -c8 on a quiet machine since the wasm fast path
+ * (docs/benchmarks.md, "Records handed over as a call's end"; it was 111 µs at 9,000 req/s).
  */
 const REQUEST_US = Number(args["request-us"]);
 
